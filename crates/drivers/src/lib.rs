@@ -1,0 +1,1 @@
+//! Security drivers (SELinux, DAC, Landlock) behind one trait, stacked, with the relabel engine.

@@ -1,0 +1,1 @@
+//! Guest lifecycle: allocation, plans, QEMU launch and supervision.

@@ -1,0 +1,1 @@
+//! A model of the SELinux virt policy rules that isolate guests: decide and explain. Pure.

@@ -1,0 +1,1 @@
+//! The embedded transactional store (redb): label and uid reservations, originals, guests.

@@ -1,0 +1,2 @@
+//! `svirt`: the command line of svirt.
+fn main() {}

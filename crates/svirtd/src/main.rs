@@ -1,0 +1,2 @@
+//! svirtd: the svirt daemon.
+fn main() {}
