@@ -1,2 +1,50 @@
 //! `svirt`: the command line of svirt.
-fn main() {}
+//!
+//! Thin by design: every subcommand parses its arguments, calls a library crate and
+//! prints. Errors are one line on stderr (`svirt: …`) with exit status 2 for bad input
+//! and 1 for failures.
+
+mod cmd;
+mod error;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use error::{CliError, CmdResult};
+
+/// sVirt in Rust: mandatory access control for virtual machines.
+#[derive(Parser)]
+#[command(name = "svirt", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Security labels: canonical form, dominance, translation, allocation.
+    #[command(subcommand)]
+    Label(cmd::label::LabelCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with success, usage errors with code 2.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let result = match cli.command {
+        Command::Label(c) => cmd::label::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("svirt: {e}");
+            ExitCode::from(e.code)
+        }
+    }
+}
