@@ -84,7 +84,7 @@ impl Context {
                     pos += p.len() + 1;
                     Ok((p, at))
                 }
-                None => Err(ParseError::new(s.len(), "", ErrorKind::MissingField(field))),
+                None => Err(ParseError::new(s.len(), s, ErrorKind::MissingField(field))),
             }
         };
         let (u, up) = next("user")?;

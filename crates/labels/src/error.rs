@@ -72,9 +72,10 @@ impl fmt::Display for ErrorKind {
 
 /// A label that could not be parsed: where, which token, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("at character {pos} (`{token}`): {kind}")]
+#[error("at character {} (`{token}`): {kind}", pos + 1)]
 pub struct ParseError {
-    /// Byte offset of the offending token in the input (0-based; labels are ASCII).
+    /// Byte offset of the offending token in the input (0-based; labels are ASCII). The
+    /// message shows it 1-based, as editors count characters.
     pub pos: usize,
     /// The offending token as it appeared in the input.
     pub token: String,

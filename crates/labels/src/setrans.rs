@@ -155,7 +155,7 @@ impl Translations {
     }
 
     /// Translates a name (or `NAME-NAME`, or raw level text) back to a range.
-    pub fn from_name(&self, name: &str, limits: MlsLimits) -> Option<MlsRange> {
+    pub fn range_of_name(&self, name: &str, limits: MlsLimits) -> Option<MlsRange> {
         let name = name.trim();
         if let Some(&i) = self.by_name.get(name) {
             return Some(self.entries[i].range);
@@ -166,18 +166,18 @@ impl Translations {
         // NAME-NAME: names may themselves contain '-', so try every split point.
         for (i, _) in name.match_indices('-') {
             let (a, b) = (&name[..i], &name[i + 1..]);
-            let lo = self.from_name_single(a, limits);
-            let hi = self.from_name_single(b, limits);
-            if let (Some(lo), Some(hi)) = (lo, hi) {
-                if let Ok(r) = MlsRange::new(lo, hi) {
-                    return Some(r);
-                }
+            let lo = self.single_level_of_name(a, limits);
+            let hi = self.single_level_of_name(b, limits);
+            if let (Some(lo), Some(hi)) = (lo, hi)
+                && let Ok(r) = MlsRange::new(lo, hi)
+            {
+                return Some(r);
             }
         }
         None
     }
 
-    fn from_name_single(&self, name: &str, limits: MlsLimits) -> Option<Level> {
+    fn single_level_of_name(&self, name: &str, limits: MlsLimits) -> Option<Level> {
         match self.by_name.get(name) {
             Some(&i) if self.entries[i].range.is_single() => Some(self.entries[i].range.low),
             Some(_) => None,
@@ -201,18 +201,18 @@ mod tests {
         assert_eq!(t.to_name(&r("s0-s0:c0")), "SystemLow-CompanyConfidential");
         assert_eq!(t.to_name(&r("s0:c5")), "s0:c5");
         assert_eq!(
-            t.from_name("CompanyConfidential", MlsLimits::default()),
+            t.range_of_name("CompanyConfidential", MlsLimits::default()),
             Some(r("s0:c0"))
         );
         assert_eq!(
-            t.from_name("SystemLow-CompanyConfidential", MlsLimits::default()),
+            t.range_of_name("SystemLow-CompanyConfidential", MlsLimits::default()),
             Some(r("s0-s0:c0"))
         );
         assert_eq!(
-            t.from_name("Team-Alpha", MlsLimits::default()),
+            t.range_of_name("Team-Alpha", MlsLimits::default()),
             Some(r("s0:c1,c2"))
         );
-        assert_eq!(t.from_name("Nope", MlsLimits::default()), None);
+        assert_eq!(t.range_of_name("Nope", MlsLimits::default()), None);
         assert_eq!(t.entries().len(), 5);
     }
 

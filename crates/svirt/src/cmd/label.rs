@@ -58,7 +58,11 @@ pub fn run(cmd: LabelCommand) -> CmdResult {
                 LevelOrdering::Incomparable => "is incomparable with",
             };
             println!("{la} {rel} {lb}");
-            Ok(if la.dominates(&lb) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if la.dominates(&lb) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         LabelCommand::Translate(args) => translate(args),
     }
@@ -89,10 +93,13 @@ fn level_of(input: &str) -> Result<Level, CliError> {
                 "`{input}` is a range; dominance compares single levels (give one end)"
             )));
         }
-        return Level::parse(input).map_err(|e| CliError::input(format!("invalid level `{input}`: {e}")));
+        return Level::parse(input)
+            .map_err(|e| CliError::input(format!("invalid level `{input}`: {e}")));
     }
-    let c = Context::parse(input).map_err(|e| CliError::input(format!("invalid level `{input}`: {e}")))?;
-    c.level().ok_or_else(|| CliError::input(format!("context `{input}` has no MLS level")))
+    let c = Context::parse(input)
+        .map_err(|e| CliError::input(format!("invalid level `{input}`: {e}")))?;
+    c.level()
+        .ok_or_else(|| CliError::input(format!("context `{input}` has no MLS level")))
 }
 
 /// The policy's setrans.conf: `/etc/selinux/<SELINUXTYPE>/setrans.conf`.
@@ -108,11 +115,18 @@ fn default_setrans(root: &Path) -> PathBuf {
 }
 
 fn translate(args: TranslateArgs) -> CmdResult {
-    let file = args.setrans.unwrap_or_else(|| default_setrans(Path::new("/")));
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| CliError::input(format!("cannot read translation table {}: {e}", file.display())))?;
+    let file = args
+        .setrans
+        .unwrap_or_else(|| default_setrans(Path::new("/")));
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        CliError::input(format!(
+            "cannot read translation table {}: {e}",
+            file.display()
+        ))
+    })?;
     let limits = MlsLimits::default();
-    let table = Translations::parse(&text, limits).map_err(|e| CliError::input(format!("{}: {e}", file.display())))?;
+    let table = Translations::parse(&text, limits)
+        .map_err(|e| CliError::input(format!("{}: {e}", file.display())))?;
     if args.list {
         for e in table.entries() {
             println!("{:<30} {}", e.range.to_string(), e.name);
@@ -121,13 +135,16 @@ fn translate(args: TranslateArgs) -> CmdResult {
     }
     let input = args.level_or_name.unwrap_or_default();
     if looks_like_level(&input) {
-        let range =
-            MlsRange::parse(&input).map_err(|e| CliError::input(format!("invalid level `{input}`: {e}")))?;
+        let range = MlsRange::parse(&input)
+            .map_err(|e| CliError::input(format!("invalid level `{input}`: {e}")))?;
         println!("{}", table.to_name(&range));
     } else {
-        let range = table
-            .from_name(&input, limits)
-            .ok_or_else(|| CliError::input(format!("no translation for `{input}` in {}", file.display())))?;
+        let range = table.range_of_name(&input, limits).ok_or_else(|| {
+            CliError::input(format!(
+                "no translation for `{input}` in {}",
+                file.display()
+            ))
+        })?;
         println!("{range}");
     }
     Ok(ExitCode::SUCCESS)
