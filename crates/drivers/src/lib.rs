@@ -6,6 +6,8 @@
 //! [`ChildHook`], which may only make system calls on precomputed data (the child of a
 //! multi-threaded parent must not allocate or take locks).
 
+pub mod landlock;
+
 use std::io;
 
 use svirt_domain::{Model, Plan};
