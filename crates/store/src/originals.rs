@@ -1,0 +1,308 @@
+//! Records of an object's security state before svirt changed it, reference counted by guest.
+//!
+//! The reference keeps this in `trusted.*` xattrs on the file itself, which containers cannot
+//! write and which go stale after a crash. Here it is one transactional record per inode,
+//! written (durably) BEFORE the first change, released when the last guest using the object
+//! stops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::{ORIGINAL_OWNERS, ORIGINALS, Store, check_owner};
+
+/// Which object: the (device, inode) pair as `fstat` reports it on the opened fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+/// A timestamp as `statx` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub sec: i64,
+    /// Nanoseconds.
+    pub nsec: u32,
+}
+
+/// What identifies one object beyond (dev, ino), which the kernel reuses after a delete.
+///
+/// `ctime` is kept for humans only: svirt's own chown/setxattr change it, so it cannot tell a
+/// replaced file from one svirt relabeled. `btime` (statx birth time) and the inode
+/// generation (`FS_IOC_GETVERSION`) do not change, and are compared when both sides have them.
+/// When neither is available (some filesystems) a replacement cannot be detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectIdentity {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// Birth time, when the filesystem reports it.
+    pub btime: Option<Timestamp>,
+    /// Inode generation, when the filesystem reports it.
+    pub generation: Option<u64>,
+    /// Change time at recording, informative only.
+    pub ctime: Option<Timestamp>,
+}
+
+impl ObjectIdentity {
+    /// Whether `self` and `other` describe the same object (not a later one at the same inode).
+    pub fn same_object(&self, other: &ObjectIdentity) -> bool {
+        fn agree<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
+            match (a, b) {
+                (Some(x), Some(y)) => x == y,
+                _ => true,
+            }
+        }
+        self.dev == other.dev
+            && self.ino == other.ino
+            && agree(self.btime, other.btime)
+            && agree(self.generation, other.generation)
+    }
+}
+
+/// An object's security state before svirt changed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Original {
+    /// The path it was reached by, for humans (restoration goes by the fd, never this path).
+    #[serde(with = "path_bytes")]
+    pub path: PathBuf,
+    /// The `security.selinux` xattr bytes as read (None: the object had none).
+    pub selinux_label: Option<Vec<u8>>,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Mode bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// The object's identity, to detect that the inode was replaced.
+    pub identity: ObjectIdentity,
+    /// Per security model (`selinux`, `dac`, …) flags the drivers define, e.g. which
+    /// attributes that model changed and must restore. Merged (bitwise or) when guests join.
+    pub model_flags: BTreeMap<String, u32>,
+}
+
+/// The stored record: the original and the guests currently using the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginalRecord {
+    /// The original state (from the first guest that recorded it).
+    pub original: Original,
+    /// The guests using the object; the reference count is their number.
+    pub owners: BTreeSet<String>,
+}
+
+/// What [`Store::record_original_if_absent`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// No record existed: `value` is now the original and `owner` its only user.
+    Recorded,
+    /// Another guest recorded the object first: `owner` was added; `original` is the stored
+    /// (true) original, which is what must eventually be restored.
+    Joined {
+        /// The stored original (with merged model flags).
+        original: Original,
+        /// Number of owners now.
+        owners: usize,
+    },
+    /// `owner` already held this record (e.g. a start retried after a crash); nothing changed.
+    AlreadyOwner {
+        /// The stored original.
+        original: Original,
+    },
+    /// The record described an earlier object at the same (dev, ino) (deleted and replaced):
+    /// it was replaced by `value` with `owner` as its only user.
+    ReplacedStale {
+        /// The discarded record.
+        stale: OriginalRecord,
+    },
+}
+
+fn encode(rec: &OriginalRecord) -> Result<Vec<u8>> {
+    serde_json::to_vec(rec).map_err(Error::Encode)
+}
+
+fn decode(key: ObjectKey, bytes: &[u8]) -> Result<OriginalRecord> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        table: "originals",
+        key: format!("{}:{}", key.dev, key.ino),
+        reason: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Records `value` as the original state of `key` unless a record exists, and adds `owner`
+    /// to its users. Committed durably before returning, so a crash after the caller's first
+    /// change still finds the original.
+    pub fn record_original_if_absent(
+        &self,
+        key: ObjectKey,
+        value: &Original,
+        owner: &str,
+    ) -> Result<RecordOutcome> {
+        check_owner(owner)?;
+        self.write(|txn| {
+            let mut table = txn.open_table(ORIGINALS)?;
+            let mut index = txn.open_table(ORIGINAL_OWNERS)?;
+            let k = (key.dev, key.ino);
+            let existing = match table.get(k)? {
+                Some(v) => Some(decode(key, v.value())?),
+                None => None,
+            };
+            let fresh = || OriginalRecord {
+                original: value.clone(),
+                owners: BTreeSet::from([owner.to_string()]),
+            };
+            let (record, outcome) = match existing {
+                None => (fresh(), RecordOutcome::Recorded),
+                Some(old) if !old.original.identity.same_object(&value.identity) => {
+                    for o in &old.owners {
+                        index.remove((o.as_str(), key.dev, key.ino))?;
+                    }
+                    (fresh(), RecordOutcome::ReplacedStale { stale: old })
+                }
+                Some(mut rec) => {
+                    let mut changed = false;
+                    for (model, flags) in &value.model_flags {
+                        let f = rec.original.model_flags.entry(model.clone()).or_insert(0);
+                        changed |= *f | flags != *f;
+                        *f |= flags;
+                    }
+                    if rec.owners.contains(owner) && !changed {
+                        return Ok(RecordOutcome::AlreadyOwner {
+                            original: rec.original,
+                        });
+                    }
+                    let outcome = if rec.owners.insert(owner.to_string()) {
+                        RecordOutcome::Joined {
+                            original: rec.original.clone(),
+                            owners: rec.owners.len(),
+                        }
+                    } else {
+                        RecordOutcome::AlreadyOwner {
+                            original: rec.original.clone(),
+                        }
+                    };
+                    (rec, outcome)
+                }
+            };
+            table.insert(k, encode(&record)?.as_slice())?;
+            index.insert((owner, key.dev, key.ino), ())?;
+            Ok(outcome)
+        })
+    }
+
+    /// Removes `owner` from the object's users. Returns the original when that was the last
+    /// user (the record is then deleted and the caller restores it); None when other users
+    /// remain, or when there is no record or `owner` was not a user (already released).
+    pub fn release_original(&self, key: ObjectKey, owner: &str) -> Result<Option<Original>> {
+        self.write(|txn| {
+            let mut table = txn.open_table(ORIGINALS)?;
+            let mut index = txn.open_table(ORIGINAL_OWNERS)?;
+            let k = (key.dev, key.ino);
+            let mut rec = match table.get(k)? {
+                Some(v) => decode(key, v.value())?,
+                None => return Ok(None),
+            };
+            if !rec.owners.remove(owner) {
+                return Ok(None);
+            }
+            index.remove((owner, key.dev, key.ino))?;
+            if rec.owners.is_empty() {
+                table.remove(k)?;
+                Ok(Some(rec.original))
+            } else {
+                table.insert(k, encode(&rec)?.as_slice())?;
+                Ok(None)
+            }
+        })
+    }
+
+    /// Sets one model's flags on an existing record (bitwise or with `flags`); false if absent.
+    pub fn add_original_model_flags(&self, key: ObjectKey, model: &str, flags: u32) -> Result<bool> {
+        self.write(|txn| {
+            let mut table = txn.open_table(ORIGINALS)?;
+            let k = (key.dev, key.ino);
+            let mut rec = match table.get(k)? {
+                Some(v) => decode(key, v.value())?,
+                None => return Ok(false),
+            };
+            *rec.original.model_flags.entry(model.to_string()).or_insert(0) |= flags;
+            table.insert(k, encode(&rec)?.as_slice())?;
+            Ok(true)
+        })
+    }
+
+    /// The record of one object.
+    pub fn get_original(&self, key: ObjectKey) -> Result<Option<OriginalRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ORIGINALS)?;
+        let row = table.get((key.dev, key.ino))?;
+        row.map(|v| decode(key, v.value())).transpose()
+    }
+
+    /// Every record (for crash recovery: what was changed and must be restored).
+    pub fn list_originals(&self) -> Result<Vec<(ObjectKey, OriginalRecord)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ORIGINALS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (dev, ino) = k.value();
+            let key = ObjectKey { dev, ino };
+            out.push((key, decode(key, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The records `owner` is a user of (what to release when that guest stops).
+    pub fn originals_for_owner(&self, owner: &str) -> Result<Vec<(ObjectKey, OriginalRecord)>> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(ORIGINAL_OWNERS)?;
+        let table = txn.open_table(ORIGINALS)?;
+        let mut out = Vec::new();
+        for row in index.range((owner, 0u64, 0u64)..)? {
+            let (k, _) = row?;
+            let (o, dev, ino) = k.value();
+            if o != owner {
+                break;
+            }
+            let key = ObjectKey { dev, ino };
+            let rec = match table.get((dev, ino))? {
+                Some(v) => decode(key, v.value())?,
+                None => {
+                    return Err(Error::Corrupt {
+                        table: "original_owners",
+                        key: format!("{owner}:{dev}:{ino}"),
+                        reason: "index entry without a record".into(),
+                    });
+                }
+            };
+            out.push((key, rec));
+        }
+        Ok(out)
+    }
+}
+
+/// Paths are bytes on Linux; JSON strings must be UTF-8, so store the bytes.
+mod path_bytes {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(p.as_os_str().as_bytes())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        let bytes = Vec::<u8>::deserialize(d)?;
+        Ok(PathBuf::from(OsString::from_vec(bytes)))
+    }
+}
