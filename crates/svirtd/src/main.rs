@@ -1,2 +1,151 @@
-//! svirtd: the svirt daemon.
-fn main() {}
+//! svirtd: the svirt daemon. Starts, confines and supervises QEMU guests, and serves the
+//! JSON API on `<run-dir>/svirtd.sock`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use svirt_manager::{AccelChoice, CategoryRange, Config, DriverSelection, Manager, UidRange};
+use tracing::{error, info, warn};
+
+/// The svirt daemon: starts QEMU guests from libvirt domain XML, each confined by the
+/// security driver stack, supervises them and restores everything when they end.
+#[derive(Parser, Debug)]
+#[command(name = "svirtd", version)]
+struct Args {
+    /// Persistent state (the embedded database).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/svirt")]
+    state_dir: PathBuf,
+    /// Runtime files: the API socket, per-guest directories, QMP sockets.
+    #[arg(long, value_name = "DIR", default_value = "/run/svirt")]
+    run_dir: PathBuf,
+    /// MCS categories dynamic labels are drawn from (default: the daemon's own range, or c0.c1023).
+    #[arg(long, value_name = "cA.cB", value_parser = parse_category_range)]
+    category_range: Option<CategoryRange>,
+    /// uids (and gids) handed to guests, one each (default 2000000000-2000065535).
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range)]
+    uid_range: Option<UidRange>,
+    /// Security drivers: `auto` (SELinux when enabled, else DAC + Landlock), `none`, or a
+    /// list such as `selinux,dac` or `dac,landlock`.
+    #[arg(long, value_name = "auto|none|LIST", default_value = "auto", value_parser = parse_drivers)]
+    drivers: DriverSelection,
+    /// Accelerator: `auto` probes KVM once and falls back to TCG.
+    #[arg(long, value_name = "auto|kvm|tcg", default_value = "auto", value_parser = parse_accel)]
+    accel: AccelChoice,
+    /// QEMU binary (default: the domain's <emulator>, or qemu-system-x86_64 from PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+    /// cgroup (below each hierarchy) holding the guests' groups.
+    #[arg(long, value_name = "NAME", default_value = "svirt")]
+    cgroup_parent: String,
+    /// Seconds `shutdown` waits after the ACPI power-down before killing QEMU.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+fn parse_category_range(s: &str) -> Result<CategoryRange, String> {
+    s.parse().map_err(|e: svirt_manager::ManagerError| e.to_string())
+}
+fn parse_uid_range(s: &str) -> Result<UidRange, String> {
+    s.parse().map_err(|e: svirt_manager::ManagerError| e.to_string())
+}
+fn parse_drivers(s: &str) -> Result<DriverSelection, String> {
+    s.parse().map_err(|e: svirt_manager::ManagerError| e.to_string())
+}
+fn parse_accel(s: &str) -> Result<AccelChoice, String> {
+    match s {
+        "auto" => Ok(AccelChoice::Auto),
+        "kvm" => Ok(AccelChoice::Kvm),
+        "tcg" => Ok(AccelChoice::Tcg),
+        _ => Err(format!("{s:?}: expected auto, kvm or tcg")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SVIRTD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("svirtd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let socket = args.run_dir.join("svirtd.sock");
+    std::fs::create_dir_all(&args.run_dir)
+        .map_err(|e| format!("create run dir {}: {e}", args.run_dir.display()))?;
+    // Before opening the store: a second daemon must not touch the first one's guests.
+    svirtd::server::check_socket_free(&socket).map_err(|e| e.to_string())?;
+
+    let mut config = Config::new(&args.state_dir, &args.run_dir);
+    config.category_range = args.category_range;
+    config.uid_range = args.uid_range;
+    config.drivers = args.drivers;
+    config.accel = args.accel;
+    config.qemu_binary = args.qemu;
+    config.cgroup_parent = args.cgroup_parent;
+    config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    info!(state_dir = %args.state_dir.display(), run_dir = %args.run_dir.display(), "opening manager");
+    let (manager, report) = Manager::open(config).map_err(|e| e.to_string())?;
+    log_report(&report);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = svirtd::server::bind_socket(&socket).map_err(|e| e.to_string())?;
+        info!(socket = %socket.display(), "listening (HTTP/1.1 + JSON, mode 0600)");
+        let app = svirtd::server::router(manager);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop_signal())
+            .await
+            .map_err(|e| format!("serve: {e}"))?;
+        // Guests keep running on purpose: the next svirtd reattaches to them.
+        info!("stopping; running guests keep running and are reattached at the next start");
+        let _ = std::fs::remove_file(&socket);
+        Ok::<(), String>(())
+    })
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("cannot install signal handlers; stop svirtd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+}
+
+fn log_report(r: &svirt_manager::OpenReport) {
+    let stack: Vec<&str> = r.stack.iter().map(|m| m.as_str()).collect();
+    let stack = if stack.is_empty() { "none (guests are NOT confined)".to_string() } else { stack.join(" + ") };
+    info!("driver stack: {stack} — {}", r.why);
+    for d in &r.drivers {
+        info!("  driver {}: {} — {}", d.model, if d.active { "active" } else { "not used" }, d.reason);
+    }
+    info!("accelerator: {} — {}", r.accel, r.accel_reason);
+    info!("cgroups: {}", r.cgroup);
+    info!("qemu: {}", r.qemu.display());
+    for g in &r.reattached {
+        info!("reattached to running guest {g}");
+    }
+    for (g, what) in &r.recovered {
+        info!("recovered guest {g}: {what}");
+    }
+}

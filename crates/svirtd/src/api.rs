@@ -1,0 +1,407 @@
+//! The JSON API: request and response types, their OpenAPI schemas, and the conversion
+//! from the manager's types.
+//!
+//! The wire shapes are the manager's own (`svirt_manager::types`, documented in
+//! docs/manager.md); this module mirrors them only to attach OpenAPI schemas. Every
+//! conversion destructures the manager's struct without `..`, so a field added there
+//! fails to compile here until the API (and thus docs/openapi.json) says what it is.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use svirt_manager as m;
+
+/// `POST /v1/domains`: start a guest.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// libvirt domain XML.
+    pub xml: String,
+    /// Start with the vCPUs stopped (QEMU `-S`).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// `POST /v1/domains/{name}/shutdown`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownRequest {
+    /// Seconds to wait after the ACPI power-down before killing QEMU (default: the daemon's).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// `GET /v1/domains/{name}/xml`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DomainXml {
+    /// The live XML, with the `<seclabel>` labels in use.
+    pub xml: String,
+}
+
+/// Every error: one line, for people.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// `GET /v1/domains` query.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Include shut-off guests.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Lifecycle state: `starting`, `running`, `paused`, `stopping`, `shut-off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    /// Labels and cgroup being set up, QEMU not answering yet.
+    Starting,
+    /// QEMU runs the guest.
+    Running,
+    /// vCPUs stopped.
+    Paused,
+    /// A shutdown or destroy is in progress.
+    Stopping,
+    /// QEMU gone, everything restored.
+    ShutOff,
+}
+
+impl From<m::GuestState> for State {
+    fn from(s: m::GuestState) -> Self {
+        match s {
+            m::GuestState::Starting => State::Starting,
+            m::GuestState::Running => State::Running,
+            m::GuestState::Paused => State::Paused,
+            m::GuestState::Stopping => State::Stopping,
+            m::GuestState::ShutOff => State::ShutOff,
+        }
+    }
+}
+
+/// One entry of `GET /v1/domains`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Summary {
+    /// Guest name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// State.
+    pub state: State,
+    /// QEMU's pid while it runs.
+    pub pid: Option<i32>,
+    /// Process label per driver: `selinux` → context, `dac` → `+uid:+gid`, `landlock` → ruleset summary.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<m::GuestSummary> for Summary {
+    fn from(g: m::GuestSummary) -> Self {
+        let m::GuestSummary { name, uuid, state, pid, labels } = g;
+        Summary { name, uuid, state: state.into(), pid, labels }
+    }
+}
+
+/// Why a guest stopped (`reason`, plus `code`/`signal` or `message` for some reasons).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case", tag = "reason")]
+pub enum Reason {
+    /// The guest powered off.
+    Shutdown,
+    /// `destroy` killed it.
+    Destroyed,
+    /// ACPI power-down timed out and QEMU was killed.
+    ShutdownTimeout,
+    /// QEMU exited on its own.
+    Exited {
+        /// Exit code, when it exited.
+        code: Option<i32>,
+        /// Signal, when killed by one.
+        signal: Option<i32>,
+    },
+    /// QEMU ended while no svirtd ran.
+    DiedWhileDetached,
+    /// The start failed and was rolled back.
+    StartFailed {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl From<m::ExitReason> for Reason {
+    fn from(r: m::ExitReason) -> Self {
+        match r {
+            m::ExitReason::Shutdown => Reason::Shutdown,
+            m::ExitReason::Destroyed => Reason::Destroyed,
+            m::ExitReason::ShutdownTimeout => Reason::ShutdownTimeout,
+            m::ExitReason::Exited { code, signal } => Reason::Exited { code, signal },
+            m::ExitReason::DiedWhileDetached => Reason::DiedWhileDetached,
+            m::ExitReason::StartFailed { message } => Reason::StartFailed { message },
+        }
+    }
+}
+
+/// The end of a guest.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Exit {
+    /// Why it stopped.
+    #[serde(flatten)]
+    pub reason: Reason,
+    /// Unix time (seconds) of the exit.
+    pub at: u64,
+    /// Restore errors (empty: every label, owner and mode restored).
+    pub restore_errors: Vec<String>,
+}
+
+impl From<m::ExitInfo> for Exit {
+    fn from(e: m::ExitInfo) -> Self {
+        let m::ExitInfo { reason, at, restore_errors } = e;
+        Exit { reason: reason.into(), at, restore_errors }
+    }
+}
+
+/// The labels of a guest under one security model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Labels {
+    /// `selinux`, `dac`, `landlock` or `apparmor`.
+    pub model: String,
+    /// Process label (`null`: unconfined under this model).
+    pub process: Option<String>,
+    /// Private image label, where the model has one.
+    pub image: Option<String>,
+}
+
+/// Text of a serde enum value (the manager's enums serialize as plain strings).
+fn enum_text<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+impl From<m::ModelLabels> for Labels {
+    fn from(l: m::ModelLabels) -> Self {
+        let m::ModelLabels { model, process, image } = l;
+        Labels { model: model.as_str().to_string(), process, image }
+    }
+}
+
+/// One host object the guest uses, with its label under each model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Resource {
+    /// Absolute path.
+    pub path: String,
+    /// Kind (`disk-image`, `backing-image`, `cdrom`, `kernel`, `initrd`, `chardev-file`, …).
+    pub kind: String,
+    /// `rw` or `ro`.
+    pub access: String,
+    /// `private`, `shared` or `read-only-content`.
+    pub sharing: String,
+    /// Device it belongs to (`disk vda`, `serial 0`…).
+    pub device: String,
+    /// Label per model (`null`: left untouched by that model).
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+impl From<m::ResourceInfo> for Resource {
+    fn from(r: m::ResourceInfo) -> Self {
+        let m::ResourceInfo { path, kind, access, sharing, device, labels } = r;
+        Resource {
+            path: path.display().to_string(),
+            kind: enum_text(&kind),
+            access: enum_text(&access),
+            sharing: enum_text(&sharing),
+            device,
+            labels,
+        }
+    }
+}
+
+/// Everything about one guest.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Info {
+    /// Guest name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// State.
+    pub state: State,
+    /// QEMU pid while active.
+    pub pid: Option<i32>,
+    /// QEMU's start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_time: Option<u64>,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Labels per model.
+    pub labels: Vec<Labels>,
+    /// The guest's uid (DAC).
+    pub uid: Option<u32>,
+    /// The guest's gid (DAC).
+    pub gid: Option<u32>,
+    /// cgroup directories (one per v1 hierarchy, or one v2 group).
+    pub cgroups: Vec<String>,
+    /// Runtime directory.
+    pub runtime_dir: String,
+    /// QMP socket.
+    pub qmp_socket: String,
+    /// Every resource with its label per model and access.
+    pub resources: Vec<Resource>,
+    /// QEMU argv.
+    pub command_line: Vec<String>,
+    /// The exit, once shut off.
+    pub exit: Option<Exit>,
+}
+
+impl From<m::GuestInfo> for Info {
+    fn from(g: m::GuestInfo) -> Self {
+        let m::GuestInfo {
+            name,
+            uuid,
+            state,
+            pid,
+            start_time,
+            accel,
+            labels,
+            uid,
+            gid,
+            cgroups,
+            runtime_dir,
+            qmp_socket,
+            resources,
+            command_line,
+            exit,
+        } = g;
+        Info {
+            name,
+            uuid,
+            state: state.into(),
+            pid,
+            start_time,
+            accel,
+            labels: labels.into_iter().map(Into::into).collect(),
+            uid,
+            gid,
+            cgroups: cgroups.iter().map(|p| p.display().to_string()).collect(),
+            runtime_dir: runtime_dir.display().to_string(),
+            qmp_socket: qmp_socket.display().to_string(),
+            resources: resources.into_iter().map(Into::into).collect(),
+            command_line,
+            exit: exit.map(Into::into),
+        }
+    }
+}
+
+/// One security driver considered at startup.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Driver {
+    /// Model.
+    pub model: String,
+    /// Whether it is in the stack.
+    pub active: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// A guest cleaned up at startup.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Recovered {
+    /// Guest name.
+    pub name: String,
+    /// What was done.
+    pub action: String,
+}
+
+/// `GET /v1/host`: what the daemon chose and found at startup.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    /// svirtd version.
+    pub version: String,
+    /// Models stacked, in order (empty: `--drivers none`).
+    pub stack: Vec<String>,
+    /// Why this stack.
+    pub why: String,
+    /// Every driver considered.
+    pub drivers: Vec<Driver>,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Why that accelerator.
+    pub accel_reason: String,
+    /// cgroup layout used.
+    pub cgroup: String,
+    /// QEMU binary.
+    pub qemu: String,
+    /// Guests found running at startup and reattached.
+    pub reattached: Vec<String>,
+    /// Guests found dead or half-started at startup and cleaned up.
+    pub recovered: Vec<Recovered>,
+}
+
+impl From<m::OpenReport> for Host {
+    fn from(r: m::OpenReport) -> Self {
+        let m::OpenReport { stack, why, drivers, accel, accel_reason, cgroup, qemu, reattached, recovered } = r;
+        Host {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            stack: stack.iter().map(|m| m.as_str().to_string()).collect(),
+            why,
+            drivers: drivers
+                .into_iter()
+                .map(|d| {
+                    let m::DriverReport { model, active, reason } = d;
+                    Driver { model: model.as_str().to_string(), active, reason }
+                })
+                .collect(),
+            accel,
+            accel_reason,
+            cgroup,
+            qemu: qemu.display().to_string(),
+            reattached,
+            recovered: recovered.into_iter().map(|(name, action)| Recovered { name, action }).collect(),
+        }
+    }
+}
+
+/// The OpenAPI description of the API, generated from the handlers and the types above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "svirtd",
+        description = "svirt daemon API: HTTP/1.1 + JSON over the unix socket <run-dir>/svirtd.sock (mode 0600, root only). Errors are {\"error\": \"one line\"} with a 4xx/5xx status.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::server::host,
+        crate::server::list,
+        crate::server::create,
+        crate::server::info,
+        crate::server::dumpxml,
+        crate::server::shutdown,
+        crate::server::destroy,
+        crate::server::qemu_monitor_command,
+    ),
+    components(schemas(
+        CreateRequest, ShutdownRequest, DomainXml, ApiError, State, Summary, Reason, Exit,
+        Labels, Resource, Info, Driver, Recovered, Host
+    )),
+    tags((name = "domains", description = "Guests: start, inspect, stop, QMP passthrough"),
+         (name = "host", description = "What the daemon chose at startup"))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (served at `/openapi.json`, kept in docs/openapi.json).
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    // The package version would make the committed document stale on every release bump.
+    doc.info.version = "1".into();
+    match doc.to_pretty_json() {
+        Ok(mut s) => {
+            s.push('\n');
+            s
+        }
+        Err(e) => format!("{{\"error\":\"cannot render OpenAPI: {e}\"}}\n"),
+    }
+}
