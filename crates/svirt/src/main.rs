@@ -17,6 +17,8 @@ pub use error::{CliError, CmdResult};
 #[derive(Parser)]
 #[command(name = "svirt", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    connect: cmd::client::ConnectArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,6 +28,11 @@ enum Command {
     /// Security labels: canonical form, dominance, translation, allocation.
     #[command(subcommand)]
     Label(cmd::label::LabelCommand),
+    /// Guests through svirtd: start, list, info, dumpxml, shutdown, destroy, qemu-monitor-command.
+    #[command(flatten)]
+    Guest(cmd::guest::GuestCommand),
+    /// Check what this host offers svirt (KVM, LSMs, Landlock, BPF-LSM, cgroups, xattrs).
+    HostValidate(cmd::host_validate::HostValidateArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +46,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Label(c) => cmd::label::run(c),
+        Command::Guest(c) => cmd::guest::run(c, &cli.connect),
+        Command::HostValidate(a) => cmd::host_validate::run(a),
     };
     match result {
         Ok(code) => code,

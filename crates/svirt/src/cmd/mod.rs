@@ -1,3 +1,6 @@
 //! One module per subcommand.
 
 pub mod label;
+pub mod client;
+pub mod guest;
+pub mod host_validate;

@@ -1,0 +1,268 @@
+//! The client side of svirtd's API: HTTP/1.1 + JSON over a unix socket.
+//!
+//! A deliberately small blocking client (one request per connection, `Connection: close`):
+//! the CLI makes one or two calls per run, and starting a tokio runtime and a hyper client
+//! for that would cost more than the calls themselves (`svirt start` is on the path the
+//! start-latency benchmark measures).
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use crate::CliError;
+
+/// Where svirtd listens when neither `--connect` nor `SVIRT_SOCKET` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/svirt/svirtd.sock";
+
+/// `--connect`, shared by every command that talks to svirtd.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectArgs {
+    /// svirtd's API socket, as `unix:PATH` (or a plain path). Default: /run/svirt/svirtd.sock.
+    #[arg(long, global = true, env = "SVIRT_SOCKET", value_name = "unix:PATH")]
+    pub connect: Option<String>,
+}
+
+/// One answer of svirtd.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body, decoded as JSON (`Value::Null` when empty).
+    pub body: Value,
+}
+
+/// A connection target.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+/// The text of an I/O error without Rust's " (os error N)" suffix: the CLI shows it to people.
+pub fn io_text(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+impl Client {
+    /// The client for `--connect` / `SVIRT_SOCKET`, or the default socket.
+    pub fn new(args: &ConnectArgs) -> Result<Client, CliError> {
+        let socket = match args.connect.as_deref() {
+            None | Some("") => PathBuf::from(DEFAULT_SOCKET),
+            Some(s) => match s.strip_prefix("unix:") {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                Some(_) => return Err(CliError::input("--connect unix: needs a socket path")),
+                None if s.contains("://") => {
+                    return Err(CliError::input(format!(
+                        "--connect {s}: only unix:PATH is supported"
+                    )));
+                }
+                None => PathBuf::from(s),
+            },
+        };
+        Ok(Client { socket })
+    }
+
+    /// The socket path.
+    #[cfg(test)]
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Sends one request and reads the whole answer. Errors of the transport are
+    /// [`CliError`]s already worded for people; HTTP errors come back as a [`Response`].
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, CliError> {
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| {
+            CliError::failed(format!(
+                "cannot connect to svirtd at {}: {} (is svirtd running?)",
+                self.socket.display(),
+                io_text(&e)
+            ))
+        })?;
+        // Shutdown waits for the guest to power off; leave room for the daemon's own timeout.
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
+        let payload = match body {
+            Some(v) => serde_json::to_vec(v)
+                .map_err(|e| CliError::failed(format!("cannot encode request: {e}")))?,
+            None => Vec::new(),
+        };
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: svirtd\r\nConnection: close\r\nAccept: application/json\r\n"
+        );
+        if body.is_some() {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                payload.len()
+            ));
+        }
+        req.push_str("\r\n");
+        let lost = |e: io::Error| {
+            CliError::failed(format!(
+                "connection to svirtd at {} lost: {}",
+                self.socket.display(),
+                io_text(&e)
+            ))
+        };
+        stream.write_all(req.as_bytes()).map_err(lost)?;
+        stream.write_all(&payload).map_err(lost)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(lost)?;
+        parse_response(&raw).map_err(|m| CliError::failed(format!("bad answer from svirtd: {m}")))
+    }
+
+    /// Like [`Client::request`], but turns an HTTP error into the daemon's one-line message.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let r = self.request(method, path, body)?;
+        if (200..300).contains(&r.status) {
+            return Ok(r.body);
+        }
+        let msg = r
+            .body
+            .get("error")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .unwrap_or_else(|| format!("svirtd answered HTTP {}", r.status));
+        // 4xx are the caller's mistake (bad XML, unknown guest): exit status 2 like other input errors.
+        Err(if (400..500).contains(&r.status) {
+            CliError::input(msg)
+        } else {
+            CliError::failed(msg)
+        })
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses one HTTP/1.1 response (status line, headers, body with Content-Length,
+/// chunked encoding, or up to end of stream).
+pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
+    let head_end = find(raw, b"\r\n\r\n").ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("empty answer")?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "content-length" {
+            length = Some(v.parse::<usize>().map_err(|_| "bad Content-Length")?);
+        } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        }
+    }
+    let rest = &raw[head_end + 4..];
+    let body: Vec<u8> = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = length {
+        rest.get(..n)
+            .ok_or("answer shorter than its Content-Length")?
+            .to_vec()
+    } else {
+        rest.to_vec()
+    };
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))?
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(data, b"\r\n").ok_or("truncated chunk size")?;
+        let size_text = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(data.get(..size).ok_or("truncated chunk")?);
+        data = data.get(size + 2..).ok_or("truncated chunk end")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn parses_content_length_and_chunked_bodies() {
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n{\"error\":\"nope\"}\n")
+            .expect("parse");
+        assert_eq!(r.status, 404);
+        assert_eq!(r.body["error"], "nope");
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[1,2\r\n2\r\n,3\r\n1\r\n]\r\n0\r\n\r\n")
+            .expect("parse");
+        assert_eq!(r.body, serde_json::json!([1, 2, 3]));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}").is_err());
+    }
+
+    #[test]
+    fn connect_argument_forms() {
+        let c = |s: Option<&str>| {
+            Client::new(&ConnectArgs {
+                connect: s.map(String::from),
+            })
+        };
+        assert_eq!(
+            c(None).expect("default").socket(),
+            Path::new(DEFAULT_SOCKET)
+        );
+        assert_eq!(
+            c(Some("unix:/tmp/x.sock")).expect("unix").socket(),
+            Path::new("/tmp/x.sock")
+        );
+        assert_eq!(
+            c(Some("/tmp/y.sock")).expect("path").socket(),
+            Path::new("/tmp/y.sock")
+        );
+        assert!(c(Some("tcp://host:1")).is_err());
+        assert!(c(Some("unix:")).is_err());
+    }
+
+    #[test]
+    fn connection_refused_is_one_clear_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("none.sock");
+        let c = Client::new(&ConnectArgs {
+            connect: Some(format!("unix:{}", sock.display())),
+        })
+        .expect("client");
+        let e = c
+            .request("GET", "/v1/domains", None)
+            .expect_err("no daemon");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot connect to svirtd at {}: No such file or directory (is svirtd running?)",
+                sock.display()
+            )
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! Guest commands, shaped like virsh: `start`, `list`, `info`, `dumpxml`, `shutdown`,
+//! `destroy`, `qemu-monitor-command`. Each is one or two calls to svirtd's API (see
+//! docs/api.md); `--json` prints the API's JSON as is (shapes in docs/cli.md).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::client::{Client, ConnectArgs, io_text};
+use crate::{CliError, CmdResult};
+
+/// The guest subcommands (flattened into the top level of `svirt`).
+#[derive(Subcommand, Debug)]
+pub enum GuestCommand {
+    /// Start a guest from libvirt domain XML (returns once its QEMU answers QMP).
+    Start {
+        /// Domain XML file (`-` for standard input).
+        xml: PathBuf,
+        /// Start with the vCPUs stopped (QEMU -S).
+        #[arg(long)]
+        paused: bool,
+        /// Print the started guest's info as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List guests: name, state, QEMU pid, process label per driver.
+    List {
+        /// Also list shut-off guests.
+        #[arg(long)]
+        all: bool,
+        /// JSON output (an array; see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about a guest: labels, uid/gid, cgroups, every resource with its labels.
+    Info {
+        /// Guest name.
+        name: String,
+        /// JSON output (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The live domain XML, with the <seclabel> labels in use.
+    Dumpxml {
+        /// Guest name.
+        name: String,
+    },
+    /// ACPI power-down; QEMU is killed if the guest has not stopped after the timeout.
+    Shutdown {
+        /// Guest name.
+        name: String,
+        /// Seconds to wait before killing (default: svirtd's --shutdown-timeout).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Print the exit record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill the guest's QEMU at once.
+    Destroy {
+        /// Guest name.
+        name: String,
+        /// Print the exit record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pass one QMP command to the guest's QEMU and print its reply (exit 1 if QEMU refuses).
+    #[command(name = "qemu-monitor-command")]
+    QemuMonitorCommand {
+        /// Guest name.
+        name: String,
+        /// The QMP command, e.g. '{"execute":"query-status"}'.
+        command: String,
+        /// Indent the reply.
+        #[arg(long)]
+        pretty: bool,
+    },
+}
+
+/// Runs a guest subcommand against svirtd.
+pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
+    let client = Client::new(connect)?;
+    match cmd {
+        GuestCommand::Start { xml, paused, json } => start(&client, &xml, paused, json),
+        GuestCommand::List { all, json } => list(&client, all, json),
+        GuestCommand::Info { name, json } => info(&client, &name, json),
+        GuestCommand::Dumpxml { name } => {
+            let v = client.call("GET", &format!("/v1/domains/{}/xml", enc(&name)), None)?;
+            let xml = v.get("xml").and_then(Value::as_str).unwrap_or_default();
+            print!("{xml}");
+            if !xml.ends_with('\n') {
+                println!();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GuestCommand::Shutdown {
+            name,
+            timeout,
+            json,
+        } => {
+            let body = json!({ "timeout_secs": timeout });
+            let v = client.call(
+                "POST",
+                &format!("/v1/domains/{}/shutdown", enc(&name)),
+                Some(&body),
+            )?;
+            stopped(&name, &v, json, "shut down")
+        }
+        GuestCommand::Destroy { name, json } => {
+            let v = client.call("POST", &format!("/v1/domains/{}/destroy", enc(&name)), None)?;
+            stopped(&name, &v, json, "destroyed")
+        }
+        GuestCommand::QemuMonitorCommand {
+            name,
+            command,
+            pretty,
+        } => qemu_monitor_command(&client, &name, &command, pretty),
+    }
+}
+
+/// Percent-encodes a guest name for a URL path segment.
+fn enc(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn print_json(v: &Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::failed(format!("cannot encode JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn start(client: &Client, path: &PathBuf, paused: bool, json: bool) -> CmdResult {
+    let xml = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| CliError::input(format!("cannot read standard input: {}", io_text(&e))))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            CliError::input(format!("cannot read {}: {}", path.display(), io_text(&e)))
+        })?
+    };
+    let v = client.call(
+        "POST",
+        "/v1/domains",
+        Some(&json!({ "xml": xml, "paused": paused })),
+    )?;
+    if json {
+        print_json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+    let mut extra = vec![format!("pid {}", num(&v["pid"]))];
+    if let Some(s) = v.get("state").and_then(Value::as_str) {
+        extra.push(s.to_string());
+    }
+    if let Some(a) = v.get("accel").and_then(Value::as_str) {
+        extra.push(a.to_string());
+    }
+    println!(
+        "Domain '{name}' started from {} ({})",
+        path.display(),
+        extra.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn num(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// Renders rows as a virsh-style table: a header, a rule, left-aligned columns.
+fn table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            if i + 1 == cells.len() {
+                let _ = write!(s, " {c}");
+            } else {
+                let _ = write!(s, " {c:<w$}  ");
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header);
+    out.push('\n');
+    let total: usize = widths.iter().map(|w| w + 3).sum();
+    out.push_str(&"-".repeat(total.max(20)));
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
+    out
+}
+
+fn list(client: &Client, all: bool, json: bool) -> CmdResult {
+    let v = client.call("GET", &format!("/v1/domains?all={all}"), None)?;
+    if json {
+        print_json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let guests = v.as_array().cloned().unwrap_or_default();
+    // One label column per driver model present, in a stable order.
+    let mut models: Vec<String> = guests
+        .iter()
+        .filter_map(|g| g.get("labels").and_then(Value::as_object))
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    models.sort();
+    models.dedup();
+    let mut header: Vec<String> = ["Name", "State", "PID"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    header.extend(models.iter().map(|m| format!("{m} label")));
+    let rows: Vec<Vec<String>> = guests
+        .iter()
+        .map(|g| {
+            let mut r = vec![
+                text(&g["name"]).to_string(),
+                text(&g["state"]).to_string(),
+                num(&g["pid"]),
+            ];
+            r.extend(models.iter().map(|m| text(&g["labels"][m]).to_string()));
+            r
+        })
+        .collect();
+    print!("{}", table(&header, &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(client: &Client, name: &str, json: bool) -> CmdResult {
+    let v = client.call("GET", &format!("/v1/domains/{}", enc(name)), None)?;
+    if json {
+        print_json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_info(&v));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human form of `info` (JSON as svirtd sends it).
+pub fn render_info(v: &Value) -> String {
+    let mut o = String::new();
+    let kv = |o: &mut String, k: &str, val: String| {
+        let _ = writeln!(o, "{:<14}{val}", format!("{k}:"));
+    };
+    kv(&mut o, "Name", text(&v["name"]).into());
+    kv(&mut o, "UUID", text(&v["uuid"]).into());
+    kv(&mut o, "State", text(&v["state"]).into());
+    kv(&mut o, "PID", num(&v["pid"]));
+    kv(&mut o, "Accelerator", text(&v["accel"]).into());
+    kv(
+        &mut o,
+        "uid:gid",
+        format!("{}:{}", num(&v["uid"]), num(&v["gid"])),
+    );
+    let cgroups: Vec<String> = v["cgroups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| text(c).to_string())
+        .collect();
+    kv(
+        &mut o,
+        "cgroups",
+        if cgroups.is_empty() {
+            "-".into()
+        } else {
+            cgroups.join(", ")
+        },
+    );
+    kv(&mut o, "Runtime dir", text(&v["runtime_dir"]).into());
+    kv(&mut o, "QMP socket", text(&v["qmp_socket"]).into());
+    let _ = writeln!(o, "Security labels:");
+    for l in v["labels"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "  {:<9} process: {}   image: {}",
+            text(&l["model"]),
+            l["process"].as_str().unwrap_or("(unconfined)"),
+            l["image"].as_str().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(o, "Resources:");
+    for r in v["resources"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "  {}  [{}, {}, {}, {}]",
+            text(&r["path"]),
+            text(&r["device"]),
+            text(&r["kind"]),
+            text(&r["access"]),
+            text(&r["sharing"])
+        );
+        if let Some(labels) = r["labels"].as_object() {
+            for (model, label) in labels {
+                let _ = writeln!(
+                    o,
+                    "      {model:<9} {}",
+                    label.as_str().unwrap_or("(untouched)")
+                );
+            }
+        }
+    }
+    if let Some(exit) = v.get("exit").filter(|e| !e.is_null()) {
+        let _ = writeln!(o, "Exit:         {}", describe_exit(exit));
+    }
+    o
+}
+
+fn describe_exit(exit: &Value) -> String {
+    let mut s = text(&exit["reason"]).to_string();
+    if let Some(c) = exit.get("code").and_then(Value::as_i64) {
+        let _ = write!(s, " (code {c})");
+    }
+    if let Some(sig) = exit.get("signal").and_then(Value::as_i64) {
+        let _ = write!(s, " (signal {sig})");
+    }
+    if let Some(m) = exit.get("message").and_then(Value::as_str) {
+        let _ = write!(s, ": {m}");
+    }
+    s
+}
+
+fn stopped(name: &str, exit: &Value, json: bool, verb: &str) -> CmdResult {
+    let errors: Vec<&str> = exit["restore_errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if json {
+        print_json(exit)?;
+    } else if errors.is_empty() {
+        println!(
+            "Domain '{name}' {verb} ({}); every label and owner restored",
+            describe_exit(exit)
+        );
+    } else {
+        println!("Domain '{name}' {verb} ({})", describe_exit(exit));
+    }
+    if errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(CliError::failed(format!(
+            "{name}: restore incomplete: {}",
+            errors.join("; ")
+        )))
+    }
+}
+
+fn qemu_monitor_command(client: &Client, name: &str, command: &str, pretty: bool) -> CmdResult {
+    let cmd: Value = serde_json::from_str(command)
+        .map_err(|e| CliError::input(format!("the QMP command is not JSON: {e}")))?;
+    if !cmd.get("execute").is_some_and(Value::is_string) {
+        return Err(CliError::input(
+            r#"a QMP command is an object with "execute", e.g. '{"execute":"query-status"}'"#,
+        ));
+    }
+    let reply = client.call(
+        "POST",
+        &format!("/v1/domains/{}/qemu-monitor-command", enc(name)),
+        Some(&cmd),
+    )?;
+    let out = if pretty {
+        serde_json::to_string_pretty(&reply)
+    } else {
+        serde_json::to_string(&reply)
+    };
+    println!(
+        "{}",
+        out.map_err(|e| CliError::failed(format!("cannot encode JSON: {e}")))?
+    );
+    match reply.get("error") {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => Err(CliError::failed(format!(
+            "QEMU refused {}: {}",
+            text(&cmd["execute"]),
+            e.get("desc")
+                .and_then(Value::as_str)
+                .unwrap_or("(no description)")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_encoded_for_paths() {
+        assert_eq!(enc("guest-a_1.x"), "guest-a_1.x");
+        assert_eq!(enc("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["Name".into(), "State".into()],
+            &[
+                vec!["a".into(), "running".into()],
+                vec!["longer".into(), "paused".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], " Name     State");
+        assert_eq!(lines[2], " a        running");
+        assert_eq!(lines[3], " longer   paused");
+    }
+}
