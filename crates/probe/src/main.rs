@@ -1,0 +1,300 @@
+//! `svirt-probe`: the one static binary the enforcement lab puts in its initramfs.
+//!
+//! It is every program of the SELinux scenario: the policy loader and file labeler (run
+//! unconfined), the stand-in manager (a copy labeled `virtd_exec_t`), the compromised VMM
+//! (a copy labeled `qemu_exec_t`, invoked qemu-style), and the checker that compares the
+//! kernel's decisions with the expected table. See docs/lab.md.
+
+mod check;
+mod error;
+mod manager;
+mod plan;
+mod selinux;
+mod vmm;
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use error::{Context, Error, Result};
+
+const USAGE: &str = "usage: svirt-probe COMMAND ...
+  load-policy POLICY [--selinuxfs DIR]     load a binary policy with one write()
+  setlabel PATH CONTEXT                    set security.selinux (no symlink follow)
+  getlabel PATH                            print security.selinux
+  context [PID]                            print /proc/PID/attr/current (default self)
+  exec [--null-stdio] PROGRAM [ARGS...]    execv PROGRAM (one step of a domain transition chain);
+                                           --null-stdio: stdio from a /dev/null this domain opened
+  manager --plan F --state DIR --vmm F [--timeout SECS]
+                                           stand-in manager (see docs/lab.md)
+  vmm --name NAME [--attack F] [--linger SECS]
+                                           compromised VMM; also runs when invoked as qemu-system-*
+  snapshot --plan F --attack F [--pids F] --out F
+  wait-line --line TEXT --timeout SECS FILE...
+  list-checks --plan F --attack F --expected F
+  check --plan F --attack F --expected F --before F --running F --after F --dmesg F";
+
+/// `--key value` options plus positional arguments.
+struct Args {
+    opts: BTreeMap<String, String>,
+    positional: Vec<String>,
+}
+
+impl Args {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut opts = BTreeMap::new();
+        let mut positional = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if let Some(key) = a.strip_prefix("--") {
+                let v = it
+                    .next()
+                    .ok_or_else(|| Error::msg(format!("--{key} needs a value")))?;
+                opts.insert(key.to_string(), v.clone());
+            } else {
+                positional.push(a.clone());
+            }
+        }
+        Ok(Self { opts, positional })
+    }
+
+    fn req(&self, key: &str) -> Result<PathBuf> {
+        self.opts
+            .get(key)
+            .map(PathBuf::from)
+            .ok_or_else(|| Error::msg(format!("missing --{key}")))
+    }
+
+    fn secs(&self, key: &str, default: u64) -> Result<Duration> {
+        match self.opts.get(key) {
+            None => Ok(Duration::from_secs(default)),
+            Some(v) => v
+                .parse()
+                .map(Duration::from_secs)
+                .map_err(|_| Error::msg(format!("--{key}: {v:?} is not a number of seconds"))),
+        }
+    }
+
+    fn pos(&self, i: usize, what: &str) -> Result<&str> {
+        self.positional
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| Error::msg(format!("missing {what}")))
+    }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let argv0 = argv
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let result = if argv0.starts_with("qemu-system") {
+        // The manager (or svirtd later) execs us the way it would exec QEMU.
+        match vmm::guest_name(&argv[1..]) {
+            Some(name) => vmm::run(
+                &name,
+                Path::new(vmm::DEFAULT_ATTACK),
+                Duration::from_secs(120),
+            )
+            .map(|()| true),
+            None => Err(Error::msg("invoked as a VMM without -name")),
+        }
+    } else {
+        match argv.get(1) {
+            Some(cmd) => dispatch(cmd, &argv[2..]),
+            None => Err(Error::msg(USAGE)),
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("svirt-probe: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
+    let a = Args::parse(rest)?;
+    match cmd {
+        "load-policy" => {
+            let fs_dir = a
+                .opts
+                .get("selinuxfs")
+                .map_or("/sys/fs/selinux", String::as_str);
+            let n = selinux::load_policy(Path::new(a.pos(0, "POLICY")?), Path::new(fs_dir))?;
+            println!("loaded policy: {n} bytes in one write");
+            Ok(true)
+        }
+        "setlabel" => {
+            selinux::set_file_label(Path::new(a.pos(0, "PATH")?), a.pos(1, "CONTEXT")?)?;
+            Ok(true)
+        }
+        "getlabel" => {
+            println!("{}", selinux::file_label(Path::new(a.pos(0, "PATH")?))?);
+            Ok(true)
+        }
+        "context" => {
+            let pid = a.positional.first().map_or("self", String::as_str);
+            println!("{}", selinux::process_attr(pid, "current")?);
+            Ok(true)
+        }
+        "exec" => exec(rest),
+        "manager" => {
+            manager::run(&manager::Options {
+                plan: a.req("plan")?,
+                state: a.req("state")?,
+                vmm: a.req("vmm")?,
+                timeout: a.secs("timeout", 180)?,
+            })?;
+            Ok(true)
+        }
+        "vmm" => {
+            let name = a
+                .opts
+                .get("name")
+                .ok_or_else(|| Error::msg("missing --name"))?;
+            let attack = a
+                .opts
+                .get("attack")
+                .map_or(vmm::DEFAULT_ATTACK, String::as_str);
+            vmm::run(name, Path::new(attack), a.secs("linger", 120)?)?;
+            Ok(true)
+        }
+        "snapshot" => {
+            let plan = plan::Plan::load(&a.req("plan")?)?;
+            let attack = plan::Attack::load(&a.req("attack")?)?;
+            let pids = a.opts.get("pids").map(PathBuf::from);
+            let snap =
+                check::take_snapshot(&check::watched_files(&plan, &attack), pids.as_deref())?;
+            let out = a.req("out")?;
+            fs::write(&out, snap.render()).ctx(|| format!("writing {}", out.display()))?;
+            Ok(true)
+        }
+        "wait-line" => {
+            let line = a
+                .opts
+                .get("line")
+                .ok_or_else(|| Error::msg("missing --line"))?;
+            wait_line(&a.positional, line, a.secs("timeout", 60)?)
+        }
+        "list-checks" => {
+            let (plan, attack, expected) = load_inputs(&a)?;
+            for name in check::list(&plan, &attack, &expected) {
+                println!("{name}");
+            }
+            Ok(true)
+        }
+        "check" => run_check(&a),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(true)
+        }
+        other => Err(Error::msg(format!("unknown command {other:?}\n{USAGE}"))),
+    }
+}
+
+fn load_inputs(a: &Args) -> Result<(plan::Plan, plan::Attack, plan::Expected)> {
+    Ok((
+        plan::Plan::load(&a.req("plan")?)?,
+        plan::Attack::load(&a.req("attack")?)?,
+        plan::load_expected(&a.req("expected")?)?,
+    ))
+}
+
+fn run_check(a: &Args) -> Result<bool> {
+    let (plan, attack, expected) = load_inputs(a)?;
+    // Missing observation files are not errors here: every check they feed must then be
+    // REPORTED as failed, so the host sees a complete, failing list.
+    let snap = |key: &str| -> Snapshot {
+        a.req(key)
+            .ok()
+            .and_then(|p| plan::Snapshot::load(&p).ok())
+            .unwrap_or_default()
+    };
+    type Snapshot = plan::Snapshot;
+    let mut obs = check::Observed {
+        before: snap("before"),
+        running: snap("running"),
+        after: snap("after"),
+        ..Default::default()
+    };
+    for (guest, path) in &attack.results {
+        if let Ok(text) = fs::read_to_string(path) {
+            obs.results
+                .insert(guest.clone(), check::GuestResults::parse(&text));
+        }
+    }
+    if let Ok(text) = fs::read_to_string(a.req("dmesg")?) {
+        obs.avcs = text.lines().filter_map(check::parse_avc).collect();
+    }
+    obs.enforcing = fs::read_to_string("/sys/fs/selinux/enforce")
+        .ok()
+        .map(|s| s.trim() == "1");
+    let results = check::evaluate(&plan, &attack, &expected, &obs);
+    for r in &results {
+        println!("{}", r.line());
+    }
+    Ok(results.iter().all(|r| r.pass))
+}
+
+fn wait_line(files: &[String], line: &str, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let has = |f: &String| fs::read_to_string(f).is_ok_and(|t| t.lines().any(|l| l.trim() == line));
+    loop {
+        let missing: Vec<&String> = files.iter().filter(|f| !has(f)).collect();
+        if missing.is_empty() {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            eprintln!("svirt-probe: timed out waiting for {line:?} in {missing:?}");
+            return Ok(false);
+        }
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn exec(args: &[String]) -> Result<bool> {
+    let args = match args.split_first() {
+        Some((flag, rest)) if flag == "--null-stdio" => {
+            // The next domain may use fds of this one but not those inherited from
+            // further up the chain; the kernel would replace them (with an AVC each).
+            let null = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .ctx(|| "opening /dev/null".to_string())?;
+            for fd in 0..3 {
+                // SAFETY: dup2 onto the standard fds of this about-to-exec process.
+                if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .ctx(|| format!("dup2 onto fd {fd}"));
+                }
+            }
+            rest
+        }
+        _ => args,
+    };
+    let prog = args
+        .first()
+        .ok_or_else(|| Error::msg("exec: missing PROGRAM"))?;
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| Error::msg("argument contains NUL")))
+        .collect::<Result<_>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let path = CString::new(Path::new(prog).as_os_str().as_bytes())
+        .map_err(|_| Error::msg("path contains NUL"))?;
+    // SAFETY: path and the NULL-terminated argv point into live CStrings.
+    unsafe { libc::execv(path.as_ptr(), ptrs.as_ptr()) };
+    Err(std::io::Error::last_os_error()).ctx(|| format!("execv {prog}"))
+}

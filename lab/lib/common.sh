@@ -1,0 +1,100 @@
+# Host-side helpers of the enforcement lab, sourced by lab/run. Bash, set -euo pipefail.
+
+lab_log() { printf 'lab: %s\n' "$*" >&2; }
+lab_die() { printf 'lab: ERROR: %s\n' "$*" >&2; exit 2; }
+
+# apt-get with a wait on the dpkg lock instead of failing when another apt runs.
+lab_apt() {
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q "$@"
+}
+
+LAB_APT_UPDATED=0
+lab_apt_update_once() {
+    if [ "$LAB_APT_UPDATED" = 0 ]; then
+        lab_log "apt-get update"
+        lab_apt update >&2 || lab_die "apt-get update failed"
+        LAB_APT_UPDATED=1
+    fi
+}
+
+# Install packages that are missing; `apt-get update` only when something is missing.
+lab_ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    lab_log "installing ${missing[*]}"
+    [ "$(id -u)" = 0 ] || lab_die "need root to install ${missing[*]}"
+    lab_apt_update_once
+    lab_apt install -y --no-install-recommends "${missing[@]}" >&2 \
+        || lab_die "apt-get install ${missing[*]} failed"
+}
+
+# Debian's distro kernel (the one linux-image-amd64 points at), unpacked into the cache,
+# keyed by package name and version. Prints the path of vmlinuz.
+lab_fetch_kernel() {
+    local cache=$1 meta pkg ver dir deb
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}') || true
+    if [ -z "$pkg" ]; then
+        lab_apt_update_once
+        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    fi
+    [ -n "$pkg" ] || lab_die "cannot resolve the kernel package behind linux-image-amd64"
+    ver=$(apt-cache show --no-all-versions "$pkg" | awk '/^Version:/ {print $2; exit}')
+    [ -n "$ver" ] || lab_die "no version for $pkg"
+    dir="$cache/kernel/${pkg}_${ver}"
+    if [ ! -s "$dir/vmlinuz" ]; then
+        lab_log "fetching kernel $pkg $ver"
+        rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+        (cd "$dir.tmp" && apt-get -q download "$pkg=$ver" >&2) || lab_die "apt-get download $pkg=$ver failed"
+        deb=$(ls "$dir.tmp"/*.deb)
+        dpkg-deb -x "$deb" "$dir.tmp/root"
+        meta=$(ls "$dir.tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n1)
+        [ -n "$meta" ] || lab_die "$deb has no /boot/vmlinuz-*"
+        cp "$meta" "$dir.tmp/vmlinuz"
+        printf '%s %s\n' "$pkg" "$ver" > "$dir.tmp/version"
+        # Only the kernel image is needed: everything the lab uses is built in.
+        rm -rf "$dir.tmp/root" "$deb"
+        rm -rf "$dir" && mv "$dir.tmp" "$dir"
+    fi
+    LAB_KERNEL_DESC="$pkg $ver"
+    printf '%s\n' "$dir/vmlinuz"
+}
+
+# The probe, linked statically, built in the lab's own target dir so the team's normal
+# builds are not invalidated. Prints the binary's path.
+lab_build_probe() {
+    local repo=$1 cache=$2 bin
+    lab_log "building svirt-probe (static)"
+    (cd "$repo" && CARGO_TARGET_DIR="$cache/target" RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build -q --release --target x86_64-unknown-linux-gnu -p svirt-probe >&2) \
+        || lab_die "building svirt-probe failed"
+    bin="$cache/target/x86_64-unknown-linux-gnu/release/svirt-probe"
+    # A dynamic binary would die in the initramfs with a misleading "not found".
+    if LC_ALL=C readelf -l "$bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+        lab_die "$bin is not static"
+    fi
+    printf '%s\n' "$bin"
+}
+
+# Populate a staging root with busybox, /dev/console and the lab's /init.
+lab_stage_base() {
+    local root=$1 lib=$2 a
+    rm -rf "$root" && mkdir -p "$root"/{bin,dev,proc,sys,lab,scenario,tmp}
+    cp /bin/busybox "$root/bin/busybox"
+    for a in $("$root/bin/busybox" --list); do
+        [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"
+    done
+    # The kernel opens /dev/console before running /init; without it init has no stdout.
+    mknod -m 600 "$root/dev/console" c 5 1
+    mknod -m 666 "$root/dev/null" c 1 3
+    install -m 755 "$lib/init.sh" "$root/init"
+}
+
+lab_pack_initramfs() {
+    local root=$1 out=$2
+    (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 > "$out"
+}
