@@ -1,7 +1,31 @@
 //! libvirt domain XML to one resource model and a per-model labeling plan.
 //!
-//! `model` is the contract every driver consumes; parsing and planning fill it.
+//! Three steps, each usable alone:
+//! 1. [`parse`]: XML → [`Domain`] (everything QEMU and the planner need) + warnings;
+//! 2. [`build_resources`]: [`Domain`] → every host object once ([`Resource`]), resolved
+//!    through [`Host`] with fds, system paths refused, qcow2 chains read from headers
+//!    only for images declared qcow2;
+//! 3. [`plan()`]: resources → [`Plan`]: the label/owner/access every model gives each
+//!    resource, and why.
+//!
+//! [`plan_xml`] does all three; [`report()`] renders a plan as the stable JSON/text of
+//! `svirt plan`. `model` is the contract every driver consumes.
 
+pub mod domain;
+pub mod error;
+pub mod host;
 pub mod model;
+pub mod parse;
+pub mod planner;
+pub mod qcow2;
+pub mod report;
+pub mod resources;
 
+pub use domain::*;
+pub use error::{Error, Result};
+pub use host::{FileInfo, FileKind, Host, Resolved, SYSTEM_PATHS, TreeEntry};
 pub use model::*;
+pub use parse::{MAX_XML_BYTES, parse};
+pub use planner::{PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, labels_of, plan, plan_xml};
+pub use report::{PlanReport, ResourceReport, render_text, report};
+pub use resources::{MAX_CHAIN_DEPTH, Resources, build_resources, kind_name};

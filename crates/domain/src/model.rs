@@ -12,6 +12,12 @@ use svirt_labels::{Context, Identifier, MlsRange};
 /// The text that stands for a guest level not yet allocated, everywhere in a plan.
 pub const LEVEL_PLACEHOLDER: &str = "@LEVEL@";
 
+/// The text that stands for the guest's uid (DAC), not yet allocated, in a rendered plan.
+pub const UID_PLACEHOLDER: &str = "@UID@";
+
+/// The text that stands for the guest's gid (DAC), not yet allocated, in a rendered plan.
+pub const GID_PLACEHOLDER: &str = "@GID@";
+
 /// A security model (driver) name as it appears in `<seclabel model=…>` and in plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -221,6 +227,13 @@ pub enum DacAction {
     SharedGroup,
     /// Make readable by the guest (other-read, and search on directories), owner unchanged.
     MakeReadable,
+    /// Chown to this uid/gid: a per-device `<seclabel model='dac'><label>` override.
+    Owner {
+        /// Owner uid.
+        uid: u32,
+        /// Owner gid.
+        gid: u32,
+    },
 }
 
 /// One resource with what every model does to it.
@@ -281,4 +294,18 @@ pub struct Plan {
     pub dac_enabled: bool,
     /// Every resource, each path once.
     pub resources: Vec<PlannedResource>,
+    /// DAC: the uid/gid the guest runs as when the domain gives a static DAC label
+    /// (`<seclabel model='dac' type='static'><label>+107:+107</label>`); `None` means one
+    /// is allocated per guest.
+    pub dac_ids: Option<(u32, u32)>,
+    /// Models in [`Plan::models`] that the domain turns off (`type='none'`): they confine
+    /// nothing and change nothing for this guest.
+    pub unconfined: Vec<Model>,
+}
+
+impl Plan {
+    /// Whether `model` is planned and confines this guest.
+    pub fn is_confined(&self, model: Model) -> bool {
+        self.models.contains(&model) && !self.unconfined.contains(&model)
+    }
 }
