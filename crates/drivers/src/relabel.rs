@@ -1,0 +1,1527 @@
+//! The relabel engine: change an object's security attributes only after its original state
+//! is durably recorded, restore it when its last user stops, and recover after a crash.
+//!
+//! - Single objects (disks, chardevs, kernels…) get one record each in the store's originals
+//!   table ([`Store::record_original_if_absent`]), keyed by (dev, ino) with the birth time to
+//!   detect a replaced file, committed before the object is touched. Users are recorded as
+//!   `"<model>/<guest>"` so that each model restores its own attribute when the last user
+//!   *of that model* leaves, whatever other models still hold.
+//! - Trees (filesystem shares, TPM state) would need one record per file: a million fsync'ed
+//!   JSON records is not an option. A tree gets one record in a companion database next to
+//!   the store (`svirt.trees.redb`): the most common original label of the entries changed
+//!   (the "dominant" one) and the entries whose original differs from it ("exceptions"),
+//!   committed once before the first entry is touched.
+//! - No xattr of our own is ever written on a user's file.
+//!
+//! Tree walks run on a thread pool, open every directory relative to its parent fd with
+//! `O_NOFOLLOW`/`RESOLVE_NO_SYMLINKS|RESOLVE_NO_XDEV`, and label entries with
+//! `setxattrat(dirfd, name, AT_SYMLINK_NOFOLLOW)`: a symlink is labeled as itself and never
+//! followed, and a directory swapped for a symlink during the walk fails to open (`ELOOP`)
+//! instead of leading out of the tree.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use svirt_store::{ObjectIdentity, ObjectKey, Original, Store, Timestamp};
+
+use crate::fsops::{Dir, EntryKind, FsRoot, Identity, Object};
+
+/// The SELinux label attribute.
+pub const XATTR_SELINUX: &CStr = c"security.selinux";
+
+/// `model_flags["selinux"]` bit: the label was changed and must be restored.
+pub const FLAG_SELINUX_LABEL: u32 = 1;
+/// `model_flags["dac"]` bit: owner/group were changed.
+pub const FLAG_DAC_OWNER: u32 = 1;
+/// `model_flags["dac"]` bit: the mode was changed.
+pub const FLAG_DAC_MODE: u32 = 2;
+
+/// An engine failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelabelError {
+    /// A system call on an object failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The object.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] svirt_store::Error),
+    /// The companion tree database failed.
+    #[error("tree originals database: {0}")]
+    TreeDb(String),
+    /// A path the engine never relabels.
+    #[error("{0}: refusing to relabel a system path")]
+    SystemPath(PathBuf),
+    /// The object is in use by another guest with another label.
+    #[error("{path}: already in use by {owners} with label {current}; refusing to relabel it to {wanted}")]
+    InUse {
+        /// The object.
+        path: PathBuf,
+        /// The other users.
+        owners: String,
+        /// Its label now.
+        current: String,
+        /// The label asked for.
+        wanted: String,
+    },
+    /// Stopped by an injected fault (tests).
+    #[error("injected fault at {0}")]
+    Injected(String),
+}
+
+impl RelabelError {
+    /// The errno of an I/O failure, if that is what it is.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            RelabelError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+    /// The object the error is about, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            RelabelError::Io { path, .. }
+            | RelabelError::SystemPath(path)
+            | RelabelError::InUse { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RelabelError + 'a {
+    move |source| RelabelError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Errors that do not stop a guest: the filesystem cannot store labels.
+pub fn is_soft_errno(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::ENOTSUP) | Some(libc::EROFS))
+        || errno == Some(libc::EOPNOTSUPP)
+}
+
+/// Paths never relabeled themselves (a file below them is fine), as the planner refuses them.
+pub const SYSTEM_PATHS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/pki",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/log",
+];
+
+/// Whether `path` is one the engine refuses to relabel (the list above, and the invoking
+/// user's home directory).
+pub fn is_system_path(path: &Path) -> bool {
+    let norm: PathBuf = path.components().collect();
+    if SYSTEM_PATHS.iter().any(|p| norm == Path::new(p)) {
+        return true;
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let home = Path::new(&home);
+        if home.is_absolute() && home.components().collect::<PathBuf>() == norm {
+            return true;
+        }
+    }
+    false
+}
+
+/// A progress report for a tree: `done` of `total` entries in `phase`.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The tree's root.
+    pub path: PathBuf,
+    /// What is being done.
+    pub phase: Phase,
+    /// Entries handled so far.
+    pub done: u64,
+    /// Entries to handle (known once the scan is over; during the scan, entries seen).
+    pub total: u64,
+}
+
+/// Phase of a tree operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Walking and reading the original labels.
+    Scanning,
+    /// Writing the new labels.
+    Labeling,
+    /// Writing the original labels back.
+    Restoring,
+}
+
+/// A progress callback (called from worker threads; keep it cheap).
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// A fault hook for tests: called with a point name (`after-record`, `after-label`); it may
+/// kill the process (crash tests) or return an error name to fail the operation there.
+pub type FaultHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// One object to label (SELinux).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelJob {
+    /// Absolute path (under the engine's root).
+    pub path: PathBuf,
+    /// The label to write (text, without trailing NUL).
+    pub label: String,
+    /// Whether the original is restored when the last user stops.
+    pub restore: bool,
+    /// Whether the whole tree below a directory is labeled.
+    pub recursive: bool,
+}
+
+/// A non-fatal outcome worth telling the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The object.
+    pub path: PathBuf,
+    /// What happened.
+    pub message: String,
+    /// The errno, when it comes from a system call.
+    pub errno: Option<i32>,
+    /// The filesystem type (`statfs.f_type`) of the object, when known.
+    pub fs_type: Option<i64>,
+}
+
+/// What a successful labeling did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Objects (tree entries included) whose label was written.
+    pub changed: u64,
+    /// Objects already carrying the wanted label.
+    pub unchanged: u64,
+    /// Soft failures (label not supported by the filesystem, entries skipped).
+    pub warnings: Vec<Warning>,
+}
+
+/// What [`Relabeler::recover`] did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Objects (or trees) restored because every user of them is gone.
+    pub restored: Vec<PathBuf>,
+    /// Records dropped without restoring (object gone or replaced).
+    pub dropped: Vec<PathBuf>,
+    /// Failures (the records stay for the next attempt).
+    pub errors: Vec<RelabelError>,
+}
+
+/// The owner string of `guest` under `model` in the originals tables.
+pub fn owner_key(model: &str, guest: &str) -> String {
+    format!("{model}/{guest}")
+}
+
+/// Splits an owner string back into (model, guest).
+pub fn split_owner(owner: &str) -> (&str, &str) {
+    owner.split_once('/').unwrap_or(("", owner))
+}
+
+/// Label bytes compared as the kernel does: a trailing NUL is not part of the context.
+fn trim(v: &[u8]) -> &[u8] {
+    let mut v = v;
+    while let [rest @ .., 0] = v {
+        v = rest;
+    }
+    v
+}
+
+fn label_eq(cur: &Option<Vec<u8>>, want: &[u8]) -> bool {
+    cur.as_deref().is_some_and(|c| trim(c) == trim(want))
+}
+
+fn show(v: &Option<Vec<u8>>) -> String {
+    match v {
+        Some(b) => String::from_utf8_lossy(trim(b)).into_owned(),
+        None => "(none)".into(),
+    }
+}
+
+/// Writes `value` as the label, or removes the attribute for `None`.
+fn write_label_obj(o: &Object, value: &Option<Vec<u8>>) -> io::Result<()> {
+    match value {
+        Some(v) => o.set_xattr(XATTR_SELINUX, v),
+        None => o.remove_xattr(XATTR_SELINUX),
+    }
+}
+
+fn to_store_identity(id: Identity) -> ObjectIdentity {
+    ObjectIdentity {
+        dev: id.dev,
+        ino: id.ino,
+        btime: id.btime.map(|(sec, nsec)| Timestamp { sec, nsec }),
+        generation: None,
+        ctime: None,
+    }
+}
+
+fn key_of(id: Identity) -> ObjectKey {
+    ObjectKey {
+        dev: id.dev,
+        ino: id.ino,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The companion tree database.
+
+/// (model, dev, ino) → JSON [`TreeRecord`].
+const TREES: TableDefinition<'_, (&str, u64, u64), &[u8]> = TableDefinition::new("trees");
+/// (model, dev, ino, chunk) → encoded exceptions.
+const TREE_EXC: TableDefinition<'_, (&str, u64, u64, u32), &[u8]> =
+    TableDefinition::new("tree_exceptions");
+
+/// Exceptions per chunk record.
+const EXC_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TreeRecord {
+    path: Vec<u8>,
+    btime: Option<(i64, u32)>,
+    /// The label set on the tree (what restore looks for).
+    target: Vec<u8>,
+    /// The most common original of the entries changed.
+    dominant: Option<Vec<u8>>,
+    /// Number of exception chunks stored.
+    chunks: u32,
+    owners: BTreeSet<String>,
+}
+
+/// One entry whose original differs from the dominant one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Exception {
+    rel: Vec<u8>,
+    ino: u64,
+    orig: Option<Vec<u8>>,
+}
+
+fn encode_exceptions(ex: &[Exception]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ex.len() * 48);
+    for e in ex {
+        out.extend_from_slice(&(e.rel.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.rel);
+        out.extend_from_slice(&e.ino.to_le_bytes());
+        match &e.orig {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+fn decode_exceptions(mut b: &[u8], out: &mut Vec<Exception>) -> Option<()> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Some(h)
+    }
+    fn u32le(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+    while !b.is_empty() {
+        let n = u32le(&mut b)?;
+        let rel = take(&mut b, n)?.to_vec();
+        let ino = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+        let has = take(&mut b, 1)?[0];
+        let orig = if has == 1 {
+            let n = u32le(&mut b)?;
+            Some(take(&mut b, n)?.to_vec())
+        } else {
+            None
+        };
+        out.push(Exception { rel, ino, orig });
+    }
+    Some(())
+}
+
+fn tdb<E: std::fmt::Display>(e: E) -> RelabelError {
+    RelabelError::TreeDb(e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// One entry to change inside a tree.
+struct Item {
+    name: CString,
+    ino: u64,
+    orig: Option<Vec<u8>>,
+}
+
+/// One directory of a tree with the entries that need a change.
+struct DirWork {
+    dir: Dir,
+    /// Path of the directory relative to the tree root (empty for the root).
+    rel: Vec<u8>,
+    items: Vec<Item>,
+}
+
+fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
+        v.extend_from_slice(dir);
+        v.push(b'/');
+        v.extend_from_slice(name);
+        v
+    }
+}
+
+/// The engine. One per process (it holds the tree database open): share it between drivers.
+pub struct Relabeler {
+    store: Arc<Store>,
+    trees: Database,
+    root: FsRoot,
+    pool: rayon::ThreadPool,
+    progress: Mutex<Option<ProgressFn>>,
+    fault: Mutex<Option<FaultHook>>,
+}
+
+impl std::fmt::Debug for Relabeler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relabeler")
+            .field("store", &self.store.path())
+            .field("root", &self.root.path())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Relabeler {
+    /// The companion tree database of a store: `svirt.trees.redb` next to the store file.
+    pub fn trees_path(store: &Store) -> PathBuf {
+        store.path().with_extension("trees.redb")
+    }
+
+    /// Opens the engine on `store`, resolving every path under `root`, with `threads` workers
+    /// for tree walks (0: one per CPU).
+    pub fn open(store: Arc<Store>, root: FsRoot, threads: usize) -> Result<Arc<Relabeler>, RelabelError> {
+        let path = Self::trees_path(&store);
+        let trees = Database::create(&path).map_err(tdb)?;
+        {
+            let txn = trees.begin_write().map_err(tdb)?;
+            txn.open_table(TREES).map_err(tdb)?;
+            txn.open_table(TREE_EXC).map_err(tdb)?;
+            txn.commit().map_err(tdb)?;
+        }
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("svirt-relabel-{i}"))
+            .build()
+            .map_err(|e| RelabelError::TreeDb(format!("thread pool: {e}")))?;
+        // Tree walks keep one fd per directory with pending changes until the labels are
+        // written: use the hard limit (a daemon's usual setting).
+        raise_nofile();
+        Ok(Arc::new(Relabeler {
+            store,
+            trees,
+            root,
+            pool,
+            progress: Mutex::new(None),
+            fault: Mutex::new(None),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The root paths are resolved under.
+    pub fn root(&self) -> &FsRoot {
+        &self.root
+    }
+
+    /// Sets (or clears) the progress callback for tree operations.
+    pub fn set_progress(&self, f: Option<ProgressFn>) {
+        *lock(&self.progress) = f;
+    }
+
+    /// Sets (or clears) the fault hook (tests).
+    #[doc(hidden)]
+    pub fn set_fault_hook(&self, f: Option<FaultHook>) {
+        *lock(&self.fault) = f;
+    }
+
+    fn fault(&self, point: &str) -> Result<(), RelabelError> {
+        let hook = lock(&self.fault).clone();
+        if let Some(h) = hook {
+            if h(point) {
+                return Err(RelabelError::Injected(point.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&self, p: &Progress) {
+        let f = lock(&self.progress).clone();
+        if let Some(f) = f {
+            f(p);
+        }
+    }
+
+    /// Labels every job for `guest` (SELinux). Originals are recorded durably before the
+    /// first change of each object. On error, every change this call made is undone and
+    /// every record it added is released before it returns.
+    pub fn set_labels(&self, guest: &str, jobs: &[LabelJob]) -> Result<Applied, RelabelError> {
+        let owner = owner_key("selinux", guest);
+        // Refuse and open everything before touching anything: a missing file or a system
+        // path must leave every object as it was.
+        let mut objs = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            if is_system_path(&j.path) {
+                return Err(RelabelError::SystemPath(j.path.clone()));
+            }
+            let o = self
+                .root
+                .open_object(&j.path)
+                .map_err(io_err("open", &j.path))?;
+            objs.push(o);
+        }
+        let mut applied = Applied::default();
+        let mut undo: Vec<Undo> = Vec::new();
+        for (j, o) in jobs.iter().zip(&objs) {
+            let r = if j.recursive && o.meta().is_dir() {
+                self.label_tree(&owner, j, o, &mut applied, &mut undo)
+            } else {
+                self.label_one(&owner, j, o, &mut applied, &mut undo)
+            };
+            if let Err(e) = r {
+                self.rollback(&owner, undo);
+                return Err(e);
+            }
+        }
+        Ok(applied)
+    }
+
+    fn label_one(
+        &self,
+        owner: &str,
+        j: &LabelJob,
+        o: &Object,
+        applied: &mut Applied,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), RelabelError> {
+        let want = label_bytes(&j.label);
+        let cur = match o.get_xattr(XATTR_SELINUX) {
+            Ok(v) => v,
+            Err(e) if is_soft_errno(e.raw_os_error()) => {
+                applied.warnings.push(soft_warning(o, &e));
+                return Ok(());
+            }
+            Err(e) => return Err(io_err("read label", &j.path)(e)),
+        };
+        let key = key_of(o.identity());
+        let ident = to_store_identity(o.identity());
+        if label_eq(&cur, &want) {
+            applied.unchanged += 1;
+            // Already right: join the record if another guest changed it, so that its
+            // stop does not restore the object under us.
+            if j.restore {
+                if let Some(rec) = self.store.get_original(key)? {
+                    if rec.original.identity.same_object(&ident) && !rec.owners.contains(owner) {
+                        self.store
+                            .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
+                        undo.push(Undo::Release { key });
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if j.restore {
+            if let Some(rec) = self.store.get_original(key)? {
+                let others: Vec<&String> = rec
+                    .owners
+                    .iter()
+                    .filter(|w| w.as_str() != owner && split_owner(w).0 == "selinux")
+                    .collect();
+                if rec.original.identity.same_object(&ident)
+                    && !others.is_empty()
+                    && rec.original.selinux_label != cur
+                {
+                    return Err(RelabelError::InUse {
+                        path: j.path.clone(),
+                        owners: others
+                            .iter()
+                            .map(|w| split_owner(w).1)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        current: show(&cur),
+                        wanted: j.label.clone(),
+                    });
+                }
+            }
+            let outcome = self
+                .store
+                .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
+            if !matches!(outcome, svirt_store::RecordOutcome::AlreadyOwner { .. }) {
+                undo.push(Undo::Release { key });
+            }
+            self.fault("after-record")?;
+        }
+        match o.set_xattr(XATTR_SELINUX, &want) {
+            Ok(()) => {
+                applied.changed += 1;
+                undo.push(Undo::Single {
+                    path: j.path.clone(),
+                    ident: o.identity(),
+                    old: cur,
+                });
+                self.fault("after-label")?;
+                Ok(())
+            }
+            Err(e) if is_soft_errno(e.raw_os_error()) => {
+                applied.warnings.push(soft_warning(o, &e));
+                // Nothing changed: drop the record this call added.
+                if j.restore {
+                    if let Some(Undo::Release { key }) = undo.last() {
+                        let key = *key;
+                        undo.pop();
+                        self.store.release_original(key, owner)?;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(io_err("set label", &j.path)(e)),
+        }
+    }
+
+    fn rollback(&self, owner: &str, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Single { path, ident, old } => {
+                    // Reopen by path and check identity: the Object was dropped with `objs`
+                    // only after this runs, but a fresh open keeps the rule simple.
+                    match self.root.open_object(&path) {
+                        Ok(o) if o.identity() == ident => {
+                            if let Err(e) = write_label_obj(&o, &old) {
+                                tracing::error!("rollback of {}: {e}", path.display());
+                            }
+                        }
+                        Ok(_) => tracing::warn!("rollback: {} was replaced", path.display()),
+                        Err(e) => tracing::error!("rollback of {}: {e}", path.display()),
+                    }
+                }
+                Undo::Release { key } => {
+                    if let Err(e) = self.store.release_original(key, owner) {
+                        tracing::error!("rollback: releasing record {}:{}: {e}", key.dev, key.ino);
+                    }
+                }
+                Undo::Tree { work, undo_record } => {
+                    self.tree_rollback(&work);
+                    if let Some((tkey, created)) = undo_record {
+                        if let Err(e) = self.tree_release(&tkey, owner, created) {
+                            tracing::error!("rollback: releasing tree record: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- trees ----
+
+    fn label_tree(
+        &self,
+        owner: &str,
+        j: &LabelJob,
+        root_obj: &Object,
+        applied: &mut Applied,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), RelabelError> {
+        let want = label_bytes(&j.label);
+        let id = root_obj.identity();
+        let tkey = TreeKey {
+            model: "selinux",
+            dev: id.dev,
+            ino: id.ino,
+        };
+        let existing = self.tree_get(&tkey)?;
+        let existing = match existing {
+            Some(r) if r.btime == id.btime || r.btime.is_none() || id.btime.is_none() => Some(r),
+            Some(_) => {
+                // An earlier directory at the same inode: stale.
+                self.tree_delete(&tkey)?;
+                None
+            }
+            None => None,
+        };
+        if let Some(r) = &existing {
+            let others: Vec<&String> = r.owners.iter().filter(|o| o.as_str() != owner).collect();
+            if !others.is_empty() && trim(&r.target) != trim(&want) {
+                return Err(RelabelError::InUse {
+                    path: j.path.clone(),
+                    owners: others
+                        .iter()
+                        .map(|w| split_owner(w).1)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    current: show(&Some(r.target.clone())),
+                    wanted: j.label.clone(),
+                });
+            }
+        }
+        // Scan: read every entry's label, keep those that differ.
+        let root_dir = root_obj
+            .open_as_dir()
+            .map_err(io_err("open directory", &j.path))?;
+        let root_cur = match root_dir.get_xattr(XATTR_SELINUX) {
+            Ok(v) => v,
+            Err(e) if is_soft_errno(e.raw_os_error()) => {
+                applied.warnings.push(soft_warning(root_obj, &e));
+                return Ok(());
+            }
+            Err(e) => return Err(io_err("read label", &j.path)(e)),
+        };
+        let (mut work, scanned, warns) = self.scan(&j.path, root_dir, &want)?;
+        applied.warnings.extend(warns);
+        let root_needs = !label_eq(&root_cur, &want);
+        let total: u64 = work.iter().map(|w| w.items.len() as u64).sum::<u64>() + u64::from(root_needs);
+        applied.unchanged += scanned + 1 - total;
+        // Record (durably) before the first change.
+        let mut undo_record = None;
+        if j.restore {
+            let mut entries: Vec<(Vec<u8>, u64, &Option<Vec<u8>>)> = Vec::with_capacity(total as usize);
+            if root_needs {
+                entries.push((Vec::new(), id.ino, &root_cur));
+            }
+            for w in &work {
+                for it in &w.items {
+                    entries.push((join_rel(&w.rel, it.name.as_bytes()), it.ino, &it.orig));
+                }
+            }
+            let created = existing.is_none();
+            self.tree_record(&tkey, j, id, &want, existing, owner, &entries)?;
+            undo_record = Some((tkey.clone(), created));
+            self.fault("after-record")?;
+        }
+        // Label the root directory last among its own entries' parents? It does not matter
+        // for safety (fds are held); do it first so progress reflects the entries.
+        if root_needs {
+            if let Err(e) = root_obj.set_xattr(XATTR_SELINUX, &want) {
+                if let Some((k, created)) = undo_record {
+                    let _ = self.tree_release(&k, owner, created);
+                }
+                return Err(io_err("set label", &j.path)(e));
+            }
+        }
+        let res = self.apply(&j.path, &mut work, &want, total);
+        applied.changed += res.done;
+        // The undo entry owns the work list and knows how far each directory got.
+        let mut tree_undo = TreeUndo {
+            work,
+            root: if root_needs {
+                Some((j.path.clone(), id, root_cur))
+            } else {
+                None
+            },
+            done: Vec::new(),
+        };
+        tree_undo.set_done(&res.done_per_dir);
+        undo.push(Undo::Tree {
+            work: tree_undo,
+            undo_record,
+        });
+        if let Some(e) = res.error {
+            return Err(e);
+        }
+        self.fault("after-label")?;
+        Ok(())
+    }
+
+    /// Parallel walk: every directory below `root` (not following symlinks, not crossing
+    /// mounts), with the entries whose label is not `want`. Returns the work, the number of
+    /// entries seen, and warnings.
+    #[allow(clippy::type_complexity)]
+    fn scan(
+        &self,
+        path: &Path,
+        root: Dir,
+        want: &[u8],
+    ) -> Result<(Vec<DirWork>, u64, Vec<Warning>), RelabelError> {
+        let out: Mutex<Vec<DirWork>> = Mutex::new(Vec::new());
+        let errors: Mutex<Vec<RelabelError>> = Mutex::new(Vec::new());
+        let warnings: Mutex<Vec<Warning>> = Mutex::new(Vec::new());
+        let seen = AtomicU64::new(0);
+        let abort = AtomicBool::new(false);
+        let ctx = ScanCtx {
+            base: path,
+            want,
+            out: &out,
+            errors: &errors,
+            warnings: &warnings,
+            seen: &seen,
+            abort: &abort,
+            eng: self,
+        };
+        self.pool.scope(|s| {
+            scan_dir(s, &ctx, root, Vec::new());
+        });
+        let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
+        Ok((
+            out.into_inner().unwrap_or_else(|e| e.into_inner()),
+            seen.load(Ordering::Relaxed),
+            warnings.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+
+    /// Writes `want` on every item, in parallel; stops at the first hard error.
+    fn apply(&self, path: &Path, work: &mut [DirWork], want: &[u8], total: u64) -> ApplyResult {
+        // Split big directories so both workers stay busy.
+        const SLICE: usize = 2048;
+        let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, w) in work.iter().enumerate() {
+            let mut s = 0;
+            while s < w.items.len() {
+                let e = (s + SLICE).min(w.items.len());
+                tasks.push((i, s, e));
+                s = e;
+            }
+        }
+        let done = AtomicU64::new(0);
+        let abort = AtomicBool::new(false);
+        let error: Mutex<Option<RelabelError>> = Mutex::new(None);
+        let work_ref: &[DirWork] = work;
+        let progress = lock(&self.progress).clone();
+        let results: Vec<usize> = {
+            use rayon::prelude::*;
+            self.pool.install(|| {
+                tasks
+                    .par_iter()
+                    .map(|&(i, s, e)| {
+                        let w = &work_ref[i];
+                        let mut n = 0;
+                        for it in &w.items[s..e] {
+                            if abort.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            if let Err(err) = w.dir.set_xattr_at(&it.name, XATTR_SELINUX, want) {
+                                if err.raw_os_error() == Some(libc::ENOENT) {
+                                    // Removed since the scan: nothing to label or restore.
+                                    n += 1;
+                                    continue;
+                                }
+                                abort.store(true, Ordering::Relaxed);
+                                let mut p = path.to_path_buf();
+                                p.push(OsStr::from_bytes(&join_rel(&w.rel, it.name.as_bytes())));
+                                let mut slot = lock(&error);
+                                if slot.is_none() {
+                                    *slot = Some(RelabelError::Io {
+                                        op: "set label",
+                                        path: p,
+                                        source: err,
+                                    });
+                                }
+                                break;
+                            }
+                            n += 1;
+                            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            if d % 4096 == 0 {
+                                if let Some(f) = &progress {
+                                    f(&Progress {
+                                        path: path.to_path_buf(),
+                                        phase: Phase::Labeling,
+                                        done: d,
+                                        total,
+                                    });
+                                }
+                            }
+                        }
+                        n
+                    })
+                    .collect()
+            })
+        };
+        let d = done.load(Ordering::Relaxed);
+        self.report(&Progress {
+            path: path.to_path_buf(),
+            phase: Phase::Labeling,
+            done: d,
+            total,
+        });
+        let error = error.into_inner().unwrap_or_else(|e| e.into_inner());
+        ApplyResult {
+            done: d,
+            done_per_dir: DoneMap {
+                tasks,
+                task_done: results,
+            },
+            error,
+        }
+    }
+
+    fn tree_rollback(&self, u: &TreeUndo) {
+        use rayon::prelude::*;
+        self.pool.install(|| {
+            u.work.par_iter().enumerate().for_each(|(i, w)| {
+                for (k, it) in w.items.iter().enumerate() {
+                    if !u.is_done(i, k) {
+                        continue;
+                    }
+                    let r = match &it.orig {
+                        Some(v) => w.dir.set_xattr_at(&it.name, XATTR_SELINUX, v),
+                        None => remove_at(&w.dir, &it.name),
+                    };
+                    if let Err(e) = r {
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            tracing::error!("rollback of tree entry: {e}");
+                        }
+                    }
+                }
+            });
+        });
+        if let Some((path, id, old)) = &u.root {
+            match self.root.open_object(path) {
+                Ok(o) if o.identity() == *id => {
+                    if let Err(e) = write_label_obj(&o, old) {
+                        tracing::error!("rollback of {}: {e}", path.display());
+                    }
+                }
+                _ => tracing::warn!("rollback: tree root {} changed", path.display()),
+            }
+        }
+    }
+
+    fn tree_get(&self, k: &TreeKey) -> Result<Option<TreeRecord>, RelabelError> {
+        let txn = self.trees.begin_read().map_err(tdb)?;
+        let t = txn.open_table(TREES).map_err(tdb)?;
+        let v = t.get((k.model, k.dev, k.ino)).map_err(tdb)?;
+        match v {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(tdb)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn tree_exceptions(&self, k: &TreeKey, chunks: u32) -> Result<Vec<Exception>, RelabelError> {
+        let txn = self.trees.begin_read().map_err(tdb)?;
+        let t = txn.open_table(TREE_EXC).map_err(tdb)?;
+        let mut out = Vec::new();
+        for c in 0..chunks {
+            if let Some(v) = t.get((k.model, k.dev, k.ino, c)).map_err(tdb)? {
+                decode_exceptions(v.value(), &mut out)
+                    .ok_or_else(|| RelabelError::TreeDb(format!("corrupt exception chunk {c}")))?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn tree_delete(&self, k: &TreeKey) -> Result<(), RelabelError> {
+        let txn = self.trees.begin_write().map_err(tdb)?;
+        {
+            let mut t = txn.open_table(TREES).map_err(tdb)?;
+            let chunks = match t.remove((k.model, k.dev, k.ino)).map_err(tdb)? {
+                Some(v) => serde_json::from_slice::<TreeRecord>(v.value()).map_or(0, |r| r.chunks),
+                None => 0,
+            };
+            let mut e = txn.open_table(TREE_EXC).map_err(tdb)?;
+            for c in 0..chunks {
+                e.remove((k.model, k.dev, k.ino, c)).map_err(tdb)?;
+            }
+        }
+        txn.commit().map_err(tdb)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tree_record(
+        &self,
+        k: &TreeKey,
+        j: &LabelJob,
+        id: Identity,
+        want: &[u8],
+        existing: Option<TreeRecord>,
+        owner: &str,
+        entries: &[(Vec<u8>, u64, &Option<Vec<u8>>)],
+    ) -> Result<(), RelabelError> {
+        let mut rec = match existing {
+            Some(r) => r,
+            None => {
+                // The dominant original: the most common among the entries to change.
+                let mut counts: HashMap<&Option<Vec<u8>>, usize> = HashMap::new();
+                for (_, _, o) in entries {
+                    *counts.entry(*o).or_default() += 1;
+                }
+                let dominant = counts
+                    .into_iter()
+                    .max_by_key(|(_, n)| *n)
+                    .and_then(|(v, _)| v.clone());
+                TreeRecord {
+                    path: j.path.as_os_str().as_bytes().to_vec(),
+                    btime: id.btime,
+                    target: want.to_vec(),
+                    dominant,
+                    chunks: 0,
+                    owners: BTreeSet::new(),
+                }
+            }
+        };
+        rec.owners.insert(owner.to_string());
+        let exc: Vec<Exception> = entries
+            .iter()
+            .filter(|(_, _, o)| **o != rec.dominant)
+            .map(|(rel, ino, o)| Exception {
+                rel: rel.clone(),
+                ino: *ino,
+                orig: (*o).clone(),
+            })
+            .collect();
+        let txn = self.trees.begin_write().map_err(tdb)?;
+        {
+            let mut e = txn.open_table(TREE_EXC).map_err(tdb)?;
+            for chunk in exc.chunks(EXC_CHUNK) {
+                e.insert((k.model, k.dev, k.ino, rec.chunks), encode_exceptions(chunk).as_slice())
+                    .map_err(tdb)?;
+                rec.chunks += 1;
+            }
+            let mut t = txn.open_table(TREES).map_err(tdb)?;
+            let bytes = serde_json::to_vec(&rec).map_err(tdb)?;
+            t.insert((k.model, k.dev, k.ino), bytes.as_slice()).map_err(tdb)?;
+        }
+        txn.commit().map_err(tdb)
+    }
+
+    /// Removes `owner`; deletes the record when `delete_if_last` and nobody is left.
+    fn tree_release(&self, k: &TreeKey, owner: &str, delete_if_last: bool) -> Result<(), RelabelError> {
+        let Some(mut rec) = self.tree_get(k)? else {
+            return Ok(());
+        };
+        rec.owners.remove(owner);
+        if rec.owners.is_empty() && delete_if_last {
+            return self.tree_delete(k);
+        }
+        let txn = self.trees.begin_write().map_err(tdb)?;
+        {
+            let mut t = txn.open_table(TREES).map_err(tdb)?;
+            let bytes = serde_json::to_vec(&rec).map_err(tdb)?;
+            t.insert((k.model, k.dev, k.ino), bytes.as_slice()).map_err(tdb)?;
+        }
+        txn.commit().map_err(tdb)
+    }
+
+    fn trees_all(&self) -> Result<Vec<(TreeKey, TreeRecord)>, RelabelError> {
+        let txn = self.trees.begin_read().map_err(tdb)?;
+        let t = txn.open_table(TREES).map_err(tdb)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(tdb)? {
+            let (k, v) = row.map_err(tdb)?;
+            let (model, dev, ino) = k.value();
+            let model: &'static str = match model {
+                "selinux" => "selinux",
+                "dac" => "dac",
+                _ => continue,
+            };
+            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(tdb)?;
+            out.push((TreeKey { model, dev, ino }, rec));
+        }
+        Ok(out)
+    }
+
+    /// Writes the originals back on a tree: every entry still carrying the label svirt set
+    /// gets its recorded original (its exception, else the dominant original).
+    fn tree_restore(&self, k: &TreeKey, rec: &TreeRecord) -> Result<u64, RelabelError> {
+        let path = PathBuf::from(OsStr::from_bytes(&rec.path));
+        let root_obj = match self.root.open_object(&path) {
+            Ok(o) => o,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(0),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let id = root_obj.identity();
+        if id.dev != k.dev || id.ino != k.ino || (rec.btime.is_some() && id.btime.is_some() && rec.btime != id.btime)
+        {
+            tracing::warn!("{}: replaced since it was labeled; not restoring", path.display());
+            return Ok(0);
+        }
+        let exc: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)> = self
+            .tree_exceptions(k, rec.chunks)?
+            .into_iter()
+            .map(|e| (e.rel, (e.ino, e.orig)))
+            .collect();
+        let root_dir = root_obj.open_as_dir().map_err(io_err("open directory", &path))?;
+        let (work, _, _) = self.scan(&path, root_dir, &[])?;
+        // `scan` with an empty target lists every entry (nothing equals it) with its label.
+        let original_for = |rel: &[u8], ino: u64| -> Option<Vec<u8>> {
+            match exc.get(rel) {
+                Some((i, o)) if *i == ino => o.clone(),
+                _ => rec.dominant.clone(),
+            }
+        };
+        let target = rec.target.clone();
+        let restored = AtomicU64::new(0);
+        let errors: Mutex<Vec<RelabelError>> = Mutex::new(Vec::new());
+        {
+            use rayon::prelude::*;
+            self.pool.install(|| {
+                work.par_iter().for_each(|w| {
+                    for it in &w.items {
+                        if !label_eq(&it.orig, &target) {
+                            continue;
+                        }
+                        let rel = join_rel(&w.rel, it.name.as_bytes());
+                        let orig = original_for(&rel, it.ino);
+                        let r = match &orig {
+                            Some(v) => w.dir.set_xattr_at(&it.name, XATTR_SELINUX, v),
+                            None => remove_at(&w.dir, &it.name),
+                        };
+                        match r {
+                            Ok(()) => {
+                                restored.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                            Err(e) => lock(&errors).push(RelabelError::Io {
+                                op: "restore label",
+                                path: path.join(OsStr::from_bytes(&rel)),
+                                source: e,
+                            }),
+                        }
+                    }
+                });
+            });
+        }
+        let cur = root_obj.get_xattr(XATTR_SELINUX).map_err(io_err("read label", &path))?;
+        if label_eq(&cur, &target) {
+            let orig = original_for(b"", id.ino);
+            write_label_obj(&root_obj, &orig).map_err(io_err("restore label", &path))?;
+            restored.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = restored.load(Ordering::Relaxed);
+        self.report(&Progress {
+            path: path.clone(),
+            phase: Phase::Restoring,
+            done: n,
+            total: n,
+        });
+        match errors.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+
+    /// Restores every object `guest` holds under SELinux whose last SELinux user `guest` is,
+    /// and releases its records. Runs to the end and returns every error (records whose
+    /// restore failed are kept for [`Relabeler::recover`]).
+    pub fn restore_labels(&self, guest: &str) -> Vec<RelabelError> {
+        let owner = owner_key("selinux", guest);
+        let mut errors = Vec::new();
+        match self.store.originals_for_owner(&owner) {
+            Ok(recs) => {
+                for (key, rec) in recs {
+                    if let Err(e) = self.release_one(key, &rec, &[owner.clone()]) {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e.into()),
+        }
+        match self.trees_all() {
+            Ok(trees) => {
+                for (k, rec) in trees {
+                    if k.model == "selinux" && rec.owners.contains(&owner) {
+                        if let Err(e) = self.release_tree(&k, &rec, &[owner.clone()]) {
+                            errors.push(e);
+                        }
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        errors
+    }
+
+    /// Releases `owners` (all of one record); restores the SELinux label first when no
+    /// SELinux user would be left.
+    fn release_one(
+        &self,
+        key: ObjectKey,
+        rec: &svirt_store::OriginalRecord,
+        owners: &[String],
+    ) -> Result<bool, RelabelError> {
+        let remaining_selinux = rec
+            .owners
+            .iter()
+            .filter(|o| !owners.contains(o) && split_owner(o).0 == "selinux")
+            .count();
+        let remaining_dac = rec
+            .owners
+            .iter()
+            .filter(|o| !owners.contains(o) && split_owner(o).0 == "dac")
+            .count();
+        let releasing_models: BTreeSet<&str> = owners.iter().map(|o| split_owner(o).0).collect();
+        let flags = |m: &str| rec.original.model_flags.get(m).copied().unwrap_or(0);
+        let mut restored = false;
+        let restore_label = releasing_models.contains("selinux")
+            && remaining_selinux == 0
+            && flags("selinux") & FLAG_SELINUX_LABEL != 0;
+        let restore_dac = releasing_models.contains("dac") && remaining_dac == 0 && flags("dac") != 0;
+        if restore_label || restore_dac {
+            // Restore before releasing: a crash in between leaves the record for recovery.
+            let path = &rec.original.path;
+            match self.root.open_object(path) {
+                Ok(o) => {
+                    let id = to_store_identity(o.identity());
+                    if !rec.original.identity.same_object(&id) {
+                        tracing::warn!("{}: replaced since it was labeled; not restoring", path.display());
+                    } else {
+                        if restore_label {
+                            write_label_obj(&o, &rec.original.selinux_label)
+                                .map_err(io_err("restore label", path))?;
+                        }
+                        if restore_dac {
+                            if flags("dac") & FLAG_DAC_OWNER != 0 {
+                                o.chown(rec.original.uid, rec.original.gid)
+                                    .map_err(io_err("restore owner", path))?;
+                            }
+                            if flags("dac") & FLAG_DAC_MODE != 0 && !o.meta().is_symlink() {
+                                o.chmod(rec.original.mode).map_err(io_err("restore mode", path))?;
+                            }
+                        }
+                        restored = true;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(io_err("open", path)(e)),
+            }
+        }
+        for o in owners {
+            self.store.release_original(key, o)?;
+        }
+        Ok(restored)
+    }
+
+    fn release_tree(&self, k: &TreeKey, rec: &TreeRecord, owners: &[String]) -> Result<bool, RelabelError> {
+        let left = rec.owners.iter().filter(|o| !owners.contains(o)).count();
+        let mut restored = false;
+        if left == 0 {
+            self.tree_restore(k, rec)?;
+            restored = true;
+            self.tree_delete(k)?;
+        } else {
+            let mut r = rec.clone();
+            for o in owners {
+                r.owners.remove(o);
+            }
+            let txn = self.trees.begin_write().map_err(tdb)?;
+            {
+                let mut t = txn.open_table(TREES).map_err(tdb)?;
+                let bytes = serde_json::to_vec(&r).map_err(tdb)?;
+                t.insert((k.model, k.dev, k.ino), bytes.as_slice()).map_err(tdb)?;
+            }
+            txn.commit().map_err(tdb)?;
+        }
+        Ok(restored)
+    }
+
+    /// Crash recovery: for every recorded object (and tree) some of whose users are guests
+    /// that are not running (`running(guest)` is false), releases those users and restores
+    /// what they changed when no user of that model is left. The manager calls this at start,
+    /// before starting guests. Idempotent.
+    pub fn recover(&self, running: &dyn Fn(&str) -> bool) -> Recovery {
+        let mut rep = Recovery::default();
+        match self.store.list_originals() {
+            Ok(recs) => {
+                for (key, rec) in recs {
+                    let dead: Vec<String> = rec
+                        .owners
+                        .iter()
+                        .filter(|o| !running(split_owner(o).1))
+                        .cloned()
+                        .collect();
+                    if dead.is_empty() {
+                        continue;
+                    }
+                    match self.release_one(key, &rec, &dead) {
+                        Ok(true) => rep.restored.push(rec.original.path.clone()),
+                        Ok(false) => rep.dropped.push(rec.original.path.clone()),
+                        Err(e) => rep.errors.push(e),
+                    }
+                }
+            }
+            Err(e) => rep.errors.push(e.into()),
+        }
+        match self.trees_all() {
+            Ok(trees) => {
+                for (k, rec) in trees {
+                    let dead: Vec<String> = rec
+                        .owners
+                        .iter()
+                        .filter(|o| !running(split_owner(o).1))
+                        .cloned()
+                        .collect();
+                    // A record with no owner at all is a crash between record and release.
+                    if dead.is_empty() && !rec.owners.is_empty() {
+                        continue;
+                    }
+                    let path = PathBuf::from(OsStr::from_bytes(&rec.path));
+                    match self.release_tree(&k, &rec, &dead) {
+                        Ok(true) => rep.restored.push(path),
+                        Ok(false) => rep.dropped.push(path),
+                        Err(e) => rep.errors.push(e),
+                    }
+                }
+            }
+            Err(e) => rep.errors.push(e),
+        }
+        rep
+    }
+}
+
+fn remove_at(dir: &Dir, name: &CStr) -> io::Result<()> {
+    dir.remove_xattr_at(name, XATTR_SELINUX)
+}
+
+/// The bytes written for a label: the text plus a trailing NUL, as libselinux writes it.
+pub fn label_bytes(label: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(label.len() + 1);
+    v.extend_from_slice(label.as_bytes());
+    v.push(0);
+    v
+}
+
+fn snapshot(o: &Object, label: &Option<Vec<u8>>, identity: ObjectIdentity) -> Original {
+    let m = o.meta();
+    Original {
+        path: o.path().to_path_buf(),
+        selinux_label: label.clone(),
+        uid: m.uid,
+        gid: m.gid,
+        mode: m.mode & 0o7777,
+        identity,
+        model_flags: [("selinux".to_string(), FLAG_SELINUX_LABEL)].into_iter().collect(),
+    }
+}
+
+fn soft_warning(o: &Object, e: &io::Error) -> Warning {
+    Warning {
+        path: o.path().to_path_buf(),
+        message: e.to_string(),
+        errno: e.raw_os_error(),
+        fs_type: o.fs_type().ok(),
+    }
+}
+
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TreeKey {
+    model: &'static str,
+    dev: u64,
+    ino: u64,
+}
+
+enum Undo {
+    Single {
+        path: PathBuf,
+        ident: Identity,
+        old: Option<Vec<u8>>,
+    },
+    Release {
+        key: ObjectKey,
+    },
+    Tree {
+        work: TreeUndo,
+        /// The tree record to release, and whether this call created it.
+        undo_record: Option<(TreeKey, bool)>,
+    },
+}
+
+struct TreeUndo {
+    work: Vec<DirWork>,
+    root: Option<(PathBuf, Identity, Option<Vec<u8>>)>,
+    /// Per directory, per item: written.
+    done: Vec<Vec<bool>>,
+}
+
+impl TreeUndo {
+    fn set_done(&mut self, m: &DoneMap) {
+        self.done = self.work.iter().map(|w| vec![false; w.items.len()]).collect();
+        // Each task handled a prefix of its slice; count per slice is not kept, so mark by
+        // the per-task counts recorded in the map.
+        for ((i, s, _), n) in m.tasks.iter().zip(&m.task_done) {
+            for k in *s..(*s + *n) {
+                if let Some(d) = self.done.get_mut(*i).and_then(|v| v.get_mut(k)) {
+                    *d = true;
+                }
+            }
+        }
+    }
+    fn is_done(&self, i: usize, k: usize) -> bool {
+        self.done.get(i).and_then(|v| v.get(k)).copied().unwrap_or(false)
+    }
+}
+
+struct DoneMap {
+    tasks: Vec<(usize, usize, usize)>,
+    task_done: Vec<usize>,
+}
+
+struct ApplyResult {
+    done: u64,
+    done_per_dir: DoneMap,
+    error: Option<RelabelError>,
+}
+
+struct ScanCtx<'a> {
+    base: &'a Path,
+    want: &'a [u8],
+    out: &'a Mutex<Vec<DirWork>>,
+    errors: &'a Mutex<Vec<RelabelError>>,
+    warnings: &'a Mutex<Vec<Warning>>,
+    seen: &'a AtomicU64,
+    abort: &'a AtomicBool,
+    eng: &'a Relabeler,
+}
+
+impl ScanCtx<'_> {
+    fn path_of(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.base.to_path_buf()
+        } else {
+            self.base.join(OsStr::from_bytes(rel))
+        }
+    }
+    fn fail(&self, op: &'static str, rel: &[u8], e: io::Error) {
+        self.abort.store(true, Ordering::Relaxed);
+        lock(self.errors).push(RelabelError::Io {
+            op,
+            path: self.path_of(rel),
+            source: e,
+        });
+    }
+    fn warn(&self, rel: &[u8], message: String, e: Option<&io::Error>) {
+        lock(self.warnings).push(Warning {
+            path: self.path_of(rel),
+            message,
+            errno: e.and_then(|e| e.raw_os_error()),
+            fs_type: None,
+        });
+    }
+}
+
+fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u8>) {
+    if ctx.abort.load(Ordering::Relaxed) {
+        return;
+    }
+    let entries = match dir.entries() {
+        Ok(e) => e,
+        Err(e) => return ctx.fail("read directory", &rel, e),
+    };
+    let mut items = Vec::new();
+    for e in entries {
+        let mut kind = e.kind;
+        if kind == EntryKind::Unknown {
+            kind = match dir.stat_entry(&e.name) {
+                Ok((_, m)) if m.is_dir() => EntryKind::Dir,
+                Ok((_, m)) if m.is_symlink() => EntryKind::Symlink,
+                Ok(_) => EntryKind::Other,
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(err) => return ctx.fail("stat", &join_rel(&rel, e.name.as_bytes()), err),
+            };
+        }
+        let cur = match dir.get_xattr_at(&e.name, XATTR_SELINUX) {
+            Ok(v) => v,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(err) if is_soft_errno(err.raw_os_error()) => {
+                ctx.warn(
+                    &join_rel(&rel, e.name.as_bytes()),
+                    format!("cannot read label: {err}"),
+                    Some(&err),
+                );
+                continue;
+            }
+            Err(err) => return ctx.fail("read label", &join_rel(&rel, e.name.as_bytes()), err),
+        };
+        let n = ctx.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % 65536 == 0 {
+            ctx.eng.report(&Progress {
+                path: ctx.base.to_path_buf(),
+                phase: Phase::Scanning,
+                done: n,
+                total: n,
+            });
+        }
+        if kind == EntryKind::Dir {
+            let child_rel = join_rel(&rel, e.name.as_bytes());
+            match dir.open_subdir(&e.name) {
+                Ok(sub) => s.spawn(move |s| scan_dir(s, ctx, sub, child_rel)),
+                Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                    // A mount point inside the tree: another filesystem is not part of it.
+                    ctx.warn(&child_rel, "mount point inside the tree: not descended".into(), None);
+                    continue;
+                }
+                // Replaced by a symlink or removed since getdents: label what is there now
+                // (as itself) below, or skip it.
+                Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(err) => return ctx.fail("open directory", &child_rel, err),
+            }
+        }
+        if !label_eq(&cur, ctx.want) {
+            items.push(Item {
+                name: e.name,
+                ino: e.ino,
+                orig: cur,
+            });
+        }
+    }
+    if !items.is_empty() {
+        lock(ctx.out).push(DirWork { dir, rel, items });
+    }
+}
