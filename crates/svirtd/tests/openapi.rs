@@ -7,7 +7,8 @@ use std::path::PathBuf;
 fn committed_openapi_json_is_current() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
     let generated = svirtd::api::openapi_json();
-    let doc: serde_json::Value = serde_json::from_str(&generated).expect("generated OpenAPI is JSON");
+    let doc: serde_json::Value =
+        serde_json::from_str(&generated).expect("generated OpenAPI is JSON");
     // The description must cover every operation the CLI uses.
     for (path, method) in [
         ("/v1/domains", "get"),
@@ -19,10 +20,23 @@ fn committed_openapi_json_is_current() {
         ("/v1/domains/{name}/qemu-monitor-command", "post"),
         ("/v1/host", "get"),
     ] {
-        assert!(doc["paths"][path][method].is_object(), "OpenAPI lacks {method} {path}");
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "OpenAPI lacks {method} {path}"
+        );
     }
-    for schema in ["Info", "Summary", "Exit", "ApiError", "CreateRequest", "Host"] {
-        assert!(doc["components"]["schemas"][schema].is_object(), "OpenAPI lacks schema {schema}");
+    for schema in [
+        "Info",
+        "Summary",
+        "Exit",
+        "ApiError",
+        "CreateRequest",
+        "Host",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "OpenAPI lacks schema {schema}"
+        );
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     if committed != generated {
