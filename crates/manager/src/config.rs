@@ -65,11 +65,12 @@ pub struct UidRange {
 }
 
 impl Default for UidRange {
-    /// A block high above the usual user and subuid ranges.
+    /// 300000-365535: above the usual login, systemd dynamic and first subordinate id
+    /// ranges (the store's allocator skips ids the system's passwd/group/subuid use anyway).
     fn default() -> Self {
         UidRange {
-            first: 2_000_000_000,
-            last: 2_000_065_535,
+            first: 300_000,
+            last: 365_535,
         }
     }
 }
@@ -200,6 +201,9 @@ pub struct Config {
     pub pids_limit: u64,
     /// Extra memory allowed above the guest's `<memory>` for QEMU itself, in bytes.
     pub memory_overhead: u64,
+    /// Fault injection (`step` or `step:error`, see [`crate::fault`]); `None`: read the
+    /// `SVIRT_FAULT` environment variable.
+    pub fault: Option<String>,
 }
 
 impl Config {
@@ -219,6 +223,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(30),
             pids_limit: 4096,
             memory_overhead: 256 << 20,
+            fault: None,
         }
     }
 }

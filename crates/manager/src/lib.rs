@@ -23,9 +23,21 @@
 //! session, cgroup join, driver hooks, every fd but stdio and the QMP listener closed on
 //! exec, clean environment) → record pid + start time → QMP answers → `running`/`paused`.
 
+mod accel;
+pub mod cgroup;
 mod config;
+mod dumpxml;
 mod error;
+pub mod fault;
+mod glue;
+mod manager;
+pub mod process;
+pub mod qemu;
 pub mod qmp;
+mod record;
+mod recover;
+mod stack;
+mod supervise;
 mod types;
 
 pub use config::{AccelChoice, CategoryRange, Config, DriverName, DriverSelection, UidRange};
@@ -36,9 +48,12 @@ pub use types::{
 };
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::manager::Inner;
 
 /// Options of [`Manager::start`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,14 +62,13 @@ pub struct StartOptions {
     pub paused: bool,
 }
 
-/// The guest manager. Cheap to clone; all clones share one state and one supervisor.
+/// The guest manager. Cheap to clone; all clones share one state and one supervisor
+/// thread. When the last clone is dropped the supervisor stops and the store is closed;
+/// running guests keep running and the next [`Manager::open`] reattaches to them.
 #[derive(Clone)]
 pub struct Manager {
     inner: Arc<Inner>,
-}
-
-struct Inner {
-    report: OpenReport,
+    _guard: Arc<supervise::Guard>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -65,19 +79,83 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-fn not_yet(op: &str) -> ManagerError {
-    ManagerError::Config(format!("{op}: not implemented yet in this build"))
-}
-
 impl Manager {
     /// Opens the store under `config.state_dir`, probes drivers and picks the stack,
-    /// probes KVM, sets up the cgroup parent, then recovers: reattaches to guests whose
+    /// probes KVM, detects the cgroup layout, then recovers: reattaches to guests whose
     /// QEMU still runs (same pid AND same start time), and restores and releases everything
     /// of guests that died meanwhile or never finished starting. Returns the manager and a
     /// report of what it chose and found (svirtd logs it).
     pub fn open(config: Config) -> Result<(Manager, OpenReport)> {
-        let _ = config;
-        Err(not_yet("open"))
+        let store = Arc::new(
+            svirt_store::Store::open(&config.state_dir)
+                .map_err(|e| ManagerError::Store(e.to_string()))?,
+        );
+        let stack = stack::build(&config, &store)?;
+        let qemu = glue::qemu_binary(config.qemu_binary.as_ref(), None)?;
+        let (accel, accel_reason) = match config.accel {
+            AccelChoice::Tcg => ("tcg".to_string(), "configured: TCG".to_string()),
+            AccelChoice::Kvm => ("kvm".to_string(), "configured: KVM".to_string()),
+            AccelChoice::Auto => {
+                let p = accel::probe_kvm(&qemu, &config.root_dir.join("dev/kvm"));
+                (p.accel.to_string(), p.reason)
+            }
+        };
+        let layout = cgroup::Layout::detect(&config.cgroup_root);
+        let (wake_rd, wake_wr) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+                .map_err(|e| ManagerError::Qemu(format!("pipe: {e}")))?;
+        std::fs::create_dir_all(&config.run_dir)
+            .map_err(|e| ManagerError::io("create", &config.run_dir, e))?;
+        let report = OpenReport {
+            stack: stack.drivers.iter().map(|d| d.model()).collect(),
+            why: stack.why,
+            drivers: stack.reports,
+            accel,
+            accel_reason,
+            cgroup: layout.describe(),
+            qemu: qemu.clone(),
+            reattached: Vec::new(),
+            recovered: Vec::new(),
+        };
+        let fault = match &config.fault {
+            Some(f) => fault::Fault::parse(f),
+            None => fault::Fault::from_env(),
+        };
+        let mut inner = Inner {
+            accel: report.accel.clone(),
+            config,
+            report,
+            store,
+            drivers: stack.drivers,
+            layout,
+            qemu,
+            fault,
+            guests: std::sync::Mutex::new(Default::default()),
+            wake_rd,
+            wake_wr,
+            stopping: AtomicBool::new(false),
+        };
+        let (reattached, recovered) = recover::recover(&inner)?;
+        inner.report.reattached = reattached;
+        inner.report.recovered = recovered;
+        let report = inner.report.clone();
+        let inner = Arc::new(inner);
+        let sup = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("svirt-supervisor".into())
+            .spawn(move || supervise::run(sup))
+            .map_err(|e| ManagerError::Qemu(format!("spawn supervisor thread: {e}")))?;
+        let guard = Arc::new(supervise::Guard {
+            inner: inner.clone(),
+            thread: std::sync::Mutex::new(Some(thread)),
+        });
+        Ok((
+            Manager {
+                inner,
+                _guard: guard,
+            },
+            report,
+        ))
     }
 
     /// What `open` chose and found.
@@ -85,57 +163,82 @@ impl Manager {
         &self.inner.report
     }
 
-    /// Parses and plans `xml` without touching anything (a dry run, `svirt plan`).
+    /// Parses and plans `xml` for this manager's stack without touching anything (a dry
+    /// run, `svirt plan`).
     pub fn plan(&self, xml: &str) -> Result<svirt_domain::Plan> {
-        let _ = xml;
-        Err(not_yet("plan"))
+        glue::parse_and_plan(&self.inner, xml).map(|(_, p)| p)
+    }
+
+    /// The QEMU command line `xml` would get (binary first), for a dry run or a benchmark
+    /// baseline; `qmp_fd` is the fd number the QMP listener would have.
+    pub fn command_line(&self, xml: &str, paused: bool, qmp_fd: i32) -> Result<Vec<String>> {
+        let (domain, _) = glue::parse_and_plan(&self.inner, xml)?;
+        let spec = glue::vm_spec(&domain)?;
+        let args = qemu::command_line(
+            &spec,
+            &qemu::LaunchOptions {
+                accel: self.inner.accel.clone(),
+                paused,
+                qmp_fd,
+                sandbox: true,
+            },
+        );
+        Ok(std::iter::once(self.inner.qemu.to_string_lossy().into_owned())
+            .chain(args)
+            .collect())
     }
 
     /// Starts a guest from domain XML text. Returns once QMP answers. On any failure
     /// everything done so far is undone (labels restored, reservations released, cgroup and
     /// runtime files removed, record removed) and the error returned.
     pub fn start(&self, xml: &str, options: StartOptions) -> Result<GuestInfo> {
-        let _ = (xml, options);
-        Err(not_yet("start"))
+        self.inner.start(xml, options)
     }
 
     /// Guests: the active ones, and with `all` also those shut off (kept until the next
     /// start of the same name).
     pub fn list(&self, all: bool) -> Result<Vec<GuestSummary>> {
-        let _ = all;
-        Err(not_yet("list"))
+        Ok(self.inner.list(all))
     }
 
     /// Everything about one guest.
     pub fn info(&self, name: &str) -> Result<GuestInfo> {
-        let _ = name;
-        Err(not_yet("info"))
+        let slot = self.inner.slot(name)?;
+        self.inner.info_of(&slot)
     }
 
     /// The live domain XML: the original with `<seclabel>` elements for every active model
     /// showing the labels in use (`<label>`, `<imagelabel>`), as libvirt shows them.
     pub fn dumpxml(&self, name: &str) -> Result<String> {
-        let _ = name;
-        Err(not_yet("dumpxml"))
+        let slot = self.inner.slot(name)?;
+        let rec = slot
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record
+            .clone();
+        if !rec.state.is_active() {
+            // Shut off: the labels are released; show the XML as defined.
+            return Ok(rec.xml);
+        }
+        dumpxml::live_xml(&rec, &self.inner.labels_of(&rec))
     }
 
     /// Graceful stop: ACPI power-down over QMP, then kill after the configured shutdown
     /// timeout. Returns once QEMU is reaped and everything restored.
     pub fn shutdown(&self, name: &str) -> Result<ExitInfo> {
-        let _ = name;
-        Err(not_yet("shutdown"))
+        self.inner
+            .stop(name, false, self.inner.config.shutdown_timeout)
     }
 
     /// Like [`Manager::shutdown`] with an explicit timeout.
     pub fn shutdown_timeout(&self, name: &str, timeout: Duration) -> Result<ExitInfo> {
-        let _ = (name, timeout);
-        Err(not_yet("shutdown"))
+        self.inner.stop(name, false, timeout)
     }
 
     /// Immediate stop: SIGKILL to QEMU. Returns once QEMU is reaped and everything restored.
     pub fn destroy(&self, name: &str) -> Result<ExitInfo> {
-        let _ = name;
-        Err(not_yet("destroy"))
+        self.inner.stop(name, true, Duration::ZERO)
     }
 
     /// Passes one QMP command (a JSON object with `execute` and optional `arguments`)
@@ -146,13 +249,18 @@ impl Manager {
         name: &str,
         command: serde_json::Value,
     ) -> Result<serde_json::Value> {
-        let _ = (name, command);
-        Err(not_yet("qemu-monitor-command"))
+        self.inner.monitor(name, command)
     }
 
-    /// Waits until the guest is shut off (or `timeout` passes); returns its exit.
+    /// Waits until the guest is shut off (or `timeout` passes); returns its exit, `None`
+    /// on timeout.
     pub fn wait(&self, name: &str, timeout: Duration) -> Result<Option<ExitInfo>> {
-        let _ = (name, timeout);
-        Err(not_yet("wait"))
+        let slot = self.inner.slot(name)?;
+        Ok(self.inner.wait_exit(&slot, timeout))
+    }
+
+    /// Forgets a shut-off guest's record.
+    pub fn forget(&self, name: &str) -> Result<()> {
+        self.inner.forget(name)
     }
 }

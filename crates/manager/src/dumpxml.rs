@@ -1,0 +1,98 @@
+//! The live XML: the original document with the domain-level `<seclabel>` elements of the
+//! active models replaced by ones showing the labels in use, as libvirt shows them.
+
+use svirt_domain::Model;
+
+use crate::error::{ManagerError, Result};
+use crate::record::Record;
+use crate::types::ModelLabels;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+}
+
+/// Renders the live XML of `rec` with `labels` (one per active model).
+pub(crate) fn live_xml(rec: &Record, labels: &[ModelLabels]) -> Result<String> {
+    let xml = rec.xml.as_str();
+    let doc = roxmltree::Document::parse(xml)
+        .map_err(|e| ManagerError::Domain(format!("stored XML no longer parses: {e}")))?;
+    let root = doc.root_element();
+    let active: Vec<Model> = labels.iter().map(|l| l.model).collect();
+    // Domain-level seclabels of the active models are replaced; others are kept.
+    let mut cut: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut original: Vec<(Model, String, bool)> = Vec::new();
+    for n in root.children().filter(|n| n.has_tag_name("seclabel")) {
+        let model = Model::from_name(n.attribute("model").unwrap_or("selinux"));
+        if let Some(m) = model
+            && active.contains(&m)
+        {
+            let ty = n.attribute("type").unwrap_or("dynamic").to_string();
+            // libvirt's defaults: relabel is yes for dynamic, no for static and none.
+            let relabel = n
+                .attribute("relabel")
+                .map_or(ty == "dynamic", |r| r == "yes");
+            original.push((m, ty, relabel));
+            // Take the preceding indentation too, so the output stays tidy.
+            let mut start = n.range().start;
+            while start > 0 && matches!(xml.as_bytes()[start - 1], b' ' | b'\t') {
+                start -= 1;
+            }
+            let mut end = n.range().end;
+            if xml.as_bytes().get(end) == Some(&b'\n') {
+                end += 1;
+            }
+            cut.push(start..end);
+        }
+    }
+    let mut block = String::new();
+    for l in labels {
+        let (ty, relabel) = original
+            .iter()
+            .find(|(m, ..)| *m == l.model)
+            .map(|(_, t, r)| (t.clone(), *r))
+            .unwrap_or_else(|| ("dynamic".to_string(), true));
+        match (&l.process, ty.as_str()) {
+            (None, _) | (_, "none") => {
+                block.push_str(&format!(
+                    "  <seclabel type='none' model='{}'/>\n",
+                    l.model.as_str()
+                ));
+            }
+            (Some(p), _) => {
+                block.push_str(&format!(
+                    "  <seclabel type='{}' model='{}' relabel='{}'>\n    <label>{}</label>\n",
+                    esc(&ty),
+                    l.model.as_str(),
+                    if relabel { "yes" } else { "no" },
+                    esc(p)
+                ));
+                if let Some(i) = &l.image {
+                    block.push_str(&format!("    <imagelabel>{}</imagelabel>\n", esc(i)));
+                }
+                block.push_str("  </seclabel>\n");
+            }
+        }
+    }
+    // Insert before </domain>.
+    let close = xml
+        .rfind("</domain>")
+        .ok_or_else(|| ManagerError::Domain("stored XML has no </domain>".into()))?;
+    let mut out = String::with_capacity(xml.len() + block.len());
+    let mut pos = 0;
+    for r in cut.iter() {
+        out.push_str(&xml[pos..r.start]);
+        pos = r.end;
+    }
+    // `close` lies after every cut (seclabels are children of <domain>).
+    out.push_str(&xml[pos..close]);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&block);
+    out.push_str(&xml[close..]);
+    Ok(out)
+}
+

@@ -1,0 +1,242 @@
+//! From the parsed domain to what QEMU is built from.
+
+use std::path::PathBuf;
+
+use svirt_domain::domain::{
+    BackingSpec, ChardevRole, ChardevSource, DiskDevice as DDev, DiskType, Domain,
+    ImageFormat as DFmt, LoaderType, SocketMode,
+};
+
+use crate::error::{ManagerError, Result};
+use crate::qemu::{
+    ChardevBackend, ChardevSpec, ChardevTarget, DiskDevice, DiskSpec, FilesystemSpec,
+    ImageFormat, ImageSpec, LoaderSpec, VmSpec,
+};
+
+fn fmt(f: DFmt) -> ImageFormat {
+    match f {
+        DFmt::Raw => ImageFormat::Raw,
+        DFmt::Qcow2 => ImageFormat::Qcow2,
+    }
+}
+
+fn port(service: &str, what: &str) -> Result<u16> {
+    service
+        .parse()
+        .map_err(|_| ManagerError::Domain(format!("{what}: service {service:?} is not a port number")))
+}
+
+/// The QEMU description of `d`.
+pub fn vm_spec(d: &Domain) -> Result<VmSpec> {
+    let mut disks = Vec::new();
+    for disk in &d.disks {
+        let Some(src) = &disk.source else {
+            // An empty CD-ROM drive: nothing to open.
+            continue;
+        };
+        if disk.disk_type == DiskType::Dir {
+            return Err(ManagerError::Domain(format!(
+                "disk {}: type='dir' (vvfat) is not supported by svirt's QEMU backend",
+                disk.target_dev
+            )));
+        }
+        let format = disk.format.map_or(ImageFormat::Raw, fmt);
+        let (backing, from_header) = match &disk.backing {
+            BackingSpec::Chain { layers, complete } => {
+                let chain: Vec<ImageSpec> = layers
+                    .iter()
+                    .map(|l| ImageSpec {
+                        path: l.source.clone(),
+                        format: fmt(l.format),
+                        block: l.disk_type == DiskType::Block,
+                    })
+                    .collect();
+                let bottom_qcow2 = chain.last().map_or(format, |l| l.format) == ImageFormat::Qcow2;
+                if !complete && bottom_qcow2 && !chain.is_empty() {
+                    return Err(ManagerError::Domain(format!(
+                        "disk {}: the <backingStore> chain is open-ended below a qcow2 layer; end it with <backingStore/>",
+                        disk.target_dev
+                    )));
+                }
+                (chain, !complete && chain_is_empty_open(layers.is_empty(), format))
+            }
+            BackingSpec::NotGiven => (Vec::new(), format == ImageFormat::Qcow2),
+        };
+        disks.push(DiskSpec {
+            image: ImageSpec {
+                path: src.clone(),
+                format,
+                block: disk.disk_type == DiskType::Block,
+            },
+            backing,
+            backing_from_header: from_header,
+            readonly: disk.readonly,
+            device: match disk.device {
+                DDev::Disk => DiskDevice::Disk,
+                DDev::Cdrom => DiskDevice::Cdrom,
+                DDev::Floppy => DiskDevice::Floppy,
+            },
+            bus: disk.target_bus.clone().unwrap_or_else(|| {
+                if disk.device == DDev::Disk && disk.target_dev.starts_with("vd") {
+                    "virtio".into()
+                } else {
+                    "ide".into()
+                }
+            }),
+            target: disk.target_dev.clone(),
+        });
+    }
+    let mut chardevs = Vec::new();
+    let mut serial_seen = false;
+    for c in &d.chardevs {
+        let what = format!("{} {}", c.role.as_str(), c.target.port.unwrap_or(0));
+        let target = match c.role {
+            ChardevRole::Serial => {
+                serial_seen = true;
+                ChardevTarget::Serial
+            }
+            ChardevRole::Console => match c.target.target_type.as_deref() {
+                Some("virtio") => ChardevTarget::VirtioConsole,
+                // libvirt shows a serial console as an alias of the first serial port.
+                _ if serial_seen => continue,
+                _ => ChardevTarget::Serial,
+            },
+            ChardevRole::Channel => match &c.target.name {
+                Some(n) if c.target.target_type.as_deref() != Some("guestfwd") => {
+                    ChardevTarget::Channel { name: n.clone() }
+                }
+                _ => {
+                    return Err(ManagerError::Domain(format!(
+                        "{what}: only virtio channels with a name are supported"
+                    )));
+                }
+            },
+            ChardevRole::Parallel => ChardevTarget::Parallel,
+        };
+        let backend = match &c.source {
+            ChardevSource::File { path, append } => ChardevBackend::File {
+                path: path.clone(),
+                append: *append,
+            },
+            ChardevSource::Pipe { path } => ChardevBackend::Pipe { path: path.clone() },
+            ChardevSource::Dev { path } => ChardevBackend::Dev { path: path.clone() },
+            ChardevSource::Unix { path, mode } => ChardevBackend::Unix {
+                path: path.clone(),
+                server: *mode == SocketMode::Bind,
+            },
+            ChardevSource::Pty => ChardevBackend::Pty,
+            ChardevSource::Tcp {
+                host,
+                service,
+                mode,
+            } => ChardevBackend::Tcp {
+                host: host.clone(),
+                port: port(service, &what)?,
+                server: *mode == SocketMode::Bind,
+            },
+            ChardevSource::Udp { host, service, .. } => ChardevBackend::Udp {
+                host: host.clone(),
+                port: port(service, &what)?,
+            },
+            ChardevSource::Other { name } if name == "null" => ChardevBackend::Null,
+            ChardevSource::Other { name } => {
+                return Err(ManagerError::Domain(format!(
+                    "{what}: chardev type {name:?} is not supported (no display/stdio in svirt)"
+                )));
+            }
+        };
+        chardevs.push(ChardevSpec { backend, target });
+    }
+    let filesystems = d
+        .filesystems
+        .iter()
+        .map(|f| FilesystemSpec {
+            source: f.source_dir.clone(),
+            tag: f.target_dir.clone(),
+            readonly: f.readonly,
+        })
+        .collect();
+    let loader = d.os.loader.as_ref().map(|l| LoaderSpec {
+        path: l.path.clone(),
+        pflash: l.loader_type == Some(LoaderType::Pflash),
+    });
+    if !d.hostdevs.is_empty() || !d.tpms.is_empty() {
+        return Err(ManagerError::Domain(
+            "hostdev and tpm devices are planned and labeled but not yet passed to QEMU by svirt"
+                .into(),
+        ));
+    }
+    Ok(VmSpec {
+        name: d.name.clone(),
+        uuid: d.uuid.to_string(),
+        machine: d.os.machine.clone().unwrap_or_else(|| "pc".into()),
+        memory_kib: d.memory_bytes.div_ceil(1024),
+        vcpus: d.vcpus,
+        kernel: d.os.kernel.clone(),
+        initrd: d.os.initrd.clone(),
+        cmdline: d.os.cmdline.clone(),
+        dtb: d.os.dtb.clone(),
+        loader,
+        nvram: d.os.nvram.as_ref().map(|n| n.path.clone()),
+        disks,
+        chardevs,
+        filesystems,
+    })
+}
+
+fn chain_is_empty_open(empty: bool, top: ImageFormat) -> bool {
+    empty && top == ImageFormat::Qcow2
+}
+
+/// The QEMU binary: the configured override, else the domain's `<emulator>`, else
+/// `qemu-system-x86_64` found on `PATH`.
+pub fn qemu_binary(configured: Option<&PathBuf>, d: Option<&Domain>) -> Result<PathBuf> {
+    if let Some(p) = configured {
+        return Ok(p.clone());
+    }
+    if let Some(p) = d.and_then(|d| d.emulator.clone()) {
+        return Ok(p);
+    }
+    find_in_path("qemu-system-x86_64")
+}
+
+/// Looks `name` up on `PATH` (or the usual directories).
+pub fn find_in_path(name: &str) -> Result<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in path.split(':').chain(["/usr/bin", "/usr/local/bin"]) {
+        let p = PathBuf::from(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(ManagerError::Qemu(format!(
+        "{name} not found on PATH (apt-get install qemu-system-x86)"
+    )))
+}
+
+/// Parses and plans `xml` for the manager's stack.
+pub(crate) fn parse_and_plan(
+    inner: &crate::manager::Inner,
+    xml: &str,
+) -> Result<(Domain, svirt_domain::Plan)> {
+    let host = svirt_domain::Host::new(inner.config.root_dir.clone());
+    let mut cfg = svirt_domain::PlanConfig::for_host(&host)
+        .map_err(|e| ManagerError::Domain(e.to_string()))?;
+    cfg.models = inner.models();
+    let planned = svirt_domain::plan_xml(xml, &host, &cfg)
+        .map_err(|e| ManagerError::Domain(e.to_string()))?;
+    for w in &planned.warnings {
+        tracing::warn!(guest = %planned.plan.name, "{w}");
+    }
+    Ok((planned.domain, planned.plan))
+}
+
+/// The image label (SELinux) of a guest at `level`: the policy's image context with the
+/// guest's level.
+pub(crate) fn image_label(
+    root: &std::path::Path,
+    level: Option<&svirt_labels::MlsRange>,
+) -> Option<String> {
+    let ctx = svirt_domain::SelinuxContexts::load(root).unwrap_or_default();
+    level.map(|l| ctx.image.with_range(*l).to_string())
+}

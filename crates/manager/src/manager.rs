@@ -1,0 +1,840 @@
+//! The manager proper: start, stop, supervision and recovery.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use svirt_domain::{Model, ProcessLabel};
+use svirt_drivers::{ExecContext, GuestSecurity, SecurityDriver};
+use svirt_store::Store;
+
+use crate::cgroup::{self, GuestCgroup, Layout};
+use crate::config::Config;
+use crate::error::{ManagerError, Result};
+use crate::fault::Fault;
+use crate::process::{self, SpawnRequest};
+use crate::qemu::{self, LaunchOptions};
+use crate::qmp::Qmp;
+use crate::record::{Intent, Phase, Record};
+use crate::types::*;
+use crate::StartOptions;
+
+/// How long a start waits for QMP to answer.
+const QMP_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One guest in memory.
+pub(crate) struct Slot {
+    pub(crate) state: Mutex<SlotState>,
+    pub(crate) cv: Condvar,
+    /// Serialises QMP conversations (QEMU's monitor takes one client at a time).
+    pub(crate) qmp: Mutex<()>,
+}
+
+pub(crate) struct SlotState {
+    pub(crate) record: Record,
+    /// Set while QEMU runs and the supervisor watches it.
+    pub(crate) pidfd: Option<Arc<OwnedFd>>,
+    /// Whether QEMU is our child (we reap it) or was reattached (init reaps it).
+    pub(crate) child: bool,
+    /// The supervisor is cleaning up after the exit.
+    pub(crate) finishing: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) report: OpenReport,
+    pub(crate) store: Arc<Store>,
+    pub(crate) drivers: Vec<Arc<dyn SecurityDriver>>,
+    pub(crate) layout: Layout,
+    pub(crate) qemu: PathBuf,
+    pub(crate) accel: String,
+    pub(crate) fault: Fault,
+    pub(crate) guests: Mutex<HashMap<String, Arc<Slot>>>,
+    pub(crate) wake_rd: OwnedFd,
+    pub(crate) wake_wr: OwnedFd,
+    pub(crate) stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a guest lock must not wedge every later call.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn store_err(e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Store(e.to_string())
+}
+
+impl Inner {
+    pub(crate) fn persist(&self, r: &Record) -> Result<()> {
+        self.store
+            .put_guest(&r.name, r.state.as_str(), &r.to_bytes())
+            .map_err(store_err)
+    }
+
+    pub(crate) fn wake(&self) {
+        let _ = rustix::io::write(&self.wake_wr, b"w");
+    }
+
+    pub(crate) fn models(&self) -> Vec<Model> {
+        self.drivers.iter().map(|d| d.model()).collect()
+    }
+
+    pub(crate) fn runtime_dir(&self, name: &str) -> PathBuf {
+        self.config.run_dir.join("guests").join(name)
+    }
+
+    pub(crate) fn slot(&self, name: &str) -> Result<Arc<Slot>> {
+        lock(&self.guests)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::NoSuchGuest(name.to_string()))
+    }
+
+    // ---------------------------------------------------------------- start
+
+    pub(crate) fn start(self: &Arc<Self>, xml: &str, opts: StartOptions) -> Result<GuestInfo> {
+        let (domain, plan) = crate::glue::parse_and_plan(self, xml)?;
+        let spec = crate::glue::vm_spec(&domain)?;
+        self.fault.point("after-plan")?;
+        let name = plan.name.clone();
+        validate_name(&name)?;
+        let runtime_dir = self.runtime_dir(&name);
+        let record = Record {
+            name: name.clone(),
+            uuid: plan.uuid.clone(),
+            xml: xml.to_string(),
+            plan,
+            spec,
+            state: GuestState::Starting,
+            phase: Phase::Recorded,
+            models: self.models(),
+            level: None,
+            ids: None,
+            pid: None,
+            start_time: None,
+            qmp_socket: runtime_dir.join("qmp.sock"),
+            runtime_dir,
+            cgroups: self.layout.guest_dirs(&self.config.cgroup_parent, &name),
+            accel: self.accel.clone(),
+            argv: Vec::new(),
+            intent: None,
+            exit: None,
+        };
+        // Claim the name: one start per name at a time.
+        let slot = {
+            let mut g = lock(&self.guests);
+            if let Some(s) = g.get(&name)
+                && lock(&s.state).record.state.is_active()
+            {
+                return Err(ManagerError::GuestExists(name));
+            }
+            let slot = Arc::new(Slot {
+                state: Mutex::new(SlotState {
+                    record: record.clone(),
+                    pidfd: None,
+                    child: true,
+                    finishing: false,
+                }),
+                cv: Condvar::new(),
+                qmp: Mutex::new(()),
+            });
+            g.insert(name.clone(), slot.clone());
+            slot
+        };
+        let mut rec = record;
+        match self.start_steps(&mut rec, opts) {
+            Ok(pidfd) => {
+                let mut st = lock(&slot.state);
+                st.record = rec;
+                st.pidfd = Some(Arc::new(pidfd));
+                drop(st);
+                self.wake();
+                self.info_of(&slot)
+            }
+            Err(e) => {
+                tracing::warn!(guest = %name, error = %e, phase = ?rec.phase, "start failed: rolling back");
+                let errors = self.undo(&rec, None);
+                let _ = self.store.delete_guest(&name);
+                lock(&self.guests).remove(&name);
+                if errors.is_empty() {
+                    Err(e)
+                } else {
+                    Err(ManagerError::Restore {
+                        name,
+                        errors: std::iter::once(format!("start failed: {e}"))
+                            .chain(errors)
+                            .collect(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Every start step after planning. On error `rec.phase` says how far it got; the
+    /// caller undoes that much.
+    fn start_steps(&self, rec: &mut Record, opts: StartOptions) -> Result<OwnedFd> {
+        self.persist(rec)?;
+        self.fault.point("after-record")?;
+
+        let mut sec = GuestSecurity {
+            name: rec.name.clone(),
+            level: None,
+            ids: None,
+        };
+        for d in &self.drivers {
+            d.reserve(&rec.plan, &mut sec)?;
+            // Keep what is reserved so far in the record, so a failure of the next driver
+            // releases it.
+            rec.level = sec.level.map(|l| l.to_string());
+            rec.ids = sec.ids;
+        }
+        rec.phase = Phase::Reserved;
+        self.persist(rec)?;
+        self.fault.point("after-reserve")?;
+
+        // Runtime directory: private to the guest (its uid when DAC gives one).
+        make_runtime_dir(&rec.runtime_dir, rec.ids)?;
+        let log_path = rec.runtime_dir.join("qemu.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&log_path)
+            .map_err(|e| ManagerError::io("create", &log_path, e))?;
+        let _ = fs::remove_file(&rec.qmp_socket);
+        let listener = UnixListener::bind(&rec.qmp_socket)
+            .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
+
+        rec.phase = Phase::Labeling;
+        self.persist(rec)?;
+        let sec = rec.security();
+        for (i, d) in self.drivers.iter().enumerate() {
+            if let Err(e) = d.set_all(&rec.plan, &sec) {
+                // set_all restored its own changes; undo the drivers before it.
+                let mut errs = Vec::new();
+                for prev in self.drivers[..i].iter().rev() {
+                    errs.extend(prev.restore_all(&rec.plan, &sec).into_iter().map(|e| e.to_string()));
+                }
+                rec.phase = Phase::Reserved;
+                if !errs.is_empty() {
+                    tracing::error!(guest = %rec.name, ?errs, "restore after a failed set_all");
+                }
+                return Err(e.into());
+            }
+        }
+        self.fault.point("after-label")?;
+
+        rec.phase = Phase::Cgroup;
+        self.persist(rec)?;
+        let mut cg = GuestCgroup::create(
+            &self.layout,
+            &self.config.cgroup_parent,
+            &rec.name,
+            rec.spec.memory_kib.saturating_mul(1024) + self.config.memory_overhead,
+            self.config.pids_limit,
+        )?;
+        self.fault.point("after-cgroup")?;
+
+        let exec = ExecContext {
+            emulator: self.qemu.clone(),
+            runtime_dir: rec.runtime_dir.clone(),
+            devices: if rec.accel == "kvm" {
+                vec![PathBuf::from("/dev/kvm")]
+            } else {
+                Vec::new()
+            },
+            tcp_ports: tcp_ports(&rec.spec),
+        };
+        let mut hooks = Vec::new();
+        for d in &self.drivers {
+            hooks.extend(d.child_hooks(&rec.plan, &sec, &exec)?);
+        }
+        let args = qemu::command_line(
+            &rec.spec,
+            &LaunchOptions {
+                accel: rec.accel.clone(),
+                paused: opts.paused,
+                qmp_fd: listener.as_raw_fd(),
+                sandbox: true,
+            },
+        );
+        rec.argv = std::iter::once(self.qemu.to_string_lossy().into_owned())
+            .chain(args.iter().cloned())
+            .collect();
+        rec.phase = Phase::Spawning;
+        self.persist(rec)?;
+        let spawned = process::spawn(SpawnRequest {
+            binary: &self.qemu,
+            args: &args,
+            runtime_dir: &rec.runtime_dir,
+            log,
+            keep_fds: vec![listener.as_raw_fd()],
+            cgroup_fds: cg.procs_fds(),
+            hooks,
+        })?;
+        cg.close_files();
+        // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
+        // hanging on our copy.
+        drop(listener);
+        rec.pid = Some(spawned.pid);
+        rec.start_time = Some(spawned.start_time);
+        rec.phase = Phase::Spawned;
+        let pidfd = spawned.pidfd;
+        if let Err(e) = self.persist(rec) {
+            kill_and_reap(&pidfd);
+            return Err(e);
+        }
+        if let Err(e) = self.fault.point("after-spawn") {
+            kill_and_reap(&pidfd);
+            return Err(e);
+        }
+
+        let answered = wait_qmp(&rec.qmp_socket, &pidfd, QMP_START_TIMEOUT).and_then(|mut q| {
+            let st = q.execute("query-status", None)?;
+            Ok(st.get("running").and_then(Value::as_bool).unwrap_or(false))
+        });
+        let running = match answered {
+            Ok(r) => r,
+            Err(e) => {
+                kill_and_reap(&pidfd);
+                let tail = log_tail(&log_path, 600);
+                return Err(ManagerError::Qemu(format!("{e}; QEMU log: {tail}")));
+            }
+        };
+        if let Err(e) = self.fault.point("after-qmp") {
+            kill_and_reap(&pidfd);
+            return Err(e);
+        }
+        rec.phase = Phase::Up;
+        rec.state = if running {
+            GuestState::Running
+        } else {
+            GuestState::Paused
+        };
+        if let Err(e) = self.persist(rec) {
+            kill_and_reap(&pidfd);
+            return Err(e);
+        }
+        tracing::info!(guest = %rec.name, pid = spawned.pid, state = %rec.state, "guest started");
+        Ok(pidfd)
+    }
+
+    /// Undoes everything a guest holds (QEMU must be gone, or is killed through its
+    /// cgroup): labels restored, reservations released, cgroup and runtime files removed.
+    /// Returns every error (it always runs to the end).
+    pub(crate) fn undo(&self, rec: &Record, checkpoints: Option<&dyn Fn(&str)>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let dirs = if rec.cgroups.is_empty() {
+            self.layout.guest_dirs(&self.config.cgroup_parent, &rec.name)
+        } else {
+            rec.cgroups.clone()
+        };
+        // A QEMU whose pid never got recorded is still found through its cgroup; labels
+        // must not be restored while it may still use them.
+        if !cgroup::kill_all(&dirs, Duration::from_secs(5)) {
+            errors.push(format!("processes left in {}", dirs[0].display()));
+        }
+        let sec = self.security_for_undo(rec);
+        if rec.phase >= Phase::Labeling {
+            for d in self.drivers.iter().rev() {
+                errors.extend(
+                    d.restore_all(&rec.plan, &sec)
+                        .into_iter()
+                        .map(|e| e.to_string()),
+                );
+            }
+        }
+        if let Some(cp) = checkpoints {
+            cp("after-restore");
+        }
+        for d in self.drivers.iter().rev() {
+            if let Err(e) = d.release(&sec) {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(cp) = checkpoints {
+            cp("after-release");
+        }
+        if let Err(e) = cgroup::remove_dirs(&dirs, Duration::from_secs(3)) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = remove_tree(&rec.runtime_dir) {
+            errors.push(format!("remove {}: {e}", rec.runtime_dir.display()));
+        }
+        errors
+    }
+
+    /// The identity to release: the record's, completed from the store's reservations by
+    /// owner (a crash may fall between a driver's commit and the record's).
+    fn security_for_undo(&self, rec: &Record) -> GuestSecurity {
+        let mut sec = rec.security();
+        if sec.level.is_none()
+            && let Ok(levels) = self.store.levels_of(&rec.name)
+            && let Some(l) = levels.first()
+        {
+            sec.level = Some(svirt_labels::MlsRange::single(*l));
+        }
+        if sec.ids.is_none()
+            && let Ok(ids) = self.store.id_reservations()
+            && let Some((id, _)) = ids.iter().find(|(_, o)| *o == rec.name)
+        {
+            sec.ids = Some((*id, *id));
+        }
+        sec
+    }
+
+    // ---------------------------------------------------------------- stop
+
+    pub(crate) fn stop(&self, name: &str, destroy: bool, timeout: Duration) -> Result<ExitInfo> {
+        let slot = self.slot(name)?;
+        let pidfd = {
+            let mut st = lock(&slot.state);
+            let state = st.record.state;
+            let Some(pidfd) = st.pidfd.clone() else {
+                if let Some(exit) = &st.record.exit {
+                    return Ok(exit.clone());
+                }
+                return Err(ManagerError::BadState {
+                    name: name.into(),
+                    state: state.to_string(),
+                    op: if destroy { "destroy" } else { "shutdown" },
+                });
+            };
+            st.record.intent = Some(if destroy {
+                Intent::Destroy
+            } else {
+                Intent::Shutdown
+            });
+            st.record.state = GuestState::Stopping;
+            self.persist(&st.record)?;
+            pidfd
+        };
+        if !destroy {
+            let asked = {
+                let _q = lock(&slot.qmp);
+                Qmp::connect(&lock(&slot.state).record.qmp_socket, Duration::from_secs(5))
+                    .and_then(|mut q| q.execute("system_powerdown", None))
+            };
+            if let Err(e) = asked {
+                tracing::warn!(guest = name, error = %e, "system_powerdown failed; killing");
+            } else if let Some(exit) = self.wait_exit(&slot, timeout) {
+                return Ok(exit);
+            }
+            let mut st = lock(&slot.state);
+            st.record.intent = Some(Intent::ShutdownKilled);
+            let _ = self.persist(&st.record);
+        }
+        process::pidfd_signal(&pidfd, libc::SIGKILL)
+            .map_err(|e| ManagerError::Qemu(format!("kill {name}: {e}")))?;
+        drop(pidfd);
+        self.wait_exit(&slot, Duration::from_secs(60))
+            .ok_or_else(|| ManagerError::Qemu(format!("{name}: QEMU did not exit after SIGKILL")))
+    }
+
+    pub(crate) fn wait_exit(&self, slot: &Slot, timeout: Duration) -> Option<ExitInfo> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&slot.state);
+        loop {
+            if st.record.state == GuestState::ShutOff {
+                return st.record.exit.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = slot
+                .cv
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Called by the supervisor when a guest's pidfd becomes readable.
+    pub(crate) fn finish(&self, slot: &Arc<Slot>) {
+        let (mut rec, pidfd, child) = {
+            let st = lock(&slot.state);
+            (st.record.clone(), st.pidfd.clone(), st.child)
+        };
+        let status = match (&pidfd, child) {
+            (Some(fd), true) => process::reap(fd).ok().flatten(),
+            _ => None,
+        };
+        rec.state = GuestState::Stopping;
+        let _ = self.persist(&rec);
+        let fault = self.fault.clone();
+        let _ = fault.point("during-stop");
+        let cp = move |step: &str| {
+            let _ = fault.point(step);
+        };
+        let errors = self.undo(&rec, Some(&cp));
+        let reason = match (rec.intent, status) {
+            (Some(Intent::Destroy), _) => ExitReason::Destroyed,
+            (Some(Intent::ShutdownKilled), _) => ExitReason::ShutdownTimeout,
+            (Some(Intent::Shutdown), _) => ExitReason::Shutdown,
+            (None, Some(s)) if s.code == Some(0) => ExitReason::Shutdown,
+            (None, Some(s)) => ExitReason::Exited {
+                code: s.code,
+                signal: s.signal,
+            },
+            (None, None) => ExitReason::Exited {
+                code: None,
+                signal: None,
+            },
+        };
+        if !errors.is_empty() {
+            tracing::error!(guest = %rec.name, ?errors, "errors while cleaning up after the guest");
+        }
+        rec.exit = Some(ExitInfo {
+            reason,
+            at: now_secs(),
+            restore_errors: errors,
+        });
+        rec.state = GuestState::ShutOff;
+        rec.pid = None;
+        rec.intent = None;
+        let _ = self.persist(&rec);
+        tracing::info!(guest = %rec.name, exit = ?rec.exit, "guest stopped");
+        let mut st = lock(&slot.state);
+        st.record = rec;
+        st.pidfd = None;
+        st.finishing = false;
+        slot.cv.notify_all();
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    pub(crate) fn list(&self, all: bool) -> Vec<GuestSummary> {
+        let slots: Vec<Arc<Slot>> = lock(&self.guests).values().cloned().collect();
+        let mut out: Vec<GuestSummary> = slots
+            .iter()
+            .filter_map(|s| {
+                let st = lock(&s.state);
+                let r = &st.record;
+                if !all && !r.state.is_active() {
+                    return None;
+                }
+                Some(GuestSummary {
+                    name: r.name.clone(),
+                    uuid: r.uuid.clone(),
+                    state: r.state,
+                    pid: r.pid,
+                    labels: self
+                        .labels_of(r)
+                        .into_iter()
+                        .filter_map(|m| m.process.map(|p| (m.model.as_str().to_string(), p)))
+                        .collect(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub(crate) fn labels_of(&self, r: &Record) -> Vec<ModelLabels> {
+        let sec = r.security();
+        r.models
+            .iter()
+            .map(|&model| match model {
+                Model::Selinux => {
+                    let level = sec.level;
+                    let process = match (&r.plan.selinux_process, level) {
+                        (ProcessLabel::Label(t), Some(l)) => Some(t.resolve(&l).to_string()),
+                        (ProcessLabel::Label(t), None) => Some(t.display(None)),
+                        (ProcessLabel::Unconfined, _) => None,
+                    };
+                    let image = crate::glue::image_label(&self.config.root_dir, level.as_ref());
+                    ModelLabels {
+                        model,
+                        process,
+                        image,
+                    }
+                }
+                Model::Dac => {
+                    let l = sec.ids.map(|(u, g)| format!("+{u}:+{g}"));
+                    ModelLabels {
+                        model,
+                        process: l.clone(),
+                        image: l,
+                    }
+                }
+                _ => ModelLabels {
+                    model,
+                    process: r
+                        .pid
+                        .and_then(|p| {
+                            self.drivers
+                                .iter()
+                                .find(|d| d.model() == model)
+                                .and_then(|d| d.process_label(p).ok().flatten())
+                        })
+                        .or_else(|| Some("confined".into())),
+                    image: None,
+                },
+            })
+            .collect()
+    }
+
+    pub(crate) fn info_of(&self, slot: &Slot) -> Result<GuestInfo> {
+        let r = lock(&slot.state).record.clone();
+        Ok(self.info_from(&r))
+    }
+
+    pub(crate) fn info_from(&self, r: &Record) -> GuestInfo {
+        let sec = r.security();
+        let level = sec.level.map(|l| l.to_string());
+        let subst = |t: String| -> String {
+            let mut t = t;
+            if let Some(l) = &level {
+                t = t.replace(svirt_domain::LEVEL_PLACEHOLDER, l);
+            }
+            if let Some((u, g)) = sec.ids {
+                t = t
+                    .replace(svirt_domain::UID_PLACEHOLDER, &u.to_string())
+                    .replace(svirt_domain::GID_PLACEHOLDER, &g.to_string());
+            }
+            t
+        };
+        let resources = r
+            .plan
+            .resources
+            .iter()
+            .map(|pr| {
+                let labels = svirt_domain::labels_of(&r.plan, pr)
+                    .into_iter()
+                    .filter(|(m, _)| r.models.contains(m))
+                    .map(|(m, l)| (m.as_str().to_string(), l.map(&subst)))
+                    .collect();
+                ResourceInfo {
+                    path: pr.resource.path.clone(),
+                    kind: pr.resource.kind,
+                    access: pr.resource.access,
+                    sharing: pr.resource.sharing,
+                    device: pr.resource.device.clone(),
+                    labels,
+                }
+            })
+            .collect();
+        GuestInfo {
+            name: r.name.clone(),
+            uuid: r.uuid.clone(),
+            state: r.state,
+            pid: r.pid,
+            start_time: r.start_time,
+            accel: r.accel.clone(),
+            labels: self.labels_of(r),
+            uid: r.ids.map(|i| i.0),
+            gid: r.ids.map(|i| i.1),
+            cgroups: if r.state.is_active() {
+                r.cgroups.clone()
+            } else {
+                Vec::new()
+            },
+            runtime_dir: r.runtime_dir.clone(),
+            qmp_socket: r.qmp_socket.clone(),
+            resources,
+            command_line: r.argv.clone(),
+            exit: r.exit.clone(),
+        }
+    }
+
+    pub(crate) fn monitor(&self, name: &str, cmd: Value) -> Result<Value> {
+        let slot = self.slot(name)?;
+        let (sock, state) = {
+            let st = lock(&slot.state);
+            (st.record.qmp_socket.clone(), st.record.state)
+        };
+        if !matches!(state, GuestState::Running | GuestState::Paused) {
+            return Err(ManagerError::BadState {
+                name: name.into(),
+                state: state.to_string(),
+                op: "talk to its monitor",
+            });
+        }
+        let _q = lock(&slot.qmp);
+        let mut q = Qmp::connect(&sock, Duration::from_secs(10))?;
+        let reply = q.execute_raw(cmd)?;
+        // The command may have resumed or paused the guest: keep the state true.
+        if let Ok(st) = q.execute("query-status", None) {
+            let running = st.get("running").and_then(Value::as_bool).unwrap_or(false);
+            let mut s = lock(&slot.state);
+            if matches!(s.record.state, GuestState::Running | GuestState::Paused) {
+                let new = if running {
+                    GuestState::Running
+                } else {
+                    GuestState::Paused
+                };
+                if new != s.record.state {
+                    s.record.state = new;
+                    let _ = self.persist(&s.record);
+                }
+            }
+        }
+        Ok(reply)
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ManagerError::Domain(format!(
+            "guest name {name:?}: use 1-64 characters from [A-Za-z0-9._+-] (it names files and cgroups)"
+        )))
+    }
+}
+
+fn tcp_ports(spec: &qemu::VmSpec) -> Vec<u16> {
+    spec.chardevs
+        .iter()
+        .filter_map(|c| match &c.backend {
+            qemu::ChardevBackend::Tcp { port, .. } => Some(*port),
+            _ => None,
+        })
+        .collect()
+}
+
+fn make_runtime_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| ManagerError::io("create", parent, e))?;
+    }
+    // A leftover of a crashed start is ours (the name is claimed): start clean.
+    let _ = remove_tree(dir);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ManagerError::io("create", dir, e))?;
+    if let Some((u, g)) = ids {
+        // The directory was just created by us: no other owner can have swapped it.
+        std::os::unix::fs::chown(dir, Some(u), Some(g))
+            .map_err(|e| ManagerError::io("chown", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Removes a runtime directory tree without following symlinks (the guest's uid may
+/// have written into it).
+pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(dir),
+        Ok(_) => fs::remove_file(dir),
+    }
+}
+
+fn kill_and_reap(pidfd: &OwnedFd) {
+    let _ = process::pidfd_signal(pidfd, libc::SIGKILL);
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; bounded wait for the killed child to exit.
+    unsafe {
+        libc::poll(&mut p, 1, 5000);
+    }
+    let _ = process::reap(pidfd);
+}
+
+/// Connects to QMP, giving up early if QEMU exits.
+fn wait_qmp(sock: &Path, pidfd: &OwnedFd, timeout: Duration) -> Result<Qmp> {
+    let deadline = Instant::now() + timeout;
+    let stream = UnixStream::connect(sock)
+        .map_err(|e| ManagerError::Qmp(format!("connect {}: {e}", sock.display())))?;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ManagerError::Qmp(format!(
+                "QEMU did not answer on {} within {timeout:?}",
+                sock.display()
+            )));
+        }
+        // SAFETY: two valid pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, left.as_millis().min(1000) as i32) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(ManagerError::Qmp(format!("poll: {e}")));
+        }
+        if fds[0].revents != 0 {
+            return Qmp::from_stream(stream, Duration::from_secs(10));
+        }
+        if fds[1].revents != 0 {
+            return Err(ManagerError::Qemu("QEMU exited during start".into()));
+        }
+    }
+}
+
+fn log_tail(path: &Path, max: u64) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s.trim().replace('\n', " | ")
+}
+
+
+impl Inner {
+    pub(crate) fn forget(&self, name: &str) -> Result<()> {
+        let mut g = lock(&self.guests);
+        let slot = g
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManagerError::NoSuchGuest(name.to_string()))?;
+        let state = lock(&slot.state).record.state;
+        if state.is_active() {
+            return Err(ManagerError::BadState {
+                name: name.into(),
+                state: state.to_string(),
+                op: "forget",
+            });
+        }
+        self.store.delete_guest(name).map_err(store_err)?;
+        g.remove(name);
+        Ok(())
+    }
+}

@@ -1,0 +1,511 @@
+//! The QEMU command line, generated from a [`VmSpec`] (itself derived from the domain).
+//!
+//! Disks use `-blockdev` with an explicit driver for every node and an explicit backing
+//! (`null` or the declared next node), so QEMU never probes a format from image contents.
+//! `-blockdev` takes JSON, which also avoids QEMU's comma escaping for paths there.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// An image format QEMU is told explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// Raw image.
+    Raw,
+    /// qcow2 image.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// QEMU's block driver name.
+    pub fn driver(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// What kind of device a disk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskDevice {
+    /// Hard disk.
+    Disk,
+    /// CD-ROM.
+    Cdrom,
+    /// Floppy.
+    Floppy,
+}
+
+/// One image of a disk's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// File or block device.
+    pub path: PathBuf,
+    /// Declared format.
+    pub format: ImageFormat,
+    /// Whether `path` is a block device (`type='block'`): QEMU's `host_device` driver.
+    pub block: bool,
+}
+
+/// A disk as QEMU needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// Top image.
+    pub image: ImageSpec,
+    /// Backing chain below the top, in order, as declared in the XML.
+    pub backing: Vec<ImageSpec>,
+    /// The XML gives no chain for a qcow2 top: QEMU follows the chain recorded in the
+    /// headers, which the planner has read and validated (every layer names its format,
+    /// so QEMU never probes).
+    pub backing_from_header: bool,
+    /// Read-only to the guest.
+    pub readonly: bool,
+    /// Device kind.
+    pub device: DiskDevice,
+    /// Bus (`virtio`, `ide`, `sata`, `scsi`, `usb`…).
+    pub bus: String,
+    /// Guest target name (`vda`).
+    pub target: String,
+}
+
+/// What a chardev is connected to on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum ChardevBackend {
+    /// Output to a file.
+    File {
+        /// Path.
+        path: PathBuf,
+        /// Append instead of truncating.
+        append: bool,
+    },
+    /// Named pipe (`p`, or `p.in` and `p.out`).
+    Pipe {
+        /// Path.
+        path: PathBuf,
+    },
+    /// Unix socket.
+    Unix {
+        /// Path.
+        path: PathBuf,
+        /// Listen (`mode='bind'`) or connect.
+        server: bool,
+    },
+    /// Host device (`type='dev'`).
+    Dev {
+        /// Path.
+        path: PathBuf,
+    },
+    /// A pty.
+    Pty,
+    /// TCP.
+    Tcp {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Listen or connect.
+        server: bool,
+    },
+    /// UDP.
+    Udp {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// Discard output.
+    Null,
+}
+
+/// Which guest device a chardev feeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "device")]
+pub enum ChardevTarget {
+    /// ISA serial port.
+    Serial,
+    /// Console on a virtio-serial bus.
+    VirtioConsole,
+    /// Named virtio-serial channel.
+    Channel {
+        /// Port name (`org.qemu.guest_agent.0`).
+        name: String,
+    },
+    /// Parallel port.
+    Parallel,
+}
+
+/// A chardev and its device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChardevSpec {
+    /// Host side.
+    pub backend: ChardevBackend,
+    /// Guest side.
+    pub target: ChardevTarget,
+}
+
+/// A `<filesystem>` share over virtio-9p.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesystemSpec {
+    /// Host directory.
+    pub source: PathBuf,
+    /// Mount tag seen by the guest.
+    pub tag: String,
+    /// Read-only share.
+    pub readonly: bool,
+}
+
+/// Firmware.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderSpec {
+    /// Firmware image.
+    pub path: PathBuf,
+    /// `pflash` (UEFI CODE, with `nvram` as VARS) or `rom` (`-bios`).
+    pub pflash: bool,
+}
+
+/// Everything the QEMU command line is built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// Guest name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Machine type (`pc`, `q35`, `pc-i440fx-7.2`…).
+    pub machine: String,
+    /// Memory in KiB.
+    pub memory_kib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Direct kernel boot.
+    pub kernel: Option<PathBuf>,
+    /// Initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// Device tree.
+    pub dtb: Option<PathBuf>,
+    /// Firmware.
+    pub loader: Option<LoaderSpec>,
+    /// UEFI variable store.
+    pub nvram: Option<PathBuf>,
+    /// Disks.
+    pub disks: Vec<DiskSpec>,
+    /// Serial ports, consoles, channels.
+    pub chardevs: Vec<ChardevSpec>,
+    /// Filesystem shares.
+    pub filesystems: Vec<FilesystemSpec>,
+}
+
+/// How to run it, decided by the manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Start with vCPUs stopped.
+    pub paused: bool,
+    /// The fd number of the listening QMP socket QEMU inherits.
+    pub qmp_fd: i32,
+    /// Whether QEMU's seccomp sandbox is requested.
+    pub sandbox: bool,
+}
+
+/// Doubles commas: QEMU's option syntax escape for values.
+fn esc(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+fn esc_str(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+fn image_nodes(
+    img: &ImageSpec,
+    id: &str,
+    readonly: bool,
+    backing: Option<&str>,
+    from_header: bool,
+) -> [Value; 2] {
+    let file = json!({
+        "driver": if img.block { "host_device" } else { "file" },
+        "filename": img.path.to_string_lossy(),
+        "node-name": format!("{id}-file"),
+        "read-only": readonly,
+        "auto-read-only": false,
+        "discard": "unmap",
+    });
+    let mut fmt = json!({
+        "driver": img.format.driver(),
+        "node-name": id,
+        "file": format!("{id}-file"),
+        "read-only": readonly,
+    });
+    if img.format == ImageFormat::Qcow2 && !from_header {
+        // Never let QEMU follow the header's backing reference on its own.
+        fmt["backing"] = backing.map_or(Value::Null, |b| Value::String(b.to_string()));
+    }
+    [file, fmt]
+}
+
+/// The argv (without the binary) for `spec`.
+pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    let mem_mib = spec.memory_kib.div_ceil(1024).max(1);
+    push(&["-name", &format!("guest={},debug-threads=on", esc_str(&spec.name))]);
+    push(&["-uuid", &spec.uuid]);
+    push(&["-no-user-config", "-nodefaults", "-nographic"]);
+    let mut machine = format!("{},usb=off", esc_str(&spec.machine));
+    if spec.loader.as_ref().is_some_and(|l| l.pflash) {
+        machine.push_str(",pflash0=pflash0");
+        if spec.nvram.is_some() {
+            machine.push_str(",pflash1=pflash1");
+        }
+    }
+    push(&["-machine", &machine]);
+    push(&["-accel", &opts.accel]);
+    push(&["-m", &mem_mib.to_string()]);
+    push(&["-smp", &spec.vcpus.max(1).to_string()]);
+    if opts.sandbox {
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+    }
+    push(&[
+        "-chardev",
+        &format!("socket,id=charmonitor,fd={},server=on,wait=off", opts.qmp_fd),
+        "-mon",
+        "chardev=charmonitor,id=monitor,mode=control",
+    ]);
+    if opts.paused {
+        push(&["-S"]);
+    }
+    if let Some(l) = &spec.loader {
+        if l.pflash {
+            let code = ImageSpec {
+                path: l.path.clone(),
+                format: ImageFormat::Raw,
+                block: false,
+            };
+            for n in image_nodes(&code, "pflash0", true, None, false) {
+                push(&["-blockdev", &n.to_string()]);
+            }
+            if let Some(v) = &spec.nvram {
+                let vars = ImageSpec {
+                    path: v.clone(),
+                    format: ImageFormat::Raw,
+                    block: false,
+                };
+                for n in image_nodes(&vars, "pflash1", false, None, false) {
+                    push(&["-blockdev", &n.to_string()]);
+                }
+            }
+        } else {
+            push(&["-bios", &esc(&l.path)]);
+        }
+    }
+    if let Some(k) = &spec.kernel {
+        push(&["-kernel", &esc(k)]);
+    }
+    if let Some(i) = &spec.initrd {
+        push(&["-initrd", &esc(i)]);
+    }
+    if let Some(c) = &spec.cmdline {
+        push(&["-append", c]);
+    }
+    if let Some(d) = &spec.dtb {
+        push(&["-dtb", &esc(d)]);
+    }
+    let mut need_virtio_serial = false;
+    for (i, d) in spec.disks.iter().enumerate() {
+        let id = format!("drive{i}");
+        // Backing nodes first (deepest last in the chain is defined first), all read-only.
+        let mut below: Option<String> = None;
+        for (j, b) in d.backing.iter().enumerate().rev() {
+            let bid = format!("{id}-b{j}");
+            for n in image_nodes(b, &bid, true, below.as_deref(), false) {
+                push(&["-blockdev", &n.to_string()]);
+            }
+            below = Some(bid);
+        }
+        let ro = d.readonly || d.device == DiskDevice::Cdrom;
+        for n in image_nodes(&d.image, &id, ro, below.as_deref(), d.backing_from_header) {
+            push(&["-blockdev", &n.to_string()]);
+        }
+        let dev = match (d.device, d.bus.as_str()) {
+            (DiskDevice::Cdrom, _) => format!("ide-cd,drive={id},id={}", esc_str(&d.target)),
+            (DiskDevice::Floppy, _) => {
+                format!("floppy,drive={id},id={}", esc_str(&d.target))
+            }
+            (DiskDevice::Disk, "ide" | "sata") => {
+                format!("ide-hd,drive={id},id={}", esc_str(&d.target))
+            }
+            (DiskDevice::Disk, _) => format!(
+                "virtio-blk-pci,drive={id},id={}{}",
+                esc_str(&d.target),
+                if ro { ",read-only=on" } else { "" }
+            ),
+        };
+        push(&["-device", &dev]);
+    }
+    for (i, c) in spec.chardevs.iter().enumerate() {
+        let id = format!("charserial{i}");
+        let backend = match &c.backend {
+            ChardevBackend::File { path, append } => format!(
+                "file,id={id},path={}{}",
+                esc(path),
+                if *append { ",append=on" } else { "" }
+            ),
+            ChardevBackend::Pipe { path } => format!("pipe,id={id},path={}", esc(path)),
+            ChardevBackend::Unix { path, server } => format!(
+                "socket,id={id},path={}{}",
+                esc(path),
+                if *server {
+                    ",server=on,wait=off"
+                } else {
+                    ""
+                }
+            ),
+            ChardevBackend::Dev { path } => format!("tty,id={id},path={}", esc(path)),
+            ChardevBackend::Pty => format!("pty,id={id}"),
+            ChardevBackend::Tcp { host, port, server } => format!(
+                "socket,id={id},host={},port={port}{}",
+                esc_str(host),
+                if *server {
+                    ",server=on,wait=off"
+                } else {
+                    ""
+                }
+            ),
+            ChardevBackend::Udp { host, port } => {
+                format!("udp,id={id},host={},port={port}", esc_str(host))
+            }
+            ChardevBackend::Null => format!("null,id={id}"),
+        };
+        push(&["-chardev", &backend]);
+        let dev = match &c.target {
+            ChardevTarget::Serial => format!("isa-serial,chardev={id}"),
+            ChardevTarget::Parallel => format!("isa-parallel,chardev={id}"),
+            ChardevTarget::VirtioConsole => {
+                need_virtio_serial = true;
+                format!("virtconsole,chardev={id}")
+            }
+            ChardevTarget::Channel { name } => {
+                need_virtio_serial = true;
+                format!("virtserialport,chardev={id},name={}", esc_str(name))
+            }
+        };
+        push(&["-device", &dev]);
+    }
+    if need_virtio_serial {
+        // Devices on it are added after it in argv order, but qdev resolves the bus lazily
+        // only for devices that come later: insert the controller before the first port.
+        if let Some(pos) = a
+            .iter()
+            .position(|x| x.starts_with("virtconsole,") || x.starts_with("virtserialport,"))
+        {
+            a.insert(pos - 1, "virtio-serial-pci,id=virtio-serial0".into());
+            a.insert(pos - 1, "-device".into());
+        }
+    }
+    for (i, f) in spec.filesystems.iter().enumerate() {
+        a.push("-fsdev".into());
+        a.push(format!(
+            "local,id=fsdev{i},path={},security_model=none{}",
+            esc(&f.source),
+            if f.readonly { ",readonly=on" } else { "" }
+        ));
+        a.push("-device".into());
+        a.push(format!(
+            "virtio-9p-pci,fsdev=fsdev{i},mount_tag={}",
+            esc_str(&f.tag)
+        ));
+    }
+    a.push("-msg".into());
+    a.push("timestamp=on".into());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "g,1".into(),
+            uuid: "00000000-0000-0000-0000-000000000001".into(),
+            machine: "pc".into(),
+            memory_kib: 16 * 1024,
+            vcpus: 1,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            dtb: None,
+            loader: None,
+            nvram: None,
+            disks: vec![DiskSpec {
+                image: ImageSpec {
+                    path: "/img/top.qcow2".into(),
+                    format: ImageFormat::Qcow2,
+                    block: false,
+                },
+                backing: vec![ImageSpec {
+                    path: "/img/base.raw".into(),
+                    format: ImageFormat::Raw,
+                    block: false,
+                }],
+                backing_from_header: false,
+                readonly: false,
+                device: DiskDevice::Disk,
+                bus: "virtio".into(),
+                target: "vda".into(),
+            }],
+            chardevs: vec![ChardevSpec {
+                backend: ChardevBackend::File {
+                    path: "/log,x".into(),
+                    append: true,
+                },
+                target: ChardevTarget::Serial,
+            }],
+            filesystems: vec![],
+        }
+    }
+
+    #[test]
+    fn explicit_formats_and_backing() {
+        let argv = command_line(
+            &spec(),
+            &LaunchOptions {
+                accel: "tcg".into(),
+                paused: true,
+                qmp_fd: 5,
+                sandbox: false,
+            },
+        );
+        let blockdevs: Vec<Value> = argv
+            .windows(2)
+            .filter(|w| w[0] == "-blockdev")
+            .map(|w| serde_json::from_str(&w[1]).unwrap())
+            .collect();
+        // Every node has an explicit driver; the qcow2 node names its backing explicitly.
+        assert!(blockdevs.iter().all(|b| b["driver"].is_string()));
+        let top = blockdevs.iter().find(|b| b["node-name"] == "drive0").unwrap();
+        assert_eq!(top["driver"], "qcow2");
+        assert_eq!(top["backing"], "drive0-b0");
+        let base = blockdevs
+            .iter()
+            .find(|b| b["node-name"] == "drive0-b0")
+            .unwrap();
+        assert_eq!(base["driver"], "raw");
+        assert_eq!(base["read-only"], true);
+        assert!(argv.contains(&"-S".to_string()));
+        assert!(argv.contains(&"file,id=charserial0,path=/log,,x,append=on".to_string()));
+        assert!(argv.contains(&"guest=g,,1,debug-threads=on".to_string()));
+    }
+}

@@ -1,0 +1,105 @@
+//! The guest record kept in the store: everything needed to show, stop, and recover a guest
+//! after a crash of the manager at any point.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use svirt_domain::{Model, Plan};
+use svirt_drivers::GuestSecurity;
+use svirt_labels::MlsRange;
+
+use crate::qemu::VmSpec;
+use crate::types::{ExitInfo, GuestState};
+
+/// How far a start got; recovery undoes exactly what the phase implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Record written, nothing reserved yet (reservations may exist if the crash came
+    /// between the driver's commit and ours: recovery looks them up by owner).
+    Recorded,
+    /// Identity reserved and recorded.
+    Reserved,
+    /// Labels being set (restore needed).
+    Labeling,
+    /// Cgroup being created.
+    Cgroup,
+    /// QEMU being spawned (its pid may not be recorded: the cgroup finds it).
+    Spawning,
+    /// QEMU spawned, pid and start time recorded.
+    Spawned,
+    /// QMP answered: the guest runs.
+    Up,
+}
+
+/// What a stop in progress was asked for, so a restarted manager reports the right reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Intent {
+    /// ACPI shutdown requested.
+    Shutdown,
+    /// Shutdown timed out; killed.
+    ShutdownKilled,
+    /// Destroy requested.
+    Destroy,
+}
+
+/// The persisted guest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// The XML as given.
+    pub xml: String,
+    /// The plan.
+    pub plan: Plan,
+    /// What QEMU was built from.
+    pub spec: VmSpec,
+    /// Lifecycle state.
+    pub state: GuestState,
+    /// Start progress.
+    pub phase: Phase,
+    /// Models of the stack used.
+    pub models: Vec<Model>,
+    /// Allocated or static level (SELinux).
+    pub level: Option<String>,
+    /// uid/gid (DAC).
+    pub ids: Option<(u32, u32)>,
+    /// QEMU pid.
+    pub pid: Option<i32>,
+    /// QEMU start time (`/proc/PID/stat` field 22).
+    pub start_time: Option<u64>,
+    /// Runtime directory.
+    pub runtime_dir: PathBuf,
+    /// QMP socket.
+    pub qmp_socket: PathBuf,
+    /// Cgroup directories.
+    pub cgroups: Vec<PathBuf>,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// QEMU argv (binary first).
+    pub argv: Vec<String>,
+    /// Stop in progress.
+    pub intent: Option<Intent>,
+    /// Exit, once shut off.
+    pub exit: Option<ExitInfo>,
+}
+
+impl Record {
+    /// The identity handed to drivers.
+    pub fn security(&self) -> GuestSecurity {
+        GuestSecurity {
+            name: self.name.clone(),
+            level: self.level.as_deref().and_then(|l| l.parse::<MlsRange>().ok()),
+            ids: self.ids,
+        }
+    }
+
+    /// Serialized for the store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing plain data structures cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

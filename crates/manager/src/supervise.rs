@@ -1,0 +1,78 @@
+//! The supervisor thread: one `poll` over every running guest's pidfd and a wake pipe.
+//! The manager is the parent of the QEMUs it starts and reaps them itself (init on these
+//! hosts reaps orphans only every ~1.4 s).
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::manager::{Inner, Slot};
+
+pub(crate) fn run(inner: Arc<Inner>) {
+    loop {
+        if inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let watched: Vec<(Arc<Slot>, Arc<std::os::fd::OwnedFd>)> = {
+            let g = inner.guests.lock().unwrap_or_else(|p| p.into_inner());
+            g.values()
+                .filter_map(|s| {
+                    let st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+                    match (&st.pidfd, st.finishing) {
+                        (Some(fd), false) => Some((s.clone(), fd.clone())),
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        let mut fds: Vec<libc::pollfd> = std::iter::once(inner.wake_rd.as_raw_fd())
+            .chain(watched.iter().map(|(_, fd)| fd.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array; every fd in it is kept open by `watched` or `inner`.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            continue;
+        }
+        if fds[0].revents != 0 {
+            let mut buf = [0u8; 64];
+            while matches!(rustix::io::read(&inner.wake_rd, &mut buf), Ok(n) if n > 0) {}
+        }
+        for (i, (slot, _)) in watched.iter().enumerate() {
+            if fds[i + 1].revents == 0 {
+                continue;
+            }
+            slot.state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .finishing = true;
+            inner.finish(slot);
+        }
+    }
+}
+
+/// Stops the supervisor when the last [`crate::Manager`] handle goes. Guests keep running
+/// (as after a daemon exit); a later `open` reattaches to them.
+pub(crate) struct Guard {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wake();
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = t.join();
+        }
+    }
+}
