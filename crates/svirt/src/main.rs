@@ -33,6 +33,8 @@ enum Command {
     Guest(cmd::guest::GuestCommand),
     /// Check what this host offers svirt (KVM, LSMs, Landlock, BPF-LSM, cgroups, xattrs).
     HostValidate(cmd::host_validate::HostValidateArgs),
+    /// Dry run: every host object a domain uses and the label each model gives it.
+    Plan(cmd::plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Label(c) => cmd::label::run(c),
         Command::Guest(c) => cmd::guest::run(c, &cli.connect),
         Command::HostValidate(a) => cmd::host_validate::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
     };
     match result {
         Ok(code) => code,

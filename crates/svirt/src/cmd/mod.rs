@@ -4,3 +4,4 @@ pub mod label;
 pub mod client;
 pub mod guest;
 pub mod host_validate;
+pub mod plan;
