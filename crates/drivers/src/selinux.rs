@@ -1,0 +1,402 @@
+//! The SELinux driver: labels a guest's resources from the plan through the relabel engine,
+//! gives the VMM its label between fork and exec, reads a running process's label.
+//!
+//! It talks to the kernel directly (selinuxfs, `/proc/*/attr/*`, `security.selinux`
+//! xattrs) instead of binding libselinux: no C dependency, static builds for the lab's
+//! initramfs, and every file operation goes through the engine's no-follow fds (libselinux's
+//! `setfilecon` takes a path). See `docs/drivers/selinux.md`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use svirt_domain::{LevelSource, LevelSpec, Model, Plan, ProcessLabel};
+use svirt_labels::MlsRange;
+use svirt_store::LevelAllocator;
+
+use crate::fsops::fstype;
+use crate::relabel::{LabelJob, RelabelError, Relabeler, Warning};
+use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+
+const MODEL: Model = Model::Selinux;
+
+/// The SELinux boolean that decides access to a file the filesystem cannot label, from its
+/// `statfs` type.
+pub fn boolean_for_fs(f_type: i64) -> Option<&'static str> {
+    match f_type {
+        fstype::NFS => Some("virt_use_nfs"),
+        fstype::FUSE => Some("virt_use_fusefs"),
+        fstype::CIFS | fstype::SMB2 | fstype::SMB => Some("virt_use_samba"),
+        _ => None,
+    }
+}
+
+/// The message of a soft labeling failure: what happened and which boolean isolation of
+/// that file now depends on.
+pub fn soft_message(w: &Warning) -> String {
+    let fs = match w.fs_type {
+        Some(t) => format!("filesystem type {t:#x}"),
+        None => "unknown filesystem".to_string(),
+    };
+    let dep = match w.fs_type.and_then(boolean_for_fs) {
+        Some(b) => format!(
+            "access to it is then decided by the SELinux boolean {b}, not by the guest's label (\
+             with {b} on, every guest may use every such file)"
+        ),
+        None => "the guest's access to it is then decided by the filesystem's context= mount option \
+                 (or a policy boolean such as virt_use_nfs / virt_use_fusefs / virt_use_samba), not by \
+                 the guest's label"
+            .to_string(),
+    };
+    format!(
+        "{}: cannot set SELinux label ({}; {fs}): {dep}",
+        w.path.display(),
+        w.message
+    )
+}
+
+/// What the SELinux driver found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelinuxState {
+    /// Enforcing.
+    Enforcing,
+    /// Permissive (labels are set, denials only logged).
+    Permissive,
+    /// Not usable, with the reason.
+    Unavailable(String),
+}
+
+/// The SELinux driver.
+pub struct SelinuxDriver {
+    /// Host root for the kernel interfaces (`/sys/fs/selinux`, `/proc`, `/etc/selinux`).
+    host_root: PathBuf,
+    relabeler: Arc<Relabeler>,
+    levels: Option<Arc<LevelAllocator>>,
+    warnings: Mutex<Vec<(String, String)>>,
+}
+
+impl std::fmt::Debug for SelinuxDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelinuxDriver")
+            .field("host_root", &self.host_root)
+            .field("levels", &self.levels.is_some())
+            .finish()
+    }
+}
+
+fn other(message: impl Into<String>) -> DriverError {
+    DriverError::Other {
+        model: MODEL,
+        message: message.into(),
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Store {
+        model: MODEL,
+        message: e.to_string(),
+    }
+}
+
+/// Maps an engine error to the driver's error type.
+pub(crate) fn map_relabel(model: Model, e: RelabelError) -> DriverError {
+    match e {
+        RelabelError::Io { op, path, source } => DriverError::Object {
+            model,
+            op,
+            path,
+            source,
+        },
+        RelabelError::Store(s) => DriverError::Store {
+            model,
+            message: s.to_string(),
+        },
+        e => DriverError::Other {
+            model,
+            message: e.to_string(),
+        },
+    }
+}
+
+impl SelinuxDriver {
+    /// A driver using `host_root` for kernel interfaces (`/` in production), `relabeler`
+    /// for files, and `levels` to allocate dynamic levels and reserve static ones. Without
+    /// an allocator the manager must put the level in [`GuestSecurity::level`] before
+    /// `set_all` (it then owns the reservation).
+    pub fn new(
+        host_root: impl Into<PathBuf>,
+        relabeler: Arc<Relabeler>,
+        levels: Option<Arc<LevelAllocator>>,
+    ) -> SelinuxDriver {
+        SelinuxDriver {
+            host_root: host_root.into(),
+            relabeler,
+            levels,
+            warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn at(&self, p: &str) -> PathBuf {
+        self.host_root.join(p.trim_start_matches('/'))
+    }
+
+    /// Enforcing, permissive or unavailable (and why).
+    pub fn state(&self) -> SelinuxState {
+        let fs = self.at("/sys/fs/selinux");
+        let enforce = match std::fs::read_to_string(fs.join("enforce")) {
+            Ok(s) => s,
+            Err(e) => {
+                return SelinuxState::Unavailable(format!(
+                    "selinuxfs is not mounted at {} ({e})",
+                    fs.display()
+                ));
+            }
+        };
+        let cur = self.at("/proc/self/attr/current");
+        match std::fs::read(&cur) {
+            Ok(b) if !trim_label(&b).is_empty() => {}
+            Ok(_) => {
+                return SelinuxState::Unavailable(format!("{} is empty: no SELinux context", cur.display()));
+            }
+            Err(e) => {
+                return SelinuxState::Unavailable(format!("cannot read {}: {e}", cur.display()));
+            }
+        }
+        match enforce.trim() {
+            "1" => SelinuxState::Enforcing,
+            "0" => SelinuxState::Permissive,
+            other => SelinuxState::Unavailable(format!(
+                "{}/enforce reads {other:?}",
+                fs.display()
+            )),
+        }
+    }
+
+    /// Soft warnings of the last `set_all` for `guest` (one message each), drained.
+    pub fn take_warnings(&self, guest: &str) -> Vec<String> {
+        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        let (mine, rest): (Vec<_>, Vec<_>) = w.drain(..).partition(|(g, _)| g == guest);
+        *w = rest;
+        mine.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The jobs a plan gives the engine, with the guest's level filled in.
+    pub fn jobs(plan: &Plan, level: Option<&MlsRange>) -> Result<Vec<LabelJob>, DriverError> {
+        let mut jobs = Vec::new();
+        for r in &plan.resources {
+            let Some(t) = &r.selinux else { continue };
+            let label = match (t.level, level) {
+                (LevelSpec::Guest, None) => {
+                    return Err(other(format!(
+                        "{}: the plan needs the guest's level but none was reserved",
+                        r.resource.path.display()
+                    )));
+                }
+                (_, l) => t.display(l),
+            };
+            jobs.push(LabelJob {
+                path: r.resource.path.clone(),
+                label,
+                restore: r.selinux_restore,
+                recursive: r.resource.recursive,
+            });
+        }
+        Ok(jobs)
+    }
+
+    /// The process label the plan gives the VMM, resolved.
+    pub fn exec_label(plan: &Plan, level: Option<&MlsRange>) -> Result<Option<String>, DriverError> {
+        match &plan.selinux_process {
+            ProcessLabel::Unconfined => Ok(None),
+            ProcessLabel::Label(t) => match (t.level, level) {
+                (LevelSpec::Guest, None) => Err(other("the process label needs the guest's level but none was reserved")),
+                (_, l) => Ok(Some(t.display(l))),
+            },
+        }
+    }
+}
+
+fn trim_label(b: &[u8]) -> &[u8] {
+    let mut b = b;
+    while let [rest @ .., 0 | b'\n'] = b {
+        b = rest;
+    }
+    b
+}
+
+fn planned(plan: &Plan) -> bool {
+    plan.models.contains(&MODEL)
+}
+
+impl SecurityDriver for SelinuxDriver {
+    fn model(&self) -> Model {
+        MODEL
+    }
+
+    fn probe(&self) -> ProbeReport {
+        match self.state() {
+            SelinuxState::Enforcing => ProbeReport {
+                model: MODEL,
+                usable: true,
+                reason: "SELinux enforcing".into(),
+            },
+            SelinuxState::Permissive => ProbeReport {
+                model: MODEL,
+                usable: true,
+                reason: "SELinux permissive: labels are set but denials are only logged".into(),
+            },
+            SelinuxState::Unavailable(reason) => ProbeReport {
+                model: MODEL,
+                usable: false,
+                reason,
+            },
+        }
+    }
+
+    fn reserve(&self, plan: &Plan, guest: &mut GuestSecurity) -> Result<(), DriverError> {
+        if !planned(plan) {
+            return Ok(());
+        }
+        match plan.level {
+            LevelSource::None => Ok(()),
+            LevelSource::Dynamic => {
+                if guest.level.is_some() {
+                    // Allocated (and owned) by the manager.
+                    return Ok(());
+                }
+                let alloc = self.levels.as_ref().ok_or_else(|| DriverError::Unavailable {
+                    model: MODEL,
+                    reason: "dynamic level asked for but no level allocator is configured".into(),
+                })?;
+                let level = alloc.allocate(&guest.name).map_err(store_err)?;
+                guest.level = Some(MlsRange::single(level));
+                Ok(())
+            }
+            LevelSource::Static(r) => {
+                if let Some(alloc) = &self.levels {
+                    let held = alloc
+                        .reservation(&r.low)
+                        .is_some_and(|res| res.owners.contains(&guest.name));
+                    if !held {
+                        alloc.reserve(&r.low, &guest.name, false).map_err(store_err)?;
+                    }
+                }
+                guest.level = Some(r);
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, guest: &GuestSecurity) -> Result<(), DriverError> {
+        let (Some(alloc), Some(level)) = (&self.levels, &guest.level) else {
+            return Ok(());
+        };
+        match alloc.reservation(&level.low) {
+            Some(res) if res.owners.contains(&guest.name) => {
+                alloc.release(&level.low, &guest.name).map_err(store_err)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn set_all(&self, plan: &Plan, guest: &GuestSecurity) -> Result<(), DriverError> {
+        if !planned(plan) || !plan.selinux_relabel {
+            return Ok(());
+        }
+        let jobs = Self::jobs(plan, guest.level.as_ref())?;
+        let applied = self
+            .relabeler
+            .set_labels(&guest.name, &jobs)
+            .map_err(|e| map_relabel(MODEL, e))?;
+        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        for warn in &applied.warnings {
+            let m = soft_message(warn);
+            tracing::warn!("{}: {m}", guest.name);
+            w.push((guest.name.clone(), m));
+        }
+        Ok(())
+    }
+
+    fn restore_all(&self, plan: &Plan, guest: &GuestSecurity) -> Vec<DriverError> {
+        let _ = plan;
+        // The store knows what was changed for this guest, whatever the plan says now.
+        self.relabeler
+            .restore_labels(&guest.name)
+            .into_iter()
+            .map(|e| map_relabel(MODEL, e))
+            .collect()
+    }
+
+    fn child_hooks(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+        exec: &ExecContext,
+    ) -> Result<Vec<ChildHook>, DriverError> {
+        let _ = exec;
+        if !planned(plan) {
+            return Ok(Vec::new());
+        }
+        let Some(label) = Self::exec_label(plan, guest.level.as_ref())? else {
+            return Ok(Vec::new());
+        };
+        let path = self.at("/proc/thread-self/attr/exec");
+        Ok(vec![exec_label_hook(&path, &label)?])
+    }
+
+    fn process_label(&self, pid: i32) -> Result<Option<String>, DriverError> {
+        let p = self.at(&format!("/proc/{pid}/attr/current"));
+        match std::fs::read(&p) {
+            Ok(b) => {
+                let t = trim_label(&b);
+                if t.is_empty() {
+                    Ok(None)
+                } else {
+                    Ok(Some(String::from_utf8_lossy(t).into_owned()))
+                }
+            }
+            // EINVAL: no LSM provides the attribute.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(source) => Err(DriverError::Object {
+                model: MODEL,
+                op: "read process label",
+                path: p,
+                source,
+            }),
+        }
+    }
+}
+
+/// A child hook writing `label` (NUL-terminated, as libselinux's `setexeccon` does) to the
+/// exec attribute file `path` (`/proc/thread-self/attr/exec`). Everything is allocated
+/// here, before the fork; the hook only makes `open`/`write`/`close` calls.
+pub fn exec_label_hook(path: &Path, label: &str) -> Result<ChildHook, DriverError> {
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| other(format!("{}: path contains NUL", path.display())))?;
+    let mut bytes = label.as_bytes().to_vec();
+    if bytes.contains(&0) {
+        return Err(other(format!("label {label:?} contains NUL")));
+    }
+    bytes.push(0);
+    Ok(Box::new(move || {
+        // SAFETY: open/write/close on data prepared before the fork; no allocation.
+        unsafe {
+            let fd = libc::open(cpath.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if n < 0 {
+                return Err(err);
+            }
+            if n as usize != bytes.len() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
+        Ok(())
+    }))
+}
