@@ -119,16 +119,15 @@ fn fields(mut s: &str) -> Vec<(String, String, bool)> {
 /// The kernel quotes `comm`/`name`/`path` values, or hex-encodes them (unquoted) when they
 /// contain spaces, quotes or control characters (`audit_log_untrustedstring`).
 fn untrusted_value((v, quoted): (String, bool)) -> String {
-    let hex = !quoted && v.len() % 2 == 0 && !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex =
+        !quoted && v.len() % 2 == 0 && !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit());
     if hex {
         let bytes: Option<Vec<u8>> = (0..v.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&v[i..i + 2], 16).ok())
             .collect();
-        if let Some(bytes) = bytes {
-            if let Ok(s) = String::from_utf8(bytes) {
-                return s;
-            }
+        if let Some(Ok(s)) = bytes.map(String::from_utf8) {
+            return s;
         }
     }
     v.to_owned()
@@ -187,7 +186,9 @@ pub fn parse_avc(line: &str) -> Result<AvcRecord, PolicyError> {
         .ok_or_else(|| PolicyError::NotAvc(format!("no {{ permissions }}: {line:?}")))?;
     let perms: Vec<String> = inner.0.split_whitespace().map(str::to_owned).collect();
     if perms.is_empty() {
-        return Err(PolicyError::NotAvc(format!("empty permission set: {line:?}")));
+        return Err(PolicyError::NotAvc(format!(
+            "empty permission set: {line:?}"
+        )));
     }
     let after = inner.1.trim_start();
     let after = after.strip_prefix("for").unwrap_or(after);
@@ -201,7 +202,8 @@ pub fn parse_avc(line: &str) -> Result<AvcRecord, PolicyError> {
     let get = |k: &str| raw(k).map(|(v, _)| v);
     let scontext = context_field(&fields, "scontext", line)?;
     let tcontext = context_field(&fields, "tcontext", line)?;
-    let tclass = get("tclass").ok_or_else(|| PolicyError::NotAvc(format!("no tclass= in {line:?}")))?;
+    let tclass =
+        get("tclass").ok_or_else(|| PolicyError::NotAvc(format!("no tclass= in {line:?}")))?;
     Ok(AvcRecord {
         denied,
         perms,

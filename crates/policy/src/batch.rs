@@ -60,7 +60,9 @@ pub fn parse_batch_line(line: &str) -> Result<BatchRequest, PolicyError> {
         .map(str::to_owned)
         .collect();
     if perms.is_empty() {
-        return Err(PolicyError::BadBatchLine(format!("no permission: {line:?}")));
+        return Err(PolicyError::BadBatchLine(format!(
+            "no permission: {line:?}"
+        )));
     }
     let class = fields[2].trim();
     if class.is_empty() {

@@ -112,7 +112,10 @@ impl Decision {
                             format!("no role allow {from} -> {to} for {}", perms.join(","))
                         }
                         Reason::BooleanWouldAllow { name, value } => {
-                            format!("{name}={} would allow it", if *value { "on" } else { "off" })
+                            format!(
+                                "{name}={} would allow it",
+                                if *value { "on" } else { "off" }
+                            )
                         }
                     });
                 }
@@ -194,7 +197,10 @@ fn decide_inner<S: AsRef<str>>(
                         && k2.perms.contains(&p)
                         && model::constraint_holds(k2, &s, &t) == Some(false)
                 }) {
-                    match by_constraint.iter_mut().find(|(k3, _)| std::ptr::eq(*k3, k2)) {
+                    match by_constraint
+                        .iter_mut()
+                        .find(|(k3, _)| std::ptr::eq(*k3, k2))
+                    {
                         Some((_, ps)) => ps.push(p.to_owned()),
                         None => by_constraint.push((k2, vec![p.to_owned()])),
                     }
@@ -229,7 +235,16 @@ fn decide_inner<S: AsRef<str>>(
         });
     }
     if look_for_fixes {
-        for b in generated::BOOLEANS {
+        // The virt booleans are the intended switches; others (use_nfs_home_dirs) come after.
+        let ordered = generated::BOOLEANS
+            .iter()
+            .filter(|b| b.name.starts_with("virt_"))
+            .chain(
+                generated::BOOLEANS
+                    .iter()
+                    .filter(|b| !b.name.starts_with("virt_")),
+            );
+        for b in ordered {
             let value = !booleans.get(b.name);
             let Ok(flipped) = booleans.with(b.name, value) else {
                 continue;

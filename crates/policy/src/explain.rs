@@ -158,10 +158,7 @@ pub fn explain<S: AsRef<str>>(
                         } else if *mls {
                             format!("the MCS constraint on {} is false", perms.join("/"))
                         } else {
-                            format!(
-                                "the user/role constraint on {} is false",
-                                perms.join("/")
-                            )
+                            format!("the user/role constraint on {} is false", perms.join("/"))
                         };
                         if *mls && expression.contains("l2 == h2") {
                             line.push_str(
@@ -192,12 +189,15 @@ pub fn explain<S: AsRef<str>>(
                     d.silenced.join("/")
                 ));
             }
-            if !bool_fixes.is_empty() {
-                fix = Some(format!(
-                    "{} would allow it (setsebool -P {})",
-                    bool_fixes.join(" or "),
-                    bool_fixes[0].replace('=', " ")
-                ));
+            if let Some(first) = bool_fixes.first() {
+                let mut f = format!(
+                    "{first} would allow it (setsebool -P {})",
+                    first.replace('=', " ")
+                );
+                if bool_fixes.len() > 1 {
+                    f.push_str(&format!("; so would {}", bool_fixes[1..].join(", ")));
+                }
+                fix = Some(f);
             } else {
                 fix = relabel_fix(scontext, tcontext, class, &perms, booleans, d);
             }

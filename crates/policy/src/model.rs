@@ -11,7 +11,7 @@ use svirt_labels::{Context, Level};
 use crate::error::PolicyError;
 use crate::generated;
 use crate::table::{
-    BoolDef, ClassDef, CmpOp, CondTok, ConstraintDef, CTok, Operand, RuleKind, TeRule, TypeDef,
+    BoolDef, CTok, ClassDef, CmpOp, CondTok, ConstraintDef, Operand, RuleKind, TeRule, TypeDef,
 };
 
 /// Boolean settings: the policy defaults plus explicit overrides.
@@ -122,13 +122,16 @@ fn resolve<'a>(ctx: &'a Context, side: &str) -> Result<Resolved<'a>, UnknownToMo
         return Err(unknown(format!("role {role} ({side})")));
     }
     let tname = ctx.type_.as_str();
-    let ty = generated::TYPES.iter().find(|t| t.name == tname).ok_or_else(|| {
-        unknown(format!(
-            "type {tname} ({side}; the model covers {} types from {})",
-            generated::TYPES.len(),
-            generated::SOURCE
-        ))
-    })?;
+    let ty = generated::TYPES
+        .iter()
+        .find(|t| t.name == tname)
+        .ok_or_else(|| {
+            unknown(format!(
+                "type {tname} ({side}; the model covers {} types from {})",
+                generated::TYPES.len(),
+                generated::SOURCE
+            ))
+        })?;
     let range = ctx.range.ok_or_else(|| {
         unknown(format!(
             "{side} context {ctx} without an MCS level (the policy is MLS-enabled)"
@@ -315,7 +318,11 @@ pub(crate) fn leaf(tok: &CTok, s: &Resolved<'_>, t: &Resolved<'_>) -> Option<boo
 
 /// Evaluates a constraint; `None` if the expression uses something the model cannot
 /// evaluate (never the case for the generated table; checked by a unit test).
-pub(crate) fn constraint_holds(c: &ConstraintDef, s: &Resolved<'_>, t: &Resolved<'_>) -> Option<bool> {
+pub(crate) fn constraint_holds(
+    c: &ConstraintDef,
+    s: &Resolved<'_>,
+    t: &Resolved<'_>,
+) -> Option<bool> {
     let mut stack: Vec<bool> = Vec::with_capacity(8);
     for tok in c.expr {
         let v = match tok {

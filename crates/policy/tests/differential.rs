@@ -46,9 +46,13 @@ impl Rng {
 }
 
 fn libsepol_present() -> bool {
-    ["/usr/lib/x86_64-linux-gnu/libsepol.so.2", "/usr/lib/aarch64-linux-gnu/libsepol.so.2", "/lib/x86_64-linux-gnu/libsepol.so.2"]
-        .iter()
-        .any(|p| Path::new(p).exists())
+    [
+        "/usr/lib/x86_64-linux-gnu/libsepol.so.2",
+        "/usr/lib/aarch64-linux-gnu/libsepol.so.2",
+        "/lib/x86_64-linux-gnu/libsepol.so.2",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
 }
 
 /// Makes sure python3, libsepol and the policy are there; installs them (idempotent).
@@ -58,7 +62,14 @@ fn ensure_tools(policy: &Path) -> Result<(), String> {
     }
     eprintln!("differential: installing python3, libsepol2 and selinux-policy-default (apt)");
     let ok = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "python3", "libsepol2", "selinux-policy-default"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "python3",
+            "libsepol2",
+            "selinux-policy-default",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .map(|s| s.success())
@@ -66,20 +77,35 @@ fn ensure_tools(policy: &Path) -> Result<(), String> {
     if !ok {
         let _ = Command::new("apt-get").arg("update").status();
         let _ = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "python3", "libsepol2", "selinux-policy-default"])
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "python3",
+                "libsepol2",
+                "selinux-policy-default",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status();
     }
     if Path::new(PYTHON).exists() && libsepol_present() && policy.exists() {
         Ok(())
     } else {
-        Err(format!("need {PYTHON}, libsepol.so.2 and {} (apt-get install failed or not Debian)", policy.display()))
+        Err(format!(
+            "need {PYTHON}, libsepol.so.2 and {} (apt-get install failed or not Debian)",
+            policy.display()
+        ))
     }
 }
 
 fn ctx(user: &str, role: &str, ty: &str, range: MlsRange) -> Context {
     let id = |s: &str| Identifier::new(s).unwrap_or_else(|e| panic!("identifier {s}: {e}"));
-    Context { user: id(user), role: id(role), type_: id(ty), range: Some(range) }
+    Context {
+        user: id(user),
+        role: id(role),
+        type_: id(ty),
+        range: Some(range),
+    }
 }
 
 /// Categories drawn mostly from a small pool so that equal, dominating and incomparable
@@ -87,13 +113,23 @@ fn ctx(user: &str, role: &str, ty: &str, range: MlsRange) -> Context {
 fn level(rng: &mut Rng) -> Level {
     let mut cats = CategorySet::new();
     if rng.chance(3) {
-        return Level { sensitivity: 0, categories: CategorySet::range(0, 1023) };
+        return Level {
+            sensitivity: 0,
+            categories: CategorySet::range(0, 1023),
+        };
     }
     for _ in 0..rng.below(4) {
-        let c = if rng.chance(85) { *rng.pick(&[0u16, 1, 2, 3, 4, 5, 1023]) } else { rng.below(1024) as u16 };
+        let c = if rng.chance(85) {
+            *rng.pick(&[0u16, 1, 2, 3, 4, 5, 1023])
+        } else {
+            rng.below(1024) as u16
+        };
         cats.insert(c);
     }
-    Level { sensitivity: 0, categories: cats }
+    Level {
+        sensitivity: 0,
+        categories: cats,
+    }
 }
 
 fn related(rng: &mut Rng, base: &Level) -> Level {
@@ -125,7 +161,8 @@ fn range_around(rng: &mut Rng, low: Level) -> MlsRange {
         if rng.chance(30) {
             high.categories = CategorySet::range(0, 1023);
         } else {
-            high.categories.insert(*rng.pick(&[0u16, 1, 2, 3, 4, 5, 1023]));
+            high.categories
+                .insert(*rng.pick(&[0u16, 1, 2, 3, 4, 5, 1023]));
         }
         MlsRange { low, high }
     } else {
@@ -154,7 +191,8 @@ fn code(outcome: Outcome, audited: bool) -> String {
 #[test]
 fn model_agrees_with_libsepol() {
     let policy = PathBuf::from(
-        std::env::var("SVIRT_POLICY").unwrap_or_else(|_| "/etc/selinux/default/policy/policy.33".into()),
+        std::env::var("SVIRT_POLICY")
+            .unwrap_or_else(|_| "/etc/selinux/default/policy/policy.33".into()),
     );
     if let Err(why) = ensure_tools(&policy) {
         eprintln!("\n*** SKIP differential test: {why} ***\n");
@@ -164,8 +202,14 @@ fn model_agrees_with_libsepol() {
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
         .unwrap_or(DEFAULT_SEED);
-    let n: usize = std::env::var("SVIRT_DIFF_QUERIES").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_QUERIES);
-    eprintln!("differential: seed {seed:#x} (SVIRT_DIFF_SEED={seed:x} to replay), {n} queries, policy {}", policy.display());
+    let n: usize = std::env::var("SVIRT_DIFF_QUERIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_QUERIES);
+    eprintln!(
+        "differential: seed {seed:#x} (SVIRT_DIFF_SEED={seed:x} to replay), {n} queries, policy {}",
+        policy.display()
+    );
     if let Ok(bytes) = std::fs::read(&policy) {
         let _ = bytes; // provenance is printed by the generator; a different policy shows up as disagreement
     }
@@ -177,7 +221,13 @@ fn model_agrees_with_libsepol() {
         settings.push(vec![(b.name, !b.default)]);
     }
     for _ in 0..24 {
-        settings.push(BOOLEANS.iter().filter(|_| rng.chance(50)).map(|b| (b.name, !b.default)).collect());
+        settings.push(
+            BOOLEANS
+                .iter()
+                .filter(|_| rng.chance(50))
+                .map(|b| (b.name, !b.default))
+                .collect(),
+        );
     }
     let booleans: Vec<Booleans> = settings
         .iter()
@@ -204,16 +254,31 @@ fn model_agrees_with_libsepol() {
     for s in SUBJECT_TYPES {
         for c in CLASSES {
             for t in TYPES {
-                let role = if matches!(c.name, "process" | "unix_stream_socket") && SUBJECT_TYPES.contains(&t.name) { "system_r" } else { "object_r" };
-                let av = access_vector(&ctx("system_u", "system_r", s, probe), &ctx("system_u", role, t.name, probe), c.name, &all_on)
-                    .unwrap_or_else(|u| panic!("{u}"));
+                let role = if matches!(c.name, "process" | "unix_stream_socket")
+                    && SUBJECT_TYPES.contains(&t.name)
+                {
+                    "system_r"
+                } else {
+                    "object_r"
+                };
+                let av = access_vector(
+                    &ctx("system_u", "system_r", s, probe),
+                    &ctx("system_u", role, t.name, probe),
+                    c.name,
+                    &all_on,
+                )
+                .unwrap_or_else(|u| panic!("{u}"));
                 if av.verdicts.iter().any(|v| v.outcome != Outcome::NoTeRule) {
                     interesting.push((*s, c.name, t.name));
                 }
             }
         }
     }
-    assert!(interesting.len() > 100, "only {} interesting triples", interesting.len());
+    assert!(
+        interesting.len() > 100,
+        "only {} interesting triples",
+        interesting.len()
+    );
 
     let domain_targets: Vec<&str> = SUBJECT_TYPES.iter().copied().chain(["xserver_t"]).collect();
     let mut queries = Vec::with_capacity(n);
@@ -221,7 +286,11 @@ fn model_agrees_with_libsepol() {
         let (sty, class, tty) = if rng.chance(65) {
             *rng.pick(&interesting)
         } else {
-            (*rng.pick(SUBJECT_TYPES), rng.pick(CLASSES).name, rng.pick(TYPES).name)
+            (
+                *rng.pick(SUBJECT_TYPES),
+                rng.pick(CLASSES).name,
+                rng.pick(TYPES).name,
+            )
         };
         let suser = *rng.pick(&["system_u", "system_u", "system_u", "unconfined_u", "root"]);
         let slow = level(&mut rng);
@@ -230,26 +299,61 @@ fn model_agrees_with_libsepol() {
         let trange = range_around(&mut rng, tlow);
         let domain_class = matches!(class, "process" | "unix_stream_socket");
         let t = if domain_class && (domain_targets.contains(&tty) || rng.chance(60)) {
-            let tty = if domain_targets.contains(&tty) { tty } else { *rng.pick(&domain_targets) };
+            let tty = if domain_targets.contains(&tty) {
+                tty
+            } else {
+                *rng.pick(&domain_targets)
+            };
             let tuser = *rng.pick(&["system_u", "system_u", "unconfined_u", "root"]);
             ctx(tuser, "system_r", tty, trange)
         } else {
-            let tuser = *rng.pick(&["system_u", "system_u", "system_u", "unconfined_u", "staff_u", "user_u", "sysadm_u", "root", "xdm"]);
+            let tuser = *rng.pick(&[
+                "system_u",
+                "system_u",
+                "system_u",
+                "unconfined_u",
+                "staff_u",
+                "user_u",
+                "sysadm_u",
+                "root",
+                "xdm",
+            ]);
             ctx(tuser, "object_r", tty, trange)
         };
-        let bools = if rng.chance(30) { 0 } else { rng.below(booleans.len()) };
-        let cdef = CLASSES.iter().find(|c| c.name == class).unwrap_or_else(|| panic!("class {class}"));
+        let bools = if rng.chance(30) {
+            0
+        } else {
+            rng.below(booleans.len())
+        };
+        let cdef = CLASSES
+            .iter()
+            .find(|c| c.name == class)
+            .unwrap_or_else(|| panic!("class {class}"));
         let av = access_vector(&s, &t, class, &booleans[bools]).unwrap_or_else(|u| panic!("{u}"));
-        let te_ok: Vec<&'static str> =
-            av.verdicts.iter().filter(|v| v.outcome != Outcome::NoTeRule).map(|v| v.perm).collect();
+        let te_ok: Vec<&'static str> = av
+            .verdicts
+            .iter()
+            .filter(|v| v.outcome != Outcome::NoTeRule)
+            .map(|v| v.perm)
+            .collect();
         let mut perms: Vec<&'static str> = Vec::new();
         for _ in 0..1 + rng.below(3) {
-            let p = if !te_ok.is_empty() && rng.chance(70) { *rng.pick(&te_ok) } else { *rng.pick(cdef.perms) };
+            let p = if !te_ok.is_empty() && rng.chance(70) {
+                *rng.pick(&te_ok)
+            } else {
+                *rng.pick(cdef.perms)
+            };
             if !perms.contains(&p) {
                 perms.push(p);
             }
         }
-        queries.push(Query { s, t, class, perms, bools });
+        queries.push(Query {
+            s,
+            t,
+            class,
+            perms,
+            bools,
+        });
     }
     queries.sort_by_key(|q| q.bools);
 
@@ -269,23 +373,44 @@ fn model_agrees_with_libsepol() {
     for q in &queries {
         if q.bools != current {
             current = q.bools;
-            let list: Vec<String> = settings[q.bools].iter().map(|(k, v)| format!("{k}={}", u8::from(*v))).collect();
+            let list: Vec<String> = settings[q.bools]
+                .iter()
+                .map(|(k, v)| format!("{k}={}", u8::from(*v)))
+                .collect();
             input.push_str(&format!("B\t{}\n", list.join(",")));
             lines_per_query.push(None);
         }
-        input.push_str(&format!("Q\t{}\t{}\t{}\t{}\n", q.s, q.t, q.class, q.perms.join(",")));
+        input.push_str(&format!(
+            "Q\t{}\t{}\t{}\t{}\n",
+            q.s,
+            q.t,
+            q.class,
+            q.perms.join(",")
+        ));
         lines_per_query.push(Some(q));
     }
     let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("oracle stdin"));
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(input.as_bytes());
     });
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("oracle stdout"));
-    let answers: Vec<String> = BufReader::new(stdout).lines().map(|l| l.unwrap_or_default()).collect();
+    let stdout = child
+        .stdout
+        .take()
+        .unwrap_or_else(|| panic!("oracle stdout"));
+    let answers: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map(|l| l.unwrap_or_default())
+        .collect();
     let _ = writer.join();
     let status = child.wait().unwrap_or_else(|e| panic!("oracle wait: {e}"));
     assert!(status.success(), "oracle failed: {status}");
-    assert_eq!(answers.len(), lines_per_query.len(), "oracle answered {} of {} lines", answers.len(), lines_per_query.len());
+    assert_eq!(
+        answers.len(),
+        lines_per_query.len(),
+        "oracle answered {} of {} lines",
+        answers.len(),
+        lines_per_query.len()
+    );
 
     let mut mismatches = Vec::new();
     let (mut checks, mut allow_q, mut deny_q) = (0usize, 0usize, 0usize);
@@ -295,7 +420,8 @@ fn model_agrees_with_libsepol() {
             assert_eq!(ans, "ok", "boolean setting");
             continue;
         };
-        let av = access_vector(&q.s, &q.t, q.class, &booleans[q.bools]).unwrap_or_else(|u| panic!("{u}"));
+        let av = access_vector(&q.s, &q.t, q.class, &booleans[q.bools])
+            .unwrap_or_else(|u| panic!("{u}"));
         let expected: Vec<String> = q
             .perms
             .iter()
@@ -320,7 +446,11 @@ fn model_agrees_with_libsepol() {
         if *ans != expected {
             mismatches.push(format!(
                 "{}\t{}\t{}\t{}\tbools {:?}: model {expected}, libsepol {ans}",
-                q.s, q.t, q.class, q.perms.join(","), settings[q.bools]
+                q.s,
+                q.t,
+                q.class,
+                q.perms.join(","),
+                settings[q.bools]
             ));
         }
     }
@@ -340,7 +470,13 @@ fn model_agrees_with_libsepol() {
     // Guard against a vacuous run: every kind of verdict must occur often.
     for (code, min) in [("A", 2000), ("T/1", 1000), ("C/1", 1000), ("T/0", 20)] {
         let got = per_code.get(code).copied().unwrap_or(0);
-        assert!(got >= min, "only {got} '{code}' verdicts (want >= {min}); {summary}");
+        assert!(
+            got >= min,
+            "only {got} '{code}' verdicts (want >= {min}); {summary}"
+        );
     }
-    assert!(n >= 20_000 || std::env::var("SVIRT_DIFF_QUERIES").is_ok(), "at least 20000 queries");
+    assert!(
+        n >= 20_000 || std::env::var("SVIRT_DIFF_QUERIES").is_ok(),
+        "at least 20000 queries"
+    );
 }

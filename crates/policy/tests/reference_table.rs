@@ -39,7 +39,10 @@ fn no_te(dec: &Decision) -> bool {
 #[test]
 fn own_image_read_write_allowed() {
     let img = "system_u:object_r:svirt_image_t:s0:c1,c2";
-    assert_eq!(d(GUEST, img, "file", &["open", "read", "write", "getattr"]), Decision::Allow);
+    assert_eq!(
+        d(GUEST, img, "file", &["open", "read", "write", "getattr"]),
+        Decision::Allow
+    );
 }
 
 #[test]
@@ -48,10 +51,14 @@ fn other_guests_image_denied_by_mcs_and_logged() {
     for perm in ["read", "write", "open"] {
         let dec = d(GUEST, img, "file", &[perm]);
         assert!(constraint_failed(&dec), "{perm}: {dec:?}");
-        let Decision::Deny(den) = &dec else { unreachable!() };
+        let Decision::Deny(den) = &dec else {
+            unreachable!()
+        };
         assert!(den.audited(), "avc: denied {{ {perm} }} is logged");
-        assert!(matches!(&den.reasons[0], Reason::ConstraintFailed { expression, .. }
-            if expression == "h1 dom h2 or t1 != mcs_constrained_type"));
+        assert!(
+            matches!(&den.reasons[0], Reason::ConstraintFailed { expression, .. }
+            if expression == "h1 dom h2 or t1 != mcs_constrained_type")
+        );
     }
 }
 
@@ -64,7 +71,10 @@ fn stat_of_other_guests_image_allowed() {
 #[test]
 fn shared_s0_image_read_and_write_allowed() {
     let img = "system_u:object_r:svirt_image_t:s0";
-    assert_eq!(d(GUEST, img, "file", &["open", "read", "write"]), Decision::Allow);
+    assert_eq!(
+        d(GUEST, img, "file", &["open", "read", "write"]),
+        Decision::Allow
+    );
 }
 
 #[test]
@@ -73,13 +83,21 @@ fn virt_content_read_allowed_write_silently_denied() {
     assert_eq!(d(GUEST, c, "file", &["open", "read"]), Decision::Allow);
     let dec = d(GUEST, c, "file", &["write"]);
     assert!(no_te(&dec));
-    let Decision::Deny(den) = dec else { unreachable!() };
-    assert!(!den.audited(), "write on virt_content_t: EACCES with no avc line (dontaudit)");
+    let Decision::Deny(den) = dec else {
+        unreachable!()
+    };
+    assert!(
+        !den.audited(),
+        "write on virt_content_t: EACCES with no avc line (dontaudit)"
+    );
 }
 
 #[test]
 fn user_home_and_nfs_denied_by_te() {
-    for t in ["system_u:object_r:user_home_t:s0", "system_u:object_r:nfs_t:s0"] {
+    for t in [
+        "system_u:object_r:user_home_t:s0",
+        "system_u:object_r:nfs_t:s0",
+    ] {
         let dec = d(GUEST, t, "file", &["read"]);
         assert!(no_te(&dec), "{t}: {dec:?}");
     }
@@ -88,24 +106,48 @@ fn user_home_and_nfs_denied_by_te() {
 #[test]
 fn nfs_fix_is_virt_use_nfs() {
     let t = ctx("system_u:object_r:nfs_t:s0");
-    let dec = decide(&ctx(GUEST), &t, "file", &["read", "write"], &Booleans::defaults());
+    let dec = decide(
+        &ctx(GUEST),
+        &t,
+        "file",
+        &["read", "write"],
+        &Booleans::defaults(),
+    );
     assert!(reasons(&dec).contains(&Reason::BooleanWouldAllow {
         name: "virt_use_nfs".into(),
         value: true
     }));
     let e = explain(&ctx(GUEST), &t, "file", &["read"], &Booleans::defaults());
-    assert!(e.fix.as_deref().is_some_and(|f| f.contains("virt_use_nfs=on would allow it")), "{e}");
+    assert!(
+        e.fix
+            .as_deref()
+            .is_some_and(|f| f.contains("virt_use_nfs=on would allow it")),
+        "{e}"
+    );
     let on = Booleans::parse_list("virt_use_nfs=on").unwrap_or_default();
-    assert_eq!(decide(&ctx(GUEST), &t, "file", &["read", "write"], &on), Decision::Allow);
+    assert_eq!(
+        decide(&ctx(GUEST), &t, "file", &["read", "write"], &on),
+        Decision::Allow
+    );
     // the boolean grants TE; MCS still applies on top of it
     let other = ctx("system_u:object_r:nfs_t:s0:c3,c4");
-    assert!(constraint_failed(&decide(&ctx(GUEST), &other, "file", &["read"], &on)));
+    assert!(constraint_failed(&decide(
+        &ctx(GUEST),
+        &other,
+        "file",
+        &["read"],
+        &on
+    )));
 }
 
 #[test]
 fn user_home_has_no_boolean_fix() {
     let dec = d(GUEST, "system_u:object_r:user_home_t:s0", "file", &["read"]);
-    assert!(!reasons(&dec).iter().any(|r| matches!(r, Reason::BooleanWouldAllow { .. })));
+    assert!(
+        !reasons(&dec)
+            .iter()
+            .any(|r| matches!(r, Reason::BooleanWouldAllow { .. }))
+    );
 }
 
 #[test]
@@ -126,12 +168,22 @@ fn signals() {
 
 #[test]
 fn map_is_not_granted_on_images() {
-    assert!(no_te(&d(GUEST, "system_u:object_r:svirt_image_t:s0:c1,c2", "file", &["map"])));
+    assert!(no_te(&d(
+        GUEST,
+        "system_u:object_r:svirt_image_t:s0:c1,c2",
+        "file",
+        &["map"]
+    )));
 }
 
 #[test]
 fn virt_image_t_is_not_for_guests() {
-    let dec = d(GUEST, "system_u:object_r:virt_image_t:s0", "file", &["read"]);
+    let dec = d(
+        GUEST,
+        "system_u:object_r:virt_image_t:s0",
+        "file",
+        &["read"],
+    );
     assert!(no_te(&dec));
     let e = explain(
         &ctx(GUEST),
@@ -140,7 +192,12 @@ fn virt_image_t_is_not_for_guests() {
         &["read", "write"],
         &Booleans::defaults(),
     );
-    assert!(e.fix.as_deref().is_some_and(|f| f.contains("svirt_image_t:s0:c1,c2")), "{e}");
+    assert!(
+        e.fix
+            .as_deref()
+            .is_some_and(|f| f.contains("svirt_image_t:s0:c1,c2")),
+        "{e}"
+    );
 }
 
 // MCS corner cases.
@@ -152,11 +209,17 @@ fn dominance_corner_cases() {
     assert!(d(GUEST, &img("s0:c1,c2"), "file", &["read"]).is_allowed());
     // subject dominates
     for lvl in ["s0:c1", "s0:c2", "s0"] {
-        assert!(d(GUEST, &img(lvl), "file", &["read", "write"]).is_allowed(), "{lvl}");
+        assert!(
+            d(GUEST, &img(lvl), "file", &["read", "write"]).is_allowed(),
+            "{lvl}"
+        );
     }
     // object dominates the subject, or incomparable
     for lvl in ["s0:c1,c2,c3", "s0:c1,c3", "s0:c3,c4", "s0:c0.c1023"] {
-        assert!(constraint_failed(&d(GUEST, &img(lvl), "file", &["read"])), "{lvl}");
+        assert!(
+            constraint_failed(&d(GUEST, &img(lvl), "file", &["read"])),
+            "{lvl}"
+        );
     }
 }
 
@@ -164,7 +227,15 @@ fn dominance_corner_cases() {
 fn ranges_use_the_high_levels() {
     // a ranged guest: h1 = c0.c1023 dominates everything
     let wide = "system_u:system_r:svirt_t:s0-s0:c0.c1023";
-    assert!(d(wide, "system_u:object_r:svirt_image_t:s0:c3,c4", "file", &["read"]).is_allowed());
+    assert!(
+        d(
+            wide,
+            "system_u:object_r:svirt_image_t:s0:c3,c4",
+            "file",
+            &["read"]
+        )
+        .is_allowed()
+    );
     // a ranged object whose high level the guest does not dominate
     let ranged = "system_u:object_r:svirt_image_t:s0-s0:c1,c2,c3";
     assert!(constraint_failed(&d(GUEST, ranged, "file", &["read"])));
@@ -172,9 +243,20 @@ fn ranges_use_the_high_levels() {
     let r2 = "system_u:object_r:svirt_image_t:s0-s0:c1,c2";
     assert!(d(GUEST, r2, "file", &["read"]).is_allowed());
     let dec = d(GUEST, r2, "file", &["create"]);
-    assert!(matches!(&reasons(&dec)[0], Reason::ConstraintFailed { expression, .. }
-        if expression == "(h1 dom h2 and l2 == h2) or t1 != mcs_constrained_type"), "{dec:?}");
-    assert!(d(GUEST, "system_u:object_r:svirt_image_t:s0:c1", "file", &["create"]).is_allowed());
+    assert!(
+        matches!(&reasons(&dec)[0], Reason::ConstraintFailed { expression, .. }
+        if expression == "(h1 dom h2 and l2 == h2) or t1 != mcs_constrained_type"),
+        "{dec:?}"
+    );
+    assert!(
+        d(
+            GUEST,
+            "system_u:object_r:svirt_image_t:s0:c1",
+            "file",
+            &["create"]
+        )
+        .is_allowed()
+    );
 }
 
 #[test]
@@ -183,8 +265,20 @@ fn virtd_is_not_mcs_constrained() {
     let virtd_low = "system_u:system_r:virtd_t:s0";
     for s in [virtd, virtd_low] {
         let img = "system_u:object_r:svirt_image_t:s0:c3,c4";
-        assert!(d(s, img, "file", &["relabelfrom", "relabelto", "getattr"]).is_allowed(), "{s}");
-        assert!(d(s, "system_u:system_r:svirt_t:s0:c3,c4", "process", &["sigkill", "signal", "transition"]).is_allowed(), "{s}");
+        assert!(
+            d(s, img, "file", &["relabelfrom", "relabelto", "getattr"]).is_allowed(),
+            "{s}"
+        );
+        assert!(
+            d(
+                s,
+                "system_u:system_r:svirt_t:s0:c3,c4",
+                "process",
+                &["sigkill", "signal", "transition"]
+            )
+            .is_allowed(),
+            "{s}"
+        );
     }
 }
 
@@ -192,11 +286,34 @@ fn virtd_is_not_mcs_constrained() {
 fn guest_cannot_connect_to_another_guests_socket() {
     let other = "system_u:system_r:svirt_t:s0:c3,c4";
     // no TE rule for self connectto at all
-    assert!(no_te(&d(GUEST, GUEST, "unix_stream_socket", &["connectto"])));
-    assert!(no_te(&d(GUEST, other, "unix_stream_socket", &["connectto"])));
+    assert!(no_te(&d(
+        GUEST,
+        GUEST,
+        "unix_stream_socket",
+        &["connectto"]
+    )));
+    assert!(no_te(&d(
+        GUEST,
+        other,
+        "unix_stream_socket",
+        &["connectto"]
+    )));
     // TE allows connecting to virtd; MCS: the guest's level must dominate virtd's high
-    assert!(d(GUEST, "system_u:system_r:virtd_t:s0", "unix_stream_socket", &["connectto"]).is_allowed());
-    assert!(constraint_failed(&d(GUEST, "system_u:system_r:virtd_t:s0-s0:c0.c1023", "unix_stream_socket", &["connectto"])));
+    assert!(
+        d(
+            GUEST,
+            "system_u:system_r:virtd_t:s0",
+            "unix_stream_socket",
+            &["connectto"]
+        )
+        .is_allowed()
+    );
+    assert!(constraint_failed(&d(
+        GUEST,
+        "system_u:system_r:virtd_t:s0-s0:c0.c1023",
+        "unix_stream_socket",
+        &["connectto"]
+    )));
 }
 
 #[test]
@@ -206,20 +323,71 @@ fn entrypoint_and_execmem() {
     let pe = "system_u:system_r:svirt_prot_exec_t:s0:c1,c2";
     assert!(d(pe, pe, "process", &["execmem"]).is_allowed());
     let dec = d(GUEST, GUEST, "process", &["execmem"]);
-    assert!(reasons(&dec).contains(&Reason::BooleanWouldAllow { name: "virt_use_execmem".into(), value: true }));
+    assert!(reasons(&dec).contains(&Reason::BooleanWouldAllow {
+        name: "virt_use_execmem".into(),
+        value: true
+    }));
 }
 
 #[test]
 fn unknown_things_are_not_guessed() {
     let custom = "system_u:system_r:svirt_custom_t:s0:c1,c2";
-    assert!(matches!(d(custom, GUEST, "process", &["signal"]), Decision::UnknownToModel { what } if what.contains("svirt_custom_t")));
-    assert!(matches!(d(GUEST, "system_u:object_r:svirt_custom_image_t:s0", "file", &["read"]), Decision::UnknownToModel { .. }));
-    assert!(matches!(d(GUEST, GUEST, "tcp_socket", &["read"]), Decision::UnknownToModel { .. }));
-    assert!(matches!(d(GUEST, "system_u:object_r:svirt_image_t:s0", "file", &["fly"]), Decision::UnknownToModel { .. }));
-    assert!(matches!(d(GUEST, "system_u:object_r:svirt_image_t:s1", "file", &["read"]), Decision::UnknownToModel { .. }));
-    assert!(matches!(d("nobody_u:system_r:svirt_t:s0", GUEST, "process", &["signal"]), Decision::UnknownToModel { .. }));
+    assert!(
+        matches!(d(custom, GUEST, "process", &["signal"]), Decision::UnknownToModel { what } if what.contains("svirt_custom_t"))
+    );
+    assert!(matches!(
+        d(
+            GUEST,
+            "system_u:object_r:svirt_custom_image_t:s0",
+            "file",
+            &["read"]
+        ),
+        Decision::UnknownToModel { .. }
+    ));
+    assert!(matches!(
+        d(GUEST, GUEST, "tcp_socket", &["read"]),
+        Decision::UnknownToModel { .. }
+    ));
+    assert!(matches!(
+        d(
+            GUEST,
+            "system_u:object_r:svirt_image_t:s0",
+            "file",
+            &["fly"]
+        ),
+        Decision::UnknownToModel { .. }
+    ));
+    assert!(matches!(
+        d(
+            GUEST,
+            "system_u:object_r:svirt_image_t:s1",
+            "file",
+            &["read"]
+        ),
+        Decision::UnknownToModel { .. }
+    ));
+    assert!(matches!(
+        d(
+            "nobody_u:system_r:svirt_t:s0",
+            GUEST,
+            "process",
+            &["signal"]
+        ),
+        Decision::UnknownToModel { .. }
+    ));
     // an object type as a subject
-    assert!(matches!(d("system_u:object_r:svirt_image_t:s0", GUEST, "process", &["signal"]), Decision::UnknownToModel { .. }));
+    assert!(matches!(
+        d(
+            "system_u:object_r:svirt_image_t:s0",
+            GUEST,
+            "process",
+            &["signal"]
+        ),
+        Decision::UnknownToModel { .. }
+    ));
     assert!(Booleans::parse_list("no_such_boolean=on").is_err());
-    assert!(Booleans::parse_list("httpd_use_nfs=on").is_ok(), "a real but irrelevant boolean");
+    assert!(
+        Booleans::parse_list("httpd_use_nfs=on").is_ok(),
+        "a real but irrelevant boolean"
+    );
 }
