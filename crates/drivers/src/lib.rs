@@ -6,7 +6,11 @@
 //! [`ChildHook`], which may only make system calls on precomputed data (the child of a
 //! multi-threaded parent must not allocate or take locks).
 
+pub mod fsops;
 pub mod landlock;
+pub mod relabel;
+pub mod selinux;
+pub mod stack;
 
 use std::io;
 
