@@ -346,11 +346,11 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             (DiskDevice::Disk, "ide" | "sata") => {
                 format!("ide-hd,drive={id},id={}", esc_str(&d.target))
             }
-            (DiskDevice::Disk, _) => format!(
-                "virtio-blk-pci,drive={id},id={}{}",
-                esc_str(&d.target),
-                if ro { ",read-only=on" } else { "" }
-            ),
+            // QEMU 7.2's virtio-blk has no read-only property: a read-only node is enough
+            // (the device then offers VIRTIO_BLK_F_RO to the guest).
+            (DiskDevice::Disk, _) => {
+                format!("virtio-blk-pci,drive={id},id={}", esc_str(&d.target))
+            }
         };
         push(&["-device", &dev]);
     }
