@@ -1,5 +1,6 @@
 //! From the parsed domain to what QEMU is built from.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use svirt_domain::domain::{
@@ -214,21 +215,67 @@ pub fn find_in_path(name: &str) -> Result<PathBuf> {
     )))
 }
 
-/// Parses and plans `xml` for the manager's stack.
+/// Parses and plans `xml` for the manager's stack. Chardev output files that do not exist
+/// yet are created empty (mode 0600, never through a symlink) so they can be planned and
+/// labeled, as libvirt creates them; their paths are returned so a failed start removes
+/// them again.
 pub(crate) fn parse_and_plan(
     inner: &crate::manager::Inner,
     xml: &str,
-) -> Result<(Domain, svirt_domain::Plan)> {
+) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>)> {
+    let parsed = svirt_domain::parse(xml).map_err(|e| ManagerError::Domain(e.to_string()))?;
     let host = svirt_domain::Host::new(inner.config.root_dir.clone());
-    let mut cfg = svirt_domain::PlanConfig::for_host(&host)
-        .map_err(|e| ManagerError::Domain(e.to_string()))?;
-    cfg.models = inner.models();
-    let planned = svirt_domain::plan_xml(xml, &host, &cfg)
-        .map_err(|e| ManagerError::Domain(e.to_string()))?;
-    for w in &planned.warnings {
-        tracing::warn!(guest = %planned.plan.name, "{w}");
+    let mut created = Vec::new();
+    let r = (|| {
+        for c in &parsed.domain.chardevs {
+            if let ChardevSource::File { path, .. } = &c.source {
+                let on_host = host.host_path(&path.to_string_lossy());
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&on_host)
+                {
+                    Ok(_) => created.push(on_host),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(ManagerError::Domain(format!(
+                            "{} {}: cannot create {}: {e}",
+                            c.role.as_str(),
+                            c.target.port.unwrap_or(0),
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        let mut cfg = svirt_domain::PlanConfig::for_host(&host)
+            .map_err(|e| ManagerError::Domain(e.to_string()))?;
+        cfg.models = inner.models();
+        let res = svirt_domain::build_resources(&parsed.domain, &host)
+            .map_err(|e| ManagerError::Domain(e.to_string()))?;
+        let plan = svirt_domain::plan(&parsed.domain, res.resources, &cfg)
+            .map_err(|e| ManagerError::Domain(e.to_string()))?;
+        for w in parsed.warnings.iter().chain(&res.warnings) {
+            tracing::warn!(guest = %plan.name, "{w}");
+        }
+        Ok(plan)
+    })();
+    match r {
+        Ok(plan) => Ok((parsed.domain, plan, created)),
+        Err(e) => {
+            remove_created(&created);
+            Err(e)
+        }
     }
-    Ok((planned.domain, planned.plan))
+}
+
+/// Removes chardev files a failed start created.
+pub(crate) fn remove_created(files: &[PathBuf]) {
+    for f in files {
+        let _ = std::fs::remove_file(f);
+    }
 }
 
 /// The image label (SELinux) of a guest at `level`: the policy's image context with the

@@ -107,11 +107,21 @@ impl Inner {
     // ---------------------------------------------------------------- start
 
     pub(crate) fn start(self: &Arc<Self>, xml: &str, opts: StartOptions) -> Result<GuestInfo> {
-        let (domain, plan) = crate::glue::parse_and_plan(self, xml)?;
-        let spec = crate::glue::vm_spec(&domain)?;
-        self.fault.point("after-plan")?;
+        let (domain, plan, created) = crate::glue::parse_and_plan(self, xml)?;
+        let early = (|| {
+            let spec = crate::glue::vm_spec(&domain)?;
+            self.fault.point("after-plan")?;
+            validate_name(&plan.name)?;
+            Ok(spec)
+        })();
+        let spec = match early {
+            Ok(s) => s,
+            Err(e) => {
+                crate::glue::remove_created(&created);
+                return Err(e);
+            }
+        };
         let name = plan.name.clone();
-        validate_name(&name)?;
         let runtime_dir = self.runtime_dir(&name);
         let record = Record {
             name: name.clone(),
@@ -140,6 +150,7 @@ impl Inner {
             if let Some(s) = g.get(&name)
                 && lock(&s.state).record.state.is_active()
             {
+                crate::glue::remove_created(&created);
                 return Err(ManagerError::GuestExists(name));
             }
             let slot = Arc::new(Slot {
@@ -168,6 +179,7 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(guest = %name, error = %e, phase = ?rec.phase, "start failed: rolling back");
                 let errors = self.undo(&rec, None);
+                crate::glue::remove_created(&created);
                 let _ = self.store.delete_guest(&name);
                 lock(&self.guests).remove(&name);
                 if errors.is_empty() {

@@ -1,0 +1,157 @@
+//! Shared test fixtures: temporary state/run dirs, a cgroup parent under the real
+//! hierarchy removed on drop, tiny domain XML.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use svirt_manager::{AccelChoice, Config, DriverSelection};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// Why this machine cannot run the QEMU tests, if it cannot.
+pub fn skip_reason() -> Option<String> {
+    if which("qemu-system-x86_64").is_none() {
+        return Some("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)".into());
+    }
+    if which("qemu-img").is_none() {
+        return Some("qemu-img not installed (apt-get install qemu-utils)".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (cgroups, chown)".into());
+    }
+    let l = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
+    if let svirt_manager::cgroup::Layout::None { reason } = l {
+        return Some(reason);
+    }
+    None
+}
+
+macro_rules! require_env {
+    () => {
+        if let Some(r) = common::skip_reason() {
+            eprintln!("SKIP: {r}");
+            return;
+        }
+    };
+}
+pub(crate) use require_env;
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A test environment: temp dirs and a unique cgroup parent, all removed on drop.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub cgroup_parent: String,
+}
+
+impl Env {
+    pub fn new(tag: &str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("svirt-mgr-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let cgroup_parent = format!("svirt-test-{}-{n}-{tag}", std::process::id());
+        for d in ["state", "run", "images"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Env { dir, cgroup_parent }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn config(&self, drivers: &str) -> Config {
+        let mut c = Config::new(self.path("state"), self.path("run"));
+        c.cgroup_parent = self.cgroup_parent.clone();
+        c.accel = AccelChoice::Tcg;
+        c.drivers = drivers.parse::<DriverSelection>().unwrap();
+        c.shutdown_timeout = std::time::Duration::from_millis(500);
+        c.memory_overhead = 192 << 20;
+        c
+    }
+
+    /// A qcow2 image (private disk).
+    pub fn qcow2(&self, name: &str) -> PathBuf {
+        let p = self.path("images").join(name);
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&p)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        p
+    }
+
+    /// A raw image.
+    pub fn raw(&self, name: &str) -> PathBuf {
+        let p = self.path("images").join(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(1 << 20).unwrap();
+        p
+    }
+
+    /// Domain XML for a tiny paused-able guest with `disks` and a serial log.
+    pub fn xml(&self, name: &str, disks: &[(PathBuf, &str, bool)]) -> String {
+        let mut d = String::new();
+        for (i, (path, fmt, ro)) in disks.iter().enumerate() {
+            d.push_str(&format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{}'/><target dev='vd{}' bus='virtio'/>{}</disk>\n",
+                path.display(),
+                (b'a' + i as u8) as char,
+                if *ro { "<readonly/>" } else { "" }
+            ));
+        }
+        let serial = self.path("images").join(format!("{name}.serial.log"));
+        format!(
+            "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>16</memory>\n  <vcpu>1</vcpu>\n  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n  <devices>\n{d}<serial type='file'><source path='{}'/><target port='0'/></serial>\n  </devices>\n</domain>\n",
+            serial.display()
+        )
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Kill anything left in our cgroups, then remove them (also on test failure).
+        let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
+        let dirs: Vec<PathBuf> = match &layout {
+            svirt_manager::cgroup::Layout::V1 { memory, pids } => {
+                vec![memory.join(&self.cgroup_parent), pids.join(&self.cgroup_parent)]
+            }
+            svirt_manager::cgroup::Layout::V2 { root } => vec![root.join(&self.cgroup_parent)],
+            _ => vec![],
+        };
+        for d in &dirs {
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        svirt_manager::cgroup::kill_all(&[e.path()], std::time::Duration::from_secs(3));
+                        let _ = svirt_manager::cgroup::remove_dirs(&[e.path()], std::time::Duration::from_secs(3));
+                    }
+                }
+            }
+        }
+        svirt_manager::cgroup::remove_parent(&layout, &self.cgroup_parent);
+    }
+}
+
+/// Whether a pid is alive (not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let st = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next());
+            !matches!(st, Some(Some('Z' | 'X')))
+        })
+        .unwrap_or(false)
+}
