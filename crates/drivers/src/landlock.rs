@@ -468,7 +468,10 @@ impl SecurityDriver for LandlockDriver {
         }
     }
 
-    fn reserve(&self, _plan: &Plan, _guest: &mut GuestSecurity) -> Result<(), DriverError> {
+    fn reserve(&self, plan: &Plan, _guest: &mut GuestSecurity) -> Result<(), DriverError> {
+        if plan.unconfined.contains(&Model::Landlock) {
+            return Ok(());
+        }
         // Nothing to reserve, but an unusable kernel must stop the guest before anything
         // is labeled.
         self.usable_abi().map(|_| ())
@@ -493,6 +496,9 @@ impl SecurityDriver for LandlockDriver {
         _guest: &GuestSecurity,
         exec: &ExecContext,
     ) -> Result<Vec<ChildHook>, DriverError> {
+        if plan.unconfined.contains(&Model::Landlock) {
+            return Ok(Vec::new());
+        }
         Ok(vec![self.prepare(plan, exec)?.into_hook()])
     }
 

@@ -77,6 +77,8 @@ pub fn plan(name: &str, resources: Vec<PlannedResource>) -> Plan {
         selinux_relabel: false,
         dac_enabled: true,
         resources,
+        dac_ids: None,
+        unconfined: Vec::new(),
     }
 }
 
@@ -182,4 +184,71 @@ impl Drop for Sleeper {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A DAC driver over a fresh store in `state`, ids `first..=last`, accounts from `accounts`.
+pub fn dac_driver(
+    state: &Path,
+    accounts: &Path,
+    first: u32,
+    last: u32,
+    shared_gid: Option<u32>,
+) -> svirt_drivers::dac::DacDriver {
+    use std::sync::Arc;
+    let store = Arc::new(svirt_store::Store::open(state).expect("store"));
+    let ids = Arc::new(
+        svirt_store::IdAllocator::open(
+            store.clone(),
+            svirt_store::IdConfig {
+                first,
+                last,
+                root: accounts.to_path_buf(),
+            },
+        )
+        .expect("id allocator"),
+    );
+    let config = svirt_drivers::dac::DacConfig {
+        accounts_root: accounts.to_path_buf(),
+        shared_gid,
+        ..Default::default()
+    };
+    svirt_drivers::dac::DacDriver::new(config, store, ids)
+}
+
+/// An accounts root with `etc/passwd` and `etc/group` holding these lines.
+pub fn accounts(dir: &Path, passwd: &str, group: &str) -> PathBuf {
+    let root = dir.join("accounts");
+    std::fs::create_dir_all(root.join("etc")).expect("mkdir etc");
+    std::fs::write(root.join("etc/passwd"), passwd).expect("passwd");
+    std::fs::write(root.join("etc/group"), group).expect("group");
+    root
+}
+
+/// Owner, group and mode bits of a path (not following a final symlink).
+pub fn owner_mode(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).expect("stat");
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+/// Lets other users traverse `dir` (tempdirs are 0700), as image directories must be.
+pub fn traversable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+}
+
+/// Sets the mode of a path.
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Whether we run as root (the DAC tests change owners and ids).
+pub fn skip_unless_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: DAC tests need root (chown, setresuid)");
+        return true;
+    }
+    false
 }

@@ -1,0 +1,997 @@
+//! DAC: a distinct uid and gid per guest, the VMM run under them with no capabilities, and
+//! the guest's resources owned or made readable accordingly.
+//!
+//! The reference runs every guest under one shared uid, so without a MAC layer guests can
+//! open each other's disks. Here each guest gets its own id (used as uid and gid, the
+//! Firecracker jailer model) from the store's [`IdAllocator`], which is persistent, skips
+//! every id the system's `passwd`/`group` (and `subuid`/`subgid`) use, and commits before it
+//! returns.
+//!
+//! Objects are changed through `O_PATH` fds opened without following any symlink
+//! ([`crate::fsops`]); the original owner, group and mode are committed to the store before
+//! the first change, reference counted per guest, and restored when the last user stops.
+//!
+//! Device nodes the VMM needs but cannot open by their mode (`/dev/kvm` is `root:root 0600`
+//! on some hosts) get one POSIX ACL entry granting the device group (`kvm` from the
+//! accounts' `etc/group`) read-write, written as the `system.posix_acl_access` xattr through
+//! the fd; the VMM gets that group as a supplementary group. The ACL is shared by all guests
+//! (one group entry, not one per uid) and removed when the last guest using it stops.
+//!
+//! The child hook (between fork and exec, system calls only): drop the capability bounding
+//! set, clear ambient capabilities, lock the securebits, `setgroups`, `setresgid`,
+//! `setresuid`, `capset` to zero, `PR_SET_NO_NEW_PRIVS`, then check the ids took.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use svirt_domain::{Access, DacAction, DeviceOverride, Model, Plan, PlannedResource};
+use svirt_store::{IdAllocator, ObjectIdentity, ObjectKey, Original, Store, Timestamp};
+
+use crate::fsops::{EntryKind, FsRoot, Meta, Object};
+use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+
+/// The name DAC's flags are stored under in an [`Original`]'s `model_flags`.
+pub const MODEL_KEY: &str = "dac";
+
+/// `model_flags` bits: what DAC changed on an object, so restore undoes exactly that.
+pub mod flags {
+    /// Owner or group changed.
+    pub const OWNER: u32 = crate::relabel::FLAG_DAC_OWNER;
+    /// Permission bits changed.
+    pub const MODE: u32 = crate::relabel::FLAG_DAC_MODE;
+    /// The object had no access ACL; DAC created one (restore removes it).
+    pub const ACL_CREATED: u32 = 4;
+    /// The object had an access ACL; DAC added a group entry (restore removes it and puts
+    /// the original mask back).
+    pub const ACL_ENTRY: u32 = 8;
+    /// The original ACL had a mask entry; its permissions are in bits 16..19.
+    pub const ACL_HAD_MASK: u32 = 1 << 20;
+    /// Shift of the original mask's permission bits.
+    pub const ACL_MASK_SHIFT: u32 = 16;
+}
+
+/// The store owner of DAC's records for `guest` (`dac/<guest>`, the relabel engine's
+/// convention), so DAC's reference count of an object is separate from other models' records
+/// of the same object, and the engine's crash recovery restores DAC's owner and mode too.
+pub fn owner_key(guest: &str) -> String {
+    crate::relabel::owner_key(MODEL_KEY, guest)
+}
+
+const ACL_XATTR: &CStr = c"system.posix_acl_access";
+
+/// Configuration of the DAC driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DacConfig {
+    /// Root whose `etc/group` names the device group (the same root the [`IdAllocator`]
+    /// reads `etc/passwd` and `etc/group` from): `/` in production, a temporary directory
+    /// in tests.
+    pub accounts_root: PathBuf,
+    /// Root the plan's paths are resolved under (`/` in production).
+    pub fs_root: PathBuf,
+    /// Group of shared (`<shareable/>`) resources, and supplementary group of every VMM
+    /// that uses one. Required only when a plan has shared resources.
+    pub shared_gid: Option<u32>,
+    /// Group granted read-write on device nodes the VMM cannot open by their mode
+    /// (looked up in `accounts_root/etc/group`).
+    pub device_group: String,
+    /// Gid used when `device_group` is not in `etc/group`.
+    pub device_gid_fallback: Option<u32>,
+    /// Further supplementary groups for every VMM.
+    pub extra_groups: Vec<u32>,
+}
+
+impl Default for DacConfig {
+    fn default() -> Self {
+        DacConfig {
+            accounts_root: PathBuf::from("/"),
+            fs_root: PathBuf::from("/"),
+            shared_gid: None,
+            device_group: "kvm".into(),
+            device_gid_fallback: None,
+            extra_groups: Vec::new(),
+        }
+    }
+}
+
+/// The DAC driver.
+pub struct DacDriver {
+    config: DacConfig,
+    store: Arc<Store>,
+    ids: Arc<IdAllocator>,
+}
+
+impl std::fmt::Debug for DacDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DacDriver")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn obj_err(op: &'static str, path: &Path, source: io::Error) -> DriverError {
+    DriverError::Object {
+        model: Model::Dac,
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn store_err(e: svirt_store::Error) -> DriverError {
+    DriverError::Store {
+        model: Model::Dac,
+        message: e.to_string(),
+    }
+}
+
+fn other(message: String) -> DriverError {
+    DriverError::Other {
+        model: Model::Dac,
+        message,
+    }
+}
+
+/// What DAC wants an object to look like, computed from its current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+}
+
+impl DacDriver {
+    /// A driver allocating ids from `ids` and recording originals in `store` (the same
+    /// store the allocator writes to).
+    pub fn new(config: DacConfig, store: Arc<Store>, ids: Arc<IdAllocator>) -> Self {
+        DacDriver { config, store, ids }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DacConfig {
+        &self.config
+    }
+
+    fn root(&self) -> Result<FsRoot, DriverError> {
+        FsRoot::open(&self.config.fs_root)
+            .map_err(|e| obj_err("open root", &self.config.fs_root, e))
+    }
+
+    /// The device group's gid: from `etc/group`, else the configured fallback.
+    pub fn device_gid(&self) -> Result<u32, DriverError> {
+        let path = self.config.accounts_root.join("etc/group");
+        let text = std::fs::read_to_string(&path).map_err(|e| obj_err("read", &path, e))?;
+        lookup_id(&text, &self.config.device_group)
+            .or(self.config.device_gid_fallback)
+            .ok_or_else(|| {
+                other(format!(
+                    "no group {:?} in {} and no fallback gid configured",
+                    self.config.device_group,
+                    path.display()
+                ))
+            })
+    }
+
+    /// The guest's (uid, gid), or an error when `reserve` did not run.
+    fn guest_ids(guest: &GuestSecurity) -> Result<(u32, u32), DriverError> {
+        guest
+            .ids
+            .ok_or_else(|| other(format!("guest {} has no uid/gid reserved", guest.name)))
+    }
+
+    /// What `pr` should look like for this guest, given its current metadata; `None` when
+    /// DAC leaves it alone.
+    fn target(
+        &self,
+        pr: &PlannedResource,
+        ids: (u32, u32),
+        meta: &Meta,
+    ) -> Result<Option<Target>, DriverError> {
+        let mode = meta.mode & 0o7777;
+        let dir = meta.is_dir();
+        let want_w = pr.resource.access == Access::Rw;
+        if let Some(DeviceOverride::NoRelabel) = pr.resource.overrides.get(&Model::Dac) {
+            return Ok(None);
+        }
+        let owner_bits = 0o400 | if want_w { 0o200 } else { 0 } | if dir { 0o100 } else { 0 };
+        Ok(match pr.dac {
+            DacAction::Untouched => None,
+            DacAction::OwnGuest { private } => Some(Target {
+                uid: Some(ids.0),
+                gid: Some(ids.1),
+                // Private: owner only; set-id bits go too (nobody else may run it as us).
+                mode: if private {
+                    (mode & 0o700) | owner_bits
+                } else {
+                    mode | owner_bits
+                },
+            }),
+            DacAction::SharedGroup => {
+                let g = self.config.shared_gid.ok_or_else(|| {
+                    other(format!(
+                        "{}: shared resource but no shared gid configured",
+                        pr.resource.path.display()
+                    ))
+                })?;
+                Some(Target {
+                    uid: None,
+                    gid: Some(g),
+                    mode: mode | 0o060 | if dir { 0o010 } else { 0 },
+                })
+            }
+            DacAction::Owner { uid, gid } => Some(Target {
+                uid: Some(uid),
+                gid: Some(gid),
+                mode,
+            }),
+            DacAction::MakeReadable => Some(Target {
+                uid: None,
+                gid: None,
+                mode: mode | 0o004 | if dir { 0o001 } else { 0 },
+            }),
+        })
+    }
+
+    /// Applies the plan's DAC changes; on error undoes what this call did.
+    fn set_all_inner(
+        &self,
+        root: &FsRoot,
+        plan: &Plan,
+        ids: (u32, u32),
+        done: &mut Vec<Object>,
+    ) -> Result<(), DriverError> {
+        for pr in &plan.resources {
+            if pr.dac == DacAction::Untouched {
+                continue;
+            }
+            let obj = root
+                .open_object(&pr.resource.path)
+                .map_err(|e| obj_err("open", &pr.resource.path, e))?;
+            let mut objects = Vec::new();
+            if pr.resource.recursive && obj.meta().is_dir() {
+                walk(&obj, &mut objects)?;
+            }
+            // The top first: a failure there leaves the tree untouched.
+            objects.insert(0, obj);
+            for obj in objects {
+                let Some(t) = self.target(pr, ids, &obj.meta())? else {
+                    continue;
+                };
+                self.change(&plan.name, obj, t, done)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the original (durably), then changes owner and mode as `t` says.
+    fn change(
+        &self,
+        guest: &str,
+        obj: Object,
+        t: Target,
+        done: &mut Vec<Object>,
+    ) -> Result<(), DriverError> {
+        let m = obj.meta();
+        let owner_change = t.uid.is_some_and(|u| u != m.uid) || t.gid.is_some_and(|g| g != m.gid);
+        let mode_change = t.mode != m.mode & 0o7777;
+        let mut f = 0;
+        if owner_change {
+            f |= flags::OWNER;
+        }
+        if mode_change || owner_change {
+            // chown clears set-id bits: restore puts the mode back too.
+            f |= flags::MODE;
+        }
+        self.record(guest, &obj, f)?;
+        done.push(obj);
+        let Some(obj) = done.last() else {
+            return Ok(());
+        };
+        if owner_change {
+            obj.chown(t.uid.unwrap_or(u32::MAX), t.gid.unwrap_or(u32::MAX))
+                .map_err(|e| obj_err("chown", obj.path(), e))?;
+        }
+        if mode_change || owner_change {
+            obj.chmod(t.mode)
+                .map_err(|e| obj_err("chmod", obj.path(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Commits `obj`'s original state with DAC's flags before anything changes it.
+    fn record(&self, guest: &str, obj: &Object, f: u32) -> Result<(), DriverError> {
+        let m = obj.meta();
+        let id = obj.identity();
+        let selinux_label = obj
+            .get_xattr(c"security.selinux")
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::ENOTSUP) => Ok(None),
+                _ => Err(e),
+            })
+            .map_err(|e| obj_err("read label", obj.path(), e))?;
+        let original = Original {
+            path: obj.path().to_path_buf(),
+            selinux_label,
+            uid: m.uid,
+            gid: m.gid,
+            mode: m.mode & 0o7777,
+            identity: identity(&id),
+            model_flags: BTreeMap::from([(MODEL_KEY.to_string(), f)]),
+        };
+        self.store
+            .record_original_if_absent(key(&id), &original, &owner_key(guest))
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Undoes DAC's changes on `obj` if `guest` was the last guest DAC changed it for.
+    /// Records of other guests keep the object as it is.
+    fn restore_object(&self, guest: &str, obj: &Object) -> Result<(), DriverError> {
+        let me = owner_key(guest);
+        let id = obj.identity();
+        let k = key(&id);
+        let Some(rec) = self.store.get_original(k).map_err(store_err)? else {
+            return Ok(());
+        };
+        if !rec.owners.contains(&me) {
+            return Ok(());
+        }
+        let stale = !rec.original.identity.same_object(&identity(&id));
+        let released = self.store.release_original(k, &me).map_err(store_err)?;
+        if stale {
+            // The file at this inode is not the one we changed: leave the newcomer alone.
+            return Ok(());
+        }
+        let orig = match released {
+            Some(o) => o,
+            // Other users remain: restore only when none of them is a DAC user (the others
+            // are other models' records of the same object).
+            None => match self.store.get_original(k).map_err(store_err)? {
+                Some(r)
+                    if !r
+                        .owners
+                        .iter()
+                        .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY) =>
+                {
+                    r.original
+                }
+                _ => return Ok(()),
+            },
+        };
+        restore_dac(obj, &orig, self.device_gid().ok())
+    }
+
+    /// Grants the device group read-write on every device of `exec` the guest cannot open by
+    /// its mode; returns the supplementary groups that requires.
+    fn grant_devices(
+        &self,
+        guest: &str,
+        ids: (u32, u32),
+        base_groups: &[u32],
+        devices: &[PathBuf],
+    ) -> Result<Vec<u32>, DriverError> {
+        let root = self.root()?;
+        let mut extra = Vec::new();
+        let mut done = Vec::new();
+        let r = (|| {
+            for d in devices {
+                let obj = root.open_object(d).map_err(|e| obj_err("open", d, e))?;
+                let m = obj.meta();
+                if can_rw(&m, ids, base_groups) {
+                    continue;
+                }
+                let gid = self.device_gid()?;
+                if !extra.contains(&gid) {
+                    extra.push(gid);
+                }
+                let mut groups = base_groups.to_vec();
+                groups.push(gid);
+                if can_rw(&m, ids, &groups) {
+                    continue;
+                }
+                self.grant_acl(guest, obj, gid, &mut done)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            for obj in done.iter().rev() {
+                let _ = self.restore_object(guest, obj);
+            }
+            return Err(e);
+        }
+        Ok(extra)
+    }
+
+    /// Adds `group:gid:rw-` (and a mask letting it through) to `obj`'s access ACL.
+    fn grant_acl(
+        &self,
+        guest: &str,
+        obj: Object,
+        gid: u32,
+        done: &mut Vec<Object>,
+    ) -> Result<(), DriverError> {
+        let current = obj
+            .get_xattr(ACL_XATTR)
+            .map_err(|e| obj_err("read ACL", obj.path(), e))?;
+        let (mut acl, mut f) = match &current {
+            None => (
+                Acl::from_mode(obj.meta().mode),
+                flags::ACL_CREATED | flags::MODE,
+            ),
+            Some(bytes) => {
+                let acl = Acl::parse(bytes)
+                    .ok_or_else(|| other(format!("{}: unreadable ACL", obj.path().display())))?;
+                let mut f = flags::ACL_ENTRY | flags::MODE;
+                if let Some(mask) = acl.get(ACL_MASK, ACL_UNDEFINED_ID) {
+                    f |= flags::ACL_HAD_MASK | (u32::from(mask & 7) << flags::ACL_MASK_SHIFT);
+                }
+                (acl, f)
+            }
+        };
+        let granted = acl.get(ACL_GROUP, gid).is_some_and(|p| p & 6 == 6)
+            && acl
+                .get(ACL_MASK, ACL_UNDEFINED_ID)
+                .is_some_and(|p| p & 6 == 6);
+        if granted {
+            // Granted already (by another guest, or by the administrator): only join the
+            // record, so a grant we made stays until the last guest using it stops.
+            f = 0;
+        }
+        self.record(guest, &obj, f)?;
+        done.push(obj);
+        let Some(obj) = done.last() else {
+            return Ok(());
+        };
+        if f != 0 {
+            acl.set(ACL_GROUP, gid, 6);
+            let mask = acl.group_class_union();
+            acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
+            obj.set_xattr(ACL_XATTR, &acl.encode())
+                .map_err(|e| obj_err("set ACL", obj.path(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Restores DAC's ACL grants recorded for `guest` (from the store: the exec context is
+    /// not known at stop, and after a crash only the store knows).
+    fn restore_grants(&self, root: &FsRoot, guest: &str, errors: &mut Vec<DriverError>) {
+        let recs = match self.store.originals_for_owner(&owner_key(guest)) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(store_err(e));
+                return;
+            }
+        };
+        for (_, rec) in recs {
+            let f = rec
+                .original
+                .model_flags
+                .get(MODEL_KEY)
+                .copied()
+                .unwrap_or(0);
+            if f & (flags::ACL_CREATED | flags::ACL_ENTRY) == 0 {
+                continue;
+            }
+            let path = rec.original.path.clone();
+            match root.open_object(&path) {
+                Ok(obj) => {
+                    if let Err(e) = self.restore_object(guest, &obj) {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(obj_err("open", &path, e)),
+            }
+        }
+    }
+}
+
+/// Puts owner, mode and ACL back as `orig` says, for what DAC's flags say it changed.
+fn restore_dac(obj: &Object, orig: &Original, device_gid: Option<u32>) -> Result<(), DriverError> {
+    let f = orig.model_flags.get(MODEL_KEY).copied().unwrap_or(0);
+    if f & flags::ACL_CREATED != 0 {
+        obj.remove_xattr(ACL_XATTR)
+            .map_err(|e| obj_err("remove ACL", obj.path(), e))?;
+    } else if f & flags::ACL_ENTRY != 0 {
+        let cur = obj
+            .get_xattr(ACL_XATTR)
+            .map_err(|e| obj_err("read ACL", obj.path(), e))?;
+        if let (Some(mut acl), Some(gid)) = (cur.as_deref().and_then(Acl::parse), device_gid) {
+            acl.entries.retain(|e| !(e.tag == ACL_GROUP && e.id == gid));
+            if f & flags::ACL_HAD_MASK != 0 {
+                let mask = ((f >> flags::ACL_MASK_SHIFT) & 7) as u16;
+                acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
+            }
+            obj.set_xattr(ACL_XATTR, &acl.encode())
+                .map_err(|e| obj_err("restore ACL", obj.path(), e))?;
+        }
+    }
+    if f & flags::OWNER != 0 {
+        obj.chown(orig.uid, orig.gid)
+            .map_err(|e| obj_err("restore owner", obj.path(), e))?;
+    }
+    if f & (flags::MODE | flags::OWNER) != 0 {
+        obj.chmod(orig.mode)
+            .map_err(|e| obj_err("restore mode", obj.path(), e))?;
+    }
+    Ok(())
+}
+
+/// Every object below directory `dir` (not following symlinks, not crossing mounts), appended
+/// to `out`. Symlinks themselves are skipped: DAC never changes a link.
+fn walk(dir: &Object, out: &mut Vec<Object>) -> Result<(), DriverError> {
+    let d = dir
+        .open_as_dir()
+        .map_err(|e| obj_err("open directory", dir.path(), e))?;
+    let mut stack = vec![(d, dir.path().to_path_buf())];
+    while let Some((d, path)) = stack.pop() {
+        for e in d
+            .entries()
+            .map_err(|err| obj_err("read directory", &path, err))?
+        {
+            let child = path.join(OsStr::from_bytes(e.name.to_bytes()));
+            if e.kind == EntryKind::Symlink {
+                continue;
+            }
+            let obj = d
+                .open_entry(&e.name, child.clone())
+                .map_err(|err| obj_err("open", &child, err))?;
+            if obj.meta().is_symlink() {
+                continue;
+            }
+            if obj.meta().is_dir() {
+                match d.open_subdir(&e.name) {
+                    Ok(sub) => stack.push((sub, child.clone())),
+                    // Another mount below the tree: left alone, like the relabel engine does.
+                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => continue,
+                    Err(err) => return Err(obj_err("open directory", &child, err)),
+                }
+            }
+            out.push(obj);
+        }
+    }
+    Ok(())
+}
+
+fn key(id: &crate::fsops::Identity) -> ObjectKey {
+    ObjectKey {
+        dev: id.dev,
+        ino: id.ino,
+    }
+}
+
+fn identity(id: &crate::fsops::Identity) -> ObjectIdentity {
+    ObjectIdentity {
+        dev: id.dev,
+        ino: id.ino,
+        btime: id.btime.map(|(sec, nsec)| Timestamp { sec, nsec }),
+        generation: None,
+        ctime: None,
+    }
+}
+
+/// Whether DAC confines this guest (on for it, and not `type='none'`).
+fn active(plan: &Plan) -> bool {
+    plan.dac_enabled && !plan.unconfined.contains(&Model::Dac)
+}
+
+/// Whether a process with `ids` and `groups` may read and write an object by its mode bits.
+fn can_rw(m: &Meta, ids: (u32, u32), groups: &[u32]) -> bool {
+    let mode = m.mode;
+    if m.uid == ids.0 {
+        return mode & 0o600 == 0o600;
+    }
+    if m.gid == ids.1 || groups.contains(&m.gid) {
+        return mode & 0o060 == 0o060;
+    }
+    mode & 0o006 == 0o006
+}
+
+/// The id of `name` in a `passwd` or `group` file.
+fn lookup_id(text: &str, name: &str) -> Option<u32> {
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&name))
+        .and_then(|f| f.get(2).and_then(|s| s.trim().parse().ok()))
+}
+
+// POSIX ACL xattr format (`posix_acl_xattr_header` + entries), as the kernel defines it.
+const ACL_VERSION: u32 = 2;
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_GROUP: u16 = 0x08;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+const ACL_UNDEFINED_ID: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AclEntry {
+    tag: u16,
+    perm: u16,
+    id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Acl {
+    entries: Vec<AclEntry>,
+}
+
+impl Acl {
+    fn from_mode(mode: u32) -> Acl {
+        let e = |tag, shift: u32| AclEntry {
+            tag,
+            perm: ((mode >> shift) & 7) as u16,
+            id: ACL_UNDEFINED_ID,
+        };
+        Acl {
+            entries: vec![e(ACL_USER_OBJ, 6), e(ACL_GROUP_OBJ, 3), e(ACL_OTHER, 0)],
+        }
+    }
+
+    fn parse(b: &[u8]) -> Option<Acl> {
+        if b.len() < 4 || !(b.len() - 4).is_multiple_of(8) {
+            return None;
+        }
+        if u32::from_le_bytes(b[..4].try_into().ok()?) != ACL_VERSION {
+            return None;
+        }
+        let entries = b[4..]
+            .chunks_exact(8)
+            .map(|c| AclEntry {
+                tag: u16::from_le_bytes([c[0], c[1]]),
+                perm: u16::from_le_bytes([c[2], c[3]]),
+                id: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Some(Acl { entries })
+    }
+
+    fn get(&self, tag: u16, id: u32) -> Option<u16> {
+        self.entries
+            .iter()
+            .find(|e| e.tag == tag && (id == u32::MAX || e.id == id))
+            .map(|e| e.perm)
+    }
+
+    fn set(&mut self, tag: u16, id: u32, perm: u16) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.tag == tag && e.id == id) {
+            e.perm = perm;
+        } else {
+            self.entries.push(AclEntry { tag, perm, id });
+        }
+    }
+
+    /// Union of the group class (owning group, named users and groups): the least mask that
+    /// lets every entry through.
+    fn group_class_union(&self) -> u16 {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.tag, 0x02 | ACL_GROUP_OBJ | ACL_GROUP))
+            .fold(0, |a, e| a | e.perm)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut es = self.entries.clone();
+        // The kernel requires entries sorted by tag, then id.
+        es.sort_by_key(|e| (e.tag, e.id));
+        let mut out = ACL_VERSION.to_le_bytes().to_vec();
+        for e in es {
+            out.extend_from_slice(&e.tag.to_le_bytes());
+            out.extend_from_slice(&e.perm.to_le_bytes());
+            out.extend_from_slice(&e.id.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// The credentials the VMM takes, prepared in the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Real, effective and saved uid.
+    pub uid: u32,
+    /// Real, effective and saved gid.
+    pub gid: u32,
+    /// Supplementary groups (exactly these; the parent's are dropped).
+    pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// The child step: bounding set and ambient capabilities dropped, securebits locked
+    /// (while `CAP_SETPCAP` is still held), `setgroups`, `setresgid`, `setresuid` (which
+    /// empties the permitted and effective sets), `capset` to zero (inheritable too),
+    /// `no_new_privs`; then the ids are read back and a mismatch fails the exec.
+    ///
+    /// Raw system calls only: they act on the calling thread (the only one in a forked
+    /// child), allocate nothing and take no lock.
+    pub fn into_hook(self) -> ChildHook {
+        let groups: Vec<libc::gid_t> = self.groups.clone();
+        let (uid, gid) = (self.uid, self.gid);
+        Box::new(move || {
+            let check = |r: libc::c_long| {
+                if r < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            // SAFETY (all blocks below): system calls with integer arguments or pointers
+            // to memory owned by this closure, of the sizes given.
+            for cap in 0..64 {
+                let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+                // EINVAL: beyond the kernel's last capability.
+                if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            check(
+                unsafe {
+                    libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                        0,
+                        0,
+                        0,
+                    )
+                }
+                .into(),
+            )?;
+            // Never regain capabilities by becoming uid 0 or by exec of a set-uid-root file,
+            // and keep it that way for every descendant.
+            const SECBITS: libc::c_ulong = 0x01 /* NOROOT */ | 0x02 /* NOROOT_LOCKED */
+                | 0x08 /* NO_SETUID_FIXUP_LOCKED */ | 0x20 /* KEEP_CAPS_LOCKED */
+                | 0x40 /* NO_CAP_AMBIENT_RAISE */ | 0x80 /* ..._LOCKED */;
+            check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0) }.into())?;
+            check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
+            check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+            check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
+            let mut header = CapHeader {
+                version: 0x2008_0522,
+                pid: 0,
+            };
+            let data = [CapData::default(); 2];
+            check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) })?;
+            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into())?;
+            let (mut r, mut e, mut s) = (0, 0, 0);
+            check(unsafe { libc::syscall(libc::SYS_getresuid, &mut r, &mut e, &mut s) })?;
+            let (mut gr, mut ge, mut gs) = (0, 0, 0);
+            check(unsafe { libc::syscall(libc::SYS_getresgid, &mut gr, &mut ge, &mut gs) })?;
+            if [r, e, s] != [uid; 3] || [gr, ge, gs] != [gid; 3] {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` (two of them for version 3).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+impl DacDriver {
+    /// The credentials and supplementary groups the guest's VMM runs with; grants (and
+    /// records) device access first when a device needs it.
+    pub fn prepare_credentials(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+        exec: &ExecContext,
+    ) -> Result<Credentials, DriverError> {
+        let ids = Self::guest_ids(guest)?;
+        let mut groups: Vec<u32> = Vec::new();
+        if plan
+            .resources
+            .iter()
+            .any(|r| r.dac == DacAction::SharedGroup)
+            && let Some(g) = self.config.shared_gid
+        {
+            groups.push(g);
+        }
+        groups.extend(self.config.extra_groups.iter().copied());
+        let extra = self.grant_devices(&guest.name, ids, &groups, &exec.devices)?;
+        groups.extend(extra);
+        groups.sort_unstable();
+        groups.dedup();
+        groups.retain(|&g| g != ids.1);
+        Ok(Credentials {
+            uid: ids.0,
+            gid: ids.1,
+            groups,
+        })
+    }
+
+    fn restore_resources(
+        &self,
+        root: &FsRoot,
+        plan: &Plan,
+        guest: &str,
+        errors: &mut Vec<DriverError>,
+    ) {
+        for pr in &plan.resources {
+            if pr.dac == DacAction::Untouched {
+                continue;
+            }
+            let obj = match root.open_object(&pr.resource.path) {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(obj_err("open", &pr.resource.path, e));
+                    continue;
+                }
+            };
+            let mut objects = Vec::new();
+            if pr.resource.recursive
+                && obj.meta().is_dir()
+                && let Err(e) = walk(&obj, &mut objects)
+            {
+                errors.push(e);
+            }
+            // Children first, the top last (as it was changed first).
+            objects.reverse();
+            objects.push(obj);
+            for o in &objects {
+                if let Err(e) = self.restore_object(guest, o) {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+
+    /// Releases records of objects DAC can no longer reach by the plan (deleted files):
+    /// nothing to restore on them, but the store must not keep the guest as a user.
+    fn release_leftovers(&self, root: &FsRoot, guest: &str, errors: &mut Vec<DriverError>) {
+        let me = owner_key(guest);
+        let recs = match self.store.originals_for_owner(&me) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(store_err(e));
+                return;
+            }
+        };
+        for (k, rec) in recs {
+            match root.open_object(&rec.original.path) {
+                Ok(obj) if key(&obj.identity()) == k => {
+                    if let Err(e) = self.restore_object(guest, &obj) {
+                        errors.push(e);
+                    }
+                }
+                // Gone or replaced: nothing of ours is left on it.
+                _ => {
+                    if let Err(e) = self.store.release_original(k, &me) {
+                        errors.push(store_err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SecurityDriver for DacDriver {
+    fn model(&self) -> Model {
+        Model::Dac
+    }
+
+    fn probe(&self) -> ProbeReport {
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let free = self.ids.free();
+        let (usable, reason) = if euid != 0 {
+            (
+                false,
+                format!("running as uid {euid}: changing owners and ids needs root"),
+            )
+        } else if free == 0 {
+            (
+                false,
+                "no free uid/gid left in the configured range".to_string(),
+            )
+        } else {
+            let cfg = self.ids.config();
+            (
+                true,
+                format!("{free} free uid/gid in {}..={}", cfg.first, cfg.last),
+            )
+        };
+        ProbeReport {
+            model: Model::Dac,
+            usable,
+            reason,
+        }
+    }
+
+    fn reserve(&self, plan: &Plan, guest: &mut GuestSecurity) -> Result<(), DriverError> {
+        if !active(plan) {
+            return Ok(());
+        }
+        if let Some(ids) = plan.dac_ids {
+            // A static `<seclabel model='dac'>` label: used as given, nothing allocated.
+            guest.ids = Some(ids);
+            return Ok(());
+        }
+        let id = self.ids.allocate(&guest.name).map_err(store_err)?;
+        guest.ids = Some((id, id));
+        Ok(())
+    }
+
+    fn release(&self, guest: &GuestSecurity) -> Result<(), DriverError> {
+        let held = self.ids.id_of(&guest.name);
+        match (guest.ids, held) {
+            (_, None) => Ok(()),
+            (Some((u, _)), Some(h)) if u != h => Err(other(format!(
+                "guest {} holds uid {h}, not {u}: not released",
+                guest.name
+            ))),
+            (_, Some(h)) => self.ids.release(h, &guest.name).map_err(store_err),
+        }
+    }
+
+    fn set_all(&self, plan: &Plan, guest: &GuestSecurity) -> Result<(), DriverError> {
+        if !active(plan) {
+            return Ok(());
+        }
+        let ids = Self::guest_ids(guest)?;
+        let root = self.root()?;
+        let mut done = Vec::new();
+        let r = self.set_all_inner(&root, plan, ids, &mut done);
+        if r.is_err() {
+            // Fail closed: put back what this call changed, newest first.
+            for obj in done.iter().rev() {
+                let _ = self.restore_object(&guest.name, obj);
+            }
+        }
+        r
+    }
+
+    fn restore_all(&self, plan: &Plan, guest: &GuestSecurity) -> Vec<DriverError> {
+        let mut errors = Vec::new();
+        let root = match self.root() {
+            Ok(r) => r,
+            Err(e) => return vec![e],
+        };
+        self.restore_resources(&root, plan, &guest.name, &mut errors);
+        self.restore_grants(&root, &guest.name, &mut errors);
+        self.release_leftovers(&root, &guest.name, &mut errors);
+        errors
+    }
+
+    fn child_hooks(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+        exec: &ExecContext,
+    ) -> Result<Vec<ChildHook>, DriverError> {
+        if !active(plan) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![
+            self.prepare_credentials(plan, guest, exec)?.into_hook(),
+        ])
+    }
+
+    fn process_label(&self, pid: i32) -> Result<Option<String>, DriverError> {
+        let path = PathBuf::from(format!("/proc/{pid}/status"));
+        let text = std::fs::read_to_string(&path).map_err(|e| obj_err("read", &path, e))?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .map(str::to_string)
+        };
+        Ok(match (field("Uid:"), field("Gid:")) {
+            (Some(u), Some(g)) => Some(format!("+{u}:+{g}")),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,250 @@
+//! DAC object changes on real files: owners and modes as the plan says, originals recorded
+//! first, exactly restored by restore_all, shared objects kept until their last user stops,
+//! nothing left changed when set_all fails midway.
+
+mod dac_support;
+
+use std::path::Path;
+
+use dac_support::*;
+use svirt_domain::{Access, DacAction, ResourceKind, Sharing};
+use svirt_drivers::{GuestSecurity, SecurityDriver};
+
+const SHARED_GID: u32 = 600_100;
+
+fn file(p: &Path, mode: u32) {
+    std::fs::write(p, b"data").expect("write");
+    chmod(p, mode);
+}
+
+#[test]
+fn dac_set_and_restore_exactly() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let d = dac_driver(
+        &dir.path().join("state"),
+        &acc,
+        600_000,
+        600_050,
+        Some(SHARED_GID),
+    );
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let private = data.join("private.img");
+    let public = data.join("public.img");
+    let shared = data.join("shared.img");
+    let iso = data.join("cd.iso");
+    let tree = data.join("share");
+    file(&private, 0o4755); // set-uid bit too: private tightening must drop it
+    file(&public, 0o640);
+    file(&shared, 0o600);
+    file(&iso, 0o600);
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir tree");
+    chmod(&tree.join("sub"), 0o700);
+    file(&tree.join("a"), 0o644);
+    file(&tree.join("sub/b"), 0o600);
+    std::os::unix::fs::symlink("/etc/shadow", tree.join("link")).expect("symlink");
+    let mut tree_res = res(
+        &tree,
+        ResourceKind::FilesystemTree,
+        Access::Rw,
+        Sharing::Private,
+        DacAction::OwnGuest { private: true },
+    );
+    tree_res.resource.recursive = true;
+    let p = plan(
+        "restore-a",
+        vec![
+            disk(&private),
+            res(
+                &public,
+                ResourceKind::DiskImage,
+                Access::Rw,
+                Sharing::Private,
+                DacAction::OwnGuest { private: false },
+            ),
+            res(
+                &shared,
+                ResourceKind::DiskImage,
+                Access::Rw,
+                Sharing::Shared,
+                DacAction::SharedGroup,
+            ),
+            cdrom(&iso),
+            tree_res,
+        ],
+    );
+    let paths = [
+        private.clone(),
+        public.clone(),
+        shared.clone(),
+        iso.clone(),
+        tree.clone(),
+        tree.join("a"),
+        tree.join("sub"),
+        tree.join("sub/b"),
+        tree.join("link"),
+        Path::new("/etc/shadow").to_path_buf(),
+    ];
+    let before: Vec<_> = paths.iter().map(|p| owner_mode(p)).collect();
+
+    let mut g = GuestSecurity {
+        name: "restore-a".into(),
+        level: None,
+        ids: None,
+    };
+    d.reserve(&p, &mut g).expect("reserve");
+    let (uid, gid) = g.ids.expect("ids");
+    d.set_all(&p, &g).expect("set_all");
+    assert_eq!(
+        owner_mode(&private),
+        (uid, gid, 0o700),
+        "private: owner only, set-uid gone"
+    );
+    assert_eq!(owner_mode(&public), (uid, gid, 0o640));
+    assert_eq!(owner_mode(&shared), (0, SHARED_GID, 0o660));
+    assert_eq!(owner_mode(&iso), (0, 0, 0o604));
+    assert_eq!(owner_mode(&tree), (uid, gid, 0o700));
+    assert_eq!(owner_mode(&tree.join("a")), (uid, gid, 0o600));
+    assert_eq!(owner_mode(&tree.join("sub")), (uid, gid, 0o700));
+    assert_eq!(owner_mode(&tree.join("sub/b")), (uid, gid, 0o600));
+    // The symlink and what it points to are untouched.
+    assert_eq!(owner_mode(&tree.join("link")), before[8]);
+    assert_eq!(owner_mode(Path::new("/etc/shadow")), before[9]);
+
+    let errors = d.restore_all(&p, &g);
+    assert!(errors.is_empty(), "{errors:?}");
+    let after: Vec<_> = paths.iter().map(|p| owner_mode(p)).collect();
+    assert_eq!(before, after, "owners/modes not exactly restored");
+    d.release(&g).expect("release");
+}
+
+#[test]
+fn dac_shared_object_survives_until_its_last_user_stops() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let d = dac_driver(
+        &dir.path().join("state"),
+        &acc,
+        600_000,
+        600_050,
+        Some(SHARED_GID),
+    );
+    let shared = dir.path().join("shared.img");
+    file(&shared, 0o600);
+    let before = owner_mode(&shared);
+    let r = || {
+        res(
+            &shared,
+            ResourceKind::DiskImage,
+            Access::Rw,
+            Sharing::Shared,
+            DacAction::SharedGroup,
+        )
+    };
+    let (pa, pb) = (plan("sh-a", vec![r()]), plan("sh-b", vec![r()]));
+    let mut ga = GuestSecurity {
+        name: "sh-a".into(),
+        level: None,
+        ids: None,
+    };
+    let mut gb = GuestSecurity {
+        name: "sh-b".into(),
+        level: None,
+        ids: None,
+    };
+    d.reserve(&pa, &mut ga).expect("reserve a");
+    d.reserve(&pb, &mut gb).expect("reserve b");
+    d.set_all(&pa, &ga).expect("set a");
+    d.set_all(&pb, &gb).expect("set b");
+    assert_eq!(owner_mode(&shared), (0, SHARED_GID, 0o660));
+    assert!(d.restore_all(&pa, &ga).is_empty());
+    assert_eq!(
+        owner_mode(&shared),
+        (0, SHARED_GID, 0o660),
+        "b still uses it"
+    );
+    assert!(d.restore_all(&pb, &gb).is_empty());
+    assert_eq!(owner_mode(&shared), before);
+}
+
+#[test]
+fn dac_failure_midway_leaves_everything_as_it_was() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    let first = dir.path().join("first.img");
+    let shared = dir.path().join("shared.img");
+    file(&first, 0o644);
+    file(&shared, 0o644);
+    let before = (owner_mode(&first), owner_mode(&shared));
+    // The shared resource fails: no shared gid is configured.
+    let p = plan(
+        "fail",
+        vec![
+            disk(&first),
+            res(
+                &shared,
+                ResourceKind::DiskImage,
+                Access::Rw,
+                Sharing::Shared,
+                DacAction::SharedGroup,
+            ),
+        ],
+    );
+    let mut g = GuestSecurity {
+        name: "fail".into(),
+        level: None,
+        ids: None,
+    };
+    d.reserve(&p, &mut g).expect("reserve");
+    let e = d.set_all(&p, &g).expect_err("must fail");
+    eprintln!("expected failure: {e}");
+    assert_eq!((owner_mode(&first), owner_mode(&shared)), before);
+    // A missing file fails too (ENOENT is fatal), after the first was changed.
+    let p = plan(
+        "fail",
+        vec![disk(&first), disk(&dir.path().join("missing.img"))],
+    );
+    let e = d.set_all(&p, &g).expect_err("must fail");
+    assert!(e.to_string().contains("missing.img"), "{e}");
+    assert_eq!(owner_mode(&first), before.0);
+    assert!(
+        d.restore_all(&p, &g)
+            .iter()
+            .all(|e| e.to_string().contains("missing.img"))
+    );
+}
+
+#[test]
+fn dac_refuses_a_symlinked_resource() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    let target = dir.path().join("target");
+    file(&target, 0o600);
+    let link = dir.path().join("evil.img");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let before = owner_mode(&target);
+    let p = plan("evil", vec![disk(&link)]);
+    let mut g = GuestSecurity {
+        name: "evil".into(),
+        level: None,
+        ids: None,
+    };
+    d.reserve(&p, &mut g).expect("reserve");
+    assert!(d.set_all(&p, &g).is_err());
+    assert_eq!(owner_mode(&target), before);
+}
