@@ -178,9 +178,8 @@ impl IdAllocator {
                 Err(source) => Err(Error::SystemDb { path, source }),
             }
         };
-        let fields = |line: &str| -> Vec<String> {
-            line.split(':').map(str::to_string).collect::<Vec<_>>()
-        };
+        let fields =
+            |line: &str| -> Vec<String> { line.split(':').map(str::to_string).collect::<Vec<_>>() };
         for line in read("etc/passwd", true)?.lines() {
             let f = fields(line);
             // name:pw:uid:gid:...; a primary gid counts too, it may lack a group entry.
@@ -360,7 +359,13 @@ fn offset(config: &IdConfig, id: u32) -> Option<u32> {
 
 fn stamp(path: &Path) -> Result<Stamp> {
     match fs::metadata(path) {
-        Ok(m) => Ok(Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()))),
+        Ok(m) => Ok(Some((
+            m.dev(),
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.size(),
+        ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::SystemDb {
             path: path.to_path_buf(),

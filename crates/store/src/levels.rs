@@ -1,7 +1,7 @@
 //! The MCS level allocator: unique `s0:cA,cB` levels, static reservations, group commit.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::mpsc::{self, TryRecvError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::rngs::StdRng;
@@ -106,7 +106,23 @@ struct Pending {
     keys: Vec<String>,
     owner: Arc<str>,
     value: Vec<u8>,
-    done: mpsc::SyncSender<Result<()>>,
+    done: mpsc::SyncSender<Msg>,
+}
+
+/// What a queued allocation hears back.
+enum Msg {
+    /// Its batch committed (or failed and was rolled back).
+    Done(Result<()>),
+    /// The previous leader finished: this request's thread commits the next batch.
+    Lead,
+}
+
+/// The group-commit queue.
+#[derive(Default)]
+struct Queue {
+    items: Vec<Pending>,
+    /// Whether some thread is (or has been told to become) the committing leader.
+    leader: bool,
 }
 
 struct State {
@@ -142,7 +158,7 @@ pub struct LevelAllocator {
     local: Vec<u16>,
     capacity: u64,
     state: Mutex<State>,
-    queue: Mutex<Vec<Pending>>,
+    queue: Mutex<Queue>,
     /// Held by whoever writes the levels table: the group-commit leader, or a static
     /// reservation or release.
     writer: Mutex<()>,
@@ -196,7 +212,7 @@ impl LevelAllocator {
             cats,
             local,
             capacity,
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
             writer: Mutex::new(()),
         };
         alloc.rebuild()?;
@@ -345,7 +361,8 @@ impl LevelAllocator {
     /// Allocates one level for `owner`, durable before it is returned.
     pub fn allocate(&self, owner: &str) -> Result<Level> {
         let mut v = self.allocate_many(owner, 1)?;
-        v.pop().ok_or_else(|| Error::Config("empty allocation".into()))
+        v.pop()
+            .ok_or_else(|| Error::Config("empty allocation".into()))
     }
 
     /// Allocates `n` distinct levels for `owner` in one transaction (all or none).
@@ -396,40 +413,52 @@ impl LevelAllocator {
             }
         };
         let (tx, rx) = mpsc::sync_channel(1);
-        lock(&self.queue).push(Pending {
+        let pending = Pending {
             keys: levels.iter().map(Level::to_string).collect(),
             pairs,
             owner,
             value,
             done: tx,
-        });
-        self.commit_or_wait(&rx)?;
-        Ok(levels)
-    }
-
-    /// Group commit: whoever holds `writer` drains the whole queue into one durable
-    /// transaction. A request is always either drained by a leader that answers it before
-    /// releasing `writer`, or still queued when its own thread gets `writer`.
-    fn commit_or_wait(&self, rx: &mpsc::Receiver<Result<()>>) -> Result<()> {
-        let _w = lock(&self.writer);
-        match rx.try_recv() {
-            Ok(r) => return r,
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => {
-                return Err(Error::Config("group commit leader vanished".into()));
+        };
+        let leader_running = {
+            let mut q = lock(&self.queue);
+            q.items.push(pending);
+            std::mem::replace(&mut q.leader, true)
+        };
+        if leader_running {
+            match rx.recv() {
+                Ok(Msg::Done(r)) => return r.map(|()| levels),
+                Ok(Msg::Lead) => {}
+                Err(_) => return Err(Error::Config("group commit leader vanished".into())),
             }
         }
-        let batch = std::mem::take(&mut *lock(&self.queue));
-        let res = self.store.write(|txn| {
-            let mut levels = txn.open_table(LEVELS)?;
-            let mut owners = txn.open_table(LEVEL_OWNERS)?;
-            for p in &batch {
-                for k in &p.keys {
-                    insert_dynamic(&mut levels, &mut owners, k, &p.owner, &p.value)?;
+        self.lead_one_batch();
+        match rx.try_recv() {
+            Ok(Msg::Done(r)) => r.map(|()| levels),
+            _ => Err(Error::Config("own request missing from its batch".into())),
+        }
+    }
+
+    /// Group commit. Exactly one thread at a time is the leader: it drains the whole queue
+    /// (its own request included) into one durable transaction, answers every request of the
+    /// batch, then hands leadership to the first request queued meanwhile (or clears it). So
+    /// every thread commits at most one batch, followers sleep on their own channel, and
+    /// whatever arrives during a commit (fsync) goes into the next one.
+    fn lead_one_batch(&self) {
+        let batch = std::mem::take(&mut lock(&self.queue).items);
+        let res = {
+            let _w = lock(&self.writer);
+            self.store.write(|txn| {
+                let mut levels = txn.open_table(LEVELS)?;
+                let mut owners = txn.open_table(LEVEL_OWNERS)?;
+                for p in &batch {
+                    for k in &p.keys {
+                        insert_dynamic(&mut levels, &mut owners, k, &p.owner, &p.value)?;
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            })
+        };
         {
             let mut st = lock(&self.state);
             for p in &batch {
@@ -448,11 +477,16 @@ impl LevelAllocator {
                 None => Ok(()),
                 Some(e) => Err(Error::GroupCommit(e.clone())),
             };
-            // Our own request is in the batch; others' receivers live until they hear back.
-            let _ = p.done.send(r);
+            // Every receiver lives until it hears back (buffer of one: never blocks).
+            let _ = p.done.send(Msg::Done(r));
         }
-        rx.try_recv()
-            .unwrap_or_else(|_| Err(Error::Config("own request missing from batch".into())))
+        let mut q = lock(&self.queue);
+        match q.items.first() {
+            Some(next) => {
+                let _ = next.done.send(Msg::Lead);
+            }
+            None => q.leader = false,
+        }
     }
 
     fn rollback(&self, pairs: &[u32]) {
@@ -587,9 +621,8 @@ impl LevelAllocator {
         next.owners.remove(owner);
         let last = next.owners.is_empty();
         // Database first: a pair must never be free in memory while the file still holds it.
-        self.store.write(|txn| {
-            set_level(txn, &key, (!last).then(|| next.value()).as_ref())
-        })?;
+        self.store
+            .write(|txn| set_level(txn, &key, (!last).then(|| next.value()).as_ref()))?;
         let mut st = lock(&self.state);
         match (current.kind, self.pair_of(level)) {
             (ReservationKind::Dynamic, Some(i)) if st.dynamic.contains_key(&i) => {

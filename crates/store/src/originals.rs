@@ -227,7 +227,12 @@ impl Store {
     }
 
     /// Sets one model's flags on an existing record (bitwise or with `flags`); false if absent.
-    pub fn add_original_model_flags(&self, key: ObjectKey, model: &str, flags: u32) -> Result<bool> {
+    pub fn add_original_model_flags(
+        &self,
+        key: ObjectKey,
+        model: &str,
+        flags: u32,
+    ) -> Result<bool> {
         self.write(|txn| {
             let mut table = txn.open_table(ORIGINALS)?;
             let k = (key.dev, key.ino);
@@ -235,7 +240,10 @@ impl Store {
                 Some(v) => decode(key, v.value())?,
                 None => return Ok(false),
             };
-            *rec.original.model_flags.entry(model.to_string()).or_insert(0) |= flags;
+            *rec.original
+                .model_flags
+                .entry(model.to_string())
+                .or_insert(0) |= flags;
             table.insert(k, encode(&rec)?.as_slice())?;
             Ok(true)
         })

@@ -18,9 +18,9 @@ pub fn pair_index(a: u32, b: u32) -> u32 {
 /// The pair `(a, b)` with `a < b` of an index: the inverse of [`pair_index`].
 pub fn pair_from_index(index: u32) -> (u32, u32) {
     // For index in [b(b-1)/2, b(b+1)/2): 8·index+1 lies in [(2b-1)², (2b+1)²-4], so the integer
-    // square root is 2b-1 or 2b and (1 + isqrt)/2 is exactly b: no float, no fix-up loop.
+    // square root is 2b-1 or 2b and ⌈isqrt/2⌉ is exactly b: no float, no fix-up loop.
     let i = u64::from(index);
-    let b = (1 + (8 * i + 1).isqrt()) / 2;
+    let b = (8 * i + 1).isqrt().div_ceil(2);
     let a = i - b * (b - 1) / 2;
     // b ≤ index + 1 and a ≤ index, both fit.
     (a as u32, b as u32)

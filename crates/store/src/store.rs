@@ -341,11 +341,7 @@ pub(crate) fn decode_level(key: &str, value: &[u8]) -> Result<LevelReservation> 
 }
 
 /// Writes (or with `None`, deletes) a level's reservation and keeps the owner index in step.
-pub(crate) fn set_level(
-    txn: &WriteTransaction,
-    key: &str,
-    new: Option<&LevelValue>,
-) -> Result<()> {
+pub(crate) fn set_level(txn: &WriteTransaction, key: &str, new: Option<&LevelValue>) -> Result<()> {
     let mut levels = txn.open_table(LEVELS)?;
     let mut owners = txn.open_table(LEVEL_OWNERS)?;
     let old = match levels.get(key)? {

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a failed unwrap is a failed test
 //! A process killed (SIGKILL) in the middle of allocating leaves every reservation whole or
 //! absent, never a level handed out without its record, and reopening rebuilds the index.
 //!
@@ -109,8 +110,14 @@ fn sigkill_mid_allocation_leaves_all_or_nothing() {
         }
         let in_db: HashSet<Level> = records.iter().map(|r| r.level).collect();
         for l in &reported {
-            assert!(in_db.contains(l), "{l} was handed out but is not in the database");
-            assert!(reported_total.insert(*l), "{l} handed out twice across restarts");
+            assert!(
+                in_db.contains(l),
+                "{l} was handed out but is not in the database"
+            );
+            assert!(
+                reported_total.insert(*l),
+                "{l} handed out twice across restarts"
+            );
         }
         // Each allocate_many is one transaction: the batch owner holds whole batches only.
         let batch = store.levels_of("batch").unwrap().len();

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a failed unwrap is a failed test
 //! Level allocator tests against real database files in temporary directories.
 
 use std::collections::HashSet;
@@ -35,12 +36,21 @@ fn exhaustion_of_c0_c10_errors_at_once_with_capacity_and_range() {
     let t = Instant::now();
     let err = a.allocate("g55").unwrap_err();
     assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
-    assert!(matches!(err, Error::Exhausted { capacity: 55, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Exhausted { capacity: 55, .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("s0:c0.c10") && msg.contains("55"), "{msg}");
     // Freed pair is the only one that can come back.
     let back = lvl("s0:c3,c7");
-    let owner = a.reservation(&back).unwrap().owners.into_iter().next().unwrap();
+    let owner = a
+        .reservation(&back)
+        .unwrap()
+        .owners
+        .into_iter()
+        .next()
+        .unwrap();
     a.release(&back, &owner).unwrap();
     assert_eq!(a.allocate("again").unwrap(), back);
     assert!(matches!(a.allocate("more"), Err(Error::Exhausted { .. })));
@@ -163,7 +173,10 @@ fn static_conflicts_name_the_owner() {
     assert!(matches!(a.allocate("dyn"), Err(Error::Exhausted { .. })));
     // A dynamic level cannot be taken as static by another owner either.
     let e = a.reserve(&got[0], "carol", false).unwrap_err();
-    assert!(e.to_string().contains("dyn") && e.to_string().contains("dynamic"), "{e}");
+    assert!(
+        e.to_string().contains("dyn") && e.to_string().contains("dynamic"),
+        "{e}"
+    );
     // Releasing by a non-owner is refused; by the owner frees the pair for dynamic use.
     assert!(matches!(a.release(&l, "bob"), Err(Error::NotOwner { .. })));
     a.release(&l, "alice").unwrap();
@@ -181,7 +194,10 @@ fn shared_reservations_are_reference_counted() {
         let r = a.reserve(&l, "g2", true).unwrap();
         assert_eq!(r.owners.len(), 2);
         let e = a.reserve(&l, "g3", false).unwrap_err();
-        assert!(e.to_string().contains("g1") && e.to_string().contains("g2"), "{e}");
+        assert!(
+            e.to_string().contains("g1") && e.to_string().contains("g2"),
+            "{e}"
+        );
         a.release(&l, "g1").unwrap();
     }
     // The count survives a restart.
@@ -218,10 +234,16 @@ fn excluded_categories_are_never_handed_out() {
     assert_eq!(a.capacity(), 36);
     let got = a.allocate_many("g", 36).unwrap();
     for l in &got {
-        assert!(!l.categories.contains(3) && !l.categories.contains(5), "{l}");
+        assert!(
+            !l.categories.contains(3) && !l.categories.contains(5),
+            "{l}"
+        );
     }
     let e = a.allocate("g").unwrap_err();
-    assert!(e.to_string().contains("c3,c5") && e.to_string().contains("36"), "{e}");
+    assert!(
+        e.to_string().contains("c3,c5") && e.to_string().contains("36"),
+        "{e}"
+    );
     // Too few categories left is a configuration error.
     let dir2 = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir2.path()).unwrap());
@@ -255,7 +277,10 @@ fn static_levels_block_every_comparable_pair() {
         assert!(!c.contains(&4), "{l}");
         assert!(!(c[0] <= 2 && c[1] <= 2), "{l}");
     }
-    assert!(matches!(a.allocate("dyn"), Err(Error::Exhausted { blocked: 13, .. })));
+    assert!(matches!(
+        a.allocate("dyn"),
+        Err(Error::Exhausted { blocked: 13, .. })
+    ));
     // Counting: releasing s0:c4 keeps c4,c5 blocked by the pair reservation.
     a.release(&lvl("s0:c4"), "one").unwrap();
     assert_eq!(a.stats().free, 9);
@@ -281,7 +306,7 @@ fn static_level_comparable_with_a_live_dynamic_guest_is_refused() {
     for bad in [
         format!("s0:c{}", c[0]),
         format!("s0:c{}", c[1]),
-        format!("s0:c0.c10"),
+        "s0:c0.c10".to_string(),
     ] {
         let e = a.reserve(&lvl(&bad), "static", false).unwrap_err();
         assert!(matches!(e, Error::DominanceConflict { .. }), "{bad}: {e:?}");
@@ -298,10 +323,16 @@ fn release_all_and_errors() {
     let a = open(dir.path(), AllocatorConfig::default());
     let mine = a.allocate_many("vm", 3).unwrap();
     a.reserve(&lvl("s0:c1,c2"), "vm", true).unwrap();
-    assert!(matches!(a.release(&mine[0], "other"), Err(Error::NotOwner { .. })));
+    assert!(matches!(
+        a.release(&mine[0], "other"),
+        Err(Error::NotOwner { .. })
+    ));
     let unheld = lvl("s0:c999,c1000");
     if !mine.contains(&unheld) {
-        assert!(matches!(a.release(&unheld, "vm"), Err(Error::NotOwner { .. })));
+        assert!(matches!(
+            a.release(&unheld, "vm"),
+            Err(Error::NotOwner { .. })
+        ));
     }
     let mut released = a.release_all("vm").unwrap();
     released.sort_by_key(|l| l.to_string());
@@ -339,7 +370,8 @@ mod props {
         prop_oneof![
             (0u8..4).prop_map(Op::Alloc),
             any::<u8>().prop_map(Op::ReleaseDyn),
-            (0u16..8, 0u16..8, any::<bool>(), 0u8..3).prop_map(|(a, b, s, o)| Op::Reserve(a, b, s, o)),
+            (0u16..8, 0u16..8, any::<bool>(), 0u8..3)
+                .prop_map(|(a, b, s, o)| Op::Reserve(a, b, s, o)),
             any::<u8>().prop_map(Op::ReleaseStatic),
         ]
     }

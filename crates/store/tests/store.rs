@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a failed unwrap is a failed test
 //! Originals, guests and uid/gid allocation against real database files.
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,7 +13,10 @@ use svirt_store::{
 };
 
 fn original(path: &str, label: &[u8], uid: u32, btime: i64) -> (ObjectKey, Original) {
-    let key = ObjectKey { dev: 64769, ino: 1234 };
+    let key = ObjectKey {
+        dev: 64769,
+        ino: 1234,
+    };
     (
         key,
         Original {
@@ -24,9 +28,15 @@ fn original(path: &str, label: &[u8], uid: u32, btime: i64) -> (ObjectKey, Origi
             identity: ObjectIdentity {
                 dev: key.dev,
                 ino: key.ino,
-                btime: Some(Timestamp { sec: btime, nsec: 7 }),
+                btime: Some(Timestamp {
+                    sec: btime,
+                    nsec: 7,
+                }),
                 generation: None,
-                ctime: Some(Timestamp { sec: btime + 5, nsec: 0 }),
+                ctime: Some(Timestamp {
+                    sec: btime + 5,
+                    nsec: 0,
+                }),
             },
             model_flags: BTreeMap::from([("selinux".to_string(), 1)]),
         },
@@ -36,10 +46,18 @@ fn original(path: &str, label: &[u8], uid: u32, btime: i64) -> (ObjectKey, Origi
 #[test]
 fn originals_are_reference_counted_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, orig) = original("/var/lib/images/a.qcow2", b"system_u:object_r:virt_image_t:s0\0", 0, 1000);
+    let (key, orig) = original(
+        "/var/lib/images/a.qcow2",
+        b"system_u:object_r:virt_image_t:s0\0",
+        0,
+        1000,
+    );
     {
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.record_original_if_absent(key, &orig, "vm1").unwrap(), RecordOutcome::Recorded);
+        assert_eq!(
+            s.record_original_if_absent(key, &orig, "vm1").unwrap(),
+            RecordOutcome::Recorded
+        );
         // A second guest must not overwrite the original with the state svirt already set.
         let mut relabeled = orig.clone();
         relabeled.selinux_label = Some(b"system_u:object_r:svirt_image_t:s0:c1,c2\0".to_vec());
@@ -63,7 +81,11 @@ fn originals_are_reference_counted_and_survive_restart() {
         assert_eq!(s.originals_for_owner("vm1").unwrap().len(), 1);
         assert_eq!(s.originals_for_owner("vm").unwrap().len(), 0);
         assert_eq!(s.release_original(key, "vm1").unwrap(), None);
-        assert_eq!(s.release_original(key, "vm1").unwrap(), None, "double release is a no-op");
+        assert_eq!(
+            s.release_original(key, "vm1").unwrap(),
+            None,
+            "double release is a no-op"
+        );
     }
     let s = Store::open(dir.path()).unwrap();
     let list = s.list_originals().unwrap();
@@ -86,7 +108,8 @@ fn replaced_inode_is_detected_by_birth_time() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
     let (key, old) = original("/srv/x.img", b"a\0", 10, 1000);
-    s.record_original_if_absent(key, &old, "crashed-vm").unwrap();
+    s.record_original_if_absent(key, &old, "crashed-vm")
+        .unwrap();
     // Same (dev, ino), later birth time: the file was deleted and the inode reused.
     let (_, new) = original("/srv/y.img", b"b\0", 20, 2000);
     match s.record_original_if_absent(key, &new, "vm").unwrap() {
@@ -126,15 +149,24 @@ fn guests_put_get_delete_list() {
         let s = Store::open(dir.path()).unwrap();
         s.put_guest("vm1", "defined", br#"{"name":"vm1"}"#).unwrap();
         s.put_guest("vm2", "running", b"{}").unwrap();
-        s.put_guest("vm1", "running", br#"{"name":"vm1","v":2}"#).unwrap();
+        s.put_guest("vm1", "running", br#"{"name":"vm1","v":2}"#)
+            .unwrap();
         assert!(s.delete_guest("vm2").unwrap());
         assert!(!s.delete_guest("vm2").unwrap());
     }
     let s = Store::open(dir.path()).unwrap();
     let g = s.get_guest("vm1").unwrap().unwrap();
-    assert_eq!((g.state.as_str(), g.record.as_slice()), ("running", &br#"{"name":"vm1","v":2}"#[..]));
+    assert_eq!(
+        (g.state.as_str(), g.record.as_slice()),
+        ("running", &br#"{"name":"vm1","v":2}"#[..])
+    );
     assert!(s.get_guest("vm2").unwrap().is_none());
-    let names: Vec<_> = s.list_guests().unwrap().into_iter().map(|g| g.name).collect();
+    let names: Vec<_> = s
+        .list_guests()
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
     assert_eq!(names, vec!["vm1"]);
 }
 
@@ -176,11 +208,18 @@ fn uid_allocator_skips_system_ids_and_persists() {
             let id = ids.allocate(&format!("vm{i}")).unwrap();
             assert!(!system.contains(&id) && (1000..=1019).contains(&id), "{id}");
             assert!(got.insert(id));
-            assert_eq!(ids.allocate(&format!("vm{i}")).unwrap(), id, "one id per guest");
+            assert_eq!(
+                ids.allocate(&format!("vm{i}")).unwrap(),
+                id,
+                "one id per guest"
+            );
         }
         let e = ids.reserve(1002, "static").unwrap_err();
         assert!(matches!(e, Error::IdIsSystem { id: 1002, .. }), "{e:?}");
-        assert!(matches!(ids.reserve(5, "static"), Err(Error::IdOutOfRange { .. })));
+        assert!(matches!(
+            ids.reserve(5, "static"),
+            Err(Error::IdOutOfRange { .. })
+        ));
     }
     // Reopen: the 10 reservations are back and the remaining 4 are handed out, then exhaustion.
     let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -192,21 +231,39 @@ fn uid_allocator_skips_system_ids_and_persists() {
     let e = ids.reserve(vm3, "intruder").unwrap_err();
     assert!(e.to_string().contains("vm3"), "{e}");
     // An account created while we run is seen before the next allocation.
-    let free_now: Vec<u32> = (1000..=1019).filter(|i| !system.contains(i) && !got.contains(i)).collect();
+    let free_now: Vec<u32> = (1000..=1019)
+        .filter(|i| !system.contains(i) && !got.contains(i))
+        .collect();
     let newcomer = free_now[0];
     let mut passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     passwd.push_str(&format!("late:x:{newcomer}:{newcomer}::/:/bin/false\n"));
     std::fs::write(root.path().join("etc/passwd"), passwd).unwrap();
     for i in 0..3 {
         let id = ids.allocate(&format!("more{i}")).unwrap();
-        assert!(id != newcomer && !system.contains(&id) && got.insert(id), "{id}");
+        assert!(
+            id != newcomer && !system.contains(&id) && got.insert(id),
+            "{id}"
+        );
     }
     let e = ids.allocate("one-too-many").unwrap_err();
-    assert!(matches!(e, Error::IdsExhausted { first: 1000, last: 1019, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            Error::IdsExhausted {
+                first: 1000,
+                last: 1019,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("1000..=1019"), "{e}");
     // Release restores exactly one id.
     ids.release(vm3, "vm3").unwrap();
-    assert!(matches!(ids.release(vm3, "vm3"), Err(Error::NotOwner { .. })));
+    assert!(matches!(
+        ids.release(vm3, "vm3"),
+        Err(Error::NotOwner { .. })
+    ));
     assert_eq!(ids.allocate("last").unwrap(), vm3);
 }
 
