@@ -117,9 +117,7 @@ pub fn explain<S: AsRef<str>>(
         Decision::Allow => format!("allow: {req}"),
         Decision::UnknownToModel { what } => {
             details.push(format!(
-                "{what} is unknown to the model ({} types from {}); no verdict rather than a guess",
-                generated::TYPES.len(),
-                generated::SOURCE
+                "{what} is unknown to the model: no verdict rather than a guess"
             ));
             format!("unknown: {req}")
         }
@@ -147,7 +145,14 @@ pub fn explain<S: AsRef<str>>(
                         let k = generated::CONSTRAINTS
                             .iter()
                             .find(|k| k.class == class && k.text == expression);
-                        let mut line = if *mls && expression.contains("h1 dom h2") {
+                        let high_dominates = match (scontext.range, tcontext.range) {
+                            (Some(a), Some(b)) => a.high.dominates(&b.high),
+                            _ => false,
+                        };
+                        let mut line = if *mls
+                            && expression.contains("h1 dom h2")
+                            && !high_dominates
+                        {
                             format!(
                                 "MCS isolation: {} is an MCS-constrained type, so it may {} only objects its level dominates; {} does not dominate {}",
                                 scontext.type_,
@@ -155,16 +160,19 @@ pub fn explain<S: AsRef<str>>(
                                 level_text(&scontext.range, true),
                                 level_text(&tcontext.range, true)
                             )
+                        } else if *mls && expression.contains("l2 == h2") {
+                            format!(
+                                "MCS: {} is an MCS-constrained type, so it may {} only single-level objects its level dominates; the object's range is {}-{}",
+                                scontext.type_,
+                                perms.join("/"),
+                                level_text(&tcontext.range, false),
+                                level_text(&tcontext.range, true)
+                            )
                         } else if *mls {
                             format!("the MCS constraint on {} is false", perms.join("/"))
                         } else {
                             format!("the user/role constraint on {} is false", perms.join("/"))
                         };
-                        if *mls && expression.contains("l2 == h2") {
-                            line.push_str(
-                                " (and a confined guest may only create or relabel to a single-level object)",
-                            );
-                        }
                         line.push_str(&format!(": `{expression}`"));
                         if let Some(k) = k {
                             let leaves = constraint_words(k, scontext, tcontext);
@@ -221,6 +229,10 @@ fn relabel_fix(
     booleans: &Booleans,
     d: &crate::decide::Denial,
 ) -> Option<String> {
+    if matches!(class, "process" | "unix_stream_socket") {
+        // Process and socket labels follow the process; relabeling is not the fix.
+        return None;
+    }
     let mcs_only = d
         .reasons
         .iter()
@@ -230,7 +242,7 @@ fn relabel_fix(
         (
             t.type_.as_str(),
             level,
-            "give the object the subject's level",
+            "if the object belongs to this subject, give it the subject's level",
         ),
         (
             "svirt_image_t",
