@@ -75,6 +75,7 @@ pub struct SelinuxDriver {
     relabeler: Arc<Relabeler>,
     levels: Option<Arc<LevelAllocator>>,
     warnings: Mutex<Vec<(String, String)>>,
+    restore_shared: bool,
 }
 
 impl std::fmt::Debug for SelinuxDriver {
@@ -135,7 +136,17 @@ impl SelinuxDriver {
             relabeler,
             levels,
             warnings: Mutex::new(Vec::new()),
+            restore_shared: true,
         }
+    }
+
+    /// Whether shared and read-only content (which the plan marks "not restored", as the
+    /// reference never restores it) is restored when its LAST user stops. The reference
+    /// cannot do that safely (no reference counts); the store can, so it is on by default.
+    /// Off gives the reference behaviour: such labels stay.
+    pub fn with_restore_shared(mut self, on: bool) -> SelinuxDriver {
+        self.restore_shared = on;
+        self
     }
 
     fn at(&self, p: &str) -> PathBuf {
@@ -182,8 +193,13 @@ impl SelinuxDriver {
         mine.into_iter().map(|(_, m)| m).collect()
     }
 
-    /// The jobs a plan gives the engine, with the guest's level filled in.
-    pub fn jobs(plan: &Plan, level: Option<&MlsRange>) -> Result<Vec<LabelJob>, DriverError> {
+    /// The jobs a plan gives the engine, with the guest's level filled in. `restore_shared`:
+    /// see [`SelinuxDriver::with_restore_shared`].
+    pub fn jobs(
+        plan: &Plan,
+        level: Option<&MlsRange>,
+        restore_shared: bool,
+    ) -> Result<Vec<LabelJob>, DriverError> {
         let mut jobs = Vec::new();
         for r in &plan.resources {
             let Some(t) = &r.selinux else { continue };
@@ -199,7 +215,7 @@ impl SelinuxDriver {
             jobs.push(LabelJob {
                 path: r.resource.path.clone(),
                 label,
-                restore: r.selinux_restore,
+                restore: r.selinux_restore || restore_shared,
                 recursive: r.resource.recursive,
             });
         }
@@ -305,7 +321,7 @@ impl SecurityDriver for SelinuxDriver {
         if !planned(plan) || !plan.selinux_relabel {
             return Ok(());
         }
-        let jobs = Self::jobs(plan, guest.level.as_ref())?;
+        let jobs = Self::jobs(plan, guest.level.as_ref(), self.restore_shared)?;
         let applied = self
             .relabeler
             .set_labels(&guest.name, &jobs)
