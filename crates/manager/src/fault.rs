@@ -1,7 +1,8 @@
 //! Fault injection for crash tests: `SVIRT_FAULT=<step>` kills the process with SIGKILL at
 //! that step (as `kill -9` would); `SVIRT_FAULT=<step>:error` makes the step fail with an
 //! error instead (rollback tests). Steps: `after-plan`, `after-record`, `after-reserve`,
-//! `after-label`, `after-cgroup`, `after-spawn`, `after-qmp`, `during-stop`,
+//! `after-label`, `after-cgroup`, `after-fork` (QEMU forked, pid not yet
+//! recorded), `after-spawn`, `after-qmp`, `during-stop`,
 //! `after-restore`, `after-release`.
 
 use crate::error::{ManagerError, Result};
@@ -13,6 +14,7 @@ pub const STEPS: &[&str] = &[
     "after-reserve",
     "after-label",
     "after-cgroup",
+    "after-fork",
     "after-spawn",
     "after-qmp",
     "during-stop",

@@ -300,6 +300,11 @@ impl Inner {
             hooks,
         })?;
         cg.close_files();
+        if let Err(e) = self.fault.point("after-fork") {
+            // (error mode only; the kill mode tests recovery of an unrecorded QEMU)
+            kill_and_reap(&spawned.pidfd);
+            return Err(e);
+        }
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
         // hanging on our copy.
         drop(listener);

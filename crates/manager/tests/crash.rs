@@ -1,0 +1,201 @@
+//! Crash safety: a child process running a Manager is killed with SIGKILL at each fault
+//! point (or while a guest runs); a new Manager on the same state must reattach to running
+//! guests, clean up after the others, and leak no uid, reservation, original or file owner.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Env, alive, require_env};
+use svirt_manager::{Config, GuestState, Manager, StartOptions};
+
+const CHILD_ENV: &str = "SVIRT_MGR_CRASH_CHILD";
+
+fn child_config(dir: &Path) -> Config {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs only inside the re-executed test binary: starts the guest (and stops it when
+/// asked) with SVIRT_FAULT set by the parent; the fault kills this process.
+#[test]
+fn crash_child_entry() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let (m, _) = Manager::open(child_config(&dir)).unwrap();
+    let xml = std::fs::read_to_string(dir.join("guest.xml")).unwrap();
+    let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+    std::fs::write(dir.join("started"), info.pid.unwrap().to_string()).unwrap();
+    if std::env::var("CRASH_STOP").is_ok() {
+        let _ = m.destroy(&info.name);
+    } else {
+        // Wait to be killed by the parent.
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn run_child(env: &Env, cfg: &Config, xml: &str, fault: Option<&str>, stop: bool) -> i32 {
+    let dir = env.path("child");
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(dir.join("started"));
+    std::fs::write(dir.join("config.json"), serde_json::to_string(cfg).unwrap()).unwrap();
+    std::fs::write(dir.join("guest.xml"), xml).unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "crash_child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, &dir)
+        .env_remove("SVIRT_FAULT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(f) = fault {
+        cmd.env("SVIRT_FAULT", f);
+    }
+    if stop {
+        cmd.env("CRASH_STOP", "1");
+    }
+    let mut child = cmd.spawn().unwrap();
+    if fault.is_none() {
+        // Kill -9 the daemon while its guest runs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !dir.join("started").exists() {
+            assert!(std::time::Instant::now() < deadline, "child never started the guest");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+    }
+    let st = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    st.signal().unwrap_or(0)
+}
+
+struct Files {
+    paths: Vec<PathBuf>,
+    before: Vec<(u32, u32, u32)>,
+}
+
+impl Files {
+    fn snapshot(paths: Vec<PathBuf>) -> Files {
+        let before = paths.iter().map(|p| meta(p)).collect();
+        Files { paths, before }
+    }
+    fn assert_restored(&self, what: &str) {
+        for (p, b) in self.paths.iter().zip(&self.before) {
+            if p.exists() {
+                assert_eq!(meta(p), *b, "{what}: {} not restored", p.display());
+            }
+        }
+    }
+}
+
+fn meta(p: &Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.gid(), m.mode())
+}
+
+fn assert_no_leak(env: &Env, what: &str) {
+    let store = svirt_store::Store::open(&env.path("state")).unwrap();
+    assert!(store.id_reservations().unwrap().is_empty(), "{what}: uid leaked: {:?}", store.id_reservations());
+    assert!(store.level_reservations().unwrap().is_empty(), "{what}: level leaked");
+    assert!(store.list_originals().unwrap().is_empty(), "{what}: original record left");
+}
+
+fn check_step(step: Option<&str>, stop: bool) {
+    let what = format!("{step:?} stop={stop}");
+    let env = Env::new("crash");
+    let disk = env.qcow2("c.qcow2");
+    let serial = env.path("images").join("c.serial.log");
+    std::fs::write(&serial, b"").unwrap();
+    let files = Files::snapshot(vec![disk.clone(), serial.clone()]);
+    let xml = env.xml("c", &[(disk.clone(), "qcow2", false)]);
+    let cfg = env.config("dac,landlock");
+    let sig = run_child(&env, &cfg, &xml, step, stop);
+    assert_eq!(sig, libc::SIGKILL, "{what}: child was not killed (fault point not reached?)");
+    let qemu_pid: Option<i32> = std::fs::read_to_string(env.path("child/started"))
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let (m, report) = Manager::open(cfg.clone()).unwrap();
+    let guests = m.list(true).unwrap();
+    let reattached = report.reattached.contains(&"c".to_string());
+    eprintln!("{what}: reattached={reattached} recovered={:?}", report.recovered);
+    if reattached {
+        // Running guest survived the crash and is supervised again.
+        let info = m.info("c").unwrap();
+        assert!(matches!(info.state, GuestState::Paused | GuestState::Running), "{what}");
+        let pid = info.pid.unwrap();
+        assert!(alive(pid), "{what}: reattached guest is dead");
+        if let Some(p) = qemu_pid {
+            assert_eq!(p, pid, "{what}");
+        }
+        // Its uid is still reserved and owns the disk.
+        assert_eq!(std::fs::metadata(&disk).unwrap().uid(), info.uid.unwrap(), "{what}");
+        m.destroy("c").unwrap();
+        assert!(!alive(pid), "{what}");
+    } else {
+        assert!(
+            guests.iter().all(|g| g.state == GuestState::ShutOff),
+            "{what}: {guests:?} (report {report:?})"
+        );
+        if let Some(p) = qemu_pid {
+            // Give init a moment to reap the killed orphan.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while alive(p) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(!alive(p), "{what}: QEMU of a cleaned-up guest still runs");
+        }
+    }
+    files.assert_restored(&what);
+    assert!(!env.path("run/guests/c").exists(), "{what}: runtime dir left");
+    let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
+    for d in layout.guest_dirs(&env.cgroup_parent, "c") {
+        assert!(!d.exists(), "{what}: cgroup {} left", d.display());
+    }
+    drop(m);
+    assert_no_leak(&env, &what);
+}
+
+#[test]
+fn kill_during_start_at_each_step() {
+    require_env!();
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    for step in [
+        "after-plan",
+        "after-record",
+        "after-reserve",
+        "after-label",
+        "after-cgroup",
+        "after-fork",
+        "after-spawn",
+        "after-qmp",
+    ] {
+        check_step(Some(step), false);
+    }
+}
+
+#[test]
+fn kill_during_stop_at_each_step() {
+    require_env!();
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    for step in ["during-stop", "after-restore", "after-release"] {
+        check_step(Some(step), true);
+    }
+}
+
+#[test]
+fn kill_while_guest_runs_then_reattach() {
+    require_env!();
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    check_step(None, false);
+}

@@ -1,0 +1,60 @@
+//! Every start step failing (injected `step:error`) leaves nothing behind: no record, no
+//! reservation, no original, owners/modes of files as before, no cgroup, no runtime dir,
+//! no QEMU.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::{Env, require_env};
+use svirt_manager::{Manager, StartOptions};
+
+const START_STEPS: &[&str] = &[
+    "after-plan",
+    "after-record",
+    "after-reserve",
+    "after-label",
+    "after-cgroup",
+    "after-fork",
+    "after-spawn",
+    "after-qmp",
+];
+
+#[test]
+fn failure_at_every_start_step_rolls_back_everything() {
+    require_env!();
+    for step in START_STEPS {
+        let env = Env::new("rb");
+        let disk = env.qcow2("r.qcow2");
+        let before = std::fs::metadata(&disk).unwrap();
+        let xml = env.xml("rb", &[(disk.clone(), "qcow2", false)]);
+        let serial = env.path("images").join("rb.serial.log");
+        let mut cfg = env.config("dac,landlock");
+        cfg.fault = Some(format!("{step}:error"));
+        let (m, _) = Manager::open(cfg).unwrap();
+        let err = m.start(&xml, StartOptions { paused: true }).unwrap_err();
+        assert!(err.to_string().contains(step), "{step}: {err}");
+        assert!(m.list(true).unwrap().is_empty(), "{step}: record left");
+        let after = std::fs::metadata(&disk).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode()),
+            "{step}: disk not restored"
+        );
+        assert!(!serial.exists(), "{step}: created serial log left behind");
+        assert!(
+            !env.path("run/guests/rb").exists(),
+            "{step}: runtime dir left behind"
+        );
+        let layout = svirt_manager::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup"));
+        for d in layout.guest_dirs(&env.cgroup_parent, "rb") {
+            assert!(!d.exists(), "{step}: cgroup {} left behind", d.display());
+        }
+        drop(m);
+        let store = svirt_store::Store::open(&env.path("state")).unwrap();
+        assert!(store.id_reservations().unwrap().is_empty(), "{step}: uid leaked");
+        assert!(store.level_reservations().unwrap().is_empty(), "{step}: level leaked");
+        assert!(store.list_originals().unwrap().is_empty(), "{step}: original left");
+        assert!(store.list_guests().unwrap().is_empty(), "{step}: record left");
+    }
+}
