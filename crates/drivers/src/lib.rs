@@ -6,6 +6,7 @@
 //! [`ChildHook`], which may only make system calls on precomputed data (the child of a
 //! multi-threaded parent must not allocate or take locks).
 
+pub mod dac;
 pub mod fsops;
 pub mod landlock;
 pub mod relabel;
