@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Context, Result};
 use crate::plan::{Attack, Decision, Expected, Plan, ProcInfo, Snapshot, parse_pids};
 use crate::selinux::{self, ContextParts};
+use svirt_labels::{Level, LevelOrdering};
 
 /// Domain the manager must run in.
 pub const MANAGER_DOMAIN: &str = "virtd_t";
@@ -221,6 +222,7 @@ pub fn evaluate(
         levels.len() == plan.guests.len() && distinct.len() == levels.len(),
         format!("observed levels {levels:?}"),
     ));
+    out.push(isolation_check(&levels, plan.guests.len()));
 
     for d in &plan.disks {
         let path = d.path.display();
@@ -263,6 +265,38 @@ pub fn evaluate(
         }
     }
     out
+}
+
+/// Distinct is not enough: `s0:c1,c2` dominates `s0:c1`, so every pair of guest levels
+/// must be incomparable (neither dominates the other).
+fn isolation_check(levels: &[(String, String)], guests: usize) -> CheckResult {
+    let name = "guests.isolated_levels".to_string();
+    if levels.len() != guests {
+        return check(
+            name,
+            false,
+            format!("only {} of {guests} guest levels observed", levels.len()),
+        );
+    }
+    let mut problems = Vec::new();
+    for (i, (na, la)) in levels.iter().enumerate() {
+        for (nb, lb) in &levels[i + 1..] {
+            match (Level::parse(la), Level::parse(lb)) {
+                (Ok(a), Ok(b)) => {
+                    let rel = a.compare(&b);
+                    if rel != LevelOrdering::Incomparable {
+                        problems.push(format!("{na} {la} vs {nb} {lb}: {rel:?}"));
+                    }
+                }
+                _ => problems.push(format!("unparsable level {la} or {lb}")),
+            }
+        }
+    }
+    if problems.is_empty() {
+        check(name, true, format!("pairwise incomparable: {levels:?}"))
+    } else {
+        check(name, false, problems.join("; "))
+    }
 }
 
 fn avc_check(op: &crate::plan::Op, obs: &Observed) -> CheckResult {
@@ -455,6 +489,7 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert!(failed.contains(&"guests.distinct_levels"));
+        assert!(failed.contains(&"guests.isolated_levels"));
         assert!(failed.contains(&"guest.B.context"));
         assert!(failed.contains(&"decision.A.other.read"));
         assert!(failed.contains(&"avc.A.other.read"));
@@ -466,6 +501,21 @@ mod tests {
         obs.running.procs.get_mut("A").unwrap().pid = 81;
         let r = evaluate(&plan, &attack, &expected, &obs);
         assert!(r.iter().any(|c| c.name == "avc.A.other.read" && !c.pass));
+    }
+
+    #[test]
+    fn dominating_levels_are_not_isolated() {
+        let lv = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert!(isolation_check(&lv(&[("A", "s0:c1,c2"), ("B", "s0:c3,c4")]), 2).pass);
+        assert!(isolation_check(&lv(&[("A", "s0:c1,c2"), ("B", "s0:c2,c9")]), 2).pass);
+        assert!(!isolation_check(&lv(&[("A", "s0:c1,c2"), ("B", "s0:c1")]), 2).pass);
+        assert!(!isolation_check(&lv(&[("A", "s0:c1,c2"), ("B", "s0:c2,c1")]), 2).pass);
+        assert!(!isolation_check(&lv(&[("A", "s0:c0.c3"), ("B", "s0:c1,c2")]), 2).pass);
+        assert!(!isolation_check(&lv(&[("A", "s0:c1,c2")]), 2).pass);
     }
 
     #[test]
