@@ -433,3 +433,24 @@ mod props {
         }
     }
 }
+
+#[test]
+fn failed_commit_rolls_back_and_hands_out_nothing() {
+    // Two allocators over one store violate the single-writer design on purpose: the second
+    // one's index is stale, so its commit meets an existing record, fails, and must roll back.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let config = AllocatorConfig::with_categories(0, 1);
+    let a = LevelAllocator::open(store.clone(), config.clone()).unwrap();
+    let b = LevelAllocator::open(store.clone(), config).unwrap();
+    assert_eq!(a.allocate("first").unwrap(), lvl("s0:c0,c1"));
+    let e = b.allocate("second").unwrap_err();
+    assert!(matches!(e, Error::GroupCommit(_)), "{e:?}");
+    assert!(e.to_string().contains("already reserved"), "{e}");
+    assert_eq!(b.stats().free, 1, "rolled back in memory");
+    assert_eq!(b.stats().allocated, 0);
+    let r = store.level_reservation(&lvl("s0:c0,c1")).unwrap().unwrap();
+    assert_eq!(r.owners.into_iter().collect::<Vec<_>>(), vec!["first"]);
+    assert!(store.levels_of("second").unwrap().is_empty());
+    a.check_consistency().unwrap();
+}
