@@ -33,6 +33,10 @@ enum Command {
     Guest(cmd::guest::GuestCommand),
     /// Check what this host offers svirt (KVM, LSMs, Landlock, BPF-LSM, cgroups, xattrs).
     HostValidate(cmd::host_validate::HostValidateArgs),
+    /// Why is (or would be) an access allowed or denied? The virt policy, in plain words.
+    Explain(cmd::explain::ExplainArgs),
+    /// AVC denials from the kernel or audit log, per guest.
+    Denials(cmd::explain::DenialsArgs),
     /// Dry run: every host object a domain uses and the label each model gives it.
     Plan(cmd::plan::PlanArgs),
 }
@@ -43,7 +47,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap prints help/version to stdout with success, usage errors with code 2.
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let result = match cli.command {
@@ -51,6 +59,8 @@ fn main() -> ExitCode {
         Command::Guest(c) => cmd::guest::run(c, &cli.connect),
         Command::HostValidate(a) => cmd::host_validate::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Explain(a) => cmd::explain::run_explain(a, &cli.connect),
+        Command::Denials(a) => cmd::explain::run_denials(a, &cli.connect),
     };
     match result {
         Ok(code) => code,

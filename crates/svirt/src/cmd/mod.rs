@@ -1,7 +1,8 @@
 //! One module per subcommand.
 
-pub mod label;
 pub mod client;
+pub mod explain;
 pub mod guest;
 pub mod host_validate;
+pub mod label;
 pub mod plan;
