@@ -361,7 +361,7 @@ impl DacDriver {
                 _ => return Ok(()),
             },
         };
-        restore_dac(obj, &orig, self.device_gid().ok())
+        restore_original(obj, &orig, self.device_gid().ok())
     }
 
     /// Grants the device group read-write on every device of `exec` the guest cannot open by
@@ -488,8 +488,14 @@ impl DacDriver {
     }
 }
 
-/// Puts owner, mode and ACL back as `orig` says, for what DAC's flags say it changed.
-fn restore_dac(obj: &Object, orig: &Original, device_gid: Option<u32>) -> Result<(), DriverError> {
+/// Puts owner, mode and ACL back as `orig` says, for what DAC's flags say it changed
+/// (`device_gid`: the group whose ACL entry DAC added, for [`flags::ACL_ENTRY`]). Public so
+/// that crash recovery can undo DAC's ACL grants as well as owner and mode.
+pub fn restore_original(
+    obj: &Object,
+    orig: &Original,
+    device_gid: Option<u32>,
+) -> Result<(), DriverError> {
     let f = orig.model_flags.get(MODEL_KEY).copied().unwrap_or(0);
     if f & flags::ACL_CREATED != 0 {
         obj.remove_xattr(ACL_XATTR)
@@ -993,5 +999,53 @@ impl SecurityDriver for DacDriver {
             (Some(u), Some(g)) => Some(format!("+{u}:+{g}")),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_round_trip_sorted_with_mask() {
+        let mut acl = Acl::from_mode(0o640);
+        acl.set(ACL_GROUP, 993, 6);
+        let mask = acl.group_class_union();
+        acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
+        let bytes = acl.encode();
+        let back = Acl::parse(&bytes).expect("parse");
+        let tags: Vec<u16> = back.entries.iter().map(|e| e.tag).collect();
+        assert_eq!(
+            tags,
+            vec![ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER]
+        );
+        assert_eq!(back.get(ACL_USER_OBJ, ACL_UNDEFINED_ID), Some(6));
+        assert_eq!(back.get(ACL_GROUP_OBJ, ACL_UNDEFINED_ID), Some(4));
+        assert_eq!(back.get(ACL_GROUP, 993), Some(6));
+        assert_eq!(back.get(ACL_MASK, ACL_UNDEFINED_ID), Some(6));
+        assert_eq!(back.get(ACL_OTHER, ACL_UNDEFINED_ID), Some(0));
+        assert!(Acl::parse(&bytes[..bytes.len() - 1]).is_none());
+        assert!(Acl::parse(&[1, 0, 0, 0]).is_none());
+    }
+
+    #[test]
+    fn can_rw_by_mode() {
+        let m = |uid, gid, mode| Meta { uid, gid, mode };
+        assert!(can_rw(&m(5, 0, 0o600), (5, 5), &[]));
+        assert!(!can_rw(&m(0, 0, 0o600), (5, 5), &[]));
+        assert!(can_rw(&m(0, 36, 0o660), (5, 5), &[36]));
+        assert!(
+            !can_rw(&m(0, 36, 0o606), (5, 5), &[36]),
+            "group class decides, not other"
+        );
+        assert!(can_rw(&m(0, 0, 0o666), (5, 5), &[]));
+    }
+
+    #[test]
+    fn lookup_ids() {
+        let g = "root:x:0:\nkvm:x:993:alice\nbad\n";
+        assert_eq!(lookup_id(g, "kvm"), Some(993));
+        assert_eq!(lookup_id(g, "kv"), None);
+        assert_eq!(lookup_id(g, "bad"), None);
     }
 }

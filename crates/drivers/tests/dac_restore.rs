@@ -248,3 +248,72 @@ fn dac_refuses_a_symlinked_resource() {
     assert!(d.set_all(&p, &g).is_err());
     assert_eq!(owner_mode(&target), before);
 }
+
+#[test]
+fn dac_changes_are_recovered_by_the_relabel_engine_after_a_crash() {
+    use std::sync::Arc;
+    use svirt_drivers::dac::{DacConfig, DacDriver};
+    use svirt_drivers::fsops::FsRoot;
+    use svirt_drivers::relabel::Relabeler;
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let state = dir.path().join("state");
+    let private = dir.path().join("private.img");
+    let iso = dir.path().join("cd.iso");
+    file(&private, 0o644);
+    file(&iso, 0o600);
+    let before = (owner_mode(&private), owner_mode(&iso));
+    let p = plan("crashed", vec![disk(&private), cdrom(&iso)]);
+    {
+        let d = dac_driver(&state, &acc, 600_000, 600_050, None);
+        let mut g = GuestSecurity {
+            name: "crashed".into(),
+            level: None,
+            ids: None,
+        };
+        d.reserve(&p, &mut g).expect("reserve");
+        d.set_all(&p, &g).expect("set_all");
+        assert_ne!(owner_mode(&private), before.0);
+        // The manager dies here: no restore_all.
+    }
+    let store = Arc::new(svirt_store::Store::open(&state).expect("reopen store"));
+    let engine = Relabeler::open(
+        store.clone(),
+        FsRoot::open(Path::new("/")).expect("root"),
+        1,
+    )
+    .expect("engine");
+    let rep = engine.recover(&|_guest| false);
+    assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+    assert_eq!((owner_mode(&private), owner_mode(&iso)), before, "{rep:?}");
+    // Nothing left for the DAC driver to do afterwards.
+    let ids = Arc::new(
+        svirt_store::IdAllocator::open(
+            store.clone(),
+            svirt_store::IdConfig {
+                first: 600_000,
+                last: 600_050,
+                root: acc.clone(),
+            },
+        )
+        .expect("ids"),
+    );
+    let d = DacDriver::new(
+        DacConfig {
+            accounts_root: acc,
+            ..Default::default()
+        },
+        store,
+        ids,
+    );
+    let g = GuestSecurity {
+        name: "crashed".into(),
+        level: None,
+        ids: None,
+    };
+    assert!(d.restore_all(&p, &g).is_empty());
+    assert_eq!((owner_mode(&private), owner_mode(&iso)), before);
+}
