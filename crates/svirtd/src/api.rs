@@ -101,8 +101,20 @@ pub struct Summary {
 
 impl From<m::GuestSummary> for Summary {
     fn from(g: m::GuestSummary) -> Self {
-        let m::GuestSummary { name, uuid, state, pid, labels } = g;
-        Summary { name, uuid, state: state.into(), pid, labels }
+        let m::GuestSummary {
+            name,
+            uuid,
+            state,
+            pid,
+            labels,
+        } = g;
+        Summary {
+            name,
+            uuid,
+            state: state.into(),
+            pid,
+            labels,
+        }
     }
 }
 
@@ -159,8 +171,16 @@ pub struct Exit {
 
 impl From<m::ExitInfo> for Exit {
     fn from(e: m::ExitInfo) -> Self {
-        let m::ExitInfo { reason, at, restore_errors } = e;
-        Exit { reason: reason.into(), at, restore_errors }
+        let m::ExitInfo {
+            reason,
+            at,
+            restore_errors,
+        } = e;
+        Exit {
+            reason: reason.into(),
+            at,
+            restore_errors,
+        }
     }
 }
 
@@ -186,8 +206,16 @@ fn enum_text<T: Serialize>(v: &T) -> String {
 
 impl From<m::ModelLabels> for Labels {
     fn from(l: m::ModelLabels) -> Self {
-        let m::ModelLabels { model, process, image } = l;
-        Labels { model: model.as_str().to_string(), process, image }
+        let m::ModelLabels {
+            model,
+            process,
+            image,
+        } = l;
+        Labels {
+            model: model.as_str().to_string(),
+            process,
+            image,
+        }
     }
 }
 
@@ -210,7 +238,14 @@ pub struct Resource {
 
 impl From<m::ResourceInfo> for Resource {
     fn from(r: m::ResourceInfo) -> Self {
-        let m::ResourceInfo { path, kind, access, sharing, device, labels } = r;
+        let m::ResourceInfo {
+            path,
+            kind,
+            access,
+            sharing,
+            device,
+            labels,
+        } = r;
         Resource {
             path: path.display().to_string(),
             kind: enum_text(&kind),
@@ -343,7 +378,17 @@ pub struct Host {
 
 impl From<m::OpenReport> for Host {
     fn from(r: m::OpenReport) -> Self {
-        let m::OpenReport { stack, why, drivers, accel, accel_reason, cgroup, qemu, reattached, recovered } = r;
+        let m::OpenReport {
+            stack,
+            why,
+            drivers,
+            accel,
+            accel_reason,
+            cgroup,
+            qemu,
+            reattached,
+            recovered,
+        } = r;
         Host {
             version: env!("CARGO_PKG_VERSION").to_string(),
             stack: stack.iter().map(|m| m.as_str().to_string()).collect(),
@@ -351,8 +396,16 @@ impl From<m::OpenReport> for Host {
             drivers: drivers
                 .into_iter()
                 .map(|d| {
-                    let m::DriverReport { model, active, reason } = d;
-                    Driver { model: model.as_str().to_string(), active, reason }
+                    let m::DriverReport {
+                        model,
+                        active,
+                        reason,
+                    } = d;
+                    Driver {
+                        model: model.as_str().to_string(),
+                        active,
+                        reason,
+                    }
                 })
                 .collect(),
             accel,
@@ -360,7 +413,10 @@ impl From<m::OpenReport> for Host {
             cgroup,
             qemu: qemu.display().to_string(),
             reattached,
-            recovered: recovered.into_iter().map(|(name, action)| Recovered { name, action }).collect(),
+            recovered: recovered
+                .into_iter()
+                .map(|(name, action)| Recovered { name, action })
+                .collect(),
         }
     }
 }

@@ -45,13 +45,16 @@ struct Args {
 }
 
 fn parse_category_range(s: &str) -> Result<CategoryRange, String> {
-    s.parse().map_err(|e: svirt_manager::ManagerError| e.to_string())
+    s.parse()
+        .map_err(|e: svirt_manager::ManagerError| e.to_string())
 }
 fn parse_uid_range(s: &str) -> Result<UidRange, String> {
-    s.parse().map_err(|e: svirt_manager::ManagerError| e.to_string())
+    s.parse()
+        .map_err(|e: svirt_manager::ManagerError| e.to_string())
 }
 fn parse_drivers(s: &str) -> Result<DriverSelection, String> {
-    s.parse().map_err(|e: svirt_manager::ManagerError| e.to_string())
+    s.parse()
+        .map_err(|e: svirt_manager::ManagerError| e.to_string())
 }
 fn parse_accel(s: &str) -> Result<AccelChoice, String> {
     match s {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,7 +126,10 @@ fn run(args: Args) -> Result<(), String> {
 
 async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         warn!("cannot install signal handlers; stop svirtd with SIGKILL");
         return std::future::pending().await;
     };
@@ -134,10 +141,19 @@ async fn stop_signal() {
 
 fn log_report(r: &svirt_manager::OpenReport) {
     let stack: Vec<&str> = r.stack.iter().map(|m| m.as_str()).collect();
-    let stack = if stack.is_empty() { "none (guests are NOT confined)".to_string() } else { stack.join(" + ") };
+    let stack = if stack.is_empty() {
+        "none (guests are NOT confined)".to_string()
+    } else {
+        stack.join(" + ")
+    };
     info!("driver stack: {stack} — {}", r.why);
     for d in &r.drivers {
-        info!("  driver {}: {} — {}", d.model, if d.active { "active" } else { "not used" }, d.reason);
+        info!(
+            "  driver {}: {} — {}",
+            d.model,
+            if d.active { "active" } else { "not used" },
+            d.reason
+        );
     }
     info!("accelerator: {} — {}", r.accel, r.accel_reason);
     info!("cgroups: {}", r.cgroup);

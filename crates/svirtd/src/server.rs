@@ -31,13 +31,22 @@ pub struct HttpError {
 
 impl HttpError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        HttpError { status, message: message.into() }
+        HttpError {
+            status,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.status, Json(ApiError { error: self.message })).into_response()
+        (
+            self.status,
+            Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -60,13 +69,19 @@ impl From<ManagerError> for HttpError {
 
 impl From<JsonRejection> for HttpError {
     fn from(e: JsonRejection) -> Self {
-        HttpError::new(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text()))
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {}", e.body_text()),
+        )
     }
 }
 
 impl From<QueryRejection> for HttpError {
     fn from(e: QueryRejection) -> Self {
-        HttpError::new(StatusCode::BAD_REQUEST, format!("bad query: {}", e.body_text()))
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad query: {}", e.body_text()),
+        )
     }
 }
 
@@ -80,7 +95,10 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(Into::into),
-        Err(e) => Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}"))),
+        Err(e) => Err(HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e}"),
+        )),
     }
 }
 
@@ -126,7 +144,10 @@ pub async fn create(
     params(("name" = String, Path, description = "Guest name")),
     responses((status = 200, description = "The guest", body = api::Info),
               (status = 404, description = "No such guest", body = ApiError)))]
-pub async fn info(State(m): State<Manager>, UrlPath(name): UrlPath<String>) -> HttpResult<Json<api::Info>> {
+pub async fn info(
+    State(m): State<Manager>,
+    UrlPath(name): UrlPath<String>,
+) -> HttpResult<Json<api::Info>> {
     Ok(Json(blocking(move || m.info(&name)).await?.into()))
 }
 
@@ -135,8 +156,13 @@ pub async fn info(State(m): State<Manager>, UrlPath(name): UrlPath<String>) -> H
     params(("name" = String, Path, description = "Guest name")),
     responses((status = 200, description = "Live XML", body = DomainXml),
               (status = 404, description = "No such guest", body = ApiError)))]
-pub async fn dumpxml(State(m): State<Manager>, UrlPath(name): UrlPath<String>) -> HttpResult<Json<DomainXml>> {
-    Ok(Json(DomainXml { xml: blocking(move || m.dumpxml(&name)).await? }))
+pub async fn dumpxml(
+    State(m): State<Manager>,
+    UrlPath(name): UrlPath<String>,
+) -> HttpResult<Json<DomainXml>> {
+    Ok(Json(DomainXml {
+        xml: blocking(move || m.dumpxml(&name)).await?,
+    }))
 }
 
 /// ACPI power-down, then kill after the timeout; answers once everything is restored.
@@ -168,7 +194,10 @@ pub async fn shutdown(
     responses((status = 200, description = "Killed and restored", body = api::Exit),
               (status = 404, description = "No such guest", body = ApiError),
               (status = 409, description = "Not running", body = ApiError)))]
-pub async fn destroy(State(m): State<Manager>, UrlPath(name): UrlPath<String>) -> HttpResult<Json<api::Exit>> {
+pub async fn destroy(
+    State(m): State<Manager>,
+    UrlPath(name): UrlPath<String>,
+) -> HttpResult<Json<api::Exit>> {
     let log_name = name.clone();
     let exit = blocking(move || m.destroy(&name)).await?;
     tracing::info!(guest = %log_name, "destroyed");
@@ -208,11 +237,18 @@ pub async fn qemu_monitor_command(
 }
 
 async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], api::openapi_json()).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        api::openapi_json(),
+    )
+        .into_response()
 }
 
 async fn fallback() -> HttpError {
-    HttpError::new(StatusCode::NOT_FOUND, "no such endpoint (see GET /openapi.json)")
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint (see GET /openapi.json)",
+    )
 }
 
 /// The whole API.
@@ -225,10 +261,16 @@ pub fn router(manager: Manager) -> Router {
         .route("/v1/domains/{name}/xml", get(dumpxml))
         .route("/v1/domains/{name}/shutdown", post(shutdown))
         .route("/v1/domains/{name}/destroy", post(destroy))
-        .route("/v1/domains/{name}/qemu-monitor-command", post(qemu_monitor_command))
+        .route(
+            "/v1/domains/{name}/qemu-monitor-command",
+            post(qemu_monitor_command),
+        )
         .fallback(fallback)
         .method_not_allowed_fallback(|| async {
-            HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+            HttpError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
         })
         .with_state(manager)
 }
@@ -259,7 +301,11 @@ pub fn check_socket_free(path: &Path) -> Result<(), SocketError> {
         Err(_) => match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(SocketError::Io { op: "remove stale socket", path: path.to_path_buf(), source }),
+            Err(source) => Err(SocketError::Io {
+                op: "remove stale socket",
+                path: path.to_path_buf(),
+                source,
+            }),
         },
     }
 }
@@ -270,11 +316,16 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
     let tmp = path.with_extension(format!("sock.{}.tmp", std::process::id()));
     let io_err = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |source| SocketError::Io { op, path: p, source }
+        move |source| SocketError::Io {
+            op,
+            path: p,
+            source,
+        }
     };
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(io_err("bind", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("chmod", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("rename", path))?;
     Ok(listener)
 }

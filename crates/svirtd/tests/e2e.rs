@@ -237,6 +237,8 @@ fn attack_matrix(drivers: &str) -> Vec<(String, bool, String)> {
         ("guest B's disk, read-write", b_disk.as_path(), false),
         ("guest B's disk, read-only", b_disk.as_path(), true),
         ("/etc/shadow, read-only", Path::new("/etc/shadow"), true),
+        // World-readable: DAC alone would allow it; the Landlock ruleset must refuse it.
+        ("/etc/passwd, read-only", Path::new("/etc/passwd"), true),
     ];
     let mut results = Vec::new();
     for (i, (what, path, ro)) in cases.into_iter().enumerate() {

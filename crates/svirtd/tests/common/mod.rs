@@ -153,7 +153,8 @@ impl Daemon {
             .stderr(log);
         let mut child = cmd.spawn().expect("spawn svirtd");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket.exists() {
+        // After a kill -9 the old socket file is still there: wait until the new daemon answers.
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("svirtd exited with {status}:\n{}", self.log());
             }
@@ -290,13 +291,19 @@ impl Drop for Daemon {
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
         }
-        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-            let _ = fs::remove_dir(Path::new(root).join(&self.cgroup_parent));
-            if let Ok(rd) = fs::read_dir(root) {
-                for h in rd.flatten() {
-                    let _ = fs::remove_dir(h.path().join(&self.cgroup_parent));
+        // The parent (and any guest group a dead daemon left) in every hierarchy; rmdir
+        // only succeeds on empty groups, so nothing in use is touched.
+        let mut parents = vec![Path::new("/sys/fs/cgroup").join(&self.cgroup_parent)];
+        if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
+            parents.extend(rd.flatten().map(|h| h.path().join(&self.cgroup_parent)));
+        }
+        for parent in parents {
+            if let Ok(rd) = fs::read_dir(&parent) {
+                for g in rd.flatten().filter(|g| g.path().is_dir()) {
+                    let _ = fs::remove_dir(g.path());
                 }
             }
+            let _ = fs::remove_dir(&parent);
         }
     }
 }
