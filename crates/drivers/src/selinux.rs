@@ -243,7 +243,7 @@ fn trim_label(b: &[u8]) -> &[u8] {
 }
 
 fn planned(plan: &Plan) -> bool {
-    plan.models.contains(&MODEL)
+    plan.models.contains(&MODEL) && !plan.unconfined.contains(&MODEL)
 }
 
 impl SecurityDriver for SelinuxDriver {
