@@ -136,7 +136,11 @@ pub enum Error {
 }
 
 fn via_text(given: &std::path::Path, path: &std::path::Path) -> String {
-    if given == path { String::new() } else { format!(" (reached from {})", given.display()) }
+    if given == path {
+        String::new()
+    } else {
+        format!(" (reached from {})", given.display())
+    }
 }
 
 /// Result alias for this crate.

@@ -150,7 +150,9 @@ impl Resolved {
         )?;
         let st = rustix::fs::fstat(&fd)?;
         if st.st_dev != self.info.dev || st.st_ino != self.info.ino {
-            return Err(std::io::Error::other("the object was replaced while it was being resolved"));
+            return Err(std::io::Error::other(
+                "the object was replaced while it was being resolved",
+            ));
         }
         Ok(std::fs::File::from(fd))
     }
@@ -165,7 +167,9 @@ impl Resolved {
         )?;
         let st = rustix::fs::fstat(&fd)?;
         if st.st_dev != self.info.dev || st.st_ino != self.info.ino {
-            return Err(std::io::Error::other("the directory was replaced while it was being resolved"));
+            return Err(std::io::Error::other(
+                "the directory was replaced while it was being resolved",
+            ));
         }
         Ok(fd)
     }
@@ -196,7 +200,11 @@ impl Host {
     pub fn new(root: impl Into<PathBuf>) -> Host {
         let root = root.into();
         let tpm_state_root = root.join("var/lib/libvirt/swtpm");
-        Host { root, home: None, tpm_state_root }
+        Host {
+            root,
+            home: None,
+            tpm_state_root,
+        }
     }
 
     /// Also refuses the invoking user's home directory itself.
@@ -235,7 +243,10 @@ impl Host {
         }
         if self.root != Path::new("/") {
             let root = lexical(&self.root);
-            if SYSTEM_PATHS.iter().any(|s| p == root.join(s.trim_start_matches('/'))) {
+            if SYSTEM_PATHS
+                .iter()
+                .any(|s| p == root.join(s.trim_start_matches('/')))
+            {
                 return true;
             }
         }
@@ -247,7 +258,10 @@ impl Host {
     pub fn resolve(&self, device: &str, given: &Path) -> Result<Resolved> {
         match self.try_resolve(device, given)? {
             Some(r) => Ok(r),
-            None => Err(Error::NotFound { device: device.to_string(), path: given.to_path_buf() }),
+            None => Err(Error::NotFound {
+                device: device.to_string(),
+                path: given.to_path_buf(),
+            }),
         }
     }
 
@@ -255,9 +269,16 @@ impl Host {
     /// does not exist.
     pub fn try_resolve(&self, device: &str, given: &Path) -> Result<Option<Resolved>> {
         if !given.is_absolute() {
-            return Err(Error::RelativePath { device: device.to_string(), path: given.to_path_buf() });
+            return Err(Error::RelativePath {
+                device: device.to_string(),
+                path: given.to_path_buf(),
+            });
         }
-        let refuse = |path: PathBuf| Error::SystemPath { device: device.to_string(), path, given: given.to_path_buf() };
+        let refuse = |path: PathBuf| Error::SystemPath {
+            device: device.to_string(),
+            path,
+            given: given.to_path_buf(),
+        };
         if self.is_system_path(given) {
             return Err(refuse(lexical(given)));
         }
@@ -267,8 +288,13 @@ impl Host {
             path: given.to_path_buf(),
             source: e,
         };
-        let rootfd = rustix::fs::openat(CWD, "/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| io("open /", e.into()))?;
+        let rootfd = rustix::fs::openat(
+            CWD,
+            "/",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("open /", e.into()))?;
         let mut queue: VecDeque<OsString> = components(given);
         // Directories reached so far, each with its O_PATH fd; the root is implicit.
         let mut stack: Vec<(OsString, OwnedFd)> = Vec::new();
@@ -296,7 +322,8 @@ impl Host {
                 if links > MAX_SYMLINKS {
                     return Err(io("resolve", Errno::LOOP.into()));
                 }
-                let target = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(|e| io("readlink", e.into()))?;
+                let target = rustix::fs::readlinkat(&fd, "", Vec::new())
+                    .map_err(|e| io("readlink", e.into()))?;
                 let target = PathBuf::from(OsStr::from_bytes(target.to_bytes()));
                 if target.is_absolute() {
                     stack.clear();
@@ -326,7 +353,14 @@ impl Host {
             None => rootfd,
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", e.into()))?;
-        Ok(Some(Resolved { given: given.to_path_buf(), path, info: FileInfo::from_stat(&st), fd, parent, name }))
+        Ok(Some(Resolved {
+            given: given.to_path_buf(),
+            path,
+            info: FileInfo::from_stat(&st),
+            fd,
+            parent,
+            name,
+        }))
     }
 
     /// Walks a directory tree without following symlinks and without crossing into other
@@ -346,7 +380,9 @@ impl Host {
                 message: "expected a directory".into(),
             });
         }
-        let fd = root.open_dir().map_err(|e| io("open directory", &root.path, e))?;
+        let fd = root
+            .open_dir()
+            .map_err(|e| io("open directory", &root.path, e))?;
         let mut out = Vec::new();
         walk(&fd, root.info.dev, Path::new(""), 0, &mut out)
             .map_err(|(rel, e)| io("walk", &root.path.join(rel), e))?;
@@ -358,28 +394,48 @@ impl Host {
         let link = self.host_path(&format!("/sys/bus/pci/devices/{addr}/iommu_group"));
         let target = std::fs::read_link(&link).map_err(|e| Error::Hostdev {
             device: device.to_string(),
-            message: format!("PCI device {addr}: cannot read {}: {e} (no such device, or no IOMMU)", link.display()),
+            message: format!(
+                "PCI device {addr}: cannot read {}: {e} (no such device, or no IOMMU)",
+                link.display()
+            ),
         })?;
-        target.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()).ok_or_else(|| {
-            Error::Hostdev {
+        target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| Error::Hostdev {
                 device: device.to_string(),
-                message: format!("PCI device {addr}: {} points at {}, not an IOMMU group", link.display(), target.display()),
-            }
-        })
+                message: format!(
+                    "PCI device {addr}: {} points at {}, not an IOMMU group",
+                    link.display(),
+                    target.display()
+                ),
+            })
     }
 
     /// Finds a USB device's bus and device numbers by vendor and product in sysfs.
     pub fn usb_by_id(&self, device: &str, vendor: u16, product: u16) -> Result<(u16, u16)> {
         let dir = self.host_path("/sys/bus/usb/devices");
-        let err = |message: String| Error::Hostdev { device: device.to_string(), message };
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| err(format!("cannot list {}: {e}", dir.display())))?;
-        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).ok().map(|s| s.trim().to_string());
+        let err = |message: String| Error::Hostdev {
+            device: device.to_string(),
+            message,
+        };
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| err(format!("cannot list {}: {e}", dir.display())))?;
+        let read = |d: &Path, f: &str| {
+            std::fs::read_to_string(d.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
         let mut found = Vec::new();
         for e in entries.flatten() {
             let d = e.path();
-            let (Some(v), Some(p)) = (read(&d, "idVendor"), read(&d, "idProduct")) else { continue };
-            if u16::from_str_radix(&v, 16) != Ok(vendor) || u16::from_str_radix(&p, 16) != Ok(product) {
+            let (Some(v), Some(p)) = (read(&d, "idVendor"), read(&d, "idProduct")) else {
+                continue;
+            };
+            if u16::from_str_radix(&v, 16) != Ok(vendor)
+                || u16::from_str_radix(&p, 16) != Ok(product)
+            {
                 continue;
             }
             let bus = read(&d, "busnum").and_then(|s| s.parse().ok());
@@ -392,7 +448,9 @@ impl Host {
         found.dedup();
         match found.as_slice() {
             [one] => Ok(*one),
-            [] => Err(err(format!("no USB device {vendor:04x}:{product:04x} on this host"))),
+            [] => Err(err(format!(
+                "no USB device {vendor:04x}:{product:04x} on this host"
+            ))),
             _ => Err(err(format!(
                 "{} USB devices match {vendor:04x}:{product:04x}: give <address bus device>",
                 found.len()
@@ -403,9 +461,18 @@ impl Host {
 
 type WalkError = (PathBuf, std::io::Error);
 
-fn walk(dirfd: &OwnedFd, dev: u64, rel: &Path, depth: usize, out: &mut Vec<TreeEntry>) -> Result<(), WalkError> {
+fn walk(
+    dirfd: &OwnedFd,
+    dev: u64,
+    rel: &Path,
+    depth: usize,
+    out: &mut Vec<TreeEntry>,
+) -> Result<(), WalkError> {
     if depth > MAX_TREE_DEPTH {
-        return Err((rel.to_path_buf(), std::io::Error::other(format!("deeper than {MAX_TREE_DEPTH} levels"))));
+        return Err((
+            rel.to_path_buf(),
+            std::io::Error::other(format!("deeper than {MAX_TREE_DEPTH} levels")),
+        ));
     }
     let werr = |e: std::io::Error| (rel.to_path_buf(), e);
     let dup = rustix::io::fcntl_dupfd_cloexec(dirfd, 0).map_err(|e| werr(e.into()))?;
@@ -431,9 +498,16 @@ fn walk(dirfd: &OwnedFd, dev: u64, rel: &Path, depth: usize, out: &mut Vec<TreeE
         };
         let info = FileInfo::from_stat(&st);
         let mount_point = info.kind == FileKind::Dir && info.dev != dev;
-        out.push(TreeEntry { rel: child_rel.clone(), info, mount_point });
+        out.push(TreeEntry {
+            rel: child_rel.clone(),
+            info,
+            mount_point,
+        });
         if out.len() > MAX_TREE_ENTRIES {
-            return Err((child_rel, std::io::Error::other(format!("more than {MAX_TREE_ENTRIES} entries"))));
+            return Err((
+                child_rel,
+                std::io::Error::other(format!("more than {MAX_TREE_ENTRIES} entries")),
+            ));
         }
         if info.kind == FileKind::Dir && !mount_point {
             let sub = rustix::fs::openat(
@@ -483,10 +557,23 @@ mod tests {
     #[test]
     fn system_paths_lexically() {
         let h = Host::new("/").with_home(Some("/home/alice".into()));
-        for p in ["/", "/etc", "/etc/", "/var/lib", "/tmp/../etc/shadow", "/home/alice", "/usr/./"] {
+        for p in [
+            "/",
+            "/etc",
+            "/etc/",
+            "/var/lib",
+            "/tmp/../etc/shadow",
+            "/home/alice",
+            "/usr/./",
+        ] {
             assert!(h.is_system_path(Path::new(p)), "{p}");
         }
-        for p in ["/etc/hostname", "/var/lib/libvirt", "/home/alice/vm.img", "/tmpx"] {
+        for p in [
+            "/etc/hostname",
+            "/var/lib/libvirt",
+            "/home/alice/vm.img",
+            "/tmpx",
+        ] {
             assert!(!h.is_system_path(Path::new(p)), "{p}");
         }
     }
@@ -514,20 +601,41 @@ mod tests {
         let mut buf = String::new();
         std::io::Read::read_to_string(&mut r.open_read().unwrap(), &mut buf).unwrap();
         assert_eq!(buf, "x");
-        let e = h.resolve("disk vda", &d.join("shadow")).unwrap_err().to_string();
-        assert!(e.contains("refusing system path /etc/shadow") && e.contains("reached from"), "{e}");
-        let e = h.resolve("disk vda", &d.join("etcdir")).unwrap_err().to_string();
+        let e = h
+            .resolve("disk vda", &d.join("shadow"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refusing system path /etc/shadow") && e.contains("reached from"),
+            "{e}"
+        );
+        let e = h
+            .resolve("disk vda", &d.join("etcdir"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("system path /etc "), "{e}");
         // A file below a system directory is fine, even through a link.
-        assert!(h.resolve("t", &d.join("etcdir/hostname")).is_ok() || !Path::new("/etc/hostname").exists());
+        assert!(
+            h.resolve("t", &d.join("etcdir/hostname")).is_ok()
+                || !Path::new("/etc/hostname").exists()
+        );
         let e = h.resolve("t", &d.join("loop1")).unwrap_err().to_string();
         assert!(e.contains("symbolic links"), "{e}");
-        let e = h.resolve("disk vdb", &d.join("a/missing")).unwrap_err().to_string();
-        assert!(e.contains(&format!("{}: no such file", d.join("a/missing").display())), "{e}");
+        let e = h
+            .resolve("disk vdb", &d.join("a/missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{}: no such file", d.join("a/missing").display())),
+            "{e}"
+        );
         assert!(e.contains("ENOENT"));
         let e = h.resolve("t", &d.join("a/f/g")).unwrap_err().to_string();
         assert!(e.contains("directory"), "{e}");
-        assert!(matches!(h.resolve("t", Path::new("rel/x")), Err(Error::RelativePath { .. })));
+        assert!(matches!(
+            h.resolve("t", Path::new("rel/x")),
+            Err(Error::RelativePath { .. })
+        ));
     }
 
     #[test]
@@ -542,7 +650,10 @@ mod tests {
         let h = Host::new("/");
         let r = h.resolve("fs", &d.join("tree")).unwrap();
         let ents = h.walk_tree("fs", &r).unwrap();
-        let rels: Vec<_> = ents.iter().map(|e| (e.rel.to_str().unwrap().to_string(), e.info.kind)).collect();
+        let rels: Vec<_> = ents
+            .iter()
+            .map(|e| (e.rel.to_str().unwrap().to_string(), e.info.kind))
+            .collect();
         assert_eq!(
             rels,
             vec![

@@ -26,6 +26,8 @@ pub use error::{Error, Result};
 pub use host::{FileInfo, FileKind, Host, Resolved, SYSTEM_PATHS, TreeEntry};
 pub use model::*;
 pub use parse::{MAX_XML_BYTES, parse};
-pub use planner::{PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, labels_of, plan, plan_xml};
+pub use planner::{
+    PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, labels_of, plan, plan_xml,
+};
 pub use report::{PlanReport, ResourceReport, render_text, report};
 pub use resources::{MAX_CHAIN_DEPTH, Resources, build_resources, kind_name};

@@ -152,6 +152,9 @@ pub struct Resource {
 /// The level part of a planned label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+// A range is a fixed-size bitset (2 x 1024 bits): kept inline so these stay `Copy`/cheap
+// to compare; plans hold a handful of them.
+#[allow(clippy::large_enum_variant)]
 pub enum LevelSpec {
     /// The guest's own level (shown as [`LEVEL_PLACEHOLDER`] until it is allocated).
     Guest,
@@ -256,6 +259,9 @@ pub struct PlannedResource {
 /// How the guest process is confined by one model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+// A range is a fixed-size bitset (2 x 1024 bits): kept inline so these stay `Copy`/cheap
+// to compare; plans hold a handful of them.
+#[allow(clippy::large_enum_variant)]
 pub enum ProcessLabel {
     /// Unconfined by this model (`type='none'`, or the model is off).
     Unconfined,
@@ -266,6 +272,9 @@ pub enum ProcessLabel {
 /// How the guest's level is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+// A range is a fixed-size bitset (2 x 1024 bits): kept inline so these stay `Copy`/cheap
+// to compare; plans hold a handful of them.
+#[allow(clippy::large_enum_variant)]
 pub enum LevelSource {
     /// Allocated by svirt at start (`type='dynamic'`).
     Dynamic,

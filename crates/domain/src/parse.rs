@@ -24,17 +24,35 @@ const QUIET: &[&str] = &["description", "title", "metadata"];
 /// Parses a libvirt domain document.
 pub fn parse(xml: &str) -> Result<Parsed> {
     if xml.len() > MAX_XML_BYTES {
-        return Err(Error::TooLarge { size: xml.len(), limit: MAX_XML_BYTES });
+        return Err(Error::TooLarge {
+            size: xml.len(),
+            limit: MAX_XML_BYTES,
+        });
     }
-    let opts = ParsingOptions { allow_dtd: false, nodes_limit: MAX_NODES, entity_resolver: None };
+    let opts = ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+        entity_resolver: None,
+    };
     let doc = Document::parse_with_options(xml, opts).map_err(|e| Error::Xml(e.to_string()))?;
     let root = doc.root_element();
     if root.tag_name().name() != "domain" {
-        return Err(invalid(root, format!("root element is <{}>, expected <domain>", root.tag_name().name())));
+        return Err(invalid(
+            root,
+            format!(
+                "root element is <{}>, expected <domain>",
+                root.tag_name().name()
+            ),
+        ));
     }
-    let mut p = Parser { warnings: Vec::new() };
+    let mut p = Parser {
+        warnings: Vec::new(),
+    };
     let domain = p.domain(root)?;
-    Ok(Parsed { domain, warnings: p.warnings })
+    Ok(Parsed {
+        domain,
+        warnings: p.warnings,
+    })
 }
 
 struct Parser {
@@ -53,7 +71,11 @@ pub(crate) fn elpath(node: Node<'_, '_>) -> String {
         let name = n.tag_name().name();
         let same: Vec<_> = n
             .parent()
-            .map(|p| p.children().filter(|c| c.is_element() && c.tag_name().name() == name).collect())
+            .map(|p| {
+                p.children()
+                    .filter(|c| c.is_element() && c.tag_name().name() == name)
+                    .collect()
+            })
             .unwrap_or_default();
         if same.len() > 1 {
             let idx = same.iter().position(|c| *c == n).map_or(0, |i| i + 1);
@@ -68,19 +90,27 @@ pub(crate) fn elpath(node: Node<'_, '_>) -> String {
 }
 
 fn invalid(node: Node<'_, '_>, message: impl Into<String>) -> Error {
-    Error::Invalid { at: elpath(node), message: message.into() }
+    Error::Invalid {
+        at: elpath(node),
+        message: message.into(),
+    }
 }
 
 fn invalid_attr(node: Node<'_, '_>, attr: &str, message: impl Into<String>) -> Error {
-    Error::Invalid { at: format!("{}@{attr}", elpath(node)), message: message.into() }
+    Error::Invalid {
+        at: format!("{}@{attr}", elpath(node)),
+        message: message.into(),
+    }
 }
 
 fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
-    node.children().find(|c| c.is_element() && c.tag_name().name() == name)
+    node.children()
+        .find(|c| c.is_element() && c.tag_name().name() == name)
 }
 
 fn children<'a, 'i>(node: Node<'a, 'i>, name: &'static str) -> impl Iterator<Item = Node<'a, 'i>> {
-    node.children().filter(move |c| c.is_element() && c.tag_name().name() == name)
+    node.children()
+        .filter(move |c| c.is_element() && c.tag_name().name() == name)
 }
 
 fn text(node: Node<'_, '_>) -> String {
@@ -88,7 +118,8 @@ fn text(node: Node<'_, '_>) -> String {
 }
 
 fn req_attr<'a>(node: Node<'a, '_>, name: &str) -> Result<&'a str> {
-    node.attribute(name).ok_or_else(|| invalid(node, format!("missing attribute '{name}'")))
+    node.attribute(name)
+        .ok_or_else(|| invalid(node, format!("missing attribute '{name}'")))
 }
 
 fn yes_no(node: Node<'_, '_>, name: &str) -> Result<Option<bool>> {
@@ -118,13 +149,17 @@ fn path_attr(node: Node<'_, '_>, name: &str) -> Result<PathBuf> {
 
 /// An unsigned number, decimal or `0x` hexadecimal (PCI and USB addresses).
 fn number(node: Node<'_, '_>, name: &str) -> Result<Option<u64>> {
-    let Some(v) = node.attribute(name) else { return Ok(None) };
+    let Some(v) = node.attribute(name) else {
+        return Ok(None);
+    };
     let v = v.trim();
     let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(h, 16),
         None => v.parse::<u64>(),
     };
-    parsed.map(Some).map_err(|_| invalid_attr(node, name, format!("'{v}' is not a number")))
+    parsed
+        .map(Some)
+        .map_err(|_| invalid_attr(node, name, format!("'{v}' is not a number")))
 }
 
 fn bounded<T: TryFrom<u64>>(node: Node<'_, '_>, name: &str, v: Option<u64>) -> Result<Option<T>> {
@@ -155,10 +190,14 @@ fn unit_bytes(unit: &str) -> Option<u64> {
 /// A memory size in bytes from an element with an optional `unit=` attribute.
 pub(crate) fn memory(node: Node<'_, '_>) -> Result<u64> {
     let unit = node.attribute("unit").unwrap_or("KiB");
-    let mult = unit_bytes(unit).ok_or_else(|| invalid_attr(node, "unit", format!("unknown unit '{unit}'")))?;
+    let mult = unit_bytes(unit)
+        .ok_or_else(|| invalid_attr(node, "unit", format!("unknown unit '{unit}'")))?;
     let t = text(node);
-    let n: u64 = t.parse().map_err(|_| invalid(node, format!("'{t}' is not a size")))?;
-    n.checked_mul(mult).ok_or_else(|| invalid(node, format!("{t} {unit} overflows 64 bits of bytes")))
+    let n: u64 = t
+        .parse()
+        .map_err(|_| invalid(node, format!("'{t}' is not a size")))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| invalid(node, format!("{t} {unit} overflows 64 bits of bytes")))
 }
 
 fn format_attr(node: Node<'_, '_>, name: &str) -> Result<Option<ImageFormat>> {
@@ -166,7 +205,11 @@ fn format_attr(node: Node<'_, '_>, name: &str) -> Result<Option<ImageFormat>> {
         None => Ok(None),
         Some("raw") => Ok(Some(ImageFormat::Raw)),
         Some("qcow2") => Ok(Some(ImageFormat::Qcow2)),
-        Some(v) => Err(invalid_attr(node, name, format!("unsupported image format '{v}' (raw or qcow2)"))),
+        Some(v) => Err(invalid_attr(
+            node,
+            name,
+            format!("unsupported image format '{v}' (raw or qcow2)"),
+        )),
     }
 }
 
@@ -175,7 +218,8 @@ impl Parser {
         for c in node.children().filter(|c| c.is_element()) {
             let name = c.tag_name().name();
             if !known.contains(&name) && !QUIET.contains(&name) {
-                self.warnings.push(format!("{}: element ignored", elpath(c)));
+                self.warnings
+                    .push(format!("{}: element ignored", elpath(c)));
             }
         }
     }
@@ -184,11 +228,27 @@ impl Parser {
         let virt_type = match req_attr(root, "type")? {
             "kvm" => VirtType::Kvm,
             "qemu" => VirtType::Qemu,
-            v => return Err(invalid_attr(root, "type", format!("unsupported domain type '{v}' (kvm or qemu)"))),
+            v => {
+                return Err(invalid_attr(
+                    root,
+                    "type",
+                    format!("unsupported domain type '{v}' (kvm or qemu)"),
+                ));
+            }
         };
         self.warn_unknown(
             root,
-            &["name", "uuid", "memory", "currentMemory", "vcpu", "os", "devices", "seclabel", "memoryBacking"],
+            &[
+                "name",
+                "uuid",
+                "memory",
+                "currentMemory",
+                "vcpu",
+                "os",
+                "devices",
+                "seclabel",
+                "memoryBacking",
+            ],
         );
         let name_el = child(root, "name").ok_or_else(|| invalid(root, "missing <name>"))?;
         let name = text(name_el);
@@ -198,7 +258,11 @@ impl Parser {
         let (uuid, uuid_generated) = match child(root, "uuid") {
             Some(u) => {
                 let t = text(u);
-                (uuid::Uuid::parse_str(&t).map_err(|e| invalid(u, format!("invalid uuid '{t}': {e}")))?, false)
+                (
+                    uuid::Uuid::parse_str(&t)
+                        .map_err(|e| invalid(u, format!("invalid uuid '{t}': {e}")))?,
+                    false,
+                )
             }
             None => (uuid::Uuid::new_v4(), true),
         };
@@ -253,7 +317,12 @@ impl Parser {
     }
 
     fn os(&mut self, o: Node<'_, '_>) -> Result<Os> {
-        self.warn_unknown(o, &["type", "loader", "nvram", "kernel", "initrd", "dtb", "cmdline", "boot"]);
+        self.warn_unknown(
+            o,
+            &[
+                "type", "loader", "nvram", "kernel", "initrd", "dtb", "cmdline", "boot",
+            ],
+        );
         let t = child(o, "type").ok_or_else(|| invalid(o, "missing <type>"))?;
         let os_type = text(t);
         if os_type != "hvm" {
@@ -268,13 +337,22 @@ impl Parser {
                     None => None,
                     Some("rom") => Some(LoaderType::Rom),
                     Some("pflash") => Some(LoaderType::Pflash),
-                    Some(v) => return Err(invalid_attr(l, "type", format!("unknown loader type '{v}'"))),
+                    Some(v) => {
+                        return Err(invalid_attr(
+                            l,
+                            "type",
+                            format!("unknown loader type '{v}'"),
+                        ));
+                    }
                 },
             }),
         };
         let nvram = match child(o, "nvram") {
             None => None,
-            Some(n) => Some(Nvram { path: path_text(n)?, template: n.attribute("template").map(PathBuf::from) }),
+            Some(n) => Some(Nvram {
+                path: path_text(n)?,
+                template: n.attribute("template").map(PathBuf::from),
+            }),
         };
         let opt_path = |name: &str| child(o, name).map(path_text).transpose();
         Ok(Os {
@@ -291,12 +369,26 @@ impl Parser {
     }
 
     fn memory_backing(&mut self, mb: Node<'_, '_>) -> Result<MemoryBacking> {
-        self.warn_unknown(mb, &["hugepages", "source", "access", "allocation", "locked", "nosharepages", "discard"]);
+        self.warn_unknown(
+            mb,
+            &[
+                "hugepages",
+                "source",
+                "access",
+                "allocation",
+                "locked",
+                "nosharepages",
+                "discard",
+            ],
+        );
         let src = child(mb, "source");
         Ok(MemoryBacking {
             hugepages: child(mb, "hugepages").is_some(),
             source_type: src.and_then(|s| s.attribute("type")).map(str::to_string),
-            path: src.and_then(|s| s.attribute("path")).filter(|p| !p.is_empty()).map(PathBuf::from),
+            path: src
+                .and_then(|s| s.attribute("path"))
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
         })
     }
 
@@ -305,8 +397,11 @@ impl Parser {
         for s in children(root, "seclabel") {
             let at = elpath(s);
             let model_name = s.attribute("model").unwrap_or("selinux");
-            let model = Model::from_name(model_name)
-                .ok_or_else(|| Error::UnknownModel { at: at.clone(), model: model_name.to_string(), why: "unknown" })?;
+            let model = Model::from_name(model_name).ok_or_else(|| Error::UnknownModel {
+                at: at.clone(),
+                model: model_name.to_string(),
+                why: "unknown",
+            })?;
             if out.iter().any(|o| o.model == model) {
                 return Err(Error::Seclabel {
                     at,
@@ -322,7 +417,10 @@ impl Parser {
                 Some("static") => SecLabelType::Static,
                 Some("none") => SecLabelType::None,
                 Some(v) => {
-                    return Err(Error::Seclabel { at: format!("{at}@type"), message: format!("unknown type '{v}'") });
+                    return Err(Error::Seclabel {
+                        at: format!("{at}@type"),
+                        message: format!("unknown type '{v}'"),
+                    });
                 }
                 // libvirt: a baselabel without a type implies dynamic.
                 None if baselabel.is_some() => SecLabelType::Dynamic,
@@ -348,13 +446,19 @@ impl Parser {
                 (SecLabelType::None, _) => false,
             };
             if sec_type == SecLabelType::Static && label.is_none() {
-                return Err(Error::Seclabel { at, message: "type='static' requires a <label>".into() });
+                return Err(Error::Seclabel {
+                    at,
+                    message: "type='static' requires a <label>".into(),
+                });
             }
             if sec_type == SecLabelType::Dynamic && label.is_some() {
-                self.warnings.push(format!("{at}/label: ignored: a dynamic seclabel's label is allocated"));
+                self.warnings.push(format!(
+                    "{at}/label: ignored: a dynamic seclabel's label is allocated"
+                ));
             }
             if imagelabel.is_some() {
-                self.warnings.push(format!("{at}/imagelabel: output only, ignored"));
+                self.warnings
+                    .push(format!("{at}/imagelabel: output only, ignored"));
             }
             if model == Model::Selinux {
                 for (what, v) in [("label", &label), ("baselabel", &baselabel)] {
@@ -371,20 +475,34 @@ impl Parser {
                 SecLabelType::Dynamic => (None, baselabel),
                 SecLabelType::None => (None, None),
             };
-            out.push(SecLabel { model, sec_type, relabel, label, baselabel, imagelabel });
+            out.push(SecLabel {
+                model,
+                sec_type,
+                relabel,
+                label,
+                baselabel,
+                imagelabel,
+            });
         }
         Ok(out)
     }
 
     /// `<source><seclabel>` elements of one device source.
-    fn device_seclabels(&mut self, src: Node<'_, '_>, default_model: Model) -> Result<Vec<DeviceSecLabel>> {
+    fn device_seclabels(
+        &mut self,
+        src: Node<'_, '_>,
+        default_model: Model,
+    ) -> Result<Vec<DeviceSecLabel>> {
         let mut out: Vec<DeviceSecLabel> = Vec::new();
         for s in children(src, "seclabel") {
             let at = elpath(s);
             let model = match s.attribute("model") {
                 None => default_model,
-                Some(m) => Model::from_name(m)
-                    .ok_or_else(|| Error::UnknownModel { at: at.clone(), model: m.to_string(), why: "unknown" })?,
+                Some(m) => Model::from_name(m).ok_or_else(|| Error::UnknownModel {
+                    at: at.clone(),
+                    model: m.to_string(),
+                    why: "unknown",
+                })?,
             };
             if out.iter().any(|o| o.model == model) {
                 return Err(Error::Seclabel {
@@ -396,7 +514,10 @@ impl Parser {
             let relabel = yes_no(s, "relabel")?.unwrap_or(true);
             let label = child(s, "label").map(text).filter(|t| !t.is_empty());
             if !relabel && label.is_some() {
-                return Err(Error::Seclabel { at, message: "a <label> cannot be given with relabel='no'".into() });
+                return Err(Error::Seclabel {
+                    at,
+                    message: "a <label> cannot be given with relabel='no'".into(),
+                });
             }
             if let (Model::Selinux, Some(l)) = (model, &label) {
                 svirt_labels::Context::parse(l).map_err(|e| Error::Seclabel {
@@ -404,7 +525,12 @@ impl Parser {
                     message: format!("invalid SELinux context '{l}': {e}"),
                 })?;
             }
-            out.push(DeviceSecLabel { model, relabel, label, at });
+            out.push(DeviceSecLabel {
+                model,
+                relabel,
+                label,
+                at,
+            });
         }
         Ok(out)
     }
@@ -425,7 +551,9 @@ impl Parser {
                 "parallel" => d.chardevs.push(self.chardev(c, ChardevRole::Parallel, dm)?),
                 "hostdev" => d.hostdevs.push(self.hostdev(c)?),
                 "tpm" => d.tpms.push(self.tpm(c)?),
-                _ => self.warnings.push(format!("{}: element ignored", elpath(c))),
+                _ => self
+                    .warnings
+                    .push(format!("{}: element ignored", elpath(c))),
             }
         }
         Ok(())
@@ -437,22 +565,48 @@ impl Parser {
             "block" => DiskType::Block,
             "dir" => DiskType::Dir,
             "network" => {
-                self.warnings.push(format!("{}: network disk has no host object to label", elpath(c)));
+                self.warnings.push(format!(
+                    "{}: network disk has no host object to label",
+                    elpath(c)
+                ));
                 return Ok(None);
             }
-            v => return Err(invalid_attr(c, "type", format!("unsupported disk type '{v}'"))),
+            v => {
+                return Err(invalid_attr(
+                    c,
+                    "type",
+                    format!("unsupported disk type '{v}'"),
+                ));
+            }
         };
         let device = match c.attribute("device").unwrap_or("disk") {
             "disk" => DiskDevice::Disk,
             "cdrom" => DiskDevice::Cdrom,
             "floppy" => DiskDevice::Floppy,
-            v => return Err(invalid_attr(c, "device", format!("unsupported disk device '{v}'"))),
+            v => {
+                return Err(invalid_attr(
+                    c,
+                    "device",
+                    format!("unsupported disk device '{v}'"),
+                ));
+            }
         };
         self.warn_unknown(
             c,
             &[
-                "driver", "source", "target", "readonly", "shareable", "backingStore", "address", "boot", "serial",
-                "alias", "iotune", "blockio", "transient",
+                "driver",
+                "source",
+                "target",
+                "readonly",
+                "shareable",
+                "backingStore",
+                "address",
+                "boot",
+                "serial",
+                "alias",
+                "iotune",
+                "blockio",
+                "transient",
             ],
         );
         let format = match child(c, "driver") {
@@ -460,7 +614,10 @@ impl Parser {
             None => None,
         };
         let (source, seclabels) = match child(c, "source") {
-            Some(s) => (Some(source_path(s, disk_type)?), self.device_seclabels(s, dm)?),
+            Some(s) => (
+                Some(source_path(s, disk_type)?),
+                self.device_seclabels(s, dm)?,
+            ),
             None => (None, Vec::new()),
         };
         let target = child(c, "target").ok_or_else(|| invalid(c, "missing <target>"))?;
@@ -490,7 +647,10 @@ impl Parser {
         let mut complete = false;
         while let Some(b) = cur {
             if layers.len() >= crate::MAX_CHAIN_DEPTH {
-                return Err(invalid(b, format!("backing chain deeper than {}", crate::MAX_CHAIN_DEPTH)));
+                return Err(invalid(
+                    b,
+                    format!("backing chain deeper than {}", crate::MAX_CHAIN_DEPTH),
+                ));
             }
             let has_content = b.attribute("type").is_some() || child(b, "source").is_some();
             if !has_content {
@@ -501,13 +661,23 @@ impl Parser {
             let disk_type = match b.attribute("type").unwrap_or("file") {
                 "file" => DiskType::File,
                 "block" => DiskType::Block,
-                v => return Err(invalid_attr(b, "type", format!("unsupported backing store type '{v}'"))),
+                v => {
+                    return Err(invalid_attr(
+                        b,
+                        "type",
+                        format!("unsupported backing store type '{v}'"),
+                    ));
+                }
             };
             self.warn_unknown(b, &["format", "source", "backingStore"]);
             let fmt_el = child(b, "format").ok_or_else(|| {
-                invalid(b, "backing store without <format type=…>: svirt never probes an image's format")
+                invalid(
+                    b,
+                    "backing store without <format type=…>: svirt never probes an image's format",
+                )
             })?;
-            let format = format_attr(fmt_el, "type")?.ok_or_else(|| invalid(fmt_el, "missing attribute 'type'"))?;
+            let format = format_attr(fmt_el, "type")?
+                .ok_or_else(|| invalid(fmt_el, "missing attribute 'type'"))?;
             let src = child(b, "source").ok_or_else(|| invalid(b, "missing <source>"))?;
             layers.push(BackingLayer {
                 disk_type,
@@ -526,14 +696,27 @@ impl Parser {
     fn filesystem(&mut self, c: Node<'_, '_>, dm: Model) -> Result<Filesystem> {
         match c.attribute("type").unwrap_or("mount") {
             "mount" => {}
-            v => return Err(invalid_attr(c, "type", format!("unsupported filesystem type '{v}' (mount)"))),
+            v => {
+                return Err(invalid_attr(
+                    c,
+                    "type",
+                    format!("unsupported filesystem type '{v}' (mount)"),
+                ));
+            }
         }
-        self.warn_unknown(c, &["source", "target", "readonly", "driver", "address", "alias", "binary"]);
+        self.warn_unknown(
+            c,
+            &[
+                "source", "target", "readonly", "driver", "address", "alias", "binary",
+            ],
+        );
         let src = child(c, "source").ok_or_else(|| invalid(c, "missing <source>"))?;
         let target = child(c, "target").ok_or_else(|| invalid(c, "missing <target>"))?;
         Ok(Filesystem {
             accessmode: c.attribute("accessmode").map(str::to_string),
-            driver: child(c, "driver").and_then(|d| d.attribute("type")).map(str::to_string),
+            driver: child(c, "driver")
+                .and_then(|d| d.attribute("type"))
+                .map(str::to_string),
             source_dir: path_attr(src, "dir")?,
             target_dir: req_attr(target, "dir")?.to_string(),
             readonly: child(c, "readonly").is_some(),
@@ -542,7 +725,10 @@ impl Parser {
     }
 
     fn chardev(&mut self, c: Node<'_, '_>, role: ChardevRole, dm: Model) -> Result<Chardev> {
-        self.warn_unknown(c, &["source", "target", "protocol", "address", "alias", "log"]);
+        self.warn_unknown(
+            c,
+            &["source", "target", "protocol", "address", "alias", "log"],
+        );
         let ty = c.attribute("type").unwrap_or("pty");
         let sources: Vec<_> = children(c, "source").collect();
         let first = sources.first().copied();
@@ -562,14 +748,24 @@ impl Parser {
         let source = match ty {
             "file" => {
                 let s = need_src()?;
-                ChardevSource::File { path: path_attr(s, "path")?, append: yes_no(s, "append")?.unwrap_or(false) }
+                ChardevSource::File {
+                    path: path_attr(s, "path")?,
+                    append: yes_no(s, "append")?.unwrap_or(false),
+                }
             }
-            "pipe" => ChardevSource::Pipe { path: path_attr(need_src()?, "path")? },
-            "dev" => ChardevSource::Dev { path: path_attr(need_src()?, "path")? },
+            "pipe" => ChardevSource::Pipe {
+                path: path_attr(need_src()?, "path")?,
+            },
+            "dev" => ChardevSource::Dev {
+                path: path_attr(need_src()?, "path")?,
+            },
             "unix" => {
                 let s = need_src()?;
                 // libvirt's default for a unix chardev source is bind (server).
-                ChardevSource::Unix { path: path_attr(s, "path")?, mode: mode(s, SocketMode::Bind)? }
+                ChardevSource::Unix {
+                    path: path_attr(s, "path")?,
+                    mode: mode(s, SocketMode::Bind)?,
+                }
             }
             "pty" => ChardevSource::Pty,
             "tcp" => {
@@ -581,20 +777,37 @@ impl Parser {
                 }
             }
             "udp" => {
-                let connect = sources.iter().find(|s| s.attribute("mode") != Some("bind")).copied();
-                let bind = sources.iter().find(|s| s.attribute("mode") == Some("bind")).copied();
-                let connect = connect.ok_or_else(|| invalid(c, "type='udp' needs a <source mode='connect'>"))?;
+                let connect = sources
+                    .iter()
+                    .find(|s| s.attribute("mode") != Some("bind"))
+                    .copied();
+                let bind = sources
+                    .iter()
+                    .find(|s| s.attribute("mode") == Some("bind"))
+                    .copied();
+                let connect = connect
+                    .ok_or_else(|| invalid(c, "type='udp' needs a <source mode='connect'>"))?;
                 ChardevSource::Udp {
                     host: connect.attribute("host").unwrap_or("").to_string(),
                     service: req_attr(connect, "service")?.to_string(),
                     bind_host: bind.and_then(|b| b.attribute("host")).map(str::to_string),
-                    bind_service: bind.and_then(|b| b.attribute("service")).map(str::to_string),
+                    bind_service: bind
+                        .and_then(|b| b.attribute("service"))
+                        .map(str::to_string),
                 }
             }
             "null" | "vc" | "stdio" | "spicevmc" | "spiceport" | "qemu-vdagent" | "dbus" => {
-                ChardevSource::Other { name: ty.to_string() }
+                ChardevSource::Other {
+                    name: ty.to_string(),
+                }
             }
-            v => return Err(invalid_attr(c, "type", format!("unsupported chardev type '{v}'"))),
+            v => {
+                return Err(invalid_attr(
+                    c,
+                    "type",
+                    format!("unsupported chardev type '{v}'"),
+                ));
+            }
         };
         let target = match child(c, "target") {
             None => ChardevTarget::default(),
@@ -604,13 +817,24 @@ impl Parser {
                 name: t.attribute("name").map(str::to_string),
             },
         };
-        Ok(Chardev { role, source, target, seclabels })
+        Ok(Chardev {
+            role,
+            source,
+            target,
+            seclabels,
+        })
     }
 
     fn hostdev(&mut self, c: Node<'_, '_>) -> Result<Hostdev> {
         match c.attribute("mode").unwrap_or("subsystem") {
             "subsystem" => {}
-            v => return Err(invalid_attr(c, "mode", format!("unsupported hostdev mode '{v}' (subsystem)"))),
+            v => {
+                return Err(invalid_attr(
+                    c,
+                    "mode",
+                    format!("unsupported hostdev mode '{v}' (subsystem)"),
+                ));
+            }
         }
         self.warn_unknown(c, &["source", "address", "alias", "boot", "rom", "driver"]);
         let src = child(c, "source").ok_or_else(|| invalid(c, "missing <source>"))?;
@@ -623,23 +847,44 @@ impl Parser {
                     }
                 };
                 let (bus, device) = match child(src, "address") {
-                    Some(a) => (bounded(a, "bus", number(a, "bus")?)?, bounded(a, "device", number(a, "device")?)?),
+                    Some(a) => (
+                        bounded(a, "bus", number(a, "bus")?)?,
+                        bounded(a, "device", number(a, "device")?)?,
+                    ),
                     None => (None, None),
                 };
-                let h = Hostdev::Usb { vendor: id("vendor")?, product: id("product")?, bus, device };
+                let h = Hostdev::Usb {
+                    vendor: id("vendor")?,
+                    product: id("product")?,
+                    bus,
+                    device,
+                };
                 match h {
-                    Hostdev::Usb { bus: Some(_), device: Some(_), .. }
-                    | Hostdev::Usb { vendor: Some(_), product: Some(_), .. } => Ok(h),
-                    _ => Err(invalid(src, "USB hostdev needs <address bus device> or <vendor> and <product>")),
+                    Hostdev::Usb {
+                        bus: Some(_),
+                        device: Some(_),
+                        ..
+                    }
+                    | Hostdev::Usb {
+                        vendor: Some(_),
+                        product: Some(_),
+                        ..
+                    } => Ok(h),
+                    _ => Err(invalid(
+                        src,
+                        "USB hostdev needs <address bus device> or <vendor> and <product>",
+                    )),
                 }
             }
             "pci" => {
                 let a = child(src, "address").ok_or_else(|| invalid(src, "missing <address>"))?;
                 let req = |name: &str| -> Result<u64> {
-                    number(a, name)?.ok_or_else(|| invalid(a, format!("missing attribute '{name}'")))
+                    number(a, name)?
+                        .ok_or_else(|| invalid(a, format!("missing attribute '{name}'")))
                 };
                 Ok(Hostdev::Pci {
-                    domain: bounded(a, "domain", Some(number(a, "domain")?.unwrap_or(0)))?.unwrap_or(0),
+                    domain: bounded(a, "domain", Some(number(a, "domain")?.unwrap_or(0)))?
+                        .unwrap_or(0),
                     bus: bounded(a, "bus", Some(req("bus")?))?.unwrap_or(0),
                     slot: bounded::<u8>(a, "slot", Some(req("slot")?))?
                         .filter(|s| *s < 32)
@@ -650,14 +895,27 @@ impl Parser {
                     managed: yes_no(c, "managed")?.unwrap_or(false),
                 })
             }
-            v => Err(invalid_attr(c, "type", format!("unsupported hostdev type '{v}' (usb or pci)"))),
+            v => Err(invalid_attr(
+                c,
+                "type",
+                format!("unsupported hostdev type '{v}' (usb or pci)"),
+            )),
         }
     }
 
     fn tpm(&mut self, c: Node<'_, '_>) -> Result<Tpm> {
         self.warn_unknown(c, &["backend", "alias", "address"]);
         let b = child(c, "backend").ok_or_else(|| invalid(c, "missing <backend>"))?;
-        self.warn_unknown(b, &["source", "device", "encryption", "active_pcr_banks", "profile"]);
+        self.warn_unknown(
+            b,
+            &[
+                "source",
+                "device",
+                "encryption",
+                "active_pcr_banks",
+                "profile",
+            ],
+        );
         let backend = match req_attr(b, "type")? {
             "emulator" => TpmBackend::Emulator {
                 version: b.attribute("version").map(str::to_string),
@@ -672,9 +930,18 @@ impl Parser {
                     None => PathBuf::from("/dev/tpm0"),
                 },
             },
-            v => return Err(invalid_attr(b, "type", format!("unsupported tpm backend '{v}'"))),
+            v => {
+                return Err(invalid_attr(
+                    b,
+                    "type",
+                    format!("unsupported tpm backend '{v}'"),
+                ));
+            }
         };
-        Ok(Tpm { model: c.attribute("model").map(str::to_string), backend })
+        Ok(Tpm {
+            model: c.attribute("model").map(str::to_string),
+            backend,
+        })
     }
 }
 
@@ -728,7 +995,11 @@ mod tests {
             assert_eq!(parse(&x).unwrap().domain.memory_bytes, b, "{u}");
         }
         let x = "<domain type='kvm'><name>t</name><memory>1024</memory><os><type>hvm</type></os></domain>";
-        assert_eq!(parse(x).unwrap().domain.memory_bytes, 1 << 20, "default unit KiB");
+        assert_eq!(
+            parse(x).unwrap().domain.memory_bytes,
+            1 << 20,
+            "default unit KiB"
+        );
         let x = "<domain type='kvm'><name>t</name><memory unit='EiB'>1000</memory><os><type>hvm</type></os></domain>";
         assert!(parse(x).unwrap_err().to_string().contains("overflows"));
     }
@@ -747,7 +1018,10 @@ mod tests {
         let x = "<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;&a;'>]><domain type='kvm'>&b;</domain>";
         let e = parse(x).unwrap_err().to_string();
         assert!(e.contains("malformed") && e.contains("DTD"), "{e}");
-        let big = doc(&format!("<description>{}</description>", "x".repeat(MAX_XML_BYTES)));
+        let big = doc(&format!(
+            "<description>{}</description>",
+            "x".repeat(MAX_XML_BYTES)
+        ));
         assert!(matches!(parse(&big), Err(Error::TooLarge { .. })));
         assert!(parse("<domain type='kvm'>").is_err());
         let e = parse("<notdomain/>").unwrap_err().to_string();
@@ -760,18 +1034,34 @@ mod tests {
         assert!(err("<seclabel type='none' model='selinux' relabel='yes'/>").contains("relabel"));
         assert!(err("<seclabel type='static' model='selinux'/>").contains("label"));
         let e = err("<seclabel model='selinux'/><seclabel model='selinux' type='none'/>");
-        assert!(e.contains("seclabel[2]") && e.contains("more than one"), "{e}");
+        assert!(
+            e.contains("seclabel[2]") && e.contains("more than one"),
+            "{e}"
+        );
         assert!(err("<seclabel model='bogus'/>").contains("'bogus'"));
-        assert!(err("<seclabel type='static'><label>not a label</label></seclabel>").contains("invalid SELinux"));
-        let d = parse(&doc("<seclabel model='selinux'><baselabel>system_u:system_r:x_t:s0</baselabel></seclabel>"))
-            .unwrap()
-            .domain;
+        assert!(
+            err("<seclabel type='static'><label>not a label</label></seclabel>")
+                .contains("invalid SELinux")
+        );
+        let d = parse(&doc(
+            "<seclabel model='selinux'><baselabel>system_u:system_r:x_t:s0</baselabel></seclabel>",
+        ))
+        .unwrap()
+        .domain;
         assert_eq!(d.seclabels[0].sec_type, SecLabelType::Dynamic);
         assert!(d.seclabels[0].relabel);
-        let d =
-            parse(&doc("<seclabel type='static' model='selinux'><label>u:r:t:s0:c1,c2</label></seclabel>")).unwrap();
-        assert!(!d.domain.seclabels[0].relabel, "static relabel defaults to no");
-        let d = parse(&doc("<seclabel type='none' model='selinux'/><seclabel type='dynamic' model='dac'/>")).unwrap();
+        let d = parse(&doc(
+            "<seclabel type='static' model='selinux'><label>u:r:t:s0:c1,c2</label></seclabel>",
+        ))
+        .unwrap();
+        assert!(
+            !d.domain.seclabels[0].relabel,
+            "static relabel defaults to no"
+        );
+        let d = parse(&doc(
+            "<seclabel type='none' model='selinux'/><seclabel type='dynamic' model='dac'/>",
+        ))
+        .unwrap();
         assert_eq!(d.domain.seclabels.len(), 2);
     }
 
@@ -782,17 +1072,27 @@ mod tests {
                 "<devices><disk type='file'><source file='/x/a'>{sl}</source><target dev='vda'/></disk></devices>"
             )
         };
-        let e = err(&disk("<seclabel model='selinux' relabel='no'/><seclabel model='selinux' relabel='no'/>"));
+        let e = err(&disk(
+            "<seclabel model='selinux' relabel='no'/><seclabel model='selinux' relabel='no'/>",
+        ));
         assert!(e.contains("one device"), "{e}");
         let e = err(&disk("<seclabel model='nosuch' relabel='no'/>"));
-        assert!(e.contains("nosuch") && e.contains("/domain/devices/disk/source/seclabel"), "{e}");
-        let e = err(&disk("<seclabel model='selinux' relabel='no'><label>u:r:t:s0</label></seclabel>"));
+        assert!(
+            e.contains("nosuch") && e.contains("/domain/devices/disk/source/seclabel"),
+            "{e}"
+        );
+        let e = err(&disk(
+            "<seclabel model='selinux' relabel='no'><label>u:r:t:s0</label></seclabel>",
+        ));
         assert!(e.contains("relabel='no'"), "{e}");
     }
 
     #[test]
     fn unknown_elements_warn() {
-        let p = parse(&doc("<features><acpi/></features><devices><graphics type='vnc'/></devices>")).unwrap();
+        let p = parse(&doc(
+            "<features><acpi/></features><devices><graphics type='vnc'/></devices>",
+        ))
+        .unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("/domain/features"));
         assert!(p.warnings[1].contains("/domain/devices/graphics"));
@@ -800,11 +1100,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_place() {
-        let e = err("<devices><disk type='file'><driver type='vmdk'/><target dev='vda'/></disk></devices>");
+        let e = err(
+            "<devices><disk type='file'><driver type='vmdk'/><target dev='vda'/></disk></devices>",
+        );
         assert!(e.contains("/domain/devices/disk/driver@type"), "{e}");
         let e = err("<devices><disk type='file'><source/><target dev='vda'/></disk></devices>");
-        assert!(e.contains("/domain/devices/disk/source") && e.contains("'file'"), "{e}");
-        let e = err("<devices><hostdev mode='subsystem' type='pci'><source><address bus='0x1' slot='40' function='0'/></source></hostdev></devices>");
+        assert!(
+            e.contains("/domain/devices/disk/source") && e.contains("'file'"),
+            "{e}"
+        );
+        let e = err(
+            "<devices><hostdev mode='subsystem' type='pci'><source><address bus='0x1' slot='40' function='0'/></source></hostdev></devices>",
+        );
         assert!(e.contains("slot"), "{e}");
     }
 
@@ -842,10 +1149,41 @@ mod tests {
         }
         assert!(d.filesystems[0].readonly);
         assert_eq!(d.filesystems[0].driver.as_deref(), Some("virtiofs"));
-        assert!(matches!(d.chardevs[0].source, ChardevSource::Tcp { mode: SocketMode::Bind, .. }));
-        assert!(matches!(&d.chardevs[1].source, ChardevSource::Udp { bind_service: Some(s), .. } if s == "2445"));
-        assert_eq!(d.hostdevs[0], Hostdev::Usb { vendor: None, product: None, bus: Some(1), device: Some(7) });
-        assert_eq!(d.hostdevs[1], Hostdev::Pci { domain: 0, bus: 6, slot: 2, function: 1, managed: true });
-        assert!(matches!(d.tpms[0].backend, TpmBackend::Emulator { state_path: None, .. }));
+        assert!(matches!(
+            d.chardevs[0].source,
+            ChardevSource::Tcp {
+                mode: SocketMode::Bind,
+                ..
+            }
+        ));
+        assert!(
+            matches!(&d.chardevs[1].source, ChardevSource::Udp { bind_service: Some(s), .. } if s == "2445")
+        );
+        assert_eq!(
+            d.hostdevs[0],
+            Hostdev::Usb {
+                vendor: None,
+                product: None,
+                bus: Some(1),
+                device: Some(7)
+            }
+        );
+        assert_eq!(
+            d.hostdevs[1],
+            Hostdev::Pci {
+                domain: 0,
+                bus: 6,
+                slot: 2,
+                function: 1,
+                managed: true
+            }
+        );
+        assert!(matches!(
+            d.tpms[0].backend,
+            TpmBackend::Emulator {
+                state_path: None,
+                ..
+            }
+        ));
     }
 }

@@ -53,19 +53,30 @@ impl SelinuxContexts {
     pub fn load(root: &Path) -> Result<SelinuxContexts> {
         let mut out = SelinuxContexts::default();
         let config = root.join("etc/selinux/config");
-        let Some(text) = read_optional(&config)? else { return Ok(out) };
-        let Some(ty) = text.lines().find_map(|l| l.trim().strip_prefix("SELINUXTYPE=")).map(|t| t.trim().to_string())
+        let Some(text) = read_optional(&config)? else {
+            return Ok(out);
+        };
+        let Some(ty) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("SELINUXTYPE="))
+            .map(|t| t.trim().to_string())
         else {
             return Ok(out);
         };
         if ty.is_empty() || ty.contains('/') || ty.starts_with('.') {
-            return Err(Error::PolicyConfig { path: config, message: format!("invalid SELINUXTYPE '{ty}'") });
+            return Err(Error::PolicyConfig {
+                path: config,
+                message: format!("invalid SELINUXTYPE '{ty}'"),
+            });
         }
         let dir = root.join("etc/selinux").join(&ty).join("contexts");
         let dom = dir.join("virtual_domain_context");
         if let Some(text) = read_optional(&dom)? {
             let mut lines = significant_lines(&text);
-            let first = lines.next().ok_or_else(|| Error::PolicyConfig { path: dom.clone(), message: "empty".into() })?;
+            let first = lines.next().ok_or_else(|| Error::PolicyConfig {
+                path: dom.clone(),
+                message: "empty".into(),
+            })?;
             out.process = parse_ctx(&dom, first, None)?;
             if let Some(second) = lines.next() {
                 // Fedora writes a full context; only its type is used.
@@ -83,7 +94,10 @@ impl SelinuxContexts {
         let img = dir.join("virtual_image_context");
         if let Some(text) = read_optional(&img)? {
             let mut lines = significant_lines(&text);
-            let first = lines.next().ok_or_else(|| Error::PolicyConfig { path: img.clone(), message: "empty".into() })?;
+            let first = lines.next().ok_or_else(|| Error::PolicyConfig {
+                path: img.clone(),
+                message: "empty".into(),
+            })?;
             out.image = parse_ctx(&img, first, Some(&out.image))?;
             if let Some(second) = lines.next() {
                 out.content = parse_ctx(&img, second, Some(&out.content))?;
@@ -98,24 +112,37 @@ fn read_optional(p: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(p) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::PolicyConfig { path: p.to_path_buf(), message: e.to_string() }),
+        Err(e) => Err(Error::PolicyConfig {
+            path: p.to_path_buf(),
+            message: e.to_string(),
+        }),
     }
 }
 
 fn significant_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// A full context, or `type:level` (the short form) completed with `base`'s user and role.
 fn parse_ctx(path: &Path, line: &str, base: Option<&Context>) -> Result<Context> {
-    let bad = |e: String| Error::PolicyConfig { path: path.to_path_buf(), message: format!("'{line}': {e}") };
+    let bad = |e: String| Error::PolicyConfig {
+        path: path.to_path_buf(),
+        message: format!("'{line}': {e}"),
+    };
     match Context::parse(line) {
         Ok(c) => Ok(c),
         Err(full_err) => match (base, line.split_once(':')) {
             (Some(b), Some((t, lvl))) => {
                 let type_ = Identifier::new(t).map_err(|e| bad(e.to_string()))?;
                 let range = MlsRange::parse(lvl).map_err(|e| bad(e.to_string()))?;
-                Ok(Context { user: b.user.clone(), role: b.role.clone(), type_, range: Some(range) })
+                Ok(Context {
+                    user: b.user.clone(),
+                    role: b.role.clone(),
+                    type_,
+                    range: Some(range),
+                })
             }
             _ => Err(bad(full_err.to_string())),
         },
@@ -173,7 +200,11 @@ pub fn plan(domain: &Domain, resources: Vec<Resource>, cfg: &PlanConfig) -> Resu
     for r in &resources {
         for m in r.overrides.keys() {
             if !models.contains(m) {
-                return Err(Error::UnknownModel { at: r.device.clone(), model: m.to_string(), why: "not loaded" });
+                return Err(Error::UnknownModel {
+                    at: r.device.clone(),
+                    model: m.to_string(),
+                    why: "not loaded",
+                });
             }
         }
     }
@@ -185,7 +216,9 @@ pub fn plan(domain: &Domain, resources: Vec<Resource>, cfg: &PlanConfig) -> Resu
         .collect();
 
     let se = selinux_part(domain, cfg, models.contains(&Model::Selinux))?;
-    if models.contains(&Model::Selinux) && se.process == ProcessLabel::Unconfined && !unconfined.contains(&Model::Selinux)
+    if models.contains(&Model::Selinux)
+        && se.process == ProcessLabel::Unconfined
+        && !unconfined.contains(&Model::Selinux)
     {
         unconfined.push(Model::Selinux);
     }
@@ -232,7 +265,12 @@ struct SelinuxPart {
 }
 
 fn template(c: &Context, level: LevelSpec) -> LabelTemplate {
-    LabelTemplate { user: c.user.clone(), role: c.role.clone(), type_: c.type_.clone(), level }
+    LabelTemplate {
+        user: c.user.clone(),
+        role: c.role.clone(),
+        type_: c.type_.clone(),
+        level,
+    }
 }
 
 fn fixed(c: &Context) -> LabelTemplate {
@@ -268,10 +306,10 @@ fn selinux_part(domain: &Domain, cfg: &PlanConfig, planned: bool) -> Result<Seli
         }
         SecLabelType::Dynamic => {
             let mut base = c.process.clone();
-            if domain.virt_type == VirtType::Qemu {
-                if let Some(t) = &c.tcg_type {
-                    base.type_ = t.clone();
-                }
+            if domain.virt_type == VirtType::Qemu
+                && let Some(t) = &c.tcg_type
+            {
+                base.type_ = t.clone();
             }
             if let Some(m) = &cfg.manager_context {
                 base.user = m.user.clone();
@@ -320,36 +358,55 @@ impl SelinuxPart {
         }
         match r.overrides.get(&Model::Selinux) {
             Some(DeviceOverride::NoRelabel) => {
-                return Ok((None, "per-device seclabel relabel='no': left untouched".into(), false));
+                return Ok((
+                    None,
+                    "per-device seclabel relabel='no': left untouched".into(),
+                    false,
+                ));
             }
             Some(DeviceOverride::Label(l)) if self.relabel => {
                 let c = Context::parse(l).map_err(|e| Error::Seclabel {
                     at: r.device.clone(),
                     message: format!("invalid per-device label '{l}': {e}"),
                 })?;
-                return Ok((Some(LabelTemplate::from_context(&c)), "per-device seclabel <label> wins".into(), true));
+                return Ok((
+                    Some(LabelTemplate::from_context(&c)),
+                    "per-device seclabel <label> wins".into(),
+                    true,
+                ));
             }
             _ => {}
         }
         let (Some(image), true) = (&self.image, self.relabel) else {
             return Ok((None, self.off_reason.into(), false));
         };
-        let (label, reason, restore): (Option<LabelTemplate>, &str, bool) = match (r.kind, r.sharing) {
-            (ResourceKind::Loader, _) => (None, "loader (firmware code) is never labeled", false),
-            (ResourceKind::Kernel | ResourceKind::Initrd | ResourceKind::Dtb, _) => {
-                (Some(self.content.clone()), "kernel/initrd/dtb: read-only content label, restored at stop", true)
-            }
-            (ResourceKind::BackingImage, Sharing::ReadOnlyContent) => {
-                (Some(self.content.clone()), "backing image below the top: read-only content label", false)
-            }
-            (_, Sharing::Shared) => {
-                (Some(self.shared.clone()), "<shareable/>: image type without categories, never restored", false)
-            }
-            (_, Sharing::ReadOnlyContent) => {
-                (Some(self.content.clone()), "read-only (<readonly/>, CD-ROM): content label, never restored", false)
-            }
-            (kind, Sharing::Private) => (Some(image.clone()), private_reason(kind), true),
-        };
+        let (label, reason, restore): (Option<LabelTemplate>, &str, bool) =
+            match (r.kind, r.sharing) {
+                (ResourceKind::Loader, _) => {
+                    (None, "loader (firmware code) is never labeled", false)
+                }
+                (ResourceKind::Kernel | ResourceKind::Initrd | ResourceKind::Dtb, _) => (
+                    Some(self.content.clone()),
+                    "kernel/initrd/dtb: read-only content label, restored at stop",
+                    true,
+                ),
+                (ResourceKind::BackingImage, Sharing::ReadOnlyContent) => (
+                    Some(self.content.clone()),
+                    "backing image below the top: read-only content label",
+                    false,
+                ),
+                (_, Sharing::Shared) => (
+                    Some(self.shared.clone()),
+                    "<shareable/>: image type without categories, never restored",
+                    false,
+                ),
+                (_, Sharing::ReadOnlyContent) => (
+                    Some(self.content.clone()),
+                    "read-only (<readonly/>, CD-ROM): content label, never restored",
+                    false,
+                ),
+                (kind, Sharing::Private) => (Some(image.clone()), private_reason(kind), true),
+            };
         Ok((label, reason.into(), restore))
     }
 }
@@ -378,18 +435,46 @@ struct DacPart {
 
 fn dac_part(domain: &Domain, cfg: &PlanConfig, planned: bool) -> Result<DacPart> {
     if !planned {
-        return Ok(DacPart { planned, enabled: false, relabel: false, ids: None });
+        return Ok(DacPart {
+            planned,
+            enabled: false,
+            relabel: false,
+            ids: None,
+        });
     }
     let at = "/domain/seclabel[@model='dac']";
     Ok(match domain.seclabel(Model::Dac) {
-        None => DacPart { planned, enabled: true, relabel: true, ids: None },
+        None => DacPart {
+            planned,
+            enabled: true,
+            relabel: true,
+            ids: None,
+        },
         Some(s) => match s.sec_type {
-            SecLabelType::None => DacPart { planned, enabled: false, relabel: false, ids: None },
-            SecLabelType::Dynamic => DacPart { planned, enabled: true, relabel: true, ids: None },
+            SecLabelType::None => DacPart {
+                planned,
+                enabled: false,
+                relabel: false,
+                ids: None,
+            },
+            SecLabelType::Dynamic => DacPart {
+                planned,
+                enabled: true,
+                relabel: true,
+                ids: None,
+            },
             SecLabelType::Static => {
                 let text = s.label.as_deref().unwrap_or_default();
-                let ids = dac_ids(text, &cfg.root).map_err(|m| Error::Seclabel { at: format!("{at}/label"), message: m })?;
-                DacPart { planned, enabled: true, relabel: s.relabel, ids: Some(ids) }
+                let ids = dac_ids(text, &cfg.root).map_err(|m| Error::Seclabel {
+                    at: format!("{at}/label"),
+                    message: m,
+                })?;
+                DacPart {
+                    planned,
+                    enabled: true,
+                    relabel: s.relabel,
+                    ids: Some(ids),
+                }
             }
         },
     })
@@ -403,8 +488,10 @@ impl DacPart {
         match r.overrides.get(&Model::Dac) {
             Some(DeviceOverride::NoRelabel) => return Ok(DacAction::Untouched),
             Some(DeviceOverride::Label(l)) => {
-                let (uid, gid) = dac_ids(l, root)
-                    .map_err(|m| Error::Seclabel { at: r.device.clone(), message: format!("dac label: {m}") })?;
+                let (uid, gid) = dac_ids(l, root).map_err(|m| Error::Seclabel {
+                    at: r.device.clone(),
+                    message: format!("dac label: {m}"),
+                })?;
                 return Ok(DacAction::Owner { uid, gid });
             }
             None => {}
@@ -414,13 +501,18 @@ impl DacPart {
         }
         Ok(match (r.kind, r.sharing) {
             (ResourceKind::Loader, _) | (_, Sharing::ReadOnlyContent) => DacAction::MakeReadable,
-            (ResourceKind::Kernel | ResourceKind::Initrd | ResourceKind::Dtb, _) => DacAction::MakeReadable,
+            (ResourceKind::Kernel | ResourceKind::Initrd | ResourceKind::Dtb, _) => {
+                DacAction::MakeReadable
+            }
             (_, Sharing::Shared) => DacAction::SharedGroup,
             // Sockets and device nodes keep their mode: others (the listener, udev rules)
             // rely on it; only the owner changes.
-            (ResourceKind::ChardevSocket | ResourceKind::ChardevDevice | ResourceKind::HostdevNode, _) => {
-                DacAction::OwnGuest { private: false }
-            }
+            (
+                ResourceKind::ChardevSocket
+                | ResourceKind::ChardevDevice
+                | ResourceKind::HostdevNode,
+                _,
+            ) => DacAction::OwnGuest { private: false },
             _ => DacAction::OwnGuest { private: true },
         })
     }
@@ -435,20 +527,28 @@ pub fn dac_reason(plan: &Plan, r: &PlannedResource) -> &'static str {
         return "domain seclabel model='dac' type='none': nothing changed";
     }
     match (&r.dac, r.resource.overrides.get(&Model::Dac)) {
-        (DacAction::Untouched, Some(DeviceOverride::NoRelabel)) => "per-device seclabel relabel='no': left untouched",
+        (DacAction::Untouched, Some(DeviceOverride::NoRelabel)) => {
+            "per-device seclabel relabel='no': left untouched"
+        }
         (DacAction::Untouched, _) => "domain seclabel model='dac' relabel='no': nothing changed",
         (DacAction::Owner { .. }, _) => "per-device seclabel <label> wins",
         (DacAction::MakeReadable, _) => "read-only content: made readable, owner unchanged",
         (DacAction::SharedGroup, _) => "<shareable/>: shared guest group, read-write",
-        (DacAction::OwnGuest { private: true }, _) => "private: owned by the guest's uid, owner-only mode",
-        (DacAction::OwnGuest { private: false }, _) => "socket or device node: owned by the guest's uid, mode kept",
+        (DacAction::OwnGuest { private: true }, _) => {
+            "private: owned by the guest's uid, owner-only mode"
+        }
+        (DacAction::OwnGuest { private: false }, _) => {
+            "socket or device node: owned by the guest's uid, mode kept"
+        }
     }
 }
 
 /// `+107:+107`, `107:107`, or `user:group` names looked up in `<root>/etc/passwd` and
 /// `<root>/etc/group`.
 pub fn dac_ids(label: &str, root: &Path) -> std::result::Result<(u32, u32), String> {
-    let (u, g) = label.split_once(':').ok_or_else(|| format!("'{label}' is not USER:GROUP"))?;
+    let (u, g) = label
+        .split_once(':')
+        .ok_or_else(|| format!("'{label}' is not USER:GROUP"))?;
     let uid = dac_id(u, &root.join("etc/passwd"))?;
     let gid = dac_id(g, &root.join("etc/group"))?;
     Ok((uid, gid))
@@ -461,7 +561,8 @@ fn dac_id(s: &str, db: &Path) -> std::result::Result<u32, String> {
     if let Ok(n) = s.parse::<u32>() {
         return Ok(n);
     }
-    let text = std::fs::read_to_string(db).map_err(|e| format!("cannot resolve '{s}': {}: {e}", db.display()))?;
+    let text = std::fs::read_to_string(db)
+        .map_err(|e| format!("cannot resolve '{s}': {}: {e}", db.display()))?;
     text.lines()
         .filter_map(|l| {
             let mut f = l.split(':');
@@ -491,7 +592,11 @@ pub fn plan_xml(xml: &str, host: &Host, cfg: &PlanConfig) -> Result<Planned> {
     let plan = plan(&parsed.domain, res.resources, cfg)?;
     let mut warnings = parsed.warnings;
     warnings.extend(res.warnings);
-    Ok(Planned { domain: parsed.domain, plan, warnings })
+    Ok(Planned {
+        domain: parsed.domain,
+        plan,
+        warnings,
+    })
 }
 
 /// The labels a plan gives, keyed by model, for tests and reports: `None` = untouched.

@@ -40,7 +40,8 @@ pub struct Header {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn be64(b: &[u8], at: usize) -> Option<u64> {
@@ -81,14 +82,21 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, String> {
     let limit = cluster.min(buf.len());
     let backing_file = if backing_offset != 0 && backing_size != 0 {
         if backing_size > MAX_BACKING_NAME {
-            return Err(format!("backing file name of {backing_size} bytes (limit {MAX_BACKING_NAME})"));
+            return Err(format!(
+                "backing file name of {backing_size} bytes (limit {MAX_BACKING_NAME})"
+            ));
         }
-        let start = usize::try_from(backing_offset).map_err(|_| "backing file offset out of range".to_string())?;
-        let end = start.checked_add(backing_size as usize).ok_or("backing file offset out of range")?;
+        let start = usize::try_from(backing_offset)
+            .map_err(|_| "backing file offset out of range".to_string())?;
+        let end = start
+            .checked_add(backing_size as usize)
+            .ok_or("backing file offset out of range")?;
         if end > cluster {
             return Err("backing file name lies outside the first cluster".into());
         }
-        let name = buf.get(start..end).ok_or("backing file name beyond the end of the image")?;
+        let name = buf
+            .get(start..end)
+            .ok_or("backing file name beyond the end of the image")?;
         if name.contains(&0) {
             return Err("backing file name contains a NUL byte".into());
         }
@@ -100,7 +108,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, String> {
     let mut data_file = None;
     let mut at = header_len;
     let ext_end = match backing_file {
-        Some(_) => usize::try_from(backing_offset).unwrap_or(usize::MAX).min(limit),
+        Some(_) => usize::try_from(backing_offset)
+            .unwrap_or(usize::MAX)
+            .min(limit),
         None => limit,
     };
     loop {
@@ -113,20 +123,27 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, String> {
             break;
         }
         let data_start = at + 8;
-        let data_end = data_start.checked_add(len).ok_or("header extension too long")?;
+        let data_end = data_start
+            .checked_add(len)
+            .ok_or("header extension too long")?;
         if data_end > ext_end {
-            return Err(format!("header extension 0x{ty:08x} runs past the header area"));
+            return Err(format!(
+                "header extension 0x{ty:08x} runs past the header area"
+            ));
         }
         let data = &buf[data_start..data_end];
         match ty {
             EXT_BACKING_FORMAT => {
-                let s = std::str::from_utf8(data).map_err(|_| "backing format is not text".to_string())?;
+                let s = std::str::from_utf8(data)
+                    .map_err(|_| "backing format is not text".to_string())?;
                 backing_format = Some(s.trim_end_matches('\0').to_string());
             }
             EXT_DATA_FILE => data_file = Some(data.to_vec()),
             _ => {}
         }
-        at = data_end.checked_add((8 - len % 8) % 8).ok_or("header extension too long")?;
+        at = data_end
+            .checked_add((8 - len % 8) % 8)
+            .ok_or("header extension too long")?;
     }
     Ok(Header {
         version,

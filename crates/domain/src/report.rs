@@ -124,16 +124,25 @@ pub fn resource_labels(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Opti
                 None
             } else {
                 match m {
-                    Model::Selinux => r.selinux.as_ref().map(|t| t.display(known_level(plan).as_ref())),
+                    Model::Selinux => r
+                        .selinux
+                        .as_ref()
+                        .map(|t| t.display(known_level(plan).as_ref())),
                     Model::Dac => match r.dac {
                         DacAction::Untouched => None,
-                        DacAction::OwnGuest { private: true } => Some(format!("chown {} mode owner-only", owner_text(plan))),
-                        DacAction::OwnGuest { private: false } => Some(format!("chown {}", owner_text(plan))),
+                        DacAction::OwnGuest { private: true } => {
+                            Some(format!("chown {} mode owner-only", owner_text(plan)))
+                        }
+                        DacAction::OwnGuest { private: false } => {
+                            Some(format!("chown {}", owner_text(plan)))
+                        }
                         DacAction::SharedGroup => Some("shared-group rw".to_string()),
                         DacAction::MakeReadable => Some("make-readable".to_string()),
                         DacAction::Owner { uid, gid } => Some(format!("chown {uid}:{gid}")),
                     },
-                    Model::Landlock | Model::Apparmor => Some(access_str(r.path_access).to_string()),
+                    Model::Landlock | Model::Apparmor => {
+                        Some(access_str(r.path_access).to_string())
+                    }
                 }
             };
             (m, v)
@@ -152,7 +161,11 @@ fn resource_reasons(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, String>
                     Model::Selinux => r.selinux_reason.clone(),
                     Model::Dac => dac_reason(plan, r).to_string(),
                     Model::Landlock | Model::Apparmor => {
-                        let beneath = if r.resource.recursive { " beneath the tree" } else { "" };
+                        let beneath = if r.resource.recursive {
+                            " beneath the tree"
+                        } else {
+                            ""
+                        };
                         format!("the guest needs {}{beneath}", access_str(r.path_access))
                     }
                 }
@@ -169,9 +182,17 @@ pub fn report(plan: &Plan, usable: &[Model], warnings: &[String]) -> PlanReport 
         name: plan.name.clone(),
         uuid: plan.uuid.clone(),
         models: plan.models.iter().map(name).collect(),
-        cannot_run: plan.models.iter().filter(|m| !usable.contains(m)).map(name).collect(),
+        cannot_run: plan
+            .models
+            .iter()
+            .filter(|m| !usable.contains(m))
+            .map(name)
+            .collect(),
         level: level_text(plan),
-        process: process_labels(plan).into_iter().map(|(m, v)| (name(&m), v)).collect(),
+        process: process_labels(plan)
+            .into_iter()
+            .map(|(m, v)| (name(&m), v))
+            .collect(),
         resources: plan
             .resources
             .iter()
@@ -182,9 +203,18 @@ pub fn report(plan: &Plan, usable: &[Model], warnings: &[String]) -> PlanReport 
                 sharing: sharing_str(r.resource.sharing).to_string(),
                 recursive: r.resource.recursive,
                 device: r.resource.device.clone(),
-                labels: resource_labels(plan, r).into_iter().map(|(m, v)| (name(&m), v)).collect(),
-                reasons: resource_reasons(plan, r).into_iter().map(|(m, v)| (name(&m), v)).collect(),
-                selinux_restore: plan.models.contains(&Model::Selinux).then_some(r.selinux_restore),
+                labels: resource_labels(plan, r)
+                    .into_iter()
+                    .map(|(m, v)| (name(&m), v))
+                    .collect(),
+                reasons: resource_reasons(plan, r)
+                    .into_iter()
+                    .map(|(m, v)| (name(&m), v))
+                    .collect(),
+                selinux_restore: plan
+                    .models
+                    .contains(&Model::Selinux)
+                    .then_some(r.selinux_restore),
             })
             .collect(),
         warnings: warnings.to_vec(),
@@ -197,7 +227,11 @@ pub fn render_text(rep: &PlanReport) -> String {
     let _ = writeln!(s, "guest {} ({})", rep.name, rep.uuid);
     let _ = write!(s, "models: {}", rep.models.join(", "));
     if !rep.cannot_run.is_empty() {
-        let _ = write!(s, "  (cannot run on this host: {}; planned anyway)", rep.cannot_run.join(", "));
+        let _ = write!(
+            s,
+            "  (cannot run on this host: {}; planned anyway)",
+            rep.cannot_run.join(", ")
+        );
     }
     s.push('\n');
     if let Some(l) = &rep.level {
@@ -211,10 +245,18 @@ pub fn render_text(rep: &PlanReport) -> String {
     let _ = writeln!(s, "resources:");
     for r in &rep.resources {
         let rec = if r.recursive { ", recursive" } else { "" };
-        let _ = writeln!(s, "  {}  [{} {} {}{rec}]  ({})", r.path, r.kind, r.access, r.sharing, r.device);
+        let _ = writeln!(
+            s,
+            "  {}  [{} {} {}{rec}]  ({})",
+            r.path, r.kind, r.access, r.sharing, r.device
+        );
         for (m, v) in &r.labels {
             let why = r.reasons.get(m).map(String::as_str).unwrap_or("");
-            let _ = writeln!(s, "    {m:width$}  {}  -- {why}", v.as_deref().unwrap_or("untouched"));
+            let _ = writeln!(
+                s,
+                "    {m:width$}  {}  -- {why}",
+                v.as_deref().unwrap_or("untouched")
+            );
         }
     }
     for w in &rep.warnings {

@@ -36,7 +36,13 @@ pub struct Resources {
 
 /// Builds the resource list of a domain. Nothing on the host is changed.
 pub fn build_resources(domain: &Domain, host: &Host) -> Result<Resources> {
-    let mut b = Builder { host, list: Vec::new(), by_id: HashMap::new(), trees: Vec::new(), warnings: Vec::new() };
+    let mut b = Builder {
+        host,
+        list: Vec::new(),
+        by_id: HashMap::new(),
+        trees: Vec::new(),
+        warnings: Vec::new(),
+    };
     b.os(&domain.os)?;
     for d in &domain.disks {
         b.disk(d)?;
@@ -49,7 +55,15 @@ pub fn build_resources(domain: &Domain, host: &Host) -> Result<Resources> {
             (Access::Rw, Sharing::Private)
         };
         let ov = overrides(&f.seclabels);
-        b.add(&dev, &f.source_dir, ResourceKind::FilesystemTree, access, sharing, true, ov)?;
+        b.add(
+            &dev,
+            &f.source_dir,
+            ResourceKind::FilesystemTree,
+            access,
+            sharing,
+            true,
+            ov,
+        )?;
     }
     for (i, c) in domain.chardevs.iter().enumerate() {
         b.chardev(i, c)?;
@@ -61,10 +75,21 @@ pub fn build_resources(domain: &Domain, host: &Host) -> Result<Resources> {
         b.tpm(t, &domain.uuid)?;
     }
     if let Some(MemoryBacking { path: Some(p), .. }) = &domain.memory_backing {
-        b.add("memoryBacking", p, ResourceKind::MemoryBacking, Access::Rw, Sharing::Private, false, BTreeMap::new())?;
+        b.add(
+            "memoryBacking",
+            p,
+            ResourceKind::MemoryBacking,
+            Access::Rw,
+            Sharing::Private,
+            false,
+            BTreeMap::new(),
+        )?;
     }
     b.check_trees()?;
-    Ok(Resources { resources: b.list.into_iter().map(|e| e.res).collect(), warnings: b.warnings })
+    Ok(Resources {
+        resources: b.list.into_iter().map(|e| e.res).collect(),
+        warnings: b.warnings,
+    })
 }
 
 /// Per-model overrides from a device's `<seclabel>` elements.
@@ -81,8 +106,6 @@ fn overrides(s: &[DeviceSecLabel]) -> BTreeMap<Model, DeviceOverride> {
 
 struct Entry {
     res: Resource,
-    /// Identity of the object, to find it again when it is reached by another path.
-    id: (u64, u64),
 }
 
 struct Builder<'h> {
@@ -169,7 +192,7 @@ impl Builder<'_> {
             overrides: ov,
         };
         self.by_id.insert(id, self.list.len());
-        self.list.push(Entry { res, id });
+        self.list.push(Entry { res });
         if recursive {
             let again = self.host.resolve(device, &r.path)?;
             self.trees.push((self.list.len() - 1, again));
@@ -181,11 +204,31 @@ impl Builder<'_> {
         let none = BTreeMap::new;
         if let Some(l) = &os.loader {
             // A pflash loader that is not read-only is written by QEMU.
-            let access = if !l.readonly && l.loader_type == Some(LoaderType::Pflash) { Access::Rw } else { Access::Ro };
-            self.add("os loader", &l.path, ResourceKind::Loader, access, Sharing::ReadOnlyContent, false, none())?;
+            let access = if !l.readonly && l.loader_type == Some(LoaderType::Pflash) {
+                Access::Rw
+            } else {
+                Access::Ro
+            };
+            self.add(
+                "os loader",
+                &l.path,
+                ResourceKind::Loader,
+                access,
+                Sharing::ReadOnlyContent,
+                false,
+                none(),
+            )?;
         }
         if let Some(n) = &os.nvram {
-            self.add("os nvram", &n.path, ResourceKind::Nvram, Access::Rw, Sharing::Private, false, none())?;
+            self.add(
+                "os nvram",
+                &n.path,
+                ResourceKind::Nvram,
+                Access::Rw,
+                Sharing::Private,
+                false,
+                none(),
+            )?;
         }
         for (what, p, kind) in [
             ("os kernel", &os.kernel, ResourceKind::Kernel),
@@ -193,7 +236,15 @@ impl Builder<'_> {
             ("os dtb", &os.dtb, ResourceKind::Dtb),
         ] {
             if let Some(p) = p {
-                self.add(what, p, kind, Access::Ro, Sharing::ReadOnlyContent, false, none())?;
+                self.add(
+                    what,
+                    p,
+                    kind,
+                    Access::Ro,
+                    Sharing::ReadOnlyContent,
+                    false,
+                    none(),
+                )?;
             }
         }
         Ok(())
@@ -204,9 +255,20 @@ impl Builder<'_> {
         let Some(src) = &d.source else { return Ok(()) };
         let ov = overrides(&d.seclabels);
         if d.disk_type == DiskType::Dir {
-            let (access, sharing) =
-                if d.readonly { (Access::Ro, Sharing::ReadOnlyContent) } else { (Access::Rw, Sharing::Private) };
-            self.add(&dev, src, ResourceKind::FilesystemTree, access, sharing, true, ov)?;
+            let (access, sharing) = if d.readonly {
+                (Access::Ro, Sharing::ReadOnlyContent)
+            } else {
+                (Access::Rw, Sharing::Private)
+            };
+            self.add(
+                &dev,
+                src,
+                ResourceKind::FilesystemTree,
+                access,
+                sharing,
+                true,
+                ov,
+            )?;
             return Ok(());
         }
         let kind = match d.device {
@@ -226,8 +288,10 @@ impl Builder<'_> {
         let access = if d.readonly { Access::Ro } else { Access::Rw };
         let top = self.add(&dev, src, kind, access, sharing, false, ov.clone())?;
         // Backing layers inherit the top's relabel='no' (as libvirt's parent seclabel).
-        let inherited: BTreeMap<Model, DeviceOverride> =
-            ov.into_iter().filter(|(_, o)| *o == DeviceOverride::NoRelabel).collect();
+        let inherited: BTreeMap<Model, DeviceOverride> = ov
+            .into_iter()
+            .filter(|(_, o)| *o == DeviceOverride::NoRelabel)
+            .collect();
         let format = d.format.unwrap_or(ImageFormat::Raw);
         match (&d.backing, format) {
             (BackingSpec::NotGiven, ImageFormat::Qcow2) => {
@@ -259,10 +323,10 @@ impl Builder<'_> {
                     )?;
                     last = Some((l, r));
                 }
-                if let (false, Some((l, r))) = (*complete, last) {
-                    if l.format == ImageFormat::Qcow2 {
-                        self.header_chain(&dev, l.source.clone(), r, layers.len(), &inherited)?;
-                    }
+                if let (false, Some((l, r))) = (*complete, last)
+                    && l.format == ImageFormat::Qcow2
+                {
+                    self.header_chain(&dev, l.source.clone(), r, layers.len(), &inherited)?;
                 }
             }
         }
@@ -292,30 +356,53 @@ impl Builder<'_> {
             }
             let mut buf = Vec::new();
             cur.open_read()
-                .and_then(|f| f.take(qcow2::HEADER_READ_LIMIT as u64).read_to_end(&mut buf))
-                .map_err(|e| Error::Io { device: dev.to_string(), op: "read header of", path: cur.path.clone(), source: e })?;
+                .and_then(|f| {
+                    f.take(qcow2::HEADER_READ_LIMIT as u64)
+                        .read_to_end(&mut buf)
+                })
+                .map_err(|e| Error::Io {
+                    device: dev.to_string(),
+                    op: "read header of",
+                    path: cur.path.clone(),
+                    source: e,
+                })?;
             let h = qcow2::parse_header(&buf).map_err(|m| qerr(&cur.path, m))?;
             if h.data_file.is_some() || h.has_data_file_bit {
-                return Err(qerr(&cur.path, "uses an external data file, which svirt does not plan".into()));
+                return Err(qerr(
+                    &cur.path,
+                    "uses an external data file, which svirt does not plan".into(),
+                ));
             }
-            let Some(name) = h.backing_file else { return Ok(()) };
+            let Some(name) = h.backing_file else {
+                return Ok(());
+            };
             let name_text = String::from_utf8_lossy(&name).into_owned();
             let Some(fmt) = h.backing_format else {
                 return Err(qerr(
                     &cur.path,
-                    format!("backing file '{name_text}' has no backing format in the header; svirt never probes formats (set it with qemu-img rebase -F)"),
+                    format!(
+                        "backing file '{name_text}' has no backing format in the header; svirt never probes formats (set it with qemu-img rebase -F)"
+                    ),
                 ));
             };
             let format = match fmt.as_str() {
                 "qcow2" => ImageFormat::Qcow2,
                 "raw" => ImageFormat::Raw,
-                f => return Err(qerr(&cur.path, format!("unsupported backing format '{f}' for '{name_text}'"))),
+                f => {
+                    return Err(qerr(
+                        &cur.path,
+                        format!("unsupported backing format '{f}' for '{name_text}'"),
+                    ));
+                }
             };
             // `nbd:…`, `json:{…}` and other protocol names are not files.
-            if let Some(colon) = name.iter().position(|&b| b == b':') {
-                if !name[..colon].contains(&b'/') {
-                    return Err(qerr(&cur.path, format!("backing file '{name_text}' is not a local file")));
-                }
+            if let Some(colon) = name.iter().position(|&b| b == b':')
+                && !name[..colon].contains(&b'/')
+            {
+                return Err(qerr(
+                    &cur.path,
+                    format!("backing file '{name_text}' is not a local file"),
+                ));
             }
             let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&name));
             let next_given = if rel.is_absolute() {
@@ -325,13 +412,19 @@ impl Builder<'_> {
             };
             depth += 1;
             if depth > MAX_CHAIN_DEPTH {
-                return Err(qerr(&cur.path, format!("backing chain deeper than {MAX_CHAIN_DEPTH}")));
+                return Err(qerr(
+                    &cur.path,
+                    format!("backing chain deeper than {MAX_CHAIN_DEPTH}"),
+                ));
             }
             let ldev = format!("{dev} backing {depth}");
             let r = self.host.resolve(&ldev, &next_given)?;
             let id = (r.info.dev, r.info.ino);
             if seen.contains(&id) {
-                return Err(qerr(&cur.path, format!("backing chain loops back to {}", r.path.display())));
+                return Err(qerr(
+                    &cur.path,
+                    format!("backing chain loops back to {}", r.path.display()),
+                ));
             }
             seen.push(id);
             let r = self.add_resolved(
@@ -362,10 +455,26 @@ impl Builder<'_> {
         let private = Sharing::Private;
         match &c.source {
             ChardevSource::File { path, .. } => {
-                self.add(&dev, path, ResourceKind::ChardevFile, rw, private, false, ov)?;
+                self.add(
+                    &dev,
+                    path,
+                    ResourceKind::ChardevFile,
+                    rw,
+                    private,
+                    false,
+                    ov,
+                )?;
             }
             ChardevSource::Dev { path } => {
-                self.add(&dev, path, ResourceKind::ChardevDevice, rw, private, false, ov)?;
+                self.add(
+                    &dev,
+                    path,
+                    ResourceKind::ChardevDevice,
+                    rw,
+                    private,
+                    false,
+                    ov,
+                )?;
             }
             ChardevSource::Pipe { path } => {
                 let with = |ext: &str| {
@@ -377,24 +486,73 @@ impl Builder<'_> {
                 let pout = self.host.try_resolve(&dev, &with(".out"))?;
                 match (pin, pout) {
                     (Some(a), Some(b)) => {
-                        self.add_resolved(&dev, a, ResourceKind::ChardevPipe, rw, private, false, ov.clone())?;
-                        self.add_resolved(&dev, b, ResourceKind::ChardevPipe, rw, private, false, ov)?;
+                        self.add_resolved(
+                            &dev,
+                            a,
+                            ResourceKind::ChardevPipe,
+                            rw,
+                            private,
+                            false,
+                            ov.clone(),
+                        )?;
+                        self.add_resolved(
+                            &dev,
+                            b,
+                            ResourceKind::ChardevPipe,
+                            rw,
+                            private,
+                            false,
+                            ov,
+                        )?;
                     }
                     _ => {
-                        self.add(&dev, path, ResourceKind::ChardevPipe, rw, private, false, ov)?;
+                        self.add(
+                            &dev,
+                            path,
+                            ResourceKind::ChardevPipe,
+                            rw,
+                            private,
+                            false,
+                            ov,
+                        )?;
                     }
                 }
             }
-            ChardevSource::Unix { path, mode: SocketMode::Connect } => {
-                self.add(&dev, path, ResourceKind::ChardevSocket, rw, private, false, ov)?;
+            ChardevSource::Unix {
+                path,
+                mode: SocketMode::Connect,
+            } => {
+                self.add(
+                    &dev,
+                    path,
+                    ResourceKind::ChardevSocket,
+                    rw,
+                    private,
+                    false,
+                    ov,
+                )?;
             }
-            ChardevSource::Unix { path, mode: SocketMode::Bind } => {
+            ChardevSource::Unix {
+                path,
+                mode: SocketMode::Bind,
+            } => {
                 // QEMU creates a missing socket itself; an existing one is labeled.
                 if let Some(r) = self.host.try_resolve(&dev, path)? {
-                    self.add_resolved(&dev, r, ResourceKind::ChardevSocket, rw, private, false, ov)?;
+                    self.add_resolved(
+                        &dev,
+                        r,
+                        ResourceKind::ChardevSocket,
+                        rw,
+                        private,
+                        false,
+                        ov,
+                    )?;
                 }
             }
-            ChardevSource::Pty | ChardevSource::Tcp { .. } | ChardevSource::Udp { .. } | ChardevSource::Other { .. } => {}
+            ChardevSource::Pty
+            | ChardevSource::Tcp { .. }
+            | ChardevSource::Udp { .. }
+            | ChardevSource::Other { .. } => {}
         }
         Ok(())
     }
@@ -402,22 +560,54 @@ impl Builder<'_> {
     fn hostdev(&mut self, i: usize, h: &Hostdev) -> Result<()> {
         let none = BTreeMap::new();
         match *h {
-            Hostdev::Usb { vendor, product, bus, device } => {
+            Hostdev::Usb {
+                vendor,
+                product,
+                bus,
+                device,
+            } => {
                 let dev = format!("hostdev #{} (usb)", i + 1);
                 let (b, d) = match (bus, device, vendor, product) {
                     (Some(b), Some(d), _, _) => (b, d),
                     (_, _, Some(v), Some(p)) => self.host.usb_by_id(&dev, v, p)?,
-                    _ => return Err(Error::Hostdev { device: dev, message: "no address and no vendor/product".into() }),
+                    _ => {
+                        return Err(Error::Hostdev {
+                            device: dev,
+                            message: "no address and no vendor/product".into(),
+                        });
+                    }
                 };
                 let p = self.host.host_path(&format!("/dev/bus/usb/{b:03}/{d:03}"));
-                self.add(&dev, &p, ResourceKind::HostdevNode, Access::Rw, Sharing::Private, false, none)?;
+                self.add(
+                    &dev,
+                    &p,
+                    ResourceKind::HostdevNode,
+                    Access::Rw,
+                    Sharing::Private,
+                    false,
+                    none,
+                )?;
             }
-            Hostdev::Pci { domain, bus, slot, function, .. } => {
+            Hostdev::Pci {
+                domain,
+                bus,
+                slot,
+                function,
+                ..
+            } => {
                 let addr = format!("{domain:04x}:{bus:02x}:{slot:02x}.{function:x}");
                 let dev = format!("hostdev {addr} (pci)");
                 let group = self.host.pci_iommu_group(&dev, &addr)?;
                 let p = self.host.host_path(&format!("/dev/vfio/{group}"));
-                self.add(&dev, &p, ResourceKind::HostdevNode, Access::Rw, Sharing::Private, false, none)?;
+                self.add(
+                    &dev,
+                    &p,
+                    ResourceKind::HostdevNode,
+                    Access::Rw,
+                    Sharing::Private,
+                    false,
+                    none,
+                )?;
             }
         }
         Ok(())
@@ -430,7 +620,15 @@ impl Builder<'_> {
                     Some(p) => p.clone(),
                     None => self.host.tpm_state_root().join(uuid.to_string()),
                 };
-                self.add("tpm emulator", &p, ResourceKind::TpmState, Access::Rw, Sharing::Private, true, BTreeMap::new())?;
+                self.add(
+                    "tpm emulator",
+                    &p,
+                    ResourceKind::TpmState,
+                    Access::Rw,
+                    Sharing::Private,
+                    true,
+                    BTreeMap::new(),
+                )?;
             }
             TpmBackend::Passthrough { device } => {
                 self.add(
@@ -454,12 +652,18 @@ impl Builder<'_> {
     fn check_trees(&mut self) -> Result<()> {
         let trees = std::mem::take(&mut self.trees);
         for (i, root) in &trees {
-            let (device, path) = (self.list[*i].res.device.clone(), self.list[*i].res.path.clone());
+            let (device, path) = (
+                self.list[*i].res.device.clone(),
+                self.list[*i].res.path.clone(),
+            );
             let entries = self.host.walk_tree(&device, root)?;
             for e in entries {
                 let p = path.join(&e.rel);
                 if e.mount_point {
-                    self.warnings.push(format!("{device}: {} is another file system: not labeled", p.display()));
+                    self.warnings.push(format!(
+                        "{device}: {} is another file system: not labeled",
+                        p.display()
+                    ));
                 } else if e.info.kind != FileKind::Dir && e.info.nlink > 1 {
                     self.warnings.push(format!(
                         "{device}: {} has {} hard links: labeling it labels every name it has",
@@ -467,14 +671,14 @@ impl Builder<'_> {
                         e.info.nlink
                     ));
                 }
-                if let Some(&j) = self.by_id.get(&(e.info.dev, e.info.ino)) {
-                    if j != *i && self.list[j].id == (e.info.dev, e.info.ino) {
-                        self.warnings.push(format!(
-                            "{} ({}) is inside the tree of {device}: the tree's label applies to it first",
-                            p.display(),
-                            self.list[j].res.device
-                        ));
-                    }
+                if let Some(&j) = self.by_id.get(&(e.info.dev, e.info.ino))
+                    && j != *i
+                {
+                    self.warnings.push(format!(
+                        "{} ({}) is inside the tree of {device}: the tree's label applies to it first",
+                        p.display(),
+                        self.list[j].res.device
+                    ));
                 }
             }
         }
@@ -488,7 +692,9 @@ fn check_type(device: &str, r: &Resolved, kind: ResourceKind) -> Result<()> {
     use FileKind as F;
     use ResourceKind as K;
     let ok = match kind {
-        K::DiskImage | K::BackingImage | K::Cdrom | K::Floppy => matches!(r.info.kind, F::File | F::BlockDevice),
+        K::DiskImage | K::BackingImage | K::Cdrom | K::Floppy => {
+            matches!(r.info.kind, F::File | F::BlockDevice)
+        }
         K::Kernel | K::Initrd | K::Dtb | K::Loader | K::Nvram => r.info.kind == F::File,
         K::ChardevFile => matches!(r.info.kind, F::File | F::CharDevice),
         K::ChardevPipe => r.info.kind == F::Fifo,

@@ -18,7 +18,11 @@ fn corpus() -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance"),
     };
-    assert!(p.join("README.md").is_file(), "conformance corpus missing at {} (it must not be skipped)", p.display());
+    assert!(
+        p.join("README.md").is_file(),
+        "conformance corpus missing at {} (it must not be skipped)",
+        p.display()
+    );
     p
 }
 
@@ -51,13 +55,18 @@ fn run_case(case_dir: &Path) -> Outcome {
     let result = plan_xml(&xml, &host, &cfg);
     let after = common::snapshot(&built.objects);
     if before != after {
-        failures.push(format!("objects changed by planning:\n{before:?}\n{after:?}"));
+        failures.push(format!(
+            "objects changed by planning:\n{before:?}\n{after:?}"
+        ));
     }
 
     if let Ok(word) = std::fs::read_to_string(case_dir.join("expected-error.txt")) {
         let word = word.lines().next().unwrap_or("").trim().to_lowercase();
         match result {
-            Ok(p) => failures.push(format!("expected an error containing '{word}', got a plan of {} resources", p.plan.resources.len())),
+            Ok(p) => failures.push(format!(
+                "expected an error containing '{word}', got a plan of {} resources",
+                p.plan.resources.len()
+            )),
             Err(e) => {
                 let msg = e.to_string();
                 if !msg.to_lowercase().contains(&word) {
@@ -111,25 +120,35 @@ fn run_case(case_dir: &Path) -> Outcome {
         // The resource itself, or the recursive tree that holds it.
         let own = plan.resources.iter().find(|r| r.resource.path == abs);
         let holder = own.or_else(|| {
-            plan.resources.iter().find(|r| r.resource.recursive && abs.starts_with(&r.resource.path))
+            plan.resources
+                .iter()
+                .find(|r| r.resource.recursive && abs.starts_with(&r.resource.path))
         });
-        let id = std::fs::symlink_metadata(&abs).map(|m| (m.dev(), m.ino())).ok();
+        let id = std::fs::symlink_metadata(&abs)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
 
         if want_access == "-" {
             if let Some(r) = holder {
-                failures.push(format!("{name}: must get no access, but is planned via {}", r.resource.path.display()));
+                failures.push(format!(
+                    "{name}: must get no access, but is planned via {}",
+                    r.resource.path.display()
+                ));
             }
             if id.is_some_and(|i| tree_ids.contains(&i)) {
                 failures.push(format!("{name}: reached by a tree walk"));
             }
             if plan.resources.iter().any(|r| {
-                std::fs::symlink_metadata(&r.resource.path).is_ok_and(|m| Some((m.dev(), m.ino())) == id)
+                std::fs::symlink_metadata(&r.resource.path)
+                    .is_ok_and(|m| Some((m.dev(), m.ino())) == id)
             }) {
                 failures.push(format!("{name}: planned under another path"));
             }
         } else if want_access != "*" {
             match holder {
-                None => failures.push(format!("{name}: expected {want_access} access, not planned")),
+                None => failures.push(format!(
+                    "{name}: expected {want_access} access, not planned"
+                )),
                 Some(r) => {
                     let got = match r.resource.access {
                         Access::Rw => "rw",
@@ -146,10 +165,12 @@ fn run_case(case_dir: &Path) -> Outcome {
             continue;
         }
         let got_template = holder.and_then(|r| r.selinux.as_ref());
-        let got_text = got_template.map(|t| t.display(match plan.level {
-            LevelSource::Static(ref r) => Some(r),
-            _ => None,
-        }));
+        let got_text = got_template.map(|t| {
+            t.display(match plan.level {
+                LevelSource::Static(ref r) => Some(r),
+                _ => None,
+            })
+        });
         if want_label == "-" {
             if let Some(t) = got_text {
                 failures.push(format!("{name}: expected untouched, planned {t}"));
@@ -165,17 +186,27 @@ fn run_case(case_dir: &Path) -> Outcome {
                 let resolved = tpl.resolve(&level).to_string();
                 let want_resolved = want_label.replace(LEVEL_PLACEHOLDER, &level.to_string());
                 if resolved != want_resolved {
-                    failures.push(format!("{name}: resolved {resolved}, expected {want_resolved}"));
+                    failures.push(format!(
+                        "{name}: resolved {resolved}, expected {want_resolved}"
+                    ));
                 }
             }
             _ => failures.push(format!("{name}: untouched, expected {want_label}")),
         }
         // The JSON report says the same.
         let rep = report(plan, &Model::ALL, &[]);
-        if let Some(rr) = rep.resources.iter().find(|x| Path::new(&x.path) == holder.unwrap().resource.path) {
-            if rr.labels.get("selinux").cloned().flatten().as_deref() != Some(want_label) {
-                failures.push(format!("{name}: JSON label {:?}, expected {want_label}", rr.labels.get("selinux")));
-            }
+        let holder_path = holder.map(|h| h.resource.path.clone()).unwrap_or_default();
+        match rep
+            .resources
+            .iter()
+            .find(|x| Path::new(&x.path) == holder_path)
+        {
+            Some(rr)
+                if rr.labels.get("selinux").cloned().flatten().as_deref() == Some(want_label) => {}
+            rr => failures.push(format!(
+                "{name}: JSON label {:?}, expected {want_label}",
+                rr.map(|r| r.labels.get("selinux"))
+            )),
         }
     }
     if let Ok(want) = std::fs::read_to_string(case_dir.join("expected-process.txt")) {
@@ -194,7 +225,9 @@ fn run_case(case_dir: &Path) -> Outcome {
                     failures.push(format!("process resolves to {resolved}"));
                 }
             }
-            ProcessLabel::Unconfined => failures.push(format!("process unconfined, expected {want}")),
+            ProcessLabel::Unconfined => {
+                failures.push(format!("process unconfined, expected {want}"))
+            }
         }
     }
     // @LEVEL@ appears iff the level is dynamic, and the allocated level is a pair A < B.
@@ -202,7 +235,10 @@ fn run_case(case_dir: &Path) -> Outcome {
     let json_text = format!("{rep:?}");
     let dynamic = plan.level == LevelSource::Dynamic;
     if json_text.contains(LEVEL_PLACEHOLDER) != dynamic {
-        failures.push(format!("placeholder present: {}, dynamic: {dynamic}", json_text.contains(LEVEL_PLACEHOLDER)));
+        failures.push(format!(
+            "placeholder present: {}, dynamic: {dynamic}",
+            json_text.contains(LEVEL_PLACEHOLDER)
+        ));
     }
     assert_eq!(level.to_string(), "s0:c41,c264");
     drop(built);
@@ -225,7 +261,11 @@ fn every_conformance_case() {
         if o.failures.is_empty() {
             eprintln!("conformance {}: ok", o.case);
         } else {
-            eprintln!("conformance {}: FAILED\n  {}", o.case, o.failures.join("\n  "));
+            eprintln!(
+                "conformance {}: FAILED\n  {}",
+                o.case,
+                o.failures.join("\n  ")
+            );
             bad.push(o.case);
         }
     }

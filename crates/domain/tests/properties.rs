@@ -30,17 +30,18 @@ proptest! {
             let i = at % b.len();
             b[i] = byte;
         }
-        if let Ok(s) = String::from_utf8(b) {
-            if let Ok(p) = parse(&s) {
-                // Whatever was accepted keeps the invariants the planner relies on.
-                let mut models: Vec<_> = p.domain.seclabels.iter().map(|s| s.model).collect();
-                models.dedup();
-                prop_assert_eq!(models.len(), p.domain.seclabels.len());
-                for s in &p.domain.seclabels {
-                    prop_assert!(!(s.sec_type == SecLabelType::Dynamic && !s.relabel));
-                    prop_assert!(!(s.sec_type == SecLabelType::None && s.relabel));
-                    prop_assert!(s.sec_type != SecLabelType::Static || s.label.is_some());
-                }
+        if let Ok(s) = String::from_utf8(b)
+            && let Ok(p) = parse(&s)
+        {
+            // Whatever was accepted keeps the invariants the planner relies on.
+            let mut models: Vec<_> = p.domain.seclabels.iter().map(|s| s.model).collect();
+            models.sort();
+            models.dedup();
+            prop_assert_eq!(models.len(), p.domain.seclabels.len());
+            for s in &p.domain.seclabels {
+                prop_assert!(s.sec_type != SecLabelType::Dynamic || s.relabel);
+                prop_assert!(s.sec_type != SecLabelType::None || !s.relabel);
+                prop_assert!(s.sec_type != SecLabelType::Static || s.label.is_some());
             }
         }
     }

@@ -19,7 +19,11 @@ struct Case {
 fn case() -> Case {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().canonicalize().unwrap();
-    Case { _tmp: tmp, dir, root: tempfile::tempdir().unwrap() }
+    Case {
+        _tmp: tmp,
+        dir,
+        root: tempfile::tempdir().unwrap(),
+    }
 }
 
 impl Case {
@@ -47,15 +51,24 @@ impl Case {
 }
 
 fn disk(file: &str, dev: &str, extra: &str) -> String {
-    format!("<disk type='file' device='disk'><driver type='raw'/><source file='@DIR@/{file}'/><target dev='{dev}'/>{extra}</disk>")
+    format!(
+        "<disk type='file' device='disk'><driver type='raw'/><source file='@DIR@/{file}'/><target dev='{dev}'/>{extra}</disk>"
+    )
 }
 
 fn qdisk(file: &str, dev: &str) -> String {
-    format!("<disk type='file' device='disk'><driver type='qcow2'/><source file='@DIR@/{file}'/><target dev='{dev}'/></disk>")
+    format!(
+        "<disk type='file' device='disk'><driver type='qcow2'/><source file='@DIR@/{file}'/><target dev='{dev}'/></disk>"
+    )
 }
 
 fn selinux_of(p: &Planned, path: &Path) -> Option<String> {
-    let r = p.plan.resources.iter().find(|r| r.resource.path == path).unwrap_or_else(|| panic!("{} not planned", path.display()));
+    let r = p
+        .plan
+        .resources
+        .iter()
+        .find(|r| r.resource.path == path)
+        .unwrap_or_else(|| panic!("{} not planned", path.display()));
     r.selinux.as_ref().map(|t| t.display(None))
 }
 
@@ -64,7 +77,10 @@ fn symlink_into_system_path_is_refused() {
     let c = case();
     symlink("/etc/shadow", c.dir.join("img")).unwrap();
     let e = c.plan(&disk("img", "vda", "")).unwrap_err().to_string();
-    assert!(e.contains("refusing system path /etc/shadow") && e.contains("disk vda"), "{e}");
+    assert!(
+        e.contains("refusing system path /etc/shadow") && e.contains("disk vda"),
+        "{e}"
+    );
     // A chain of links ending in a system directory.
     symlink("/var/lib/../lib", c.dir.join("l1")).unwrap();
     symlink("l1", c.dir.join("l2")).unwrap();
@@ -74,7 +90,10 @@ fn symlink_into_system_path_is_refused() {
     // `..` past a link: resolved like the kernel does, refused the same.
     std::fs::create_dir(c.dir.join("d")).unwrap();
     symlink("/etc", c.dir.join("d/etc")).unwrap();
-    let e = c.plan(&disk("d/etc/../etc/passwd", "vda", "")).unwrap_err().to_string();
+    let e = c
+        .plan(&disk("d/etc/../etc/passwd", "vda", ""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/etc/passwd"), "{e}");
 }
 
@@ -96,7 +115,9 @@ fn filesystem_tree_does_not_follow_symlinks_out() {
     c.file("secret");
     symlink("../secret", c.dir.join("share/out")).unwrap();
     symlink("/etc", c.dir.join("share/sub/etc")).unwrap();
-    let p = c.plan("<filesystem type='mount'><source dir='@DIR@/share'/><target dir='x'/></filesystem>").unwrap();
+    let p = c
+        .plan("<filesystem type='mount'><source dir='@DIR@/share'/><target dir='x'/></filesystem>")
+        .unwrap();
     assert_eq!(p.plan.resources.len(), 1);
     let r = &p.plan.resources[0];
     assert!(r.resource.recursive);
@@ -106,8 +127,16 @@ fn filesystem_tree_does_not_follow_symlinks_out() {
     let secret = std::fs::metadata(c.dir.join("secret")).unwrap();
     use std::os::unix::fs::MetadataExt;
     for e in host.walk_tree("t", &res).unwrap() {
-        assert!((e.info.dev, e.info.ino) != (secret.dev(), secret.ino()), "walk reached {}", e.rel.display());
-        assert!(!(e.rel.starts_with("sub/etc") && e.rel != Path::new("sub/etc")), "walk entered a symlinked directory: {}", e.rel.display());
+        assert!(
+            (e.info.dev, e.info.ino) != (secret.dev(), secret.ino()),
+            "walk reached {}",
+            e.rel.display()
+        );
+        assert!(
+            !(e.rel.starts_with("sub/etc") && e.rel != Path::new("sub/etc")),
+            "walk entered a symlinked directory: {}",
+            e.rel.display()
+        );
     }
 }
 
@@ -117,9 +146,17 @@ fn missing_file_names_the_path() {
     let e = c.plan(&disk("nope.img", "vdb", "")).unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
-    assert!(text.contains(&format!("{}/nope.img", c.dir.display())) && text.contains("ENOENT") && text.contains("disk vdb"), "{text}");
+    assert!(
+        text.contains(&format!("{}/nope.img", c.dir.display()))
+            && text.contains("ENOENT")
+            && text.contains("disk vdb"),
+        "{text}"
+    );
     // A missing directory above it is the same error, naming the path as written.
-    let e = c.plan(&disk("no/dir/x.img", "vdb", "")).unwrap_err().to_string();
+    let e = c
+        .plan(&disk("no/dir/x.img", "vdb", ""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no/dir/x.img") && e.contains("ENOENT"), "{e}");
 }
 
@@ -129,7 +166,11 @@ fn same_file_twice_is_one_resource_with_the_stronger_access() {
     let f = c.file("a.img");
     symlink("a.img", c.dir.join("b.img")).unwrap();
     // A read-only use and a writable private use of the same file (one by a link).
-    let devs = format!("{}{}", disk("a.img", "vda", "<readonly/>"), disk("b.img", "vdb", ""));
+    let devs = format!(
+        "{}{}",
+        disk("a.img", "vda", "<readonly/>"),
+        disk("b.img", "vdb", "")
+    );
     let p = c.plan(&devs).unwrap();
     assert_eq!(p.plan.resources.len(), 1, "{:?}", p.plan.resources);
     let r = &p.plan.resources[0].resource;
@@ -137,13 +178,23 @@ fn same_file_twice_is_one_resource_with_the_stronger_access() {
     assert_eq!(r.access, Access::Rw);
     assert_eq!(r.sharing, Sharing::Private);
     assert_eq!(r.device, "disk vda, disk vdb");
-    assert_eq!(selinux_of(&p, &f).unwrap(), "system_u:object_r:svirt_image_t:s0:c1,c2");
+    assert_eq!(
+        selinux_of(&p, &f).unwrap(),
+        "system_u:object_r:svirt_image_t:s0:c1,c2"
+    );
     // Shared + read-only: shared wins over read-only content.
-    let devs = format!("{}{}", disk("a.img", "vda", "<readonly/>"), disk("a.img", "vdb", "<shareable/>"));
+    let devs = format!(
+        "{}{}",
+        disk("a.img", "vda", "<readonly/>"),
+        disk("a.img", "vdb", "<shareable/>")
+    );
     let p = c.plan(&devs).unwrap();
     assert_eq!(p.plan.resources.len(), 1);
     assert_eq!(p.plan.resources[0].resource.sharing, Sharing::Shared);
-    assert_eq!(selinux_of(&p, &f).unwrap(), "system_u:object_r:svirt_image_t:s0");
+    assert_eq!(
+        selinux_of(&p, &f).unwrap(),
+        "system_u:object_r:svirt_image_t:s0"
+    );
     // Conflicting per-device settings for one object are refused.
     let devs = format!(
         "{}{}",
@@ -151,7 +202,10 @@ fn same_file_twice_is_one_resource_with_the_stronger_access() {
         "<disk type='file'><source file='@DIR@/a.img'><seclabel model='selinux' relabel='no'/></source><target dev='vdb'/></disk>"
     );
     let e = c.plan(&devs).unwrap_err().to_string();
-    assert!(e.contains("disk vda") && e.contains("disk vdb") && e.contains("seclabel"), "{e}");
+    assert!(
+        e.contains("disk vda") && e.contains("disk vdb") && e.contains("seclabel"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -160,22 +214,54 @@ fn qcow2_chain_of_depth_3_from_headers() {
     common::qcow2(&c.dir, "base.qcow2", None);
     std::fs::create_dir(c.dir.join("sub")).unwrap();
     // Relative names are relative to the image's own directory.
-    common::qcow2(&c.dir.join("sub"), "mid.qcow2", Some(("../base.qcow2", "qcow2")));
+    common::qcow2(
+        &c.dir.join("sub"),
+        "mid.qcow2",
+        Some(("../base.qcow2", "qcow2")),
+    );
     common::qcow2(&c.dir, "top.qcow2", Some(("sub/mid.qcow2", "qcow2")));
-    common::qcow2(&c.dir, "over.qcow2", Some((c.dir.join("top.qcow2").to_str().unwrap(), "qcow2")));
+    common::qcow2(
+        &c.dir,
+        "over.qcow2",
+        Some((c.dir.join("top.qcow2").to_str().unwrap(), "qcow2")),
+    );
     let p = c.plan(&qdisk("over.qcow2", "vda")).unwrap();
-    let paths: Vec<_> = p.plan.resources.iter().map(|r| (r.resource.path.clone(), r.resource.kind, r.resource.access)).collect();
+    let paths: Vec<_> = p
+        .plan
+        .resources
+        .iter()
+        .map(|r| (r.resource.path.clone(), r.resource.kind, r.resource.access))
+        .collect();
     assert_eq!(
         paths,
         vec![
-            (c.dir.join("over.qcow2"), ResourceKind::DiskImage, Access::Rw),
-            (c.dir.join("top.qcow2"), ResourceKind::BackingImage, Access::Ro),
-            (c.dir.join("sub/mid.qcow2"), ResourceKind::BackingImage, Access::Ro),
-            (c.dir.join("base.qcow2"), ResourceKind::BackingImage, Access::Ro),
+            (
+                c.dir.join("over.qcow2"),
+                ResourceKind::DiskImage,
+                Access::Rw
+            ),
+            (
+                c.dir.join("top.qcow2"),
+                ResourceKind::BackingImage,
+                Access::Ro
+            ),
+            (
+                c.dir.join("sub/mid.qcow2"),
+                ResourceKind::BackingImage,
+                Access::Ro
+            ),
+            (
+                c.dir.join("base.qcow2"),
+                ResourceKind::BackingImage,
+                Access::Ro
+            ),
         ]
     );
     for r in &p.plan.resources[1..] {
-        assert_eq!(r.selinux.as_ref().unwrap().display(None), "system_u:object_r:virt_content_t:s0");
+        assert_eq!(
+            r.selinux.as_ref().unwrap().display(None),
+            "system_u:object_r:virt_content_t:s0"
+        );
         assert!(!r.selinux_restore);
     }
     // A raw bottom layer ends the chain: the raw file is never inspected.
@@ -191,10 +277,17 @@ fn qcow2_header_pointing_at_a_system_file_is_refused() {
     let c = case();
     common::qcow2(&c.dir, "top.qcow2", Some(("/etc/shadow", "raw")));
     let e = c.plan(&qdisk("top.qcow2", "vda")).unwrap_err().to_string();
-    assert!(e.contains("refusing system path /etc/shadow") && e.contains("vda backing 1"), "{e}");
+    assert!(
+        e.contains("refusing system path /etc/shadow") && e.contains("vda backing 1"),
+        "{e}"
+    );
     // Through a relative name that climbs out.
     let c = case();
-    common::qcow2(&c.dir, "top.qcow2", Some(("../../../../../../../../etc/passwd", "raw")));
+    common::qcow2(
+        &c.dir,
+        "top.qcow2",
+        Some(("../../../../../../../../etc/passwd", "raw")),
+    );
     let e = c.plan(&qdisk("top.qcow2", "vda")).unwrap_err().to_string();
     assert!(e.contains("system path /etc/passwd"), "{e}");
 }
@@ -217,7 +310,14 @@ fn raw_image_carrying_a_qcow2_header_is_not_followed() {
     // Even when its header points at a system file, a raw image plans fine.
     let c = case();
     common::qcow2(&c.dir, "evil.img", Some(("/etc/shadow", "raw")));
-    assert_eq!(c.plan(&disk("evil.img", "vda", "")).unwrap().plan.resources.len(), 1);
+    assert_eq!(
+        c.plan(&disk("evil.img", "vda", ""))
+            .unwrap()
+            .plan
+            .resources
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -234,7 +334,11 @@ fn qcow2_refusals() {
     assert!(e.contains("not a qcow2 image"), "{e}");
     // Protocol backing names.
     let c = case();
-    common::qcow2(&c.dir, "top.qcow2", Some(("nbd://example.invalid/x", "raw")));
+    common::qcow2(
+        &c.dir,
+        "top.qcow2",
+        Some(("nbd://example.invalid/x", "raw")),
+    );
     let e = c.plan(&qdisk("top.qcow2", "vda")).unwrap_err().to_string();
     assert!(e.contains("not a local file"), "{e}");
     // A loop.
@@ -247,9 +351,16 @@ fn qcow2_refusals() {
     let c = case();
     common::qcow2(&c.dir, "l0.qcow2", None);
     for i in 1..=(MAX_CHAIN_DEPTH + 1) {
-        common::qcow2(&c.dir, &format!("l{i}.qcow2"), Some((&format!("l{}.qcow2", i - 1), "qcow2")));
+        common::qcow2(
+            &c.dir,
+            &format!("l{i}.qcow2"),
+            Some((&format!("l{}.qcow2", i - 1), "qcow2")),
+        );
     }
-    let e = c.plan(&qdisk(&format!("l{}.qcow2", MAX_CHAIN_DEPTH + 1), "vda")).unwrap_err().to_string();
+    let e = c
+        .plan(&qdisk(&format!("l{}.qcow2", MAX_CHAIN_DEPTH + 1), "vda"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("deeper"), "{e}");
 }
 
@@ -285,13 +396,29 @@ fn chardev_pipes_and_sockets() {
         <channel type='unix'><source mode='bind' path='@DIR@/new.sock'/><target type='virtio' name='b'/></channel>
         <serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/><target port='2'/></serial>";
     let p = c.plan(devs).unwrap();
-    let got: Vec<_> = p.plan.resources.iter().map(|r| r.resource.path.file_name().unwrap().to_str().unwrap().to_string()).collect();
+    let got: Vec<_> = p
+        .plan
+        .resources
+        .iter()
+        .map(|r| {
+            r.resource
+                .path
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(got, ["p.in", "p.out", "solo", "c.sock"]);
     // A connect socket that does not exist is an error; a pipe that is a regular file too.
     let e = c.plan("<channel type='unix'><source mode='connect' path='@DIR@/gone.sock'/><target type='virtio' name='x'/></channel>").unwrap_err();
     assert!(e.to_string().contains("gone.sock"), "{e}");
     c.file("plain");
-    let e = c.plan("<serial type='pipe'><source path='@DIR@/plain'/></serial>").unwrap_err().to_string();
+    let e = c
+        .plan("<serial type='pipe'><source path='@DIR@/plain'/></serial>")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cannot be used as chardev-pipe"), "{e}");
 }
 
@@ -301,26 +428,51 @@ fn hostdevs_through_a_fake_sysfs_root() {
     let r = c.root.path();
     std::fs::create_dir_all(r.join("sys/kernel/iommu_groups/17")).unwrap();
     std::fs::create_dir_all(r.join("sys/bus/pci/devices/0000:06:02.1")).unwrap();
-    symlink("../../../../kernel/iommu_groups/17", r.join("sys/bus/pci/devices/0000:06:02.1/iommu_group")).unwrap();
+    symlink(
+        "../../../../kernel/iommu_groups/17",
+        r.join("sys/bus/pci/devices/0000:06:02.1/iommu_group"),
+    )
+    .unwrap();
     std::fs::create_dir_all(r.join("dev/vfio")).unwrap();
     std::fs::write(r.join("dev/vfio/17"), b"").unwrap();
     std::fs::create_dir_all(r.join("dev/bus/usb/001")).unwrap();
     std::fs::write(r.join("dev/bus/usb/001/007"), b"").unwrap();
     std::fs::create_dir_all(r.join("sys/bus/usb/devices/1-2")).unwrap();
-    for (f, v) in [("idVendor", "046d\n"), ("idProduct", "c52b\n"), ("busnum", "1\n"), ("devnum", "7\n")] {
+    for (f, v) in [
+        ("idVendor", "046d\n"),
+        ("idProduct", "c52b\n"),
+        ("busnum", "1\n"),
+        ("devnum", "7\n"),
+    ] {
         std::fs::write(r.join("sys/bus/usb/devices/1-2").join(f), v).unwrap();
     }
     let devs = "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x06' slot='0x02' function='0x1'/></source></hostdev>
         <hostdev mode='subsystem' type='usb'><source><address bus='1' device='7'/></source></hostdev>";
     let p = c.plan(devs).unwrap();
     let root = r.canonicalize().unwrap();
-    let got: Vec<_> = p.plan.resources.iter().map(|x| x.resource.path.clone()).collect();
-    assert_eq!(got, vec![root.join("dev/vfio/17"), root.join("dev/bus/usb/001/007")]);
-    assert!(p.plan.resources.iter().all(|x| x.resource.kind == ResourceKind::HostdevNode && x.selinux.is_some()));
+    let got: Vec<_> = p
+        .plan
+        .resources
+        .iter()
+        .map(|x| x.resource.path.clone())
+        .collect();
+    assert_eq!(
+        got,
+        vec![root.join("dev/vfio/17"), root.join("dev/bus/usb/001/007")]
+    );
+    assert!(
+        p.plan
+            .resources
+            .iter()
+            .all(|x| x.resource.kind == ResourceKind::HostdevNode && x.selinux.is_some())
+    );
     // By vendor/product: the same node, so one resource.
     let devs = "<hostdev mode='subsystem' type='usb'><source><vendor id='0x046d'/><product id='0xc52b'/></source></hostdev>";
     let p = c.plan(devs).unwrap();
-    assert_eq!(p.plan.resources[0].resource.path, root.join("dev/bus/usb/001/007"));
+    assert_eq!(
+        p.plan.resources[0].resource.path,
+        root.join("dev/bus/usb/001/007")
+    );
     let e = c.plan("<hostdev mode='subsystem' type='pci'><source><address bus='0x07' slot='0' function='0'/></source></hostdev>").unwrap_err().to_string();
     assert!(e.contains("0000:07:00.0"), "{e}");
 }
@@ -328,18 +480,30 @@ fn hostdevs_through_a_fake_sysfs_root() {
 #[test]
 fn tpm_state_and_memory_backing() {
     let c = case();
-    let state = c.root.path().join("var/lib/libvirt/swtpm/11111111-2222-4333-8444-555555555555");
+    let state = c
+        .root
+        .path()
+        .join("var/lib/libvirt/swtpm/11111111-2222-4333-8444-555555555555");
     std::fs::create_dir_all(state.join("tpm2")).unwrap();
     std::fs::write(state.join("tpm2/tpm2-00.permall"), b"").unwrap();
     std::fs::create_dir(c.dir.join("hp")).unwrap();
-    let p = c.plan("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>").unwrap();
+    let p = c
+        .plan("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>")
+        .unwrap();
     let r = &p.plan.resources[0];
     assert_eq!(r.resource.path, state.canonicalize().unwrap());
     assert!(r.resource.recursive && r.resource.kind == ResourceKind::TpmState);
-    assert_eq!(r.selinux.as_ref().unwrap().display(None), "system_u:object_r:svirt_image_t:s0:c1,c2");
+    assert_eq!(
+        r.selinux.as_ref().unwrap().display(None),
+        "system_u:object_r:svirt_image_t:s0:c1,c2"
+    );
     // Given in the XML.
     std::fs::create_dir(c.dir.join("mytpm")).unwrap();
-    let p = c.plan("<tpm><backend type='emulator'><source type='dir' path='@DIR@/mytpm'/></backend></tpm>").unwrap();
+    let p = c
+        .plan(
+            "<tpm><backend type='emulator'><source type='dir' path='@DIR@/mytpm'/></backend></tpm>",
+        )
+        .unwrap();
     assert_eq!(p.plan.resources[0].resource.path, c.dir.join("mytpm"));
     // Memory backing.
     let xml_mb = format!(
@@ -348,7 +512,10 @@ fn tpm_state_and_memory_backing() {
     );
     let host = c.host();
     let p = plan_xml(&xml_mb, &host, &PlanConfig::for_host(&host).unwrap()).unwrap();
-    assert_eq!(p.plan.resources[0].resource.kind, ResourceKind::MemoryBacking);
+    assert_eq!(
+        p.plan.resources[0].resource.kind,
+        ResourceKind::MemoryBacking
+    );
 }
 
 #[test]
@@ -356,29 +523,50 @@ fn contexts_from_policy_files() {
     let c = case();
     let r = c.root.path();
     std::fs::create_dir_all(r.join("etc/selinux/targeted/contexts")).unwrap();
-    std::fs::write(r.join("etc/selinux/config"), "# comment\nSELINUX=enforcing\nSELINUXTYPE=targeted\n").unwrap();
+    std::fs::write(
+        r.join("etc/selinux/config"),
+        "# comment\nSELINUX=enforcing\nSELINUXTYPE=targeted\n",
+    )
+    .unwrap();
     std::fs::write(
         r.join("etc/selinux/targeted/contexts/virtual_domain_context"),
         "system_u:system_r:svirt_kvm_t:s0\nsystem_u:system_r:svirt_tcg_t:s0\n",
     )
     .unwrap();
-    std::fs::write(r.join("etc/selinux/targeted/contexts/virtual_image_context"), "system_u:object_r:my_image_t:s0\nmy_content_t:s0\n").unwrap();
+    std::fs::write(
+        r.join("etc/selinux/targeted/contexts/virtual_image_context"),
+        "system_u:object_r:my_image_t:s0\nmy_content_t:s0\n",
+    )
+    .unwrap();
     let ctx = SelinuxContexts::load(r).unwrap();
     assert_eq!(ctx.process.to_string(), "system_u:system_r:svirt_kvm_t:s0");
     assert_eq!(ctx.tcg_type.as_ref().unwrap().as_str(), "svirt_tcg_t");
     assert_eq!(ctx.content.to_string(), "system_u:object_r:my_content_t:s0");
     c.file("a.img");
     c.file("b.iso");
-    let devs = format!("{}{}", disk("a.img", "vda", ""), disk("b.iso", "sda", "<readonly/>"));
+    let devs = format!(
+        "{}{}",
+        disk("a.img", "vda", ""),
+        disk("b.iso", "sda", "<readonly/>")
+    );
     let p = c.plan_with(&devs, "", "").unwrap();
-    assert_eq!(selinux_of(&p, &c.dir.join("a.img")).unwrap(), "system_u:object_r:my_image_t:@LEVEL@");
-    assert_eq!(selinux_of(&p, &c.dir.join("b.iso")).unwrap(), "system_u:object_r:my_content_t:s0");
+    assert_eq!(
+        selinux_of(&p, &c.dir.join("a.img")).unwrap(),
+        "system_u:object_r:my_image_t:@LEVEL@"
+    );
+    assert_eq!(
+        selinux_of(&p, &c.dir.join("b.iso")).unwrap(),
+        "system_u:object_r:my_content_t:s0"
+    );
     match &p.plan.selinux_process {
-        ProcessLabel::Label(t) => assert_eq!(t.display(None), "system_u:system_r:svirt_kvm_t:@LEVEL@"),
+        ProcessLabel::Label(t) => {
+            assert_eq!(t.display(None), "system_u:system_r:svirt_kvm_t:@LEVEL@")
+        }
         u => panic!("{u:?}"),
     }
     // TCG guests get the second line's type.
-    let xml = "<domain type='qemu'><name>t</name><memory>1024</memory><os><type>hvm</type></os></domain>";
+    let xml =
+        "<domain type='qemu'><name>t</name><memory>1024</memory><os><type>hvm</type></os></domain>";
     let host = c.host();
     let p = plan_xml(xml, &host, &PlanConfig::for_host(&host).unwrap()).unwrap();
     match &p.plan.selinux_process {
@@ -386,7 +574,11 @@ fn contexts_from_policy_files() {
         u => panic!("{u:?}"),
     }
     // A context file that does not parse is an error naming it.
-    std::fs::write(r.join("etc/selinux/targeted/contexts/virtual_image_context"), "garbage!\n").unwrap();
+    std::fs::write(
+        r.join("etc/selinux/targeted/contexts/virtual_image_context"),
+        "garbage!\n",
+    )
+    .unwrap();
     let e = SelinuxContexts::load(r).unwrap_err().to_string();
     assert!(e.contains("virtual_image_context"), "{e}");
 }
@@ -407,19 +599,30 @@ fn seclabel_models_and_dac() {
     assert!(p.plan.unconfined.contains(&Model::Selinux));
     assert_eq!(p.plan.dac_ids, Some((107, 108)));
     assert!(p.plan.resources.iter().all(|r| r.selinux.is_none()));
-    assert_eq!(p.plan.resources[0].dac, DacAction::OwnGuest { private: true });
-    assert_eq!(p.plan.resources[1].dac, DacAction::Owner { uid: 300, gid: 301 });
+    assert_eq!(
+        p.plan.resources[0].dac,
+        DacAction::OwnGuest { private: true }
+    );
+    assert_eq!(
+        p.plan.resources[1].dac,
+        DacAction::Owner { uid: 300, gid: 301 }
+    );
     let rep = report(&p.plan, &[], &p.warnings);
     assert_eq!(rep.process["selinux"], None);
     assert_eq!(rep.process["dac"].as_deref(), Some("107:108"));
     assert_eq!(rep.resources[0].labels["selinux"], None);
-    assert_eq!(rep.resources[0].labels["dac"].as_deref(), Some("chown 107:108 mode owner-only"));
+    assert_eq!(
+        rep.resources[0].labels["dac"].as_deref(),
+        Some("chown 107:108 mode owner-only")
+    );
     // A per-device model that is not loaded (apparmor is not planned by default).
     let devs = "<disk type='file'><source file='@DIR@/a.img'><seclabel model='apparmor' relabel='no'/></source><target dev='vda'/></disk>";
     let e = c.plan(devs).unwrap_err().to_string();
     assert!(e.contains("'apparmor'") && e.contains("not loaded"), "{e}");
     // ... but a domain naming apparmor plans it.
-    let p = c.plan_with(devs, "<seclabel type='dynamic' model='apparmor'/>", "").unwrap();
+    let p = c
+        .plan_with(devs, "<seclabel type='dynamic' model='apparmor'/>", "")
+        .unwrap();
     assert!(p.plan.models.contains(&Model::Apparmor));
 }
 
@@ -437,7 +640,15 @@ fn json_report_shape() {
     assert_eq!(r["path"], c.dir.join("a.img").to_str().unwrap());
     assert_eq!(r["kind"], "disk-image");
     assert_eq!(r["access"], "rw");
-    assert_eq!(r["labels"]["selinux"], "system_u:object_r:svirt_image_t:@LEVEL@");
+    assert_eq!(
+        r["labels"]["selinux"],
+        "system_u:object_r:svirt_image_t:@LEVEL@"
+    );
     assert_eq!(r["labels"]["landlock"], "rw");
-    assert!(r["reasons"]["selinux"].as_str().unwrap().contains("image label"));
+    assert!(
+        r["reasons"]["selinux"]
+            .as_str()
+            .unwrap()
+            .contains("image label")
+    );
 }

@@ -8,8 +8,15 @@ use std::process::Command;
 
 /// `qemu-img`, or a loud failure: these tests need real qcow2 images and must not skip.
 pub fn qemu_img() -> &'static str {
-    let ok = Command::new("qemu-img").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "qemu-img is required (Debian package qemu-utils): install it, these tests do not skip");
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "qemu-img is required (Debian package qemu-utils): install it, these tests do not skip"
+    );
     "qemu-img"
 }
 
@@ -23,7 +30,11 @@ pub fn qcow2(dir: &Path, name: &str, backing: Option<(&str, &str)>) {
     }
     c.args([name, "16M"]);
     let out = c.output().unwrap();
-    assert!(out.status.success(), "qemu-img create {name}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img create {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A qcow2 image whose header names a backing file but no backing format (old images).
@@ -50,8 +61,14 @@ pub fn qcow2_without_backing_format(dir: &Path, name: &str, backing: &str) {
 }
 
 pub fn mkfifo(p: &Path) {
-    rustix::fs::mknodat(rustix::fs::CWD, p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
-        .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
 }
 
 /// A set of objects built from a conformance `files.txt`.
@@ -63,8 +80,15 @@ pub struct Built {
 }
 
 pub fn build_files(dir: &Path, files_txt: &str) -> Built {
-    let mut b = Built { listeners: Vec::new(), objects: Vec::new() };
-    for line in files_txt.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let mut b = Built {
+        listeners: Vec::new(),
+        objects: Vec::new(),
+    };
+    for line in files_txt
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         let p = dir.join(f[1]);
         match f[0] {
@@ -74,7 +98,9 @@ pub fn build_files(dir: &Path, files_txt: &str) -> Built {
             "socket" => b.listeners.push(UnixListener::bind(&p).unwrap()),
             "symlink" => std::os::unix::fs::symlink(f[2], &p).unwrap(),
             "qcow2" => {
-                let backing = f.get(2).map(|bk| (*bk, f.get(3).copied().unwrap_or("qcow2")));
+                let backing = f
+                    .get(2)
+                    .map(|bk| (*bk, f.get(3).copied().unwrap_or("qcow2")));
                 let parent = p.parent().unwrap();
                 qcow2(parent, p.file_name().unwrap().to_str().unwrap(), backing);
             }

@@ -37,7 +37,10 @@ pub fn run(args: PlanArgs) -> CmdResult {
     let xml = read_limited(&args.domain)?;
     let mut models = Vec::new();
     for m in &args.models {
-        models.push(Model::from_name(m.trim()).ok_or_else(|| CliError::input(format!("--models: unknown model '{m}'")))?);
+        models.push(
+            Model::from_name(m.trim())
+                .ok_or_else(|| CliError::input(format!("--models: unknown model '{m}'")))?,
+        );
     }
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let mut host = Host::new(&args.root).with_home(home);
@@ -65,7 +68,10 @@ fn read_limited(p: &Path) -> Result<String, CliError> {
         .read_to_end(&mut buf)
         .map_err(|e| CliError::input(format!("{}: {e}", p.display())))?;
     if buf.len() > MAX_XML_BYTES {
-        return Err(CliError::input(format!("{}: larger than {MAX_XML_BYTES} bytes", p.display())));
+        return Err(CliError::input(format!(
+            "{}: larger than {MAX_XML_BYTES} bytes",
+            p.display()
+        )));
     }
     String::from_utf8(buf).map_err(|_| CliError::input(format!("{}: not UTF-8", p.display())))
 }
