@@ -199,9 +199,12 @@ impl Inner {
     /// Every start step after planning. On error `rec.phase` says how far it got; the
     /// caller undoes that much.
     fn start_steps(&self, rec: &mut Record, opts: StartOptions) -> Result<OwnedFd> {
-        self.persist(rec)?;
+        // Durable writes on the start path are few on purpose (each is an fsync): the
+        // record is first written once the identity is reserved, and again once QMP
+        // answers. A crash before the first leaves only reservations without a record,
+        // which `open` releases; a crash between the two is rolled back by `open` (QEMU,
+        // if any, is found through the guest's cgroup).
         self.fault.point("after-record")?;
-
         let mut sec = GuestSecurity {
             name: rec.name.clone(),
             level: None,
@@ -209,13 +212,11 @@ impl Inner {
         };
         for d in &self.drivers {
             d.reserve(&rec.plan, &mut sec)?;
-            // Keep what is reserved so far in the record, so a failure of the next driver
-            // releases it.
+            // Keep what is reserved so far, so a failure of the next driver releases it.
             rec.level = sec.level.map(|l| l.to_string());
             rec.ids = sec.ids;
         }
         rec.phase = Phase::Reserved;
-        self.persist(rec)?;
         self.fault.point("after-reserve")?;
 
         // Runtime directory: private to the guest (its uid when DAC gives one).
@@ -228,38 +229,34 @@ impl Inner {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&log_path)
             .map_err(|e| ManagerError::io("create", &log_path, e))?;
-        let _ = fs::remove_file(&rec.qmp_socket);
         let listener = UnixListener::bind(&rec.qmp_socket)
             .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
 
         rec.phase = Phase::Labeling;
         self.persist(rec)?;
         let sec = rec.security();
-        for (i, d) in self.drivers.iter().enumerate() {
-            if let Err(e) = d.set_all(&rec.plan, &sec) {
-                // set_all restored its own changes; undo the drivers before it.
-                let mut errs = Vec::new();
-                for prev in self.drivers[..i].iter().rev() {
-                    errs.extend(prev.restore_all(&rec.plan, &sec).into_iter().map(|e| e.to_string()));
-                }
-                rec.phase = Phase::Reserved;
-                if !errs.is_empty() {
-                    tracing::error!(guest = %rec.name, ?errs, "restore after a failed set_all");
-                }
-                return Err(e.into());
-            }
-        }
+        // The cgroup does not depend on the labels: make it while the drivers label.
+        let memory = rec.spec.memory_kib.saturating_mul(1024) + self.config.memory_overhead;
+        let (labeled, cg) = std::thread::scope(|s| {
+            let cg = s.spawn(|| {
+                GuestCgroup::create(
+                    &self.layout,
+                    &self.config.cgroup_parent,
+                    &rec.name,
+                    memory,
+                    self.config.pids_limit,
+                )
+            });
+            let labeled = self.set_labels(&rec.plan, &sec);
+            let cg = cg
+                .join()
+                .unwrap_or_else(|_| Err(ManagerError::Qemu("cgroup thread panicked".into())));
+            (labeled, cg)
+        });
+        labeled?;
         self.fault.point("after-label")?;
-
+        let mut cg = cg?;
         rec.phase = Phase::Cgroup;
-        self.persist(rec)?;
-        let mut cg = GuestCgroup::create(
-            &self.layout,
-            &self.config.cgroup_parent,
-            &rec.name,
-            rec.spec.memory_kib.saturating_mul(1024) + self.config.memory_overhead,
-            self.config.pids_limit,
-        )?;
         self.fault.point("after-cgroup")?;
 
         let exec = ExecContext {
@@ -289,7 +286,6 @@ impl Inner {
             .chain(args.iter().cloned())
             .collect();
         rec.phase = Phase::Spawning;
-        self.persist(rec)?;
         let spawned = process::spawn(SpawnRequest {
             binary: &self.qemu,
             args: &args,
@@ -300,55 +296,58 @@ impl Inner {
             hooks,
         })?;
         cg.close_files();
-        if let Err(e) = self.fault.point("after-fork") {
-            // (error mode only; the kill mode tests recovery of an unrecorded QEMU)
-            kill_and_reap(&spawned.pidfd);
-            return Err(e);
-        }
+        let pidfd = spawned.pidfd;
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
         // hanging on our copy.
         drop(listener);
         rec.pid = Some(spawned.pid);
         rec.start_time = Some(spawned.start_time);
         rec.phase = Phase::Spawned;
-        let pidfd = spawned.pidfd;
-        if let Err(e) = self.persist(rec) {
-            kill_and_reap(&pidfd);
-            return Err(e);
-        }
-        if let Err(e) = self.fault.point("after-spawn") {
-            kill_and_reap(&pidfd);
-            return Err(e);
-        }
-
-        let answered = wait_qmp(&rec.qmp_socket, &pidfd, QMP_START_TIMEOUT).and_then(|mut q| {
-            let st = q.execute("query-status", None)?;
-            Ok(st.get("running").and_then(Value::as_bool).unwrap_or(false))
-        });
-        let running = match answered {
-            Ok(r) => r,
-            Err(e) => {
-                kill_and_reap(&pidfd);
-                let tail = log_tail(&log_path, 600);
-                return Err(ManagerError::Qemu(format!("{e}; QEMU log: {tail}")));
-            }
-        };
-        if let Err(e) = self.fault.point("after-qmp") {
-            kill_and_reap(&pidfd);
-            return Err(e);
-        }
-        rec.phase = Phase::Up;
-        rec.state = if running {
-            GuestState::Running
-        } else {
-            GuestState::Paused
-        };
-        if let Err(e) = self.persist(rec) {
+        let checked = self
+            .fault
+            .point("after-fork")
+            .and_then(|()| self.fault.point("after-spawn"))
+            .and_then(|()| {
+                wait_qmp(&rec.qmp_socket, &pidfd, QMP_START_TIMEOUT).map_err(|e| {
+                    ManagerError::Qemu(format!("{e}; QEMU log: {}", log_tail(&log_path, 600)))
+                })
+            })
+            .and_then(|mut q| {
+                let st = q.execute("query-status", None)?;
+                Ok(st.get("running").and_then(Value::as_bool).unwrap_or(false))
+            })
+            .and_then(|running| {
+                self.fault.point("after-qmp")?;
+                rec.phase = Phase::Up;
+                rec.state = if running {
+                    GuestState::Running
+                } else {
+                    GuestState::Paused
+                };
+                self.persist(rec)
+            });
+        if let Err(e) = checked {
             kill_and_reap(&pidfd);
             return Err(e);
         }
         tracing::info!(guest = %rec.name, pid = spawned.pid, state = %rec.state, "guest started");
         Ok(pidfd)
+    }
+
+    /// Sets every driver's labels in stack order; on failure undoes the drivers before the
+    /// failing one (the failing one restored its own changes).
+    fn set_labels(&self, plan: &svirt_domain::Plan, sec: &GuestSecurity) -> Result<()> {
+        for (i, d) in self.drivers.iter().enumerate() {
+            if let Err(e) = d.set_all(plan, sec) {
+                for prev in self.drivers[..i].iter().rev() {
+                    for err in prev.restore_all(plan, sec) {
+                        tracing::error!(guest = %sec.name, error = %err, "restore after a failed set_all");
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// Undoes everything a guest holds (QEMU must be gone, or is killed through its

@@ -6,7 +6,10 @@ use svirt_domain::Model;
 use svirt_drivers::SecurityDriver;
 use svirt_drivers::dac::{DacConfig, DacDriver};
 use svirt_drivers::landlock::{LandlockConfig, LandlockDriver};
-use svirt_store::{IdAllocator, IdConfig, Store};
+use svirt_drivers::fsops::FsRoot;
+use svirt_drivers::relabel::Relabeler;
+use svirt_drivers::selinux::SelinuxDriver;
+use svirt_store::{AllocatorConfig, IdAllocator, IdConfig, LevelAllocator, Store};
 
 use crate::config::{Config, DriverName, DriverSelection};
 use crate::error::{ManagerError, Result};
@@ -92,9 +95,18 @@ pub fn build(config: &Config, store: &Arc<Store>) -> Result<Stack> {
             }
             DriverName::Landlock => Arc::new(LandlockDriver::new(LandlockConfig::default())),
             DriverName::Selinux => {
-                return Err(ManagerError::Config(
-                    "the SELinux driver is not available in this build".into(),
-                ));
+                let alloc = LevelAllocator::open(store.clone(), level_config(config))
+                    .map_err(|e| ManagerError::Store(format!("level allocator: {e}")))?;
+                let root = FsRoot::open(&config.root_dir)
+                    .map_err(|e| ManagerError::io("open root", &config.root_dir, e))?;
+                // Two workers: tree relabels must not starve the host's other work.
+                let relabeler = Relabeler::open(store.clone(), root, 2)
+                    .map_err(|e| ManagerError::Config(format!("relabel engine: {e}")))?;
+                Arc::new(SelinuxDriver::new(
+                    config.root_dir.clone(),
+                    relabeler,
+                    Some(Arc::new(alloc)),
+                ))
             }
             DriverName::None => continue,
         };
@@ -124,4 +136,22 @@ pub fn build(config: &Config, store: &Arc<Store>) -> Result<Stack> {
         why,
         reports,
     })
+}
+
+/// The category pool: the configured range, else the manager's own context's range
+/// (`s0-s0:c0.c1023`), else c0..c1023.
+fn level_config(config: &Config) -> AllocatorConfig {
+    if let Some(r) = config.category_range {
+        return AllocatorConfig::with_categories(r.first, r.last);
+    }
+    let own = std::fs::read(config.root_dir.join("proc/self/attr/current")).ok();
+    let range = own
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(b).trim_end_matches(['\0', '\n']).to_string())
+        .and_then(|s| s.parse::<svirt_labels::Context>().ok())
+        .and_then(|c| c.range);
+    match range {
+        Some(r) => AllocatorConfig::from_range(&r),
+        None => AllocatorConfig::with_categories(0, 1023),
+    }
 }
