@@ -9,6 +9,7 @@ mod check;
 mod error;
 mod manager;
 mod plan;
+mod qmp;
 mod selinux;
 mod vmm;
 
@@ -33,7 +34,11 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
   manager --plan F --state DIR --vmm F [--timeout SECS]
                                            stand-in manager (see docs/lab.md)
   vmm --name NAME [--attack F] [--linger SECS]
-                                           compromised VMM; also runs when invoked as qemu-system-*
+                                           compromised VMM
+  (invoked as qemu-system-*)               the same, qemu-style: `-name guest=NAME`, serves QMP on
+                                           `-chardev socket,id=X,fd=N,server=on` + `-mon chardev=X,mode=control`;
+                                           env SVIRT_PROBE_ATTACK (default /lab/etc/attack.plan),
+                                           SVIRT_PROBE_LINGER_SECS (default 600)
   snapshot --plan F --attack F [--pids F] --out F
   wait-line --line TEXT --timeout SECS FILE...
   list-checks --plan F --attack F --expected F
@@ -96,16 +101,7 @@ fn main() -> ExitCode {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let result = if argv0.starts_with("qemu-system") {
-        // The manager (or svirtd later) execs us the way it would exec QEMU.
-        match vmm::guest_name(&argv[1..]) {
-            Some(name) => vmm::run(
-                &name,
-                Path::new(vmm::DEFAULT_ATTACK),
-                Duration::from_secs(120),
-            )
-            .map(|()| true),
-            None => Err(Error::msg("invoked as a VMM without -name")),
-        }
+        run_as_qemu(&argv[1..])
     } else {
         match argv.get(1) {
             Some(cmd) => dispatch(cmd, &argv[2..]),
@@ -166,7 +162,8 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
                 .opts
                 .get("attack")
                 .map_or(vmm::DEFAULT_ATTACK, String::as_str);
-            vmm::run(name, Path::new(attack), a.secs("linger", 120)?)?;
+            vmm::attack(name, &plan::Attack::load(Path::new(attack))?)?;
+            vmm::linger(a.secs("linger", 120)?);
             Ok(true)
         }
         "snapshot" => {
@@ -200,6 +197,32 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
         }
         other => Err(Error::msg(format!("unknown command {other:?}\n{USAGE}"))),
     }
+}
+
+/// The manager (stand-in now, svirtd later) execs us the way it would exec QEMU:
+/// serve QMP if given a monitor, run this guest's attacks if the attack plan has any,
+/// then run until stopped (`quit`, `system_powerdown`, a signal, or the linger bound).
+fn run_as_qemu(args: &[String]) -> Result<bool> {
+    let name = vmm::guest_name(args).ok_or_else(|| Error::msg("invoked as a VMM without -name"))?;
+    if let Some(fd) = qmp::monitor_fd(args) {
+        qmp::serve(fd, qmp::starts_paused(args));
+    }
+    let attack_path = std::env::var_os("SVIRT_PROBE_ATTACK")
+        .map_or_else(|| PathBuf::from(vmm::DEFAULT_ATTACK), PathBuf::from);
+    // Without an attack plan (or with none for this guest) the probe is just a quiet VMM,
+    // usable as a stand-in QEMU outside the lab.
+    if attack_path.exists() {
+        let attack = plan::Attack::load(&attack_path)?;
+        if attack.results.contains_key(&name) {
+            vmm::attack(&name, &attack)?;
+        }
+    }
+    let linger = std::env::var("SVIRT_PROBE_LINGER_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    vmm::linger(Duration::from_secs(linger));
+    Ok(true)
 }
 
 fn load_inputs(a: &Args) -> Result<(plan::Plan, plan::Attack, plan::Expected)> {

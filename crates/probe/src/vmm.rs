@@ -24,10 +24,9 @@ pub fn guest_name(args: &[String]) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// Run the VMM for guest `name`; returns after the results are written and the
-/// linger period (waiting to be killed) ends.
-pub fn run(name: &str, attack_path: &Path, linger: Duration) -> Result<()> {
-    let attack = Attack::load(attack_path)?;
+/// Attempt guest `name`'s operations of `attack` and write their outcomes to its
+/// results file. Fails if the plan has no results file for this guest.
+pub fn attack(name: &str, attack: &Attack) -> Result<()> {
     let results = attack
         .results
         .get(name)
@@ -55,16 +54,17 @@ pub fn run(name: &str, attack_path: &Path, linger: Duration) -> Result<()> {
         writeln!(out, "op {} {outcome}", op.name).ctx(|| "writing results".to_string())?;
     }
     writeln!(out, "END").ctx(|| "writing results".to_string())?;
-    out.sync_all().ctx(|| "syncing results".to_string())?;
-    drop(out);
+    out.sync_all().ctx(|| "syncing results".to_string())
+}
 
-    // Stay alive: the other guest's signal and ptrace probes need a live target, and
-    // a real VMM runs until its manager stops it.
-    let until = Instant::now() + linger;
+/// Stay alive like a running VMM: the other guest's signal and ptrace probes need a live
+/// target, and a VMM runs until its manager stops it. Bounded so a lost probe cannot
+/// outlive its test for long.
+pub fn linger(d: Duration) {
+    let until = Instant::now() + d;
     while Instant::now() < until {
         sleep(Duration::from_millis(200));
     }
-    Ok(())
 }
 
 fn wait_peers(path: &Path, timeout: Duration) -> Result<Vec<(String, i32)>> {
