@@ -33,34 +33,46 @@ lab_ensure_packages() {
         || lab_die "apt-get install ${missing[*]} failed"
 }
 
+lab_resolve_kernel() { # prints "PACKAGE VERSION" of the kernel linux-image-amd64 points at
+    local pkg ver
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}') || true
+    [ -n "$pkg" ] || return 1
+    ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | awk '/^Version:/ {print $2; exit}') || true
+    [ -n "$ver" ] || return 1
+    printf '%s %s\n' "$pkg" "$ver"
+}
+
 # Debian's distro kernel (the one linux-image-amd64 points at), unpacked into the cache,
 # keyed by package name and version. Prints the path of vmlinuz.
 lab_fetch_kernel() {
-    local cache=$1 meta pkg ver dir deb
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}') || true
-    if [ -z "$pkg" ]; then
-        lab_apt_update_once
-        pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    fi
-    [ -n "$pkg" ] || lab_die "cannot resolve the kernel package behind linux-image-amd64"
-    ver=$(apt-cache show --no-all-versions "$pkg" | awk '/^Version:/ {print $2; exit}')
-    [ -n "$ver" ] || lab_die "no version for $pkg"
-    dir="$cache/kernel/${pkg}_${ver}"
-    if [ ! -s "$dir/vmlinuz" ]; then
+    local cache=$1 pv pkg ver dir deb img attempt
+    for attempt in 1 2; do
+        if ! pv=$(lab_resolve_kernel); then
+            [ "$attempt" = 1 ] || lab_die "cannot resolve the kernel package behind linux-image-amd64"
+            lab_apt_update_once; continue
+        fi
+        read -r pkg ver <<<"$pv"
+        dir="$cache/kernel/${pkg}_${ver}"
+        [ -s "$dir/vmlinuz" ] && break
         lab_log "fetching kernel $pkg $ver"
         rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
-        (cd "$dir.tmp" && apt-get -q download "$pkg=$ver" >&2) || lab_die "apt-get download $pkg=$ver failed"
+        if ! (cd "$dir.tmp" && apt-get -q download "$pkg=$ver" >&2); then
+            # Stale package lists name a version the mirror no longer has: refresh once.
+            [ "$attempt" = 1 ] && [ "$LAB_APT_UPDATED" = 0 ] || lab_die "apt-get download $pkg=$ver failed"
+            lab_apt_update_once; continue
+        fi
         deb=$(ls "$dir.tmp"/*.deb)
         dpkg-deb -x "$deb" "$dir.tmp/root"
-        meta=$(ls "$dir.tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n1)
-        [ -n "$meta" ] || lab_die "$deb has no /boot/vmlinuz-*"
-        cp "$meta" "$dir.tmp/vmlinuz"
+        img=$(ls "$dir.tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n1)
+        [ -n "$img" ] || lab_die "$deb has no /boot/vmlinuz-*"
+        cp "$img" "$dir.tmp/vmlinuz"
         printf '%s %s\n' "$pkg" "$ver" > "$dir.tmp/version"
         # Only the kernel image is needed: everything the lab uses is built in.
         rm -rf "$dir.tmp/root" "$deb"
         rm -rf "$dir" && mv "$dir.tmp" "$dir"
-    fi
-    LAB_KERNEL_DESC="$pkg $ver"
+        break
+    done
+    [ -s "$dir/vmlinuz" ] || lab_die "no kernel in $dir"
     printf '%s\n' "$dir/vmlinuz"
 }
 
