@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo bench -p svirt-manager --bench start` (root; QEMU installed).
 //! Env: `SVIRT_BENCH_ITERS` (default 15), `SVIRT_BENCH_DRIVERS` (default `auto`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -26,7 +27,10 @@ struct Case {
 }
 
 /// A column: measures one start of `case` and cleans up after itself.
-type Column<'a> = (&'static str, Box<dyn FnMut(&Case) -> Result<Duration, String> + 'a>);
+type Column<'a> = (
+    &'static str,
+    Box<dyn FnMut(&Case) -> Result<Duration, String> + 'a>,
+);
 
 fn qemu_img(path: &Path) {
     let st = Command::new("qemu-img")
@@ -70,7 +74,12 @@ fn direct(argv: &[String], sock: &Path) -> Result<Duration, String> {
     // The argv names the fd number the manager used; put our listener there.
     let want: i32 = argv
         .iter()
-        .find_map(|a| a.split("fd=").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok()))
+        .find_map(|a| {
+            a.split("fd=")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .and_then(|n| n.parse().ok())
+        })
         .ok_or("no fd= in argv")?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
@@ -98,7 +107,8 @@ fn direct(argv: &[String], sock: &Path) -> Result<Duration, String> {
     let mut w = s;
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
-    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").map_err(|e| e.to_string())?;
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .map_err(|e| e.to_string())?;
     line.clear();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
     let dt = t0.elapsed();
@@ -121,9 +131,15 @@ fn main() {
         eprintln!("SKIP: the start benchmark needs root (cgroups, per-guest uids)");
         return;
     }
-    let iters: usize = std::env::var("SVIRT_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let iters: usize = std::env::var("SVIRT_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
     let drivers = std::env::var("SVIRT_BENCH_DRIVERS").unwrap_or_else(|_| "auto".into());
-    let tmp = tempfile::Builder::new().prefix("svirt-bench-").tempdir().expect("tempdir");
+    let tmp = tempfile::Builder::new()
+        .prefix("svirt-bench-")
+        .tempdir()
+        .expect("tempdir");
     let images = tmp.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let mut cfg = Config::new(tmp.path().join("state"), tmp.path().join("run"));
@@ -155,7 +171,8 @@ fn main() {
             "svirt start",
             Box::new(|c: &Case| {
                 let t0 = Instant::now();
-                m.start(&c.xml, StartOptions { paused: true }).map_err(|e| e.to_string())?;
+                m.start(&c.xml, StartOptions { paused: true })
+                    .map_err(|e| e.to_string())?;
                 let dt = t0.elapsed();
                 m.destroy(&c.name).map_err(|e| e.to_string())?;
                 Ok(dt)

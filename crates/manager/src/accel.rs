@@ -20,7 +20,10 @@ pub struct AccelProbe {
 }
 
 fn tcg(reason: String) -> AccelProbe {
-    AccelProbe { accel: "tcg", reason }
+    AccelProbe {
+        accel: "tcg",
+        reason,
+    }
 }
 
 /// Probes KVM with `qemu` (see the module documentation). `dev_kvm` is normally `/dev/kvm`.
@@ -34,8 +37,19 @@ pub fn probe_kvm(qemu: &Path, dev_kvm: &Path) -> AccelProbe {
     }
     let child = Command::new(qemu)
         .args([
-            "-accel", "kvm", "-machine", "pc", "-m", "16", "-nodefaults", "-display", "none",
-            "-no-user-config", "-S", "-qmp", "stdio",
+            "-accel",
+            "kvm",
+            "-machine",
+            "pc",
+            "-m",
+            "16",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-user-config",
+            "-S",
+            "-qmp",
+            "stdio",
         ])
         .env_clear()
         .stdin(Stdio::piped())
@@ -44,7 +58,12 @@ pub fn probe_kvm(qemu: &Path, dev_kvm: &Path) -> AccelProbe {
         .spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return tcg(format!("cannot run {} to probe KVM ({e}): using TCG", qemu.display())),
+        Err(e) => {
+            return tcg(format!(
+                "cannot run {} to probe KVM ({e}): using TCG",
+                qemu.display()
+            ));
+        }
     };
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(
@@ -76,7 +95,9 @@ pub fn probe_kvm(qemu: &Path, dev_kvm: &Path) -> AccelProbe {
     };
     let first_err = err.lines().next().unwrap_or("").trim().to_string();
     if !status.success() {
-        return tcg(format!("QEMU with -accel kvm failed ({status}: {first_err}): using TCG"));
+        return tcg(format!(
+            "QEMU with -accel kvm failed ({status}: {first_err}): using TCG"
+        ));
     }
     if !out.contains("\"enabled\": true") {
         return tcg("query-kvm did not report KVM enabled: using TCG".into());
@@ -93,5 +114,31 @@ pub fn probe_kvm(qemu: &Path, dev_kvm: &Path) -> AccelProbe {
     AccelProbe {
         accel: "kvm",
         reason: "a probe VM started under KVM cleanly".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_device_means_tcg_and_real_probe_reports_a_reason() {
+        let p = probe_kvm(
+            Path::new("/nonexistent-qemu"),
+            Path::new("/nonexistent/kvm"),
+        );
+        assert_eq!(p.accel, "tcg");
+        assert!(p.reason.contains("/nonexistent/kvm"));
+        let Some(qemu) = std::env::var("PATH").ok().and_then(|p| {
+            p.split(':')
+                .map(|d| Path::new(d).join("qemu-system-x86_64"))
+                .find(|q| q.is_file())
+        }) else {
+            eprintln!("SKIP: qemu-system-x86_64 not installed");
+            return;
+        };
+        let p = probe_kvm(&qemu, Path::new("/dev/kvm"));
+        eprintln!("KVM probe on this host: {} ({})", p.accel, p.reason);
+        assert!(!p.reason.is_empty());
     }
 }

@@ -83,10 +83,9 @@ impl Layout {
     /// The directories a guest named `name` under `parent` uses.
     pub fn guest_dirs(&self, parent: &str, name: &str) -> Vec<PathBuf> {
         match self {
-            Layout::V1 { memory, pids } => vec![
-                memory.join(parent).join(name),
-                pids.join(parent).join(name),
-            ],
+            Layout::V1 { memory, pids } => {
+                vec![memory.join(parent).join(name), pids.join(parent).join(name)]
+            }
             Layout::V2 { root } => vec![root.join(parent).join(name)],
             Layout::None { .. } => vec![],
         }
@@ -162,7 +161,10 @@ impl GuestCgroup {
         let r = (|| -> Result<()> {
             match layout {
                 Layout::V1 { .. } => {
-                    write_file(&dirs[0].join("memory.limit_in_bytes"), &memory_bytes.to_string())?;
+                    write_file(
+                        &dirs[0].join("memory.limit_in_bytes"),
+                        &memory_bytes.to_string(),
+                    )?;
                     write_file(&dirs[1].join("pids.max"), &pids.to_string())?;
                 }
                 Layout::V2 { .. } => {

@@ -248,7 +248,10 @@ mod tests {
         let u: UidRange = "100000-100099".parse().unwrap();
         assert_eq!((u.first, u.last), (100000, 100099));
         assert!("0-5".parse::<UidRange>().is_err());
-        assert_eq!("auto".parse::<DriverSelection>().unwrap(), DriverSelection::Auto);
+        assert_eq!(
+            "auto".parse::<DriverSelection>().unwrap(),
+            DriverSelection::Auto
+        );
         assert_eq!(
             "dac,landlock".parse::<DriverSelection>().unwrap(),
             DriverSelection::Explicit(vec![DriverName::Dac, DriverName::Landlock])

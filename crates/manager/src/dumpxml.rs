@@ -96,3 +96,96 @@ pub(crate) fn live_xml(rec: &Record, labels: &[ModelLabels]) -> Result<String> {
     Ok(out)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Phase;
+    use crate::types::GuestState;
+
+    #[test]
+    fn replaces_and_adds_seclabels() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("d.img");
+        std::fs::write(&disk, b"").unwrap();
+        let xml = format!(
+            "<domain type='qemu'>\n  <name>x</name>\n  <memory unit='MiB'>16</memory>\n  <os><type>hvm</type></os>\n  <devices>\n    <disk type='file' device='disk'><driver type='raw'/><source file='{}'/><target dev='vda'/></disk>\n  </devices>\n  <seclabel type='dynamic' model='selinux'/>\n  <seclabel type='none' model='apparmor'/>\n</domain>\n",
+            disk.display()
+        );
+        let host = svirt_domain::Host::new("/");
+        let planned =
+            svirt_domain::plan_xml(&xml, &host, &svirt_domain::PlanConfig::default()).unwrap();
+        let rec = Record {
+            name: "x".into(),
+            uuid: planned.plan.uuid.clone(),
+            xml: xml.clone(),
+            spec: crate::glue::vm_spec(&planned.domain).unwrap(),
+            plan: planned.plan,
+            state: GuestState::Running,
+            phase: Phase::Up,
+            models: vec![Model::Selinux, Model::Dac],
+            level: Some("s0:c1,c2".into()),
+            ids: Some((300001, 300001)),
+            pid: None,
+            start_time: None,
+            runtime_dir: "/run/x".into(),
+            qmp_socket: "/run/x/qmp.sock".into(),
+            cgroups: vec![],
+            accel: "tcg".into(),
+            argv: vec![],
+            intent: None,
+            exit: None,
+        };
+        let labels = vec![
+            ModelLabels {
+                model: Model::Selinux,
+                process: Some("system_u:system_r:svirt_t:s0:c1,c2".into()),
+                image: Some("system_u:object_r:svirt_image_t:s0:c1,c2".into()),
+            },
+            ModelLabels {
+                model: Model::Dac,
+                process: Some("+300001:+300001".into()),
+                image: Some("+300001:+300001".into()),
+            },
+        ];
+        let out = live_xml(&rec, &labels).unwrap();
+        let doc = roxmltree::Document::parse(&out).unwrap();
+        let secs: Vec<_> = doc
+            .root_element()
+            .children()
+            .filter(|n| n.has_tag_name("seclabel"))
+            .collect();
+        // The apparmor one (not active) stays; selinux replaced; dac added.
+        assert_eq!(secs.len(), 3, "{out}");
+        let se = secs
+            .iter()
+            .find(|n| n.attribute("model") == Some("selinux"))
+            .unwrap();
+        assert_eq!(se.attribute("type"), Some("dynamic"));
+        assert_eq!(se.attribute("relabel"), Some("yes"));
+        let text = |n: &roxmltree::Node<'_, '_>, tag: &str| {
+            n.children()
+                .find(|c| c.has_tag_name(tag))
+                .and_then(|c| c.text())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            text(se, "label").as_deref(),
+            Some("system_u:system_r:svirt_t:s0:c1,c2")
+        );
+        assert_eq!(
+            text(se, "imagelabel").as_deref(),
+            Some("system_u:object_r:svirt_image_t:s0:c1,c2")
+        );
+        let dac = secs
+            .iter()
+            .find(|n| n.attribute("model") == Some("dac"))
+            .unwrap();
+        assert_eq!(text(dac, "label").as_deref(), Some("+300001:+300001"));
+        assert!(
+            secs.iter()
+                .any(|n| n.attribute("model") == Some("apparmor"))
+        );
+        // Everything else is untouched.
+        assert!(out.contains("<target dev='vda'/>"));
+    }
+}

@@ -10,8 +10,8 @@ use svirt_domain::domain::{
 
 use crate::error::{ManagerError, Result};
 use crate::qemu::{
-    ChardevBackend, ChardevSpec, ChardevTarget, DiskDevice, DiskSpec, FilesystemSpec,
-    ImageFormat, ImageSpec, LoaderSpec, VmSpec,
+    ChardevBackend, ChardevSpec, ChardevTarget, DiskDevice, DiskSpec, FilesystemSpec, ImageFormat,
+    ImageSpec, LoaderSpec, VmSpec,
 };
 
 fn fmt(f: DFmt) -> ImageFormat {
@@ -22,9 +22,9 @@ fn fmt(f: DFmt) -> ImageFormat {
 }
 
 fn port(service: &str, what: &str) -> Result<u16> {
-    service
-        .parse()
-        .map_err(|_| ManagerError::Domain(format!("{what}: service {service:?} is not a port number")))
+    service.parse().map_err(|_| {
+        ManagerError::Domain(format!("{what}: service {service:?} is not a port number"))
+    })
 }
 
 /// The QEMU description of `d`.
@@ -59,7 +59,10 @@ pub fn vm_spec(d: &Domain) -> Result<VmSpec> {
                         disk.target_dev
                     )));
                 }
-                (chain, !complete && chain_is_empty_open(layers.is_empty(), format))
+                (
+                    chain,
+                    !complete && chain_is_empty_open(layers.is_empty(), format),
+                )
             }
             BackingSpec::NotGiven => (Vec::new(), format == ImageFormat::Qcow2),
         };

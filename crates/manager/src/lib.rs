@@ -101,9 +101,10 @@ impl Manager {
             }
         };
         let layout = cgroup::Layout::detect(&config.cgroup_root);
-        let (wake_rd, wake_wr) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
-                .map_err(|e| ManagerError::Qemu(format!("pipe: {e}")))?;
+        let (wake_rd, wake_wr) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .map_err(|e| ManagerError::Qemu(format!("pipe: {e}")))?;
         std::fs::create_dir_all(&config.run_dir)
             .map_err(|e| ManagerError::io("create", &config.run_dir, e))?;
         let report = OpenReport {
@@ -187,9 +188,11 @@ impl Manager {
                 sandbox: true,
             },
         );
-        Ok(std::iter::once(self.inner.qemu.to_string_lossy().into_owned())
-            .chain(args)
-            .collect())
+        Ok(
+            std::iter::once(self.inner.qemu.to_string_lossy().into_owned())
+                .chain(args)
+                .collect(),
+        )
     }
 
     /// Starts a guest from domain XML text. Returns once QMP answers. On any failure

@@ -16,6 +16,7 @@ use svirt_domain::{Model, ProcessLabel};
 use svirt_drivers::{ExecContext, GuestSecurity, SecurityDriver};
 use svirt_store::Store;
 
+use crate::StartOptions;
 use crate::cgroup::{self, GuestCgroup, Layout};
 use crate::config::Config;
 use crate::error::{ManagerError, Result};
@@ -25,7 +26,6 @@ use crate::qemu::{self, LaunchOptions};
 use crate::qmp::Qmp;
 use crate::record::{Intent, Phase, Record};
 use crate::types::*;
-use crate::StartOptions;
 
 /// How long a start waits for QMP to answer.
 const QMP_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -356,7 +356,8 @@ impl Inner {
     pub(crate) fn undo(&self, rec: &Record, checkpoints: Option<&dyn Fn(&str)>) -> Vec<String> {
         let mut errors = Vec::new();
         let dirs = if rec.cgroups.is_empty() {
-            self.layout.guest_dirs(&self.config.cgroup_parent, &rec.name)
+            self.layout
+                .guest_dirs(&self.config.cgroup_parent, &rec.name)
         } else {
             rec.cgroups.clone()
         };
@@ -832,7 +833,6 @@ fn log_tail(path: &Path, max: u64) -> String {
     let _ = f.read_to_string(&mut s);
     s.trim().replace('\n', " | ")
 }
-
 
 impl Inner {
     pub(crate) fn forget(&self, name: &str) -> Result<()> {

@@ -76,7 +76,13 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
     // which obey the same rule (see svirt_drivers::ChildHook).
     unsafe {
         cmd.pre_exec(move || {
-            cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            cvt(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
             if libc::getppid() != parent {
                 return Err(io::Error::other("manager died during spawn"));
             }
@@ -115,9 +121,10 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
     let pid = child.id() as i32;
     // The manager reaps through the pidfd (waitid P_PIDFD), not through `Child`.
     drop(child);
-    let pidfd = pidfd_open(pid).map_err(|e| ManagerError::Qemu(format!("pidfd_open {pid}: {e}")))?;
-    let start_time = start_time(pid)
-        .map_err(|e| ManagerError::Qemu(format!("read /proc/{pid}/stat: {e}")))?;
+    let pidfd =
+        pidfd_open(pid).map_err(|e| ManagerError::Qemu(format!("pidfd_open {pid}: {e}")))?;
+    let start_time =
+        start_time(pid).map_err(|e| ManagerError::Qemu(format!("read /proc/{pid}/stat: {e}")))?;
     Ok(Spawned {
         pid,
         pidfd,

@@ -257,7 +257,10 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
     let mem_mib = spec.memory_kib.div_ceil(1024).max(1);
-    push(&["-name", &format!("guest={},debug-threads=on", esc_str(&spec.name))]);
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", esc_str(&spec.name)),
+    ]);
     push(&["-uuid", &spec.uuid]);
     push(&["-no-user-config", "-nodefaults", "-nographic"]);
     let mut machine = format!("{},usb=off", esc_str(&spec.machine));
@@ -279,7 +282,10 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
     }
     push(&[
         "-chardev",
-        &format!("socket,id=charmonitor,fd={},server=on,wait=off", opts.qmp_fd),
+        &format!(
+            "socket,id=charmonitor,fd={},server=on,wait=off",
+            opts.qmp_fd
+        ),
         "-mon",
         "chardev=charmonitor,id=monitor,mode=control",
     ]);
@@ -366,22 +372,14 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             ChardevBackend::Unix { path, server } => format!(
                 "socket,id={id},path={}{}",
                 esc(path),
-                if *server {
-                    ",server=on,wait=off"
-                } else {
-                    ""
-                }
+                if *server { ",server=on,wait=off" } else { "" }
             ),
             ChardevBackend::Dev { path } => format!("tty,id={id},path={}", esc(path)),
             ChardevBackend::Pty => format!("pty,id={id}"),
             ChardevBackend::Tcp { host, port, server } => format!(
                 "socket,id={id},host={},port={port}{}",
                 esc_str(host),
-                if *server {
-                    ",server=on,wait=off"
-                } else {
-                    ""
-                }
+                if *server { ",server=on,wait=off" } else { "" }
             ),
             ChardevBackend::Udp { host, port } => {
                 format!("udp,id={id},host={},port={port}", esc_str(host))
@@ -495,7 +493,10 @@ mod tests {
             .collect();
         // Every node has an explicit driver; the qcow2 node names its backing explicitly.
         assert!(blockdevs.iter().all(|b| b["driver"].is_string()));
-        let top = blockdevs.iter().find(|b| b["node-name"] == "drive0").unwrap();
+        let top = blockdevs
+            .iter()
+            .find(|b| b["node-name"] == "drive0")
+            .unwrap();
         assert_eq!(top["driver"], "qcow2");
         assert_eq!(top["backing"], "drive0-b0");
         let base = blockdevs

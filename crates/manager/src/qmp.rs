@@ -171,7 +171,9 @@ impl Qmp {
                 Ok(m) if m.get("event").is_some() => return Ok(Some(m)),
                 Ok(_) => continue,
                 Err(ManagerError::Qmp(msg))
-                    if msg.contains("timed out") || msg.contains("would block") || msg.contains("Resource temporarily unavailable") =>
+                    if msg.contains("timed out")
+                        || msg.contains("would block")
+                        || msg.contains("Resource temporarily unavailable") =>
                 {
                     return Ok(None);
                 }

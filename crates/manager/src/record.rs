@@ -92,7 +92,10 @@ impl Record {
     pub fn security(&self) -> GuestSecurity {
         GuestSecurity {
             name: self.name.clone(),
-            level: self.level.as_deref().and_then(|l| l.parse::<MlsRange>().ok()),
+            level: self
+                .level
+                .as_deref()
+                .and_then(|l| l.parse::<MlsRange>().ok()),
             ids: self.ids,
         }
     }

@@ -27,7 +27,10 @@ fn slot(record: Record, pidfd: Option<std::os::fd::OwnedFd>) -> Arc<Slot> {
 }
 
 /// Returns (reattached names, (name, what was done) for each cleaned-up guest).
-pub(crate) fn recover(inner: &Inner) -> Result<(Vec<String>, Vec<(String, String)>)> {
+/// Names of reattached guests, and (name, what was done) for each cleaned-up one.
+type Recovered = (Vec<String>, Vec<(String, String)>);
+
+pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
     let proc_root = inner.config.root_dir.join("proc");
     let proc_root = if proc_root.exists() {
         proc_root
@@ -45,7 +48,10 @@ pub(crate) fn recover(inner: &Inner) -> Result<(Vec<String>, Vec<(String, String
         let mut rec: Record = match serde_json::from_slice(&gr.record) {
             Ok(r) => r,
             Err(e) => {
-                recovered.push((gr.name.clone(), format!("unreadable record left alone: {e}")));
+                recovered.push((
+                    gr.name.clone(),
+                    format!("unreadable record left alone: {e}"),
+                ));
                 continue;
             }
         };
@@ -82,7 +88,10 @@ pub(crate) fn recover(inner: &Inner) -> Result<(Vec<String>, Vec<(String, String
                     rec.state = GuestState::Stopping;
                     let _ = inner.persist(&rec);
                     let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
-                    recovered.push((rec.name.clone(), "stop interrupted: QEMU killed, cleanup follows".into()));
+                    recovered.push((
+                        rec.name.clone(),
+                        "stop interrupted: QEMU killed, cleanup follows".into(),
+                    ));
                     guests.insert(rec.name.clone(), slot(rec, Some(pidfd)));
                     continue;
                 }
@@ -113,7 +122,11 @@ pub(crate) fn recover(inner: &Inner) -> Result<(Vec<String>, Vec<(String, String
                 format!(
                     "start interrupted at {:?}: rolled back{}",
                     rec.phase,
-                    if errors.is_empty() { String::new() } else { format!(" with errors: {}", errors.join("; ")) }
+                    if errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with errors: {}", errors.join("; "))
+                    }
                 ),
             ));
             continue;
@@ -124,7 +137,10 @@ pub(crate) fn recover(inner: &Inner) -> Result<(Vec<String>, Vec<(String, String
             Some(Intent::Shutdown) => ExitReason::Shutdown,
             None => ExitReason::DiedWhileDetached,
         };
-        recovered.push((rec.name.clone(), format!("QEMU gone ({reason:?}): cleaned up")));
+        recovered.push((
+            rec.name.clone(),
+            format!("QEMU gone ({reason:?}): cleaned up"),
+        ));
         rec.exit = Some(ExitInfo {
             reason,
             at: now_secs(),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use svirt_domain::Model;
 use svirt_drivers::SecurityDriver;
 use svirt_drivers::dac::{DacConfig, DacDriver};
-use svirt_drivers::landlock::{LandlockConfig, LandlockDriver};
 use svirt_drivers::fsops::FsRoot;
+use svirt_drivers::landlock::{LandlockConfig, LandlockDriver};
 use svirt_drivers::relabel::Relabeler;
 use svirt_drivers::selinux::SelinuxDriver;
 use svirt_store::{AllocatorConfig, IdAllocator, IdConfig, LevelAllocator, Store};
@@ -33,10 +33,17 @@ fn selinux_enabled(config: &Config) -> (bool, String) {
             format!(
                 "selinuxfs mounted at {}, {}",
                 fs.display(),
-                if v.trim() == "1" { "enforcing" } else { "permissive" }
+                if v.trim() == "1" {
+                    "enforcing"
+                } else {
+                    "permissive"
+                }
             ),
         ),
-        Err(_) => (false, format!("SELinux not enabled (no {})", fs.join("enforce").display())),
+        Err(_) => (
+            false,
+            format!("SELinux not enabled (no {})", fs.join("enforce").display()),
+        ),
     }
 }
 
@@ -55,7 +62,10 @@ pub fn build(config: &Config, store: &Arc<Store>) -> Result<Stack> {
                 })
                 .collect();
             (
-                list.iter().copied().filter(|d| *d != DriverName::None).collect(),
+                list.iter()
+                    .copied()
+                    .filter(|d| *d != DriverName::None)
+                    .collect(),
                 format!("configured explicitly: {}", names.join(",")),
             )
         }
@@ -147,7 +157,11 @@ fn level_config(config: &Config) -> AllocatorConfig {
     let own = std::fs::read(config.root_dir.join("proc/self/attr/current")).ok();
     let range = own
         .as_deref()
-        .map(|b| String::from_utf8_lossy(b).trim_end_matches(['\0', '\n']).to_string())
+        .map(|b| {
+            String::from_utf8_lossy(b)
+                .trim_end_matches(['\0', '\n'])
+                .to_string()
+        })
         .and_then(|s| s.parse::<svirt_labels::Context>().ok())
         .and_then(|c| c.range);
     match range {

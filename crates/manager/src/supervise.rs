@@ -66,12 +66,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.wake();
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }
     }

@@ -1,5 +1,6 @@
 //! 20 guests started at once get distinct uids (and distinct labels per model), all run,
 //! and all are cleaned up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -18,7 +19,10 @@ fn twenty_concurrent_guests_get_distinct_identities() {
     let xmls: Vec<(String, std::path::PathBuf)> = (0..n)
         .map(|i| {
             let disk = env.raw(&format!("d{i}.img"));
-            (env.xml(&format!("g{i}"), &[(disk.clone(), "raw", false)]), disk)
+            (
+                env.xml(&format!("g{i}"), &[(disk.clone(), "raw", false)]),
+                disk,
+            )
         })
         .collect();
     let infos: Vec<_> = std::thread::scope(|s| {

@@ -1,6 +1,7 @@
 //! Crash safety: a child process running a Manager is killed with SIGKILL at each fault
 //! point (or while a guest runs); a new Manager on the same state must reattach to running
 //! guests, clean up after the others, and leak no uid, reservation, original or file owner.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -46,11 +47,16 @@ fn run_child(env: &Env, cfg: &Config, xml: &str, fault: Option<&str>, stop: bool
     std::fs::write(dir.join("config.json"), serde_json::to_string(cfg).unwrap()).unwrap();
     std::fs::write(dir.join("guest.xml"), xml).unwrap();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "crash_child_entry", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &dir)
-        .env_remove("SVIRT_FAULT")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "--exact",
+        "crash_child_entry",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, &dir)
+    .env_remove("SVIRT_FAULT")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     if let Some(f) = fault {
         cmd.env("SVIRT_FAULT", f);
     }
@@ -62,7 +68,10 @@ fn run_child(env: &Env, cfg: &Config, xml: &str, fault: Option<&str>, stop: bool
         // Kill -9 the daemon while its guest runs.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !dir.join("started").exists() {
-            assert!(std::time::Instant::now() < deadline, "child never started the guest");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child never started the guest"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         unsafe {
@@ -100,9 +109,19 @@ fn meta(p: &Path) -> (u32, u32, u32) {
 
 fn assert_no_leak(env: &Env, what: &str) {
     let store = svirt_store::Store::open(&env.path("state")).unwrap();
-    assert!(store.id_reservations().unwrap().is_empty(), "{what}: uid leaked: {:?}", store.id_reservations());
-    assert!(store.level_reservations().unwrap().is_empty(), "{what}: level leaked");
-    assert!(store.list_originals().unwrap().is_empty(), "{what}: original record left");
+    assert!(
+        store.id_reservations().unwrap().is_empty(),
+        "{what}: uid leaked: {:?}",
+        store.id_reservations()
+    );
+    assert!(
+        store.level_reservations().unwrap().is_empty(),
+        "{what}: level leaked"
+    );
+    assert!(
+        store.list_originals().unwrap().is_empty(),
+        "{what}: original record left"
+    );
 }
 
 fn check_step(step: Option<&str>, stop: bool) {
@@ -115,25 +134,39 @@ fn check_step(step: Option<&str>, stop: bool) {
     let xml = env.xml("c", &[(disk.clone(), "qcow2", false)]);
     let cfg = env.config("dac,landlock");
     let sig = run_child(&env, &cfg, &xml, step, stop);
-    assert_eq!(sig, libc::SIGKILL, "{what}: child was not killed (fault point not reached?)");
+    assert_eq!(
+        sig,
+        libc::SIGKILL,
+        "{what}: child was not killed (fault point not reached?)"
+    );
     let qemu_pid: Option<i32> = std::fs::read_to_string(env.path("child/started"))
         .ok()
         .and_then(|s| s.parse().ok());
     let (m, report) = Manager::open(cfg.clone()).unwrap();
     let guests = m.list(true).unwrap();
     let reattached = report.reattached.contains(&"c".to_string());
-    eprintln!("{what}: reattached={reattached} recovered={:?}", report.recovered);
+    eprintln!(
+        "{what}: reattached={reattached} recovered={:?}",
+        report.recovered
+    );
     if reattached {
         // Running guest survived the crash and is supervised again.
         let info = m.info("c").unwrap();
-        assert!(matches!(info.state, GuestState::Paused | GuestState::Running), "{what}");
+        assert!(
+            matches!(info.state, GuestState::Paused | GuestState::Running),
+            "{what}"
+        );
         let pid = info.pid.unwrap();
         assert!(alive(pid), "{what}: reattached guest is dead");
         if let Some(p) = qemu_pid {
             assert_eq!(p, pid, "{what}");
         }
         // Its uid is still reserved and owns the disk.
-        assert_eq!(std::fs::metadata(&disk).unwrap().uid(), info.uid.unwrap(), "{what}");
+        assert_eq!(
+            std::fs::metadata(&disk).unwrap().uid(),
+            info.uid.unwrap(),
+            "{what}"
+        );
         m.destroy("c").unwrap();
         assert!(!alive(pid), "{what}");
     } else {
@@ -151,7 +184,10 @@ fn check_step(step: Option<&str>, stop: bool) {
         }
     }
     files.assert_restored(&what);
-    assert!(!env.path("run/guests/c").exists(), "{what}: runtime dir left");
+    assert!(
+        !env.path("run/guests/c").exists(),
+        "{what}: runtime dir left"
+    );
     let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
     for d in layout.guest_dirs(&env.cgroup_parent, "c") {
         assert!(!d.exists(), "{what}: cgroup {} left", d.display());

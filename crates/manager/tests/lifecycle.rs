@@ -1,4 +1,5 @@
 //! Start/list/info/dumpxml/monitor/shutdown/destroy with a real QEMU under TCG.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -28,21 +29,45 @@ fn lifecycle_without_drivers() {
     assert!(!info.cgroups.is_empty());
     for cg in &info.cgroups {
         let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
-        assert!(procs.lines().any(|l| l.trim() == pid.to_string()), "{} lacks {pid}", cg.display());
+        assert!(
+            procs.lines().any(|l| l.trim() == pid.to_string()),
+            "{} lacks {pid}",
+            cg.display()
+        );
     }
     // Memory limit from <memory> + overhead.
-    let mem = info.cgroups.iter().find(|c| c.to_string_lossy().contains("/memory/")).cloned();
+    let mem = info
+        .cgroups
+        .iter()
+        .find(|c| c.to_string_lossy().contains("/memory/"))
+        .cloned();
     if let Some(mem) = mem {
-        let lim: u64 = std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap().trim().parse().unwrap();
+        let lim: u64 = std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(lim, (16 << 20) + (192 << 20));
     }
     // Disk passed with an explicit format, never probed.
-    assert!(info.command_line.iter().any(|a| a.contains("\"driver\":\"qcow2\"")));
+    assert!(
+        info.command_line
+            .iter()
+            .any(|a| a.contains("\"driver\":\"qcow2\""))
+    );
     assert!(info.command_line.iter().any(|a| a == "-S"));
     // Clean environment of QEMU.
     let env_of = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let vars: Vec<&[u8]> = env_of.split(|b| *b == 0).filter(|v| !v.is_empty()).collect();
-    assert!(vars.iter().all(|v| v.starts_with(b"LC_ALL=") || v.starts_with(b"PATH=") || v.starts_with(b"HOME=")), "{vars:?}");
+    let vars: Vec<&[u8]> = env_of
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .collect();
+    assert!(
+        vars.iter().all(|v| v.starts_with(b"LC_ALL=")
+            || v.starts_with(b"PATH=")
+            || v.starts_with(b"HOME=")),
+        "{vars:?}"
+    );
     // Only stdio and the QMP listener (plus what QEMU opened itself) — none of ours:
     // the test's own files are not inherited.
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -51,7 +76,10 @@ fn lifecycle_without_drivers() {
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
-    assert!(!fds.iter().any(|f| f.ends_with("svirt.redb")), "store fd leaked into QEMU: {fds:?}");
+    assert!(
+        !fds.iter().any(|f| f.ends_with("svirt.redb")),
+        "store fd leaked into QEMU: {fds:?}"
+    );
 
     let list = m.list(false).unwrap();
     assert_eq!(list.len(), 1);
@@ -62,7 +90,9 @@ fn lifecycle_without_drivers() {
         .qemu_monitor_command("g1", serde_json::json!({"execute": "query-status"}))
         .unwrap();
     assert_eq!(r["return"]["status"], "prelaunch");
-    let r = m.qemu_monitor_command("g1", serde_json::json!({"execute": "cont"})).unwrap();
+    let r = m
+        .qemu_monitor_command("g1", serde_json::json!({"execute": "cont"}))
+        .unwrap();
     assert!(r.get("return").is_some());
     assert_eq!(m.info("g1").unwrap().state, GuestState::Running);
     let bad = m
@@ -74,7 +104,9 @@ fn lifecycle_without_drivers() {
     assert!(xml_live.contains("<name>g1</name>"));
 
     // No OS answers ACPI: shutdown falls back to kill after the timeout.
-    let exit = m.shutdown_timeout("g1", Duration::from_millis(300)).unwrap();
+    let exit = m
+        .shutdown_timeout("g1", Duration::from_millis(300))
+        .unwrap();
     assert_eq!(exit.reason, ExitReason::ShutdownTimeout);
     assert!(exit.restore_errors.is_empty(), "{:?}", exit.restore_errors);
     assert!(!alive(pid));
@@ -103,8 +135,15 @@ fn guest_exit_is_noticed_and_cleaned_up() {
     let info = m.start(&xml, StartOptions { paused: true }).unwrap();
     // QEMU quits on its own (as on guest poweroff): the supervisor reaps and cleans up.
     let _ = m.qemu_monitor_command("q", serde_json::json!({"execute": "quit"}));
-    let exit = m.wait("q", Duration::from_secs(10)).unwrap().expect("exit noticed");
-    assert!(matches!(exit.reason, ExitReason::Shutdown), "{:?}", exit.reason);
+    let exit = m
+        .wait("q", Duration::from_secs(10))
+        .unwrap()
+        .expect("exit noticed");
+    assert!(
+        matches!(exit.reason, ExitReason::Shutdown),
+        "{:?}",
+        exit.reason
+    );
     assert!(!info.runtime_dir.exists());
     for cg in &info.cgroups {
         assert!(!cg.exists());
@@ -127,17 +166,34 @@ fn dac_landlock_stack_runs_guest_under_its_uid() {
     let pid = info.pid.unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(uid_line.split_whitespace().skip(1).all(|u| u == uid.to_string()), "{uid_line}");
-    let nnp = status.lines().find(|l| l.starts_with("NoNewPrivs:")).unwrap();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == uid.to_string()),
+        "{uid_line}"
+    );
+    let nnp = status
+        .lines()
+        .find(|l| l.starts_with("NoNewPrivs:"))
+        .unwrap();
     assert!(nnp.ends_with('1'));
     // The disk belongs to the guest while it runs.
     let during = std::fs::metadata(&disk).unwrap();
     assert_eq!((during.uid(), during.gid()), (uid, gid));
     let dump = m.dumpxml("d1").unwrap();
-    assert!(dump.contains(&format!("<label>+{uid}:+{gid}</label>")), "{dump}");
+    assert!(
+        dump.contains(&format!("<label>+{uid}:+{gid}</label>")),
+        "{dump}"
+    );
     assert!(dump.contains("model='dac'"));
     let res = info.resources.iter().find(|r| r.path == disk).unwrap();
-    assert!(res.labels["dac"].as_deref().unwrap().contains(&uid.to_string()));
+    assert!(
+        res.labels["dac"]
+            .as_deref()
+            .unwrap()
+            .contains(&uid.to_string())
+    );
     m.destroy("d1").unwrap();
     let after = std::fs::metadata(&disk).unwrap();
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Every start step failing (injected `step:error`) leaves nothing behind: no record, no
 //! reservation, no original, owners/modes of files as before, no cgroup, no runtime dir,
 //! no QEMU.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -52,9 +53,21 @@ fn failure_at_every_start_step_rolls_back_everything() {
         }
         drop(m);
         let store = svirt_store::Store::open(&env.path("state")).unwrap();
-        assert!(store.id_reservations().unwrap().is_empty(), "{step}: uid leaked");
-        assert!(store.level_reservations().unwrap().is_empty(), "{step}: level leaked");
-        assert!(store.list_originals().unwrap().is_empty(), "{step}: original left");
-        assert!(store.list_guests().unwrap().is_empty(), "{step}: record left");
+        assert!(
+            store.id_reservations().unwrap().is_empty(),
+            "{step}: uid leaked"
+        );
+        assert!(
+            store.level_reservations().unwrap().is_empty(),
+            "{step}: level leaked"
+        );
+        assert!(
+            store.list_originals().unwrap().is_empty(),
+            "{step}: original left"
+        );
+        assert!(
+            store.list_guests().unwrap().is_empty(),
+            "{step}: record left"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Shared test fixtures: temporary state/run dirs, a cgroup parent under the real
 //! hierarchy removed on drop, tiny domain XML.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,7 +127,10 @@ impl Drop for Env {
         let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
         let dirs: Vec<PathBuf> = match &layout {
             svirt_manager::cgroup::Layout::V1 { memory, pids } => {
-                vec![memory.join(&self.cgroup_parent), pids.join(&self.cgroup_parent)]
+                vec![
+                    memory.join(&self.cgroup_parent),
+                    pids.join(&self.cgroup_parent),
+                ]
             }
             svirt_manager::cgroup::Layout::V2 { root } => vec![root.join(&self.cgroup_parent)],
             _ => vec![],
@@ -136,8 +139,14 @@ impl Drop for Env {
             if let Ok(rd) = std::fs::read_dir(d) {
                 for e in rd.flatten() {
                     if e.path().is_dir() {
-                        svirt_manager::cgroup::kill_all(&[e.path()], std::time::Duration::from_secs(3));
-                        let _ = svirt_manager::cgroup::remove_dirs(&[e.path()], std::time::Duration::from_secs(3));
+                        svirt_manager::cgroup::kill_all(
+                            &[e.path()],
+                            std::time::Duration::from_secs(3),
+                        );
+                        let _ = svirt_manager::cgroup::remove_dirs(
+                            &[e.path()],
+                            std::time::Duration::from_secs(3),
+                        );
                     }
                 }
             }
@@ -150,7 +159,9 @@ impl Drop for Env {
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
-            let st = s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next());
+            let st = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
             !matches!(st, Some(Some('Z' | 'X')))
         })
         .unwrap_or(false)
