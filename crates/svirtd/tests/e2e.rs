@@ -530,3 +530,69 @@ fn daemon_killed_inside_start_and_stop_leaks_nothing() {
         d.ok(&["destroy", "crashy"]);
     }
 }
+
+#[test]
+fn api_socket_is_root_only_and_errors_are_json() {
+    skip_unless_capable!();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = Daemon::start(&[]);
+    let m = std::fs::metadata(&d.socket).expect("socket");
+    assert_eq!(
+        (m.uid(), m.permissions().mode() & 0o777),
+        (0, 0o600),
+        "API socket must be root-only"
+    );
+    let (status, doc) = d.api("GET", "/openapi.json", None);
+    assert_eq!(status, 200);
+    let generated: Value = serde_json::from_str(&svirtd::api::openapi_json()).expect("JSON");
+    assert_eq!(
+        doc, generated,
+        "served OpenAPI differs from the generated one"
+    );
+    for (method, path, body, want) in [
+        ("GET", "/v1/nope", None, 404),
+        ("GET", "/v1/domains/nope", None, 404),
+        ("DELETE", "/v1/domains", None, 405),
+        ("POST", "/v1/domains", Some("{not json"), 400),
+        ("POST", "/v1/domains", Some(r#"{"xml": 5}"#), 400),
+        ("POST", "/v1/domains", Some(r#"{"xml": "<domain/>"}"#), 400),
+        (
+            "POST",
+            "/v1/domains/nope/qemu-monitor-command",
+            Some(r#"{"no": "execute"}"#),
+            400,
+        ),
+        ("POST", "/v1/domains/nope/destroy", None, 404),
+    ] {
+        let (status, v) = d.api(method, path, body);
+        assert_eq!(status, want, "{method} {path}: {v}");
+        let err = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no error field: {v}"));
+        assert!(
+            !err.is_empty() && !err.contains('\n'),
+            "{method} {path}: {err:?}"
+        );
+    }
+    let host = d.json_host();
+    assert!(
+        host["stack"].is_array() && host["why"].is_string() && host["accel"].is_string(),
+        "{host}"
+    );
+    // A second daemon on the same run directory refuses to start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_svirtd"))
+        .args([
+            "--state-dir",
+            d.path("state2").to_str().expect("utf8"),
+            "--run-dir",
+            d.run.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("svirtd");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already listening"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

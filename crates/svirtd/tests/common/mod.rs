@@ -254,6 +254,37 @@ impl Daemon {
         }
     }
 
+    /// One raw API request (no CLI): status code and JSON body.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let mut s =
+            std::os::unix::net::UnixStream::connect(&self.socket).expect("connect to svirtd");
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: svirtd\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("write request");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("read answer");
+        let text = String::from_utf8_lossy(&raw);
+        let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP answer");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status");
+        (status, serde_json::from_str(rest).unwrap_or(Value::Null))
+    }
+
+    /// `GET /v1/host`: what the daemon chose at startup.
+    pub fn json_host(&self) -> Value {
+        let (status, v) = self.api("GET", "/v1/host", None);
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
     /// A path in the daemon's temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
