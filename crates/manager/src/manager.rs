@@ -52,6 +52,8 @@ pub(crate) struct SlotState {
     pub(crate) child: bool,
     /// The supervisor is cleaning up after the exit.
     pub(crate) finishing: bool,
+    /// The record changed in memory and the supervisor must write it.
+    pub(crate) dirty: bool,
 }
 
 pub(crate) struct Inner {
@@ -159,6 +161,7 @@ impl Inner {
                     pidfd: None,
                     child: true,
                     finishing: false,
+                    dirty: false,
                 }),
                 cv: Condvar::new(),
                 qmp: Mutex::new(()),
@@ -172,6 +175,7 @@ impl Inner {
                 let mut st = lock(&slot.state);
                 st.record = rec;
                 st.pidfd = Some(Arc::new(pidfd));
+                st.dirty = true;
                 drop(st);
                 self.wake();
                 self.info_of(&slot)
@@ -219,43 +223,43 @@ impl Inner {
         rec.phase = Phase::Reserved;
         self.fault.point("after-reserve")?;
 
-        // Runtime directory: private to the guest (its uid when DAC gives one).
-        make_runtime_dir(&rec.runtime_dir, rec.ids)?;
-        let log_path = rec.runtime_dir.join("qemu.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&log_path)
-            .map_err(|e| ManagerError::io("create", &log_path, e))?;
-        let listener = UnixListener::bind(&rec.qmp_socket)
-            .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
-
-        rec.phase = Phase::Labeling;
-        self.persist(rec)?;
-        let sec = rec.security();
-        // The cgroup does not depend on the labels: make it while the drivers label.
-        let memory = rec.spec.memory_kib.saturating_mul(1024) + self.config.memory_overhead;
-        let (labeled, cg) = std::thread::scope(|s| {
-            let cg = s.spawn(|| {
-                GuestCgroup::create(
-                    &self.layout,
-                    &self.config.cgroup_parent,
-                    &rec.name,
-                    memory,
-                    self.config.pids_limit,
-                )
-            });
-            let labeled = self.set_labels(&rec.plan, &sec);
-            let cg = cg
-                .join()
-                .unwrap_or_else(|_| Err(ManagerError::Qemu("cgroup thread panicked".into())));
-            (labeled, cg)
-        });
-        labeled?;
-        self.fault.point("after-label")?;
+        // The cgroup depends on nothing that follows: make it while the record is
+        // written and the drivers label (undo removes it whatever happens here).
+        let cg_thread = {
+            let (layout, parent, name) = (
+                self.layout.clone(),
+                self.config.cgroup_parent.clone(),
+                rec.name.clone(),
+            );
+            let memory = rec.spec.memory_kib.saturating_mul(1024) + self.config.memory_overhead;
+            let pids = self.config.pids_limit;
+            std::thread::spawn(move || GuestCgroup::create(&layout, &parent, &name, memory, pids))
+        };
+        let prepared = (|| -> Result<(PathBuf, File, UnixListener)> {
+            // Runtime directory: private to the guest (its uid when DAC gives one).
+            make_runtime_dir(&rec.runtime_dir, rec.ids)?;
+            let log_path = rec.runtime_dir.join("qemu.log");
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&log_path)
+                .map_err(|e| ManagerError::io("create", &log_path, e))?;
+            let listener = UnixListener::bind(&rec.qmp_socket)
+                .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
+            rec.phase = Phase::Labeling;
+            self.persist(rec)?;
+            self.set_labels(&rec.plan, &rec.security())?;
+            self.fault.point("after-label")?;
+            Ok((log_path, log, listener))
+        })();
+        let cg = cg_thread
+            .join()
+            .unwrap_or_else(|_| Err(ManagerError::Qemu("cgroup thread panicked".into())));
+        let (log_path, log, listener) = prepared?;
         let mut cg = cg?;
+        let sec = rec.security();
         rec.phase = Phase::Cgroup;
         self.fault.point("after-cgroup")?;
 
@@ -302,10 +306,14 @@ impl Inner {
         drop(listener);
         rec.pid = Some(spawned.pid);
         rec.start_time = Some(spawned.start_time);
-        rec.phase = Phase::Spawned;
         let checked = self
             .fault
             .point("after-fork")
+            .and_then(|()| {
+                // Durable while QEMU initialises: from here a crash reattaches the guest.
+                rec.phase = Phase::Spawned;
+                self.persist(rec)
+            })
             .and_then(|()| self.fault.point("after-spawn"))
             .and_then(|()| {
                 wait_qmp(&rec.qmp_socket, &pidfd, QMP_START_TIMEOUT).map_err(|e| {
@@ -318,13 +326,15 @@ impl Inner {
             })
             .and_then(|running| {
                 self.fault.point("after-qmp")?;
+                // Not written here: the supervisor persists it off the start path (a
+                // crash before that reattaches through the `Spawned` record anyway).
                 rec.phase = Phase::Up;
                 rec.state = if running {
                     GuestState::Running
                 } else {
                     GuestState::Paused
                 };
-                self.persist(rec)
+                Ok(())
             });
         if let Err(e) = checked {
             kill_and_reap(&pidfd);

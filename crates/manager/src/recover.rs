@@ -20,6 +20,7 @@ fn slot(record: Record, pidfd: Option<std::os::fd::OwnedFd>) -> Arc<Slot> {
             pidfd: pidfd.map(Arc::new),
             child: false,
             finishing: false,
+            dirty: false,
         }),
         cv: Condvar::new(),
         qmp: Mutex::new(()),

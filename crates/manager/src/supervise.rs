@@ -17,7 +17,13 @@ pub(crate) fn run(inner: Arc<Inner>) {
             let g = inner.guests.lock().unwrap_or_else(|p| p.into_inner());
             g.values()
                 .filter_map(|s| {
-                    let st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+                    if st.dirty {
+                        st.dirty = false;
+                        if let Err(e) = inner.persist(&st.record) {
+                            tracing::error!(guest = %st.record.name, error = %e, "writing the guest record");
+                        }
+                    }
                     match (&st.pidfd, st.finishing) {
                         (Some(fd), false) => Some((s.clone(), fd.clone())),
                         _ => None,
