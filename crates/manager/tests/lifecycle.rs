@@ -80,6 +80,11 @@ fn lifecycle_without_drivers() {
         !fds.iter().any(|f| f.ends_with("svirt.redb")),
         "store fd leaked into QEMU: {fds:?}"
     );
+    assert!(
+        !fds.iter()
+            .any(|f| f.contains("cgroup.procs") || f.ends_with("trees.redb")),
+        "manager fd leaked into QEMU: {fds:?}"
+    );
 
     let list = m.list(false).unwrap();
     assert_eq!(list.len(), 1);
