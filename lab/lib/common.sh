@@ -76,20 +76,28 @@ lab_fetch_kernel() {
     printf '%s\n' "$dir/vmlinuz"
 }
 
-# The probe, linked statically, built in the lab's own target dir so the team's normal
-# builds are not invalidated. Prints the binary's path.
-lab_build_probe() {
-    local repo=$1 cache=$2 bin
-    lab_log "building svirt-probe (static)"
+# The probe and the scenario's other workspace binaries (packages named in $@, e.g. svirt,
+# svirtd), linked statically in ONE cargo run, in the lab's own target dir so the team's
+# normal builds are not invalidated. Static binaries run in the initramfs and on the host
+# alike (the host side uses `svirt explain --batch` / `svirt denials` from the same build).
+# Prints the directory holding the binaries.
+lab_build_bins() {
+    local repo=$1 cache=$2 dir p bin pkgs=()
+    shift 2
+    for p in svirt-probe "$@"; do pkgs+=(-p "$p"); done
+    lab_log "building ${*:+$* and }svirt-probe (static)"
     (cd "$repo" && CARGO_TARGET_DIR="$cache/target" RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build -q --release --target x86_64-unknown-linux-gnu -p svirt-probe >&2) \
-        || lab_die "building svirt-probe failed"
-    bin="$cache/target/x86_64-unknown-linux-gnu/release/svirt-probe"
-    # A dynamic binary would die in the initramfs with a misleading "not found".
-    if LC_ALL=C readelf -l "$bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
-        lab_die "$bin is not static"
-    fi
-    printf '%s\n' "$bin"
+        cargo build -q --release --target x86_64-unknown-linux-gnu "${pkgs[@]}" >&2) \
+        || lab_die "building ${pkgs[*]} failed"
+    dir="$cache/target/x86_64-unknown-linux-gnu/release"
+    for bin in svirt-probe "$@"; do
+        [ -x "$dir/$bin" ] || lab_die "no binary $dir/$bin after the build"
+        # A dynamic binary would die in the initramfs with a misleading "not found".
+        if LC_ALL=C readelf -l "$dir/$bin" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+            lab_die "$dir/$bin is not static"
+        fi
+    done
+    printf '%s\n' "$dir"
 }
 
 # Populate a staging root with busybox, /dev/console and the lab's /init.

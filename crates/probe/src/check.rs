@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Result};
-use crate::plan::{Attack, Decision, Expected, Plan, ProcInfo, Snapshot, parse_pids};
+use crate::plan::{Attack, Decision, Expectation, Expected, Plan, ProcInfo, Snapshot, parse_pids};
 use crate::selinux::{self, ContextParts};
 use svirt_labels::{Level, LevelOrdering};
 
@@ -243,25 +243,28 @@ pub fn evaluate(
     }
 
     for op in &attack.ops {
-        let exp = expected.get(&op.name);
+        let exp = expected.get(&(op.guest.clone(), op.name.clone()));
         let got = obs.results.get(&op.guest).and_then(|r| r.ops.get(&op.name));
         let (pass, want) = match exp.map(|e| e.decision) {
-            Some(Decision::Allow) => (got.is_some_and(|g| g == "ok"), "allow (ok)"),
-            Some(Decision::Deny) => (got.is_some_and(|g| g == "EACCES"), "deny (EACCES)"),
-            None => (false, "NO EXPECTATION in the table"),
+            Some(Decision::Allow) => (got.is_some_and(|g| g == "ok"), "allow (ok)".to_string()),
+            Some(Decision::Deny) => (
+                got.is_some_and(|g| g == "EACCES"),
+                format!("deny (EACCES): {}", exp.map_or("", |e| e.reason.as_str())),
+            ),
+            None => (false, "NO EXPECTATION from the model".to_string()),
         };
         out.push(check(
             format!("decision.{}.{}", op.guest, op.name),
             pass,
             format!(
-                "{:?} {} -> got {}, expected {want}",
+                "{:?} {} -> got {}, model: {want}",
                 op.action,
                 op.target,
                 got.map_or("nothing", String::as_str)
             ),
         ));
-        if exp.is_some_and(|e| e.decision == Decision::Deny && e.audited) {
-            out.push(avc_check(op, obs));
+        if let Some(e) = exp.filter(|e| e.decision == Decision::Deny && e.audited) {
+            out.push(avc_check(op, e, obs));
         }
     }
     out
@@ -299,40 +302,50 @@ fn isolation_check(levels: &[(String, String)], guests: usize) -> CheckResult {
     }
 }
 
-fn avc_check(op: &crate::plan::Op, obs: &Observed) -> CheckResult {
-    let name = format!("avc.{}.{}", op.guest, op.name);
-    let (perm, class) = op.action.permission();
-    let source = obs.running.procs.get(&op.guest);
+/// The AVC line of an expected, audited denial (pid, both contexts, class, permission).
+pub fn find_avc<'a>(
+    op: &crate::plan::Op,
+    exp: &Expectation,
+    running: &Snapshot,
+    avcs: &'a [Avc],
+) -> std::result::Result<&'a Avc, String> {
+    let perm = exp.perm.as_deref().unwrap_or("?");
+    let class = exp.class.as_str();
+    let source = running.procs.get(&op.guest);
     let scontext = source.map(|p| p.current.clone());
     // Guests given the same label (a broken run) log identical contexts: the pid tells
     // whose denial a line is.
     let pid = source.map(|p| p.pid);
     let tcontext = if op.action.targets_process() {
-        obs.running.procs.get(&op.target).map(|p| p.current.clone())
+        running.procs.get(&op.target).map(|p| p.current.clone())
     } else {
-        obs.running.files.get(&PathBuf::from(&op.target)).cloned()
+        running.files.get(&PathBuf::from(&op.target)).cloned()
     };
     let (Some(s), Some(t)) = (scontext, tcontext) else {
-        return check(name, false, "source or target context unknown".into());
+        return Err("source or target context unknown".into());
     };
-    let hit = obs.avcs.iter().find(|a| {
-        a.denied
-            && a.pid == pid
-            && a.scontext == s
-            && a.tcontext == t
-            && a.tclass == class
-            && a.perms.iter().any(|p| p == perm)
-    });
-    match hit {
-        Some(a) => check(name, true, a.line.clone()),
-        None => check(
-            name,
-            false,
+    avcs.iter()
+        .find(|a| {
+            a.denied
+                && a.pid == pid
+                && a.scontext == s
+                && a.tcontext == t
+                && a.tclass == class
+                && a.perms.iter().any(|p| p == perm)
+        })
+        .ok_or_else(|| {
             format!(
                 "no `avc: denied {{ {perm} }}` from pid {} with scontext={s} tcontext={t} tclass={class}",
                 pid.unwrap_or(0)
-            ),
-        ),
+            )
+        })
+}
+
+fn avc_check(op: &crate::plan::Op, exp: &Expectation, obs: &Observed) -> CheckResult {
+    let name = format!("avc.{}.{}", op.guest, op.name);
+    match find_avc(op, exp, &obs.running, &obs.avcs) {
+        Ok(a) => check(name, true, a.line.clone()),
+        Err(why) => check(name, false, why),
     }
 }
 
@@ -412,7 +425,9 @@ mod tests {
         let plan =
             Plan::parse("guest A s0:c1,c2\nguest B s0:c3,c4\ndisk B /img/B private\n").unwrap();
         let attack = Attack::parse("results A /img/A.r\nop A other.read read /img/B\n").unwrap();
-        let expected = parse_expected("other.read deny avc\n").unwrap();
+        let expected =
+            parse_expected("A\tother.read\tdeny\tavc\tfile\tread\tconstraint failed for read\n")
+                .unwrap();
         let mut obs = Observed {
             enforcing: Some(true),
             ..Default::default()

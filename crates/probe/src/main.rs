@@ -7,7 +7,9 @@
 
 mod check;
 mod error;
+mod hostcheck;
 mod manager;
+mod model;
 mod plan;
 mod qmp;
 mod selinux;
@@ -29,8 +31,10 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
   setlabel PATH CONTEXT                    set security.selinux (no symlink follow)
   getlabel PATH                            print security.selinux
   context [PID]                            print /proc/PID/attr/current (default self)
-  exec [--null-stdio] PROGRAM [ARGS...]    execv PROGRAM (one step of a domain transition chain);
-                                           --null-stdio: stdio from a /dev/null this domain opened
+  exec [--null-stdio | --stdio FILE] PROGRAM [ARGS...]
+                                           execv PROGRAM (one step of a domain transition chain);
+                                           --null-stdio: stdio from a /dev/null this domain opened;
+                                           --stdio FILE: stdin /dev/null, stdout+stderr appended to FILE
   manager --plan F --state DIR --vmm F [--timeout SECS]
                                            stand-in manager (see docs/lab.md)
   vmm --name NAME [--attack F] [--linger SECS]
@@ -41,8 +45,16 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
                                            SVIRT_PROBE_LINGER_SECS (default 600)
   snapshot --plan F --attack F [--pids F] --out F
   wait-line --line TEXT --timeout SECS FILE...
-  list-checks --plan F --attack F --expected F
-  check --plan F --attack F --expected F --before F --running F --after F --dmesg F";
+  list-checks --plan F --attack F --expected F      every check name (VM and host checks)
+  check --plan F --attack F --expected F --before F --running F --after F --dmesg F
+ host side:
+  model-queries --plan F --attack F --labels F     `svirt explain --batch` requests, one per
+                                                   permission each operation needs
+  model-expect --plan F --attack F --labels F --answers F
+                                                   the batch answers folded into the expected table
+  host-check --plan F --attack F --expected F --console F --avc F --svirt F
+                                                   `svirt denials` / `svirt explain --avc` on the
+                                                   run's AVC lines";
 
 /// `--key value` options plus positional arguments.
 struct Args {
@@ -185,10 +197,60 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
         }
         "list-checks" => {
             let (plan, attack, expected) = load_inputs(&a)?;
-            for name in check::list(&plan, &attack, &expected) {
+            for name in check::list(&plan, &attack, &expected)
+                .into_iter()
+                .chain(hostcheck::list(&plan, &attack, &expected))
+            {
                 println!("{name}");
             }
             Ok(true)
+        }
+        "model-queries" => {
+            let plan = plan::Plan::load(&a.req("plan")?)?;
+            let attack = plan::Attack::load(&a.req("attack")?)?;
+            let labels = plan::load_labels(&a.req("labels")?)?;
+            for q in model::queries(&plan, &attack, &labels)? {
+                println!("{}", q.batch_line());
+            }
+            Ok(true)
+        }
+        "model-expect" => {
+            let plan = plan::Plan::load(&a.req("plan")?)?;
+            let attack = plan::Attack::load(&a.req("attack")?)?;
+            let labels = plan::load_labels(&a.req("labels")?)?;
+            let answers_path = a.req("answers")?;
+            let answers: Vec<String> = fs::read_to_string(&answers_path)
+                .ctx(|| format!("reading {}", answers_path.display()))?
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            let q = model::queries(&plan, &attack, &labels)?;
+            print!(
+                "{}",
+                plan::render_expected(&model::expectations(&q, &answers)?)
+            );
+            Ok(true)
+        }
+        "host-check" => {
+            let (plan, attack, expected) = load_inputs(&a)?;
+            let console_path = a.req("console")?;
+            let console =
+                fs::read(&console_path).ctx(|| format!("reading {}", console_path.display()))?;
+            let avc = a.req("avc")?;
+            let no_daemon = avc.with_file_name("no-svirtd.sock");
+            let results = hostcheck::evaluate(&hostcheck::Inputs {
+                plan: &plan,
+                attack: &attack,
+                expected: &expected,
+                console: &String::from_utf8_lossy(&console),
+                avc_file: &avc,
+                svirt: &a.req("svirt")?,
+                no_daemon: &no_daemon,
+            });
+            for r in &results {
+                println!("{}", r.line());
+            }
+            Ok(results.iter().all(|r| r.pass))
         }
         "check" => run_check(&a),
         "help" | "--help" | "-h" => {
@@ -286,26 +348,34 @@ fn wait_line(files: &[String], line: &str, timeout: Duration) -> Result<bool> {
 }
 
 fn exec(args: &[String]) -> Result<bool> {
-    let args = match args.split_first() {
-        Some((flag, rest)) if flag == "--null-stdio" => {
-            // The next domain may use fds of this one but not those inherited from
-            // further up the chain; the kernel would replace them (with an AVC each).
-            let null = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .ctx(|| "opening /dev/null".to_string())?;
-            for fd in 0..3 {
-                // SAFETY: dup2 onto the standard fds of this about-to-exec process.
-                if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .ctx(|| format!("dup2 onto fd {fd}"));
-                }
-            }
-            rest
-        }
-        _ => args,
+    // The next domain may use fds of this one but not those inherited from further up the
+    // chain; the kernel would replace them (with an AVC each). So stdio is (re)opened here.
+    let (null_out, log, args) = match args {
+        [flag, rest @ ..] if flag == "--null-stdio" => (true, None, rest),
+        [flag, file, rest @ ..] if flag == "--stdio" => (false, Some(file), rest),
+        _ => (false, None, args),
     };
+    if null_out || log.is_some() {
+        let null = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .ctx(|| "opening /dev/null".to_string())?;
+        let out = match log {
+            Some(f) => fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)
+                .ctx(|| format!("opening {f}"))?,
+            None => null.try_clone().ctx(|| "dup /dev/null".to_string())?,
+        };
+        for (fd, from) in [(0, &null), (1, &out), (2, &out)] {
+            // SAFETY: dup2 onto the standard fds of this about-to-exec process.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(from), fd) } < 0 {
+                return Err(std::io::Error::last_os_error()).ctx(|| format!("dup2 onto fd {fd}"));
+            }
+        }
+    }
     let prog = args
         .first()
         .ok_or_else(|| Error::msg("exec: missing PROGRAM"))?;

@@ -185,15 +185,28 @@ impl Action {
         matches!(self, Self::Signal | Self::Signull | Self::Ptrace)
     }
 
-    /// The SELinux permission and class the kernel checks (and audits) first.
-    pub fn permission(self) -> (&'static str, &'static str) {
+    /// THE mapping from a probe operation to what the kernel checks: the object class
+    /// and the permissions in the order the kernel checks them, each check before the next
+    /// (so the first denied permission is the one an AVC line names). The expected outcomes
+    /// are computed from this by the policy model (`model-queries` / `model-expect`), and
+    /// the AVC checks look for the permission it yields.
+    ///
+    /// - read: `open(O_RDONLY)` checks `read` in `inode_permission`, then `read open` in
+    ///   `file_open` (the `read()` that follows is not rechecked: same label and policy);
+    /// - write: `open(O_WRONLY)` checks `write`, then `write open`;
+    /// - stat: `lstat` checks `getattr`;
+    /// - signal, signal 0, `PTRACE_SEIZE`: `process` `signal`, `signull`, `ptrace`.
+    ///
+    /// Path traversal (`search` on the directories above the target) is not listed: the
+    /// lab's directories are labeled so every guest may search them.
+    pub fn access(self) -> (&'static str, &'static [&'static str]) {
         match self {
-            Self::Read => ("read", "file"),
-            Self::Write => ("write", "file"),
-            Self::Stat => ("getattr", "file"),
-            Self::Signal => ("signal", "process"),
-            Self::Signull => ("signull", "process"),
-            Self::Ptrace => ("ptrace", "process"),
+            Self::Read => ("file", &["read", "open"]),
+            Self::Write => ("file", &["write", "open"]),
+            Self::Stat => ("file", &["getattr"]),
+            Self::Signal => ("process", &["signal"]),
+            Self::Signull => ("process", &["signull"]),
+            Self::Ptrace => ("process", &["ptrace"]),
         }
     }
 }
@@ -269,45 +282,98 @@ pub enum Decision {
     Deny,
 }
 
-/// Expected outcome of one operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Expected outcome of one guest's operation, as the policy model decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expectation {
     /// Allowed or denied.
     pub decision: Decision,
     /// For a denial: whether the kernel logs an AVC line (false under `dontaudit`).
     pub audited: bool,
+    /// The object class checked.
+    pub class: String,
+    /// For a denial: the first permission the kernel denies (the one its AVC line names).
+    pub perm: Option<String>,
+    /// The model's reason for a denial (`svirt explain --batch`), empty for an allow.
+    pub reason: String,
 }
 
-/// The expected-decision table: THE one place the scenario's expectations live.
-pub type Expected = BTreeMap<String, Expectation>;
+/// The expected outcomes, by (guest, operation name): generated on the host from the
+/// policy model before the boot (see [`render_expected`]); the only source of truth.
+pub type Expected = BTreeMap<(String, String), Expectation>;
 
-/// Parse `NAME allow` / `NAME deny avc` / `NAME deny noavc` lines.
+/// The header of a generated expected table.
+pub const EXPECTED_HEADER: &str =
+    "# GUEST<TAB>OP<TAB>allow|deny<TAB>avc|noavc|-<TAB>CLASS<TAB>PERM|-<TAB>REASON";
+
+/// Render an expected table in the form [`parse_expected`] reads (tab-separated, because
+/// the reason is free text).
+pub fn render_expected(e: &Expected) -> String {
+    let mut out = String::new();
+    out.push_str(EXPECTED_HEADER);
+    out.push('\n');
+    for ((guest, op), x) in e {
+        let (d, a) = match (x.decision, x.audited) {
+            (Decision::Allow, _) => ("allow", "-"),
+            (Decision::Deny, true) => ("deny", "avc"),
+            (Decision::Deny, false) => ("deny", "noavc"),
+        };
+        let reason = x.reason.replace(['\t', '\n'], " ");
+        out.push_str(&format!(
+            "{guest}\t{op}\t{d}\t{a}\t{}\t{}\t{}\n",
+            x.class,
+            x.perm.as_deref().unwrap_or("-"),
+            if reason.is_empty() { "-" } else { &reason }
+        ));
+    }
+    out
+}
+
+/// Parse `GUEST<TAB>OP<TAB>allow|deny<TAB>avc|noavc|-<TAB>CLASS<TAB>PERM|-<TAB>REASON` lines
+/// (`#` starts a comment line only at the start: reasons may contain anything).
 pub fn parse_expected(text: &str) -> Result<Expected> {
     let mut e = Expected::new();
-    for (n, f) in lines(text) {
-        let exp = match f.as_slice() {
-            [_, "allow"] => Expectation {
-                decision: Decision::Allow,
-                audited: false,
-            },
-            [_, "deny", "avc"] => Expectation {
-                decision: Decision::Deny,
-                audited: true,
-            },
-            [_, "deny", "noavc"] => Expectation {
-                decision: Decision::Deny,
-                audited: false,
-            },
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split('\t').map(str::trim).collect();
+        let [guest, op, decision, audit, class, perm, reason] = f.as_slice() else {
+            return Err(bad("expected table", n, "expected 7 tab-separated fields"));
+        };
+        let (decision, audited) = match (*decision, *audit) {
+            ("allow", "-") => (Decision::Allow, false),
+            ("deny", "avc") => (Decision::Deny, true),
+            ("deny", "noavc") => (Decision::Deny, false),
             _ => {
                 return Err(bad(
                     "expected table",
                     n,
-                    "expected `NAME allow|deny avc|deny noavc`",
+                    "expected `allow -`, `deny avc` or `deny noavc`",
                 ));
             }
         };
-        if e.insert(f[0].to_string(), exp).is_some() {
-            return Err(bad("expected table", n, &format!("{} listed twice", f[0])));
+        let perm = (*perm != "-").then(|| perm.to_string());
+        if decision == Decision::Deny && perm.is_none() {
+            return Err(bad("expected table", n, "a denial names its permission"));
+        }
+        let exp = Expectation {
+            decision,
+            audited,
+            class: class.to_string(),
+            perm,
+            reason: if *reason == "-" {
+                String::new()
+            } else {
+                reason.to_string()
+            },
+        };
+        if e.insert((guest.to_string(), op.to_string()), exp).is_some() {
+            return Err(bad(
+                "expected table",
+                n,
+                &format!("{guest} {op} listed twice"),
+            ));
         }
     }
     Ok(e)
@@ -316,6 +382,34 @@ pub fn parse_expected(text: &str) -> Result<Expected> {
 /// Read and parse the expected table.
 pub fn load_expected(path: &Path) -> Result<Expected> {
     parse_expected(&read(path)?).ctx(|| path.display().to_string())
+}
+
+/// Labels the scenario gives files outside the plan (`PATH CONTEXT` lines), shared by the
+/// VM (which sets them) and the host (which asks the model about them).
+pub type Labels = BTreeMap<PathBuf, String>;
+
+/// Parse a layout labels file.
+pub fn parse_labels(text: &str) -> Result<Labels> {
+    let mut l = Labels::new();
+    for (n, f) in lines(text) {
+        match f.as_slice() {
+            [path, ctx] => {
+                l.insert(PathBuf::from(path), ctx.to_string());
+            }
+            _ => return Err(bad("labels", n, "expected `PATH CONTEXT`")),
+        }
+    }
+    Ok(l)
+}
+
+/// Read and parse a layout labels file.
+pub fn load_labels(path: &Path) -> Result<Labels> {
+    parse_labels(&read(path)?).ctx(|| path.display().to_string())
+}
+
+/// The process context of a guest's VMM at `level`.
+pub fn guest_process_context(level: &str) -> String {
+    format!("system_u:system_r:{DOMAIN_TYPE}:{level}")
 }
 
 /// A process seen by the unconfined side.
@@ -447,13 +541,31 @@ mod tests {
             Attack::parse("op A x ptrace B\n").is_err(),
             "process ops need peers"
         );
-        let e = parse_expected("other.read deny avc\ncontent.write deny noavc\nother.stat allow\n")
-            .unwrap();
-        assert!(e["other.read"].audited);
-        assert!(!e["content.write"].audited);
-        assert_eq!(e["other.stat"].decision, Decision::Allow);
-        assert!(parse_expected("x allow\nx deny avc\n").is_err());
-        assert!(parse_expected("x maybe\n").is_err());
+        let text = "# c\nA\tother.read\tdeny\tavc\tfile\tread\tconstraint failed for read: (h1 dom h2 # x)\n\
+            A\tcontent.write\tdeny\tnoavc\tfile\twrite\tno TE rule for write; not logged (dontaudit)\n\
+            B\tother.stat\tallow\t-\tfile\t-\t-\n";
+        let e = parse_expected(text).unwrap();
+        let k = |g: &str, o: &str| (g.to_string(), o.to_string());
+        assert!(e[&k("A", "other.read")].audited);
+        assert_eq!(
+            e[&k("A", "other.read")].reason,
+            "constraint failed for read: (h1 dom h2 # x)"
+        );
+        assert!(!e[&k("A", "content.write")].audited);
+        assert_eq!(e[&k("B", "other.stat")].decision, Decision::Allow);
+        assert_eq!(parse_expected(&render_expected(&e)).unwrap(), e);
+        assert!(
+            parse_expected("A\tx\tallow\t-\tfile\t-\t-\nA\tx\tallow\t-\tfile\t-\t-\n").is_err()
+        );
+        assert!(parse_expected("A\tx\tmaybe\t-\tfile\t-\t-\n").is_err());
+        assert!(
+            parse_expected("A\tx\tdeny\tavc\tfile\t-\t-\n").is_err(),
+            "a denial names its perm"
+        );
+        assert!(
+            parse_expected("x allow\n").is_err(),
+            "the old hand-written format is gone"
+        );
     }
 
     #[test]

@@ -1,47 +1,31 @@
 # Guest side of the SELinux scenario: sourced by the lab's /init (busybox sh, PID 1).
 # After the policy load PID 1 is kernel_t (unconfined): it sets up, hands over to the
-# manager step (manager.sh), observes, and prints LABCHECK lines via `svirt-probe check`.
+# manager step (manager.sh:
+# the stand-in or svirtd), observes, and prints LABCHECK lines via `svirt-probe check`.
 S=/scenario
 P=$S/svirt-probe
 LAB_STATE=/lab/state
 ETC=/lab/etc
 . $S/manager.sh
 
-# path label. /dev/null: devtmpfs was mounted before the policy load and its nodes carry
-# no usable label; the chain's domains need a null device they may use.
-# Binaries are copies of the probe; their labels drive the domain chain.
-LAYOUT_LABELS='
-/dev/null                     system_u:object_r:null_device_t:s0
-/lab/bin                      system_u:object_r:bin_t:s0
-/lab/bin/init-probe           system_u:object_r:init_exec_t:s0
-/lab/bin/virtd-probe          system_u:object_r:virtd_exec_t:s0
-/lab/bin/qemu-system-x86_64   system_u:object_r:qemu_exec_t:s0
-/lab/etc                      system_u:object_r:etc_t:s0
-/lab/etc/plan                 system_u:object_r:virt_etc_t:s0
-/lab/etc/attack.plan          system_u:object_r:etc_t:s0
-/lab/state                    system_u:object_r:virt_var_lib_t:s0
-/lab/img                      system_u:object_r:svirt_image_t:s0
-/lab/img/A.img                system_u:object_r:virt_image_t:s0
-/lab/img/B.img                system_u:object_r:virt_image_t:s0
-/lab/img/A.result             system_u:object_r:virt_image_t:s0
-/lab/img/B.result             system_u:object_r:virt_image_t:s0
-/lab/img/shared.img           system_u:object_r:virt_image_t:s0
-/lab/img/content.iso          system_u:object_r:virt_image_t:s0
-/lab/img/home.txt             system_u:object_r:user_home_t:s0
-'
+# The layout's labels (PATH CONTEXT): /scenario/layout.labels, shared with the host side.
 
 lab_setup_layout() {
     # The initramfs root cannot carry labels; a tmpfs can.
     mount -t tmpfs -o mode=0755 lab /lab || return 1
     mkdir -p /lab/bin $ETC $LAB_STATE /lab/img || return 1
     for b in init-probe virtd-probe qemu-system-x86_64; do cp $P /lab/bin/$b || return 1; done
+    # svirtd and its CLI, when the scenario runs them (manager-svirtd.sh).
+    for b in svirtd svirt; do [ ! -f $S/$b ] || cp $S/$b /lab/bin/$b || return 1; done
+    mkdir -p /lab/run || return 1
     cp $S/plan $S/attack.plan $ETC/ || return 1
     for f in A.img B.img shared.img content.iso home.txt; do echo "contents of $f" > /lab/img/$f; done
     : > /lab/img/A.result; : > /lab/img/B.result
     # Everything is root-owned and world-accessible: only SELinux decides below.
     chmod 0666 /lab/img/*
-    echo "$LAYOUT_LABELS" | while read -r path ctx; do
+    grep -v '^#' $S/layout.labels | while read -r path ctx; do
         [ -n "$path" ] || continue
+        case $path in /lab/bin/svirt*) [ -e "$path" ] || continue ;; esac
         $P setlabel "$path" "$ctx" || exit 1
     done
 }
@@ -91,7 +75,8 @@ scenario_main() {
     snap --out $LAB_STATE/after
     dmesg > $LAB_STATE/dmesg
 
-    for f in $LAB_STATE/manager.log /lab/img/A.result /lab/img/B.result; do
+    # The running snapshot goes to the host too: its host checks need the guests' pids.
+    for f in $LAB_STATE/manager.log $LAB_STATE/running /lab/img/A.result /lab/img/B.result; do
         sed "s|^|LABLOG $f: |" $f 2>/dev/null
     done
     $P check --plan $ETC/plan --attack $ETC/attack.plan --expected $S/expected.tsv \

@@ -1,0 +1,76 @@
+# The manager step of the SELinux scenario with the real svirtd and svirt CLI. Sourced by
+# guest.sh (busybox sh, runs as kernel_t). Same contract as manager-standin.sh:
+#   manager_start  start svirtd through the real domain chain (kernel_t -> init_exec_t ->
+#                  init_t -> virtd_exec_t -> virtd_t), `svirt start` each guest's domain XML
+#                  (/scenario/NAME.xml, <emulator> = the probe labeled qemu_exec_t, static
+#                  <seclabel> at the plan's level); $LAB_STATE/pids.all = `manager PID`,
+#                  `NAME PID` per guest, `END`.
+#   manager_stop   `svirt shutdown` each guest (svirtd restores the labels when a guest
+#                  ends), then stop svirtd; 0 when all of that succeeded.
+# /scenario/manager.env may set SVIRTD_PER_GUEST=1: every guest gets its own svirtd (own
+# state dir, own label allocator). That is how the broken `--same-level` run gets two guests
+# at one static level: one svirtd refuses a second static guest at a reserved level.
+SVIRT_RUN=/lab/run
+SVIRTD_PER_GUEST=0
+[ -f /scenario/manager.env ] && . /scenario/manager.env
+
+# svirtd_start N: svirtd number N (run dir $SVIRT_RUN/N), through the chain; prints its pid.
+svirtd_start() {
+    dir=$SVIRT_RUN/$1
+    /lab/bin/init-probe exec --stdio "$LAB_STATE/svirtd.$1.log" /lab/bin/svirtd \
+        --state-dir "$LAB_STATE/svirtd.$1" --run-dir "$dir" --drivers selinux --accel tcg \
+        --shutdown-timeout 5 </dev/null >/dev/null 2>&1 &
+    echo $! > "$LAB_STATE/svirtd.$1.pid"
+    i=0
+    while [ ! -S "$dir/svirtd.sock" ]; do
+        i=$((i + 1))
+        [ $i -lt 300 ] || { echo "svirtd $1: no socket after 30s" >> "$LAB_STATE/manager.log"; return 1; }
+        kill -0 "$(cat "$LAB_STATE/svirtd.$1.pid")" 2>/dev/null \
+            || { echo "svirtd $1 exited" >> "$LAB_STATE/manager.log"; return 1; }
+        sleep 0.1
+    done
+}
+
+sv() { # N ARGS...: svirt against svirtd number N, logged
+    n=$1; shift
+    echo "+ svirt $*" >> "$LAB_STATE/manager.log"
+    /lab/bin/svirt --connect "unix:$SVIRT_RUN/$n/svirtd.sock" "$@" 2>> "$LAB_STATE/manager.log"
+}
+
+manager_start() {
+    : > "$LAB_STATE/manager.log"
+    svirtd_start 1 || return 1
+    echo "manager $(cat "$LAB_STATE/svirtd.1.pid")" > "$LAB_STATE/pids.all"
+    n=1 rc=0
+    for g in $(awk '$1 == "guest" { print $2 }' /lab/etc/plan); do
+        if [ "$SVIRTD_PER_GUEST" = 1 ] && [ -s "$LAB_STATE/guest-svirtd" ]; then
+            n=$((n + 1)); svirtd_start $n || return 1
+        fi
+        echo "$g $n" >> "$LAB_STATE/guest-svirtd"
+        if sv $n start --json "/scenario/$g.xml" > "$LAB_STATE/start.$g.json"; then
+            pid=$(sed -n 's/^ *"pid": *\([0-9]*\).*/\1/p' "$LAB_STATE/start.$g.json" | head -n1)
+            echo "$g $pid" >> "$LAB_STATE/pids.all"
+        else
+            rc=1
+        fi
+        cat "$LAB_STATE/start.$g.json" >> "$LAB_STATE/manager.log"
+    done
+    echo END >> "$LAB_STATE/pids.all"
+    sv 1 list >> "$LAB_STATE/manager.log"
+    return $rc
+}
+
+manager_stop() {
+    rc=0
+    while read -r g n; do
+        sv "$n" shutdown --timeout 5 "$g" >> "$LAB_STATE/manager.log" || rc=1
+    done < "$LAB_STATE/guest-svirtd"
+    for f in "$LAB_STATE"/svirtd.*.pid; do
+        pid=$(cat "$f")
+        kill -TERM "$pid" 2>/dev/null
+        wait "$pid" || { echo "svirtd pid $pid exited $?" >> "$LAB_STATE/manager.log"; rc=1; }
+    done
+    for f in "$LAB_STATE"/svirtd.*.log; do sed "s|^|$f: |" "$f" >> "$LAB_STATE/manager.log"; done
+    [ $rc = 0 ] && echo ok > "$LAB_STATE/done" || echo "failed (see manager.log)" > "$LAB_STATE/done"
+    return $rc
+}
