@@ -97,24 +97,28 @@ fn svirt_once(d: &Daemon, xml: &Path, name: &str) -> (Duration, Value) {
     (dt, info)
 }
 
-/// The same QEMU command line, launched directly (no labels, no confinement), with the QMP
-/// monitor on a socket path instead of the fd svirtd passes; timed until QMP answers.
+/// The same QEMU command line, launched directly (no labels, no cgroup, no confinement).
+/// Like svirtd, the QMP listener is bound before the launch and handed to QEMU as an fd, so
+/// the connection is immediate and the greeting arrives as soon as QEMU is ready (no
+/// connect polling on either side). Timed until QMP answers `query-status`.
 fn direct_once(argv: &[String], qmp: &Path) -> Duration {
+    use std::os::fd::AsRawFd;
+    let t0 = Instant::now();
     let _ = std::fs::remove_file(qmp);
+    let listener = std::os::unix::net::UnixListener::bind(qmp).expect("bind QMP socket");
+    let fd = listener.as_raw_fd();
+    // SAFETY: clearing FD_CLOEXEC on a socket this function owns, so QEMU inherits it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     let argv: Vec<String> = argv
         .iter()
         .map(|a| {
             if a.starts_with("socket,id=charmonitor,fd=") {
-                format!(
-                    "socket,id=charmonitor,path={},server=on,wait=off",
-                    qmp.display()
-                )
+                format!("socket,id=charmonitor,fd={fd},server=on,wait=off")
             } else {
                 a.clone()
             }
         })
         .collect();
-    let t0 = Instant::now();
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -122,7 +126,9 @@ fn direct_once(argv: &[String], qmp: &Path) -> Duration {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn qemu");
-    let mut q = Qmp::connect_until(qmp, Instant::now() + Duration::from_secs(30)).expect("QMP");
+    drop(listener);
+    let stream = std::os::unix::net::UnixStream::connect(qmp).expect("connect QMP");
+    let mut q = Qmp::from_stream(stream, Duration::from_secs(30)).expect("QMP");
     let status = q.execute("query-status", None).expect("query-status");
     let dt = t0.elapsed();
     assert_eq!(status["status"], "prelaunch", "{status}");
@@ -190,7 +196,14 @@ fn main() {
         host["why"].as_str().unwrap_or(""),
         host["accel"].as_str().unwrap_or("")
     );
-    println!("{iters} timed runs per case after one warm-up, interleaved; milliseconds\n");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "{iters} timed runs per case after one warm-up, interleaved; milliseconds; load average {}\n",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let mut report = String::new();
     let _ = writeln!(
         report,

@@ -246,10 +246,10 @@ impl Daemon {
             other => vec![other],
         };
         for i in items {
-            if let Some(p) = i.get("pid").and_then(Value::as_i64) {
-                if !self.seen_pids.contains(&(p as i32)) {
-                    self.seen_pids.push(p as i32);
-                }
+            if let Some(p) = i.get("pid").and_then(Value::as_i64)
+                && !self.seen_pids.contains(&(p as i32))
+            {
+                self.seen_pids.push(p as i32);
             }
         }
     }
