@@ -53,8 +53,19 @@ pub fn svirt_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let svirtd = PathBuf::from(env!("CARGO_BIN_EXE_svirtd"));
+        let svirt = svirtd.with_file_name("svirt");
         let release = svirtd.parent().is_some_and(|d| d.ends_with("release"));
         // `cargo test -p svirtd` does not build the CLI; make sure the one we run is current.
+        // (`cargo test --workspace` has just built it: skip cargo when it is newer than its
+        // sources, so a differently-unified feature set does not rebuild it.)
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../svirt/src");
+        if newest_mtime(&src).is_some_and(|s| {
+            fs::metadata(&svirt)
+                .and_then(|m| m.modified())
+                .is_ok_and(|b| b >= s)
+        }) {
+            return svirt;
+        }
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-q", "-p", "svirt"]);
@@ -63,9 +74,22 @@ pub fn svirt_bin() -> PathBuf {
         }
         let status = cmd.status().expect("run cargo build -p svirt");
         assert!(status.success(), "cargo build -p svirt failed");
-        svirtd.with_file_name("svirt")
+        svirt
     })
     .clone()
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let t = if e.path().is_dir() {
+            newest_mtime(&e.path())
+        } else {
+            e.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
