@@ -39,6 +39,9 @@ scenario_main() {
     else
         labcheck setup.policy_load FAIL "$out"; return 1
     fi
+    # svirtd puts each guest in a cgroup (memory, pids): cgroup2, mounted after the policy
+    # load so it carries the policy's label (cgroup_t).
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
     if out=$(lab_setup_layout 2>&1); then
         labcheck setup.layout PASS "tmpfs /lab labeled"
     else

@@ -7,6 +7,8 @@
 #                  `NAME PID` per guest, `END`.
 #   manager_stop   `svirt shutdown` each guest (svirtd restores the labels when a guest
 #                  ends), then stop svirtd; 0 when all of that succeeded.
+# --category-range: the chain leaves virtd_t at plain s0 here (PID 1 is kernel_t:s0 after the
+# policy load), and svirtd derives its default range from its own context.
 # /scenario/manager.env may set SVIRTD_PER_GUEST=1: every guest gets its own svirtd (own
 # state dir, own label allocator). That is how the broken `--same-level` run gets two guests
 # at one static level: one svirtd refuses a second static guest at a reserved level.
@@ -18,7 +20,8 @@ SVIRTD_PER_GUEST=0
 svirtd_start() {
     dir=$SVIRT_RUN/$1
     /lab/bin/init-probe exec --stdio "$LAB_STATE/svirtd.$1.log" /lab/bin/svirtd \
-        --state-dir "$LAB_STATE/svirtd.$1" --run-dir "$dir" --drivers selinux --accel tcg \
+        --state-dir "$LAB_STATE/svirtd.$1" --run-dir "$dir" --drivers selinux --accel tcg --category-range c0.c1023 \
+        --qemu /lab/bin/qemu-system-x86_64 \
         --shutdown-timeout 5 </dev/null >/dev/null 2>&1 &
     echo $! > "$LAB_STATE/svirtd.$1.pid"
     i=0
