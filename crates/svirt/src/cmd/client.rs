@@ -41,6 +41,13 @@ pub struct Client {
     socket: PathBuf,
 }
 
+/// Restores the default SIGPIPE action, so `svirt list | head` ends quietly like other
+/// Unix tools instead of panicking on a closed stdout (Rust ignores SIGPIPE by default).
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// The text of an I/O error without Rust's " (os error N)" suffix: the CLI shows it to people.
 pub fn io_text(e: &io::Error) -> String {
     let s = e.to_string();

@@ -82,6 +82,7 @@ pub enum GuestCommand {
 
 /// Runs a guest subcommand against svirtd.
 pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
+    super::client::default_sigpipe();
     let client = Client::new(connect)?;
     match cmd {
         GuestCommand::Start { xml, paused, json } => start(&client, &xml, paused, json),
