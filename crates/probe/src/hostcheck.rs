@@ -147,7 +147,7 @@ fn run_svirt(svirt: &Path, no_daemon: &Path, args: &[&str]) -> Result<String> {
 
 /// Inputs of the host checks.
 pub struct Inputs<'a> {
-    /// The intended plan (guest levels the model was asked about).
+    /// The plan (guest names, disks; levels for guests never observed).
     pub plan: &'a Plan,
     /// The attack plan.
     pub attack: &'a Attack,
@@ -231,9 +231,21 @@ pub fn evaluate(i: &Inputs<'_>) -> Vec<CheckResult> {
         },
     });
 
+    // The tools are judged against the labels the guests really had (a broken run's labels
+    // are the VM checks' business): a guest's heading is its observed level, or the
+    // planned one when it was never observed.
+    let level_of = |guest: &str| -> Option<String> {
+        let observed = running
+            .procs
+            .get(guest)
+            .and_then(|p| p.current.splitn(4, ':').nth(3).map(str::to_string));
+        observed
+            .or_else(|| i.plan.guest(guest).map(|g| g.level.clone()))
+            .map(|l| level_heading(&l))
+    };
     for g in &i.plan.guests {
         let name = format!("denials.{}.attributed", g.name);
-        let heading = level_heading(&g.level);
+        let heading = level_of(&g.name).unwrap_or_default();
         let listed = match &listed {
             Ok(l) => l,
             Err(e) => {
@@ -281,7 +293,6 @@ pub fn evaluate(i: &Inputs<'_>) -> Vec<CheckResult> {
                 continue;
             }
         };
-        let level_of = |guest: &str| i.plan.guest(guest).map(|g| level_heading(&g.level));
         let heading = level_of(&op.guest).unwrap_or_default();
         // The target is a guest's when it is another guest's process or private image.
         let target_guest = if op.action.targets_process() {

@@ -59,6 +59,15 @@ manager_start() {
         cat "$LAB_STATE/start.$g.json" >> "$LAB_STATE/manager.log"
     done
     echo END >> "$LAB_STATE/pids.all"
+    # Two static guests at one level would share it: the allocator must refuse the second.
+    if out=$(sv 1 start /scenario/C-same-level-as-A.xml 2>&1); then
+        labcheck svirtd.refuses_reserved_level FAIL "svirtd started guest C at guest A's static level: $out"
+        sv 1 destroy C >> "$LAB_STATE/manager.log"
+    elif grep -q 'already reserved' "$LAB_STATE/manager.log"; then
+        labcheck svirtd.refuses_reserved_level PASS "$(grep 'already reserved' "$LAB_STATE/manager.log" | tail -n1)"
+    else
+        labcheck svirtd.refuses_reserved_level FAIL "refused, but not for the reserved level: $(tail -n1 "$LAB_STATE/manager.log")"
+    fi
     sv 1 list >> "$LAB_STATE/manager.log"
     return $rc
 }

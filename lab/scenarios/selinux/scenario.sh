@@ -18,16 +18,18 @@ scenario_args() {
     LEVEL_A=${LAB_LEVEL_A:-s0:c1,c2}
     LEVEL_B=${LAB_LEVEL_B:-s0:c3,c4}
     GIVE_B=
+    # LAB_MANAGER picks the manager for every run (e.g. `LAB_MANAGER=svirtd lab/test`) without
+    # changing output paths; --svirtd/--standin pick it for one run, in its own output dir.
     MANAGER=${LAB_MANAGER:-$DEFAULT_MANAGER}
-    local name_suffix=
+    local name_suffix= chosen=$MANAGER
     while [ $# -gt 0 ]; do
         case $1 in
             --same-level) GIVE_B=same; name_suffix=-same-level; shift ;;
             --give-level-b) GIVE_B=$2; name_suffix=-give-b; shift 2 ;;
             --level-a) LEVEL_A=$2; shift 2 ;;
             --level-b) LEVEL_B=$2; shift 2 ;;
-            --standin) MANAGER=standin; shift ;;
-            --svirtd) MANAGER=svirtd; shift ;;
+            --standin) chosen=standin; shift ;;
+            --svirtd) chosen=svirtd; shift ;;
             *) lab_die "selinux scenario: unknown option $1" ;;
         esac
     done
@@ -37,10 +39,10 @@ scenario_args() {
         same) GIVEN_B=$LEVEL_A ;;
         *) GIVEN_B=$GIVE_B ;;
     esac
-    [ "$MANAGER" = svirtd ] && SCENARIO_BINS+=(svirtd)
-    # Variants keep their outputs apart: selinux[-same-level|-give-b][-MANAGER unless default].
+    # Variants keep their outputs apart: selinux[-same-level|-give-b][-MANAGER if an option chose it].
     LAB_RUN_NAME=selinux$name_suffix
-    [ "$MANAGER" = "$DEFAULT_MANAGER" ] || LAB_RUN_NAME=$LAB_RUN_NAME-$MANAGER
+    [ "$chosen" = "$MANAGER" ] || { MANAGER=$chosen; LAB_RUN_NAME=$LAB_RUN_NAME-$MANAGER; }
+    if [ "$MANAGER" = svirtd ]; then SCENARIO_BINS+=(svirtd); fi
 }
 
 # enforcing=0 at boot: the policy is loaded by the scenario, which then turns enforcing on.
@@ -137,6 +139,8 @@ scenario_stage() {
         for g in $(awk '$1 == "guest" { print $2 }' "$d/plan"); do
             scenario_domain_xml "$d/plan" "$g" > "$d/$g.xml"
         done
+        # A third guest asking for guest A's static level: svirtd must refuse it.
+        printf 'guest C %s\n' "$GIVEN_A" | scenario_domain_xml /dev/stdin C > "$d/C-same-level-as-A.xml"
         # One svirtd refuses a second static guest at a reserved level (its allocator): the
         # broken same-level run gives every guest its own svirtd to get there anyway.
         if [ "$GIVEN_A" = "$GIVEN_B" ]; then echo SVIRTD_PER_GUEST=1 > "$d/manager.env"; fi
@@ -151,6 +155,7 @@ scenario_stage() {
 scenario_checks() {
     local d=$1/scenario
     printf '%s\n' setup.policy_load setup.layout setup.enforcing manager.start manager.stop
+    if [ "$MANAGER" = svirtd ]; then echo svirtd.refuses_reserved_level; fi
     "$d/svirt-probe" list-checks --plan "$d/plan" --attack "$d/attack.plan" --expected "$d/expected.tsv"
 }
 
