@@ -41,12 +41,12 @@ pub fn parse_denials(text: &str) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     let mut section: Option<String> = None;
     for line in text.lines() {
-        if let Some(h) = line.strip_suffix(" denial(s)") {
-            if !line.starts_with(' ') {
-                let guest = h.rsplit_once(": ").map(|(g, _)| g.to_string());
-                section = Some(guest.ok_or_else(|| Error::msg(format!("bad heading {line:?}")))?);
-                continue;
-            }
+        if let Some(h) = line.strip_suffix(" denial(s)")
+            && !line.starts_with(' ')
+        {
+            let guest = h.rsplit_once(": ").map(|(g, _)| g.to_string());
+            section = Some(guest.ok_or_else(|| Error::msg(format!("bad heading {line:?}")))?);
+            continue;
         }
         let Some(rest) = line.strip_prefix("  { ") else {
             continue;
@@ -375,10 +375,10 @@ fn explain_check(name: String, text: &str, heading: &str, reason: &str) -> Check
             if expr.is_empty() || !why.iter().any(|w| w.contains(expr)) {
                 problems.push(format!("model says `{part}`, explanation does not"));
             }
-        } else if let Some(b) = part.strip_suffix(" would allow it") {
-            if !fix.iter().any(|f| f.contains(b)) {
-                problems.push(format!("model's fix `{part}` missing"));
-            }
+        } else if let Some(b) = part.strip_suffix(" would allow it")
+            && !fix.iter().any(|f| f.contains(b))
+        {
+            problems.push(format!("model's fix `{part}` missing"));
         }
     }
     let shown = why.join(" / ");
