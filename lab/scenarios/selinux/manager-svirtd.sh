@@ -74,6 +74,19 @@ manager_start() {
 
 manager_stop() {
     rc=0
+    # `svirt denials` next to a running svirtd names the guests (by their labels' levels, looked
+    # up in svirtd): each guest must get exactly the audited denials the model predicted.
+    sv 1 denials > "$LAB_STATE/denials.txt"
+    sed "s|^|LABLOG svirt denials: |" "$LAB_STATE/denials.txt"
+    bad=
+    for gn in $(awk -F'\t' '$3 == "deny" && $4 == "avc" { n[$1]++ } END { for (g in n) print g ":" n[g] }' /scenario/expected.tsv); do
+        grep -qx "${gn%%:*}: ${gn#*:} denial(s)" "$LAB_STATE/denials.txt" || bad="$bad ${gn%%:*} (want ${gn#*:})"
+    done
+    if [ -z "$bad" ]; then
+        labcheck svirtd.denials_by_name PASS "$(grep 'denial(s)$' "$LAB_STATE/denials.txt" | tr '\n' ' ')"
+    else
+        labcheck svirtd.denials_by_name FAIL "not as the model predicts:$bad; got: $(grep 'denial(s)$' "$LAB_STATE/denials.txt" | tr '\n' ' ')"
+    fi
     while read -r g n; do
         sv "$n" shutdown --timeout 5 "$g" >> "$LAB_STATE/manager.log" || rc=1
     done < "$LAB_STATE/guest-svirtd"

@@ -156,7 +156,7 @@ scenario_stage() {
 scenario_checks() {
     local d=$1/scenario
     printf '%s\n' setup.policy_load setup.layout setup.enforcing manager.start manager.stop
-    if [ "$MANAGER" = svirtd ]; then echo svirtd.refuses_reserved_level; fi
+    if [ "$MANAGER" = svirtd ]; then printf '%s\n' svirtd.refuses_reserved_level svirtd.denials_by_name; fi
     "$d/svirt-probe" list-checks --plan "$d/plan" --attack "$d/attack.plan" --expected "$d/expected.tsv"
 }
 
