@@ -225,8 +225,14 @@ fn cli_errors_are_one_clear_line() {
 
 /// Guest A's QEMU, through its own QMP, opens files: guest B's disk (rw, ro), /etc/shadow,
 /// and — the control that proves the command itself works — its own disk.
-fn attack_matrix(drivers: &str) -> Vec<(String, bool, String)> {
+fn attack_matrix(drivers: &str) -> (Vec<String>, Vec<(String, bool, String)>) {
     let mut d = Daemon::start(&["--drivers", drivers]);
+    let stack: Vec<String> = d.json_host()["stack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().map(String::from))
+        .collect();
     let a = make_guest(&d, "att-a", false, None);
     let b = make_guest(&d, "att-b", false, None);
     d.json(&["start", "--paused", "--json", a.to_str().expect("utf8")]);
@@ -261,14 +267,22 @@ fn attack_matrix(drivers: &str) -> Vec<(String, bool, String)> {
         let desc = reply["error"]["desc"].as_str().unwrap_or("").to_string();
         results.push((what.to_string(), reply.get("return").is_some(), desc));
     }
-    results
+    (stack, results)
 }
 
 #[test]
 fn qmp_attack_matrix_denied_by_the_stack_and_open_without_it() {
     skip_unless_capable!();
-    let confined = attack_matrix("auto");
+    let (stack, confined) = attack_matrix("auto");
+    assert!(!stack.is_empty(), "--drivers auto stacked nothing");
     for (what, opened, desc) in &confined {
+        if what.starts_with("/etc/passwd") && !stack.iter().any(|m| m == "landlock") {
+            // World-readable and readable by svirt_t under refpolicy: only Landlock refuses it.
+            eprintln!(
+                "NOTE: landlock not in the stack {stack:?}: /etc/passwd not expected to be refused"
+            );
+            continue;
+        }
         if what.starts_with("own disk") {
             assert!(
                 opened,
@@ -283,7 +297,11 @@ fn qmp_attack_matrix_denied_by_the_stack_and_open_without_it() {
         }
     }
     // The same attacks against an unconfined QEMU succeed: the test can fail.
-    let open = attack_matrix("none");
+    let (none_stack, open) = attack_matrix("none");
+    assert!(
+        none_stack.is_empty(),
+        "--drivers none stacked {none_stack:?}"
+    );
     for (what, opened, desc) in &open {
         assert!(
             opened,
