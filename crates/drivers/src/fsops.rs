@@ -210,11 +210,7 @@ impl FsRoot {
     /// any symlink and without crossing into another mount below the root.
     pub fn open_dir(&self, abs: &Path) -> io::Result<Dir> {
         let rel = Self::relative(abs)?;
-        let fd = open_beneath(
-            self.fd.as_fd(),
-            &rel,
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )?;
+        let fd = open_beneath(self.fd.as_fd(), &rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
         Dir::from_fd(fd)
     }
 }
@@ -248,7 +244,10 @@ fn open_beneath(dirfd: BorrowedFd<'_>, rel: &Path, flags: libc::c_int) -> io::Re
                 OPENAT2.store(2, Ordering::Relaxed);
             }
             // openat2 may be filtered (seccomp) with EPERM on some container runtimes.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && OPENAT2.load(Ordering::Relaxed) == 0 => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EPERM)
+                    && OPENAT2.load(Ordering::Relaxed) == 0 =>
+            {
                 OPENAT2.store(2, Ordering::Relaxed);
             }
             Err(e) => return Err(e),
@@ -728,7 +727,10 @@ impl Dir {
                     return Err(io::Error::from_raw_os_error(libc::EIO));
                 }
                 let name_bytes = &buf[off + 19..off + reclen];
-                let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+                let len = name_bytes
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(name_bytes.len());
                 let name = &name_bytes[..len];
                 off += reclen;
                 if name == b"." || name == b".." {
@@ -741,7 +743,8 @@ impl Dir {
                     _ => EntryKind::Other,
                 };
                 out.push(Entry {
-                    name: CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EIO))?,
+                    name: CString::new(name)
+                        .map_err(|_| io::Error::from_raw_os_error(libc::EIO))?,
                     ino,
                     kind,
                 });

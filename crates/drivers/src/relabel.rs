@@ -68,7 +68,9 @@ pub enum RelabelError {
     #[error("{0}: refusing to relabel a system path")]
     SystemPath(PathBuf),
     /// The object is in use by another guest with another label.
-    #[error("{path}: already in use by {owners} with label {current}; refusing to relabel it to {wanted}")]
+    #[error(
+        "{path}: already in use by {owners} with label {current}; refusing to relabel it to {wanted}"
+    )]
     InUse {
         /// The object.
         path: PathBuf,
@@ -113,8 +115,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Rel
 
 /// Errors that do not stop a guest: the filesystem cannot store labels.
 pub fn is_soft_errno(errno: Option<i32>) -> bool {
-    matches!(errno, Some(libc::ENOTSUP) | Some(libc::EROFS))
-        || errno == Some(libc::EOPNOTSUPP)
+    matches!(errno, Some(libc::ENOTSUP) | Some(libc::EROFS)) || errno == Some(libc::EOPNOTSUPP)
 }
 
 /// Paths never relabeled themselves (a file below them is fine), as the planner refuses them.
@@ -380,6 +381,9 @@ fn tdb<E: std::fmt::Display>(e: E) -> RelabelError {
 
 // ---------------------------------------------------------------------------------------
 
+/// (path relative to the tree root, inode, original label) of an entry to record.
+type EntryRef<'a> = (Vec<u8>, u64, &'a Option<Vec<u8>>);
+
 /// One entry to change inside a tree.
 struct Item {
     name: CString,
@@ -438,7 +442,11 @@ impl Relabeler {
 
     /// Opens the engine on `store`, resolving every path under `root`, with `threads` workers
     /// for tree walks (0: one per CPU).
-    pub fn open(store: Arc<Store>, root: FsRoot, threads: usize) -> Result<Arc<Relabeler>, RelabelError> {
+    pub fn open(
+        store: Arc<Store>,
+        root: FsRoot,
+        threads: usize,
+    ) -> Result<Arc<Relabeler>, RelabelError> {
         let path = Self::trees_path(&store);
         let trees = Database::create(&path).map_err(tdb)?;
         {
@@ -493,10 +501,10 @@ impl Relabeler {
 
     fn fault(&self, point: &str) -> Result<(), RelabelError> {
         let hook = lock(&self.fault).clone();
-        if let Some(h) = hook {
-            if h(point) {
-                return Err(RelabelError::Injected(point.to_string()));
-            }
+        if let Some(h) = hook
+            && h(point)
+        {
+            return Err(RelabelError::Injected(point.to_string()));
         }
         Ok(())
     }
@@ -565,14 +573,14 @@ impl Relabeler {
             applied.unchanged += 1;
             // Already right: join the record if another guest changed it, so that its
             // stop does not restore the object under us.
-            if j.restore {
-                if let Some(rec) = self.store.get_original(key)? {
-                    if rec.original.identity.same_object(&ident) && !rec.owners.contains(owner) {
-                        self.store
-                            .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
-                        undo.push(Undo::Release { key });
-                    }
-                }
+            if j.restore
+                && let Some(rec) = self.store.get_original(key)?
+                && rec.original.identity.same_object(&ident)
+                && !rec.owners.contains(owner)
+            {
+                self.store
+                    .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
+                undo.push(Undo::Release { key });
             }
             return Ok(());
         }
@@ -599,9 +607,9 @@ impl Relabeler {
                     });
                 }
             }
-            let outcome = self
-                .store
-                .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
+            let outcome =
+                self.store
+                    .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
             if !matches!(outcome, svirt_store::RecordOutcome::AlreadyOwner { .. }) {
                 undo.push(Undo::Release { key });
             }
@@ -621,12 +629,12 @@ impl Relabeler {
             Err(e) if is_soft_errno(e.raw_os_error()) => {
                 applied.warnings.push(soft_warning(o, &e));
                 // Nothing changed: drop the record this call added.
-                if j.restore {
-                    if let Some(Undo::Release { key }) = undo.last() {
-                        let key = *key;
-                        undo.pop();
-                        self.store.release_original(key, owner)?;
-                    }
+                if j.restore
+                    && let Some(Undo::Release { key }) = undo.last()
+                {
+                    let key = *key;
+                    undo.pop();
+                    self.store.release_original(key, owner)?;
                 }
                 Ok(())
             }
@@ -657,10 +665,10 @@ impl Relabeler {
                 }
                 Undo::Tree { work, undo_record } => {
                     self.tree_rollback(&work);
-                    if let Some((tkey, created)) = undo_record {
-                        if let Err(e) = self.tree_release(&tkey, owner, created) {
-                            tracing::error!("rollback: releasing tree record: {e}");
-                        }
+                    if let Some((tkey, created)) = undo_record
+                        && let Err(e) = self.tree_release(&tkey, owner, created)
+                    {
+                        tracing::error!("rollback: releasing tree record: {e}");
                     }
                 }
             }
@@ -724,12 +732,13 @@ impl Relabeler {
         let (mut work, scanned, warns) = self.scan(&j.path, root_dir, &want)?;
         applied.warnings.extend(warns);
         let root_needs = !label_eq(&root_cur, &want);
-        let total: u64 = work.iter().map(|w| w.items.len() as u64).sum::<u64>() + u64::from(root_needs);
+        let total: u64 =
+            work.iter().map(|w| w.items.len() as u64).sum::<u64>() + u64::from(root_needs);
         applied.unchanged += scanned + 1 - total;
         // Record (durably) before the first change.
         let mut undo_record = None;
         if j.restore {
-            let mut entries: Vec<(Vec<u8>, u64, &Option<Vec<u8>>)> = Vec::with_capacity(total as usize);
+            let mut entries: Vec<EntryRef<'_>> = Vec::with_capacity(total as usize);
             if root_needs {
                 entries.push((Vec::new(), id.ino, &root_cur));
             }
@@ -752,6 +761,7 @@ impl Relabeler {
                 }
                 return Err(io_err("set label", &j.path)(e));
             }
+            applied.changed += 1;
         }
         let res = self.apply(&j.path, &mut work, &want, total);
         applied.changed += res.done;
@@ -867,15 +877,15 @@ impl Relabeler {
                             }
                             n += 1;
                             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                            if d % 4096 == 0 {
-                                if let Some(f) = &progress {
-                                    f(&Progress {
-                                        path: path.to_path_buf(),
-                                        phase: Phase::Labeling,
-                                        done: d,
-                                        total,
-                                    });
-                                }
+                            if d.is_multiple_of(4096)
+                                && let Some(f) = &progress
+                            {
+                                f(&Progress {
+                                    path: path.to_path_buf(),
+                                    phase: Phase::Labeling,
+                                    done: d,
+                                    total,
+                                });
                             }
                         }
                         n
@@ -913,10 +923,10 @@ impl Relabeler {
                         Some(v) => w.dir.set_xattr_at(&it.name, XATTR_SELINUX, v),
                         None => remove_at(&w.dir, &it.name),
                     };
-                    if let Err(e) = r {
-                        if e.raw_os_error() != Some(libc::ENOENT) {
-                            tracing::error!("rollback of tree entry: {e}");
-                        }
+                    if let Err(e) = r
+                        && e.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        tracing::error!("rollback of tree entry: {e}");
                     }
                 }
             });
@@ -981,7 +991,7 @@ impl Relabeler {
         want: &[u8],
         existing: Option<TreeRecord>,
         owner: &str,
-        entries: &[(Vec<u8>, u64, &Option<Vec<u8>>)],
+        entries: &[EntryRef<'_>],
     ) -> Result<(), RelabelError> {
         let mut rec = match existing {
             Some(r) => r,
@@ -1019,19 +1029,28 @@ impl Relabeler {
         {
             let mut e = txn.open_table(TREE_EXC).map_err(tdb)?;
             for chunk in exc.chunks(EXC_CHUNK) {
-                e.insert((k.model, k.dev, k.ino, rec.chunks), encode_exceptions(chunk).as_slice())
-                    .map_err(tdb)?;
+                e.insert(
+                    (k.model, k.dev, k.ino, rec.chunks),
+                    encode_exceptions(chunk).as_slice(),
+                )
+                .map_err(tdb)?;
                 rec.chunks += 1;
             }
             let mut t = txn.open_table(TREES).map_err(tdb)?;
             let bytes = serde_json::to_vec(&rec).map_err(tdb)?;
-            t.insert((k.model, k.dev, k.ino), bytes.as_slice()).map_err(tdb)?;
+            t.insert((k.model, k.dev, k.ino), bytes.as_slice())
+                .map_err(tdb)?;
         }
         txn.commit().map_err(tdb)
     }
 
     /// Removes `owner`; deletes the record when `delete_if_last` and nobody is left.
-    fn tree_release(&self, k: &TreeKey, owner: &str, delete_if_last: bool) -> Result<(), RelabelError> {
+    fn tree_release(
+        &self,
+        k: &TreeKey,
+        owner: &str,
+        delete_if_last: bool,
+    ) -> Result<(), RelabelError> {
         let Some(mut rec) = self.tree_get(k)? else {
             return Ok(());
         };
@@ -1043,7 +1062,8 @@ impl Relabeler {
         {
             let mut t = txn.open_table(TREES).map_err(tdb)?;
             let bytes = serde_json::to_vec(&rec).map_err(tdb)?;
-            t.insert((k.model, k.dev, k.ino), bytes.as_slice()).map_err(tdb)?;
+            t.insert((k.model, k.dev, k.ino), bytes.as_slice())
+                .map_err(tdb)?;
         }
         txn.commit().map_err(tdb)
     }
@@ -1076,9 +1096,14 @@ impl Relabeler {
             Err(e) => return Err(io_err("open", &path)(e)),
         };
         let id = root_obj.identity();
-        if id.dev != k.dev || id.ino != k.ino || (rec.btime.is_some() && id.btime.is_some() && rec.btime != id.btime)
+        if id.dev != k.dev
+            || id.ino != k.ino
+            || (rec.btime.is_some() && id.btime.is_some() && rec.btime != id.btime)
         {
-            tracing::warn!("{}: replaced since it was labeled; not restoring", path.display());
+            tracing::warn!(
+                "{}: replaced since it was labeled; not restoring",
+                path.display()
+            );
             return Ok(0);
         }
         let exc: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)> = self
@@ -1086,7 +1111,9 @@ impl Relabeler {
             .into_iter()
             .map(|e| (e.rel, (e.ino, e.orig)))
             .collect();
-        let root_dir = root_obj.open_as_dir().map_err(io_err("open directory", &path))?;
+        let root_dir = root_obj
+            .open_as_dir()
+            .map_err(io_err("open directory", &path))?;
         let (work, _, _) = self.scan(&path, root_dir, &[])?;
         // `scan` with an empty target lists every entry (nothing equals it) with its label.
         let original_for = |rel: &[u8], ino: u64| -> Option<Vec<u8>> {
@@ -1127,7 +1154,9 @@ impl Relabeler {
                 });
             });
         }
-        let cur = root_obj.get_xattr(XATTR_SELINUX).map_err(io_err("read label", &path))?;
+        let cur = root_obj
+            .get_xattr(XATTR_SELINUX)
+            .map_err(io_err("read label", &path))?;
         if label_eq(&cur, &target) {
             let orig = original_for(b"", id.ino);
             write_label_obj(&root_obj, &orig).map_err(io_err("restore label", &path))?;
@@ -1140,7 +1169,12 @@ impl Relabeler {
             done: n,
             total: n,
         });
-        match errors.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
+        match errors
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .next()
+        {
             Some(e) => Err(e),
             None => Ok(n),
         }
@@ -1155,7 +1189,7 @@ impl Relabeler {
         match self.store.originals_for_owner(&owner) {
             Ok(recs) => {
                 for (key, rec) in recs {
-                    if let Err(e) = self.release_one(key, &rec, &[owner.clone()]) {
+                    if let Err(e) = self.release_one(key, &rec, std::slice::from_ref(&owner)) {
                         errors.push(e);
                     }
                 }
@@ -1165,10 +1199,11 @@ impl Relabeler {
         match self.trees_all() {
             Ok(trees) => {
                 for (k, rec) in trees {
-                    if k.model == "selinux" && rec.owners.contains(&owner) {
-                        if let Err(e) = self.release_tree(&k, &rec, &[owner.clone()]) {
-                            errors.push(e);
-                        }
+                    if k.model == "selinux"
+                        && rec.owners.contains(&owner)
+                        && let Err(e) = self.release_tree(&k, &rec, std::slice::from_ref(&owner))
+                    {
+                        errors.push(e);
                     }
                 }
             }
@@ -1201,7 +1236,8 @@ impl Relabeler {
         let restore_label = releasing_models.contains("selinux")
             && remaining_selinux == 0
             && flags("selinux") & FLAG_SELINUX_LABEL != 0;
-        let restore_dac = releasing_models.contains("dac") && remaining_dac == 0 && flags("dac") != 0;
+        let restore_dac =
+            releasing_models.contains("dac") && remaining_dac == 0 && flags("dac") != 0;
         if restore_label || restore_dac {
             // Restore before releasing: a crash in between leaves the record for recovery.
             let path = &rec.original.path;
@@ -1209,7 +1245,10 @@ impl Relabeler {
                 Ok(o) => {
                     let id = to_store_identity(o.identity());
                     if !rec.original.identity.same_object(&id) {
-                        tracing::warn!("{}: replaced since it was labeled; not restoring", path.display());
+                        tracing::warn!(
+                            "{}: replaced since it was labeled; not restoring",
+                            path.display()
+                        );
                     } else {
                         if restore_label {
                             write_label_obj(&o, &rec.original.selinux_label)
@@ -1221,7 +1260,8 @@ impl Relabeler {
                                     .map_err(io_err("restore owner", path))?;
                             }
                             if flags("dac") & FLAG_DAC_MODE != 0 && !o.meta().is_symlink() {
-                                o.chmod(rec.original.mode).map_err(io_err("restore mode", path))?;
+                                o.chmod(rec.original.mode)
+                                    .map_err(io_err("restore mode", path))?;
                             }
                         }
                         restored = true;
@@ -1237,7 +1277,12 @@ impl Relabeler {
         Ok(restored)
     }
 
-    fn release_tree(&self, k: &TreeKey, rec: &TreeRecord, owners: &[String]) -> Result<bool, RelabelError> {
+    fn release_tree(
+        &self,
+        k: &TreeKey,
+        rec: &TreeRecord,
+        owners: &[String],
+    ) -> Result<bool, RelabelError> {
         let left = rec.owners.iter().filter(|o| !owners.contains(o)).count();
         let mut restored = false;
         if left == 0 {
@@ -1253,7 +1298,8 @@ impl Relabeler {
             {
                 let mut t = txn.open_table(TREES).map_err(tdb)?;
                 let bytes = serde_json::to_vec(&r).map_err(tdb)?;
-                t.insert((k.model, k.dev, k.ino), bytes.as_slice()).map_err(tdb)?;
+                t.insert((k.model, k.dev, k.ino), bytes.as_slice())
+                    .map_err(tdb)?;
             }
             txn.commit().map_err(tdb)?;
         }
@@ -1335,7 +1381,9 @@ fn snapshot(o: &Object, label: &Option<Vec<u8>>, identity: ObjectIdentity) -> Or
         gid: m.gid,
         mode: m.mode & 0o7777,
         identity,
-        model_flags: [("selinux".to_string(), FLAG_SELINUX_LABEL)].into_iter().collect(),
+        model_flags: [("selinux".to_string(), FLAG_SELINUX_LABEL)]
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -1391,7 +1439,11 @@ struct TreeUndo {
 
 impl TreeUndo {
     fn set_done(&mut self, m: &DoneMap) {
-        self.done = self.work.iter().map(|w| vec![false; w.items.len()]).collect();
+        self.done = self
+            .work
+            .iter()
+            .map(|w| vec![false; w.items.len()])
+            .collect();
         // Each task handled a prefix of its slice; count per slice is not kept, so mark by
         // the per-task counts recorded in the map.
         for ((i, s, _), n) in m.tasks.iter().zip(&m.task_done) {
@@ -1403,7 +1455,11 @@ impl TreeUndo {
         }
     }
     fn is_done(&self, i: usize, k: usize) -> bool {
-        self.done.get(i).and_then(|v| v.get(k)).copied().unwrap_or(false)
+        self.done
+            .get(i)
+            .and_then(|v| v.get(k))
+            .copied()
+            .unwrap_or(false)
     }
 }
 
@@ -1489,7 +1545,7 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
             Err(err) => return ctx.fail("read label", &join_rel(&rel, e.name.as_bytes()), err),
         };
         let n = ctx.seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 65536 == 0 {
+        if n.is_multiple_of(65536) {
             ctx.eng.report(&Progress {
                 path: ctx.base.to_path_buf(),
                 phase: Phase::Scanning,
@@ -1503,12 +1559,17 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                 Ok(sub) => s.spawn(move |s| scan_dir(s, ctx, sub, child_rel)),
                 Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
                     // A mount point inside the tree: another filesystem is not part of it.
-                    ctx.warn(&child_rel, "mount point inside the tree: not descended".into(), None);
+                    ctx.warn(
+                        &child_rel,
+                        "mount point inside the tree: not descended".into(),
+                        None,
+                    );
                     continue;
                 }
                 // Replaced by a symlink or removed since getdents: label what is there now
                 // (as itself) below, or skip it.
-                Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {}
+                Err(err)
+                    if matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {}
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(err) => return ctx.fail("open directory", &child_rel, err),
             }

@@ -169,7 +169,10 @@ impl SelinuxDriver {
         match std::fs::read(&cur) {
             Ok(b) if !trim_label(&b).is_empty() => {}
             Ok(_) => {
-                return SelinuxState::Unavailable(format!("{} is empty: no SELinux context", cur.display()));
+                return SelinuxState::Unavailable(format!(
+                    "{} is empty: no SELinux context",
+                    cur.display()
+                ));
             }
             Err(e) => {
                 return SelinuxState::Unavailable(format!("cannot read {}: {e}", cur.display()));
@@ -178,10 +181,7 @@ impl SelinuxDriver {
         match enforce.trim() {
             "1" => SelinuxState::Enforcing,
             "0" => SelinuxState::Permissive,
-            other => SelinuxState::Unavailable(format!(
-                "{}/enforce reads {other:?}",
-                fs.display()
-            )),
+            other => SelinuxState::Unavailable(format!("{}/enforce reads {other:?}", fs.display())),
         }
     }
 
@@ -223,11 +223,16 @@ impl SelinuxDriver {
     }
 
     /// The process label the plan gives the VMM, resolved.
-    pub fn exec_label(plan: &Plan, level: Option<&MlsRange>) -> Result<Option<String>, DriverError> {
+    pub fn exec_label(
+        plan: &Plan,
+        level: Option<&MlsRange>,
+    ) -> Result<Option<String>, DriverError> {
         match &plan.selinux_process {
             ProcessLabel::Unconfined => Ok(None),
             ProcessLabel::Label(t) => match (t.level, level) {
-                (LevelSpec::Guest, None) => Err(other("the process label needs the guest's level but none was reserved")),
+                (LevelSpec::Guest, None) => Err(other(
+                    "the process label needs the guest's level but none was reserved",
+                )),
                 (_, l) => Ok(Some(t.display(l))),
             },
         }
@@ -282,10 +287,14 @@ impl SecurityDriver for SelinuxDriver {
                     // Allocated (and owned) by the manager.
                     return Ok(());
                 }
-                let alloc = self.levels.as_ref().ok_or_else(|| DriverError::Unavailable {
-                    model: MODEL,
-                    reason: "dynamic level asked for but no level allocator is configured".into(),
-                })?;
+                let alloc = self
+                    .levels
+                    .as_ref()
+                    .ok_or_else(|| DriverError::Unavailable {
+                        model: MODEL,
+                        reason: "dynamic level asked for but no level allocator is configured"
+                            .into(),
+                    })?;
                 let level = alloc.allocate(&guest.name).map_err(store_err)?;
                 guest.level = Some(MlsRange::single(level));
                 Ok(())
@@ -296,7 +305,9 @@ impl SecurityDriver for SelinuxDriver {
                         .reservation(&r.low)
                         .is_some_and(|res| res.owners.contains(&guest.name));
                     if !held {
-                        alloc.reserve(&r.low, &guest.name, false).map_err(store_err)?;
+                        alloc
+                            .reserve(&r.low, &guest.name, false)
+                            .map_err(store_err)?;
                     }
                 }
                 guest.level = Some(r);

@@ -22,7 +22,11 @@ fn fake_root() -> tempfile::TempDir {
     std::fs::create_dir_all(r.path().join("proc/thread-self/attr")).unwrap();
     std::fs::write(r.path().join("proc/thread-self/attr/exec"), b"").unwrap();
     std::fs::create_dir_all(r.path().join("proc/self/attr")).unwrap();
-    std::fs::write(r.path().join("proc/self/attr/current"), b"system_u:system_r:virtd_t:s0\0").unwrap();
+    std::fs::write(
+        r.path().join("proc/self/attr/current"),
+        b"system_u:system_r:virtd_t:s0\0",
+    )
+    .unwrap();
     std::fs::create_dir_all(r.path().join("sys/fs/selinux")).unwrap();
     std::fs::write(r.path().join("sys/fs/selinux/enforce"), b"1").unwrap();
     r
@@ -30,8 +34,12 @@ fn fake_root() -> tempfile::TempDir {
 
 fn check_level(level: &str, case: &str) {
     // s0:cA,cB with A < B
-    let rest = level.strip_prefix("s0:c").unwrap_or_else(|| panic!("{case}: level {level} is not s0:cA,cB"));
-    let (a, b) = rest.split_once(",c").unwrap_or_else(|| panic!("{case}: level {level} is not s0:cA,cB"));
+    let rest = level
+        .strip_prefix("s0:c")
+        .unwrap_or_else(|| panic!("{case}: level {level} is not s0:cA,cB"));
+    let (a, b) = rest
+        .split_once(",c")
+        .unwrap_or_else(|| panic!("{case}: level {level} is not s0:cA,cB"));
     let (a, b): (u32, u32) = (a.parse().unwrap(), b.parse().unwrap());
     assert!(a < b, "{case}: level {level}: categories not in order");
 }
@@ -57,25 +65,40 @@ fn run_case(case_dir: &Path) {
             Ok(_) => panic!("{case}: expected an error containing '{word}', got a plan"),
             Err(e) => e.to_string(),
         };
-        assert!(err.to_lowercase().contains(&word), "{case}: error '{err}' lacks '{word}'");
+        assert!(
+            err.to_lowercase().contains(&word),
+            "{case}: error '{err}' lacks '{word}'"
+        );
         let after: Vec<State> = built.objects.iter().map(|(_, p)| state(p)).collect();
         assert_eq!(before, after, "{case}: objects changed by a refused domain");
         eprintln!("{case}: refused as expected ({err})");
         return;
     }
-    let plan = planned.unwrap_or_else(|e| panic!("{case}: plan failed: {e}")).plan;
+    let plan = planned
+        .unwrap_or_else(|e| panic!("{case}: plan failed: {e}"))
+        .plan;
 
     let env = env();
-    let alloc = Arc::new(LevelAllocator::open(env.store.clone(), AllocatorConfig::with_categories(0, 1023)).unwrap());
+    let alloc = Arc::new(
+        LevelAllocator::open(env.store.clone(), AllocatorConfig::with_categories(0, 1023)).unwrap(),
+    );
     let drv = SelinuxDriver::new(root.path(), env.relabeler.clone(), Some(alloc.clone()));
-    let mut guest = GuestSecurity { name: format!("conf-{case}"), level: None, ids: None };
+    let mut guest = GuestSecurity {
+        name: format!("conf-{case}"),
+        level: None,
+        ids: None,
+    };
     drv.reserve(&plan, &mut guest).unwrap();
     let level = guest.level.map(|l| l.to_string());
     if matches!(plan.level, LevelSource::Dynamic) {
         check_level(level.as_deref().unwrap(), &case);
-        assert!(alloc.reservation(&guest.level.unwrap().low).is_some(), "{case}: dynamic level not reserved in the store");
+        assert!(
+            alloc.reservation(&guest.level.unwrap().low).is_some(),
+            "{case}: dynamic level not reserved in the store"
+        );
     }
-    drv.set_all(&plan, &guest).unwrap_or_else(|e| panic!("{case}: set_all: {e}"));
+    drv.set_all(&plan, &guest)
+        .unwrap_or_else(|e| panic!("{case}: set_all: {e}"));
 
     // Every expected label, on disk.
     let expected = std::fs::read_to_string(case_dir.join("expected.tsv")).unwrap();
@@ -89,17 +112,29 @@ fn run_case(case_dir: &Path) {
             "*" => continue,
             "-" => {
                 let i = idx.unwrap_or_else(|| panic!("{case}: {rel} not in files.txt"));
-                assert_eq!(state(&p), before[i], "{case}: {rel} must keep its label and owner");
+                assert_eq!(
+                    state(&p),
+                    before[i],
+                    "{case}: {rel} must keep its label and owner"
+                );
             }
             w => {
                 let w = w.replace("@LEVEL@", level.as_deref().unwrap_or("@LEVEL@"));
-                assert_eq!(label(&p).as_deref(), Some(w.as_str()), "{case}: label of {rel}");
+                assert_eq!(
+                    label(&p).as_deref(),
+                    Some(w.as_str()),
+                    "{case}: label of {rel}"
+                );
             }
         }
         // The SELinux driver never touches owner or mode.
         if let Some(i) = idx {
             let s = state(&p);
-            assert_eq!((s.uid, s.gid, s.mode, s.ino), (before[i].uid, before[i].gid, before[i].mode, before[i].ino), "{case}: {rel} owner/mode changed");
+            assert_eq!(
+                (s.uid, s.gid, s.mode, s.ino),
+                (before[i].uid, before[i].gid, before[i].mode, before[i].ino),
+                "{case}: {rel} owner/mode changed"
+            );
         }
         checked += 1;
     }
@@ -107,7 +142,9 @@ fn run_case(case_dir: &Path) {
 
     // The process label: computed, and written by the child hook in a real child.
     if let Ok(text) = std::fs::read_to_string(case_dir.join("expected-process.txt")) {
-        let want = text.trim().replace("@LEVEL@", level.as_deref().unwrap_or("@LEVEL@"));
+        let want = text
+            .trim()
+            .replace("@LEVEL@", level.as_deref().unwrap_or("@LEVEL@"));
         let exec = ExecContext {
             emulator: "/bin/true".into(),
             runtime_dir: dir.clone(),
@@ -126,9 +163,16 @@ fn run_case(case_dir: &Path) {
                 Ok(())
             });
         }
-        assert!(cmd.status().unwrap().success(), "{case}: child with exec-label hook failed");
+        assert!(
+            cmd.status().unwrap().success(),
+            "{case}: child with exec-label hook failed"
+        );
         let written = std::fs::read(root.path().join("proc/thread-self/attr/exec")).unwrap();
-        assert_eq!(written, format!("{want}\0").into_bytes(), "{case}: exec label written by the child");
+        assert_eq!(
+            written,
+            format!("{want}\0").into_bytes(),
+            "{case}: exec label written by the child"
+        );
     }
 
     // Restore: every object exactly as before (label bytes, owner, group, mode, inode).
@@ -137,10 +181,16 @@ fn run_case(case_dir: &Path) {
     for ((rel, p), b) in built.objects.iter().zip(&before) {
         assert_eq!(&state(p), b, "{case}: {rel} not restored exactly");
     }
-    assert!(env.store.list_originals().unwrap().is_empty(), "{case}: originals left in the store");
+    assert!(
+        env.store.list_originals().unwrap().is_empty(),
+        "{case}: originals left in the store"
+    );
     drv.release(&guest).unwrap();
     if let Some(l) = guest.level {
-        assert!(alloc.reservation(&l.low).is_none(), "{case}: level still reserved after release");
+        assert!(
+            alloc.reservation(&l.low).is_none(),
+            "{case}: level still reserved after release"
+        );
     }
     eprintln!("{case}: labeled {checked} objects, restored exactly");
 }
@@ -157,7 +207,12 @@ fn every_conformance_case_labels_and_restores_exactly() {
         .filter(|p| p.join("domain.xml").is_file())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "conformance corpus at {} has only {} cases", corpus.display(), cases.len());
+    assert!(
+        cases.len() >= 10,
+        "conformance corpus at {} has only {} cases",
+        corpus.display(),
+        cases.len()
+    );
     for c in &cases {
         run_case(c);
     }

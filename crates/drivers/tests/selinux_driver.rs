@@ -25,18 +25,35 @@ fn probe_reads_selinuxfs_and_the_process_context() {
     let root = tempfile::tempdir().unwrap();
     let drv = SelinuxDriver::new(root.path(), env.relabeler.clone(), None);
     let r = drv.probe();
-    assert!(!r.usable && r.reason.contains("selinuxfs is not mounted"), "{r:?}");
+    assert!(
+        !r.usable && r.reason.contains("selinuxfs is not mounted"),
+        "{r:?}"
+    );
     write(root.path(), "sys/fs/selinux/enforce", b"0");
     assert!(matches!(drv.state(), SelinuxState::Unavailable(ref m) if m.contains("attr/current")));
-    write(root.path(), "proc/self/attr/current", b"system_u:system_r:virtd_t:s0\0");
+    write(
+        root.path(),
+        "proc/self/attr/current",
+        b"system_u:system_r:virtd_t:s0\0",
+    );
     assert_eq!(drv.state(), SelinuxState::Permissive);
     write(root.path(), "sys/fs/selinux/enforce", b"1");
     let r = drv.probe();
     assert!(r.usable && r.reason.contains("enforcing"), "{r:?}");
 
-    write(root.path(), "proc/4242/attr/current", b"system_u:system_r:svirt_t:s0:c1,c2\0");
-    assert_eq!(drv.process_label(4242).unwrap().as_deref(), Some("system_u:system_r:svirt_t:s0:c1,c2"));
-    assert!(drv.process_label(4243).is_err(), "a missing process is an error");
+    write(
+        root.path(),
+        "proc/4242/attr/current",
+        b"system_u:system_r:svirt_t:s0:c1,c2\0",
+    );
+    assert_eq!(
+        drv.process_label(4242).unwrap().as_deref(),
+        Some("system_u:system_r:svirt_t:s0:c1,c2")
+    );
+    assert!(
+        drv.process_label(4243).is_err(),
+        "a missing process is an error"
+    );
 
     // This host: no SELinux (probe says why); /proc/PID/attr/current gives EINVAL → None.
     let host = SelinuxDriver::new("/", env.relabeler.clone(), None);
@@ -62,14 +79,26 @@ fn soft_error_messages_name_the_boolean() {
         fs_type: Some(fstype::NFS),
     };
     let m = soft_message(&w);
-    assert!(m.contains("virt_use_nfs") && m.contains("/mnt/nfs/disk.img"), "{m}");
+    assert!(
+        m.contains("virt_use_nfs") && m.contains("/mnt/nfs/disk.img"),
+        "{m}"
+    );
 }
 
 #[test]
 fn read_only_filesystem_is_a_soft_error() {
     let mnt = tempfile::tempdir().unwrap();
     let m = mnt.path();
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "svirt-test", m.to_str().unwrap()]).status();
+    let ok = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "svirt-test",
+            m.to_str().unwrap(),
+        ])
+        .status();
     if !ok.is_ok_and(|s| s.success()) {
         eprintln!("SKIP: cannot mount a tmpfs (needs root)");
         return;
@@ -83,7 +112,10 @@ fn read_only_filesystem_is_a_soft_error() {
     let _guard = Umount(m);
     std::fs::write(m.join("disk.raw"), b"d").unwrap();
     set_label(&m.join("disk.raw"), INITIAL);
-    let remount = Command::new("mount").args(["-o", "remount,ro", m.to_str().unwrap()]).status().unwrap();
+    let remount = Command::new("mount")
+        .args(["-o", "remount,ro", m.to_str().unwrap()])
+        .status()
+        .unwrap();
     assert!(remount.success());
     let env = env();
     let applied = env
@@ -101,9 +133,15 @@ fn read_only_filesystem_is_a_soft_error() {
     assert_eq!(applied.warnings.len(), 1, "{applied:?}");
     assert_eq!(applied.warnings[0].errno, Some(libc::EROFS));
     let msg = soft_message(&applied.warnings[0]);
-    assert!(msg.contains("disk.raw") && msg.contains("virt_use_nfs"), "{msg}");
+    assert!(
+        msg.contains("disk.raw") && msg.contains("virt_use_nfs"),
+        "{msg}"
+    );
     assert_eq!(label(&m.join("disk.raw")).as_deref(), Some(INITIAL));
-    assert!(env.store.list_originals().unwrap().is_empty(), "no record for an object left untouched");
+    assert!(
+        env.store.list_originals().unwrap().is_empty(),
+        "no record for an object left untouched"
+    );
 }
 
 #[test]
@@ -131,8 +169,18 @@ fn legacy_syscall_fallback_labels_and_restores_the_same() {
     let env = env();
     let l = "system_u:object_r:svirt_image_t:s0:c7,c9";
     let jobs = [
-        LabelJob { path: d.join("t"), label: l.into(), restore: true, recursive: true },
-        LabelJob { path: d.join("disk"), label: l.into(), restore: true, recursive: false },
+        LabelJob {
+            path: d.join("t"),
+            label: l.into(),
+            restore: true,
+            recursive: true,
+        },
+        LabelJob {
+            path: d.join("disk"),
+            label: l.into(),
+            restore: true,
+            recursive: false,
+        },
     ];
     let r = env.relabeler.set_labels("legacy", &jobs);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -140,8 +188,16 @@ fn legacy_syscall_fallback_labels_and_restores_the_same() {
         for p in &all {
             assert_eq!(label(p).as_deref(), Some(l), "{}", p.display());
         }
-        assert_eq!(label(&d.join("t/a/link")).as_deref(), Some(l), "the link itself is labeled");
-        assert_eq!(state(Path::new("/etc/passwd")), passwd_before, "followed a symlink");
+        assert_eq!(
+            label(&d.join("t/a/link")).as_deref(),
+            Some(l),
+            "the link itself is labeled"
+        );
+        assert_eq!(
+            state(Path::new("/etc/passwd")),
+            passwd_before,
+            "followed a symlink"
+        );
         assert!(env.relabeler.restore_labels("legacy").is_empty());
         let after: Vec<State> = all.iter().map(|p| state(p)).collect();
         assert_eq!(after, before);

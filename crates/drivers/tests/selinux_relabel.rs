@@ -33,7 +33,13 @@ fn fixture(n_tree_files: usize) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().canonicalize().unwrap();
     let mut all = Vec::new();
-    for f in ["disk-a.raw", "disk-b.raw", "kernel", "shared.raw", "outside.txt"] {
+    for f in [
+        "disk-a.raw",
+        "disk-b.raw",
+        "kernel",
+        "shared.raw",
+        "outside.txt",
+    ] {
         let p = dir.join(f);
         std::fs::write(&p, f).unwrap();
         set_label(&p, INITIAL);
@@ -64,7 +70,11 @@ fn fixture(n_tree_files: usize) -> Fixture {
     }
     std::os::unix::fs::symlink("../outside.txt", share.join("escape")).unwrap();
     all.push(share.join("escape"));
-    Fixture { _tmp: tmp, dir, all }
+    Fixture {
+        _tmp: tmp,
+        dir,
+        all,
+    }
 }
 
 fn snap(all: &[PathBuf]) -> Vec<State> {
@@ -72,7 +82,12 @@ fn snap(all: &[PathBuf]) -> Vec<State> {
 }
 
 fn job(p: &Path, l: &str, recursive: bool) -> LabelJob {
-    LabelJob { path: p.to_path_buf(), label: l.to_string(), restore: true, recursive }
+    LabelJob {
+        path: p.to_path_buf(),
+        label: l.to_string(),
+        restore: true,
+        recursive,
+    }
 }
 
 fn tree_labels(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
@@ -114,11 +129,18 @@ fn shared_objects_and_trees_survive_until_last_user() {
     let a = env.relabeler.set_labels("guest-a", &jobs_a).unwrap();
     assert!(a.changed >= 300, "tree entries labeled: {}", a.changed);
     let b = env.relabeler.set_labels("guest-b", &jobs_b).unwrap();
-    assert_eq!(b.changed, 1, "only guest B's own disk changes; the rest is already right");
+    assert_eq!(
+        b.changed, 1,
+        "only guest B's own disk changes; the rest is already right"
+    );
     for (p, l) in tree_labels(&d.join("share")) {
         assert_eq!(l.as_deref(), Some(SHARED), "{}", p.display());
     }
-    assert_eq!(label(&d.join("outside.txt")).as_deref(), Some(INITIAL), "symlink target outside the tree");
+    assert_eq!(
+        label(&d.join("outside.txt")).as_deref(),
+        Some(INITIAL),
+        "symlink target outside the tree"
+    );
 
     // A stops: everything B uses stays; A's private disk is restored.
     let errs = env.relabeler.restore_labels("guest-a");
@@ -127,7 +149,12 @@ fn shared_objects_and_trees_survive_until_last_user() {
     assert_eq!(label(&d.join("kernel")).as_deref(), Some(CONTENT));
     assert_eq!(label(&d.join("shared.raw")).as_deref(), Some(SHARED));
     for (p, l) in tree_labels(&d.join("share")) {
-        assert_eq!(l.as_deref(), Some(SHARED), "{} restored while guest-b uses it", p.display());
+        assert_eq!(
+            l.as_deref(),
+            Some(SHARED),
+            "{} restored while guest-b uses it",
+            p.display()
+        );
     }
     // B stops: everything exactly as at the start.
     let errs = env.relabeler.restore_labels("guest-b");
@@ -144,11 +171,19 @@ fn private_object_in_use_by_another_guest_is_refused() {
     }
     let env = env();
     let disk = fx.dir.join("disk-a.raw");
-    env.relabeler.set_labels("guest-a", &[job(&disk, IMG_A, false)]).unwrap();
+    env.relabeler
+        .set_labels("guest-a", &[job(&disk, IMG_A, false)])
+        .unwrap();
     let before = snap(&fx.all);
     let err = env
         .relabeler
-        .set_labels("guest-b", &[job(&fx.dir.join("kernel"), CONTENT, false), job(&disk, IMG_B, false)])
+        .set_labels(
+            "guest-b",
+            &[
+                job(&fx.dir.join("kernel"), CONTENT, false),
+                job(&disk, IMG_B, false),
+            ],
+        )
         .unwrap_err();
     assert!(matches!(err, RelabelError::InUse { .. }), "{err}");
     assert!(err.to_string().contains("guest-a"), "{err}");
@@ -175,13 +210,17 @@ fn failure_midway_leaves_every_object_as_it_was() {
     for n in 1..=3 {
         let count = Arc::new(AtomicUsize::new(0));
         let c = count.clone();
-        env.relabeler.set_fault_hook(Some(Arc::new(move |point: &str| {
-            point == "after-label" && c.fetch_add(1, Ordering::SeqCst) + 1 == n
-        })));
+        env.relabeler
+            .set_fault_hook(Some(Arc::new(move |point: &str| {
+                point == "after-label" && c.fetch_add(1, Ordering::SeqCst) + 1 == n
+            })));
         let err = env.relabeler.set_labels("guest-a", &jobs).unwrap_err();
         assert!(matches!(err, RelabelError::Injected(_)), "{err}");
         assert_eq!(snap(&fx.all), before, "after a failure at label #{n}");
-        assert!(env.store.list_originals().unwrap().is_empty(), "records left after failure #{n}");
+        assert!(
+            env.store.list_originals().unwrap().is_empty(),
+            "records left after failure #{n}"
+        );
     }
     env.relabeler.set_fault_hook(None);
 
@@ -216,7 +255,10 @@ fn missing_file_is_fatal_and_changes_nothing() {
         .relabeler
         .set_labels(
             "guest-a",
-            &[job(&fx.dir.join("disk-a.raw"), IMG_A, false), job(&fx.dir.join("nope.raw"), IMG_A, false)],
+            &[
+                job(&fx.dir.join("disk-a.raw"), IMG_A, false),
+                job(&fx.dir.join("nope.raw"), IMG_A, false),
+            ],
         )
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
@@ -225,11 +267,17 @@ fn missing_file_is_fatal_and_changes_nothing() {
     // A symlinked resource is refused, never followed.
     let link = fx.dir.join("link.raw");
     std::os::unix::fs::symlink("disk-a.raw", &link).unwrap();
-    let err = env.relabeler.set_labels("guest-a", &[job(&link, IMG_A, false)]).unwrap_err();
+    let err = env
+        .relabeler
+        .set_labels("guest-a", &[job(&link, IMG_A, false)])
+        .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
     assert_eq!(snap(&fx.all), before);
     // A system path is refused before anything is opened.
-    let err = env.relabeler.set_labels("guest-a", &[job(Path::new("/etc"), IMG_A, true)]).unwrap_err();
+    let err = env
+        .relabeler
+        .set_labels("guest-a", &[job(Path::new("/etc"), IMG_A, true)])
+        .unwrap_err();
     assert!(matches!(err, RelabelError::SystemPath(_)), "{err}");
 }
 
@@ -257,7 +305,9 @@ fn crash_child() {
     };
     let point = point.into_string().unwrap();
     // "after-label:N": die after the Nth label; "after-record:N" after the Nth record.
-    let (name, nth) = point.split_once(':').map_or((point.as_str(), 1), |(a, b)| (a, b.parse().unwrap()));
+    let (name, nth) = point
+        .split_once(':')
+        .map_or((point.as_str(), 1), |(a, b)| (a, b.parse().unwrap()));
     let name = name.to_string();
     let store = Arc::new(Store::open(Path::new(&state)).unwrap());
     let r = Relabeler::open(store, FsRoot::host().unwrap(), 2).unwrap();
@@ -269,7 +319,8 @@ fn crash_child() {
         }
         false
     })));
-    r.set_labels("crashed-guest", &crash_jobs(Path::new(&dir))).unwrap();
+    r.set_labels("crashed-guest", &crash_jobs(Path::new(&dir)))
+        .unwrap();
     // Reaching here means the fault point was never hit: the parent sees exit code 0.
 }
 
@@ -281,7 +332,13 @@ fn run_crash(point: &str) {
     let before = snap(&fx.all);
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SVIRT_FAULT", point)
         .env("SVIRT_CRASH_DIR", &fx.dir)
         .env("SVIRT_CRASH_STATE", state.path())
@@ -301,13 +358,23 @@ fn run_crash(point: &str) {
     let r = Relabeler::open(store.clone(), FsRoot::host().unwrap(), 2).unwrap();
     let rec = r.recover(&|guest| guest != "crashed-guest");
     assert!(rec.errors.is_empty(), "{:?}", rec.errors);
-    assert!(!rec.restored.is_empty() || !rec.dropped.is_empty(), "{point}: recovery found no record");
-    assert_eq!(snap(&fx.all), before, "{point}: not restored by recovery (something was changed: {changed})");
+    assert!(
+        !rec.restored.is_empty() || !rec.dropped.is_empty(),
+        "{point}: recovery found no record"
+    );
+    assert_eq!(
+        snap(&fx.all),
+        before,
+        "{point}: not restored by recovery (something was changed: {changed})"
+    );
     assert!(store.list_originals().unwrap().is_empty());
     // Idempotent.
     let again = r.recover(&|_| false);
     assert!(again.restored.is_empty() && again.errors.is_empty());
-    eprintln!("{point}: changed before recovery: {changed}; restored {:?}", rec.restored.len());
+    eprintln!(
+        "{point}: changed before recovery: {changed}; restored {:?}",
+        rec.restored.len()
+    );
 }
 
 #[test]
@@ -379,20 +446,33 @@ fn symlink_and_directory_swaps_never_change_anything_outside() {
     };
     let mut ok = 0;
     for _ in 0..40 {
-        match env.relabeler.set_labels("racer", &[job(&share, IMG_A, true)]) {
+        match env
+            .relabeler
+            .set_labels("racer", &[job(&share, IMG_A, true)])
+        {
             Ok(_) => {
                 ok += 1;
                 let _ = env.relabeler.restore_labels("racer");
             }
             Err(e) => eprintln!("labeling during swaps failed (allowed): {e}"),
         }
-        assert_eq!(snap(&sentinels), sentinel_before, "an object outside the tree changed");
+        assert_eq!(
+            snap(&sentinels),
+            sentinel_before,
+            "an object outside the tree changed"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     swapper.join().unwrap();
-    assert!(swaps.load(Ordering::Relaxed) > 10, "the swapper did not run");
+    assert!(
+        swaps.load(Ordering::Relaxed) > 10,
+        "the swapper did not run"
+    );
     assert!(ok > 0, "no labeling run completed");
     assert_eq!(snap(&sentinels), sentinel_before);
     let _ = env.relabeler.recover(&|_| false);
-    eprintln!("race: {ok}/40 runs completed, {} swaps", swaps.load(Ordering::Relaxed));
+    eprintln!(
+        "race: {ok}/40 runs completed, {} swaps",
+        swaps.load(Ordering::Relaxed)
+    );
 }

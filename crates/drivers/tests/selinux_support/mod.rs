@@ -25,11 +25,21 @@ pub fn label(p: &Path) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: lgetxattr writes at most buf.len() bytes.
     let n = unsafe {
-        libc::lgetxattr(c(p).as_ptr(), c"security.selinux".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::lgetxattr(
+            c(p).as_ptr(),
+            c"security.selinux".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     if n < 0 {
         let e = std::io::Error::last_os_error();
-        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "lgetxattr {}: {e}", p.display());
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENODATA),
+            "lgetxattr {}: {e}",
+            p.display()
+        );
         return None;
     }
     buf.truncate(n as usize);
@@ -44,7 +54,12 @@ pub fn label_raw(p: &Path) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: as above.
     let n = unsafe {
-        libc::lgetxattr(c(p).as_ptr(), c"security.selinux".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::lgetxattr(
+            c(p).as_ptr(),
+            c"security.selinux".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     if n < 0 {
         return None;
@@ -59,9 +74,21 @@ pub fn set_label(p: &Path, l: &str) {
     v.push(0);
     // SAFETY: reads v.len() bytes.
     let r = unsafe {
-        libc::lsetxattr(c(p).as_ptr(), c"security.selinux".as_ptr(), v.as_ptr().cast(), v.len(), 0)
+        libc::lsetxattr(
+            c(p).as_ptr(),
+            c"security.selinux".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
     };
-    assert_eq!(r, 0, "lsetxattr {}: {}", p.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "lsetxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Skips (loudly) when this host cannot store security.selinux on its temp filesystem.
@@ -72,7 +99,13 @@ pub fn xattrs_work(dir: &Path) -> bool {
     v.push(0);
     // SAFETY: as above.
     let r = unsafe {
-        libc::lsetxattr(c(&p).as_ptr(), c"security.selinux".as_ptr(), v.as_ptr().cast(), v.len(), 0)
+        libc::lsetxattr(
+            c(&p).as_ptr(),
+            c"security.selinux".as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
     };
     let _ = std::fs::remove_file(&p);
     if r != 0 {
@@ -98,12 +131,25 @@ pub struct State {
 
 pub fn state(p: &Path) -> State {
     let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    State { label: label_raw(p), uid: m.uid(), gid: m.gid(), mode: m.mode(), ino: m.ino() }
+    State {
+        label: label_raw(p),
+        uid: m.uid(),
+        gid: m.gid(),
+        mode: m.mode(),
+        ino: m.ino(),
+    }
 }
 
 pub fn qemu_img() -> &'static str {
-    let ok = Command::new("qemu-img").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "qemu-img is required (Debian package qemu-utils): the conformance corpus needs real qcow2 images");
+    let ok = Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "qemu-img is required (Debian package qemu-utils): the conformance corpus needs real qcow2 images"
+    );
     "qemu-img"
 }
 
@@ -115,7 +161,11 @@ pub fn qcow2(dir: &Path, name: &str, backing: Option<(&str, &str)>) {
     }
     c.args([name, "16M"]);
     let out = c.output().unwrap();
-    assert!(out.status.success(), "qemu-img create {name}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img create {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub struct Built {
@@ -127,8 +177,16 @@ pub struct Built {
 /// Builds a conformance `files.txt` in `dir`. Every object gets a distinct owner/mode and
 /// (two of three) the INITIAL label, the third none: restore must bring back both kinds.
 pub fn build_files(dir: &Path, files_txt: &str) -> Built {
-    let mut b = Built { listeners: Vec::new(), objects: Vec::new() };
-    for (i, line) in files_txt.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).enumerate() {
+    let mut b = Built {
+        listeners: Vec::new(),
+        objects: Vec::new(),
+    };
+    for (i, line) in files_txt
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         let p = dir.join(f[1]);
         match f[0] {
@@ -141,7 +199,9 @@ pub fn build_files(dir: &Path, files_txt: &str) -> Built {
             "socket" => b.listeners.push(UnixListener::bind(&p).unwrap()),
             "symlink" => std::os::unix::fs::symlink(f[2], &p).unwrap(),
             "qcow2" => {
-                let backing = f.get(2).map(|bk| (*bk, f.get(3).copied().unwrap_or("qcow2")));
+                let backing = f
+                    .get(2)
+                    .map(|bk| (*bk, f.get(3).copied().unwrap_or("qcow2")));
                 let parent = p.parent().unwrap();
                 qcow2(parent, p.file_name().unwrap().to_str().unwrap(), backing);
             }
@@ -149,7 +209,8 @@ pub fn build_files(dir: &Path, files_txt: &str) -> Built {
         }
         if f[0] != "symlink" {
             let mode = if f[0] == "dir" { 0o750 } else { 0o640 };
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
             let r = unsafe { libc::lchown(c(&p).as_ptr(), 1000 + i as u32, 2000 + i as u32) };
             assert_eq!(r, 0);
         }
@@ -172,7 +233,11 @@ pub fn env() -> Env {
     let state = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(state.path()).unwrap());
     let relabeler = Relabeler::open(store.clone(), FsRoot::host().unwrap(), 2).unwrap();
-    Env { state, store, relabeler }
+    Env {
+        state,
+        store,
+        relabeler,
+    }
 }
 
 /// The conformance corpus; missing is a failure, never a skip.
