@@ -243,7 +243,7 @@ fn bench(n: usize, base: &Path) {
         .arg(w.join("chcon")));
     check_all(&p_chcon[..p_chcon.len()], "chcon -R");
     let d_setfiles = run(Command::new("setfiles")
-        .args(["-T", "0"])
+        .args(["-F", "-T", "0"])
         .arg(&spec)
         .arg(w.join("setfiles")));
     check_all(&_p_setfiles, "setfiles");
@@ -290,7 +290,7 @@ fn bench(n: usize, base: &Path) {
     };
     row("svirt (walk + get + durable record + set)", d_svirt);
     row("chcon -R", d_chcon);
-    row("setfiles -T 0", d_setfiles);
+    row("setfiles -F -T 0", d_setfiles);
     row("bare 2-thread lgetxattr+lsetxattr (paths)", d_bare);
     row("bare 2-thread lsetxattr only (paths)", d_bare_set);
     row("svirt second run (all already correct)", d_skip);

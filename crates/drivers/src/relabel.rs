@@ -396,7 +396,10 @@ struct DirWork {
     dir: Dir,
     /// Path of the directory relative to the tree root (empty for the root).
     rel: Vec<u8>,
+    /// Entries still to write (their original must be recorded first).
     items: Vec<Item>,
+    /// Entries already written during the walk (original = the recorded dominant one).
+    eager: Vec<Item>,
 }
 
 fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -717,7 +720,6 @@ impl Relabeler {
                 });
             }
         }
-        // Scan: read every entry's label, keep those that differ.
         let root_dir = root_obj
             .open_as_dir()
             .map_err(io_err("open directory", &j.path))?;
@@ -729,60 +731,87 @@ impl Relabeler {
             }
             Err(e) => return Err(io_err("read label", &j.path)(e)),
         };
-        let (mut work, scanned, warns) = self.scan(&j.path, root_dir, &want)?;
-        applied.warnings.extend(warns);
-        let root_needs = !label_eq(&root_cur, &want);
-        let total: u64 =
-            work.iter().map(|w| w.items.len() as u64).sum::<u64>() + u64::from(root_needs);
-        applied.unchanged += scanned + 1 - total;
-        // Record (durably) before the first change.
+        // One pass for the common case: the tree's record (target, and the "dominant"
+        // original: the existing record's, else the root's own label) is committed before
+        // the walk; an entry whose original is the dominant one is then written as soon as
+        // it is read. Entries with another original are written only after their exception
+        // record is committed, at the end.
+        let dominant = existing
+            .as_ref()
+            .map_or_else(|| root_cur.clone(), |r| r.dominant.clone());
         let mut undo_record = None;
         if j.restore {
-            let mut entries: Vec<EntryRef<'_>> = Vec::with_capacity(total as usize);
-            if root_needs {
-                entries.push((Vec::new(), id.ino, &root_cur));
-            }
-            for w in &work {
-                for it in &w.items {
-                    entries.push((join_rel(&w.rel, it.name.as_bytes()), it.ino, &it.orig));
-                }
-            }
             let created = existing.is_none();
-            self.tree_record(&tkey, j, id, &want, existing, owner, &entries)?;
+            self.tree_record(&tkey, j, id, &want, existing, owner, &[], dominant.clone())?;
             undo_record = Some((tkey.clone(), created));
             self.fault("after-record")?;
         }
-        // Label the root directory last among its own entries' parents? It does not matter
-        // for safety (fds are held); do it first so progress reflects the entries.
-        if root_needs {
-            if let Err(e) = root_obj.set_xattr(XATTR_SELINUX, &want) {
-                if let Some((k, created)) = undo_record {
-                    let _ = self.tree_release(&k, owner, created);
-                }
-                return Err(io_err("set label", &j.path)(e));
-            }
-            applied.changed += 1;
-        }
-        let res = self.apply(&j.path, &mut work, &want, total);
-        applied.changed += res.done;
-        // The undo entry owns the work list and knows how far each directory got.
+        let eager = if j.restore {
+            Eager::IfOriginal(&dominant)
+        } else {
+            Eager::All
+        };
+        let (work, scanned, warns, scan_error) = self.scan(&j.path, root_dir, &want, eager);
+        applied.warnings.extend(warns);
+        let eager_done: u64 = work.iter().map(|w| w.eager.len() as u64).sum();
+        applied.changed += eager_done;
         let mut tree_undo = TreeUndo {
             work,
-            root: if root_needs {
-                Some((j.path.clone(), id, root_cur))
-            } else {
-                None
-            },
+            root: None,
             done: Vec::new(),
         };
-        tree_undo.set_done(&res.done_per_dir);
+        let root_needs = !label_eq(&root_cur, &want);
+        let deferred: u64 = tree_undo.work.iter().map(|w| w.items.len() as u64).sum();
+        let total = eager_done + deferred + u64::from(root_needs);
+        applied.unchanged += (scanned + 1).saturating_sub(total);
+        let step = || -> Result<(), RelabelError> {
+            if let Some(e) = scan_error {
+                return Err(e);
+            }
+            if j.restore && (deferred > 0 || (root_needs && root_cur != dominant)) {
+                let mut entries: Vec<EntryRef<'_>> = Vec::with_capacity(deferred as usize + 1);
+                if root_needs && root_cur != dominant {
+                    entries.push((Vec::new(), id.ino, &root_cur));
+                }
+                for w in &tree_undo.work {
+                    for it in &w.items {
+                        entries.push((join_rel(&w.rel, it.name.as_bytes()), it.ino, &it.orig));
+                    }
+                }
+                let current = self.tree_get(&tkey)?;
+                self.tree_record(
+                    &tkey,
+                    j,
+                    id,
+                    &want,
+                    current,
+                    owner,
+                    &entries,
+                    dominant.clone(),
+                )?;
+            }
+            if root_needs {
+                root_obj
+                    .set_xattr(XATTR_SELINUX, &want)
+                    .map_err(io_err("set label", &j.path))?;
+                tree_undo.root = Some((j.path.clone(), id, root_cur.clone()));
+                applied.changed += 1;
+            }
+            let res = self.apply(&j.path, &tree_undo.work, &want, total);
+            applied.changed += res.done;
+            tree_undo.set_done(&res.done_per_dir);
+            if let Some(e) = res.error {
+                return Err(e);
+            }
+            Ok(())
+        };
+        let r = step();
+        // The undo entry owns the work list and knows what was written.
         undo.push(Undo::Tree {
             work: tree_undo,
             undo_record,
         });
-        if let Some(e) = res.error {
-            return Err(e);
-        }
+        r?;
         self.fault("after-label")?;
         Ok(())
     }
@@ -796,7 +825,8 @@ impl Relabeler {
         path: &Path,
         root: Dir,
         want: &[u8],
-    ) -> Result<(Vec<DirWork>, u64, Vec<Warning>), RelabelError> {
+        eager: Eager<'_>,
+    ) -> (Vec<DirWork>, u64, Vec<Warning>, Option<RelabelError>) {
         let out: Mutex<Vec<DirWork>> = Mutex::new(Vec::new());
         let errors: Mutex<Vec<RelabelError>> = Mutex::new(Vec::new());
         let warnings: Mutex<Vec<Warning>> = Mutex::new(Vec::new());
@@ -811,23 +841,22 @@ impl Relabeler {
             seen: &seen,
             abort: &abort,
             eng: self,
+            eager,
         };
         self.pool.scope(|s| {
             scan_dir(s, &ctx, root, Vec::new());
         });
         let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = errors.into_iter().next() {
-            return Err(e);
-        }
-        Ok((
+        (
             out.into_inner().unwrap_or_else(|e| e.into_inner()),
             seen.load(Ordering::Relaxed),
             warnings.into_inner().unwrap_or_else(|e| e.into_inner()),
-        ))
+            errors.into_iter().next(),
+        )
     }
 
     /// Writes `want` on every item, in parallel; stops at the first hard error.
-    fn apply(&self, path: &Path, work: &mut [DirWork], want: &[u8], total: u64) -> ApplyResult {
+    fn apply(&self, path: &Path, work: &[DirWork], want: &[u8], total: u64) -> ApplyResult {
         // Split big directories so both workers stay busy.
         const SLICE: usize = 2048;
         let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
@@ -843,6 +872,7 @@ impl Relabeler {
         let abort = AtomicBool::new(false);
         let error: Mutex<Option<RelabelError>> = Mutex::new(None);
         let work_ref: &[DirWork] = work;
+        let already: u64 = work.iter().map(|w| w.eager.len() as u64).sum();
         let progress = lock(&self.progress).clone();
         let results: Vec<usize> = {
             use rayon::prelude::*;
@@ -876,7 +906,7 @@ impl Relabeler {
                                 break;
                             }
                             n += 1;
-                            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            let d = already + done.fetch_add(1, Ordering::Relaxed) + 1;
                             if d.is_multiple_of(4096)
                                 && let Some(f) = &progress
                             {
@@ -897,7 +927,7 @@ impl Relabeler {
         self.report(&Progress {
             path: path.to_path_buf(),
             phase: Phase::Labeling,
-            done: d,
+            done: already + d,
             total,
         });
         let error = error.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -915,10 +945,14 @@ impl Relabeler {
         use rayon::prelude::*;
         self.pool.install(|| {
             u.work.par_iter().enumerate().for_each(|(i, w)| {
-                for (k, it) in w.items.iter().enumerate() {
-                    if !u.is_done(i, k) {
-                        continue;
-                    }
+                let written = w
+                    .items
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| u.is_done(i, *k))
+                    .map(|(_, it)| it)
+                    .chain(w.eager.iter());
+                for it in written {
                     let r = match &it.orig {
                         Some(v) => w.dir.set_xattr_at(&it.name, XATTR_SELINUX, v),
                         None => remove_at(&w.dir, &it.name),
@@ -992,28 +1026,18 @@ impl Relabeler {
         existing: Option<TreeRecord>,
         owner: &str,
         entries: &[EntryRef<'_>],
+        dominant: Option<Vec<u8>>,
     ) -> Result<(), RelabelError> {
         let mut rec = match existing {
             Some(r) => r,
-            None => {
-                // The dominant original: the most common among the entries to change.
-                let mut counts: HashMap<&Option<Vec<u8>>, usize> = HashMap::new();
-                for (_, _, o) in entries {
-                    *counts.entry(*o).or_default() += 1;
-                }
-                let dominant = counts
-                    .into_iter()
-                    .max_by_key(|(_, n)| *n)
-                    .and_then(|(v, _)| v.clone());
-                TreeRecord {
-                    path: j.path.as_os_str().as_bytes().to_vec(),
-                    btime: id.btime,
-                    target: want.to_vec(),
-                    dominant,
-                    chunks: 0,
-                    owners: BTreeSet::new(),
-                }
-            }
+            None => TreeRecord {
+                path: j.path.as_os_str().as_bytes().to_vec(),
+                btime: id.btime,
+                target: want.to_vec(),
+                dominant,
+                chunks: 0,
+                owners: BTreeSet::new(),
+            },
         };
         rec.owners.insert(owner.to_string());
         let exc: Vec<Exception> = entries
@@ -1114,7 +1138,10 @@ impl Relabeler {
         let root_dir = root_obj
             .open_as_dir()
             .map_err(io_err("open directory", &path))?;
-        let (work, _, _) = self.scan(&path, root_dir, &[])?;
+        let (work, _, _, err) = self.scan(&path, root_dir, &[], Eager::No);
+        if let Some(e) = err {
+            return Err(e);
+        }
         // `scan` with an empty target lists every entry (nothing equals it) with its label.
         let original_for = |rel: &[u8], ino: u64| -> Option<Vec<u8>> {
             match exc.get(rel) {
@@ -1483,6 +1510,18 @@ struct ScanCtx<'a> {
     seen: &'a AtomicU64,
     abort: &'a AtomicBool,
     eng: &'a Relabeler,
+    eager: Eager<'a>,
+}
+
+/// Which entries a walk writes as soon as it reads them.
+#[derive(Clone, Copy)]
+enum Eager<'a> {
+    /// None (restore walks, or nothing to write).
+    No,
+    /// Every entry that needs it (nothing to record: the tree is not restored).
+    All,
+    /// Entries whose original is this (already recorded as the tree's dominant original).
+    IfOriginal(&'a Option<Vec<u8>>),
 }
 
 impl ScanCtx<'_> {
@@ -1520,6 +1559,7 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
         Err(e) => return ctx.fail("read directory", &rel, e),
     };
     let mut items = Vec::new();
+    let mut eager = Vec::new();
     for e in entries {
         let mut kind = e.kind;
         if kind == EntryKind::Unknown {
@@ -1575,14 +1615,37 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
             }
         }
         if !label_eq(&cur, ctx.want) {
-            items.push(Item {
+            let now = match ctx.eager {
+                Eager::No => false,
+                Eager::All => true,
+                Eager::IfOriginal(d) => *d == cur,
+            };
+            let item = Item {
                 name: e.name,
                 ino: e.ino,
                 orig: cur,
-            });
+            };
+            if now {
+                match dir.set_xattr_at(&item.name, XATTR_SELINUX, ctx.want) {
+                    Ok(()) => eager.push(item),
+                    Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(err) => {
+                        let r = join_rel(&rel, item.name.as_bytes());
+                        ctx.fail("set label", &r, err);
+                        break;
+                    }
+                }
+            } else {
+                items.push(item);
+            }
         }
     }
-    if !items.is_empty() {
-        lock(ctx.out).push(DirWork { dir, rel, items });
+    if !items.is_empty() || !eager.is_empty() {
+        lock(ctx.out).push(DirWork {
+            dir,
+            rel,
+            items,
+            eager,
+        });
     }
 }
