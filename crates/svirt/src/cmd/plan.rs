@@ -89,7 +89,8 @@ fn usable_models(root: &Path) -> Vec<Model> {
     if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
         out.push(Model::Dac);
     }
-    if lsm("landlock") {
+    // securityfs is often unmounted: ask the kernel itself when looking at this host.
+    if lsm("landlock") || (root == Path::new("/") && svirt_drivers::landlock::kernel_abi() > 0) {
         out.push(Model::Landlock);
     }
     if lsm("apparmor") {
