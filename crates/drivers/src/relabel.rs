@@ -118,33 +118,9 @@ pub fn is_soft_errno(errno: Option<i32>) -> bool {
     matches!(errno, Some(libc::ENOTSUP) | Some(libc::EROFS)) || errno == Some(libc::EOPNOTSUPP)
 }
 
-/// Paths never relabeled themselves (a file below them is fine), as the planner refuses them.
-pub const SYSTEM_PATHS: &[&str] = &[
-    "/",
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/etc/passwd",
-    "/etc/shadow",
-    "/etc/pki",
-    "/home",
-    "/lib",
-    "/lib64",
-    "/media",
-    "/opt",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
-    "/srv",
-    "/sys",
-    "/tmp",
-    "/usr",
-    "/var",
-    "/var/lib",
-    "/var/log",
-];
+/// Paths never relabeled themselves (a file below them is fine): the planner's own list, so
+/// that the engine refuses exactly what the planner refuses, even for a hand-made plan.
+pub const SYSTEM_PATHS: &[&str] = svirt_domain::SYSTEM_PATHS;
 
 /// Whether `path` is one the engine refuses to relabel (the list above, and the invoking
 /// user's home directory).
