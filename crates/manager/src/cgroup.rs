@@ -2,8 +2,10 @@
 //!
 //! The layout is detected under a configurable root (`/sys/fs/cgroup` normally). On this
 //! kind of host the controllers are v1 and `unified` is a controller-less cgroup2: v1 is
-//! used then. The child joins by writing `0` to `cgroup.procs` fds opened by the parent,
-//! so the join needs no allocation and no path lookup after fork.
+//! used then. The manager joins QEMU to its group(s) from the parent, right after the
+//! spawn, by writing the pid to `cgroup.procs` files opened beforehand: the attach (which
+//! write-locks the kernel's `cgroup_threadgroup_rwsem`, an RCU grace period) overlaps
+//! QEMU's own start-up instead of delaying its exec.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -124,7 +126,7 @@ pub struct GuestCgroup {
 
 impl GuestCgroup {
     /// Creates the guest's group(s) with `memory_bytes` and `pids` limits, and opens the
-    /// `cgroup.procs` files the child writes to. A stale group of the same name (left by a
+    /// `cgroup.procs` files [`Self::join`] writes to. A stale group of the same name (left by a
     /// crash) is emptied and reused.
     pub fn create(
         layout: &Layout,
@@ -197,9 +199,21 @@ impl GuestCgroup {
         &self.dirs
     }
 
-    /// Raw fds of the `cgroup.procs` files, for the child to write `0` into.
+    /// Raw fds of the opened `cgroup.procs` files.
     pub fn procs_fds(&self) -> Vec<RawFd> {
         self.procs.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// Moves process `pid` (all its threads) into every group. Idempotent.
+    pub fn join(&self, pid: i32) -> Result<()> {
+        let text = pid.to_string();
+        for (f, d) in self.procs.iter().zip(&self.dirs) {
+            // One write(2) per file: cgroup.procs takes one pid per write.
+            let mut w: &File = f;
+            w.write_all(text.as_bytes())
+                .map_err(|e| cg_err(&d.join("cgroup.procs"), e))?;
+        }
+        Ok(())
     }
 
     /// Drops the open files (the parent keeps nothing open on the group).
@@ -303,4 +317,13 @@ pub fn remove_parent(layout: &Layout, parent: &str) {
     for d in dirs {
         let _ = fs::remove_dir(d);
     }
+}
+
+/// Moves `pid` into each existing group of `dirs` (a reattached guest whose join may not
+/// have happened before the crash).
+pub fn join_dirs(dirs: &[PathBuf], pid: i32) -> Result<()> {
+    for d in dirs {
+        write_file(&d.join("cgroup.procs"), &pid.to_string())?;
+    }
+    Ok(())
 }

@@ -99,6 +99,15 @@ impl Inner {
         self.config.run_dir.join("guests").join(name)
     }
 
+    /// `<run>/guests/<name>.pid`: written by the child before exec, so a QEMU forked
+    /// before its pid is recorded can be found after a crash.
+    pub(crate) fn pid_file(&self, name: &str) -> PathBuf {
+        self.config
+            .run_dir
+            .join("guests")
+            .join(format!("{name}.pid"))
+    }
+
     pub(crate) fn slot(&self, name: &str) -> Result<Arc<Slot>> {
         lock(&self.guests)
             .get(name)
@@ -138,6 +147,7 @@ impl Inner {
             ids: None,
             pid: None,
             start_time: None,
+            spawn_floor: None,
             qmp_socket: runtime_dir.join("qmp.sock"),
             runtime_dir,
             cgroups: self.layout.guest_dirs(&self.config.cgroup_parent, &name),
@@ -235,7 +245,18 @@ impl Inner {
             let pids = self.config.pids_limit;
             std::thread::spawn(move || GuestCgroup::create(&layout, &parent, &name, memory, pids))
         };
-        let prepared = (|| -> Result<(PathBuf, File, UnixListener)> {
+        let prepared = (|| -> Result<(PathBuf, File, UnixListener, File)> {
+            // First durable write. The drivers' reservations were committed without an
+            // fsync of their own (deferred commits, see stack.rs): this commit makes them
+            // durable too, before anything below uses the uid or level (the runtime dir
+            // is chowned to the uid). A crash before it loses reservations nothing used.
+            // The spawn floor is taken here: whatever this start forks begins later.
+            rec.spawn_floor = Some(
+                process::spawn_floor()
+                    .map_err(|e| ManagerError::Qemu(format!("read boot time: {e}")))?,
+            );
+            rec.phase = Phase::Labeling;
+            self.persist(rec)?;
             // Runtime directory: private to the guest (its uid when DAC gives one).
             make_runtime_dir(&rec.runtime_dir, rec.ids)?;
             let log_path = rec.runtime_dir.join("qemu.log");
@@ -248,17 +269,25 @@ impl Inner {
                 .map_err(|e| ManagerError::io("create", &log_path, e))?;
             let listener = UnixListener::bind(&rec.qmp_socket)
                 .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
-            rec.phase = Phase::Labeling;
-            self.persist(rec)?;
+            // Outside the runtime dir (which the guest's uid owns): only root writes it.
+            let pid_path = self.pid_file(&rec.name);
+            let pid_file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&pid_path)
+                .map_err(|e| ManagerError::io("create", &pid_path, e))?;
             self.set_labels(&rec.plan, &rec.security())?;
             self.fault.point("after-label")?;
-            Ok((log_path, log, listener))
+            Ok((log_path, log, listener, pid_file))
         })();
         let cg = cg_thread
             .join()
             .unwrap_or_else(|_| Err(ManagerError::Qemu("cgroup thread panicked".into())));
-        let (log_path, log, listener) = prepared?;
-        let mut cg = cg?;
+        let (log_path, log, listener, pid_file) = prepared?;
+        let cg = cg?;
         let sec = rec.security();
         rec.phase = Phase::Cgroup;
         self.fault.point("after-cgroup")?;
@@ -296,48 +325,60 @@ impl Inner {
             runtime_dir: &rec.runtime_dir,
             log,
             keep_fds: vec![listener.as_raw_fd()],
-            cgroup_fds: cg.procs_fds(),
+            pid_fd: pid_file.as_raw_fd(),
             hooks,
         })?;
-        cg.close_files();
+        drop(pid_file);
         let pidfd = spawned.pidfd;
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
         // hanging on our copy.
         drop(listener);
         rec.pid = Some(spawned.pid);
         rec.start_time = Some(spawned.start_time);
-        let checked = self
-            .fault
-            .point("after-fork")
-            .and_then(|()| {
-                // Durable while QEMU initialises: from here a crash reattaches the guest.
-                rec.phase = Phase::Spawned;
-                self.persist(rec)
-            })
-            .and_then(|()| self.fault.point("after-spawn"))
-            .and_then(|()| {
-                wait_qmp(&rec.qmp_socket, &pidfd, QMP_START_TIMEOUT).map_err(|e| {
-                    ManagerError::Qemu(format!("{e}; QEMU log: {}", log_tail(&log_path, 600)))
-                })
-            })
-            .and_then(|mut q| {
-                let st = q.execute("query-status", None)?;
-                Ok(st.get("running").and_then(Value::as_bool).unwrap_or(false))
-            })
-            .and_then(|running| {
-                self.fault.point("after-qmp")?;
-                // Not written here: the supervisor persists it off the start path (a
-                // crash before that reattaches through the `Spawned` record anyway).
-                rec.phase = Phase::Up;
-                rec.state = if running {
-                    GuestState::Running
-                } else {
-                    GuestState::Paused
-                };
-                Ok(())
-            });
+        if let Err(e) = self.fault.point("after-fork") {
+            kill_and_reap(&pidfd);
+            return Err(e);
+        }
+        // The cgroup join runs beside the durable pid record and QEMU's own start-up
+        // (it waits for an RCU grace period in the kernel). Until it lands, QEMU's first
+        // allocations are charged to the manager's group: start-up memory, not guest RAM.
+        let pid = spawned.pid;
+        let mut join = Some(std::thread::spawn(move || cg.join(pid)));
+        let checked = (|| {
+            // Durable while QEMU initialises: from here a crash reattaches the guest (and
+            // recovery joins it to its cgroup again, in case this crash beat the join).
+            rec.phase = Phase::Spawned;
+            self.persist(rec)?;
+            // The pid is recorded: the pid file has done its job.
+            let _ = fs::remove_file(self.pid_file(&rec.name));
+            self.fault.point("after-spawn")?;
+            let mut q = wait_qmp(&rec.qmp_socket, &pidfd, QMP_START_TIMEOUT).map_err(|e| {
+                ManagerError::Qemu(format!("{e}; QEMU log: {}", log_tail(&log_path, 600)))
+            })?;
+            let st = q.execute("query-status", None)?;
+            let running = st.get("running").and_then(Value::as_bool).unwrap_or(false);
+            if let Some(j) = join.take() {
+                j.join().unwrap_or_else(|_| {
+                    Err(ManagerError::Qemu("cgroup join thread panicked".into()))
+                })?;
+            }
+            self.fault.point("after-qmp")?;
+            // Not written here: the supervisor persists it off the start path (a
+            // crash before that reattaches through the `Spawned` record anyway).
+            rec.phase = Phase::Up;
+            rec.state = if running {
+                GuestState::Running
+            } else {
+                GuestState::Paused
+            };
+            Ok(())
+        })();
         if let Err(e) = checked {
             kill_and_reap(&pidfd);
+            // Finished before undo removes the groups (the attach of a dead pid fails).
+            if let Some(j) = join {
+                let _ = j.join();
+            }
             return Err(e);
         }
         tracing::info!(guest = %rec.name, pid = spawned.pid, state = %rec.state, "guest started");
@@ -371,8 +412,13 @@ impl Inner {
         } else {
             rec.cgroups.clone()
         };
-        // A QEMU whose pid never got recorded is still found through its cgroup; labels
-        // must not be restored while it may still use them.
+        // A QEMU whose pid never got recorded is found through the pid file its child
+        // wrote before exec (it may not have joined its cgroup yet), anything else it
+        // started through the cgroup; labels must not be restored while they may still
+        // be in use.
+        if let Some(err) = self.kill_unrecorded(rec) {
+            errors.push(err);
+        }
         if !cgroup::kill_all(&dirs, Duration::from_secs(5)) {
             errors.push(format!("processes left in {}", dirs[0].display()));
         }
@@ -404,6 +450,45 @@ impl Inner {
             errors.push(format!("remove {}: {e}", rec.runtime_dir.display()));
         }
         errors
+    }
+
+    /// Kills the QEMU a start forked before recording its pid (crash between fork and the
+    /// `Spawned` record), found through the pid file and verified (same boot, started
+    /// after the record's spawn floor, `-name guest=<name>` in its argv, working directory
+    /// the runtime dir). Removes the pid file. Returns an error message if it survives.
+    fn kill_unrecorded(&self, rec: &Record) -> Option<String> {
+        let path = self.pid_file(&rec.name);
+        let found = rec.spawn_floor.as_ref().and_then(|floor| {
+            process::find_unrecorded(&self.proc_root(), &path, &rec.name, &rec.runtime_dir, floor)
+        });
+        let _ = fs::remove_file(&path);
+        let (pid, start) = found?;
+        // Checked again once the pidfd pins the process: the pid cannot change owner now.
+        let pidfd = process::pidfd_open(pid).ok()?;
+        if !process::same_process(&self.proc_root(), pid, start) {
+            return None;
+        }
+        tracing::warn!(guest = %rec.name, pid, "killing a QEMU forked before its pid was recorded");
+        let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
+        let mut p = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; bounded wait for the killed process to exit.
+        let r = unsafe { libc::poll(&mut p, 1, 5000) };
+        // Our child (a failed start in this process) is reaped; an orphan is init's.
+        let _ = process::reap(&pidfd);
+        (r <= 0).then(|| format!("unrecorded QEMU {pid} of {} did not exit", rec.name))
+    }
+
+    pub(crate) fn proc_root(&self) -> PathBuf {
+        let p = self.config.root_dir.join("proc");
+        if p.join("self").exists() {
+            p
+        } else {
+            PathBuf::from("/proc")
+        }
     }
 
     /// The identity to release: the record's, completed from the store's reservations by

@@ -11,6 +11,15 @@ use svirt_drivers::ChildHook;
 
 use crate::error::{ManagerError, Result};
 
+/// A point in time before a fork, in the terms of `/proc/PID/stat` field 22.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpawnFloor {
+    /// `/proc/sys/kernel/random/boot_id` (start times count from boot).
+    pub boot_id: String,
+    /// Clock ticks since boot.
+    pub ticks: u64,
+}
+
 /// What to start.
 pub struct SpawnRequest<'a> {
     /// Binary.
@@ -23,8 +32,9 @@ pub struct SpawnRequest<'a> {
     pub log: File,
     /// Fds QEMU inherits under the same numbers (the QMP listener).
     pub keep_fds: Vec<RawFd>,
-    /// `cgroup.procs` files to join.
-    pub cgroup_fds: Vec<RawFd>,
+    /// A file (the guest's pid file, opened by the parent) the child writes its pid into,
+    /// at offset 0, before it gives up its parent-death signal.
+    pub pid_fd: RawFd,
     /// Driver steps, in stack order.
     pub hooks: Vec<ChildHook>,
 }
@@ -48,10 +58,16 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Starts the process. In the child, in this order: die if the manager is already gone
-/// (parent-death signal held only until the cgroup join, then cleared: QEMU must outlive
-/// the manager), own session, join the cgroup(s), driver hooks (exec label, ids, Landlock,
+/// Starts the process. In the child, in this order: parent-death signal (SIGKILL) and die
+/// if the manager is already gone, write the pid to `pid_fd`, clear the parent-death
+/// signal (QEMU must outlive the manager; from here a crash of the manager is recovered
+/// through the pid file), own session, driver hooks (exec label, ids, Landlock,
 /// no_new_privs), then every fd other than stdio and `keep_fds` marked close-on-exec.
+///
+/// The child joins no cgroup: the parent does it ([`crate::cgroup::GuestCgroup::join`])
+/// after this returns, while QEMU initialises. A cgroup attach write-locks the kernel's
+/// `cgroup_threadgroup_rwsem` (an RCU grace period, ~12 ms here); in the child it sat on
+/// the start's critical path.
 pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
     let parent = std::process::id() as libc::pid_t;
     let log2 = req
@@ -68,7 +84,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(req.log))
         .stderr(Stdio::from(log2));
-    let cgroup_fds = req.cgroup_fds;
+    let pid_fd = req.pid_fd;
     let keep = req.keep_fds;
     let mut hooks = req.hooks;
     // SAFETY: the closure runs between fork and exec; it only makes system calls on data
@@ -86,15 +102,19 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
             if libc::getppid() != parent {
                 return Err(io::Error::other("manager died during spawn"));
             }
-            cvt(libc::setsid())?;
-            for &fd in &cgroup_fds {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
+            // Until the pid is in the pid file nothing could find this process after a
+            // crash of the manager: the parent-death signal covers that stretch. After it,
+            // recovery finds it through the file (verified by start time, argv and cwd),
+            // so QEMU may outlive its parent.
+            let mut buf = [0u8; 12];
+            let digits = format_pid(libc::getpid(), &mut buf);
+            if libc::pwrite(pid_fd, digits.as_ptr().cast(), digits.len(), 0)
+                != digits.len() as isize
+            {
+                return Err(io::Error::last_os_error());
             }
-            // In the cgroup now: a crash of the manager from here on is recovered by
-            // killing the group, so QEMU may outlive its parent.
             cvt(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0))?;
+            cvt(libc::setsid())?;
             for h in hooks.iter_mut() {
                 h()?;
             }
@@ -130,6 +150,96 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
         pidfd,
         start_time,
     })
+}
+
+/// `pid` in decimal into `buf`, without allocating (it runs between fork and exec).
+fn format_pid(pid: libc::pid_t, buf: &mut [u8; 12]) -> &[u8] {
+    let mut n = pid.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Now, as a [`SpawnFloor`]: every process forked later has a start time at or above it.
+pub fn spawn_floor() -> io::Result<SpawnFloor> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_string();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    cvt(unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) })?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return Err(io::Error::other("sysconf(_SC_CLK_TCK) failed"));
+    }
+    let ns = (ts.tv_sec as u128) * 1_000_000_000 + ts.tv_nsec as u128;
+    // Field 22 is the task's boot-time start in ns, divided down the same way (floor), so
+    // a later fork never shows a smaller value.
+    Ok(SpawnFloor {
+        boot_id,
+        ticks: (ns * hz as u128 / 1_000_000_000) as u64,
+    })
+}
+
+/// The QEMU a start forked before its pid was recorded, if it still runs: the pid read
+/// from `pid_file` must name a live, non-zombie process of the same boot that started at
+/// or after `floor`, whose argv carries `-name guest=<name>,…` and whose working directory
+/// is `runtime_dir` (both set by the manager's spawn). Anything else (an exited QEMU whose
+/// pid was reused, a file from an earlier boot) is not ours: None. Returns the pid and its
+/// start time (to check again after `pidfd_open`).
+pub fn find_unrecorded(
+    proc_root: &Path,
+    pid_file: &Path,
+    name: &str,
+    runtime_dir: &Path,
+    floor: &SpawnFloor,
+) -> Option<(i32, u64)> {
+    let text = read_nofollow(pid_file)?;
+    let pid: i32 = text.trim().parse().ok().filter(|p| *p > 0)?;
+    let boot = std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id")).ok()?;
+    if boot.trim() != floor.boot_id {
+        return None;
+    }
+    let dir = proc_root.join(pid.to_string());
+    let start = start_time_in(proc_root, pid).ok()?;
+    if start < floor.ticks || !same_process(proc_root, pid, start) {
+        return None;
+    }
+    let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+    let want = format!("guest={},debug-threads=on", name.replace(',', ",,"));
+    let mut args = cmdline.split(|b| *b == 0);
+    let named = std::iter::from_fn(|| args.next())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0] == b"-name" && w[1] == want.as_bytes());
+    if !named || std::fs::read_link(dir.join("cwd")).ok()? != runtime_dir {
+        return None;
+    }
+    Some((pid, start))
+}
+
+fn read_nofollow(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let mut s = String::new();
+    f.by_ref().take(64).read_to_string(&mut s).ok()?;
+    Some(s)
 }
 
 /// Opens a pidfd for `pid`.
@@ -271,5 +381,26 @@ mod tests {
         let t = start_time(me).unwrap();
         assert!(same_process(Path::new("/proc"), me, t));
         assert!(!same_process(Path::new("/proc"), me, t + 1));
+    }
+
+    #[test]
+    fn pid_digits() {
+        let mut b = [0u8; 12];
+        assert_eq!(format_pid(0, &mut b), b"0");
+        assert_eq!(format_pid(7, &mut b), b"7");
+        assert_eq!(format_pid(4194304, &mut b), b"4194304");
+        assert_eq!(format_pid(i32::MAX, &mut b), b"2147483647");
+    }
+
+    #[test]
+    fn floor_is_not_after_a_later_fork() {
+        let floor = spawn_floor().unwrap();
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let t = start_time(child.id() as i32).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(t >= floor.ticks, "child start {t} < floor {}", floor.ticks);
+        // And a process started long before (pid 1) is below it.
+        assert!(start_time(1).unwrap() <= floor.ticks);
     }
 }

@@ -8,6 +8,7 @@ use svirt_domain::{Model, Plan};
 use svirt_drivers::GuestSecurity;
 use svirt_labels::MlsRange;
 
+use crate::process::SpawnFloor;
 use crate::qemu::VmSpec;
 use crate::types::{ExitInfo, GuestState};
 
@@ -24,7 +25,8 @@ pub enum Phase {
     Labeling,
     /// Cgroup being created.
     Cgroup,
-    /// QEMU being spawned (its pid may not be recorded: the cgroup finds it).
+    /// QEMU being spawned (its pid may not be recorded: the pid file the child writes
+    /// before exec finds it).
     Spawning,
     /// QEMU spawned, pid and start time recorded.
     Spawned,
@@ -71,6 +73,11 @@ pub struct Record {
     pub pid: Option<i32>,
     /// QEMU start time (`/proc/PID/stat` field 22).
     pub start_time: Option<u64>,
+    /// Written before QEMU is forked: no process of this start began earlier. With the
+    /// pid file the child writes, it identifies a QEMU forked before its pid was
+    /// recorded (see `process::find_unrecorded`).
+    #[serde(default)]
+    pub spawn_floor: Option<SpawnFloor>,
     /// Runtime directory.
     pub runtime_dir: PathBuf,
     /// QMP socket.

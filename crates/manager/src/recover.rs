@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use svirt_drivers::GuestSecurity;
 
+use crate::cgroup;
 use crate::error::{ManagerError, Result};
 use crate::manager::{Inner, Slot, SlotState, now_secs};
 use crate::process;
@@ -82,6 +83,21 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     || Qmp::connect(&rec.qmp_socket, Duration::from_secs(5))
                         .and_then(|mut q| q.execute("query-status", None))
                         .is_ok();
+                // The start joins QEMU to its cgroup beside the `Spawned` write: a crash
+                // may have beaten the join. Joining again is harmless; a guest that cannot
+                // be put in its group is not kept.
+                let ready = ready
+                    && rec.state != GuestState::Stopping
+                    && match (rec.phase < Phase::Up, rec.pid) {
+                        (true, Some(p)) => match cgroup::join_dirs(&rec.cgroups, p) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::warn!(guest = %rec.name, error = %e, "cannot join the reattached QEMU to its cgroup");
+                                false
+                            }
+                        },
+                        _ => true,
+                    };
                 if rec.state == GuestState::Stopping || !ready {
                     if rec.intent.is_none() {
                         rec.intent = Some(Intent::Destroy);

@@ -92,7 +92,10 @@ pub fn build(config: &Config, store: &Arc<Store>) -> Result<Stack> {
                         root: config.root_dir.clone(),
                     },
                 )
-                .map_err(|e| ManagerError::Store(format!("uid allocator: {e}")))?;
+                .map_err(|e| ManagerError::Store(format!("uid allocator: {e}")))?
+                // The start writes the guest record durably before the uid is used (the
+                // runtime dir chown comes after it): one fsync fewer per start.
+                .with_deferred_commits(true);
                 Arc::new(DacDriver::new(
                     DacConfig {
                         accounts_root: config.root_dir.clone(),
@@ -106,7 +109,9 @@ pub fn build(config: &Config, store: &Arc<Store>) -> Result<Stack> {
             DriverName::Landlock => Arc::new(LandlockDriver::new(LandlockConfig::default())),
             DriverName::Selinux => {
                 let alloc = LevelAllocator::open(store.clone(), level_config(config))
-                    .map_err(|e| ManagerError::Store(format!("level allocator: {e}")))?;
+                    .map_err(|e| ManagerError::Store(format!("level allocator: {e}")))?
+                    // As for uids: the guest record is durable before the level is used.
+                    .with_deferred_commits(true);
                 let root = FsRoot::open(&config.root_dir)
                     .map_err(|e| ManagerError::io("open root", &config.root_dir, e))?;
                 // Two workers: tree relabels must not starve the host's other work.

@@ -107,6 +107,33 @@ fn meta(p: &Path) -> (u32, u32, u32) {
     (m.uid(), m.gid(), m.mode())
 }
 
+/// Live (non-zombie) processes whose argv mentions `needle` (the test's unique disk path):
+/// QEMUs of this test, whether or not any manager recorded their pid.
+fn processes_using(needle: &Path) -> Vec<i32> {
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.windows(needle.len()).any(|w| w == needle) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 fn assert_no_leak(env: &Env, what: &str) {
     let store = svirt_store::Store::open(&env.path("state")).unwrap();
     assert!(
@@ -139,6 +166,12 @@ fn check_step(step: Option<&str>, stop: bool) {
         libc::SIGKILL,
         "{what}: child was not killed (fault point not reached?)"
     );
+    if !processes_using(&disk).is_empty() {
+        // A QEMU outlived the manager. Let it finish its own start-up (open its disks)
+        // before recovery runs: otherwise it may just die of the restored disk owner and
+        // hide a recovery that failed to find it.
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let qemu_pid: Option<i32> = std::fs::read_to_string(env.path("child/started"))
         .ok()
         .and_then(|s| s.parse().ok());
@@ -161,6 +194,20 @@ fn check_step(step: Option<&str>, stop: bool) {
         if let Some(p) = qemu_pid {
             assert_eq!(p, pid, "{what}");
         }
+        // In its cgroup(s), even if the crash came before the start's own join.
+        let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
+        for d in layout.guest_dirs(&env.cgroup_parent, "c") {
+            assert!(
+                cgroup_pids(&d).contains(&pid),
+                "{what}: reattached QEMU {pid} not in {}",
+                d.display()
+            );
+        }
+        assert_eq!(
+            processes_using(&disk),
+            vec![pid],
+            "{what}: a QEMU other than the reattached one uses the disk"
+        );
         // Its uid is still reserved and owns the disk.
         assert_eq!(
             std::fs::metadata(&disk).unwrap().uid(),
@@ -182,7 +229,22 @@ fn check_step(step: Option<&str>, stop: bool) {
             }
             assert!(!alive(p), "{what}: QEMU of a cleaned-up guest still runs");
         }
+        // Also the QEMU a start forked before recording its pid (`after-fork`): found
+        // through the pid file, not through the cgroup it may not have joined.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !processes_using(&disk).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            processes_using(&disk),
+            Vec::<i32>::new(),
+            "{what}: a QEMU of a cleaned-up guest still runs"
+        );
     }
+    assert!(
+        !env.path("run/guests/c.pid").exists(),
+        "{what}: pid file left"
+    );
     files.assert_restored(&what);
     assert!(
         !env.path("run/guests/c").exists(),

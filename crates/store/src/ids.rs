@@ -63,6 +63,8 @@ pub struct IdAllocator {
     store: Arc<Store>,
     config: IdConfig,
     state: Mutex<IdState>,
+    /// Allocations committed without fsync (see [`IdAllocator::with_deferred_commits`]).
+    deferred: bool,
 }
 
 impl std::fmt::Debug for IdAllocator {
@@ -112,12 +114,28 @@ impl IdAllocator {
             store,
             config,
             state: Mutex::new(st),
+            deferred: false,
         };
         {
             let mut st = lock(&alloc.state);
             alloc.refresh_locked(&mut st, true)?;
         }
         Ok(alloc)
+    }
+
+    /// With `on`, [`Self::allocate`] and [`Self::reserve`] commit without an fsync of their
+    /// own: the reservation is at once visible (and refused to others) in this process, and
+    /// becomes durable with the store's next durable commit, whatever writes it. Releases
+    /// stay durable.
+    ///
+    /// The caller's promise: the id is put to no use (no file chowned to it, no process run
+    /// under it) before some durable commit of the store follows the allocation, e.g. the
+    /// guest record written before the first change. A crash before that loses the
+    /// reservation, and with it nothing, since nothing used the id. It saves one fsync per
+    /// start (the svirt manager's choice); the default is durable before returning.
+    pub fn with_deferred_commits(mut self, on: bool) -> Self {
+        self.deferred = on;
+        self
     }
 
     /// The configuration.
@@ -223,7 +241,7 @@ impl IdAllocator {
     }
 
     /// The id `owner` holds, or a new one (used as both uid and gid), durable before it is
-    /// returned. Idempotent: a guest holds at most one id.
+    /// returned (unless [`Self::with_deferred_commits`]). Idempotent: a guest holds at most one id.
     pub fn allocate(&self, owner: &str) -> Result<u32> {
         check_owner(owner)?;
         let mut st = lock(&self.state);
@@ -244,7 +262,7 @@ impl IdAllocator {
         let id = self.config.first + off;
         // The store is written under the state lock: ids are rare, and this keeps memory and
         // file in the same order without a second protocol.
-        let res = self.store.write(|txn| {
+        let res = self.store.write_maybe_deferred(!self.deferred, |txn| {
             let mut t = txn.open_table(IDS)?;
             if t.insert(id, owner)?.is_some() {
                 return Err(Error::Corrupt {
@@ -301,7 +319,7 @@ impl IdAllocator {
                 source_file: f.to_string(),
             });
         }
-        self.store.write(|txn| {
+        self.store.write_maybe_deferred(!self.deferred, |txn| {
             txn.open_table(IDS)?.insert(id, owner)?;
             Ok(())
         })?;

@@ -162,6 +162,8 @@ pub struct LevelAllocator {
     /// Held by whoever writes the levels table: the group-commit leader, or a static
     /// reservation or release.
     writer: Mutex<()>,
+    /// Reservations committed without fsync (see [`LevelAllocator::with_deferred_commits`]).
+    deferred: bool,
 }
 
 impl std::fmt::Debug for LevelAllocator {
@@ -214,9 +216,20 @@ impl LevelAllocator {
             capacity,
             queue: Mutex::new(Queue::default()),
             writer: Mutex::new(()),
+            deferred: false,
         };
         alloc.rebuild()?;
         Ok(alloc)
+    }
+
+    /// With `on`, allocations and static reservations commit without an fsync of their own
+    /// (releases stay durable); each becomes durable with the store's next durable commit.
+    /// Same promise as [`crate::IdAllocator::with_deferred_commits`]: the caller uses the
+    /// level for nothing (no file labeled, no process run at it) before a durable commit of
+    /// the store follows; a crash before that loses a reservation nothing used.
+    pub fn with_deferred_commits(mut self, on: bool) -> Self {
+        self.deferred = on;
+        self
     }
 
     fn rebuild(&self) -> Result<()> {
@@ -448,7 +461,7 @@ impl LevelAllocator {
         let batch = std::mem::take(&mut lock(&self.queue).items);
         let res = {
             let _w = lock(&self.writer);
-            self.store.write(|txn| {
+            self.store.write_maybe_deferred(!self.deferred, |txn| {
                 let mut levels = txn.open_table(LEVELS)?;
                 let mut owners = txn.open_table(LEVEL_OWNERS)?;
                 for p in &batch {
@@ -574,9 +587,9 @@ impl LevelAllocator {
                 }
             }
         };
-        let res = self
-            .store
-            .write(|txn| set_level(txn, &key, Some(&new.value())));
+        let res = self.store.write_maybe_deferred(!self.deferred, |txn| {
+            set_level(txn, &key, Some(&new.value()))
+        });
         if let Err(e) = res {
             let mut st = lock(&self.state);
             let mut prev = new.clone();

@@ -138,6 +138,64 @@ fn decode(key: ObjectKey, bytes: &[u8]) -> Result<OriginalRecord> {
     })
 }
 
+type OriginalsTable<'t> = redb::Table<'t, (u64, u64), &'static [u8]>;
+type OwnersTable<'t> = redb::Table<'t, (&'static str, u64, u64), ()>;
+
+/// One object's record-if-absent inside an open write transaction.
+fn record_one(
+    table: &mut OriginalsTable<'_>,
+    index: &mut OwnersTable<'_>,
+    key: ObjectKey,
+    value: &Original,
+    owner: &str,
+) -> Result<RecordOutcome> {
+    let k = (key.dev, key.ino);
+    let existing = match table.get(k)? {
+        Some(v) => Some(decode(key, v.value())?),
+        None => None,
+    };
+    let fresh = || OriginalRecord {
+        original: value.clone(),
+        owners: BTreeSet::from([owner.to_string()]),
+    };
+    let (record, outcome) = match existing {
+        None => (fresh(), RecordOutcome::Recorded),
+        Some(old) if !old.original.identity.same_object(&value.identity) => {
+            for o in &old.owners {
+                index.remove((o.as_str(), key.dev, key.ino))?;
+            }
+            (fresh(), RecordOutcome::ReplacedStale { stale: old })
+        }
+        Some(mut rec) => {
+            let mut changed = false;
+            for (model, flags) in &value.model_flags {
+                let f = rec.original.model_flags.entry(model.clone()).or_insert(0);
+                changed |= *f | flags != *f;
+                *f |= flags;
+            }
+            if rec.owners.contains(owner) && !changed {
+                return Ok(RecordOutcome::AlreadyOwner {
+                    original: rec.original,
+                });
+            }
+            let outcome = if rec.owners.insert(owner.to_string()) {
+                RecordOutcome::Joined {
+                    original: rec.original.clone(),
+                    owners: rec.owners.len(),
+                }
+            } else {
+                RecordOutcome::AlreadyOwner {
+                    original: rec.original.clone(),
+                }
+            };
+            (rec, outcome)
+        }
+    };
+    table.insert(k, encode(&record)?.as_slice())?;
+    index.insert((owner, key.dev, key.ino), ())?;
+    Ok(outcome)
+}
+
 impl Store {
     /// Records `value` as the original state of `key` unless a record exists, and adds `owner`
     /// to its users. Committed durably before returning, so a crash after the caller's first
@@ -152,51 +210,34 @@ impl Store {
         self.write(|txn| {
             let mut table = txn.open_table(ORIGINALS)?;
             let mut index = txn.open_table(ORIGINAL_OWNERS)?;
-            let k = (key.dev, key.ino);
-            let existing = match table.get(k)? {
-                Some(v) => Some(decode(key, v.value())?),
-                None => None,
-            };
-            let fresh = || OriginalRecord {
-                original: value.clone(),
-                owners: BTreeSet::from([owner.to_string()]),
-            };
-            let (record, outcome) = match existing {
-                None => (fresh(), RecordOutcome::Recorded),
-                Some(old) if !old.original.identity.same_object(&value.identity) => {
-                    for o in &old.owners {
-                        index.remove((o.as_str(), key.dev, key.ino))?;
-                    }
-                    (fresh(), RecordOutcome::ReplacedStale { stale: old })
-                }
-                Some(mut rec) => {
-                    let mut changed = false;
-                    for (model, flags) in &value.model_flags {
-                        let f = rec.original.model_flags.entry(model.clone()).or_insert(0);
-                        changed |= *f | flags != *f;
-                        *f |= flags;
-                    }
-                    if rec.owners.contains(owner) && !changed {
-                        return Ok(RecordOutcome::AlreadyOwner {
-                            original: rec.original,
-                        });
-                    }
-                    let outcome = if rec.owners.insert(owner.to_string()) {
-                        RecordOutcome::Joined {
-                            original: rec.original.clone(),
-                            owners: rec.owners.len(),
-                        }
-                    } else {
-                        RecordOutcome::AlreadyOwner {
-                            original: rec.original.clone(),
-                        }
-                    };
-                    (rec, outcome)
-                }
-            };
-            table.insert(k, encode(&record)?.as_slice())?;
-            index.insert((owner, key.dev, key.ino), ())?;
-            Ok(outcome)
+            record_one(&mut table, &mut index, key, value, owner)
+        })
+    }
+
+    /// [`Self::record_original_if_absent`] for many objects in ONE transaction, committed
+    /// durably once before returning: all are recorded, or (on error) none. The outcomes
+    /// are in the order of `items`. A key may appear more than once; later entries see the
+    /// earlier ones (their model flags are merged, the first value stays the original).
+    ///
+    /// This is what a driver changing N objects calls before its first change: one fsync
+    /// instead of N, and the rule "the original is durable before the object changes" holds
+    /// for every object of the batch.
+    pub fn record_originals_if_absent_many(
+        &self,
+        items: &[(ObjectKey, Original)],
+        owner: &str,
+    ) -> Result<Vec<RecordOutcome>> {
+        check_owner(owner)?;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|txn| {
+            let mut table = txn.open_table(ORIGINALS)?;
+            let mut index = txn.open_table(ORIGINAL_OWNERS)?;
+            items
+                .iter()
+                .map(|(key, value)| record_one(&mut table, &mut index, *key, value, owner))
+                .collect()
         })
     }
 

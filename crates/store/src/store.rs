@@ -5,7 +5,9 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use svirt_labels::Level;
 
@@ -198,6 +200,33 @@ impl Store {
         let out = f(&txn)?;
         txn.commit()?;
         Ok(out)
+    }
+
+    /// Like [`Self::write`], but with `durable == false` the commit is not fsynced
+    /// (`Durability::None`): it is visible at once to every reader of this process, and
+    /// becomes durable with the next durable commit of ANY kind (redb orders commits), or
+    /// is lost if the process dies before one. Only for reservations whose users promise a
+    /// durable commit before the reservation is put to use (see the allocators'
+    /// `with_deferred_commits`).
+    pub(crate) fn write_maybe_deferred<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            // Refused only in multi-process modes, which this store does not use; the
+            // commit then stays durable, the safe direction.
+            let _ = txn.set_durability(Durability::None);
+        }
+        let out = f(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Makes every earlier commit durable now (one empty durable commit).
+    pub fn sync(&self) -> Result<()> {
+        self.write(|_| Ok(()))
     }
 
     // ---- levels (written by the LevelAllocator; read by anyone) ----
