@@ -127,6 +127,7 @@ mod tests {
             ids: Some((300001, 300001)),
             pid: None,
             start_time: None,
+            spawn_floor: None,
             runtime_dir: "/run/x".into(),
             qmp_socket: "/run/x/qmp.sock".into(),
             cgroups: vec![],

@@ -313,3 +313,66 @@ fn uid_allocator_concurrent_and_missing_passwd() {
     .unwrap_err();
     assert!(matches!(e, Error::SystemDb { .. }), "{e:?}");
 }
+
+#[test]
+fn originals_recorded_many_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, o1) = original("/img/a", b"a_t\0", 0, 1000);
+    let (_, mut o2) = original("/img/b", b"b_t\0", 5, 2000);
+    let k2 = ObjectKey {
+        dev: 64769,
+        ino: 99,
+    };
+    o2.identity.ino = 99;
+    // The same object twice (a file inside a listed tree): flags merge, the first value
+    // stays the original.
+    let mut o1_again = o1.clone();
+    o1_again.uid = 4242;
+    o1_again.model_flags = BTreeMap::from([("dac".to_string(), 2)]);
+    {
+        let s = Store::open(dir.path()).unwrap();
+        assert!(
+            s.record_originals_if_absent_many(&[], "vm1")
+                .unwrap()
+                .is_empty()
+        );
+        let out = s
+            .record_originals_if_absent_many(
+                &[(k1, o1.clone()), (k2, o2.clone()), (k1, o1_again)],
+                "vm1",
+            )
+            .unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0], RecordOutcome::Recorded);
+        assert_eq!(out[1], RecordOutcome::Recorded);
+        assert!(
+            matches!(&out[2], RecordOutcome::AlreadyOwner { original } if original.uid == 0),
+            "{:?}",
+            out[2]
+        );
+        // A second guest joins both in one call.
+        let out = s
+            .record_originals_if_absent_many(&[(k1, o1.clone()), (k2, o2.clone())], "vm2")
+            .unwrap();
+        assert!(matches!(out[0], RecordOutcome::Joined { owners: 2, .. }));
+        assert!(matches!(out[1], RecordOutcome::Joined { owners: 2, .. }));
+        // All or nothing: a bad owner records nothing.
+        assert!(
+            s.record_originals_if_absent_many(&[(k1, o1.clone())], "")
+                .is_err()
+        );
+    }
+    let s = Store::open(dir.path()).unwrap();
+    let r1 = s.get_original(k1).unwrap().unwrap();
+    assert_eq!(r1.original.uid, 0);
+    assert_eq!(r1.original.model_flags.get("dac"), Some(&2));
+    assert_eq!(r1.original.model_flags.get("selinux"), Some(&1));
+    assert_eq!(r1.owners.len(), 2);
+    let mine: Vec<ObjectKey> = s
+        .originals_for_owner("vm1")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(mine, vec![k2, k1]);
+}

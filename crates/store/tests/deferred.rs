@@ -1,0 +1,113 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns: a failed unwrap is a failed test
+//! Deferred reservation commits: an allocation made `with_deferred_commits` is visible at
+//! once, is lost if the process is killed before any durable commit follows it, and is
+//! kept once one does (whatever that commit writes).
+//!
+//! The test re-executes its own binary as the child (`SVIRT_STORE_DEFERRED_CHILD`), which
+//! allocates, optionally writes a guest record durably, says so, and waits to be killed.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use svirt_store::{AllocatorConfig, IdAllocator, IdConfig, LevelAllocator, Store};
+
+const CHILD_ENV: &str = "SVIRT_STORE_DEFERRED_CHILD";
+
+fn accounts(dir: &Path) {
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
+}
+
+fn open(dir: &Path) -> (Arc<Store>, IdAllocator, LevelAllocator) {
+    let store = Arc::new(Store::open(&dir.join("state")).unwrap());
+    let ids = IdAllocator::open(
+        store.clone(),
+        IdConfig {
+            first: 5000,
+            last: 5999,
+            root: dir.to_path_buf(),
+        },
+    )
+    .unwrap()
+    .with_deferred_commits(true);
+    let levels = LevelAllocator::open(store.clone(), AllocatorConfig::default())
+        .unwrap()
+        .with_deferred_commits(true);
+    (store, ids, levels)
+}
+
+#[test]
+fn deferred_child_entry() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let (store, ids, levels) = open(dir);
+    let id = ids.allocate("g").unwrap();
+    let level = levels.allocate("g").unwrap();
+    // Visible at once to this process's readers.
+    assert!(store.id_reservations().unwrap().contains(&(id, "g".into())));
+    assert_eq!(store.levels_of("g").unwrap(), vec![level]);
+    if std::env::var("DEFERRED_SYNC").is_ok() {
+        store.put_guest("g", "starting", b"{}").unwrap();
+    }
+    println!("READY {id} {level}");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+fn run(sync: bool) -> (Vec<(u32, String)>, usize, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    accounts(dir.path());
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "deferred_child_entry", "--nocapture"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped());
+    if sync {
+        cmd.env("DEFERRED_SYNC", "1");
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    while !line.starts_with("READY") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child ended early");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (store, ids, levels) = open(dir.path());
+    let got = (
+        store.id_reservations().unwrap(),
+        store.level_reservations().unwrap().len(),
+        store.get_guest("g").unwrap().is_some(),
+    );
+    // The allocators rebuilt from the file agree with it.
+    assert_eq!(ids.id_of("g").is_some(), !got.0.is_empty());
+    assert_eq!(levels.stats().allocated as usize, got.1);
+    got
+}
+
+#[test]
+fn deferred_reservation_lost_without_a_durable_commit() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let (ids, levels, guest) = run(false);
+    assert!(ids.is_empty(), "{ids:?}");
+    assert_eq!(levels, 0);
+    assert!(!guest);
+}
+
+#[test]
+fn deferred_reservation_kept_by_the_next_durable_commit() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let (ids, levels, guest) = run(true);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids[0].1, "g");
+    assert_eq!(levels, 1);
+    assert!(guest);
+}
