@@ -214,10 +214,12 @@ impl Inner {
     /// caller undoes that much.
     fn start_steps(&self, rec: &mut Record, opts: StartOptions) -> Result<OwnedFd> {
         // Durable writes on the start path are few on purpose (each is an fsync): the
-        // record is first written once the identity is reserved, and again once QMP
-        // answers. A crash before the first leaves only reservations without a record,
-        // which `open` releases; a crash between the two is rolled back by `open` (QEMU,
-        // if any, is found through the guest's cgroup).
+        // record once the identity is reserved (it also makes the deferred reservations
+        // durable), the drivers' originals (one batch per driver), and pid + start time
+        // while QEMU initialises. A crash before the first leaves at most reservations
+        // without a record, which `open` releases; a crash later is rolled back or
+        // reattached by `open` (a QEMU forked before its pid was recorded is found
+        // through the pid file its child wrote).
         self.fault.point("after-record")?;
         let mut sec = GuestSecurity {
             name: rec.name.clone(),

@@ -223,10 +223,25 @@ pub fn find_unrecorded(
         .collect::<Vec<_>>()
         .windows(2)
         .any(|w| w[0] == b"-name" && w[1] == want.as_bytes());
-    if !named || std::fs::read_link(dir.join("cwd")).ok()? != runtime_dir {
+    if !named || !same_dir(&dir.join("cwd"), runtime_dir) {
         return None;
     }
     Some((pid, start))
+}
+
+/// Whether the process's `cwd` link names `dir`: the same inode (the link shows the
+/// resolved path, which differs from `dir` when a component of it is a symlink), or the
+/// same path (the directory was removed meanwhile).
+fn same_dir(cwd_link: &Path, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(cwd_link), std::fs::metadata(dir)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => std::fs::read_link(cwd_link).is_ok_and(|l| {
+            let mut deleted = dir.as_os_str().to_os_string();
+            deleted.push(" (deleted)");
+            l == dir || l.as_os_str() == deleted
+        }),
+    }
 }
 
 fn read_nofollow(path: &Path) -> Option<String> {

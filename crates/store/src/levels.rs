@@ -147,8 +147,10 @@ struct State {
 ///   P could read the static guest's files or the other way round. Blocks are counted per pair,
 ///   so releasing restores exactly. A static level without categories (`s0`) blocks nothing:
 ///   it is readable by every guest by design, like shared content.
-/// - Nothing is returned before it is durable. Concurrent allocations are batched into one
-///   transaction by whichever caller finds no commit running (group commit).
+/// - Nothing is returned before it is durable (unless [`LevelAllocator::with_deferred_commits`]:
+///   then before it is committed, durable with the store's next durable commit).
+///   Concurrent allocations are batched into one transaction by whichever caller finds no
+///   commit running (group commit).
 pub struct LevelAllocator {
     store: Arc<Store>,
     config: AllocatorConfig,
