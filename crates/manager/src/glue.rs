@@ -290,3 +290,26 @@ pub(crate) fn image_label(
     let ctx = svirt_domain::SelinuxContexts::load(root).unwrap_or_default();
     level.map(|l| ctx.image.with_range(*l).to_string())
 }
+
+/// Runs `f` with `/proc/thread-self/attr/<attr>` (`fscreate`, `sockcreate`) set to `label`,
+/// then resets the attribute so later objects of this thread get their default label.
+/// Without a label, just runs `f`.
+pub(crate) fn with_create_label<T>(
+    attr: &str,
+    label: Option<&str>,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::io::Write as _;
+    let Some(label) = label else { return f() };
+    // No O_CREAT: asking to create would need `write` on the attr directory (an AVC).
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/thread-self/attr/{attr}"))?;
+    file.write_all(label.as_bytes())?;
+    let r = f();
+    // A lone newline clears the attribute (the kernel treats it as "no label").
+    let reset = file.write_all(b"\n");
+    let v = r?;
+    reset?;
+    Ok(v)
+}

@@ -261,15 +261,26 @@ impl Inner {
             self.persist(rec)?;
             // Runtime directory: private to the guest (its uid when DAC gives one).
             make_runtime_dir(&rec.runtime_dir, rec.ids)?;
+            // Under SELinux the VMM (svirt_t) may only use objects labeled for it: the
+            // policy closes an inherited virtd_t socket at exec (silently: dontaudit). So
+            // the QMP listener is created with the VMM's process label and the log with
+            // the guest's image label, as libvirt does with setsockcreatecon and
+            // setfscreatecon. Proven under an enforcing kernel by the lab.
+            let (sock_label, file_label) = self.selinux_create_labels(rec)?;
             let log_path = rec.runtime_dir.join("qemu.log");
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&log_path)
-                .map_err(|e| ManagerError::io("create", &log_path, e))?;
-            let listener = UnixListener::bind(&rec.qmp_socket)
+            let log = crate::glue::with_create_label("fscreate", file_label.as_deref(), || {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&log_path)
+            })
+            .map_err(|e| ManagerError::io("create", &log_path, e))?;
+            let listener =
+                crate::glue::with_create_label("sockcreate", sock_label.as_deref(), || {
+                    UnixListener::bind(&rec.qmp_socket)
+                })
                 .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
             // Outside the runtime dir (which the guest's uid owns): only root writes it.
             let pid_path = self.pid_file(&rec.name);
@@ -385,6 +396,26 @@ impl Inner {
         }
         tracing::info!(guest = %rec.name, pid = spawned.pid, state = %rec.state, "guest started");
         Ok(pidfd)
+    }
+
+    /// The SELinux labels for objects the manager creates for the VMM: its QMP socket
+    /// (the process label) and its log (the image label). `(None, None)` when SELinux does
+    /// not confine this guest.
+    fn selinux_create_labels(&self, rec: &Record) -> Result<(Option<String>, Option<String>)> {
+        let confined = rec.plan.is_confined(svirt_domain::Model::Selinux)
+            && self
+                .drivers
+                .iter()
+                .any(|d| d.model() == svirt_domain::Model::Selinux);
+        if !confined {
+            return Ok((None, None));
+        }
+        let level = rec.security().level;
+        let sock = svirt_drivers::selinux::SelinuxDriver::exec_label(&rec.plan, level.as_ref())?;
+        let file = sock
+            .as_ref()
+            .and_then(|_| crate::glue::image_label(&self.config.root_dir, level.as_ref()));
+        Ok((sock, file))
     }
 
     /// Sets every driver's labels in stack order; on failure undoes the drivers before the
