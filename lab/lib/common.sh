@@ -87,9 +87,9 @@ lab_build_bins() {
     for p in svirt-probe "$@"; do pkgs+=(-p "$p"); done
     lab_log "building ${*:+$* and }svirt-probe (static)"
     (cd "$repo" && CARGO_TARGET_DIR="$cache/target" RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build -q --release --target x86_64-unknown-linux-gnu "${pkgs[@]}" >&2) \
+        cargo build -q --profile lab --target x86_64-unknown-linux-gnu "${pkgs[@]}" >&2) \
         || lab_die "building ${pkgs[*]} failed"
-    dir="$cache/target/x86_64-unknown-linux-gnu/release"
+    dir="$cache/target/x86_64-unknown-linux-gnu/lab"
     for bin in svirt-probe "$@"; do
         [ -x "$dir/$bin" ] || lab_die "no binary $dir/$bin after the build"
         # A dynamic binary would die in the initramfs with a misleading "not found".

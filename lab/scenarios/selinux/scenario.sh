@@ -12,7 +12,7 @@ SCENARIO_PACKAGES=(selinux-policy-default)
 SELINUX_POLICY=/etc/selinux/default/policy/policy.33
 # svirt: the model on the host (explain --batch, denials, explain --avc).
 SCENARIO_BINS=(svirt)
-DEFAULT_MANAGER=standin
+DEFAULT_MANAGER=svirtd
 
 scenario_args() {
     LEVEL_A=${LAB_LEVEL_A:-s0:c1,c2}
