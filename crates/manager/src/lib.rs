@@ -32,6 +32,7 @@ pub mod fault;
 mod glue;
 mod manager;
 pub mod process;
+mod progress;
 pub mod qemu;
 pub mod qmp;
 mod record;
@@ -42,6 +43,7 @@ mod types;
 
 pub use config::{AccelChoice, CategoryRange, Config, DriverName, DriverSelection, UidRange};
 pub use error::{ManagerError, Result};
+pub use progress::{TreePhase, TreeProgress};
 pub use types::{
     DriverReport, ExitInfo, ExitReason, GuestInfo, GuestState, GuestSummary, ModelLabels,
     OpenReport, ResourceInfo,
@@ -90,7 +92,8 @@ impl Manager {
             svirt_store::Store::open(&config.state_dir)
                 .map_err(|e| ManagerError::Store(e.to_string()))?,
         );
-        let stack = stack::build(&config, &store)?;
+        let progress = Arc::new(progress::Board::default());
+        let stack = stack::build(&config, &store, &progress)?;
         let qemu = glue::qemu_binary(config.qemu_binary.as_ref(), None)?;
         let (accel, accel_reason) = match config.accel {
             AccelChoice::Tcg => ("tcg".to_string(), "configured: TCG".to_string()),
@@ -135,6 +138,7 @@ impl Manager {
             wake_rd,
             wake_wr,
             stopping: AtomicBool::new(false),
+            progress,
         };
         let (reattached, recovered) = recover::recover(&inner)?;
         inner.report.reattached = reattached;
@@ -206,6 +210,19 @@ impl Manager {
     /// start of the same name).
     pub fn list(&self, all: bool) -> Result<Vec<GuestSummary>> {
         Ok(self.inner.list(all))
+    }
+
+    /// The tree operations (filesystem shares, TPM state being labeled or restored) the
+    /// guest's start or stop is running now; empty when none. Cheap: meant to be polled
+    /// while a start or stop runs. Fails only for an unknown guest.
+    pub fn progress(&self, name: &str) -> Result<Vec<TreeProgress>> {
+        let _ = self.inner.slot(name)?;
+        Ok(self.inner.progress.snapshot(name))
+    }
+
+    /// Every guest's tree operations in flight (guests with none are left out).
+    pub fn progress_all(&self) -> Vec<(String, Vec<TreeProgress>)> {
+        progress::all(&self.inner.progress)
     }
 
     /// Everything about one guest.

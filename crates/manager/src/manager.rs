@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     pub(crate) wake_rd: OwnedFd,
     pub(crate) wake_wr: OwnedFd,
     pub(crate) stopping: AtomicBool,
+    /// Tree operations in flight, for progress reports.
+    pub(crate) progress: Arc<crate::progress::Board>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -421,7 +423,11 @@ impl Inner {
     /// Sets every driver's labels in stack order; on failure undoes the drivers before the
     /// failing one (the failing one restored its own changes).
     fn set_labels(&self, plan: &svirt_domain::Plan, sec: &GuestSecurity) -> Result<()> {
+        let op = self.progress.begin(plan, crate::progress::Action::Labeling);
         for (i, d) in self.drivers.iter().enumerate() {
+            if let Some(op) = &op {
+                op.stage(d.model());
+            }
             if let Err(e) = d.set_all(plan, sec) {
                 for prev in self.drivers[..i].iter().rev() {
                     for err in prev.restore_all(plan, sec) {
@@ -457,7 +463,13 @@ impl Inner {
         }
         let sec = self.security_for_undo(rec);
         if rec.phase >= Phase::Labeling {
+            let op = self
+                .progress
+                .begin(&rec.plan, crate::progress::Action::Restoring);
             for d in self.drivers.iter().rev() {
+                if let Some(op) = &op {
+                    op.stage(d.model());
+                }
                 errors.extend(
                     d.restore_all(&rec.plan, &sec)
                         .into_iter()

@@ -48,7 +48,11 @@ fn selinux_enabled(config: &Config) -> (bool, String) {
 }
 
 /// Builds the stack `config` asks for, probing each driver.
-pub fn build(config: &Config, store: &Arc<Store>) -> Result<Stack> {
+pub(crate) fn build(
+    config: &Config,
+    store: &Arc<Store>,
+    progress: &Arc<crate::progress::Board>,
+) -> Result<Stack> {
     let (se_on, se_reason) = selinux_enabled(config);
     let (wanted, why): (Vec<DriverName>, String) = match &config.drivers {
         DriverSelection::Explicit(list) => {
@@ -117,6 +121,7 @@ pub fn build(config: &Config, store: &Arc<Store>) -> Result<Stack> {
                 // Two workers: tree relabels must not starve the host's other work.
                 let relabeler = Relabeler::open(store.clone(), root, 2)
                     .map_err(|e| ManagerError::Config(format!("relabel engine: {e}")))?;
+                relabeler.set_progress(Some(progress.callback()));
                 Arc::new(SelinuxDriver::new(
                     config.root_dir.clone(),
                     relabeler,

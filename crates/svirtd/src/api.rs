@@ -421,6 +421,67 @@ impl From<m::OpenReport> for Host {
     }
 }
 
+/// What is being done to a tree: `scanning`, `labeling`, `restoring`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TreePhase {
+    /// Walking the tree and reading the original labels.
+    Scanning,
+    /// Writing the guest's labels.
+    Labeling,
+    /// Writing the original labels back.
+    Restoring,
+}
+
+impl From<m::TreePhase> for TreePhase {
+    fn from(p: m::TreePhase) -> Self {
+        match p {
+            m::TreePhase::Scanning => TreePhase::Scanning,
+            m::TreePhase::Labeling => TreePhase::Labeling,
+            m::TreePhase::Restoring => TreePhase::Restoring,
+        }
+    }
+}
+
+/// One entry of `GET /v1/domains/{name}/progress`: a tree (filesystem share, TPM state)
+/// the guest's start or stop is labeling or restoring right now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TreeProgress {
+    /// The tree's root, as the plan names it.
+    pub path: String,
+    /// The driver working on it (`selinux`, `dac`).
+    pub model: String,
+    /// What is being done.
+    pub phase: TreePhase,
+    /// Entries handled so far; null when the driver does not report counts (DAC).
+    pub done: Option<u64>,
+    /// Entries to handle (while `scanning`: entries seen so far); null when unknown.
+    pub total: Option<u64>,
+    /// Milliseconds since this driver started on the guest's trees.
+    pub elapsed_ms: u64,
+}
+
+impl From<m::TreeProgress> for TreeProgress {
+    fn from(t: m::TreeProgress) -> Self {
+        let m::TreeProgress {
+            path,
+            model,
+            phase,
+            done,
+            total,
+            elapsed_ms,
+        } = t;
+        TreeProgress {
+            path,
+            model,
+            phase: phase.into(),
+            done,
+            total,
+            elapsed_ms,
+        }
+    }
+}
+
 /// The OpenAPI description of the API, generated from the handlers and the types above.
 #[derive(OpenApi)]
 #[openapi(
@@ -437,11 +498,12 @@ impl From<m::OpenReport> for Host {
         crate::server::dumpxml,
         crate::server::shutdown,
         crate::server::destroy,
+        crate::server::progress,
         crate::server::qemu_monitor_command,
     ),
     components(schemas(
         CreateRequest, ShutdownRequest, DomainXml, ApiError, State, Summary, Reason, Exit,
-        Labels, Resource, Info, Driver, Recovered, Host
+        Labels, Resource, Info, Driver, Recovered, Host, TreePhase, TreeProgress
     )),
     tags((name = "domains", description = "Guests: start, inspect, stop, QMP passthrough"),
          (name = "host", description = "What the daemon chose at startup"))

@@ -101,6 +101,7 @@ fn run(args: Args) -> Result<(), String> {
     config.cgroup_parent = args.cgroup_parent;
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     info!(state_dir = %args.state_dir.display(), run_dir = %args.run_dir.display(), "opening manager");
+    raise_nofile();
     let (manager, report) = Manager::open(config).map_err(|e| e.to_string())?;
     log_report(&report);
 
@@ -163,5 +164,24 @@ fn log_report(r: &svirt_manager::OpenReport) {
     }
     for (g, what) in &r.recovered {
         info!("recovered guest {g}: {what}");
+    }
+}
+
+/// Soft RLIMIT_NOFILE up to the hard limit: tree labeling keeps fds open per directory
+/// (SELinux engine) or per object (DAC), and the usual soft limit of 1024 would make a
+/// share of a few thousand files fail with EMFILE.
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                warn!("cannot raise RLIMIT_NOFILE to {}", l.rlim_max);
+            }
+        }
     }
 }

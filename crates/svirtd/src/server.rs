@@ -204,6 +204,22 @@ pub async fn destroy(
     Ok(Json(exit.into()))
 }
 
+/// The tree operations (filesystem shares, TPM state) the guest's start or stop is running
+/// now, for progress bars: poll it while `POST /v1/domains` or a shutdown/destroy is in
+/// flight. Empty when none (and always for a guest without trees).
+#[utoipa::path(get, path = "/v1/domains/{name}/progress", tag = "domains",
+    params(("name" = String, Path, description = "Guest name")),
+    responses((status = 200, description = "Trees being labeled or restored", body = [api::TreeProgress]),
+              (status = 404, description = "No such guest", body = ApiError)))]
+pub async fn progress(
+    State(m): State<Manager>,
+    UrlPath(name): UrlPath<String>,
+) -> HttpResult<Json<Vec<api::TreeProgress>>> {
+    // Not on the blocking pool: one short lock, and a start may be holding pool threads.
+    let trees = m.progress(&name)?;
+    Ok(Json(trees.into_iter().map(Into::into).collect()))
+}
+
 /// Passes one QMP command through to the guest's QEMU (like `virsh qemu-monitor-command`).
 /// The answer is QEMU's reply as is: `{"return": …}` or `{"error": {"class", "desc"}}`,
 /// both with status 200 (QEMU answered; whether it refused is in the reply).
@@ -261,6 +277,7 @@ pub fn router(manager: Manager) -> Router {
         .route("/v1/domains/{name}/xml", get(dumpxml))
         .route("/v1/domains/{name}/shutdown", post(shutdown))
         .route("/v1/domains/{name}/destroy", post(destroy))
+        .route("/v1/domains/{name}/progress", get(progress))
         .route(
             "/v1/domains/{name}/qemu-monitor-command",
             post(qemu_monitor_command),

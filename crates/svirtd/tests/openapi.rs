@@ -17,6 +17,7 @@ fn committed_openapi_json_is_current() {
         ("/v1/domains/{name}/xml", "get"),
         ("/v1/domains/{name}/shutdown", "post"),
         ("/v1/domains/{name}/destroy", "post"),
+        ("/v1/domains/{name}/progress", "get"),
         ("/v1/domains/{name}/qemu-monitor-command", "post"),
         ("/v1/host", "get"),
     ] {
@@ -32,6 +33,7 @@ fn committed_openapi_json_is_current() {
         "ApiError",
         "CreateRequest",
         "Host",
+        "TreeProgress",
     ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),

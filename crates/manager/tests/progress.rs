@@ -1,0 +1,122 @@
+//! Progress of tree operations through the manager's API, with the stack the other
+//! manager tests use (DAC + Landlock, real QEMU TCG, paused). DAC walks trees itself and
+//! reports no counts: what this exercises is the plumbing (the guest's trees listed while
+//! its start labels them and its destroy restores them, nothing before or after). The
+//! engine's counted reports are tested in `src/progress.rs` against the real relabel engine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Env, require_env};
+use svirt_manager::{Manager, ManagerError, StartOptions, TreePhase, TreeProgress};
+
+/// Polls `m.progress(name)` until `done` (or for at most 5 minutes, so a failed start
+/// cannot hang the test), collecting every non-empty answer.
+fn poll(m: &Manager, name: &str, done: &AtomicBool) -> Vec<TreeProgress> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        if let Ok(t) = m.progress(name) {
+            seen.extend(t);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    seen
+}
+
+/// Files in the share. Not the 50,000 of the engine test: the DAC driver holds one fd per
+/// object of a tree while it labels it, and this host's hard RLIMIT_NOFILE is 20,000
+/// (50,000 fails with EMFILE inside the driver).
+const FILES: usize = 15_000;
+
+#[test]
+fn share_of_15000_files_is_listed_while_labeled_and_restored() {
+    require_env!();
+    raise_nofile();
+    let env = Env::new("progress");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let share = env.path("share");
+    std::fs::create_dir(&share).unwrap();
+    for d in 0..FILES / 1000 {
+        let sub = share.join(format!("d{d}"));
+        std::fs::create_dir(&sub).unwrap();
+        for f in 0..1000 {
+            std::fs::File::create(sub.join(format!("f{f}"))).unwrap();
+        }
+    }
+    let before = std::fs::metadata(share.join("d7/f7")).unwrap();
+    let xml = env.xml("fs1", &[]).replace(
+        "<serial ",
+        &format!(
+            "<filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share'/></filesystem>\n<serial ",
+            share.display()
+        ),
+    );
+    assert!(matches!(
+        m.progress("fs1"),
+        Err(ManagerError::NoSuchGuest(_))
+    ));
+    let done = AtomicBool::new(false);
+    let (info, seen) = std::thread::scope(|s| {
+        let p = s.spawn(|| poll(&m, "fs1", &done));
+        let info = m.start(&xml, StartOptions { paused: true });
+        done.store(true, Ordering::SeqCst);
+        (info, p.join().unwrap())
+    });
+    let info = info.unwrap();
+    assert!(
+        m.progress("fs1").unwrap().is_empty(),
+        "cleared once the start is over"
+    );
+    let share_s = share.display().to_string();
+    assert!(
+        seen.iter()
+            .any(|t| t.path == share_s && t.phase == TreePhase::Labeling && t.model == "dac"),
+        "the share was never listed while labeled: {seen:?}"
+    );
+    assert!(seen.iter().all(|t| t.path == share_s));
+    // The guest's uid really owns the tree while it runs.
+    let during = std::fs::metadata(share.join("d7/f7")).unwrap();
+    assert_eq!(Some(during.uid()), info.uid);
+
+    done.store(false, Ordering::SeqCst);
+    let (exit, seen) = std::thread::scope(|s| {
+        let p = s.spawn(|| poll(&m, "fs1", &done));
+        let exit = m.destroy("fs1");
+        done.store(true, Ordering::SeqCst);
+        (exit, p.join().unwrap())
+    });
+    let exit = exit.unwrap();
+    assert!(exit.restore_errors.is_empty(), "{:?}", exit.restore_errors);
+    assert!(m.progress("fs1").unwrap().is_empty());
+    assert!(
+        seen.iter()
+            .any(|t| t.path == share_s && t.phase == TreePhase::Restoring && t.model == "dac"),
+        "the share was never listed while restored: {seen:?}"
+    );
+    let after = std::fs::metadata(share.join("d7/f7")).unwrap();
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode())
+    );
+    assert!(m.progress_all().is_empty());
+}
+
+/// As a daemon does (svirtd raises it at startup): the soft limit up to the hard one.
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
