@@ -25,6 +25,9 @@ pub enum GuestCommand {
         /// Print the started guest's info as JSON.
         #[arg(long)]
         json: bool,
+        /// No progress bar (or progress lines) for large filesystem shares / TPM state.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// List guests: name, state, QEMU pid, process label per driver.
     List {
@@ -58,6 +61,9 @@ pub enum GuestCommand {
         /// Print the exit record as JSON.
         #[arg(long)]
         json: bool,
+        /// No progress bar (or progress lines) while large trees are restored.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Kill the guest's QEMU at once.
     Destroy {
@@ -66,6 +72,9 @@ pub enum GuestCommand {
         /// Print the exit record as JSON.
         #[arg(long)]
         json: bool,
+        /// No progress bar (or progress lines) while large trees are restored.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Pass one QMP command to the guest's QEMU and print its reply (exit 1 if QEMU refuses).
     #[command(name = "qemu-monitor-command")]
@@ -85,7 +94,12 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
     super::client::default_sigpipe();
     let client = Client::new(connect)?;
     match cmd {
-        GuestCommand::Start { xml, paused, json } => start(&client, &xml, paused, json),
+        GuestCommand::Start {
+            xml,
+            paused,
+            json,
+            no_progress,
+        } => start(&client, &xml, paused, json, !no_progress),
         GuestCommand::List { all, json } => list(&client, all, json),
         GuestCommand::Info { name, json } => info(&client, &name, json),
         GuestCommand::Dumpxml { name } => {
@@ -101,18 +115,33 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
             name,
             timeout,
             json,
+            no_progress,
         } => {
             let body = json!({ "timeout_secs": timeout });
+            let watch = (!no_progress).then(|| {
+                let n = name.clone();
+                progress::Watch::start(&client, move || Some(n))
+            });
             let v = client.call(
                 "POST",
                 &format!("/v1/domains/{}/shutdown", enc(&name)),
                 Some(&body),
-            )?;
-            stopped(&name, &v, json, "shut down")
+            );
+            drop(watch);
+            stopped(&name, &v?, json, "shut down")
         }
-        GuestCommand::Destroy { name, json } => {
-            let v = client.call("POST", &format!("/v1/domains/{}/destroy", enc(&name)), None)?;
-            stopped(&name, &v, json, "destroyed")
+        GuestCommand::Destroy {
+            name,
+            json,
+            no_progress,
+        } => {
+            let watch = (!no_progress).then(|| {
+                let n = name.clone();
+                progress::Watch::start(&client, move || Some(n))
+            });
+            let v = client.call("POST", &format!("/v1/domains/{}/destroy", enc(&name)), None);
+            drop(watch);
+            stopped(&name, &v?, json, "destroyed")
         }
         GuestCommand::QemuMonitorCommand {
             name,
@@ -142,7 +171,7 @@ fn print_json(v: &Value) -> Result<(), CliError> {
     Ok(())
 }
 
-fn start(client: &Client, path: &PathBuf, paused: bool, json: bool) -> CmdResult {
+fn start(client: &Client, path: &PathBuf, paused: bool, json: bool, progress: bool) -> CmdResult {
     let xml = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
             .map_err(|e| CliError::input(format!("cannot read standard input: {}", io_text(&e))))?
@@ -151,11 +180,21 @@ fn start(client: &Client, path: &PathBuf, paused: bool, json: bool) -> CmdResult
             CliError::input(format!("cannot read {}: {}", path.display(), io_text(&e)))
         })?
     };
+    // The guest's name is only needed once polling starts (after a delay most starts never
+    // reach): parse the XML then, on the watcher's thread.
+    let watch = progress.then(|| {
+        let xml = xml.clone();
+        progress::Watch::start(client, move || {
+            svirt_domain::parse(&xml).ok().map(|p| p.domain.name)
+        })
+    });
     let v = client.call(
         "POST",
         "/v1/domains",
         Some(&json!({ "xml": xml, "paused": paused })),
-    )?;
+    );
+    drop(watch);
+    let v = v?;
     if json {
         print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
@@ -436,5 +475,257 @@ mod tests {
         assert_eq!(lines[0], " Name     State");
         assert_eq!(lines[2], " a        running");
         assert_eq!(lines[3], " longer   paused");
+    }
+}
+
+/// Progress of large tree operations (filesystem shares, TPM state) while a start or stop
+/// request is in flight: a second thread polls `GET /v1/domains/{name}/progress`.
+mod progress {
+    use std::collections::HashMap;
+    use std::io::{IsTerminal, Write};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use serde_json::Value;
+
+    use super::enc;
+    use crate::cmd::client::Client;
+
+    /// No polling before this: a small start is over by then and pays nothing.
+    const DELAY: Duration = Duration::from_millis(300);
+    /// Poll period.
+    const PERIOD: Duration = Duration::from_millis(150);
+    /// Trees with fewer entries get no bar (their counts are known and small).
+    const MIN_ENTRIES: u64 = 1000;
+    /// Plain lines: one per tree and phase when it shows up, then at most one per this.
+    const LINE_EVERY: Duration = Duration::from_secs(5);
+
+    type Stop = Arc<(Mutex<bool>, Condvar)>;
+
+    /// The polling thread; dropping it stops the thread and clears the bars.
+    pub struct Watch {
+        stop: Stop,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Watch {
+        /// Starts watching the guest `name()` names (called once, after the delay).
+        pub fn start(
+            client: &Client,
+            name: impl FnOnce() -> Option<String> + Send + 'static,
+        ) -> Watch {
+            let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
+            let client = client.clone();
+            let st = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name("svirt-progress".into())
+                .spawn(move || run(&client, name, &st))
+                .ok();
+            Watch { stop, thread }
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            let (m, cv) = &*self.stop;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Waits `d` or until stopped; true when stopped.
+    fn sleep(stop: &Stop, d: Duration) -> bool {
+        let (m, cv) = &**stop;
+        let deadline = Instant::now() + d;
+        let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
+        while !*g {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = cv
+                .wait_timeout(g, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
+    /// One tree as the API reports it.
+    struct Tree {
+        path: String,
+        model: String,
+        phase: String,
+        done: Option<u64>,
+        total: Option<u64>,
+        elapsed_ms: u64,
+    }
+
+    fn trees(v: &Value) -> Vec<Tree> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                Some(Tree {
+                    path: t.get("path")?.as_str()?.to_string(),
+                    model: t.get("model")?.as_str().unwrap_or("?").to_string(),
+                    phase: t.get("phase")?.as_str()?.to_string(),
+                    done: t.get("done").and_then(Value::as_u64),
+                    total: t.get("total").and_then(Value::as_u64),
+                    elapsed_ms: t.get("elapsed_ms").and_then(Value::as_u64).unwrap_or(0),
+                })
+            })
+            // Small trees with known counts are over before anyone could read a bar.
+            .filter(|t| t.total.is_none_or(|n| n >= MIN_ENTRIES))
+            .collect()
+    }
+
+    fn run(client: &Client, name: impl FnOnce() -> Option<String>, stop: &Stop) {
+        if sleep(stop, DELAY) {
+            return;
+        }
+        let Some(name) = name() else {
+            return;
+        };
+        let path = format!("/v1/domains/{}/progress", enc(&name));
+        let mut view: Box<dyn View> = if std::io::stderr().is_terminal() {
+            Box::new(Bars::default())
+        } else {
+            Box::new(Lines::default())
+        };
+        loop {
+            // Errors (404 before the daemon has registered the guest, a daemon busy
+            // elsewhere) are not this thread's to report: the main request will.
+            if let Ok(r) = client.request("GET", &path, None)
+                && r.status == 200
+            {
+                view.show(&trees(&r.body));
+            }
+            if sleep(stop, PERIOD) {
+                break;
+            }
+        }
+        view.finish();
+    }
+
+    trait View {
+        fn show(&mut self, trees: &[Tree]);
+        fn finish(&mut self);
+    }
+
+    /// Plain lines for logs and pipes: `svirt: labeling /srv/share: 50000/100000`.
+    #[derive(Default)]
+    struct Lines {
+        /// (path, phase) → when its last line was printed.
+        last: HashMap<(String, String), Instant>,
+    }
+
+    impl View for Lines {
+        fn show(&mut self, trees: &[Tree]) {
+            let mut err = std::io::stderr().lock();
+            for t in trees {
+                let key = (t.path.clone(), t.phase.clone());
+                if self
+                    .last
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < LINE_EVERY)
+                {
+                    continue;
+                }
+                self.last.insert(key, Instant::now());
+                let _ = match (t.done, t.total) {
+                    (Some(d), Some(n)) => {
+                        writeln!(err, "svirt: {} {}: {d}/{n}", t.phase, t.path)
+                    }
+                    _ => writeln!(
+                        err,
+                        "svirt: {} {} ({}, {:.1} s)",
+                        t.phase,
+                        t.path,
+                        t.model,
+                        t.elapsed_ms as f64 / 1000.0
+                    ),
+                };
+            }
+        }
+
+        fn finish(&mut self) {}
+    }
+
+    /// indicatif bars on a terminal, one per tree.
+    struct Bars {
+        multi: MultiProgress,
+        bars: HashMap<String, (ProgressBar, String)>,
+    }
+
+    impl Default for Bars {
+        fn default() -> Self {
+            Bars {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: HashMap::new(),
+            }
+        }
+    }
+
+    fn counted_style() -> ProgressStyle {
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {human_pos}/{human_len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+    }
+
+    fn spinner_style() -> ProgressStyle {
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner())
+    }
+
+    impl View for Bars {
+        fn show(&mut self, trees: &[Tree]) {
+            for t in trees {
+                let (bar, phase) = self.bars.entry(t.path.clone()).or_insert_with(|| {
+                    let b = self.multi.add(ProgressBar::no_length());
+                    (b, String::new())
+                });
+                if *phase != t.phase {
+                    // A new phase counts afresh (its rate too).
+                    bar.reset();
+                    *phase = t.phase.clone();
+                }
+                match (t.done, t.total) {
+                    (Some(d), Some(n)) => {
+                        bar.set_style(counted_style());
+                        bar.set_length(n.max(d));
+                        bar.set_position(d);
+                        bar.set_message(format!("{} {}", t.phase, t.path));
+                    }
+                    _ => {
+                        bar.set_style(spinner_style());
+                        bar.set_message(format!("{} {} ({})", t.phase, t.path, t.model));
+                        bar.tick();
+                    }
+                }
+            }
+            // Trees no longer reported are done.
+            self.bars.retain(|path, (bar, _)| {
+                let live = trees.iter().any(|t| t.path == *path);
+                if !live {
+                    bar.finish_and_clear();
+                }
+                live
+            });
+        }
+
+        fn finish(&mut self) {
+            for (bar, _) in self.bars.values() {
+                bar.finish_and_clear();
+            }
+            let _ = self.multi.clear();
+        }
     }
 }
