@@ -63,7 +63,9 @@ fn share_of_15000_files_is_listed_while_labeled_and_restored() {
     let done = AtomicBool::new(false);
     let (info, seen) = std::thread::scope(|s| {
         let p = s.spawn(|| poll(&m, "fs1", &done));
+        let t = std::time::Instant::now();
         let info = m.start(&xml, StartOptions { paused: true });
+        eprintln!("start with a {FILES}-file share: {:?}", t.elapsed());
         done.store(true, Ordering::SeqCst);
         (info, p.join().unwrap())
     });
@@ -86,7 +88,9 @@ fn share_of_15000_files_is_listed_while_labeled_and_restored() {
     done.store(false, Ordering::SeqCst);
     let (exit, seen) = std::thread::scope(|s| {
         let p = s.spawn(|| poll(&m, "fs1", &done));
+        let t = std::time::Instant::now();
         let exit = m.destroy("fs1");
+        eprintln!("destroy with a {FILES}-file share: {:?}", t.elapsed());
         done.store(true, Ordering::SeqCst);
         (exit, p.join().unwrap())
     });
