@@ -15,12 +15,18 @@ pub struct CliError {
 impl CliError {
     /// Bad input (exit 2): a label, a file, an argument.
     pub fn input(message: impl fmt::Display) -> Self {
-        CliError { code: 2, message: message.to_string() }
+        CliError {
+            code: 2,
+            message: message.to_string(),
+        }
     }
 
     /// An operation that failed (exit 1).
     pub fn failed(message: impl fmt::Display) -> Self {
-        CliError { code: 1, message: message.to_string() }
+        CliError {
+            code: 1,
+            message: message.to_string(),
+        }
     }
 }
 
