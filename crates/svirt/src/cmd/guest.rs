@@ -688,8 +688,15 @@ mod progress {
     impl View for Bars {
         fn show(&mut self, trees: &[Tree]) {
             for t in trees {
+                let counted = t.done.is_some() && t.total.is_some();
                 let (bar, phase) = self.bars.entry(t.path.clone()).or_insert_with(|| {
-                    let b = self.multi.add(ProgressBar::no_length());
+                    // Styled before it is added: `add` draws it at once.
+                    let style = if counted {
+                        counted_style()
+                    } else {
+                        spinner_style()
+                    };
+                    let b = self.multi.add(ProgressBar::no_length().with_style(style));
                     (b, String::new())
                 });
                 if *phase != t.phase {
