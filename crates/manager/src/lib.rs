@@ -23,7 +23,7 @@
 //! session, cgroup join, driver hooks, every fd but stdio and the QMP listener closed on
 //! exec, clean environment) → record pid + start time → QMP answers → `running`/`paused`.
 
-mod accel;
+pub mod accel;
 pub mod cgroup;
 mod config;
 mod dumpxml;

@@ -261,97 +261,23 @@ fn kvm_checks(host: &Host) -> Vec<Check> {
     out
 }
 
-/// Runs QEMU itself under KVM, stopped, and asks it over QMP: the decision svirtd makes
-/// (`--accel auto`). A host can pass the raw KVM_RUN test and still fail QEMU's default CPU
-/// model (missing CPUID features, MSR errors), which makes real guests hang.
+/// Runs QEMU itself under KVM, stopped, and asks it over QMP: exactly the probe svirtd makes
+/// for `--accel auto` (one implementation, so the two can never disagree). A host can pass the
+/// raw KVM_RUN test and still fail QEMU's default CPU model (missing CPUID features, MSR
+/// errors), which makes real guests hang.
 fn qemu_kvm_check(emulator: &str) -> Check {
-    use std::io::{Read, Write};
-    use std::process::Stdio;
-    use std::time::Instant;
     let what = "QEMU runs guests with -accel kvm";
-    let child = Command::new(emulator)
-        .args([
-            "-accel",
-            "kvm",
-            "-machine",
-            "pc",
-            "-m",
-            "16",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-user-config",
-            "-S",
-            "-qmp",
-            "stdio",
-        ])
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            return check(
-                "KVM",
-                what,
-                Status::Warn,
-                format!("cannot run {emulator}: {e}"),
-            );
-        }
+    let probe = svirt_manager::accel::probe_kvm(Path::new(emulator), Path::new("/dev/kvm"));
+    let status = if probe.accel == "kvm" {
+        Status::Pass
+    } else {
+        Status::Warn
     };
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(
-            b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-kvm\"}\n{\"execute\":\"quit\"}\n",
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut o) = child.stdout.take() {
-        let _ = o.read_to_string(&mut out);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let tcg = |why: String| check("KVM", what, Status::Warn, format!("{why}: svirtd uses TCG"));
-    let Some(status) = status else {
-        return tcg("QEMU with -accel kvm hung for 10 s".into());
-    };
-    let first_err = err.lines().next().unwrap_or("").trim();
-    if !status.success() {
-        return tcg(format!(
-            "QEMU with -accel kvm failed ({status}): {first_err}"
-        ));
-    }
-    if !out.contains("\"enabled\": true") {
-        return tcg("query-kvm does not report KVM enabled".into());
-    }
-    if let Some(w) = err
-        .lines()
-        .find(|l| l.contains("host doesn't support requested feature") || l.contains("MSR"))
-    {
-        return tcg(format!(
-            "KVM starts but lacks CPU features QEMU expects ({})",
-            w.trim()
-        ));
-    }
     check(
         "KVM",
         what,
-        Status::Pass,
-        "a stopped probe VM started under KVM cleanly: svirtd uses KVM",
+        status,
+        format!("svirtd's probe: {}", probe.reason),
     )
 }
 
