@@ -22,16 +22,16 @@
 //! `setresuid`, `capset` to zero, `PR_SET_NO_NEW_PRIVS`, then check the ids took.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CStr, OsStr};
+use std::ffi::CStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use svirt_domain::{Access, DacAction, DeviceOverride, Model, Plan, PlannedResource};
 use svirt_store::{IdAllocator, ObjectIdentity, ObjectKey, Original, Store, Timestamp};
 
-use crate::fsops::{EntryKind, FsRoot, Meta, Object};
+use crate::dac_tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
+use crate::fsops::{FsRoot, Meta, Object};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
 
 /// The name DAC's flags are stored under in an [`Original`]'s `model_flags`.
@@ -102,6 +102,8 @@ pub struct DacDriver {
     config: DacConfig,
     store: Arc<Store>,
     ids: Arc<IdAllocator>,
+    /// The tree records' database, opened at first use (`new` cannot fail).
+    trees: Mutex<Option<Arc<TreeDb>>>,
 }
 
 impl std::fmt::Debug for DacDriver {
@@ -128,6 +130,21 @@ fn store_err(e: svirt_store::Error) -> DriverError {
     }
 }
 
+fn tree_err(e: TreeError) -> DriverError {
+    match e {
+        TreeError::Io { op, path, source } => DriverError::Object {
+            model: Model::Dac,
+            op,
+            path,
+            source,
+        },
+        TreeError::Db(m) => DriverError::Store {
+            model: Model::Dac,
+            message: format!("tree records: {m}"),
+        },
+    }
+}
+
 fn other(message: String) -> DriverError {
     DriverError::Other {
         model: Model::Dac,
@@ -147,7 +164,12 @@ impl DacDriver {
     /// A driver allocating ids from `ids` and recording originals in `store` (the same
     /// store the allocator writes to).
     pub fn new(config: DacConfig, store: Arc<Store>, ids: Arc<IdAllocator>) -> Self {
-        DacDriver { config, store, ids }
+        DacDriver {
+            config,
+            store,
+            ids,
+            trees: Mutex::new(None),
+        }
     }
 
     /// The configuration.
@@ -190,25 +212,36 @@ impl DacDriver {
         ids: (u32, u32),
         meta: &Meta,
     ) -> Result<Option<Target>, DriverError> {
-        let mode = meta.mode & 0o7777;
-        let dir = meta.is_dir();
+        Ok(self.rule(pr, ids, meta.is_dir())?.map(|r| Target {
+            uid: r.uid,
+            gid: r.gid,
+            mode: ((meta.mode & 0o7777) & r.and) | r.or,
+        }))
+    }
+
+    /// DAC's change for `pr` on a directory (`dir`) or another object, as a rule on the
+    /// current state; `None` when DAC leaves it alone.
+    fn rule(
+        &self,
+        pr: &PlannedResource,
+        ids: (u32, u32),
+        dir: bool,
+    ) -> Result<Option<Rule>, DriverError> {
         let want_w = pr.resource.access == Access::Rw;
         if let Some(DeviceOverride::NoRelabel) = pr.resource.overrides.get(&Model::Dac) {
             return Ok(None);
         }
         let owner_bits = 0o400 | if want_w { 0o200 } else { 0 } | if dir { 0o100 } else { 0 };
+        let rule = |uid, gid, and, or| Rule { uid, gid, and, or };
         Ok(match pr.dac {
             DacAction::Untouched => None,
-            DacAction::OwnGuest { private } => Some(Target {
-                uid: Some(ids.0),
-                gid: Some(ids.1),
-                // Private: owner only; set-id bits go too (nobody else may run it as us).
-                mode: if private {
-                    (mode & 0o700) | owner_bits
-                } else {
-                    mode | owner_bits
-                },
-            }),
+            // Private: owner only; set-id bits go too (nobody else may run it as us).
+            DacAction::OwnGuest { private } => Some(rule(
+                Some(ids.0),
+                Some(ids.1),
+                if private { 0o700 } else { 0o7777 },
+                owner_bits,
+            )),
             DacAction::SharedGroup => {
                 let g = self.config.shared_gid.ok_or_else(|| {
                     other(format!(
@@ -216,40 +249,124 @@ impl DacDriver {
                         pr.resource.path.display()
                     ))
                 })?;
-                Some(Target {
-                    uid: None,
-                    gid: Some(g),
-                    mode: mode | 0o060 | if dir { 0o010 } else { 0 },
-                })
+                Some(rule(
+                    None,
+                    Some(g),
+                    0o7777,
+                    0o060 | if dir { 0o010 } else { 0 },
+                ))
             }
-            DacAction::Owner { uid, gid } => Some(Target {
-                uid: Some(uid),
-                gid: Some(gid),
-                mode,
-            }),
-            DacAction::MakeReadable => Some(Target {
-                uid: None,
-                gid: None,
-                mode: mode | 0o004 | if dir { 0o001 } else { 0 },
-            }),
+            DacAction::Owner { uid, gid } => Some(rule(Some(uid), Some(gid), 0o7777, 0)),
+            DacAction::MakeReadable => Some(rule(
+                None,
+                None,
+                0o7777,
+                0o004 | if dir { 0o001 } else { 0 },
+            )),
         })
     }
 
-    /// Applies the plan's DAC changes. Two passes: every object is opened and its target
-    /// worked out first (nothing changes), then the originals of all of them are committed
-    /// in ONE durable transaction, then the changes are made. So the rule "the original is
-    /// durable before the object changes" holds for each object, at the cost of one fsync
-    /// per guest instead of one per object. Every recorded object is pushed to `done`
-    /// (the caller restores and releases them on error).
+    /// The tree records' database (opened on first use).
+    fn tree_db(&self) -> Result<Arc<TreeDb>, DriverError> {
+        let mut slot = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = &*slot {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(TreeDb::open(&TreeDb::path_for(self.store.path())).map_err(tree_err)?);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Paths and users of every DAC tree record (what restore and recovery will put back).
+    pub fn tree_records(&self) -> Result<Vec<(PathBuf, Vec<String>)>, DriverError> {
+        Ok(self
+            .tree_db()?
+            .list()
+            .map_err(tree_err)?
+            .into_iter()
+            .map(|(_, p, o)| (p, o))
+            .collect())
+    }
+
+    /// Releases `guest`'s tree records, restoring each tree whose last DAC user it is.
+    fn restore_trees(&self, root: &FsRoot, guest: &str, errors: &mut Vec<DriverError>) {
+        let me = owner_key(guest);
+        let db = match self.tree_db() {
+            Ok(d) => d,
+            Err(e) => return errors.push(e),
+        };
+        let list = match db.list() {
+            Ok(l) => l,
+            Err(e) => return errors.push(tree_err(e)),
+        };
+        // Any order works for nested trees: an entry goes back to what its record holds only
+        // while it carries a change of that record's users.
+        for (k, _, owners) in list.into_iter().rev() {
+            if owners.contains(&me) {
+                self.release_tree(root, &db, k, &me, errors);
+            }
+        }
+    }
+
+    fn release_tree(
+        &self,
+        root: &FsRoot,
+        db: &TreeDb,
+        k: TreeKey,
+        me: &str,
+        errors: &mut Vec<DriverError>,
+    ) {
+        if let Err(e) = db.release(k, me, &|p| root.open_object(p)) {
+            errors.push(tree_err(e));
+        }
+    }
+
+    /// Crash recovery of DAC trees: releases (and restores, when no user is left) every
+    /// tree record user whose guest is not running. The manager's recovery does the same
+    /// per dead guest through `restore_all`; this covers records whose guest is unknown.
+    pub fn recover_trees(&self, running: &dyn Fn(&str) -> bool) -> Vec<DriverError> {
+        let mut errors = Vec::new();
+        let root = match self.root() {
+            Ok(r) => r,
+            Err(e) => return vec![e],
+        };
+        let db = match self.tree_db() {
+            Ok(d) => d,
+            Err(e) => return vec![e],
+        };
+        let list = match db.list() {
+            Ok(l) => l,
+            Err(e) => return vec![tree_err(e)],
+        };
+        for (k, _, owners) in list {
+            for o in owners {
+                let (model, guest) = crate::relabel::split_owner(&o);
+                if model == MODEL_KEY && !running(guest) {
+                    self.release_tree(&root, &db, k, &o, &mut errors);
+                }
+            }
+        }
+        errors
+    }
+
+    /// Applies the plan's DAC changes. Everything is opened first (a missing object changes
+    /// nothing). Trees (recursive directories) come first, each with ONE durable record of
+    /// its originals committed before its first change ([`crate::dac_tree`]); their keys go
+    /// to `trees`. Then single objects, in two passes: their targets are worked out from
+    /// their current state (so an object inside a tree gets its change on top of the
+    /// tree's), their originals committed in ONE durable transaction, then the changes
+    /// made. Every recorded single object is pushed to `done`. On error the caller restores
+    /// and releases both.
     fn set_all_inner(
         &self,
         root: &FsRoot,
         plan: &Plan,
         ids: (u32, u32),
         done: &mut Vec<Object>,
+        trees: &mut Vec<TreeKey>,
     ) -> Result<(), DriverError> {
-        let mut planned: Vec<Planned> = Vec::new();
-        let mut seen: HashMap<ObjectKey, usize> = HashMap::new();
+        let me = owner_key(&plan.name);
+        let mut opened = Vec::new();
         for pr in &plan.resources {
             if pr.dac == DacAction::Untouched {
                 continue;
@@ -257,43 +374,64 @@ impl DacDriver {
             let obj = root
                 .open_object(&pr.resource.path)
                 .map_err(|e| obj_err("open", &pr.resource.path, e))?;
-            let mut objects = Vec::new();
-            if pr.resource.recursive && obj.meta().is_dir() {
-                walk(&obj, &mut objects)?;
+            opened.push((pr, obj));
+        }
+        let (tree_objs, singles): (Vec<_>, Vec<_>) = opened
+            .into_iter()
+            .partition(|(pr, obj)| pr.resource.recursive && obj.meta().is_dir());
+        // Checked before any change: a rule that cannot be made fails the start untouched.
+        let mut tree_rules = Vec::new();
+        for (pr, obj) in tree_objs {
+            if let (Some(dir), Some(other)) =
+                (self.rule(pr, ids, true)?, self.rule(pr, ids, false)?)
+            {
+                tree_rules.push((obj, Rules { dir, other }));
             }
-            // The top first: a failure there leaves the tree untouched.
-            objects.insert(0, obj);
-            for obj in objects {
-                let k = key(&obj.identity());
-                if let Some(&i) = seen.get(&k) {
-                    // Named again (two resources, or a file inside a listed tree): this
-                    // target applies on top of the earlier one, as if made one after the
-                    // other.
-                    let p = &mut planned[i];
-                    if let Some(t) = self.target(pr, ids, &p.after)? {
-                        p.after = apply(&p.after, t);
-                    }
-                    continue;
+        }
+        let mut planned: Vec<Planned> = Vec::new();
+        let mut seen: HashMap<ObjectKey, usize> = HashMap::new();
+        for (pr, obj) in &singles {
+            // Fails early (e.g. no shared gid) before the trees change.
+            self.target(pr, ids, &obj.meta())?;
+        }
+        if !tree_rules.is_empty() {
+            let db = self.tree_db()?;
+            for (obj, rules) in &tree_rules {
+                db.set_tree(&me, obj, *rules, trees).map_err(tree_err)?;
+            }
+        }
+        for (pr, obj) in singles {
+            let k = key(&obj.identity());
+            if let Some(&i) = seen.get(&k) {
+                // Named again: this target applies on top of the earlier one, as if made
+                // one after the other.
+                let p = &mut planned[i];
+                if let Some(t) = self.target(pr, ids, &p.after)? {
+                    p.after = apply(&p.after, t);
                 }
-                let before = obj.meta();
-                let Some(t) = self.target(pr, ids, &before)? else {
-                    continue;
-                };
-                seen.insert(k, planned.len());
-                planned.push(Planned {
-                    after: apply(&before, t),
-                    before,
-                    obj,
-                });
+                continue;
             }
+            // Now, not at open: a tree may have changed it since.
+            let before = obj
+                .current_meta()
+                .map_err(|e| obj_err("stat", obj.path(), e))?;
+            let Some(t) = self.target(pr, ids, &before)? else {
+                continue;
+            };
+            seen.insert(k, planned.len());
+            planned.push(Planned {
+                after: apply(&before, t),
+                before,
+                obj,
+            });
         }
         let mut batch = Vec::with_capacity(planned.len());
         for p in &planned {
-            let original = original_of(&p.obj, p.flags())?;
+            let original = original_of(&p.obj, p.before, p.flags())?;
             batch.push((key(&p.obj.identity()), original));
         }
         self.store
-            .record_originals_if_absent_many(&batch, &owner_key(&plan.name))
+            .record_originals_if_absent_many(&batch, &me)
             .map_err(store_err)?;
         drop(batch);
         let mut changes = Vec::with_capacity(planned.len());
@@ -318,7 +456,7 @@ impl DacDriver {
 
     /// Commits `obj`'s original state with DAC's flags before anything changes it.
     fn record(&self, guest: &str, obj: &Object, f: u32) -> Result<(), DriverError> {
-        let original = original_of(obj, f)?;
+        let original = original_of(obj, obj.meta(), f)?;
         self.store
             .record_original_if_absent(key(&obj.identity()), &original, &owner_key(guest))
             .map_err(store_err)?;
@@ -523,42 +661,6 @@ pub fn restore_original(
     Ok(())
 }
 
-/// Every object below directory `dir` (not following symlinks, not crossing mounts), appended
-/// to `out`. Symlinks themselves are skipped: DAC never changes a link.
-fn walk(dir: &Object, out: &mut Vec<Object>) -> Result<(), DriverError> {
-    let d = dir
-        .open_as_dir()
-        .map_err(|e| obj_err("open directory", dir.path(), e))?;
-    let mut stack = vec![(d, dir.path().to_path_buf())];
-    while let Some((d, path)) = stack.pop() {
-        for e in d
-            .entries()
-            .map_err(|err| obj_err("read directory", &path, err))?
-        {
-            let child = path.join(OsStr::from_bytes(e.name.to_bytes()));
-            if e.kind == EntryKind::Symlink {
-                continue;
-            }
-            let obj = d
-                .open_entry(&e.name, child.clone())
-                .map_err(|err| obj_err("open", &child, err))?;
-            if obj.meta().is_symlink() {
-                continue;
-            }
-            if obj.meta().is_dir() {
-                match d.open_subdir(&e.name) {
-                    Ok(sub) => stack.push((sub, child.clone())),
-                    // Another mount below the tree: left alone, like the relabel engine does.
-                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => continue,
-                    Err(err) => return Err(obj_err("open directory", &child, err)),
-                }
-            }
-            out.push(obj);
-        }
-    }
-    Ok(())
-}
-
 fn key(id: &crate::fsops::Identity) -> ObjectKey {
     ObjectKey {
         dev: id.dev,
@@ -610,8 +712,7 @@ fn apply(m: &Meta, t: Target) -> Meta {
 }
 
 /// `obj`'s state as the store keeps it, with DAC's flags `f`.
-fn original_of(obj: &Object, f: u32) -> Result<Original, DriverError> {
-    let m = obj.meta();
+fn original_of(obj: &Object, m: Meta, f: u32) -> Result<Original, DriverError> {
     let id = obj.identity();
     let selinux_label = obj
         .get_xattr(c"security.selinux")
@@ -890,20 +991,13 @@ impl DacDriver {
                     continue;
                 }
             };
-            let mut objects = Vec::new();
-            if pr.resource.recursive
-                && obj.meta().is_dir()
-                && let Err(e) = walk(&obj, &mut objects)
-            {
-                errors.push(e);
+            // Trees are restored from their records (`restore_trees`), after the single
+            // objects: an object inside a tree was changed after the tree.
+            if pr.resource.recursive && obj.meta().is_dir() {
+                continue;
             }
-            // Children first, the top last (as it was changed first).
-            objects.reverse();
-            objects.push(obj);
-            for o in &objects {
-                if let Err(e) = self.restore_object(guest, o) {
-                    errors.push(e);
-                }
+            if let Err(e) = self.restore_object(guest, &obj) {
+                errors.push(e);
             }
         }
     }
@@ -1003,11 +1097,24 @@ impl SecurityDriver for DacDriver {
         let ids = Self::guest_ids(guest)?;
         let root = self.root()?;
         let mut done = Vec::new();
-        let r = self.set_all_inner(&root, plan, ids, &mut done);
+        let mut trees = Vec::new();
+        let r = self.set_all_inner(&root, plan, ids, &mut done, &mut trees);
         if r.is_err() {
             // Fail closed: put back what this call changed, newest first.
             for obj in done.iter().rev() {
                 let _ = self.restore_object(&guest.name, obj);
+            }
+            if !trees.is_empty()
+                && let Ok(db) = self.tree_db()
+            {
+                let me = owner_key(&guest.name);
+                let mut errors = Vec::new();
+                for k in trees.into_iter().rev() {
+                    self.release_tree(&root, &db, k, &me, &mut errors);
+                }
+                for e in errors {
+                    tracing::error!("rollback of a DAC tree: {e}");
+                }
             }
         }
         r
@@ -1020,6 +1127,7 @@ impl SecurityDriver for DacDriver {
             Err(e) => return vec![e],
         };
         self.restore_resources(&root, plan, &guest.name, &mut errors);
+        self.restore_trees(&root, &guest.name, &mut errors);
         self.restore_grants(&root, &guest.name, &mut errors);
         self.release_leftovers(&root, &guest.name, &mut errors);
         errors

@@ -7,6 +7,7 @@
 //! multi-threaded parent must not allocate or take locks).
 
 pub mod dac;
+mod dac_tree;
 pub mod fsops;
 pub mod landlock;
 pub mod relabel;

@@ -1,7 +1,8 @@
-//! DAC records the originals of all a guest's objects in one durable transaction before the
-//! first change: an object named twice (a file inside a listed tree, listed again) ends up
-//! as if the changes were made one after the other and is recorded once; a batch that
-//! cannot be recorded changes nothing.
+//! DAC records the originals of all a guest's single objects in one durable transaction
+//! before the first change, and a tree's in one tree record: an object named twice (a file
+//! inside a listed tree, listed again) ends up as if the changes were made one after the
+//! other (tree first) and is restored exactly; a batch that cannot be recorded changes
+//! nothing.
 
 mod dac_support;
 
@@ -105,24 +106,34 @@ fn dac_batch_merges_repeats_and_records_each_object_once() {
     assert_eq!(owner_mode(&b), (u, gid, 0o600));
     assert_eq!(owner_mode(&tree), (u, gid, 0o700));
     assert_eq!(owner_mode(&img), (u, gid, 0o600));
+    // The tree has ONE record (its originals); the objects named on their own have one
+    // each (the image once, though named twice).
+    let trees = d.tree_records().expect("tree records");
+    assert_eq!(
+        trees,
+        vec![(tree.clone(), vec![owner_key("batch")])],
+        "one tree record"
+    );
     let recs = store
         .originals_for_owner(&owner_key("batch"))
         .expect("originals");
-    assert_eq!(recs.len(), paths.len(), "one record per object: {recs:?}");
+    assert_eq!(recs.len(), 2, "one record per single object: {recs:?}");
     let rec_a = recs
         .iter()
         .find(|(_, r)| r.original.path == a)
         .expect("record of a");
-    // The original is the state before ANY change, not between the two.
+    // Named after the tree: its own record holds the state the tree left, and restore
+    // puts it back through that, then through the tree's record.
     assert_eq!(
         (rec_a.1.original.uid, rec_a.1.original.mode),
-        (0, 0o644),
+        (u, 0o600),
         "{rec_a:?}"
     );
     assert!(d.restore_all(&p, &g).is_empty());
     let after: Vec<_> = paths.iter().map(|p| owner_mode(p)).collect();
     assert_eq!(after, before);
     assert!(store.list_originals().expect("list").is_empty());
+    assert!(d.tree_records().expect("tree records").is_empty());
     d.release(&g).expect("release");
 }
 

@@ -1,0 +1,701 @@
+//! DAC on trees (filesystem shares, TPM state): one durable record per tree, walks that hold
+//! one directory fd per level of depth, and restore from the record.
+//!
+//! One record per object would mean one fd and one store row per file: a 50,000-file share
+//! ran out of fds (EMFILE) and its restore cost one fsync'ed transaction per file. A tree
+//! instead gets ONE record in a companion database next to the store
+//! (`svirt.dac-trees.redb`), committed before the first change: the most common original
+//! (uid, gid, mode) of directories and of other objects (the "dominant" ones) and every
+//! entry whose original differs ("exceptions"), keyed by the tree root's (dev, ino).
+//!
+//! Walks go depth first, holding the fds of the directories on the path from the root only
+//! (names are read into memory with `getdents64`, subdirectories are opened relative to
+//! their parent with `RESOLVE_NO_SYMLINKS|RESOLVE_NO_XDEV`). Each entry is changed through
+//! an `O_PATH|O_NOFOLLOW` fd opened relative to its directory and checked (same inode, not
+//! a symlink) before `fchownat`/`fchmodat2` on that fd, then closed: a symlink is never
+//! changed and never followed, and an entry swapped for a symlink is skipped. Mount points
+//! inside the tree are left alone, as the relabel engine does.
+//!
+//! An entry is changed only when its state is the recorded original (or the change of
+//! another user of the tree, when a second guest joins it), so nothing whose original is
+//! not durable is ever changed. Restore writes the original back on every entry that still
+//! carries a change of one of the tree's users (owned by the guest's uid, or for mode-only
+//! changes, with the added bits), once the last DAC user of the tree stops.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::fsops::{Dir, EntryKind, Identity, Meta, Object};
+
+/// Root (dev, ino) → JSON [`TreeRecord`].
+const TREES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("dac_trees");
+/// Root (dev, ino, chunk) → encoded exceptions.
+const TREE_EXC: TableDefinition<'_, (u64, u64, u32), &[u8]> =
+    TableDefinition::new("dac_tree_exceptions");
+
+/// Exceptions per chunk row.
+const EXC_CHUNK: usize = 16 * 1024;
+
+/// What DAC does to one kind of object: owner and group set (or kept), mode bits
+/// `(mode & and) | or`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Rule {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub and: u32,
+    pub or: u32,
+}
+
+impl Rule {
+    pub(crate) fn apply(&self, m: Meta) -> Meta {
+        Meta {
+            uid: self.uid.unwrap_or(m.uid),
+            gid: self.gid.unwrap_or(m.gid),
+            mode: (m.mode & libc::S_IFMT) | (((m.mode & self.and) | self.or) & 0o7777),
+        }
+    }
+
+    /// Whether `m` still carries this rule's change: the owner or group it sets, or for a
+    /// mode-only rule, the bits it adds.
+    fn carried_by(&self, m: Meta) -> bool {
+        match (self.uid, self.gid) {
+            (None, None) => self.or != 0 && m.mode & self.or == self.or,
+            (u, g) => u.is_none_or(|u| u == m.uid) && g.is_none_or(|g| g == m.gid),
+        }
+    }
+}
+
+/// The rules of one user of a tree: for directories and for everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Rules {
+    pub dir: Rule,
+    pub other: Rule,
+}
+
+impl Rules {
+    fn for_meta(&self, m: Meta) -> &Rule {
+        if m.is_dir() { &self.dir } else { &self.other }
+    }
+}
+
+/// (uid, gid, permission bits).
+type Orig = (u32, u32, u32);
+
+fn orig_of(m: Meta) -> Orig {
+    (m.uid, m.gid, m.mode & 0o7777)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TreeRecord {
+    path: Vec<u8>,
+    btime: Option<(i64, u32)>,
+    /// The most common original of the directories.
+    dir: Option<Orig>,
+    /// The most common original of everything else.
+    other: Option<Orig>,
+    chunks: u32,
+    /// Each user (`dac/<guest>`) with the change it made.
+    owners: BTreeMap<String, Rules>,
+}
+
+/// Key of a tree record: the root's (dev, ino).
+pub(crate) type TreeKey = (u64, u64);
+
+/// A failure of a tree operation.
+#[derive(Debug)]
+pub(crate) enum TreeError {
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    Db(String),
+}
+
+fn db<E: std::fmt::Display>(e: E) -> TreeError {
+    TreeError::Db(e.to_string())
+}
+
+fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
+    v.extend_from_slice(dir);
+    v.push(b'/');
+    v.extend_from_slice(name);
+    v
+}
+
+fn full(base: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(OsStr::from_bytes(rel))
+    }
+}
+
+/// A walk's visitor: (directory fd, path relative to the root, name in the directory,
+/// identity, metadata).
+type Visit<'a> = dyn FnMut(&Dir, &[u8], &CStr, Identity, Meta) -> Result<(), TreeError> + 'a;
+
+/// Calls `f(dir, rel, name, identity, meta)` for every entry below `root` that is neither a
+/// symlink nor a mount point nor below one, directories before their contents. Holds one
+/// directory fd per level of depth.
+fn walk(base: &Path, root: Dir, f: &mut Visit<'_>) -> Result<(), TreeError> {
+    struct Frame {
+        dir: Dir,
+        rel: Vec<u8>,
+        entries: std::vec::IntoIter<crate::fsops::Entry>,
+    }
+    let io = |op, rel: &[u8]| {
+        let path = full(base, rel);
+        move |source| TreeError::Io { op, path, source }
+    };
+    let entries = root.entries().map_err(io("read directory", b""))?;
+    let mut stack = vec![Frame {
+        dir: root,
+        rel: Vec::new(),
+        entries: entries.into_iter(),
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some(e) = top.entries.next() else {
+            stack.pop();
+            continue;
+        };
+        if e.kind == EntryKind::Symlink {
+            continue;
+        }
+        let rel = join_rel(&top.rel, e.name.as_bytes());
+        let (id, m) = match top.dir.stat_entry(&e.name) {
+            Ok(v) => v,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(err) => return Err(io("stat", &rel)(err)),
+        };
+        if m.is_symlink() {
+            continue;
+        }
+        if !m.is_dir() {
+            f(&top.dir, &rel, &e.name, id, m)?;
+            continue;
+        }
+        let sub = match top.dir.open_subdir(&e.name) {
+            Ok(d) => d,
+            // A mount point (another filesystem is not part of the tree), or replaced by
+            // a symlink or removed since it was listed: left alone.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EXDEV)
+                        | Some(libc::ELOOP)
+                        | Some(libc::ENOTDIR)
+                        | Some(libc::ENOENT)
+                ) =>
+            {
+                continue;
+            }
+            Err(err) => return Err(io("open directory", &rel)(err)),
+        };
+        if sub.identity().ino != id.ino {
+            // Swapped between the stat and the open: not the directory we looked at.
+            continue;
+        }
+        f(&top.dir, &rel, &e.name, id, m)?;
+        let entries = sub.entries().map_err(io("read directory", &rel))?;
+        stack.push(Frame {
+            dir: sub,
+            rel,
+            entries: entries.into_iter(),
+        });
+    }
+    Ok(())
+}
+
+/// Owner, group and mode of `obj` from `before` to `after` (mode written after chown, which
+/// clears set-id bits).
+fn set_meta(obj: &Object, before: Meta, after: Meta) -> io::Result<bool> {
+    let owner_change = after.uid != before.uid || after.gid != before.gid;
+    if owner_change {
+        obj.chown(after.uid, after.gid)?;
+    }
+    if owner_change || after.mode & 0o7777 != before.mode & 0o7777 {
+        obj.chmod(after.mode & 0o7777)?;
+        return Ok(true);
+    }
+    Ok(owner_change)
+}
+
+/// Changes entry `name` of `dir` as `want` says, through an `O_PATH` fd checked to be the
+/// entry `id` walked to and not a symlink. `Ok(false)`: gone, replaced, or nothing to do.
+fn change_at(
+    dir: &Dir,
+    name: &CStr,
+    id: Identity,
+    want: &dyn Fn(Meta) -> Option<Meta>,
+) -> io::Result<bool> {
+    let obj = match dir.open_entry(name, PathBuf::new()) {
+        Ok(o) => o,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let cur = obj.meta();
+    if obj.identity().ino != id.ino || cur.is_symlink() {
+        return Ok(false);
+    }
+    match want(cur) {
+        Some(after) => set_meta(&obj, cur, after),
+        None => Ok(false),
+    }
+}
+
+fn encode_exceptions(ex: &[(Vec<u8>, u64, Orig)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ex.len() * 40);
+    for (rel, ino, (u, g, m)) in ex {
+        out.extend_from_slice(&(rel.len() as u32).to_le_bytes());
+        out.extend_from_slice(rel);
+        out.extend_from_slice(&ino.to_le_bytes());
+        out.extend_from_slice(&u.to_le_bytes());
+        out.extend_from_slice(&g.to_le_bytes());
+        out.extend_from_slice(&m.to_le_bytes());
+    }
+    out
+}
+
+type Exceptions = HashMap<Vec<u8>, (u64, Orig)>;
+
+fn decode_exceptions(mut b: &[u8], out: &mut Exceptions) -> Option<()> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Some(h)
+    }
+    fn u32le(b: &mut &[u8]) -> Option<u32> {
+        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?))
+    }
+    while !b.is_empty() {
+        let n = u32le(&mut b)? as usize;
+        let rel = take(&mut b, n)?.to_vec();
+        let ino = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+        let o = (u32le(&mut b)?, u32le(&mut b)?, u32le(&mut b)?);
+        out.insert(rel, (ino, o));
+    }
+    Some(())
+}
+
+/// The companion database of DAC tree records.
+pub(crate) struct TreeDb {
+    db: Database,
+}
+
+/// The recorded original of an entry: its exception, else the dominant one of its kind.
+fn original(rec: &TreeRecord, exc: &Exceptions, rel: &[u8], ino: u64, m: Meta) -> Option<Orig> {
+    match exc.get(rel) {
+        Some((i, o)) if *i == ino => Some(*o),
+        _ if m.is_dir() => rec.dir,
+        _ => rec.other,
+    }
+}
+
+fn with_orig(m: Meta, o: Orig) -> Meta {
+    Meta {
+        uid: o.0,
+        gid: o.1,
+        mode: (m.mode & libc::S_IFMT) | o.2,
+    }
+}
+
+impl TreeDb {
+    /// `svirt.dac-trees.redb` next to the store file.
+    pub(crate) fn path_for(store_path: &Path) -> PathBuf {
+        store_path.with_extension("dac-trees.redb")
+    }
+
+    pub(crate) fn open(path: &Path) -> Result<TreeDb, TreeError> {
+        let database = Database::create(path).map_err(db)?;
+        let txn = database.begin_write().map_err(db)?;
+        txn.open_table(TREES).map_err(db)?;
+        txn.open_table(TREE_EXC).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(TreeDb { db: database })
+    }
+
+    fn get(&self, k: TreeKey) -> Result<Option<TreeRecord>, TreeError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(TREES).map_err(db)?;
+        match t.get(k).map_err(db)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(db)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn exceptions(&self, k: TreeKey, chunks: u32) -> Result<Exceptions, TreeError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(TREE_EXC).map_err(db)?;
+        let mut out = HashMap::new();
+        for c in 0..chunks {
+            if let Some(v) = t.get((k.0, k.1, c)).map_err(db)? {
+                decode_exceptions(v.value(), &mut out)
+                    .ok_or_else(|| TreeError::Db(format!("corrupt exception chunk {c}")))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of record `k` in ONE durable transaction (so concurrent starts and
+    /// stops of guests sharing a tree cannot lose each other's updates): `f` gets the stored
+    /// record and returns what to store (`exc` is added as new chunks), or `None` to write
+    /// nothing. Returns what was stored.
+    fn update(
+        &self,
+        k: TreeKey,
+        exc: &[(Vec<u8>, u64, Orig)],
+        f: impl FnOnce(Option<TreeRecord>) -> Option<TreeRecord>,
+    ) -> Result<Option<TreeRecord>, TreeError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let stored = {
+            let mut t = txn.open_table(TREES).map_err(db)?;
+            let cur = match t.get(k).map_err(db)? {
+                Some(v) => Some(serde_json::from_slice::<TreeRecord>(v.value()).map_err(db)?),
+                None => None,
+            };
+            let Some(mut rec) = f(cur) else {
+                drop(t);
+                txn.abort().map_err(db)?;
+                return Ok(None);
+            };
+            let mut e = txn.open_table(TREE_EXC).map_err(db)?;
+            for chunk in exc.chunks(EXC_CHUNK) {
+                e.insert((k.0, k.1, rec.chunks), encode_exceptions(chunk).as_slice())
+                    .map_err(db)?;
+                rec.chunks += 1;
+            }
+            let bytes = serde_json::to_vec(&rec).map_err(db)?;
+            t.insert(k, bytes.as_slice()).map_err(db)?;
+            rec
+        };
+        txn.commit().map_err(db)?;
+        Ok(Some(stored))
+    }
+
+    fn delete(&self, k: TreeKey) -> Result<(), TreeError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = txn.open_table(TREES).map_err(db)?;
+            let chunks = match t.remove(k).map_err(db)? {
+                Some(v) => serde_json::from_slice::<TreeRecord>(v.value()).map_or(0, |r| r.chunks),
+                None => 0,
+            };
+            let mut e = txn.open_table(TREE_EXC).map_err(db)?;
+            for c in 0..chunks {
+                e.remove((k.0, k.1, c)).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)
+    }
+
+    /// Every tree record: key, root path, users.
+    pub(crate) fn list(&self) -> Result<Vec<(TreeKey, PathBuf, Vec<String>)>, TreeError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(TREES).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(db)?;
+            out.push((
+                k.value(),
+                PathBuf::from(OsStr::from_bytes(&rec.path)),
+                rec.owners.into_keys().collect(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Records (or joins) the tree at `root` for `owner` with `rules`, then changes it. The
+    /// key is pushed to `joined` once the record holds `owner` (the caller releases it on
+    /// error). Returns the number of entries changed.
+    pub(crate) fn set_tree(
+        &self,
+        owner: &str,
+        root: &Object,
+        rules: Rules,
+        joined: &mut Vec<TreeKey>,
+    ) -> Result<u64, TreeError> {
+        let base = root.path();
+        let id = root.identity();
+        let k = (id.dev, id.ino);
+        let io = |op| {
+            let path = base.to_path_buf();
+            move |source| TreeError::Io { op, path, source }
+        };
+        let existing = match self.get(k)? {
+            Some(r) if r.btime == id.btime || r.btime.is_none() || id.btime.is_none() => Some(r),
+            // An earlier directory at the same inode: stale.
+            Some(_) => {
+                self.delete(k)?;
+                None
+            }
+            None => None,
+        };
+        let root_meta = root.current_meta().map_err(io("stat"))?;
+        let mut created = None;
+        if existing.is_none() {
+            // Two read-only passes: the dominant originals, then the exceptions (so
+            // memory holds the exceptions only, not the whole tree).
+            let mut counts: HashMap<(bool, Orig), u64> = HashMap::new();
+            *counts.entry((true, orig_of(root_meta))).or_default() += 1;
+            walk(
+                base,
+                root.open_as_dir().map_err(io("open directory"))?,
+                &mut |_, _, _, _, m| {
+                    *counts.entry((m.is_dir(), orig_of(m))).or_default() += 1;
+                    Ok(())
+                },
+            )?;
+            let dominant = |dir: bool| {
+                counts
+                    .iter()
+                    .filter(|((d, _), _)| *d == dir)
+                    .max_by_key(|((_, o), n)| (**n, std::cmp::Reverse(*o)))
+                    .map(|((_, o), _)| *o)
+            };
+            let mut rec = TreeRecord {
+                path: base.as_os_str().as_bytes().to_vec(),
+                btime: id.btime,
+                dir: dominant(true),
+                other: dominant(false),
+                chunks: 0,
+                owners: BTreeMap::new(),
+            };
+            let mut list: Vec<(Vec<u8>, u64, Orig)> = Vec::new();
+            let dom = |m: Meta, rec: &TreeRecord| if m.is_dir() { rec.dir } else { rec.other };
+            if dom(root_meta, &rec) != Some(orig_of(root_meta)) {
+                list.push((Vec::new(), id.ino, orig_of(root_meta)));
+            }
+            walk(
+                base,
+                root.open_as_dir().map_err(io("open directory"))?,
+                &mut |_, rel, _, eid, m| {
+                    if dom(m, &rec) != Some(orig_of(m)) {
+                        list.push((rel.to_vec(), eid.ino, orig_of(m)));
+                    }
+                    Ok(())
+                },
+            )?;
+            rec.owners.insert(owner.to_string(), rules);
+            // Only if nobody recorded the tree meanwhile (else join that record: its
+            // originals are the true ones, ours may be another guest's changes).
+            if let Some(rec) = self.update(k, &list, |cur| match cur {
+                None => Some(rec),
+                Some(_) => None,
+            })? {
+                joined.push(k);
+                let exc: Exceptions = list.into_iter().map(|(r, i, o)| (r, (i, o))).collect();
+                created = Some((rec, exc));
+            }
+        }
+        let (rec, exc) = match created {
+            Some(v) => v,
+            None => {
+                let mut added = false;
+                let rec = self
+                    .update(k, &[], |cur| {
+                        let mut r = cur?;
+                        if !r.owners.contains_key(owner) {
+                            r.owners.insert(owner.to_string(), rules);
+                            added = true;
+                        }
+                        Some(r)
+                    })?
+                    .ok_or_else(|| {
+                        TreeError::Db(format!(
+                            "{}: tree record removed while joining it; retry",
+                            base.display()
+                        ))
+                    })?;
+                if added {
+                    joined.push(k);
+                }
+                let exc = self.exceptions(k, rec.chunks)?;
+                (rec, exc)
+            }
+        };
+        let others: Vec<Rules> = rec
+            .owners
+            .iter()
+            .filter(|(o, _)| o.as_str() != owner)
+            .map(|(_, r)| *r)
+            .collect();
+        // Changed only from a recorded state: its original, or another user's change.
+        let want = |rel: &[u8], ino: u64, cur: Meta| -> Option<Meta> {
+            let o = original(&rec, &exc, rel, ino, cur)?;
+            let from_original = orig_of(cur) == o;
+            if !from_original && !others.iter().any(|r| r.for_meta(cur).carried_by(cur)) {
+                return None;
+            }
+            let after = rules.for_meta(cur).apply(cur);
+            (after != cur).then_some(after)
+        };
+        let mut changed = 0u64;
+        // The top first: a failure there leaves the tree untouched.
+        if let Some(after) = want(b"", id.ino, root_meta) {
+            set_meta(root, root_meta, after).map_err(io("change owner/mode"))?;
+            changed += 1;
+        }
+        walk(
+            base,
+            root.open_as_dir().map_err(io("open directory"))?,
+            &mut |dir, rel, name, eid, _| {
+                let w = |cur: Meta| want(rel, eid.ino, cur);
+                match change_at(dir, name, eid, &w) {
+                    Ok(true) => changed += 1,
+                    Ok(false) => {}
+                    Err(source) => {
+                        return Err(TreeError::Io {
+                            op: "change owner/mode",
+                            path: full(base, rel),
+                            source,
+                        });
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(changed)
+    }
+
+    /// Removes `owner` from the tree record `k`; when no user is left, writes the originals
+    /// back first (`open_root` opens the recorded root path) and then deletes the record. A
+    /// failed restore keeps the record (with `owner`) for the next attempt. Returns the
+    /// number of entries restored.
+    pub(crate) fn release(
+        &self,
+        k: TreeKey,
+        owner: &str,
+        open_root: &dyn Fn(&Path) -> io::Result<Object>,
+    ) -> Result<u64, TreeError> {
+        let Some(rec) = self.get(k)? else {
+            return Ok(0);
+        };
+        if !rec.owners.contains_key(owner) {
+            return Ok(0);
+        }
+        let mut n = 0;
+        if rec.owners.len() == 1 {
+            // Restore before releasing: a crash in between leaves the record for recovery.
+            n = self.restore(k, &rec, open_root)?;
+        }
+        // Deleted only if still ours alone (a guest may have joined meanwhile: then only
+        // `owner` goes).
+        let txn = self.db.begin_write().map_err(db)?;
+        let chunks = {
+            let mut t = txn.open_table(TREES).map_err(db)?;
+            let cur = match t.get(k).map_err(db)? {
+                Some(v) => Some(serde_json::from_slice::<TreeRecord>(v.value()).map_err(db)?),
+                None => None,
+            };
+            match cur {
+                Some(mut r) if r.owners.contains_key(owner) => {
+                    r.owners.remove(owner);
+                    if r.owners.is_empty() {
+                        t.remove(k).map_err(db)?;
+                        r.chunks
+                    } else {
+                        let bytes = serde_json::to_vec(&r).map_err(db)?;
+                        t.insert(k, bytes.as_slice()).map_err(db)?;
+                        0
+                    }
+                }
+                _ => 0,
+            }
+        };
+        {
+            let mut e = txn.open_table(TREE_EXC).map_err(db)?;
+            for c in 0..chunks {
+                e.remove((k.0, k.1, c)).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    fn restore(
+        &self,
+        k: TreeKey,
+        rec: &TreeRecord,
+        open_root: &dyn Fn(&Path) -> io::Result<Object>,
+    ) -> Result<u64, TreeError> {
+        let base = PathBuf::from(OsStr::from_bytes(&rec.path));
+        let io = |op| {
+            let path = base.clone();
+            move |source| TreeError::Io { op, path, source }
+        };
+        let root = match open_root(&base) {
+            Ok(o) => o,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(0),
+            Err(e) => return Err(io("open")(e)),
+        };
+        let id = root.identity();
+        if (id.dev, id.ino) != k
+            || (rec.btime.is_some() && id.btime.is_some() && rec.btime != id.btime)
+            || !root.meta().is_dir()
+        {
+            tracing::warn!(
+                "{}: replaced since DAC changed it; not restoring",
+                base.display()
+            );
+            return Ok(0);
+        }
+        let exc = self.exceptions(k, rec.chunks)?;
+        let users: Vec<Rules> = rec.owners.values().copied().collect();
+        let want = |rel: &[u8], ino: u64, cur: Meta| -> Option<Meta> {
+            let o = original(rec, &exc, rel, ino, cur)?;
+            if orig_of(cur) == o || !users.iter().any(|r| r.for_meta(cur).carried_by(cur)) {
+                return None;
+            }
+            Some(with_orig(cur, o))
+        };
+        let mut restored = 0u64;
+        let mut first_err: Option<TreeError> = None;
+        walk(
+            &base,
+            root.open_as_dir().map_err(io("open directory"))?,
+            &mut |dir, rel, name, eid, _| {
+                let w = |cur: Meta| want(rel, eid.ino, cur);
+                match change_at(dir, name, eid, &w) {
+                    Ok(true) => restored += 1,
+                    Ok(false) => {}
+                    // Go on with the others; the record stays for another attempt.
+                    Err(source) => {
+                        if first_err.is_none() {
+                            first_err = Some(TreeError::Io {
+                                op: "restore owner/mode",
+                                path: full(&base, rel),
+                                source,
+                            });
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        // The top last (it was changed first).
+        let cur = root.current_meta().map_err(io("stat"))?;
+        if let Some(after) = want(b"", id.ino, cur) {
+            set_meta(&root, cur, after).map_err(io("restore owner/mode"))?;
+            restored += 1;
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(restored),
+        }
+    }
+}
