@@ -1311,8 +1311,9 @@ impl Relabeler {
 
     /// Crash recovery: for every recorded object (and tree) some of whose users are guests
     /// that are not running (`running(guest)` is false), releases those users and restores
-    /// what they changed when no user of that model is left. The manager calls this at start,
-    /// before starting guests. Idempotent.
+    /// what they changed when no user of that model is left. Idempotent. The manager restores
+    /// a crashed guest through `restore_all` from its own record (written before any label);
+    /// this sweep is the last resort when that record is gone, and is not yet called by it.
     pub fn recover(&self, running: &dyn Fn(&str) -> bool) -> Recovery {
         let mut rep = Recovery::default();
         match self.store.list_originals() {
