@@ -608,10 +608,8 @@ impl Relabeler {
             Err(e) if is_soft_errno(e.raw_os_error()) => {
                 applied.warnings.push(soft_warning(o, &e));
                 // Nothing changed: drop the record this call added.
-                if j.restore
-                    && let Some(Undo::Release { key }) = undo.last()
-                {
-                    let key = *key;
+                // Only this object's own record: an earlier job's must stay.
+                if j.restore && matches!(undo.last(), Some(Undo::Release { key: k }) if *k == key) {
                     undo.pop();
                     self.store.release_original(key, owner)?;
                 }
@@ -1215,8 +1213,8 @@ impl Relabeler {
         errors
     }
 
-    /// Releases `owners` (all of one record); restores the SELinux label first when no
-    /// SELinux user would be left.
+    /// Releases `owners` (all of one record) and restores each model's attributes (SELinux
+    /// label, DAC owner and mode) whose last user of that model is being released.
     fn release_one(
         &self,
         key: ObjectKey,
@@ -1545,7 +1543,11 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                 Ok((_, m)) if m.is_symlink() => EntryKind::Symlink,
                 Ok(_) => EntryKind::Other,
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(err) => return ctx.fail("stat", &join_rel(&rel, e.name.as_bytes()), err),
+                Err(err) => {
+                    // Keep what this directory already labeled (eager) for rollback.
+                    ctx.fail("stat", &join_rel(&rel, e.name.as_bytes()), err);
+                    break;
+                }
             };
         }
         let cur = match dir.get_xattr_at(&e.name, XATTR_SELINUX) {
@@ -1559,7 +1561,11 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                 );
                 continue;
             }
-            Err(err) => return ctx.fail("read label", &join_rel(&rel, e.name.as_bytes()), err),
+            Err(err) => {
+                // Keep what this directory already labeled (eager) for rollback.
+                ctx.fail("read label", &join_rel(&rel, e.name.as_bytes()), err);
+                break;
+            }
         };
         let n = ctx.seen.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(65536) {
@@ -1588,7 +1594,11 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                 Err(err)
                     if matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {}
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(err) => return ctx.fail("open directory", &child_rel, err),
+                Err(err) => {
+                    // Keep what this directory already labeled (eager) for rollback.
+                    ctx.fail("open directory", &child_rel, err);
+                    break;
+                }
             }
         }
         if !label_eq(&cur, ctx.want) {
