@@ -1,6 +1,5 @@
 //! Recovery at open: reattach to guests still running, clean up after the others.
 
-use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -33,12 +32,8 @@ fn slot(record: Record, pidfd: Option<std::os::fd::OwnedFd>) -> Arc<Slot> {
 type Recovered = (Vec<String>, Vec<(String, String)>);
 
 pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
-    let proc_root = inner.config.root_dir.join("proc");
-    let proc_root = if proc_root.exists() {
-        proc_root
-    } else {
-        Path::new("/proc").to_path_buf()
-    };
+    // The same proc tree undo's checks use.
+    let proc_root = inner.proc_root();
     let mut reattached = Vec::new();
     let mut recovered = Vec::new();
     let records = inner
