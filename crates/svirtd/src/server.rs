@@ -229,6 +229,7 @@ pub async fn progress(
     responses((status = 200, description = "QEMU's reply", body = Object),
               (status = 400, description = "Not a QMP command object", body = ApiError),
               (status = 404, description = "No such guest", body = ApiError),
+              (status = 409, description = "Not running or paused", body = ApiError),
               (status = 502, description = "QMP conversation failed", body = ApiError)))]
 pub async fn qemu_monitor_command(
     State(m): State<Manager>,
@@ -340,7 +341,15 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, SocketError> {
         }
     };
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(io_err("bind", &tmp))?;
+    // The socket is created 0600 from the start (bind honours the umask): the chmod below
+    // only confirms it, so there is no moment when a looser mode is reachable. svirtd binds
+    // before it starts guests or writes any other file, so the process-wide umask is safe.
+    // SAFETY: umask has no memory effects.
+    let old_mask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&tmp);
+    // SAFETY: as above.
+    unsafe { libc::umask(old_mask) };
+    let listener = bound.map_err(io_err("bind", &tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .map_err(io_err("chmod", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("rename", path))?;
