@@ -17,11 +17,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Start order (each step undone on failure, and recoverable after a crash at any point):
-//! parse → plan → guest record `starting` → reserve labels/uids (drivers, committed to the
-//! store) → record the identity → set labels (stack) → cgroup → spawn QEMU (child: new
-//! session, cgroup join, driver hooks, every fd but stdio and the QMP listener closed on
-//! exec, clean environment) → record pid + start time → QMP answers → `running`/`paused`.
+//! Start order (each step undone on failure, and recoverable after a crash at any point;
+//! `docs/manager.md` has the details): parse → plan → reserve labels/uids (drivers;
+//! deferred commits) → guest record written durably (this makes the reservations durable
+//! too), cgroup created on a separate thread meanwhile → set labels (stack) → spawn QEMU
+//! (child: new session, pid file, driver hooks, every fd but stdio and the QMP listener
+//! closed on exec, clean environment) → the parent joins the child to the cgroup while QEMU
+//! starts, and records pid + start time → QMP answers → `running`/`paused`.
 
 pub mod accel;
 pub mod cgroup;
