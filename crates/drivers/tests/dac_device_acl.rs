@@ -1,0 +1,467 @@
+//! DAC's device ACL grant (`group:kvm:rw-` on `/dev/kvm`) undone exactly: a pre-existing
+//! entry of the device group gets its rights back instead of being deleted, entries added by
+//! others stay, the restore does not depend on the device group still resolving, and what
+//! cannot be resolved is a typed error naming the device, never a silent skip.
+//!
+//! Each test runs under a temporary platform root (`DacConfig::fs_root`) whose `dev/kvm` is a
+//! private `mknod` copy of `/dev/null` (a regular file where mknod is refused): the host's
+//! `/dev/kvm` is never touched. ACLs are written and compared as raw
+//! `system.posix_acl_access` bytes, as the kernel returns them.
+
+mod dac_support;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dac_support::*;
+use svirt_drivers::dac::{ACL_GID_KEY, DacConfig, DacDriver, DeviceAclError, MODEL_KEY, owner_key};
+use svirt_drivers::{DriverError, GuestSecurity, SecurityDriver};
+use svirt_store::{IdAllocator, IdConfig, Store};
+
+const KVM_GID: u32 = 620_993;
+const ACL: &std::ffi::CStr = c"system.posix_acl_access";
+
+// POSIX ACL xattr tags.
+const USER_OBJ: u16 = 0x01;
+const USER: u16 = 0x02;
+const GROUP_OBJ: u16 = 0x04;
+const GROUP: u16 = 0x08;
+const MASK: u16 = 0x10;
+const OTHER: u16 = 0x20;
+const NO_ID: u32 = u32::MAX;
+
+/// (tag, perm, id) entries, encoded sorted as the kernel wants them.
+fn encode(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut es = entries.to_vec();
+    es.sort_by_key(|e| (e.0, e.2));
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in es {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+fn decode(b: &[u8]) -> Vec<(u16, u16, u32)> {
+    b[4..]
+        .chunks_exact(8)
+        .map(|c| {
+            (
+                u16::from_le_bytes([c[0], c[1]]),
+                u16::from_le_bytes([c[2], c[3]]),
+                u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            )
+        })
+        .collect()
+}
+
+fn perm_of(acl: &[(u16, u16, u32)], tag: u16, id: u32) -> Option<u16> {
+    acl.iter().find(|e| e.0 == tag && e.2 == id).map(|e| e.1)
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path")
+}
+
+fn get_acl(p: &Path) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: lgetxattr writes at most buf.len() bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath(p).as_ptr(),
+            ACL.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr: {e}");
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+fn set_acl(p: &Path, entries: &[(u16, u16, u32)]) {
+    let v = encode(entries);
+    // SAFETY: lsetxattr reads v.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            cpath(p).as_ptr(),
+            ACL.as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn remove_acl(p: &Path) {
+    // SAFETY: lremovexattr reads two NUL-terminated strings.
+    let r = unsafe { libc::lremovexattr(cpath(p).as_ptr(), ACL.as_ptr()) };
+    assert_eq!(r, 0, "removexattr: {}", std::io::Error::last_os_error());
+}
+
+/// A temporary platform root with `dev/kvm`, an accounts root, and a DAC driver over them.
+struct Env {
+    _dir: tempfile::TempDir,
+    /// `<root>/dev/kvm` as the host sees it.
+    node: PathBuf,
+    accounts: PathBuf,
+    store: Arc<Store>,
+    dac: DacDriver,
+}
+
+/// `/dev/kvm` as the driver sees it (under its platform root).
+const DEVICE: &str = "/dev/kvm";
+
+fn group_file(kvm_gid: Option<u32>) -> String {
+    match kvm_gid {
+        Some(g) => format!("root:x:0:\nkvm:x:{g}:\n"),
+        None => "root:x:0:\n".to_string(),
+    }
+}
+
+fn env() -> Option<Env> {
+    if skip_unless_root() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(
+        dir.path(),
+        "root:x:0:0::/root:/bin/sh\n",
+        &group_file(Some(KVM_GID)),
+    );
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("dev")).expect("mkdir dev");
+    let node = root.join("dev/kvm");
+    // SAFETY: mknod with a NUL-terminated path.
+    let r = unsafe {
+        libc::mknod(
+            cpath(&node).as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(1, 3),
+        )
+    };
+    if r != 0 {
+        eprintln!(
+            "note: mknod refused ({}); a regular file stands for /dev/kvm",
+            std::io::Error::last_os_error()
+        );
+        std::fs::write(&node, b"").expect("create node");
+    }
+    chmod(&node, 0o600);
+    let store = Arc::new(Store::open(&dir.path().join("state")).expect("store"));
+    let ids = Arc::new(
+        IdAllocator::open(
+            store.clone(),
+            IdConfig {
+                first: 620_000,
+                last: 620_050,
+                root: acc.clone(),
+            },
+        )
+        .expect("ids"),
+    );
+    let dac = DacDriver::new(
+        DacConfig {
+            accounts_root: acc.clone(),
+            fs_root: root,
+            ..Default::default()
+        },
+        store.clone(),
+        ids,
+    );
+    Some(Env {
+        _dir: dir,
+        node,
+        accounts: acc,
+        store,
+        dac,
+    })
+}
+
+impl Env {
+    /// Reserves ids for `name` and runs the device grant as a start does.
+    fn start(&self, name: &str) -> Result<GuestSecurity, DriverError> {
+        let p = plan(name, Vec::new());
+        let mut g = GuestSecurity {
+            name: name.into(),
+            level: None,
+            ids: None,
+        };
+        self.dac.reserve(&p, &mut g).expect("reserve");
+        let mut ctx = exec_ctx(Path::new("/run"));
+        ctx.devices = vec![PathBuf::from(DEVICE)];
+        let creds = self.dac.prepare_credentials(&p, &g, &ctx)?;
+        assert!(creds.groups.contains(&KVM_GID), "{creds:?}");
+        Ok(g)
+    }
+
+    fn stop(&self, g: &GuestSecurity) -> Vec<DriverError> {
+        self.dac.restore_all(&plan(&g.name, Vec::new()), g)
+    }
+
+    fn set_group_file(&self, kvm_gid: Option<u32>) {
+        std::fs::write(self.accounts.join("etc/group"), group_file(kvm_gid)).expect("group");
+    }
+
+    /// The ACL now, decoded.
+    fn acl(&self) -> Vec<(u16, u16, u32)> {
+        decode(&get_acl(&self.node).expect("an ACL"))
+    }
+
+    fn assert_granted(&self) {
+        let acl = self.acl();
+        assert_eq!(perm_of(&acl, GROUP, KVM_GID), Some(6), "{acl:?}");
+        assert_eq!(
+            perm_of(&acl, MASK, NO_ID).map(|m| m & 6),
+            Some(6),
+            "{acl:?}"
+        );
+    }
+}
+
+/// The ACL and mode as they are now, to compare with after the restore.
+fn snapshot(e: &Env) -> (Option<Vec<u8>>, (u32, u32, u32)) {
+    (get_acl(&e.node), owner_mode(&e.node))
+}
+
+#[test]
+fn dac_acl_existing_group_entry_gets_its_rights_back() {
+    let Some(e) = env() else { return };
+    // The device group could read already (a named user too); the grant adds write.
+    set_acl(
+        &e.node,
+        &[
+            (USER_OBJ, 6, NO_ID),
+            (USER, 4, 4242),
+            (GROUP_OBJ, 4, NO_ID),
+            (GROUP, 4, KVM_GID),
+            (MASK, 4, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+    );
+    let before = snapshot(&e);
+    let g = e.start("acl-existing").expect("start");
+    e.assert_granted();
+    let errors = e.stop(&g);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(snapshot(&e), before, "ACL bytes and mode exactly as before");
+    assert_eq!(perm_of(&e.acl(), GROUP, KVM_GID), Some(4), "r-- again");
+}
+
+#[test]
+fn dac_acl_entry_with_rw_behind_a_mask_keeps_its_entry() {
+    let Some(e) = env() else { return };
+    // `group:kvm:rw-` exists but the mask lets only r through: DAC changes the mask only.
+    set_acl(
+        &e.node,
+        &[
+            (USER_OBJ, 6, NO_ID),
+            (GROUP_OBJ, 0, NO_ID),
+            (GROUP, 6, KVM_GID),
+            (MASK, 4, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+    );
+    let before = snapshot(&e);
+    let g = e.start("acl-masked").expect("start");
+    e.assert_granted();
+    assert!(e.stop(&g).is_empty());
+    assert_eq!(snapshot(&e), before);
+}
+
+#[test]
+fn dac_acl_created_keeps_entries_added_by_others() {
+    let Some(e) = env() else { return };
+    let before = snapshot(&e);
+    assert_eq!(before.0, None, "no ACL to begin with");
+    let g = e.start("acl-created").expect("start");
+    e.assert_granted();
+    // The administrator adds an entry while the guest runs.
+    let mut acl = e.acl();
+    acl.push((USER, 4, 4242));
+    set_acl(&e.node, &acl);
+    assert!(e.stop(&g).is_empty());
+    let after = e.acl();
+    assert_eq!(perm_of(&after, USER, 4242), Some(4), "{after:?}");
+    assert_eq!(perm_of(&after, GROUP, KVM_GID), None, "{after:?}");
+    assert_eq!(owner_mode(&e.node), before.1, "mode restored");
+
+    // Without anybody else's entry, the ACL DAC created goes entirely, once its last user
+    // (a second guest joined the grant) stops.
+    remove_acl(&e.node);
+    let before = snapshot(&e);
+    let g = e.start("acl-created-2").expect("start");
+    let g2 = e.start("acl-created-3").expect("join");
+    assert!(e.stop(&g).is_empty());
+    e.assert_granted();
+    assert!(e.stop(&g2).is_empty());
+    assert_eq!(snapshot(&e), before);
+}
+
+#[test]
+fn dac_acl_restore_uses_the_recorded_gid_not_the_group_file() {
+    let Some(e) = env() else { return };
+    set_acl(
+        &e.node,
+        &[
+            (USER_OBJ, 6, NO_ID),
+            (GROUP_OBJ, 0, NO_ID),
+            (GROUP, 4, KVM_GID),
+            (MASK, 4, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+    );
+    let before = snapshot(&e);
+    let a = e.start("gid-a").expect("start");
+    let b = e.start("gid-b").expect("join");
+    e.assert_granted();
+    // The device group disappears from the accounts while the guests run.
+    e.set_group_file(None);
+    assert!(e.stop(&a).is_empty());
+    e.assert_granted();
+    let errors = e.stop(&b);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(snapshot(&e), before);
+}
+
+/// The only error of `errors`, as a device ACL error naming `/dev/kvm`.
+fn only_acl_error(errors: &[DriverError]) -> &DeviceAclError {
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let err = DeviceAclError::of(&errors[0]).unwrap_or_else(|| panic!("{:?}", errors[0]));
+    assert!(
+        errors[0].to_string().contains(DEVICE),
+        "names the device: {}",
+        errors[0]
+    );
+    err
+}
+
+#[test]
+fn dac_acl_unresolvable_gid_fails_loudly_and_keeps_the_record() {
+    let Some(e) = env() else { return };
+    set_acl(
+        &e.node,
+        &[
+            (USER_OBJ, 6, NO_ID),
+            (GROUP_OBJ, 0, NO_ID),
+            (GROUP, 4, KVM_GID),
+            (MASK, 4, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+    );
+    let before = snapshot(&e);
+    let g = e.start("legacy").expect("start");
+    // Make the record look like one written before the gid was recorded.
+    let me = owner_key("legacy");
+    let recs = e.store.originals_for_owner(&me).expect("records");
+    assert_eq!(recs.len(), 1);
+    let (k, rec) = &recs[0];
+    assert_eq!(rec.original.model_flags.get(ACL_GID_KEY), Some(&KVM_GID));
+    let mut legacy = rec.original.clone();
+    legacy.model_flags.remove(ACL_GID_KEY);
+    e.store.release_original(*k, &me).expect("release");
+    e.store
+        .record_original_if_absent(*k, &legacy, &me)
+        .expect("record");
+    e.set_group_file(None);
+
+    let errors = e.stop(&g);
+    match only_acl_error(&errors) {
+        DeviceAclError::NoGroup { device, reason } => {
+            assert_eq!(device, Path::new(DEVICE));
+            assert!(reason.contains("kvm"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    e.assert_granted();
+    let kept = e.store.originals_for_owner(&me).expect("records");
+    assert_eq!(kept.len(), 1, "the record stays for the next attempt");
+    assert!(
+        kept[0].1.original.model_flags.contains_key(MODEL_KEY),
+        "{kept:?}"
+    );
+
+    // Once the group resolves again, the retry restores exactly.
+    e.set_group_file(Some(KVM_GID));
+    let errors = e.stop(&g);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(snapshot(&e), before);
+    assert!(
+        e.store
+            .originals_for_owner(&me)
+            .expect("records")
+            .is_empty()
+    );
+}
+
+#[test]
+fn dac_acl_removed_meanwhile_fails_loudly() {
+    let Some(e) = env() else { return };
+    set_acl(
+        &e.node,
+        &[
+            (USER_OBJ, 6, NO_ID),
+            (GROUP_OBJ, 0, NO_ID),
+            (GROUP, 4, KVM_GID),
+            (MASK, 4, NO_ID),
+            (OTHER, 0, NO_ID),
+        ],
+    );
+    let g = e.start("gone").expect("start");
+    remove_acl(&e.node);
+    let errors = e.stop(&g);
+    match only_acl_error(&errors) {
+        DeviceAclError::AclGone { device, gid } => {
+            assert_eq!(device, Path::new(DEVICE));
+            assert_eq!(*gid, KVM_GID);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dac_acl_grant_for_another_gid_is_refused_while_one_is_recorded() {
+    let Some(e) = env() else { return };
+    let before = snapshot(&e);
+    let a = e.start("gid-first").expect("start");
+    e.set_group_file(Some(KVM_GID + 1));
+    let p = plan("gid-second", Vec::new());
+    let mut b = GuestSecurity {
+        name: "gid-second".into(),
+        level: None,
+        ids: None,
+    };
+    e.dac.reserve(&p, &mut b).expect("reserve");
+    let mut ctx = exec_ctx(Path::new("/run"));
+    ctx.devices = vec![PathBuf::from(DEVICE)];
+    let err = e
+        .dac
+        .prepare_credentials(&p, &b, &ctx)
+        .expect_err("a second gid cannot join the record");
+    match DeviceAclError::of(&err) {
+        Some(DeviceAclError::GroupChanged {
+            device,
+            recorded,
+            configured,
+        }) => {
+            assert_eq!(device, Path::new(DEVICE));
+            assert_eq!((*recorded, *configured), (KVM_GID, KVM_GID + 1));
+        }
+        other => panic!("{other:?} from {err}"),
+    }
+    assert_eq!(
+        perm_of(&e.acl(), GROUP, KVM_GID + 1),
+        None,
+        "nothing written"
+    );
+    assert!(e.stop(&a).is_empty());
+    assert_eq!(snapshot(&e), before);
+}
