@@ -562,14 +562,12 @@ impl Inner {
         let pidfd = {
             let mut st = lock(&slot.state);
             let state = st.record.state;
+            // Shut off (its exit stays in `info`) or still starting: nothing to stop.
             let Some(pidfd) = st.pidfd.clone() else {
-                if let Some(exit) = &st.record.exit {
-                    return Ok(exit.clone());
-                }
                 return Err(ManagerError::BadState {
                     name: name.into(),
                     state: state.to_string(),
-                    op: if destroy { "destroy" } else { "shutdown" },
+                    op: if destroy { "destroy" } else { "shut down" },
                 });
             };
             st.record.intent = Some(if destroy {

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::{Env, alive, require_env};
-use svirt_manager::{ExitReason, GuestState, Manager, StartOptions};
+use svirt_manager::{ExitReason, GuestState, Manager, ManagerError, StartOptions};
 
 #[test]
 fn lifecycle_without_drivers() {
@@ -122,6 +122,19 @@ fn lifecycle_without_drivers() {
     assert!(m.list(false).unwrap().is_empty());
     let all = m.list(true).unwrap();
     assert_eq!(all[0].state, GuestState::ShutOff);
+    // Stopping a shut-off guest is refused (409 in svirtd), naming the guest; its exit
+    // record stays as it was.
+    for (err, op) in [
+        (m.destroy("g1").unwrap_err(), "destroy"),
+        (m.shutdown("g1").unwrap_err(), "shut down"),
+    ] {
+        assert!(matches!(err, ManagerError::BadState { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("guest \"g1\" is shut-off: cannot {op}")
+        );
+    }
+    assert_eq!(m.info("g1").unwrap().exit, Some(exit.clone()));
 
     // Start again under the same name, then destroy.
     let info = m.start(&xml, StartOptions { paused: false }).unwrap();

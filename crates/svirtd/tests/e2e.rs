@@ -221,6 +221,22 @@ fn cli_errors_are_one_clear_line() {
     let xml = make_guest(&d, "dup", false, None);
     d.ok(&["start", "--paused", xml.to_str().expect("utf8")]);
     one_line(&["start", xml.to_str().expect("utf8")], 2, "already exists");
+    // A shut-off guest cannot be stopped again: 409 naming it, not its old exit record.
+    d.ok(&["destroy", "dup"]);
+    one_line(
+        &["destroy", "dup"],
+        2,
+        "guest \"dup\" is shut-off: cannot destroy",
+    );
+    one_line(
+        &["shutdown", "dup"],
+        2,
+        "guest \"dup\" is shut-off: cannot shut down",
+    );
+    for (op, body) in [("destroy", None), ("shutdown", Some("{}"))] {
+        let (status, v) = d.api("POST", &format!("/v1/domains/dup/{op}"), body);
+        assert_eq!(status, 409, "{op} of a shut-off guest: {v}");
+    }
 }
 
 /// Guest A's QEMU, through its own QMP, opens files: guest B's disk (rw, ro), /etc/shadow,
