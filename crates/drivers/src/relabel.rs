@@ -376,6 +376,10 @@ struct DirWork {
     items: Vec<Item>,
     /// Entries already written during the walk (original = the recorded dominant one).
     eager: Vec<Item>,
+    /// Entries that already carry the target label although the tree's dominant original
+    /// is another: never written, but recorded as exceptions so that restore leaves them
+    /// as they were.
+    same: Vec<Item>,
 }
 
 fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -714,6 +718,7 @@ impl Relabeler {
             .as_ref()
             .map_or_else(|| root_cur.clone(), |r| r.dominant.clone());
         let mut undo_record = None;
+        let fresh = existing.is_none();
         if j.restore {
             let created = existing.is_none();
             self.tree_record(&tkey, j, id, &want, existing, owner, &[], dominant.clone())?;
@@ -721,7 +726,12 @@ impl Relabeler {
             self.fault("after-record")?;
         }
         let eager = if j.restore {
-            Eager::IfOriginal(&dominant)
+            Eager::IfOriginal {
+                dominant: &dominant,
+                // With an earlier record, entries at the target were labeled under it (or
+                // created inside the labeled tree): their original is already accounted for.
+                record_same: fresh,
+            }
         } else {
             Eager::All
         };
@@ -736,19 +746,21 @@ impl Relabeler {
         };
         let root_needs = !label_eq(&root_cur, &want);
         let deferred: u64 = tree_undo.work.iter().map(|w| w.items.len() as u64).sum();
+        let same: u64 = tree_undo.work.iter().map(|w| w.same.len() as u64).sum();
         let total = eager_done + deferred + u64::from(root_needs);
         applied.unchanged += (scanned + 1).saturating_sub(total);
         let step = || -> Result<(), RelabelError> {
             if let Some(e) = scan_error {
                 return Err(e);
             }
-            if j.restore && (deferred > 0 || (root_needs && root_cur != dominant)) {
-                let mut entries: Vec<EntryRef<'_>> = Vec::with_capacity(deferred as usize + 1);
+            if j.restore && (deferred > 0 || same > 0 || (root_needs && root_cur != dominant)) {
+                let mut entries: Vec<EntryRef<'_>> =
+                    Vec::with_capacity((deferred + same) as usize + 1);
                 if root_needs && root_cur != dominant {
                     entries.push((Vec::new(), id.ino, &root_cur));
                 }
                 for w in &tree_undo.work {
-                    for it in &w.items {
+                    for it in w.items.iter().chain(&w.same) {
                         entries.push((join_rel(&w.rel, it.name.as_bytes()), it.ino, &it.orig));
                     }
                 }
@@ -791,8 +803,9 @@ impl Relabeler {
     }
 
     /// Parallel walk: every directory below `root` (not following symlinks, not crossing
-    /// mounts), with the entries whose label is not `want`. Returns the work, the number of
-    /// entries seen, and warnings.
+    /// mounts), with the entries whose label is not `want` (written during the walk as
+    /// `eager` says). Returns the work, the number of entries seen, warnings and the first
+    /// hard error.
     #[allow(clippy::type_complexity)]
     fn scan(
         &self,
@@ -1112,56 +1125,37 @@ impl Relabeler {
         let root_dir = root_obj
             .open_as_dir()
             .map_err(io_err("open directory", &path))?;
-        let (work, _, _, err) = self.scan(&path, root_dir, &[], Eager::No);
-        if let Some(e) = err {
-            return Err(e);
-        }
-        // `scan` with an empty target lists every entry (nothing equals it) with its label.
+        let target = rec.target.clone();
         let original_for = |rel: &[u8], ino: u64| -> Option<Vec<u8>> {
             match exc.get(rel) {
                 Some((i, o)) if *i == ino => o.clone(),
                 _ => rec.dominant.clone(),
             }
         };
-        let target = rec.target.clone();
+        // One pass: each entry still carrying the target gets its original as soon as it is
+        // read, so progress is real and nothing is held in memory per entry.
         let restored = AtomicU64::new(0);
         let errors: Mutex<Vec<RelabelError>> = Mutex::new(Vec::new());
-        {
-            use rayon::prelude::*;
-            self.pool.install(|| {
-                work.par_iter().for_each(|w| {
-                    for it in &w.items {
-                        if !label_eq(&it.orig, &target) {
-                            continue;
-                        }
-                        let rel = join_rel(&w.rel, it.name.as_bytes());
-                        let orig = original_for(&rel, it.ino);
-                        let r = match &orig {
-                            Some(v) => w.dir.set_xattr_at(&it.name, XATTR_SELINUX, v),
-                            None => remove_at(&w.dir, &it.name),
-                        };
-                        match r {
-                            Ok(()) => {
-                                restored.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                            Err(e) => lock(&errors).push(RelabelError::Io {
-                                op: "restore label",
-                                path: path.join(OsStr::from_bytes(&rel)),
-                                source: e,
-                            }),
-                        }
-                    }
-                });
-            });
+        let rctx = RestoreCtx {
+            target: &target,
+            exceptions: &exc,
+            dominant: &rec.dominant,
+            restored: &restored,
+            errors: &errors,
+        };
+        let (_, _, _, err) = self.scan(&path, root_dir, &target, Eager::Restore(&rctx));
+        if let Some(e) = err {
+            lock(&errors).insert(0, e);
         }
         let cur = root_obj
             .get_xattr(XATTR_SELINUX)
             .map_err(io_err("read label", &path))?;
         if label_eq(&cur, &target) {
             let orig = original_for(b"", id.ino);
-            write_label_obj(&root_obj, &orig).map_err(io_err("restore label", &path))?;
-            restored.fetch_add(1, Ordering::Relaxed);
+            if orig.as_deref().map(trim) != Some(trim(&target)) {
+                write_label_obj(&root_obj, &orig).map_err(io_err("restore label", &path))?;
+                restored.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let n = restored.load(Ordering::Relaxed);
         self.report(&Progress {
@@ -1491,12 +1485,42 @@ struct ScanCtx<'a> {
 /// Which entries a walk writes as soon as it reads them.
 #[derive(Clone, Copy)]
 enum Eager<'a> {
-    /// None (restore walks, or nothing to write).
-    No,
     /// Every entry that needs it (nothing to record: the tree is not restored).
     All,
-    /// Entries whose original is this (already recorded as the tree's dominant original).
-    IfOriginal(&'a Option<Vec<u8>>),
+    /// Entries whose original is `dominant` (already recorded as the tree's dominant
+    /// original); with `record_same`, entries already at the target but whose original is
+    /// not `dominant` are listed for recording as exceptions.
+    IfOriginal {
+        dominant: &'a Option<Vec<u8>>,
+        record_same: bool,
+    },
+    /// A restore walk: every entry carrying the target gets its original back at once.
+    Restore(&'a RestoreCtx<'a>),
+}
+
+/// What a restore walk needs: the recorded originals and where to count and report.
+struct RestoreCtx<'a> {
+    target: &'a [u8],
+    /// Relative path → (inode, original) of the entries whose original is not `dominant`.
+    exceptions: &'a HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    dominant: &'a Option<Vec<u8>>,
+    restored: &'a AtomicU64,
+    /// Restore goes on after a failed entry; every failure is kept.
+    errors: &'a Mutex<Vec<RelabelError>>,
+}
+
+impl RestoreCtx<'_> {
+    fn original(&self, rel: &[u8], name: &[u8], ino: u64) -> Option<Vec<u8>> {
+        if !self.exceptions.is_empty() {
+            let key = join_rel(rel, name);
+            if let Some((i, o)) = self.exceptions.get(&key)
+                && *i == ino
+            {
+                return o.clone();
+            }
+        }
+        self.dominant.clone()
+    }
 }
 
 impl ScanCtx<'_> {
@@ -1533,8 +1557,10 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
         Ok(e) => e,
         Err(e) => return ctx.fail("read directory", &rel, e),
     };
+
     let mut items = Vec::new();
     let mut eager = Vec::new();
+    let mut same = Vec::new();
     for e in entries {
         let mut kind = e.kind;
         if kind == EntryKind::Unknown {
@@ -1601,11 +1627,30 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                 }
             }
         }
-        if !label_eq(&cur, ctx.want) {
+        if let Eager::Restore(r) = ctx.eager {
+            if label_eq(&cur, r.target) {
+                restore_entry(ctx, r, &dir, &rel, &e.name, e.ino);
+            }
+            continue;
+        }
+        if label_eq(&cur, ctx.want) {
+            if let Eager::IfOriginal {
+                dominant,
+                record_same: true,
+            } = ctx.eager
+                && *dominant != cur
+            {
+                same.push(Item {
+                    name: e.name,
+                    ino: e.ino,
+                    orig: cur,
+                });
+            }
+        } else {
             let now = match ctx.eager {
-                Eager::No => false,
                 Eager::All => true,
-                Eager::IfOriginal(d) => *d == cur,
+                Eager::IfOriginal { dominant, .. } => *dominant == cur,
+                Eager::Restore(_) => false,
             };
             let item = Item {
                 name: e.name,
@@ -1627,12 +1672,52 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
             }
         }
     }
-    if !items.is_empty() || !eager.is_empty() {
+    if !items.is_empty() || !eager.is_empty() || !same.is_empty() {
         lock(ctx.out).push(DirWork {
             dir,
             rel,
             items,
             eager,
+            same,
         });
+    }
+}
+
+/// Writes the original back on one entry of a restore walk; a failure is kept and the walk
+/// goes on.
+fn restore_entry(
+    ctx: &ScanCtx<'_>,
+    r: &RestoreCtx<'_>,
+    dir: &Dir,
+    rel: &[u8],
+    name: &CStr,
+    ino: u64,
+) {
+    let orig = r.original(rel, name.to_bytes(), ino);
+    if orig.as_deref().map(trim) == Some(trim(r.target)) {
+        return;
+    }
+    let res = match &orig {
+        Some(v) => dir.set_xattr_at(name, XATTR_SELINUX, v),
+        None => remove_at(dir, name),
+    };
+    match res {
+        Ok(()) => {
+            let n = r.restored.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(4096) {
+                ctx.eng.report(&Progress {
+                    path: ctx.base.to_path_buf(),
+                    phase: Phase::Restoring,
+                    done: n,
+                    total: n,
+                });
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => lock(r.errors).push(RelabelError::Io {
+            op: "restore label",
+            path: ctx.path_of(&join_rel(rel, name.to_bytes())),
+            source: e,
+        }),
     }
 }

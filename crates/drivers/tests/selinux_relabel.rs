@@ -476,3 +476,78 @@ fn symlink_and_directory_swaps_never_change_anything_outside() {
         swaps.load(Ordering::Relaxed)
     );
 }
+
+/// Entries that already carry the target label before the first guest labels the tree keep
+/// it after the restore, although the tree's most common original is another label.
+#[test]
+fn tree_entries_already_at_target_are_restored_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    if !xattrs_work(&dir) {
+        return;
+    }
+    let share = dir.join("share");
+    std::fs::create_dir_all(share.join("sub")).unwrap();
+    set_label(&share, INITIAL);
+    set_label(&share.join("sub"), INITIAL);
+    let mut all = vec![share.clone(), share.join("sub")];
+    for i in 0..40 {
+        let p = share
+            .join(if i % 2 == 0 { "sub" } else { "" })
+            .join(format!("f{i}"));
+        std::fs::write(&p, b"x").unwrap();
+        // Every fifth file is already at the target; the rest (the majority) at INITIAL.
+        set_label(&p, if i % 5 == 0 { SHARED } else { INITIAL });
+        all.push(p);
+    }
+    let before = snap(&all);
+    let env = env();
+    let a = env
+        .relabeler
+        .set_labels("guest-a", &[job(&share, SHARED, true)])
+        .unwrap();
+    assert_eq!(
+        a.changed,
+        2 + 32,
+        "dirs and the files not yet at the target"
+    );
+    for (p, l) in tree_labels(&share) {
+        assert_eq!(l.as_deref(), Some(SHARED), "{}", p.display());
+    }
+    let errs = env.relabeler.restore_labels("guest-a");
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(snap(&all), before, "every entry back to its own original");
+}
+
+/// A tree restore reports its progress while it runs, not only at the end.
+#[test]
+fn tree_restore_reports_progress_while_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    if !xattrs_work(&dir) {
+        return;
+    }
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    for i in 0..10_000 {
+        std::fs::write(share.join(format!("f{i}")), b"").unwrap();
+    }
+    let env = env();
+    env.relabeler
+        .set_labels("guest-a", &[job(&share, SHARED, true)])
+        .unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let s2 = seen.clone();
+    env.relabeler.set_progress(Some(Arc::new(move |p| {
+        if p.phase == svirt_drivers::relabel::Phase::Restoring {
+            s2.lock().unwrap().push((p.done, p.total));
+        }
+    })));
+    let errs = env.relabeler.restore_labels("guest-a");
+    assert!(errs.is_empty(), "{errs:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.last().map(|r| r.0), Some(10_001), "{seen:?}");
+    let during = seen.iter().filter(|(d, _)| *d < 10_001).count();
+    assert!(during >= 2, "reports before the end: {seen:?}");
+    assert_eq!(label(&share.join("f9999")), None, "restored to no label");
+}
