@@ -570,13 +570,22 @@ impl Inner {
                     op: if destroy { "destroy" } else { "shut down" },
                 });
             };
-            st.record.intent = Some(if destroy {
+            if st.finishing {
+                // QEMU is gone and its cleanup runs: the exit is decided, the record is
+                // the cleanup's to write. Wait for it.
+                drop(st);
+                return self
+                    .wait_exit(&slot, Duration::from_secs(60))
+                    .ok_or_else(|| ManagerError::Qemu(format!("{name}: cleanup did not finish")));
+            }
+            let mut next = st.record.clone();
+            next.intent = Some(if destroy {
                 Intent::Destroy
             } else {
                 Intent::Shutdown
             });
-            st.record.state = GuestState::Stopping;
-            self.persist(&st.record)?;
+            next.state = GuestState::Stopping;
+            self.write(&mut st, next)?;
             pidfd
         };
         if !destroy {
@@ -591,8 +600,13 @@ impl Inner {
                 return Ok(exit);
             }
             let mut st = lock(&slot.state);
-            st.record.intent = Some(Intent::ShutdownKilled);
-            let _ = self.persist(&st.record);
+            if !st.finishing {
+                let mut next = st.record.clone();
+                next.intent = Some(Intent::ShutdownKilled);
+                if let Err(e) = self.write(&mut st, next) {
+                    tracing::error!(guest = name, error = %e, "writing the guest record");
+                }
+            }
         }
         process::pidfd_signal(&pidfd, libc::SIGKILL)
             .map_err(|e| ManagerError::Qemu(format!("kill {name}: {e}")))?;
@@ -620,25 +634,38 @@ impl Inner {
         }
     }
 
-    /// Called by the supervisor when a guest's pidfd becomes readable.
+    /// Called by the supervisor when a guest's pidfd becomes readable (`finishing` is set).
+    /// Every change of the record is made in memory and in the store together, under the
+    /// slot lock: a concurrent `stop` sees `stopping` and waits for this cleanup, and no
+    /// writer can overwrite another's update.
     pub(crate) fn finish(&self, slot: &Arc<Slot>) {
-        let (mut rec, pidfd, child) = {
+        let (pidfd, child) = {
             let st = lock(&slot.state);
-            (st.record.clone(), st.pidfd.clone(), st.child)
+            (st.pidfd.clone(), st.child)
         };
         let status = match (&pidfd, child) {
             (Some(fd), true) => process::reap(fd).ok().flatten(),
             _ => None,
         };
-        rec.state = GuestState::Stopping;
-        let _ = self.persist(&rec);
+        let rec = {
+            let mut st = lock(&slot.state);
+            let mut next = st.record.clone();
+            next.state = GuestState::Stopping;
+            self.write_or_log(&mut st, next);
+            st.record.clone()
+        };
         let fault = self.fault.clone();
         let _ = fault.point("during-stop");
         let cp = move |step: &str| {
             let _ = fault.point(step);
         };
         let errors = self.undo(&rec, Some(&cp));
-        let reason = match (rec.intent, status) {
+        if !errors.is_empty() {
+            tracing::error!(guest = %rec.name, ?errors, "errors while cleaning up after the guest");
+        }
+        let mut st = lock(&slot.state);
+        // The intent as it is now: a stop may have recorded one since the copy above.
+        let reason = match (st.record.intent, status) {
             (Some(Intent::Destroy), _) => ExitReason::Destroyed,
             (Some(Intent::ShutdownKilled), _) => ExitReason::ShutdownTimeout,
             (Some(Intent::Shutdown), _) => ExitReason::Shutdown,
@@ -652,24 +679,39 @@ impl Inner {
                 signal: None,
             },
         };
-        if !errors.is_empty() {
-            tracing::error!(guest = %rec.name, ?errors, "errors while cleaning up after the guest");
-        }
-        rec.exit = Some(ExitInfo {
+        let mut next = st.record.clone();
+        next.exit = Some(ExitInfo {
             reason,
             at: now_secs(),
             restore_errors: errors,
         });
-        rec.state = GuestState::ShutOff;
-        rec.pid = None;
-        rec.intent = None;
-        let _ = self.persist(&rec);
-        tracing::info!(guest = %rec.name, exit = ?rec.exit, "guest stopped");
-        let mut st = lock(&slot.state);
-        st.record = rec;
+        next.state = GuestState::ShutOff;
+        next.pid = None;
+        next.intent = None;
+        self.write_or_log(&mut st, next);
+        tracing::info!(guest = %st.record.name, exit = ?st.record.exit, "guest stopped");
         st.pidfd = None;
         st.finishing = false;
         slot.cv.notify_all();
+    }
+
+    /// Writes `next` to the store, then makes it the record in memory: the caller holds the
+    /// slot lock, so the two never disagree and concurrent writers cannot lose an update.
+    /// On a store error memory keeps the old record and the error is returned.
+    pub(crate) fn write(&self, st: &mut SlotState, next: Record) -> Result<()> {
+        self.persist(&next)?;
+        st.record = next;
+        Ok(())
+    }
+
+    /// Like [`Inner::write`] for changes that happened whatever the store says (QEMU is
+    /// gone): memory takes `next` even when the write fails, which is logged (recovery at
+    /// the next open works from the stored record, which is behind, never ahead).
+    fn write_or_log(&self, st: &mut SlotState, next: Record) {
+        if let Err(e) = self.persist(&next) {
+            tracing::error!(guest = %next.name, error = %e, "writing the guest record");
+        }
+        st.record = next;
     }
 
     // ---------------------------------------------------------------- queries
@@ -835,8 +877,9 @@ impl Inner {
                     GuestState::Paused
                 };
                 if new != s.record.state {
-                    s.record.state = new;
-                    let _ = self.persist(&s.record);
+                    let mut next = s.record.clone();
+                    next.state = new;
+                    self.write_or_log(&mut s, next);
                 }
             }
         }

@@ -121,6 +121,35 @@ impl Env {
     }
 }
 
+impl Env {
+    /// A tree of `files` empty files, 1,000 per subdirectory, under the test dir: a
+    /// filesystem share whose labeling and restore take a while (DAC restores about
+    /// 60,000 files a second here).
+    pub fn tree(&self, name: &str, files: usize) -> PathBuf {
+        let root = self.path(name);
+        std::fs::create_dir(&root).unwrap();
+        for d in 0..files.div_ceil(1000) {
+            let sub = root.join(format!("d{d}"));
+            std::fs::create_dir(&sub).unwrap();
+            for f in 0..(files - d * 1000).min(1000) {
+                std::fs::File::create(sub.join(format!("f{f}"))).unwrap();
+            }
+        }
+        root
+    }
+
+    /// [`Env::xml`] of a guest without disks that gets `share` as a 9p filesystem.
+    pub fn xml_with_share(&self, name: &str, share: &Path) -> String {
+        self.xml(name, &[]).replace(
+            "<serial ",
+            &format!(
+                "<filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share'/></filesystem>\n<serial ",
+                share.display()
+            ),
+        )
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         // Kill anything left in our cgroups, then remove them (also on test failure).
@@ -153,6 +182,25 @@ impl Drop for Env {
         }
         svirt_manager::cgroup::remove_parent(&layout, &self.cgroup_parent);
     }
+}
+
+/// Owner, group and mode of a file.
+pub fn owner_mode(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.gid(), m.mode())
+}
+
+/// Polls `f` every 2 ms until it holds or `timeout` passes; whether it held.
+pub fn poll_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    f()
 }
 
 /// Whether a pid is alive (not a zombie).

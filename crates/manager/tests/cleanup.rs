@@ -1,0 +1,89 @@
+//! The cleanup after a QEMU exit (restore of every label, release, cgroup and runtime
+//! files) with a share large enough that its restore takes about a second: the guest is
+//! `stopping` in memory as in the store while it runs, a stop arriving meanwhile waits for
+//! it, and the stored record ends as the one shown. Real QEMU under TCG, DAC + Landlock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{Env, owner_mode, poll_until, require_env};
+use svirt_manager::{ExitReason, GuestState, Manager, ManagerError, StartOptions, TreePhase};
+
+/// Files in the share: its DAC restore takes about a second on this host.
+const FILES: usize = 60_000;
+
+/// The tests of this file one at a time: their timing must not compete for the two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the guest's share is being restored right now.
+fn restoring(m: &Manager, name: &str) -> bool {
+    m.progress(name)
+        .is_ok_and(|t| t.iter().any(|t| t.phase == TreePhase::Restoring))
+}
+
+#[test]
+fn guest_exiting_on_its_own_is_stopping_until_cleaned_up() {
+    require_env!();
+    let _one = serial();
+    let env = Env::new("own-exit");
+    let share = env.tree("share", FILES);
+    let probe = share.join("d7/f7");
+    let before = owner_mode(&probe);
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let info = m
+        .start(
+            &env.xml_with_share("a", &share),
+            StartOptions { paused: true },
+        )
+        .unwrap();
+    assert_eq!(Some(owner_mode(&probe).0), info.uid);
+    // QEMU quits on its own (as on a guest poweroff); the reply may be lost with it.
+    let _ = m.qemu_monitor_command("a", serde_json::json!({"execute": "quit"}));
+    assert!(
+        poll_until(Duration::from_secs(30), || restoring(&m, "a")),
+        "the share's restore was never seen"
+    );
+    let t = Instant::now();
+    // While the cleanup runs the guest is `stopping` in memory (as the store says), so
+    // its monitor is refused like any stopping guest's.
+    assert_eq!(m.info("a").unwrap().state, GuestState::Stopping);
+    assert!(
+        matches!(
+            m.qemu_monitor_command("a", serde_json::json!({"execute": "query-status"})),
+            Err(ManagerError::BadState { .. })
+        ),
+        "monitor of a stopping guest"
+    );
+    // A destroy arriving now changes nothing: it waits for the cleanup and answers with
+    // the exit QEMU chose itself.
+    assert!(restoring(&m, "a"), "the cleanup ended before the destroy");
+    let exit = m.destroy("a").unwrap();
+    eprintln!("destroy waited {:?} for the cleanup", t.elapsed());
+    assert_eq!(exit.reason, ExitReason::Shutdown);
+    assert!(exit.restore_errors.is_empty(), "{:?}", exit.restore_errors);
+    let shown = m.info("a").unwrap();
+    assert_eq!(shown.state, GuestState::ShutOff);
+    assert_eq!(shown.exit.as_ref(), Some(&exit));
+    assert_eq!(owner_mode(&probe), before, "share not restored");
+    drop(m);
+    // The stored record is the one shown: shut off, QEMU's own exit, no stop intent.
+    let store = svirt_store::Store::open(&env.path("state")).unwrap();
+    let stored = store
+        .list_guests()
+        .unwrap()
+        .into_iter()
+        .find(|g| g.name == "a")
+        .expect("record kept");
+    assert_eq!(stored.state, "shut-off");
+    let rec: serde_json::Value = serde_json::from_slice(&stored.record).unwrap();
+    assert_eq!(rec["state"], "shut-off", "{rec}");
+    assert_eq!(rec["exit"]["reason"], "shutdown", "{rec}");
+    assert_eq!(rec["intent"], serde_json::Value::Null, "{rec}");
+}
