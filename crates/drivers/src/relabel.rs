@@ -743,6 +743,7 @@ impl Relabeler {
             work,
             root: None,
             done: Vec::new(),
+            eager_orig: j.restore.then(|| dominant.clone()),
         };
         let root_needs = !label_eq(&root_cur, &want);
         let deferred: u64 = tree_undo.work.iter().map(|w| w.items.len() as u64).sum();
@@ -932,15 +933,19 @@ impl Relabeler {
         use rayon::prelude::*;
         self.pool.install(|| {
             u.work.par_iter().enumerate().for_each(|(i, w)| {
+                let eager = w
+                    .eager
+                    .iter()
+                    .map(|it| (it, u.eager_orig.as_ref().unwrap_or(&it.orig)));
                 let written = w
                     .items
                     .iter()
                     .enumerate()
                     .filter(|(k, _)| u.is_done(i, *k))
-                    .map(|(_, it)| it)
-                    .chain(w.eager.iter());
-                for it in written {
-                    let r = match &it.orig {
+                    .map(|(_, it)| (it, &it.orig))
+                    .chain(eager);
+                for (it, orig) in written {
+                    let r = match orig {
                         Some(v) => w.dir.set_xattr_at(&it.name, XATTR_SELINUX, v),
                         None => remove_at(&w.dir, &it.name),
                     };
@@ -1431,6 +1436,9 @@ struct TreeUndo {
     root: Option<(PathBuf, Identity, Option<Vec<u8>>)>,
     /// Per directory, per item: written.
     done: Vec<Vec<bool>>,
+    /// The original of every `eager` entry when they share one (the dominant original:
+    /// not kept per entry, a million copies of one label would be wasted memory).
+    eager_orig: Option<Option<Vec<u8>>>,
 }
 
 impl TreeUndo {
@@ -1659,7 +1667,14 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
             };
             if now {
                 match dir.set_xattr_at(&item.name, XATTR_SELINUX, ctx.want) {
-                    Ok(()) => eager.push(item),
+                    Ok(()) => {
+                        let mut item = item;
+                        if let Eager::IfOriginal { .. } = ctx.eager {
+                            // The tree's undo holds this original once for all of them.
+                            item.orig = None;
+                        }
+                        eager.push(item);
+                    }
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(err) => {
                         let r = join_rel(&rel, item.name.as_bytes());
