@@ -12,6 +12,11 @@
 //! kernels the same operations fall back to an `O_PATH|O_NOFOLLOW` fd per entry and the
 //! `/proc/self/fd/N` form (twice the system calls, same safety).
 //!
+//! Where `openat2` is missing (`ENOSYS`) or filtered by a seccomp profile (`EPERM`, some
+//! container runtimes), opens fall back to one `openat(O_NOFOLLOW)` per component with the
+//! same guarantees (no symlink followed, nothing above the start; for [`Dir::open_subdir`], no
+//! mount crossed, checked by mount id).
+//!
 //! Tests use a temporary directory as the root; the daemon uses `/`.
 
 use std::ffi::{CStr, CString, OsStr};
@@ -100,6 +105,17 @@ impl Meta {
 }
 
 fn statx_fd(fd: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<(Identity, Meta)> {
+    statx_mnt(fd, name, flags, 0).map(|(id, meta, _)| (id, meta))
+}
+
+/// [`statx_fd`], plus the mount id (`STATX_MNT_ID`, Linux 5.8+) when `want` has it and the
+/// kernel reports it.
+fn statx_mnt(
+    fd: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    want: libc::c_uint,
+) -> io::Result<(Identity, Meta, Option<u64>)> {
     // SAFETY: statx writes at most size_of::<statx>() bytes into `buf`.
     let mut buf: libc::statx = unsafe { std::mem::zeroed() };
     let r = unsafe {
@@ -107,7 +123,7 @@ fn statx_fd(fd: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<(
             fd.as_raw_fd(),
             name.as_ptr(),
             flags,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME | want,
             &mut buf,
         )
     };
@@ -120,6 +136,7 @@ fn statx_fd(fd: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<(
         None
     };
     let dev = libc::makedev(buf.stx_dev_major, buf.stx_dev_minor);
+    let mnt = (buf.stx_mask & want & libc::STATX_MNT_ID != 0).then_some(buf.stx_mnt_id);
     Ok((
         Identity {
             dev,
@@ -131,6 +148,7 @@ fn statx_fd(fd: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<(
             gid: buf.stx_gid,
             mode: u32::from(buf.stx_mode),
         },
+        mnt,
     ))
 }
 
@@ -215,45 +233,83 @@ impl FsRoot {
     }
 }
 
+/// What an `openat2` attempt came to.
+enum Openat2 {
+    /// Opened, or failed for a reason the fallback would fail for too.
+    Done(io::Result<OwnedFd>),
+    /// `openat2` is missing (`ENOSYS`, remembered process-wide) or may be filtered (`EPERM`):
+    /// use the `openat` fallback for this call.
+    Fallback {
+        /// `EPERM`: if the fallback succeeds, `openat2` is filtered (a seccomp profile of
+        /// some container runtimes), and the caller marks it unavailable with
+        /// [`openat2_filtered`].
+        filtered: bool,
+    },
+}
+
+/// `openat2(dirfd, path, flags|O_CLOEXEC, resolve)` unless known to be unavailable.
+fn try_openat2(dirfd: BorrowedFd<'_>, path: &CStr, flags: libc::c_int, resolve: u64) -> Openat2 {
+    if OPENAT2.load(Ordering::Relaxed) == 2 {
+        return Openat2::Fallback { filtered: false };
+    }
+    let how = open_how((flags | libc::O_CLOEXEC) as u64, resolve);
+    // SAFETY: openat2 reads `how` (size given) and the NUL-terminated path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    match cvt(r) {
+        Ok(fd) => {
+            OPENAT2.store(1, Ordering::Relaxed);
+            // SAFETY: a fresh fd from the kernel; fits in c_int.
+            Openat2::Done(Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            OPENAT2.store(2, Ordering::Relaxed);
+            Openat2::Fallback { filtered: false }
+        }
+        // A seccomp filter (installed at any time, for any thread) answers EPERM; a real
+        // EPERM the fallback meets again and returns. The fallback's guarantees are the same,
+        // so trying it is never less safe.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Openat2::Fallback { filtered: true },
+        Err(e) => Openat2::Done(Err(e)),
+    }
+}
+
+/// After a fallback succeeded where `openat2` said `EPERM`: `openat2` is filtered, so later
+/// calls go to the fallback directly.
+fn openat2_filtered<T>(filtered: bool, r: io::Result<T>) -> io::Result<T> {
+    if filtered && r.is_ok() {
+        OPENAT2.store(2, Ordering::Relaxed);
+    }
+    r
+}
+
 /// `openat2(dirfd, rel, flags, RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS|RESOLVE_IN_ROOT)`, with
-/// a component-by-component `O_NOFOLLOW` walk when `openat2` is missing.
+/// a component-by-component `O_NOFOLLOW` walk when `openat2` is missing or filtered.
 fn open_beneath(dirfd: BorrowedFd<'_>, rel: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = cstr(rel.as_os_str())?;
-    if OPENAT2.load(Ordering::Relaxed) != 2 {
-        let how = open_how(
-            (flags | libc::O_CLOEXEC) as u64,
-            libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_IN_ROOT,
-        );
-        // SAFETY: openat2 reads `how` (size given) and the NUL-terminated path.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dirfd.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        match cvt(r) {
-            Ok(fd) => {
-                OPENAT2.store(1, Ordering::Relaxed);
-                // SAFETY: a fresh fd from the kernel; fits in c_int.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                OPENAT2.store(2, Ordering::Relaxed);
-            }
-            // openat2 may be filtered (seccomp) with EPERM on some container runtimes.
-            Err(e)
-                if e.raw_os_error() == Some(libc::EPERM)
-                    && OPENAT2.load(Ordering::Relaxed) == 0 =>
-            {
-                OPENAT2.store(2, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e),
+    let resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_IN_ROOT;
+    match try_openat2(dirfd, &c, flags, resolve) {
+        Openat2::Done(r) => r,
+        Openat2::Fallback { filtered } => {
+            openat2_filtered(filtered, open_beneath_legacy(dirfd, rel, flags))
         }
     }
-    // Fallback: one O_NOFOLLOW open per component, each relative to the previous fd.
+}
+
+/// The fallback of [`open_beneath`].
+fn open_beneath_legacy(
+    dirfd: BorrowedFd<'_>,
+    rel: &Path,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    // One O_NOFOLLOW open per component, each relative to the previous fd.
     let comps: Vec<&OsStr> = rel
         .components()
         .filter_map(|c| match c {
@@ -312,6 +368,24 @@ fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     }
     // SAFETY: fresh fd.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// `openat(dirfd, name, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC)`: one component, a
+/// directory, never through a symlink.
+fn reopen_dir(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: openat of a NUL-terminated name relative to a valid dirfd.
+    let fd = unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
@@ -680,15 +754,28 @@ pub struct Entry {
 pub struct Dir {
     fd: OwnedFd,
     id: Identity,
+    /// Mount id, when the kernel reports it (5.8+): what tells a mount point, a bind mount
+    /// of the same filesystem included, from a plain subdirectory without `openat2`.
+    mnt: Option<u64>,
 }
 
 impl Dir {
     fn from_fd(fd: OwnedFd) -> io::Result<Dir> {
-        let (id, meta) = statx_fd(fd.as_fd(), empty(), libc::AT_EMPTY_PATH)?;
+        let (id, meta, mnt) =
+            statx_mnt(fd.as_fd(), empty(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID)?;
         if !meta.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        Ok(Dir { fd, id })
+        Ok(Dir { fd, id, mnt })
+    }
+
+    /// Whether `other` is on the same mount as `self` (by mount id where both have one,
+    /// else by device).
+    fn same_mount(&self, other: &Dir) -> bool {
+        match (self.mnt, other.mnt) {
+            (Some(a), Some(b)) => a == b && self.id.dev == other.id.dev,
+            _ => self.id.dev == other.id.dev,
+        }
     }
 
     /// Identity of the directory.
@@ -753,53 +840,67 @@ impl Dir {
         Ok(out)
     }
 
-    /// Opens a subdirectory without following a symlink and without crossing a mount point
-    /// (`EXDEV`).
+    /// Opens a subdirectory without following a symlink (`ELOOP`, in any component) and
+    /// without crossing a mount point (`EXDEV`, bind mounts of the same filesystem too) or
+    /// going above this directory (`..`: `EXDEV`).
+    ///
+    /// `openat2(RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS|RESOLVE_BENEATH|RESOLVE_NO_XDEV)`;
+    /// where it is missing (`ENOSYS`) or filtered (`EPERM`, seccomp), the same guarantees
+    /// from one `openat(O_NOFOLLOW|O_DIRECTORY)` per component, each checked with `statx` to
+    /// be on the parent's mount (mount id, else device).
     pub fn open_subdir(&self, name: &CStr) -> io::Result<Dir> {
-        if OPENAT2.load(Ordering::Relaxed) != 2 {
-            let how = open_how(
-                (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
-                libc::RESOLVE_NO_SYMLINKS
-                    | libc::RESOLVE_NO_MAGICLINKS
-                    | libc::RESOLVE_BENEATH
-                    | libc::RESOLVE_NO_XDEV,
-            );
-            // SAFETY: openat2 reads `how` and the NUL-terminated name.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_openat2,
-                    self.fd.as_raw_fd(),
-                    name.as_ptr(),
-                    &how as *const libc::open_how,
-                    std::mem::size_of::<libc::open_how>(),
-                )
-            };
-            match cvt(r) {
-                // SAFETY: fresh fd.
-                Ok(fd) => return Dir::from_fd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                    OPENAT2.store(2, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let resolve = libc::RESOLVE_NO_SYMLINKS
+            | libc::RESOLVE_NO_MAGICLINKS
+            | libc::RESOLVE_BENEATH
+            | libc::RESOLVE_NO_XDEV;
+        match try_openat2(self.fd.as_fd(), name, flags, resolve) {
+            Openat2::Done(r) => Dir::from_fd(r?),
+            Openat2::Fallback { filtered } => {
+                openat2_filtered(filtered, self.open_subdir_legacy(name))
             }
         }
-        // SAFETY: openat of one component relative to a valid dirfd.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+    }
+
+    /// The fallback of [`Dir::open_subdir`].
+    fn open_subdir_legacy(&self, name: &CStr) -> io::Result<Dir> {
+        let comps: Vec<&[u8]> = name
+            .to_bytes()
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .collect();
+        if comps.is_empty() {
+            // Only `.` components: this directory itself, as openat2 gives.
+            return Dir::from_fd(reopen_dir(self.fd.as_fd(), c".")?);
         }
-        // SAFETY: fresh fd.
-        let d = Dir::from_fd(unsafe { OwnedFd::from_raw_fd(fd) })?;
-        if d.id.dev != self.id.dev {
-            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        let last = comps.len() - 1;
+        let mut cur: Option<Dir> = None;
+        for (i, comp) in comps.into_iter().enumerate() {
+            if comp == b".." {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            let c = CString::new(comp).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let parent = cur.as_ref().unwrap_or(self);
+            let fd = reopen_dir(parent.fd.as_fd(), &c).map_err(|e| {
+                // openat2 refuses a symlink before the last component with ELOOP (the last
+                // one, not followed, is just not a directory): the same errno here.
+                let link = e.raw_os_error() == Some(libc::ENOTDIR)
+                    && i != last
+                    && statx_fd(parent.fd.as_fd(), &c, libc::AT_SYMLINK_NOFOLLOW)
+                        .is_ok_and(|(_, m)| m.is_symlink());
+                if link {
+                    io::Error::from_raw_os_error(libc::ELOOP)
+                } else {
+                    e
+                }
+            })?;
+            let next = Dir::from_fd(fd)?;
+            if !parent.same_mount(&next) {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            cur = Some(next);
         }
-        Ok(d)
+        cur.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
 
     /// Reads an xattr of entry `name` (a symlink itself, never its target).
