@@ -207,6 +207,21 @@ impl Env {
         self.dac.restore_all(&plan(&g.name, Vec::new()), g)
     }
 
+    /// An ACL `user::rw-, group::---, group:kvm:<perm>, mask::r--, other::---`: the device
+    /// group has an entry before DAC's grant.
+    fn set_group_entry(&self, perm: u16) {
+        set_acl(
+            &self.node,
+            &[
+                (USER_OBJ, 6, NO_ID),
+                (GROUP_OBJ, 0, NO_ID),
+                (GROUP, perm, KVM_GID),
+                (MASK, 4, NO_ID),
+                (OTHER, 0, NO_ID),
+            ],
+        );
+    }
+
     fn set_group_file(&self, kvm_gid: Option<u32>) {
         std::fs::write(self.accounts.join("etc/group"), group_file(kvm_gid)).expect("group");
     }
@@ -260,16 +275,7 @@ fn dac_acl_existing_group_entry_gets_its_rights_back() {
 fn dac_acl_entry_with_rw_behind_a_mask_keeps_its_entry() {
     let Some(e) = env() else { return };
     // `group:kvm:rw-` exists but the mask lets only r through: DAC changes the mask only.
-    set_acl(
-        &e.node,
-        &[
-            (USER_OBJ, 6, NO_ID),
-            (GROUP_OBJ, 0, NO_ID),
-            (GROUP, 6, KVM_GID),
-            (MASK, 4, NO_ID),
-            (OTHER, 0, NO_ID),
-        ],
-    );
+    e.set_group_entry(6);
     let before = snapshot(&e);
     let g = e.start("acl-masked").expect("start");
     e.assert_granted();
@@ -309,16 +315,7 @@ fn dac_acl_created_keeps_entries_added_by_others() {
 #[test]
 fn dac_acl_restore_uses_the_recorded_gid_not_the_group_file() {
     let Some(e) = env() else { return };
-    set_acl(
-        &e.node,
-        &[
-            (USER_OBJ, 6, NO_ID),
-            (GROUP_OBJ, 0, NO_ID),
-            (GROUP, 4, KVM_GID),
-            (MASK, 4, NO_ID),
-            (OTHER, 0, NO_ID),
-        ],
-    );
+    e.set_group_entry(4);
     let before = snapshot(&e);
     let a = e.start("gid-a").expect("start");
     let b = e.start("gid-b").expect("join");
@@ -347,16 +344,7 @@ fn only_acl_error(errors: &[DriverError]) -> &DeviceAclError {
 #[test]
 fn dac_acl_unresolvable_gid_fails_loudly_and_keeps_the_record() {
     let Some(e) = env() else { return };
-    set_acl(
-        &e.node,
-        &[
-            (USER_OBJ, 6, NO_ID),
-            (GROUP_OBJ, 0, NO_ID),
-            (GROUP, 4, KVM_GID),
-            (MASK, 4, NO_ID),
-            (OTHER, 0, NO_ID),
-        ],
-    );
+    e.set_group_entry(4);
     let before = snapshot(&e);
     let g = e.start("legacy").expect("start");
     // Make the record look like one written before the gid was recorded.
@@ -405,16 +393,7 @@ fn dac_acl_unresolvable_gid_fails_loudly_and_keeps_the_record() {
 #[test]
 fn dac_acl_removed_meanwhile_fails_loudly() {
     let Some(e) = env() else { return };
-    set_acl(
-        &e.node,
-        &[
-            (USER_OBJ, 6, NO_ID),
-            (GROUP_OBJ, 0, NO_ID),
-            (GROUP, 4, KVM_GID),
-            (MASK, 4, NO_ID),
-            (OTHER, 0, NO_ID),
-        ],
-    );
+    e.set_group_entry(4);
     let g = e.start("gone").expect("start");
     remove_acl(&e.node);
     let errors = e.stop(&g);
