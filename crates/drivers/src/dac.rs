@@ -28,10 +28,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use svirt_domain::{Access, DacAction, DeviceOverride, Model, Plan, PlannedResource};
-use svirt_store::{IdAllocator, ObjectIdentity, ObjectKey, Original, Store, Timestamp};
+use svirt_store::{IdAllocator, ObjectKey, Original, Store};
 
 use crate::dac_tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 use crate::fsops::{FsRoot, Meta, Object};
+use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
 
 /// The name DAC's flags are stored under in an [`Original`]'s `model_flags`.
@@ -486,7 +487,7 @@ impl DacDriver {
             }
         }
         for (pr, obj) in singles {
-            let k = key(&obj.identity());
+            let k = object_key(obj.identity());
             if let Some(&i) = seen.get(&k) {
                 // Named again: this target applies on top of the earlier one, as if made
                 // one after the other.
@@ -513,7 +514,7 @@ impl DacDriver {
         let mut batch = Vec::with_capacity(planned.len());
         for p in &planned {
             let original = original_of(&p.obj, p.before, p.flags())?;
-            batch.push((key(&p.obj.identity()), original));
+            batch.push((object_key(p.obj.identity()), original));
         }
         self.store
             .record_originals_if_absent_many(&batch, &me)
@@ -544,14 +545,14 @@ impl DacDriver {
     fn restore_object(&self, guest: &str, obj: &Object) -> Result<(), DriverError> {
         let me = owner_key(guest);
         let id = obj.identity();
-        let k = key(&id);
+        let k = object_key(id);
         let Some(rec) = self.store.get_original(k).map_err(store_err)? else {
             return Ok(());
         };
         if !rec.owners.contains(&me) {
             return Ok(());
         }
-        let stale = !rec.original.identity.same_object(&identity(&id));
+        let stale = !rec.original.identity.same_object(&store_identity(id));
         let released = self.store.release_original(k, &me).map_err(store_err)?;
         if stale {
             // The file at this inode is not the one we changed: leave the newcomer alone.
@@ -689,7 +690,7 @@ impl DacDriver {
             original.model_flags.insert(ACL_GID_KEY.to_string(), gid);
         }
         self.store
-            .record_original_if_absent(key(&obj.identity()), &original, &owner_key(guest))
+            .record_original_if_absent(object_key(obj.identity()), &original, &owner_key(guest))
             .map_err(store_err)?;
         done.push(obj);
         let Some(obj) = done.last() else {
@@ -711,7 +712,7 @@ impl DacDriver {
     fn joins_grant(&self, obj: &Object, gid: u32) -> Result<bool, DriverError> {
         let Some(rec) = self
             .store
-            .get_original(key(&obj.identity()))
+            .get_original(object_key(obj.identity()))
             .map_err(store_err)?
         else {
             return Ok(false);
@@ -723,7 +724,7 @@ impl DacDriver {
         let same = rec
             .original
             .identity
-            .same_object(&identity(&obj.identity()));
+            .same_object(&store_identity(obj.identity()));
         if !dac_user || !same || !is_grant(&rec.original) {
             return Ok(false);
         }
@@ -842,23 +843,6 @@ fn restore_acl(
     }
 }
 
-fn key(id: &crate::fsops::Identity) -> ObjectKey {
-    ObjectKey {
-        dev: id.dev,
-        ino: id.ino,
-    }
-}
-
-fn identity(id: &crate::fsops::Identity) -> ObjectIdentity {
-    ObjectIdentity {
-        dev: id.dev,
-        ino: id.ino,
-        btime: id.btime.map(|(sec, nsec)| Timestamp { sec, nsec }),
-        generation: None,
-        ctime: None,
-    }
-}
-
 /// One object DAC changes: as it was opened, and as DAC leaves it.
 struct Planned {
     obj: Object,
@@ -908,7 +892,7 @@ fn original_of(obj: &Object, m: Meta, f: u32) -> Result<Original, DriverError> {
         uid: m.uid,
         gid: m.gid,
         mode: m.mode & 0o7777,
-        identity: identity(&id),
+        identity: store_identity(id),
         model_flags: BTreeMap::from([(MODEL_KEY.to_string(), f)]),
     })
 }
@@ -1211,7 +1195,7 @@ impl DacDriver {
         };
         for (k, rec) in recs {
             match root.open_object(&rec.original.path) {
-                Ok(obj) if key(&obj.identity()) == k => {
+                Ok(obj) if object_key(obj.identity()) == k => {
                     if let Err(e) = self.restore_object(guest, &obj) {
                         errors.push(e);
                     }

@@ -23,7 +23,7 @@
 //! changes, with the added bits), once the last DAC user of the tree stops.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CStr, OsStr};
+use std::ffi::CStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -32,15 +32,21 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::fsops::{Dir, EntryKind, Identity, Meta, Object};
+use crate::tree_common::{
+    Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
+    join_rel, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
+};
 
 /// Root (dev, ino) → JSON [`TreeRecord`].
-const TREES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("dac_trees");
-/// Root (dev, ino, chunk) → encoded exceptions.
-const TREE_EXC: TableDefinition<'_, (u64, u64, u32), &[u8]> =
+const TREES: TableDefinition<'_, (u64, u64), Bytes> = TableDefinition::new("dac_trees");
+/// Root (dev, ino, chunk) → encoded exceptions ([`Exception`] records).
+const TREE_EXC: TableDefinition<'_, (u64, u64, u32), Bytes> =
     TableDefinition::new("dac_tree_exceptions");
 
-/// Exceptions per chunk row.
-const EXC_CHUNK: usize = 16 * 1024;
+/// The chunk rows of tree `k`.
+fn chunk_key(k: TreeKey) -> impl Fn(u32) -> (u64, u64, u32) {
+    move |c| (k.0, k.1, c)
+}
 
 /// What DAC does to one kind of object: owner and group set (or kept), mode bits
 /// `(mode & and) | or`.
@@ -118,26 +124,36 @@ pub(crate) enum TreeError {
     Db(String),
 }
 
-fn db<E: std::fmt::Display>(e: E) -> TreeError {
-    TreeError::Db(e.to_string())
-}
-
-fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        return name.to_vec();
+impl From<DbError> for TreeError {
+    fn from(e: DbError) -> Self {
+        TreeError::Db(e.0)
     }
-    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
-    v.extend_from_slice(dir);
-    v.push(b'/');
-    v.extend_from_slice(name);
-    v
 }
 
-fn full(base: &Path, rel: &[u8]) -> PathBuf {
-    if rel.is_empty() {
-        base.to_path_buf()
-    } else {
-        base.join(OsStr::from_bytes(rel))
+/// An entry whose original differs from the dominant one of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Exception {
+    /// Path relative to the tree root (empty: the root).
+    rel: Vec<u8>,
+    ino: u64,
+    orig: Orig,
+}
+
+impl Record for Exception {
+    fn write(&self, w: &mut RecordWriter) {
+        w.bytes(&self.rel);
+        w.u64(self.ino);
+        w.u32(self.orig.0);
+        w.u32(self.orig.1);
+        w.u32(self.orig.2);
+    }
+
+    fn read(r: &mut RecordReader<'_>) -> Option<Self> {
+        Some(Exception {
+            rel: r.bytes()?.to_vec(),
+            ino: r.u64()?,
+            orig: (r.u32()?, r.u32()?, r.u32()?),
+        })
     }
 }
 
@@ -155,7 +171,7 @@ fn walk(base: &Path, root: Dir, f: &mut Visit<'_>) -> Result<(), TreeError> {
         entries: std::vec::IntoIter<crate::fsops::Entry>,
     }
     let io = |op, rel: &[u8]| {
-        let path = full(base, rel);
+        let path = full_path(base, rel);
         move |source| TreeError::Io { op, path, source }
     };
     let entries = root.entries().map_err(io("read directory", b""))?;
@@ -254,42 +270,7 @@ fn change_at(
     }
 }
 
-fn encode_exceptions(ex: &[(Vec<u8>, u64, Orig)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ex.len() * 40);
-    for (rel, ino, (u, g, m)) in ex {
-        out.extend_from_slice(&(rel.len() as u32).to_le_bytes());
-        out.extend_from_slice(rel);
-        out.extend_from_slice(&ino.to_le_bytes());
-        out.extend_from_slice(&u.to_le_bytes());
-        out.extend_from_slice(&g.to_le_bytes());
-        out.extend_from_slice(&m.to_le_bytes());
-    }
-    out
-}
-
 type Exceptions = HashMap<Vec<u8>, (u64, Orig)>;
-
-fn decode_exceptions(mut b: &[u8], out: &mut Exceptions) -> Option<()> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
-        }
-        let (h, t) = b.split_at(n);
-        *b = t;
-        Some(h)
-    }
-    fn u32le(b: &mut &[u8]) -> Option<u32> {
-        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?))
-    }
-    while !b.is_empty() {
-        let n = u32le(&mut b)? as usize;
-        let rel = take(&mut b, n)?.to_vec();
-        let ino = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
-        let o = (u32le(&mut b)?, u32le(&mut b)?, u32le(&mut b)?);
-        out.insert(rel, (ino, o));
-    }
-    Some(())
-}
 
 /// The companion database of DAC tree records.
 pub(crate) struct TreeDb {
@@ -320,33 +301,27 @@ impl TreeDb {
     }
 
     pub(crate) fn open(path: &Path) -> Result<TreeDb, TreeError> {
-        let database = Database::create(path).map_err(db)?;
-        let txn = database.begin_write().map_err(db)?;
-        txn.open_table(TREES).map_err(db)?;
-        txn.open_table(TREE_EXC).map_err(db)?;
-        txn.commit().map_err(db)?;
+        let database = Database::create(path).map_err(db_err)?;
+        let txn = database.begin_write().map_err(db_err)?;
+        txn.open_table(TREES).map_err(db_err)?;
+        txn.open_table(TREE_EXC).map_err(db_err)?;
+        txn.commit().map_err(db_err)?;
         Ok(TreeDb { db: database })
     }
 
     fn get(&self, k: TreeKey) -> Result<Option<TreeRecord>, TreeError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let t = txn.open_table(TREES).map_err(db)?;
-        match t.get(k).map_err(db)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(db)?)),
-            None => Ok(None),
-        }
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(TREES).map_err(db_err)?;
+        Ok(get_json(&t, k)?)
     }
 
     fn exceptions(&self, k: TreeKey, chunks: u32) -> Result<Exceptions, TreeError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let t = txn.open_table(TREE_EXC).map_err(db)?;
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(TREE_EXC).map_err(db_err)?;
         let mut out = HashMap::new();
-        for c in 0..chunks {
-            if let Some(v) = t.get((k.0, k.1, c)).map_err(db)? {
-                decode_exceptions(v.value(), &mut out)
-                    .ok_or_else(|| TreeError::Db(format!("corrupt exception chunk {c}")))?;
-            }
-        }
+        read_chunks(&t, chunk_key(k), chunks, |e: Exception| {
+            out.insert(e.rel, (e.ino, e.orig));
+        })?;
         Ok(out)
     }
 
@@ -357,62 +332,52 @@ impl TreeDb {
     fn update(
         &self,
         k: TreeKey,
-        exc: &[(Vec<u8>, u64, Orig)],
+        exc: &[Exception],
         f: impl FnOnce(Option<TreeRecord>) -> Option<TreeRecord>,
     ) -> Result<Option<TreeRecord>, TreeError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
         let stored = {
-            let mut t = txn.open_table(TREES).map_err(db)?;
-            let cur = match t.get(k).map_err(db)? {
-                Some(v) => Some(serde_json::from_slice::<TreeRecord>(v.value()).map_err(db)?),
-                None => None,
-            };
+            let mut t = txn.open_table(TREES).map_err(db_err)?;
+            let cur = get_json(&t, k)?;
             let Some(mut rec) = f(cur) else {
                 drop(t);
-                txn.abort().map_err(db)?;
+                txn.abort().map_err(db_err)?;
                 return Ok(None);
             };
-            let mut e = txn.open_table(TREE_EXC).map_err(db)?;
-            for chunk in exc.chunks(EXC_CHUNK) {
-                e.insert((k.0, k.1, rec.chunks), encode_exceptions(chunk).as_slice())
-                    .map_err(db)?;
-                rec.chunks += 1;
-            }
-            let bytes = serde_json::to_vec(&rec).map_err(db)?;
-            t.insert(k, bytes.as_slice()).map_err(db)?;
+            let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
+            insert_chunks(&mut e, chunk_key(k), &mut rec.chunks, exc)?;
+            put_json(&mut t, k, &rec)?;
             rec
         };
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(db_err)?;
         Ok(Some(stored))
     }
 
     fn delete(&self, k: TreeKey) -> Result<(), TreeError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
         {
-            let mut t = txn.open_table(TREES).map_err(db)?;
-            let chunks = match t.remove(k).map_err(db)? {
+            let mut t = txn.open_table(TREES).map_err(db_err)?;
+            let chunks = match t.remove(k).map_err(db_err)? {
                 Some(v) => serde_json::from_slice::<TreeRecord>(v.value()).map_or(0, |r| r.chunks),
                 None => 0,
             };
-            let mut e = txn.open_table(TREE_EXC).map_err(db)?;
-            for c in 0..chunks {
-                e.remove((k.0, k.1, c)).map_err(db)?;
-            }
+            let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
+            remove_chunks(&mut e, chunk_key(k), chunks)?;
         }
-        txn.commit().map_err(db)
+        Ok(txn.commit().map_err(db_err)?)
     }
 
     /// Every tree record: key, root path, users.
     pub(crate) fn list(&self) -> Result<Vec<(TreeKey, PathBuf, Vec<String>)>, TreeError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let t = txn.open_table(TREES).map_err(db)?;
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(TREES).map_err(db_err)?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(db)? {
-            let (k, v) = row.map_err(db)?;
-            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(db)?;
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(db_err)?;
             out.push((
                 k.value(),
-                PathBuf::from(OsStr::from_bytes(&rec.path)),
+                path_of_bytes(&rec.path),
                 rec.owners.into_keys().collect(),
             ));
         }
@@ -437,7 +402,7 @@ impl TreeDb {
             move |source| TreeError::Io { op, path, source }
         };
         let existing = match self.get(k)? {
-            Some(r) if r.btime == id.btime || r.btime.is_none() || id.btime.is_none() => Some(r),
+            Some(r) if same_root(k.0, k.1, r.btime, id) => Some(r),
             // An earlier directory at the same inode: stale.
             Some(_) => {
                 self.delete(k)?;
@@ -475,17 +440,25 @@ impl TreeDb {
                 chunks: 0,
                 owners: BTreeMap::new(),
             };
-            let mut list: Vec<(Vec<u8>, u64, Orig)> = Vec::new();
+            let mut list: Vec<Exception> = Vec::new();
             let dom = |m: Meta, rec: &TreeRecord| if m.is_dir() { rec.dir } else { rec.other };
             if dom(root_meta, &rec) != Some(orig_of(root_meta)) {
-                list.push((Vec::new(), id.ino, orig_of(root_meta)));
+                list.push(Exception {
+                    rel: Vec::new(),
+                    ino: id.ino,
+                    orig: orig_of(root_meta),
+                });
             }
             walk(
                 base,
                 root.open_as_dir().map_err(io("open directory"))?,
                 &mut |_, rel, _, eid, m| {
                     if dom(m, &rec) != Some(orig_of(m)) {
-                        list.push((rel.to_vec(), eid.ino, orig_of(m)));
+                        list.push(Exception {
+                            rel: rel.to_vec(),
+                            ino: eid.ino,
+                            orig: orig_of(m),
+                        });
                     }
                     Ok(())
                 },
@@ -498,7 +471,7 @@ impl TreeDb {
                 Some(_) => None,
             })? {
                 joined.push(k);
-                let exc: Exceptions = list.into_iter().map(|(r, i, o)| (r, (i, o))).collect();
+                let exc: Exceptions = list.into_iter().map(|e| (e.rel, (e.ino, e.orig))).collect();
                 created = Some((rec, exc));
             }
         }
@@ -561,7 +534,7 @@ impl TreeDb {
                     Err(source) => {
                         return Err(TreeError::Io {
                             op: "change owner/mode",
-                            path: full(base, rel),
+                            path: full_path(base, rel),
                             source,
                         });
                     }
@@ -595,22 +568,17 @@ impl TreeDb {
         }
         // Deleted only if still ours alone (a guest may have joined meanwhile: then only
         // `owner` goes).
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
         let chunks = {
-            let mut t = txn.open_table(TREES).map_err(db)?;
-            let cur = match t.get(k).map_err(db)? {
-                Some(v) => Some(serde_json::from_slice::<TreeRecord>(v.value()).map_err(db)?),
-                None => None,
-            };
-            match cur {
+            let mut t = txn.open_table(TREES).map_err(db_err)?;
+            match get_json::<_, TreeRecord>(&t, k)? {
                 Some(mut r) if r.owners.contains_key(owner) => {
                     r.owners.remove(owner);
                     if r.owners.is_empty() {
-                        t.remove(k).map_err(db)?;
+                        t.remove(k).map_err(db_err)?;
                         r.chunks
                     } else {
-                        let bytes = serde_json::to_vec(&r).map_err(db)?;
-                        t.insert(k, bytes.as_slice()).map_err(db)?;
+                        put_json(&mut t, k, &r)?;
                         0
                     }
                 }
@@ -618,12 +586,10 @@ impl TreeDb {
             }
         };
         {
-            let mut e = txn.open_table(TREE_EXC).map_err(db)?;
-            for c in 0..chunks {
-                e.remove((k.0, k.1, c)).map_err(db)?;
-            }
+            let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
+            remove_chunks(&mut e, chunk_key(k), chunks)?;
         }
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(db_err)?;
         Ok(n)
     }
 
@@ -633,7 +599,7 @@ impl TreeDb {
         rec: &TreeRecord,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
     ) -> Result<u64, TreeError> {
-        let base = PathBuf::from(OsStr::from_bytes(&rec.path));
+        let base = path_of_bytes(&rec.path);
         let io = |op| {
             let path = base.clone();
             move |source| TreeError::Io { op, path, source }
@@ -644,10 +610,7 @@ impl TreeDb {
             Err(e) => return Err(io("open")(e)),
         };
         let id = root.identity();
-        if (id.dev, id.ino) != k
-            || (rec.btime.is_some() && id.btime.is_some() && rec.btime != id.btime)
-            || !root.meta().is_dir()
-        {
+        if !same_root(k.0, k.1, rec.btime, id) || !root.meta().is_dir() {
             tracing::warn!(
                 "{}: replaced since DAC changed it; not restoring",
                 base.display()
@@ -678,7 +641,7 @@ impl TreeDb {
                         if first_err.is_none() {
                             first_err = Some(TreeError::Io {
                                 op: "restore owner/mode",
-                                path: full(&base, rel),
+                                path: full_path(&base, rel),
                                 source,
                             });
                         }

@@ -13,6 +13,7 @@ pub mod landlock;
 pub mod relabel;
 pub mod selinux;
 pub mod stack;
+mod tree_common;
 
 use std::io;
 
