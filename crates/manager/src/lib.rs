@@ -140,6 +140,7 @@ impl Manager {
             wake_rd,
             wake_wr,
             stopping: AtomicBool::new(false),
+            cleanups: std::sync::Mutex::new(Vec::new()),
             progress,
         };
         let (reattached, recovered) = recover::recover(&inner)?;

@@ -69,6 +69,9 @@ pub(crate) struct Inner {
     pub(crate) wake_rd: OwnedFd,
     pub(crate) wake_wr: OwnedFd,
     pub(crate) stopping: AtomicBool,
+    /// Cleanups running after QEMU exits, one thread per guest (joined when the manager
+    /// closes, so the store is not closed under them).
+    pub(crate) cleanups: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Tree operations in flight, for progress reports.
     pub(crate) progress: Arc<crate::progress::Board>,
 }
@@ -634,19 +637,33 @@ impl Inner {
         }
     }
 
-    /// Called by the supervisor when a guest's pidfd becomes readable (`finishing` is set).
-    /// Every change of the record is made in memory and in the store together, under the
-    /// slot lock: a concurrent `stop` sees `stopping` and waits for this cleanup, and no
-    /// writer can overwrite another's update.
-    pub(crate) fn finish(&self, slot: &Arc<Slot>) {
-        let (pidfd, child) = {
-            let st = lock(&slot.state);
-            (st.pidfd.clone(), st.child)
-        };
-        let status = match (&pidfd, child) {
-            (Some(fd), true) => process::reap(fd).ok().flatten(),
-            _ => None,
-        };
+    /// Runs the cleanup of a guest whose QEMU has exited (the supervisor has set
+    /// `finishing` and reaped it) on a thread of its own: a long restore (a share of
+    /// millions of files) must not hold up the reaping and cleanup of other guests. Runs it
+    /// here when no thread can be made.
+    pub(crate) fn spawn_cleanup(
+        self: &Arc<Self>,
+        slot: Arc<Slot>,
+        status: Option<process::ExitStatus>,
+    ) {
+        let (inner, s) = (self.clone(), slot.clone());
+        match std::thread::Builder::new()
+            .name("svirt-cleanup".into())
+            .spawn(move || inner.finish(&s, status))
+        {
+            Ok(h) => lock(&self.cleanups).push(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for a guest's cleanup: running it on the supervisor");
+                self.finish(&slot, status);
+            }
+        }
+    }
+
+    /// The cleanup after QEMU's exit (`status`, when it was our child). Every change of the
+    /// record is made in memory and in the store together, under the slot lock: a
+    /// concurrent `stop` sees `stopping` and waits for this cleanup, and no writer can
+    /// overwrite another's update.
+    pub(crate) fn finish(&self, slot: &Arc<Slot>, status: Option<process::ExitStatus>) {
         let rec = {
             let mut st = lock(&slot.state);
             let mut next = st.record.clone();

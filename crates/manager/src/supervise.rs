@@ -1,12 +1,14 @@
 //! The supervisor thread: one `poll` over every running guest's pidfd and a wake pipe.
 //! The manager is the parent of the QEMUs it starts and reaps them itself (init on these
-//! hosts reaps orphans only every ~1.4 s).
+//! hosts reaps orphans only every ~1.4 s), at once; each guest's cleanup then runs on a
+//! thread of its own.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::manager::{Inner, Slot};
+use crate::process;
 
 pub(crate) fn run(inner: Arc<Inner>) {
     loop {
@@ -48,16 +50,27 @@ pub(crate) fn run(inner: Arc<Inner>) {
             let mut buf = [0u8; 64];
             while matches!(rustix::io::read(&inner.wake_rd, &mut buf), Ok(n) if n > 0) {}
         }
-        for (i, (slot, _)) in watched.iter().enumerate() {
+        for (i, (slot, fd)) in watched.iter().enumerate() {
             if fds[i + 1].revents == 0 {
                 continue;
             }
-            slot.state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .finishing = true;
-            inner.finish(slot);
+            // Reaped here, at once; the cleanup, which may take long, runs on its own thread.
+            let status = {
+                let mut st = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.finishing = true;
+                if st.child {
+                    process::reap(fd).ok().flatten()
+                } else {
+                    None
+                }
+            };
+            inner.spawn_cleanup(slot.clone(), status);
         }
+        inner
+            .cleanups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|h| !h.is_finished());
     }
 }
 
@@ -74,6 +87,17 @@ impl Drop for Guard {
         self.inner.wake();
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
+        }
+        // Cleanups under way finish (their records end `shut-off`) before the store closes.
+        let cleanups = std::mem::take(
+            &mut *self
+                .inner
+                .cleanups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for h in cleanups {
+            let _ = h.join();
         }
     }
 }

@@ -1,25 +1,43 @@
 //! The cleanup after a QEMU exit (restore of every label, release, cgroup and runtime
-//! files) with a share large enough that its restore takes about a second: the guest is
-//! `stopping` in memory as in the store while it runs, a stop arriving meanwhile waits for
-//! it, and the stored record ends as the one shown. Real QEMU under TCG, DAC + Landlock.
+//! files) with a share large enough that its restore takes about a second: other guests
+//! are reaped and cleaned up meanwhile; the guest is `stopping` in memory as in the store
+//! while it runs, a stop arriving meanwhile waits for it, and the stored record ends as the
+//! one shown. Real QEMU under TCG, DAC + Landlock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Env, owner_mode, poll_until, require_env};
+use common::{Env, Tmpfs, owner_mode, poll_until, require_env};
 use svirt_manager::{ExitReason, GuestState, Manager, ManagerError, StartOptions, TreePhase};
 
 /// Files in the share: its DAC restore takes about a second on this host.
-const FILES: usize = 60_000;
+const FILES: usize = 150_000;
 
 /// The tests of this file one at a time: their timing must not compete for the two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A share of [`FILES`] files on a tmpfs of its own (unmounted when the guard drops,
+/// before `env` removes its directory).
+fn big_share(env: &Env) -> Option<(Tmpfs, std::path::PathBuf)> {
+    let t = Instant::now();
+    let fs = match Tmpfs::mount(&env.path("fast")) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            return None;
+        }
+    };
+    let share = env.tree(&env.path("fast/share"), FILES);
+    eprintln!("{FILES}-file share made in {:?}", t.elapsed());
+    Some((fs, share))
 }
 
 /// Whether the guest's share is being restored right now.
@@ -33,7 +51,9 @@ fn guest_exiting_on_its_own_is_stopping_until_cleaned_up() {
     require_env!();
     let _one = serial();
     let env = Env::new("own-exit");
-    let share = env.tree("share", FILES);
+    let Some((_fs, share)) = big_share(&env) else {
+        return;
+    };
     let probe = share.join("d7/f7");
     let before = owner_mode(&probe);
     let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
@@ -86,4 +106,70 @@ fn guest_exiting_on_its_own_is_stopping_until_cleaned_up() {
     assert_eq!(rec["state"], "shut-off", "{rec}");
     assert_eq!(rec["exit"]["reason"], "shutdown", "{rec}");
     assert_eq!(rec["intent"], serde_json::Value::Null, "{rec}");
+}
+
+#[test]
+fn other_guests_are_reaped_and_cleaned_up_during_a_long_restore() {
+    require_env!();
+    let _one = serial();
+    let env = Env::new("overlap");
+    let Some((_fs, share)) = big_share(&env) else {
+        return;
+    };
+    let probe = share.join("d7/f7");
+    let before = owner_mode(&probe);
+    let disk = env.raw("small.img");
+    let disk_before = owner_mode(&disk);
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    m.start(
+        &env.xml_with_share("big", &share),
+        StartOptions { paused: true },
+    )
+    .unwrap();
+    let small = m
+        .start(
+            &env.xml("small", &[(disk.clone(), "raw", false)]),
+            StartOptions { paused: true },
+        )
+        .unwrap();
+    let small_pid = small.pid.unwrap();
+    let big_done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let destroy = s.spawn(|| {
+            let r = m.destroy("big");
+            big_done.store(true, Ordering::SeqCst);
+            r
+        });
+        assert!(
+            poll_until(Duration::from_secs(30), || restoring(&m, "big")),
+            "the big share's restore was never seen"
+        );
+        // The small guest's QEMU quits while the big share is being restored.
+        let t = Instant::now();
+        let _ = m.qemu_monitor_command("small", serde_json::json!({"execute": "quit"}));
+        let exit = m
+            .wait("small", Duration::from_secs(60))
+            .unwrap()
+            .expect("the small guest's exit was noticed");
+        let took = t.elapsed();
+        let overlapped = !big_done.load(Ordering::SeqCst);
+        eprintln!("small guest cleaned up in {took:?}; big restore still running: {overlapped}");
+        assert!(
+            overlapped,
+            "the small guest's cleanup waited for the big guest's restore ({took:?})"
+        );
+        assert_eq!(exit.reason, ExitReason::Shutdown);
+        assert!(exit.restore_errors.is_empty(), "{:?}", exit.restore_errors);
+        // Reaped by the manager: no zombie left behind.
+        assert!(std::fs::metadata(format!("/proc/{small_pid}")).is_err());
+        assert_eq!(
+            owner_mode(&disk),
+            disk_before,
+            "small guest's disk not restored"
+        );
+        let big = destroy.join().unwrap().unwrap();
+        assert_eq!(big.reason, ExitReason::Destroyed);
+        assert!(big.restore_errors.is_empty(), "{:?}", big.restore_errors);
+    });
+    assert_eq!(owner_mode(&probe), before, "share not restored");
 }
