@@ -197,6 +197,11 @@ pub struct Config {
     pub accel: AccelChoice,
     /// How long `shutdown` waits after the ACPI power-down before killing QEMU.
     pub shutdown_timeout: Duration,
+    /// How long `shutdown`/`destroy` wait for QEMU to exit after SIGKILL (a process stuck
+    /// in uninterruptible I/O may take long to die) before failing with "QEMU did not
+    /// exit". The restore that follows the exit is waited for apart, without a limit.
+    #[serde(default = "default_kill_timeout")]
+    pub kill_timeout: Duration,
     /// `pids.max` of each guest's cgroup (QEMU threads count).
     pub pids_limit: u64,
     /// Extra memory allowed above the guest's `<memory>` for QEMU itself, in bytes.
@@ -221,11 +226,16 @@ impl Config {
             drivers: DriverSelection::Auto,
             accel: AccelChoice::Auto,
             shutdown_timeout: Duration::from_secs(30),
+            kill_timeout: default_kill_timeout(),
             pids_limit: 4096,
             memory_overhead: 256 << 20,
             fault: None,
         }
     }
+}
+
+fn default_kill_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for Config {

@@ -577,9 +577,7 @@ impl Inner {
                 // QEMU is gone and its cleanup runs: the exit is decided, the record is
                 // the cleanup's to write. Wait for it.
                 drop(st);
-                return self
-                    .wait_exit(&slot, Duration::from_secs(60))
-                    .ok_or_else(|| ManagerError::Qemu(format!("{name}: cleanup did not finish")));
+                return self.wait_cleanup(&slot, name);
             }
             let mut next = st.record.clone();
             next.intent = Some(if destroy {
@@ -591,16 +589,23 @@ impl Inner {
             self.write(&mut st, next)?;
             pidfd
         };
+        // QEMU's exit is awaited on its pidfd, with the timeouts; the cleanup after it
+        // (a restore of a large share can take minutes) is awaited apart, without one, so
+        // a slow restore is never mistaken for a QEMU that does not die.
         if !destroy {
             let asked = {
                 let _q = lock(&slot.qmp);
                 Qmp::connect(&lock(&slot.state).record.qmp_socket, Duration::from_secs(5))
                     .and_then(|mut q| q.execute("system_powerdown", None))
             };
-            if let Err(e) = asked {
-                tracing::warn!(guest = name, error = %e, "system_powerdown failed; killing");
-            } else if let Some(exit) = self.wait_exit(&slot, timeout) {
-                return Ok(exit);
+            match asked {
+                Err(e) => {
+                    tracing::warn!(guest = name, error = %e, "system_powerdown failed; killing")
+                }
+                Ok(_) if process::wait_exited(&pidfd, timeout) => {
+                    return self.wait_cleanup(&slot, name);
+                }
+                Ok(_) => {}
             }
             let mut st = lock(&slot.state);
             if !st.finishing {
@@ -613,9 +618,27 @@ impl Inner {
         }
         process::pidfd_signal(&pidfd, libc::SIGKILL)
             .map_err(|e| ManagerError::Qemu(format!("kill {name}: {e}")))?;
+        let kill_timeout = self.config.kill_timeout;
+        if !process::wait_exited(&pidfd, kill_timeout) {
+            return Err(ManagerError::Qemu(format!(
+                "{name}: QEMU did not exit within {kill_timeout:?} after SIGKILL"
+            )));
+        }
         drop(pidfd);
-        self.wait_exit(&slot, Duration::from_secs(60))
-            .ok_or_else(|| ManagerError::Qemu(format!("{name}: QEMU did not exit after SIGKILL")))
+        self.wait_cleanup(&slot, name)
+    }
+
+    /// Waits, without a limit, for the cleanup after QEMU's exit to end (QEMU has exited:
+    /// the supervisor cleans up), and returns the exit it recorded.
+    fn wait_cleanup(&self, slot: &Slot, name: &str) -> Result<ExitInfo> {
+        let mut st = lock(&slot.state);
+        while st.record.state != GuestState::ShutOff {
+            st = slot.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.record
+            .exit
+            .clone()
+            .ok_or_else(|| ManagerError::Qemu(format!("{name}: shut off without an exit record")))
     }
 
     pub(crate) fn wait_exit(&self, slot: &Slot, timeout: Duration) -> Option<ExitInfo> {

@@ -173,3 +173,67 @@ fn other_guests_are_reaped_and_cleaned_up_during_a_long_restore() {
     });
     assert_eq!(owner_mode(&probe), before, "share not restored");
 }
+
+#[test]
+fn stop_waits_for_qemu_exit_within_the_kill_timeout_then_for_the_restore() {
+    require_env!();
+    let _one = serial();
+    let env = Env::new("killwait");
+    let Some((_fs, share)) = big_share(&env) else {
+        return;
+    };
+    let probe = share.join("d7/f7");
+    let before = owner_mode(&probe);
+    let mut cfg = env.config("dac,landlock");
+    // Far shorter than the share's restore, far longer than QEMU takes to die of SIGKILL.
+    cfg.kill_timeout = Duration::from_millis(300);
+    let (m, _) = Manager::open(cfg).unwrap();
+    let xml = env.xml_with_share("big", &share);
+    for destroy in [true, false] {
+        m.start(&xml, StartOptions { paused: true }).unwrap();
+        let done = AtomicBool::new(false);
+        let (exit, took, phases) = std::thread::scope(|s| {
+            let poller = s.spawn(|| {
+                let mut phases = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    if let Ok(t) = m.progress("big") {
+                        phases.extend(t.into_iter().map(|t| t.phase));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                phases
+            });
+            let t = Instant::now();
+            // No OS answers the ACPI power-down: the shutdown kills QEMU after 100 ms.
+            let exit = if destroy {
+                m.destroy("big")
+            } else {
+                m.shutdown_timeout("big", Duration::from_millis(100))
+            };
+            let took = t.elapsed();
+            done.store(true, Ordering::SeqCst);
+            (exit, took, poller.join().unwrap())
+        });
+        eprintln!("destroy={destroy}: stop with the restore took {took:?}");
+        let exit = exit.unwrap_or_else(|e| panic!("destroy={destroy}: {e} (after {took:?})"));
+        assert_eq!(
+            exit.reason,
+            if destroy {
+                ExitReason::Destroyed
+            } else {
+                ExitReason::ShutdownTimeout
+            }
+        );
+        assert!(exit.restore_errors.is_empty(), "{:?}", exit.restore_errors);
+        // The case this is about: the restore outlasted the kill timeout.
+        assert!(
+            took > Duration::from_millis(300) + Duration::from_millis(500),
+            "the stop took only {took:?}: the restore was too short to test anything"
+        );
+        assert!(
+            phases.contains(&TreePhase::Restoring),
+            "the restore was not shown while the stop waited: {phases:?}"
+        );
+        assert_eq!(owner_mode(&probe), before, "share not restored");
+    }
+}

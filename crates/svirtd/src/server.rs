@@ -171,7 +171,8 @@ pub async fn dumpxml(
     request_body(content = Option<ShutdownRequest>, description = "Optional timeout"),
     responses((status = 200, description = "Stopped and restored", body = api::Exit),
               (status = 404, description = "No such guest", body = ApiError),
-              (status = 409, description = "Not running", body = ApiError)))]
+              (status = 409, description = "Not running", body = ApiError),
+              (status = 500, description = "QEMU did not exit after SIGKILL", body = ApiError)))]
 pub async fn shutdown(
     State(m): State<Manager>,
     UrlPath(name): UrlPath<String>,
@@ -193,7 +194,8 @@ pub async fn shutdown(
     params(("name" = String, Path, description = "Guest name")),
     responses((status = 200, description = "Killed and restored", body = api::Exit),
               (status = 404, description = "No such guest", body = ApiError),
-              (status = 409, description = "Not running", body = ApiError)))]
+              (status = 409, description = "Not running", body = ApiError),
+              (status = 500, description = "QEMU did not exit after SIGKILL", body = ApiError)))]
 pub async fn destroy(
     State(m): State<Manager>,
     UrlPath(name): UrlPath<String>,
