@@ -135,6 +135,7 @@ mod tests {
             argv: vec![],
             intent: None,
             exit: None,
+            previous: None,
         };
         let labels = vec![
             ModelLabels {

@@ -139,7 +139,7 @@ impl Inner {
         };
         let name = plan.name.clone();
         let runtime_dir = self.runtime_dir(&name);
-        let record = Record {
+        let mut record = Record {
             name: name.clone(),
             uuid: plan.uuid.clone(),
             xml: xml.to_string(),
@@ -160,15 +160,23 @@ impl Inner {
             argv: Vec::new(),
             intent: None,
             exit: None,
+            previous: None,
         };
         // Claim the name: one start per name at a time.
         let slot = {
             let mut g = lock(&self.guests);
-            if let Some(s) = g.get(&name)
-                && lock(&s.state).record.state.is_active()
-            {
-                crate::glue::remove_created(&created);
-                return Err(ManagerError::GuestExists(name));
+            if let Some(s) = g.get(&name) {
+                let st = lock(&s.state);
+                if st.record.state.is_active() {
+                    crate::glue::remove_created(&created);
+                    return Err(ManagerError::GuestExists(name));
+                }
+                // The shut-off record this start replaces rides along until the guest is
+                // up, so that a failed or interrupted start puts it back (`list --all`
+                // keeps the guest, with the failure as its exit).
+                let mut earlier = st.record.clone();
+                earlier.previous = None;
+                record.previous = Some(Box::new(earlier));
             }
             let slot = Arc::new(Slot {
                 state: Mutex::new(SlotState {
@@ -199,8 +207,14 @@ impl Inner {
                 tracing::warn!(guest = %name, error = %e, phase = ?rec.phase, "start failed: rolling back");
                 let errors = self.undo(&rec, None);
                 crate::glue::remove_created(&created);
-                let _ = self.store.delete_guest(&name);
-                lock(&self.guests).remove(&name);
+                let exit = ExitInfo {
+                    reason: ExitReason::StartFailed {
+                        message: e.to_string(),
+                    },
+                    at: now_secs(),
+                    restore_errors: errors.clone(),
+                };
+                self.settle_failed_start(&slot, rec.previous.take().map(|b| *b), exit);
                 if errors.is_empty() {
                     Err(e)
                 } else {
@@ -213,6 +227,33 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// After a failed start has been undone: the guest's earlier shut-off record, if the
+    /// start replaced one, is put back with the failure as its exit; else the guest is
+    /// forgotten (a first start leaves nothing). Waiters get `exit` either way.
+    fn settle_failed_start(&self, slot: &Arc<Slot>, earlier: Option<Record>, exit: ExitInfo) {
+        let name = lock(&slot.state).record.name.clone();
+        match earlier {
+            Some(mut earlier) => {
+                earlier.exit = Some(exit);
+                let mut st = lock(&slot.state);
+                self.write_or_log(&mut st, earlier);
+            }
+            None => {
+                if let Err(e) = self.store.delete_guest(&name) {
+                    tracing::error!(guest = %name, error = %e, "deleting the record of a failed start");
+                }
+                let mut g = lock(&self.guests);
+                let mut st = lock(&slot.state);
+                st.record.state = GuestState::ShutOff;
+                st.record.exit = Some(exit);
+                if g.get(&name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                    g.remove(&name);
+                }
+            }
+        }
+        slot.cv.notify_all();
     }
 
     /// Every start step after planning. On error `rec.phase` says how far it got; the
@@ -384,6 +425,7 @@ impl Inner {
             // Not written here: the supervisor persists it off the start path (a
             // crash before that reattaches through the `Spawned` record anyway).
             rec.phase = Phase::Up;
+            rec.previous = None;
             rec.state = if running {
                 GuestState::Running
             } else {
@@ -728,6 +770,7 @@ impl Inner {
         next.state = GuestState::ShutOff;
         next.pid = None;
         next.intent = None;
+        next.previous = None;
         self.write_or_log(&mut st, next);
         tracing::info!(guest = %st.record.name, exit = ?st.record.exit, "guest stopped");
         st.pidfd = None;

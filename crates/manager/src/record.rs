@@ -92,6 +92,11 @@ pub struct Record {
     pub intent: Option<Intent>,
     /// Exit, once shut off.
     pub exit: Option<ExitInfo>,
+    /// While a start that replaced a shut-off record of the same name is not up yet: that
+    /// record, put back (with the failure as its exit) if the start fails or a crash
+    /// interrupts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<Record>>,
 }
 
 impl Record {

@@ -108,6 +108,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     continue;
                 }
                 rec.phase = Phase::Up;
+                rec.previous = None;
             }
             // The guest's state may have changed while nobody watched.
             if let Ok(st) = Qmp::connect(&rec.qmp_socket, Duration::from_secs(5))
@@ -128,19 +129,39 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         // Dead, or never fully started: undo everything it held.
         let errors = inner.undo(&rec, None);
         if rec.phase < Phase::Spawned {
-            let _ = inner.store.delete_guest(&rec.name);
-            recovered.push((
-                rec.name.clone(),
-                format!(
-                    "start interrupted at {:?}: rolled back{}",
-                    rec.phase,
-                    if errors.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" with errors: {}", errors.join("; "))
-                    }
-                ),
-            ));
+            let mut what = format!(
+                "start interrupted at {:?}: rolled back{}",
+                rec.phase,
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with errors: {}", errors.join("; "))
+                }
+            );
+            match rec.previous.take() {
+                // A restart: the guest's earlier shut-off record comes back, with the
+                // interrupted start as its exit.
+                Some(earlier) => {
+                    let mut earlier = *earlier;
+                    earlier.exit = Some(ExitInfo {
+                        reason: ExitReason::StartFailed {
+                            message: format!(
+                                "the manager stopped during the start (at {:?}); rolled back",
+                                rec.phase
+                            ),
+                        },
+                        at: now_secs(),
+                        restore_errors: errors,
+                    });
+                    let _ = inner.persist(&earlier);
+                    what.push_str("; the earlier shut-off record kept");
+                    guests.insert(earlier.name.clone(), slot(earlier, None));
+                }
+                None => {
+                    let _ = inner.store.delete_guest(&rec.name);
+                }
+            }
+            recovered.push((rec.name.clone(), what));
             continue;
         }
         let reason = match rec.intent {
@@ -161,6 +182,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         rec.state = GuestState::ShutOff;
         rec.pid = None;
         rec.intent = None;
+        rec.previous = None;
         let _ = inner.persist(&rec);
         guests.insert(rec.name.clone(), slot(rec, None));
     }

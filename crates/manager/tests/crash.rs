@@ -297,3 +297,54 @@ fn kill_while_guest_runs_then_reattach() {
     }
     check_step(None, false);
 }
+
+/// A restart killed before QEMU runs: recovery rolls it back and puts the guest's earlier
+/// shut-off record back, with the interrupted start as its exit.
+#[test]
+fn kill_during_restart_keeps_the_earlier_record() {
+    require_env!();
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    for step in ["after-label", "after-fork"] {
+        let what = format!("restart killed {step}");
+        let env = Env::new("recrash");
+        let disk = env.qcow2("c.qcow2");
+        let files = Files::snapshot(vec![disk.clone()]);
+        let xml = env.xml("c", &[(disk.clone(), "qcow2", false)]);
+        let cfg = env.config("dac,landlock");
+        let uuid = {
+            let (m, _) = Manager::open(cfg.clone()).unwrap();
+            let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+            m.destroy("c").unwrap();
+            info.uuid
+        };
+        assert_eq!(
+            run_child(&env, &cfg, &xml, Some(step), false),
+            libc::SIGKILL
+        );
+        let (m, report) = Manager::open(cfg.clone()).unwrap();
+        eprintln!("{what}: recovered={:?}", report.recovered);
+        let info = m.info("c").unwrap();
+        assert_eq!(info.state, GuestState::ShutOff, "{what}");
+        assert_eq!(info.uuid, uuid, "{what}");
+        assert!(
+            matches!(
+                &info.exit.as_ref().expect("exit").reason,
+                svirt_manager::ExitReason::StartFailed { message } if message.contains("manager stopped")
+            ),
+            "{what}: {:?}",
+            info.exit
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !processes_using(&disk).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(processes_using(&disk), Vec::<i32>::new(), "{what}");
+        files.assert_restored(&what);
+        drop(m);
+        assert_no_leak(&env, &what);
+        let store = svirt_store::Store::open(&env.path("state")).unwrap();
+        assert_eq!(store.list_guests().unwrap().len(), 1, "{what}");
+    }
+}
