@@ -20,7 +20,7 @@
 //! instead of leading out of the tree.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -29,9 +29,14 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use svirt_store::{ObjectIdentity, ObjectKey, Original, Store, Timestamp};
+use svirt_store::{ObjectIdentity, ObjectKey, Original, Store};
 
 use crate::fsops::{Dir, EntryKind, FsRoot, Identity, Object};
+use crate::tree_common::{
+    Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
+    join_rel, object_key, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
+    store_identity,
+};
 
 /// The SELinux label attribute.
 pub const XATTR_SELINUX: &CStr = c"security.selinux";
@@ -84,6 +89,12 @@ pub enum RelabelError {
     /// Stopped by an injected fault (tests).
     #[error("injected fault at {0}")]
     Injected(String),
+}
+
+impl From<DbError> for RelabelError {
+    fn from(e: DbError) -> Self {
+        RelabelError::TreeDb(e.0)
+    }
 }
 
 impl RelabelError {
@@ -255,34 +266,14 @@ fn write_label_obj(o: &Object, value: &Option<Vec<u8>>) -> io::Result<()> {
     }
 }
 
-fn to_store_identity(id: Identity) -> ObjectIdentity {
-    ObjectIdentity {
-        dev: id.dev,
-        ino: id.ino,
-        btime: id.btime.map(|(sec, nsec)| Timestamp { sec, nsec }),
-        generation: None,
-        ctime: None,
-    }
-}
-
-fn key_of(id: Identity) -> ObjectKey {
-    ObjectKey {
-        dev: id.dev,
-        ino: id.ino,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The companion tree database.
 
 /// (model, dev, ino) → JSON [`TreeRecord`].
-const TREES: TableDefinition<'_, (&str, u64, u64), &[u8]> = TableDefinition::new("trees");
-/// (model, dev, ino, chunk) → encoded exceptions.
-const TREE_EXC: TableDefinition<'_, (&str, u64, u64, u32), &[u8]> =
+const TREES: TableDefinition<'_, (&str, u64, u64), Bytes> = TableDefinition::new("trees");
+/// (model, dev, ino, chunk) → encoded exceptions ([`Exception`] records).
+const TREE_EXC: TableDefinition<'_, (&str, u64, u64, u32), Bytes> =
     TableDefinition::new("tree_exceptions");
-
-/// Exceptions per chunk record.
-const EXC_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TreeRecord {
@@ -305,54 +296,20 @@ struct Exception {
     orig: Option<Vec<u8>>,
 }
 
-fn encode_exceptions(ex: &[Exception]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ex.len() * 48);
-    for e in ex {
-        out.extend_from_slice(&(e.rel.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e.rel);
-        out.extend_from_slice(&e.ino.to_le_bytes());
-        match &e.orig {
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                out.extend_from_slice(v);
-            }
-            None => out.push(0),
-        }
+/// Layout: `rel` (length-prefixed), `ino` (u64 LE), `orig` (0, or 1 and length-prefixed).
+impl Record for Exception {
+    fn write(&self, w: &mut RecordWriter) {
+        w.bytes(&self.rel);
+        w.u64(self.ino);
+        w.opt_bytes(self.orig.as_deref());
     }
-    out
-}
-
-fn decode_exceptions(mut b: &[u8], out: &mut Vec<Exception>) -> Option<()> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
-        }
-        let (h, t) = b.split_at(n);
-        *b = t;
-        Some(h)
+    fn read(r: &mut RecordReader<'_>) -> Option<Self> {
+        Some(Exception {
+            rel: r.bytes()?.to_vec(),
+            ino: r.u64()?,
+            orig: r.opt_bytes()?.map(<[u8]>::to_vec),
+        })
     }
-    fn u32le(b: &mut &[u8]) -> Option<usize> {
-        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
-    }
-    while !b.is_empty() {
-        let n = u32le(&mut b)?;
-        let rel = take(&mut b, n)?.to_vec();
-        let ino = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
-        let has = take(&mut b, 1)?[0];
-        let orig = if has == 1 {
-            let n = u32le(&mut b)?;
-            Some(take(&mut b, n)?.to_vec())
-        } else {
-            None
-        };
-        out.push(Exception { rel, ino, orig });
-    }
-    Some(())
-}
-
-fn tdb<E: std::fmt::Display>(e: E) -> RelabelError {
-    RelabelError::TreeDb(e.to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -380,18 +337,6 @@ struct DirWork {
     /// is another: never written, but recorded as exceptions so that restore leaves them
     /// as they were.
     same: Vec<Item>,
-}
-
-fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        name.to_vec()
-    } else {
-        let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
-        v.extend_from_slice(dir);
-        v.push(b'/');
-        v.extend_from_slice(name);
-        v
-    }
 }
 
 /// The engine. One per process (it holds the tree database open): share it between drivers.
@@ -431,12 +376,12 @@ impl Relabeler {
         threads: usize,
     ) -> Result<Arc<Relabeler>, RelabelError> {
         let path = Self::trees_path(&store);
-        let trees = Database::create(&path).map_err(tdb)?;
+        let trees = Database::create(&path).map_err(db_err)?;
         {
-            let txn = trees.begin_write().map_err(tdb)?;
-            txn.open_table(TREES).map_err(tdb)?;
-            txn.open_table(TREE_EXC).map_err(tdb)?;
-            txn.commit().map_err(tdb)?;
+            let txn = trees.begin_write().map_err(db_err)?;
+            txn.open_table(TREES).map_err(db_err)?;
+            txn.open_table(TREE_EXC).map_err(db_err)?;
+            txn.commit().map_err(db_err)?;
         }
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -550,8 +495,8 @@ impl Relabeler {
             }
             Err(e) => return Err(io_err("read label", &j.path)(e)),
         };
-        let key = key_of(o.identity());
-        let ident = to_store_identity(o.identity());
+        let key = object_key(o.identity());
+        let ident = store_identity(o.identity());
         if label_eq(&cur, &want) {
             applied.unchanged += 1;
             // Already right: join the record if another guest changed it, so that its
@@ -675,7 +620,7 @@ impl Relabeler {
         };
         let existing = self.tree_get(&tkey)?;
         let existing = match existing {
-            Some(r) if r.btime == id.btime || r.btime.is_none() || id.btime.is_none() => Some(r),
+            Some(r) if same_root(tkey.dev, tkey.ino, r.btime, id) => Some(r),
             Some(_) => {
                 // An earlier directory at the same inode: stale.
                 self.tree_delete(&tkey)?;
@@ -881,8 +826,7 @@ impl Relabeler {
                                     continue;
                                 }
                                 abort.store(true, Ordering::Relaxed);
-                                let mut p = path.to_path_buf();
-                                p.push(OsStr::from_bytes(&join_rel(&w.rel, it.name.as_bytes())));
+                                let p = full_path(path, &join_rel(&w.rel, it.name.as_bytes()));
                                 let mut slot = lock(&error);
                                 if slot.is_none() {
                                     *slot = Some(RelabelError::Io {
@@ -970,42 +914,45 @@ impl Relabeler {
     }
 
     fn tree_get(&self, k: &TreeKey) -> Result<Option<TreeRecord>, RelabelError> {
-        let txn = self.trees.begin_read().map_err(tdb)?;
-        let t = txn.open_table(TREES).map_err(tdb)?;
-        let v = t.get((k.model, k.dev, k.ino)).map_err(tdb)?;
-        match v {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(tdb)?)),
-            None => Ok(None),
-        }
+        let txn = self.trees.begin_read().map_err(db_err)?;
+        let t = txn.open_table(TREES).map_err(db_err)?;
+        Ok(get_json(&t, k.row())?)
     }
 
-    fn tree_exceptions(&self, k: &TreeKey, chunks: u32) -> Result<Vec<Exception>, RelabelError> {
-        let txn = self.trees.begin_read().map_err(tdb)?;
-        let t = txn.open_table(TREE_EXC).map_err(tdb)?;
-        let mut out = Vec::new();
-        for c in 0..chunks {
-            if let Some(v) = t.get((k.model, k.dev, k.ino, c)).map_err(tdb)? {
-                decode_exceptions(v.value(), &mut out)
-                    .ok_or_else(|| RelabelError::TreeDb(format!("corrupt exception chunk {c}")))?;
-            }
-        }
-        Ok(out)
+    /// Calls `f` with every exception of the tree.
+    fn tree_exceptions(
+        &self,
+        k: &TreeKey,
+        chunks: u32,
+        f: impl FnMut(Exception),
+    ) -> Result<(), RelabelError> {
+        let txn = self.trees.begin_read().map_err(db_err)?;
+        let t = txn.open_table(TREE_EXC).map_err(db_err)?;
+        Ok(read_chunks(&t, |c| k.chunk(c), chunks, f)?)
     }
 
     fn tree_delete(&self, k: &TreeKey) -> Result<(), RelabelError> {
-        let txn = self.trees.begin_write().map_err(tdb)?;
+        let txn = self.trees.begin_write().map_err(db_err)?;
         {
-            let mut t = txn.open_table(TREES).map_err(tdb)?;
-            let chunks = match t.remove((k.model, k.dev, k.ino)).map_err(tdb)? {
+            let mut t = txn.open_table(TREES).map_err(db_err)?;
+            let chunks = match t.remove(k.row()).map_err(db_err)? {
                 Some(v) => serde_json::from_slice::<TreeRecord>(v.value()).map_or(0, |r| r.chunks),
                 None => 0,
             };
-            let mut e = txn.open_table(TREE_EXC).map_err(tdb)?;
-            for c in 0..chunks {
-                e.remove((k.model, k.dev, k.ino, c)).map_err(tdb)?;
-            }
+            let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
+            remove_chunks(&mut e, |c| k.chunk(c), chunks)?;
         }
-        txn.commit().map_err(tdb)
+        Ok(txn.commit().map_err(db_err)?)
+    }
+
+    /// Stores `rec` as the tree's record (its exception rows untouched).
+    fn tree_put(&self, k: &TreeKey, rec: &TreeRecord) -> Result<(), RelabelError> {
+        let txn = self.trees.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(TREES).map_err(db_err)?;
+            put_json(&mut t, k.row(), rec)?;
+        }
+        Ok(txn.commit().map_err(db_err)?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1041,23 +988,14 @@ impl Relabeler {
                 orig: (*o).clone(),
             })
             .collect();
-        let txn = self.trees.begin_write().map_err(tdb)?;
+        let txn = self.trees.begin_write().map_err(db_err)?;
         {
-            let mut e = txn.open_table(TREE_EXC).map_err(tdb)?;
-            for chunk in exc.chunks(EXC_CHUNK) {
-                e.insert(
-                    (k.model, k.dev, k.ino, rec.chunks),
-                    encode_exceptions(chunk).as_slice(),
-                )
-                .map_err(tdb)?;
-                rec.chunks += 1;
-            }
-            let mut t = txn.open_table(TREES).map_err(tdb)?;
-            let bytes = serde_json::to_vec(&rec).map_err(tdb)?;
-            t.insert((k.model, k.dev, k.ino), bytes.as_slice())
-                .map_err(tdb)?;
+            let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
+            insert_chunks(&mut e, |c| k.chunk(c), &mut rec.chunks, &exc)?;
+            let mut t = txn.open_table(TREES).map_err(db_err)?;
+            put_json(&mut t, k.row(), &rec)?;
         }
-        txn.commit().map_err(tdb)
+        Ok(txn.commit().map_err(db_err)?)
     }
 
     /// Removes `owner`; deletes the record when `delete_if_last` and nobody is left.
@@ -1074,29 +1012,22 @@ impl Relabeler {
         if rec.owners.is_empty() && delete_if_last {
             return self.tree_delete(k);
         }
-        let txn = self.trees.begin_write().map_err(tdb)?;
-        {
-            let mut t = txn.open_table(TREES).map_err(tdb)?;
-            let bytes = serde_json::to_vec(&rec).map_err(tdb)?;
-            t.insert((k.model, k.dev, k.ino), bytes.as_slice())
-                .map_err(tdb)?;
-        }
-        txn.commit().map_err(tdb)
+        self.tree_put(k, &rec)
     }
 
     fn trees_all(&self) -> Result<Vec<(TreeKey, TreeRecord)>, RelabelError> {
-        let txn = self.trees.begin_read().map_err(tdb)?;
-        let t = txn.open_table(TREES).map_err(tdb)?;
+        let txn = self.trees.begin_read().map_err(db_err)?;
+        let t = txn.open_table(TREES).map_err(db_err)?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(tdb)? {
-            let (k, v) = row.map_err(tdb)?;
+        for row in t.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
             let (model, dev, ino) = k.value();
             let model: &'static str = match model {
                 "selinux" => "selinux",
                 "dac" => "dac",
                 _ => continue,
             };
-            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(tdb)?;
+            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(db_err)?;
             out.push((TreeKey { model, dev, ino }, rec));
         }
         Ok(out)
@@ -1105,28 +1036,24 @@ impl Relabeler {
     /// Writes the originals back on a tree: every entry still carrying the label svirt set
     /// gets its recorded original (its exception, else the dominant original).
     fn tree_restore(&self, k: &TreeKey, rec: &TreeRecord) -> Result<u64, RelabelError> {
-        let path = PathBuf::from(OsStr::from_bytes(&rec.path));
+        let path = path_of_bytes(&rec.path);
         let root_obj = match self.root.open_object(&path) {
             Ok(o) => o,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(0),
             Err(e) => return Err(io_err("open", &path)(e)),
         };
         let id = root_obj.identity();
-        if id.dev != k.dev
-            || id.ino != k.ino
-            || (rec.btime.is_some() && id.btime.is_some() && rec.btime != id.btime)
-        {
+        if !same_root(k.dev, k.ino, rec.btime, id) {
             tracing::warn!(
                 "{}: replaced since it was labeled; not restoring",
                 path.display()
             );
             return Ok(0);
         }
-        let exc: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)> = self
-            .tree_exceptions(k, rec.chunks)?
-            .into_iter()
-            .map(|e| (e.rel, (e.ino, e.orig)))
-            .collect();
+        let mut exc: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)> = HashMap::new();
+        self.tree_exceptions(k, rec.chunks, |e| {
+            exc.insert(e.rel, (e.ino, e.orig));
+        })?;
         let root_dir = root_obj
             .open_as_dir()
             .map_err(io_err("open directory", &path))?;
@@ -1243,7 +1170,7 @@ impl Relabeler {
             let path = &rec.original.path;
             match self.root.open_object(path) {
                 Ok(o) => {
-                    let id = to_store_identity(o.identity());
+                    let id = store_identity(o.identity());
                     if !rec.original.identity.same_object(&id) {
                         tracing::warn!(
                             "{}: replaced since it was labeled; not restoring",
@@ -1294,14 +1221,7 @@ impl Relabeler {
             for o in owners {
                 r.owners.remove(o);
             }
-            let txn = self.trees.begin_write().map_err(tdb)?;
-            {
-                let mut t = txn.open_table(TREES).map_err(tdb)?;
-                let bytes = serde_json::to_vec(&r).map_err(tdb)?;
-                t.insert((k.model, k.dev, k.ino), bytes.as_slice())
-                    .map_err(tdb)?;
-            }
-            txn.commit().map_err(tdb)?;
+            self.tree_put(k, &r)?;
         }
         Ok(restored)
     }
@@ -1347,7 +1267,7 @@ impl Relabeler {
                     if dead.is_empty() && !rec.owners.is_empty() {
                         continue;
                     }
-                    let path = PathBuf::from(OsStr::from_bytes(&rec.path));
+                    let path = path_of_bytes(&rec.path);
                     match self.release_tree(&k, &rec, &dead) {
                         Ok(true) => rep.restored.push(path),
                         Ok(false) => rep.dropped.push(path),
@@ -1413,6 +1333,17 @@ struct TreeKey {
     model: &'static str,
     dev: u64,
     ino: u64,
+}
+
+impl TreeKey {
+    /// Its row in [`TREES`].
+    fn row(&self) -> (&'static str, u64, u64) {
+        (self.model, self.dev, self.ino)
+    }
+    /// Its exception chunk `c` in [`TREE_EXC`].
+    fn chunk(&self, c: u32) -> (&'static str, u64, u64, u32) {
+        (self.model, self.dev, self.ino, c)
+    }
 }
 
 enum Undo {
@@ -1532,24 +1463,17 @@ impl RestoreCtx<'_> {
 }
 
 impl ScanCtx<'_> {
-    fn path_of(&self, rel: &[u8]) -> PathBuf {
-        if rel.is_empty() {
-            self.base.to_path_buf()
-        } else {
-            self.base.join(OsStr::from_bytes(rel))
-        }
-    }
     fn fail(&self, op: &'static str, rel: &[u8], e: io::Error) {
         self.abort.store(true, Ordering::Relaxed);
         lock(self.errors).push(RelabelError::Io {
             op,
-            path: self.path_of(rel),
+            path: full_path(self.base, rel),
             source: e,
         });
     }
     fn warn(&self, rel: &[u8], message: String, e: Option<&io::Error>) {
         lock(self.warnings).push(Warning {
-            path: self.path_of(rel),
+            path: full_path(self.base, rel),
             message,
             errno: e.and_then(|e| e.raw_os_error()),
             fs_type: None,
@@ -1731,7 +1655,7 @@ fn restore_entry(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(e) => lock(r.errors).push(RelabelError::Io {
             op: "restore label",
-            path: ctx.path_of(&join_rel(rel, name.to_bytes())),
+            path: full_path(ctx.base, &join_rel(rel, name.to_bytes())),
             source: e,
         }),
     }

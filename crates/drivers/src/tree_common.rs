@@ -118,10 +118,6 @@ impl RecordWriter {
         }
     }
 
-    #[allow(
-        dead_code,
-        reason = "the relabel engine's exception layout (optional label); DAC's does not use it"
-    )]
     pub(crate) fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
@@ -142,10 +138,6 @@ impl RecordWriter {
     }
 
     /// `0`, or `1` then [`Self::bytes`].
-    #[allow(
-        dead_code,
-        reason = "the relabel engine's exception layout (optional label); DAC's does not use it"
-    )]
     pub(crate) fn opt_bytes(&mut self, v: Option<&[u8]>) {
         match v {
             Some(v) => {
@@ -188,10 +180,6 @@ impl<'a> RecordReader<'a> {
         Some(h)
     }
 
-    #[allow(
-        dead_code,
-        reason = "the relabel engine's exception layout (optional label); DAC's does not use it"
-    )]
     pub(crate) fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
@@ -210,10 +198,6 @@ impl<'a> RecordReader<'a> {
     }
 
     /// `Some(None)` for a `0` flag, `Some(Some(..))` for `1`; any other flag is malformed.
-    #[allow(
-        dead_code,
-        reason = "the relabel engine's exception layout (optional label); DAC's does not use it"
-    )]
     pub(crate) fn opt_bytes(&mut self) -> Option<Option<&'a [u8]>> {
         match self.u8()? {
             0 => Some(None),

@@ -551,3 +551,168 @@ fn tree_restore_reports_progress_while_it_runs() {
     assert!(during >= 2, "reports before the end: {seen:?}");
     assert_eq!(label(&share.join("f9999")), None, "restored to no label");
 }
+
+// ---- the on-disk format of svirt.trees.redb ----
+
+/// The tables of `svirt.trees.redb`, spelled out here so that a change of the engine's own
+/// definitions cannot go unnoticed.
+const TREES: redb::TableDefinition<'_, (&str, u64, u64), &[u8]> =
+    redb::TableDefinition::new("trees");
+const TREE_EXC: redb::TableDefinition<'_, (&str, u64, u64, u32), &[u8]> =
+    redb::TableDefinition::new("tree_exceptions");
+
+fn json_bytes(b: &[u8]) -> String {
+    let v: Vec<String> = b.iter().map(u8::to_string).collect();
+    format!("[{}]", v.join(","))
+}
+
+/// One exception as the engine has always stored it: `len: u32 LE, rel, ino: u64 LE`, then
+/// `0` (no label) or `1, len: u32 LE, label`.
+fn exception_bytes(rel: &str, ino: u64, orig: Option<&[u8]>) -> Vec<u8> {
+    let mut v = (rel.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(rel.as_bytes());
+    v.extend_from_slice(&ino.to_le_bytes());
+    match orig {
+        Some(l) => {
+            v.push(1);
+            v.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            v.extend_from_slice(l);
+        }
+        None => v.push(0),
+    }
+    v
+}
+
+fn ino_of(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// The tree database's rows are exactly the layout databases written by earlier versions
+/// hold (JSON record, binary exception chunks), built here byte by byte: what the engine
+/// writes equals it, and rows written that way are restored exactly.
+#[test]
+fn tree_database_rows_keep_their_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    if !xattrs_work(&dir) {
+        return;
+    }
+    let share = dir.join("share");
+    std::fs::create_dir_all(share.join("sub")).unwrap();
+    let odd = "system_u:object_r:odd_t:s0";
+    set_label(&share, INITIAL);
+    set_label(&share.join("sub"), INITIAL);
+    for f in ["a", "sub/d", "b", "c"] {
+        std::fs::write(share.join(f), b"x").unwrap();
+    }
+    set_label(&share.join("a"), INITIAL);
+    set_label(&share.join("sub/d"), INITIAL);
+    // The exceptions: another label, and none.
+    set_label(&share.join("b"), odd);
+    let all: Vec<PathBuf> = tree_labels(&share).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(all.len(), 6);
+    let before = snap(&all);
+
+    let state = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(state.path()).unwrap());
+    let db_path = Relabeler::trees_path(&store);
+    let id = FsRoot::host()
+        .unwrap()
+        .open_object(&share)
+        .unwrap()
+        .identity();
+    let nul = |l: &str| format!("{l}\0").into_bytes();
+    let btime = id
+        .btime
+        .map_or("null".to_string(), |(s, n)| format!("[{s},{n}]"));
+    let record = format!(
+        r#"{{"path":{},"btime":{btime},"target":{},"dominant":{},"chunks":1,"owners":["selinux/fmt-guest"]}}"#,
+        json_bytes(share.as_os_str().as_encoded_bytes()),
+        json_bytes(&nul(SHARED)),
+        json_bytes(&nul(INITIAL)),
+    );
+    let exc_b = exception_bytes("b", ino_of(&share.join("b")), Some(&nul(odd)));
+    let exc_c = exception_bytes("c", ino_of(&share.join("c")), None);
+    let chunk_bc = [exc_b.clone(), exc_c.clone()].concat();
+    let chunk_cb = [exc_c, exc_b].concat();
+
+    // 1. What the engine writes.
+    let r = Relabeler::open(store.clone(), FsRoot::host().unwrap(), 1).unwrap();
+    r.set_labels("fmt-guest", &[job(&share, SHARED, true)])
+        .unwrap();
+    drop(r);
+    {
+        use redb::{ReadableDatabase, ReadableTable};
+        let db = redb::Database::open(&db_path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let rows: Vec<_> = txn
+            .open_table(TREES)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                let (m, dev, ino) = k.value();
+                ((m.to_string(), dev, ino), v.value().to_vec())
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![(
+                ("selinux".to_string(), id.dev, id.ino),
+                record.clone().into_bytes()
+            )],
+            "record row"
+        );
+        let chunks: Vec<_> = txn
+            .open_table(TREE_EXC)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                let (m, dev, ino, c) = k.value();
+                ((m.to_string(), dev, ino, c), v.value().to_vec())
+            })
+            .collect();
+        assert_eq!(chunks.len(), 1, "one chunk row");
+        assert_eq!(chunks[0].0, ("selinux".to_string(), id.dev, id.ino, 0));
+        // Walk order decides which exception comes first.
+        assert!(
+            chunks[0].1 == chunk_bc || chunks[0].1 == chunk_cb,
+            "exception chunk {:?}",
+            chunks[0].1
+        );
+    }
+    let r = Relabeler::open(store.clone(), FsRoot::host().unwrap(), 1).unwrap();
+    assert!(r.restore_labels("fmt-guest").is_empty());
+    drop(r);
+    assert_eq!(snap(&all), before);
+
+    // 2. Rows written in that layout by hand, over a labeled tree, are restored exactly.
+    for p in &all {
+        set_label(p, SHARED);
+    }
+    {
+        let db = redb::Database::create(&db_path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(TREES).unwrap();
+            t.insert(("selinux", id.dev, id.ino), record.as_bytes())
+                .unwrap();
+            let mut e = txn.open_table(TREE_EXC).unwrap();
+            e.insert(("selinux", id.dev, id.ino, 0), chunk_cb.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let r = Relabeler::open(store, FsRoot::host().unwrap(), 1).unwrap();
+    let errs = r.restore_labels("fmt-guest");
+    assert!(errs.is_empty(), "{errs:?}");
+    assert_eq!(snap(&all), before, "restored from hand-written rows");
+    assert!(
+        r.recover(&|_| false).restored.is_empty(),
+        "the record was removed"
+    );
+}
