@@ -133,6 +133,8 @@ impl Manager {
             report,
             store,
             drivers: stack.drivers,
+            dac: stack.dac,
+            relabeler: stack.relabeler,
             layout,
             qemu,
             fault,

@@ -61,6 +61,10 @@ pub(crate) struct Inner {
     pub(crate) report: OpenReport,
     pub(crate) store: Arc<Store>,
     pub(crate) drivers: Vec<Arc<dyn SecurityDriver>>,
+    /// The DAC driver when stacked (recovery sweeps its tree records).
+    pub(crate) dac: Option<Arc<svirt_drivers::dac::DacDriver>>,
+    /// The SELinux driver's relabel engine when stacked (recovery sweeps its records).
+    pub(crate) relabeler: Option<Arc<svirt_drivers::relabel::Relabeler>>,
     pub(crate) layout: Layout,
     pub(crate) qemu: PathBuf,
     pub(crate) accel: String,

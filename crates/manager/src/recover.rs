@@ -1,9 +1,13 @@
 //! Recovery at open: reattach to guests still running, clean up after the others.
 
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use svirt_drivers::GuestSecurity;
+use svirt_drivers::fsops::FsRoot;
+use svirt_drivers::relabel::{Relabeler, split_owner};
 
 use crate::cgroup;
 use crate::error::{ManagerError, Result};
@@ -186,9 +190,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         let _ = inner.persist(&rec);
         guests.insert(rec.name.clone(), slot(rec, None));
     }
-    // Reservations whose owner is no active guest (e.g. a record lost mid-cleanup) are
-    // released, so nothing leaks; labels of active guests stay reserved.
-    let active: std::collections::HashSet<String> = guests
+    let active: HashSet<String> = guests
         .iter()
         .filter(|(_, s)| {
             s.state
@@ -200,14 +202,46 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         })
         .map(|(n, _)| n.clone())
         .collect();
-    let mut orphans: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    drop(guests);
+    sweep_orphans(inner, &active, &mut recovered);
+    Ok((reattached, recovered))
+}
+
+/// Shown as the guest of what a driver's sweep restored without naming its guest (not a
+/// valid guest name, so it cannot be mistaken for one).
+const UNNAMED: &str = "(orphaned records)";
+
+/// What belongs to no active guest (`active`: the guests the manager knows to be alive):
+/// a guest record lost mid-cleanup, or records of an earlier configuration.
+///
+/// 1. Every owner of a reservation or a recorded original that is no active guest gets
+///    the undo a dead guest gets, from an empty plan (drivers restore by owner: the store
+///    knows what was changed for it), then its reservations are released.
+/// 2. The drivers' own sweeps then run over their tree records, for owners nothing above
+///    names (a tree whose guest's reservation an earlier recovery released): DAC's
+///    `recover_trees`, the relabel engine's `recover` (opened for the sweep alone when
+///    SELinux is not stacked but the engine's database exists: records of an earlier
+///    SELinux configuration).
+///
+/// Everything done is pushed to `recovered` (svirtd logs it).
+fn sweep_orphans(inner: &Inner, active: &HashSet<String>, recovered: &mut Vec<(String, String)>) {
+    let mut orphans: BTreeSet<String> = BTreeSet::new();
     if let Ok(levels) = inner.store.level_reservations() {
         orphans.extend(levels.into_iter().flat_map(|l| l.owners));
     }
     if let Ok(ids) = inner.store.id_reservations() {
         orphans.extend(ids.into_iter().map(|(_, o)| o));
     }
+    if let Ok(originals) = inner.store.list_originals() {
+        orphans.extend(
+            originals
+                .into_iter()
+                .flat_map(|(_, r)| r.owners)
+                .map(|o| split_owner(&o).1.to_string()),
+        );
+    }
     for owner in orphans.into_iter().filter(|o| !active.contains(o)) {
+        let plan = empty_plan(&owner, inner.models());
         let sec = GuestSecurity {
             name: owner.clone(),
             level: None,
@@ -215,18 +249,107 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         };
         let mut errs = Vec::new();
         for d in inner.drivers.iter().rev() {
+            errs.extend(
+                d.restore_all(&plan, &sec)
+                    .into_iter()
+                    .map(|e| e.to_string()),
+            );
+        }
+        for d in inner.drivers.iter().rev() {
             if let Err(e) = d.release(&sec) {
                 errs.push(e.to_string());
             }
         }
-        recovered.push((
-            owner,
-            if errs.is_empty() {
-                "orphaned reservation released".into()
-            } else {
-                format!("orphaned reservation: {}", errs.join("; "))
-            },
-        ));
+        let what = if errs.is_empty() {
+            "no guest record: what it changed restored, its reservations released".to_string()
+        } else {
+            format!(
+                "no guest record: restored and released with errors: {}",
+                errs.join("; ")
+            )
+        };
+        tracing::warn!(guest = %owner, "{what}");
+        recovered.push((owner, what));
     }
-    Ok((reattached, recovered))
+    let running = |g: &str| active.contains(g);
+    if let Some(dac) = &inner.dac {
+        let before = dac.tree_records().unwrap_or_default();
+        let errors = dac.recover_trees(&running);
+        let left: HashSet<PathBuf> = dac
+            .tree_records()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        for (path, owners) in before {
+            for owner in owners.iter().filter(|o| !running(split_owner(o).1)) {
+                let what = format!(
+                    "DAC tree {} of no running guest: {}",
+                    path.display(),
+                    if left.contains(&path) {
+                        "released (other guests still use it)"
+                    } else {
+                        "restored"
+                    }
+                );
+                tracing::warn!(guest = %split_owner(owner).1, "{what}");
+                recovered.push((split_owner(owner).1.to_string(), what));
+            }
+        }
+        for e in errors {
+            tracing::error!("DAC tree recovery: {e}");
+            recovered.push((UNNAMED.into(), format!("DAC tree recovery failed: {e}")));
+        }
+    }
+    let engine = match &inner.relabeler {
+        Some(r) => Some(r.clone()),
+        None if Relabeler::trees_path(&inner.store).exists() => {
+            match FsRoot::open(&inner.config.root_dir)
+                .map_err(|e| e.to_string())
+                .and_then(|root| {
+                    Relabeler::open(inner.store.clone(), root, 1).map_err(|e| e.to_string())
+                }) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    recovered.push((UNNAMED.into(), format!("relabel records not swept: {e}")));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(engine) = engine {
+        let rep = engine.recover(&running);
+        for (paths, what) in [
+            (rep.restored, "restored"),
+            (rep.dropped, "record dropped (object gone or replaced)"),
+        ] {
+            for p in paths {
+                let what = format!("{}: {what}, no running guest uses it", p.display());
+                tracing::warn!("{what}");
+                recovered.push((UNNAMED.into(), what));
+            }
+        }
+        for e in rep.errors {
+            tracing::error!("relabel recovery: {e}");
+            recovered.push((UNNAMED.into(), format!("relabel recovery failed: {e}")));
+        }
+    }
+}
+
+/// The plan of a guest known only by name: no resources, so drivers restore by owner
+/// alone (what the store recorded for it).
+fn empty_plan(name: &str, models: Vec<svirt_domain::Model>) -> svirt_domain::Plan {
+    svirt_domain::Plan {
+        name: name.to_string(),
+        uuid: String::new(),
+        models,
+        selinux_process: svirt_domain::ProcessLabel::Unconfined,
+        level: svirt_domain::LevelSource::None,
+        selinux_relabel: true,
+        dac_enabled: true,
+        resources: Vec::new(),
+        dac_ids: None,
+        unconfined: Vec::new(),
+    }
 }

@@ -23,6 +23,10 @@ pub struct Stack {
     pub why: String,
     /// Every driver considered.
     pub reports: Vec<DriverReport>,
+    /// The DAC driver, when stacked: recovery sweeps its tree records.
+    pub dac: Option<Arc<DacDriver>>,
+    /// The relabel engine of the SELinux driver, when stacked: recovery sweeps its records.
+    pub relabeler: Option<Arc<Relabeler>>,
 }
 
 fn selinux_enabled(config: &Config) -> (bool, String) {
@@ -84,6 +88,7 @@ pub(crate) fn build(
     };
     let mut drivers: Vec<Arc<dyn SecurityDriver>> = Vec::new();
     let mut reports = Vec::new();
+    let (mut dac, mut relabel) = (None, None);
     for name in &wanted {
         let d: Arc<dyn SecurityDriver> = match name {
             DriverName::Dac => {
@@ -100,7 +105,7 @@ pub(crate) fn build(
                 // The start writes the guest record durably before the uid is used (the
                 // runtime dir chown comes after it): one fsync fewer per start.
                 .with_deferred_commits(true);
-                Arc::new(DacDriver::new(
+                let d = Arc::new(DacDriver::new(
                     DacConfig {
                         accounts_root: config.root_dir.clone(),
                         fs_root: config.root_dir.clone(),
@@ -108,7 +113,9 @@ pub(crate) fn build(
                     },
                     store.clone(),
                     Arc::new(ids),
-                ))
+                ));
+                dac = Some(d.clone());
+                d
             }
             DriverName::Landlock => Arc::new(LandlockDriver::new(LandlockConfig::default())),
             DriverName::Selinux => {
@@ -122,6 +129,7 @@ pub(crate) fn build(
                 let relabeler = Relabeler::open(store.clone(), root, 2)
                     .map_err(|e| ManagerError::Config(format!("relabel engine: {e}")))?;
                 relabeler.set_progress(Some(progress.callback()));
+                relabel = Some(relabeler.clone());
                 Arc::new(SelinuxDriver::new(
                     config.root_dir.clone(),
                     relabeler,
@@ -155,6 +163,8 @@ pub(crate) fn build(
         drivers,
         why,
         reports,
+        dac,
+        relabeler: relabel,
     })
 }
 
