@@ -1140,7 +1140,10 @@ impl Relabeler {
     }
 
     /// Releases `owners` (all of one record) and restores each model's attributes (SELinux
-    /// label, DAC owner and mode) whose last user of that model is being released.
+    /// label, DAC owner and mode, and a device ACL grant of DAC's) whose last user of that
+    /// model is being released. A grant recorded without its gid (written before DAC
+    /// recorded it) cannot be undone here: that is an error naming the device, and the
+    /// record stays (DAC's `restore_all` resolves the device group).
     fn release_one(
         &self,
         key: ObjectKey,
@@ -1182,14 +1185,7 @@ impl Relabeler {
                                 .map_err(io_err("restore label", path))?;
                         }
                         if restore_dac {
-                            if flags("dac") & FLAG_DAC_OWNER != 0 {
-                                o.chown(rec.original.uid, rec.original.gid)
-                                    .map_err(io_err("restore owner", path))?;
-                            }
-                            if flags("dac") & FLAG_DAC_MODE != 0 && !o.meta().is_symlink() {
-                                o.chmod(rec.original.mode)
-                                    .map_err(io_err("restore mode", path))?;
-                            }
+                            restore_dac_attrs(&o, &rec.original, flags("dac"))?;
                         }
                         restored = true;
                     }
@@ -1228,9 +1224,10 @@ impl Relabeler {
 
     /// Crash recovery: for every recorded object (and tree) some of whose users are guests
     /// that are not running (`running(guest)` is false), releases those users and restores
-    /// what they changed when no user of that model is left. Idempotent. The manager restores
-    /// a crashed guest through `restore_all` from its own record (written before any label);
-    /// this sweep is the last resort when that record is gone, and is not yet called by it.
+    /// what they changed when no user of that model is left (a DAC device ACL grant
+    /// included). Idempotent. The manager restores a crashed guest through `restore_all` from
+    /// its own record (written before any label); this sweep is the last resort when that
+    /// record is gone (the manager runs it at open, after its own orphan sweep).
     pub fn recover(&self, running: &dyn Fn(&str) -> bool) -> Recovery {
         let mut rep = Recovery::default();
         match self.store.list_originals() {
@@ -1283,6 +1280,43 @@ impl Relabeler {
 
 fn remove_at(dir: &Dir, name: &CStr) -> io::Result<()> {
     dir.remove_xattr_at(name, XATTR_SELINUX)
+}
+
+/// Puts back what DAC's flags `f` say it changed on `o`. A device ACL grant is undone by
+/// DAC's own restore: the granted group's entry and the mask as they were (by the gid it
+/// recorded), then owner and mode.
+fn restore_dac_attrs(o: &Object, orig: &Original, f: u32) -> Result<(), RelabelError> {
+    let path = &orig.path;
+    if f & DAC_ACL_GRANT != 0 {
+        return crate::dac::restore_original(o, orig, None).map_err(|e| dac_restore_err(path, e));
+    }
+    if f & FLAG_DAC_OWNER != 0 {
+        o.chown(orig.uid, orig.gid)
+            .map_err(io_err("restore owner", path))?;
+    }
+    if f & FLAG_DAC_MODE != 0 && !o.meta().is_symlink() {
+        o.chmod(orig.mode).map_err(io_err("restore mode", path))?;
+    }
+    Ok(())
+}
+
+/// DAC's flags of a device ACL grant, which only [`crate::dac::restore_original`] undoes.
+const DAC_ACL_GRANT: u32 = crate::dac::flags::ACL_CREATED | crate::dac::flags::ACL_ENTRY;
+
+/// A DAC restore failure as an engine error: an object error keeps its operation and source
+/// (so [`crate::dac::DeviceAclError::of`] still finds a device ACL error after
+/// `map_relabel`); anything else is carried as the source of an I/O error on `path`.
+fn dac_restore_err(path: &Path, e: crate::DriverError) -> RelabelError {
+    match e {
+        crate::DriverError::Object {
+            op, path, source, ..
+        } => RelabelError::Io { op, path, source },
+        e => RelabelError::Io {
+            op: "restore DAC",
+            path: path.to_path_buf(),
+            source: io::Error::other(e),
+        },
+    }
 }
 
 /// The bytes written for a label: the text plus a trailing NUL, as libselinux writes it.

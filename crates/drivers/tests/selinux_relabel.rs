@@ -1,9 +1,10 @@
 //! The relabel engine on real files: shared objects and trees with two guests, failures
 //! midway (fault hook and a real EPERM inside a tree), conflicts, crash recovery with a real
-//! child process killed by SIGKILL at an injected point, and symlink/directory swaps racing
-//! a tree walk.
+//! child process killed by SIGKILL at an injected point (and of a DAC device ACL grant), and
+//! symlink/directory swaps racing a tree walk.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dac_support;
 mod selinux_support;
 
 use std::path::{Path, PathBuf};
@@ -12,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use selinux_support::*;
+use svirt_drivers::dac::{DacConfig, DacDriver};
 use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::relabel::{LabelJob, RelabelError, Relabeler};
-use svirt_store::Store;
+use svirt_drivers::{GuestSecurity, SecurityDriver};
+use svirt_store::{IdAllocator, IdConfig, Store};
 
 const IMG_A: &str = "system_u:object_r:svirt_image_t:s0:c1,c2";
 const IMG_B: &str = "system_u:object_r:svirt_image_t:s0:c3,c4";
@@ -715,4 +718,132 @@ fn tree_database_rows_keep_their_layout() {
         r.recover(&|_| false).restored.is_empty(),
         "the record was removed"
     );
+}
+
+// ---- a DAC device ACL grant left by a dead guest ----
+
+const ACL: &std::ffi::CStr = c"system.posix_acl_access";
+const KVM_GID: u32 = 620_993;
+// POSIX ACL xattr tags, and the id of entries without one.
+const USER_OBJ: u16 = 0x01;
+const USER: u16 = 0x02;
+const GROUP_OBJ: u16 = 0x04;
+const GROUP: u16 = 0x08;
+const MASK: u16 = 0x10;
+const OTHER: u16 = 0x20;
+const NO_ID: u32 = u32::MAX;
+
+/// A `system.posix_acl_access` value (version 2) of `(tag, perm, id)` entries, given in the
+/// kernel's order.
+fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let entry = |&(tag, perm, id): &(u16, u16, u32)| {
+        [
+            &tag.to_le_bytes()[..],
+            &perm.to_le_bytes(),
+            &id.to_le_bytes(),
+        ]
+        .concat()
+    };
+    [2u32.to_le_bytes().to_vec()]
+        .into_iter()
+        .chain(entries.iter().map(entry))
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// DAC grants the device group read-write on `/dev/kvm` by an ACL (a regular file under a
+/// temporary platform root stands for it), then its guest dies: `Relabeler::recover` puts
+/// the ACL back byte for byte, for a grant that created the ACL and for one that added write
+/// to an existing entry of the group.
+#[test]
+fn dead_guests_device_acl_grant_is_restored_by_recover() {
+    if dac_support::skip_unless_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let accounts = dac_support::accounts(
+        &dir,
+        "root:x:0:0::/root:/bin/sh\n",
+        &format!("root:x:0:\nkvm:x:{KVM_GID}:\n"),
+    );
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let node = root.join("dev/kvm");
+    std::fs::write(&node, b"").unwrap();
+    dac_support::chmod(&node, 0o600);
+    let device = Path::new("/dev/kvm");
+    let acl_now = || {
+        FsRoot::open(&root)
+            .unwrap()
+            .open_object(device)
+            .unwrap()
+            .get_xattr(ACL)
+            .unwrap()
+    };
+    let with_entry = acl_xattr(&[
+        (USER_OBJ, 6, NO_ID),
+        (USER, 4, 4242),
+        (GROUP_OBJ, 0, NO_ID),
+        (GROUP, 4, KVM_GID),
+        (MASK, 4, NO_ID),
+        (OTHER, 0, NO_ID),
+    ]);
+    for (n, initial) in [None, Some(with_entry)].into_iter().enumerate() {
+        if let Some(a) = &initial {
+            let obj = FsRoot::open(&root).unwrap().open_object(device).unwrap();
+            if let Err(e) = obj.set_xattr(ACL, a) {
+                eprintln!("SKIP: no POSIX ACLs on {}: {e}", dir.display());
+                return;
+            }
+        }
+        let before = (acl_now(), dac_support::owner_mode(&node));
+        assert_eq!(before.0, initial);
+        let state = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(state.path()).unwrap());
+        let guest = format!("acl-guest-{n}");
+        {
+            let ids = IdAllocator::open(
+                store.clone(),
+                IdConfig {
+                    first: 620_000,
+                    last: 620_050,
+                    root: accounts.clone(),
+                },
+            )
+            .unwrap();
+            let dac = DacDriver::new(
+                DacConfig {
+                    accounts_root: accounts.clone(),
+                    fs_root: root.clone(),
+                    ..Default::default()
+                },
+                store.clone(),
+                Arc::new(ids),
+            );
+            let plan = dac_support::plan(&guest, Vec::new());
+            let mut g = GuestSecurity {
+                name: guest.clone(),
+                level: None,
+                ids: None,
+            };
+            dac.reserve(&plan, &mut g).unwrap();
+            let mut ctx = dac_support::exec_ctx(Path::new("/run"));
+            ctx.devices = vec![device.to_path_buf()];
+            let creds = dac.prepare_credentials(&plan, &g, &ctx).unwrap();
+            assert!(creds.groups.contains(&KVM_GID), "{creds:?}");
+        }
+        // The guest is gone; only the store remembers the grant.
+        assert_ne!(acl_now(), before.0, "case {n}: the grant changed the ACL");
+        let r = Relabeler::open(store.clone(), FsRoot::open(&root).unwrap(), 1).unwrap();
+        let rec = r.recover(&|g| g != guest);
+        assert!(rec.errors.is_empty(), "case {n}: {:?}", rec.errors);
+        assert_eq!(rec.restored, vec![device.to_path_buf()], "case {n}");
+        assert_eq!(
+            (acl_now(), dac_support::owner_mode(&node)),
+            before,
+            "case {n}: ACL bytes, owner and mode as before the grant"
+        );
+        assert!(store.list_originals().unwrap().is_empty(), "case {n}");
+    }
 }
