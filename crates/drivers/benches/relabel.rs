@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use svirt_drivers::fsops::FsRoot;
-use svirt_drivers::relabel::{LabelJob, Relabeler};
+use svirt_drivers::relabel::{Applied, LabelJob, Relabeler};
 use svirt_store::Store;
 
 const LABEL: &str = "system_u:object_r:svirt_image_t:s0:c1,c2";
@@ -168,6 +168,20 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// svirt labels the tree at `path` for `guest` (recursive, restored at stop).
+fn label_tree(r: &Relabeler, guest: &str, path: &Path) -> Applied {
+    r.set_labels(
+        guest,
+        &[LabelJob {
+            path: path.to_path_buf(),
+            label: LABEL.into(),
+            restore: true,
+            recursive: true,
+        }],
+    )
+    .unwrap()
+}
+
 fn bench(n: usize, base: &Path) {
     let work = tempfile::Builder::new()
         .prefix("svirt-relabel-bench")
@@ -211,17 +225,7 @@ fn bench(n: usize, base: &Path) {
     let store = Arc::new(Store::open(&state).unwrap());
     let r = Relabeler::open(store, FsRoot::host().unwrap(), 2).unwrap();
     let t = Instant::now();
-    let applied = r
-        .set_labels(
-            "bench",
-            &[LabelJob {
-                path: w.join("svirt"),
-                label: LABEL.into(),
-                restore: true,
-                recursive: true,
-            }],
-        )
-        .unwrap();
+    let applied = label_tree(&r, "bench", &w.join("svirt"));
     let d_svirt = t.elapsed();
     assert_eq!(
         applied.changed as usize, objects,
@@ -253,17 +257,7 @@ fn bench(n: usize, base: &Path) {
 
     // Second run on an already labeled tree: everything skipped.
     let t = Instant::now();
-    let again = r
-        .set_labels(
-            "bench2",
-            &[LabelJob {
-                path: w.join("svirt"),
-                label: LABEL.into(),
-                restore: true,
-                recursive: true,
-            }],
-        )
-        .unwrap();
+    let again = label_tree(&r, "bench2", &w.join("svirt"));
     let d_skip = t.elapsed();
     assert_eq!(again.changed, 0);
     let t = Instant::now();

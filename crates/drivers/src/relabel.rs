@@ -176,6 +176,29 @@ pub enum Phase {
 /// A progress callback (called from worker threads; keep it cheap).
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
+/// Entries written or restored between two progress reports of a tree.
+const REPORT_EVERY: u64 = 4096;
+/// Entries read between two reports of a scan (reading is cheaper than writing).
+const SCAN_REPORT_EVERY: u64 = 65536;
+
+/// Reports `done` of `total` entries of `phase` on the tree at `path` through `report` when
+/// `done` is a multiple of `every`: only a report allocates (the `Progress`'s path).
+fn report_every(
+    every: u64,
+    (path, phase): (&Path, Phase),
+    (done, total): (u64, u64),
+    report: impl FnOnce(&Progress),
+) {
+    if done.is_multiple_of(every) {
+        report(&Progress {
+            path: path.to_path_buf(),
+            phase,
+            done,
+            total,
+        });
+    }
+}
+
 /// A fault hook for tests: called with a point name (`after-record`, `after-label`); it may
 /// kill the process (crash tests) or return an error name to fail the operation there.
 pub type FaultHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -238,6 +261,15 @@ pub fn split_owner(owner: &str) -> (&str, &str) {
     owner.split_once('/').unwrap_or(("", owner))
 }
 
+/// The owners whose guest is not running.
+fn dead_owners(owners: &BTreeSet<String>, running: &dyn Fn(&str) -> bool) -> Vec<String> {
+    owners
+        .iter()
+        .filter(|o| !running(split_owner(o).1))
+        .cloned()
+        .collect()
+}
+
 /// Label bytes compared as the kernel does: a trailing NUL is not part of the context.
 fn trim(v: &[u8]) -> &[u8] {
     let mut v = v;
@@ -255,6 +287,21 @@ fn show(v: &Option<Vec<u8>>) -> String {
     match v {
         Some(b) => String::from_utf8_lossy(trim(b)).into_owned(),
         None => "(none)".into(),
+    }
+}
+
+/// `j` refused: its object is in use by the guests of `others` (owner strings) with the
+/// label `current`.
+fn in_use(j: &LabelJob, others: &[&String], current: String) -> RelabelError {
+    RelabelError::InUse {
+        path: j.path.clone(),
+        owners: others
+            .iter()
+            .map(|w| split_owner(w).1)
+            .collect::<Vec<_>>()
+            .join(", "),
+        current,
+        wanted: j.label.clone(),
     }
 }
 
@@ -523,16 +570,7 @@ impl Relabeler {
                     && !others.is_empty()
                     && rec.original.selinux_label != cur
                 {
-                    return Err(RelabelError::InUse {
-                        path: j.path.clone(),
-                        owners: others
-                            .iter()
-                            .map(|w| split_owner(w).1)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        current: show(&cur),
-                        wanted: j.label.clone(),
-                    });
+                    return Err(in_use(j, &others, show(&cur)));
                 }
             }
             let outcome =
@@ -631,16 +669,7 @@ impl Relabeler {
         if let Some(r) = &existing {
             let others: Vec<&String> = r.owners.iter().filter(|o| o.as_str() != owner).collect();
             if !others.is_empty() && trim(&r.target) != trim(&want) {
-                return Err(RelabelError::InUse {
-                    path: j.path.clone(),
-                    owners: others
-                        .iter()
-                        .map(|w| split_owner(w).1)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    current: show(&Some(r.target.clone())),
-                    wanted: j.label.clone(),
-                });
+                return Err(in_use(j, &others, show(&Some(r.target.clone()))));
             }
         }
         let root_dir = root_obj
@@ -839,15 +868,13 @@ impl Relabeler {
                             }
                             n += 1;
                             let d = already + done.fetch_add(1, Ordering::Relaxed) + 1;
-                            if d.is_multiple_of(4096)
-                                && let Some(f) = &progress
-                            {
-                                f(&Progress {
-                                    path: path.to_path_buf(),
-                                    phase: Phase::Labeling,
-                                    done: d,
-                                    total,
-                                });
+                            if let Some(f) = &progress {
+                                report_every(
+                                    REPORT_EVERY,
+                                    (path, Phase::Labeling),
+                                    (d, total),
+                                    &**f,
+                                );
                             }
                         }
                         n
@@ -1233,12 +1260,7 @@ impl Relabeler {
         match self.store.list_originals() {
             Ok(recs) => {
                 for (key, rec) in recs {
-                    let dead: Vec<String> = rec
-                        .owners
-                        .iter()
-                        .filter(|o| !running(split_owner(o).1))
-                        .cloned()
-                        .collect();
+                    let dead = dead_owners(&rec.owners, running);
                     if dead.is_empty() {
                         continue;
                     }
@@ -1254,12 +1276,7 @@ impl Relabeler {
         match self.trees_all() {
             Ok(trees) => {
                 for (k, rec) in trees {
-                    let dead: Vec<String> = rec
-                        .owners
-                        .iter()
-                        .filter(|o| !running(split_owner(o).1))
-                        .cloned()
-                        .collect();
+                    let dead = dead_owners(&rec.owners, running);
                     // A record with no owner at all is a crash between record and release.
                     if dead.is_empty() && !rec.owners.is_empty() {
                         continue;
@@ -1560,14 +1577,12 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
             }
         };
         let n = ctx.seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(65536) {
-            ctx.eng.report(&Progress {
-                path: ctx.base.to_path_buf(),
-                phase: Phase::Scanning,
-                done: n,
-                total: n,
-            });
-        }
+        report_every(
+            SCAN_REPORT_EVERY,
+            (ctx.base, Phase::Scanning),
+            (n, n),
+            |p| ctx.eng.report(p),
+        );
         if kind == EntryKind::Dir {
             let child_rel = join_rel(&rel, e.name.as_bytes());
             match dir.open_subdir(&e.name) {
@@ -1677,14 +1692,9 @@ fn restore_entry(
     match res {
         Ok(()) => {
             let n = r.restored.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_multiple_of(4096) {
-                ctx.eng.report(&Progress {
-                    path: ctx.base.to_path_buf(),
-                    phase: Phase::Restoring,
-                    done: n,
-                    total: n,
-                });
-            }
+            report_every(REPORT_EVERY, (ctx.base, Phase::Restoring), (n, n), |p| {
+                ctx.eng.report(p)
+            });
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
         Err(e) => lock(r.errors).push(RelabelError::Io {

@@ -724,14 +724,6 @@ fn tree_database_rows_keep_their_layout() {
 
 const ACL: &std::ffi::CStr = c"system.posix_acl_access";
 const KVM_GID: u32 = 620_993;
-// POSIX ACL xattr tags, and the id of entries without one.
-const USER_OBJ: u16 = 0x01;
-const USER: u16 = 0x02;
-const GROUP_OBJ: u16 = 0x04;
-const GROUP: u16 = 0x08;
-const MASK: u16 = 0x10;
-const OTHER: u16 = 0x20;
-const NO_ID: u32 = u32::MAX;
 
 /// A `system.posix_acl_access` value (version 2) of `(tag, perm, id)` entries, given in the
 /// kernel's order.
@@ -781,13 +773,15 @@ fn dead_guests_device_acl_grant_is_restored_by_recover() {
             .get_xattr(ACL)
             .unwrap()
     };
+    // user::rw-, user:4242:r--, group::---, group:kvm:r--, mask::r--, other::--- as
+    // (tag, perm, id); u32::MAX is the id of the entries without one.
     let with_entry = acl_xattr(&[
-        (USER_OBJ, 6, NO_ID),
-        (USER, 4, 4242),
-        (GROUP_OBJ, 0, NO_ID),
-        (GROUP, 4, KVM_GID),
-        (MASK, 4, NO_ID),
-        (OTHER, 0, NO_ID),
+        (0x01, 6, u32::MAX),
+        (0x02, 4, 4242),
+        (0x04, 0, u32::MAX),
+        (0x08, 4, KVM_GID),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
     ]);
     for (n, initial) in [None, Some(with_entry)].into_iter().enumerate() {
         if let Some(a) = &initial {
