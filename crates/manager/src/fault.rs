@@ -7,8 +7,9 @@
 
 use crate::error::{ManagerError, Result};
 
-/// Every step a fault can be injected at, in the order they occur.
-pub const STEPS: &[&str] = &[
+/// The steps of a start, in the order they occur (`after-fork`: QEMU forked, its pid not
+/// yet recorded).
+pub const START_STEPS: &[&str] = &[
     "after-plan",
     "after-record",
     "after-reserve",
@@ -17,10 +18,15 @@ pub const STEPS: &[&str] = &[
     "after-fork",
     "after-spawn",
     "after-qmp",
-    "during-stop",
-    "after-restore",
-    "after-release",
 ];
+
+/// The steps of the cleanup after QEMU's exit, in the order they occur.
+pub const STOP_STEPS: &[&str] = &["during-stop", "after-restore", "after-release"];
+
+/// Every step a fault can be injected at, in the order they occur.
+pub fn steps() -> impl Iterator<Item = &'static str> {
+    START_STEPS.iter().chain(STOP_STEPS).copied()
+}
 
 /// A parsed fault setting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

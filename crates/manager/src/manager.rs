@@ -44,6 +44,23 @@ pub(crate) struct Slot {
     pub(crate) qmp: Mutex<()>,
 }
 
+impl Slot {
+    /// A guest slot holding `record`; `pidfd` while QEMU runs, `child` when we forked it.
+    pub(crate) fn new(record: Record, pidfd: Option<OwnedFd>, child: bool) -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                record,
+                pidfd: pidfd.map(Arc::new),
+                child,
+                finishing: false,
+                dirty: false,
+            }),
+            cv: Condvar::new(),
+            qmp: Mutex::new(()),
+        })
+    }
+}
+
 pub(crate) struct SlotState {
     pub(crate) record: Record,
     /// Set while QEMU runs and the supervisor watches it.
@@ -182,17 +199,7 @@ impl Inner {
                 earlier.previous = None;
                 record.previous = Some(Box::new(earlier));
             }
-            let slot = Arc::new(Slot {
-                state: Mutex::new(SlotState {
-                    record: record.clone(),
-                    pidfd: None,
-                    child: true,
-                    finishing: false,
-                    dirty: false,
-                }),
-                cv: Condvar::new(),
-                qmp: Mutex::new(()),
-            });
+            let slot = Slot::new(record.clone(), None, true);
             g.insert(name.clone(), slot.clone());
             slot
         };
@@ -211,13 +218,12 @@ impl Inner {
                 tracing::warn!(guest = %name, error = %e, phase = ?rec.phase, "start failed: rolling back");
                 let errors = self.undo(&rec, None);
                 crate::glue::remove_created(&created);
-                let exit = ExitInfo {
-                    reason: ExitReason::StartFailed {
+                let exit = ExitInfo::now(
+                    ExitReason::StartFailed {
                         message: e.to_string(),
                     },
-                    at: now_secs(),
-                    restore_errors: errors.clone(),
-                };
+                    errors.clone(),
+                );
                 self.settle_failed_start(&slot, rec.previous.take().map(|b| *b), exit);
                 if errors.is_empty() {
                     Err(e)
@@ -399,7 +405,7 @@ impl Inner {
         rec.pid = Some(spawned.pid);
         rec.start_time = Some(spawned.start_time);
         if let Err(e) = self.fault.point("after-fork") {
-            kill_and_reap(&pidfd);
+            let _ = kill_and_reap(&pidfd);
             return Err(e);
         }
         // The cgroup join runs beside the durable pid record and QEMU's own start-up
@@ -438,7 +444,7 @@ impl Inner {
             Ok(())
         })();
         if let Err(e) = checked {
-            kill_and_reap(&pidfd);
+            let _ = kill_and_reap(&pidfd);
             // Finished before undo removes the groups (the attach of a dead pid fails).
             if let Some(j) = join {
                 let _ = j.join();
@@ -563,17 +569,8 @@ impl Inner {
             return None;
         }
         tracing::warn!(guest = %rec.name, pid, "killing a QEMU forked before its pid was recorded");
-        let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
-        let mut p = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; bounded wait for the killed process to exit.
-        let r = unsafe { libc::poll(&mut p, 1, 5000) };
-        // Our child (a failed start in this process) is reaped; an orphan is init's.
-        let _ = process::reap(&pidfd);
-        (r <= 0).then(|| format!("unrecorded QEMU {pid} of {} did not exit", rec.name))
+        (!kill_and_reap(&pidfd))
+            .then(|| format!("unrecorded QEMU {pid} of {} did not exit", rec.name))
     }
 
     pub(crate) fn proc_root(&self) -> PathBuf {
@@ -752,29 +749,15 @@ impl Inner {
         let mut st = lock(&slot.state);
         // The intent as it is now: a stop may have recorded one since the copy above.
         let reason = match (st.record.intent, status) {
-            (Some(Intent::Destroy), _) => ExitReason::Destroyed,
-            (Some(Intent::ShutdownKilled), _) => ExitReason::ShutdownTimeout,
-            (Some(Intent::Shutdown), _) => ExitReason::Shutdown,
+            (Some(intent), _) => intent.exit_reason(),
             (None, Some(s)) if s.code == Some(0) => ExitReason::Shutdown,
-            (None, Some(s)) => ExitReason::Exited {
-                code: s.code,
-                signal: s.signal,
-            },
-            (None, None) => ExitReason::Exited {
-                code: None,
-                signal: None,
+            (None, s) => ExitReason::Exited {
+                code: s.and_then(|s| s.code),
+                signal: s.and_then(|s| s.signal),
             },
         };
         let mut next = st.record.clone();
-        next.exit = Some(ExitInfo {
-            reason,
-            at: now_secs(),
-            restore_errors: errors,
-        });
-        next.state = GuestState::ShutOff;
-        next.pid = None;
-        next.intent = None;
-        next.previous = None;
+        next.shut_off(reason, errors);
         self.write_or_log(&mut st, next);
         tracing::info!(guest = %st.record.name, exit = ?st.record.exit, "guest stopped");
         st.pidfd = None;
@@ -1034,18 +1017,13 @@ pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
     }
 }
 
-fn kill_and_reap(pidfd: &OwnedFd) {
+/// Kills a QEMU through its pidfd, waits (5 s at most) for it to exit and reaps it if it
+/// is our child (an orphan is init's). Whether it exited.
+fn kill_and_reap(pidfd: &OwnedFd) -> bool {
     let _ = process::pidfd_signal(pidfd, libc::SIGKILL);
-    let mut p = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; bounded wait for the killed child to exit.
-    unsafe {
-        libc::poll(&mut p, 1, 5000);
-    }
+    let exited = process::wait_exited(pidfd, Duration::from_secs(5));
     let _ = process::reap(pidfd);
+    exited
 }
 
 /// Connects to QMP, giving up early if QEMU exits.

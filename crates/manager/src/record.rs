@@ -10,7 +10,7 @@ use svirt_labels::MlsRange;
 
 use crate::process::SpawnFloor;
 use crate::qemu::VmSpec;
-use crate::types::{ExitInfo, GuestState};
+use crate::types::{ExitInfo, ExitReason, GuestState};
 
 /// How far a start got; recovery undoes exactly what the phase implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -44,6 +44,17 @@ pub enum Intent {
     ShutdownKilled,
     /// Destroy requested.
     Destroy,
+}
+
+impl Intent {
+    /// How a guest whose stop had this intent ended (the live cleanup and recovery agree).
+    pub fn exit_reason(self) -> ExitReason {
+        match self {
+            Intent::Destroy => ExitReason::Destroyed,
+            Intent::ShutdownKilled => ExitReason::ShutdownTimeout,
+            Intent::Shutdown => ExitReason::Shutdown,
+        }
+    }
 }
 
 /// The persisted guest.
@@ -110,6 +121,16 @@ impl Record {
                 .and_then(|l| l.parse::<MlsRange>().ok()),
             ids: self.ids,
         }
+    }
+
+    /// Marks the guest shut off: its exit recorded now, no pid, no stop intent, no earlier
+    /// record carried any more.
+    pub fn shut_off(&mut self, reason: ExitReason, restore_errors: Vec<String>) {
+        self.exit = Some(ExitInfo::now(reason, restore_errors));
+        self.state = GuestState::ShutOff;
+        self.pid = None;
+        self.intent = None;
+        self.previous = None;
     }
 
     /// Serialized for the store.

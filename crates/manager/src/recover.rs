@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use svirt_drivers::GuestSecurity;
@@ -11,27 +11,17 @@ use svirt_drivers::relabel::{Relabeler, split_owner};
 
 use crate::cgroup;
 use crate::error::{ManagerError, Result};
-use crate::manager::{Inner, Slot, SlotState, now_secs};
+use crate::manager::{Inner, Slot};
 use crate::process;
 use crate::qmp::Qmp;
 use crate::record::{Intent, Phase, Record};
 use crate::types::{ExitInfo, ExitReason, GuestState};
 
 fn slot(record: Record, pidfd: Option<std::os::fd::OwnedFd>) -> Arc<Slot> {
-    Arc::new(Slot {
-        state: Mutex::new(SlotState {
-            record,
-            pidfd: pidfd.map(Arc::new),
-            child: false,
-            finishing: false,
-            dirty: false,
-        }),
-        cv: Condvar::new(),
-        qmp: Mutex::new(()),
-    })
+    // Reattached or found shut off: never our child.
+    Slot::new(record, pidfd, false)
 }
 
-/// Returns (reattached names, (name, what was done) for each cleaned-up guest).
 /// Names of reattached guests, and (name, what was done) for each cleaned-up one.
 type Recovered = (Vec<String>, Vec<(String, String)>);
 
@@ -147,16 +137,15 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                 // interrupted start as its exit.
                 Some(earlier) => {
                     let mut earlier = *earlier;
-                    earlier.exit = Some(ExitInfo {
-                        reason: ExitReason::StartFailed {
+                    earlier.exit = Some(ExitInfo::now(
+                        ExitReason::StartFailed {
                             message: format!(
                                 "the manager stopped during the start (at {:?}); rolled back",
                                 rec.phase
                             ),
                         },
-                        at: now_secs(),
-                        restore_errors: errors,
-                    });
+                        errors,
+                    ));
                     let _ = inner.persist(&earlier);
                     what.push_str("; the earlier shut-off record kept");
                     guests.insert(earlier.name.clone(), slot(earlier, None));
@@ -168,25 +157,14 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
             recovered.push((rec.name.clone(), what));
             continue;
         }
-        let reason = match rec.intent {
-            Some(Intent::Destroy) => ExitReason::Destroyed,
-            Some(Intent::ShutdownKilled) => ExitReason::ShutdownTimeout,
-            Some(Intent::Shutdown) => ExitReason::Shutdown,
-            None => ExitReason::DiedWhileDetached,
-        };
+        let reason = rec
+            .intent
+            .map_or(ExitReason::DiedWhileDetached, Intent::exit_reason);
         recovered.push((
             rec.name.clone(),
             format!("QEMU gone ({reason:?}): cleaned up"),
         ));
-        rec.exit = Some(ExitInfo {
-            reason,
-            at: now_secs(),
-            restore_errors: errors,
-        });
-        rec.state = GuestState::ShutOff;
-        rec.pid = None;
-        rec.intent = None;
-        rec.previous = None;
+        rec.shut_off(reason, errors);
         let _ = inner.persist(&rec);
         guests.insert(rec.name.clone(), slot(rec, None));
     }
@@ -261,7 +239,8 @@ fn sweep_orphans(inner: &Inner, active: &HashSet<String>, recovered: &mut Vec<(S
             }
         }
         let what = if errs.is_empty() {
-            "no guest record: what it changed restored, its reservations released".to_string()
+            "no guest record: what the stacked drivers recorded for it restored, its reservations released"
+                .to_string()
         } else {
             format!(
                 "no guest record: restored and released with errors: {}",

@@ -85,6 +85,17 @@ pub struct ExitInfo {
     pub restore_errors: Vec<String>,
 }
 
+impl ExitInfo {
+    /// An exit happening now.
+    pub(crate) fn now(reason: ExitReason, restore_errors: Vec<String>) -> ExitInfo {
+        ExitInfo {
+            reason,
+            at: crate::manager::now_secs(),
+            restore_errors,
+        }
+    }
+}
+
 /// One line of `list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestSummary {

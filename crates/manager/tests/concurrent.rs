@@ -63,7 +63,5 @@ fn twenty_concurrent_guests_get_distinct_identities() {
         assert_eq!(std::fs::metadata(disk).unwrap().uid(), 0);
     }
     drop(m);
-    let store = svirt_store::Store::open(&env.path("state")).unwrap();
-    assert!(store.id_reservations().unwrap().is_empty());
-    assert!(store.list_originals().unwrap().is_empty());
+    env.assert_store_clean("20 guests destroyed");
 }

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Env, alive, require_env};
+use svirt_manager::fault::{START_STEPS, STOP_STEPS};
 use svirt_manager::{Config, GuestState, Manager, StartOptions};
 
 const CHILD_ENV: &str = "SVIRT_MGR_CRASH_CHILD";
@@ -134,23 +135,6 @@ fn cgroup_pids(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-fn assert_no_leak(env: &Env, what: &str) {
-    let store = svirt_store::Store::open(&env.path("state")).unwrap();
-    assert!(
-        store.id_reservations().unwrap().is_empty(),
-        "{what}: uid leaked: {:?}",
-        store.id_reservations()
-    );
-    assert!(
-        store.level_reservations().unwrap().is_empty(),
-        "{what}: level leaked"
-    );
-    assert!(
-        store.list_originals().unwrap().is_empty(),
-        "{what}: original record left"
-    );
-}
-
 fn check_step(step: Option<&str>, stop: bool) {
     let what = format!("{step:?} stop={stop}");
     let env = Env::new("crash");
@@ -255,7 +239,7 @@ fn check_step(step: Option<&str>, stop: bool) {
         assert!(!d.exists(), "{what}: cgroup {} left", d.display());
     }
     drop(m);
-    assert_no_leak(&env, &what);
+    env.assert_store_clean(&what);
 }
 
 #[test]
@@ -264,16 +248,7 @@ fn kill_during_start_at_each_step() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    for step in [
-        "after-plan",
-        "after-record",
-        "after-reserve",
-        "after-label",
-        "after-cgroup",
-        "after-fork",
-        "after-spawn",
-        "after-qmp",
-    ] {
+    for &step in START_STEPS {
         check_step(Some(step), false);
     }
 }
@@ -284,7 +259,7 @@ fn kill_during_stop_at_each_step() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    for step in ["during-stop", "after-restore", "after-release"] {
+    for &step in STOP_STEPS {
         check_step(Some(step), true);
     }
 }
@@ -343,7 +318,7 @@ fn kill_during_restart_keeps_the_earlier_record() {
         assert_eq!(processes_using(&disk), Vec::<i32>::new(), "{what}");
         files.assert_restored(&what);
         drop(m);
-        assert_no_leak(&env, &what);
+        env.assert_store_clean(&what);
         let store = svirt_store::Store::open(&env.path("state")).unwrap();
         assert_eq!(store.list_guests().unwrap().len(), 1, "{what}");
     }

@@ -195,7 +195,5 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
     m.destroy("keep").unwrap();
     assert_eq!(owner_mode(&keep_disk), before[0]);
     drop(m);
-    let store = Store::open(&env.path("state")).unwrap();
-    assert!(store.id_reservations().unwrap().is_empty());
-    assert!(store.list_originals().unwrap().is_empty());
+    env.assert_store_clean("after the sweep");
 }

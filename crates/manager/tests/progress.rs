@@ -39,23 +39,9 @@ fn share_of_15000_files_is_listed_while_labeled_and_restored() {
     raise_nofile();
     let env = Env::new("progress");
     let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
-    let share = env.path("share");
-    std::fs::create_dir(&share).unwrap();
-    for d in 0..FILES / 1000 {
-        let sub = share.join(format!("d{d}"));
-        std::fs::create_dir(&sub).unwrap();
-        for f in 0..1000 {
-            std::fs::File::create(sub.join(format!("f{f}"))).unwrap();
-        }
-    }
+    let share = env.tree(&env.path("share"), FILES);
     let before = std::fs::metadata(share.join("d7/f7")).unwrap();
-    let xml = env.xml("fs1", &[]).replace(
-        "<serial ",
-        &format!(
-            "<filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share'/></filesystem>\n<serial ",
-            share.display()
-        ),
-    );
+    let xml = env.xml_with_share("fs1", &share);
     assert!(matches!(
         m.progress("fs1"),
         Err(ManagerError::NoSuchGuest(_))

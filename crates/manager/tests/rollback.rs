@@ -8,18 +8,8 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 
 use common::{Env, require_env};
+use svirt_manager::fault::START_STEPS;
 use svirt_manager::{GuestState, Manager, StartOptions};
-
-const START_STEPS: &[&str] = &[
-    "after-plan",
-    "after-record",
-    "after-reserve",
-    "after-label",
-    "after-cgroup",
-    "after-fork",
-    "after-spawn",
-    "after-qmp",
-];
 
 #[test]
 fn failure_at_every_start_step_rolls_back_everything() {
@@ -52,19 +42,8 @@ fn failure_at_every_start_step_rolls_back_everything() {
             assert!(!d.exists(), "{step}: cgroup {} left behind", d.display());
         }
         drop(m);
+        env.assert_store_clean(step);
         let store = svirt_store::Store::open(&env.path("state")).unwrap();
-        assert!(
-            store.id_reservations().unwrap().is_empty(),
-            "{step}: uid leaked"
-        );
-        assert!(
-            store.level_reservations().unwrap().is_empty(),
-            "{step}: level leaked"
-        );
-        assert!(
-            store.list_originals().unwrap().is_empty(),
-            "{step}: original left"
-        );
         assert!(
             store.list_guests().unwrap().is_empty(),
             "{step}: record left"
@@ -127,8 +106,8 @@ fn failed_restart_keeps_the_earlier_record() {
         let rec: serde_json::Value = serde_json::from_slice(&stored[0].record).unwrap();
         assert_eq!(rec["exit"]["reason"], "start-failed", "{step}: {rec}");
         assert!(rec.get("previous").is_none(), "{step}: {rec}");
-        assert!(store.id_reservations().unwrap().is_empty(), "{step}");
-        assert!(store.list_originals().unwrap().is_empty(), "{step}");
+        drop(store);
+        env.assert_store_clean(step);
     }
     // Nothing of the failures is left in the way: the guest starts again.
     let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();

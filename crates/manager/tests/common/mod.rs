@@ -179,6 +179,21 @@ impl Env {
         root
     }
 
+    /// Asserts the store (the manager closed) holds no uid or level reservation and no
+    /// recorded original: nothing leaked.
+    pub fn assert_store_clean(&self, what: &str) {
+        let store = svirt_store::Store::open(&self.path("state")).unwrap();
+        let ids = store.id_reservations().unwrap();
+        assert!(ids.is_empty(), "{what}: uid leaked: {ids:?}");
+        let levels = store.level_reservations().unwrap();
+        assert!(levels.is_empty(), "{what}: level leaked: {levels:?}");
+        let originals = store.list_originals().unwrap();
+        assert!(
+            originals.is_empty(),
+            "{what}: original record left: {originals:?}"
+        );
+    }
+
     /// [`Env::xml`] of a guest without disks that gets `share` as a 9p filesystem.
     pub fn xml_with_share(&self, name: &str, share: &Path) -> String {
         self.xml(name, &[]).replace(
