@@ -32,6 +32,7 @@ use svirt_store::{IdAllocator, ObjectKey, Original, Store};
 
 use crate::dac_tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 use crate::fsops::{FsRoot, Meta, Object};
+use crate::relabel::ProgressFn;
 use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
 
@@ -190,6 +191,8 @@ pub struct DacDriver {
     ids: Arc<IdAllocator>,
     /// The tree records' database, opened at first use (`new` cannot fail).
     trees: Mutex<Option<Arc<TreeDb>>>,
+    /// Where tree walks report their progress.
+    progress: Mutex<Option<ProgressFn>>,
 }
 
 impl std::fmt::Debug for DacDriver {
@@ -255,7 +258,29 @@ impl DacDriver {
             store,
             ids,
             trees: Mutex::new(None),
+            progress: Mutex::new(None),
         }
+    }
+
+    /// Sets (or clears) the progress callback of tree walks (filesystem shares, TPM state),
+    /// the relabel engine's type so one callback can serve both: reports for a tree come
+    /// from the thread walking it, every 4096 entries and at the end of each phase, with
+    /// `path` = the tree's root as the plan names it. Setting a tree: `Scanning` while its
+    /// originals are recorded (a tree already recorded by another guest is not scanned),
+    /// then `Labeling` (`done` = entries changed). Restoring it (its last DAC user stops,
+    /// a failed start is rolled back, or crash recovery): `Restoring` (`done` = entries
+    /// restored). `total` is the number of entries when the tree was recorded, or the
+    /// number visited when more.
+    pub fn set_progress(&self, f: Option<ProgressFn>) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
+    /// The progress callback now (cloned: a report is not made under the lock).
+    fn progress(&self) -> Option<ProgressFn> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The configuration.
@@ -402,7 +427,8 @@ impl DacDriver {
         me: &str,
         errors: &mut Vec<DriverError>,
     ) {
-        if let Err(e) = db.release(k, me, &|p| root.open_object(p)) {
+        let progress = self.progress();
+        if let Err(e) = db.release(k, me, &|p| root.open_object(p), progress.as_ref()) {
             errors.push(tree_err(e));
         }
     }
@@ -482,8 +508,10 @@ impl DacDriver {
         }
         if !tree_rules.is_empty() {
             let db = self.tree_db()?;
+            let progress = self.progress();
             for (obj, rules) in &tree_rules {
-                db.set_tree(&me, obj, *rules, trees).map_err(tree_err)?;
+                db.set_tree(&me, obj, *rules, trees, progress.as_ref())
+                    .map_err(tree_err)?;
             }
         }
         for (pr, obj) in singles {

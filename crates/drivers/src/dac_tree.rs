@@ -21,6 +21,11 @@
 //! not durable is ever changed. Restore writes the original back on every entry that still
 //! carries a change of one of the tree's users (owned by the guest's uid, or for mode-only
 //! changes, with the added bits), once the last DAC user of the tree stops.
+//!
+//! Progress goes to the relabel engine's callback type ([`crate::relabel::ProgressFn`]),
+//! from the thread doing the walk, every [`REPORT_EVERY`] entries visited and once at the
+//! end of each phase of a tree, with `path` = the tree's root as the plan names it (on
+//! restore: as the record names it, i.e. as the plan of the guest that recorded it did).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
@@ -32,6 +37,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::fsops::{Dir, EntryKind, Identity, Meta, Object};
+use crate::relabel::{Phase, Progress, ProgressFn};
 use crate::tree_common::{
     Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
     join_rel, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
@@ -46,6 +52,59 @@ const TREE_EXC: TableDefinition<'_, (u64, u64, u32), Bytes> =
 /// The chunk rows of tree `k`.
 fn chunk_key(k: TreeKey) -> impl Fn(u32) -> (u64, u64, u32) {
     move |c| (k.0, k.1, c)
+}
+
+/// Entries visited between two progress reports (the relabel engine's interval).
+pub(crate) const REPORT_EVERY: u64 = 4096;
+
+/// Progress of one phase of one tree. Counting costs two additions and a test per entry;
+/// only a report (every [`REPORT_EVERY`] entries) allocates (the `Progress`'s path).
+struct Meter<'a> {
+    f: Option<&'a ProgressFn>,
+    path: &'a Path,
+    phase: Phase,
+    /// Entries visited.
+    seen: u64,
+    /// Entries handled (read in the scan, changed or restored after it).
+    done: u64,
+    /// Entries the tree is known to hold (0: unknown): the bar's length while `seen` is
+    /// below it.
+    expected: u64,
+}
+
+impl<'a> Meter<'a> {
+    fn new(f: Option<&'a ProgressFn>, path: &'a Path, phase: Phase, expected: u64) -> Self {
+        Meter {
+            f,
+            path,
+            phase,
+            seen: 0,
+            done: 0,
+            expected,
+        }
+    }
+
+    /// One entry visited (`handled`: and counted as done).
+    fn step(&mut self, handled: bool) {
+        self.seen += 1;
+        self.done += u64::from(handled);
+        if self.seen.is_multiple_of(REPORT_EVERY) {
+            self.report();
+        }
+    }
+
+    /// Reports where the phase stands: `done` so far, of `expected` or of the entries
+    /// seen when more (the tree grew, or its size is not known).
+    fn report(&self) {
+        if let Some(f) = self.f {
+            f(&Progress {
+                path: self.path.to_path_buf(),
+                phase: self.phase,
+                done: self.done,
+                total: self.expected.max(self.seen),
+            });
+        }
+    }
 }
 
 /// What DAC does to one kind of object: owner and group set (or kept), mode bits
@@ -108,6 +167,10 @@ struct TreeRecord {
     chunks: u32,
     /// Each user (`dac/<guest>`) with the change it made.
     owners: BTreeMap<String, Rules>,
+    /// Entries (the root included) when the tree was recorded: the length of the progress
+    /// of later walks. 0 in records written before it existed.
+    #[serde(default)]
+    entries: u64,
 }
 
 /// Key of a tree record: the root's (dev, ino).
@@ -387,12 +450,19 @@ impl TreeDb {
     /// Records (or joins) the tree at `root` for `owner` with `rules`, then changes it. The
     /// key is pushed to `joined` once the record holds `owner` (the caller releases it on
     /// error). Returns the number of entries changed.
+    ///
+    /// Progress (to `progress`, path = `root.path()`): recording a new tree is `Scanning`
+    /// over two read-only walks, the first finding how many entries there are (`done` 0,
+    /// `total` = entries seen), the second reading their originals against the dominant
+    /// ones (`done` = entries read, of that total); changing it is `Labeling` (`done` =
+    /// entries changed, `total` = entries recorded, or seen when more).
     pub(crate) fn set_tree(
         &self,
         owner: &str,
         root: &Object,
         rules: Rules,
         joined: &mut Vec<TreeKey>,
+        progress: Option<&ProgressFn>,
     ) -> Result<u64, TreeError> {
         let base = root.path();
         let id = root.identity();
@@ -415,16 +485,23 @@ impl TreeDb {
         if existing.is_none() {
             // Two read-only passes: the dominant originals, then the exceptions (so
             // memory holds the exceptions only, not the whole tree).
+            let mut scan = Meter::new(progress, base, Phase::Scanning, 0);
             let mut counts: HashMap<(bool, Orig), u64> = HashMap::new();
             *counts.entry((true, orig_of(root_meta))).or_default() += 1;
+            scan.step(false);
             walk(
                 base,
                 root.open_as_dir().map_err(io("open directory"))?,
                 &mut |_, _, _, _, m| {
                     *counts.entry((m.is_dir(), orig_of(m))).or_default() += 1;
+                    scan.step(false);
                     Ok(())
                 },
             )?;
+            let entries = scan.seen;
+            // The second walk counts from 0 again, of the entries the first one found.
+            scan.expected = entries;
+            scan.seen = 0;
             let dominant = |dir: bool| {
                 counts
                     .iter()
@@ -439,6 +516,7 @@ impl TreeDb {
                 other: dominant(false),
                 chunks: 0,
                 owners: BTreeMap::new(),
+                entries,
             };
             let mut list: Vec<Exception> = Vec::new();
             let dom = |m: Meta, rec: &TreeRecord| if m.is_dir() { rec.dir } else { rec.other };
@@ -449,6 +527,7 @@ impl TreeDb {
                     orig: orig_of(root_meta),
                 });
             }
+            scan.step(true);
             walk(
                 base,
                 root.open_as_dir().map_err(io("open directory"))?,
@@ -460,9 +539,11 @@ impl TreeDb {
                             orig: orig_of(m),
                         });
                     }
+                    scan.step(true);
                     Ok(())
                 },
             )?;
+            scan.report();
             rec.owners.insert(owner.to_string(), rules);
             // Only if nobody recorded the tree meanwhile (else join that record: its
             // originals are the true ones, ours may be another guest's changes).
@@ -517,11 +598,13 @@ impl TreeDb {
             let after = rules.for_meta(cur).apply(cur);
             (after != cur).then_some(after)
         };
-        let mut changed = 0u64;
+        let mut meter = Meter::new(progress, base, Phase::Labeling, rec.entries);
         // The top first: a failure there leaves the tree untouched.
         if let Some(after) = want(b"", id.ino, root_meta) {
             set_meta(root, root_meta, after).map_err(io("change owner/mode"))?;
-            changed += 1;
+            meter.step(true);
+        } else {
+            meter.step(false);
         }
         walk(
             base,
@@ -529,8 +612,7 @@ impl TreeDb {
             &mut |dir, rel, name, eid, _| {
                 let w = |cur: Meta| want(rel, eid.ino, cur);
                 match change_at(dir, name, eid, &w) {
-                    Ok(true) => changed += 1,
-                    Ok(false) => {}
+                    Ok(changed) => meter.step(changed),
                     Err(source) => {
                         return Err(TreeError::Io {
                             op: "change owner/mode",
@@ -542,18 +624,23 @@ impl TreeDb {
                 Ok(())
             },
         )?;
-        Ok(changed)
+        meter.report();
+        Ok(meter.done)
     }
 
     /// Removes `owner` from the tree record `k`; when no user is left, writes the originals
     /// back first (`open_root` opens the recorded root path) and then deletes the record. A
     /// failed restore keeps the record (with `owner`) for the next attempt. Returns the
     /// number of entries restored.
+    ///
+    /// A restore reports `Restoring` to `progress` (path = the recorded root path): `done` =
+    /// entries restored, `total` = entries recorded, or visited when more.
     pub(crate) fn release(
         &self,
         k: TreeKey,
         owner: &str,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
+        progress: Option<&ProgressFn>,
     ) -> Result<u64, TreeError> {
         let Some(rec) = self.get(k)? else {
             return Ok(0);
@@ -564,7 +651,7 @@ impl TreeDb {
         let mut n = 0;
         if rec.owners.len() == 1 {
             // Restore before releasing: a crash in between leaves the record for recovery.
-            n = self.restore(k, &rec, open_root)?;
+            n = self.restore(k, &rec, open_root, progress)?;
         }
         // Deleted only if still ours alone (a guest may have joined meanwhile: then only
         // `owner` goes).
@@ -598,6 +685,7 @@ impl TreeDb {
         k: TreeKey,
         rec: &TreeRecord,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
+        progress: Option<&ProgressFn>,
     ) -> Result<u64, TreeError> {
         let base = path_of_bytes(&rec.path);
         let io = |op| {
@@ -626,7 +714,7 @@ impl TreeDb {
             }
             Some(with_orig(cur, o))
         };
-        let mut restored = 0u64;
+        let mut meter = Meter::new(progress, &base, Phase::Restoring, rec.entries);
         let mut first_err: Option<TreeError> = None;
         walk(
             &base,
@@ -634,10 +722,10 @@ impl TreeDb {
             &mut |dir, rel, name, eid, _| {
                 let w = |cur: Meta| want(rel, eid.ino, cur);
                 match change_at(dir, name, eid, &w) {
-                    Ok(true) => restored += 1,
-                    Ok(false) => {}
+                    Ok(restored) => meter.step(restored),
                     // Go on with the others; the record stays for another attempt.
                     Err(source) => {
+                        meter.step(false);
                         if first_err.is_none() {
                             first_err = Some(TreeError::Io {
                                 op: "restore owner/mode",
@@ -654,11 +742,14 @@ impl TreeDb {
         let cur = root.current_meta().map_err(io("stat"))?;
         if let Some(after) = want(b"", id.ino, cur) {
             set_meta(&root, cur, after).map_err(io("restore owner/mode"))?;
-            restored += 1;
+            meter.step(true);
+        } else {
+            meter.step(false);
         }
+        meter.report();
         match first_err {
             Some(e) => Err(e),
-            None => Ok(restored),
+            None => Ok(meter.done),
         }
     }
 }
