@@ -1,6 +1,7 @@
 //! Fault injection for crash tests: `SVIRT_FAULT=<step>` kills the process with SIGKILL at
 //! that step (as `kill -9` would); `SVIRT_FAULT=<step>:error` makes the step fail with an
-//! error instead (rollback tests). Steps: `after-plan`, `after-record`, `after-reserve`,
+//! error instead (rollback tests); `SVIRT_FAULT=<step>:panic` panics there (a bug in a
+//! driver, as the cleanup must survive). Steps: `after-plan`, `after-record`, `after-reserve`,
 //! `after-label`, `after-cgroup`, `after-fork` (QEMU forked, pid not yet
 //! recorded), `after-spawn`, `after-qmp`, `during-stop`,
 //! `after-restore`, `after-release`.
@@ -28,29 +29,42 @@ pub fn steps() -> impl Iterator<Item = &'static str> {
     START_STEPS.iter().chain(STOP_STEPS).copied()
 }
 
+/// What a fault does when its step is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Mode {
+    /// SIGKILL to the process.
+    #[default]
+    Kill,
+    /// The step fails with [`ManagerError::Fault`].
+    Error,
+    /// The step panics.
+    Panic,
+}
+
 /// A parsed fault setting.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fault {
     step: Option<String>,
-    error: bool,
+    mode: Mode,
 }
 
 impl Fault {
-    /// Parses `step` or `step:error`; empty means none.
+    /// Parses `step`, `step:error` or `step:panic`; empty means none.
     pub fn parse(spec: &str) -> Fault {
         let spec = spec.trim();
         if spec.is_empty() {
             return Fault::default();
         }
-        match spec.strip_suffix(":error") {
-            Some(step) => Fault {
-                step: Some(step.to_string()),
-                error: true,
-            },
-            None => Fault {
-                step: Some(spec.to_string()),
-                error: false,
-            },
+        let (step, mode) = if let Some(step) = spec.strip_suffix(":error") {
+            (step, Mode::Error)
+        } else if let Some(step) = spec.strip_suffix(":panic") {
+            (step, Mode::Panic)
+        } else {
+            (spec, Mode::Kill)
+        };
+        Fault {
+            step: Some(step.to_string()),
+            mode,
         }
     }
 
@@ -64,15 +78,18 @@ impl Fault {
         if self.step.as_deref() != Some(step) {
             return Ok(());
         }
-        if self.error {
-            return Err(ManagerError::Fault(step.to_string()));
+        match self.mode {
+            Mode::Error => Err(ManagerError::Fault(step.to_string())),
+            Mode::Panic => panic!("SVIRT_FAULT: injected panic at {step}"),
+            Mode::Kill => {
+                tracing::error!(step, "SVIRT_FAULT: killing the manager process");
+                // SAFETY: kill(getpid(), SIGKILL): the crash the tests simulate.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+                // SIGKILL to ourselves is delivered before kill returns; never reached.
+                std::process::abort()
+            }
         }
-        tracing::error!(step, "SVIRT_FAULT: killing the manager process");
-        // SAFETY: kill(getpid(), SIGKILL): the crash the tests simulate.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-        // SIGKILL to ourselves is delivered before kill returns; never reached.
-        std::process::abort()
     }
 }

@@ -742,7 +742,22 @@ impl Inner {
         let cp = move |step: &str| {
             let _ = fault.point(step);
         };
-        let errors = self.undo(&rec, Some(&cp));
+        // A panic inside (a driver's bug) must not leave the guest `stopping` for ever with
+        // its stop waiting: the guest is recorded shut off with the panic as a restore
+        // error, and the next open's sweep restores what the guest still holds (its
+        // reservations and recorded originals have no active owner any more).
+        let undone =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.undo(&rec, Some(&cp))));
+        let errors = undone.unwrap_or_else(|p| {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            vec![format!(
+                "the cleanup panicked ({why}); what the guest still holds is restored at the next open"
+            )]
+        });
         if !errors.is_empty() {
             tracing::error!(guest = %rec.name, ?errors, "errors while cleaning up after the guest");
         }

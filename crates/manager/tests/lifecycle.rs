@@ -219,3 +219,47 @@ fn dac_landlock_stack_runs_guest_under_its_uid() {
         (before.uid(), before.gid(), before.mode())
     );
 }
+
+#[test]
+fn a_panicking_cleanup_still_ends_the_stop_and_the_next_open_restores_the_rest() {
+    require_env!();
+    let env = Env::new("panic");
+    let disk = env.raw("p.img");
+    let before = common::owner_mode(&disk);
+    let mut cfg = env.config("dac,landlock");
+    // A bug in the cleanup after the labels are restored, before the uid is released.
+    cfg.fault = Some("after-restore:panic".into());
+    let (m, _) = Manager::open(cfg).unwrap();
+    m.start(
+        &env.xml("p", &[(disk.clone(), "raw", false)]),
+        StartOptions { paused: true },
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let m2 = m.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(m2.destroy("p"));
+    });
+    let exit = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("destroy hangs after a panic in the cleanup")
+        .unwrap();
+    assert_eq!(exit.reason, ExitReason::Destroyed);
+    assert!(
+        exit.restore_errors.len() == 1 && exit.restore_errors[0].contains("panicked"),
+        "{:?}",
+        exit.restore_errors
+    );
+    assert_eq!(m.info("p").unwrap().state, GuestState::ShutOff);
+    assert_eq!(common::owner_mode(&disk), before);
+    drop(m);
+    // The uid the panic kept is released by the next open's sweep.
+    let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
+    assert!(
+        report.recovered.iter().any(|(g, _)| g == "p"),
+        "{:?}",
+        report.recovered
+    );
+    drop(m);
+    env.assert_store_clean("after the sweep");
+}
