@@ -206,7 +206,8 @@ impl Manager {
 
     /// Starts a guest from domain XML text. Returns once QMP answers. On any failure
     /// everything done so far is undone (labels restored, reservations released, cgroup and
-    /// runtime files removed, record removed) and the error returned.
+    /// runtime files removed, record removed) and the error returned; a shut-off record of
+    /// the same name that the start replaced is kept, with the failure as its exit.
     pub fn start(&self, xml: &str, options: StartOptions) -> Result<GuestInfo> {
         self.inner.start(xml, options)
     }
@@ -254,7 +255,11 @@ impl Manager {
     }
 
     /// Graceful stop: ACPI power-down over QMP, then kill after the configured shutdown
-    /// timeout. Returns once QEMU is reaped and everything restored.
+    /// timeout. Returns once QEMU has exited and everything is restored: QEMU's exit is
+    /// awaited with the timeouts ([`Config::kill_timeout`] after SIGKILL), the restore after
+    /// it without a limit. A guest that is not running (shut off, or still starting) is
+    /// refused with [`ManagerError::BadState`]; one whose QEMU has just exited gets the
+    /// exit it had.
     pub fn shutdown(&self, name: &str) -> Result<ExitInfo> {
         self.inner
             .stop(name, false, self.inner.config.shutdown_timeout)
@@ -265,7 +270,9 @@ impl Manager {
         self.inner.stop(name, false, timeout)
     }
 
-    /// Immediate stop: SIGKILL to QEMU. Returns once QEMU is reaped and everything restored.
+    /// Immediate stop: SIGKILL to QEMU. Returns once QEMU has exited (within
+    /// [`Config::kill_timeout`]) and everything is restored; refused like
+    /// [`Manager::shutdown`] for a guest that is not running.
     pub fn destroy(&self, name: &str) -> Result<ExitInfo> {
         self.inner.stop(name, true, Duration::ZERO)
     }

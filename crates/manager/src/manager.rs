@@ -762,7 +762,8 @@ impl Inner {
             tracing::error!(guest = %rec.name, ?errors, "errors while cleaning up after the guest");
         }
         let mut st = lock(&slot.state);
-        // The intent as it is now: a stop may have recorded one since the copy above.
+        // The intent a stop recorded before the exit was noticed (none can be recorded
+        // since: a stop finding `finishing` set only waits).
         let reason = match (st.record.intent, status) {
             (Some(intent), _) => intent.exit_reason(),
             (None, Some(s)) if s.code == Some(0) => ExitReason::Shutdown,
