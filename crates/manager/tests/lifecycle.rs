@@ -237,13 +237,15 @@ fn a_panicking_cleanup_still_ends_the_stop_and_the_next_open_restores_the_rest()
     .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let m2 = m.clone();
-    std::thread::spawn(move || {
+    let stopper = std::thread::spawn(move || {
         let _ = tx.send(m2.destroy("p"));
     });
     let exit = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("destroy hangs after a panic in the cleanup")
         .unwrap();
+    // Its manager handle is gone before the next open (one process holds the store).
+    stopper.join().unwrap();
     assert_eq!(exit.reason, ExitReason::Destroyed);
     assert!(
         exit.restore_errors.len() == 1 && exit.restore_errors[0].contains("panicked"),
