@@ -4,9 +4,10 @@
 //! The relabel engine reports from its worker threads (every few thousand entries, see
 //! `svirt_drivers::relabel`); a report only updates counters in place under one short
 //! lock, and a report for a tree no running operation owns (crash recovery at open) is
-//! dropped. Drivers that do not report (DAC walks trees itself, silently) still show
-//! their trees while they run, with unknown counts: "busy with this tree" is worth
-//! telling a user waiting on a large share even without numbers.
+//! dropped. The DAC driver walks trees itself and reports through the same callback.
+//! A driver that does not report still shows its trees while it runs, with unknown
+//! counts: "busy with this tree" is worth telling a user waiting on a large share even
+//! without numbers.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -118,7 +119,9 @@ impl Board {
     fn report(&self, p: &Progress) {
         let mut g = lock(&self.ops);
         for op in g.1.values_mut() {
-            if op.model != Some(Model::Selinux) {
+            // Only the driver running now reports (the stack runs one at a time), so a
+            // report for one of the op's roots belongs to it.
+            if !matches!(op.model, Some(Model::Selinux | Model::Dac)) {
                 continue;
             }
             if let Some(i) = op.roots.iter().position(|r| *r == p.path) {

@@ -114,6 +114,7 @@ pub(crate) fn build(
                     store.clone(),
                     Arc::new(ids),
                 ));
+                d.set_progress(Some(progress.callback()));
                 dac = Some(d.clone());
                 d
             }

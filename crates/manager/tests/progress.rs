@@ -1,8 +1,8 @@
 //! Progress of tree operations through the manager's API, with the stack the other
-//! manager tests use (DAC + Landlock, real QEMU TCG, paused). DAC walks trees itself and
-//! reports no counts: what this exercises is the plumbing (the guest's trees listed while
-//! its start labels them and its destroy restores them, nothing before or after). The
-//! engine's counted reports are tested in `src/progress.rs` against the real relabel engine.
+//! manager tests use (DAC + Landlock, real QEMU TCG, paused): the guest's trees listed, with
+//! the DAC driver's counts, while its start labels them and its destroy restores them,
+//! nothing before or after. The relabel engine's counted reports are tested in
+//! `src/progress.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -28,10 +28,19 @@ fn poll(m: &Manager, name: &str, done: &AtomicBool) -> Vec<TreeProgress> {
     seen
 }
 
-/// Files in the share. Not the 50,000 of the engine test: the DAC driver holds one fd per
-/// object of a tree while it labels it, and this host's hard RLIMIT_NOFILE is 20,000
-/// (50,000 fails with EMFILE inside the driver).
+/// Files in the share: enough for several of the driver's reports (every 4096 entries).
 const FILES: usize = 15_000;
+
+/// The counted DAC reports of `phase` seen; at least one, never more done than total.
+fn counted(seen: &[TreeProgress], phase: TreePhase) -> Vec<&TreeProgress> {
+    let c: Vec<&TreeProgress> = seen
+        .iter()
+        .filter(|t| t.model == "dac" && t.phase == phase && t.done.is_some())
+        .collect();
+    assert!(!c.is_empty(), "no DAC count while {phase:?}: {seen:?}");
+    assert!(c.iter().all(|t| t.done <= t.total), "{c:?}");
+    c
+}
 
 #[test]
 fn share_of_15000_files_is_listed_while_labeled_and_restored() {
@@ -66,6 +75,11 @@ fn share_of_15000_files_is_listed_while_labeled_and_restored() {
             .any(|t| t.path == share_s && t.phase == TreePhase::Labeling && t.model == "dac"),
         "the share was never listed while labeled: {seen:?}"
     );
+    let labeled = counted(&seen, TreePhase::Labeling);
+    assert!(
+        labeled.iter().any(|t| t.done >= Some(4096)),
+        "counts while labeling: {labeled:?}"
+    );
     assert!(seen.iter().all(|t| t.path == share_s));
     // The guest's uid really owns the tree while it runs.
     let during = std::fs::metadata(share.join("d7/f7")).unwrap();
@@ -87,6 +101,11 @@ fn share_of_15000_files_is_listed_while_labeled_and_restored() {
         seen.iter()
             .any(|t| t.path == share_s && t.phase == TreePhase::Restoring && t.model == "dac"),
         "the share was never listed while restored: {seen:?}"
+    );
+    let restored = counted(&seen, TreePhase::Restoring);
+    assert!(
+        restored.iter().any(|t| t.done >= Some(4096)),
+        "counts while restoring: {restored:?}"
     );
     let after = std::fs::metadata(share.join("d7/f7")).unwrap();
     assert_eq!(
