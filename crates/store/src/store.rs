@@ -117,6 +117,8 @@ pub struct GuestRecord {
 pub struct Store {
     pub(crate) db: Database,
     path: PathBuf,
+    /// Objects whose record a caller is deciding on (see [`Store::lock_object`]).
+    pub(crate) object_locks: crate::originals::KeyLocks,
 }
 
 impl std::fmt::Debug for Store {
@@ -155,6 +157,7 @@ impl Store {
         let store = Store {
             db,
             path: path.to_path_buf(),
+            object_locks: Default::default(),
         };
         store.init()?;
         Ok(store)
