@@ -842,7 +842,7 @@ impl Dir {
 
     /// Opens a subdirectory without following a symlink (`ELOOP`, in any component) and
     /// without crossing a mount point (`EXDEV`, bind mounts of the same filesystem too) or
-    /// going above this directory (`..`: `EXDEV`).
+    /// going above this directory (`..` or an absolute name: `EXDEV`).
     ///
     /// `openat2(RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS|RESOLVE_BENEATH|RESOLVE_NO_XDEV)`;
     /// where it is missing (`ENOSYS`) or filtered (`EPERM`, seccomp), the same guarantees
@@ -864,6 +864,11 @@ impl Dir {
 
     /// The fallback of [`Dir::open_subdir`].
     fn open_subdir_legacy(&self, name: &CStr) -> io::Result<Dir> {
+        // An absolute name starts above this directory (openat2's RESOLVE_BENEATH: EXDEV);
+        // dropping the empty component below would walk it as a relative one.
+        if name.to_bytes().starts_with(b"/") {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
         let comps: Vec<&[u8]> = name
             .to_bytes()
             .split(|&b| b == b'/')

@@ -28,6 +28,8 @@ const NAMES: &[&CStr] = &[
     c"file",
     c"missing",
     c"..",
+    c"/real",
+    c"/",
     c"mnt",
     c"bind",
     c"bind/inner",
@@ -80,6 +82,10 @@ fn expected(t: &Path, mounted: bool) -> BTreeMap<String, Outcome> {
     m.insert("file".into(), errno(libc::ENOTDIR));
     m.insert("missing".into(), errno(libc::ENOENT));
     m.insert("..".into(), errno(libc::EXDEV));
+    // An absolute name starts above this directory: refused as `..` is, not walked as a
+    // relative one.
+    m.insert("/real".into(), errno(libc::EXDEV));
+    m.insert("/".into(), errno(libc::EXDEV));
     if mounted {
         m.insert("mnt".into(), errno(libc::EXDEV));
         m.insert("bind".into(), errno(libc::EXDEV));
