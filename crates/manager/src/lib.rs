@@ -144,10 +144,12 @@ impl Manager {
             stopping: AtomicBool::new(false),
             cleanups: std::sync::Mutex::new(Vec::new()),
             progress,
+            unreadable: Default::default(),
         };
-        let (reattached, recovered) = recover::recover(&inner)?;
-        inner.report.reattached = reattached;
-        inner.report.recovered = recovered;
+        let found = recover::recover(&inner)?;
+        inner.report.reattached = found.reattached;
+        inner.report.recovered = found.recovered;
+        inner.unreadable = found.unreadable;
         let report = inner.report.clone();
         let inner = Arc::new(inner);
         let sup = inner.clone();

@@ -95,6 +95,10 @@ pub(crate) struct Inner {
     pub(crate) cleanups: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Tree operations in flight, for progress reports.
     pub(crate) progress: Arc<crate::progress::Board>,
+    /// Names whose stored record could not be read at open: their guest may still run, so
+    /// no start may take the name (it would overwrite the record and reuse the name's
+    /// reservations).
+    pub(crate) unreadable: std::collections::HashSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,6 +190,11 @@ impl Inner {
         // Claim the name: one start per name at a time.
         let slot = {
             let mut g = lock(&self.guests);
+            if self.unreadable.contains(&name) {
+                tracing::warn!(guest = %name, "start refused: the stored record of this name cannot be read (see the open report)");
+                crate::glue::remove_created(&created);
+                return Err(ManagerError::GuestExists(name));
+            }
             if let Some(s) = g.get(&name) {
                 let st = lock(&s.state);
                 if st.record.state.is_active() {

@@ -22,14 +22,20 @@ fn slot(record: Record, pidfd: Option<std::os::fd::OwnedFd>) -> Arc<Slot> {
     Slot::new(record, pidfd, false)
 }
 
-/// Names of reattached guests, and (name, what was done) for each cleaned-up one.
-type Recovered = (Vec<String>, Vec<(String, String)>);
+/// What recovery did: the names of reattached guests, (name, what was done) for each
+/// cleaned-up one, and the names whose stored record cannot be read.
+pub(crate) struct Recovered {
+    pub(crate) reattached: Vec<String>,
+    pub(crate) recovered: Vec<(String, String)>,
+    pub(crate) unreadable: HashSet<String>,
+}
 
 pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
     // The same proc tree undo's checks use.
     let proc_root = inner.proc_root();
     let mut reattached = Vec::new();
     let mut recovered = Vec::new();
+    let mut unreadable = HashSet::new();
     let records = inner
         .store
         .list_guests()
@@ -39,10 +45,17 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         let mut rec: Record = match serde_json::from_slice(&gr.record) {
             Ok(r) => r,
             Err(e) => {
-                recovered.push((
-                    gr.name.clone(),
-                    format!("unreadable record left alone: {e}"),
-                ));
+                // Nothing says this guest is dead: its QEMU may run on with the uid and
+                // level the store reserves for it. So its name counts as active below
+                // (the sweep restores and releases nothing of it) and no start may take
+                // the name; the record is left for a person to repair or delete.
+                let what = format!(
+                    "unreadable record (stored state {:?}) left alone: nothing of this guest is restored or released, and its name cannot be started: {e}",
+                    gr.state
+                );
+                tracing::error!(guest = %gr.name, "{what}");
+                recovered.push((gr.name.clone(), what));
+                unreadable.insert(gr.name.clone());
                 continue;
             }
         };
@@ -179,17 +192,23 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                 .is_active()
         })
         .map(|(n, _)| n.clone())
+        .chain(unreadable.iter().cloned())
         .collect();
     drop(guests);
     sweep_orphans(inner, &active, &mut recovered);
-    Ok((reattached, recovered))
+    Ok(Recovered {
+        reattached,
+        recovered,
+        unreadable,
+    })
 }
 
 /// Shown as the guest of what a driver's sweep restored without naming its guest (not a
 /// valid guest name, so it cannot be mistaken for one).
 const UNNAMED: &str = "(orphaned records)";
 
-/// What belongs to no active guest (`active`: the guests the manager knows to be alive):
+/// What belongs to no active guest (`active`: the guests the manager knows to be alive,
+/// and those whose record it cannot read):
 /// a guest record lost mid-cleanup, or records of an earlier configuration.
 ///
 /// 1. Every owner of a reservation or a recorded original that is no active guest gets

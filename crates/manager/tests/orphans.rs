@@ -197,3 +197,83 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
     drop(m);
     env.assert_store_clean("after the sweep");
 }
+
+/// A stored guest record the manager cannot read (a newer format, a damaged row) may
+/// describe a guest whose QEMU still runs: nothing of it is restored or released at open
+/// (its uid is not handed out again while it may be in use), its name cannot be started,
+/// and the open report says so. With its record readable again, the next open reattaches
+/// it as usual.
+#[test]
+fn an_unreadable_record_keeps_everything_of_its_guest() {
+    require_env!();
+    let env = Env::new("unreadable");
+    let disk = env.raw("u.img");
+    let before = owner_mode(&disk);
+    let xml = env.xml("u", &[(disk.clone(), "raw", false)]);
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+    let (pid, uid) = (info.pid.unwrap(), info.uid.unwrap());
+    drop(m);
+    let good = {
+        let store = Store::open(&env.path("state")).unwrap();
+        let good = store
+            .list_guests()
+            .unwrap()
+            .into_iter()
+            .find(|g| g.name == "u")
+            .unwrap();
+        store
+            .put_guest("u", &good.state, b"{\"not\": \"a guest record\"}")
+            .unwrap();
+        good
+    };
+
+    let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
+    eprintln!("recovered: {:#?}", report.recovered);
+    assert!(
+        report
+            .recovered
+            .iter()
+            .any(|(g, what)| g == "u" && what.contains("unreadable")),
+        "{:?}",
+        report.recovered
+    );
+    assert!(common::alive(pid), "the guest's QEMU was killed");
+    assert_eq!(
+        owner_mode(&disk).0,
+        uid,
+        "the disk of a guest that may run was restored"
+    );
+    assert!(
+        matches!(
+            m.start(&xml, StartOptions { paused: true }),
+            Err(svirt_manager::ManagerError::GuestExists(_))
+        ),
+        "a start took the name of an unreadable record"
+    );
+    // Its uid stays reserved: another guest gets another one.
+    let other = m
+        .start(&env.xml("v", &[]), StartOptions { paused: true })
+        .unwrap();
+    assert_ne!(other.uid, Some(uid), "the uid went to another guest");
+    m.destroy("v").unwrap();
+    drop(m);
+    let store = Store::open(&env.path("state")).unwrap();
+    assert!(
+        store
+            .id_reservations()
+            .unwrap()
+            .contains(&(uid, "u".to_string())),
+        "uid of the unreadable guest released"
+    );
+    store.put_guest("u", &good.state, &good.record).unwrap();
+    drop(store);
+
+    let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
+    assert_eq!(report.reattached, vec!["u".to_string()]);
+    assert_eq!(m.info("u").unwrap().pid, Some(pid));
+    m.destroy("u").unwrap();
+    assert_eq!(owner_mode(&disk), before);
+    drop(m);
+    env.assert_store_clean("after the record was repaired");
+}
