@@ -118,7 +118,15 @@ fn check_all(paths: &[CString], what: &str) {
 
 /// Two threads; `get` adds the lgetxattr a correct relabel needs (original + skip check).
 fn bare_loop(paths: &[CString], get: bool) -> Duration {
-    let value = format!("{LABEL}\0").into_bytes();
+    bare_loop_with(paths, get, &format!("{LABEL}\0").into_bytes())
+}
+
+/// Every object back to the initial label (untimed, between rounds).
+fn reset(paths: &[CString]) {
+    bare_loop_with(paths, false, INITIAL);
+}
+
+fn bare_loop_with(paths: &[CString], get: bool, value: &[u8]) -> Duration {
     let t = Instant::now();
     std::thread::scope(|s| {
         for half in paths.chunks(paths.len().div_ceil(2)) {
@@ -204,7 +212,7 @@ fn bench(n: usize, base: &Path) {
     });
     let p_bare_set = trees.pop().unwrap();
     let p_bare = trees.pop().unwrap();
-    let _p_setfiles = trees.pop().unwrap();
+    let p_setfiles = trees.pop().unwrap();
     let p_chcon = trees.pop().unwrap();
     let p_svirt = trees.pop().unwrap();
     let objects = p_svirt.len();
@@ -215,7 +223,7 @@ fn bench(n: usize, base: &Path) {
     // Let the writeback of the build settle, and bring every tree's inodes into the cache
     // the same way, so that no contender pays for the build (the first one did otherwise).
     let _ = Command::new("sync").status();
-    for t in [&p_svirt, &p_chcon, &_p_setfiles, &p_bare, &p_bare_set] {
+    for t in [&p_svirt, &p_chcon, &p_setfiles, &p_bare, &p_bare_set] {
         for p in t.iter() {
             let _ = label_of(p);
         }
@@ -224,54 +232,100 @@ fn bench(n: usize, base: &Path) {
     let state = w.join("state");
     let store = Arc::new(Store::open(&state).unwrap());
     let r = Relabeler::open(store, FsRoot::host().unwrap(), 2).unwrap();
-    let t = Instant::now();
-    let applied = label_tree(&r, "bench", &w.join("svirt"));
-    let d_svirt = t.elapsed();
-    assert_eq!(
-        applied.changed as usize, objects,
-        "svirt labeled {} of {objects}",
-        applied.changed
-    );
-    check_all(&p_svirt, "svirt");
-    assert_eq!(
-        label_of(&sentinel_c),
-        None,
-        "svirt followed a symlink to the sentinel"
-    );
-
     let spec = w.join("file_contexts");
     std::fs::write(&spec, format!("/.*\t{LABEL}\n")).unwrap();
-    let d_chcon = run(Command::new("chcon")
-        .arg("-R")
-        .arg(LABEL)
-        .arg(w.join("chcon")));
-    check_all(&p_chcon[..p_chcon.len()], "chcon -R");
-    let d_setfiles = run(Command::new("setfiles")
-        .args(["-F", "-T", "0"])
-        .arg(&spec)
-        .arg(w.join("setfiles")));
-    check_all(&_p_setfiles, "setfiles");
-    let d_bare = bare_loop(&p_bare, true);
-    let d_bare_set = bare_loop(&p_bare_set, false);
-    check_all(&p_bare, "bare");
-
-    // Second run on an already labeled tree: everything skipped.
-    let t = Instant::now();
-    let again = label_tree(&r, "bench2", &w.join("svirt"));
-    let d_skip = t.elapsed();
-    assert_eq!(again.changed, 0);
-    let t = Instant::now();
-    assert!(r.restore_labels("bench2").is_empty());
-    assert!(r.restore_labels("bench").is_empty());
-    let d_restore = t.elapsed();
-    assert_eq!(
-        label_of(&p_svirt[5]).as_deref(),
-        Some(INITIAL),
-        "restore brings back the original"
-    );
+    // The build's metadata is still being checkpointed out of the journal: whoever writes
+    // first pays for it (seconds at 1M, measured). An untimed relabel of one tree absorbs
+    // that, then every contender runs `rounds` times, rotating who goes first, each on its
+    // own tree reset to the initial label in between; the best round counts.
+    reset(&p_bare_set);
+    let rounds: usize = std::env::var("SVIRT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let mut best = [Duration::MAX; 7];
+    for round in 0..rounds {
+        for k in 0..5 {
+            match (k + round) % 5 {
+                0 => {
+                    let t = Instant::now();
+                    let applied = label_tree(&r, "bench", &w.join("svirt"));
+                    let d = t.elapsed();
+                    assert_eq!(
+                        applied.changed as usize, objects,
+                        "svirt labeled {} of {objects}",
+                        applied.changed
+                    );
+                    check_all(&p_svirt, "svirt");
+                    assert_eq!(
+                        label_of(&sentinel_c),
+                        None,
+                        "svirt followed a symlink to the sentinel"
+                    );
+                    // A second guest on the labeled tree: everything already right.
+                    let t = Instant::now();
+                    let again = label_tree(&r, "bench2", &w.join("svirt"));
+                    let d_skip = t.elapsed();
+                    assert_eq!(again.changed, 0);
+                    let t = Instant::now();
+                    assert!(r.restore_labels("bench2").is_empty());
+                    assert!(r.restore_labels("bench").is_empty());
+                    let d_restore = t.elapsed();
+                    assert!(
+                        p_svirt
+                            .iter()
+                            .all(|p| label_of(p).as_deref() == Some(INITIAL)),
+                        "restore brings back every original"
+                    );
+                    best[0] = best[0].min(d);
+                    best[5] = best[5].min(d_skip);
+                    best[6] = best[6].min(d_restore);
+                }
+                1 => {
+                    let d = run(Command::new("chcon")
+                        .arg("-R")
+                        .arg(LABEL)
+                        .arg(w.join("chcon")));
+                    check_all(&p_chcon, "chcon -R");
+                    reset(&p_chcon);
+                    best[1] = best[1].min(d);
+                }
+                2 => {
+                    let d = run(Command::new("setfiles")
+                        .args(["-F", "-T", "0"])
+                        .arg(&spec)
+                        .arg(w.join("setfiles")));
+                    check_all(&p_setfiles, "setfiles");
+                    reset(&p_setfiles);
+                    best[2] = best[2].min(d);
+                }
+                3 => {
+                    let d = bare_loop(&p_bare, true);
+                    check_all(&p_bare, "bare");
+                    reset(&p_bare);
+                    best[3] = best[3].min(d);
+                }
+                _ => {
+                    let d = bare_loop(&p_bare_set, false);
+                    check_all(&p_bare_set, "bare set-only");
+                    reset(&p_bare_set);
+                    best[4] = best[4].min(d);
+                }
+            }
+        }
+    }
+    let [
+        d_svirt,
+        d_chcon,
+        d_setfiles,
+        d_bare,
+        d_bare_set,
+        d_skip,
+        d_restore,
+    ] = best;
 
     println!(
-        "\nrelabel of {objects} objects ({n} files, {} dirs, {} symlinks), 2 threads:",
+        "\nrelabel of {objects} objects ({n} files, {} dirs, {} symlinks), 2 threads, best of {rounds} rounds:",
         n.div_ceil(PER_DIR),
         n.div_ceil(PER_DIR)
     );

@@ -559,8 +559,10 @@ fn tree_restore_reports_progress_while_it_runs() {
     assert!(errs.is_empty(), "{errs:?}");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.last().map(|r| r.0), Some(10_001), "{seen:?}");
-    let during = seen.iter().filter(|(d, _)| *d < 10_001).count();
-    assert!(during >= 2, "reports before the end: {seen:?}");
+    let during: Vec<_> = seen.iter().filter(|(d, _)| *d < 10_001).collect();
+    assert!(during.len() >= 2, "reports before the end: {seen:?}");
+    // The total is what the labeling changed (root and 10,000 files), known from the start.
+    assert!(during.iter().all(|(_, t)| *t == 10_001), "{seen:?}");
     assert_eq!(label(&share.join("f9999")), None, "restored to no label");
 }
 
@@ -602,7 +604,8 @@ fn ino_of(p: &Path) -> u64 {
 
 /// The tree database's rows are exactly the layout databases written by earlier versions
 /// hold (JSON record, binary exception chunks), built here byte by byte: what the engine
-/// writes equals it, and rows written that way are restored exactly.
+/// writes equals it (plus the record's `entries` count, added later with a default), and
+/// rows written without that field, as earlier versions did, are restored exactly.
 #[test]
 fn tree_database_rows_keep_their_layout() {
     let Some((_tmp, share)) = labeled_share() else {
@@ -638,6 +641,12 @@ fn tree_database_rows_keep_their_layout() {
         json_bytes(&nul(SHARED)),
         json_bytes(&nul(INITIAL)),
     );
+    // Root, sub, a, sub/d, b, c: all changed.
+    let record_now = format!(
+        "{}{}",
+        record.strip_suffix('}').unwrap(),
+        r#","entries":6}"#
+    );
     let exc_b = exception_bytes("b", ino_of(&share.join("b")), Some(&nul(odd)));
     let exc_c = exception_bytes("c", ino_of(&share.join("c")), None);
     let chunk_bc = [exc_b.clone(), exc_c.clone()].concat();
@@ -667,7 +676,7 @@ fn tree_database_rows_keep_their_layout() {
             rows,
             vec![(
                 ("selinux".to_string(), id.dev, id.ino),
-                record.clone().into_bytes()
+                record_now.clone().into_bytes()
             )],
             "record row"
         );
@@ -842,5 +851,59 @@ fn dead_guests_device_acl_grant_is_restored_by_recover() {
             "case {n}: ACL bytes, owner and mode as before the grant"
         );
         assert!(store.list_originals().unwrap().is_empty(), "case {n}");
+    }
+}
+
+/// Two guests sharing a disk and a tree stop at the same moment (the manager runs each
+/// guest's cleanup on its own thread): whichever release comes last restores, every time.
+#[test]
+fn concurrent_stops_of_two_sharers_restore_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    if !xattrs_work(&dir) {
+        return;
+    }
+    let disk = dir.join("shared.raw");
+    std::fs::write(&disk, b"x").unwrap();
+    set_label(&disk, INITIAL);
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    set_label(&share, INITIAL);
+    for i in 0..50 {
+        let p = share.join(format!("f{i}"));
+        std::fs::write(&p, b"x").unwrap();
+        set_label(&p, INITIAL);
+    }
+    let env = env();
+    let jobs = [job(&disk, SHARED, false), job(&share, SHARED, true)];
+    for round in 0..40 {
+        env.relabeler.set_labels("guest-a", &jobs).unwrap();
+        env.relabeler.set_labels("guest-b", &jobs).unwrap();
+        assert_eq!(label(&disk).as_deref(), Some(SHARED));
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for g in ["guest-a", "guest-b"] {
+                let (r, barrier) = (&env.relabeler, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let errs = r.restore_labels(g);
+                    assert!(errs.is_empty(), "{g}: {errs:?}");
+                });
+            }
+        });
+        assert_eq!(
+            label(&disk).as_deref(),
+            Some(INITIAL),
+            "round {round}: shared disk left labeled"
+        );
+        for (p, l) in tree_labels(&share) {
+            assert_eq!(
+                l.as_deref(),
+                Some(INITIAL),
+                "round {round}: {}",
+                p.display()
+            );
+        }
+        assert!(env.store.list_originals().unwrap().is_empty());
     }
 }
