@@ -1212,6 +1212,11 @@ impl DacDriver {
     /// known at stop, and after a crash only the store knows), and objects DAC can no longer
     /// reach by the plan (deleted files: nothing to restore on them, but the store must not
     /// keep the guest as a user).
+    ///
+    /// Fails closed: a record is released without a restore only when its object is gone
+    /// (`ENOENT`) or another object now holds the path. Any other failure to open it
+    /// (`ELOOP`, `EACCES`, `EMFILE`, …) is returned and the record, the only copy of the
+    /// original, stays for the next attempt.
     fn release_leftovers(&self, root: &FsRoot, guest: &str, errors: &mut Vec<DriverError>) {
         let me = owner_key(guest);
         let recs = match self.store.originals_for_owner(&me) {
@@ -1222,26 +1227,35 @@ impl DacDriver {
             }
         };
         for (k, rec) in recs {
-            match root.open_object(&rec.original.path) {
+            let path = &rec.original.path;
+            match root.open_object(path) {
                 Ok(obj) if object_key(obj.identity()) == k => {
                     if let Err(e) = self.restore_object(guest, &obj) {
                         errors.push(e);
                     }
                 }
                 // Gone or replaced: nothing of ours is left on it.
-                other => {
-                    if let Err(e) = other
-                        && e.raw_os_error() != Some(libc::ENOENT)
-                        && is_grant(&rec.original)
-                    {
-                        // A grant DAC cannot reach to undo: said, not skipped.
-                        errors.push(obj_err("open", &rec.original.path, e));
-                    }
-                    if let Err(e) = self.store.release_original(k, &me) {
-                        errors.push(store_err(e));
+                Ok(_) => self.release_unreachable(k, &me, errors),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.release_unreachable(k, &me, errors)
+                }
+                Err(e) => {
+                    // Said once: the plan's pass may have failed to open it already.
+                    let said = errors.iter().any(|x| {
+                        matches!(x, DriverError::Object { op: "open", path: p, .. } if p == path)
+                    });
+                    if !said {
+                        errors.push(obj_err("open", path, e));
                     }
                 }
             }
+        }
+    }
+
+    /// Drops `me` from the record of an object that is gone or replaced.
+    fn release_unreachable(&self, k: ObjectKey, me: &str, errors: &mut Vec<DriverError>) {
+        if let Err(e) = self.store.release_original(k, me) {
+            errors.push(store_err(e));
         }
     }
 }

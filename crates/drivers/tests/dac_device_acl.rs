@@ -444,3 +444,46 @@ fn dac_acl_grant_for_another_gid_is_refused_while_one_is_recorded() {
     assert!(e.stop(&a).is_empty());
     assert_eq!(snapshot(&e), before);
 }
+
+#[test]
+fn dac_acl_grant_out_of_reach_keeps_its_record() {
+    let Some(e) = env() else { return };
+    let before = snapshot(&e);
+    let g = e.start("out-of-reach").expect("start");
+    e.assert_granted();
+    // `/dev` becomes a symlink to the real directory: opening `/dev/kvm` without following
+    // symlinks fails (ELOOP), which is not "gone".
+    let dev = e.node.parent().expect("dev").to_path_buf();
+    let moved = dev.with_file_name("dev.real");
+    std::fs::rename(&dev, &moved).expect("move dev");
+    std::os::unix::fs::symlink("dev.real", &dev).expect("symlink dev");
+    let errors = e.stop(&g);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    match &errors[0] {
+        DriverError::Object { path, source, .. } => {
+            assert_eq!(path, Path::new(DEVICE));
+            assert_eq!(source.raw_os_error(), Some(libc::ELOOP), "{source}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let me = owner_key("out-of-reach");
+    assert_eq!(
+        e.store.originals_for_owner(&me).expect("records").len(),
+        1,
+        "the only copy of the original is kept"
+    );
+    std::fs::remove_file(&dev).expect("remove symlink");
+    std::fs::rename(&moved, &dev).expect("move dev back");
+    e.assert_granted();
+
+    // Reachable again: the next stop restores exactly and releases.
+    let errors = e.stop(&g);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(snapshot(&e), before);
+    assert!(
+        e.store
+            .originals_for_owner(&me)
+            .expect("records")
+            .is_empty()
+    );
+}

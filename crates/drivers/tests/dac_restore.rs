@@ -317,3 +317,43 @@ fn dac_changes_are_recovered_by_the_relabel_engine_after_a_crash() {
     assert!(d.restore_all(&p, &g).is_empty());
     assert_eq!((owner_mode(&private), owner_mode(&iso)), before);
 }
+
+#[test]
+fn dac_object_out_of_reach_at_stop_keeps_its_record() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let img = data.join("disk.img");
+    file(&img, 0o644);
+    let before = owner_mode(&img);
+    let p = plan("reach", vec![disk(&img)]);
+    let mut g = GuestSecurity {
+        name: "reach".into(),
+        level: None,
+        ids: None,
+    };
+    d.reserve(&p, &mut g).expect("reserve");
+    d.set_all(&p, &g).expect("set");
+    let changed = owner_mode(&img);
+    assert_ne!(changed, before);
+    // The directory becomes a symlink to itself moved: the image cannot be opened without
+    // following it (ELOOP), but it is not gone.
+    let moved = dir.path().join("data.real");
+    std::fs::rename(&data, &moved).expect("move");
+    std::os::unix::fs::symlink("data.real", &data).expect("symlink");
+    let errors = d.restore_all(&p, &g);
+    assert_eq!(errors.len(), 1, "said once: {errors:?}");
+    assert!(errors[0].to_string().contains("disk.img"), "{}", errors[0]);
+    assert_eq!(owner_mode(&moved.join("disk.img")), changed, "not restored");
+    std::fs::remove_file(&data).expect("remove symlink");
+    std::fs::rename(&moved, &data).expect("move back");
+    // The record was kept: the next stop restores exactly.
+    let errors = d.restore_all(&p, &g);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(owner_mode(&img), before);
+}
