@@ -614,7 +614,7 @@ impl Inner {
 
     pub(crate) fn stop(&self, name: &str, destroy: bool, timeout: Duration) -> Result<ExitInfo> {
         let slot = self.slot(name)?;
-        let pidfd = {
+        let (pidfd, qmp_socket) = {
             let mut st = lock(&slot.state);
             let state = st.record.state;
             // Shut off (its exit stays in `info`) or still starting: nothing to stop.
@@ -639,15 +639,18 @@ impl Inner {
             });
             next.state = GuestState::Stopping;
             self.write(&mut st, next)?;
-            pidfd
+            (pidfd, st.record.qmp_socket.clone())
         };
         // QEMU's exit is awaited on its pidfd, with the timeouts; the cleanup after it
         // (a restore of a large share can take minutes) is awaited apart, without one, so
         // a slow restore is never mistaken for a QEMU that does not die.
         if !destroy {
+            // Without the guest's lock: a QEMU that accepts the connection but never greets
+            // holds this conversation for its whole timeout, and the supervisor, `list`,
+            // `info` and starts all take that lock.
             let asked = {
                 let _q = lock(&slot.qmp);
-                Qmp::connect(&lock(&slot.state).record.qmp_socket, Duration::from_secs(5))
+                Qmp::connect(&qmp_socket, Duration::from_secs(5))
                     .and_then(|mut q| q.execute("system_powerdown", None))
             };
             match asked {
