@@ -509,6 +509,18 @@ impl Inner {
     /// Returns every error (it always runs to the end).
     pub(crate) fn undo(&self, rec: &Record, checkpoints: Option<&dyn Fn(&str)>) -> Vec<String> {
         let mut errors = Vec::new();
+        self.undo_into(rec, checkpoints, &mut errors);
+        errors
+    }
+
+    /// [`Inner::undo`], pushing each error to `errors` as it occurs (a caller that catches
+    /// a panic keeps the errors gathered before it).
+    pub(crate) fn undo_into(
+        &self,
+        rec: &Record,
+        checkpoints: Option<&dyn Fn(&str)>,
+        errors: &mut Vec<String>,
+    ) {
         let dirs = if rec.cgroups.is_empty() {
             self.layout
                 .guest_dirs(&self.config.cgroup_parent, &rec.name)
@@ -558,7 +570,6 @@ impl Inner {
         if let Err(e) = remove_tree(&rec.runtime_dir) {
             errors.push(format!("remove {}: {e}", rec.runtime_dir.display()));
         }
-        errors
     }
 
     /// Kills the QEMU a start forked before recording its pid (crash between fork and the
@@ -741,7 +752,35 @@ impl Inner {
     /// record is made in memory and in the store together, under the slot lock: a
     /// concurrent `stop` sees `stopping` and waits for this cleanup, and no writer can
     /// overwrite another's update.
+    ///
+    /// A panic anywhere in it (a driver's bug, a fault injected with `<step>:panic`) must
+    /// not leave the guest `stopping` with `finishing` set, which every later stop would
+    /// wait on for ever (and on the inline path the supervisor would die with it): the
+    /// guest is recorded shut off with the restore errors gathered so far plus the panic,
+    /// and the next open's sweep restores and releases what it still holds (its
+    /// reservations and recorded originals have no active owner any more).
     pub(crate) fn finish(&self, slot: &Arc<Slot>, status: Option<process::ExitStatus>) {
+        let mut errors = Vec::new();
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.finish_steps(slot, status, &mut errors)
+        }));
+        if let Err(p) = ended {
+            errors.push(format!(
+                "the cleanup panicked ({}); what the guest still holds is restored at the next open",
+                panic_text(p.as_ref())
+            ));
+            self.finish_after_panic(slot, status, errors);
+        }
+    }
+
+    /// [`Inner::finish`]'s work; restore errors go to `errors` as they occur, so a panic
+    /// later loses none of them.
+    fn finish_steps(
+        &self,
+        slot: &Arc<Slot>,
+        status: Option<process::ExitStatus>,
+        errors: &mut Vec<String>,
+    ) {
         let rec = {
             let mut st = lock(&slot.state);
             let mut next = st.record.clone();
@@ -754,42 +793,53 @@ impl Inner {
         let cp = move |step: &str| {
             let _ = fault.point(step);
         };
-        // A panic inside (a driver's bug) must not leave the guest `stopping` for ever with
-        // its stop waiting: the guest is recorded shut off with the panic as a restore
-        // error, and the next open's sweep restores what the guest still holds (its
-        // reservations and recorded originals have no active owner any more).
-        let undone =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.undo(&rec, Some(&cp))));
-        let errors = undone.unwrap_or_else(|p| {
-            let why = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown".into());
-            vec![format!(
-                "the cleanup panicked ({why}); what the guest still holds is restored at the next open"
-            )]
-        });
+        self.undo_into(&rec, Some(&cp), errors);
         if !errors.is_empty() {
             tracing::error!(guest = %rec.name, ?errors, "errors while cleaning up after the guest");
         }
         let mut st = lock(&slot.state);
         // The intent a stop recorded before the exit was noticed (none can be recorded
         // since: a stop finding `finishing` set only waits).
-        let reason = match (st.record.intent, status) {
-            (Some(intent), _) => intent.exit_reason(),
-            (None, Some(s)) if s.code == Some(0) => ExitReason::Shutdown,
-            (None, s) => ExitReason::Exited {
-                code: s.and_then(|s| s.code),
-                signal: s.and_then(|s| s.signal),
-            },
-        };
+        let reason = exit_reason(st.record.intent, status);
         let mut next = st.record.clone();
-        next.shut_off(reason, errors);
+        next.shut_off(reason, errors.clone());
         self.write_or_log(&mut st, next);
         tracing::info!(guest = %st.record.name, exit = ?st.record.exit, "guest stopped");
         st.pidfd = None;
         st.finishing = false;
+        slot.cv.notify_all();
+    }
+
+    /// Ends a cleanup that panicked: the guest shut off with `errors` (the panic last), its
+    /// waiters woken. The store write is guarded too (a panic there must not kill the
+    /// supervisor that runs an inline cleanup); memory takes the record whatever it says.
+    fn finish_after_panic(
+        &self,
+        slot: &Arc<Slot>,
+        status: Option<process::ExitStatus>,
+        errors: Vec<String>,
+    ) {
+        let name = lock(&slot.state).record.name.clone();
+        tracing::error!(guest = %name, ?errors, "the cleanup after the guest panicked");
+        let mut st = lock(&slot.state);
+        if st.finishing {
+            let mut next = st.record.clone();
+            next.shut_off(exit_reason(next.intent, status), errors);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.persist(&next))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(guest = %name, error = %e, "writing the guest record")
+                }
+                Err(p) => tracing::error!(
+                    guest = %name,
+                    "writing the guest record panicked: {}",
+                    panic_text(p.as_ref())
+                ),
+            }
+            st.record = next;
+            st.pidfd = None;
+            st.finishing = false;
+        }
         slot.cv.notify_all();
     }
 
@@ -983,6 +1033,27 @@ impl Inner {
         }
         Ok(reply)
     }
+}
+
+/// How a guest whose cleanup is done ended: the intent a stop recorded wins, else QEMU's
+/// own exit (code 0: it shut down).
+fn exit_reason(intent: Option<Intent>, status: Option<process::ExitStatus>) -> ExitReason {
+    match (intent, status) {
+        (Some(intent), _) => intent.exit_reason(),
+        (None, Some(s)) if s.code == Some(0) => ExitReason::Shutdown,
+        (None, s) => ExitReason::Exited {
+            code: s.and_then(|s| s.code),
+            signal: s.and_then(|s| s.signal),
+        },
+    }
+}
+
+/// The message of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn validate_name(name: &str) -> Result<()> {

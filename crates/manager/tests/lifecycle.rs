@@ -220,48 +220,83 @@ fn dac_landlock_stack_runs_guest_under_its_uid() {
     );
 }
 
+/// A panic anywhere in the cleanup after QEMU's exit (a driver's bug; injected at each
+/// cleanup step) ends the stop: the destroy returns with the panic among the restore errors
+/// (after the restore errors gathered before it), the guest is shut off, a second stop is
+/// refused at once, and the next open restores and releases what the guest still held.
 #[test]
-fn a_panicking_cleanup_still_ends_the_stop_and_the_next_open_restores_the_rest() {
+fn a_cleanup_panicking_at_any_step_ends_the_stop_and_the_next_open_restores_the_rest() {
     require_env!();
-    let env = Env::new("panic");
-    let disk = env.raw("p.img");
-    let before = common::owner_mode(&disk);
-    let mut cfg = env.config("dac,landlock");
-    // A bug in the cleanup after the labels are restored, before the uid is released.
-    cfg.fault = Some("after-restore:panic".into());
-    let (m, _) = Manager::open(cfg).unwrap();
-    m.start(
-        &env.xml("p", &[(disk.clone(), "raw", false)]),
-        StartOptions { paused: true },
-    )
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let m2 = m.clone();
-    let stopper = std::thread::spawn(move || {
-        let _ = tx.send(m2.destroy("p"));
-    });
-    let exit = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("destroy hangs after a panic in the cleanup")
+    for &step in svirt_manager::fault::STOP_STEPS {
+        let env = Env::new("panic");
+        let disk = env.raw("p.img");
+        let locked = env.raw("locked.img");
+        let before = [common::owner_mode(&disk), common::owner_mode(&locked)];
+        let mut cfg = env.config("dac,landlock");
+        cfg.fault = Some(format!("{step}:panic"));
+        let (m, _) = Manager::open(cfg).unwrap();
+        m.start(
+            &env.xml(
+                "p",
+                &[(disk.clone(), "raw", false), (locked.clone(), "raw", false)],
+            ),
+            StartOptions { paused: true },
+        )
         .unwrap();
-    // Its manager handle is gone before the next open (one process holds the store).
-    stopper.join().unwrap();
-    assert_eq!(exit.reason, ExitReason::Destroyed);
-    assert!(
-        exit.restore_errors.len() == 1 && exit.restore_errors[0].contains("panicked"),
-        "{:?}",
-        exit.restore_errors
-    );
-    assert_eq!(m.info("p").unwrap().state, GuestState::ShutOff);
-    assert_eq!(common::owner_mode(&disk), before);
-    drop(m);
-    // The uid the panic kept is released by the next open's sweep.
-    let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
-    assert!(
-        report.recovered.iter().any(|(g, _)| g == "p"),
-        "{:?}",
-        report.recovered
-    );
-    drop(m);
-    env.assert_store_clean("after the sweep");
+        // Its restore fails (EPERM): an error gathered before the panic.
+        let immutable = common::Immutable::set(&locked);
+        let stop = |destroy: bool| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let m2 = m.clone();
+            let t = std::thread::spawn(move || {
+                let _ = tx.send(if destroy {
+                    m2.destroy("p")
+                } else {
+                    m2.shutdown("p")
+                });
+            });
+            let r = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{step}: the stop hangs after a panic in the cleanup"));
+            // Its manager handle is gone before the next open (one process holds the store).
+            t.join().unwrap();
+            r
+        };
+        let exit = stop(true).unwrap();
+        eprintln!("{step}: {exit:?}");
+        assert_eq!(exit.reason, ExitReason::Destroyed, "{step}");
+        let errors = &exit.restore_errors;
+        assert!(
+            errors.last().is_some_and(|e| e.contains("panicked")),
+            "{step}: {errors:?}"
+        );
+        if step != "during-stop" {
+            assert!(
+                errors.iter().any(|e| e.contains("locked.img")),
+                "{step}: the restore error before the panic was lost: {errors:?}"
+            );
+        }
+        assert_eq!(m.info("p").unwrap().state, GuestState::ShutOff, "{step}");
+        assert!(
+            matches!(stop(false), Err(ManagerError::BadState { .. })),
+            "{step}: a second stop"
+        );
+        drop(immutable);
+        drop(m);
+        // What the panic left (labels, the uid) is restored and released by the next open.
+        let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
+        eprintln!("{step}: recovered {:?}", report.recovered);
+        assert!(
+            report.recovered.iter().any(|(g, _)| g == "p"),
+            "{step}: {:?}",
+            report.recovered
+        );
+        assert_eq!(
+            [common::owner_mode(&disk), common::owner_mode(&locked)],
+            before,
+            "{step}"
+        );
+        drop(m);
+        env.assert_store_clean(step);
+    }
 }

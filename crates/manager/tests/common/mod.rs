@@ -270,3 +270,21 @@ pub fn alive(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A file made immutable (`chattr +i`: even root's chown fails with EPERM), made mutable
+/// again on drop (also on test failure, so the temporary directory can be removed).
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    pub fn set(p: &Path) -> Immutable {
+        let st = Command::new("chattr").arg("+i").arg(p).status().unwrap();
+        assert!(st.success(), "chattr +i {}", p.display());
+        Immutable(p.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
