@@ -802,7 +802,16 @@ impl Inner {
         // since: a stop finding `finishing` set only waits).
         let reason = exit_reason(st.record.intent, status);
         let mut next = st.record.clone();
-        next.shut_off(reason, errors.clone());
+        // Only a start interrupted by a crash and killed at recovery ends here before `Up`:
+        // a restart's earlier shut-off record comes back, as for any failed start.
+        let message = format!(
+            "the manager stopped during the start (at {:?}); QEMU killed at recovery and rolled back",
+            next.phase
+        );
+        match next.take_earlier(message, errors.clone()) {
+            Some(earlier) => next = earlier,
+            None => next.shut_off(reason, errors.clone()),
+        }
         self.write_or_log(&mut st, next);
         tracing::info!(guest = %st.record.name, exit = ?st.record.exit, "guest stopped");
         st.pidfd = None;
@@ -824,7 +833,14 @@ impl Inner {
         let mut st = lock(&slot.state);
         if st.finishing {
             let mut next = st.record.clone();
-            next.shut_off(exit_reason(next.intent, status), errors);
+            let message = format!(
+                "the manager stopped during the start (at {:?}); QEMU killed at recovery, its cleanup panicked",
+                next.phase
+            );
+            match next.take_earlier(message, errors.clone()) {
+                Some(earlier) => next = earlier,
+                None => next.shut_off(exit_reason(next.intent, status), errors),
+            }
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.persist(&next))) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

@@ -133,6 +133,22 @@ impl Record {
         self.previous = None;
     }
 
+    /// For a start that never came up (`phase < Up`) and replaced a shut-off record of the
+    /// same name: that record, taken out, with the failed start as its exit
+    /// (`start-failed{message}`, `restore_errors`). `None` for a first start, or a guest
+    /// that was up.
+    pub fn take_earlier(&mut self, message: String, restore_errors: Vec<String>) -> Option<Record> {
+        if self.phase >= Phase::Up {
+            return None;
+        }
+        let mut earlier = *self.previous.take()?;
+        earlier.exit = Some(ExitInfo::now(
+            ExitReason::StartFailed { message },
+            restore_errors,
+        ));
+        Some(earlier)
+    }
+
     /// Serialized for the store.
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing plain data structures cannot fail.

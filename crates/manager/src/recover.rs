@@ -15,7 +15,7 @@ use crate::manager::{Inner, Slot};
 use crate::process;
 use crate::qmp::Qmp;
 use crate::record::{Intent, Phase, Record};
-use crate::types::{ExitInfo, ExitReason, GuestState};
+use crate::types::{ExitReason, GuestState};
 
 fn slot(record: Record, pidfd: Option<std::os::fd::OwnedFd>) -> Arc<Slot> {
     // Reattached or found shut off: never our child.
@@ -107,10 +107,21 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     rec.state = GuestState::Stopping;
                     let _ = inner.persist(&rec);
                     let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
-                    recovered.push((
-                        rec.name.clone(),
-                        "stop interrupted: QEMU killed, cleanup follows".into(),
-                    ));
+                    // The cleanup (`finish`) puts a restart's earlier shut-off record back.
+                    let what = if rec.phase < Phase::Up {
+                        format!(
+                            "start interrupted at {:?} (QEMU not answering QMP): QEMU killed, cleanup follows{}",
+                            rec.phase,
+                            if rec.previous.is_some() {
+                                "; the earlier shut-off record comes back"
+                            } else {
+                                ""
+                            }
+                        )
+                    } else {
+                        "stop interrupted: QEMU killed, cleanup follows".into()
+                    };
+                    recovered.push((rec.name.clone(), what));
                     guests.insert(rec.name.clone(), slot(rec, Some(pidfd)));
                     continue;
                 }
@@ -135,40 +146,39 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         }
         // Dead, or never fully started: undo everything it held.
         let errors = inner.undo(&rec, None);
-        if rec.phase < Phase::Spawned {
+        if rec.phase < Phase::Up {
             let mut what = format!(
-                "start interrupted at {:?}: rolled back{}",
+                "start interrupted at {:?}{}: rolled back{}",
                 rec.phase,
+                if rec.phase >= Phase::Spawned {
+                    " (QEMU gone)"
+                } else {
+                    ""
+                },
                 if errors.is_empty() {
                     String::new()
                 } else {
                     format!(" with errors: {}", errors.join("; "))
                 }
             );
-            match rec.previous.take() {
-                // A restart: the guest's earlier shut-off record comes back, with the
-                // interrupted start as its exit.
-                Some(earlier) => {
-                    let mut earlier = *earlier;
-                    earlier.exit = Some(ExitInfo::now(
-                        ExitReason::StartFailed {
-                            message: format!(
-                                "the manager stopped during the start (at {:?}); rolled back",
-                                rec.phase
-                            ),
-                        },
-                        errors,
-                    ));
-                    let _ = inner.persist(&earlier);
-                    what.push_str("; the earlier shut-off record kept");
-                    guests.insert(earlier.name.clone(), slot(earlier, None));
-                }
-                None => {
-                    let _ = inner.store.delete_guest(&rec.name);
-                }
+            let message = format!(
+                "the manager stopped during the start (at {:?}); rolled back",
+                rec.phase
+            );
+            // A restart: the guest's earlier shut-off record comes back, with the
+            // interrupted start as its exit.
+            if let Some(earlier) = rec.take_earlier(message, errors.clone()) {
+                let _ = inner.persist(&earlier);
+                what.push_str("; the earlier shut-off record kept");
+                recovered.push((rec.name.clone(), what));
+                guests.insert(earlier.name.clone(), slot(earlier, None));
+                continue;
             }
-            recovered.push((rec.name.clone(), what));
-            continue;
+            if rec.phase < Phase::Spawned {
+                let _ = inner.store.delete_guest(&rec.name);
+                recovered.push((rec.name.clone(), what));
+                continue;
+            }
         }
         let reason = rec
             .intent

@@ -323,3 +323,85 @@ fn kill_during_restart_keeps_the_earlier_record() {
         assert_eq!(store.list_guests().unwrap().len(), 1, "{what}");
     }
 }
+
+/// A restart killed at `after-spawn` (QEMU forked and its pid recorded, QMP not confirmed):
+/// whether its QEMU is gone by the next open or does not answer QMP there (stopped, so
+/// recovery kills it), the start is rolled back and the guest's earlier shut-off record
+/// comes back with the interrupted start as its exit.
+#[test]
+fn restart_killed_after_spawn_keeps_the_earlier_record() {
+    require_env!();
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    for qemu in ["gone", "silent"] {
+        let what = format!("restart killed after-spawn, QEMU {qemu}");
+        let env = Env::new("respawn");
+        let disk = env.qcow2("c.qcow2");
+        let files = Files::snapshot(vec![disk.clone()]);
+        let xml = env.xml("c", &[(disk.clone(), "qcow2", false)]);
+        let cfg = env.config("dac,landlock");
+        let uuid = {
+            let (m, _) = Manager::open(cfg.clone()).unwrap();
+            let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+            m.destroy("c").unwrap();
+            info.uuid
+        };
+        assert_eq!(
+            run_child(&env, &cfg, &xml, Some("after-spawn"), false),
+            libc::SIGKILL
+        );
+        // Its own start-up done (see check_step).
+        std::thread::sleep(Duration::from_secs(1));
+        let pids = processes_using(&disk);
+        assert_eq!(pids.len(), 1, "{what}: {pids:?}");
+        let sig = if qemu == "gone" {
+            libc::SIGKILL
+        } else {
+            libc::SIGSTOP
+        };
+        // SAFETY: a signal to the QEMU this test's child started.
+        assert_eq!(unsafe { libc::kill(pids[0], sig) }, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sig == libc::SIGKILL && alive(pids[0]) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (m, report) = Manager::open(cfg.clone()).unwrap();
+        eprintln!("{what}: recovered={:?}", report.recovered);
+        assert!(report.reattached.is_empty(), "{what}");
+        // A killed QEMU is cleaned up by the supervisor, after the open.
+        let exit = m
+            .wait("c", Duration::from_secs(30))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: not shut off"));
+        let info = m.info("c").unwrap();
+        assert_eq!(info.state, GuestState::ShutOff, "{what}");
+        assert_eq!(info.uuid, uuid, "{what}: not the earlier record");
+        assert_eq!(info.exit.as_ref(), Some(&exit), "{what}");
+        assert!(
+            matches!(
+                &exit.reason,
+                svirt_manager::ExitReason::StartFailed { message } if message.contains("manager stopped")
+            ),
+            "{what}: {exit:?}"
+        );
+        assert!(exit.restore_errors.is_empty(), "{what}: {exit:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !processes_using(&disk).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(processes_using(&disk), Vec::<i32>::new(), "{what}");
+        files.assert_restored(&what);
+        drop(m);
+        env.assert_store_clean(&what);
+        let store = svirt_store::Store::open(&env.path("state")).unwrap();
+        let stored = store.list_guests().unwrap();
+        assert_eq!(stored.len(), 1, "{what}");
+        let rec: serde_json::Value = serde_json::from_slice(&stored[0].record).unwrap();
+        assert_eq!(rec["uuid"], uuid.as_str(), "{what}: stored {rec}");
+        assert_eq!(
+            rec["exit"]["reason"], "start-failed",
+            "{what}: stored {rec}"
+        );
+    }
+}
