@@ -9,7 +9,9 @@
 //!
 //! Objects are changed through `O_PATH` fds opened without following any symlink
 //! ([`crate::fsops`]); the original owner, group and mode are committed to the store before
-//! the first change, reference counted per guest, and restored when the last user stops.
+//! the first change, reference counted per guest, and restored when the last user stops:
+//! restored first, released after (a crash in between keeps the record), under a per-object
+//! key lock on which guests starting and stopping on the same object take turns.
 //!
 //! Device nodes the VMM needs but cannot open by their mode (`/dev/kvm` is `root:root 0600`
 //! on some hosts) get one POSIX ACL entry granting the device group (`kvm` from the
@@ -21,18 +23,19 @@
 //! set, clear ambient capabilities, lock the securebits, `setgroups`, `setresgid`,
 //! `setresuid`, `capset` to zero, `PR_SET_NO_NEW_PRIVS`, then check the ids took.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CStr;
+use std::hash::Hash;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use svirt_domain::{Access, DacAction, DeviceOverride, Model, Plan, PlannedResource};
 use svirt_store::{IdAllocator, ObjectKey, Original, Store};
 
 use crate::dac_tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 use crate::fsops::{FsRoot, Meta, Object};
-use crate::relabel::ProgressFn;
+use crate::relabel::{FaultHook, ProgressFn};
 use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
 
@@ -193,6 +196,62 @@ pub struct DacDriver {
     trees: Mutex<Option<Arc<TreeDb>>>,
     /// Where tree walks report their progress.
     progress: Mutex<Option<ProgressFn>>,
+    /// Crash tests' hook ([`DacDriver::set_fault_hook`]).
+    fault: Mutex<Option<FaultHook>>,
+    /// Single objects whose record a thread is deciding on and acting on (record and
+    /// change, or re-read, restore and release), so that two guests' starts and stops
+    /// touching one object take turns while other objects go on in parallel.
+    object_locks: KeyLocks<ObjectKey>,
+    /// The same for tree records (held over a whole tree walk: only users of that tree
+    /// wait).
+    tree_locks: KeyLocks<TreeKey>,
+}
+
+/// Per-key mutual exclusion: a set of the keys held and a condition variable signalled when
+/// any is freed. A thread takes all the keys it needs at once (waiting until none of them is
+/// held), so two threads needing overlapping sets cannot deadlock.
+struct KeyLocks<K> {
+    held: Mutex<HashSet<K>>,
+    freed: Condvar,
+}
+
+impl<K: Eq + Hash + Copy> KeyLocks<K> {
+    fn new() -> Self {
+        KeyLocks {
+            held: Mutex::new(HashSet::new()),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits until none of `keys` is held, then holds them all until the guard drops.
+    fn lock(&self, keys: impl IntoIterator<Item = K>) -> KeyGuard<'_, K> {
+        let mut keys: Vec<K> = keys.into_iter().collect();
+        let mut seen = HashSet::new();
+        keys.retain(|k| seen.insert(*k));
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while keys.iter().any(|k| held.contains(k)) {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.extend(keys.iter().copied());
+        KeyGuard { locks: self, keys }
+    }
+}
+
+/// Keys held by one thread ([`KeyLocks::lock`]); freed on drop (a panic included).
+struct KeyGuard<'a, K: Eq + Hash + Copy> {
+    locks: &'a KeyLocks<K>,
+    keys: Vec<K>,
+}
+
+impl<K: Eq + Hash + Copy> Drop for KeyGuard<'_, K> {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            held.remove(k);
+        }
+        drop(held);
+        self.locks.freed.notify_all();
+    }
 }
 
 impl std::fmt::Debug for DacDriver {
@@ -259,7 +318,30 @@ impl DacDriver {
             ids,
             trees: Mutex::new(None),
             progress: Mutex::new(None),
+            fault: Mutex::new(None),
+            object_locks: KeyLocks::new(),
+            tree_locks: KeyLocks::new(),
         }
+    }
+
+    /// Sets (or clears) the fault hook (tests): called with `after-restore` once a single
+    /// object (a device ACL grant included) is restored and before its record is released,
+    /// and with `after-tree-restore` once a tree is restored and before its record is
+    /// deleted. It may kill the process (crash tests); `true` fails the operation there.
+    #[doc(hidden)]
+    pub fn set_fault_hook(&self, f: Option<FaultHook>) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
+    /// Whether the fault hook fails the operation at `point`.
+    fn fault_at(&self, point: &str) -> bool {
+        let hook = self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        hook.is_some_and(|h| h(point))
+    }
+
+    /// The error of a fault injected at `point`.
+    fn injected(point: &str) -> DriverError {
+        other(format!("injected fault at {point}"))
     }
 
     /// Sets (or clears) the progress callback of tree walks (filesystem shares, TPM state),
@@ -427,8 +509,12 @@ impl DacDriver {
         me: &str,
         errors: &mut Vec<DriverError>,
     ) {
+        // The record is re-read, the tree restored and the record updated under the key:
+        // another user of the tree cannot join or leave in between.
+        let _key = self.tree_locks.lock([k]);
         let progress = self.progress();
-        if let Err(e) = db.release(k, me, &|p| root.open_object(p), progress.as_ref()) {
+        let fault = || self.fault_at("after-tree-restore");
+        if let Err(e) = db.release(k, me, &|p| root.open_object(p), progress.as_ref(), &fault) {
             errors.push(tree_err(e));
         }
     }
@@ -510,10 +596,17 @@ impl DacDriver {
             let db = self.tree_db()?;
             let progress = self.progress();
             for (obj, rules) in &tree_rules {
+                let id = obj.identity();
+                let _key = self.tree_locks.lock([(id.dev, id.ino)]);
                 db.set_tree(&me, obj, *rules, trees, progress.as_ref())
                     .map_err(tree_err)?;
             }
         }
+        // From the read of each object's state to its change: a stop of another guest
+        // using it cannot restore it (or drop its record) in between.
+        let _keys = self
+            .object_locks
+            .lock(singles.iter().map(|(_, obj)| object_key(obj.identity())));
         for (pr, obj) in singles {
             let k = object_key(obj.identity());
             if let Some(&i) = seen.get(&k) {
@@ -568,61 +661,53 @@ impl DacDriver {
         Ok(())
     }
 
-    /// Undoes DAC's changes on `obj` if `guest` was the last guest DAC changed it for.
-    /// Records of other guests keep the object as it is.
+    /// Undoes DAC's changes on `obj` if `guest` was the last guest DAC changed it for, then
+    /// drops `guest` from the record. Records of other guests keep the object as it is.
+    ///
+    /// Under the object's key, the record is read afresh, the object restored, and only then
+    /// released: a crash before the release leaves the record (restoring again is
+    /// harmless), a failed restore keeps it, and another guest's start or stop on the object
+    /// waits (it cannot record the changed state as an original, nor decide from a record
+    /// about to change).
     fn restore_object(&self, guest: &str, obj: &Object) -> Result<(), DriverError> {
         let me = owner_key(guest);
         let id = obj.identity();
         let k = object_key(id);
+        let _key = self.object_locks.lock([k]);
         let Some(rec) = self.store.get_original(k).map_err(store_err)? else {
             return Ok(());
         };
         if !rec.owners.contains(&me) {
             return Ok(());
         }
+        // The file at this inode is not the one we changed: leave the newcomer alone.
         let stale = !rec.original.identity.same_object(&store_identity(id));
-        let released = self.store.release_original(k, &me).map_err(store_err)?;
-        if stale {
-            // The file at this inode is not the one we changed: leave the newcomer alone.
-            return Ok(());
-        }
-        let orig = match released {
-            Some(o) => o,
-            // Other users remain: restore only when none of them is a DAC user (the others
-            // are other models' records of the same object).
-            None => match self.store.get_original(k).map_err(store_err)? {
-                Some(r)
-                    if !r
-                        .owners
-                        .iter()
-                        .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY) =>
-                {
-                    r.original
-                }
-                _ => return Ok(()),
-            },
-        };
-        // The device group is looked up only for records that do not name the gid.
-        let r = if needs_device_gid(&orig) {
-            self.device_gid().map(Some).map_err(|e| {
-                DeviceAclError::NoGroup {
-                    device: obj.path().to_path_buf(),
-                    reason: e.to_string(),
-                }
-                .into_driver("restore ACL")
-            })
-        } else {
-            Ok(None)
-        }
-        .and_then(|g| restore_original(obj, &orig, g));
-        if r.is_err() {
-            // Not restored: the record comes back, so that the next restore (or recovery)
-            // tries again instead of forgetting the original.
-            if let Err(e) = self.store.record_original_if_absent(k, &orig, &me) {
-                tracing::error!("{}: DAC original lost: {e}", obj.path().display());
+        // Other models' users do not hold DAC's change in place; another DAC user does.
+        let other_dac_user = rec
+            .owners
+            .iter()
+            .any(|o| *o != me && crate::relabel::split_owner(o).0 == MODEL_KEY);
+        if !stale && !other_dac_user {
+            let orig = &rec.original;
+            // The device group is looked up only for records that do not name the gid.
+            let gid = if needs_device_gid(orig) {
+                Some(self.device_gid().map_err(|e| {
+                    DeviceAclError::NoGroup {
+                        device: obj.path().to_path_buf(),
+                        reason: e.to_string(),
+                    }
+                    .into_driver("restore ACL")
+                })?)
+            } else {
+                None
+            };
+            restore_original(obj, orig, gid)?;
+            if self.fault_at("after-restore") {
+                return Err(Self::injected("after-restore"));
             }
         }
-        r
+        self.store.release_original(k, &me).map_err(store_err)?;
+        Ok(())
     }
 
     /// Grants the device group read-write on every device of `exec` the guest cannot open by
@@ -676,14 +761,18 @@ impl DacDriver {
         gid: u32,
         done: &mut Vec<Object>,
     ) -> Result<(), DriverError> {
+        // From the read of the ACL to its write: a stop of another guest using the grant
+        // cannot undo it (or drop its record) in between.
+        let _key = self.object_locks.lock([object_key(obj.identity())]);
+        // Now, not at open: another guest's restore may have changed it since.
+        let meta = obj
+            .current_meta()
+            .map_err(|e| obj_err("stat", obj.path(), e))?;
         let current = obj
             .get_xattr(ACL_XATTR)
             .map_err(|e| obj_err("read ACL", obj.path(), e))?;
         let (mut acl, mut f) = match &current {
-            None => (
-                Acl::from_mode(obj.meta().mode),
-                flags::ACL_CREATED | flags::MODE,
-            ),
+            None => (Acl::from_mode(meta.mode), flags::ACL_CREATED | flags::MODE),
             Some(bytes) => {
                 let acl = Acl::parse(bytes).ok_or_else(|| {
                     DeviceAclError::Unreadable {
@@ -713,7 +802,7 @@ impl DacDriver {
             // grant restores the original, and flags of a later state are not merged in.
             f = 0;
         }
-        let mut original = original_of(&obj, obj.meta(), f)?;
+        let mut original = original_of(&obj, meta, f)?;
         if f != 0 {
             original.model_flags.insert(ACL_GID_KEY.to_string(), gid);
         }
@@ -1254,6 +1343,7 @@ impl DacDriver {
 
     /// Drops `me` from the record of an object that is gone or replaced.
     fn release_unreachable(&self, k: ObjectKey, me: &str, errors: &mut Vec<DriverError>) {
+        let _key = self.object_locks.lock([k]);
         if let Err(e) = self.store.release_original(k, me) {
             errors.push(store_err(e));
         }
@@ -1428,6 +1518,31 @@ mod tests {
             "group class decides, not other"
         );
         assert!(can_rw(&m(0, 0, 0o666), (5, 5), &[]));
+    }
+
+    #[test]
+    fn key_locks_exclude_per_key_and_take_sets_whole() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+        let locks = KeyLocks::<u32>::new();
+        let got = AtomicBool::new(false);
+        let first = locks.lock([1]);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                // Needs 1 (held) and 2 (free): takes neither until 1 is freed.
+                let _g = locks.lock([2, 1, 2]);
+                got.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!got.load(Ordering::SeqCst), "key 1 is held");
+            // Key 2 was not taken while the waiter waited, nor is an unrelated key.
+            drop(locks.lock([2, 3]));
+            drop(first);
+            waiter.join().expect("waiter");
+        });
+        assert!(got.load(Ordering::SeqCst));
+        let held = locks.held.lock().expect("held");
+        assert!(held.is_empty(), "{held:?}");
     }
 
     #[test]

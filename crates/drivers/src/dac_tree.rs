@@ -449,7 +449,8 @@ impl TreeDb {
 
     /// Records (or joins) the tree at `root` for `owner` with `rules`, then changes it. The
     /// key is pushed to `joined` once the record holds `owner` (the caller releases it on
-    /// error). Returns the number of entries changed.
+    /// error). Returns the number of entries changed. The caller holds the tree's key (see
+    /// [`TreeDb::release`]).
     ///
     /// Progress (to `progress`, path = `root.path()`): recording a new tree is `Scanning`
     /// over two read-only walks, the first finding how many entries there are (`done` 0,
@@ -630,8 +631,14 @@ impl TreeDb {
 
     /// Removes `owner` from the tree record `k`; when no user is left, writes the originals
     /// back first (`open_root` opens the recorded root path) and then deletes the record. A
-    /// failed restore keeps the record (with `owner`) for the next attempt. Returns the
-    /// number of entries restored.
+    /// failed restore keeps the record (with `owner`) for the next attempt, and so does a
+    /// crash before the delete. Returns the number of entries restored. `fault` (tests) is
+    /// asked between the restore and the delete; `true` fails the release there.
+    ///
+    /// The caller holds the tree's key ([`crate::dac`]'s per-tree lock, also held by
+    /// [`TreeDb::set_tree`]): the record read here is the one the decision to restore and
+    /// the delete act on, and no other user joins or leaves in between (two users leaving
+    /// at once would otherwise each see the other and neither restore).
     ///
     /// A restore reports `Restoring` to `progress` (path = the recorded root path): `done` =
     /// entries restored, `total` = entries recorded, or visited when more.
@@ -641,6 +648,7 @@ impl TreeDb {
         owner: &str,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
         progress: Option<&ProgressFn>,
+        fault: &dyn Fn() -> bool,
     ) -> Result<u64, TreeError> {
         let Some(rec) = self.get(k)? else {
             return Ok(0);
@@ -652,6 +660,9 @@ impl TreeDb {
         if rec.owners.len() == 1 {
             // Restore before releasing: a crash in between leaves the record for recovery.
             n = self.restore(k, &rec, open_root, progress)?;
+            if fault() {
+                return Err(TreeError::Db("injected fault at after-tree-restore".into()));
+            }
         }
         // Deleted only if still ours alone (a guest may have joined meanwhile: then only
         // `owner` goes).
