@@ -708,12 +708,17 @@ impl Inner {
     }
 
     pub(crate) fn wait_exit(&self, slot: &Slot, timeout: Duration) -> Option<ExitInfo> {
-        let deadline = Instant::now() + timeout;
+        // Too large to add to the clock: no limit.
+        let deadline = Instant::now().checked_add(timeout);
         let mut st = lock(&slot.state);
         loop {
             if st.record.state == GuestState::ShutOff {
                 return st.record.exit.clone();
             }
+            let Some(deadline) = deadline else {
+                st = slot.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;

@@ -297,24 +297,30 @@ pub fn pidfd_exited(pidfd: &OwnedFd) -> bool {
 }
 
 /// Waits up to `timeout` for the process behind the pidfd to exit (the pidfd becomes
-/// readable once it is a zombie: reaping is not needed); whether it has.
+/// readable once it is a zombie: reaping is not needed); whether it has. A timeout too
+/// large to add to the clock (it may come from an API caller) is no limit.
 pub fn wait_exited(pidfd: &OwnedFd, timeout: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = std::time::Instant::now().checked_add(timeout);
     loop {
         let mut p = libc::pollfd {
             fd: pidfd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // -1: no limit. A limit beyond poll's ~24 days is waited in slices.
+        let ms = deadline.map_or(-1, |d| {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+        });
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r > 0 {
             return true;
         }
-        let interrupted = r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
-        if !interrupted || left.is_zero() {
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return false;
         }
     }
@@ -413,6 +419,18 @@ mod tests {
         let t = start_time(me).unwrap();
         assert!(same_process(Path::new("/proc"), me, t));
         assert!(!same_process(Path::new("/proc"), me, t + 1));
+    }
+
+    #[test]
+    fn waits_of_any_length_end_when_the_process_does() {
+        let mut child = Command::new("sleep").arg("0.2").spawn().unwrap();
+        let fd = pidfd_open(child.id() as i32).unwrap();
+        assert!(!pidfd_exited(&fd));
+        assert!(!wait_exited(&fd, std::time::Duration::from_millis(20)));
+        // Too large to add to the clock: no limit, no panic.
+        assert!(wait_exited(&fd, std::time::Duration::MAX));
+        assert!(wait_exited(&fd, std::time::Duration::from_secs(u64::MAX)));
+        child.wait().unwrap();
     }
 
     #[test]

@@ -160,9 +160,12 @@ impl Qmp {
         if let Some(e) = self.events.pop_front() {
             return Ok(Some(e));
         }
-        let deadline = Instant::now() + timeout;
+        // Too large to add to the clock: no limit (the socket's timeout saturates).
+        let deadline = Instant::now().checked_add(timeout);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return Ok(None);
             }

@@ -29,6 +29,7 @@ pub struct CreateRequest {
 #[serde(deny_unknown_fields)]
 pub struct ShutdownRequest {
     /// Seconds to wait after the ACPI power-down before killing QEMU (default: the daemon's).
+    /// Any u64: one too large to reach (past the clock's range) means no limit.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
 }

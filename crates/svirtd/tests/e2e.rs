@@ -630,3 +630,39 @@ fn api_socket_is_root_only_and_errors_are_json() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `timeout_secs` is any u64: one too large to add to the clock means no limit (it used to
+/// panic the handler with the guest left `stopping`). The shutdown waits for a guest that
+/// has no OS to power off, and a destroy then ends both with `destroyed`.
+#[test]
+fn a_shutdown_timeout_of_any_size_waits_without_limit() {
+    skip_unless_capable!();
+    let d = Daemon::start(&[]);
+    let xml = make_guest(&d, "long", false, None);
+    d.ok(&["start", "--paused", xml.to_str().expect("utf8")]);
+    let body = format!(r#"{{"timeout_secs": {}}}"#, u64::MAX);
+    let (status, exit) = std::thread::scope(|s| {
+        let shutdown = s.spawn(|| d.api("POST", "/v1/domains/long/shutdown", Some(&body)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.api("GET", "/v1/domains/long", None).1["state"] != "stopping" {
+            assert!(Instant::now() < deadline, "the shutdown never began");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !shutdown.is_finished(),
+            "the shutdown answered without waiting: {:?}",
+            shutdown.join()
+        );
+        let (status, v) = d.api("POST", "/v1/domains/long/destroy", None);
+        assert_eq!(
+            (status, &v["reason"]),
+            (200, &Value::from("destroyed")),
+            "{v}"
+        );
+        shutdown.join().expect("shutdown thread")
+    });
+    assert_eq!(status, 200, "{exit}");
+    assert_eq!(exit["reason"], "destroyed", "{exit}");
+    assert_eq!(exit["restore_errors"], serde_json::json!([]), "{exit}");
+}
