@@ -864,7 +864,9 @@ impl DacDriver {
 /// records without it, `device_gid`) gets back the rights it had, or is removed if it did not
 /// exist, and the mask gets back its value (or goes, if there was none and no named entry
 /// needs one); every other entry is left as it is now. An ACL DAC created is removed once
-/// nothing but the base entries is left. What cannot be resolved (no gid, the ACL DAC changed
+/// nothing but the base entries is left. Owner and mode are restored before the ACL is
+/// written, so where entries added since need a mask, the mode's group bits are that mask
+/// (as POSIX has them), not the original group bits. What cannot be resolved (no gid, the ACL DAC changed
 /// is gone or unreadable) is a [`DeviceAclError`] naming the device, never skipped.
 pub fn restore_original(
     obj: &Object,
@@ -872,9 +874,6 @@ pub fn restore_original(
     device_gid: Option<u32>,
 ) -> Result<(), DriverError> {
     let f = orig.model_flags.get(MODEL_KEY).copied().unwrap_or(0);
-    if f & (flags::ACL_CREATED | flags::ACL_ENTRY) != 0 {
-        restore_acl(obj, orig, f, device_gid)?;
-    }
     if f & flags::OWNER != 0 {
         obj.chown(orig.uid, orig.gid)
             .map_err(|e| obj_err("restore owner", obj.path(), e))?;
@@ -882,6 +881,12 @@ pub fn restore_original(
     if f & (flags::MODE | flags::OWNER) != 0 {
         obj.chmod(orig.mode)
             .map_err(|e| obj_err("restore mode", obj.path(), e))?;
+    }
+    // The ACL last: a chmod on an object with an ACL sets its mask to the mode's group bits
+    // (the kernel's posix_acl_chmod), which would undo the mask computed here. Written
+    // after, the mask is the intended one and the mode's group bits follow it (POSIX).
+    if f & (flags::ACL_CREATED | flags::ACL_ENTRY) != 0 {
+        restore_acl(obj, orig, f, device_gid)?;
     }
     Ok(())
 }

@@ -226,6 +226,18 @@ impl Env {
         std::fs::write(self.accounts.join("etc/group"), group_file(kvm_gid)).expect("group");
     }
 
+    /// Lets other users reach `dev/kvm` (the temporary directory is 0700).
+    fn traversable(&self) {
+        let mut d = self.node.parent();
+        while let Some(p) = d {
+            traversable(p);
+            if p == self._dir.path() {
+                break;
+            }
+            d = p.parent();
+        }
+    }
+
     /// The ACL now, decoded.
     fn acl(&self) -> Vec<(u16, u16, u32)> {
         decode(&get_acl(&self.node).expect("an ACL"))
@@ -240,6 +252,26 @@ impl Env {
             "{acl:?}"
         );
     }
+}
+
+/// Whether `uid` (gid the same, no supplementary group) can open `p` for reading or for
+/// writing, tried by a shell running under it.
+fn can_open(p: &Path, uid: u32, write: bool) -> bool {
+    use std::os::unix::process::CommandExt;
+    let redirect = if write {
+        "exec 3>>\"$1\""
+    } else {
+        "exec 3<\"$1\""
+    };
+    std::process::Command::new("sh")
+        .args(["-c", redirect, "sh"])
+        .arg(p)
+        .uid(uid)
+        .gid(uid)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run sh")
+        .success()
 }
 
 /// The ACL and mode as they are now, to compare with after the restore.
@@ -298,7 +330,18 @@ fn dac_acl_created_keeps_entries_added_by_others() {
     let after = e.acl();
     assert_eq!(perm_of(&after, USER, 4242), Some(4), "{after:?}");
     assert_eq!(perm_of(&after, GROUP, KVM_GID), None, "{after:?}");
-    assert_eq!(owner_mode(&e.node), before.1, "mode restored");
+    // The entry keeps its effect: the mask lets its r through (a mask of the mode's
+    // group bits, ---, would leave it without any).
+    assert_eq!(perm_of(&after, MASK, NO_ID), Some(4), "{after:?}");
+    assert_eq!(perm_of(&after, GROUP_OBJ, NO_ID), Some(0), "{after:?}");
+    // Owner and other bits as before; the group class bits show the mask, as POSIX has
+    // them whenever an ACL has one.
+    assert_eq!(owner_mode(&e.node), (before.1.0, before.1.1, 0o640));
+    // And for real: uid 4242 reads it (and cannot write it), another uid cannot read it.
+    e.traversable();
+    assert!(can_open(&e.node, 4242, false), "the admin's entry works");
+    assert!(!can_open(&e.node, 4242, true), "r only");
+    assert!(!can_open(&e.node, 4243, false), "no entry, other ---");
 
     // Without anybody else's entry, the ACL DAC created goes entirely, once its last user
     // (a second guest joined the grant) stops.
