@@ -642,6 +642,28 @@ impl Inner {
                 drop(st);
                 return self.wait_cleanup(&slot, name);
             }
+            // A stop under way keeps its intent: it is never downgraded (a shutdown
+            // arriving during a destroy would turn `destroyed` into `shutdown`), only a
+            // destroy escalates a shutdown. Any other second stop waits for the first,
+            // within its own budget, and returns the same exit.
+            match st.record.intent {
+                Some(Intent::Shutdown) if destroy => {}
+                Some(_) => {
+                    drop(st);
+                    let limit = if destroy {
+                        self.config.kill_timeout
+                    } else {
+                        timeout.saturating_add(self.config.kill_timeout)
+                    };
+                    if !process::wait_exited(&pidfd, limit) {
+                        return Err(ManagerError::Qemu(format!(
+                            "{name}: QEMU did not exit within {limit:?} (a stop was already under way)"
+                        )));
+                    }
+                    return self.wait_cleanup(&slot, name);
+                }
+                None => {}
+            }
             let mut next = st.record.clone();
             next.intent = Some(if destroy {
                 Intent::Destroy
@@ -674,7 +696,8 @@ impl Inner {
                 Ok(_) => {}
             }
             let mut st = lock(&slot.state);
-            if !st.finishing {
+            // Not when a destroy has escalated the stop meanwhile (its intent stays).
+            if !st.finishing && st.record.intent == Some(Intent::Shutdown) {
                 let mut next = st.record.clone();
                 next.intent = Some(Intent::ShutdownKilled);
                 if let Err(e) = self.write(&mut st, next) {
