@@ -1,6 +1,6 @@
 //! Recovery at open: reattach to guests still running, clean up after the others.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,16 @@ pub(crate) struct Recovered {
     pub(crate) reattached: Vec<String>,
     pub(crate) recovered: Vec<(String, String)>,
     pub(crate) unreadable: HashSet<String>,
+}
+
+/// A failed store write of recovery, reported (and logged): the stored record is then
+/// behind what was done, which the next open finds and handles again.
+fn note(recovered: &mut Vec<(String, String)>, name: &str, what: &str, r: Result<()>) {
+    if let Err(e) = r {
+        let what = format!("{what} failed: {e}");
+        tracing::error!(guest = %name, "{what}");
+        recovered.push((name.to_string(), what));
+    }
 }
 
 pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
@@ -105,7 +115,12 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                         rec.intent = Some(Intent::Destroy);
                     }
                     rec.state = GuestState::Stopping;
-                    let _ = inner.persist(&rec);
+                    note(
+                        &mut recovered,
+                        &rec.name,
+                        "writing the stopping record",
+                        inner.persist(&rec),
+                    );
                     let _ = process::pidfd_signal(&pidfd, libc::SIGKILL);
                     // The cleanup (`finish`) puts a restart's earlier shut-off record back.
                     let what = if rec.phase < Phase::Up {
@@ -139,7 +154,12 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     GuestState::Paused
                 };
             }
-            let _ = inner.persist(&rec);
+            note(
+                &mut recovered,
+                &rec.name,
+                "writing the reattached record",
+                inner.persist(&rec),
+            );
             reattached.push(rec.name.clone());
             guests.insert(rec.name.clone(), slot(rec, Some(pidfd)));
             continue;
@@ -168,15 +188,31 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
             // A restart: the guest's earlier shut-off record comes back, with the
             // interrupted start as its exit.
             if let Some(earlier) = rec.take_earlier(message, errors.clone()) {
-                let _ = inner.persist(&earlier);
+                let stored = inner.persist(&earlier);
                 what.push_str("; the earlier shut-off record kept");
                 recovered.push((rec.name.clone(), what));
+                note(
+                    &mut recovered,
+                    &rec.name,
+                    "writing the earlier shut-off record back",
+                    stored,
+                );
                 guests.insert(earlier.name.clone(), slot(earlier, None));
                 continue;
             }
             if rec.phase < Phase::Spawned {
-                let _ = inner.store.delete_guest(&rec.name);
+                let deleted = inner
+                    .store
+                    .delete_guest(&rec.name)
+                    .map(|_| ())
+                    .map_err(|e| ManagerError::Store(e.to_string()));
                 recovered.push((rec.name.clone(), what));
+                note(
+                    &mut recovered,
+                    &rec.name,
+                    "deleting the record of the interrupted start",
+                    deleted,
+                );
                 continue;
             }
         }
@@ -188,7 +224,12 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
             format!("QEMU gone ({reason:?}): cleaned up"),
         ));
         rec.shut_off(reason, errors);
-        let _ = inner.persist(&rec);
+        note(
+            &mut recovered,
+            &rec.name,
+            "writing the shut-off record",
+            inner.persist(&rec),
+        );
         guests.insert(rec.name.clone(), slot(rec, None));
     }
     let active: HashSet<String> = guests
@@ -233,19 +274,29 @@ const UNNAMED: &str = "(orphaned records)";
 /// Everything done is pushed to `recovered` (svirtd logs it).
 fn sweep_orphans(inner: &Inner, active: &HashSet<String>, recovered: &mut Vec<(String, String)>) {
     let mut orphans: BTreeSet<String> = BTreeSet::new();
-    if let Ok(levels) = inner.store.level_reservations() {
-        orphans.extend(levels.into_iter().flat_map(|l| l.owners));
+    // A listing that fails leaves its owners unswept: said, so that it is not taken for
+    // a clean store.
+    let mut unlisted = |what: &str, e: &dyn std::fmt::Display| {
+        let what = format!("cannot list the {what}: {e}; their owners are not swept");
+        tracing::error!("{what}");
+        recovered.push((UNNAMED.into(), what));
+    };
+    match inner.store.level_reservations() {
+        Ok(levels) => orphans.extend(levels.into_iter().flat_map(|l| l.owners)),
+        Err(e) => unlisted("level reservations", &e),
     }
-    if let Ok(ids) = inner.store.id_reservations() {
-        orphans.extend(ids.into_iter().map(|(_, o)| o));
+    match inner.store.id_reservations() {
+        Ok(ids) => orphans.extend(ids.into_iter().map(|(_, o)| o)),
+        Err(e) => unlisted("uid reservations", &e),
     }
-    if let Ok(originals) = inner.store.list_originals() {
-        orphans.extend(
+    match inner.store.list_originals() {
+        Ok(originals) => orphans.extend(
             originals
                 .into_iter()
                 .flat_map(|(_, r)| r.owners)
                 .map(|o| split_owner(&o).1.to_string()),
-        );
+        ),
+        Err(e) => unlisted("recorded originals", &e),
     }
     for owner in orphans.into_iter().filter(|o| !active.contains(o)) {
         let plan = empty_plan(&owner, inner.models());
@@ -268,45 +319,58 @@ fn sweep_orphans(inner: &Inner, active: &HashSet<String>, recovered: &mut Vec<(S
             }
         }
         let what = if errs.is_empty() {
-            "no guest record: what the stacked drivers recorded for it restored, its reservations released"
+            "no active guest of this name: what the stacked drivers recorded for it restored, its reservations released"
                 .to_string()
         } else {
             format!(
-                "no guest record: restored and released with errors: {}",
+                "no active guest of this name: restored and released with errors: {}",
                 errs.join("; ")
             )
         };
-        tracing::warn!(guest = %owner, "{what}");
+        if errs.is_empty() {
+            tracing::warn!(guest = %owner, "{what}");
+        } else {
+            tracing::error!(guest = %owner, "{what}");
+        }
         recovered.push((owner, what));
     }
     let running = |g: &str| active.contains(g);
     if let Some(dac) = &inner.dac {
-        let before = dac.tree_records().unwrap_or_default();
+        let mut failed = |e: &dyn std::fmt::Display| {
+            tracing::error!("DAC tree recovery: {e}");
+            recovered.push((UNNAMED.into(), format!("DAC tree recovery failed: {e}")));
+        };
+        let before = dac.tree_records().unwrap_or_else(|e| {
+            failed(&format!("listing the tree records: {e}"));
+            Vec::new()
+        });
         let errors = dac.recover_trees(&running);
-        let left: HashSet<PathBuf> = dac
-            .tree_records()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect();
+        let left: Option<HashMap<PathBuf, Vec<String>>> = match dac.tree_records() {
+            Ok(l) => Some(l.into_iter().collect()),
+            Err(e) => {
+                failed(&format!("listing the tree records after the sweep: {e}"));
+                None
+            }
+        };
+        for e in &errors {
+            failed(e);
+        }
         for (path, owners) in before {
             for owner in owners.iter().filter(|o| !running(split_owner(o).1)) {
-                let what = format!(
-                    "DAC tree {} of no running guest: {}",
-                    path.display(),
-                    if left.contains(&path) {
-                        "released (other guests still use it)"
-                    } else {
-                        "restored"
+                let outcome = match left.as_ref().map(|l| l.get(&path)) {
+                    None => "outcome unknown (the records could not be listed again)",
+                    Some(None) => "restored",
+                    // Still a user of the record: its release (and the restore, when it was
+                    // the last user) failed; the record stays for the next open.
+                    Some(Some(o)) if o.contains(owner) => {
+                        "restore failed (see the DAC tree recovery errors), record kept for the next open"
                     }
-                );
+                    Some(Some(_)) => "released (other guests still use it)",
+                };
+                let what = format!("DAC tree {} of no running guest: {outcome}", path.display());
                 tracing::warn!(guest = %split_owner(owner).1, "{what}");
                 recovered.push((split_owner(owner).1.to_string(), what));
             }
-        }
-        for e in errors {
-            tracing::error!("DAC tree recovery: {e}");
-            recovered.push((UNNAMED.into(), format!("DAC tree recovery failed: {e}")));
         }
     }
     let engine = match &inner.relabeler {

@@ -38,6 +38,32 @@ fn selinux_xattr(p: &Path) -> Option<Vec<u8>> {
     })
 }
 
+/// [`Env::xml_with_share`] with the serial on a pty: the share is the guest's only file.
+fn share_only_xml(env: &Env, name: &str, tree: &Path) -> String {
+    let xml = env.xml_with_share(name, tree);
+    let start = xml.find("<serial type='file'>").unwrap();
+    let end = xml[start..].find("</serial>").unwrap() + start + "</serial>".len();
+    format!(
+        "{}<serial type='pty'><target port='0'/></serial>{}",
+        &xml[..start],
+        &xml[end..]
+    )
+}
+
+/// A DAC driver on the manager's store (closed), as the manager builds it.
+fn dac_on(store: &Arc<Store>) -> DacDriver {
+    let ids = IdAllocator::open(
+        store.clone(),
+        IdConfig {
+            first: 300_000,
+            last: 365_535,
+            root: PathBuf::from("/"),
+        },
+    )
+    .unwrap();
+    DacDriver::new(DacConfig::default(), store.clone(), Arc::new(ids))
+}
+
 #[test]
 fn labels_of_guests_without_a_record_are_restored_at_open() {
     require_env!();
@@ -69,14 +95,7 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
     std::fs::write(env.path("images").join("ghost-disk.serial.log"), b"").unwrap();
     // The tree guest's only file is its share (serial on a pty): nothing but the DAC tree
     // record names it once its uid is released.
-    let tree_xml = env.xml_with_share("ghost-tree", &tree);
-    let start = tree_xml.find("<serial type='file'>").unwrap();
-    let end = tree_xml[start..].find("</serial>").unwrap() + start + "</serial>".len();
-    let tree_xml = format!(
-        "{}<serial type='pty'><target port='0'/></serial>{}",
-        &tree_xml[..start],
-        &tree_xml[end..]
-    );
+    let tree_xml = share_only_xml(&env, "ghost-tree", &tree);
     let plans = [
         m.plan(&tree_xml).unwrap(),
         m.plan(&env.xml("ghost-disk", &[(ghost_disk.clone(), "raw", false)]))
@@ -86,16 +105,7 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
 
     // The drivers label for guests the manager has no record of (records lost).
     let store = Arc::new(Store::open(&env.path("state")).unwrap());
-    let ids = IdAllocator::open(
-        store.clone(),
-        IdConfig {
-            first: 300_000,
-            last: 365_535,
-            root: PathBuf::from("/"),
-        },
-    )
-    .unwrap();
-    let dac = DacDriver::new(DacConfig::default(), store.clone(), Arc::new(ids));
+    let dac = dac_on(&store);
     let mut ghost_uids = Vec::new();
     for plan in &plans {
         let mut sec = GuestSecurity {
@@ -276,4 +286,75 @@ fn an_unreadable_record_keeps_everything_of_its_guest() {
     assert_eq!(owner_mode(&disk), before);
     drop(m);
     env.assert_store_clean("after the record was repaired");
+}
+
+/// A DAC tree of a lost guest whose restore fails (a file in it is immutable) is reported
+/// as failed, with the error, not as "released": its record stays, and the next open,
+/// with the file mutable again, restores it.
+#[test]
+fn a_tree_whose_restore_fails_is_reported_as_failed() {
+    require_env!();
+    let env = Env::new("treefail");
+    let tree = env.tree(&env.path("tree"), 50);
+    let (stuck, other) = (tree.join("d0/f3"), tree.join("d0/f4"));
+    let before = [owner_mode(&stuck), owner_mode(&other), owner_mode(&tree)];
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let plan = m.plan(&share_only_xml(&env, "ghost", &tree)).unwrap();
+    drop(m);
+    {
+        let store = Arc::new(Store::open(&env.path("state")).unwrap());
+        let dac = dac_on(&store);
+        let mut sec = GuestSecurity {
+            name: "ghost".into(),
+            level: None,
+            ids: None,
+        };
+        dac.reserve(&plan, &mut sec).unwrap();
+        dac.set_all(&plan, &sec).unwrap();
+        // Lost with its record: only the tree record names it.
+        dac.release(&sec).unwrap();
+        assert_eq!(owner_mode(&stuck).0, sec.ids.unwrap().0);
+    }
+    let immutable = common::Immutable::set(&stuck);
+    let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
+    eprintln!("recovered: {:#?}", report.recovered);
+    let on_tree: Vec<&String> = report
+        .recovered
+        .iter()
+        .filter(|(g, w)| g == "ghost" && w.contains(&tree.display().to_string()))
+        .map(|(_, w)| w)
+        .collect();
+    assert!(
+        on_tree.iter().any(|w| w.contains("restore failed")),
+        "the failed restore is not reported: {on_tree:?}"
+    );
+    assert!(
+        !on_tree.iter().any(|w| w.contains("released")),
+        "a failed restore reported as released: {on_tree:?}"
+    );
+    assert!(
+        report
+            .recovered
+            .iter()
+            .any(|(_, w)| w.contains("failed") && w.contains("d0/f3")),
+        "the error itself is not reported: {:?}",
+        report.recovered
+    );
+    drop(m);
+    drop(immutable);
+    let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
+    assert!(
+        report
+            .recovered
+            .iter()
+            .any(|(g, w)| g == "ghost" && w.contains("restored")),
+        "{:?}",
+        report.recovered
+    );
+    assert_eq!(
+        [owner_mode(&stuck), owner_mode(&other), owner_mode(&tree)],
+        before
+    );
+    drop(m);
+    env.assert_store_clean("after the second open");
 }
