@@ -10,8 +10,9 @@
 //! Objects are changed through `O_PATH` fds opened without following any symlink
 //! ([`crate::fsops`]); the original owner, group and mode are committed to the store before
 //! the first change, reference counted per guest, and restored when the last user stops:
-//! restored first, released after (a crash in between keeps the record), under a per-object
-//! key lock on which guests starting and stopping on the same object take turns.
+//! restored first, released after (a crash in between keeps the record), under the store's
+//! per-object lock ([`Store::lock_object`], shared with the relabel engine), on which guests
+//! starting and stopping on the same object take turns.
 //!
 //! Device nodes the VMM needs but cannot open by their mode (`/dev/kvm` is `root:root 0600`
 //! on some hosts) get one POSIX ACL entry granting the device group (`kvm` from the
@@ -23,12 +24,11 @@
 //! set, clear ambient capabilities, lock the securebits, `setgroups`, `setresgid`,
 //! `setresuid`, `capset` to zero, `PR_SET_NO_NEW_PRIVS`, then check the ids took.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
-use std::hash::Hash;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use svirt_domain::{Access, DacAction, DeviceOverride, Model, Plan, PlannedResource};
 use svirt_store::{IdAllocator, ObjectKey, Original, Store};
@@ -198,60 +198,6 @@ pub struct DacDriver {
     progress: Mutex<Option<ProgressFn>>,
     /// Crash tests' hook ([`DacDriver::set_fault_hook`]).
     fault: Mutex<Option<FaultHook>>,
-    /// Single objects whose record a thread is deciding on and acting on (record and
-    /// change, or re-read, restore and release), so that two guests' starts and stops
-    /// touching one object take turns while other objects go on in parallel.
-    object_locks: KeyLocks<ObjectKey>,
-    /// The same for tree records (held over a whole tree walk: only users of that tree
-    /// wait).
-    tree_locks: KeyLocks<TreeKey>,
-}
-
-/// Per-key mutual exclusion: a set of the keys held and a condition variable signalled when
-/// any is freed. A thread takes all the keys it needs at once (waiting until none of them is
-/// held), so two threads needing overlapping sets cannot deadlock.
-struct KeyLocks<K> {
-    held: Mutex<HashSet<K>>,
-    freed: Condvar,
-}
-
-impl<K: Eq + Hash + Copy> KeyLocks<K> {
-    fn new() -> Self {
-        KeyLocks {
-            held: Mutex::new(HashSet::new()),
-            freed: Condvar::new(),
-        }
-    }
-
-    /// Waits until none of `keys` is held, then holds them all until the guard drops.
-    fn lock(&self, keys: impl IntoIterator<Item = K>) -> KeyGuard<'_, K> {
-        let mut keys: Vec<K> = keys.into_iter().collect();
-        let mut seen = HashSet::new();
-        keys.retain(|k| seen.insert(*k));
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        while keys.iter().any(|k| held.contains(k)) {
-            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
-        }
-        held.extend(keys.iter().copied());
-        KeyGuard { locks: self, keys }
-    }
-}
-
-/// Keys held by one thread ([`KeyLocks::lock`]); freed on drop (a panic included).
-struct KeyGuard<'a, K: Eq + Hash + Copy> {
-    locks: &'a KeyLocks<K>,
-    keys: Vec<K>,
-}
-
-impl<K: Eq + Hash + Copy> Drop for KeyGuard<'_, K> {
-    fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        for k in &self.keys {
-            held.remove(k);
-        }
-        drop(held);
-        self.locks.freed.notify_all();
-    }
 }
 
 impl std::fmt::Debug for DacDriver {
@@ -319,8 +265,6 @@ impl DacDriver {
             trees: Mutex::new(None),
             progress: Mutex::new(None),
             fault: Mutex::new(None),
-            object_locks: KeyLocks::new(),
-            tree_locks: KeyLocks::new(),
         }
     }
 
@@ -509,9 +453,9 @@ impl DacDriver {
         me: &str,
         errors: &mut Vec<DriverError>,
     ) {
-        // The record is re-read, the tree restored and the record updated under the key:
-        // another user of the tree cannot join or leave in between.
-        let _key = self.tree_locks.lock([k]);
+        // The record is re-read, the tree restored and the record updated under the root's
+        // key: another user of the tree cannot join or leave in between.
+        let _key = self.store.lock_object(tree_object_key(k));
         let progress = self.progress();
         let fault = || self.fault_at("after-tree-restore");
         if let Err(e) = db.release(k, me, &|p| root.open_object(p), progress.as_ref(), &fault) {
@@ -596,8 +540,7 @@ impl DacDriver {
             let db = self.tree_db()?;
             let progress = self.progress();
             for (obj, rules) in &tree_rules {
-                let id = obj.identity();
-                let _key = self.tree_locks.lock([(id.dev, id.ino)]);
+                let _key = self.store.lock_object(object_key(obj.identity()));
                 db.set_tree(&me, obj, *rules, trees, progress.as_ref())
                     .map_err(tree_err)?;
             }
@@ -605,8 +548,8 @@ impl DacDriver {
         // From the read of each object's state to its change: a stop of another guest
         // using it cannot restore it (or drop its record) in between.
         let _keys = self
-            .object_locks
-            .lock(singles.iter().map(|(_, obj)| object_key(obj.identity())));
+            .store
+            .lock_objects(singles.iter().map(|(_, obj)| object_key(obj.identity())));
         for (pr, obj) in singles {
             let k = object_key(obj.identity());
             if let Some(&i) = seen.get(&k) {
@@ -673,7 +616,7 @@ impl DacDriver {
         let me = owner_key(guest);
         let id = obj.identity();
         let k = object_key(id);
-        let _key = self.object_locks.lock([k]);
+        let _key = self.store.lock_object(k);
         let Some(rec) = self.store.get_original(k).map_err(store_err)? else {
             return Ok(());
         };
@@ -763,7 +706,7 @@ impl DacDriver {
     ) -> Result<(), DriverError> {
         // From the read of the ACL to its write: a stop of another guest using the grant
         // cannot undo it (or drop its record) in between.
-        let _key = self.object_locks.lock([object_key(obj.identity())]);
+        let _key = self.store.lock_object(object_key(obj.identity()));
         // Now, not at open: another guest's restore may have changed it since.
         let meta = obj
             .current_meta()
@@ -889,6 +832,12 @@ pub fn restore_original(
         restore_acl(obj, orig, f, device_gid)?;
     }
     Ok(())
+}
+
+/// The store's key of a tree's root directory: a tree record and the root's own record
+/// are locked alike ([`Store::lock_object`]).
+fn tree_object_key(k: TreeKey) -> ObjectKey {
+    ObjectKey { dev: k.0, ino: k.1 }
 }
 
 /// Whether `orig` records a device ACL grant.
@@ -1348,7 +1297,7 @@ impl DacDriver {
 
     /// Drops `me` from the record of an object that is gone or replaced.
     fn release_unreachable(&self, k: ObjectKey, me: &str, errors: &mut Vec<DriverError>) {
-        let _key = self.object_locks.lock([k]);
+        let _key = self.store.lock_object(k);
         if let Err(e) = self.store.release_original(k, me) {
             errors.push(store_err(e));
         }
@@ -1523,31 +1472,6 @@ mod tests {
             "group class decides, not other"
         );
         assert!(can_rw(&m(0, 0, 0o666), (5, 5), &[]));
-    }
-
-    #[test]
-    fn key_locks_exclude_per_key_and_take_sets_whole() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::time::Duration;
-        let locks = KeyLocks::<u32>::new();
-        let got = AtomicBool::new(false);
-        let first = locks.lock([1]);
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| {
-                // Needs 1 (held) and 2 (free): takes neither until 1 is freed.
-                let _g = locks.lock([2, 1, 2]);
-                got.store(true, Ordering::SeqCst);
-            });
-            std::thread::sleep(Duration::from_millis(100));
-            assert!(!got.load(Ordering::SeqCst), "key 1 is held");
-            // Key 2 was not taken while the waiter waited, nor is an unrelated key.
-            drop(locks.lock([2, 3]));
-            drop(first);
-            waiter.join().expect("waiter");
-        });
-        assert!(got.load(Ordering::SeqCst));
-        let held = locks.held.lock().expect("held");
-        assert!(held.is_empty(), "{held:?}");
     }
 
     #[test]

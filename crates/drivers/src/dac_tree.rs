@@ -635,10 +635,11 @@ impl TreeDb {
     /// crash before the delete. Returns the number of entries restored. `fault` (tests) is
     /// asked between the restore and the delete; `true` fails the release there.
     ///
-    /// The caller holds the tree's key ([`crate::dac`]'s per-tree lock, also held by
-    /// [`TreeDb::set_tree`]): the record read here is the one the decision to restore and
-    /// the delete act on, and no other user joins or leaves in between (two users leaving
-    /// at once would otherwise each see the other and neither restore).
+    /// The caller holds the store's lock of the root's (dev, ino)
+    /// (`svirt_store::Store::lock_object`, also held over [`TreeDb::set_tree`]): the record
+    /// read here is the one the decision to restore and the delete act on, and no other user
+    /// joins or leaves in between (two users leaving at once would otherwise each see the
+    /// other and neither restore).
     ///
     /// A restore reports `Restoring` to `progress` (path = the recorded root path): `done` =
     /// entries restored, `total` = entries recorded, or visited when more.

@@ -22,7 +22,8 @@ pub use error::{Error, Result};
 pub use ids::{IdAllocator, IdConfig, MAX_ID_RANGE};
 pub use levels::{AllocatorConfig, AllocatorStats, LevelAllocator};
 pub use originals::{
-    ObjectIdentity, ObjectKey, ObjectLock, Original, OriginalRecord, RecordOutcome, Timestamp,
+    ObjectIdentity, ObjectKey, ObjectLock, ObjectLocks, Original, OriginalRecord, RecordOutcome,
+    Timestamp,
 };
 pub use store::{
     DB_FILE, GuestRecord, LevelReservation, MAX_OWNER_LEN, ReservationKind, SCHEMA_VERSION, Store,

@@ -220,15 +220,52 @@ impl Drop for ObjectLock<'_> {
     }
 }
 
+/// Exclusive in-process hold on several objects' records, taken together by
+/// [`Store::lock_objects`]: released when dropped.
+#[must_use = "the objects are unlocked as soon as the guard is dropped"]
+pub struct ObjectLocks<'a> {
+    locks: &'a KeyLocks,
+    keys: Vec<ObjectKey>,
+}
+
+impl Drop for ObjectLocks<'_> {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            held.remove(k);
+        }
+        drop(held);
+        self.locks.freed.notify_all();
+    }
+}
+
 impl Store {
+    /// [`Store::lock_object`] for several objects (duplicates allowed), taken all at once:
+    /// waits until none of them is held, then holds them all. A caller never holds some
+    /// while waiting for others, so this cannot deadlock with other callers of either
+    /// function. For a driver that records many objects in one transaction and then changes
+    /// them.
+    pub fn lock_objects(&self, keys: impl IntoIterator<Item = ObjectKey>) -> ObjectLocks<'_> {
+        let mut keys: Vec<ObjectKey> = keys.into_iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let l = &self.object_locks;
+        let mut held = l.held.lock().unwrap_or_else(|p| p.into_inner());
+        while keys.iter().any(|k| held.contains(k)) {
+            held = l.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.extend(keys.iter().copied());
+        ObjectLocks { locks: l, keys }
+    }
+
     /// Locks one object against every other holder of this store in the process until the
     /// guard is dropped. Each transaction on a record is atomic, but "read the record,
     /// decide (am I its last user? is it recorded yet?), change the object, update the
     /// record" is not: two guests' stops releasing a shared object at once could each see
     /// the other as remaining user and leave it changed with no record, or a start could
     /// record a label a concurrent stop is about to restore. Drivers hold this lock around
-    /// that whole sequence. One object at a time per caller (no nesting), so it cannot
-    /// deadlock; other objects are not blocked.
+    /// that whole sequence. One object at a time per caller (no nesting; several at once:
+    /// [`Store::lock_objects`]), so it cannot deadlock; other objects are not blocked.
     pub fn lock_object(&self, key: ObjectKey) -> ObjectLock<'_> {
         let l = &self.object_locks;
         let mut held = l.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -434,5 +471,50 @@ mod lock_tests {
         // Another key is free while one is held.
         let _a = store.lock_object(k);
         let _b = store.lock_object(ObjectKey { dev: 1, ino: 3 });
+    }
+
+    /// A set is taken whole: none of its keys is held while one of them is held elsewhere,
+    /// and overlapping sets taken in opposite orders do not deadlock.
+    #[test]
+    fn object_locks_take_a_set_at_once() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = |ino| ObjectKey { dev: 1, ino };
+        let got = AtomicBool::new(false);
+        let first = store.lock_object(key(1));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let _g = store.lock_objects([key(2), key(1), key(2)]);
+                got.store(true, Ordering::SeqCst);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(!got.load(Ordering::SeqCst), "key 1 is held");
+            // The waiter holds nothing meanwhile: key 2 (and any other) is free.
+            drop(store.lock_objects([key(2), key(3)]));
+            drop(first);
+            waiter.join().unwrap();
+        });
+        assert!(got.load(Ordering::SeqCst));
+        // Opposite orders of overlapping sets, many times.
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let store = &store;
+                s.spawn(move || {
+                    for _ in 0..200 {
+                        let mut ks = vec![key(10), key(11), key(12)];
+                        if t % 2 == 1 {
+                            ks.reverse();
+                        }
+                        let _g = store.lock_objects(ks);
+                        std::thread::yield_now();
+                    }
+                });
+            }
+            for _ in 0..200 {
+                let _g = store.lock_object(key(11));
+            }
+        });
+        assert!(store.object_locks.held.lock().unwrap().is_empty());
     }
 }
