@@ -649,7 +649,28 @@ impl DacDriver {
                 return Err(Self::injected("after-restore"));
             }
         }
-        self.store.release_original(k, &me).map_err(store_err)?;
+        self.release_record(k, &me, !other_dac_user)
+    }
+
+    /// Drops `me` from the record of `k`. When it is the record's `last_dac_user`, DAC's
+    /// entries of `model_flags` (its flags and the granted gid) go too, in the same
+    /// transaction, should other models' users keep the record: they describe changes undone
+    /// now, and the store merges a later DAC user's flags into them with a bitwise or (a
+    /// grant for another gid would record the two gids or-ed).
+    fn release_record(
+        &self,
+        k: ObjectKey,
+        me: &str,
+        last_dac_user: bool,
+    ) -> Result<(), DriverError> {
+        let clear: &[&str] = if last_dac_user {
+            &[MODEL_KEY, ACL_GID_KEY]
+        } else {
+            &[]
+        };
+        self.store
+            .release_original_clearing(k, me, clear)
+            .map_err(store_err)?;
         Ok(())
     }
 
@@ -1298,8 +1319,20 @@ impl DacDriver {
     /// Drops `me` from the record of an object that is gone or replaced.
     fn release_unreachable(&self, k: ObjectKey, me: &str, errors: &mut Vec<DriverError>) {
         let _key = self.store.lock_object(k);
-        if let Err(e) = self.store.release_original(k, me) {
-            errors.push(store_err(e));
+        let r = self
+            .store
+            .get_original(k)
+            .map_err(store_err)
+            .and_then(|rec| {
+                let Some(rec) = rec else { return Ok(()) };
+                let last = !rec
+                    .owners
+                    .iter()
+                    .any(|o| o != me && crate::relabel::split_owner(o).0 == MODEL_KEY);
+                self.release_record(k, me, last)
+            });
+        if let Err(e) = r {
+            errors.push(e);
         }
     }
 }

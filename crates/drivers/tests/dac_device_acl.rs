@@ -530,3 +530,58 @@ fn dac_acl_grant_out_of_reach_keeps_its_record() {
             .is_empty()
     );
 }
+
+#[test]
+fn dac_acl_grant_on_a_record_dac_left_records_only_its_own_grant() {
+    let Some(e) = env() else { return };
+    let before = snapshot(&e);
+    let a = e.start("left-a").expect("start");
+    let recs = e
+        .store
+        .originals_for_owner(&owner_key("left-a"))
+        .expect("records");
+    assert_eq!(recs.len(), 1);
+    let (k, rec) = recs[0].clone();
+    // Another model's user of the same object (as the relabel engine records one) keeps
+    // the record after DAC's last user leaves.
+    let mut other_model = rec.original.clone();
+    other_model.model_flags = [("selinux".to_string(), 1)].into();
+    e.store
+        .record_original_if_absent(k, &other_model, "selinux/left-other")
+        .expect("record");
+    assert!(e.stop(&a).is_empty());
+    assert_eq!(snapshot(&e), before, "the grant is undone");
+    let kept = e
+        .store
+        .get_original(k)
+        .expect("get")
+        .expect("kept for selinux");
+    assert!(
+        !kept.original.model_flags.contains_key(MODEL_KEY)
+            && !kept.original.model_flags.contains_key(ACL_GID_KEY),
+        "DAC's flags went with its last user: {:?}",
+        kept.original.model_flags
+    );
+
+    // The device group's gid changes; the next grant records its own gid and flags, not
+    // theirs or-ed with the ones of the grant undone above.
+    let gid = KVM_GID + 1;
+    e.set_group_file(Some(gid));
+    let p = plan("left-b", Vec::new());
+    let mut b = GuestSecurity {
+        name: "left-b".into(),
+        level: None,
+        ids: None,
+    };
+    e.dac.reserve(&p, &mut b).expect("reserve");
+    let mut ctx = exec_ctx(Path::new("/run"));
+    ctx.devices = vec![PathBuf::from(DEVICE)];
+    let creds = e.dac.prepare_credentials(&p, &b, &ctx).expect("grant");
+    assert!(creds.groups.contains(&gid), "{creds:?}");
+    assert_eq!(perm_of(&e.acl(), GROUP, gid), Some(6));
+    let rec = e.store.get_original(k).expect("get").expect("record");
+    assert_eq!(rec.original.model_flags.get(ACL_GID_KEY), Some(&gid));
+    let errors = e.stop(&b);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(snapshot(&e), before, "the second grant is undone too");
+}

@@ -324,6 +324,20 @@ impl Store {
     /// user (the record is then deleted and the caller restores it); None when other users
     /// remain, or when there is no record or `owner` was not a user (already released).
     pub fn release_original(&self, key: ObjectKey, owner: &str) -> Result<Option<Original>> {
+        self.release_original_clearing(key, owner, &[])
+    }
+
+    /// [`Self::release_original`] that, when other users remain, also removes the
+    /// `model_flags` entries named in `clear` from the record, in the same transaction. For a
+    /// model whose last user of the object is `owner`: its flags describe changes that are
+    /// undone now, and left in place they would be or-ed into the flags of that model's next
+    /// user of the record.
+    pub fn release_original_clearing(
+        &self,
+        key: ObjectKey,
+        owner: &str,
+        clear: &[&str],
+    ) -> Result<Option<Original>> {
         self.write(|txn| {
             let mut table = txn.open_table(ORIGINALS)?;
             let mut index = txn.open_table(ORIGINAL_OWNERS)?;
@@ -340,6 +354,9 @@ impl Store {
                 table.remove(k)?;
                 Ok(Some(rec.original))
             } else {
+                for m in clear {
+                    rec.original.model_flags.remove(*m);
+                }
                 table.insert(k, encode(&rec)?.as_slice())?;
                 Ok(None)
             }
@@ -471,6 +488,54 @@ mod lock_tests {
         // Another key is free while one is held.
         let _a = store.lock_object(k);
         let _b = store.lock_object(ObjectKey { dev: 1, ino: 3 });
+    }
+
+    /// A model's flags go with its last user when others remain; other flags and users stay.
+    #[test]
+    fn release_clearing_removes_the_named_flags_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = ObjectKey { dev: 1, ino: 9 };
+        let ident = ObjectIdentity {
+            dev: 1,
+            ino: 9,
+            btime: None,
+            generation: None,
+            ctime: None,
+        };
+        let orig = |flags: &[(&str, u32)]| Original {
+            path: PathBuf::from("/dev/kvm"),
+            selinux_label: None,
+            uid: 0,
+            gid: 0,
+            mode: 0o600,
+            identity: ident,
+            model_flags: flags.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        store
+            .record_original_if_absent(key, &orig(&[("dac", 6), ("dac.acl_gid", 993)]), "dac/a")
+            .unwrap();
+        store
+            .record_original_if_absent(key, &orig(&[("selinux", 1)]), "selinux/b")
+            .unwrap();
+        assert_eq!(
+            store
+                .release_original_clearing(key, "dac/a", &["dac", "dac.acl_gid"])
+                .unwrap(),
+            None
+        );
+        let rec = store.get_original(key).unwrap().unwrap();
+        assert_eq!(
+            rec.original.model_flags,
+            orig(&[("selinux", 1)]).model_flags
+        );
+        assert_eq!(rec.owners, BTreeSet::from(["selinux/b".to_string()]));
+        // The last user: the record goes, with what it held.
+        let last = store
+            .release_original_clearing(key, "selinux/b", &["selinux"])
+            .unwrap();
+        assert_eq!(last.map(|o| o.model_flags.len()), Some(1));
+        assert_eq!(store.get_original(key).unwrap(), None);
     }
 
     /// A set is taken whole: none of its keys is held while one of them is held elsewhere,
