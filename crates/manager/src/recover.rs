@@ -245,8 +245,13 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         .map(|(n, _)| n.clone())
         .chain(unreadable.iter().cloned())
         .collect();
+    let shut_off: BTreeSet<String> = guests
+        .keys()
+        .filter(|n| !active.contains(*n))
+        .cloned()
+        .collect();
     drop(guests);
-    sweep_orphans(inner, &active, &mut recovered);
+    sweep_orphans(inner, &active, shut_off, &mut recovered);
     Ok(Recovered {
         reattached,
         recovered,
@@ -271,8 +276,19 @@ const UNNAMED: &str = "(orphaned records)";
 ///    SELinux is not stacked but the engine's database exists: records of an earlier
 ///    SELinux configuration).
 ///
+/// 3. The runtime directory, pid file and cgroups of every guest swept in 1. and of every
+///    shut-off guest (`shut_off`) are removed if still there: a cleanup that panicked
+///    before removing them leaves them, and nothing else would until the guest's next
+///    start.
+///
 /// Everything done is pushed to `recovered` (svirtd logs it).
-fn sweep_orphans(inner: &Inner, active: &HashSet<String>, recovered: &mut Vec<(String, String)>) {
+fn sweep_orphans(
+    inner: &Inner,
+    active: &HashSet<String>,
+    shut_off: BTreeSet<String>,
+    recovered: &mut Vec<(String, String)>,
+) {
+    let mut inactive = shut_off;
     let mut orphans: BTreeSet<String> = BTreeSet::new();
     // A listing that fails leaves its owners unswept: said, so that it is not taken for
     // a clean store.
@@ -332,7 +348,11 @@ fn sweep_orphans(inner: &Inner, active: &HashSet<String>, recovered: &mut Vec<(S
         } else {
             tracing::error!(guest = %owner, "{what}");
         }
-        recovered.push((owner, what));
+        recovered.push((owner.clone(), what));
+        inactive.insert(owner);
+    }
+    for name in &inactive {
+        remove_leftovers(inner, name, recovered);
     }
     let running = |g: &str| active.contains(g);
     if let Some(dac) = &inner.dac {
@@ -407,6 +427,55 @@ fn sweep_orphans(inner: &Inner, active: &HashSet<String>, recovered: &mut Vec<(S
             recovered.push((UNNAMED.into(), format!("relabel recovery failed: {e}")));
         }
     }
+}
+
+/// Removes what a guest that is not active may have left outside the drivers' records
+/// (its cleanup panicked before the end of `undo`): processes in its cgroups and the
+/// groups themselves, its runtime directory and its pid file. Reported when anything was
+/// there.
+fn remove_leftovers(inner: &Inner, name: &str, recovered: &mut Vec<(String, String)>) {
+    // Owners come from the store: a name that is no valid guest name names no path.
+    if crate::manager::validate_name(name).is_err() {
+        return;
+    }
+    let dirs: Vec<PathBuf> = inner
+        .layout
+        .guest_dirs(&inner.config.cgroup_parent, name)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    let runtime = inner.runtime_dir(name);
+    let pid_file = inner.pid_file(name);
+    let runtime_there = std::fs::symlink_metadata(&runtime).is_ok();
+    let pid_file_there = std::fs::symlink_metadata(&pid_file).is_ok();
+    if dirs.is_empty() && !runtime_there && !pid_file_there {
+        return;
+    }
+    let mut errs = Vec::new();
+    if !dirs.is_empty() {
+        if !cgroup::kill_all(&dirs, Duration::from_secs(5)) {
+            errs.push(format!("processes left in {}", dirs[0].display()));
+        }
+        if let Err(e) = cgroup::remove_dirs(&dirs, Duration::from_secs(3)) {
+            errs.push(e.to_string());
+        }
+    }
+    if let Err(e) = crate::manager::remove_tree(&runtime) {
+        errs.push(format!("remove {}: {e}", runtime.display()));
+    }
+    if pid_file_there && let Err(e) = std::fs::remove_file(&pid_file) {
+        errs.push(format!("remove {}: {e}", pid_file.display()));
+    }
+    let what = if errs.is_empty() {
+        "not active: its leftover runtime directory, pid file and cgroups removed".to_string()
+    } else {
+        format!(
+            "not active: removing its leftover runtime directory, pid file and cgroups failed: {}",
+            errs.join("; ")
+        )
+    };
+    tracing::warn!(guest = %name, "{what}");
+    recovered.push((name.to_string(), what));
 }
 
 /// The plan of a guest known only by name: no resources, so drivers restore by owner

@@ -106,6 +106,8 @@ fn guest_exiting_on_its_own_is_stopping_until_cleaned_up() {
     assert_eq!(rec["state"], "shut-off", "{rec}");
     assert_eq!(rec["exit"]["reason"], "shutdown", "{rec}");
     assert_eq!(rec["intent"], serde_json::Value::Null, "{rec}");
+    drop(store);
+    env.assert_store_clean("after the guest's own exit");
 }
 
 #[test]
@@ -172,6 +174,8 @@ fn other_guests_are_reaped_and_cleaned_up_during_a_long_restore() {
         assert!(big.restore_errors.is_empty(), "{:?}", big.restore_errors);
     });
     assert_eq!(owner_mode(&probe), before, "share not restored");
+    drop(m);
+    env.assert_store_clean("after both guests");
 }
 
 #[test]
@@ -236,4 +240,6 @@ fn stop_waits_for_qemu_exit_within_the_kill_timeout_then_for_the_restore() {
         );
         assert_eq!(owner_mode(&probe), before, "share not restored");
     }
+    drop(m);
+    env.assert_store_clean("after the stops");
 }

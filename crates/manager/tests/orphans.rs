@@ -341,6 +341,12 @@ fn a_tree_whose_restore_fails_is_reported_as_failed() {
         report.recovered
     );
     drop(m);
+    // The record is kept, and the leak check sees it.
+    let rows = env.tree_rows();
+    assert!(
+        rows.iter().any(|r| r.contains("dac-trees")),
+        "the kept DAC tree record is not seen: {rows:?}"
+    );
     drop(immutable);
     let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
     assert!(

@@ -113,6 +113,8 @@ fn share_of_15000_files_is_listed_while_labeled_and_restored() {
         (before.uid(), before.gid(), before.mode())
     );
     assert!(m.progress_all().is_empty());
+    drop(m);
+    env.assert_store_clean("after the destroy");
 }
 
 /// As a daemon does (svirtd raises it at startup): the soft limit up to the hard one.

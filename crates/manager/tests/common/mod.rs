@@ -180,7 +180,7 @@ impl Env {
     }
 
     /// Asserts the store (the manager closed) holds no uid or level reservation and no
-    /// recorded original: nothing leaked.
+    /// recorded original, and the drivers' tree databases no tree record: nothing leaked.
     pub fn assert_store_clean(&self, what: &str) {
         let store = svirt_store::Store::open(&self.path("state")).unwrap();
         let ids = store.id_reservations().unwrap();
@@ -192,6 +192,34 @@ impl Env {
             originals.is_empty(),
             "{what}: original record left: {originals:?}"
         );
+        drop(store);
+        let trees = self.tree_rows();
+        assert!(trees.is_empty(), "{what}: tree records left: {trees:?}");
+    }
+
+    /// The non-empty tables of the drivers' tree databases next to the store, read-only
+    /// and whatever their row types (DAC's `svirt.dac-trees.redb`, the relabel engine's
+    /// `svirt.trees.redb`; a database not made yet has none): `file: table (rows)`.
+    pub fn tree_rows(&self) -> Vec<String> {
+        use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
+        let mut out = Vec::new();
+        for file in ["svirt.dac-trees.redb", "svirt.trees.redb"] {
+            let path = self.path("state").join(file);
+            if !path.exists() {
+                continue;
+            }
+            let db = redb::ReadOnlyDatabase::open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let txn = db.begin_read().unwrap();
+            for handle in txn.list_tables().unwrap() {
+                let name = handle.name().to_string();
+                let rows = txn.open_untyped_table(handle).unwrap().len().unwrap();
+                if rows > 0 {
+                    out.push(format!("{file}: {name} ({rows} rows)"));
+                }
+            }
+        }
+        out
     }
 
     /// [`Env::xml`] of a guest without disks that gets `share` as a 9p filesystem.
