@@ -4,10 +4,16 @@
 //! The relabel engine reports from its worker threads (every few thousand entries, see
 //! `svirt_drivers::relabel`); a report only updates counters in place under one short
 //! lock, and a report for a tree no running operation owns (crash recovery at open) is
-//! dropped. The DAC driver walks trees itself and reports through the same callback.
+//! dropped. The DAC driver walks trees itself and reports through a callback of its own.
 //! A driver that does not report still shows its trees while it runs, with unknown
 //! counts: "busy with this tree" is worth telling a user waiting on a large share even
 //! without numbers.
+//!
+//! Reports are matched to operations by driver and tree root only: a report
+//! ([`Progress`]) does not name its guest, and starts and cleanups of different guests run
+//! at the same time. So when two guests' operations work on the same tree root with the
+//! same driver at once (a share both use, one starting while the other stops), each
+//! report updates both guests' counts: one guest's bar may show the other's progress.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -104,24 +110,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Board {
-    /// The callback to register on the relabel engine.
-    pub(crate) fn callback(self: &Arc<Self>) -> ProgressFn {
+    /// The callback to register on `model`'s driver (the relabel engine for SELinux, the
+    /// DAC driver), so its reports reach only operations in that driver's stage.
+    pub(crate) fn callback(self: &Arc<Self>, model: Model) -> ProgressFn {
         // Weak: the engine lives in the driver stack, which the manager (holding the
         // board) owns; no cycle, but no reason to keep the board alive either.
         let board = Arc::downgrade(self);
         Arc::new(move |p: &Progress| {
             if let Some(b) = board.upgrade() {
-                b.report(p);
+                b.report(model, p);
             }
         })
     }
 
-    fn report(&self, p: &Progress) {
+    fn report(&self, model: Model, p: &Progress) {
         let mut g = lock(&self.ops);
         for op in g.1.values_mut() {
-            // Only the driver running now reports (the stack runs one at a time), so a
-            // report for one of the op's roots belongs to it.
-            if !matches!(op.model, Some(Model::Selinux | Model::Dac)) {
+            // Within one operation the stack runs one driver at a time, but operations of
+            // several guests run at once: a report goes to every operation in this
+            // driver's stage with this root (the report does not name its guest, see the
+            // module doc).
+            if op.model != Some(model) {
                 continue;
             }
             if let Some(i) = op.roots.iter().position(|r| *r == p.path) {
@@ -288,7 +297,7 @@ mod tests {
         let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
         let r = Relabeler::open(store, FsRoot::host().unwrap(), 2).unwrap();
         let board = Arc::new(Board::default());
-        r.set_progress(Some(board.callback()));
+        r.set_progress(Some(board.callback(Model::Selinux)));
         // A report for a tree no operation owns (recovery) is dropped.
         assert!(board.snapshot("g").is_empty());
         let done = AtomicBool::new(false);
@@ -410,5 +419,34 @@ mod tests {
         drop(b);
         assert!(board.snapshot("g").is_empty());
         assert!(board.begin_roots("h", vec![], Action::Labeling).is_none());
+    }
+
+    #[test]
+    fn reports_reach_only_operations_in_their_drivers_stage() {
+        let board = Arc::new(Board::default());
+        let root = PathBuf::from("/srv/a");
+        let (dac, selinux) = (board.callback(Model::Dac), board.callback(Model::Selinux));
+        let report = |f: &ProgressFn, done| {
+            f(&Progress {
+                path: root.clone(),
+                phase: Phase::Labeling,
+                done,
+                total: 100,
+            })
+        };
+        let a = board
+            .begin_roots("a", vec![root.clone()], Action::Labeling)
+            .unwrap();
+        a.stage(Model::Selinux);
+        let b = board
+            .begin_roots("b", vec![root.clone()], Action::Restoring)
+            .unwrap();
+        b.stage(Model::Dac);
+        // A's SELinux stage does not take B's DAC counts, nor B's stage A's engine counts.
+        report(&dac, 40);
+        report(&selinux, 7);
+        assert_eq!(board.snapshot("a")[0].done, Some(7));
+        assert_eq!(board.snapshot("b")[0].done, Some(40));
+        drop((a, b));
     }
 }

@@ -114,7 +114,7 @@ pub(crate) fn build(
                     store.clone(),
                     Arc::new(ids),
                 ));
-                d.set_progress(Some(progress.callback()));
+                d.set_progress(Some(progress.callback(Model::Dac)));
                 dac = Some(d.clone());
                 d
             }
@@ -129,7 +129,7 @@ pub(crate) fn build(
                 // Two workers: tree relabels must not starve the host's other work.
                 let relabeler = Relabeler::open(store.clone(), root, 2)
                     .map_err(|e| ManagerError::Config(format!("relabel engine: {e}")))?;
-                relabeler.set_progress(Some(progress.callback()));
+                relabeler.set_progress(Some(progress.callback(Model::Selinux)));
                 relabel = Some(relabeler.clone());
                 Arc::new(SelinuxDriver::new(
                     config.root_dir.clone(),
