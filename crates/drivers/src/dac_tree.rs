@@ -193,13 +193,17 @@ impl From<DbError> for TreeError {
     }
 }
 
-/// An entry whose original differs from the dominant one of its kind.
+/// An entry whose original differs from the dominant one of its kind. Layout of its
+/// record: `rel` (length-prefixed), `ino` (u64 LE), then uid, gid and mode (u32 LE each);
+/// pinned byte for byte in `tree_common`'s tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Exception {
+pub(crate) struct Exception {
     /// Path relative to the tree root (empty: the root).
-    rel: Vec<u8>,
-    ino: u64,
-    orig: Orig,
+    pub(crate) rel: Vec<u8>,
+    /// Its inode when recorded.
+    pub(crate) ino: u64,
+    /// Its original (uid, gid, mode bits).
+    pub(crate) orig: Orig,
 }
 
 impl Record for Exception {

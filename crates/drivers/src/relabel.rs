@@ -386,7 +386,7 @@ struct TreeRecord {
 
 /// One entry whose original differs from the dominant one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Exception {
+pub(crate) struct Exception {
     rel: Vec<u8>,
     ino: u64,
     orig: Option<Vec<u8>>,

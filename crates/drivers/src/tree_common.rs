@@ -310,7 +310,8 @@ mod tests {
 
     use super::*;
 
-    /// The DAC layout: rel, ino, (uid, gid, mode).
+    /// A record of DAC's shape (rel, ino, (uid, gid, mode)) for the helpers' tests; the
+    /// stored layouts themselves are pinned on the real types (`*_layout_is_the_stored_one`).
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Dac(Vec<u8>, u64, (u32, u32, u32));
 
@@ -331,7 +332,8 @@ mod tests {
         }
     }
 
-    /// The relabel engine's layout: rel, ino, optional label.
+    /// A record of the relabel engine's shape (rel, ino, optional label) for the helpers'
+    /// tests.
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Label(Vec<u8>, u64, Option<Vec<u8>>);
 
@@ -367,40 +369,77 @@ mod tests {
         assert_eq!(path_of_bytes(b"/x/y"), Path::new("/x/y"));
     }
 
+    /// `len: u32 LE, bytes`.
+    fn prefixed(b: &[u8]) -> Vec<u8> {
+        let mut v = (b.len() as u32).to_le_bytes().to_vec();
+        v.extend_from_slice(b);
+        v
+    }
+
+    /// DAC's exception records (`dac_tree::Exception`, the type `svirt.dac-trees.redb`
+    /// chunks hold) as databases written by earlier versions hold them: `rel`
+    /// (length-prefixed), `ino` (u64 LE), uid, gid, mode (u32 LE).
     #[test]
     fn dac_layout_is_the_stored_one() {
-        let recs = vec![Dac(b"d/f".to_vec(), 7, (1, 2, 0o644))];
+        use crate::dac_tree::Exception;
+        let recs = vec![
+            Exception {
+                rel: b"d/f".to_vec(),
+                ino: 7,
+                orig: (1, 2, 0o644),
+            },
+            Exception {
+                rel: Vec::new(),
+                ino: u64::MAX - 1,
+                orig: (600_000, u32::MAX, 0o4755),
+            },
+        ];
         let bytes = encode_records(&recs);
-        let mut want = Vec::new();
-        want.extend_from_slice(&3u32.to_le_bytes());
-        want.extend_from_slice(b"d/f");
+        let mut want = prefixed(b"d/f");
         want.extend_from_slice(&7u64.to_le_bytes());
         for v in [1u32, 2, 0o644] {
             want.extend_from_slice(&v.to_le_bytes());
         }
+        want.extend_from_slice(&prefixed(b""));
+        want.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
+        for v in [600_000u32, u32::MAX, 0o4755] {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
         assert_eq!(bytes, want);
-        assert_eq!(decode_all::<Dac>(&bytes), Some(recs));
+        assert_eq!(decode_all::<Exception>(&bytes), Some(recs));
     }
 
+    /// The relabel engine's exception records (`relabel::Exception`, in
+    /// `svirt.trees.redb` chunks): `rel` (length-prefixed), `ino` (u64 LE), then `0` (no
+    /// label) or `1` and the label (length-prefixed). Its fields are the engine's: records
+    /// built here byte by byte are read by its `Record` impl, checked field by field (the
+    /// derived `Debug` names them), and written back to the same bytes.
     #[test]
     fn label_layout_is_the_stored_one() {
-        let recs = vec![
-            Label(b"a".to_vec(), 1, Some(b"ctx\0".to_vec())),
-            Label(Vec::new(), 2, None),
-        ];
-        let bytes = encode_records(&recs);
-        let mut want = Vec::new();
-        want.extend_from_slice(&1u32.to_le_bytes());
-        want.extend_from_slice(b"a");
+        use crate::relabel::Exception;
+        let mut want = prefixed(b"a");
         want.extend_from_slice(&1u64.to_le_bytes());
         want.push(1);
-        want.extend_from_slice(&4u32.to_le_bytes());
-        want.extend_from_slice(b"ctx\0");
-        want.extend_from_slice(&0u32.to_le_bytes());
+        want.extend_from_slice(&prefixed(b"ctx\0"));
+        want.extend_from_slice(&prefixed(b""));
         want.extend_from_slice(&2u64.to_le_bytes());
         want.push(0);
-        assert_eq!(bytes, want);
-        assert_eq!(decode_all::<Label>(&bytes), Some(recs));
+        let recs = decode_all::<Exception>(&want).expect("the engine reads the layout");
+        assert_eq!(
+            format!("{recs:?}"),
+            format!(
+                "[Exception {{ rel: {:?}, ino: 1, orig: Some({:?}) }}, \
+                 Exception {{ rel: [], ino: 2, orig: None }}]",
+                b"a", b"ctx\0"
+            )
+        );
+        assert_eq!(encode_records(&recs), want, "and writes it back");
+        // A flag other than 0 or 1 is malformed for the engine too.
+        let mut bad = want.clone();
+        if let Some(last) = bad.last_mut() {
+            *last = 2;
+        }
+        assert_eq!(decode_all::<Exception>(&bad), None);
     }
 
     #[test]
