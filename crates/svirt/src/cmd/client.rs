@@ -35,10 +35,16 @@ pub struct Response {
     pub body: Value,
 }
 
+/// How long a call waits for svirtd's answer unless told otherwise: ample for every call
+/// whose work is bounded (a hung daemon still ends the command).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A connection target.
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    /// `None`: wait for the answer as long as svirtd keeps the connection open.
+    read_timeout: Option<Duration>,
 }
 
 /// Restores the default SIGPIPE action, so `svirt list | head` ends quietly like other
@@ -73,7 +79,26 @@ impl Client {
                 None => PathBuf::from(s),
             },
         };
-        Ok(Client { socket })
+        Ok(Client {
+            socket,
+            read_timeout: Some(READ_TIMEOUT),
+        })
+    }
+
+    /// This client with another read timeout (`None`: no limit).
+    pub fn with_read_timeout(&self, read_timeout: Option<Duration>) -> Client {
+        Client {
+            socket: self.socket.clone(),
+            read_timeout,
+        }
+    }
+
+    /// This client without a read timeout, for the calls svirtd answers only once a label
+    /// or restore of any size is done (start, shutdown, destroy: a share of millions of
+    /// files can take longer than any fixed limit, and svirtd waits for it without one).
+    /// A daemon that dies closes the connection, which ends the wait.
+    pub fn waiting(&self) -> Client {
+        self.with_read_timeout(None)
     }
 
     /// The socket path.
@@ -97,8 +122,9 @@ impl Client {
                 io_text(&e)
             ))
         })?;
-        // Shutdown waits for the guest to power off; leave room for the daemon's own timeout.
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(600)));
+        stream.set_read_timeout(self.read_timeout).map_err(|e| {
+            CliError::failed(format!("cannot set the read timeout: {}", io_text(&e)))
+        })?;
         let payload = match body {
             Some(v) => serde_json::to_vec(v)
                 .map_err(|e| CliError::failed(format!("cannot encode request: {e}")))?,
@@ -251,6 +277,40 @@ mod tests {
         );
         assert!(c(Some("tcp://host:1")).is_err());
         assert!(c(Some("unix:")).is_err());
+    }
+
+    /// A daemon that answers after 1.5 s: a client with a 1 s read timeout gives up, a
+    /// waiting one (start, shutdown, destroy) gets the answer.
+    #[test]
+    fn waiting_calls_have_no_read_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("slow.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut c, _) = listener.accept().expect("accept");
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(1500));
+                let _ =
+                    c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"reason\":\"x\"}");
+            }
+        });
+        let c = Client::new(&ConnectArgs {
+            connect: Some(format!("unix:{}", sock.display())),
+        })
+        .expect("client");
+        let e = c
+            .with_read_timeout(Some(Duration::from_secs(1)))
+            .request("POST", "/v1/domains/g/destroy", None)
+            .expect_err("timed out");
+        assert!(e.to_string().contains("lost"), "{e}");
+        let v = c
+            .waiting()
+            .call("POST", "/v1/domains/g/destroy", None)
+            .expect("answer after 1.5 s");
+        assert_eq!(v["reason"], "x");
+        server.join().expect("server");
     }
 
     #[test]

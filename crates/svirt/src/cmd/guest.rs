@@ -122,7 +122,7 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
                 let n = name.clone();
                 progress::Watch::start(&client, move || Some(n))
             });
-            let v = client.call(
+            let v = client.waiting().call(
                 "POST",
                 &format!("/v1/domains/{}/shutdown", enc(&name)),
                 Some(&body),
@@ -139,7 +139,10 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
                 let n = name.clone();
                 progress::Watch::start(&client, move || Some(n))
             });
-            let v = client.call("POST", &format!("/v1/domains/{}/destroy", enc(&name)), None);
+            let v =
+                client
+                    .waiting()
+                    .call("POST", &format!("/v1/domains/{}/destroy", enc(&name)), None);
             drop(watch);
             stopped(&name, &v?, json, "destroyed")
         }
@@ -188,7 +191,7 @@ fn start(client: &Client, path: &PathBuf, paused: bool, json: bool, progress: bo
             svirt_domain::parse(&xml).ok().map(|p| p.domain.name)
         })
     });
-    let v = client.call(
+    let v = client.waiting().call(
         "POST",
         "/v1/domains",
         Some(&json!({ "xml": xml, "paused": paused })),
