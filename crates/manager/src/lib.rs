@@ -67,8 +67,10 @@ pub struct StartOptions {
 }
 
 /// The guest manager. Cheap to clone; all clones share one state and one supervisor
-/// thread. When the last clone is dropped the supervisor stops and the store is closed;
-/// running guests keep running and the next [`Manager::open`] reattaches to them.
+/// thread. When the last clone is dropped the supervisor stops, the cleanups after QEMU
+/// exits that are under way are waited for (however long their restores take), and the
+/// store is closed; running guests keep running and the next [`Manager::open`] reattaches
+/// to them.
 #[derive(Clone)]
 pub struct Manager {
     inner: Arc<Inner>,
@@ -261,7 +263,9 @@ impl Manager {
     /// awaited with the timeouts ([`Config::kill_timeout`] after SIGKILL), the restore after
     /// it without a limit. A guest that is not running (shut off, or still starting) is
     /// refused with [`ManagerError::BadState`]; one whose QEMU has just exited gets the
-    /// exit it had.
+    /// exit it had. A stop already under way is never downgraded: this call then sends
+    /// nothing, waits (its timeout plus the kill timeout at most) for QEMU's exit and the
+    /// cleanup, and returns the same exit. A `timeout` too large to reach is no limit.
     pub fn shutdown(&self, name: &str) -> Result<ExitInfo> {
         self.inner
             .stop(name, false, self.inner.config.shutdown_timeout)
@@ -274,7 +278,9 @@ impl Manager {
 
     /// Immediate stop: SIGKILL to QEMU. Returns once QEMU has exited (within
     /// [`Config::kill_timeout`]) and everything is restored; refused like
-    /// [`Manager::shutdown`] for a guest that is not running.
+    /// [`Manager::shutdown`] for a guest that is not running. A shutdown under way is
+    /// escalated (its ACPI wait is cut short, the exit is `destroyed`); a destroy under way
+    /// is waited for.
     pub fn destroy(&self, name: &str) -> Result<ExitInfo> {
         self.inner.stop(name, true, Duration::ZERO)
     }

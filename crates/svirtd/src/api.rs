@@ -454,7 +454,7 @@ pub struct TreeProgress {
     pub model: String,
     /// What is being done.
     pub phase: TreePhase,
-    /// Entries handled so far; null when the driver does not report counts (DAC).
+    /// Entries handled so far; null until the driver's first report.
     pub done: Option<u64>,
     /// Entries to handle (while `scanning`: entries seen so far); null when unknown.
     pub total: Option<u64>,
