@@ -1346,7 +1346,14 @@ impl Relabeler {
             }
         }
         for o in owners {
-            self.store.release_original(key, o)?;
+            // DAC's entries go with its last user (as DAC's own release does): left in a
+            // record another model keeps, a later grant's flags and gid would be or-ed in.
+            let clear: &[&str] = if split_owner(o).0 == "dac" && remaining_dac == 0 {
+                &["dac", crate::dac::ACL_GID_KEY]
+            } else {
+                &[]
+            };
+            self.store.release_original_clearing(key, o, clear)?;
         }
         Ok(restored)
     }

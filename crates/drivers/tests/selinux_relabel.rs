@@ -795,7 +795,13 @@ fn dead_guests_device_acl_grant_is_restored_by_recover() {
         (0x10, 4, u32::MAX),
         (0x20, 0, u32::MAX),
     ]);
-    for (n, initial) in [None, Some(with_entry)].into_iter().enumerate() {
+    // The third case: a live guest of another model (SELinux) also holds the record.
+    let cases = [
+        (None, false),
+        (Some(with_entry.clone()), false),
+        (Some(with_entry), true),
+    ];
+    for (n, (initial, other_model)) in cases.into_iter().enumerate() {
         if let Some(a) = &initial {
             let obj = FsRoot::open(&root).unwrap().open_object(device).unwrap();
             if let Err(e) = obj.set_xattr(ACL, a) {
@@ -841,6 +847,18 @@ fn dead_guests_device_acl_grant_is_restored_by_recover() {
         }
         // The guest is gone; only the store remembers the grant.
         assert_ne!(acl_now(), before.0, "case {n}: the grant changed the ACL");
+        let obj = FsRoot::open(&root).unwrap().open_object(device).unwrap();
+        let key = svirt_store::ObjectKey {
+            dev: obj.identity().dev,
+            ino: obj.identity().ino,
+        };
+        if other_model {
+            let mut orig = store.get_original(key).unwrap().unwrap().original;
+            orig.model_flags.clear();
+            store
+                .record_original_if_absent(key, &orig, "selinux/alive")
+                .unwrap();
+        }
         let r = Relabeler::open(store.clone(), FsRoot::open(&root).unwrap(), 1).unwrap();
         let rec = r.recover(&|g| g != guest);
         assert!(rec.errors.is_empty(), "case {n}: {:?}", rec.errors);
@@ -850,6 +868,27 @@ fn dead_guests_device_acl_grant_is_restored_by_recover() {
             before,
             "case {n}: ACL bytes, owner and mode as before the grant"
         );
+        if other_model {
+            // DAC's entries are gone with its last user: left, a later grant would be or-ed
+            // into them.
+            let left = store.get_original(key).unwrap().unwrap();
+            assert_eq!(left.owners.iter().collect::<Vec<_>>(), ["selinux/alive"]);
+            assert!(
+                !left
+                    .original
+                    .model_flags
+                    .keys()
+                    .any(|k| k.starts_with("dac")),
+                "case {n}: {:?}",
+                left.original.model_flags
+            );
+            assert!(
+                store
+                    .release_original(key, "selinux/alive")
+                    .unwrap()
+                    .is_some()
+            );
+        }
         assert!(store.list_originals().unwrap().is_empty(), "case {n}");
     }
 }
