@@ -397,6 +397,21 @@ fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 /// symlinks. `Ok(None)` when the object has no such attribute.
 fn getxattr_at(dirfd: BorrowedFd<'_>, path: &CStr, name: &CStr) -> io::Result<Option<Vec<u8>>> {
     let mut buf = [0u8; 256];
+    match getxattr_at_into(dirfd, path, name, &mut buf) {
+        Ok(n) => Ok(n.map(|n| buf[..n].to_vec())),
+        Err(e) if e.raw_os_error() == Some(libc::ERANGE) => getxattr_big(dirfd, path, name),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`getxattr_at`] into `buf`, without allocating: the length read, `None` when absent,
+/// `ERANGE` when the value is longer than `buf`.
+fn getxattr_at_into(
+    dirfd: BorrowedFd<'_>,
+    path: &CStr,
+    name: &CStr,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
     if XATTRAT.load(Ordering::Relaxed) != 2 {
         let flags = if path.is_empty() {
             libc::AT_EMPTY_PATH
@@ -405,10 +420,10 @@ fn getxattr_at(dirfd: BorrowedFd<'_>, path: &CStr, name: &CStr) -> io::Result<Op
         };
         let mut args = XattrArgs {
             value: buf.as_mut_ptr() as u64,
-            size: buf.len() as u32,
+            size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
             flags: 0,
         };
-        // SAFETY: the kernel writes at most args.size bytes at args.value.
+        // SAFETY: the kernel writes at most args.size (<= buf.len()) bytes at args.value.
         let r = unsafe {
             libc::syscall(
                 SYS_GETXATTRAT,
@@ -421,18 +436,22 @@ fn getxattr_at(dirfd: BorrowedFd<'_>, path: &CStr, name: &CStr) -> io::Result<Op
             )
         };
         match cvt(r) {
-            Ok(n) => return Ok(Some(buf[..n as usize].to_vec())),
+            Ok(n) => return Ok(Some(n as usize)),
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) => {
-                return getxattr_big(dirfd, path, name);
-            }
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 XATTRAT.store(2, Ordering::Relaxed);
             }
             Err(e) => return Err(e),
         }
     }
-    getxattr_big(dirfd, path, name)
+    match getxattr_big(dirfd, path, name)? {
+        None => Ok(None),
+        Some(v) if v.len() <= buf.len() => {
+            buf[..v.len()].copy_from_slice(&v);
+            Ok(Some(v.len()))
+        }
+        Some(_) => Err(io::Error::from_raw_os_error(libc::ERANGE)),
+    }
 }
 
 /// Fallback and large values: an `O_PATH|O_NOFOLLOW` fd and the `/proc/self/fd/N` form.
@@ -911,6 +930,17 @@ impl Dir {
     /// Reads an xattr of entry `name` (a symlink itself, never its target).
     pub fn get_xattr_at(&self, name: &CStr, attr: &CStr) -> io::Result<Option<Vec<u8>>> {
         getxattr_at(self.fd.as_fd(), name, attr)
+    }
+
+    /// [`Dir::get_xattr_at`] into `buf`, without allocating (a tree walk reads one label per
+    /// entry): the length read, `None` when absent, `ERANGE` when longer than `buf`.
+    pub fn get_xattr_at_into(
+        &self,
+        name: &CStr,
+        attr: &CStr,
+        buf: &mut [u8],
+    ) -> io::Result<Option<usize>> {
+        getxattr_at_into(self.fd.as_fd(), name, attr, buf)
     }
 
     /// Writes an xattr of entry `name` (a symlink itself, never its target).

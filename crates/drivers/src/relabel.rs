@@ -19,6 +19,7 @@
 //! followed, and a directory swapped for a symlink during the walk fails to open (`ELOOP`)
 //! instead of leading out of the tree.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CStr, CString};
 use std::io;
@@ -325,7 +326,11 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 fn label_eq(cur: &Option<Vec<u8>>, want: &[u8]) -> bool {
-    cur.as_deref().is_some_and(|c| trim(c) == trim(want))
+    eq_label(cur.as_deref(), want)
+}
+
+fn eq_label(cur: Option<&[u8]>, want: &[u8]) -> bool {
+    cur.is_some_and(|c| trim(c) == trim(want))
 }
 
 fn show(v: &Option<Vec<u8>>) -> String {
@@ -1687,6 +1692,7 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
     let mut eager = Vec::new();
     let mut same = Vec::new();
     let mut seen = Tally::new(ctx.seen, SCAN_REPORT_EVERY);
+    let mut lbuf = [0u8; 256];
     let mut restored = match ctx.eager {
         Eager::Restore(r) => Some(Tally::new(r.restored, REPORT_EVERY)),
         _ => None,
@@ -1706,7 +1712,15 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                 }
             };
         }
-        let cur = match dir.get_xattr_at(&e.name, XATTR_SELINUX) {
+        // Read into the stack (no allocation per entry); a label too long for it, rarely.
+        let read = match dir.get_xattr_at_into(&e.name, XATTR_SELINUX, &mut lbuf) {
+            Ok(n) => Ok(n.map(|n| Cow::Borrowed(&lbuf[..n]))),
+            Err(err) if err.raw_os_error() == Some(libc::ERANGE) => dir
+                .get_xattr_at(&e.name, XATTR_SELINUX)
+                .map(|v| v.map(Cow::Owned)),
+            Err(err) => Err(err),
+        };
+        let cur: Option<Cow<'_, [u8]>> = match read {
             Ok(v) => v,
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(err) if is_soft_errno(err.raw_os_error()) => {
@@ -1754,8 +1768,9 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                 }
             }
         }
+        let cur = cur.as_deref();
         if let Eager::Restore(r) = ctx.eager {
-            if label_eq(&cur, r.target)
+            if eq_label(cur, r.target)
                 && restore_entry(ctx, r, &dir, &rel, &e.name, e.ino)
                 && let Some(n) = restored.as_mut().and_then(Tally::bump)
             {
@@ -1766,40 +1781,37 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
             }
             continue;
         }
-        if label_eq(&cur, ctx.want) {
+        if eq_label(cur, ctx.want) {
             if let Eager::IfOriginal {
                 dominant,
                 record_same: true,
             } = ctx.eager
-                && *dominant != cur
+                && dominant.as_deref() != cur
             {
                 same.push(Item {
                     name: e.name,
                     ino: e.ino,
-                    orig: cur,
+                    orig: cur.map(<[u8]>::to_vec),
                 });
             }
         } else {
-            let now = match ctx.eager {
-                Eager::All => true,
-                Eager::IfOriginal { dominant, .. } => *dominant == cur,
-                Eager::Restore(_) => false,
+            let (now, keep) = match ctx.eager {
+                Eager::All => (true, true),
+                // The tree's undo holds the dominant original once for all eager entries.
+                Eager::IfOriginal { dominant, .. } => {
+                    let d = dominant.as_deref() == cur;
+                    (d, !d)
+                }
+                Eager::Restore(_) => (false, true),
             };
             let item = Item {
                 name: e.name,
                 ino: e.ino,
-                orig: cur,
+                orig: if keep { cur.map(<[u8]>::to_vec) } else { None },
             };
             if now {
                 match dir.set_xattr_at(&item.name, XATTR_SELINUX, ctx.want) {
-                    Ok(()) => {
-                        let mut item = item;
-                        if let Eager::IfOriginal { .. } = ctx.eager {
-                            // The tree's undo holds this original once for all of them.
-                            item.orig = None;
-                        }
-                        eager.push(item);
-                    }
+                    Ok(()) => eager.push(item),
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(err) => {
                         let r = join_rel(&rel, item.name.as_bytes());

@@ -946,3 +946,35 @@ fn concurrent_stops_of_two_sharers_restore_exactly() {
         assert!(env.store.list_originals().unwrap().is_empty());
     }
 }
+
+/// A label longer than the walk's stack buffer (256 bytes: a long MCS category list) is read
+/// in full, recorded as an exception and restored byte for byte.
+#[test]
+fn tree_entry_with_a_label_over_256_bytes_is_restored_exactly() {
+    let Some((_tmp, share)) = labeled_share() else {
+        return;
+    };
+    let cats: Vec<String> = (0..120).step_by(2).map(|c| format!("c{c}")).collect();
+    let long = format!("system_u:object_r:user_tmp_t:s0:{}", cats.join(","));
+    assert!(long.len() > 256, "{}", long.len());
+    let mut all = vec![share.clone(), share.join("sub")];
+    for (i, l) in [INITIAL, long.as_str(), INITIAL].iter().enumerate() {
+        let p = share.join("sub").join(format!("f{i}"));
+        std::fs::write(&p, b"x").unwrap();
+        set_label(&p, l);
+        all.push(p);
+    }
+    let before = snap(&all);
+    let env = env();
+    let a = env
+        .relabeler
+        .set_labels("guest-a", &[job(&share, SHARED, true)])
+        .unwrap();
+    assert_eq!(a.changed, 5);
+    for (p, l) in tree_labels(&share) {
+        assert_eq!(l.as_deref(), Some(SHARED), "{}", p.display());
+    }
+    assert!(env.relabeler.restore_labels("guest-a").is_empty());
+    assert_eq!(snap(&all), before);
+    assert_eq!(label(&share.join("sub/f1")).as_deref(), Some(long.as_str()));
+}
