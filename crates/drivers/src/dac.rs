@@ -24,6 +24,7 @@
 //! set, clear ambient capabilities, lock the securebits, `setgroups`, `setresgid`,
 //! `setresuid`, `capset` to zero, `PR_SET_NO_NEW_PRIVS`, then check the ids took.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
 use std::io;
@@ -1248,6 +1249,7 @@ impl DacDriver {
         plan: &Plan,
         guest: &str,
         errors: &mut Vec<DriverError>,
+        tried: &mut HashSet<ObjectKey>,
     ) {
         for pr in &plan.resources {
             if pr.dac == DacAction::Untouched {
@@ -1265,6 +1267,7 @@ impl DacDriver {
             if pr.resource.recursive && obj.meta().is_dir() {
                 continue;
             }
+            tried.insert(object_key(obj.identity()));
             if let Err(e) = self.restore_object(guest, &obj) {
                 errors.push(e);
             }
@@ -1281,7 +1284,13 @@ impl DacDriver {
     /// (`ENOENT`) or another object now holds the path. Any other failure to open it
     /// (`ELOOP`, `EACCES`, `EMFILE`, …) is returned and the record, the only copy of the
     /// original, stays for the next attempt.
-    fn release_leftovers(&self, root: &FsRoot, guest: &str, errors: &mut Vec<DriverError>) {
+    fn release_leftovers(
+        &self,
+        root: &FsRoot,
+        guest: &str,
+        errors: &mut Vec<DriverError>,
+        tried: &HashSet<ObjectKey>,
+    ) {
         let me = owner_key(guest);
         let recs = match self.store.originals_for_owner(&me) {
             Ok(r) => r,
@@ -1291,6 +1300,9 @@ impl DacDriver {
             }
         };
         for (k, rec) in recs {
+            if tried.contains(&k) {
+                continue;
+            }
             let path = &rec.original.path;
             match root.open_object(path) {
                 Ok(obj) if object_key(obj.identity()) == k => {
@@ -1432,9 +1444,12 @@ impl SecurityDriver for DacDriver {
             Ok(r) => r,
             Err(e) => return vec![e],
         };
-        self.restore_resources(&root, plan, &guest.name, &mut errors);
+        // Objects the plan's pass tried (restored, or failed and reported): the leftover pass
+        // must not try them again and report the same failure twice.
+        let mut tried = HashSet::new();
+        self.restore_resources(&root, plan, &guest.name, &mut errors, &mut tried);
         self.restore_trees(&root, &guest.name, &mut errors);
-        self.release_leftovers(&root, &guest.name, &mut errors);
+        self.release_leftovers(&root, &guest.name, &mut errors, &tried);
         errors
     }
 

@@ -357,3 +357,48 @@ fn dac_object_out_of_reach_at_stop_keeps_its_record() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(owner_mode(&img), before);
 }
+
+/// A disk whose restore fails (made immutable while the guest ran) is reported once, keeps
+/// its record, and is restored exactly by the next attempt.
+#[test]
+fn dac_failed_restore_is_reported_once_and_retried() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    let img = dir.path().join("disk.img");
+    file(&img, 0o644);
+    let before = owner_mode(&img);
+    let p = plan("immutable-a", vec![disk(&img)]);
+    let mut g = GuestSecurity {
+        name: "immutable-a".into(),
+        level: None,
+        ids: None,
+    };
+    d.reserve(&p, &mut g).expect("reserve");
+    d.set_all(&p, &g).expect("set_all");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&img)
+            .status()
+    };
+    if !chattr("+i").is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: chattr +i failed on this filesystem");
+        return;
+    }
+    let errors = d.restore_all(&p, &g);
+    let _ = chattr("-i");
+    let about_img = errors
+        .iter()
+        .filter(|e| e.to_string().contains(&*img.to_string_lossy()))
+        .count();
+    assert_eq!(about_img, 1, "one error for the disk: {errors:?}");
+    assert_ne!(owner_mode(&img), before, "immutable: not restored yet");
+    let errors = d.restore_all(&p, &g);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(owner_mode(&img), before);
+    d.release(&g).expect("release");
+}
