@@ -538,27 +538,30 @@ impl Inner {
             errors.push(format!("processes left in {}", dirs[0].display()));
         }
         let sec = self.security_for_undo(rec);
+        // Per driver: whether its restore failed (its objects may still carry the guest's
+        // identity, so that identity must stay reserved).
+        let mut failed = vec![false; self.drivers.len()];
         if rec.phase >= Phase::Labeling {
             let op = self
                 .progress
                 .begin(&rec.plan, crate::progress::Action::Restoring);
-            for d in self.drivers.iter().rev() {
+            for (i, d) in self.drivers.iter().enumerate().rev() {
                 if let Some(op) = &op {
                     op.stage(d.model());
                 }
-                errors.extend(
-                    d.restore_all(&rec.plan, &sec)
-                        .into_iter()
-                        .map(|e| e.to_string()),
-                );
+                let errs = d.restore_all(&rec.plan, &sec);
+                failed[i] = !errs.is_empty();
+                errors.extend(errs.into_iter().map(|e| e.to_string()));
             }
         }
         if let Some(cp) = checkpoints {
             cp("after-restore");
         }
-        for d in self.drivers.iter().rev() {
-            if let Err(e) = d.release(&sec) {
-                errors.push(e.to_string());
+        for (i, d) in self.drivers.iter().enumerate().rev() {
+            if failed[i] {
+                errors.extend(self.kept_reserved(d.as_ref(), &sec));
+            } else {
+                errors.extend(self.release_owner(d.as_ref(), &sec));
             }
         }
         if let Some(cp) = checkpoints {
@@ -570,6 +573,80 @@ impl Inner {
         if let Err(e) = remove_tree(&rec.runtime_dir) {
             errors.push(format!("remove {}: {e}", rec.runtime_dir.display()));
         }
+    }
+
+    /// Releases what `d` holds for the guest `sec` names: `sec`'s identity, and for SELinux
+    /// every other level the store still has reserved for that name (a level an earlier
+    /// run of the guest kept because its restore failed: the driver's restore, which goes
+    /// by owner, has now put back every object recorded for the name). Returns the errors.
+    pub(crate) fn release_owner(&self, d: &dyn SecurityDriver, sec: &GuestSecurity) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(e) = d.release(sec) {
+            errors.push(e.to_string());
+        }
+        if d.model() == Model::Selinux {
+            let levels = match self.store.levels_of(&sec.name) {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(format!(
+                        "listing the levels {} still holds: {e}; they stay reserved",
+                        sec.name
+                    ));
+                    Vec::new()
+                }
+            };
+            for l in levels {
+                let one = GuestSecurity {
+                    name: sec.name.clone(),
+                    level: Some(svirt_labels::MlsRange::single(l)),
+                    ids: sec.ids,
+                };
+                if let Err(e) = d.release(&one) {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        errors
+    }
+
+    /// The error reported for a driver whose restore failed, whose reservation for the guest
+    /// is then not released (`None` when the store holds none for the name: a static label). Objects whose restore failed still carry the guest's uid/gid or
+    /// level (the driver keeps their records), so another guest drawing it could open them.
+    /// The next open's sweep (an owner with reservations and no active guest) retries the
+    /// restore and releases it only when that succeeds; a restart of the same name meanwhile
+    /// gets the uid it still holds back (DAC), or a new level beside the kept one (SELinux).
+    pub(crate) fn kept_reserved(
+        &self,
+        d: &dyn SecurityDriver,
+        sec: &GuestSecurity,
+    ) -> Option<String> {
+        // What the store holds for the name (a static label holds nothing: nothing to say).
+        let what = match d.model() {
+            Model::Dac => match self.store.id_reservations() {
+                Ok(ids) => ids
+                    .iter()
+                    .find(|(_, o)| *o == sec.name)
+                    .map(|(id, _)| format!("uid/gid {id}")),
+                Err(_) => Some("its uid/gid".into()),
+            },
+            Model::Selinux => match self.store.levels_of(&sec.name) {
+                Ok(l) if l.is_empty() => None,
+                Ok(l) => Some(format!(
+                    "level {}",
+                    l.iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Err(_) => Some("its level".into()),
+            },
+            _ => None,
+        }?;
+        Some(format!(
+            "{}: {what} kept reserved for {}: its restore failed, so objects may still carry it; the next open retries the restore and releases it when that succeeds",
+            d.model(),
+            sec.name
+        ))
     }
 
     /// Kills the QEMU a start forked before recording its pid (crash between fork and the

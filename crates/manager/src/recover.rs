@@ -322,16 +322,19 @@ fn sweep_orphans(
             ids: None,
         };
         let mut errs = Vec::new();
-        for d in inner.drivers.iter().rev() {
-            errs.extend(
-                d.restore_all(&plan, &sec)
-                    .into_iter()
-                    .map(|e| e.to_string()),
-            );
+        // As in undo: a driver whose restore failed keeps the owner's reservation (its
+        // objects may still carry the uid or level); the next open tries again.
+        let mut failed = vec![false; inner.drivers.len()];
+        for (i, d) in inner.drivers.iter().enumerate().rev() {
+            let e = d.restore_all(&plan, &sec);
+            failed[i] = !e.is_empty();
+            errs.extend(e.into_iter().map(|e| e.to_string()));
         }
-        for d in inner.drivers.iter().rev() {
-            if let Err(e) = d.release(&sec) {
-                errs.push(e.to_string());
+        for (i, d) in inner.drivers.iter().enumerate().rev() {
+            if failed[i] {
+                errs.extend(inner.kept_reserved(d.as_ref(), &sec));
+            } else {
+                errs.extend(inner.release_owner(d.as_ref(), &sec));
             }
         }
         let what = if errs.is_empty() {
@@ -339,7 +342,7 @@ fn sweep_orphans(
                 .to_string()
         } else {
             format!(
-                "no active guest of this name: restored and released with errors: {}",
+                "no active guest of this name: restored and released with errors (a driver whose restore failed keeps its reservation until a later open restores it): {}",
                 errs.join("; ")
             )
         };
