@@ -653,7 +653,7 @@ impl Inner {
     /// `Spawned` record), found through the pid file and verified (same boot, started
     /// after the record's spawn floor, `-name guest=<name>` in its argv, working directory
     /// the runtime dir). Removes the pid file. Returns an error message if it survives.
-    fn kill_unrecorded(&self, rec: &Record) -> Option<String> {
+    pub(crate) fn kill_unrecorded(&self, rec: &Record) -> Option<String> {
         let path = self.pid_file(&rec.name);
         let found = rec.spawn_floor.as_ref().and_then(|floor| {
             process::find_unrecorded(&self.proc_root(), &path, &rec.name, &rec.runtime_dir, floor)

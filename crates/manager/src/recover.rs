@@ -1,6 +1,6 @@
 //! Recovery at open: reattach to guests still running, clean up after the others.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,10 +245,10 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         .map(|(n, _)| n.clone())
         .chain(unreadable.iter().cloned())
         .collect();
-    let shut_off: BTreeSet<String> = guests
-        .keys()
-        .filter(|n| !active.contains(*n))
-        .cloned()
+    let shut_off: BTreeMap<String, Arc<Slot>> = guests
+        .iter()
+        .filter(|(n, _)| !active.contains(*n))
+        .map(|(n, s)| (n.clone(), s.clone()))
         .collect();
     drop(guests);
     sweep_orphans(inner, &active, shut_off, &mut recovered);
@@ -267,28 +267,29 @@ const UNNAMED: &str = "(orphaned records)";
 /// and those whose record it cannot read):
 /// a guest record lost mid-cleanup, or records of an earlier configuration.
 ///
-/// 1. Every owner of a reservation or a recorded original that is no active guest gets
+/// 1. First, as in undo (labels are not restored while they may still be in use): the
+///    leftovers of every shut-off guest (`shut_off`) and of every owner swept in 2. are
+///    removed if still there: processes in its cgroups killed and the groups removed, the
+///    QEMU of its pid file killed when `kill_unrecorded`'s checks say it is this guest's,
+///    its runtime directory and pid file removed. A cleanup that panicked before removing
+///    them leaves them, and nothing else would until the guest's next start.
+/// 2. Every owner of a reservation or a recorded original that is no active guest gets
 ///    the undo a dead guest gets, from an empty plan (drivers restore by owner: the store
-///    knows what was changed for it), then its reservations are released.
-/// 2. The drivers' own sweeps then run over their tree records, for owners nothing above
+///    knows what was changed for it), then the reservations of each driver whose restore
+///    succeeded are released.
+/// 3. The drivers' own sweeps then run over their tree records, for owners nothing above
 ///    names (a tree whose guest's reservation an earlier recovery released): DAC's
 ///    `recover_trees`, the relabel engine's `recover` (opened for the sweep alone when
 ///    SELinux is not stacked but the engine's database exists: records of an earlier
 ///    SELinux configuration).
 ///
-/// 3. The runtime directory, pid file and cgroups of every guest swept in 1. and of every
-///    shut-off guest (`shut_off`) are removed if still there: a cleanup that panicked
-///    before removing them leaves them, and nothing else would until the guest's next
-///    start.
-///
 /// Everything done is pushed to `recovered` (svirtd logs it).
 fn sweep_orphans(
     inner: &Inner,
     active: &HashSet<String>,
-    shut_off: BTreeSet<String>,
+    shut_off: BTreeMap<String, Arc<Slot>>,
     recovered: &mut Vec<(String, String)>,
 ) {
-    let mut inactive = shut_off;
     let mut orphans: BTreeSet<String> = BTreeSet::new();
     // A listing that fails leaves its owners unswept: said, so that it is not taken for
     // a clean store.
@@ -314,7 +315,22 @@ fn sweep_orphans(
         ),
         Err(e) => unlisted("recorded originals", &e),
     }
-    for owner in orphans.into_iter().filter(|o| !active.contains(o)) {
+    let orphans: Vec<String> = orphans
+        .into_iter()
+        .filter(|o| !active.contains(o))
+        .collect();
+    let inactive: BTreeSet<&String> = shut_off.keys().chain(&orphans).collect();
+    for name in inactive {
+        let rec = shut_off.get(name).map(|s| {
+            s.state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record
+                .clone()
+        });
+        remove_leftovers(inner, name, rec.as_ref(), recovered);
+    }
+    for owner in orphans {
         let plan = empty_plan(&owner, inner.models());
         let sec = GuestSecurity {
             name: owner.clone(),
@@ -351,11 +367,7 @@ fn sweep_orphans(
         } else {
             tracing::error!(guest = %owner, "{what}");
         }
-        recovered.push((owner.clone(), what));
-        inactive.insert(owner);
-    }
-    for name in &inactive {
-        remove_leftovers(inner, name, recovered);
+        recovered.push((owner, what));
     }
     let running = |g: &str| active.contains(g);
     if let Some(dac) = &inner.dac {
@@ -434,9 +446,15 @@ fn sweep_orphans(
 
 /// Removes what a guest that is not active may have left outside the drivers' records
 /// (its cleanup panicked before the end of `undo`): processes in its cgroups and the
-/// groups themselves, its runtime directory and its pid file. Reported when anything was
-/// there.
-fn remove_leftovers(inner: &Inner, name: &str, recovered: &mut Vec<(String, String)>) {
+/// groups themselves, its runtime directory and its pid file (the QEMU it names killed
+/// first when `rec`, the guest's record, lets `kill_unrecorded` verify it is this guest's).
+/// Reported when anything was there.
+fn remove_leftovers(
+    inner: &Inner,
+    name: &str,
+    rec: Option<&Record>,
+    recovered: &mut Vec<(String, String)>,
+) {
     // Owners come from the store: a name that is no valid guest name names no path.
     if crate::manager::validate_name(name).is_err() {
         return;
@@ -466,8 +484,18 @@ fn remove_leftovers(inner: &Inner, name: &str, recovered: &mut Vec<(String, Stri
     if let Err(e) = crate::manager::remove_tree(&runtime) {
         errs.push(format!("remove {}: {e}", runtime.display()));
     }
-    if pid_file_there && let Err(e) = std::fs::remove_file(&pid_file) {
-        errs.push(format!("remove {}: {e}", pid_file.display()));
+    if pid_file_there {
+        match rec {
+            // Verifies and kills, then removes the pid file.
+            Some(rec) => errs.extend(inner.kill_unrecorded(rec)),
+            // No record, no spawn floor to verify a process against (and none of such an
+            // owner can run: a start writes its record before it forks).
+            None => {
+                if let Err(e) = std::fs::remove_file(&pid_file) {
+                    errs.push(format!("remove {}: {e}", pid_file.display()));
+                }
+            }
+        }
     }
     let what = if errs.is_empty() {
         "not active: its leftover runtime directory, pid file and cgroups removed".to_string()
