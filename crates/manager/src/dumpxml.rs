@@ -136,6 +136,7 @@ mod tests {
             intent: None,
             exit: None,
             previous: None,
+            leftovers: None,
         };
         let labels = vec![
             ModelLabels {

@@ -186,6 +186,7 @@ impl Inner {
             intent: None,
             exit: None,
             previous: None,
+            leftovers: None,
         };
         // Claim the name: one start per name at a time.
         let slot = {
@@ -938,6 +939,17 @@ impl Inner {
         let mut st = lock(&slot.state);
         if st.finishing {
             let mut next = st.record.clone();
+            // The run whose cleanup panicked, whichever record is kept below.
+            let leftovers = crate::record::Leftovers {
+                cgroups: if next.cgroups.is_empty() {
+                    self.layout
+                        .guest_dirs(&self.config.cgroup_parent, &next.name)
+                } else {
+                    next.cgroups.clone()
+                },
+                runtime_dir: next.runtime_dir.clone(),
+                spawn_floor: next.spawn_floor.clone(),
+            };
             let message = format!(
                 "the manager stopped during the start (at {:?}); QEMU killed at recovery, its cleanup panicked",
                 next.phase
@@ -946,6 +958,7 @@ impl Inner {
                 Some(earlier) => next = earlier,
                 None => next.shut_off(exit_reason(next.intent, status), errors),
             }
+            next.leftovers = Some(leftovers);
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.persist(&next))) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

@@ -108,6 +108,24 @@ pub struct Record {
     /// interrupts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<Record>>,
+    /// Set on a shut-off record when the cleanup of the run that ended did not run to its
+    /// end (it panicked): where that run may have left processes and files. The next open
+    /// removes them (processes killed before anything is restored) and clears this. A
+    /// record without it, a stop that completed, never has its cgroups touched at open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leftovers: Option<Leftovers>,
+}
+
+/// What a cleanup that did not finish may have left, as the run that ended recorded it
+/// (not as the current configuration would name it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leftovers {
+    /// The run's cgroup directories.
+    pub cgroups: Vec<PathBuf>,
+    /// The run's runtime directory.
+    pub runtime_dir: PathBuf,
+    /// The run's spawn floor (verifies the QEMU of its pid file, if one is there).
+    pub spawn_floor: Option<SpawnFloor>,
 }
 
 impl Record {

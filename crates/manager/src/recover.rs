@@ -269,10 +269,10 @@ const UNNAMED: &str = "(orphaned records)";
 ///
 /// 1. First, as in undo (labels are not restored while they may still be in use): the
 ///    leftovers of every shut-off guest (`shut_off`) and of every owner swept in 2. are
-///    removed if still there: processes in its cgroups killed and the groups removed, the
-///    QEMU of its pid file killed when `kill_unrecorded`'s checks say it is this guest's,
-///    its runtime directory and pid file removed. A cleanup that panicked before removing
-///    them leaves them, and nothing else would until the guest's next start.
+///    removed if still there (see [`remove_leftovers`]: the cgroups only of a record
+///    marked by a cleanup that panicked, at the paths that run recorded). A cleanup that
+///    panicked before removing them leaves them, and nothing else would until the guest's
+///    next start.
 /// 2. Every owner of a reservation or a recorded original that is no active guest gets
 ///    the undo a dead guest gets, from an empty plan (drivers restore by owner: the store
 ///    knows what was changed for it), then the reservations of each driver whose restore
@@ -328,7 +328,18 @@ fn sweep_orphans(
                 .record
                 .clone()
         });
-        remove_leftovers(inner, name, rec.as_ref(), recovered);
+        let done = remove_leftovers(inner, name, rec.as_ref(), recovered);
+        // Done with: the mark goes, so the next open does not look again.
+        if done
+            && let Some(slot) = shut_off.get(name)
+            && rec.as_ref().is_some_and(|r| r.leftovers.is_some())
+        {
+            let mut st = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = st.record.clone();
+            next.leftovers = None;
+            let r = inner.write(&mut st, next);
+            note(recovered, name, "clearing the record's leftovers mark", r);
+        }
     }
     for owner in orphans {
         let plan = empty_plan(&owner, inner.models());
@@ -444,33 +455,36 @@ fn sweep_orphans(
     }
 }
 
-/// Removes what a guest that is not active may have left outside the drivers' records
-/// (its cleanup panicked before the end of `undo`): processes in its cgroups and the
-/// groups themselves, its runtime directory and its pid file (the QEMU it names killed
-/// first when `rec`, the guest's record, lets `kill_unrecorded` verify it is this guest's).
-/// Reported when anything was there.
+/// Removes what a guest that is not active may have left outside the drivers' records:
+/// its runtime directory and pid file (under this manager's run dir, the QEMU the pid file
+/// names killed first when `rec`, the guest's record, lets `kill_unrecorded` verify it is
+/// this guest's) and, only when `rec` is marked with `leftovers` (its cleanup panicked),
+/// the processes in the cgroups that run recorded and the groups themselves. Never the
+/// cgroups of a guest whose stop completed, nor of an owner without a record (no record
+/// names a cgroup; nothing of such an owner can run: a start writes its record before it
+/// forks, and a record goes only once its guest is cleaned up): another manager with
+/// another state dir may share the cgroup parent and run a guest of the same name there.
+/// Reported when anything was there; whether all of it went.
 fn remove_leftovers(
     inner: &Inner,
     name: &str,
     rec: Option<&Record>,
     recovered: &mut Vec<(String, String)>,
-) {
+) -> bool {
     // Owners come from the store: a name that is no valid guest name names no path.
     if crate::manager::validate_name(name).is_err() {
-        return;
+        return true;
     }
-    let dirs: Vec<PathBuf> = inner
-        .layout
-        .guest_dirs(&inner.config.cgroup_parent, name)
-        .into_iter()
-        .filter(|d| d.exists())
-        .collect();
-    let runtime = inner.runtime_dir(name);
+    let left = rec.and_then(|r| r.leftovers.as_ref());
+    let dirs: Vec<PathBuf> = left
+        .map(|l| l.cgroups.iter().filter(|d| d.exists()).cloned().collect())
+        .unwrap_or_default();
+    let runtime = left.map_or_else(|| inner.runtime_dir(name), |l| l.runtime_dir.clone());
     let pid_file = inner.pid_file(name);
     let runtime_there = std::fs::symlink_metadata(&runtime).is_ok();
     let pid_file_there = std::fs::symlink_metadata(&pid_file).is_ok();
     if dirs.is_empty() && !runtime_there && !pid_file_there {
-        return;
+        return true;
     }
     let mut errs = Vec::new();
     if !dirs.is_empty() {
@@ -481,21 +495,29 @@ fn remove_leftovers(
             errs.push(e.to_string());
         }
     }
-    if let Err(e) = crate::manager::remove_tree(&runtime) {
-        errs.push(format!("remove {}: {e}", runtime.display()));
-    }
     if pid_file_there {
         match rec {
-            // Verifies and kills, then removes the pid file.
-            Some(rec) => errs.extend(inner.kill_unrecorded(rec)),
+            // Verifies and kills, then removes the pid file; against the run that left it.
+            Some(rec) => {
+                let mut run = rec.clone();
+                if let Some(l) = left {
+                    run.runtime_dir = l.runtime_dir.clone();
+                    run.spawn_floor = l.spawn_floor.clone();
+                }
+                errs.extend(inner.kill_unrecorded(&run));
+            }
             // No record, no spawn floor to verify a process against (and none of such an
-            // owner can run: a start writes its record before it forks).
+            // owner can run, see above).
             None => {
                 if let Err(e) = std::fs::remove_file(&pid_file) {
                     errs.push(format!("remove {}: {e}", pid_file.display()));
                 }
             }
         }
+    }
+    // After the kill: the runtime dir holds the QEMU's working directory.
+    if let Err(e) = crate::manager::remove_tree(&runtime) {
+        errs.push(format!("remove {}: {e}", runtime.display()));
     }
     let what = if errs.is_empty() {
         "not active: its leftover runtime directory, pid file and cgroups removed".to_string()
@@ -507,6 +529,7 @@ fn remove_leftovers(
     };
     tracing::warn!(guest = %name, "{what}");
     recovered.push((name.to_string(), what));
+    errs.is_empty()
 }
 
 /// The plan of a guest known only by name: no resources, so drivers restore by owner

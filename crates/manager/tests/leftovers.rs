@@ -124,3 +124,44 @@ fn leftover_processes_are_killed_before_the_restore() {
     drop(m);
     env.assert_store_clean("after the open");
 }
+
+/// A guest whose stop completed has nothing left: at the next open its name's cgroup is
+/// not touched. A process in `<cgroup parent>/<name>` there (as another manager with
+/// another state dir, sharing the cgroup parent, would run a guest of the same name)
+/// survives the open (before the fix every open killed it).
+#[test]
+fn the_cgroup_of_a_completed_stop_is_never_touched_at_open() {
+    require_env!();
+    let env = Env::new("leftkeep");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    m.start(&env.xml("g", &[]), StartOptions { paused: true })
+        .unwrap();
+    let exit = m.destroy("g").unwrap();
+    assert!(exit.restore_errors.is_empty(), "{exit:?}");
+    drop(m);
+    let dirs = layout().guest_dirs(&env.cgroup_parent, "g");
+    for d in &dirs {
+        assert!(!d.exists(), "the stop left {}", d.display());
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // Killed by pid on every path (the Env's drop kills what is left in its cgroups too).
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut other = Reaped(Command::new("sleep").arg("600").spawn().unwrap());
+    join_dirs(&dirs, other.0.id() as i32).unwrap();
+    let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
+    eprintln!("recovered: {:?}", report.recovered);
+    assert!(
+        other.0.try_wait().unwrap().is_none() && common::alive(other.0.id() as i32),
+        "the open killed a process in the cgroup of a guest whose stop completed"
+    );
+    assert!(dirs.iter().all(|d| d.exists()));
+    drop(m);
+    drop(other);
+    env.assert_store_clean("after the open");
+}
