@@ -4,7 +4,9 @@
 //! driver, as the cleanup must survive). Steps: `after-plan`, `after-record`, `after-reserve`,
 //! `after-label`, `after-cgroup`, `after-fork` (QEMU forked, pid not yet
 //! recorded), `after-spawn`, `after-qmp`, `during-stop`,
-//! `after-restore`, `after-release`.
+//! `after-restore`, `after-release`; and `stop-signal` (a stop about to SIGKILL QEMU
+//! through its pidfd, intent recorded: `:error` there stands for a failed
+//! `pidfd_send_signal`; in no step list, as no crash or rollback test iterates it).
 
 use crate::error::{ManagerError, Result};
 

@@ -726,8 +726,15 @@ impl Inner {
             // within its own budget, and returns the same exit.
             match st.record.intent {
                 Some(Intent::Shutdown) if destroy => {}
-                Some(_) => {
+                Some(intent) => {
                     drop(st);
+                    // The first destroy's SIGKILL may have failed (it returned that error
+                    // after recording its intent): a destroy sends it again rather than
+                    // only wait (pidfd_signal takes ESRCH, QEMU already gone, as done).
+                    if destroy && intent == Intent::Destroy {
+                        process::pidfd_signal(&pidfd, libc::SIGKILL)
+                            .map_err(|e| ManagerError::Qemu(format!("kill {name}: {e}")))?;
+                    }
                     let limit = if destroy {
                         self.config.kill_timeout
                     } else {
@@ -783,6 +790,7 @@ impl Inner {
                 }
             }
         }
+        self.fault.point("stop-signal")?;
         process::pidfd_signal(&pidfd, libc::SIGKILL)
             .map_err(|e| ManagerError::Qemu(format!("kill {name}: {e}")))?;
         let kill_timeout = self.config.kill_timeout;

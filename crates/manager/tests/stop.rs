@@ -208,3 +208,35 @@ fn a_second_stop_never_downgrades_the_first() {
     drop(m);
     env.assert_store_clean("after the stops");
 }
+
+/// A destroy whose SIGKILL failed (`stop-signal:error` stands for a failed
+/// `pidfd_send_signal`, after the intent `destroy` is recorded) leaves QEMU running; the
+/// next destroy sends SIGKILL again instead of only waiting (before: it waited the kill
+/// timeout and failed, and so did every later one).
+#[test]
+fn a_destroy_after_a_failed_kill_signals_again() {
+    require_env!();
+    let env = Env::new("rekill");
+    let mut cfg = env.config("dac,landlock");
+    cfg.fault = Some("stop-signal:error".into());
+    cfg.kill_timeout = Duration::from_secs(3);
+    let (m, _) = Manager::open(cfg).unwrap();
+    let info = m
+        .start(&env.xml("g", &[]), StartOptions { paused: true })
+        .unwrap();
+    let pid = info.pid.unwrap();
+    assert!(
+        matches!(m.destroy("g"), Err(svirt_manager::ManagerError::Fault(_))),
+        "the injected signal failure"
+    );
+    assert_eq!(m.info("g").unwrap().state, GuestState::Stopping);
+    assert!(common::alive(pid));
+    let t = Instant::now();
+    let exit = m.destroy("g").unwrap();
+    eprintln!("second destroy: {:?}", t.elapsed());
+    assert_eq!(exit.reason, ExitReason::Destroyed);
+    assert!(exit.restore_errors.is_empty(), "{exit:?}");
+    assert!(!common::alive(pid));
+    drop(m);
+    env.assert_store_clean("after the second destroy");
+}
