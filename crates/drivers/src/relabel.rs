@@ -638,6 +638,8 @@ impl Relabeler {
             }
             self.fault("after-record")?;
         }
+        // Who else uses it now: a rollback leaves the label only for users who came later.
+        let others = self.other_selinux_users(key, owner)?;
         match o.set_xattr(XATTR_SELINUX, &want) {
             Ok(()) => {
                 applied.changed += 1;
@@ -645,6 +647,7 @@ impl Relabeler {
                     path: j.path.clone(),
                     ident: o.identity(),
                     old: cur,
+                    others,
                 });
                 self.fault("after-label")?;
                 Ok(())
@@ -666,17 +669,22 @@ impl Relabeler {
     fn rollback(&self, owner: &str, undo: Vec<Undo>) {
         for u in undo.into_iter().rev() {
             match u {
-                Undo::Single { path, ident, old } => {
+                Undo::Single {
+                    path,
+                    ident,
+                    old,
+                    others,
+                } => {
                     // Reopen by path and check identity: the Object was dropped with `objs`
                     // only after this runs, but a fresh open keeps the rule simple.
                     match self.root.open_object(&path) {
                         Ok(o) if o.identity() == ident => {
                             let key = object_key(ident);
                             let _lock = self.store.lock_object(key);
-                            // Another guest may have joined the record since (the label
-                            // was right for it): the label stays for it.
+                            // A guest that joined the record since (the label was right for
+                            // it) keeps the label.
                             match self.other_selinux_users(key, owner) {
-                                Ok(0) => {
+                                Ok(now) if now.is_subset(&others) => {
                                     if let Err(e) = write_label_obj(&o, &old) {
                                         tracing::error!("rollback of {}: {e}", path.display());
                                     }
@@ -690,34 +698,55 @@ impl Relabeler {
                     }
                 }
                 Undo::Release { key } => {
-                    if let Err(e) = self.store.release_original(key, owner) {
+                    // As a stop would: if the other users have left meanwhile, this was the
+                    // last one and the object gets its original back.
+                    if let Err(e) = self.release_one(key, &[owner.to_string()]) {
                         tracing::error!("rollback: releasing record {}:{}: {e}", key.dev, key.ino);
                     }
                 }
-                Undo::Tree { work, undo_record } => {
-                    let _lock = work.root_key.map(|k| self.store.lock_object(k));
-                    // As for single objects: a guest that joined the tree record since
-                    // keeps the labels.
-                    let joined = match &undo_record {
-                        Some((tkey, _)) => match self.tree_get(tkey) {
-                            Ok(r) => r.is_some_and(|r| r.owners.iter().any(|o| o != owner)),
-                            Err(e) => {
-                                tracing::error!("rollback: reading tree record: {e}");
-                                false
-                            }
-                        },
-                        None => false,
-                    };
-                    if !joined {
-                        self.tree_rollback(&work);
-                    }
-                    if let Some((tkey, created)) = undo_record
-                        && let Err(e) = self.tree_release(&tkey, owner, created)
-                    {
-                        tracing::error!("rollback: releasing tree record: {e}");
-                    }
-                }
+                Undo::Tree { work, undo_record } => self.rollback_tree(owner, &work, undo_record),
             }
+        }
+    }
+
+    /// Undoes one tree of a failed labeling, under the tree's lock.
+    fn rollback_tree(&self, owner: &str, work: &TreeUndo, undo_record: Option<(TreeKey, bool)>) {
+        let _lock = work.root_key.map(|k| self.store.lock_object(k));
+        let Some((tkey, created)) = undo_record else {
+            // Not recorded (not restored at stop): our own writes back.
+            self.tree_rollback(work);
+            return;
+        };
+        let rec = match self.tree_get(&tkey) {
+            Ok(r) => r,
+            Err(e) => {
+                // Unknown users: leave labels and record as they are for `recover`.
+                tracing::error!("rollback: reading tree record: {e}");
+                return;
+            }
+        };
+        let others = rec
+            .as_ref()
+            .is_some_and(|r| r.owners.iter().any(|o| o != owner));
+        let r = if others {
+            // A guest uses the tree now (it joined after us, or we joined it): its labels stay.
+            self.tree_release(&tkey, owner, false)
+        } else if created {
+            // Ours alone: exactly our writes back, then the record goes.
+            self.tree_rollback(work);
+            self.tree_release(&tkey, owner, true)
+        } else {
+            // We joined a record whose other users have all stopped meanwhile: we are its
+            // last user, so the whole tree gets its originals back, as at a stop.
+            match rec {
+                Some(rec) => self
+                    .tree_restore(&tkey, &rec)
+                    .and_then(|_| self.tree_delete(&tkey)),
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!("rollback: tree record: {e}");
         }
     }
 
@@ -850,8 +879,12 @@ impl Relabeler {
             if let Some(e) = res.error {
                 return Err(e);
             }
-            if j.restore {
-                self.tree_note_entries(&tkey, already + res.done)?;
+            // Only a progress total for the restore: a failure to keep it must not undo
+            // the labeling.
+            if j.restore
+                && let Err(e) = self.tree_note_entries(&tkey, already + res.done)
+            {
+                tracing::warn!("{}: entry count not recorded: {e}", j.path.display());
             }
             Ok(())
         };
@@ -1278,14 +1311,22 @@ impl Relabeler {
         errors
     }
 
-    /// How many SELinux users other than `owner` the object's record has now.
-    fn other_selinux_users(&self, key: ObjectKey, owner: &str) -> Result<usize, RelabelError> {
-        Ok(self.store.get_original(key)?.map_or(0, |r| {
-            r.owners
-                .iter()
-                .filter(|o| o.as_str() != owner && split_owner(o).0 == "selinux")
-                .count()
-        }))
+    /// The SELinux users other than `owner` the object's record has now.
+    fn other_selinux_users(
+        &self,
+        key: ObjectKey,
+        owner: &str,
+    ) -> Result<BTreeSet<String>, RelabelError> {
+        Ok(self
+            .store
+            .get_original(key)?
+            .map(|r| {
+                r.owners
+                    .into_iter()
+                    .filter(|o| o.as_str() != owner && split_owner(o).0 == "selinux")
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Releases `owners` (all of one record) and restores each model's attributes (SELinux
@@ -1542,6 +1583,8 @@ enum Undo {
         path: PathBuf,
         ident: Identity,
         old: Option<Vec<u8>>,
+        /// The object's other SELinux users when it was written.
+        others: BTreeSet<String>,
     },
     Release {
         key: ObjectKey,

@@ -978,3 +978,98 @@ fn tree_entry_with_a_label_over_256_bytes_is_restored_exactly() {
     assert_eq!(snap(&all), before);
     assert_eq!(label(&share.join("sub/f1")).as_deref(), Some(long.as_str()));
 }
+
+/// A start that joined a shared disk's record fails after the disk's other user has stopped:
+/// its rollback is now the disk's last user and restores it, as a stop would (before, the
+/// record was dropped and the disk kept the shared label with nothing to restore it).
+#[test]
+fn rollback_of_the_last_user_restores_a_joined_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    if !xattrs_work(&dir) {
+        return;
+    }
+    let disk = dir.join("shared.raw");
+    std::fs::write(&disk, b"x").unwrap();
+    set_label(&disk, INITIAL);
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    set_label(&share, INITIAL);
+    std::fs::write(share.join("f"), b"x").unwrap();
+    set_label(&share.join("f"), INITIAL);
+    let env = env();
+    env.relabeler
+        .set_labels("guest-b", &[job(&disk, SHARED, false)])
+        .unwrap();
+    // Guest A joins the disk (already right for it), then fails on its share, just after
+    // guest B has stopped.
+    let r = env.relabeler.clone();
+    env.relabeler
+        .set_fault_hook(Some(Arc::new(move |point: &str| {
+            if point != "after-record" {
+                return false;
+            }
+            assert!(r.restore_labels("guest-b").is_empty());
+            true
+        })));
+    let res = env.relabeler.set_labels(
+        "guest-a",
+        &[job(&disk, SHARED, false), job(&share, IMG_A, true)],
+    );
+    env.relabeler.set_fault_hook(None);
+    assert!(matches!(res, Err(RelabelError::Injected(_))), "{res:?}");
+    assert_eq!(
+        label(&disk).as_deref(),
+        Some(INITIAL),
+        "disk restored by the rollback"
+    );
+    for (p, l) in tree_labels(&share) {
+        assert_eq!(l.as_deref(), Some(INITIAL), "{}", p.display());
+    }
+    assert!(env.store.list_originals().unwrap().is_empty());
+}
+
+/// The same for a tree: a start joins a shared tree, its other user stops, then the start
+/// fails (on its next object): the rollback restores the whole tree and drops its record.
+#[test]
+fn rollback_of_the_last_user_restores_a_joined_tree() {
+    let Some((tmp, share)) = labeled_share() else {
+        return;
+    };
+    std::fs::write(share.join("sub/f"), b"x").unwrap();
+    set_label(&share.join("sub/f"), INITIAL);
+    let disk = tmp.path().canonicalize().unwrap().join("disk-a.raw");
+    std::fs::write(&disk, b"x").unwrap();
+    set_label(&disk, INITIAL);
+    let env = env();
+    env.relabeler
+        .set_labels("guest-b", &[job(&share, SHARED, true)])
+        .unwrap();
+    // The second "after-record" is guest A's disk, after it joined the tree; the hook runs
+    // on A's thread holding only the disk's lock, so guest B's stop can take the tree's.
+    let r = env.relabeler.clone();
+    let n = Arc::new(AtomicUsize::new(0));
+    env.relabeler
+        .set_fault_hook(Some(Arc::new(move |point: &str| {
+            if point != "after-record" || n.fetch_add(1, Ordering::SeqCst) != 1 {
+                return false;
+            }
+            assert!(r.restore_labels("guest-b").is_empty());
+            true
+        })));
+    let res = env.relabeler.set_labels(
+        "guest-a",
+        &[job(&share, SHARED, true), job(&disk, IMG_A, false)],
+    );
+    env.relabeler.set_fault_hook(None);
+    assert!(matches!(res, Err(RelabelError::Injected(_))), "{res:?}");
+    for (p, l) in tree_labels(&share) {
+        assert_eq!(l.as_deref(), Some(INITIAL), "{}", p.display());
+    }
+    assert_eq!(label(&disk).as_deref(), Some(INITIAL));
+    assert!(
+        env.relabeler.recover(&|_| false).restored.is_empty(),
+        "no tree record left"
+    );
+    assert!(env.store.list_originals().unwrap().is_empty());
+}
