@@ -168,6 +168,33 @@ fn record_one(
         }
         Some(mut rec) => {
             let mut changed = false;
+            let model = owner.split_once('/').map_or("", |(m, _)| m);
+            let first_of_model = !model.is_empty()
+                && !rec.owners.contains(owner)
+                && !rec
+                    .owners
+                    .iter()
+                    .any(|o| o.split_once('/').map(|(m, _)| m) == Some(model));
+            if first_of_model {
+                // Users of other models kept the record while this model had none: this
+                // model's part must describe the object as this user finds it (an admin may
+                // have changed it since, or the model's earlier users restored it), and its
+                // flags start from this user's, not or-ed into a departed user's.
+                match model {
+                    "selinux" => rec.original.selinux_label = value.selinux_label.clone(),
+                    "dac" => {
+                        rec.original.uid = value.uid;
+                        rec.original.gid = value.gid;
+                        rec.original.mode = value.mode;
+                    }
+                    _ => {}
+                }
+                let prefix = format!("{model}.");
+                rec.original
+                    .model_flags
+                    .retain(|k, _| k != model && !k.starts_with(&prefix));
+                changed = true;
+            }
             for (model, flags) in &value.model_flags {
                 let f = rec.original.model_flags.entry(model.clone()).or_insert(0);
                 changed |= *f | flags != *f;
@@ -449,6 +476,72 @@ mod path_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         let bytes = Vec::<u8>::deserialize(d)?;
         Ok(PathBuf::from(OsString::from_vec(bytes)))
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+
+    fn orig(uid: u32, mode: u32, label: &str, flags: &[(&str, u32)]) -> Original {
+        Original {
+            path: PathBuf::from("/srv/disk.img"),
+            selinux_label: Some(label.as_bytes().to_vec()),
+            uid,
+            gid: uid,
+            mode,
+            identity: ObjectIdentity {
+                dev: 1,
+                ino: 2,
+                btime: None,
+                generation: None,
+                ctime: None,
+            },
+            model_flags: flags.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    /// A model's first user after its earlier users left (while another model kept the
+    /// record) records the object as it finds it; a second user of a model joins as is.
+    #[test]
+    fn first_user_of_a_model_records_its_part_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let k = ObjectKey { dev: 1, ino: 2 };
+        store
+            .record_original_if_absent(k, &orig(0, 0o644, "a_t", &[("dac", 3)]), "dac/a")
+            .unwrap();
+        store
+            .record_original_if_absent(k, &orig(0, 0o644, "a_t", &[("selinux", 1)]), "selinux/s")
+            .unwrap();
+        store.release_original_clearing(k, "dac/a", &[]).unwrap();
+        // An admin changed owner and mode meanwhile; guest c (DAC) finds 1000 0600.
+        store
+            .record_original_if_absent(
+                k,
+                &orig(1000, 0o600, "b_t", &[("dac", 1), ("dac.acl_gid", 7)]),
+                "dac/c",
+            )
+            .unwrap();
+        let r = store.get_original(k).unwrap().unwrap();
+        assert_eq!((r.original.uid, r.original.mode), (1000, 0o600));
+        assert_eq!(
+            r.original.model_flags.get("dac"),
+            Some(&1),
+            "not or-ed into 3"
+        );
+        assert_eq!(r.original.model_flags.get("dac.acl_gid"), Some(&7));
+        assert_eq!(
+            r.original.selinux_label.as_deref(),
+            Some(&b"a_t"[..]),
+            "the other model's part is kept"
+        );
+        // A second DAC user joins as the record is.
+        store
+            .record_original_if_absent(k, &orig(5, 0o777, "c_t", &[("dac", 1)]), "dac/d")
+            .unwrap();
+        let r = store.get_original(k).unwrap().unwrap();
+        assert_eq!((r.original.uid, r.original.mode), (1000, 0o600));
     }
 }
 
