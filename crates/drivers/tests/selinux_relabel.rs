@@ -495,6 +495,49 @@ fn labeled_share() -> Option<(tempfile::TempDir, PathBuf)> {
     Some((tmp, share))
 }
 
+/// A file holding `x`, labeled `l`.
+fn labeled_file(p: &Path, l: &str) {
+    std::fs::write(p, b"x").unwrap();
+    set_label(p, l);
+}
+
+/// A temp dir with `shared.raw` and a `share/` of `files` files, every object at INITIAL;
+/// None (skip) where xattrs cannot be written.
+fn disk_and_share(files: usize) -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    if !xattrs_work(&dir) {
+        return None;
+    }
+    let disk = dir.join("shared.raw");
+    labeled_file(&disk, INITIAL);
+    let share = dir.join("share");
+    std::fs::create_dir(&share).unwrap();
+    set_label(&share, INITIAL);
+    for i in 0..files {
+        labeled_file(&share.join(format!("f{i}")), INITIAL);
+    }
+    Some((tmp, disk, share))
+}
+
+/// Runs `guest`'s stop (which must succeed) at the `nth` (from 0) `after-record` point, then
+/// fails the labeling there: a start whose other users leave just before it fails.
+fn stop_then_fail_at(
+    env: &Env,
+    guest: &'static str,
+    nth: usize,
+) -> svirt_drivers::relabel::FaultHook {
+    let r = env.relabeler.clone();
+    let n = AtomicUsize::new(0);
+    Arc::new(move |point: &str| {
+        if point != "after-record" || n.fetch_add(1, Ordering::SeqCst) != nth {
+            return false;
+        }
+        assert!(r.restore_labels(guest).is_empty());
+        true
+    })
+}
+
 /// Entries that already carry the target label before the first guest labels the tree keep
 /// it after the restore, although the tree's most common original is another label.
 #[test]
@@ -507,9 +550,8 @@ fn tree_entries_already_at_target_are_restored_exactly() {
         let p = share
             .join(if i % 2 == 0 { "sub" } else { "" })
             .join(format!("f{i}"));
-        std::fs::write(&p, b"x").unwrap();
         // Every fifth file is already at the target; the rest (the majority) at INITIAL.
-        set_label(&p, if i % 5 == 0 { SHARED } else { INITIAL });
+        labeled_file(&p, if i % 5 == 0 { SHARED } else { INITIAL });
         all.push(p);
     }
     let before = snap(&all);
@@ -897,22 +939,9 @@ fn dead_guests_device_acl_grant_is_restored_by_recover() {
 /// guest's cleanup on its own thread): whichever release comes last restores, every time.
 #[test]
 fn concurrent_stops_of_two_sharers_restore_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().canonicalize().unwrap();
-    if !xattrs_work(&dir) {
+    let Some((_tmp, disk, share)) = disk_and_share(50) else {
         return;
-    }
-    let disk = dir.join("shared.raw");
-    std::fs::write(&disk, b"x").unwrap();
-    set_label(&disk, INITIAL);
-    let share = dir.join("share");
-    std::fs::create_dir(&share).unwrap();
-    set_label(&share, INITIAL);
-    for i in 0..50 {
-        let p = share.join(format!("f{i}"));
-        std::fs::write(&p, b"x").unwrap();
-        set_label(&p, INITIAL);
-    }
+    };
     let env = env();
     let jobs = [job(&disk, SHARED, false), job(&share, SHARED, true)];
     for round in 0..40 {
@@ -960,8 +989,7 @@ fn tree_entry_with_a_label_over_256_bytes_is_restored_exactly() {
     let mut all = vec![share.clone(), share.join("sub")];
     for (i, l) in [INITIAL, long.as_str(), INITIAL].iter().enumerate() {
         let p = share.join("sub").join(format!("f{i}"));
-        std::fs::write(&p, b"x").unwrap();
-        set_label(&p, l);
+        labeled_file(&p, l);
         all.push(p);
     }
     let before = snap(&all);
@@ -984,34 +1012,17 @@ fn tree_entry_with_a_label_over_256_bytes_is_restored_exactly() {
 /// record was dropped and the disk kept the shared label with nothing to restore it).
 #[test]
 fn rollback_of_the_last_user_restores_a_joined_object() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().canonicalize().unwrap();
-    if !xattrs_work(&dir) {
+    let Some((_tmp, disk, share)) = disk_and_share(1) else {
         return;
-    }
-    let disk = dir.join("shared.raw");
-    std::fs::write(&disk, b"x").unwrap();
-    set_label(&disk, INITIAL);
-    let share = dir.join("share");
-    std::fs::create_dir(&share).unwrap();
-    set_label(&share, INITIAL);
-    std::fs::write(share.join("f"), b"x").unwrap();
-    set_label(&share.join("f"), INITIAL);
+    };
     let env = env();
     env.relabeler
         .set_labels("guest-b", &[job(&disk, SHARED, false)])
         .unwrap();
     // Guest A joins the disk (already right for it), then fails on its share, just after
     // guest B has stopped.
-    let r = env.relabeler.clone();
     env.relabeler
-        .set_fault_hook(Some(Arc::new(move |point: &str| {
-            if point != "after-record" {
-                return false;
-            }
-            assert!(r.restore_labels("guest-b").is_empty());
-            true
-        })));
+        .set_fault_hook(Some(stop_then_fail_at(&env, "guest-b", 0)));
     let res = env.relabeler.set_labels(
         "guest-a",
         &[job(&disk, SHARED, false), job(&share, IMG_A, true)],
@@ -1033,30 +1044,17 @@ fn rollback_of_the_last_user_restores_a_joined_object() {
 /// fails (on its next object): the rollback restores the whole tree and drops its record.
 #[test]
 fn rollback_of_the_last_user_restores_a_joined_tree() {
-    let Some((tmp, share)) = labeled_share() else {
+    let Some((_tmp, disk, share)) = disk_and_share(1) else {
         return;
     };
-    std::fs::write(share.join("sub/f"), b"x").unwrap();
-    set_label(&share.join("sub/f"), INITIAL);
-    let disk = tmp.path().canonicalize().unwrap().join("disk-a.raw");
-    std::fs::write(&disk, b"x").unwrap();
-    set_label(&disk, INITIAL);
     let env = env();
     env.relabeler
         .set_labels("guest-b", &[job(&share, SHARED, true)])
         .unwrap();
     // The second "after-record" is guest A's disk, after it joined the tree; the hook runs
     // on A's thread holding only the disk's lock, so guest B's stop can take the tree's.
-    let r = env.relabeler.clone();
-    let n = Arc::new(AtomicUsize::new(0));
     env.relabeler
-        .set_fault_hook(Some(Arc::new(move |point: &str| {
-            if point != "after-record" || n.fetch_add(1, Ordering::SeqCst) != 1 {
-                return false;
-            }
-            assert!(r.restore_labels("guest-b").is_empty());
-            true
-        })));
+        .set_fault_hook(Some(stop_then_fail_at(&env, "guest-b", 1)));
     let res = env.relabeler.set_labels(
         "guest-a",
         &[job(&share, SHARED, true), job(&disk, IMG_A, false)],
