@@ -135,19 +135,11 @@ pub fn is_soft_errno(errno: Option<i32>) -> bool {
 pub const SYSTEM_PATHS: &[&str] = svirt_domain::SYSTEM_PATHS;
 
 /// Whether `path` is one the engine refuses to relabel (the list above, and the invoking
-/// user's home directory).
+/// user's home directory): the planner's own check ([`svirt_domain::Host::is_system_path`]).
 pub fn is_system_path(path: &Path) -> bool {
-    let norm: PathBuf = path.components().collect();
-    if SYSTEM_PATHS.iter().any(|p| norm == Path::new(p)) {
-        return true;
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let home = Path::new(&home);
-        if home.is_absolute() && home.components().collect::<PathBuf>() == norm {
-            return true;
-        }
-    }
-    false
+    svirt_domain::Host::new("/")
+        .with_home(std::env::var_os("HOME").map(PathBuf::from))
+        .is_system_path(path)
 }
 
 /// A progress report for a tree: `done` of `total` entries in `phase`.
