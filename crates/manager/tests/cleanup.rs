@@ -7,11 +7,12 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Env, Tmpfs, owner_mode, poll_until, require_env};
+use common::{Env, OwnerMode, Tmpfs, owner_mode, poll_until, require_env};
 use svirt_manager::{ExitReason, GuestState, Manager, ManagerError, StartOptions, TreePhase};
 
 /// Files in the share: its DAC restore takes about a second on this host.
@@ -25,8 +26,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A share of [`FILES`] files on a tmpfs of its own (unmounted when the guard drops,
-/// before `env` removes its directory).
-fn big_share(env: &Env) -> Option<(Tmpfs, std::path::PathBuf)> {
+/// before `env` removes its directory), a file in it to probe and that file's owner and
+/// mode before any guest.
+fn big_share(env: &Env) -> Option<(Tmpfs, PathBuf, PathBuf, OwnerMode)> {
     let t = Instant::now();
     let fs = match Tmpfs::mount(&env.path("fast")) {
         Ok(fs) => fs,
@@ -37,7 +39,9 @@ fn big_share(env: &Env) -> Option<(Tmpfs, std::path::PathBuf)> {
     };
     let share = env.tree(&env.path("fast/share"), FILES);
     eprintln!("{FILES}-file share made in {:?}", t.elapsed());
-    Some((fs, share))
+    let probe = share.join("d7/f7");
+    let before = owner_mode(&probe);
+    Some((fs, share, probe, before))
 }
 
 /// Whether the guest's share is being restored right now.
@@ -51,11 +55,9 @@ fn guest_exiting_on_its_own_is_stopping_until_cleaned_up() {
     require_env!();
     let _one = serial();
     let env = Env::new("own-exit");
-    let Some((_fs, share)) = big_share(&env) else {
+    let Some((_fs, share, probe, before)) = big_share(&env) else {
         return;
     };
-    let probe = share.join("d7/f7");
-    let before = owner_mode(&probe);
     let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
     let info = m
         .start(
@@ -115,11 +117,9 @@ fn other_guests_are_reaped_and_cleaned_up_during_a_long_restore() {
     require_env!();
     let _one = serial();
     let env = Env::new("overlap");
-    let Some((_fs, share)) = big_share(&env) else {
+    let Some((_fs, share, probe, before)) = big_share(&env) else {
         return;
     };
-    let probe = share.join("d7/f7");
-    let before = owner_mode(&probe);
     let disk = env.raw("small.img");
     let disk_before = owner_mode(&disk);
     let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
@@ -183,11 +183,9 @@ fn stop_waits_for_qemu_exit_within_the_kill_timeout_then_for_the_restore() {
     require_env!();
     let _one = serial();
     let env = Env::new("killwait");
-    let Some((_fs, share)) = big_share(&env) else {
+    let Some((_fs, share, probe, before)) = big_share(&env) else {
         return;
     };
-    let probe = share.join("d7/f7");
-    let before = owner_mode(&probe);
     let mut cfg = env.config("dac,landlock");
     // Far shorter than the share's restore, far longer than QEMU takes to die of SIGKILL.
     cfg.kill_timeout = Duration::from_millis(300);

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::{Env, alive, require_env};
 use svirt_manager::fault::{START_STEPS, STOP_STEPS};
-use svirt_manager::{Config, GuestState, Manager, StartOptions};
+use svirt_manager::{Config, ExitReason, GuestState, Manager, StartOptions};
+use svirt_store::GuestRecord;
 
 const CHILD_ENV: &str = "SVIRT_MGR_CRASH_CHILD";
 
@@ -135,6 +136,15 @@ fn cgroup_pids(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Asserts that within 5 s no QEMU uses `disk` any more (`msg` if one still does).
+fn assert_no_qemu_soon(disk: &Path, msg: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_using(disk).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(processes_using(disk), Vec::<i32>::new(), "{msg}");
+}
+
 fn check_step(step: Option<&str>, stop: bool) {
     let what = format!("{step:?} stop={stop}");
     let env = Env::new("crash");
@@ -215,14 +225,9 @@ fn check_step(step: Option<&str>, stop: bool) {
         }
         // Also the QEMU a start forked before recording its pid (`after-fork`): found
         // through the pid file, not through the cgroup it may not have joined.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !processes_using(&disk).is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(
-            processes_using(&disk),
-            Vec::<i32>::new(),
-            "{what}: a QEMU of a cleaned-up guest still runs"
+        assert_no_qemu_soon(
+            &disk,
+            &format!("{what}: a QEMU of a cleaned-up guest still runs"),
         );
     }
     assert!(
@@ -230,14 +235,7 @@ fn check_step(step: Option<&str>, stop: bool) {
         "{what}: pid file left"
     );
     files.assert_restored(&what);
-    assert!(
-        !env.path("run/guests/c").exists(),
-        "{what}: runtime dir left"
-    );
-    let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
-    for d in layout.guest_dirs(&env.cgroup_parent, "c") {
-        assert!(!d.exists(), "{what}: cgroup {} left", d.display());
-    }
+    env.assert_guest_dirs_gone("c", &what);
     drop(m);
     env.assert_store_clean(&what);
 }
@@ -273,6 +271,56 @@ fn kill_while_guest_runs_then_reattach() {
     check_step(None, false);
 }
 
+/// Guest `c` on a private disk, started and destroyed once (its shut-off record is the
+/// earlier one), then restarted by a child killed at fault point `step`.
+struct Restart {
+    disk: PathBuf,
+    files: Files,
+    cfg: Config,
+    /// The uuid of the earlier record.
+    uuid: String,
+}
+
+impl Restart {
+    fn killed_at(env: &Env, step: &str) -> Restart {
+        let disk = env.qcow2("c.qcow2");
+        let files = Files::snapshot(vec![disk.clone()]);
+        let xml = env.xml("c", &[(disk.clone(), "qcow2", false)]);
+        let cfg = env.config("dac,landlock");
+        let uuid = {
+            let (m, _) = Manager::open(cfg.clone()).unwrap();
+            let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+            m.destroy("c").unwrap();
+            info.uuid
+        };
+        assert_eq!(run_child(env, &cfg, &xml, Some(step), false), libc::SIGKILL);
+        Restart {
+            disk,
+            files,
+            cfg,
+            uuid,
+        }
+    }
+
+    /// Asserts the interrupted restart left nothing (no QEMU, owners restored, store clean
+    /// once `m` is closed) and only the earlier record is stored; returns the stored rows.
+    fn assert_cleaned_up(&self, env: &Env, m: Manager, what: &str) -> Vec<GuestRecord> {
+        assert_no_qemu_soon(&self.disk, what);
+        self.files.assert_restored(what);
+        drop(m);
+        env.assert_store_clean(what);
+        let store = svirt_store::Store::open(&env.path("state")).unwrap();
+        let stored = store.list_guests().unwrap();
+        assert_eq!(stored.len(), 1, "{what}");
+        stored
+    }
+}
+
+/// Whether `reason` is the exit recovery gives a start the manager died in.
+fn start_interrupted(reason: &ExitReason) -> bool {
+    matches!(reason, ExitReason::StartFailed { message } if message.contains("manager stopped"))
+}
+
 /// A restart killed before QEMU runs: recovery rolls it back and puts the guest's earlier
 /// shut-off record back, with the interrupted start as its exit.
 #[test]
@@ -284,43 +332,18 @@ fn kill_during_restart_keeps_the_earlier_record() {
     for step in ["after-label", "after-fork"] {
         let what = format!("restart killed {step}");
         let env = Env::new("recrash");
-        let disk = env.qcow2("c.qcow2");
-        let files = Files::snapshot(vec![disk.clone()]);
-        let xml = env.xml("c", &[(disk.clone(), "qcow2", false)]);
-        let cfg = env.config("dac,landlock");
-        let uuid = {
-            let (m, _) = Manager::open(cfg.clone()).unwrap();
-            let info = m.start(&xml, StartOptions { paused: true }).unwrap();
-            m.destroy("c").unwrap();
-            info.uuid
-        };
-        assert_eq!(
-            run_child(&env, &cfg, &xml, Some(step), false),
-            libc::SIGKILL
-        );
-        let (m, report) = Manager::open(cfg.clone()).unwrap();
+        let r = Restart::killed_at(&env, step);
+        let (m, report) = Manager::open(r.cfg.clone()).unwrap();
         eprintln!("{what}: recovered={:?}", report.recovered);
         let info = m.info("c").unwrap();
         assert_eq!(info.state, GuestState::ShutOff, "{what}");
-        assert_eq!(info.uuid, uuid, "{what}");
+        assert_eq!(info.uuid, r.uuid, "{what}");
         assert!(
-            matches!(
-                &info.exit.as_ref().expect("exit").reason,
-                svirt_manager::ExitReason::StartFailed { message } if message.contains("manager stopped")
-            ),
+            start_interrupted(&info.exit.as_ref().expect("exit").reason),
             "{what}: {:?}",
             info.exit
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !processes_using(&disk).is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(processes_using(&disk), Vec::<i32>::new(), "{what}");
-        files.assert_restored(&what);
-        drop(m);
-        env.assert_store_clean(&what);
-        let store = svirt_store::Store::open(&env.path("state")).unwrap();
-        assert_eq!(store.list_guests().unwrap().len(), 1, "{what}");
+        r.assert_cleaned_up(&env, m, &what);
     }
 }
 
@@ -337,23 +360,10 @@ fn restart_killed_after_spawn_keeps_the_earlier_record() {
     for qemu in ["gone", "silent"] {
         let what = format!("restart killed after-spawn, QEMU {qemu}");
         let env = Env::new("respawn");
-        let disk = env.qcow2("c.qcow2");
-        let files = Files::snapshot(vec![disk.clone()]);
-        let xml = env.xml("c", &[(disk.clone(), "qcow2", false)]);
-        let cfg = env.config("dac,landlock");
-        let uuid = {
-            let (m, _) = Manager::open(cfg.clone()).unwrap();
-            let info = m.start(&xml, StartOptions { paused: true }).unwrap();
-            m.destroy("c").unwrap();
-            info.uuid
-        };
-        assert_eq!(
-            run_child(&env, &cfg, &xml, Some("after-spawn"), false),
-            libc::SIGKILL
-        );
+        let r = Restart::killed_at(&env, "after-spawn");
         // Its own start-up done (see check_step).
         std::thread::sleep(Duration::from_secs(1));
-        let pids = processes_using(&disk);
+        let pids = processes_using(&r.disk);
         assert_eq!(pids.len(), 1, "{what}: {pids:?}");
         let sig = if qemu == "gone" {
             libc::SIGKILL
@@ -366,7 +376,7 @@ fn restart_killed_after_spawn_keeps_the_earlier_record() {
         while sig == libc::SIGKILL && alive(pids[0]) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (m, report) = Manager::open(cfg.clone()).unwrap();
+        let (m, report) = Manager::open(r.cfg.clone()).unwrap();
         eprintln!("{what}: recovered={:?}", report.recovered);
         assert!(report.reattached.is_empty(), "{what}");
         // A killed QEMU is cleaned up by the supervisor, after the open.
@@ -376,29 +386,13 @@ fn restart_killed_after_spawn_keeps_the_earlier_record() {
             .unwrap_or_else(|| panic!("{what}: not shut off"));
         let info = m.info("c").unwrap();
         assert_eq!(info.state, GuestState::ShutOff, "{what}");
-        assert_eq!(info.uuid, uuid, "{what}: not the earlier record");
+        assert_eq!(info.uuid, r.uuid, "{what}: not the earlier record");
         assert_eq!(info.exit.as_ref(), Some(&exit), "{what}");
-        assert!(
-            matches!(
-                &exit.reason,
-                svirt_manager::ExitReason::StartFailed { message } if message.contains("manager stopped")
-            ),
-            "{what}: {exit:?}"
-        );
+        assert!(start_interrupted(&exit.reason), "{what}: {exit:?}");
         assert!(exit.restore_errors.is_empty(), "{what}: {exit:?}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !processes_using(&disk).is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(processes_using(&disk), Vec::<i32>::new(), "{what}");
-        files.assert_restored(&what);
-        drop(m);
-        env.assert_store_clean(&what);
-        let store = svirt_store::Store::open(&env.path("state")).unwrap();
-        let stored = store.list_guests().unwrap();
-        assert_eq!(stored.len(), 1, "{what}");
+        let stored = r.assert_cleaned_up(&env, m, &what);
         let rec: serde_json::Value = serde_json::from_slice(&stored[0].record).unwrap();
-        assert_eq!(rec["uuid"], uuid.as_str(), "{what}: stored {rec}");
+        assert_eq!(rec["uuid"], r.uuid.as_str(), "{what}: stored {rec}");
         assert_eq!(
             rec["exit"]["reason"], "start-failed",
             "{what}: stored {rec}"

@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Env, Immutable, owner_mode, require_env};
+use common::{Env, Immutable, OwnerMode, owner_mode, require_env};
 use svirt_manager::{Manager, StartOptions};
 
 /// Why `chattr +i` cannot be used under `dir`, if it cannot.
@@ -71,18 +71,29 @@ fn destroy_with_stuck_disk(m: &Manager, env: &Env, name: &str, disk: &Path) -> (
     (uid, immutable)
 }
 
-#[test]
-fn a_failed_restore_keeps_the_uid_until_the_next_open_restores_it() {
-    require_env!();
-    let env = Env::new("keepuid");
+/// A manager on `env` in which guest `a` was destroyed with its disk `stuck.img` stuck (see
+/// [`destroy_with_stuck_disk`]): the disk, its owner and mode before the start, the
+/// manager, the kept uid and the guard keeping the disk immutable. `None`, after a loud
+/// SKIP, where `chattr +i` cannot be used.
+fn guest_a_with_stuck_disk(env: &Env) -> Option<(PathBuf, OwnerMode, Manager, u32, Immutable)> {
     if let Some(r) = chattr_skip(&env.path("images")) {
         eprintln!("SKIP: {r}");
-        return;
+        return None;
     }
     let disk = env.raw("stuck.img");
     let before = owner_mode(&disk);
     let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
-    let (uid, immutable) = destroy_with_stuck_disk(&m, &env, "a", &disk);
+    let (uid, immutable) = destroy_with_stuck_disk(&m, env, "a", &disk);
+    Some((disk, before, m, uid, immutable))
+}
+
+#[test]
+fn a_failed_restore_keeps_the_uid_until_the_next_open_restores_it() {
+    require_env!();
+    let env = Env::new("keepuid");
+    let Some((disk, before, m, uid, immutable)) = guest_a_with_stuck_disk(&env) else {
+        return;
+    };
     // Another guest does not draw the uid the stuck disk still carries.
     let b = m
         .start(&env.xml("b", &[]), StartOptions { paused: true })
@@ -139,14 +150,9 @@ fn a_failed_restore_keeps_the_uid_until_the_next_open_restores_it() {
 fn a_restart_while_the_uid_is_kept_reuses_it_and_its_stop_releases_it() {
     require_env!();
     let env = Env::new("keepuid-restart");
-    if let Some(r) = chattr_skip(&env.path("images")) {
-        eprintln!("SKIP: {r}");
+    let Some((disk, before, m, uid, immutable)) = guest_a_with_stuck_disk(&env) else {
         return;
-    }
-    let disk = env.raw("stuck.img");
-    let before = owner_mode(&disk);
-    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
-    let (uid, immutable) = destroy_with_stuck_disk(&m, &env, "a", &disk);
+    };
     drop(immutable);
     let again = m
         .start(

@@ -297,14 +297,7 @@ fn a_cleanup_panicking_at_any_step_ends_the_stop_and_the_next_open_restores_the_
             "{step}"
         );
         // Nor are its runtime dir and cgroups left until its next start.
-        assert!(
-            !env.path("run/guests/p").exists(),
-            "{step}: runtime dir left"
-        );
-        let layout = svirt_manager::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup"));
-        for d in layout.guest_dirs(&env.cgroup_parent, "p") {
-            assert!(!d.exists(), "{step}: cgroup {} left", d.display());
-        }
+        env.assert_guest_dirs_gone("p", step);
         drop(m);
         env.assert_store_clean(step);
     }

@@ -5,11 +5,20 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
-
-use common::{Env, require_env};
+use common::{Env, owner_mode, require_env};
 use svirt_manager::fault::START_STEPS;
 use svirt_manager::{GuestState, Manager, StartOptions};
+
+/// A manager on `env` whose start fails at `step` (injected `step:error`), after a start of
+/// `xml` that failed there and said so.
+fn start_failing_at(env: &Env, xml: &str, step: &str) -> Manager {
+    let mut cfg = env.config("dac,landlock");
+    cfg.fault = Some(format!("{step}:error"));
+    let (m, _) = Manager::open(cfg).unwrap();
+    let err = m.start(xml, StartOptions { paused: true }).unwrap_err();
+    assert!(err.to_string().contains(step), "{step}: {err}");
+    m
+}
 
 #[test]
 fn failure_at_every_start_step_rolls_back_everything() {
@@ -17,30 +26,14 @@ fn failure_at_every_start_step_rolls_back_everything() {
     for step in START_STEPS {
         let env = Env::new("rb");
         let disk = env.qcow2("r.qcow2");
-        let before = std::fs::metadata(&disk).unwrap();
+        let before = owner_mode(&disk);
         let xml = env.xml("rb", &[(disk.clone(), "qcow2", false)]);
         let serial = env.path("images").join("rb.serial.log");
-        let mut cfg = env.config("dac,landlock");
-        cfg.fault = Some(format!("{step}:error"));
-        let (m, _) = Manager::open(cfg).unwrap();
-        let err = m.start(&xml, StartOptions { paused: true }).unwrap_err();
-        assert!(err.to_string().contains(step), "{step}: {err}");
+        let m = start_failing_at(&env, &xml, step);
         assert!(m.list(true).unwrap().is_empty(), "{step}: record left");
-        let after = std::fs::metadata(&disk).unwrap();
-        assert_eq!(
-            (after.uid(), after.gid(), after.mode()),
-            (before.uid(), before.gid(), before.mode()),
-            "{step}: disk not restored"
-        );
+        assert_eq!(owner_mode(&disk), before, "{step}: disk not restored");
         assert!(!serial.exists(), "{step}: created serial log left behind");
-        assert!(
-            !env.path("run/guests/rb").exists(),
-            "{step}: runtime dir left behind"
-        );
-        let layout = svirt_manager::cgroup::Layout::detect(std::path::Path::new("/sys/fs/cgroup"));
-        for d in layout.guest_dirs(&env.cgroup_parent, "rb") {
-            assert!(!d.exists(), "{step}: cgroup {} left behind", d.display());
-        }
+        env.assert_guest_dirs_gone("rb", step);
         drop(m);
         env.assert_store_clean(step);
         let store = svirt_store::Store::open(&env.path("state")).unwrap();
@@ -58,7 +51,7 @@ fn failed_restart_keeps_the_earlier_record() {
     require_env!();
     let env = Env::new("rbprev");
     let disk = env.qcow2("p.qcow2");
-    let before = std::fs::metadata(&disk).unwrap();
+    let before = owner_mode(&disk);
     let xml = env.xml("prev", &[(disk.clone(), "qcow2", false)]);
     let uuid = {
         let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
@@ -70,11 +63,7 @@ fn failed_restart_keeps_the_earlier_record() {
         info.uuid
     };
     for step in &START_STEPS[1..] {
-        let mut cfg = env.config("dac,landlock");
-        cfg.fault = Some(format!("{step}:error"));
-        let (m, _) = Manager::open(cfg).unwrap();
-        let err = m.start(&xml, StartOptions { paused: true }).unwrap_err();
-        assert!(err.to_string().contains(step), "{step}: {err}");
+        let m = start_failing_at(&env, &xml, step);
         let all = m.list(true).unwrap();
         assert_eq!(all.len(), 1, "{step}: {all:?}");
         let info = m.info("prev").unwrap();
@@ -92,12 +81,7 @@ fn failed_restart_keeps_the_earlier_record() {
             m.wait("prev", std::time::Duration::ZERO).unwrap(),
             Some(exit.clone())
         );
-        let after = std::fs::metadata(&disk).unwrap();
-        assert_eq!(
-            (after.uid(), after.gid(), after.mode()),
-            (before.uid(), before.gid(), before.mode()),
-            "{step}: disk not restored"
-        );
+        assert_eq!(owner_mode(&disk), before, "{step}: disk not restored");
         drop(m);
         let store = svirt_store::Store::open(&env.path("state")).unwrap();
         let stored = store.list_guests().unwrap();

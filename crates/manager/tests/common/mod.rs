@@ -222,6 +222,18 @@ impl Env {
         out
     }
 
+    /// Asserts guest `name` left no runtime dir and no cgroup (`what` names the case).
+    pub fn assert_guest_dirs_gone(&self, name: &str, what: &str) {
+        assert!(
+            !self.path(&format!("run/guests/{name}")).exists(),
+            "{what}: runtime dir left"
+        );
+        let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
+        for d in layout.guest_dirs(&self.cgroup_parent, name) {
+            assert!(!d.exists(), "{what}: cgroup {} left", d.display());
+        }
+    }
+
     /// [`Env::xml`] of a guest without disks that gets `share` as a 9p filesystem.
     pub fn xml_with_share(&self, name: &str, share: &Path) -> String {
         self.xml(name, &[]).replace(
@@ -268,8 +280,11 @@ impl Drop for Env {
     }
 }
 
+/// (uid, gid, mode) as [`owner_mode`] reads them.
+pub type OwnerMode = (u32, u32, u32);
+
 /// Owner, group and mode of a file.
-pub fn owner_mode(p: &Path) -> (u32, u32, u32) {
+pub fn owner_mode(p: &Path) -> OwnerMode {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).unwrap();
     (m.uid(), m.gid(), m.mode())
