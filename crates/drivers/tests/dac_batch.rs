@@ -13,7 +13,7 @@ use dac_support::*;
 use svirt_domain::{Access, DacAction, ResourceKind, Sharing};
 use svirt_drivers::dac::{DacConfig, DacDriver, owner_key};
 use svirt_drivers::{GuestSecurity, SecurityDriver};
-use svirt_store::{IdAllocator, IdConfig, Store};
+use svirt_store::Store;
 
 fn file(p: &Path, mode: u32) {
     std::fs::write(p, b"data").expect("write");
@@ -21,26 +21,15 @@ fn file(p: &Path, mode: u32) {
 }
 
 fn driver(dir: &Path) -> (DacDriver, Arc<Store>) {
-    let acc = accounts(dir, "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let config = DacConfig {
+        accounts_root: root_accounts(dir),
+        ..Default::default()
+    };
     let store = Arc::new(Store::open(&dir.join("state")).expect("store"));
-    let ids = IdAllocator::open(
-        store.clone(),
-        IdConfig {
-            first: 600_200,
-            last: 600_250,
-            root: acc.clone(),
-        },
+    (
+        dac_driver_on(store.clone(), 600_200, 600_250, config),
+        store,
     )
-    .expect("ids");
-    let d = DacDriver::new(
-        DacConfig {
-            accounts_root: acc,
-            ..Default::default()
-        },
-        store.clone(),
-        Arc::new(ids),
-    );
-    (d, store)
 }
 
 #[test]
@@ -68,18 +57,10 @@ fn dac_batch_merges_repeats_and_records_each_object_once() {
         img.clone(),
     ];
     let before: Vec<_> = paths.iter().map(|p| owner_mode(p)).collect();
-    let mut tree_res = res(
-        &tree,
-        ResourceKind::FilesystemTree,
-        Access::Rw,
-        Sharing::Private,
-        DacAction::OwnGuest { private: true },
-    );
-    tree_res.resource.recursive = true;
     let p = plan(
         "batch",
         vec![
-            tree_res,
+            private_tree(&tree),
             // `a` again, after the tree: made readable on top of the tree's change.
             res(
                 &a,
@@ -93,11 +74,7 @@ fn dac_batch_merges_repeats_and_records_each_object_once() {
             disk(&img),
         ],
     );
-    let mut g = GuestSecurity {
-        name: "batch".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("batch");
     d.reserve(&p, &mut g).expect("reserve");
     let (u, gid) = g.ids.expect("ids");
     d.set_all(&p, &g).expect("set_all");

@@ -10,18 +10,17 @@
 
 mod dac_support;
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dac_support::*;
+use svirt_domain::Plan;
 use svirt_drivers::dac::{ACL_GID_KEY, DacConfig, DacDriver, DeviceAclError, MODEL_KEY, owner_key};
-use svirt_drivers::{DriverError, GuestSecurity, SecurityDriver};
-use svirt_store::{IdAllocator, IdConfig, Store};
+use svirt_drivers::{DriverError, ExecContext, GuestSecurity, SecurityDriver};
+use svirt_store::{ObjectKey, OriginalRecord, Store};
 
 const KVM_GID: u32 = 620_993;
-const ACL: &std::ffi::CStr = c"system.posix_acl_access";
+const ACL: &std::ffi::CStr = ACL_XATTR;
 
 // POSIX ACL xattr tags.
 const USER_OBJ: u16 = 0x01;
@@ -60,30 +59,6 @@ fn decode(b: &[u8]) -> Vec<(u16, u16, u32)> {
 
 fn perm_of(acl: &[(u16, u16, u32)], tag: u16, id: u32) -> Option<u16> {
     acl.iter().find(|e| e.0 == tag && e.2 == id).map(|e| e.1)
-}
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("path")
-}
-
-fn get_acl(p: &Path) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: lgetxattr writes at most buf.len() bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            cpath(p).as_ptr(),
-            ACL.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr: {e}");
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(buf)
 }
 
 fn set_acl(p: &Path, entries: &[(u16, u16, u32)]) {
@@ -157,25 +132,15 @@ fn env() -> Option<Env> {
     }
     chmod(&node, 0o600);
     let store = Arc::new(Store::open(&dir.path().join("state")).expect("store"));
-    let ids = Arc::new(
-        IdAllocator::open(
-            store.clone(),
-            IdConfig {
-                first: 620_000,
-                last: 620_050,
-                root: acc.clone(),
-            },
-        )
-        .expect("ids"),
-    );
-    let dac = DacDriver::new(
+    let dac = dac_driver_on(
+        store.clone(),
+        620_000,
+        620_050,
         DacConfig {
             accounts_root: acc.clone(),
             fs_root: root,
             ..Default::default()
         },
-        store.clone(),
-        ids,
     );
     Some(Env {
         _dir: dir,
@@ -187,17 +152,20 @@ fn env() -> Option<Env> {
 }
 
 impl Env {
-    /// Reserves ids for `name` and runs the device grant as a start does.
-    fn start(&self, name: &str) -> Result<GuestSecurity, DriverError> {
+    /// Reserves ids for `name`: its (empty) plan, the guest and an exec context naming the
+    /// device, ready for the grant.
+    fn reserve(&self, name: &str) -> (Plan, GuestSecurity, ExecContext) {
         let p = plan(name, Vec::new());
-        let mut g = GuestSecurity {
-            name: name.into(),
-            level: None,
-            ids: None,
-        };
+        let mut g = guest(name);
         self.dac.reserve(&p, &mut g).expect("reserve");
         let mut ctx = exec_ctx(Path::new("/run"));
         ctx.devices = vec![PathBuf::from(DEVICE)];
+        (p, g, ctx)
+    }
+
+    /// Reserves ids for `name` and runs the device grant as a start does.
+    fn start(&self, name: &str) -> Result<GuestSecurity, DriverError> {
+        let (p, g, ctx) = self.reserve(name);
         let creds = self.dac.prepare_credentials(&p, &g, &ctx)?;
         assert!(creds.groups.contains(&KVM_GID), "{creds:?}");
         Ok(g)
@@ -205,6 +173,20 @@ impl Env {
 
     fn stop(&self, g: &GuestSecurity) -> Vec<DriverError> {
         self.dac.restore_all(&plan(&g.name, Vec::new()), g)
+    }
+
+    /// Stops `g` (its last user): no error, ACL and mode exactly as in `before`.
+    fn stop_restores(&self, g: &GuestSecurity, before: &Snapshot, what: &str) {
+        let errors = self.stop(g);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(snapshot(self), *before, "{what}");
+    }
+
+    /// The original records DAC keeps for the guest `name`.
+    fn records(&self, name: &str) -> Vec<(ObjectKey, OriginalRecord)> {
+        self.store
+            .originals_for_owner(&owner_key(name))
+            .expect("records")
     }
 
     /// An ACL `user::rw-, group::---, group:kvm:<perm>, mask::r--, other::---`: the device
@@ -274,8 +256,10 @@ fn can_open(p: &Path, uid: u32, write: bool) -> bool {
         .success()
 }
 
+type Snapshot = (Option<Vec<u8>>, (u32, u32, u32));
+
 /// The ACL and mode as they are now, to compare with after the restore.
-fn snapshot(e: &Env) -> (Option<Vec<u8>>, (u32, u32, u32)) {
+fn snapshot(e: &Env) -> Snapshot {
     (get_acl(&e.node), owner_mode(&e.node))
 }
 
@@ -297,9 +281,7 @@ fn dac_acl_existing_group_entry_gets_its_rights_back() {
     let before = snapshot(&e);
     let g = e.start("acl-existing").expect("start");
     e.assert_granted();
-    let errors = e.stop(&g);
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(snapshot(&e), before, "ACL bytes and mode exactly as before");
+    e.stop_restores(&g, &before, "ACL bytes and mode exactly as before");
     assert_eq!(perm_of(&e.acl(), GROUP, KVM_GID), Some(4), "r-- again");
 }
 
@@ -311,8 +293,7 @@ fn dac_acl_entry_with_rw_behind_a_mask_keeps_its_entry() {
     let before = snapshot(&e);
     let g = e.start("acl-masked").expect("start");
     e.assert_granted();
-    assert!(e.stop(&g).is_empty());
-    assert_eq!(snapshot(&e), before);
+    e.stop_restores(&g, &before, "restored exactly");
 }
 
 #[test]
@@ -351,8 +332,7 @@ fn dac_acl_created_keeps_entries_added_by_others() {
     let g2 = e.start("acl-created-3").expect("join");
     assert!(e.stop(&g).is_empty());
     e.assert_granted();
-    assert!(e.stop(&g2).is_empty());
-    assert_eq!(snapshot(&e), before);
+    e.stop_restores(&g2, &before, "the ACL DAC created is gone");
 }
 
 #[test]
@@ -367,9 +347,7 @@ fn dac_acl_restore_uses_the_recorded_gid_not_the_group_file() {
     e.set_group_file(None);
     assert!(e.stop(&a).is_empty());
     e.assert_granted();
-    let errors = e.stop(&b);
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(snapshot(&e), before);
+    e.stop_restores(&b, &before, "restored exactly");
 }
 
 /// The only error of `errors`, as a device ACL error naming `/dev/kvm`.
@@ -392,7 +370,7 @@ fn dac_acl_unresolvable_gid_fails_loudly_and_keeps_the_record() {
     let g = e.start("legacy").expect("start");
     // Make the record look like one written before the gid was recorded.
     let me = owner_key("legacy");
-    let recs = e.store.originals_for_owner(&me).expect("records");
+    let recs = e.records("legacy");
     assert_eq!(recs.len(), 1);
     let (k, rec) = &recs[0];
     assert_eq!(rec.original.model_flags.get(ACL_GID_KEY), Some(&KVM_GID));
@@ -413,7 +391,7 @@ fn dac_acl_unresolvable_gid_fails_loudly_and_keeps_the_record() {
         other => panic!("{other:?}"),
     }
     e.assert_granted();
-    let kept = e.store.originals_for_owner(&me).expect("records");
+    let kept = e.records("legacy");
     assert_eq!(kept.len(), 1, "the record stays for the next attempt");
     assert!(
         kept[0].1.original.model_flags.contains_key(MODEL_KEY),
@@ -422,15 +400,8 @@ fn dac_acl_unresolvable_gid_fails_loudly_and_keeps_the_record() {
 
     // Once the group resolves again, the retry restores exactly.
     e.set_group_file(Some(KVM_GID));
-    let errors = e.stop(&g);
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(snapshot(&e), before);
-    assert!(
-        e.store
-            .originals_for_owner(&me)
-            .expect("records")
-            .is_empty()
-    );
+    e.stop_restores(&g, &before, "restored exactly");
+    assert!(e.records(&g.name).is_empty());
 }
 
 #[test]
@@ -455,15 +426,7 @@ fn dac_acl_grant_for_another_gid_is_refused_while_one_is_recorded() {
     let before = snapshot(&e);
     let a = e.start("gid-first").expect("start");
     e.set_group_file(Some(KVM_GID + 1));
-    let p = plan("gid-second", Vec::new());
-    let mut b = GuestSecurity {
-        name: "gid-second".into(),
-        level: None,
-        ids: None,
-    };
-    e.dac.reserve(&p, &mut b).expect("reserve");
-    let mut ctx = exec_ctx(Path::new("/run"));
-    ctx.devices = vec![PathBuf::from(DEVICE)];
+    let (p, b, ctx) = e.reserve("gid-second");
     let err = e
         .dac
         .prepare_credentials(&p, &b, &ctx)
@@ -484,8 +447,7 @@ fn dac_acl_grant_for_another_gid_is_refused_while_one_is_recorded() {
         None,
         "nothing written"
     );
-    assert!(e.stop(&a).is_empty());
-    assert_eq!(snapshot(&e), before);
+    e.stop_restores(&a, &before, "restored exactly");
 }
 
 #[test]
@@ -509,9 +471,8 @@ fn dac_acl_grant_out_of_reach_keeps_its_record() {
         }
         other => panic!("{other:?}"),
     }
-    let me = owner_key("out-of-reach");
     assert_eq!(
-        e.store.originals_for_owner(&me).expect("records").len(),
+        e.records("out-of-reach").len(),
         1,
         "the only copy of the original is kept"
     );
@@ -520,15 +481,8 @@ fn dac_acl_grant_out_of_reach_keeps_its_record() {
     e.assert_granted();
 
     // Reachable again: the next stop restores exactly and releases.
-    let errors = e.stop(&g);
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(snapshot(&e), before);
-    assert!(
-        e.store
-            .originals_for_owner(&me)
-            .expect("records")
-            .is_empty()
-    );
+    e.stop_restores(&g, &before, "restored exactly");
+    assert!(e.records(&g.name).is_empty());
 }
 
 #[test]
@@ -536,10 +490,7 @@ fn dac_acl_grant_on_a_record_dac_left_records_only_its_own_grant() {
     let Some(e) = env() else { return };
     let before = snapshot(&e);
     let a = e.start("left-a").expect("start");
-    let recs = e
-        .store
-        .originals_for_owner(&owner_key("left-a"))
-        .expect("records");
+    let recs = e.records("left-a");
     assert_eq!(recs.len(), 1);
     let (k, rec) = recs[0].clone();
     // Another model's user of the same object (as the relabel engine records one) keeps
@@ -549,8 +500,7 @@ fn dac_acl_grant_on_a_record_dac_left_records_only_its_own_grant() {
     e.store
         .record_original_if_absent(k, &other_model, "selinux/left-other")
         .expect("record");
-    assert!(e.stop(&a).is_empty());
-    assert_eq!(snapshot(&e), before, "the grant is undone");
+    e.stop_restores(&a, &before, "the grant is undone");
     let kept = e
         .store
         .get_original(k)
@@ -567,21 +517,11 @@ fn dac_acl_grant_on_a_record_dac_left_records_only_its_own_grant() {
     // theirs or-ed with the ones of the grant undone above.
     let gid = KVM_GID + 1;
     e.set_group_file(Some(gid));
-    let p = plan("left-b", Vec::new());
-    let mut b = GuestSecurity {
-        name: "left-b".into(),
-        level: None,
-        ids: None,
-    };
-    e.dac.reserve(&p, &mut b).expect("reserve");
-    let mut ctx = exec_ctx(Path::new("/run"));
-    ctx.devices = vec![PathBuf::from(DEVICE)];
+    let (p, b, ctx) = e.reserve("left-b");
     let creds = e.dac.prepare_credentials(&p, &b, &ctx).expect("grant");
     assert!(creds.groups.contains(&gid), "{creds:?}");
     assert_eq!(perm_of(&e.acl(), GROUP, gid), Some(6));
     let rec = e.store.get_original(k).expect("get").expect("record");
     assert_eq!(rec.original.model_flags.get(ACL_GID_KEY), Some(&gid));
-    let errors = e.stop(&b);
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(snapshot(&e), before, "the second grant is undone too");
+    e.stop_restores(&b, &before, "the second grant is undone too");
 }

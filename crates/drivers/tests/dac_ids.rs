@@ -6,14 +6,6 @@ mod dac_support;
 use dac_support::*;
 use svirt_drivers::{GuestSecurity, SecurityDriver};
 
-fn guest(name: &str) -> GuestSecurity {
-    GuestSecurity {
-        name: name.into(),
-        level: None,
-        ids: None,
-    }
-}
-
 #[test]
 fn dac_ids_are_distinct_persistent_released_and_never_system_ids() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -94,7 +86,7 @@ fn dac_ids_are_distinct_persistent_released_and_never_system_ids() {
 #[test]
 fn dac_disabled_reserves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let acc = root_accounts(dir.path());
     let d = dac_driver(&dir.path().join("state"), &acc, 500_000, 500_010, None);
     let mut p = plan("off", Vec::new());
     p.dac_enabled = false;

@@ -5,8 +5,6 @@
 
 mod dac_support;
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use dac_support::*;
@@ -40,7 +38,7 @@ fn dac_landlock_stack_confines_a_real_process() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     traversable(dir.path());
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let acc = root_accounts(dir.path());
     let dac = dac_driver(&dir.path().join("state"), &acc, 610_000, 610_050, None);
     let ll = LandlockDriver::new(LandlockConfig::default());
 
@@ -63,16 +61,8 @@ fn dac_landlock_stack_confines_a_real_process() {
 
     let pa = plan("stack-a", vec![disk(&a_img), cdrom(&iso)]);
     let pb = plan("stack-b", vec![disk(&b_img)]);
-    let mut ga = GuestSecurity {
-        name: "stack-a".into(),
-        level: None,
-        ids: None,
-    };
-    let mut gb = GuestSecurity {
-        name: "stack-b".into(),
-        level: None,
-        ids: None,
-    };
+    let mut ga = guest("stack-a");
+    let mut gb = guest("stack-b");
     for d in [&dac as &dyn SecurityDriver, &ll] {
         d.reserve(&pa, &mut ga).expect("reserve a");
         d.reserve(&pb, &mut gb).expect("reserve b");
@@ -186,9 +176,14 @@ fn dac_landlock_stack_confines_a_real_process() {
 /// `mknod(path, S_IFCHR|mode, makedev(1, 3))`: a private copy of /dev/null to stand for
 /// /dev/kvm (root:root 0600 here) without touching the host's node.
 fn mknod_null(path: &Path, mode: u32) -> bool {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("path");
     // SAFETY: mknod with a NUL-terminated path.
-    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | mode, libc::makedev(1, 3)) };
+    let r = unsafe {
+        libc::mknod(
+            cpath(path).as_ptr(),
+            libc::S_IFCHR | mode,
+            libc::makedev(1, 3),
+        )
+    };
     if r != 0 {
         eprintln!(
             "SKIP: mknod {}: {}",
@@ -222,21 +217,13 @@ fn dac_device_group_acl_grants_and_restores() {
     let run_dir = dir.path().join("run");
     std::fs::create_dir(&run_dir).expect("run");
     let before = owner_mode(&kvm);
-    let acl_before = xattr(&kvm);
+    let acl_before = get_acl(&kvm);
     assert_eq!(acl_before, None);
 
     let p = plan("kvm-a", Vec::new());
     let p2 = plan("kvm-b", Vec::new());
-    let mut g = GuestSecurity {
-        name: "kvm-a".into(),
-        level: None,
-        ids: None,
-    };
-    let mut g2 = GuestSecurity {
-        name: "kvm-b".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("kvm-a");
+    let mut g2 = guest("kvm-b");
     dac.reserve(&p, &mut g).expect("reserve");
     dac.reserve(&p2, &mut g2).expect("reserve");
     let mut ctx = exec_ctx(&run_dir);
@@ -251,7 +238,7 @@ fn dac_device_group_acl_grants_and_restores() {
     ctx.devices = vec![kvm.clone()];
     let creds = dac.prepare_credentials(&p, &g, &ctx).expect("credentials");
     assert_eq!(creds.groups, vec![610_993]);
-    assert!(xattr(&kvm).is_some(), "ACL written");
+    assert!(get_acl(&kvm).is_some(), "ACL written");
     let mut all = hooks(&[&dac], &p, &g, &ctx);
     if kernel_abi() >= 6 {
         all.extend(hooks(&[&ll], &p, &g, &ctx));
@@ -275,32 +262,17 @@ fn dac_device_group_acl_grants_and_restores() {
     // A second guest joins the grant; the first stopping keeps it.
     dac.child_hooks(&p2, &g2, &ctx).expect("second guest");
     assert!(dac.restore_all(&p, &g).is_empty());
-    assert!(xattr(&kvm).is_some(), "kvm-b still runs");
+    assert!(get_acl(&kvm).is_some(), "kvm-b still runs");
     let m = run(
         hooks(&[&dac], &p2, &g2, &ctx),
         &[op("write", kvm.display())],
     );
     assert_eq!(result(&m, "write", kvm.display()), "ok");
     assert!(dac.restore_all(&p2, &g2).is_empty());
-    assert_eq!(xattr(&kvm), None, "ACL removed when the last user stopped");
+    assert_eq!(
+        get_acl(&kvm),
+        None,
+        "ACL removed when the last user stopped"
+    );
     assert_eq!(owner_mode(&kvm), before, "mode exactly restored");
-}
-
-fn xattr(p: &Path) -> Option<Vec<u8>> {
-    let c = CString::new(p.as_os_str().as_bytes()).expect("path");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: lgetxattr writes at most buf.len() bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            c"system.posix_acl_access".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(buf)
 }

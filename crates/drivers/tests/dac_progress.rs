@@ -8,33 +8,19 @@
 mod dac_support;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use dac_support::*;
-use svirt_domain::{Access, DacAction, Plan, ResourceKind, Sharing};
+use svirt_domain::{DacAction, Plan, Sharing};
+use svirt_drivers::SecurityDriver;
 use svirt_drivers::relabel::{Phase, Progress, ProgressFn};
-use svirt_drivers::{GuestSecurity, SecurityDriver};
 
 type Snapshot = BTreeMap<PathBuf, (u32, u32, u32)>;
 
-/// (uid, gid, mode with type bits) of `root` and every entry below it, not following
-/// symlinks.
-fn snapshot(root: &Path) -> Snapshot {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).expect("lstat");
-        out.insert(p.clone(), (m.uid(), m.gid(), m.mode()));
-        if m.is_dir() {
-            for e in std::fs::read_dir(&p).expect("read_dir") {
-                stack.push(e.expect("entry").path());
-            }
-        }
-    }
-    out
-}
+/// The ids of the tests here.
+const FIRST_ID: u32 = 600_400;
+const LAST_ID: u32 = 600_450;
 
 /// Entries whose state differs between `a` and `b`.
 fn differing(a: &Snapshot, b: &Snapshot) -> u64 {
@@ -66,9 +52,7 @@ fn make_tree(tree: &Path, files: usize) {
 }
 
 fn tree_plan(name: &str, tree: &Path, sharing: Sharing, dac: DacAction) -> Plan {
-    let mut r = res(tree, ResourceKind::FilesystemTree, Access::Rw, sharing, dac);
-    r.resource.recursive = true;
-    plan(name, vec![r])
+    plan(name, vec![tree_resource(tree, sharing, dac)])
 }
 
 /// One report, with what the tree looked like when it was made.
@@ -109,7 +93,7 @@ impl Recorder {
                 "set"
             };
             let differing = match me.reference.lock().expect("lock").get(key) {
-                Some(r) => differing(r, &snapshot(&me.tree)),
+                Some(r) => differing(r, &tree_snapshot(&me.tree)),
                 None => u64::MAX,
             };
             me.seen.lock().expect("lock").push(Seen {
@@ -156,13 +140,10 @@ fn phase_order(seen: &[Seen]) -> Vec<Phase> {
 
 #[test]
 fn dac_tree_of_10000_files_reports_progress_while_set_and_restored() {
-    if skip_unless_root() {
-        return;
-    }
     const FILES: usize = 10_000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(&dir.path().join("state"), &acc, 600_400, 600_450, None);
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, None) else {
+        return;
+    };
     let tree = dir.path().join("share");
     make_tree(&tree, FILES);
     let p = tree_plan(
@@ -171,11 +152,7 @@ fn dac_tree_of_10000_files_reports_progress_while_set_and_restored() {
         Sharing::Private,
         DacAction::OwnGuest { private: true },
     );
-    let mut g = GuestSecurity {
-        name: "progress".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("progress");
     d.reserve(&p, &mut g).expect("reserve");
     let (uid, gid) = g.ids.expect("ids");
     // 300 files already as DAC wants them: visited, not changed, not restored.
@@ -184,7 +161,7 @@ fn dac_tree_of_10000_files_reports_progress_while_set_and_restored() {
         std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
         chmod(&path, 0o600);
     }
-    let before = snapshot(&tree);
+    let before = tree_snapshot(&tree);
     // Every entry but the symlink.
     let entries = before.len() as u64 - 1;
     assert!(entries > FILES as u64);
@@ -195,7 +172,7 @@ fn dac_tree_of_10000_files_reports_progress_while_set_and_restored() {
     let me = std::thread::current().id();
 
     d.set_all(&p, &g).expect("set_all");
-    let set = snapshot(&tree);
+    let set = tree_snapshot(&tree);
     let changed = differing(&before, &set);
     assert_eq!(
         changed,
@@ -244,7 +221,7 @@ fn dac_tree_of_10000_files_reports_progress_while_set_and_restored() {
     rec.set_reference("restore", set.clone());
     let errors = d.restore_all(&p, &g);
     assert!(errors.is_empty(), "{errors:?}");
-    let after = snapshot(&tree);
+    let after = tree_snapshot(&tree);
     assert_eq!(after, before, "not restored exactly");
     let restored = differing(&set, &after);
     let seen = rec.take();
@@ -269,29 +246,20 @@ fn dac_tree_of_10000_files_reports_progress_while_set_and_restored() {
     d.set_all(&p, &g).expect("set_all again");
     assert!(d.restore_all(&p, &g).is_empty());
     assert!(rec.take().is_empty());
-    assert_eq!(snapshot(&tree), before);
+    assert_eq!(tree_snapshot(&tree), before);
     d.release(&g).expect("release");
 }
 
 #[test]
 fn dac_shared_tree_joined_reports_labeling_with_the_recorded_size() {
-    if skip_unless_root() {
-        return;
-    }
     const SHARED_GID: u32 = 600_499;
     const FILES: usize = 5_000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(
-        &dir.path().join("state"),
-        &acc,
-        600_400,
-        600_450,
-        Some(SHARED_GID),
-    );
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, Some(SHARED_GID)) else {
+        return;
+    };
     let tree = dir.path().join("share");
     make_tree(&tree, FILES);
-    let before = snapshot(&tree);
+    let before = tree_snapshot(&tree);
     let entries = before.len() as u64 - 1;
     let rec = Recorder::new(&tree);
     rec.set_reference("set", before.clone());
@@ -300,16 +268,12 @@ fn dac_shared_tree_joined_reports_labeling_with_the_recorded_size() {
     let mut guests = Vec::new();
     for name in ["join-a", "join-b"] {
         let p = tree_plan(name, &tree, Sharing::Shared, DacAction::SharedGroup);
-        let mut g = GuestSecurity {
-            name: name.into(),
-            level: None,
-            ids: None,
-        };
+        let mut g = guest(name);
         d.reserve(&p, &mut g).expect("reserve");
         d.set_all(&p, &g).expect("set_all");
         guests.push((p, g, rec.take()));
     }
-    let set = snapshot(&tree);
+    let set = tree_snapshot(&tree);
     let changed = differing(&before, &set);
     assert_eq!(changed, entries, "g+rw and the shared group on every entry");
 
@@ -336,11 +300,11 @@ fn dac_shared_tree_joined_reports_labeling_with_the_recorded_size() {
     let (p, g, _) = &guests[0];
     assert!(d.restore_all(p, g).is_empty());
     assert!(rec.take().is_empty());
-    assert_eq!(snapshot(&tree), set);
+    assert_eq!(tree_snapshot(&tree), set);
     // The last one stops: restored, with progress.
     let (p, g, _) = &guests[1];
     assert!(d.restore_all(p, g).is_empty());
-    assert_eq!(snapshot(&tree), before);
+    assert_eq!(tree_snapshot(&tree), before);
     let seen = rec.take();
     assert_eq!(phase_order(&seen), vec![Phase::Restoring]);
     let rest = phase(&seen, Phase::Restoring, &tree);

@@ -9,20 +9,17 @@
 
 mod dac_support;
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
 use dac_support::*;
-use svirt_domain::{Access, DacAction, PlannedResource, ResourceKind, Sharing};
+use svirt_domain::{DacAction, PlannedResource, Sharing};
 use svirt_drivers::dac::{DacConfig, DacDriver, owner_key};
 use svirt_drivers::{GuestSecurity, SecurityDriver};
-use svirt_store::{IdAllocator, IdConfig, Store};
+use svirt_store::Store;
 
 const KVM_GID: u32 = 630_993;
 const SHARED_GID: u32 = 630_100;
-const ACL: &std::ffi::CStr = c"system.posix_acl_access";
 
 /// Entries of the share below its root (the root is the share itself).
 const TREE: &[&str] = &["", "a", "b", "sub", "sub/c", "sub/d"];
@@ -52,9 +49,15 @@ impl Env {
         let root = e.root();
         std::fs::create_dir_all(root.join("dev")).expect("mkdir dev");
         let node = e.host("/dev/kvm");
-        let c = CString::new(node.as_os_str().as_bytes()).expect("path");
         // SAFETY: mknod with a NUL-terminated path.
-        if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) } != 0 {
+        if unsafe {
+            libc::mknod(
+                cpath(&node).as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(1, 3),
+            )
+        } != 0
+        {
             eprintln!(
                 "note: mknod refused ({}); a regular file stands for /dev/kvm",
                 std::io::Error::last_os_error()
@@ -85,26 +88,16 @@ impl Env {
     fn open(&self) -> (Arc<Store>, DacDriver) {
         let acc = self.dir.join("accounts");
         let store = Arc::new(Store::open(&self.dir.join("state")).expect("store"));
-        let ids = Arc::new(
-            IdAllocator::open(
-                store.clone(),
-                IdConfig {
-                    first: 630_000,
-                    last: 630_050,
-                    root: acc.clone(),
-                },
-            )
-            .expect("ids"),
-        );
-        let dac = DacDriver::new(
+        let dac = dac_driver_on(
+            store.clone(),
+            630_000,
+            630_050,
             DacConfig {
                 accounts_root: acc,
                 fs_root: self.root(),
                 shared_gid: Some(SHARED_GID),
                 ..Default::default()
             },
-            store.clone(),
-            ids,
         );
         (store, dac)
     }
@@ -125,21 +118,6 @@ impl Env {
 }
 
 type Snapshot = (Vec<(u32, u32, u32)>, Option<Vec<u8>>);
-
-fn get_acl(p: &Path) -> Option<Vec<u8>> {
-    let c = CString::new(p.as_os_str().as_bytes()).expect("path");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: lgetxattr writes at most buf.len() bytes.
-    let n =
-        unsafe { libc::lgetxattr(c.as_ptr(), ACL.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr: {e}");
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(buf)
-}
 
 /// Whether the ACL has `group:<KVM_GID>:rw-` behind a mask letting it through.
 fn kvm_granted(e: &Env) -> bool {
@@ -164,14 +142,6 @@ fn kvm_granted(e: &Env) -> bool {
     has(0x08, KVM_GID) && has(0x10, u32::MAX)
 }
 
-fn guest(name: &str) -> GuestSecurity {
-    GuestSecurity {
-        name: name.into(),
-        level: None,
-        ids: None,
-    }
-}
-
 /// Reserves ids, sets the plan's resources and grants the device, as a start does.
 fn start(dac: &DacDriver, p: &svirt_domain::Plan, g: &mut GuestSecurity) {
     dac.reserve(p, g).expect("reserve");
@@ -183,15 +153,7 @@ fn start(dac: &DacDriver, p: &svirt_domain::Plan, g: &mut GuestSecurity) {
 }
 
 fn tree_res(path: &str, dac: DacAction) -> PlannedResource {
-    let mut r = res(
-        Path::new(path),
-        ResourceKind::FilesystemTree,
-        Access::Rw,
-        Sharing::Shared,
-        dac,
-    );
-    r.resource.recursive = true;
-    r
+    tree_resource(Path::new(path), Sharing::Shared, dac)
 }
 
 // ---- a process killed between a restore and the release of its record ----
@@ -326,13 +288,7 @@ fn shared_plan(name: &str) -> svirt_domain::Plan {
     plan(
         name,
         vec![
-            res(
-                Path::new("/data/disk.img"),
-                ResourceKind::DiskImage,
-                Access::Rw,
-                Sharing::Shared,
-                DacAction::SharedGroup,
-            ),
+            shared_disk(Path::new("/data/disk.img")),
             tree_res("/data/share", DacAction::SharedGroup),
         ],
     )

@@ -8,9 +8,13 @@ use std::path::Path;
 
 use dac_support::*;
 use svirt_domain::{Access, DacAction, ResourceKind, Sharing};
-use svirt_drivers::{GuestSecurity, SecurityDriver};
+use svirt_drivers::SecurityDriver;
 
 const SHARED_GID: u32 = 600_100;
+
+/// The ids of every test here.
+const FIRST_ID: u32 = 600_000;
+const LAST_ID: u32 = 600_050;
 
 fn file(p: &Path, mode: u32) {
     std::fs::write(p, b"data").expect("write");
@@ -19,18 +23,9 @@ fn file(p: &Path, mode: u32) {
 
 #[test]
 fn dac_set_and_restore_exactly() {
-    if skip_unless_root() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, Some(SHARED_GID)) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(
-        &dir.path().join("state"),
-        &acc,
-        600_000,
-        600_050,
-        Some(SHARED_GID),
-    );
+    };
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("mkdir");
     let private = data.join("private.img");
@@ -47,14 +42,6 @@ fn dac_set_and_restore_exactly() {
     file(&tree.join("a"), 0o644);
     file(&tree.join("sub/b"), 0o600);
     std::os::unix::fs::symlink("/etc/shadow", tree.join("link")).expect("symlink");
-    let mut tree_res = res(
-        &tree,
-        ResourceKind::FilesystemTree,
-        Access::Rw,
-        Sharing::Private,
-        DacAction::OwnGuest { private: true },
-    );
-    tree_res.resource.recursive = true;
     let p = plan(
         "restore-a",
         vec![
@@ -66,15 +53,9 @@ fn dac_set_and_restore_exactly() {
                 Sharing::Private,
                 DacAction::OwnGuest { private: false },
             ),
-            res(
-                &shared,
-                ResourceKind::DiskImage,
-                Access::Rw,
-                Sharing::Shared,
-                DacAction::SharedGroup,
-            ),
+            shared_disk(&shared),
             cdrom(&iso),
-            tree_res,
+            private_tree(&tree),
         ],
     );
     let paths = [
@@ -91,11 +72,7 @@ fn dac_set_and_restore_exactly() {
     ];
     let before: Vec<_> = paths.iter().map(|p| owner_mode(p)).collect();
 
-    let mut g = GuestSecurity {
-        name: "restore-a".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("restore-a");
     d.reserve(&p, &mut g).expect("reserve");
     let (uid, gid) = g.ids.expect("ids");
     d.set_all(&p, &g).expect("set_all");
@@ -124,41 +101,18 @@ fn dac_set_and_restore_exactly() {
 
 #[test]
 fn dac_shared_object_survives_until_its_last_user_stops() {
-    if skip_unless_root() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, Some(SHARED_GID)) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(
-        &dir.path().join("state"),
-        &acc,
-        600_000,
-        600_050,
-        Some(SHARED_GID),
-    );
+    };
     let shared = dir.path().join("shared.img");
     file(&shared, 0o600);
     let before = owner_mode(&shared);
-    let r = || {
-        res(
-            &shared,
-            ResourceKind::DiskImage,
-            Access::Rw,
-            Sharing::Shared,
-            DacAction::SharedGroup,
-        )
-    };
-    let (pa, pb) = (plan("sh-a", vec![r()]), plan("sh-b", vec![r()]));
-    let mut ga = GuestSecurity {
-        name: "sh-a".into(),
-        level: None,
-        ids: None,
-    };
-    let mut gb = GuestSecurity {
-        name: "sh-b".into(),
-        level: None,
-        ids: None,
-    };
+    let (pa, pb) = (
+        plan("sh-a", vec![shared_disk(&shared)]),
+        plan("sh-b", vec![shared_disk(&shared)]),
+    );
+    let mut ga = guest("sh-a");
+    let mut gb = guest("sh-b");
     d.reserve(&pa, &mut ga).expect("reserve a");
     d.reserve(&pb, &mut gb).expect("reserve b");
     d.set_all(&pa, &ga).expect("set a");
@@ -176,36 +130,17 @@ fn dac_shared_object_survives_until_its_last_user_stops() {
 
 #[test]
 fn dac_failure_midway_leaves_everything_as_it_was() {
-    if skip_unless_root() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, None) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    };
     let first = dir.path().join("first.img");
     let shared = dir.path().join("shared.img");
     file(&first, 0o644);
     file(&shared, 0o644);
     let before = (owner_mode(&first), owner_mode(&shared));
     // The shared resource fails: no shared gid is configured.
-    let p = plan(
-        "fail",
-        vec![
-            disk(&first),
-            res(
-                &shared,
-                ResourceKind::DiskImage,
-                Access::Rw,
-                Sharing::Shared,
-                DacAction::SharedGroup,
-            ),
-        ],
-    );
-    let mut g = GuestSecurity {
-        name: "fail".into(),
-        level: None,
-        ids: None,
-    };
+    let p = plan("fail", vec![disk(&first), shared_disk(&shared)]);
+    let mut g = guest("fail");
     d.reserve(&p, &mut g).expect("reserve");
     let e = d.set_all(&p, &g).expect_err("must fail");
     eprintln!("expected failure: {e}");
@@ -227,23 +162,16 @@ fn dac_failure_midway_leaves_everything_as_it_was() {
 
 #[test]
 fn dac_refuses_a_symlinked_resource() {
-    if skip_unless_root() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, None) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    };
     let target = dir.path().join("target");
     file(&target, 0o600);
     let link = dir.path().join("evil.img");
     std::os::unix::fs::symlink(&target, &link).expect("symlink");
     let before = owner_mode(&target);
     let p = plan("evil", vec![disk(&link)]);
-    let mut g = GuestSecurity {
-        name: "evil".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("evil");
     d.reserve(&p, &mut g).expect("reserve");
     assert!(d.set_all(&p, &g).is_err());
     assert_eq!(owner_mode(&target), before);
@@ -252,14 +180,14 @@ fn dac_refuses_a_symlinked_resource() {
 #[test]
 fn dac_changes_are_recovered_by_the_relabel_engine_after_a_crash() {
     use std::sync::Arc;
-    use svirt_drivers::dac::{DacConfig, DacDriver};
+    use svirt_drivers::dac::DacConfig;
     use svirt_drivers::fsops::FsRoot;
     use svirt_drivers::relabel::Relabeler;
     if skip_unless_root() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let acc = root_accounts(dir.path());
     let state = dir.path().join("state");
     let private = dir.path().join("private.img");
     let iso = dir.path().join("cd.iso");
@@ -268,12 +196,8 @@ fn dac_changes_are_recovered_by_the_relabel_engine_after_a_crash() {
     let before = (owner_mode(&private), owner_mode(&iso));
     let p = plan("crashed", vec![disk(&private), cdrom(&iso)]);
     {
-        let d = dac_driver(&state, &acc, 600_000, 600_050, None);
-        let mut g = GuestSecurity {
-            name: "crashed".into(),
-            level: None,
-            ids: None,
-        };
+        let d = dac_driver(&state, &acc, FIRST_ID, LAST_ID, None);
+        let mut g = guest("crashed");
         d.reserve(&p, &mut g).expect("reserve");
         d.set_all(&p, &g).expect("set_all");
         assert_ne!(owner_mode(&private), before.0);
@@ -290,53 +214,32 @@ fn dac_changes_are_recovered_by_the_relabel_engine_after_a_crash() {
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
     assert_eq!((owner_mode(&private), owner_mode(&iso)), before, "{rep:?}");
     // Nothing left for the DAC driver to do afterwards.
-    let ids = Arc::new(
-        svirt_store::IdAllocator::open(
-            store.clone(),
-            svirt_store::IdConfig {
-                first: 600_000,
-                last: 600_050,
-                root: acc.clone(),
-            },
-        )
-        .expect("ids"),
-    );
-    let d = DacDriver::new(
+    let d = dac_driver_on(
+        store,
+        FIRST_ID,
+        LAST_ID,
         DacConfig {
             accounts_root: acc,
             ..Default::default()
         },
-        store,
-        ids,
     );
-    let g = GuestSecurity {
-        name: "crashed".into(),
-        level: None,
-        ids: None,
-    };
+    let g = guest("crashed");
     assert!(d.restore_all(&p, &g).is_empty());
     assert_eq!((owner_mode(&private), owner_mode(&iso)), before);
 }
 
 #[test]
 fn dac_object_out_of_reach_at_stop_keeps_its_record() {
-    if skip_unless_root() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, None) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    };
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("mkdir");
     let img = data.join("disk.img");
     file(&img, 0o644);
     let before = owner_mode(&img);
     let p = plan("reach", vec![disk(&img)]);
-    let mut g = GuestSecurity {
-        name: "reach".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("reach");
     d.reserve(&p, &mut g).expect("reserve");
     d.set_all(&p, &g).expect("set");
     let changed = owner_mode(&img);
@@ -362,21 +265,14 @@ fn dac_object_out_of_reach_at_stop_keeps_its_record() {
 /// its record, and is restored exactly by the next attempt.
 #[test]
 fn dac_failed_restore_is_reported_once_and_retried() {
-    if skip_unless_root() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, None) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(&dir.path().join("state"), &acc, 600_000, 600_050, None);
+    };
     let img = dir.path().join("disk.img");
     file(&img, 0o644);
     let before = owner_mode(&img);
     let p = plan("immutable-a", vec![disk(&img)]);
-    let mut g = GuestSecurity {
-        name: "immutable-a".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("immutable-a");
     d.reserve(&p, &mut g).expect("reserve");
     d.set_all(&p, &g).expect("set_all");
     let chattr = |flag: &str| {

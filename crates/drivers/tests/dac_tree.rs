@@ -4,34 +4,15 @@
 
 mod dac_support;
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
 use std::time::Instant;
 
 use dac_support::*;
-use svirt_domain::{Access, DacAction, ResourceKind, Sharing};
+use svirt_drivers::SecurityDriver;
 use svirt_drivers::dac::owner_key;
-use svirt_drivers::{GuestSecurity, SecurityDriver};
 
 const FILES: usize = 30_000;
-
-/// (uid, gid, mode with type bits) of every entry below `root` (and `root`), not following
-/// symlinks.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u32)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).expect("lstat");
-        out.insert(p.clone(), (m.uid(), m.gid(), m.mode()));
-        if m.is_dir() {
-            for e in std::fs::read_dir(&p).expect("read_dir") {
-                stack.push(e.expect("entry").path());
-            }
-        }
-    }
-    out
-}
 
 /// A tree of `files` files in directories of 1000, with owners and modes that vary (so the
 /// record has exceptions), symlinks pointing inside and outside, and a fifo.
@@ -80,39 +61,28 @@ fn set_nofile(n: u64) {
 }
 
 fn share_plan(name: &str, tree: &Path) -> svirt_domain::Plan {
-    let mut r = res(
-        tree,
-        ResourceKind::FilesystemTree,
-        Access::Rw,
-        Sharing::Private,
-        DacAction::OwnGuest { private: true },
-    );
-    r.resource.recursive = true;
-    plan(name, vec![r])
+    plan(name, vec![private_tree(tree)])
 }
+
+/// The ids of the tests here.
+const FIRST_ID: u32 = 600_300;
+const LAST_ID: u32 = 600_350;
 
 #[test]
 fn dac_tree_of_30000_files_with_256_fds_is_changed_and_restored_exactly() {
-    if skip_unless_root() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, None) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(&dir.path().join("state"), &acc, 600_300, 600_350, None);
+    };
     let outside = dir.path().join("outside.txt");
     std::fs::write(&outside, b"secret").expect("write");
     chmod(&outside, 0o600);
     let tree = dir.path().join("share");
     make_tree(&tree, FILES, &outside);
-    let before = snapshot(&tree);
+    let before = tree_snapshot(&tree);
     let outside_before = owner_mode(&outside);
     assert!(before.len() > FILES);
     let p = share_plan("big-tree", &tree);
-    let mut g = GuestSecurity {
-        name: "big-tree".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("big-tree");
     d.reserve(&p, &mut g).expect("reserve");
     let (uid, gid) = g.ids.expect("ids");
 
@@ -121,7 +91,7 @@ fn dac_tree_of_30000_files_with_256_fds_is_changed_and_restored_exactly() {
     let t = Instant::now();
     d.set_all(&p, &g).expect("set_all with 256 fds");
     let label_time = t.elapsed();
-    let during = snapshot(&tree);
+    let during = tree_snapshot(&tree);
     for (path, &(u, gr, mode)) in &during {
         let (bu, bg, bmode) = before[path];
         if bmode & libc::S_IFMT == libc::S_IFLNK {
@@ -159,7 +129,7 @@ fn dac_tree_of_30000_files_with_256_fds_is_changed_and_restored_exactly() {
     let restore_time = t.elapsed();
     set_nofile(u64::MAX);
     assert!(errors.is_empty(), "{errors:?}");
-    let after = snapshot(&tree);
+    let after = tree_snapshot(&tree);
     assert_eq!(before.len(), after.len());
     for (path, b) in &before {
         assert_eq!(after.get(path), Some(b), "not restored exactly: {path:?}");
@@ -185,13 +155,9 @@ fn dac_tree_child_killed_after_set_all() {
     ) else {
         panic!("run by dac_tree_changed_by_a_killed_process_is_restored only");
     };
-    let d = dac_driver(Path::new(&state), Path::new(&acc), 600_300, 600_350, None);
+    let d = dac_driver(Path::new(&state), Path::new(&acc), FIRST_ID, LAST_ID, None);
     let p = share_plan("killed", Path::new(&tree));
-    let mut g = GuestSecurity {
-        name: "killed".into(),
-        level: None,
-        ids: None,
-    };
+    let mut g = guest("killed");
     d.reserve(&p, &mut g).expect("reserve");
     d.set_all(&p, &g).expect("set_all");
     // SAFETY: kill of our own pid.
@@ -204,14 +170,14 @@ fn dac_tree_changed_by_a_killed_process_is_restored() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let acc = root_accounts(dir.path());
     let state = dir.path().join("state");
     let outside = dir.path().join("outside.txt");
     std::fs::write(&outside, b"secret").expect("write");
     chmod(&outside, 0o600);
     let tree = dir.path().join("share");
     make_tree(&tree, 3000, &outside);
-    let before = snapshot(&tree);
+    let before = tree_snapshot(&tree);
     for (round, recover) in ["restore_all", "recover_trees"].iter().enumerate() {
         let st = std::process::Command::new(std::env::current_exe().expect("exe"))
             .args([
@@ -227,14 +193,10 @@ fn dac_tree_changed_by_a_killed_process_is_restored() {
             .expect("spawn child");
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(st.signal(), Some(libc::SIGKILL), "round {round}: {st:?}");
-        let during = snapshot(&tree);
+        let during = tree_snapshot(&tree);
         assert_ne!(during, before, "the child changed nothing");
-        let d = dac_driver(&state, &acc, 600_300, 600_350, None);
-        let g = GuestSecurity {
-            name: "killed".into(),
-            level: None,
-            ids: None,
-        };
+        let d = dac_driver(&state, &acc, FIRST_ID, LAST_ID, None);
+        let g = guest("killed");
         let errors = if *recover == "restore_all" {
             // What the manager's recovery does for a guest found dead.
             d.restore_all(&share_plan("killed", &tree), &g)
@@ -242,7 +204,7 @@ fn dac_tree_changed_by_a_killed_process_is_restored() {
             d.recover_trees(&|_guest| false)
         };
         assert!(errors.is_empty(), "{recover}: {errors:?}");
-        assert_eq!(snapshot(&tree), before, "{recover}: not restored");
+        assert_eq!(tree_snapshot(&tree), before, "{recover}: not restored");
         assert!(d.tree_records().expect("trees").is_empty());
         assert_eq!(owner_mode(&outside), (0, 0, 0o600));
         d.release(&g).expect("release");
@@ -251,48 +213,24 @@ fn dac_tree_changed_by_a_killed_process_is_restored() {
 
 #[test]
 fn dac_shared_tree_is_restored_when_its_last_user_stops() {
-    if skip_unless_root() {
-        return;
-    }
     const SHARED_GID: u32 = 600_399;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acc = accounts(dir.path(), "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
-    let d = dac_driver(
-        &dir.path().join("state"),
-        &acc,
-        600_300,
-        600_350,
-        Some(SHARED_GID),
-    );
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID, LAST_ID, Some(SHARED_GID)) else {
+        return;
+    };
     let outside = dir.path().join("outside.txt");
     std::fs::write(&outside, b"secret").expect("write");
     let tree = dir.path().join("share");
     make_tree(&tree, 3000, &outside);
-    let before = snapshot(&tree);
-    let shared_plan = |name: &str| {
-        let mut r = res(
-            &tree,
-            ResourceKind::FilesystemTree,
-            Access::Rw,
-            Sharing::Shared,
-            DacAction::SharedGroup,
-        );
-        r.resource.recursive = true;
-        plan(name, vec![r])
-    };
+    let before = tree_snapshot(&tree);
     let mut guests = Vec::new();
     for name in ["share-a", "share-b"] {
-        let p = shared_plan(name);
-        let mut g = GuestSecurity {
-            name: name.into(),
-            level: None,
-            ids: None,
-        };
+        let p = plan(name, vec![shared_tree(&tree)]);
+        let mut g = guest(name);
         d.reserve(&p, &mut g).expect("reserve");
         d.set_all(&p, &g).expect("set_all");
         guests.push((p, g));
     }
-    let shared = snapshot(&tree);
+    let shared = tree_snapshot(&tree);
     for (path, &(_, gid, mode)) in &shared {
         if mode & libc::S_IFMT != libc::S_IFLNK {
             assert_eq!(gid, SHARED_GID, "{path:?}");
@@ -309,11 +247,11 @@ fn dac_shared_tree_is_restored_when_its_last_user_stops() {
     // The first user stops: the other still uses the tree as it is.
     let (p, g) = &guests[0];
     assert!(d.restore_all(p, g).is_empty());
-    assert_eq!(snapshot(&tree), shared);
+    assert_eq!(tree_snapshot(&tree), shared);
     // The last one stops: everything as it was.
     let (p, g) = &guests[1];
     assert!(d.restore_all(p, g).is_empty());
-    assert_eq!(snapshot(&tree), before);
+    assert_eq!(tree_snapshot(&tree), before);
     assert!(d.tree_records().expect("trees").is_empty());
     for (_, g) in &guests {
         d.release(g).expect("release");

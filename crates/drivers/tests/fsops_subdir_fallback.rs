@@ -10,9 +10,10 @@
 mod dac_support;
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::CStr;
 use std::path::Path;
+
+use dac_support::cpath;
 
 use svirt_drivers::fsops::{self, Dir, FsRoot};
 
@@ -205,10 +206,6 @@ fn deny_openat2(errno: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("path")
-}
-
 /// A private mount namespace for this thread, with a tmpfs on `t/mnt` and `t/real` bound on
 /// `t/bind`. False (with a SKIP line) where that is not allowed.
 fn mount_namespace(t: &Path) -> bool {
@@ -310,8 +307,7 @@ fn child(t: &Path) {
 /// A DAC share changed and restored exactly while openat2 answers EPERM.
 fn dac_tree_under_filter(t: &Path) {
     use dac_support::*;
-    use svirt_domain::{Access, DacAction, ResourceKind, Sharing};
-    use svirt_drivers::{GuestSecurity, SecurityDriver};
+    use svirt_drivers::SecurityDriver;
     if skip_unless_root() {
         return;
     }
@@ -332,22 +328,10 @@ fn dac_tree_under_filter(t: &Path) {
         out
     };
     let before = snap(&share);
-    let acc = accounts(t, "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n");
+    let acc = root_accounts(t);
     let dac = dac_driver(&t.join("state"), &acc, 621_000, 621_010, None);
-    let mut r = res(
-        &share,
-        ResourceKind::FilesystemTree,
-        Access::Rw,
-        Sharing::Private,
-        DacAction::OwnGuest { private: true },
-    );
-    r.resource.recursive = true;
-    let p = plan("seccomp-share", vec![r]);
-    let mut g = GuestSecurity {
-        name: "seccomp-share".into(),
-        level: None,
-        ids: None,
-    };
+    let p = plan("seccomp-share", vec![private_tree(&share)]);
+    let mut g = guest("seccomp-share");
     dac.reserve(&p, &mut g).expect("reserve");
     dac.set_all(&p, &g).expect("set_all under the filter");
     let (uid, _) = g.ids.expect("ids");

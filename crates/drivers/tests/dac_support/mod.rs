@@ -3,15 +3,20 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use svirt_domain::{
     Access, DacAction, LevelSource, Model, Plan, PlannedResource, ProcessLabel, Resource,
     ResourceKind, Sharing,
 };
-use svirt_drivers::{ChildHook, ExecContext};
+use svirt_drivers::dac::{DacConfig, DacDriver};
+use svirt_drivers::{ChildHook, ExecContext, GuestSecurity};
+use svirt_store::{IdAllocator, IdConfig, Store};
 
 /// The helper binary built with this package.
 pub fn helper() -> PathBuf {
@@ -64,6 +69,47 @@ pub fn cdrom(path: &Path) -> PlannedResource {
         Sharing::ReadOnlyContent,
         DacAction::MakeReadable,
     )
+}
+
+/// A shared read-write disk image (the shared group's).
+pub fn shared_disk(path: &Path) -> PlannedResource {
+    res(
+        path,
+        ResourceKind::DiskImage,
+        Access::Rw,
+        Sharing::Shared,
+        DacAction::SharedGroup,
+    )
+}
+
+/// A read-write filesystem tree (a share), changed recursively.
+pub fn tree_resource(path: &Path, sharing: Sharing, dac: DacAction) -> PlannedResource {
+    let mut r = res(path, ResourceKind::FilesystemTree, Access::Rw, sharing, dac);
+    r.resource.recursive = true;
+    r
+}
+
+/// A share of one guest only.
+pub fn private_tree(path: &Path) -> PlannedResource {
+    tree_resource(
+        path,
+        Sharing::Private,
+        DacAction::OwnGuest { private: true },
+    )
+}
+
+/// A share of several guests, through the shared group.
+pub fn shared_tree(path: &Path) -> PlannedResource {
+    tree_resource(path, Sharing::Shared, DacAction::SharedGroup)
+}
+
+/// A guest with nothing reserved yet.
+pub fn guest(name: &str) -> GuestSecurity {
+    GuestSecurity {
+        name: name.into(),
+        level: None,
+        ids: None,
+    }
 }
 
 /// A plan for DAC and Landlock.
@@ -193,26 +239,47 @@ pub fn dac_driver(
     first: u32,
     last: u32,
     shared_gid: Option<u32>,
-) -> svirt_drivers::dac::DacDriver {
-    use std::sync::Arc;
-    let store = Arc::new(svirt_store::Store::open(state).expect("store"));
-    let ids = Arc::new(
-        svirt_store::IdAllocator::open(
-            store.clone(),
-            svirt_store::IdConfig {
-                first,
-                last,
-                root: accounts.to_path_buf(),
-            },
-        )
-        .expect("id allocator"),
-    );
-    let config = svirt_drivers::dac::DacConfig {
+) -> DacDriver {
+    let store = Arc::new(Store::open(state).expect("store"));
+    let config = DacConfig {
         accounts_root: accounts.to_path_buf(),
         shared_gid,
         ..Default::default()
     };
-    svirt_drivers::dac::DacDriver::new(config, store, ids)
+    dac_driver_on(store, first, last, config)
+}
+
+/// A DAC driver over `store` with `config`, ids `first..=last` from the accounts of
+/// `config.accounts_root`.
+pub fn dac_driver_on(store: Arc<Store>, first: u32, last: u32, config: DacConfig) -> DacDriver {
+    let ids = Arc::new(
+        IdAllocator::open(
+            store.clone(),
+            IdConfig {
+                first,
+                last,
+                root: config.accounts_root.clone(),
+            },
+        )
+        .expect("id allocator"),
+    );
+    DacDriver::new(config, store, ids)
+}
+
+/// A test's temporary directory, its root-only accounts and a DAC driver over a fresh store in
+/// `<dir>/state` with ids `first..=last`; None (after the SKIP line) when not root.
+pub fn dac_setup(
+    first: u32,
+    last: u32,
+    shared_gid: Option<u32>,
+) -> Option<(tempfile::TempDir, PathBuf, DacDriver)> {
+    if skip_unless_root() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = root_accounts(dir.path());
+    let d = dac_driver(&dir.path().join("state"), &acc, first, last, shared_gid);
+    Some((dir, acc, d))
 }
 
 /// An accounts root with `etc/passwd` and `etc/group` holding these lines.
@@ -222,6 +289,64 @@ pub fn accounts(dir: &Path, passwd: &str, group: &str) -> PathBuf {
     std::fs::write(root.join("etc/passwd"), passwd).expect("passwd");
     std::fs::write(root.join("etc/group"), group).expect("group");
     root
+}
+
+/// An accounts root under `dir` with the root user and group only.
+pub fn root_accounts(dir: &Path) -> PathBuf {
+    accounts(dir, "root:x:0:0::/root:/bin/sh\n", "root:x:0:\n")
+}
+
+/// (uid, gid, mode with type bits) of `root` and every entry below it, not following
+/// symlinks.
+pub fn tree_snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).expect("lstat");
+        out.insert(p.clone(), (m.uid(), m.gid(), m.mode()));
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read_dir") {
+                stack.push(e.expect("entry").path());
+            }
+        }
+    }
+    out
+}
+
+/// `p` as a C string.
+pub fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path")
+}
+
+/// The POSIX access ACL xattr.
+pub const ACL_XATTR: &CStr = c"system.posix_acl_access";
+
+/// The value of the xattr `name` of `p` (not following a final symlink); None when it has
+/// none (ENODATA), any other error fails the test.
+pub fn get_xattr(p: &Path, name: &CStr) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: lgetxattr writes at most buf.len() bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath(p).as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "getxattr: {e}");
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// The raw access ACL of `p`, None when it has none.
+pub fn get_acl(p: &Path) -> Option<Vec<u8>> {
+    get_xattr(p, ACL_XATTR)
 }
 
 /// Owner, group and mode bits of a path (not following a final symlink).
