@@ -57,6 +57,19 @@ pub enum Error {
         /// The path as given, when it differs (reached through a symlink or `..`).
         given: PathBuf,
     },
+    /// An object the object policy refuses (a protected object, a device of the wrong
+    /// class, a hard link, a symlink someone else planted…).
+    #[error("{device}: refusing {path}{}: {rule}", via_text(.given, .path))]
+    Refused {
+        /// The device the path comes from.
+        device: String,
+        /// The object (or the symlink) refused.
+        path: PathBuf,
+        /// The path as given.
+        given: PathBuf,
+        /// The rule, in words.
+        rule: String,
+    },
     /// A resource does not exist (`ENOENT` is fatal).
     #[error("{device}: {path}: no such file or directory (ENOENT)")]
     NotFound {

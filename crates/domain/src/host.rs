@@ -11,6 +11,7 @@
 //! they are.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -20,6 +21,7 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::object_policy::{ObjectStat, PolicyState, ProtectSpec, SYSTEM_TREES};
 
 /// Directories that must never be relabeled themselves (a file below them is fine).
 pub const SYSTEM_PATHS: &[&str] = &[
@@ -127,6 +129,11 @@ pub struct Resolved {
     pub path: PathBuf,
     /// Type and identity.
     pub info: FileInfo,
+    /// What the object policy judged: mode, owner, device number, mount.
+    pub stat: ObjectStat,
+    /// `(dev, ino)` of every directory the object was reached through, from `/` down to
+    /// its parent.
+    pub ancestors: Vec<(u64, u64)>,
     fd: OwnedFd,
     parent: OwnedFd,
     name: OsString,
@@ -184,6 +191,8 @@ pub struct TreeEntry {
     pub info: FileInfo,
     /// A directory on another file system: not descended into.
     pub mount_point: bool,
+    /// What the object policy judges of the entry.
+    pub stat: ObjectStat,
 }
 
 /// The host as the resource builder sees it.
@@ -192,6 +201,12 @@ pub struct Host {
     root: PathBuf,
     home: Option<PathBuf>,
     tpm_state_root: PathBuf,
+    /// Objects protected beyond the system trees (svirtd's socket, state and run dirs).
+    protected: Vec<ProtectSpec>,
+    /// Where backing files named only by an image header may also live.
+    image_roots: Vec<PathBuf>,
+    /// The object policy's view of the host, built at the first resolve.
+    policy: Arc<OnceLock<std::result::Result<PolicyState, String>>>,
 }
 
 impl Host {
@@ -204,7 +219,108 @@ impl Host {
             root,
             home: None,
             tpm_state_root,
+            protected: Vec::new(),
+            image_roots: Vec::new(),
+            policy: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Also protects `path` (and, for a directory, everything below it) as `what`: no
+    /// guest is ever given it, whatever it is reached through.
+    pub fn with_protected(mut self, path: impl Into<PathBuf>, what: impl Into<String>) -> Host {
+        self.protected.push(ProtectSpec {
+            path: path.into(),
+            what: what.into(),
+            devices: false,
+        });
+        self.policy = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// Directories below which a backing file named only by a qcow2 header is accepted,
+    /// besides the directory of the image that names it.
+    pub fn with_image_roots(mut self, roots: Vec<PathBuf>) -> Host {
+        self.image_roots = roots;
+        self
+    }
+
+    /// The configured image roots.
+    pub fn image_roots(&self) -> &[PathBuf] {
+        &self.image_roots
+    }
+
+    /// The object policy, built once per host value (the mount table read at the first
+    /// resolve: one start).
+    fn policy(&self) -> Result<&PolicyState> {
+        let state = self.policy.get_or_init(|| {
+            let mut specs: Vec<ProtectSpec> = Vec::new();
+            let mut push = |base: &Path, test_root: bool| {
+                for t in SYSTEM_TREES {
+                    let devices = *t == "/dev";
+                    // A test root's `/dev` holds stand-in files for device nodes; the
+                    // host's own `/dev` is protected whatever the root.
+                    if devices && test_root {
+                        continue;
+                    }
+                    specs.push(ProtectSpec {
+                        path: base.join(t.trim_start_matches('/')),
+                        what: format!("system tree {t}"),
+                        devices,
+                    });
+                }
+            };
+            push(Path::new("/"), false);
+            if self.root != Path::new("/") {
+                push(&self.root, true);
+            }
+            specs.extend(self.protected.iter().cloned());
+            PolicyState::new(&specs).map_err(|e| format!("read the mount table: {e}"))
+        });
+        state.as_ref().map_err(|m| Error::PolicyConfig {
+            path: PathBuf::from("/proc/self/mountinfo"),
+            message: m.clone(),
+        })
+    }
+
+    /// Judges an entry met while walking the tree of `root` (see
+    /// [`crate::object_policy`]); the error names the entry and the rule.
+    pub fn check_tree_entry(&self, device: &str, path: &Path, st: &ObjectStat) -> Result<()> {
+        self.policy()?
+            .check_entry(st)
+            .map_err(|rule| Error::Refused {
+                device: device.to_string(),
+                path: path.to_path_buf(),
+                given: path.to_path_buf(),
+                rule,
+            })
+    }
+
+    /// Refuses a tree root that contains a protected object.
+    pub fn check_tree_root(&self, device: &str, root: &Resolved) -> Result<()> {
+        self.policy()?
+            .check_tree_root(&root.stat, &root.path)
+            .map_err(|rule| Error::Refused {
+                device: device.to_string(),
+                path: root.path.clone(),
+                given: root.given.clone(),
+                rule,
+            })
+    }
+
+    /// Whether `r` lies below the directory `dir` (by identity: `dir` is one of the
+    /// directories `r` was reached through).
+    pub fn is_beneath(&self, r: &Resolved, dir: &Path) -> bool {
+        let Ok(fd) = rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        let Ok(st) = rustix::fs::fstat(&fd) else {
+            return false;
+        };
+        r.ancestors.contains(&(st.st_dev, st.st_ino))
     }
 
     /// Also refuses the invoking user's home directory itself.
@@ -267,6 +383,12 @@ impl Host {
 
     /// Like [`Host::resolve`], but `Ok(None)` when the object (or a directory above it)
     /// does not exist.
+    ///
+    /// Symlinks are followed only where nobody but root could have planted them, or their
+    /// owner, who also owns the directory they are in (the kernel's `protected_symlinks`
+    /// rule, applied to every directory); and a link owned by a user leads only to that
+    /// user's own objects, so nobody gains through svirt an object they do not own. The
+    /// object reached then passes the object policy ([`crate::object_policy`]).
     pub fn try_resolve(&self, device: &str, given: &Path) -> Result<Option<Resolved>> {
         if !given.is_absolute() {
             return Err(Error::RelativePath {
@@ -288,6 +410,13 @@ impl Host {
             path: given.to_path_buf(),
             source: e,
         };
+        let policy_refusal = |path: PathBuf, rule: String| Error::Refused {
+            device: device.to_string(),
+            path,
+            given: given.to_path_buf(),
+            rule,
+        };
+        let policy = self.policy()?;
         let rootfd = rustix::fs::openat(
             CWD,
             "/",
@@ -295,16 +424,29 @@ impl Host {
             Mode::empty(),
         )
         .map_err(|e| io("open /", e.into()))?;
+        let root_st = rustix::fs::fstat(&rootfd).map_err(|e| io("stat", e.into()))?;
         let mut queue: VecDeque<OsString> = components(given);
-        // Directories reached so far, each with its O_PATH fd; the root is implicit.
-        let mut stack: Vec<(OsString, OwnedFd)> = Vec::new();
+        // Directories reached so far, each with its O_PATH fd and stat; the root is
+        // implicit.
+        let mut stack: Vec<(OsString, OwnedFd, rustix::fs::Stat)> = Vec::new();
         let mut links = 0;
+        // The non-root user whose symlink was followed: the object must be theirs.
+        let mut link_owner: Option<(u32, PathBuf)> = None;
+        let here = |stack: &[(OsString, OwnedFd, rustix::fs::Stat)]| {
+            let mut p = PathBuf::from("/");
+            for (n, _, _) in stack {
+                p.push(n);
+            }
+            p
+        };
         while let Some(comp) = queue.pop_front() {
             if comp == ".." {
                 stack.pop();
                 continue;
             }
-            let dir = stack.last().map_or(rootfd.as_fd(), |(_, fd)| fd.as_fd());
+            let (dir, dir_st) = stack
+                .last()
+                .map_or((rootfd.as_fd(), &root_st), |(_, fd, st)| (fd.as_fd(), st));
             let fd = match rustix::fs::openat(
                 dir,
                 comp.as_os_str(),
@@ -318,6 +460,32 @@ impl Host {
             let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", e.into()))?;
             let kind = FileKind::from_mode(st.st_mode);
             if kind == FileKind::Symlink {
+                let link_path = here(&stack).join(&comp);
+                if st.st_uid != 0 {
+                    if st.st_uid != dir_st.st_uid {
+                        return Err(policy_refusal(
+                            link_path,
+                            format!(
+                                "it is a symlink owned by uid {} in a directory owned by uid {}: someone other than root or the directory's owner planted it; not followed",
+                                st.st_uid, dir_st.st_uid
+                            ),
+                        ));
+                    }
+                    match &link_owner {
+                        Some((u, first)) if *u != st.st_uid => {
+                            return Err(policy_refusal(
+                                link_path,
+                                format!(
+                                    "it is a symlink owned by uid {}, reached through {} owned by uid {u}: not followed",
+                                    st.st_uid,
+                                    first.display()
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => link_owner = Some((st.st_uid, link_path)),
+                    }
+                }
                 links += 1;
                 if links > MAX_SYMLINKS {
                     return Err(io("resolve", Errno::LOOP.into()));
@@ -336,27 +504,44 @@ impl Host {
             if !queue.is_empty() && kind != FileKind::Dir {
                 return Err(io("resolve", Errno::NOTDIR.into()));
             }
-            stack.push((comp, fd));
+            stack.push((comp, fd, st));
         }
-        let mut path = PathBuf::from("/");
-        for (name, _) in &stack {
-            path.push(name);
-        }
+        let path = here(&stack);
         if self.is_system_path(&path) {
             return Err(refuse(path));
         }
-        let Some((name, fd)) = stack.pop() else {
+        let Some((name, fd, _)) = stack.pop() else {
             return Err(refuse(path));
         };
+        let mut ancestors = vec![(root_st.st_dev, root_st.st_ino)];
+        ancestors.extend(stack.iter().map(|(_, _, st)| (st.st_dev, st.st_ino)));
         let parent = match stack.pop() {
-            Some((_, p)) => p,
+            Some((_, p, _)) => p,
             None => rootfd,
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", e.into()))?;
+        let ost = ObjectStat::of(&fd).map_err(|e| io("stat", e))?;
+        if let Some((uid, link)) = &link_owner
+            && ost.uid != *uid
+        {
+            return Err(policy_refusal(
+                path,
+                format!(
+                    "it was reached through {}, a symlink owned by uid {uid}, but it is owned by uid {}: a user's link leads only to that user's own objects",
+                    link.display(),
+                    ost.uid
+                ),
+            ));
+        }
+        policy
+            .check(&ost, &path, &ancestors)
+            .map_err(|rule| policy_refusal(path.clone(), rule))?;
         Ok(Some(Resolved {
             given: given.to_path_buf(),
             path,
             info: FileInfo::from_stat(&st),
+            stat: ost,
+            ancestors,
             fd,
             parent,
             name,
@@ -502,6 +687,7 @@ fn walk(
             rel: child_rel.clone(),
             info,
             mount_point,
+            stat: ObjectStat::from_stat(&st),
         });
         if out.len() > MAX_TREE_ENTRIES {
             return Err((
@@ -614,11 +800,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("system path /etc "), "{e}");
-        // A file below a system directory is fine, even through a link.
-        assert!(
-            h.resolve("t", &d.join("etcdir/hostname")).is_ok()
-                || !Path::new("/etc/hostname").exists()
-        );
+        // A file below a system tree is refused too, by identity (the object policy).
+        let e = h
+            .resolve("t", &d.join("etcdir/hostname"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lies under /etc (system tree /etc)"), "{e}");
         let e = h.resolve("t", &d.join("loop1")).unwrap_err().to_string();
         assert!(e.contains("symbolic links"), "{e}");
         let e = h

@@ -108,6 +108,12 @@ struct Entry {
     res: Resource,
 }
 
+/// The directory of a disk's top image, by identity.
+struct TopDir {
+    id: Option<(u64, u64)>,
+    path: PathBuf,
+}
+
 struct Builder<'h> {
     host: &'h Host,
     list: Vec<Entry>,
@@ -287,6 +293,12 @@ impl Builder<'_> {
         };
         let access = if d.readonly { Access::Ro } else { Access::Rw };
         let top = self.add(&dev, src, kind, access, sharing, false, ov.clone())?;
+        // Header-named backing files must lie below the top image's directory (or an
+        // image root): the header is guest data.
+        let top_dir = TopDir {
+            id: top.ancestors.last().copied(),
+            path: top.path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        };
         // Backing layers inherit the top's relabel='no' (as libvirt's parent seclabel).
         let inherited: BTreeMap<Model, DeviceOverride> = ov
             .into_iter()
@@ -295,7 +307,7 @@ impl Builder<'_> {
         let format = d.format.unwrap_or(ImageFormat::Raw);
         match (&d.backing, format) {
             (BackingSpec::NotGiven, ImageFormat::Qcow2) => {
-                self.header_chain(&dev, src.clone(), top, 0, &inherited)?;
+                self.header_chain(&dev, src.clone(), top, 0, &inherited, &top_dir)?;
             }
             (BackingSpec::NotGiven, ImageFormat::Raw) => {}
             (BackingSpec::Chain { layers, .. }, ImageFormat::Raw) if !layers.is_empty() => {
@@ -326,7 +338,14 @@ impl Builder<'_> {
                 if let (false, Some((l, r))) = (*complete, last)
                     && l.format == ImageFormat::Qcow2
                 {
-                    self.header_chain(&dev, l.source.clone(), r, layers.len(), &inherited)?;
+                    self.header_chain(
+                        &dev,
+                        l.source.clone(),
+                        r,
+                        layers.len(),
+                        &inherited,
+                        &top_dir,
+                    )?;
                 }
             }
         }
@@ -335,7 +354,9 @@ impl Builder<'_> {
 
     /// Follows backing files named in qcow2 headers, starting from an image whose format
     /// is declared qcow2. `given` is the path QEMU will open: relative backing names are
-    /// relative to its directory.
+    /// relative to its directory. A header is guest data (the VMM writes its top image):
+    /// a file it names is accepted only below `top_dir` or a configured image root, and
+    /// only if it passes the object policy; anything else must be declared in the XML.
     fn header_chain(
         &mut self,
         dev: &str,
@@ -343,6 +364,7 @@ impl Builder<'_> {
         mut cur: Resolved,
         mut depth: usize,
         inherited: &BTreeMap<Model, DeviceOverride>,
+        top_dir: &TopDir,
     ) -> Result<()> {
         let mut seen = vec![(cur.info.dev, cur.info.ino)];
         loop {
@@ -419,6 +441,23 @@ impl Builder<'_> {
             }
             let ldev = format!("{dev} backing {depth}");
             let r = self.host.resolve(&ldev, &next_given)?;
+            let beneath_top = top_dir.id.is_some_and(|d| r.ancestors.contains(&d));
+            if !beneath_top
+                && !self
+                    .host
+                    .image_roots()
+                    .iter()
+                    .any(|root| self.host.is_beneath(&r, root))
+            {
+                return Err(qerr(
+                    &cur.path,
+                    format!(
+                        "its header names backing file '{name_text}' ({}), which is neither below the top image's directory {} nor below an image root: a backing file outside them must be declared with <backingStore> in the domain XML",
+                        r.path.display(),
+                        top_dir.path.display()
+                    ),
+                ));
+            }
             let id = (r.info.dev, r.info.ino);
             if seen.contains(&id) {
                 return Err(qerr(
@@ -656,6 +695,7 @@ impl Builder<'_> {
                 self.list[*i].res.device.clone(),
                 self.list[*i].res.path.clone(),
             );
+            self.host.check_tree_root(&device, root)?;
             let entries = self.host.walk_tree(&device, root)?;
             for e in entries {
                 let p = path.join(&e.rel);
@@ -664,12 +704,18 @@ impl Builder<'_> {
                         "{device}: {} is another file system: not labeled",
                         p.display()
                     ));
-                } else if e.info.kind != FileKind::Dir && e.info.nlink > 1 {
-                    self.warnings.push(format!(
-                        "{device}: {} has {} hard links: labeling it labels every name it has",
-                        p.display(),
-                        e.info.nlink
-                    ));
+                } else {
+                    // Every entry passes the object policy: a device node of the wrong
+                    // class, or a hard link that may be a protected file's other name,
+                    // refuses the whole tree before anything is labeled.
+                    self.host.check_tree_entry(&device, &p, &e.stat)?;
+                    if e.info.kind != FileKind::Dir && e.info.nlink > 1 {
+                        self.warnings.push(format!(
+                            "{device}: {} has {} hard links: labeling it labels every name it has",
+                            p.display(),
+                            e.info.nlink
+                        ));
+                    }
                 }
                 if let Some(&j) = self.by_id.get(&(e.info.dev, e.info.ino))
                     && j != *i
