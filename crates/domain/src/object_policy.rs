@@ -244,8 +244,10 @@ impl PolicyState {
     /// without `/lib32`).
     pub fn new(protected: &[ProtectSpec]) -> std::io::Result<PolicyState> {
         let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let mounts: HashMap<u64, Mount> =
-            parse_mountinfo(&text).into_iter().map(|m| (m.id, m)).collect();
+        let mounts: HashMap<u64, Mount> = parse_mountinfo(&text)
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect();
         let mut busy_block: HashSet<u64> = mounts.values().map(|m| m.dev).collect();
         if let Ok(swaps) = std::fs::read_to_string("/proc/swaps") {
             for line in swaps.lines().skip(1) {
@@ -482,13 +484,9 @@ impl PolicyState {
             }
             if let Ok(rd) = std::fs::read_dir(dir.join("holders")) {
                 for e in rd.flatten() {
-                    if let Some(n) = read_devnum(
-                        &self
-                            .sys
-                            .join("class/block")
-                            .join(e.file_name())
-                            .join("dev"),
-                    ) {
+                    if let Some(n) =
+                        read_devnum(&self.sys.join("class/block").join(e.file_name()).join("dev"))
+                    {
                         todo.push(n);
                     }
                 }
