@@ -548,6 +548,42 @@ impl Host {
         }))
     }
 
+    /// Creates an empty file `path` (mode 0600) if nothing exists there, as libvirt does
+    /// for chardev output files, and says whether it did. Its directory is reached through
+    /// [`Host::resolve`] (so it passes the symlink rule and the object policy) and the file
+    /// is created relative to that directory's fd, never through a link: a protected or
+    /// planted directory gets nothing created in it.
+    pub fn create_file(&self, device: &str, path: &Path) -> Result<bool> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Error::RelativePath {
+                device: device.to_string(),
+                path: path.to_path_buf(),
+            });
+        };
+        let dir = self.resolve(device, parent)?;
+        let dirfd = dir.open_dir().map_err(|e| Error::Io {
+            device: device.to_string(),
+            op: "open directory",
+            path: dir.path.clone(),
+            source: e,
+        })?;
+        match rustix::fs::openat(
+            &dirfd,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(_) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(Error::Io {
+                device: device.to_string(),
+                op: "create",
+                path: path.to_path_buf(),
+                source: e.into(),
+            }),
+        }
+    }
+
     /// Walks a directory tree without following symlinks and without crossing into other
     /// file systems. Entries are listed in a stable (sorted) order; the root itself is
     /// not listed.
