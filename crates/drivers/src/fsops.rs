@@ -224,6 +224,28 @@ impl FsRoot {
         Object::from_fd(fd, abs.to_path_buf())
     }
 
+    /// Like [`FsRoot::open_object`], and checks the object is the one the planner resolved
+    /// and judged (`expected` = its device and inode): a name swapped for another object
+    /// between planning and labeling is refused, not labeled.
+    pub fn open_planned(&self, abs: &Path, expected: Option<(u64, u64)>) -> io::Result<Object> {
+        let obj = self.open_object(abs)?;
+        if let Some((dev, ino)) = expected {
+            let id = obj.identity();
+            if (id.dev, id.ino) != (dev, ino) {
+                return Err(io::Error::other(format!(
+                    "{}: replaced since it was planned (device {}:{} inode {ino}, now {}:{} inode {})",
+                    abs.display(),
+                    libc::major(dev),
+                    libc::minor(dev),
+                    libc::major(id.dev),
+                    libc::minor(id.dev),
+                    id.ino
+                )));
+            }
+        }
+        Ok(obj)
+    }
+
     /// Opens the directory at `abs` for reading its entries (tree walks), without following
     /// any symlink and without crossing into another mount below the root.
     pub fn open_dir(&self, abs: &Path) -> io::Result<Dir> {
