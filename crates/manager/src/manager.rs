@@ -125,17 +125,26 @@ impl Inner {
         self.drivers.iter().map(|d| d.model()).collect()
     }
 
+    /// `<run>/guests/<name>`: the guest's own directory (its QEMU's working directory and
+    /// HOME, owned by its uid). The manager never follows a path inside it: the guest can
+    /// create, rename and replace entries there at will.
     pub(crate) fn runtime_dir(&self, name: &str) -> PathBuf {
-        self.config.run_dir.join("guests").join(name)
+        self.config.run_dir.join(GUESTS_DIR).join(name)
     }
 
-    /// `<run>/guests/<name>.pid`: written by the child before exec, so a QEMU forked
-    /// before its pid is recorded can be found after a crash.
+    /// `<run>/ctl/<name>`: the guest's control directory, root's, 0700, inside the root-only
+    /// `<run>/ctl`. Everything the manager itself reads or connects to by path lives here
+    /// (QMP socket, QEMU's log, the pid file), where the guest can neither reach nor
+    /// replace an entry. QEMU gets these objects as file descriptors, never by path.
+    pub(crate) fn control_dir(&self, name: &str) -> PathBuf {
+        self.config.run_dir.join(CONTROL_DIR).join(name)
+    }
+
+    /// `<run>/ctl/<name>/pid`: written by the child before exec, so a QEMU forked
+    /// before its pid is recorded can be found after a crash. One directory per guest:
+    /// no guest name can make two guests' files collide (`x.pid` and `x`).
     pub(crate) fn pid_file(&self, name: &str) -> PathBuf {
-        self.config
-            .run_dir
-            .join("guests")
-            .join(format!("{name}.pid"))
+        self.control_dir(name).join("pid")
     }
 
     pub(crate) fn slot(&self, name: &str) -> Result<Arc<Slot>> {
@@ -178,7 +187,7 @@ impl Inner {
             pid: None,
             start_time: None,
             spawn_floor: None,
-            qmp_socket: runtime_dir.join("qmp.sock"),
+            qmp_socket: self.control_dir(&name).join("qmp.sock"),
             runtime_dir,
             cgroups: self.layout.guest_dirs(&self.config.cgroup_parent, &name),
             accel: self.accel.clone(),
@@ -325,15 +334,19 @@ impl Inner {
             );
             rec.phase = Phase::Labeling;
             self.persist(rec)?;
-            // Runtime directory: private to the guest (its uid when DAC gives one).
+            // Runtime directory: private to the guest (its uid when DAC gives one). The
+            // control directory: root's; the manager's files go there, never into the
+            // directory the guest can write.
             make_runtime_dir(&rec.runtime_dir, rec.ids)?;
+            let ctl = self.control_dir(&rec.name);
+            make_private_dir(&ctl)?;
             // Under SELinux the VMM (svirt_t) may only use objects labeled for it: the
             // policy closes an inherited virtd_t socket at exec (silently: dontaudit). So
             // the QMP listener is created with the VMM's process label and the log with
             // the guest's image label, as libvirt does with setsockcreatecon and
             // setfscreatecon. Proven under an enforcing kernel by the lab.
             let (sock_label, file_label) = self.selinux_create_labels(rec)?;
-            let log_path = rec.runtime_dir.join("qemu.log");
+            let log_path = ctl.join("qemu.log");
             let log = crate::glue::with_create_label("fscreate", file_label.as_deref(), || {
                 OpenOptions::new()
                     .create(true)
@@ -348,7 +361,7 @@ impl Inner {
                     UnixListener::bind(&rec.qmp_socket)
                 })
                 .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
-            // Outside the runtime dir (which the guest's uid owns): only root writes it.
+            // In the control dir (the guest's uid cannot reach it): only root writes it.
             let pid_path = self.pid_file(&rec.name);
             let pid_file = OpenOptions::new()
                 .create(true)
@@ -573,6 +586,10 @@ impl Inner {
         }
         if let Err(e) = remove_tree(&rec.runtime_dir) {
             errors.push(format!("remove {}: {e}", rec.runtime_dir.display()));
+        }
+        let ctl = self.control_dir(&rec.name);
+        if let Err(e) = remove_tree(&ctl) {
+            errors.push(format!("remove {}: {e}", ctl.display()));
         }
     }
 
@@ -1225,20 +1242,28 @@ fn tcp_ports(spec: &qemu::VmSpec) -> Vec<u16> {
         .collect()
 }
 
-fn make_runtime_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<()> {
+/// `<run>/guests`: the parent of the guests' runtime directories.
+pub(crate) const GUESTS_DIR: &str = "guests";
+/// `<run>/ctl`: the parent of the guests' control directories.
+pub(crate) const CONTROL_DIR: &str = "ctl";
+
+/// Makes `dir` a fresh, empty directory, root's (the manager's), mode 0700, inside a
+/// parent that is root's and 0700 too (created so, or made so). A leftover of a crashed
+/// start of the same name (the name is claimed) is removed first, without following
+/// anything in it.
+fn make_private_dir(dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(|e| ManagerError::io("create", parent, e))?;
+        crate::config::private_dir(parent)?;
     }
-    // A leftover of a crashed start is ours (the name is claimed): start clean.
-    let _ = remove_tree(dir);
+    remove_tree(dir).map_err(|e| ManagerError::io("remove leftover", dir, e))?;
     fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)
-        .map_err(|e| ManagerError::io("create", dir, e))?;
+        .map_err(|e| ManagerError::io("create", dir, e))
+}
+
+fn make_runtime_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<()> {
+    make_private_dir(dir)?;
     if let Some((u, g)) = ids {
         // The directory was just created by us: no other owner can have swapped it.
         std::os::unix::fs::chown(dir, Some(u), Some(g))
