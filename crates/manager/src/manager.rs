@@ -205,6 +205,23 @@ impl Inner {
                 crate::glue::remove_created(&created);
                 return Err(ManagerError::GuestExists(name));
             }
+            // One uuid, one live guest (libvirt refuses the same): QEMU's -uuid, the SMBIOS
+            // system uuid and everything keyed by it must not be shared. Recovered guests
+            // are in the map too, so this holds across restarts of the manager.
+            let uuid = normalize_uuid(&record.uuid);
+            for (other, s) in g.iter() {
+                if *other == name {
+                    continue;
+                }
+                let st = lock(&s.state);
+                if st.record.state.is_active() && normalize_uuid(&st.record.uuid) == uuid {
+                    crate::glue::remove_created(&created);
+                    return Err(ManagerError::Domain(format!(
+                        "uuid {}: already used by guest {other:?} ({}); two live guests cannot share a uuid",
+                        record.uuid, st.record.state
+                    )));
+                }
+            }
             if let Some(s) = g.get(&name) {
                 let st = lock(&s.state);
                 if st.record.state.is_active() {
@@ -1230,6 +1247,14 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
             "guest name {name:?}: use 1-64 characters from [A-Za-z0-9._+-] (it names files and cgroups)"
         )))
     }
+}
+
+/// A uuid as compared: lower case, without dashes (libvirt accepts both spellings).
+fn normalize_uuid(u: &str) -> String {
+    u.chars()
+        .filter(|c| *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 fn tcp_ports(spec: &qemu::VmSpec) -> Vec<u16> {
