@@ -168,6 +168,8 @@ impl Manager {
             unreadable: Default::default(),
         };
         let found = recover::recover(&inner)?;
+        // Recovery may have opened a driver's database for its sweep.
+        config::restrict_tree(&inner.config.state_dir)?;
         inner.report.reattached = found.reattached;
         inner.report.recovered = found.recovered;
         inner.unreadable = found.unreadable;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -378,6 +378,10 @@ impl Inner {
                     UnixListener::bind(&rec.qmp_socket)
                 })
                 .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
+            // Bound with the umask's mode; root's alone like everything in the control dir
+            // (QEMU holds the listener itself and never needs the path).
+            fs::set_permissions(&rec.qmp_socket, fs::Permissions::from_mode(0o600))
+                .map_err(|e| ManagerError::io("chmod 0600", &rec.qmp_socket, e))?;
             // In the control dir (the guest's uid cannot reach it): only root writes it.
             let pid_path = self.pid_file(&rec.name);
             let pid_file = OpenOptions::new()
@@ -389,6 +393,10 @@ impl Inner {
                 .open(&pid_path)
                 .map_err(|e| ManagerError::io("create", &pid_path, e))?;
             self.set_labels(&rec.plan, &rec.security())?;
+            // A driver may have made its database just now (the tree databases are made
+            // at the first share), with the process umask: root's alone, like the rest.
+            // (The state dir is 0700: nobody else could open it meanwhile.)
+            crate::config::restrict_tree(&self.config.state_dir)?;
             self.fault.point("after-label")?;
             Ok((log_path, log, listener, pid_file))
         })();
