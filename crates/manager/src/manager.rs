@@ -1399,3 +1399,71 @@ impl Inner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runtime dir's removal never follows what the guest planted, also when the
+    /// guest swaps a directory for a symlink while the removal runs: a thread keeps
+    /// replacing subdirectories by links to a directory outside, whose files must all
+    /// survive (std's `remove_dir_all` opens each child with `O_NOFOLLOW` relative to its
+    /// parent's fd and unlinks a link instead of entering it). Control: the tree goes.
+    #[test]
+    fn remove_tree_never_follows_links_swapped_in_mid_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        for i in 0..50 {
+            fs::write(outside.join(format!("f{i}")), b"keep").unwrap();
+        }
+        for round in 0..5 {
+            let tree = tmp.path().join(format!("tree{round}"));
+            for d in 0..100 {
+                let sub = tree.join(format!("d{d}"));
+                fs::create_dir_all(&sub).unwrap();
+                for f in 0..5 {
+                    fs::write(sub.join(format!("f{f}")), b"x").unwrap();
+                }
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let swapper = {
+                let (tree, outside, stop) = (tree.clone(), outside.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut d = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let sub = tree.join(format!("d{}", d % 100));
+                        let tmp_link = tree.join(format!(".l{d}"));
+                        if std::os::unix::fs::symlink(&outside, &tmp_link).is_ok()
+                            && fs::rename(&tmp_link, &sub).is_err()
+                        {
+                            let _ = fs::remove_file(&tmp_link);
+                        }
+                        d += 7;
+                    }
+                })
+            };
+            let _ = remove_tree(&tree);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            swapper.join().unwrap();
+            // Whatever the swapper added after the removal finished goes too.
+            remove_tree(&tree).unwrap();
+            assert!(!tree.exists(), "round {round}: tree left");
+            for i in 0..50 {
+                assert_eq!(
+                    fs::read(outside.join(format!("f{i}"))).unwrap(),
+                    b"keep",
+                    "round {round}: a file outside was removed through a swapped link"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn uuids_compare_in_any_spelling() {
+        assert_eq!(
+            normalize_uuid("3C1B7F7A-52F8-4B9A-9D55-0C7B3A1E2F40"),
+            normalize_uuid("3c1b7f7a52f84b9a9d550c7b3a1e2f40")
+        );
+    }
+}
