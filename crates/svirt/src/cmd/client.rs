@@ -5,7 +5,7 @@
 //! for that would cost more than the calls themselves (`svirt start` is on the path the
 //! start-latency benchmark measures).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -279,6 +279,7 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::path::Path;
 
     #[test]
