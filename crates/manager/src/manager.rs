@@ -1374,9 +1374,16 @@ fn log_tail(path: &Path, max: u64) -> String {
     };
     let len = f.metadata().map_or(0, |m| m.len());
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut s = String::new();
-    let _ = f.read_to_string(&mut s);
-    s.trim().replace('\n', " | ")
+    let mut raw = Vec::new();
+    let _ = f.read_to_end(&mut raw);
+    // QEMU's output is the guest's to write (a compromised QEMU writes what it likes to
+    // its stdout): no control character (terminal escapes) reaches the caller's screen.
+    String::from_utf8_lossy(&raw)
+        .trim()
+        .replace('\n', " | ")
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 impl Inner {
@@ -1457,6 +1464,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The tail of QEMU's log quoted in a start error carries no control character (a
+    /// compromised QEMU's terminal escapes) and no invalid UTF-8 breaks it.
+    #[test]
+    fn log_tail_is_printable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("qemu.log");
+        fs::write(&p, b"start\nqemu: \x1b]0;owned\x07bad \xff end\n").unwrap();
+        let t = log_tail(&p, 600);
+        assert!(!t.chars().any(char::is_control), "{t:?}");
+        assert!(t.starts_with("start | qemu: ?]0;owned?bad"), "{t:?}");
+        assert!(t.ends_with("end"), "{t:?}");
     }
 
     #[test]
