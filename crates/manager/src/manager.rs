@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -1328,8 +1328,7 @@ fn kill_and_reap(pidfd: &OwnedFd) -> bool {
 /// Connects to QMP, giving up early if QEMU exits.
 fn wait_qmp(sock: &Path, pidfd: &OwnedFd, timeout: Duration) -> Result<Qmp> {
     let deadline = Instant::now() + timeout;
-    let stream = UnixStream::connect(sock)
-        .map_err(|e| ManagerError::Qmp(format!("connect {}: {e}", sock.display())))?;
+    let stream = crate::qmp::connect_verified(sock)?;
     loop {
         let mut fds = [
             libc::pollfd {
