@@ -105,3 +105,31 @@ fn a_uuid_in_use_is_refused() {
     drop(m);
     env.assert_store_clean("uuid");
 }
+
+/// The guest uid range is checked at open against the host's account files (a temporary
+/// root here): a subordinate id block or an account in it refuses the open, naming the
+/// file and the entry (before: open succeeded and the allocator merely skipped listed
+/// ids, while the help text promised another range); a range clear of all opens.
+#[test]
+fn a_uid_range_used_by_the_host_is_refused_at_open() {
+    require_env!();
+    let env = Env::new("uidrange");
+    let etc = env.path("root/etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
+    std::fs::write(etc.join("subuid"), "alice:100000:65536\nbob:296608:65536\n").unwrap();
+    let mut cfg = env.config("dac,landlock");
+    cfg.root_dir = env.path("root");
+    cfg.uid_range = Some("300000-365535".parse().unwrap());
+    let e = Manager::open(cfg.clone()).unwrap_err().to_string();
+    assert!(
+        e.contains("etc/subuid") && e.contains("bob:296608:65536"),
+        "{e}"
+    );
+    // Control: the default range is clear of the same files.
+    cfg.uid_range = None;
+    let (m, _) = Manager::open(cfg).unwrap();
+    drop(m);
+    env.assert_store_clean("uid range");
+}
