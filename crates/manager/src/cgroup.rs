@@ -82,8 +82,11 @@ impl Layout {
         }
     }
 
-    /// The directories a guest named `name` under `parent` uses.
+    /// The directories a guest named `name` under `parent` uses (its name escaped by
+    /// [`group_name`]).
     pub fn guest_dirs(&self, parent: &str, name: &str) -> Vec<PathBuf> {
+        let name = group_name(name);
+        let name = name.as_str();
         match self {
             Layout::V1 { memory, pids } => {
                 vec![memory.join(parent).join(name), pids.join(parent).join(name)]
@@ -91,6 +94,20 @@ impl Layout {
             Layout::V2 { root } => vec![root.join(parent).join(name)],
             Layout::None { .. } => vec![],
         }
+    }
+}
+
+/// The cgroup directory name of a guest: its name, unless that could be (or be taken for)
+/// one of the files the kernel puts in every group (`cgroup.procs`, `memory.max`,
+/// `tasks`, `notify_on_release`, `release_agent`: all contain a dot or are one of the
+/// three) or begins with `_` or `.`; then `_` + its name. Injective: an escaped name
+/// starts with `_`, an unescaped one never does.
+pub fn group_name(name: &str) -> String {
+    let reserved = matches!(name, "tasks" | "notify_on_release" | "release_agent");
+    if reserved || name.starts_with('_') || name.contains('.') {
+        format!("_{name}")
+    } else {
+        name.to_string()
     }
 }
 

@@ -2,7 +2,7 @@
 //! which drivers to stack and how to run QEMU.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -64,15 +64,157 @@ pub struct UidRange {
     pub last: u32,
 }
 
+/// First uid of the default guest range (see [`DEFAULT_UID_RANGE`]).
+pub const DEFAULT_UID_FIRST: u32 = 2_000_000_000;
+/// Last uid (inclusive) of the default guest range.
+pub const DEFAULT_UID_LAST: u32 = 2_000_065_535;
+/// The default guest uid/gid range as `svirtd --help` shows it (one constant: the help
+/// text and the code cannot disagree).
+pub const DEFAULT_UID_RANGE: &str = "2000000000-2000065535";
+
 impl Default for UidRange {
-    /// 300000-365535: above the usual login, systemd dynamic and first subordinate id
-    /// ranges (the store's allocator skips ids the system's passwd/group/subuid use anyway).
+    /// 2000000000-2000065535: far above login accounts (1000–60000), systemd's dynamic ids
+    /// (61184–65519) and Debian's subordinate id blocks (`SUB_UID_MIN` 100000 up to
+    /// `SUB_UID_MAX` 600100000 plus one 65536 block), below 2^31 (no sign trouble in tools
+    /// that print ids as `int`). `Manager::open` still refuses it if the host's passwd,
+    /// group, subuid or subgid name an id in it.
     fn default() -> Self {
         UidRange {
-            first: 300_000,
-            last: 365_535,
+            first: DEFAULT_UID_FIRST,
+            last: DEFAULT_UID_LAST,
         }
     }
+}
+
+impl UidRange {
+    /// Refuses the range if `<root>/etc/passwd`, `group` (uid and gid fields), `subuid` or
+    /// `subgid` (blocks `name:first:count`) name an id in it: such an id belongs to an
+    /// account, or to the user namespaces of a user, and handing it to a guest would give
+    /// the guest that account's files (or the account the guest's). The error names the
+    /// file, the line's entry and the overlap. Missing `subuid`/`subgid` are fine;
+    /// `passwd` and `group` must be readable.
+    pub fn check_against_host(&self, root: &Path) -> Result<(), ManagerError> {
+        let overlap = |a: u64, b: u64| a <= u64::from(self.last) && b >= u64::from(self.first);
+        for (file, required, fields) in [
+            ("etc/passwd", true, &[2usize, 3][..]),
+            ("etc/group", true, &[2usize][..]),
+        ] {
+            let path = root.join(file);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ManagerError::io("read", path, e)),
+            };
+            for line in text.lines() {
+                let cols: Vec<&str> = line.split(':').collect();
+                for &i in fields {
+                    if let Some(id) = cols.get(i).and_then(|c| c.trim().parse::<u64>().ok())
+                        && overlap(id, id)
+                    {
+                        return Err(ManagerError::Config(format!(
+                            "uid range {self}: /{file} entry {:?} uses id {id} (field {}): choose a range no account uses",
+                            cols[0],
+                            i + 1
+                        )));
+                    }
+                }
+            }
+        }
+        for file in ["etc/subuid", "etc/subgid"] {
+            let path = root.join(file);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ManagerError::io("read", path, e)),
+            };
+            for line in text.lines() {
+                let cols: Vec<&str> = line.trim().split(':').collect();
+                let (Some(first), Some(count)) = (
+                    cols.get(1).and_then(|c| c.parse::<u64>().ok()),
+                    cols.get(2).and_then(|c| c.parse::<u64>().ok()),
+                ) else {
+                    continue;
+                };
+                if count > 0 && overlap(first, first + count - 1) {
+                    return Err(ManagerError::Config(format!(
+                        "uid range {self}: /{file} entry {:?} delegates ids {first}-{} to {:?}: choose a range outside every subordinate id block",
+                        line.trim(),
+                        first + count - 1,
+                        cols[0]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes `dir` a directory only root (the manager) can use: created 0700 if missing
+/// (with its parents), else checked to be a real directory (not a symlink) owned by the
+/// manager's uid and set to 0700. Refused, naming it, if it is anything else: the manager
+/// keeps files there it later reads or connects to by path.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), ManagerError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(ManagerError::io("create", dir, e)),
+    }
+    let md = std::fs::symlink_metadata(dir).map_err(|e| ManagerError::io("stat", dir, e))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !md.is_dir() || md.uid() != me {
+        return Err(ManagerError::Config(format!(
+            "{}: must be a directory owned by uid {me} (it holds the manager's private files); it is {} owned by uid {}",
+            dir.display(),
+            if md.file_type().is_symlink() {
+                "a symlink"
+            } else if md.is_dir() {
+                "a directory"
+            } else {
+                "not a directory"
+            },
+            md.uid()
+        )));
+    }
+    if md.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| ManagerError::io("chmod 0700", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Restricts everything below `dir` (a private dir of the manager's) to root: regular
+/// files 0600 (keeping no group/other bit), directories 0700. Symlinks are not followed.
+/// Used on the state directory after the store and the drivers opened their databases
+/// (they create them with the process umask).
+pub(crate) fn restrict_tree(dir: &Path) -> Result<(), ManagerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let rd = std::fs::read_dir(dir).map_err(|e| ManagerError::io("read", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| ManagerError::io("read", dir, e))?;
+        let path = entry.path();
+        let ft = entry
+            .file_type()
+            .map_err(|e| ManagerError::io("stat", &path, e))?;
+        let want = if ft.is_dir() {
+            restrict_tree(&path)?;
+            0o700
+        } else if ft.is_file() {
+            0o600
+        } else {
+            continue;
+        };
+        let md =
+            std::fs::symlink_metadata(&path).map_err(|e| ManagerError::io("stat", &path, e))?;
+        if md.permissions().mode() & 0o7777 != want {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(want))
+                .map_err(|e| ManagerError::io("chmod", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for UidRange {
@@ -268,5 +410,64 @@ mod tests {
         );
         assert!("none,dac".parse::<DriverSelection>().is_err());
         assert!("apparmor".parse::<DriverSelection>().is_err());
+        assert_eq!(
+            UidRange::default().to_string(),
+            DEFAULT_UID_RANGE,
+            "the help text's range is the code's"
+        );
+    }
+
+    /// The range is checked against the four account files of a temporary root: each kind
+    /// of overlap is refused naming the file and the entry; a range clear of all is
+    /// accepted (the control).
+    #[test]
+    fn uid_range_is_checked_against_accounts_and_subordinate_ids() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let write = |f: &str, t: &str| std::fs::write(etc.join(f), t).unwrap();
+        write(
+            "passwd",
+            "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        );
+        write("group", "root:x:0:\nalice:x:1000:\n");
+        let r: UidRange = "300000-365535".parse().unwrap();
+        r.check_against_host(root.path()).unwrap();
+        // Debian's fourth subordinate block (100000 + 3·65536) overlaps the old default.
+        write("subuid", "alice:100000:65536\nbob:296608:65536\n");
+        let e = r.check_against_host(root.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("etc/subuid") && e.contains("bob:296608:65536"),
+            "{e}"
+        );
+        std::fs::remove_file(etc.join("subuid")).unwrap();
+        write("subgid", "carol:365535:1\n");
+        let e = r.check_against_host(root.path()).unwrap_err().to_string();
+        assert!(e.contains("etc/subgid") && e.contains("carol"), "{e}");
+        std::fs::remove_file(etc.join("subgid")).unwrap();
+        write(
+            "passwd",
+            "root:x:0:0::/root:/bin/sh\nsvc:x:300001:10::/:/bin/false\n",
+        );
+        let e = r.check_against_host(root.path()).unwrap_err().to_string();
+        assert!(e.contains("etc/passwd") && e.contains("\"svc\""), "{e}");
+        write(
+            "passwd",
+            "root:x:0:0::/root:/bin/sh\nsvc:x:10:365000::/:/bin/false\n",
+        );
+        let e = r.check_against_host(root.path()).unwrap_err().to_string();
+        assert!(e.contains("etc/passwd") && e.contains("365000"), "{e}");
+        write("passwd", "root:x:0:0::/root:/bin/sh\n");
+        write("group", "g:x:300000:\n");
+        let e = r.check_against_host(root.path()).unwrap_err().to_string();
+        assert!(e.contains("etc/group") && e.contains("\"g\""), "{e}");
+        write("group", "root:x:0:\n");
+        // A missing passwd is an error (ids could not be checked), not a pass.
+        std::fs::remove_file(etc.join("passwd")).unwrap();
+        assert!(r.check_against_host(root.path()).is_err());
+        write("passwd", "root:x:0:0::/root:/bin/sh\n");
+        // The default range clears Debian's whole subordinate id space.
+        write("subuid", "u:600100000:65536\n");
+        UidRange::default().check_against_host(root.path()).unwrap();
     }
 }

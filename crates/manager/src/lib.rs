@@ -43,7 +43,10 @@ mod stack;
 mod supervise;
 mod types;
 
-pub use config::{AccelChoice, CategoryRange, Config, DriverName, DriverSelection, UidRange};
+pub use config::{
+    AccelChoice, CategoryRange, Config, DEFAULT_UID_FIRST, DEFAULT_UID_LAST, DEFAULT_UID_RANGE,
+    DriverName, DriverSelection, UidRange,
+};
 pub use error::{ManagerError, Result};
 pub use progress::{TreePhase, TreeProgress};
 pub use types::{
@@ -92,12 +95,30 @@ impl Manager {
     /// of guests that died meanwhile or never finished starting. Returns the manager and a
     /// report of what it chose and found (svirtd logs it).
     pub fn open(config: Config) -> Result<(Manager, OpenReport)> {
+        // Root's alone, before anything is created in them: the databases name every
+        // share and disk, the run dir holds the monitor sockets and pid files.
+        config::private_dir(&config.state_dir)?;
+        config::private_dir(&config.run_dir)?;
+        config::private_dir(&config.run_dir.join(manager::GUESTS_DIR))?;
+        config::private_dir(&config.run_dir.join(manager::CONTROL_DIR))?;
         let store = Arc::new(
             svirt_store::Store::open(&config.state_dir)
                 .map_err(|e| ManagerError::Store(e.to_string()))?,
         );
         let progress = Arc::new(progress::Board::default());
         let stack = stack::build(&config, &store, &progress)?;
+        if stack
+            .drivers
+            .iter()
+            .any(|d| d.model() == svirt_domain::Model::Dac)
+        {
+            config
+                .uid_range
+                .unwrap_or_default()
+                .check_against_host(&config.root_dir)?;
+        }
+        // The store and the drivers made their databases with the process umask.
+        config::restrict_tree(&config.state_dir)?;
         let qemu = glue::qemu_binary(config.qemu_binary.as_ref(), None)?;
         let (accel, accel_reason) = match config.accel {
             AccelChoice::Tcg => ("tcg".to_string(), "configured: TCG".to_string()),
@@ -112,8 +133,6 @@ impl Manager {
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )
         .map_err(|e| ManagerError::Qemu(format!("pipe: {e}")))?;
-        std::fs::create_dir_all(&config.run_dir)
-            .map_err(|e| ManagerError::io("create", &config.run_dir, e))?;
         let report = OpenReport {
             stack: stack.drivers.iter().map(|d| d.model()).collect(),
             why: stack.why,
@@ -149,6 +168,8 @@ impl Manager {
             unreadable: Default::default(),
         };
         let found = recover::recover(&inner)?;
+        // Recovery may have opened a driver's database for its sweep.
+        config::restrict_tree(&inner.config.state_dir)?;
         inner.report.reattached = found.reattached;
         inner.report.recovered = found.recovered;
         inner.unreadable = found.unreadable;

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -125,17 +125,26 @@ impl Inner {
         self.drivers.iter().map(|d| d.model()).collect()
     }
 
+    /// `<run>/guests/<name>`: the guest's own directory (its QEMU's working directory and
+    /// HOME, owned by its uid). The manager never follows a path inside it: the guest can
+    /// create, rename and replace entries there at will.
     pub(crate) fn runtime_dir(&self, name: &str) -> PathBuf {
-        self.config.run_dir.join("guests").join(name)
+        self.config.run_dir.join(GUESTS_DIR).join(name)
     }
 
-    /// `<run>/guests/<name>.pid`: written by the child before exec, so a QEMU forked
-    /// before its pid is recorded can be found after a crash.
+    /// `<run>/ctl/<name>`: the guest's control directory, root's, 0700, inside the root-only
+    /// `<run>/ctl`. Everything the manager itself reads or connects to by path lives here
+    /// (QMP socket, QEMU's log, the pid file), where the guest can neither reach nor
+    /// replace an entry. QEMU gets these objects as file descriptors, never by path.
+    pub(crate) fn control_dir(&self, name: &str) -> PathBuf {
+        self.config.run_dir.join(CONTROL_DIR).join(name)
+    }
+
+    /// `<run>/ctl/<name>/pid`: written by the child before exec, so a QEMU forked
+    /// before its pid is recorded can be found after a crash. One directory per guest:
+    /// no guest name can make two guests' files collide (`x.pid` and `x`).
     pub(crate) fn pid_file(&self, name: &str) -> PathBuf {
-        self.config
-            .run_dir
-            .join("guests")
-            .join(format!("{name}.pid"))
+        self.control_dir(name).join("pid")
     }
 
     pub(crate) fn slot(&self, name: &str) -> Result<Arc<Slot>> {
@@ -178,7 +187,7 @@ impl Inner {
             pid: None,
             start_time: None,
             spawn_floor: None,
-            qmp_socket: runtime_dir.join("qmp.sock"),
+            qmp_socket: self.control_dir(&name).join("qmp.sock"),
             runtime_dir,
             cgroups: self.layout.guest_dirs(&self.config.cgroup_parent, &name),
             accel: self.accel.clone(),
@@ -195,6 +204,23 @@ impl Inner {
                 tracing::warn!(guest = %name, "start refused: the stored record of this name cannot be read (see the open report)");
                 crate::glue::remove_created(&created);
                 return Err(ManagerError::GuestExists(name));
+            }
+            // One uuid, one live guest (libvirt refuses the same): QEMU's -uuid, the SMBIOS
+            // system uuid and everything keyed by it must not be shared. Recovered guests
+            // are in the map too, so this holds across restarts of the manager.
+            let uuid = normalize_uuid(&record.uuid);
+            for (other, s) in g.iter() {
+                if *other == name {
+                    continue;
+                }
+                let st = lock(&s.state);
+                if st.record.state.is_active() && normalize_uuid(&st.record.uuid) == uuid {
+                    crate::glue::remove_created(&created);
+                    return Err(ManagerError::Domain(format!(
+                        "uuid {}: already used by guest {other:?} ({}); two live guests cannot share a uuid",
+                        record.uuid, st.record.state
+                    )));
+                }
             }
             if let Some(s) = g.get(&name) {
                 let st = lock(&s.state);
@@ -325,15 +351,19 @@ impl Inner {
             );
             rec.phase = Phase::Labeling;
             self.persist(rec)?;
-            // Runtime directory: private to the guest (its uid when DAC gives one).
+            // Runtime directory: private to the guest (its uid when DAC gives one). The
+            // control directory: root's; the manager's files go there, never into the
+            // directory the guest can write.
             make_runtime_dir(&rec.runtime_dir, rec.ids)?;
+            let ctl = self.control_dir(&rec.name);
+            make_private_dir(&ctl)?;
             // Under SELinux the VMM (svirt_t) may only use objects labeled for it: the
             // policy closes an inherited virtd_t socket at exec (silently: dontaudit). So
             // the QMP listener is created with the VMM's process label and the log with
             // the guest's image label, as libvirt does with setsockcreatecon and
             // setfscreatecon. Proven under an enforcing kernel by the lab.
             let (sock_label, file_label) = self.selinux_create_labels(rec)?;
-            let log_path = rec.runtime_dir.join("qemu.log");
+            let log_path = ctl.join("qemu.log");
             let log = crate::glue::with_create_label("fscreate", file_label.as_deref(), || {
                 OpenOptions::new()
                     .create(true)
@@ -348,7 +378,11 @@ impl Inner {
                     UnixListener::bind(&rec.qmp_socket)
                 })
                 .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
-            // Outside the runtime dir (which the guest's uid owns): only root writes it.
+            // Bound with the umask's mode; root's alone like everything in the control dir
+            // (QEMU holds the listener itself and never needs the path).
+            fs::set_permissions(&rec.qmp_socket, fs::Permissions::from_mode(0o600))
+                .map_err(|e| ManagerError::io("chmod 0600", &rec.qmp_socket, e))?;
+            // In the control dir (the guest's uid cannot reach it): only root writes it.
             let pid_path = self.pid_file(&rec.name);
             let pid_file = OpenOptions::new()
                 .create(true)
@@ -359,6 +393,10 @@ impl Inner {
                 .open(&pid_path)
                 .map_err(|e| ManagerError::io("create", &pid_path, e))?;
             self.set_labels(&rec.plan, &rec.security())?;
+            // A driver may have made its database just now (the tree databases are made
+            // at the first share), with the process umask: root's alone, like the rest.
+            // (The state dir is 0700: nobody else could open it meanwhile.)
+            crate::config::restrict_tree(&self.config.state_dir)?;
             self.fault.point("after-label")?;
             Ok((log_path, log, listener, pid_file))
         })();
@@ -573,6 +611,10 @@ impl Inner {
         }
         if let Err(e) = remove_tree(&rec.runtime_dir) {
             errors.push(format!("remove {}: {e}", rec.runtime_dir.display()));
+        }
+        let ctl = self.control_dir(&rec.name);
+        if let Err(e) = remove_tree(&ctl) {
+            errors.push(format!("remove {}: {e}", ctl.display()));
         }
     }
 
@@ -1215,6 +1257,14 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// A uuid as compared: lower case, without dashes (libvirt accepts both spellings).
+fn normalize_uuid(u: &str) -> String {
+    u.chars()
+        .filter(|c| *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 fn tcp_ports(spec: &qemu::VmSpec) -> Vec<u16> {
     spec.chardevs
         .iter()
@@ -1225,20 +1275,28 @@ fn tcp_ports(spec: &qemu::VmSpec) -> Vec<u16> {
         .collect()
 }
 
-fn make_runtime_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<()> {
+/// `<run>/guests`: the parent of the guests' runtime directories.
+pub(crate) const GUESTS_DIR: &str = "guests";
+/// `<run>/ctl`: the parent of the guests' control directories.
+pub(crate) const CONTROL_DIR: &str = "ctl";
+
+/// Makes `dir` a fresh, empty directory, root's (the manager's), mode 0700, inside a
+/// parent that is root's and 0700 too (created so, or made so). A leftover of a crashed
+/// start of the same name (the name is claimed) is removed first, without following
+/// anything in it.
+fn make_private_dir(dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(|e| ManagerError::io("create", parent, e))?;
+        crate::config::private_dir(parent)?;
     }
-    // A leftover of a crashed start is ours (the name is claimed): start clean.
-    let _ = remove_tree(dir);
+    remove_tree(dir).map_err(|e| ManagerError::io("remove leftover", dir, e))?;
     fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)
-        .map_err(|e| ManagerError::io("create", dir, e))?;
+        .map_err(|e| ManagerError::io("create", dir, e))
+}
+
+fn make_runtime_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<()> {
+    make_private_dir(dir)?;
     if let Some((u, g)) = ids {
         // The directory was just created by us: no other owner can have swapped it.
         std::os::unix::fs::chown(dir, Some(u), Some(g))
@@ -1270,8 +1328,7 @@ fn kill_and_reap(pidfd: &OwnedFd) -> bool {
 /// Connects to QMP, giving up early if QEMU exits.
 fn wait_qmp(sock: &Path, pidfd: &OwnedFd, timeout: Duration) -> Result<Qmp> {
     let deadline = Instant::now() + timeout;
-    let stream = UnixStream::connect(sock)
-        .map_err(|e| ManagerError::Qmp(format!("connect {}: {e}", sock.display())))?;
+    let stream = crate::qmp::connect_verified(sock)?;
     loop {
         let mut fds = [
             libc::pollfd {
@@ -1316,9 +1373,16 @@ fn log_tail(path: &Path, max: u64) -> String {
     };
     let len = f.metadata().map_or(0, |m| m.len());
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut s = String::new();
-    let _ = f.read_to_string(&mut s);
-    s.trim().replace('\n', " | ")
+    let mut raw = Vec::new();
+    let _ = f.read_to_end(&mut raw);
+    // QEMU's output is the guest's to write (a compromised QEMU writes what it likes to
+    // its stdout): no control character (terminal escapes) reaches the caller's screen.
+    String::from_utf8_lossy(&raw)
+        .trim()
+        .replace('\n', " | ")
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 impl Inner {
@@ -1339,5 +1403,86 @@ impl Inner {
         self.store.delete_guest(name).map_err(store_err)?;
         g.remove(name);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runtime dir's removal never follows what the guest planted, also when the
+    /// guest swaps a directory for a symlink while the removal runs: a thread keeps
+    /// replacing subdirectories by links to a directory outside, whose files must all
+    /// survive (std's `remove_dir_all` opens each child with `O_NOFOLLOW` relative to its
+    /// parent's fd and unlinks a link instead of entering it). Control: the tree goes.
+    #[test]
+    fn remove_tree_never_follows_links_swapped_in_mid_removal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        for i in 0..50 {
+            fs::write(outside.join(format!("f{i}")), b"keep").unwrap();
+        }
+        for round in 0..5 {
+            let tree = tmp.path().join(format!("tree{round}"));
+            for d in 0..100 {
+                let sub = tree.join(format!("d{d}"));
+                fs::create_dir_all(&sub).unwrap();
+                for f in 0..5 {
+                    fs::write(sub.join(format!("f{f}")), b"x").unwrap();
+                }
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let swapper = {
+                let (tree, outside, stop) = (tree.clone(), outside.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut d = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let sub = tree.join(format!("d{}", d % 100));
+                        let tmp_link = tree.join(format!(".l{d}"));
+                        if std::os::unix::fs::symlink(&outside, &tmp_link).is_ok()
+                            && fs::rename(&tmp_link, &sub).is_err()
+                        {
+                            let _ = fs::remove_file(&tmp_link);
+                        }
+                        d += 7;
+                    }
+                })
+            };
+            let _ = remove_tree(&tree);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            swapper.join().unwrap();
+            // Whatever the swapper added after the removal finished goes too.
+            remove_tree(&tree).unwrap();
+            assert!(!tree.exists(), "round {round}: tree left");
+            for i in 0..50 {
+                assert_eq!(
+                    fs::read(outside.join(format!("f{i}"))).unwrap(),
+                    b"keep",
+                    "round {round}: a file outside was removed through a swapped link"
+                );
+            }
+        }
+    }
+
+    /// The tail of QEMU's log quoted in a start error carries no control character (a
+    /// compromised QEMU's terminal escapes) and no invalid UTF-8 breaks it.
+    #[test]
+    fn log_tail_is_printable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("qemu.log");
+        fs::write(&p, b"start\nqemu: \x1b]0;owned\x07bad \xff end\n").unwrap();
+        let t = log_tail(&p, 600);
+        assert!(!t.chars().any(char::is_control), "{t:?}");
+        assert!(t.starts_with("start | qemu: ?]0;owned?bad"), "{t:?}");
+        assert!(t.ends_with("end"), "{t:?}");
+    }
+
+    #[test]
+    fn uuids_compare_in_any_spelling() {
+        assert_eq!(
+            normalize_uuid("3C1B7F7A-52F8-4B9A-9D55-0C7B3A1E2F40"),
+            normalize_uuid("3c1b7f7a52f84b9a9d550c7b3a1e2f40")
+        );
     }
 }

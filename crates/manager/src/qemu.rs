@@ -220,6 +220,13 @@ fn esc(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
 }
 
+/// A file name QEMU takes whole, not as an option string: `-kernel`, `-initrd`, `-dtb` and
+/// `-bios` go straight into the machine's properties (QEMU 7.2 `qdict_put_str`), so a
+/// comma is part of the name and must not be doubled.
+fn raw(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
 fn esc_str(s: &str) -> String {
     s.replace(',', ",,")
 }
@@ -313,20 +320,20 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 }
             }
         } else {
-            push(&["-bios", &esc(&l.path)]);
+            push(&["-bios", &raw(&l.path)]);
         }
     }
     if let Some(k) = &spec.kernel {
-        push(&["-kernel", &esc(k)]);
+        push(&["-kernel", &raw(k)]);
     }
     if let Some(i) = &spec.initrd {
-        push(&["-initrd", &esc(i)]);
+        push(&["-initrd", &raw(i)]);
     }
     if let Some(c) = &spec.cmdline {
         push(&["-append", c]);
     }
     if let Some(d) = &spec.dtb {
-        push(&["-dtb", &esc(d)]);
+        push(&["-dtb", &raw(d)]);
     }
     let mut need_virtio_serial = false;
     for (i, d) in spec.disks.iter().enumerate() {
@@ -508,5 +515,34 @@ mod tests {
         assert!(argv.contains(&"-S".to_string()));
         assert!(argv.contains(&"file,id=charserial0,path=/log,,x,append=on".to_string()));
         assert!(argv.contains(&"guest=g,,1,debug-threads=on".to_string()));
+    }
+
+    /// `-kernel`, `-initrd`, `-dtb` and `-bios` take the file name whole (a doubled comma
+    /// would name another file); option strings still double it.
+    #[test]
+    fn whole_file_names_keep_their_commas() {
+        let mut s = spec();
+        s.kernel = Some("/k,1".into());
+        s.initrd = Some("/i,2".into());
+        s.dtb = Some("/d,3".into());
+        s.loader = Some(LoaderSpec {
+            path: "/b,4".into(),
+            pflash: false,
+        });
+        let argv = command_line(
+            &s,
+            &LaunchOptions {
+                accel: "tcg".into(),
+                paused: false,
+                qmp_fd: 3,
+                sandbox: true,
+            },
+        );
+        let after = |o: &str| argv.iter().skip_while(|a| *a != o).nth(1).cloned();
+        assert_eq!(after("-kernel").as_deref(), Some("/k,1"));
+        assert_eq!(after("-initrd").as_deref(), Some("/i,2"));
+        assert_eq!(after("-dtb").as_deref(), Some("/d,3"));
+        assert_eq!(after("-bios").as_deref(), Some("/b,4"));
+        assert!(argv.contains(&"file,id=charserial0,path=/log,,x,append=on".to_string()));
     }
 }

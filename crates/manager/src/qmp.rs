@@ -28,12 +28,49 @@ fn qmp_err(what: &str, e: impl std::fmt::Display) -> ManagerError {
     ManagerError::Qmp(format!("{what}: {e}"))
 }
 
+/// Connects to the monitor socket at `socket` only if that name is, at the moment of the
+/// connect, a socket owned by this process's uid (the manager binds every QMP socket
+/// itself), never through a symlink: the socket is opened `O_PATH | O_NOFOLLOW`, checked
+/// with `fstat`, and connected through `/proc/self/fd/N`, which names that very inode
+/// whatever happens to the name meanwhile. The control dir already keeps guests away
+/// from these names; this also covers a record of an earlier version whose socket lies
+/// in the guest's own runtime dir, where the guest could swap the name between a check
+/// and a plain `connect`.
+pub(crate) fn connect_verified(socket: &Path) -> Result<UnixStream> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let what = || format!("connect {}", socket.display());
+    let fd = rustix::fs::open(
+        socket,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| qmp_err(&what(), std::io::Error::from(e)))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| qmp_err(&what(), std::io::Error::from(e)))?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    let me = rustix::process::geteuid().as_raw();
+    if kind != FileType::Socket || st.st_uid != me {
+        return Err(ManagerError::Qmp(format!(
+            "{}: not a monitor socket of the manager ({}, owned by uid {}; a QMP socket is a socket owned by uid {me}): refused",
+            socket.display(),
+            match kind {
+                FileType::Symlink => "a symlink",
+                FileType::Socket => "a socket",
+                FileType::Directory => "a directory",
+                _ => "another kind of file",
+            },
+            st.st_uid
+        )));
+    }
+    use std::os::fd::AsRawFd;
+    let via = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    UnixStream::connect(&via).map_err(|e| qmp_err(&what(), e))
+}
+
 impl Qmp {
     /// Connects to `socket`, reads the greeting and negotiates capabilities. `timeout`
     /// bounds each read (QEMU sends the greeting once it is initialised).
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp> {
-        let stream = UnixStream::connect(socket)
-            .map_err(|e| qmp_err(&format!("connect {}", socket.display()), e))?;
+        let stream = connect_verified(socket)?;
         Qmp::from_stream(stream, timeout)
     }
 
@@ -205,4 +242,42 @@ fn reply_result(reply: Value) -> Result<Value> {
         });
     }
     Err(ManagerError::Qmp(format!("unexpected reply {reply}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A socket of the manager's own connects (control); a symlink to it, a socket owned
+    /// by another uid and a directory under the socket's name are refused naming it.
+    #[test]
+    fn only_the_managers_own_socket_is_connected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("qmp.sock");
+        let listener = UnixListener::bind(&own).unwrap();
+        connect_verified(&own).unwrap();
+        assert!(
+            listener.accept().is_ok(),
+            "the connection reached the socket"
+        );
+
+        let link = tmp.path().join("link.sock");
+        std::os::unix::fs::symlink(&own, &link).unwrap();
+        let e = connect_verified(&link).unwrap_err().to_string();
+        assert!(e.contains("link.sock") && e.contains("a symlink"), "{e}");
+
+        let dir = tmp.path().join("dir.sock");
+        std::fs::create_dir(&dir).unwrap();
+        let e = connect_verified(&dir).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+
+        if rustix::process::geteuid().is_root() {
+            let other = tmp.path().join("other.sock");
+            let _l = UnixListener::bind(&other).unwrap();
+            std::os::unix::fs::lchown(&other, Some(12345), Some(12345)).unwrap();
+            let e = connect_verified(&other).unwrap_err().to_string();
+            assert!(e.contains("uid 12345"), "{e}");
+        }
+    }
 }

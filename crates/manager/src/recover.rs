@@ -481,9 +481,11 @@ fn remove_leftovers(
         .unwrap_or_default();
     let runtime = left.map_or_else(|| inner.runtime_dir(name), |l| l.runtime_dir.clone());
     let pid_file = inner.pid_file(name);
+    let ctl = inner.control_dir(name);
     let runtime_there = std::fs::symlink_metadata(&runtime).is_ok();
     let pid_file_there = std::fs::symlink_metadata(&pid_file).is_ok();
-    if dirs.is_empty() && !runtime_there && !pid_file_there {
+    let ctl_there = std::fs::symlink_metadata(&ctl).is_ok();
+    if dirs.is_empty() && !runtime_there && !pid_file_there && !ctl_there {
         return true;
     }
     let mut errs = Vec::new();
@@ -518,6 +520,9 @@ fn remove_leftovers(
     // After the kill: the runtime dir holds the QEMU's working directory.
     if let Err(e) = crate::manager::remove_tree(&runtime) {
         errs.push(format!("remove {}: {e}", runtime.display()));
+    }
+    if let Err(e) = crate::manager::remove_tree(&ctl) {
+        errs.push(format!("remove {}: {e}", ctl.display()));
     }
     let what = if errs.is_empty() {
         "not active: its leftover runtime directory, pid file and cgroups removed".to_string()

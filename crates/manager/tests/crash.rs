@@ -230,10 +230,7 @@ fn check_step(step: Option<&str>, stop: bool) {
             &format!("{what}: a QEMU of a cleaned-up guest still runs"),
         );
     }
-    assert!(
-        !env.path("run/guests/c.pid").exists(),
-        "{what}: pid file left"
-    );
+    assert!(!env.path("run/ctl/c/pid").exists(), "{what}: pid file left");
     files.assert_restored(&what);
     env.assert_guest_dirs_gone("c", &what);
     drop(m);

@@ -23,9 +23,11 @@ struct Args {
     /// MCS categories dynamic labels are drawn from (default: the daemon's own range, or c0.c1023).
     #[arg(long, value_name = "cA.cB", value_parser = parse_category_range)]
     category_range: Option<CategoryRange>,
-    /// uids (and gids) handed to guests, one each (default 2000000000-2000065535).
-    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range)]
-    uid_range: Option<UidRange>,
+    /// uids (and gids) handed to guests, one each. Refused at start if /etc/passwd,
+    /// /etc/group, /etc/subuid or /etc/subgid name an id in it.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range,
+          default_value = svirt_manager::DEFAULT_UID_RANGE)]
+    uid_range: UidRange,
     /// Security drivers: `auto` (SELinux when enabled, else DAC + Landlock), `none`, or a
     /// list such as `selinux,dac` or `dac,landlock`.
     #[arg(long, value_name = "auto|none|LIST", default_value = "auto", value_parser = parse_drivers)]
@@ -94,7 +96,7 @@ fn run(args: Args) -> Result<(), String> {
 
     let mut config = Config::new(&args.state_dir, &args.run_dir);
     config.category_range = args.category_range;
-    config.uid_range = args.uid_range;
+    config.uid_range = Some(args.uid_range);
     config.drivers = args.drivers;
     config.accel = args.accel;
     config.qemu_binary = args.qemu;

@@ -67,8 +67,22 @@ impl From<ManagerError> for HttpError {
     }
 }
 
+/// The largest request body svirtd reads: room for a domain XML at its size limit
+/// ([`svirt_domain::MAX_XML_BYTES`]) even if JSON escapes every byte of it (6×), so any
+/// XML within its limit reaches the parser, which names that limit when it is exceeded.
+pub const MAX_BODY_BYTES: usize = 8 * svirt_domain::MAX_XML_BYTES;
+
 impl From<JsonRejection> for HttpError {
     fn from(e: JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body over svirtd's limit of {MAX_BODY_BYTES} bytes (a domain XML may have at most {} bytes)",
+                    svirt_domain::MAX_XML_BYTES
+                ),
+            );
+        }
         HttpError::new(
             StatusCode::BAD_REQUEST,
             format!("bad request body: {}", e.body_text()),
@@ -127,6 +141,7 @@ pub async fn list(
     responses((status = 201, description = "Started", body = api::Info),
               (status = 400, description = "Bad XML or plan refused", body = ApiError),
               (status = 409, description = "A guest of that name exists", body = ApiError),
+              (status = 413, description = "Request body over svirtd's limit", body = ApiError),
               (status = 500, description = "Start failed (rolled back)", body = ApiError)))]
 pub async fn create(
     State(m): State<Manager>,
@@ -286,6 +301,7 @@ pub fn router(manager: Manager) -> Router {
             post(qemu_monitor_command),
         )
         .fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .method_not_allowed_fallback(|| async {
             HttpError::new(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -228,6 +228,10 @@ impl Env {
             !self.path(&format!("run/guests/{name}")).exists(),
             "{what}: runtime dir left"
         );
+        assert!(
+            !self.path(&format!("run/ctl/{name}")).exists(),
+            "{what}: control dir left"
+        );
         let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
         for d in layout.guest_dirs(&self.cgroup_parent, name) {
             assert!(!d.exists(), "{what}: cgroup {} left", d.display());

@@ -5,7 +5,7 @@
 //! for that would cost more than the calls themselves (`svirt start` is on the path the
 //! start-latency benchmark measures).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -147,10 +147,19 @@ impl Client {
                 io_text(&e)
             ))
         };
-        stream.write_all(req.as_bytes()).map_err(lost)?;
-        stream.write_all(&payload).map_err(lost)?;
+        // svirtd may answer before it has read the whole request (a body over its limit:
+        // 413) and close the connection: the write then fails (EPIPE, ECONNRESET), but its
+        // answer is waiting to be read, and it says more than "Broken pipe".
+        let sent = send_all(&stream, req.as_bytes()).and_then(|()| send_all(&stream, &payload));
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(lost)?;
+        let read = stream.read_to_end(&mut raw);
+        if let Err(e) = sent {
+            return match parse_response(&raw) {
+                Ok(r) => Ok(r),
+                Err(_) => Err(lost(e)),
+            };
+        }
+        read.map_err(lost)?;
         parse_response(&raw).map_err(|m| CliError::failed(format!("bad answer from svirtd: {m}")))
     }
 
@@ -173,6 +182,34 @@ impl Client {
             CliError::failed(msg)
         })
     }
+}
+
+/// Writes all of `buf` with `MSG_NOSIGNAL`: a peer that closed gives EPIPE, never a
+/// SIGPIPE (the guest commands restore SIGPIPE's default action for stdout, which would
+/// otherwise kill the CLI before it reads svirtd's answer).
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes; the fd is the
+        // stream's, open for the duration of the call.
+        let n = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -242,6 +279,7 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::path::Path;
 
     #[test]
@@ -311,6 +349,47 @@ mod tests {
             .expect("answer after 1.5 s");
         assert_eq!(v["reason"], "x");
         server.join().expect("server");
+    }
+
+    /// A server that answers 413 after the headers and closes while the client is still
+    /// writing a large body: the client returns that answer (before: "connection to svirtd
+    /// … lost: Broken pipe").
+    #[test]
+    fn an_answer_sent_while_the_request_is_written_is_read() {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let body = br#"{"error":"request body over svirtd's limit of 8 bytes"}"#;
+            let head = format!(
+                "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            c.write_all(body).unwrap();
+            // Close with the rest of the body unread.
+        });
+        let client = Client::new(&ConnectArgs {
+            connect: Some(format!("unix:{}", sock.display())),
+        })
+        .unwrap();
+        let big = Value::String("x".repeat(50 << 20));
+        let r = client.request("POST", "/v1/domains", Some(&big)).unwrap();
+        assert_eq!(r.status, 413);
+        server.join().unwrap();
+        assert!(
+            r.body["error"]
+                .as_str()
+                .unwrap()
+                .contains("limit of 8 bytes")
+        );
     }
 
     #[test]

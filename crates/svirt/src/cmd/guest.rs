@@ -174,15 +174,40 @@ fn print_json(v: &Value) -> Result<(), CliError> {
     Ok(())
 }
 
-fn start(client: &Client, path: &PathBuf, paused: bool, json: bool, progress: bool) -> CmdResult {
-    let xml = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| CliError::input(format!("cannot read standard input: {}", io_text(&e))))?
+/// Reads the domain XML of `start` (`-`: standard input), refusing one over svirtd's
+/// limit ([`svirt_domain::MAX_XML_BYTES`]) before anything is sent: one line naming the
+/// file and the limit (reading stops just past the limit).
+fn read_xml(path: &PathBuf) -> Result<String, CliError> {
+    use std::io::Read;
+    let limit = svirt_domain::MAX_XML_BYTES;
+    let (name, reader): (String, Box<dyn Read>) = if path.as_os_str() == "-" {
+        ("standard input".into(), Box::new(std::io::stdin()))
     } else {
-        std::fs::read_to_string(path).map_err(|e| {
+        let f = std::fs::File::open(path).map_err(|e| {
             CliError::input(format!("cannot read {}: {}", path.display(), io_text(&e)))
-        })?
+        })?;
+        (path.display().to_string(), Box::new(f))
     };
+    let mut bytes = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CliError::input(format!("cannot read {name}: {}", io_text(&e))))?;
+    if bytes.len() > limit {
+        let size = if path.as_os_str() == "-" {
+            "more than".to_string()
+        } else {
+            std::fs::metadata(path).map_or_else(|_| "more than".into(), |m| m.len().to_string())
+        };
+        return Err(CliError::input(format!(
+            "{name}: {size} bytes: a domain XML may have at most {limit} bytes (1 MiB)"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| CliError::input(format!("{name}: not UTF-8 text")))
+}
+
+fn start(client: &Client, path: &PathBuf, paused: bool, json: bool, progress: bool) -> CmdResult {
+    let xml = read_xml(path)?;
     // The guest's name is only needed once polling starts (after a delay most starts never
     // reach): parse the XML then, on the watcher's thread.
     let watch = progress.then(|| {
