@@ -351,6 +351,11 @@ pub struct Config {
     /// Fault injection (`step` or `step:error`, see [`crate::fault`]); `None`: read the
     /// `SVIRT_FAULT` environment variable.
     pub fault: Option<String>,
+    /// Directories below which a backing file named only by a qcow2 header is accepted,
+    /// besides the directory of the image naming it (the header is guest data: anything
+    /// else must be declared with `<backingStore>`).
+    #[serde(default)]
+    pub image_roots: Vec<PathBuf>,
 }
 
 impl Config {
@@ -372,6 +377,7 @@ impl Config {
             pids_limit: 4096,
             memory_overhead: 256 << 20,
             fault: None,
+            image_roots: Vec::new(),
         }
     }
 }

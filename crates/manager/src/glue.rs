@@ -1,6 +1,5 @@
 //! From the parsed domain to what QEMU is built from.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use svirt_domain::domain::{
@@ -218,6 +217,19 @@ pub fn find_in_path(name: &str) -> Result<PathBuf> {
     )))
 }
 
+/// The host as the planner sees it for this manager: its root, and svirtd's own objects
+/// protected (the state directory, and the run directory with the API socket and every
+/// guest's runtime and control files), the configured image roots.
+pub(crate) fn guest_host(config: &crate::config::Config) -> svirt_domain::Host {
+    svirt_domain::Host::new(config.root_dir.clone())
+        .with_protected(&config.state_dir, "svirtd's state directory")
+        .with_protected(
+            &config.run_dir,
+            "svirtd's run directory (its API socket, every guest's runtime and control files)",
+        )
+        .with_image_roots(config.image_roots.clone())
+}
+
 /// Parses and plans `xml` for the manager's stack. Chardev output files that do not exist
 /// yet are created empty (mode 0600, never through a symlink) so they can be planned and
 /// labeled, as libvirt creates them; their paths are returned so a failed start removes
@@ -227,29 +239,20 @@ pub(crate) fn parse_and_plan(
     xml: &str,
 ) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>)> {
     let parsed = svirt_domain::parse(xml).map_err(|e| ManagerError::Domain(e.to_string()))?;
-    let host = svirt_domain::Host::new(inner.config.root_dir.clone());
+    let host = guest_host(&inner.config);
     let mut created = Vec::new();
     let r = (|| {
         for c in &parsed.domain.chardevs {
             if let ChardevSource::File { path, .. } = &c.source {
                 let on_host = host.host_path(&path.to_string_lossy());
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&on_host)
+                // Created through its resolved, policy-checked directory: nothing is
+                // ever created in a protected directory or through a planted link.
+                let dev = format!("{} {}", c.role.as_str(), c.target.port.unwrap_or(0));
+                if host
+                    .create_file(&dev, &on_host)
+                    .map_err(|e| ManagerError::Domain(e.to_string()))?
                 {
-                    Ok(_) => created.push(on_host),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        return Err(ManagerError::Domain(format!(
-                            "{} {}: cannot create {}: {e}",
-                            c.role.as_str(),
-                            c.target.port.unwrap_or(0),
-                            path.display()
-                        )));
-                    }
+                    created.push(on_host);
                 }
             }
         }

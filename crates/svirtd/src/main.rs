@@ -32,6 +32,11 @@ struct Args {
     /// list such as `selinux,dac` or `dac,landlock`.
     #[arg(long, value_name = "auto|none|LIST", default_value = "auto", value_parser = parse_drivers)]
     drivers: DriverSelection,
+    /// A directory below which a backing file named only by a qcow2 header is accepted
+    /// (besides the top image's own directory); repeatable. Anything else must be
+    /// declared with <backingStore> in the domain XML.
+    #[arg(long = "image-root", value_name = "DIR")]
+    image_roots: Vec<PathBuf>,
     /// Accelerator: `auto` probes KVM once and falls back to TCG.
     #[arg(long, value_name = "auto|kvm|tcg", default_value = "auto", value_parser = parse_accel)]
     accel: AccelChoice,
@@ -102,6 +107,7 @@ fn run(args: Args) -> Result<(), String> {
     config.qemu_binary = args.qemu;
     config.cgroup_parent = args.cgroup_parent;
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    config.image_roots = args.image_roots;
     info!(state_dir = %args.state_dir.display(), run_dir = %args.run_dir.display(), "opening manager");
     raise_nofile();
     let (manager, report) = Manager::open(config).map_err(|e| e.to_string())?;
