@@ -64,6 +64,31 @@ pub mod flags {
     pub const ACL_HAD_GROUP_ENTRY: u32 = 1 << 21;
     /// Shift of the original group entry's permission bits.
     pub const ACL_GROUP_PERM_SHIFT: u32 = 24;
+    /// The ACL change is a read grant ([`DacAction::GrantRead`](svirt_domain::DacAction)):
+    /// one `user:<guest uid>` entry per guest (recorded under
+    /// [`read_uid_key`](super::read_uid_key)), no group entry, so no device gid is needed to
+    /// undo it.
+    pub const READ_GRANT: u32 = 1 << 4;
+    /// In a guest's [`read_prev_key`](super::read_prev_key) value: its uid had an entry before
+    /// the grant, with the rights in bits 0..3 (restored instead of removed).
+    pub const READ_PREV_HAD: u32 = 1 << 8;
+}
+
+/// `model_flags` key holding the uid whose `user:` ACL entry DAC added for `guest`'s read
+/// grant: each guest reading an object has its own entry, and its stop removes only that one.
+pub fn read_uid_key(guest: &str) -> String {
+    format!("{MODEL_KEY}.read_uid/{guest}")
+}
+
+/// `model_flags` key holding what `guest`'s uid entry was before its read grant
+/// ([`flags::READ_PREV_HAD`] and the rights), so its removal puts back exactly that.
+pub fn read_prev_key(guest: &str) -> String {
+    format!("{MODEL_KEY}.read_prev/{guest}")
+}
+
+/// The `model_flags` keys of `guest`'s read grant (cleared from a record when it leaves).
+fn read_keys(guest: &str) -> [String; 2] {
+    [read_uid_key(guest), read_prev_key(guest)]
 }
 
 /// `model_flags` key holding the gid whose ACL entry DAC granted on a device, so restore
@@ -395,12 +420,8 @@ impl DacDriver {
                 ))
             }
             DacAction::Owner { uid, gid } => Some(rule(Some(uid), Some(gid), 0o7777, 0)),
-            DacAction::MakeReadable => Some(rule(
-                None,
-                None,
-                0o7777,
-                0o004 | if dir { 0o001 } else { 0 },
-            )),
+            // An ACL entry, not a mode: see `grant_read_locked` (and trees, `dac_tree`).
+            DacAction::GrantRead => None,
         })
     }
 
@@ -551,7 +572,17 @@ impl DacDriver {
         let _keys = self
             .store
             .lock_objects(singles.iter().map(|(_, obj)| object_key(obj.identity())));
+        let mut reads: Vec<Object> = Vec::new();
         for (pr, obj) in singles {
+            if pr.dac == DacAction::GrantRead
+                && pr.resource.overrides.get(&Model::Dac) != Some(&DeviceOverride::NoRelabel)
+            {
+                let k = object_key(obj.identity());
+                if !reads.iter().any(|o| object_key(o.identity()) == k) {
+                    reads.push(obj);
+                }
+                continue;
+            }
             let k = object_key(obj.identity());
             if let Some(&i) = seen.get(&k) {
                 // Named again: this target applies on top of the earlier one, as if made
@@ -602,7 +633,89 @@ impl DacDriver {
                     .map_err(|e| obj_err("chmod", obj.path(), e))?;
             }
         }
+        // Read grants last: an object also changed above (named twice) gets its entry on
+        // top of its new owner and mode. Still under the objects' locks.
+        for obj in reads {
+            let r = self.grant_read_locked(&plan.name, ids.0, &obj);
+            // Recorded (or partly done): the caller's rollback must see it.
+            done.push(obj);
+            r?;
+        }
         Ok(())
+    }
+
+    /// Adds `user:<uid>:r--` (`r-x` on a directory) to `obj`'s access ACL, and widens the
+    /// mask by just those rights, after recording what restore needs: for the first DAC user
+    /// touching the ACL, whether there was one and its mask ([`flags::READ_GRANT`]); for
+    /// every guest, its uid and that uid's previous entry ([`read_uid_key`],
+    /// [`read_prev_key`]). Owner, mode bits for others, and every other entry are left
+    /// alone: nobody but this guest gains anything. The caller holds the object's lock.
+    fn grant_read_locked(&self, guest: &str, uid: u32, obj: &Object) -> Result<(), DriverError> {
+        let k = object_key(obj.identity());
+        let meta = obj
+            .current_meta()
+            .map_err(|e| obj_err("stat", obj.path(), e))?;
+        let current = obj
+            .get_xattr(ACL_XATTR)
+            .map_err(|e| obj_err("read ACL", obj.path(), e))?;
+        let unreadable = || {
+            DeviceAclError::Unreadable {
+                device: obj.path().to_path_buf(),
+            }
+            .into_driver("read ACL")
+        };
+        let mut acl = match &current {
+            None => Acl::from_mode(meta.mode),
+            Some(bytes) => Acl::parse(bytes).ok_or_else(unreadable)?,
+        };
+        // Another DAC user's read grant recorded the ACL as it was before any grant: join
+        // it (its flags describe the true original; ours would describe its change).
+        let joins = self
+            .store
+            .get_original(k)
+            .map_err(store_err)?
+            .is_some_and(|rec| {
+                rec.original
+                    .identity
+                    .same_object(&store_identity(obj.identity()))
+                    && rec
+                        .owners
+                        .iter()
+                        .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
+                    && is_read_grant(&rec.original)
+            });
+        let mut f = 0;
+        if !joins {
+            f = flags::READ_GRANT | flags::MODE;
+            match &current {
+                None => f |= flags::ACL_CREATED,
+                Some(_) => {
+                    f |= flags::ACL_ENTRY;
+                    if let Some(mask) = acl.get(ACL_MASK, ACL_UNDEFINED_ID) {
+                        f |= flags::ACL_HAD_MASK | (u32::from(mask & 7) << flags::ACL_MASK_SHIFT);
+                    }
+                }
+            }
+        }
+        let prev = acl.get(ACL_USER, uid);
+        let mut original = original_of(obj, meta, f)?;
+        original.model_flags.insert(read_uid_key(guest), uid);
+        original.model_flags.insert(
+            read_prev_key(guest),
+            prev.map_or(0, |p| flags::READ_PREV_HAD | u32::from(p & 7)),
+        );
+        self.store
+            .record_original_if_absent(k, &original, &owner_key(guest))
+            .map_err(store_err)?;
+        let perm: u16 = if meta.is_dir() { 5 } else { 4 };
+        acl.set(ACL_USER, uid, prev.unwrap_or(0) | perm);
+        let mask = match acl.get(ACL_MASK, ACL_UNDEFINED_ID) {
+            Some(m) => m | perm,
+            None => acl.group_class_union(),
+        };
+        acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
+        obj.set_xattr(ACL_XATTR, &acl.encode())
+            .map_err(|e| obj_err("grant read ACL", obj.path(), e))
     }
 
     /// Undoes DAC's changes on `obj` if `guest` was the last guest DAC changed it for, then
@@ -649,6 +762,9 @@ impl DacDriver {
             if self.fault_at("after-restore") {
                 return Err(Self::injected("after-restore"));
             }
+        } else if !stale {
+            // Other DAC users keep the object as it is, but this guest's own read entry goes.
+            drop_read_entry(obj, &rec.original, guest)?;
         }
         self.release_record(k, &me, !other_dac_user)
     }
@@ -664,13 +780,14 @@ impl DacDriver {
         me: &str,
         last_dac_user: bool,
     ) -> Result<(), DriverError> {
-        let clear: &[&str] = if last_dac_user {
-            &[MODEL_KEY, ACL_GID_KEY]
-        } else {
-            &[]
-        };
+        let guest = crate::relabel::split_owner(me).1;
+        let [ru, rp] = read_keys(guest);
+        let mut clear: Vec<&str> = vec![&ru, &rp];
+        if last_dac_user {
+            clear.extend([MODEL_KEY, ACL_GID_KEY]);
+        }
         self.store
-            .release_original_clearing(k, me, clear)
+            .release_original_clearing(k, me, &clear)
             .map_err(store_err)?;
         Ok(())
     }
@@ -856,6 +973,68 @@ pub fn restore_original(
     Ok(())
 }
 
+/// Removes `guest`'s read entry from `obj`'s access ACL (or gives its uid back the entry it
+/// had), leaving every other entry and the mask as they are: used when the guest leaves an
+/// object other DAC users still hold. Nothing to do without a recorded read grant of the
+/// guest, or without an ACL (removed since: nothing of ours is left). Public so that crash
+/// recovery drops a dead guest's entry too.
+pub fn drop_read_entry(obj: &Object, orig: &Original, guest: &str) -> Result<(), DriverError> {
+    let Some(&uid) = orig.model_flags.get(&read_uid_key(guest)) else {
+        return Ok(());
+    };
+    let prev = orig
+        .model_flags
+        .get(&read_prev_key(guest))
+        .copied()
+        .unwrap_or(0);
+    let Some(bytes) = obj
+        .get_xattr(ACL_XATTR)
+        .map_err(|e| obj_err("read ACL", obj.path(), e))?
+    else {
+        return Ok(());
+    };
+    let mut acl = Acl::parse(&bytes).ok_or_else(|| {
+        DeviceAclError::Unreadable {
+            device: obj.path().to_path_buf(),
+        }
+        .into_driver("restore ACL")
+    })?;
+    restore_user_entry(&mut acl, uid, prev);
+    obj.set_xattr(ACL_XATTR, &acl.encode())
+        .map_err(|e| obj_err("restore ACL", obj.path(), e))
+}
+
+/// Puts `uid`'s entry back as `prev` ([`flags::READ_PREV_HAD`] and rights) records it.
+fn restore_user_entry(acl: &mut Acl, uid: u32, prev: u32) {
+    if prev & flags::READ_PREV_HAD != 0 {
+        acl.set(ACL_USER, uid, (prev & 7) as u16);
+    } else {
+        acl.remove(ACL_USER, uid);
+    }
+}
+
+/// Every (uid, previous entry) of read grants `orig` records.
+fn read_entries(orig: &Original) -> Vec<(u32, u32)> {
+    let prefix = format!("{MODEL_KEY}.read_uid/");
+    orig.model_flags
+        .iter()
+        .filter_map(|(k, &uid)| {
+            let guest = k.strip_prefix(&prefix)?;
+            let prev = orig
+                .model_flags
+                .get(&read_prev_key(guest))
+                .copied()
+                .unwrap_or(0);
+            Some((uid, prev))
+        })
+        .collect()
+}
+
+/// Whether `orig` records a read grant.
+fn is_read_grant(orig: &Original) -> bool {
+    orig.model_flags.get(MODEL_KEY).copied().unwrap_or(0) & flags::READ_GRANT != 0
+}
+
 /// The store's key of a tree's root directory: a tree record and the root's own record
 /// are locked alike ([`Store::lock_object`]).
 fn tree_object_key(k: TreeKey) -> ObjectKey {
@@ -871,7 +1050,7 @@ fn is_grant(orig: &Original) -> bool {
 /// Whether restoring `orig` needs the device group's gid from the configuration: an ACL
 /// grant recorded without its gid.
 fn needs_device_gid(orig: &Original) -> bool {
-    is_grant(orig) && !orig.model_flags.contains_key(ACL_GID_KEY)
+    is_grant(orig) && !is_read_grant(orig) && !orig.model_flags.contains_key(ACL_GID_KEY)
 }
 
 fn restore_acl(
@@ -881,15 +1060,18 @@ fn restore_acl(
     device_gid: Option<u32>,
 ) -> Result<(), DriverError> {
     let device = || obj.path().to_path_buf();
+    // A read grant has no group entry (unless a device grant shares the record, which
+    // then names its gid).
     let gid = match orig.model_flags.get(ACL_GID_KEY) {
-        Some(&g) => g,
-        None => device_gid.ok_or_else(|| {
+        Some(&g) => Some(g),
+        None if f & flags::READ_GRANT != 0 => None,
+        None => Some(device_gid.ok_or_else(|| {
             DeviceAclError::NoGroup {
                 device: device(),
                 reason: "no device gid given".into(),
             }
             .into_driver("restore ACL")
-        })?,
+        })?),
     };
     let cur = obj
         .get_xattr(ACL_XATTR)
@@ -901,18 +1083,23 @@ fn restore_acl(
         }
         return Err(DeviceAclError::AclGone {
             device: device(),
-            gid,
+            gid: gid.unwrap_or(u32::MAX),
         }
         .into_driver("restore ACL"));
     };
     let mut acl = Acl::parse(&bytes).ok_or_else(|| {
         DeviceAclError::Unreadable { device: device() }.into_driver("restore ACL")
     })?;
-    if f & flags::ACL_HAD_GROUP_ENTRY != 0 {
-        let perm = ((f >> flags::ACL_GROUP_PERM_SHIFT) & 7) as u16;
-        acl.set(ACL_GROUP, gid, perm);
-    } else {
-        acl.remove(ACL_GROUP, gid);
+    if let Some(gid) = gid {
+        if f & flags::ACL_HAD_GROUP_ENTRY != 0 {
+            let perm = ((f >> flags::ACL_GROUP_PERM_SHIFT) & 7) as u16;
+            acl.set(ACL_GROUP, gid, perm);
+        } else {
+            acl.remove(ACL_GROUP, gid);
+        }
+    }
+    for (uid, prev) in read_entries(orig) {
+        restore_user_entry(&mut acl, uid, prev);
     }
     if f & flags::ACL_HAD_MASK != 0 {
         let mask = ((f >> flags::ACL_MASK_SHIFT) & 7) as u16;

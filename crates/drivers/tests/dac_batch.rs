@@ -67,7 +67,7 @@ fn dac_batch_merges_repeats_and_records_each_object_once() {
                 ResourceKind::Cdrom,
                 Access::Ro,
                 Sharing::ReadOnlyContent,
-                DacAction::MakeReadable,
+                DacAction::GrantRead,
             ),
             disk(&img),
             // The image twice.

@@ -67,7 +67,7 @@ pub fn cdrom(path: &Path) -> PlannedResource {
         ResourceKind::Cdrom,
         Access::Ro,
         Sharing::ReadOnlyContent,
-        DacAction::MakeReadable,
+        DacAction::GrantRead,
     )
 }
 
