@@ -510,6 +510,7 @@ impl DacDriver {
                 }
             }
         }
+        errors.extend(crate::stack::recover_claims(&self.store, Model::Dac, running));
         errors
     }
 
@@ -1515,6 +1516,29 @@ impl DacDriver {
         }
     }
 
+    /// Drops `guest`'s DAC claims once it holds no DAC record any more (every object it
+    /// changed is restored): while one is kept (a failed restore), so is the claim, and no
+    /// other guest can take the object privately before it is back.
+    fn release_claims_if_clear(&self, guest: &str) {
+        let me = owner_key(guest);
+        let holds_object = self
+            .store
+            .originals_for_owner(&me)
+            .map(|r| !r.is_empty())
+            .unwrap_or(true);
+        let holds_tree = self
+            .tree_db()
+            .and_then(|db| db.list().map_err(tree_err))
+            .map(|l| l.iter().any(|(_, _, o)| o.contains(&me)))
+            .unwrap_or(true);
+        if holds_object || holds_tree {
+            return;
+        }
+        if let Err(e) = crate::stack::release_claims(&self.store, Model::Dac, guest) {
+            tracing::error!("{guest}: releasing DAC claims: {e}");
+        }
+    }
+
     /// Drops `me` from the record of an object that is gone or replaced.
     fn release_unreachable(&self, k: ObjectKey, me: &str, errors: &mut Vec<DriverError>) {
         let _key = self.store.lock_object(k);
@@ -1601,6 +1625,9 @@ impl SecurityDriver for DacDriver {
         }
         let ids = Self::guest_ids(guest)?;
         let root = self.root()?;
+        // Before anything changes: a private read-write object another live guest uses (or
+        // an object another guest holds privately) is refused here, untouched.
+        crate::stack::claim_plan(&self.store, &root, Model::Dac, plan)?;
         let mut done = Vec::new();
         let mut trees = Vec::new();
         let r = self.set_all_inner(&root, plan, ids, &mut done, &mut trees);
@@ -1621,6 +1648,7 @@ impl SecurityDriver for DacDriver {
                     tracing::error!("rollback of a DAC tree: {e}");
                 }
             }
+            self.release_claims_if_clear(&guest.name);
         }
         r
     }
@@ -1637,6 +1665,7 @@ impl SecurityDriver for DacDriver {
         self.restore_resources(&root, plan, &guest.name, &mut errors, &mut tried);
         self.restore_trees(&root, &guest.name, &mut errors);
         self.release_leftovers(&root, &guest.name, &mut errors, &tried);
+        self.release_claims_if_clear(&guest.name);
         errors
     }
 

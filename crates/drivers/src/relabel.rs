@@ -1479,6 +1479,9 @@ impl Relabeler {
             }
             Err(e) => rep.errors.push(e.into()),
         }
+        for e in crate::stack::recover_claims(&self.store, svirt_domain::Model::Selinux, running) {
+            tracing::error!("releasing dead guests' SELinux claims: {e}");
+        }
         match self.trees_all() {
             Ok(trees) => {
                 for (k, rec) in trees {

@@ -83,7 +83,18 @@ fn dac_set_and_restore_exactly() {
     );
     assert_eq!(owner_mode(&public), (uid, gid, 0o640));
     assert_eq!(owner_mode(&shared), (0, SHARED_GID, 0o660));
-    assert_eq!(owner_mode(&iso), (0, 0, 0o604));
+    // Read granted to the guest's uid alone: the mode's group bits show the ACL mask (r--),
+    // "other" stays at nothing.
+    assert_eq!(owner_mode(&iso), (0, 0, 0o640));
+    let acl = get_acl(&iso).expect("an access ACL on the read-only image");
+    assert!(
+        acl[4..].chunks_exact(8).any(|e| {
+                u16::from_le_bytes([e[0], e[1]]) == 0x02
+                    && u16::from_le_bytes([e[2], e[3]]) == 4
+                    && u32::from_le_bytes([e[4], e[5], e[6], e[7]]) == uid
+            }),
+        "user:{uid}:r-- in the ACL"
+    );
     assert_eq!(owner_mode(&tree), (uid, gid, 0o700));
     assert_eq!(owner_mode(&tree.join("a")), (uid, gid, 0o600));
     assert_eq!(owner_mode(&tree.join("sub")), (uid, gid, 0o700));
