@@ -170,6 +170,21 @@ impl DeviceAclError {
     }
 }
 
+/// The id reservation owner of a shared object's group: `shared-object/<dev>:<ino>` (a '/'
+/// no guest name has).
+pub fn shared_owner(key: ObjectKey) -> String {
+    format!("shared-object/{}:{}", key.dev, key.ino)
+}
+
+/// The object of a [`shared_owner`] reservation.
+fn parse_shared_owner(owner: &str) -> Option<ObjectKey> {
+    let (dev, ino) = owner.strip_prefix("shared-object/")?.split_once(':')?;
+    Some(ObjectKey {
+        dev: dev.parse().ok()?,
+        ino: ino.parse().ok()?,
+    })
+}
+
 /// The store owner of DAC's records for `guest` (`dac/<guest>`, the relabel engine's
 /// convention), so DAC's reference count of an object is separate from other models' records
 /// of the same object, and the engine's crash recovery restores DAC's owner and mode too.
@@ -188,8 +203,10 @@ pub struct DacConfig {
     pub accounts_root: PathBuf,
     /// Root the plan's paths are resolved under (`/` in production).
     pub fs_root: PathBuf,
-    /// Group of shared (`<shareable/>`) resources, and supplementary group of every VMM
-    /// that uses one. Required only when a plan has shared resources.
+    /// Unused, kept so that configurations naming it still load: a `<shareable/>` object
+    /// gets a group of its own from the guest id range (see [`DacDriver`]'s `shared_gid`),
+    /// so that only the guests sharing that object can open it. One configured group for
+    /// every shared object would let any guest with a shared disk open every other one.
     pub shared_gid: Option<u32>,
     /// Group granted read-write on device nodes the VMM cannot open by their mode
     /// (looked up in `accounts_root/etc/group`).
@@ -374,8 +391,9 @@ impl DacDriver {
         pr: &PlannedResource,
         ids: (u32, u32),
         meta: &Meta,
+        key: ObjectKey,
     ) -> Result<Option<Target>, DriverError> {
-        Ok(self.rule(pr, ids, meta.is_dir())?.map(|r| Target {
+        Ok(self.rule(pr, ids, meta.is_dir(), key)?.map(|r| Target {
             uid: r.uid,
             gid: r.gid,
             mode: ((meta.mode & 0o7777) & r.and) | r.or,
@@ -389,6 +407,7 @@ impl DacDriver {
         pr: &PlannedResource,
         ids: (u32, u32),
         dir: bool,
+        key: ObjectKey,
     ) -> Result<Option<Rule>, DriverError> {
         let want_w = pr.resource.access == Access::Rw;
         if let Some(DeviceOverride::NoRelabel) = pr.resource.overrides.get(&Model::Dac) {
@@ -405,24 +424,71 @@ impl DacDriver {
                 if private { 0o700 } else { 0o7777 },
                 owner_bits,
             )),
-            DacAction::SharedGroup => {
-                let g = self.config.shared_gid.ok_or_else(|| {
-                    other(format!(
-                        "{}: shared resource but no shared gid configured",
-                        pr.resource.path.display()
-                    ))
-                })?;
-                Some(rule(
-                    None,
-                    Some(g),
-                    0o7777,
-                    0o060 | if dir { 0o010 } else { 0 },
-                ))
-            }
+            // The object's own group (see `shared_gid`): only the guests sharing this object
+            // get it; "other" bits go, since every other guest is "other" to it.
+            DacAction::SharedGroup => Some(rule(
+                None,
+                Some(self.shared_gid(key)?),
+                0o0770,
+                0o060 | if dir { 0o010 } else { 0 },
+            )),
             DacAction::Owner { uid, gid } => Some(rule(Some(uid), Some(gid), 0o7777, 0)),
             // An ACL entry, not a mode: see `grant_read_locked` (and trees, `dac_tree`).
             DacAction::GrantRead => None,
         })
+    }
+
+    /// The group of a `<shareable/>` object: an id of the guest range reserved for that
+    /// object alone (owner [`shared_owner`]), durable before it is used, the same for every
+    /// guest sharing the object and released with its last DAC user. Only those guests get
+    /// it as a supplementary group, so a third guest (or one sharing another object) cannot
+    /// open the object. Needs no configuration.
+    fn shared_gid(&self, key: ObjectKey) -> Result<u32, DriverError> {
+        self.ids.allocate(&shared_owner(key)).map_err(store_err)
+    }
+
+    /// Releases the group of shared object `key` when no DAC user holds the object any more
+    /// (no record of it, as a single object or as a tree root).
+    fn release_shared_gid_if_unused(&self, key: ObjectKey) -> Result<(), DriverError> {
+        let owner = shared_owner(key);
+        let Some(id) = self.ids.id_of(&owner) else {
+            return Ok(());
+        };
+        let held = self
+            .store
+            .get_original(key)
+            .map_err(store_err)?
+            .is_some_and(|r| {
+                r.owners
+                    .iter()
+                    .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
+            });
+        let tree = self
+            .tree_db()?
+            .list()
+            .map_err(tree_err)?
+            .iter()
+            .any(|(k, _, _)| *k == (key.dev, key.ino));
+        if held || tree {
+            return Ok(());
+        }
+        self.ids.release(id, &owner).map_err(store_err)
+    }
+
+    /// Crash recovery of shared objects' groups: releases every one whose object no DAC
+    /// record holds (a crash between the allocation and the record, or after the release).
+    fn recover_shared_gids(&self, errors: &mut Vec<DriverError>) {
+        let reservations = match self.store.id_reservations() {
+            Ok(r) => r,
+            Err(e) => return errors.push(store_err(e)),
+        };
+        for (_, owner) in reservations {
+            if let Some(key) = parse_shared_owner(&owner)
+                && let Err(e) = self.release_shared_gid_if_unused(key)
+            {
+                errors.push(e);
+            }
+        }
     }
 
     /// The tree records' database (opened on first use).
@@ -482,6 +548,8 @@ impl DacDriver {
         let fault = || self.fault_at("after-tree-restore");
         if let Err(e) = db.release(k, me, &|p| root.open_object(p), progress.as_ref(), &fault) {
             errors.push(tree_err(e));
+        } else if let Err(e) = self.release_shared_gid_if_unused(tree_object_key(k)) {
+            errors.push(e);
         }
     }
 
@@ -511,6 +579,7 @@ impl DacDriver {
             }
         }
         errors.extend(crate::stack::recover_claims(&self.store, Model::Dac, running));
+        self.recover_shared_gids(&mut errors);
         errors
     }
 
@@ -544,28 +613,23 @@ impl DacDriver {
         let (tree_objs, singles): (Vec<_>, Vec<_>) = opened
             .into_iter()
             .partition(|(pr, obj)| pr.resource.recursive && obj.meta().is_dir());
-        // Checked before any change: a rule that cannot be made fails the start untouched.
-        let mut tree_rules = Vec::new();
-        for (pr, obj) in tree_objs {
-            if let (Some(dir), Some(other)) =
-                (self.rule(pr, ids, true)?, self.rule(pr, ids, false)?)
-            {
-                tree_rules.push((obj, Rules { dir, other }));
-            }
-        }
         let mut planned: Vec<Planned> = Vec::new();
         let mut seen: HashMap<ObjectKey, usize> = HashMap::new();
-        for (pr, obj) in &singles {
-            // Fails early (e.g. no shared gid) before the trees change.
-            self.target(pr, ids, &obj.meta())?;
-        }
-        if !tree_rules.is_empty() {
+        if !tree_objs.is_empty() {
             let db = self.tree_db()?;
             let progress = self.progress();
-            for (obj, rules) in &tree_rules {
-                let _key = self.store.lock_object(object_key(obj.identity()));
-                db.set_tree(&me, obj, *rules, trees, progress.as_ref())
-                    .map_err(tree_err)?;
+            for (pr, obj) in &tree_objs {
+                let key = object_key(obj.identity());
+                // The rules under the root's lock: a shared tree's group is allocated (or
+                // found) while no other guest can release it.
+                let _key = self.store.lock_object(key);
+                if let (Some(dir), Some(other)) = (
+                    self.rule(pr, ids, true, key)?,
+                    self.rule(pr, ids, false, key)?,
+                ) {
+                    db.set_tree(&me, obj, Rules { dir, other }, trees, progress.as_ref())
+                        .map_err(tree_err)?;
+                }
             }
         }
         // From the read of each object's state to its change: a stop of another guest
@@ -589,7 +653,7 @@ impl DacDriver {
                 // Named again: this target applies on top of the earlier one, as if made
                 // one after the other.
                 let p = &mut planned[i];
-                if let Some(t) = self.target(pr, ids, &p.after)? {
+                if let Some(t) = self.target(pr, ids, &p.after, k)? {
                     p.after = apply(&p.after, t);
                 }
                 continue;
@@ -598,7 +662,7 @@ impl DacDriver {
             let before = obj
                 .current_meta()
                 .map_err(|e| obj_err("stat", obj.path(), e))?;
-            let Some(t) = self.target(pr, ids, &before)? else {
+            let Some(t) = self.target(pr, ids, &before, k)? else {
                 continue;
             };
             seen.insert(k, planned.len());
@@ -767,7 +831,11 @@ impl DacDriver {
             // Other DAC users keep the object as it is, but this guest's own read entry goes.
             drop_read_entry(obj, &rec.original, guest)?;
         }
-        self.release_record(k, &me, !other_dac_user)
+        self.release_record(k, &me, !other_dac_user)?;
+        if !other_dac_user {
+            self.release_shared_gid_if_unused(k)?;
+        }
+        Ok(())
     }
 
     /// Drops `me` from the record of `k`. When it is the record's `last_dac_user`, DAC's
@@ -1410,13 +1478,22 @@ impl DacDriver {
     ) -> Result<Credentials, DriverError> {
         let ids = Self::guest_ids(guest)?;
         let mut groups: Vec<u32> = Vec::new();
-        if plan
-            .resources
-            .iter()
-            .any(|r| r.dac == DacAction::SharedGroup)
-            && let Some(g) = self.config.shared_gid
-        {
-            groups.push(g);
+        // Each shared object's own group (allocated by `set_all`, which ran before).
+        if plan.resources.iter().any(|r| r.dac == DacAction::SharedGroup) {
+            let root = self.root()?;
+            for pr in plan.resources.iter().filter(|r| r.dac == DacAction::SharedGroup) {
+                let obj = root
+                    .open_object(&pr.resource.path)
+                    .map_err(|e| obj_err("open", &pr.resource.path, e))?;
+                let owner = shared_owner(object_key(obj.identity()));
+                let g = self.ids.id_of(&owner).ok_or_else(|| {
+                    other(format!(
+                        "{}: shared object has no group (set_all did not run for it)",
+                        pr.resource.path.display()
+                    ))
+                })?;
+                groups.push(g);
+            }
         }
         groups.extend(self.config.extra_groups.iter().copied());
         let extra = self.grant_devices(&guest.name, ids, &groups, &exec.devices)?;
@@ -1649,6 +1726,14 @@ impl SecurityDriver for DacDriver {
                 }
             }
             self.release_claims_if_clear(&guest.name);
+            // Groups allocated for shared objects this start was to join first.
+            for pr in plan.resources.iter().filter(|p| p.dac == DacAction::SharedGroup) {
+                if let Ok(obj) = root.open_object(&pr.resource.path)
+                    && let Err(e) = self.release_shared_gid_if_unused(object_key(obj.identity()))
+                {
+                    tracing::error!("rollback of a shared object's group: {e}");
+                }
+            }
         }
         r
     }
