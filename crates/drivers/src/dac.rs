@@ -313,8 +313,9 @@ impl DacDriver {
 
     /// Sets (or clears) the fault hook (tests): called with `after-restore` once a single
     /// object (a device ACL grant included) is restored and before its record is released,
-    /// and with `after-tree-restore` once a tree is restored and before its record is
-    /// deleted. It may kill the process (crash tests); `true` fails the operation there.
+    /// with `tree-entry-chowned` after each tree entry's owner is put back and before its
+    /// set-id bits are (its answer is ignored), and with `after-tree-restore` once a tree is
+    /// restored and before its record is deleted. It may kill the process (crash tests); `true` fails the operation there.
     #[doc(hidden)]
     pub fn set_fault_hook(&self, f: Option<FaultHook>) {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = f;
@@ -545,7 +546,7 @@ impl DacDriver {
         // key: another user of the tree cannot join or leave in between.
         let _key = self.store.lock_object(tree_object_key(k));
         let progress = self.progress();
-        let fault = || self.fault_at("after-tree-restore");
+        let fault = |point: &str| self.fault_at(point);
         if let Err(e) = db.release(k, me, &|p| root.open_object(p), progress.as_ref(), &fault) {
             errors.push(tree_err(e));
         } else if let Err(e) = self.release_shared_gid_if_unused(tree_object_key(k)) {

@@ -337,6 +337,68 @@ fn change_at(
     }
 }
 
+/// The set-id bits a chown of a regular file clears (the kernel's
+/// `setattr_should_drop_suidgid`: set-uid always, set-gid with group-exec; root included).
+/// Directories keep theirs, so for them this never matches a changed mode.
+const SETID_CLEARED_BY_CHOWN: u32 = 0o6000;
+
+/// Puts an entry back from `before` to `after` (its recorded original) so that a kill at
+/// any point leaves it either still carrying the change (so a later restore finds it) or
+/// with its original owner and mode but for the set-id bits the kernel's chown cleared (which
+/// the restore's `want` recognizes):
+/// 1. the mode first, without set-id bits, while the guest's change (the marker) stays: never
+///    a set-id file owned by the guest, even for an instant;
+/// 2. then the owner (the marker goes; the kernel clears set-id bits, none are left to clear);
+/// 3. then the set-id bits, if the original had any.
+///
+/// Writing the owner first (as `set_meta` does at set time) and being killed before the
+/// chmod left entries with the original owner and the guest's mode, which nothing could tell
+/// from an entry nobody changed: the next start then recorded that mode as the original.
+fn restore_meta(obj: &Object, before: Meta, after: Meta, chowned: &dyn Fn()) -> io::Result<bool> {
+    let owner_change = after.uid != before.uid || after.gid != before.gid;
+    let mode = after.mode & 0o7777;
+    if !owner_change {
+        if mode != before.mode & 0o7777 {
+            obj.chmod(mode)?;
+            return Ok(true);
+        }
+        return Ok(false);
+    }
+    let without_setid = mode & !SETID_CLEARED_BY_CHOWN;
+    if before.mode & 0o7777 != without_setid {
+        obj.chmod(without_setid)?;
+    }
+    obj.chown(after.uid, after.gid)?;
+    chowned();
+    if mode != without_setid {
+        obj.chmod(mode)?;
+    }
+    Ok(true)
+}
+
+/// [`change_at`] for a restore: the entry is put back with [`restore_meta`].
+fn restore_at(
+    dir: &Dir,
+    name: &CStr,
+    id: Identity,
+    want: &dyn Fn(Meta) -> Option<Meta>,
+    chowned: &dyn Fn(),
+) -> io::Result<bool> {
+    let obj = match dir.open_entry(name, PathBuf::new()) {
+        Ok(o) => o,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let cur = obj.meta();
+    if obj.identity().ino != id.ino || cur.is_symlink() {
+        return Ok(false);
+    }
+    match want(cur) {
+        Some(after) => restore_meta(&obj, cur, after, chowned),
+        None => Ok(false),
+    }
+}
+
 type Exceptions = HashMap<Vec<u8>, (u64, Orig)>;
 
 /// The companion database of DAC tree records.
@@ -653,7 +715,7 @@ impl TreeDb {
         owner: &str,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
         progress: Option<&ProgressFn>,
-        fault: &dyn Fn() -> bool,
+        fault: &dyn Fn(&str) -> bool,
     ) -> Result<u64, TreeError> {
         let Some(rec) = self.get(k)? else {
             return Ok(0);
@@ -664,8 +726,8 @@ impl TreeDb {
         let mut n = 0;
         if rec.owners.len() == 1 {
             // Restore before releasing: a crash in between leaves the record for recovery.
-            n = self.restore(k, &rec, open_root, progress)?;
-            if fault() {
+            n = self.restore(k, &rec, open_root, progress, fault)?;
+            if fault("after-tree-restore") {
                 return Err(TreeError::Db("injected fault at after-tree-restore".into()));
             }
         }
@@ -702,6 +764,7 @@ impl TreeDb {
         rec: &TreeRecord,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
         progress: Option<&ProgressFn>,
+        fault: &dyn Fn(&str) -> bool,
     ) -> Result<u64, TreeError> {
         let base = path_of_bytes(&rec.path);
         let io = |op| {
@@ -725,10 +788,23 @@ impl TreeDb {
         let users: Vec<Rules> = rec.owners.values().copied().collect();
         let want = |rel: &[u8], ino: u64, cur: Meta| -> Option<Meta> {
             let o = original(rec, &exc, rel, ino, cur)?;
-            if orig_of(cur) == o || !users.iter().any(|r| r.for_meta(cur).carried_by(cur)) {
+            if orig_of(cur) == o {
+                return None;
+            }
+            // Carries a user's change, or is an entry this restore (or one killed midway)
+            // already gave its original owner, whose set-id bits the kernel cleared at that
+            // chown and which was killed before its final chmod (see `restore_meta`).
+            let carried = users.iter().any(|r| r.for_meta(cur).carried_by(cur));
+            let chowned_back = (cur.uid, cur.gid) == (o.0, o.1)
+                && o.2 & 0o7000 != 0
+                && cur.mode & 0o7777 == o.2 & !SETID_CLEARED_BY_CHOWN;
+            if !carried && !chowned_back {
                 return None;
             }
             Some(with_orig(cur, o))
+        };
+        let chowned = || {
+            fault("tree-entry-chowned");
         };
         let mut meter = Meter::new(progress, &base, Phase::Restoring, rec.entries);
         let mut first_err: Option<TreeError> = None;
@@ -737,7 +813,7 @@ impl TreeDb {
             root.open_as_dir().map_err(io("open directory"))?,
             &mut |dir, rel, name, eid, _| {
                 let w = |cur: Meta| want(rel, eid.ino, cur);
-                match change_at(dir, name, eid, &w) {
+                match restore_at(dir, name, eid, &w, &chowned) {
                     Ok(restored) => meter.step(restored),
                     // Go on with the others; the record stays for another attempt.
                     Err(source) => {
@@ -757,7 +833,7 @@ impl TreeDb {
         // The top last (it was changed first).
         let cur = root.current_meta().map_err(io("stat"))?;
         if let Some(after) = want(b"", id.ino, cur) {
-            set_meta(&root, cur, after).map_err(io("restore owner/mode"))?;
+            restore_meta(&root, cur, after, &chowned).map_err(io("restore owner/mode"))?;
             meter.step(true);
         } else {
             meter.step(false);
