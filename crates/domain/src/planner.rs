@@ -532,7 +532,9 @@ pub fn dac_reason(plan: &Plan, r: &PlannedResource) -> &'static str {
         }
         (DacAction::Untouched, _) => "domain seclabel model='dac' relabel='no': nothing changed",
         (DacAction::Owner { .. }, _) => "per-device seclabel <label> wins",
-        (DacAction::GrantRead, _) => "read-only content: read granted to the guest uid alone (ACL entry), owner and mode unchanged",
+        (DacAction::GrantRead, _) => {
+            "read-only content: read granted to the guest uid alone (ACL entry), owner and mode unchanged"
+        }
         (DacAction::SharedGroup, _) => "<shareable/>: shared guest group, read-write",
         (DacAction::OwnGuest { private: true }, _) => {
             "private: owned by the guest's uid, owner-only mode"

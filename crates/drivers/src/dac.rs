@@ -579,7 +579,11 @@ impl DacDriver {
                 }
             }
         }
-        errors.extend(crate::stack::recover_claims(&self.store, Model::Dac, running));
+        errors.extend(crate::stack::recover_claims(
+            &self.store,
+            Model::Dac,
+            running,
+        ));
         self.recover_shared_gids(&mut errors);
         errors
     }
@@ -1480,9 +1484,17 @@ impl DacDriver {
         let ids = Self::guest_ids(guest)?;
         let mut groups: Vec<u32> = Vec::new();
         // Each shared object's own group (allocated by `set_all`, which ran before).
-        if plan.resources.iter().any(|r| r.dac == DacAction::SharedGroup) {
+        if plan
+            .resources
+            .iter()
+            .any(|r| r.dac == DacAction::SharedGroup)
+        {
             let root = self.root()?;
-            for pr in plan.resources.iter().filter(|r| r.dac == DacAction::SharedGroup) {
+            for pr in plan
+                .resources
+                .iter()
+                .filter(|r| r.dac == DacAction::SharedGroup)
+            {
                 let obj = root
                     .open_object(&pr.resource.path)
                     .map_err(|e| obj_err("open", &pr.resource.path, e))?;
@@ -1728,7 +1740,11 @@ impl SecurityDriver for DacDriver {
             }
             self.release_claims_if_clear(&guest.name);
             // Groups allocated for shared objects this start was to join first.
-            for pr in plan.resources.iter().filter(|p| p.dac == DacAction::SharedGroup) {
+            for pr in plan
+                .resources
+                .iter()
+                .filter(|p| p.dac == DacAction::SharedGroup)
+            {
                 if let Ok(obj) = root.open_object(&pr.resource.path)
                     && let Err(e) = self.release_shared_gid_if_unused(object_key(obj.identity()))
                 {

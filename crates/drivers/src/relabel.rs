@@ -1398,7 +1398,12 @@ impl Relabeler {
         if remaining_dac > 0 && !dead_readers.is_empty() {
             let path = &rec.original.path;
             match self.root.open_object(path) {
-                Ok(o) if rec.original.identity.same_object(&store_identity(o.identity())) => {
+                Ok(o)
+                    if rec
+                        .original
+                        .identity
+                        .same_object(&store_identity(o.identity())) =>
+                {
                     for g in &dead_readers {
                         crate::dac::drop_read_entry(&o, &rec.original, g)
                             .map_err(|e| dac_restore_err(path, e))?;

@@ -344,8 +344,11 @@ impl SecurityDriver for SelinuxDriver {
             Ok(a) => a,
             Err(e) => {
                 // set_labels undid its own work: nothing of this guest's is left to claim.
-                let _ =
-                    crate::stack::release_claims(self.relabeler.store(), Model::Selinux, &guest.name);
+                let _ = crate::stack::release_claims(
+                    self.relabeler.store(),
+                    Model::Selinux,
+                    &guest.name,
+                );
                 return Err(map_relabel(MODEL, e));
             }
         };

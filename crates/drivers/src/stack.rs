@@ -76,20 +76,18 @@ pub fn claim_plan(
             usage,
         });
     }
-    store
-        .claim_objects(&owner, &items)
-        .map_err(|e| match e {
-            svirt_store::Error::Claimed { path, other, rule } => DriverError::InUse {
-                model,
-                path,
-                other,
-                rule,
-            },
-            e => DriverError::Store {
-                model,
-                message: e.to_string(),
-            },
-        })
+    store.claim_objects(&owner, &items).map_err(|e| match e {
+        svirt_store::Error::Claimed { path, other, rule } => DriverError::InUse {
+            model,
+            path,
+            other,
+            rule,
+        },
+        e => DriverError::Store {
+            model,
+            message: e.to_string(),
+        },
+    })
 }
 
 /// Drops every claim `<model>/<guest>` holds (at stop, once its objects are restored, and

@@ -77,7 +77,13 @@ fn set_xattr(p: &Path, name: &CStr, value: &[u8]) {
             0,
         )
     };
-    assert_eq!(r, 0, "setxattr {}: {}", p.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "setxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) {
@@ -185,13 +191,15 @@ fn restore_child(dir: &Path) {
         }
         KillAt::Report(n) => {
             let c = count.clone();
-            dac.set_progress(Some(Arc::new(move |p: &svirt_drivers::relabel::Progress| {
-                if p.phase == svirt_drivers::relabel::Phase::Restoring
-                    && c.fetch_add(1, Ordering::SeqCst) + 1 == n
-                {
-                    die();
-                }
-            })));
+            dac.set_progress(Some(Arc::new(
+                move |p: &svirt_drivers::relabel::Progress| {
+                    if p.phase == svirt_drivers::relabel::Phase::Restoring
+                        && c.fetch_add(1, Ordering::SeqCst) + 1 == n
+                    {
+                        die();
+                    }
+                },
+            )));
         }
     }
     let errors = dac.restore_all(&share_plan(&dir.join("share")), &guest("victim"));
@@ -266,7 +274,10 @@ fn first_difference(after: &Snap, before: &Snap) -> String {
                 p.display(),
                 v,
                 after.get(p),
-                before.iter().filter(|(p, v)| after.get(*p) != Some(v)).count()
+                before
+                    .iter()
+                    .filter(|(p, v)| after.get(*p) != Some(v))
+                    .count()
             )
         })
         .unwrap_or_default()

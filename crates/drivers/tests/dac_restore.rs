@@ -94,10 +94,10 @@ fn dac_set_and_restore_exactly() {
     let acl = get_acl(&iso).expect("an access ACL on the read-only image");
     assert!(
         acl[4..].chunks_exact(8).any(|e| {
-                u16::from_le_bytes([e[0], e[1]]) == 0x02
-                    && u16::from_le_bytes([e[2], e[3]]) == 4
-                    && u32::from_le_bytes([e[4], e[5], e[6], e[7]]) == uid
-            }),
+            u16::from_le_bytes([e[0], e[1]]) == 0x02
+                && u16::from_le_bytes([e[2], e[3]]) == 4
+                && u32::from_le_bytes([e[4], e[5], e[6], e[7]]) == uid
+        }),
         "user:{uid}:r-- in the ACL"
     );
     assert_eq!(owner_mode(&tree), (uid, gid, 0o700));
@@ -134,14 +134,13 @@ fn dac_shared_object_survives_until_its_last_user_stops() {
     d.set_all(&pa, &ga).expect("set a");
     d.set_all(&pb, &gb).expect("set b");
     let sg = owner_mode(&shared).1;
-    assert!((FIRST_ID..=LAST_ID).contains(&sg), "shared: its own group {sg}");
+    assert!(
+        (FIRST_ID..=LAST_ID).contains(&sg),
+        "shared: its own group {sg}"
+    );
     assert_eq!(owner_mode(&shared), (0, sg, 0o660));
     assert!(d.restore_all(&pa, &ga).is_empty());
-    assert_eq!(
-        owner_mode(&shared),
-        (0, sg, 0o660),
-        "b still uses it"
-    );
+    assert_eq!(owner_mode(&shared), (0, sg, 0o660), "b still uses it");
     assert!(d.restore_all(&pb, &gb).is_empty());
     assert_eq!(owner_mode(&shared), before);
 }
@@ -161,7 +160,8 @@ fn dac_failure_midway_leaves_everything_as_it_was() {
     let p = plan("fail", vec![disk(&first), shared_disk(&shared)]);
     let mut g = guest("fail");
     d.reserve(&p, &mut g).expect("reserve");
-    d.set_all(&p, &g).expect("<shareable/> with zero configuration");
+    d.set_all(&p, &g)
+        .expect("<shareable/> with zero configuration");
     assert!(d.restore_all(&p, &g).is_empty());
     assert_eq!((owner_mode(&first), owner_mode(&shared)), before);
     // A missing file fails too (ENOENT is fatal), after the first was changed.
