@@ -415,7 +415,13 @@ impl DacDriver {
             return Ok(None);
         }
         let owner_bits = 0o400 | if want_w { 0o200 } else { 0 } | if dir { 0o100 } else { 0 };
-        let rule = |uid, gid, and, or| Rule { uid, gid, and, or };
+        let rule = |uid, gid, and, or| Rule {
+            uid,
+            gid,
+            and,
+            or,
+            read_acl: None,
+        };
         Ok(match pr.dac {
             DacAction::Untouched => None,
             // Private: owner only; set-id bits go too (nobody else may run it as us).
@@ -434,7 +440,15 @@ impl DacDriver {
                 0o060 | if dir { 0o010 } else { 0 },
             )),
             DacAction::Owner { uid, gid } => Some(rule(Some(uid), Some(gid), 0o7777, 0)),
-            // An ACL entry, not a mode: see `grant_read_locked` (and trees, `dac_tree`).
+            // An ACL entry, not a mode: see `grant_read_locked`; trees: `dac_tree`, with
+            // this rule (owner and mode unchanged, `read_acl` = the guest's uid).
+            DacAction::GrantRead if pr.resource.recursive => Some(Rule {
+                uid: None,
+                gid: None,
+                and: 0o7777,
+                or: 0,
+                read_acl: Some(ids.0),
+            }),
             DacAction::GrantRead => None,
         })
     }
@@ -1274,6 +1288,67 @@ fn lookup_id(text: &str, name: &str) -> Option<u32> {
         .map(|l| l.split(':').collect::<Vec<_>>())
         .find(|f| f.first() == Some(&name))
         .and_then(|f| f.get(2).and_then(|s| s.trim().parse().ok()))
+}
+
+/// Tree entries of a read-only share: adds `user:<uid>:r--` (`r-x` on a directory) and
+/// widens the mask by that, in ONE `setxattr` (atomic: a kill leaves the entry either as it
+/// was or granted). `Ok(false)`: the entry grants it already. An unparsable ACL is an error.
+pub(crate) fn tree_grant_read(obj: &Object, uid: u32) -> io::Result<bool> {
+    let meta = obj.current_meta()?;
+    let perm: u16 = if meta.is_dir() { 5 } else { 4 };
+    let mut acl = match obj.get_xattr(ACL_XATTR)? {
+        None => Acl::from_mode(meta.mode),
+        Some(b) => Acl::parse(&b).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?,
+    };
+    let has = acl.get(ACL_USER, uid).is_some_and(|p| p & perm == perm);
+    let mask = acl.get(ACL_MASK, ACL_UNDEFINED_ID);
+    if has && mask.is_some_and(|m| m & perm == perm) {
+        return Ok(false);
+    }
+    acl.set(ACL_USER, uid, acl.get(ACL_USER, uid).unwrap_or(0) | perm);
+    let mask = match mask {
+        Some(m) => m | perm,
+        None => acl.group_class_union(),
+    };
+    acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
+    obj.set_xattr(ACL_XATTR, &acl.encode())?;
+    Ok(true)
+}
+
+/// Tree entries of a read-only share: removes the `user:` entries of `uids`. With `orig_mode`
+/// (the last user leaves), the entry's original ACL and mode come back: when named entries
+/// remain (an administrator's), the mask is the original one (the original mode's group bits:
+/// with an ACL they are its mask), written in one `setxattr`; when none remain, the mode is
+/// put back first (the kernel sets the mask from it, and our entry, still there, marks the
+/// entry for a restore killed here) and the ACL removed after. Without `orig_mode` (other
+/// readers remain) the mask is left. `Ok(false)`: no entry of `uids` was there.
+pub(crate) fn tree_drop_read(
+    obj: &Object,
+    uids: &[u32],
+    orig_mode: Option<u32>,
+) -> io::Result<bool> {
+    let Some(b) = obj.get_xattr(ACL_XATTR)? else {
+        return Ok(false);
+    };
+    let mut acl = Acl::parse(&b).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if !uids.iter().any(|&u| acl.get(ACL_USER, u).is_some()) {
+        return Ok(false);
+    }
+    for &u in uids {
+        acl.remove(ACL_USER, u);
+    }
+    match orig_mode {
+        None => obj.set_xattr(ACL_XATTR, &acl.encode())?,
+        Some(mode) if acl.has_named() => {
+            acl.set(ACL_MASK, ACL_UNDEFINED_ID, ((mode >> 3) & 7) as u16);
+            obj.set_xattr(ACL_XATTR, &acl.encode())?;
+        }
+        Some(mode) => {
+            obj.chmod(mode & 0o7777)?;
+            obj.remove_xattr(ACL_XATTR)?;
+        }
+    }
+    Ok(true)
 }
 
 // POSIX ACL xattr format (`posix_acl_xattr_header` + entries), as the kernel defines it.

@@ -115,6 +115,10 @@ pub(crate) struct Rule {
     pub gid: Option<u32>,
     pub and: u32,
     pub or: u32,
+    /// A read-only share: this uid gets a `user:` ACL entry on every entry (owner and mode
+    /// unchanged). Absent from records of other rules (their bytes stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_acl: Option<u32>,
 }
 
 impl Rule {
@@ -399,6 +403,69 @@ fn restore_at(
     }
 }
 
+/// The entry `name` of `dir` if it is still the inode the walk saw (not a symlink).
+fn entry_at(dir: &Dir, name: &CStr, id: Identity) -> io::Result<Option<Object>> {
+    let obj = match dir.open_entry(name, PathBuf::new()) {
+        Ok(o) => o,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if obj.identity().ino != id.ino || obj.meta().is_symlink() {
+        return Ok(None);
+    }
+    Ok(Some(obj))
+}
+
+/// Applies `f` to the root of a tree and every entry below it (not symlinks, not other
+/// mounts), reporting `phase` progress; the root first (a failure there leaves the rest).
+/// Returns the number of entries `f` changed.
+fn acl_walk(
+    base: &Path,
+    root: &Object,
+    progress: Option<&ProgressFn>,
+    phase: Phase,
+    expected: u64,
+    f: &dyn Fn(&Object) -> io::Result<bool>,
+) -> Result<u64, TreeError> {
+    let op = if phase == Phase::Restoring {
+        "restore ACL"
+    } else {
+        "grant read ACL"
+    };
+    let mut meter = Meter::new(progress, base, phase, expected);
+    let changed = f(root).map_err(|source| TreeError::Io {
+        op,
+        path: base.to_path_buf(),
+        source,
+    })?;
+    meter.step(changed);
+    let dir = root.open_as_dir().map_err(|source| TreeError::Io {
+        op: "open directory",
+        path: base.to_path_buf(),
+        source,
+    })?;
+    walk(base, dir, &mut |dir, rel, name, eid, _| {
+        let r = match entry_at(dir, name, eid) {
+            Ok(Some(obj)) => f(&obj),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(c) => {
+                meter.step(c);
+                Ok(())
+            }
+            Err(source) => Err(TreeError::Io {
+                op,
+                path: full_path(base, rel),
+                source,
+            }),
+        }
+    })?;
+    meter.report();
+    Ok(meter.done)
+}
+
 type Exceptions = HashMap<Vec<u8>, (u64, Orig)>;
 
 /// The companion database of DAC tree records.
@@ -649,6 +716,11 @@ impl TreeDb {
                 (rec, exc)
             }
         };
+        if let Some(uid) = rules.dir.read_acl {
+            return acl_walk(base, root, progress, Phase::Labeling, rec.entries, &|obj| {
+                crate::dac::tree_grant_read(obj, uid)
+            });
+        }
         let others: Vec<Rules> = rec
             .owners
             .iter()
@@ -730,6 +802,11 @@ impl TreeDb {
             if fault("after-tree-restore") {
                 return Err(TreeError::Db("injected fault at after-tree-restore".into()));
             }
+        } else if let Some(uid) = rec.owners.get(owner).and_then(|r| r.dir.read_acl) {
+            // Other users remain: only this reader's own entries go (its uid is released
+            // and will be another guest's). A crash midway keeps the record; the walk is
+            // idempotent.
+            n = self.drop_reader(k, &rec, uid, open_root, progress)?;
         }
         // Deleted only if still ours alone (a guest may have joined meanwhile: then only
         // `owner` goes).
@@ -756,6 +833,41 @@ impl TreeDb {
         }
         txn.commit().map_err(db_err)?;
         Ok(n)
+    }
+
+    /// Removes reader `uid`'s ACL entries from the tree of record `rec` (other users keep
+    /// the tree as it is).
+    fn drop_reader(
+        &self,
+        k: TreeKey,
+        rec: &TreeRecord,
+        uid: u32,
+        open_root: &dyn Fn(&Path) -> io::Result<Object>,
+        progress: Option<&ProgressFn>,
+    ) -> Result<u64, TreeError> {
+        let base = path_of_bytes(&rec.path);
+        let root = match open_root(&base) {
+            Ok(o) => o,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(0),
+            Err(source) => {
+                return Err(TreeError::Io {
+                    op: "open",
+                    path: base,
+                    source,
+                });
+            }
+        };
+        if !same_root(k.0, k.1, rec.btime, root.identity()) || !root.meta().is_dir() {
+            return Ok(0);
+        }
+        acl_walk(
+            &base,
+            &root,
+            progress,
+            Phase::Restoring,
+            rec.entries,
+            &|obj| crate::dac::tree_drop_read(obj, &[uid], None),
+        )
     }
 
     fn restore(
@@ -806,6 +918,18 @@ impl TreeDb {
         let chowned = || {
             fault("tree-entry-chowned");
         };
+        let readers: Vec<u32> = users.iter().filter_map(|r| r.dir.read_acl).collect();
+        // A reader's entries come off, and the entry's original ACL and mode back.
+        let acl_back = |obj: &Object, rel: &[u8], ino: u64| -> io::Result<bool> {
+            if readers.is_empty() {
+                return Ok(false);
+            }
+            let cur = obj.current_meta()?;
+            let Some(o) = original(rec, &exc, rel, ino, cur) else {
+                return Ok(false);
+            };
+            crate::dac::tree_drop_read(obj, &readers, Some(o.2))
+        };
         let mut meter = Meter::new(progress, &base, Phase::Restoring, rec.entries);
         let mut first_err: Option<TreeError> = None;
         walk(
@@ -813,7 +937,14 @@ impl TreeDb {
             root.open_as_dir().map_err(io("open directory"))?,
             &mut |dir, rel, name, eid, _| {
                 let w = |cur: Meta| want(rel, eid.ino, cur);
-                match restore_at(dir, name, eid, &w, &chowned) {
+                let r = restore_at(dir, name, eid, &w, &chowned).and_then(|changed| {
+                    let acl = match entry_at(dir, name, eid)? {
+                        Some(obj) => acl_back(&obj, rel, eid.ino)?,
+                        None => false,
+                    };
+                    Ok(changed || acl)
+                });
+                match r {
                     Ok(restored) => meter.step(restored),
                     // Go on with the others; the record stays for another attempt.
                     Err(source) => {
@@ -832,12 +963,13 @@ impl TreeDb {
         )?;
         // The top last (it was changed first).
         let cur = root.current_meta().map_err(io("stat"))?;
+        let mut changed = false;
         if let Some(after) = want(b"", id.ino, cur) {
             restore_meta(&root, cur, after, &chowned).map_err(io("restore owner/mode"))?;
-            meter.step(true);
-        } else {
-            meter.step(false);
+            changed = true;
         }
+        changed |= acl_back(&root, b"", id.ino).map_err(io("restore ACL"))?;
+        meter.step(changed);
         meter.report();
         match first_err {
             Some(e) => Err(e),

@@ -491,3 +491,128 @@ fn attack_exclusive_control_readonly_base_two_guests() {
         "the last stop restores the original bytes"
     );
 }
+
+/// Every entry of `root` with its owner, group, mode and xattrs (ACL included).
+fn tree_snap(root: &Path) -> BTreeMap<PathBuf, Snap> {
+    tree_snapshot(root)
+        .into_keys()
+        .map(|p| {
+            let s = snap(&p);
+            (p, s)
+        })
+        .collect()
+}
+
+/// Whether `s`'s uid can read every file of the tree (and list every directory).
+fn reads_tree(uid: u32, gid: u32, groups: &[u32], root: &Path) -> bool {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()]);
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let g: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.args(["--groups", &g.join(",")]);
+    }
+    c.args([
+        "--",
+        "sh",
+        "-c",
+        "find \"$1\" -type f -exec cat {} + > /dev/null && find \"$1\" -type d -exec ls {} + > /dev/null",
+        "sh",
+    ]);
+    c.arg(root);
+    c.stderr(std::process::Stdio::null());
+    c.status().expect("setpriv").success()
+}
+
+#[test]
+fn attack_grant_read_tree_two_readers_alone_and_exact() {
+    must_run_as_root();
+    let Some((dir, d, _img)) = setup() else {
+        return;
+    };
+    let share = dir.path().join("ro-share");
+    std::fs::create_dir_all(share.join("sub/deeper")).expect("mkdir");
+    chmod(&share, 0o700);
+    chmod(&share.join("sub"), 0o750);
+    chmod(&share.join("sub/deeper"), 0o2700);
+    for (f, m) in [
+        ("a", 0o600),
+        ("sub/b", 0o640),
+        ("sub/deeper/c", 0o4700),
+        ("sub/d", 0o644),
+    ] {
+        file(&share.join(f), m);
+    }
+    // An administrator's ACL on one file must come back byte for byte.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 4, 4242),
+        (0x04, 0, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    // SAFETY: NUL-terminated strings, value of the given length.
+    let r = unsafe {
+        libc::lsetxattr(
+            cpath(&share.join("a")).as_ptr(),
+            ACL_XATTR.as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "set ACL: {}", std::io::Error::last_os_error());
+    let before = tree_snap(&share);
+    let ro = |p: &Path| {
+        let mut r = tree_resource(p, Sharing::ReadOnlyContent, DacAction::GrantRead);
+        r.resource.access = Access::Ro;
+        r
+    };
+    let a = start(&d, "a", vec![ro(&share)]);
+    let b = start(&d, "b", vec![ro(&share)]);
+    let c = start(&d, "c", vec![]);
+    let (au, ag) = a.ids();
+    let (bu, bg) = b.ids();
+    let (cu, cg) = c.ids();
+    assert!(
+        reads_tree(au, ag, &a.groups, &share),
+        "a reads the whole share"
+    );
+    assert!(
+        reads_tree(bu, bg, &b.groups, &share),
+        "b reads the whole share"
+    );
+    assert!(!reads_tree(cu, cg, &[], &share), "c (not granted) cannot");
+    assert!(
+        !reads_tree(NOBODY, NOBODY, &[], &share),
+        "a local user cannot"
+    );
+    assert!(!a.can(&share.join("sub/d"), true), "read-only: no write");
+    for (p, ((_, _, mode), _)) in tree_snap(&share) {
+        assert_eq!(
+            mode & 0o007,
+            before[&p].0.2 & 0o007,
+            "{}: 'other' bits unchanged",
+            p.display()
+        );
+    }
+    stop(&d, &a);
+    assert!(
+        !kernel_allows(au, ag, &[], &share.join("a"), false),
+        "a's entries went"
+    );
+    assert!(reads_tree(bu, bg, &b.groups, &share), "b keeps its access");
+    stop(&d, &b);
+    stop(&d, &c);
+    assert_eq!(
+        tree_snap(&share),
+        before,
+        "owners, modes, ACLs and xattrs back exactly"
+    );
+}
