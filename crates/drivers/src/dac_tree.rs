@@ -498,6 +498,8 @@ impl TreeDb {
 
     pub(crate) fn open(path: &Path) -> Result<TreeDb, TreeError> {
         let database = Database::create(path).map_err(db_err)?;
+        // Every share's file names and owners: for root alone, whatever the umask.
+        crate::tree_common::owner_only(path)?;
         let txn = database.begin_write().map_err(db_err)?;
         txn.open_table(TREES).map_err(db_err)?;
         txn.open_table(TREE_EXC).map_err(db_err)?;

@@ -470,6 +470,8 @@ impl Relabeler {
     ) -> Result<Arc<Relabeler>, RelabelError> {
         let path = Self::trees_path(&store);
         let trees = Database::create(&path).map_err(db_err)?;
+        // Every share's file names and labels: for root alone, whatever the umask.
+        crate::tree_common::owner_only(&path)?;
         {
             let txn = trees.begin_write().map_err(db_err)?;
             txn.open_table(TREES).map_err(db_err)?;

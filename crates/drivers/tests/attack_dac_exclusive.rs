@@ -616,3 +616,40 @@ fn attack_grant_read_tree_two_readers_alone_and_exact() {
         "owners, modes, ACLs and xattrs back exactly"
     );
 }
+
+#[test]
+fn attack_state_tree_database_is_not_world_readable() {
+    must_run_as_root();
+    let Some((dir, d, _img)) = setup() else {
+        return;
+    };
+    // A process umask that would make it 0644.
+    // SAFETY: umask cannot fail.
+    let old = unsafe { libc::umask(0o022) };
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("mkdir");
+    file(&share.join("secret-name"), 0o600);
+    let a = start(&d, "a", vec![private_tree(&share)]);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let state = dir.path().join("state");
+    for f in ["svirt.redb", "svirt.dac-trees.redb"] {
+        let mode = owner_mode(&state.join(f)).2;
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{f}: mode {mode:o} lets others read share file names"
+        );
+    }
+    assert!(
+        !kernel_allows(
+            NOBODY,
+            NOBODY,
+            &[],
+            &state.join("svirt.dac-trees.redb"),
+            false
+        ),
+        "a local user cannot read the tree records"
+    );
+    stop(&d, &a);
+}
