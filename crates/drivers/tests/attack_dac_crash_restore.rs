@@ -107,10 +107,10 @@ fn build_share(root: &Path) {
             let (u, g) = OWNERS[i % OWNERS.len()];
             chown(&p, u, g);
             chmod(&p, FILE_MODES[i % FILE_MODES.len()]);
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 set_xattr(&p, ACL_XATTR, &acl_bytes(6, 4, 4, 0));
             }
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 set_xattr(&p, USER_XATTR, format!("v{i}").as_bytes());
             }
         }
