@@ -754,20 +754,28 @@ impl DacDriver {
         };
         // Another DAC user's read grant recorded the ACL as it was before any grant: join
         // it (its flags describe the true original; ours would describe its change).
-        let joins = self
-            .store
-            .get_original(k)
-            .map_err(store_err)?
-            .is_some_and(|rec| {
-                rec.original
-                    .identity
-                    .same_object(&store_identity(obj.identity()))
-                    && rec
-                        .owners
-                        .iter()
-                        .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
-                    && is_read_grant(&rec.original)
-            });
+        let existing = self.store.get_original(k).map_err(store_err)?;
+        // A reader with the same (static) uid recorded what the entry was before it: that
+        // is the original, not the entry it added.
+        let same_uid_prev = existing.as_ref().and_then(|rec| {
+            let prefix = format!("{MODEL_KEY}.read_uid/");
+            rec.original.model_flags.iter().find_map(|(key, &u)| {
+                let g = key.strip_prefix(&prefix)?;
+                (g != guest && u == uid)
+                    .then(|| rec.original.model_flags.get(&read_prev_key(g)).copied())
+                    .flatten()
+            })
+        });
+        let joins = existing.as_ref().is_some_and(|rec| {
+            rec.original
+                .identity
+                .same_object(&store_identity(obj.identity()))
+                && rec
+                    .owners
+                    .iter()
+                    .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
+                && is_read_grant(&rec.original)
+        });
         let mut f = 0;
         if !joins {
             f = flags::READ_GRANT | flags::MODE;
@@ -786,7 +794,8 @@ impl DacDriver {
         original.model_flags.insert(read_uid_key(guest), uid);
         original.model_flags.insert(
             read_prev_key(guest),
-            prev.map_or(0, |p| flags::READ_PREV_HAD | u32::from(p & 7)),
+            same_uid_prev
+                .unwrap_or_else(|| prev.map_or(0, |p| flags::READ_PREV_HAD | u32::from(p & 7))),
         );
         self.store
             .record_original_if_absent(k, &original, &owner_key(guest))
@@ -848,7 +857,7 @@ impl DacDriver {
             }
         } else if !stale {
             // Other DAC users keep the object as it is, but this guest's own read entry goes.
-            drop_read_entry(obj, &rec.original, guest)?;
+            drop_read_entry(obj, &rec.original, guest, &[])?;
         }
         self.release_record(k, &me, !other_dac_user)?;
         if !other_dac_user {
@@ -1066,10 +1075,26 @@ pub fn restore_original(
 /// object other DAC users still hold. Nothing to do without a recorded read grant of the
 /// guest, or without an ACL (removed since: nothing of ours is left). Public so that crash
 /// recovery drops a dead guest's entry too.
-pub fn drop_read_entry(obj: &Object, orig: &Original, guest: &str) -> Result<(), DriverError> {
+///
+/// Guests with one static uid (`<seclabel model='dac' type='static'>`) share its entry: it
+/// stays while a reader not in `leaving` has the same uid.
+pub fn drop_read_entry(
+    obj: &Object,
+    orig: &Original,
+    guest: &str,
+    leaving: &[&str],
+) -> Result<(), DriverError> {
     let Some(&uid) = orig.model_flags.get(&read_uid_key(guest)) else {
         return Ok(());
     };
+    let prefix = format!("{MODEL_KEY}.read_uid/");
+    let shared_uid = orig.model_flags.iter().any(|(k, &u)| {
+        k.strip_prefix(&prefix)
+            .is_some_and(|g| g != guest && !leaving.contains(&g) && u == uid)
+    });
+    if shared_uid {
+        return Ok(());
+    }
     let prev = orig
         .model_flags
         .get(&read_prev_key(guest))

@@ -804,7 +804,13 @@ impl TreeDb {
             if fault("after-tree-restore") {
                 return Err(TreeError::Db("injected fault at after-tree-restore".into()));
             }
-        } else if let Some(uid) = rec.owners.get(owner).and_then(|r| r.dir.read_acl) {
+        } else if let Some(uid) = rec.owners.get(owner).and_then(|r| r.dir.read_acl)
+            // Guests with one static uid share its entries: kept while another has it.
+            && !rec
+                .owners
+                .iter()
+                .any(|(o, r)| o != owner && r.dir.read_acl == Some(uid))
+        {
             // Other users remain: only this reader's own entries go (its uid is released
             // and will be another guest's). A crash midway keeps the record; the walk is
             // idempotent.

@@ -1407,7 +1407,7 @@ impl Relabeler {
                         .same_object(&store_identity(o.identity())) =>
                 {
                     for g in &dead_readers {
-                        crate::dac::drop_read_entry(&o, &rec.original, g)
+                        crate::dac::drop_read_entry(&o, &rec.original, g, &dead_readers)
                             .map_err(|e| dac_restore_err(path, e))?;
                     }
                 }

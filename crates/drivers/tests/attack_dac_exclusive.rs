@@ -653,3 +653,39 @@ fn attack_state_tree_database_is_not_world_readable() {
     );
     stop(&d, &a);
 }
+
+#[test]
+fn attack_grant_read_control_static_uid_shared_by_two_guests() {
+    must_run_as_root();
+    let Some((dir, d, img)) = setup() else { return };
+    let share = dir.path().join("ro");
+    std::fs::create_dir(&share).expect("mkdir");
+    chmod(&share, 0o700);
+    file(&share.join("f"), 0o600);
+    let before = (snap(&img), tree_snap(&share));
+    let ro = |p: &Path| {
+        let mut r = tree_resource(p, Sharing::ReadOnlyContent, DacAction::GrantRead);
+        r.resource.access = Access::Ro;
+        r
+    };
+    // Two guests with one static uid (`<seclabel model='dac' type='static'>`): one entry.
+    let mk = |name: &str| {
+        let mut p = plan(name, vec![cdrom(&img), ro(&share)]);
+        p.dac_ids = Some((4343, 4343));
+        let mut g = guest(name);
+        d.reserve(&p, &mut g).expect("reserve");
+        d.set_all(&p, &g).expect("set_all");
+        (p, g)
+    };
+    let (pa, ga) = mk("sa");
+    let (pb, gb) = mk("sb");
+    assert!(d.restore_all(&pa, &ga).is_empty());
+    assert!(
+        kernel_allows(4343, 4343, &[], &img, false),
+        "the other guest with the same uid still reads the image"
+    );
+    assert!(reads_tree(4343, 4343, &[], &share), "and the share");
+    assert!(d.restore_all(&pb, &gb).is_empty());
+    assert!(!kernel_allows(4343, 4343, &[], &img, false));
+    assert_eq!((snap(&img), tree_snap(&share)), before);
+}
