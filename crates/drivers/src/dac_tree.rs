@@ -132,10 +132,16 @@ impl Rule {
 
     /// Whether `m` still carries this rule's change: the owner or group it sets, or for a
     /// mode-only rule, the bits it adds.
+    ///
+    /// An owner rule is carried while the entry has the owner it sets, whatever its group:
+    /// the guest owns the entry and may `chgrp` it to any of its supplementary groups (a
+    /// shared object's, the device group); requiring both would leave such an entry owned by
+    /// the guest's uid after the stop, for whoever gets that uid next.
     fn carried_by(&self, m: Meta) -> bool {
         match (self.uid, self.gid) {
             (None, None) => self.or != 0 && m.mode & self.or == self.or,
-            (u, g) => u.is_none_or(|u| u == m.uid) && g.is_none_or(|g| g == m.gid),
+            (Some(u), _) => u == m.uid,
+            (None, Some(g)) => g == m.gid,
         }
     }
 }

@@ -689,3 +689,42 @@ fn attack_grant_read_control_static_uid_shared_by_two_guests() {
     assert!(!kernel_allows(4343, 4343, &[], &img, false));
     assert_eq!((snap(&img), tree_snap(&share)), before);
 }
+
+#[test]
+fn attack_restore_guest_regroups_and_setuids_its_share_entries() {
+    must_run_as_root();
+    let Some((dir, d, img)) = setup() else { return };
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(share.join("sub")).expect("mkdir");
+    file(&share.join("f"), 0o644);
+    file(&share.join("sub/g"), 0o640);
+    let before = tree_snap(&share);
+    // The guest shares a disk too: it has that disk's group as a supplementary group.
+    let a = start(&d, "a", vec![private_tree(&share), shared_disk(&img)]);
+    let (u, g) = a.ids();
+    let sg = owner_mode(&img).1;
+    assert!(a.groups.contains(&sg), "{:?}", a.groups);
+    // What a compromised VMM can do to the entries it owns: chgrp to one of its groups,
+    // chmod (set-uid on its own file included).
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", &u.to_string(), "--regid", &g.to_string()]);
+    c.args(["--groups", &sg.to_string(), "--", "sh", "-c"]);
+    c.arg("chgrp \"$2\" \"$1/f\" \"$1/sub\" && chmod 4777 \"$1/f\" && chmod 2777 \"$1/sub\"");
+    c.args(["sh"]);
+    c.arg(&share);
+    c.arg(sg.to_string());
+    assert!(
+        c.status().expect("setpriv").success(),
+        "the guest changes its entries"
+    );
+    assert_eq!(owner_mode(&share.join("f")), (u, sg, 0o4777));
+    stop(&d, &a);
+    let after = tree_snap(&share);
+    for (p, v) in &before {
+        assert_eq!(after.get(p), Some(v), "{}: not restored", p.display());
+    }
+    assert!(
+        after.values().all(|((owner, _, _), _)| *owner != u),
+        "nothing left owned by the released uid {u}"
+    );
+}
