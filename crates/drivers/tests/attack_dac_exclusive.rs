@@ -728,3 +728,43 @@ fn attack_restore_guest_regroups_and_setuids_its_share_entries() {
         "nothing left owned by the released uid {u}"
     );
 }
+
+#[test]
+fn attack_grant_read_dead_reader_entry_removed_at_recovery() {
+    must_run_as_root();
+    let Some((dir, d, img)) = setup() else { return };
+    drop(d);
+    let store = Arc::new(svirt_store::Store::open(&dir.path().join("state3")).expect("store"));
+    let dac = dac_driver_on(
+        store.clone(),
+        FIRST_ID,
+        LAST_ID,
+        svirt_drivers::dac::DacConfig {
+            accounts_root: dir.path().join("accounts"),
+            ..Default::default()
+        },
+    );
+    let before = snap(&img);
+    let a = start(&dac, "a", vec![cdrom(&img)]);
+    let b = start(&dac, "b", vec![cdrom(&img)]);
+    // a's svirtd dies with a running: nothing restored for it. At the next open, a is not
+    // running, b is: the engine's recovery removes a's entry (its uid is released and would
+    // be the next guest's), b keeps reading.
+    let engine = svirt_drivers::relabel::Relabeler::open(
+        store.clone(),
+        svirt_drivers::fsops::FsRoot::host().expect("root"),
+        1,
+    )
+    .expect("engine");
+    let rep = engine.recover(&|g| g == "b");
+    assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+    assert!(
+        !a.can(&img, false),
+        "the dead guest's uid cannot read any more"
+    );
+    assert!(b.can(&img, false), "the live reader still can");
+    stop(&dac, &b);
+    dac.release(&a.g).expect("release a");
+    assert_eq!(snap(&img), before);
+    assert!(store.list_originals().expect("list").is_empty());
+}

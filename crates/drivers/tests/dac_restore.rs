@@ -232,6 +232,7 @@ fn dac_changes_are_recovered_by_the_relabel_engine_after_a_crash() {
     let rep = engine.recover(&|_guest| false);
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
     assert_eq!((owner_mode(&private), owner_mode(&iso)), before, "{rep:?}");
+    assert!(get_acl(&iso).is_none(), "the read grant's ACL is gone too");
     // Nothing left for the DAC driver to do afterwards.
     let d = dac_driver_on(
         store,
