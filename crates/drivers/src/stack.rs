@@ -69,11 +69,23 @@ pub fn claim_plan(
                 });
             }
         };
+        // The directories above it, opened as the object was (no symlink followed): an
+        // object inside another guest's tree conflicts with that tree's use.
+        let ancestors = pr
+            .resource
+            .path
+            .ancestors()
+            .skip(1)
+            .filter_map(|a| root.open_object(a).ok())
+            .map(|o| store_identity(o.identity()))
+            .collect();
         items.push(ClaimItem {
             key: object_key(obj.identity()),
             identity: store_identity(obj.identity()),
             path: pr.resource.path.clone(),
             usage,
+            recursive: pr.resource.recursive && obj.meta().is_dir(),
+            ancestors,
         });
     }
     store.claim_objects(&owner, &items).map_err(|e| match e {

@@ -768,3 +768,46 @@ fn attack_grant_read_dead_reader_entry_removed_at_recovery() {
     assert_eq!(snap(&img), before);
     assert!(store.list_originals().expect("list").is_empty());
 }
+
+#[test]
+fn attack_exclusive_disk_inside_another_guests_private_share() {
+    must_run_as_root();
+    let Some((dir, d, _img)) = setup() else {
+        return;
+    };
+    let share = dir.path().join("a-share");
+    std::fs::create_dir_all(share.join("sub")).expect("mkdir");
+    let inner = share.join("sub/disk.img");
+    file(&inner, 0o600);
+    let before = (tree_snap(&share), snap(&inner));
+    // 1. The share first: another guest naming a file inside it (rw, or read-only) is
+    //    refused, nothing changes, the share's guest keeps the file.
+    let a = start(&d, "a", vec![private_tree(&share)]);
+    let during = (tree_snap(&share), snap(&inner));
+    for res in [vec![disk(&inner)], vec![cdrom(&inner)]] {
+        let (b, r) = try_start(&d, "b", res);
+        assert!(
+            matches!(&r, Err(DriverError::InUse { path, other, .. }) if path == &inner && other == "a"),
+            "{r:?}"
+        );
+        assert_eq!((tree_snap(&share), snap(&inner)), during);
+        assert!(!b.can(&inner, false));
+        assert!(a.can(&inner, true), "a keeps the file of its share");
+        stop(&d, &b);
+    }
+    stop(&d, &a);
+    assert_eq!((tree_snap(&share), snap(&inner)), before);
+    // 2. The disk first: a share containing it is refused to another guest.
+    let b = start(&d, "b", vec![disk(&inner)]);
+    let during = (tree_snap(&share), snap(&inner));
+    let (a, r) = try_start(&d, "a", vec![private_tree(&share)]);
+    assert!(
+        matches!(&r, Err(DriverError::InUse { path, other, .. }) if path == &share && other == "b"),
+        "{r:?}"
+    );
+    assert_eq!((tree_snap(&share), snap(&inner)), during);
+    assert!(b.can(&inner, true));
+    stop(&d, &a);
+    stop(&d, &b);
+    assert_eq!((tree_snap(&share), snap(&inner)), before);
+}

@@ -14,6 +14,10 @@
 //! - [`ClaimUse::Shared`] (`<shareable/>`) and [`ClaimUse::Read`] (read-only content,
 //!   `<readonly/>`, backing files, kernels) users coexist.
 //!
+//! The same rules hold between an object and a tree containing it (a filesystem share, TPM
+//! state): an object whose directories above it (by identity) include another guest's
+//! claimed tree, and a tree under whose path another guest's claimed object lies.
+//!
 //! Users are store owners (`<model>/<guest>`, as for originals); the guest is the part after
 //! the first `/`. One guest's users under several models never conflict with each other.
 
@@ -61,6 +65,11 @@ pub struct ClaimItem {
     pub path: PathBuf,
     /// The use.
     pub usage: ClaimUse,
+    /// Whether the whole tree below the object is used (a filesystem share, TPM state).
+    pub recursive: bool,
+    /// The directories above the object, as opened now (nearest first): an object inside
+    /// another guest's claimed tree conflicts with that tree's use.
+    pub ancestors: Vec<ObjectIdentity>,
 }
 
 /// The stored claim of one object.
@@ -72,6 +81,47 @@ pub struct ClaimRecord {
     pub path: PathBuf,
     /// Users (`<model>/<guest>`) and their use.
     pub users: BTreeMap<String, ClaimUse>,
+    /// Users that use the whole tree below the object.
+    #[serde(default)]
+    pub trees: std::collections::BTreeSet<String>,
+}
+
+/// The refusal of `want` (use of the object at `path`) against `other`'s use `used`, if the
+/// two conflict; `how` says how the two objects relate.
+fn conflict(
+    path: &std::path::Path,
+    want: ClaimUse,
+    other: &str,
+    used: ClaimUse,
+    how: &str,
+) -> Option<Error> {
+    if want != ClaimUse::Exclusive && used != ClaimUse::Exclusive {
+        return None;
+    }
+    let rule = if used == ClaimUse::Exclusive {
+        format!(
+            "guest {} holds {how} {}; no other guest may use it",
+            guest_of(other),
+            used.as_str()
+        )
+    } else {
+        format!(
+            "a {} object must not be in use by another guest, and guest {} uses {how} {}",
+            want.as_str(),
+            guest_of(other),
+            used.as_str()
+        )
+    };
+    Some(Error::Claimed {
+        path: path.to_path_buf(),
+        other: guest_of(other).to_string(),
+        rule,
+    })
+}
+
+/// Whether `inner` lies strictly below `outer` (component-wise).
+fn below(inner: &std::path::Path, outer: &std::path::Path) -> bool {
+    inner != outer && inner.starts_with(outer)
 }
 
 /// The guest of a store owner (`<model>/<guest>`, or the owner itself without a `/`).
@@ -128,6 +178,7 @@ impl Store {
                             identity: it.identity,
                             path: it.path.clone(),
                             users: BTreeMap::new(),
+                            trees: Default::default(),
                         }
                     }
                 };
@@ -135,31 +186,62 @@ impl Store {
                     if guest_of(other) == me {
                         continue;
                     }
-                    if it.usage == ClaimUse::Exclusive || used == ClaimUse::Exclusive {
-                        let rule = if used == ClaimUse::Exclusive {
-                            format!(
-                                "guest {} holds it {}; no other guest may use it",
-                                guest_of(other),
-                                used.as_str()
-                            )
-                        } else {
-                            format!(
-                                "a {} object must not be in use by another guest, and guest {} uses it {}",
-                                it.usage.as_str(),
-                                guest_of(other),
-                                used.as_str()
-                            )
-                        };
-                        return Err(Error::Claimed {
-                            path: it.path.clone(),
-                            other: guest_of(other).to_string(),
-                            rule,
-                        });
+                    if let Some(e) = conflict(&it.path, it.usage, other, used, "it") {
+                        return Err(e);
+                    }
+                }
+                // Inside another guest's tree (by identity: the directories above it as
+                // opened now, whatever the path's spelling).
+                for a in &it.ancestors {
+                    let akey = ObjectKey {
+                        dev: a.dev,
+                        ino: a.ino,
+                    };
+                    let Some(v) = table.get((a.dev, a.ino))? else {
+                        continue;
+                    };
+                    let arec = decode(akey, v.value())?;
+                    if !arec.identity.same_object(a) {
+                        continue;
+                    }
+                    for other in &arec.trees {
+                        let used = arec.users.get(other).copied().unwrap_or(ClaimUse::Read);
+                        if guest_of(other) == me {
+                            continue;
+                        }
+                        let how = format!("the tree {} containing it", arec.path.display());
+                        if let Some(e) = conflict(&it.path, it.usage, other, used, &how) {
+                            return Err(e);
+                        }
+                    }
+                }
+                // A tree containing objects other guests use (by the paths they were
+                // claimed at: the planner's resolved paths).
+                if it.recursive {
+                    for row in table.iter()? {
+                        let (k, v) = row?;
+                        let (dev, ino) = k.value();
+                        let inner = decode(ObjectKey { dev, ino }, v.value())?;
+                        if !below(&inner.path, &it.path) {
+                            continue;
+                        }
+                        for (other, &used) in &inner.users {
+                            if guest_of(other) == me {
+                                continue;
+                            }
+                            let how = format!("{} inside it", inner.path.display());
+                            if let Some(e) = conflict(&it.path, it.usage, other, used, &how) {
+                                return Err(e);
+                            }
+                        }
                     }
                 }
                 let u = rec.users.entry(owner.to_string()).or_insert(it.usage);
                 if it.usage > *u {
                     *u = it.usage;
+                }
+                if it.recursive {
+                    rec.trees.insert(owner.to_string());
                 }
                 let bytes = serde_json::to_vec(&rec).map_err(Error::Encode)?;
                 table.insert(k, bytes.as_slice())?;
@@ -193,6 +275,7 @@ impl Store {
                 };
                 if let Some(mut rec) = rec {
                     rec.users.remove(owner);
+                    rec.trees.remove(owner);
                     if rec.users.is_empty() {
                         table.remove((dev, ino))?;
                     } else {

@@ -23,6 +23,8 @@ fn item(ino: u64, birth: i64, usage: ClaimUse) -> ClaimItem {
         },
         path: PathBuf::from(format!("/images/{ino}.img")),
         usage,
+        recursive: false,
+        ancestors: Vec::new(),
     }
 }
 
@@ -151,4 +153,79 @@ fn racing_claims_one_wins() {
         s.release_claims("dac/x").expect("x");
         s.release_claims("dac/y").expect("y");
     }
+}
+
+fn ident(ino: u64) -> ObjectIdentity {
+    ObjectIdentity {
+        dev: 7,
+        ino,
+        btime: Some(Timestamp { sec: 1, nsec: 0 }),
+        generation: None,
+        ctime: None,
+    }
+}
+
+#[test]
+fn objects_inside_another_guests_tree() {
+    use ClaimUse::*;
+    // A private share /srv/a (ino 50, inside /srv = 40) of guest a.
+    let tree = |usage| ClaimItem {
+        key: ObjectKey { dev: 7, ino: 50 },
+        identity: ident(50),
+        path: PathBuf::from("/srv/a"),
+        usage,
+        recursive: true,
+        ancestors: vec![ident(40)],
+    };
+    let inner = |usage| ClaimItem {
+        key: ObjectKey { dev: 7, ino: 60 },
+        identity: ident(60),
+        path: PathBuf::from("/srv/a/sub/disk.img"),
+        usage,
+        recursive: false,
+        ancestors: vec![ident(55), ident(50), ident(40)],
+    };
+    for (first_tree, second_inner, allowed) in [
+        (Exclusive, Exclusive, false),
+        (Exclusive, Read, false),
+        (Read, Exclusive, false),
+        (Read, Read, true),
+        (Shared, Shared, true),
+    ] {
+        // The object named after the tree: refused by identity of its ancestors.
+        let (_d, s) = open();
+        s.claim_objects("dac/a", &[tree(first_tree)]).expect("tree");
+        let r = s.claim_objects("dac/b", &[inner(second_inner)]);
+        assert_eq!(
+            r.is_ok(),
+            allowed,
+            "tree {first_tree:?}, then inner {second_inner:?}: {r:?}"
+        );
+        if let Err(Error::Claimed { other, rule, .. }) = &r {
+            assert_eq!(other, "a");
+            assert!(rule.contains("/srv/a"), "{rule}");
+        }
+        // The tree named after the object: refused by the object's path below the tree's.
+        let (_d, s) = open();
+        s.claim_objects("dac/b", &[inner(second_inner)])
+            .expect("inner");
+        let r = s.claim_objects("dac/a", &[tree(first_tree)]);
+        assert_eq!(
+            r.is_ok(),
+            allowed,
+            "inner {second_inner:?}, then tree {first_tree:?}: {r:?}"
+        );
+    }
+    // The same guest's disk inside its own share: no conflict.
+    let (_d, s) = open();
+    s.claim_objects("dac/a", &[tree(Exclusive), inner(Exclusive)])
+        .expect("own");
+    // A sibling path with a common prefix is not inside the tree.
+    let mut sib = inner(Exclusive);
+    sib.path = PathBuf::from("/srv/ab/disk.img");
+    sib.ancestors = vec![ident(41), ident(40)];
+    sib.key = ObjectKey { dev: 7, ino: 61 };
+    sib.identity = ident(61);
+    s.claim_objects("dac/b", &[sib])
+        .expect("/srv/ab is not below /srv/a");
 }
