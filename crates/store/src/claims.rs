@@ -141,7 +141,8 @@ impl Store {
     /// Claims every object of `items` for `owner`, or none: when another guest's use
     /// conflicts (see the module docs), nothing is written and [`Error::Claimed`] names the
     /// object, the other guest and the rule. Idempotent for the same owner (its use becomes
-    /// the strongest asked). Durable before it returns.
+    /// the strongest asked). Visible to every later call at once; durable with the next
+    /// durable commit.
     pub fn claim_objects(&self, owner: &str, items: &[ClaimItem]) -> Result<()> {
         check_owner(owner)?;
         let me = guest_of(owner);
@@ -156,7 +157,11 @@ impl Store {
                 })
                 .or_insert(it);
         }
-        self.write(|txn| {
+        // Not fsynced: visible at once to every start of this process (the only writer),
+        // and made durable by the next durable commit (the drivers' originals, written
+        // before any change). A claim lost in a crash is harmless: its guest is dead, and
+        // the objects' records (durable before any change) drive the recovery.
+        self.write_maybe_deferred(false, |txn| {
             let mut table = txn.open_table(CLAIMS)?;
             let mut index = txn.open_table(CLAIM_OWNERS)?;
             for (key, it) in want {
@@ -251,9 +256,11 @@ impl Store {
         })
     }
 
-    /// Drops every claim of `owner`; returns how many there were. Durable.
+    /// Drops every claim of `owner`; returns how many there were. Not fsynced (durable with
+    /// the next durable commit): a release lost in a crash leaves a dead guest's claims,
+    /// which recovery drops.
     pub fn release_claims(&self, owner: &str) -> Result<usize> {
-        self.write(|txn| {
+        self.write_maybe_deferred(false, |txn| {
             let mut table = txn.open_table(CLAIMS)?;
             let mut index = txn.open_table(CLAIM_OWNERS)?;
             let keys: Vec<(u64, u64)> = {
