@@ -113,6 +113,8 @@ fn stale_claims_do_not_block_and_claims_survive_a_reopen() {
         let s = Store::open(dir.path()).expect("store");
         s.claim_objects("dac/a", &[item(1, 1, ClaimUse::Exclusive)])
             .expect("a");
+        // Claims are durable with the next durable commit (the drivers' originals).
+        s.sync().expect("sync");
     }
     let s = Store::open(dir.path()).expect("reopen");
     assert!(
