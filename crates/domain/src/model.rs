@@ -228,8 +228,10 @@ pub enum DacAction {
     },
     /// Chown the group to the shared guest group and grant it read-write.
     SharedGroup,
-    /// Make readable by the guest (other-read, and search on directories), owner unchanged.
-    MakeReadable,
+    /// Grant the guest alone read access (search on directories) through a POSIX ACL entry
+    /// for its uid; owner, mode and every other ACL entry unchanged. Never `o+r`: other
+    /// local users (and other guests) get nothing.
+    GrantRead,
     /// Chown to this uid/gid: a per-device `<seclabel model='dac'><label>` override.
     Owner {
         /// Owner uid.

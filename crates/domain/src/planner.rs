@@ -500,9 +500,9 @@ impl DacPart {
             return Ok(DacAction::Untouched);
         }
         Ok(match (r.kind, r.sharing) {
-            (ResourceKind::Loader, _) | (_, Sharing::ReadOnlyContent) => DacAction::MakeReadable,
+            (ResourceKind::Loader, _) | (_, Sharing::ReadOnlyContent) => DacAction::GrantRead,
             (ResourceKind::Kernel | ResourceKind::Initrd | ResourceKind::Dtb, _) => {
-                DacAction::MakeReadable
+                DacAction::GrantRead
             }
             (_, Sharing::Shared) => DacAction::SharedGroup,
             // Sockets and device nodes keep their mode: others (the listener, udev rules)
@@ -532,7 +532,9 @@ pub fn dac_reason(plan: &Plan, r: &PlannedResource) -> &'static str {
         }
         (DacAction::Untouched, _) => "domain seclabel model='dac' relabel='no': nothing changed",
         (DacAction::Owner { .. }, _) => "per-device seclabel <label> wins",
-        (DacAction::MakeReadable, _) => "read-only content: made readable, owner unchanged",
+        (DacAction::GrantRead, _) => {
+            "read-only content: read granted to the guest uid alone (ACL entry), owner and mode unchanged"
+        }
         (DacAction::SharedGroup, _) => "<shareable/>: shared guest group, read-write",
         (DacAction::OwnGuest { private: true }, _) => {
             "private: owned by the guest's uid, owner-only mode"

@@ -85,6 +85,14 @@ fn owner_text(plan: &Plan) -> String {
     }
 }
 
+/// The guest's uid as a plan shows it (the placeholder until one is allocated).
+fn uid_text(plan: &Plan) -> String {
+    match plan.dac_ids {
+        Some((u, _)) => u.to_string(),
+        None => UID_PLACEHOLDER.to_string(),
+    }
+}
+
 fn known_level(plan: &Plan) -> Option<svirt_labels::MlsRange> {
     match plan.level {
         LevelSource::Static(r) => Some(r),
@@ -137,7 +145,7 @@ pub fn resource_labels(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Opti
                             Some(format!("chown {}", owner_text(plan)))
                         }
                         DacAction::SharedGroup => Some("shared-group rw".to_string()),
-                        DacAction::MakeReadable => Some("make-readable".to_string()),
+                        DacAction::GrantRead => Some(format!("grant-read user:{}", uid_text(plan))),
                         DacAction::Owner { uid, gid } => Some(format!("chown {uid}:{gid}")),
                     },
                     Model::Landlock | Model::Apparmor => {

@@ -64,6 +64,31 @@ pub mod flags {
     pub const ACL_HAD_GROUP_ENTRY: u32 = 1 << 21;
     /// Shift of the original group entry's permission bits.
     pub const ACL_GROUP_PERM_SHIFT: u32 = 24;
+    /// The ACL change is a read grant ([`DacAction::GrantRead`](svirt_domain::DacAction)):
+    /// one `user:<guest uid>` entry per guest (recorded under
+    /// [`read_uid_key`](super::read_uid_key)), no group entry, so no device gid is needed to
+    /// undo it.
+    pub const READ_GRANT: u32 = 1 << 4;
+    /// In a guest's [`read_prev_key`](super::read_prev_key) value: its uid had an entry before
+    /// the grant, with the rights in bits 0..3 (restored instead of removed).
+    pub const READ_PREV_HAD: u32 = 1 << 8;
+}
+
+/// `model_flags` key holding the uid whose `user:` ACL entry DAC added for `guest`'s read
+/// grant: each guest reading an object has its own entry, and its stop removes only that one.
+pub fn read_uid_key(guest: &str) -> String {
+    format!("{MODEL_KEY}.read_uid/{guest}")
+}
+
+/// `model_flags` key holding what `guest`'s uid entry was before its read grant
+/// ([`flags::READ_PREV_HAD`] and the rights), so its removal puts back exactly that.
+pub fn read_prev_key(guest: &str) -> String {
+    format!("{MODEL_KEY}.read_prev/{guest}")
+}
+
+/// The `model_flags` keys of `guest`'s read grant (cleared from a record when it leaves).
+fn read_keys(guest: &str) -> [String; 2] {
+    [read_uid_key(guest), read_prev_key(guest)]
 }
 
 /// `model_flags` key holding the gid whose ACL entry DAC granted on a device, so restore
@@ -145,6 +170,21 @@ impl DeviceAclError {
     }
 }
 
+/// The id reservation owner of a shared object's group: `shared-object/<dev>:<ino>` (a '/'
+/// no guest name has).
+pub fn shared_owner(key: ObjectKey) -> String {
+    format!("shared-object/{}:{}", key.dev, key.ino)
+}
+
+/// The object of a [`shared_owner`] reservation.
+fn parse_shared_owner(owner: &str) -> Option<ObjectKey> {
+    let (dev, ino) = owner.strip_prefix("shared-object/")?.split_once(':')?;
+    Some(ObjectKey {
+        dev: dev.parse().ok()?,
+        ino: ino.parse().ok()?,
+    })
+}
+
 /// The store owner of DAC's records for `guest` (`dac/<guest>`, the relabel engine's
 /// convention), so DAC's reference count of an object is separate from other models' records
 /// of the same object, and the engine's crash recovery restores DAC's owner and mode too.
@@ -163,8 +203,10 @@ pub struct DacConfig {
     pub accounts_root: PathBuf,
     /// Root the plan's paths are resolved under (`/` in production).
     pub fs_root: PathBuf,
-    /// Group of shared (`<shareable/>`) resources, and supplementary group of every VMM
-    /// that uses one. Required only when a plan has shared resources.
+    /// Unused, kept so that configurations naming it still load: a `<shareable/>` object
+    /// gets a group of its own from the guest id range (see [`DacDriver`]'s `shared_gid`),
+    /// so that only the guests sharing that object can open it. One configured group for
+    /// every shared object would let any guest with a shared disk open every other one.
     pub shared_gid: Option<u32>,
     /// Group granted read-write on device nodes the VMM cannot open by their mode
     /// (looked up in `accounts_root/etc/group`).
@@ -271,8 +313,9 @@ impl DacDriver {
 
     /// Sets (or clears) the fault hook (tests): called with `after-restore` once a single
     /// object (a device ACL grant included) is restored and before its record is released,
-    /// and with `after-tree-restore` once a tree is restored and before its record is
-    /// deleted. It may kill the process (crash tests); `true` fails the operation there.
+    /// with `tree-entry-chowned` after each tree entry's owner is put back and before its
+    /// set-id bits are (its answer is ignored), and with `after-tree-restore` once a tree is
+    /// restored and before its record is deleted. It may kill the process (crash tests); `true` fails the operation there.
     #[doc(hidden)]
     pub fn set_fault_hook(&self, f: Option<FaultHook>) {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = f;
@@ -349,8 +392,9 @@ impl DacDriver {
         pr: &PlannedResource,
         ids: (u32, u32),
         meta: &Meta,
+        key: ObjectKey,
     ) -> Result<Option<Target>, DriverError> {
-        Ok(self.rule(pr, ids, meta.is_dir())?.map(|r| Target {
+        Ok(self.rule(pr, ids, meta.is_dir(), key)?.map(|r| Target {
             uid: r.uid,
             gid: r.gid,
             mode: ((meta.mode & 0o7777) & r.and) | r.or,
@@ -364,13 +408,20 @@ impl DacDriver {
         pr: &PlannedResource,
         ids: (u32, u32),
         dir: bool,
+        key: ObjectKey,
     ) -> Result<Option<Rule>, DriverError> {
         let want_w = pr.resource.access == Access::Rw;
         if let Some(DeviceOverride::NoRelabel) = pr.resource.overrides.get(&Model::Dac) {
             return Ok(None);
         }
         let owner_bits = 0o400 | if want_w { 0o200 } else { 0 } | if dir { 0o100 } else { 0 };
-        let rule = |uid, gid, and, or| Rule { uid, gid, and, or };
+        let rule = |uid, gid, and, or| Rule {
+            uid,
+            gid,
+            and,
+            or,
+            read_acl: None,
+        };
         Ok(match pr.dac {
             DacAction::Untouched => None,
             // Private: owner only; set-id bits go too (nobody else may run it as us).
@@ -380,28 +431,79 @@ impl DacDriver {
                 if private { 0o700 } else { 0o7777 },
                 owner_bits,
             )),
-            DacAction::SharedGroup => {
-                let g = self.config.shared_gid.ok_or_else(|| {
-                    other(format!(
-                        "{}: shared resource but no shared gid configured",
-                        pr.resource.path.display()
-                    ))
-                })?;
-                Some(rule(
-                    None,
-                    Some(g),
-                    0o7777,
-                    0o060 | if dir { 0o010 } else { 0 },
-                ))
-            }
-            DacAction::Owner { uid, gid } => Some(rule(Some(uid), Some(gid), 0o7777, 0)),
-            DacAction::MakeReadable => Some(rule(
+            // The object's own group (see `shared_gid`): only the guests sharing this object
+            // get it; "other" bits go, since every other guest is "other" to it.
+            DacAction::SharedGroup => Some(rule(
                 None,
-                None,
-                0o7777,
-                0o004 | if dir { 0o001 } else { 0 },
+                Some(self.shared_gid(key)?),
+                0o0770,
+                0o060 | if dir { 0o010 } else { 0 },
             )),
+            DacAction::Owner { uid, gid } => Some(rule(Some(uid), Some(gid), 0o7777, 0)),
+            // An ACL entry, not a mode: see `grant_read_locked`; trees: `dac_tree`, with
+            // this rule (owner and mode unchanged, `read_acl` = the guest's uid).
+            DacAction::GrantRead if pr.resource.recursive => Some(Rule {
+                uid: None,
+                gid: None,
+                and: 0o7777,
+                or: 0,
+                read_acl: Some(ids.0),
+            }),
+            DacAction::GrantRead => None,
         })
+    }
+
+    /// The group of a `<shareable/>` object: an id of the guest range reserved for that
+    /// object alone (owner [`shared_owner`]), durable before it is used, the same for every
+    /// guest sharing the object and released with its last DAC user. Only those guests get
+    /// it as a supplementary group, so a third guest (or one sharing another object) cannot
+    /// open the object. Needs no configuration.
+    fn shared_gid(&self, key: ObjectKey) -> Result<u32, DriverError> {
+        self.ids.allocate(&shared_owner(key)).map_err(store_err)
+    }
+
+    /// Releases the group of shared object `key` when no DAC user holds the object any more
+    /// (no record of it, as a single object or as a tree root).
+    fn release_shared_gid_if_unused(&self, key: ObjectKey) -> Result<(), DriverError> {
+        let owner = shared_owner(key);
+        let Some(id) = self.ids.id_of(&owner) else {
+            return Ok(());
+        };
+        let held = self
+            .store
+            .get_original(key)
+            .map_err(store_err)?
+            .is_some_and(|r| {
+                r.owners
+                    .iter()
+                    .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
+            });
+        let tree = self
+            .tree_db()?
+            .list()
+            .map_err(tree_err)?
+            .iter()
+            .any(|(k, _, _)| *k == (key.dev, key.ino));
+        if held || tree {
+            return Ok(());
+        }
+        self.ids.release(id, &owner).map_err(store_err)
+    }
+
+    /// Crash recovery of shared objects' groups: releases every one whose object no DAC
+    /// record holds (a crash between the allocation and the record, or after the release).
+    fn recover_shared_gids(&self, errors: &mut Vec<DriverError>) {
+        let reservations = match self.store.id_reservations() {
+            Ok(r) => r,
+            Err(e) => return errors.push(store_err(e)),
+        };
+        for (_, owner) in reservations {
+            if let Some(key) = parse_shared_owner(&owner)
+                && let Err(e) = self.release_shared_gid_if_unused(key)
+            {
+                errors.push(e);
+            }
+        }
     }
 
     /// The tree records' database (opened on first use).
@@ -458,9 +560,11 @@ impl DacDriver {
         // key: another user of the tree cannot join or leave in between.
         let _key = self.store.lock_object(tree_object_key(k));
         let progress = self.progress();
-        let fault = || self.fault_at("after-tree-restore");
+        let fault = |point: &str| self.fault_at(point);
         if let Err(e) = db.release(k, me, &|p| root.open_object(p), progress.as_ref(), &fault) {
             errors.push(tree_err(e));
+        } else if let Err(e) = self.release_shared_gid_if_unused(tree_object_key(k)) {
+            errors.push(e);
         }
     }
 
@@ -489,6 +593,12 @@ impl DacDriver {
                 }
             }
         }
+        errors.extend(crate::stack::recover_claims(
+            &self.store,
+            Model::Dac,
+            running,
+        ));
+        self.recover_shared_gids(&mut errors);
         errors
     }
 
@@ -522,28 +632,23 @@ impl DacDriver {
         let (tree_objs, singles): (Vec<_>, Vec<_>) = opened
             .into_iter()
             .partition(|(pr, obj)| pr.resource.recursive && obj.meta().is_dir());
-        // Checked before any change: a rule that cannot be made fails the start untouched.
-        let mut tree_rules = Vec::new();
-        for (pr, obj) in tree_objs {
-            if let (Some(dir), Some(other)) =
-                (self.rule(pr, ids, true)?, self.rule(pr, ids, false)?)
-            {
-                tree_rules.push((obj, Rules { dir, other }));
-            }
-        }
         let mut planned: Vec<Planned> = Vec::new();
         let mut seen: HashMap<ObjectKey, usize> = HashMap::new();
-        for (pr, obj) in &singles {
-            // Fails early (e.g. no shared gid) before the trees change.
-            self.target(pr, ids, &obj.meta())?;
-        }
-        if !tree_rules.is_empty() {
+        if !tree_objs.is_empty() {
             let db = self.tree_db()?;
             let progress = self.progress();
-            for (obj, rules) in &tree_rules {
-                let _key = self.store.lock_object(object_key(obj.identity()));
-                db.set_tree(&me, obj, *rules, trees, progress.as_ref())
-                    .map_err(tree_err)?;
+            for (pr, obj) in &tree_objs {
+                let key = object_key(obj.identity());
+                // The rules under the root's lock: a shared tree's group is allocated (or
+                // found) while no other guest can release it.
+                let _key = self.store.lock_object(key);
+                if let (Some(dir), Some(other)) = (
+                    self.rule(pr, ids, true, key)?,
+                    self.rule(pr, ids, false, key)?,
+                ) {
+                    db.set_tree(&me, obj, Rules { dir, other }, trees, progress.as_ref())
+                        .map_err(tree_err)?;
+                }
             }
         }
         // From the read of each object's state to its change: a stop of another guest
@@ -551,13 +656,23 @@ impl DacDriver {
         let _keys = self
             .store
             .lock_objects(singles.iter().map(|(_, obj)| object_key(obj.identity())));
+        let mut reads: Vec<Object> = Vec::new();
         for (pr, obj) in singles {
+            if pr.dac == DacAction::GrantRead
+                && pr.resource.overrides.get(&Model::Dac) != Some(&DeviceOverride::NoRelabel)
+            {
+                let k = object_key(obj.identity());
+                if !reads.iter().any(|o| object_key(o.identity()) == k) {
+                    reads.push(obj);
+                }
+                continue;
+            }
             let k = object_key(obj.identity());
             if let Some(&i) = seen.get(&k) {
                 // Named again: this target applies on top of the earlier one, as if made
                 // one after the other.
                 let p = &mut planned[i];
-                if let Some(t) = self.target(pr, ids, &p.after)? {
+                if let Some(t) = self.target(pr, ids, &p.after, k)? {
                     p.after = apply(&p.after, t);
                 }
                 continue;
@@ -566,7 +681,7 @@ impl DacDriver {
             let before = obj
                 .current_meta()
                 .map_err(|e| obj_err("stat", obj.path(), e))?;
-            let Some(t) = self.target(pr, ids, &before)? else {
+            let Some(t) = self.target(pr, ids, &before, k)? else {
                 continue;
             };
             seen.insert(k, planned.len());
@@ -602,7 +717,98 @@ impl DacDriver {
                     .map_err(|e| obj_err("chmod", obj.path(), e))?;
             }
         }
+        // Read grants last: an object also changed above (named twice) gets its entry on
+        // top of its new owner and mode. Still under the objects' locks.
+        for obj in reads {
+            let r = self.grant_read_locked(&plan.name, ids.0, &obj);
+            // Recorded (or partly done): the caller's rollback must see it.
+            done.push(obj);
+            r?;
+        }
         Ok(())
+    }
+
+    /// Adds `user:<uid>:r--` (`r-x` on a directory) to `obj`'s access ACL, and widens the
+    /// mask by just those rights, after recording what restore needs: for the first DAC user
+    /// touching the ACL, whether there was one and its mask ([`flags::READ_GRANT`]); for
+    /// every guest, its uid and that uid's previous entry ([`read_uid_key`],
+    /// [`read_prev_key`]). Owner, mode bits for others, and every other entry are left
+    /// alone: nobody but this guest gains anything. The caller holds the object's lock.
+    fn grant_read_locked(&self, guest: &str, uid: u32, obj: &Object) -> Result<(), DriverError> {
+        let k = object_key(obj.identity());
+        let meta = obj
+            .current_meta()
+            .map_err(|e| obj_err("stat", obj.path(), e))?;
+        let current = obj
+            .get_xattr(ACL_XATTR)
+            .map_err(|e| obj_err("read ACL", obj.path(), e))?;
+        let unreadable = || {
+            DeviceAclError::Unreadable {
+                device: obj.path().to_path_buf(),
+            }
+            .into_driver("read ACL")
+        };
+        let mut acl = match &current {
+            None => Acl::from_mode(meta.mode),
+            Some(bytes) => Acl::parse(bytes).ok_or_else(unreadable)?,
+        };
+        // Another DAC user's read grant recorded the ACL as it was before any grant: join
+        // it (its flags describe the true original; ours would describe its change).
+        let existing = self.store.get_original(k).map_err(store_err)?;
+        // A reader with the same (static) uid recorded what the entry was before it: that
+        // is the original, not the entry it added.
+        let same_uid_prev = existing.as_ref().and_then(|rec| {
+            let prefix = format!("{MODEL_KEY}.read_uid/");
+            rec.original.model_flags.iter().find_map(|(key, &u)| {
+                let g = key.strip_prefix(&prefix)?;
+                (g != guest && u == uid)
+                    .then(|| rec.original.model_flags.get(&read_prev_key(g)).copied())
+                    .flatten()
+            })
+        });
+        let joins = existing.as_ref().is_some_and(|rec| {
+            rec.original
+                .identity
+                .same_object(&store_identity(obj.identity()))
+                && rec
+                    .owners
+                    .iter()
+                    .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
+                && is_read_grant(&rec.original)
+        });
+        let mut f = 0;
+        if !joins {
+            f = flags::READ_GRANT | flags::MODE;
+            match &current {
+                None => f |= flags::ACL_CREATED,
+                Some(_) => {
+                    f |= flags::ACL_ENTRY;
+                    if let Some(mask) = acl.get(ACL_MASK, ACL_UNDEFINED_ID) {
+                        f |= flags::ACL_HAD_MASK | (u32::from(mask & 7) << flags::ACL_MASK_SHIFT);
+                    }
+                }
+            }
+        }
+        let prev = acl.get(ACL_USER, uid);
+        let mut original = original_of(obj, meta, f)?;
+        original.model_flags.insert(read_uid_key(guest), uid);
+        original.model_flags.insert(
+            read_prev_key(guest),
+            same_uid_prev
+                .unwrap_or_else(|| prev.map_or(0, |p| flags::READ_PREV_HAD | u32::from(p & 7))),
+        );
+        self.store
+            .record_original_if_absent(k, &original, &owner_key(guest))
+            .map_err(store_err)?;
+        let perm: u16 = if meta.is_dir() { 5 } else { 4 };
+        acl.set(ACL_USER, uid, prev.unwrap_or(0) | perm);
+        let mask = match acl.get(ACL_MASK, ACL_UNDEFINED_ID) {
+            Some(m) => m | perm,
+            None => acl.group_class_union(),
+        };
+        acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
+        obj.set_xattr(ACL_XATTR, &acl.encode())
+            .map_err(|e| obj_err("grant read ACL", obj.path(), e))
     }
 
     /// Undoes DAC's changes on `obj` if `guest` was the last guest DAC changed it for, then
@@ -649,8 +855,15 @@ impl DacDriver {
             if self.fault_at("after-restore") {
                 return Err(Self::injected("after-restore"));
             }
+        } else if !stale {
+            // Other DAC users keep the object as it is, but this guest's own read entry goes.
+            drop_read_entry(obj, &rec.original, guest, &[])?;
         }
-        self.release_record(k, &me, !other_dac_user)
+        self.release_record(k, &me, !other_dac_user)?;
+        if !other_dac_user {
+            self.release_shared_gid_if_unused(k)?;
+        }
+        Ok(())
     }
 
     /// Drops `me` from the record of `k`. When it is the record's `last_dac_user`, DAC's
@@ -664,13 +877,14 @@ impl DacDriver {
         me: &str,
         last_dac_user: bool,
     ) -> Result<(), DriverError> {
-        let clear: &[&str] = if last_dac_user {
-            &[MODEL_KEY, ACL_GID_KEY]
-        } else {
-            &[]
-        };
+        let guest = crate::relabel::split_owner(me).1;
+        let [ru, rp] = read_keys(guest);
+        let mut clear: Vec<&str> = vec![&ru, &rp];
+        if last_dac_user {
+            clear.extend([MODEL_KEY, ACL_GID_KEY]);
+        }
         self.store
-            .release_original_clearing(k, me, clear)
+            .release_original_clearing(k, me, &clear)
             .map_err(store_err)?;
         Ok(())
     }
@@ -856,6 +1070,84 @@ pub fn restore_original(
     Ok(())
 }
 
+/// Removes `guest`'s read entry from `obj`'s access ACL (or gives its uid back the entry it
+/// had), leaving every other entry and the mask as they are: used when the guest leaves an
+/// object other DAC users still hold. Nothing to do without a recorded read grant of the
+/// guest, or without an ACL (removed since: nothing of ours is left). Public so that crash
+/// recovery drops a dead guest's entry too.
+///
+/// Guests with one static uid (`<seclabel model='dac' type='static'>`) share its entry: it
+/// stays while a reader not in `leaving` has the same uid.
+pub fn drop_read_entry(
+    obj: &Object,
+    orig: &Original,
+    guest: &str,
+    leaving: &[&str],
+) -> Result<(), DriverError> {
+    let Some(&uid) = orig.model_flags.get(&read_uid_key(guest)) else {
+        return Ok(());
+    };
+    let prefix = format!("{MODEL_KEY}.read_uid/");
+    let shared_uid = orig.model_flags.iter().any(|(k, &u)| {
+        k.strip_prefix(&prefix)
+            .is_some_and(|g| g != guest && !leaving.contains(&g) && u == uid)
+    });
+    if shared_uid {
+        return Ok(());
+    }
+    let prev = orig
+        .model_flags
+        .get(&read_prev_key(guest))
+        .copied()
+        .unwrap_or(0);
+    let Some(bytes) = obj
+        .get_xattr(ACL_XATTR)
+        .map_err(|e| obj_err("read ACL", obj.path(), e))?
+    else {
+        return Ok(());
+    };
+    let mut acl = Acl::parse(&bytes).ok_or_else(|| {
+        DeviceAclError::Unreadable {
+            device: obj.path().to_path_buf(),
+        }
+        .into_driver("restore ACL")
+    })?;
+    restore_user_entry(&mut acl, uid, prev);
+    obj.set_xattr(ACL_XATTR, &acl.encode())
+        .map_err(|e| obj_err("restore ACL", obj.path(), e))
+}
+
+/// Puts `uid`'s entry back as `prev` ([`flags::READ_PREV_HAD`] and rights) records it.
+fn restore_user_entry(acl: &mut Acl, uid: u32, prev: u32) {
+    if prev & flags::READ_PREV_HAD != 0 {
+        acl.set(ACL_USER, uid, (prev & 7) as u16);
+    } else {
+        acl.remove(ACL_USER, uid);
+    }
+}
+
+/// Every (uid, previous entry) of read grants `orig` records.
+fn read_entries(orig: &Original) -> Vec<(u32, u32)> {
+    let prefix = format!("{MODEL_KEY}.read_uid/");
+    orig.model_flags
+        .iter()
+        .filter_map(|(k, &uid)| {
+            let guest = k.strip_prefix(&prefix)?;
+            let prev = orig
+                .model_flags
+                .get(&read_prev_key(guest))
+                .copied()
+                .unwrap_or(0);
+            Some((uid, prev))
+        })
+        .collect()
+}
+
+/// Whether `orig` records a read grant.
+fn is_read_grant(orig: &Original) -> bool {
+    orig.model_flags.get(MODEL_KEY).copied().unwrap_or(0) & flags::READ_GRANT != 0
+}
+
 /// The store's key of a tree's root directory: a tree record and the root's own record
 /// are locked alike ([`Store::lock_object`]).
 fn tree_object_key(k: TreeKey) -> ObjectKey {
@@ -871,7 +1163,7 @@ fn is_grant(orig: &Original) -> bool {
 /// Whether restoring `orig` needs the device group's gid from the configuration: an ACL
 /// grant recorded without its gid.
 fn needs_device_gid(orig: &Original) -> bool {
-    is_grant(orig) && !orig.model_flags.contains_key(ACL_GID_KEY)
+    is_grant(orig) && !is_read_grant(orig) && !orig.model_flags.contains_key(ACL_GID_KEY)
 }
 
 fn restore_acl(
@@ -881,15 +1173,18 @@ fn restore_acl(
     device_gid: Option<u32>,
 ) -> Result<(), DriverError> {
     let device = || obj.path().to_path_buf();
+    // A read grant has no group entry (unless a device grant shares the record, which
+    // then names its gid).
     let gid = match orig.model_flags.get(ACL_GID_KEY) {
-        Some(&g) => g,
-        None => device_gid.ok_or_else(|| {
+        Some(&g) => Some(g),
+        None if f & flags::READ_GRANT != 0 => None,
+        None => Some(device_gid.ok_or_else(|| {
             DeviceAclError::NoGroup {
                 device: device(),
                 reason: "no device gid given".into(),
             }
             .into_driver("restore ACL")
-        })?,
+        })?),
     };
     let cur = obj
         .get_xattr(ACL_XATTR)
@@ -901,18 +1196,23 @@ fn restore_acl(
         }
         return Err(DeviceAclError::AclGone {
             device: device(),
-            gid,
+            gid: gid.unwrap_or(u32::MAX),
         }
         .into_driver("restore ACL"));
     };
     let mut acl = Acl::parse(&bytes).ok_or_else(|| {
         DeviceAclError::Unreadable { device: device() }.into_driver("restore ACL")
     })?;
-    if f & flags::ACL_HAD_GROUP_ENTRY != 0 {
-        let perm = ((f >> flags::ACL_GROUP_PERM_SHIFT) & 7) as u16;
-        acl.set(ACL_GROUP, gid, perm);
-    } else {
-        acl.remove(ACL_GROUP, gid);
+    if let Some(gid) = gid {
+        if f & flags::ACL_HAD_GROUP_ENTRY != 0 {
+            let perm = ((f >> flags::ACL_GROUP_PERM_SHIFT) & 7) as u16;
+            acl.set(ACL_GROUP, gid, perm);
+        } else {
+            acl.remove(ACL_GROUP, gid);
+        }
+    }
+    for (uid, prev) in read_entries(orig) {
+        restore_user_entry(&mut acl, uid, prev);
     }
     if f & flags::ACL_HAD_MASK != 0 {
         let mask = ((f >> flags::ACL_MASK_SHIFT) & 7) as u16;
@@ -1013,6 +1313,67 @@ fn lookup_id(text: &str, name: &str) -> Option<u32> {
         .map(|l| l.split(':').collect::<Vec<_>>())
         .find(|f| f.first() == Some(&name))
         .and_then(|f| f.get(2).and_then(|s| s.trim().parse().ok()))
+}
+
+/// Tree entries of a read-only share: adds `user:<uid>:r--` (`r-x` on a directory) and
+/// widens the mask by that, in ONE `setxattr` (atomic: a kill leaves the entry either as it
+/// was or granted). `Ok(false)`: the entry grants it already. An unparsable ACL is an error.
+pub(crate) fn tree_grant_read(obj: &Object, uid: u32) -> io::Result<bool> {
+    let meta = obj.current_meta()?;
+    let perm: u16 = if meta.is_dir() { 5 } else { 4 };
+    let mut acl = match obj.get_xattr(ACL_XATTR)? {
+        None => Acl::from_mode(meta.mode),
+        Some(b) => Acl::parse(&b).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?,
+    };
+    let has = acl.get(ACL_USER, uid).is_some_and(|p| p & perm == perm);
+    let mask = acl.get(ACL_MASK, ACL_UNDEFINED_ID);
+    if has && mask.is_some_and(|m| m & perm == perm) {
+        return Ok(false);
+    }
+    acl.set(ACL_USER, uid, acl.get(ACL_USER, uid).unwrap_or(0) | perm);
+    let mask = match mask {
+        Some(m) => m | perm,
+        None => acl.group_class_union(),
+    };
+    acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
+    obj.set_xattr(ACL_XATTR, &acl.encode())?;
+    Ok(true)
+}
+
+/// Tree entries of a read-only share: removes the `user:` entries of `uids`. With `orig_mode`
+/// (the last user leaves), the entry's original ACL and mode come back: when named entries
+/// remain (an administrator's), the mask is the original one (the original mode's group bits:
+/// with an ACL they are its mask), written in one `setxattr`; when none remain, the mode is
+/// put back first (the kernel sets the mask from it, and our entry, still there, marks the
+/// entry for a restore killed here) and the ACL removed after. Without `orig_mode` (other
+/// readers remain) the mask is left. `Ok(false)`: no entry of `uids` was there.
+pub(crate) fn tree_drop_read(
+    obj: &Object,
+    uids: &[u32],
+    orig_mode: Option<u32>,
+) -> io::Result<bool> {
+    let Some(b) = obj.get_xattr(ACL_XATTR)? else {
+        return Ok(false);
+    };
+    let mut acl = Acl::parse(&b).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if !uids.iter().any(|&u| acl.get(ACL_USER, u).is_some()) {
+        return Ok(false);
+    }
+    for &u in uids {
+        acl.remove(ACL_USER, u);
+    }
+    match orig_mode {
+        None => obj.set_xattr(ACL_XATTR, &acl.encode())?,
+        Some(mode) if acl.has_named() => {
+            acl.set(ACL_MASK, ACL_UNDEFINED_ID, ((mode >> 3) & 7) as u16);
+            obj.set_xattr(ACL_XATTR, &acl.encode())?;
+        }
+        Some(mode) => {
+            obj.chmod(mode & 0o7777)?;
+            obj.remove_xattr(ACL_XATTR)?;
+        }
+    }
+    Ok(true)
 }
 
 // POSIX ACL xattr format (`posix_acl_xattr_header` + entries), as the kernel defines it.
@@ -1222,13 +1583,30 @@ impl DacDriver {
     ) -> Result<Credentials, DriverError> {
         let ids = Self::guest_ids(guest)?;
         let mut groups: Vec<u32> = Vec::new();
+        // Each shared object's own group (allocated by `set_all`, which ran before).
         if plan
             .resources
             .iter()
             .any(|r| r.dac == DacAction::SharedGroup)
-            && let Some(g) = self.config.shared_gid
         {
-            groups.push(g);
+            let root = self.root()?;
+            for pr in plan
+                .resources
+                .iter()
+                .filter(|r| r.dac == DacAction::SharedGroup)
+            {
+                let obj = root
+                    .open_object(&pr.resource.path)
+                    .map_err(|e| obj_err("open", &pr.resource.path, e))?;
+                let owner = shared_owner(object_key(obj.identity()));
+                let g = self.ids.id_of(&owner).ok_or_else(|| {
+                    other(format!(
+                        "{}: shared object has no group (set_all did not run for it)",
+                        pr.resource.path.display()
+                    ))
+                })?;
+                groups.push(g);
+            }
         }
         groups.extend(self.config.extra_groups.iter().copied());
         let extra = self.grant_devices(&guest.name, ids, &groups, &exec.devices)?;
@@ -1328,6 +1706,29 @@ impl DacDriver {
         }
     }
 
+    /// Drops `guest`'s DAC claims once it holds no DAC record any more (every object it
+    /// changed is restored): while one is kept (a failed restore), so is the claim, and no
+    /// other guest can take the object privately before it is back.
+    fn release_claims_if_clear(&self, guest: &str) {
+        let me = owner_key(guest);
+        let holds_object = self
+            .store
+            .originals_for_owner(&me)
+            .map(|r| !r.is_empty())
+            .unwrap_or(true);
+        let holds_tree = self
+            .tree_db()
+            .and_then(|db| db.list().map_err(tree_err))
+            .map(|l| l.iter().any(|(_, _, o)| o.contains(&me)))
+            .unwrap_or(true);
+        if holds_object || holds_tree {
+            return;
+        }
+        if let Err(e) = crate::stack::release_claims(&self.store, Model::Dac, guest) {
+            tracing::error!("{guest}: releasing DAC claims: {e}");
+        }
+    }
+
     /// Drops `me` from the record of an object that is gone or replaced.
     fn release_unreachable(&self, k: ObjectKey, me: &str, errors: &mut Vec<DriverError>) {
         let _key = self.store.lock_object(k);
@@ -1414,6 +1815,9 @@ impl SecurityDriver for DacDriver {
         }
         let ids = Self::guest_ids(guest)?;
         let root = self.root()?;
+        // Before anything changes: a private read-write object another live guest uses (or
+        // an object another guest holds privately) is refused here, untouched.
+        crate::stack::claim_plan(&self.store, &root, Model::Dac, plan)?;
         let mut done = Vec::new();
         let mut trees = Vec::new();
         let r = self.set_all_inner(&root, plan, ids, &mut done, &mut trees);
@@ -1434,6 +1838,19 @@ impl SecurityDriver for DacDriver {
                     tracing::error!("rollback of a DAC tree: {e}");
                 }
             }
+            self.release_claims_if_clear(&guest.name);
+            // Groups allocated for shared objects this start was to join first.
+            for pr in plan
+                .resources
+                .iter()
+                .filter(|p| p.dac == DacAction::SharedGroup)
+            {
+                if let Ok(obj) = root.open_object(&pr.resource.path)
+                    && let Err(e) = self.release_shared_gid_if_unused(object_key(obj.identity()))
+                {
+                    tracing::error!("rollback of a shared object's group: {e}");
+                }
+            }
         }
         r
     }
@@ -1450,6 +1867,7 @@ impl SecurityDriver for DacDriver {
         self.restore_resources(&root, plan, &guest.name, &mut errors, &mut tried);
         self.restore_trees(&root, &guest.name, &mut errors);
         self.release_leftovers(&root, &guest.name, &mut errors, &tried);
+        self.release_claims_if_clear(&guest.name);
         errors
     }
 

@@ -115,6 +115,10 @@ pub(crate) struct Rule {
     pub gid: Option<u32>,
     pub and: u32,
     pub or: u32,
+    /// A read-only share: this uid gets a `user:` ACL entry on every entry (owner and mode
+    /// unchanged). Absent from records of other rules (their bytes stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_acl: Option<u32>,
 }
 
 impl Rule {
@@ -128,10 +132,16 @@ impl Rule {
 
     /// Whether `m` still carries this rule's change: the owner or group it sets, or for a
     /// mode-only rule, the bits it adds.
+    ///
+    /// An owner rule is carried while the entry has the owner it sets, whatever its group:
+    /// the guest owns the entry and may `chgrp` it to any of its supplementary groups (a
+    /// shared object's, the device group); requiring both would leave such an entry owned by
+    /// the guest's uid after the stop, for whoever gets that uid next.
     fn carried_by(&self, m: Meta) -> bool {
         match (self.uid, self.gid) {
             (None, None) => self.or != 0 && m.mode & self.or == self.or,
-            (u, g) => u.is_none_or(|u| u == m.uid) && g.is_none_or(|g| g == m.gid),
+            (Some(u), _) => u == m.uid,
+            (None, Some(g)) => g == m.gid,
         }
     }
 }
@@ -337,6 +347,131 @@ fn change_at(
     }
 }
 
+/// The set-id bits a chown of a regular file clears (the kernel's
+/// `setattr_should_drop_suidgid`: set-uid always, set-gid with group-exec; root included).
+/// Directories keep theirs, so for them this never matches a changed mode.
+const SETID_CLEARED_BY_CHOWN: u32 = 0o6000;
+
+/// Puts an entry back from `before` to `after` (its recorded original) so that a kill at
+/// any point leaves it either still carrying the change (so a later restore finds it) or
+/// with its original owner and mode but for the set-id bits the kernel's chown cleared (which
+/// the restore's `want` recognizes):
+/// 1. the mode first, without set-id bits, while the guest's change (the marker) stays: never
+///    a set-id file owned by the guest, even for an instant;
+/// 2. then the owner (the marker goes; the kernel clears set-id bits, none are left to clear);
+/// 3. then the set-id bits, if the original had any.
+///
+/// Writing the owner first (as `set_meta` does at set time) and being killed before the
+/// chmod left entries with the original owner and the guest's mode, which nothing could tell
+/// from an entry nobody changed: the next start then recorded that mode as the original.
+fn restore_meta(obj: &Object, before: Meta, after: Meta, chowned: &dyn Fn()) -> io::Result<bool> {
+    let owner_change = after.uid != before.uid || after.gid != before.gid;
+    let mode = after.mode & 0o7777;
+    if !owner_change {
+        if mode != before.mode & 0o7777 {
+            obj.chmod(mode)?;
+            return Ok(true);
+        }
+        return Ok(false);
+    }
+    let without_setid = mode & !SETID_CLEARED_BY_CHOWN;
+    if before.mode & 0o7777 != without_setid {
+        obj.chmod(without_setid)?;
+    }
+    obj.chown(after.uid, after.gid)?;
+    chowned();
+    if mode != without_setid {
+        obj.chmod(mode)?;
+    }
+    Ok(true)
+}
+
+/// [`change_at`] for a restore: the entry is put back with [`restore_meta`].
+fn restore_at(
+    dir: &Dir,
+    name: &CStr,
+    id: Identity,
+    want: &dyn Fn(Meta) -> Option<Meta>,
+    chowned: &dyn Fn(),
+) -> io::Result<bool> {
+    let obj = match dir.open_entry(name, PathBuf::new()) {
+        Ok(o) => o,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let cur = obj.meta();
+    if obj.identity().ino != id.ino || cur.is_symlink() {
+        return Ok(false);
+    }
+    match want(cur) {
+        Some(after) => restore_meta(&obj, cur, after, chowned),
+        None => Ok(false),
+    }
+}
+
+/// The entry `name` of `dir` if it is still the inode the walk saw (not a symlink).
+fn entry_at(dir: &Dir, name: &CStr, id: Identity) -> io::Result<Option<Object>> {
+    let obj = match dir.open_entry(name, PathBuf::new()) {
+        Ok(o) => o,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if obj.identity().ino != id.ino || obj.meta().is_symlink() {
+        return Ok(None);
+    }
+    Ok(Some(obj))
+}
+
+/// Applies `f` to the root of a tree and every entry below it (not symlinks, not other
+/// mounts), reporting `phase` progress; the root first (a failure there leaves the rest).
+/// Returns the number of entries `f` changed.
+fn acl_walk(
+    base: &Path,
+    root: &Object,
+    progress: Option<&ProgressFn>,
+    phase: Phase,
+    expected: u64,
+    f: &dyn Fn(&Object) -> io::Result<bool>,
+) -> Result<u64, TreeError> {
+    let op = if phase == Phase::Restoring {
+        "restore ACL"
+    } else {
+        "grant read ACL"
+    };
+    let mut meter = Meter::new(progress, base, phase, expected);
+    let changed = f(root).map_err(|source| TreeError::Io {
+        op,
+        path: base.to_path_buf(),
+        source,
+    })?;
+    meter.step(changed);
+    let dir = root.open_as_dir().map_err(|source| TreeError::Io {
+        op: "open directory",
+        path: base.to_path_buf(),
+        source,
+    })?;
+    walk(base, dir, &mut |dir, rel, name, eid, _| {
+        let r = match entry_at(dir, name, eid) {
+            Ok(Some(obj)) => f(&obj),
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(c) => {
+                meter.step(c);
+                Ok(())
+            }
+            Err(source) => Err(TreeError::Io {
+                op,
+                path: full_path(base, rel),
+                source,
+            }),
+        }
+    })?;
+    meter.report();
+    Ok(meter.done)
+}
+
 type Exceptions = HashMap<Vec<u8>, (u64, Orig)>;
 
 /// The companion database of DAC tree records.
@@ -369,6 +504,8 @@ impl TreeDb {
 
     pub(crate) fn open(path: &Path) -> Result<TreeDb, TreeError> {
         let database = Database::create(path).map_err(db_err)?;
+        // Every share's file names and owners: for root alone, whatever the umask.
+        crate::tree_common::owner_only(path)?;
         let txn = database.begin_write().map_err(db_err)?;
         txn.open_table(TREES).map_err(db_err)?;
         txn.open_table(TREE_EXC).map_err(db_err)?;
@@ -587,6 +724,11 @@ impl TreeDb {
                 (rec, exc)
             }
         };
+        if let Some(uid) = rules.dir.read_acl {
+            return acl_walk(base, root, progress, Phase::Labeling, rec.entries, &|obj| {
+                crate::dac::tree_grant_read(obj, uid)
+            });
+        }
         let others: Vec<Rules> = rec
             .owners
             .iter()
@@ -653,7 +795,7 @@ impl TreeDb {
         owner: &str,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
         progress: Option<&ProgressFn>,
-        fault: &dyn Fn() -> bool,
+        fault: &dyn Fn(&str) -> bool,
     ) -> Result<u64, TreeError> {
         let Some(rec) = self.get(k)? else {
             return Ok(0);
@@ -664,10 +806,21 @@ impl TreeDb {
         let mut n = 0;
         if rec.owners.len() == 1 {
             // Restore before releasing: a crash in between leaves the record for recovery.
-            n = self.restore(k, &rec, open_root, progress)?;
-            if fault() {
+            n = self.restore(k, &rec, open_root, progress, fault)?;
+            if fault("after-tree-restore") {
                 return Err(TreeError::Db("injected fault at after-tree-restore".into()));
             }
+        } else if let Some(uid) = rec.owners.get(owner).and_then(|r| r.dir.read_acl)
+            // Guests with one static uid share its entries: kept while another has it.
+            && !rec
+                .owners
+                .iter()
+                .any(|(o, r)| o != owner && r.dir.read_acl == Some(uid))
+        {
+            // Other users remain: only this reader's own entries go (its uid is released
+            // and will be another guest's). A crash midway keeps the record; the walk is
+            // idempotent.
+            n = self.drop_reader(k, &rec, uid, open_root, progress)?;
         }
         // Deleted only if still ours alone (a guest may have joined meanwhile: then only
         // `owner` goes).
@@ -696,12 +849,48 @@ impl TreeDb {
         Ok(n)
     }
 
+    /// Removes reader `uid`'s ACL entries from the tree of record `rec` (other users keep
+    /// the tree as it is).
+    fn drop_reader(
+        &self,
+        k: TreeKey,
+        rec: &TreeRecord,
+        uid: u32,
+        open_root: &dyn Fn(&Path) -> io::Result<Object>,
+        progress: Option<&ProgressFn>,
+    ) -> Result<u64, TreeError> {
+        let base = path_of_bytes(&rec.path);
+        let root = match open_root(&base) {
+            Ok(o) => o,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(0),
+            Err(source) => {
+                return Err(TreeError::Io {
+                    op: "open",
+                    path: base,
+                    source,
+                });
+            }
+        };
+        if !same_root(k.0, k.1, rec.btime, root.identity()) || !root.meta().is_dir() {
+            return Ok(0);
+        }
+        acl_walk(
+            &base,
+            &root,
+            progress,
+            Phase::Restoring,
+            rec.entries,
+            &|obj| crate::dac::tree_drop_read(obj, &[uid], None),
+        )
+    }
+
     fn restore(
         &self,
         k: TreeKey,
         rec: &TreeRecord,
         open_root: &dyn Fn(&Path) -> io::Result<Object>,
         progress: Option<&ProgressFn>,
+        fault: &dyn Fn(&str) -> bool,
     ) -> Result<u64, TreeError> {
         let base = path_of_bytes(&rec.path);
         let io = |op| {
@@ -725,10 +914,35 @@ impl TreeDb {
         let users: Vec<Rules> = rec.owners.values().copied().collect();
         let want = |rel: &[u8], ino: u64, cur: Meta| -> Option<Meta> {
             let o = original(rec, &exc, rel, ino, cur)?;
-            if orig_of(cur) == o || !users.iter().any(|r| r.for_meta(cur).carried_by(cur)) {
+            if orig_of(cur) == o {
+                return None;
+            }
+            // Carries a user's change, or is an entry this restore (or one killed midway)
+            // already gave its original owner, whose set-id bits the kernel cleared at that
+            // chown and which was killed before its final chmod (see `restore_meta`).
+            let carried = users.iter().any(|r| r.for_meta(cur).carried_by(cur));
+            let chowned_back = (cur.uid, cur.gid) == (o.0, o.1)
+                && o.2 & 0o7000 != 0
+                && cur.mode & 0o7777 == o.2 & !SETID_CLEARED_BY_CHOWN;
+            if !carried && !chowned_back {
                 return None;
             }
             Some(with_orig(cur, o))
+        };
+        let chowned = || {
+            fault("tree-entry-chowned");
+        };
+        let readers: Vec<u32> = users.iter().filter_map(|r| r.dir.read_acl).collect();
+        // A reader's entries come off, and the entry's original ACL and mode back.
+        let acl_back = |obj: &Object, rel: &[u8], ino: u64| -> io::Result<bool> {
+            if readers.is_empty() {
+                return Ok(false);
+            }
+            let cur = obj.current_meta()?;
+            let Some(o) = original(rec, &exc, rel, ino, cur) else {
+                return Ok(false);
+            };
+            crate::dac::tree_drop_read(obj, &readers, Some(o.2))
         };
         let mut meter = Meter::new(progress, &base, Phase::Restoring, rec.entries);
         let mut first_err: Option<TreeError> = None;
@@ -737,7 +951,14 @@ impl TreeDb {
             root.open_as_dir().map_err(io("open directory"))?,
             &mut |dir, rel, name, eid, _| {
                 let w = |cur: Meta| want(rel, eid.ino, cur);
-                match change_at(dir, name, eid, &w) {
+                let r = restore_at(dir, name, eid, &w, &chowned).and_then(|changed| {
+                    let acl = match entry_at(dir, name, eid)? {
+                        Some(obj) => acl_back(&obj, rel, eid.ino)?,
+                        None => false,
+                    };
+                    Ok(changed || acl)
+                });
+                match r {
                     Ok(restored) => meter.step(restored),
                     // Go on with the others; the record stays for another attempt.
                     Err(source) => {
@@ -756,12 +977,13 @@ impl TreeDb {
         )?;
         // The top last (it was changed first).
         let cur = root.current_meta().map_err(io("stat"))?;
+        let mut changed = false;
         if let Some(after) = want(b"", id.ino, cur) {
-            set_meta(&root, cur, after).map_err(io("restore owner/mode"))?;
-            meter.step(true);
-        } else {
-            meter.step(false);
+            restore_meta(&root, cur, after, &chowned).map_err(io("restore owner/mode"))?;
+            changed = true;
         }
+        changed |= acl_back(&root, b"", id.ino).map_err(io("restore ACL"))?;
+        meter.step(changed);
         meter.report();
         match first_err {
             Some(e) => Err(e),

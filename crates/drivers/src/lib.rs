@@ -91,6 +91,19 @@ pub enum DriverError {
         /// The store's error, as text.
         message: String,
     },
+    /// The object is refused before anything changed: another live guest's use of it
+    /// conflicts (a private read-write object belongs to one guest at a time).
+    #[error("{model}: {path}: refused: {rule} (in use by guest {other})", path = .path.display())]
+    InUse {
+        /// The driver that checked.
+        model: Model,
+        /// The object, as the plan names it.
+        path: std::path::PathBuf,
+        /// The other guest.
+        other: String,
+        /// The rule, in words.
+        rule: String,
+    },
     /// Something else, with a clear message.
     #[error("{model}: {message}")]
     Other {

@@ -470,6 +470,8 @@ impl Relabeler {
     ) -> Result<Arc<Relabeler>, RelabelError> {
         let path = Self::trees_path(&store);
         let trees = Database::create(&path).map_err(db_err)?;
+        // Every share's file names and labels: for root alone, whatever the umask.
+        crate::tree_common::owner_only(&path)?;
         {
             let txn = trees.begin_write().map_err(db_err)?;
             txn.open_table(TREES).map_err(db_err)?;
@@ -1383,15 +1385,53 @@ impl Relabeler {
                 Err(e) => return Err(io_err("open", path)(e)),
             }
         }
+        // Dead DAC readers of an object other DAC users keep: each one's own ACL entry goes
+        // (its uid is released and will be handed to another guest).
+        let dead_readers: Vec<&str> = owners
+            .iter()
+            .filter(|o| split_owner(o).0 == "dac")
+            .map(|o| split_owner(o).1)
+            .filter(|g| {
+                rec.original
+                    .model_flags
+                    .contains_key(&crate::dac::read_uid_key(g))
+            })
+            .collect();
+        if remaining_dac > 0 && !dead_readers.is_empty() {
+            let path = &rec.original.path;
+            match self.root.open_object(path) {
+                Ok(o)
+                    if rec
+                        .original
+                        .identity
+                        .same_object(&store_identity(o.identity())) =>
+                {
+                    for g in &dead_readers {
+                        crate::dac::drop_read_entry(&o, &rec.original, g, &dead_readers)
+                            .map_err(|e| dac_restore_err(path, e))?;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(io_err("open", path)(e)),
+            }
+        }
         for o in owners {
             // DAC's entries go with its last user (as DAC's own release does): left in a
             // record another model keeps, a later grant's flags and gid would be or-ed in.
-            let clear: &[&str] = if split_owner(o).0 == "dac" && remaining_dac == 0 {
-                &["dac", crate::dac::ACL_GID_KEY]
-            } else {
-                &[]
-            };
-            self.store.release_original_clearing(key, o, clear)?;
+            // A DAC user's own read-grant keys go with it in any case.
+            let mut clear: Vec<String> = Vec::new();
+            if split_owner(o).0 == "dac" {
+                clear.extend([
+                    crate::dac::read_uid_key(split_owner(o).1),
+                    crate::dac::read_prev_key(split_owner(o).1),
+                ]);
+                if remaining_dac == 0 {
+                    clear.extend(["dac".to_string(), crate::dac::ACL_GID_KEY.to_string()]);
+                }
+            }
+            let clear: Vec<&str> = clear.iter().map(String::as_str).collect();
+            self.store.release_original_clearing(key, o, &clear)?;
         }
         Ok(restored)
     }
@@ -1445,6 +1485,9 @@ impl Relabeler {
                 }
             }
             Err(e) => rep.errors.push(e.into()),
+        }
+        for e in crate::stack::recover_claims(&self.store, svirt_domain::Model::Selinux, running) {
+            tracing::error!("releasing dead guests' SELinux claims: {e}");
         }
         match self.trees_all() {
             Ok(trees) => {

@@ -333,10 +333,25 @@ impl SecurityDriver for SelinuxDriver {
             return Ok(());
         }
         let jobs = Self::jobs(plan, guest.level.as_ref(), self.restore_shared)?;
-        let applied = self
-            .relabeler
-            .set_labels(&guest.name, &jobs)
-            .map_err(|e| map_relabel(MODEL, e))?;
+        // Before any label changes: the same exclusivity rule as DAC's (one claim table).
+        crate::stack::claim_plan(
+            self.relabeler.store(),
+            self.relabeler.root(),
+            Model::Selinux,
+            plan,
+        )?;
+        let applied = match self.relabeler.set_labels(&guest.name, &jobs) {
+            Ok(a) => a,
+            Err(e) => {
+                // set_labels undid its own work: nothing of this guest's is left to claim.
+                let _ = crate::stack::release_claims(
+                    self.relabeler.store(),
+                    Model::Selinux,
+                    &guest.name,
+                );
+                return Err(map_relabel(MODEL, e));
+            }
+        };
         let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
         for warn in &applied.warnings {
             let m = soft_message(warn);
@@ -349,11 +364,20 @@ impl SecurityDriver for SelinuxDriver {
     fn restore_all(&self, plan: &Plan, guest: &GuestSecurity) -> Vec<DriverError> {
         let _ = plan;
         // The store knows what was changed for this guest, whatever the plan says now.
-        self.relabeler
+        let mut errors: Vec<DriverError> = self
+            .relabeler
             .restore_labels(&guest.name)
             .into_iter()
             .map(|e| map_relabel(MODEL, e))
-            .collect()
+            .collect();
+        // Claims go once everything is back (a failed restore keeps them, and its records).
+        if errors.is_empty()
+            && let Err(e) =
+                crate::stack::release_claims(self.relabeler.store(), Model::Selinux, &guest.name)
+        {
+            errors.push(e);
+        }
+        errors
     }
 
     fn child_hooks(

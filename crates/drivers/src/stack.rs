@@ -16,9 +16,132 @@
 
 use std::sync::Arc;
 
-use svirt_domain::{Model, Plan};
+use svirt_domain::{Access, Model, Plan, PlannedResource, ResourceKind, Sharing};
+use svirt_store::{ClaimItem, ClaimUse, Store};
 
+use crate::fsops::FsRoot;
+use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+
+/// How a planned resource is claimed (see [`claim_plan`]); `None`: not claimed (sockets and
+/// pipes are rendezvous points, not content: several guests may connect to one listener).
+pub fn claim_use(pr: &PlannedResource) -> Option<ClaimUse> {
+    if matches!(
+        pr.resource.kind,
+        ResourceKind::ChardevSocket | ResourceKind::ChardevPipe
+    ) {
+        return None;
+    }
+    Some(match (pr.resource.sharing, pr.resource.access) {
+        (Sharing::Private, Access::Rw) => ClaimUse::Exclusive,
+        (Sharing::Shared, _) => ClaimUse::Shared,
+        _ => ClaimUse::Read,
+    })
+}
+
+/// Claims every object of `plan` for `<model>/<guest>` in the store, before the driver
+/// changes anything: refused ([`DriverError::InUse`], naming the object, the other guest and
+/// the rule) when another live guest holds the object privately read-write, or when the plan
+/// wants privately read-write an object another guest uses in any way. One durable
+/// transaction: two starts racing for one object cannot both pass, and a refusal writes
+/// nothing. Objects that do not exist yet are not claimed (nothing to share). Called by
+/// every driver that changes objects (DAC, SELinux), so it holds under every model; a guest's
+/// claims under several models never conflict with each other.
+pub fn claim_plan(
+    store: &Store,
+    root: &FsRoot,
+    model: Model,
+    plan: &Plan,
+) -> Result<(), DriverError> {
+    let owner = crate::relabel::owner_key(model.as_str(), &plan.name);
+    let mut items = Vec::new();
+    for pr in &plan.resources {
+        let Some(usage) = claim_use(pr) else { continue };
+        let obj = match root.open_object(&pr.resource.path) {
+            Ok(o) => o,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(source) => {
+                return Err(DriverError::Object {
+                    model,
+                    op: "open",
+                    path: pr.resource.path.clone(),
+                    source,
+                });
+            }
+        };
+        // The directories above it, opened as the object was (no symlink followed): an
+        // object inside another guest's tree conflicts with that tree's use.
+        let ancestors = pr
+            .resource
+            .path
+            .ancestors()
+            .skip(1)
+            .filter_map(|a| root.open_object(a).ok())
+            .map(|o| store_identity(o.identity()))
+            .collect();
+        items.push(ClaimItem {
+            key: object_key(obj.identity()),
+            identity: store_identity(obj.identity()),
+            path: pr.resource.path.clone(),
+            usage,
+            recursive: pr.resource.recursive && obj.meta().is_dir(),
+            ancestors,
+        });
+    }
+    store.claim_objects(&owner, &items).map_err(|e| match e {
+        svirt_store::Error::Claimed { path, other, rule } => DriverError::InUse {
+            model,
+            path,
+            other,
+            rule,
+        },
+        e => DriverError::Store {
+            model,
+            message: e.to_string(),
+        },
+    })
+}
+
+/// Drops every claim `<model>/<guest>` holds (at stop, once its objects are restored, and
+/// after a refused or failed start).
+pub fn release_claims(store: &Store, model: Model, guest: &str) -> Result<(), DriverError> {
+    store
+        .release_claims(&crate::relabel::owner_key(model.as_str(), guest))
+        .map(|_| ())
+        .map_err(|e| DriverError::Store {
+            model,
+            message: e.to_string(),
+        })
+}
+
+/// Crash recovery of claims: drops the claims of every `<model>/<guest>` user whose guest
+/// is not running. Returns the errors.
+pub fn recover_claims(
+    store: &Store,
+    model: Model,
+    running: &dyn Fn(&str) -> bool,
+) -> Vec<DriverError> {
+    let err = |e: svirt_store::Error| DriverError::Store {
+        model,
+        message: e.to_string(),
+    };
+    let claims = match store.list_claims() {
+        Ok(c) => c,
+        Err(e) => return vec![err(e)],
+    };
+    let mut dead = std::collections::BTreeSet::new();
+    for (_, rec) in claims {
+        for user in rec.users.keys() {
+            let (m, g) = crate::relabel::split_owner(user);
+            if m == model.as_str() && !running(g) {
+                dead.insert(user.clone());
+            }
+        }
+    }
+    dead.into_iter()
+        .filter_map(|u| store.release_claims(&u).err().map(err))
+        .collect()
+}
 
 /// Position of a model in the stack.
 pub fn rank(m: Model) -> u8 {

@@ -81,6 +81,13 @@ pub(crate) fn object_key(id: Identity) -> ObjectKey {
     }
 }
 
+/// Makes a database file `0600` (created with the process umask, typically `0644`).
+pub(crate) fn owner_only(path: &Path) -> Result<(), DbError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| DbError(format!("chmod 0600 {}: {e}", path.display())))
+}
+
 /// The store's identity of an object (what tells a replaced file from the recorded one).
 pub(crate) fn store_identity(id: Identity) -> ObjectIdentity {
     ObjectIdentity {

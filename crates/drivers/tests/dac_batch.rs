@@ -61,13 +61,13 @@ fn dac_batch_merges_repeats_and_records_each_object_once() {
         "batch",
         vec![
             private_tree(&tree),
-            // `a` again, after the tree: made readable on top of the tree's change.
+            // `a` again, after the tree: read granted on top of the tree's change.
             res(
                 &a,
                 ResourceKind::Cdrom,
                 Access::Ro,
                 Sharing::ReadOnlyContent,
-                DacAction::MakeReadable,
+                DacAction::GrantRead,
             ),
             disk(&img),
             // The image twice.
@@ -78,8 +78,10 @@ fn dac_batch_merges_repeats_and_records_each_object_once() {
     d.reserve(&p, &mut g).expect("reserve");
     let (u, gid) = g.ids.expect("ids");
     d.set_all(&p, &g).expect("set_all");
-    // Sequential semantics: the tree made `a` the guest's 0600, then o+r: 0604.
-    assert_eq!(owner_mode(&a), (u, gid, 0o604));
+    // Sequential semantics: the tree made `a` the guest's 0600, then the read grant added
+    // `user:<uid>:r--` and a mask `r--` (shown as the group bits): 0640, "other" still none.
+    assert_eq!(owner_mode(&a), (u, gid, 0o640));
+    assert!(get_acl(&a).is_some(), "the read grant is an ACL");
     assert_eq!(owner_mode(&b), (u, gid, 0o600));
     assert_eq!(owner_mode(&tree), (u, gid, 0o700));
     assert_eq!(owner_mode(&img), (u, gid, 0o600));

@@ -299,15 +299,21 @@ fn shared_plan(name: &str) -> svirt_domain::Plan {
 fn assert_shared_change(e: &Env, round: usize) {
     let (objs, _) = e.snapshot();
     let disk = objs[0];
-    assert_eq!(
-        (disk.1, disk.2 & 0o060),
-        (SHARED_GID, 0o060),
-        "round {round}: disk"
+    // Each shared object has its own group, from the id range.
+    assert!(
+        (630_000..=630_050).contains(&disk.1) && disk.2 & 0o060 == 0o060,
+        "round {round}: disk {disk:?}"
+    );
+    let tree_gid = objs[2].1;
+    assert!(
+        (630_000..=630_050).contains(&tree_gid) && tree_gid != disk.1,
+        "round {round}: the share's group {tree_gid}, the disk's {}",
+        disk.1
     );
     for (t, m) in TREE.iter().zip(&objs[2..]) {
         assert_eq!(
             (m.1, m.2 & 0o060),
-            (SHARED_GID, 0o060),
+            (tree_gid, 0o060),
             "round {round}: tree entry {t:?}"
         );
     }

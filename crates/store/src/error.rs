@@ -124,6 +124,17 @@ pub enum Error {
         /// Its owner.
         owner: String,
     },
+    /// An object cannot be used as asked: another live guest's use of it conflicts
+    /// (a private read-write object is one guest's alone).
+    #[error("{path}: refused: {rule} (in use by guest {other})", path = .path.display())]
+    Claimed {
+        /// The object.
+        path: PathBuf,
+        /// The other guest.
+        other: String,
+        /// The rule, in words.
+        rule: String,
+    },
     /// A release named a level or id the owner does not hold.
     #[error("{what} is not held by {owner}")]
     NotOwner {

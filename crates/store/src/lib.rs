@@ -11,6 +11,7 @@
 //!
 //! Every mutation is a transaction committed durably (fsync) before the call returns.
 
+mod claims;
 mod error;
 mod ids;
 mod levels;
@@ -18,6 +19,7 @@ mod originals;
 pub mod pairs;
 mod store;
 
+pub use claims::{ClaimItem, ClaimRecord, ClaimUse};
 pub use error::{Error, Result};
 pub use ids::{IdAllocator, IdConfig, MAX_ID_RANGE};
 pub use levels::{AllocatorConfig, AllocatorStats, LevelAllocator};

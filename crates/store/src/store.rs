@@ -33,6 +33,12 @@ pub(crate) const ORIGINALS: TableDefinition<'_, (u64, u64), &[u8]> =
 /// (owner, dev, ino) → (): the reverse index of [`ORIGINALS`].
 pub(crate) const ORIGINAL_OWNERS: TableDefinition<'_, (&str, u64, u64), ()> =
     TableDefinition::new("original_owners");
+/// (dev, ino) → JSON `ClaimRecord`: which guests use an object, and how.
+pub(crate) const CLAIMS: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("claims");
+/// (owner, dev, ino) → (): reverse index of `claims`.
+pub(crate) const CLAIM_OWNERS: TableDefinition<'_, (&str, u64, u64), ()> =
+    TableDefinition::new("claim_owners");
+
 /// Guest name → (state, opaque record bytes).
 pub(crate) const GUESTS: TableDefinition<'_, &str, (&str, &[u8])> = TableDefinition::new("guests");
 
@@ -188,6 +194,8 @@ impl Store {
             txn.open_table(ORIGINALS)?;
             txn.open_table(ORIGINAL_OWNERS)?;
             txn.open_table(GUESTS)?;
+            txn.open_table(CLAIMS)?;
+            txn.open_table(CLAIM_OWNERS)?;
             Ok(())
         })
     }

@@ -67,7 +67,7 @@ pub fn cdrom(path: &Path) -> PlannedResource {
         ResourceKind::Cdrom,
         Access::Ro,
         Sharing::ReadOnlyContent,
-        DacAction::MakeReadable,
+        DacAction::GrantRead,
     )
 }
 
@@ -376,4 +376,21 @@ pub fn skip_unless_root() -> bool {
         return true;
     }
     false
+}
+
+/// The group svirt allocated to shared object `path` (its `shared-object/<dev>:<ino>` id
+/// reservation in `store`), if any.
+pub fn shared_gid_of(store: &Store, path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let owner = svirt_drivers::dac::shared_owner(svirt_store::ObjectKey {
+        dev: m.dev(),
+        ino: m.ino(),
+    });
+    store
+        .id_reservations()
+        .ok()?
+        .into_iter()
+        .find(|(_, o)| *o == owner)
+        .map(|(id, _)| id)
 }
