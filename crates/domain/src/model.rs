@@ -147,6 +147,20 @@ pub struct Resource {
     pub device: String,
     /// Per-model overrides from the device's `<seclabel>` elements.
     pub overrides: BTreeMap<Model, DeviceOverride>,
+    /// The object the planner resolved and the object policy judged: drivers check they
+    /// change this object and no other (a name swapped in between is refused). `None` in
+    /// plans made before svirt recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<ObjectIdentity>,
+}
+
+/// Device and inode of a planned object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectIdentity {
+    /// Device of its file system.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
 }
 
 /// The level part of a planned label.

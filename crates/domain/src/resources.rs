@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::host::{FileKind, Host, Resolved};
-use crate::model::{Access, DeviceOverride, Model, Resource, ResourceKind, Sharing};
+use crate::model::{
+    Access, DeviceOverride, Model, ObjectIdentity, Resource, ResourceKind, Sharing,
+};
 use crate::qcow2;
 
 /// Longest backing chain followed (XML layers plus header layers).
@@ -196,6 +198,10 @@ impl Builder<'_> {
             recursive,
             device: device.to_string(),
             overrides: ov,
+            identity: Some(ObjectIdentity {
+                dev: r.info.dev,
+                ino: r.info.ino,
+            }),
         };
         self.by_id.insert(id, self.list.len());
         self.list.push(Entry { res });

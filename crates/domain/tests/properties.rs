@@ -77,6 +77,7 @@ proptest! {
             recursive: false,
             device: "disk vda".into(),
             overrides: Default::default(),
+            identity: None,
         };
         let p = plan(&d, vec![r], &PlanConfig::default()).unwrap();
         let img = p.resources[0].selinux.as_ref().unwrap().display(None);

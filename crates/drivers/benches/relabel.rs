@@ -185,6 +185,7 @@ fn label_tree(r: &Relabeler, guest: &str, path: &Path) -> Applied {
             label: LABEL.into(),
             restore: true,
             recursive: true,
+            identity: None,
         }],
     )
     .unwrap()

@@ -625,7 +625,7 @@ impl DacDriver {
                 continue;
             }
             let obj = root
-                .open_object(&pr.resource.path)
+                .open_planned(&pr.resource.path, planned_identity(pr))
                 .map_err(|e| obj_err("open", &pr.resource.path, e))?;
             opened.push((pr, obj));
         }
@@ -1899,6 +1899,11 @@ impl SecurityDriver for DacDriver {
             _ => None,
         })
     }
+}
+
+/// The `(dev, ino)` the planner judged for a resource, for [`FsRoot::open_planned`].
+fn planned_identity(pr: &PlannedResource) -> Option<(u64, u64)> {
+    pr.resource.identity.map(|i| (i.dev, i.ino))
 }
 
 #[cfg(test)]

@@ -252,6 +252,8 @@ pub struct LabelJob {
     pub restore: bool,
     /// Whether the whole tree below a directory is labeled.
     pub recursive: bool,
+    /// `(dev, ino)` of the object planned: anything else found at `path` is refused.
+    pub identity: Option<(u64, u64)>,
 }
 
 /// A non-fatal outcome worth telling the user.
@@ -553,7 +555,7 @@ impl Relabeler {
             }
             let o = self
                 .root
-                .open_object(&j.path)
+                .open_planned(&j.path, j.identity)
                 .map_err(io_err("open", &j.path))?;
             objs.push(o);
         }

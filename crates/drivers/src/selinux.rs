@@ -217,6 +217,7 @@ impl SelinuxDriver {
                 label,
                 restore: r.selinux_restore || restore_shared,
                 recursive: r.resource.recursive,
+                identity: r.resource.identity.map(|i| (i.dev, i.ino)),
             });
         }
         Ok(jobs)

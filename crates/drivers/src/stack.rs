@@ -57,7 +57,10 @@ pub fn claim_plan(
     let mut items = Vec::new();
     for pr in &plan.resources {
         let Some(usage) = claim_use(pr) else { continue };
-        let obj = match root.open_object(&pr.resource.path) {
+        let obj = match root.open_planned(
+            &pr.resource.path,
+            pr.resource.identity.map(|i| (i.dev, i.ino)),
+        ) {
             Ok(o) => o,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(source) => {

@@ -127,6 +127,7 @@ fn read_only_filesystem_is_a_soft_error() {
                 label: "system_u:object_r:svirt_image_t:s0:c1,c2".into(),
                 restore: true,
                 recursive: false,
+                identity: None,
             }],
         )
         .unwrap();
@@ -174,12 +175,14 @@ fn legacy_syscall_fallback_labels_and_restores_the_same() {
             label: l.into(),
             restore: true,
             recursive: true,
+            identity: None,
         },
         LabelJob {
             path: d.join("disk"),
             label: l.into(),
             restore: true,
             recursive: false,
+            identity: None,
         },
     ];
     let r = env.relabeler.set_labels("legacy", &jobs);

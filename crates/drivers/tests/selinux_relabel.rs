@@ -90,6 +90,7 @@ fn job(p: &Path, l: &str, recursive: bool) -> LabelJob {
         label: l.to_string(),
         restore: true,
         recursive,
+        identity: None,
     }
 }
 

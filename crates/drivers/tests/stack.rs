@@ -107,6 +107,7 @@ fn planned(path: PathBuf, label: &str, restore: bool) -> PlannedResource {
             recursive: false,
             device: "disk".into(),
             overrides: Default::default(),
+            identity: None,
         },
         selinux: Some(LabelTemplate::from_context(&Context::parse(label).unwrap())),
         selinux_reason: "test".into(),

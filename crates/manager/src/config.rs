@@ -64,13 +64,16 @@ pub struct UidRange {
     pub last: u32,
 }
 
-/// First uid of the default guest range (see [`DEFAULT_UID_RANGE`]).
-pub const DEFAULT_UID_FIRST: u32 = 2_000_000_000;
+/// First uid of the default guest range (see [`DEFAULT_UID_RANGE`]; the store's default).
+pub const DEFAULT_UID_FIRST: u32 = svirt_store::DEFAULT_ID_FIRST;
 /// Last uid (inclusive) of the default guest range.
-pub const DEFAULT_UID_LAST: u32 = 2_000_065_535;
+pub const DEFAULT_UID_LAST: u32 = svirt_store::DEFAULT_ID_LAST;
 /// The default guest uid/gid range as `svirtd --help` shows it (one constant: the help
 /// text and the code cannot disagree).
 pub const DEFAULT_UID_RANGE: &str = "2000000000-2000065535";
+
+// The help text's string and the numbers must agree.
+const _: () = assert!(DEFAULT_UID_FIRST == 2_000_000_000 && DEFAULT_UID_LAST == 2_000_065_535);
 
 impl Default for UidRange {
     /// 2000000000-2000065535: far above login accounts (1000–60000), systemd's dynamic ids

@@ -321,6 +321,7 @@ mod tests {
                 label: "system_u:object_r:svirt_image_t:s0:c1,c2".into(),
                 restore: true,
                 recursive: true,
+                identity: None,
             };
             let applied = r.set_labels("g", std::slice::from_ref(&job)).unwrap();
             assert!(applied.changed >= 50_000, "{applied:?}");

@@ -133,6 +133,7 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
                 label: LABEL.into(),
                 restore: true,
                 recursive: true,
+                identity: None,
             }],
         )
         .map(|_| ());

@@ -31,13 +31,19 @@ pub struct IdConfig {
     pub root: PathBuf,
 }
 
+/// First id of the default guest range: far above login users (1000–60000), systemd's
+/// dynamic users (61184–65519) and the subordinate blocks `useradd` hands out from 100000
+/// in steps of 65536 (300000–365535, the old default, overlapped the fourth block).
+pub const DEFAULT_ID_FIRST: u32 = 2_000_000_000;
+/// Last id (inclusive) of the default guest range.
+pub const DEFAULT_ID_LAST: u32 = 2_000_065_535;
+
 impl Default for IdConfig {
-    /// 300000..=365535 under `/`: above the usual login (1000–60000), systemd dynamic
-    /// (61184–65519) and first subordinate ranges (100000+65536·k, skipped anyway when listed).
+    /// [`DEFAULT_ID_FIRST`]..=[`DEFAULT_ID_LAST`] under `/`.
     fn default() -> Self {
         IdConfig {
-            first: 300_000,
-            last: 365_535,
+            first: DEFAULT_ID_FIRST,
+            last: DEFAULT_ID_LAST,
             root: PathBuf::from("/"),
         }
     }

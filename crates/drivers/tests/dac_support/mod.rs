@@ -40,6 +40,7 @@ pub fn res(
             recursive: false,
             device: format!("{kind:?} {}", path.display()),
             overrides: BTreeMap::new(),
+            identity: None,
         },
         selinux: None,
         selinux_reason: String::new(),
