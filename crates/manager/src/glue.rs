@@ -313,3 +313,60 @@ pub(crate) fn with_create_label<T>(
     reset?;
     Ok(v)
 }
+
+/// Opens, in the host's network namespace, the sockets of the chardevs that QEMU would
+/// otherwise open itself over the network (its jail has its own network namespace with
+/// nothing in it): a TCP listener for `mode='bind'`, a connected TCP socket for
+/// `mode='connect'`. Returned by chardev index, for `fd=N` on QEMU's command line. A UDP
+/// chardev is refused: QEMU 7.2's `udp` backend takes no file descriptor.
+pub(crate) fn host_sockets(spec: &VmSpec) -> Result<Vec<(usize, std::os::fd::OwnedFd)>> {
+    use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+    let mut out = Vec::new();
+    for (i, c) in spec.chardevs.iter().enumerate() {
+        match &c.backend {
+            ChardevBackend::Tcp { host, port, server } => {
+                let what = format!("chardev {i} (tcp {host}:{port})");
+                let addrs: Vec<_> = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| ManagerError::Domain(format!("{what}: resolve: {e}")))?
+                    .collect();
+                let fd: std::os::fd::OwnedFd = if *server {
+                    TcpListener::bind(&addrs[..])
+                        .map_err(|e| ManagerError::Domain(format!("{what}: listen: {e}")))?
+                        .into()
+                } else {
+                    let mut last = None;
+                    let mut got = None;
+                    for a in &addrs {
+                        match TcpStream::connect_timeout(a, std::time::Duration::from_secs(5)) {
+                            Ok(s) => {
+                                got = Some(s);
+                                break;
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    match got {
+                        Some(s) => s.into(),
+                        None => {
+                            return Err(ManagerError::Domain(format!(
+                                "{what}: connect: {}",
+                                last.map_or_else(|| "no address".to_string(), |e| e.to_string())
+                            )));
+                        }
+                    }
+                };
+                out.push((i, fd));
+            }
+            ChardevBackend::Udp { host, port } => {
+                return Err(ManagerError::Domain(format!(
+                    "chardev {i} (udp {host}:{port}): a udp chardev cannot be started in the \
+                     VMM's jail: QEMU 7.2 opens it itself (no fd= for udp) and the jail's \
+                     network namespace reaches no host address; use a tcp or unix chardev"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
