@@ -43,8 +43,12 @@ struct Lab {
 }
 
 fn lab(tag: &str, b: bool) -> Lab {
+    lab_with(tag, b, "dac,landlock")
+}
+
+fn lab_with(tag: &str, b: bool, drivers: &str) -> Lab {
     let env = Env::new(tag);
-    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let (m, _) = Manager::open(env.config(drivers)).unwrap();
     let a_disk = env.qcow2("a.qcow2");
     let b_disk = env.qcow2("b.qcow2");
     let a = m
@@ -104,7 +108,10 @@ impl Lab {
         common::poll_until(Duration::from_secs(5), || {
             let r = self.qmp(json!({"execute": "query-migrate"}));
             status = r["return"]["status"].as_str().unwrap_or("none").to_string();
-            !matches!(status.as_str(), "setup" | "active" | "device" | "pre-switchover")
+            !matches!(
+                status.as_str(),
+                "setup" | "active" | "device" | "pre-switchover"
+            )
         });
         status
     }
@@ -318,8 +325,10 @@ fn attack_qmp_netdev_user_hostfwd_udp_and_tcp() {
     // Control: a UDP forward is accepted and bound — in the guest's own network
     // namespace (QEMU's /proc/PID/net/udp lists it), so the host keeps its port.
     let p = free_port();
-    l.ok(json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u1",
-        "hostfwd": [{"str": format!("udp::{p}-:7")}]}}));
+    l.ok(
+        json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u1",
+        "hostfwd": [{"str": format!("udp::{p}-:7")}]}}),
+    );
     assert!(
         bound_in_ns_of(l.pid(), "udp", p),
         "control: the forward is not bound anywhere QEMU sees"
@@ -341,8 +350,10 @@ fn attack_qmp_netdev_user_hostfwd_udp_and_tcp() {
     );
     // TCP forwards: refused (Landlock's TCP rule), and not bound on the host either way.
     let p3 = free_port();
-    let _ = l.qmp(json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u2",
-        "hostfwd": [{"str": format!("tcp::{p3}-:22")}]}}));
+    let _ = l.qmp(
+        json!({"execute": "netdev_add", "arguments": {"type": "user", "id": "u2",
+        "hostfwd": [{"str": format!("tcp::{p3}-:22")}]}}),
+    );
     assert!(
         host_can_bind_tcp(p3),
         "the VMM bound TCP port {p3} in the host's network namespace"
@@ -364,8 +375,10 @@ fn attack_qmp_netdev_tap_and_bridge() {
     );
     // The bridge helper is a setuid program QEMU would spawn.
     let br = format!("svbr{}", std::process::id() % 100_000);
-    let _ = l.qmp_or_death(json!({"execute": "netdev_add", "arguments": {"type": "bridge",
-        "id": "b1", "br": br}}));
+    let _ = l.qmp_or_death(
+        json!({"execute": "netdev_add", "arguments": {"type": "bridge",
+        "id": "b1", "br": br}}),
+    );
     assert!(
         !Path::new("/sys/class/net").join(&br).exists(),
         "the VMM created host bridge {br}"
@@ -424,9 +437,7 @@ fn attack_qmp_screendump_and_migrate_file_and_exec() {
     // `file:` migration: these fail before any file is opened, whatever the
     // confinement. Kept so that a later QEMU or a display cannot open them silently.
     let shot = l.out("screen.ppm");
-    l.refused(
-        json!({"execute": "screendump", "arguments": {"filename": shot.to_str().unwrap()}}),
-    );
+    l.refused(json!({"execute": "screendump", "arguments": {"filename": shot.to_str().unwrap()}}));
     assert!(!shot.exists());
     let mig = l.out("migrate.bin");
     let _ = l.qmp(
@@ -447,6 +458,41 @@ fn attack_qmp_screendump_and_migrate_file_and_exec() {
         "uri": format!("exec:touch {}", mark.display())}}));
     std::thread::sleep(Duration::from_millis(300));
     assert!(!mark.exists(), "migrate exec: ran a command on the host");
+}
+
+#[test]
+fn attack_qmp_files_outside_the_plan_with_the_jail_alone() {
+    require_env!();
+    // DAC without Landlock: only the guest's uid and the mount namespace stand between
+    // the VMM and world-readable/-writable host files. Before the jail all of these
+    // were reachable here.
+    let l = lab_with("alone", false, "dac");
+    l.ok(blockdev("own", &l.a_disk));
+    let world = l.out("world-readable.img");
+    std::fs::write(&world, b"host data").unwrap();
+    std::fs::set_permissions(&world, std::fs::Permissions::from_mode(0o666)).unwrap();
+    l.refused(blockdev("world", &world));
+    let log = l.out("new.log");
+    l.refused(json!({"execute": "chardev-add", "arguments": {"id": "f",
+        "backend": {"type": "file", "data": {"out": log.to_str().unwrap()}}}}));
+    assert!(!log.exists(), "{} was created by the VMM", log.display());
+    let mem = l.out("guest.mem");
+    l.refused(
+        json!({"execute": "object-add", "arguments": {"qom-type": "memory-backend-file",
+        "id": "m", "mem-path": mem.to_str().unwrap(), "size": 1_048_576, "share": true}}),
+    );
+    assert!(!mem.exists(), "{} was created by the VMM", mem.display());
+    let dump = l.out("guest.dump");
+    l.refused(
+        json!({"execute": "dump-guest-memory", "arguments": {"paging": false,
+        "protocol": format!("file:{}", dump.display())}}),
+    );
+    assert!(!dump.exists(), "{} was created by the VMM", dump.display());
+    // Control: the same commands on the guest's own runtime directory.
+    let own = l.runtime("control.log");
+    l.ok(json!({"execute": "chardev-add", "arguments": {"id": "own",
+        "backend": {"type": "file", "data": {"out": own.to_str().unwrap()}}}}));
+    assert!(own.exists());
 }
 
 /// Mount points of `pid` as it sees them (`/proc/PID/mountinfo` field 5).
@@ -546,7 +592,8 @@ fn jail_tcp_chardev_is_reachable_from_the_host_and_udp_is_refused() {
     // The listener lives in the host's namespace (opened by the manager, passed as an
     // fd): the host connects to it, and QEMU holds it.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut b = [0u8; 1];
     // Either the guest's serial output or a timeout; never a refused or reset connection.
     match s.read(&mut b) {
