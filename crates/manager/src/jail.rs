@@ -1,18 +1,21 @@
 //! The per-guest jail: the VMM runs in its own mount namespace, which shows only what its
-//! plan grants plus what the VMM binary needs, and in its own network namespace (loopback
-//! only, and down).
+//! plan grants plus what the VMM binary needs, in its own network namespace (loopback
+//! only, and down) and its own IPC namespace.
 //!
 //! Everything is decided in the parent ([`prepare`]): every object is opened there with
 //! `O_PATH` (guest resources with `RESOLVE_NO_SYMLINKS`, as the Landlock driver opens
-//! them), and every path string, flag and message is built there. Between fork and exec
-//! the child runs one linear sequence of system calls on that data ([`PreparedJail::enter`],
-//! no allocation): `unshare(CLONE_NEWNS|CLONE_NEWNET)`, `/` made private recursively so
+//! them) and turned into a detached bind mount of itself (`open_tree(OPEN_TREE_CLONE)`)
+//! carrying the jail's flags (`mount_setattr`: `nosuid`, `nodev` except on granted device
+//! nodes, `noexec` except where the VMM runs from, `ro` for read-only objects). Every
+//! path string and message is built there too. Between fork and exec the child runs one
+//! linear sequence of system calls on that data (`enter`, no allocation):
+//! `unshare(CLONE_NEWNS|CLONE_NEWNET|CLONE_NEWIPC)`, `/` made private recursively so
 //! nothing propagates back to the host, a tmpfs on `/tmp` (of the new namespace only) as
-//! the new root, each object bound from `/proc/self/fd/N` (the fd opened in the parent: a
-//! path swapped after planning cannot redirect a bind) onto an empty file or directory at
-//! its canonical path, each bind remounted with `nosuid`, `nodev` (not for granted device
-//! nodes), `noexec` (not for the system directories the VMM runs from) and `ro` for
-//! read-only objects, the tmpfs made read-only, `pivot_root`, and the old root detached.
+//! the new root, each detached mount attached (`move_mount`) onto an empty file or
+//! directory at its canonical path, the tmpfs made read-only, `pivot_root`, and the old
+//! root detached. The child resolves no host path: a path swapped after planning cannot
+//! redirect a bind. (A plain bind from `/proc/self/fd/N` cannot be used: after `unshare`
+//! the fd's mount belongs to the parent's namespace and the kernel refuses it.)
 //!
 //! Landlock rules are attached to inodes, and every bind shows the host's inode at its
 //! mount root: the ruleset the Landlock driver builds from the same paths in the parent
@@ -188,7 +191,7 @@ impl JailReport {
 
 /// Fixed steps after the per-object ops (indices `ops.len() + k`).
 const FIXED: [&str; 9] = [
-    "unshare(CLONE_NEWNS|CLONE_NEWNET)",
+    "unshare(CLONE_NEWNS|CLONE_NEWNET|CLONE_NEWIPC)",
     "make / private (MS_REC|MS_PRIVATE)",
     "mount the jail's tmpfs root on /tmp",
     "remount the jail's root read-only",
@@ -610,7 +613,12 @@ unsafe fn enter(
     // SAFETY (all blocks below): plain system calls on NUL-terminated strings built in
     // the parent; null pointers where the calls take none.
     unsafe {
-        cvt(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET)).map_err(fixed(0))?;
+        // IPC too: System V objects and POSIX message queues of the host are then out of
+        // reach as well (they are keyed by number, not by path).
+        cvt(libc::unshare(
+            libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC,
+        ))
+        .map_err(fixed(0))?;
         // Nothing this process mounts may propagate to the host's mounts (and nothing
         // mounted later on the host appears here).
         cvt(libc::mount(

@@ -510,8 +510,8 @@ fn jail_shows_only_the_plan_and_the_vmm_runtime() {
     let l = lab("shows", false);
     let pid = l.pid();
     let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    // Own mount and network namespaces.
-    for ns in ["mnt", "net"] {
+    // Own mount, network and IPC namespaces.
+    for ns in ["mnt", "net", "ipc"] {
         assert_ne!(
             std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap(),
             std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap(),
@@ -620,4 +620,47 @@ fn jail_tcp_chardev_is_reachable_from_the_host_and_udp_is_refused() {
     let e = m.start(&xml, StartOptions { paused: true }).unwrap_err();
     assert!(e.to_string().contains("udp"), "{e}");
     env.assert_guest_dirs_gone("u", "refused udp chardev");
+}
+
+#[test]
+fn jail_refuses_a_writable_object_beneath_a_read_only_one() {
+    require_env!();
+    let env = Env::new("nested");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let share = env.path("images/share");
+    std::fs::create_dir(&share).unwrap();
+    let inner = share.join("inner.img");
+    std::fs::File::create(&inner)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let before = common::owner_mode(&inner);
+    let xml = env.xml("n", &[(inner.clone(), "raw", false)]).replace(
+        "<serial ",
+        &format!(
+            "<filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share'/><readonly/></filesystem>\n<serial ",
+            share.display()
+        ),
+    );
+    // The jail mounts nothing inside another object: a writable disk inside a read-only
+    // share is refused, naming both, and the start leaves the disk as it was.
+    let e = m.start(&xml, StartOptions { paused: true }).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(inner.to_str().unwrap()) && msg.contains(share.to_str().unwrap()),
+        "{msg}"
+    );
+    assert_eq!(common::owner_mode(&inner), before);
+    env.assert_guest_dirs_gone("n", "refused nested object");
+    // Control: the same disk beside the share (not beneath it) starts.
+    let beside = env.raw("beside.img");
+    let xml = env.xml("n", &[(beside, "raw", false)]).replace(
+        "<serial ",
+        &format!(
+            "<filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share'/><readonly/></filesystem>\n<serial ",
+            share.display()
+        ),
+    );
+    m.start(&xml, StartOptions { paused: true }).unwrap();
+    m.destroy("n").unwrap();
 }
