@@ -26,7 +26,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Env, alive, require_env};
+use common::{Env, require_env};
 use serde_json::{Value, json};
 use svirt_manager::{GuestInfo, Manager, StartOptions};
 
