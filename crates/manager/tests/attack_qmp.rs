@@ -612,6 +612,33 @@ fn jail_tcp_chardev_is_reachable_from_the_host_and_udp_is_refused() {
             .any(|a| a.starts_with("socket,id=charserial") && a.contains(",fd="))
     );
     m.destroy("t").unwrap();
+    // A client chardev: the manager connects in the host's namespace; the host's
+    // listener sees the connection QEMU holds.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cport = host.local_addr().unwrap().port();
+    let xml = env.xml("c", &[]).replace(
+        "<serial ",
+        &format!(
+            "<serial type='tcp'><source mode='connect' host='127.0.0.1' service='{cport}'/><target port='1'/></serial>\n<serial "
+        ),
+    );
+    m.start(&xml, StartOptions { paused: true }).unwrap();
+    let (mut conn, _) = host.accept().unwrap();
+    // QEMU holds the connection (the manager dropped its copy): no EOF while it runs.
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let e = conn.read(&mut b).map(|n| n.to_string());
+    assert!(
+        e.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "the tcp client chardev's connection is not held by QEMU: {e:?}"
+    );
+    m.destroy("c").unwrap();
+    // After QEMU is gone the connection ends.
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert!(matches!(conn.read(&mut b), Ok(0) | Err(_)));
     // UDP: QEMU 7.2 takes no fd for it; refused before anything changes.
     let xml = env.xml("u", &[]).replace(
         "<serial ",
