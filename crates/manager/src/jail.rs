@@ -54,29 +54,15 @@ pub struct JailConfig {
 }
 
 impl Default for JailConfig {
+    /// The Landlock driver's default system paths: the jail shows what Landlock grants
+    /// and nothing more (and Landlock's rules, attached to those directories' inodes,
+    /// match inside the jail).
     fn default() -> Self {
-        let p = |s: &[&str]| s.iter().map(PathBuf::from).collect::<Vec<_>>();
-        // The same system paths the Landlock driver grants (LandlockConfig's defaults):
-        // the jail shows nothing Landlock would deny anyway, and nothing it grants is
-        // missing.
+        let l = svirt_drivers::landlock::LandlockConfig::default();
         JailConfig {
-            exec_paths: p(&[
-                "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
-            ]),
-            read_paths: p(&[
-                "/etc/ld.so.cache",
-                "/etc/ld.so.preload",
-                "/etc/localtime",
-                "/sys/devices/system/cpu",
-                "/sys/devices/system/node",
-            ]),
-            base_devices: p(&[
-                "/dev/null",
-                "/dev/zero",
-                "/dev/full",
-                "/dev/urandom",
-                "/dev/random",
-            ]),
+            exec_paths: l.exec_paths,
+            read_paths: l.read_paths,
+            base_devices: l.base_devices,
         }
     }
 }
