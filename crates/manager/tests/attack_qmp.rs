@@ -692,3 +692,32 @@ fn jail_refuses_a_writable_object_beneath_a_read_only_one() {
     m.start(&xml, StartOptions { paused: true }).unwrap();
     m.destroy("n").unwrap();
 }
+
+#[test]
+fn jail_shows_the_plans_unix_socket_and_the_vmm_connects() {
+    require_env!();
+    let env = Env::new("plansock");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let path = env.path("images/agent.sock");
+    let l = UnixListener::bind(&path).unwrap();
+    let xml = env.xml("s", &[]).replace(
+        "<serial ",
+        &format!(
+            "<channel type='unix'><source mode='connect' path='{}'/><target type='virtio' name='org.svirt.test.0'/></channel>\n<serial ",
+            path.display()
+        ),
+    );
+    let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+    // The socket is a plan resource: bound into the jail at its own path, and QEMU's
+    // connection reaches the host's listener.
+    l.set_nonblocking(true).unwrap();
+    assert!(
+        common::poll_until(Duration::from_secs(2), || l.accept().is_ok()),
+        "the plan's unix socket chardev did not connect"
+    );
+    assert!(
+        mount_points(info.pid.unwrap()).contains(&path),
+        "the socket is not shown in the jail"
+    );
+    m.destroy("s").unwrap();
+}
