@@ -685,3 +685,60 @@ unsafe fn enter(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn nesting_rules() {
+        assert!(Show::ReadWrite.covers(Show::ReadOnly));
+        assert!(Show::ReadWrite.covers(Show::ReadWrite));
+        assert!(!Show::ReadOnly.covers(Show::ReadWrite));
+        assert!(!Show::Exec.covers(Show::ReadWrite));
+        assert!(!Show::ReadWrite.covers(Show::Exec));
+        assert!(beneath(Path::new("/a/b/c"), Path::new("/a/b")));
+        assert!(!beneath(Path::new("/a/bc"), Path::new("/a/b")));
+    }
+
+    /// A step failing in the child is reported by name (std only carries the errno):
+    /// here the runtime directory the jail does not show, so the last step fails, after
+    /// the namespaces and the pivot worked, and the binary never runs.
+    #[test]
+    fn a_failing_step_is_named() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: not root (namespaces, mounts)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("ran");
+        let jail = build(Vec::new(), Vec::new(), Path::new("/svirt-no-such-dir")).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let pid_file = std::fs::File::create(dir.path().join("pid")).unwrap();
+        let args = vec!["-c".to_string(), format!("touch {}", mark.display())];
+        let e = crate::process::spawn(crate::process::SpawnRequest {
+            binary: Path::new("/bin/sh"),
+            args: &args,
+            runtime_dir: dir.path(),
+            log,
+            keep_fds: Vec::new(),
+            pid_fd: pid_file.as_raw_fd(),
+            pre_jail_hooks: Vec::new(),
+            jail: Some(jail),
+            hooks: Vec::new(),
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("jail: chdir to the runtime directory in the jail")
+                && e.contains("No such file"),
+            "{e}"
+        );
+        assert!(!mark.exists());
+        // Nothing of it is mounted on the host.
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mi.contains("svirt-jail"));
+    }
+}
