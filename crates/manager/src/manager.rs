@@ -391,15 +391,21 @@ impl Inner {
                 hooks.extend(h);
             }
         }
-        let jail = crate::jail::prepare(
-            &crate::jail::JailConfig::default(),
-            &rec.plan,
-            &crate::jail::JailInputs {
-                emulator: &self.qemu,
-                runtime_dir: &rec.runtime_dir,
-                devices: &exec.devices,
-            },
-        )?;
+        // No driver (`--drivers none`): QEMU runs as root with every capability, which
+        // could leave any namespace; such a guest is unconfined on purpose, jail included.
+        let jail = if self.drivers.is_empty() {
+            None
+        } else {
+            Some(crate::jail::prepare(
+                &crate::jail::JailConfig::default(),
+                &rec.plan,
+                &crate::jail::JailInputs {
+                    emulator: &self.qemu,
+                    runtime_dir: &rec.runtime_dir,
+                    devices: &exec.devices,
+                },
+            )?)
+        };
         let host_sockets = crate::glue::host_sockets(&rec.spec)?;
         let args = qemu::command_line(
             &rec.spec,
@@ -428,7 +434,7 @@ impl Inner {
                 .collect(),
             pid_fd: pid_file.as_raw_fd(),
             pre_jail_hooks: pre_jail,
-            jail: Some(jail),
+            jail,
             hooks,
         })?;
         drop(host_sockets);
