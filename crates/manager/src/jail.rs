@@ -142,7 +142,8 @@ pub struct PreparedJail {
     ops: Vec<Op>,
     /// A description per op (same index), and then the fixed steps.
     steps: Vec<String>,
-    fds: Vec<OwnedFd>,
+    /// The detached mounts the `Attach` ops name (close-on-exec: gone after exec).
+    trees: Vec<OwnedFd>,
     staging: CString,
     cwd: CString,
     report: OwnedFd,
@@ -359,7 +360,7 @@ fn build(
     };
     let mut ops = Vec::new();
     let mut steps = Vec::new();
-    let mut fds = Vec::new();
+    let mut trees = Vec::new();
     let mut made_dirs: Vec<PathBuf> = Vec::new();
     let mut bound: Vec<(PathBuf, bool, Show)> = Vec::new();
     let mkdirs = |made_dirs: &mut Vec<PathBuf>,
@@ -445,7 +446,7 @@ fn build(
             }
         ));
         bound.push((p.target.clone(), p.dir, p.show));
-        fds.push(tree);
+        trees.push(tree);
     }
     steps.extend(FIXED.iter().map(|s| s.to_string()));
     let (rd, wr) = rustix::pipe::pipe_with(
@@ -455,7 +456,7 @@ fn build(
     Ok(PreparedJail {
         ops,
         steps,
-        fds,
+        trees,
         staging: cstr(&staging)?,
         cwd: cstr(runtime_dir)?,
         report: wr,
@@ -551,7 +552,7 @@ impl PreparedJail {
         let PreparedJail {
             ops,
             steps,
-            fds,
+            trees,
             staging,
             cwd,
             report,
@@ -562,8 +563,8 @@ impl PreparedJail {
             steps,
         };
         let hook: svirt_drivers::ChildHook = Box::new(move || {
-            // The O_PATH fds stay open (close-on-exec) until exec: the binds name them.
-            let _keep = &fds;
+            // The detached mounts stay open (close-on-exec) until exec: the ops name them.
+            let _keep = &trees;
             // SAFETY: runs between fork and exec on data built before the fork; only
             // system calls, no allocation (see `enter`).
             match unsafe { enter(&ops, &staging, &cwd) } {
