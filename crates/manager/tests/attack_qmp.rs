@@ -278,11 +278,13 @@ fn attack_qmp_chardev_unix_socket_outside_the_plan() {
     // in query-migrate).
     let _ = l.qmp(json!({"execute": "migrate", "arguments": {
         "uri": format!("unix:{}", dir.join("api.sock").display())}}));
+    // The connect happens in QEMU's migration thread: wait for the outcome first.
+    let status = l.migration_end();
     assert!(
         !connected(&host),
         "the VMM's migration connected to a host socket outside its plan"
     );
-    assert_eq!(l.migration_end(), "failed");
+    assert_eq!(status, "failed");
 }
 
 #[test]
