@@ -317,9 +317,17 @@ pub(crate) fn with_create_label<T>(
 /// Opens, in the host's network namespace, the sockets of the chardevs that QEMU would
 /// otherwise open itself over the network (its jail has its own network namespace with
 /// nothing in it): a TCP listener for `mode='bind'`, a connected TCP socket for
-/// `mode='connect'`. Returned by chardev index, for `fd=N` on QEMU's command line. A UDP
-/// chardev is refused: QEMU 7.2's `udp` backend takes no file descriptor.
-pub(crate) fn host_sockets(spec: &VmSpec) -> Result<Vec<(usize, std::os::fd::OwnedFd)>> {
+/// `mode='connect'`. Returned by chardev index, for `fd=N` on QEMU's command line.
+///
+/// With `jailed`, chardevs QEMU cannot open from inside its jail are refused, naming them:
+/// `udp` (QEMU 7.2's backend takes no file descriptor) and `pty` (a pty QEMU opens in the
+/// jail would have to come from the host's devpts, whose `ptmx` is mode 000 for the guest
+/// and whose other ptys the jail would then show; a private devpts would be invisible to
+/// the host and to the Landlock rules made in the parent).
+pub(crate) fn host_sockets(
+    spec: &VmSpec,
+    jailed: bool,
+) -> Result<Vec<(usize, std::os::fd::OwnedFd)>> {
     use std::net::{TcpListener, TcpStream, ToSocketAddrs};
     let mut out = Vec::new();
     for (i, c) in spec.chardevs.iter().enumerate() {
@@ -358,7 +366,14 @@ pub(crate) fn host_sockets(spec: &VmSpec) -> Result<Vec<(usize, std::os::fd::Own
                 };
                 out.push((i, fd));
             }
-            ChardevBackend::Udp { host, port } => {
+            ChardevBackend::Pty if jailed => {
+                return Err(ManagerError::Domain(format!(
+                    "chardev {i} (pty): a pty chardev cannot be started in the VMM's jail yet \
+                     (it would need the host's devpts inside it); use a unix socket or tcp \
+                     chardev"
+                )));
+            }
+            ChardevBackend::Udp { host, port } if jailed => {
                 return Err(ManagerError::Domain(format!(
                     "chardev {i} (udp {host}:{port}): a udp chardev cannot be started in the \
                      VMM's jail: QEMU 7.2 opens it itself (no fd= for udp) and the jail's \

@@ -406,7 +406,7 @@ impl Inner {
                 },
             )?)
         };
-        let host_sockets = crate::glue::host_sockets(&rec.spec)?;
+        let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some())?;
         let args = qemu::command_line(
             &rec.spec,
             &LaunchOptions {

@@ -723,3 +723,23 @@ fn jail_shows_the_plans_unix_socket_and_the_vmm_connects() {
     );
     m.destroy("s").unwrap();
 }
+
+#[test]
+fn jail_refuses_a_pty_chardev_naming_it() {
+    require_env!();
+    let env = Env::new("pty");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let serial = env.path("images/p.serial.log");
+    let xml = env.xml("p", &[]).replace(
+        "<serial type='file'>",
+        "<serial type='pty'><target port='1'/></serial>\n<serial type='file'>",
+    );
+    let e = m.start(&xml, StartOptions { paused: true }).unwrap_err();
+    assert!(e.to_string().contains("pty"), "{e}");
+    env.assert_guest_dirs_gone("p", "refused pty chardev");
+    assert!(!serial.exists(), "the refused start left its serial log");
+    // Control: without the pty the same guest starts.
+    let xml = env.xml("p", &[]);
+    m.start(&xml, StartOptions { paused: true }).unwrap();
+    m.destroy("p").unwrap();
+}
