@@ -323,16 +323,6 @@ fn add_all(
     )?;
     for d in inputs.devices {
         add(d, Origin::Manager, Show::ReadWrite, "device")?;
-        if d.file_name().is_some_and(|n| n == "ptmx") {
-            // A pty chardev: the slave side is opened under /dev/pts, and its name is
-            // reported to the host, so the host's devpts is shown (as Landlock grants it).
-            add(
-                Path::new("/dev/pts"),
-                Origin::Manager,
-                Show::ReadWrite,
-                "pty",
-            )?;
-        }
     }
     for p in &config.exec_paths {
         add(p, Origin::System, Show::Exec, "system")?;
