@@ -263,38 +263,34 @@ fn add_object(
     show: Show,
     why: &str,
 ) -> Result<()> {
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
     {
-        if !path.is_absolute()
-            || path
-                .components()
-                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-        {
-            return Err(jail_err(path, "bind", "not a canonical absolute path"));
-        }
-        if origin == Origin::System
-            && path.parent() == Some(Path::new("/"))
-            && let Ok(text) = std::fs::read_link(path)
-        {
-            // A top-level symlink (`/lib -> usr/lib`): the same link in the jail, which
-            // resolves to what the jail shows. Absolute or `..` links are not recreated.
-            if text.is_relative() && !text.components().any(|c| c == Component::ParentDir) {
-                symlinks.push((path.to_path_buf(), text));
-            }
-            return Ok(());
-        }
-        let Some((fd, dir, device)) = open_object(path, origin)? else {
-            return Ok(());
-        };
-        planned.push(Planned {
-            target: path.to_path_buf(),
-            fd,
-            dir,
-            device,
-            show,
-            why: why.to_string(),
-        });
-        Ok(())
+        return Err(jail_err(path, "bind", "not a canonical absolute path"));
     }
+    if origin == Origin::System
+        && path.parent() == Some(Path::new("/"))
+        && let Ok(text) = std::fs::read_link(path)
+    {
+        // A top-level symlink (`/lib -> usr/lib`): the same link in the jail. Whatever
+        // its text, it resolves inside the jail's root, to what the jail shows.
+        symlinks.push((path.to_path_buf(), text));
+        return Ok(());
+    }
+    let Some((fd, dir, device)) = open_object(path, origin)? else {
+        return Ok(());
+    };
+    planned.push(Planned {
+        target: path.to_path_buf(),
+        fd,
+        dir,
+        device,
+        show,
+        why: why.to_string(),
+    });
+    Ok(())
 }
 
 fn add_all(
