@@ -385,3 +385,37 @@ pub(crate) fn host_sockets(
     }
     Ok(out)
 }
+
+/// Every host path QEMU is told on its command line for `spec` (as the XML spells it).
+pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = Vec::new();
+    for d in &spec.disks {
+        v.push(d.image.path.clone());
+        v.extend(d.backing.iter().map(|b| b.path.clone()));
+    }
+    v.extend(spec.kernel.iter().cloned());
+    v.extend(spec.initrd.iter().cloned());
+    v.extend(spec.dtb.iter().cloned());
+    v.extend(spec.loader.iter().map(|l| l.path.clone()));
+    v.extend(spec.nvram.iter().cloned());
+    for c in &spec.chardevs {
+        match &c.backend {
+            ChardevBackend::File { path, .. }
+            | ChardevBackend::Unix { path, .. }
+            | ChardevBackend::Dev { path } => v.push(path.clone()),
+            ChardevBackend::Pipe { path } => {
+                // `p` itself, or `p.in` and `p.out`.
+                v.push(path.clone());
+                let mut i = path.clone().into_os_string();
+                i.push(".in");
+                let mut o = path.clone().into_os_string();
+                o.push(".out");
+                v.push(i.into());
+                v.push(o.into());
+            }
+            _ => {}
+        }
+    }
+    v.extend(spec.filesystems.iter().map(|f| f.source.clone()));
+    v
+}

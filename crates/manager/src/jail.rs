@@ -74,8 +74,13 @@ pub struct JailInputs<'a> {
     pub emulator: &'a Path,
     /// The guest's runtime directory: bound read-write, and QEMU's working directory.
     pub runtime_dir: &'a Path,
-    /// Device nodes this VMM needs (`/dev/kvm`, `/dev/ptmx`).
+    /// Device nodes this VMM needs (`/dev/kvm`).
     pub devices: &'a [PathBuf],
+    /// The paths QEMU is told on its command line, as the XML spells them. One that is
+    /// not a plan resource's canonical path but resolves to one (a symlink in a root-owned
+    /// directory, which the planner accepted and resolved) is shown at that spelling too,
+    /// as the same object: the jail has no symlinks of the host.
+    pub spelled: &'a [PathBuf],
 }
 
 /// How an object is shown in the jail.
@@ -235,6 +240,7 @@ pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Res
         add_object(&mut planned, &mut symlinks, path, origin, show, why)
     };
     add_all(&mut add, config, plan, inputs)?;
+    add_spellings(&mut planned, inputs.spelled)?;
     // The emulator, unless an exec path already shows it (a configured wrapper outside
     // /usr in tests). Checked on the canonical path: /usr/bin/qemu may be a link.
     let emulator = std::fs::canonicalize(inputs.emulator)
@@ -253,6 +259,38 @@ pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Res
         )?;
     }
     build(planned, symlinks, inputs.runtime_dir)
+}
+
+/// For each spelled path that is not shown as it is but resolves to a planned object, the
+/// same object (the fd opened for it, duplicated) at the spelling. A spelling that resolves
+/// to nothing planned is left out: QEMU then cannot open it, as it could not before under
+/// Landlock.
+fn add_spellings(planned: &mut Vec<Planned>, spelled: &[PathBuf]) -> Result<()> {
+    for sp in spelled {
+        if !sp.is_absolute() || planned.iter().any(|p| &p.target == sp) {
+            continue;
+        }
+        let Ok(canon) = std::fs::canonicalize(sp) else {
+            continue;
+        };
+        let Some(orig) = planned.iter().find(|p| p.target == canon) else {
+            continue;
+        };
+        let fd = orig
+            .fd
+            .try_clone()
+            .map_err(|e| jail_err(sp, "duplicate the fd of", e))?;
+        let alias = Planned {
+            target: sp.clone(),
+            fd,
+            dir: orig.dir,
+            device: orig.device,
+            show: orig.show,
+            why: format!("{}, as the XML spells it", orig.why),
+        };
+        planned.push(alias);
+    }
+    Ok(())
 }
 
 fn add_object(

@@ -403,6 +403,7 @@ impl Inner {
                     emulator: &self.qemu,
                     runtime_dir: &rec.runtime_dir,
                     devices: &exec.devices,
+                    spelled: &crate::glue::spec_paths(&rec.spec),
                 },
             )?)
         };

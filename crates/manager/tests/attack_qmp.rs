@@ -743,3 +743,42 @@ fn jail_refuses_a_pty_chardev_naming_it() {
     m.start(&xml, StartOptions { paused: true }).unwrap();
     m.destroy("p").unwrap();
 }
+
+#[test]
+fn jail_keeps_a_root_owned_symlink_spelling_working() {
+    require_env!();
+    let env = Env::new("spell");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let real = env.qcow2("real.qcow2");
+    // A symlink root planted in a root-owned directory, and a directory reached through
+    // one: the planner resolves both to the canonical objects; QEMU is told the XML's
+    // spelling.
+    let link = env.path("images/link.qcow2");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let real_dir = env.path("images/realdir");
+    std::fs::create_dir(&real_dir).unwrap();
+    let second = real_dir.join("second.raw");
+    std::fs::File::create(&second)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let link_dir = env.path("images/linkdir");
+    std::os::unix::fs::symlink(&real_dir, &link_dir).unwrap();
+    let xml = env.xml(
+        "sp",
+        &[
+            (link.clone(), "qcow2", false),
+            (link_dir.join("second.raw"), "raw", false),
+        ],
+    );
+    let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+    let mounts = mount_points(info.pid.unwrap());
+    for p in [&real, &link, &second, &link_dir.join("second.raw")] {
+        assert!(mounts.contains(p), "{} not shown in the jail", p.display());
+    }
+    // QEMU opened both disks (the start would have failed otherwise); the resources are
+    // the canonical objects.
+    assert!(info.resources.iter().any(|r| r.path == real));
+    assert!(info.resources.iter().any(|r| r.path == second));
+    m.destroy("sp").unwrap();
+}
