@@ -316,3 +316,109 @@ pub(crate) fn with_create_label<T>(
     reset?;
     Ok(v)
 }
+
+/// Opens, in the host's network namespace, the sockets of the chardevs that QEMU would
+/// otherwise open itself over the network (its jail has its own network namespace with
+/// nothing in it): a TCP listener for `mode='bind'`, a connected TCP socket for
+/// `mode='connect'`. Returned by chardev index, for `fd=N` on QEMU's command line.
+///
+/// With `jailed`, chardevs QEMU cannot open from inside its jail are refused, naming them:
+/// `udp` (QEMU 7.2's backend takes no file descriptor) and `pty` (a pty QEMU opens in the
+/// jail would have to come from the host's devpts, whose `ptmx` is mode 000 for the guest
+/// and whose other ptys the jail would then show; a private devpts would be invisible to
+/// the host and to the Landlock rules made in the parent).
+pub(crate) fn host_sockets(
+    spec: &VmSpec,
+    jailed: bool,
+) -> Result<Vec<(usize, std::os::fd::OwnedFd)>> {
+    use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+    let mut out = Vec::new();
+    for (i, c) in spec.chardevs.iter().enumerate() {
+        match &c.backend {
+            ChardevBackend::Tcp { host, port, server } => {
+                let what = format!("chardev {i} (tcp {host}:{port})");
+                let addrs: Vec<_> = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| ManagerError::Domain(format!("{what}: resolve: {e}")))?
+                    .collect();
+                let fd: std::os::fd::OwnedFd = if *server {
+                    TcpListener::bind(&addrs[..])
+                        .map_err(|e| ManagerError::Domain(format!("{what}: listen: {e}")))?
+                        .into()
+                } else {
+                    let mut last = None;
+                    let mut got = None;
+                    for a in &addrs {
+                        match TcpStream::connect_timeout(a, std::time::Duration::from_secs(5)) {
+                            Ok(s) => {
+                                got = Some(s);
+                                break;
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    match got {
+                        Some(s) => s.into(),
+                        None => {
+                            return Err(ManagerError::Domain(format!(
+                                "{what}: connect: {}",
+                                last.map_or_else(|| "no address".to_string(), |e| e.to_string())
+                            )));
+                        }
+                    }
+                };
+                out.push((i, fd));
+            }
+            ChardevBackend::Pty if jailed => {
+                return Err(ManagerError::Domain(format!(
+                    "chardev {i} (pty): a pty chardev cannot be started in the VMM's jail yet \
+                     (it would need the host's devpts inside it); use a unix socket or tcp \
+                     chardev"
+                )));
+            }
+            ChardevBackend::Udp { host, port } if jailed => {
+                return Err(ManagerError::Domain(format!(
+                    "chardev {i} (udp {host}:{port}): a udp chardev cannot be started in the \
+                     VMM's jail: QEMU 7.2 opens it itself (no fd= for udp) and the jail's \
+                     network namespace reaches no host address; use a tcp or unix chardev"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Every host path QEMU is told on its command line for `spec` (as the XML spells it).
+pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = Vec::new();
+    for d in &spec.disks {
+        v.push(d.image.path.clone());
+        v.extend(d.backing.iter().map(|b| b.path.clone()));
+    }
+    v.extend(spec.kernel.iter().cloned());
+    v.extend(spec.initrd.iter().cloned());
+    v.extend(spec.dtb.iter().cloned());
+    v.extend(spec.loader.iter().map(|l| l.path.clone()));
+    v.extend(spec.nvram.iter().cloned());
+    for c in &spec.chardevs {
+        match &c.backend {
+            ChardevBackend::File { path, .. }
+            | ChardevBackend::Unix { path, .. }
+            | ChardevBackend::Dev { path } => v.push(path.clone()),
+            ChardevBackend::Pipe { path } => {
+                // `p` itself, or `p.in` and `p.out`.
+                v.push(path.clone());
+                let mut i = path.clone().into_os_string();
+                i.push(".in");
+                let mut o = path.clone().into_os_string();
+                o.push(".out");
+                v.push(i.into());
+                v.push(o.into());
+            }
+            _ => {}
+        }
+    }
+    v.extend(spec.filesystems.iter().map(|f| f.source.clone()));
+    v
+}

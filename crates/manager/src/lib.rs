@@ -32,6 +32,7 @@ mod dumpxml;
 mod error;
 pub mod fault;
 mod glue;
+pub mod jail;
 mod manager;
 pub mod process;
 mod progress;
@@ -220,6 +221,7 @@ impl Manager {
                 paused,
                 qmp_fd,
                 sandbox: true,
+                chardev_fds: Vec::new(),
             },
         );
         Ok(

@@ -419,10 +419,33 @@ impl Inner {
             },
             tcp_ports: tcp_ports(&rec.spec),
         };
-        let mut hooks = Vec::new();
+        let (mut pre_jail, mut hooks) = (Vec::new(), Vec::new());
         for d in &self.drivers {
-            hooks.extend(d.child_hooks(&rec.plan, &sec, &exec)?);
+            let h = d.child_hooks(&rec.plan, &sec, &exec)?;
+            // SELinux writes its exec label through /proc, which the jail does not show.
+            if d.model() == Model::Selinux {
+                pre_jail.extend(h);
+            } else {
+                hooks.extend(h);
+            }
         }
+        // No driver (`--drivers none`): QEMU runs as root with every capability, which
+        // could leave any namespace; such a guest is unconfined on purpose, jail included.
+        let jail = if self.drivers.is_empty() {
+            None
+        } else {
+            Some(crate::jail::prepare(
+                &crate::jail::JailConfig::default(),
+                &rec.plan,
+                &crate::jail::JailInputs {
+                    emulator: &self.qemu,
+                    runtime_dir: &rec.runtime_dir,
+                    devices: &exec.devices,
+                    spelled: &crate::glue::spec_paths(&rec.spec),
+                },
+            )?)
+        };
+        let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some())?;
         let args = qemu::command_line(
             &rec.spec,
             &LaunchOptions {
@@ -430,6 +453,10 @@ impl Inner {
                 paused: opts.paused,
                 qmp_fd: listener.as_raw_fd(),
                 sandbox: true,
+                chardev_fds: host_sockets
+                    .iter()
+                    .map(|(i, fd)| (*i, fd.as_raw_fd()))
+                    .collect(),
             },
         );
         rec.argv = std::iter::once(self.qemu.to_string_lossy().into_owned())
@@ -441,10 +468,15 @@ impl Inner {
             args: &args,
             runtime_dir: &rec.runtime_dir,
             log,
-            keep_fds: vec![listener.as_raw_fd()],
+            keep_fds: std::iter::once(listener.as_raw_fd())
+                .chain(host_sockets.iter().map(|(_, fd)| fd.as_raw_fd()))
+                .collect(),
             pid_fd: pid_file.as_raw_fd(),
+            pre_jail_hooks: pre_jail,
+            jail,
             hooks,
         })?;
+        drop(host_sockets);
         drop(pid_file);
         let pidfd = spawned.pidfd;
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects

@@ -35,7 +35,13 @@ pub struct SpawnRequest<'a> {
     /// A file (the guest's pid file, opened by the parent) the child writes its pid into,
     /// at offset 0, before it gives up its parent-death signal.
     pub pid_fd: RawFd,
-    /// Driver steps, in stack order.
+    /// Driver steps that must run before the jail (SELinux's exec label: it is written
+    /// through `/proc`, which the jail does not show), in stack order.
+    pub pre_jail_hooks: Vec<ChildHook>,
+    /// The jail (mount and network namespace), entered after `pre_jail_hooks` and before
+    /// `hooks`; `None` runs the VMM in the manager's namespaces.
+    pub jail: Option<crate::jail::PreparedJail>,
+    /// Driver steps, in stack order (after the jail: DAC's ids, Landlock).
     pub hooks: Vec<ChildHook>,
 }
 
@@ -61,8 +67,10 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// Starts the process. In the child, in this order: parent-death signal (SIGKILL) and die
 /// if the manager is already gone, write the pid to `pid_fd`, clear the parent-death
 /// signal (QEMU must outlive the manager; from here a crash of the manager is recovered
-/// through the pid file), own session, driver hooks (exec label, ids, Landlock,
-/// no_new_privs), then every fd other than stdio and `keep_fds` marked close-on-exec.
+/// through the pid file), own session, the pre-jail hooks (exec label), the jail (see
+/// [`crate::jail`]: a failure is reported naming its step), the driver hooks (ids,
+/// Landlock, no_new_privs), then every fd other than stdio and `keep_fds` marked
+/// close-on-exec.
 ///
 /// The child joins no cgroup: the parent does it ([`crate::cgroup::GuestCgroup::join`])
 /// after this returns, while QEMU initialises. A cgroup attach write-locks the kernel's
@@ -87,6 +95,14 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
     let pid_fd = req.pid_fd;
     let keep = req.keep_fds;
     let mut hooks = req.hooks;
+    let mut pre_jail = req.pre_jail_hooks;
+    let (mut jail_hook, jail_report) = match req.jail {
+        Some(j) => {
+            let (h, r) = j.into_hook();
+            (Some(h), Some(r))
+        }
+        None => (None, None),
+    };
     // SAFETY: the closure runs between fork and exec; it only makes system calls on data
     // prepared before the fork (fd numbers, the parent pid) and runs the drivers' hooks,
     // which obey the same rule (see svirt_drivers::ChildHook).
@@ -115,6 +131,12 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
             }
             cvt(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0))?;
             cvt(libc::setsid())?;
+            for h in pre_jail.iter_mut() {
+                h()?;
+            }
+            if let Some(j) = jail_hook.as_mut() {
+                j()?;
+            }
             for h in hooks.iter_mut() {
                 h()?;
             }
@@ -135,9 +157,13 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| ManagerError::Qemu(format!("exec {}: {e}", req.binary.display())))?;
+    let child =
+        cmd.spawn().map_err(
+            |e| match jail_report.as_ref().and_then(|r| r.failed_step()) {
+                Some(step) => ManagerError::Qemu(format!("jail: {step}: {e}")),
+                None => ManagerError::Qemu(format!("exec {}: {e}", req.binary.display())),
+            },
+        )?;
     let pid = child.id() as i32;
     // The manager reaps through the pidfd (waitid P_PIDFD), not through `Child`.
     drop(child);

@@ -213,6 +213,10 @@ pub struct LaunchOptions {
     pub qmp_fd: i32,
     /// Whether QEMU's seccomp sandbox is requested.
     pub sandbox: bool,
+    /// Sockets the manager opened in the host's network namespace for chardevs, by the
+    /// chardev's index in [`VmSpec::chardevs`]: QEMU gets `fd=N` instead of host and port
+    /// (in its jail it has no network of its own). A chardev not listed keeps host/port.
+    pub chardev_fds: Vec<(usize, i32)>,
 }
 
 /// Doubles commas: QEMU's option syntax escape for values.
@@ -383,6 +387,16 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             ),
             ChardevBackend::Dev { path } => format!("tty,id={id},path={}", esc(path)),
             ChardevBackend::Pty => format!("pty,id={id}"),
+            ChardevBackend::Tcp { server, .. }
+                if let Some((_, fd)) = opts.chardev_fds.iter().find(|(j, _)| *j == i) =>
+            {
+                // A listening socket (server) or a connected one (client), opened by
+                // the manager in the host's network namespace.
+                format!(
+                    "socket,id={id},fd={fd}{}",
+                    if *server { ",server=on,wait=off" } else { "" }
+                )
+            }
             ChardevBackend::Tcp { host, port, server } => format!(
                 "socket,id={id},host={},port={port}{}",
                 esc_str(host),
@@ -491,6 +505,7 @@ mod tests {
                 paused: true,
                 qmp_fd: 5,
                 sandbox: false,
+                chardev_fds: Vec::new(),
             },
         );
         let blockdevs: Vec<Value> = argv
@@ -536,6 +551,7 @@ mod tests {
                 paused: false,
                 qmp_fd: 3,
                 sandbox: true,
+                chardev_fds: Vec::new(),
             },
         );
         let after = |o: &str| argv.iter().skip_while(|a| *a != o).nth(1).cloned();
