@@ -29,3 +29,7 @@ SVIRT_TEST_PACKAGES=(
   selinux-policy-default policycoreutils setools checkpolicy libsepol-dev python3-selinux
   busybox-static cpio attr acl
 )
+
+# What scripts/fuzz needs besides stable Rust: a C++ compiler, for libfuzzer-sys, which
+# builds libFuzzer from its bundled sources (no cargo tool, no nightly).
+SVIRT_FUZZ_PACKAGES=(g++)

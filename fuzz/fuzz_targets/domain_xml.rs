@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use svirt_domain::{Access, PlanConfig, Resource, ResourceKind, Sharing, parse, plan};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let Ok(parsed) = parse(text) else { return };
     let d = &parsed.domain;
     // Every accepted seclabel obeys libvirt's rules.
@@ -22,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
             Some(Resource {
                 path: disk.source.clone()?,
                 kind: ResourceKind::DiskImage,
-                access: if disk.readonly { Access::Ro } else { Access::Rw },
+                access: if disk.readonly {
+                    Access::Ro
+                } else {
+                    Access::Rw
+                },
                 sharing: Sharing::Private,
                 recursive: false,
                 device: disk.target_dev.clone(),
