@@ -13,8 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let d = &parsed.domain;
     // Every accepted seclabel obeys libvirt's rules.
     for s in &d.seclabels {
-        assert!(!(s.sec_type == svirt_domain::SecLabelType::Dynamic && !s.relabel));
-        assert!(!(s.sec_type == svirt_domain::SecLabelType::None && s.relabel));
+        // dynamic implies relabel; none forbids it.
+        assert!(s.sec_type != svirt_domain::SecLabelType::Dynamic || s.relabel);
+        assert!(s.sec_type != svirt_domain::SecLabelType::None || !s.relabel);
     }
     // Plan one private disk per device seclabel set, as the builder would.
     let resources: Vec<Resource> = d
