@@ -31,5 +31,6 @@ SVIRT_TEST_PACKAGES=(
 )
 
 # What scripts/fuzz needs besides stable Rust: a C++ compiler, for libfuzzer-sys, which
-# builds libFuzzer from its bundled sources (no cargo tool, no nightly).
-SVIRT_FUZZ_PACKAGES=(g++)
+# builds libFuzzer from its bundled sources (no cargo tool, no nightly), and qemu-img, which
+# the qcow2_qemu target compares svirt's header reader with.
+SVIRT_FUZZ_PACKAGES=(g++ qemu-utils)
