@@ -72,6 +72,14 @@ fn verbose() -> bool {
     *V.get_or_init(|| std::env::var_os("SVIRT_FUZZ_VERBOSE").is_some_and(|v| v == "1"))
 }
 
+/// `SVIRT_FUZZ_EXPECT_OK=1` (scripts/fuzz, when it replays the `control-*` seeds before
+/// fuzzing): the input must be built without error, so a builder that refuses everything
+/// fails too.
+fn expect_ok() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| std::env::var_os("SVIRT_FUZZ_EXPECT_OK").is_some_and(|v| v == "1"))
+}
+
 /// Most tree lines applied from one input.
 const MAX_LINES: usize = 64;
 
@@ -351,6 +359,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let Some((tree, xml)) = text.split_once("\n%%\n") else {
+        assert!(!expect_ok(), "control input without a %% line");
         return;
     };
     let Some(mut case) = Case::new() else {
@@ -363,6 +372,7 @@ fuzz_target!(|data: &[u8]| {
     let parsed = match parse(&xml) {
         Ok(p) => p,
         Err(e) => {
+            assert!(!expect_ok(), "control input: XML refused: {e}");
             if verbose() {
                 eprintln!("XML refused: {e}");
             }
@@ -376,6 +386,7 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .any(|(p, _)| p.is_absolute() && !(p.starts_with(&case.c) && lexically_clean(p)))
     {
+        assert!(!expect_ok(), "control input names a path outside the case");
         if verbose() {
             eprintln!("skipped: the XML names a path outside the case");
         }
@@ -393,7 +404,13 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => eprintln!("refused: {e}"),
         }
     }
-    let Ok(res) = res else { return };
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            assert!(!expect_ok(), "control input refused: {e}");
+            return;
+        }
+    };
     // What the XML named itself (as reached), and the directories of its images.
     let mut direct: HashSet<PathBuf> = HashSet::new();
     let mut image_dirs: Vec<PathBuf> = Vec::new();
