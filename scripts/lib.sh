@@ -29,3 +29,8 @@ SVIRT_TEST_PACKAGES=(
   selinux-policy-default policycoreutils setools checkpolicy libsepol-dev python3-selinux
   busybox-static cpio attr acl
 )
+
+# What scripts/fuzz needs besides stable Rust: a C++ compiler, for libfuzzer-sys, which
+# builds libFuzzer from its bundled sources (no cargo tool, no nightly), and qemu-img, which
+# the qcow2_qemu target compares svirt's header reader with.
+SVIRT_FUZZ_PACKAGES=(g++ qemu-utils)
