@@ -28,6 +28,7 @@ SVIRT_TEST_PACKAGES=(
   qemu-utils qemu-system-x86 ovmf
   selinux-policy-default policycoreutils setools checkpolicy libsepol-dev python3-selinux
   busybox-static cpio attr acl
+  gcc libc6-dev e2fsprogs mount util-linux
 )
 
 # What scripts/fuzz needs besides stable Rust: a C++ compiler, for libfuzzer-sys, which

@@ -180,16 +180,35 @@ fn attack_runtime_log_symlink_to_host_file() {
     let secret = env.path("secret");
     std::fs::write(&secret, "TOPSECRET-host-key-material\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The fake QEMU is a static program: the jail shows QEMU's binary and the library
+    // directories, not a shell.
     let script = env.path("evil-qemu");
+    let src = env.path("evil-qemu.c");
     std::fs::write(
-        &script,
+        &src,
         format!(
-            "#!/bin/sh\necho own-qemu-output >&2\nrm -f qemu.log; ln -s {} qemu.log\nsleep 0.5\nexit 1\n",
+            "#include <unistd.h>\n#include <stdlib.h>\nint main(void) {{\n\
+             static const char m[] = \"own-qemu-output\\n\";\n\
+             write(2, m, sizeof m - 1);\n\
+             unlink(\"qemu.log\");\n\
+             symlink(\"{}\", \"qemu.log\");\n\
+             usleep(500000);\n\
+             return 1;\n}}\n",
             secret.display()
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(&script)
+        .arg(&src)
+        .output()
+        .expect("cc (Debian gcc, libc6-dev) builds the fake QEMU");
+    assert!(
+        cc.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
     let mut cfg = env.config("dac");
     cfg.qemu_binary = Some(script.clone());
     let (m, _) = Manager::open(cfg).unwrap();
