@@ -284,9 +284,15 @@ impl Host {
 
     /// Judges an entry met while walking the tree of `root` (see
     /// [`crate::object_policy`]); the error names the entry and the rule.
-    pub fn check_tree_entry(&self, device: &str, path: &Path, st: &ObjectStat) -> Result<()> {
+    pub fn check_tree_entry(
+        &self,
+        device: &str,
+        path: &Path,
+        st: &ObjectStat,
+        writable: bool,
+    ) -> Result<()> {
         self.policy()?
-            .check_entry(st)
+            .check_entry(st, writable)
             .map_err(|rule| Error::Refused {
                 device: device.to_string(),
                 path: path.to_path_buf(),

@@ -175,6 +175,8 @@ pub struct ObjectStat {
     pub uid: u32,
     /// Mount id, when the kernel reports it.
     pub mnt_id: Option<u64>,
+    /// Whether its mount is `nodev` (device nodes there are inert).
+    pub nodev: bool,
 }
 
 impl ObjectStat {
@@ -187,6 +189,9 @@ impl ObjectStat {
             StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
         )?;
         let has_mnt = StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID);
+        let nodev = rustix::fs::fstatvfs(&fd)?
+            .f_flag
+            .contains(rustix::fs::StatVfsMountFlags::NODEV);
         Ok(ObjectStat {
             mode: u32::from(st.stx_mode),
             dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
@@ -195,6 +200,7 @@ impl ObjectStat {
             nlink: u64::from(st.stx_nlink),
             uid: st.stx_uid,
             mnt_id: has_mnt.then_some(st.stx_mnt_id),
+            nodev,
         })
     }
 
@@ -210,6 +216,7 @@ impl ObjectStat {
             nlink: u64::from(st.st_nlink),
             uid: st.st_uid,
             mnt_id: None,
+            nodev: false,
         }
     }
 
@@ -325,6 +332,12 @@ impl PolicyState {
     ) -> Result<(), String> {
         let fs_path = self.fs_path(st, canonical);
         let under_dev_tree = self.protected_hit(st, fs_path.as_deref(), ancestors)?;
+        if (st.is(S_IFCHR) || st.is(S_IFBLK)) && st.nodev {
+            return Err(
+                "it is a device node on a file system mounted nodev (whoever mounted it chose that its nodes give no device; a guest is given devices from /dev)"
+                    .to_string(),
+            );
+        }
         if st.is(S_IFCHR) {
             return self.check_char(st.rdev);
         }
@@ -341,8 +354,21 @@ impl PolicyState {
     }
 
     /// Judges an entry met in the walk of a tree that passed [`PolicyState::check`] (the
-    /// walk stays on the root's file system, so only what an entry is matters).
-    pub fn check_entry(&self, st: &ObjectStat) -> Result<(), String> {
+    /// walk stays on the root's file system, so only what an entry is matters). In a tree
+    /// the guest may write (`writable`), a set-id program is refused: the guest could
+    /// rewrite it while it owns it, and the restore would give the set-id bit back to the
+    /// guest's content.
+    pub fn check_entry(&self, st: &ObjectStat, writable: bool) -> Result<(), String> {
+        const S_ISUID: u32 = 0o4000;
+        const S_ISGID: u32 = 0o2000;
+        const S_IXGRP: u32 = 0o010;
+        let setid = st.mode & S_ISUID != 0 || st.mode & (S_ISGID | S_IXGRP) == S_ISGID | S_IXGRP;
+        if writable && !st.is(S_IFDIR) && setid {
+            return Err(format!(
+                "it is a set-id program (mode {:o}) in a tree the guest may write: the guest could replace its content and the restore would give it the set-id bit back",
+                st.mode & 0o7777
+            ));
+        }
         if st.is(S_IFCHR) {
             return self.check_char(st.rdev);
         }

@@ -701,6 +701,7 @@ impl Builder<'_> {
                 self.list[*i].res.device.clone(),
                 self.list[*i].res.path.clone(),
             );
+            let writable = self.list[*i].res.access == Access::Rw;
             self.host.check_tree_root(&device, root)?;
             let entries = self.host.walk_tree(&device, root)?;
             for e in entries {
@@ -714,7 +715,7 @@ impl Builder<'_> {
                     // Every entry passes the object policy: a device node of the wrong
                     // class, or a hard link that may be a protected file's other name,
                     // refuses the whole tree before anything is labeled.
-                    self.host.check_tree_entry(&device, &p, &e.stat)?;
+                    self.host.check_tree_entry(&device, &p, &e.stat, writable)?;
                     if e.info.kind != FileKind::Dir && e.info.nlink > 1 {
                         self.warnings.push(format!(
                             "{device}: {} has {} hard links: labeling it labels every name it has",

@@ -617,3 +617,66 @@ fn attack_svirtd_own_objects_named_in_the_xml() {
     assert_eq!(c.accepted(&unix_chardev(&own)), vec![own]);
     drop((api, victim_qmp));
 }
+
+// ---- set-id programs and device nodes a user could plant ----------------------------
+
+#[test]
+fn attack_setid_program_in_a_writable_share() {
+    let c = case();
+    let share = c.dir.join("rootfs");
+    std::fs::create_dir_all(share.join("usr/bin")).unwrap();
+    let su = share.join("usr/bin/su");
+    std::fs::write(&su, b"#!/bin/true\n").unwrap();
+    let fs = |ro: bool| {
+        format!(
+            "<filesystem type='mount'><source dir='{}'/><target dir='root'/>{}</filesystem>",
+            share.display(),
+            if ro { "<readonly/>" } else { "" }
+        )
+    };
+    // Control: without set-id bits, a writable share is fine.
+    std::fs::set_permissions(&su, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(c.accepted(&fs(false)).contains(&share));
+    for mode in [0o4755, 0o2755] {
+        std::fs::set_permissions(&su, std::fs::Permissions::from_mode(mode)).unwrap();
+        c.refused(
+            &fs(false),
+            &["filesystem root", "usr/bin/su", "set-id program"],
+        );
+        // Control: read-only, the guest cannot rewrite it.
+        assert!(c.accepted(&fs(true)).contains(&share));
+    }
+}
+
+#[test]
+fn attack_device_node_on_a_nodev_mount() {
+    let c = case();
+    let img = c.dir.join("blk.img");
+    std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    let lo = Loop::new(&img);
+    let rdev = std::fs::metadata(&lo.0).unwrap().rdev();
+    // A user's own mount (FUSE, removable media) is nodev: a node there gives no device.
+    let m = c.dir.join("u/media");
+    std::fs::create_dir_all(&m).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "nodev,size=1m", "usermedia"])
+        .arg(&m)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _umount = Mounted(m.clone());
+    let node = m.join("disk.img");
+    let st = Command::new("mknod")
+        .arg(&node)
+        .args([
+            "b",
+            &rustix::fs::major(rdev).to_string(),
+            &rustix::fs::minor(rdev).to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    c.refused(&block_disk(&node), &["disk vdb", "mounted nodev"]);
+    // Control: the same device from /dev.
+    assert_eq!(c.accepted(&block_disk(&lo.0)), vec![lo.0.clone()]);
+}

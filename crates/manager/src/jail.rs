@@ -51,6 +51,13 @@ pub struct JailConfig {
     pub read_paths: Vec<PathBuf>,
     /// Device nodes every VMM gets read-write.
     pub base_devices: Vec<PathBuf>,
+    /// Whether the VMM gets its own mount namespace showing only its plan. Off under
+    /// SELinux: the reference policy lets the manager's domain (`virtd_t`) mount on
+    /// directories only (`/dev`, `/`, its runtime and tmpfs types), never on a file, and
+    /// neither remount nor unmount a file system, so the jail's binds cannot be made
+    /// there; SELinux's labels confine the VMM's file and socket access instead. The
+    /// network and IPC namespaces are made either way.
+    pub mount_namespace: bool,
 }
 
 impl Default for JailConfig {
@@ -63,6 +70,7 @@ impl Default for JailConfig {
             exec_paths: l.exec_paths,
             read_paths: l.read_paths,
             base_devices: l.base_devices,
+            mount_namespace: true,
         }
     }
 }
@@ -107,8 +115,9 @@ impl Show {
 /// How a path is opened in the parent.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// A guest resource: no symlink in any component, must exist.
-    Resource,
+    /// A guest resource: no symlink in any component, must exist, and must be the object
+    /// the planner judged (`(dev, ino)`, when the plan records it).
+    Resource(Option<(u64, u64)>),
     /// Given by the manager: must exist, symlinks followed.
     Manager,
     /// System: symlinks followed, skipped when missing.
@@ -153,6 +162,8 @@ pub struct PreparedJail {
     cwd: CString,
     report: OwnedFd,
     report_rd: OwnedFd,
+    /// The mount namespace and binds (else only the network and IPC namespaces).
+    mounts: bool,
 }
 
 /// The read end of the child's failure report.
@@ -206,7 +217,7 @@ fn jail_err(path: &Path, what: &str, e: impl std::fmt::Display) -> ManagerError 
 /// Opens `path` with `O_PATH` for a bind. `None`: a missing system path.
 fn open_object(path: &Path, origin: Origin) -> Result<Option<(OwnedFd, bool, bool)>> {
     let resolve = match origin {
-        Origin::Resource => ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        Origin::Resource(_) => ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         Origin::Manager | Origin::System => ResolveFlags::NO_MAGICLINKS,
     };
     let fd = match rustix::fs::openat2(
@@ -221,6 +232,17 @@ fn open_object(path: &Path, origin: Origin) -> Result<Option<(OwnedFd, bool, boo
         Err(e) => return Err(jail_err(path, "open", io::Error::from(e))),
     };
     let st = rustix::fs::fstat(&fd).map_err(|e| jail_err(path, "stat", io::Error::from(e)))?;
+    // The object shown is the object the planner judged: a name swapped since (for a
+    // device node on a mount of the user's, say) is refused, not bound.
+    if let Origin::Resource(Some((dev, ino))) = origin
+        && (st.st_dev, st.st_ino) != (dev, ino)
+    {
+        return Err(jail_err(
+            path,
+            "bind",
+            "replaced since it was planned (another object is at this path now)",
+        ));
+    }
     let ft = FileType::from_raw_mode(st.st_mode);
     let device = matches!(ft, FileType::CharacterDevice | FileType::BlockDevice);
     Ok(Some((fd, ft == FileType::Directory, device)))
@@ -234,6 +256,19 @@ fn beneath(inner: &Path, outer: &Path) -> bool {
 /// Prepares the jail of a VMM: every object of `plan`, the system paths of `config` and
 /// what `inputs` names, opened now. Errors name the object.
 pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Result<PreparedJail> {
+    if !config.mount_namespace {
+        let (rd, wr) = report_pipe()?;
+        return Ok(PreparedJail {
+            ops: Vec::new(),
+            steps: vec![NAMESPACES_ONLY.to_string()],
+            trees: Vec::new(),
+            staging: cstr(Path::new(STAGING))?,
+            cwd: cstr(inputs.runtime_dir)?,
+            report: wr,
+            report_rd: rd,
+            mounts: false,
+        });
+    }
     let mut planned: Vec<Planned> = Vec::new();
     let mut symlinks: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut add = |path: &Path, origin: Origin, show: Show, why: &str| {
@@ -344,7 +379,7 @@ fn add_all(
         };
         add(
             &pr.resource.path,
-            Origin::Resource,
+            Origin::Resource(pr.resource.identity.map(|i| (i.dev, i.ino))),
             show,
             &pr.resource.device,
         )?;
@@ -473,10 +508,7 @@ fn build(
         trees.push(tree);
     }
     steps.extend(FIXED.iter().map(|s| s.to_string()));
-    let (rd, wr) = rustix::pipe::pipe_with(
-        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-    )
-    .map_err(|e| ManagerError::Qemu(format!("jail: report pipe: {e}")))?;
+    let (rd, wr) = report_pipe()?;
     Ok(PreparedJail {
         ops,
         steps,
@@ -485,8 +517,18 @@ fn build(
         cwd: cstr(runtime_dir)?,
         report: wr,
         report_rd: rd,
+        mounts: true,
     })
 }
+
+/// The pipe the child reports a failing step's index through.
+fn report_pipe() -> Result<(OwnedFd, OwnedFd)> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+        .map_err(|e| ManagerError::Qemu(format!("jail: report pipe: {e}")))
+}
+
+/// The only step of a jail without a mount namespace.
+const NAMESPACES_ONLY: &str = "unshare(CLONE_NEWNET|CLONE_NEWIPC)";
 
 /// A detached bind mount of the object behind `p.fd` (`open_tree(OPEN_TREE_CLONE)`, not
 /// recursive: only the object's own mount, never mounts beneath it) with the jail's
@@ -514,7 +556,12 @@ fn detached_clone(p: &Planned) -> Result<OwnedFd> {
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let mut set = libc::MOUNT_ATTR_NOSUID;
     let mut clr = 0u64;
-    if p.device {
+    // A device node keeps the `nodev` of the mount it came from: a node on a mount its
+    // owner made `nodev` (a user's FUSE or removable-media mount) stays inert in the jail.
+    let source_nodev = rustix::fs::fstatvfs(&p.fd)
+        .map(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::NODEV))
+        .map_err(|e| jail_err(&p.target, "statvfs", io::Error::from(e)))?;
+    if p.device && !source_nodev {
         clr |= libc::MOUNT_ATTR_NODEV;
     } else {
         set |= libc::MOUNT_ATTR_NODEV;
@@ -581,6 +628,7 @@ impl PreparedJail {
             cwd,
             report,
             report_rd,
+            mounts,
         } = self;
         let reader = JailReport {
             rd: report_rd,
@@ -591,7 +639,15 @@ impl PreparedJail {
             let _keep = &trees;
             // SAFETY: runs between fork and exec on data built before the fork; only
             // system calls, no allocation (see `enter`).
-            match unsafe { enter(&ops, &staging, &cwd) } {
+            let entered = if mounts {
+                // SAFETY: as above.
+                unsafe { enter(&ops, &staging, &cwd) }
+            } else {
+                // SAFETY: one system call in the child, on no pointer.
+                cvt(unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC) })
+                    .map_err(|e| (0, e))
+            };
+            match entered {
                 Ok(()) => Ok(()),
                 Err((step, e)) => {
                     let b = (step as u32).to_ne_bytes();
@@ -765,5 +821,50 @@ mod tests {
         // Nothing of it is mounted on the host.
         let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mi.contains("svirt-jail"));
+    }
+
+    /// The object shown is the object planned: a name swapped since planning (a user's
+    /// nodev mount with a device node put over the planned file, say) is refused, naming
+    /// it; the planned object itself is accepted (control).
+    #[test]
+    fn attack_jail_refuses_an_object_swapped_since_planning() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().canonicalize().unwrap().join("disk.img");
+        std::fs::write(&img, b"planned").unwrap();
+        let id = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p).unwrap();
+            (m.dev(), m.ino())
+        };
+        let planned = id(&img);
+        let (mut v, mut links) = (Vec::new(), Vec::new());
+        add_object(
+            &mut v,
+            &mut links,
+            &img,
+            Origin::Resource(Some(planned)),
+            Show::ReadWrite,
+            "disk vda",
+        )
+        .unwrap();
+        assert_eq!(v.len(), 1);
+        let other = img.with_file_name("other");
+        std::fs::write(&other, b"swapped in").unwrap();
+        std::fs::rename(&other, &img).unwrap();
+        let e = add_object(
+            &mut v,
+            &mut links,
+            &img,
+            Origin::Resource(Some(planned)),
+            Show::ReadWrite,
+            "disk vda",
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            e.contains("disk.img") && e.contains("replaced since it was planned"),
+            "{e}"
+        );
     }
 }

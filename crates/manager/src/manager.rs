@@ -434,8 +434,14 @@ impl Inner {
         let jail = if self.drivers.is_empty() {
             None
         } else {
+            let selinux = self.drivers.iter().any(|d| d.model() == Model::Selinux);
             Some(crate::jail::prepare(
-                &crate::jail::JailConfig::default(),
+                &crate::jail::JailConfig {
+                    // See `JailConfig::mount_namespace`: the reference policy forbids
+                    // the binds to the manager's domain; SELinux labels confine instead.
+                    mount_namespace: !selinux,
+                    ..crate::jail::JailConfig::default()
+                },
                 &rec.plan,
                 &crate::jail::JailInputs {
                     emulator: &self.qemu,
