@@ -522,6 +522,56 @@ impl PolicyState {
     }
 }
 
+/// Every block device that shares storage with block device `rdev`, itself included:
+/// its partitions and holders (device-mapper, md) and theirs, and the devices it is made
+/// of (a partition's disk, a holder's slaves) and theirs, from the real sysfs. Two guests
+/// given two of these would share blocks: exclusivity claims them all.
+pub fn block_relatives(rdev: u64) -> Vec<u64> {
+    let sys = Path::new("/sys");
+    let mut seen: Vec<u64> = Vec::new();
+    let mut todo = vec![rdev];
+    while let Some(d) = todo.pop() {
+        if seen.contains(&d) {
+            continue;
+        }
+        seen.push(d);
+        let dir = sys.join(format!(
+            "dev/block/{}:{}",
+            rustix::fs::major(d),
+            rustix::fs::minor(d)
+        ));
+        // Down: partitions (subdirectories with a `partition` file) and holders.
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.join("partition").exists()
+                    && let Some(n) = read_devnum(&p.join("dev"))
+                {
+                    todo.push(n);
+                }
+            }
+        }
+        for rel in ["holders", "slaves"] {
+            if let Ok(rd) = std::fs::read_dir(dir.join(rel)) {
+                for e in rd.flatten() {
+                    if let Some(n) =
+                        read_devnum(&sys.join("class/block").join(e.file_name()).join("dev"))
+                    {
+                        todo.push(n);
+                    }
+                }
+            }
+        }
+        // Up: a partition's whole disk.
+        if dir.join("partition").exists()
+            && let Some(n) = read_devnum(&dir.join("../dev"))
+        {
+            todo.push(n);
+        }
+    }
+    seen
+}
+
 /// A sysfs `dev` file (`8:1`) as a device number.
 fn read_devnum(p: &Path) -> Option<u64> {
     let s = std::fs::read_to_string(p).ok()?;

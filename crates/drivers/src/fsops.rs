@@ -638,6 +638,11 @@ pub struct Object {
 }
 
 impl Object {
+    /// The device number of a device node (`st_rdev`).
+    pub fn rdev(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.fd)?.st_rdev)
+    }
+
     fn from_fd(fd: OwnedFd, path: PathBuf) -> io::Result<Object> {
         let (id, meta) = statx_fd(fd.as_fd(), empty(), libc::AT_EMPTY_PATH)?;
         Ok(Object { fd, path, id, meta })

@@ -82,6 +82,42 @@ pub fn claim_plan(
             .filter_map(|a| root.open_object(a).ok())
             .map(|o| store_identity(o.identity()))
             .collect();
+        // A block device shares its blocks with its partitions, holders, its disk and any
+        // other node of the same device number: each is claimed too, under a key no file
+        // has (device numbers in their own namespace).
+        if obj.meta().mode & libc::S_IFMT == libc::S_IFBLK {
+            let rdev = obj.rdev().map_err(|source| DriverError::Object {
+                model,
+                op: "stat",
+                path: pr.resource.path.clone(),
+                source,
+            })?;
+            for d in svirt_domain::block_relatives(rdev) {
+                let id = svirt_store::ObjectIdentity {
+                    dev: BLOCK_DEVICE_KEYS,
+                    ino: d,
+                    btime: None,
+                    generation: None,
+                    ctime: None,
+                };
+                items.push(ClaimItem {
+                    key: svirt_store::ObjectKey {
+                        dev: BLOCK_DEVICE_KEYS,
+                        ino: d,
+                    },
+                    identity: id,
+                    path: std::path::PathBuf::from(format!(
+                        "{} (block device {}:{})",
+                        pr.resource.path.display(),
+                        libc::major(d),
+                        libc::minor(d)
+                    )),
+                    usage,
+                    recursive: false,
+                    ancestors: Vec::new(),
+                });
+            }
+        }
         items.push(ClaimItem {
             key: object_key(obj.identity()),
             identity: store_identity(obj.identity()),
@@ -104,6 +140,9 @@ pub fn claim_plan(
         },
     })
 }
+
+/// The `dev` of claim keys that stand for block device numbers (no file system has it).
+const BLOCK_DEVICE_KEYS: u64 = u64::MAX;
 
 /// Drops every claim `<model>/<guest>` holds (at stop, once its objects are restored, and
 /// after a refused or failed start).

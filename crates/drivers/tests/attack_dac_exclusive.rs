@@ -811,3 +811,99 @@ fn attack_exclusive_disk_inside_another_guests_private_share() {
     stop(&d, &b);
     assert_eq!((tree_snap(&share), snap(&inner)), before);
 }
+
+/// A loop device with one partition (table written here, partition added with `partx`),
+/// detached when dropped.
+struct LoopWithPartition {
+    dev: PathBuf,
+    part: PathBuf,
+}
+
+impl LoopWithPartition {
+    fn new(img: &Path) -> LoopWithPartition {
+        use std::io::Write;
+        let f = std::fs::File::create(img).expect("image");
+        f.set_len(16 << 20).expect("size");
+        let mut mbr = [0u8; 512];
+        let e = &mut mbr[446..462];
+        e[4] = 0x83;
+        e[8..12].copy_from_slice(&2048u32.to_le_bytes());
+        e[12..16].copy_from_slice(&(32768u32 - 2048).to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        (&f).write_all(&mbr).expect("mbr");
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(img)
+            .output()
+            .expect("losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        let l = LoopWithPartition {
+            part: PathBuf::from(format!("{}p1", dev.display())),
+            dev,
+        };
+        let st = Command::new("partx")
+            .arg("-a")
+            .arg(&l.dev)
+            .status()
+            .expect("partx (util-linux)");
+        assert!(st.success(), "partx -a {}", l.dev.display());
+        for _ in 0..100 {
+            if l.part.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(l.part.exists(), "{} did not appear", l.part.display());
+        l
+    }
+}
+
+impl Drop for LoopWithPartition {
+    fn drop(&mut self) {
+        let _ = Command::new("partx").arg("-d").arg(&self.dev).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// Exclusivity follows the blocks, not the node: a partition of a guest's private disk, or
+/// another node with the disk's device number, is the same storage. Control: once the
+/// first guest stopped, the partition may be another guest's.
+#[test]
+fn attack_exclusive_block_device_partition_and_second_node() {
+    must_run_as_root();
+    let Some((dir, d, _img)) = setup() else {
+        return;
+    };
+    let l = LoopWithPartition::new(&dir.path().join("blocks.img"));
+    let a = start(&d, "a", vec![disk(&l.dev)]);
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&l.dev).expect("stat"));
+    let twin = dir.path().join("twin");
+    let st = Command::new("mknod")
+        .arg(&twin)
+        .args(["b", &libc::major(rdev).to_string(), &libc::minor(rdev).to_string()])
+        .status()
+        .expect("mknod");
+    assert!(st.success());
+    for (name, obj) in [("b", l.part.clone()), ("c", twin.clone())] {
+        let before = owner_mode(&obj);
+        let (s, r) = try_start(&d, name, vec![disk(&obj)]);
+        match r {
+            Err(DriverError::InUse { path, other, .. }) => {
+                assert!(
+                    path.to_string_lossy().contains("(block device"),
+                    "names the shared blocks: {}",
+                    path.display()
+                );
+                assert_eq!(other, "a", "names the other guest");
+            }
+            other => panic!("{name} on {} must be refused: {other:?}", obj.display()),
+        }
+        assert_eq!(owner_mode(&obj), before, "a refused start changes nothing");
+        d.release(&s.g).expect("release");
+    }
+    stop(&d, &a);
+    let b = start(&d, "b", vec![disk(&l.part)]);
+    stop(&d, &b);
+}
