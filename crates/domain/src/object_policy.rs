@@ -331,6 +331,16 @@ impl PolicyState {
         ancestors: &[(u64, u64)],
     ) -> Result<(), String> {
         let fs_path = self.fs_path(st, canonical);
+        if fs_path.is_none()
+            && let Some(id) = st.mnt_id
+        {
+            // A mount made after the table was read (or a path not below its mount
+            // point): where it lives within its file system cannot be told. Refused, not
+            // guessed; the next start reads the table again.
+            return Err(format!(
+                "its mount (id {id}) is not in the mount table read for this start; mounted meanwhile? try again"
+            ));
+        }
         let under_dev_tree = self.protected_hit(st, fs_path.as_deref(), ancestors)?;
         if (st.is(S_IFCHR) || st.is(S_IFBLK)) && st.nodev {
             return Err(

@@ -652,7 +652,10 @@ fn attack_setid_program_in_a_writable_share() {
 fn attack_device_node_on_a_nodev_mount() {
     let c = case();
     let img = c.dir.join("blk.img");
-    std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let lo = Loop::new(&img);
     let rdev = std::fs::metadata(&lo.0).unwrap().rdev();
     // A user's own mount (FUSE, removable media) is nodev: a node there gives no device.

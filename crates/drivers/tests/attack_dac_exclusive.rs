@@ -882,7 +882,11 @@ fn attack_exclusive_block_device_partition_and_second_node() {
     let twin = dir.path().join("twin");
     let st = Command::new("mknod")
         .arg(&twin)
-        .args(["b", &libc::major(rdev).to_string(), &libc::minor(rdev).to_string()])
+        .args([
+            "b",
+            &libc::major(rdev).to_string(),
+            &libc::minor(rdev).to_string(),
+        ])
         .status()
         .expect("mknod");
     assert!(st.success());

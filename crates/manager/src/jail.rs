@@ -859,8 +859,7 @@ mod tests {
             Show::ReadWrite,
             "disk vda",
         )
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
         assert!(
             e.contains("disk.img") && e.contains("replaced since it was planned"),

@@ -5,6 +5,8 @@
 //! files) are protected objects: such a start is refused before anything changes, naming
 //! the object and the rule. Real svirtd, real CLI, real QEMU (the control guest).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
