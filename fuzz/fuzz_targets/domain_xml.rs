@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
                 recursive: false,
                 device: disk.target_dev.clone(),
                 overrides: Default::default(),
+                identity: None,
             })
         })
         .collect();
