@@ -26,7 +26,7 @@ pub use domain::*;
 pub use error::{Error, Result};
 pub use host::{FileInfo, FileKind, Host, Resolved, SYSTEM_PATHS, TreeEntry};
 pub use model::*;
-pub use object_policy::{ObjectStat, SYSTEM_TREES, block_relatives};
+pub use object_policy::{ObjectStat, SYSTEM_TREES, block_descendants};
 pub use parse::{MAX_XML_BYTES, parse};
 pub use planner::{
     PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, labels_of, plan, plan_xml,

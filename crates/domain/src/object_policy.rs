@@ -486,57 +486,30 @@ impl PolicyState {
     }
 
     fn check_block(&self, rdev: u64) -> Result<(), String> {
-        let mut seen = HashSet::new();
-        let mut todo = vec![rdev];
-        while let Some(d) = todo.pop() {
-            if !seen.insert(d) {
-                continue;
-            }
-            let (maj, min) = (rustix::fs::major(d), rustix::fs::minor(d));
-            if self.busy_block.contains(&d) {
-                let how = if d == rdev {
-                    String::new()
-                } else {
-                    format!(" through {maj}:{min}")
-                };
-                return Err(format!(
-                    "block device {}:{} holds a mounted file system or swap{how}",
-                    rustix::fs::major(rdev),
-                    rustix::fs::minor(rdev)
-                ));
-            }
-            let dir = self.sys.join(format!("dev/block/{maj}:{min}"));
-            // Partitions: subdirectories with a `partition` file; holders: dm/md devices
-            // built on this one.
-            if let Ok(rd) = std::fs::read_dir(&dir) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    if p.join("partition").exists()
-                        && let Some(n) = read_devnum(&p.join("dev"))
-                    {
-                        todo.push(n);
-                    }
-                }
-            }
-            if let Ok(rd) = std::fs::read_dir(dir.join("holders")) {
-                for e in rd.flatten() {
-                    if let Some(n) =
-                        read_devnum(&self.sys.join("class/block").join(e.file_name()).join("dev"))
-                    {
-                        todo.push(n);
-                    }
-                }
-            }
+        let (maj, min) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
+        match block_descendants(rdev)
+            .into_iter()
+            .find(|d| self.busy_block.contains(d))
+        {
+            None => Ok(()),
+            Some(d) if d == rdev => Err(format!(
+                "block device {maj}:{min} holds a mounted file system or swap"
+            )),
+            Some(d) => Err(format!(
+                "block device {maj}:{min} holds a mounted file system or swap through {}:{}",
+                rustix::fs::major(d),
+                rustix::fs::minor(d)
+            )),
         }
-        Ok(())
     }
 }
 
-/// Every block device that shares storage with block device `rdev`, itself included:
-/// its partitions and holders (device-mapper, md) and theirs, and the devices it is made
-/// of (a partition's disk, a holder's slaves) and theirs, from the real sysfs. Two guests
-/// given two of these would share blocks: exclusivity claims them all.
-pub fn block_relatives(rdev: u64) -> Vec<u64> {
+/// Block device `rdev` and every block device built on it: its partitions and holders
+/// (device-mapper, md), and theirs, from the real sysfs. Two block devices share storage
+/// exactly when one is among the other's descendants, so a device is busy when one of
+/// these holds a mounted file system, and exclusivity claims them all (a sibling partition
+/// is not among them, and stays free for another guest).
+pub fn block_descendants(rdev: u64) -> Vec<u64> {
     let sys = Path::new("/sys");
     let mut seen: Vec<u64> = Vec::new();
     let mut todo = vec![rdev];
@@ -550,7 +523,7 @@ pub fn block_relatives(rdev: u64) -> Vec<u64> {
             rustix::fs::major(d),
             rustix::fs::minor(d)
         ));
-        // Down: partitions (subdirectories with a `partition` file) and holders.
+        // Partitions: subdirectories with a `partition` file.
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -561,22 +534,14 @@ pub fn block_relatives(rdev: u64) -> Vec<u64> {
                 }
             }
         }
-        for rel in ["holders", "slaves"] {
-            if let Ok(rd) = std::fs::read_dir(dir.join(rel)) {
-                for e in rd.flatten() {
-                    if let Some(n) =
-                        read_devnum(&sys.join("class/block").join(e.file_name()).join("dev"))
-                    {
-                        todo.push(n);
-                    }
+        if let Ok(rd) = std::fs::read_dir(dir.join("holders")) {
+            for e in rd.flatten() {
+                if let Some(n) =
+                    read_devnum(&sys.join("class/block").join(e.file_name()).join("dev"))
+                {
+                    todo.push(n);
                 }
             }
-        }
-        // Up: a partition's whole disk.
-        if dir.join("partition").exists()
-            && let Some(n) = read_devnum(&dir.join("../dev"))
-        {
-            todo.push(n);
         }
     }
     seen

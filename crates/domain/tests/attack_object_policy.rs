@@ -683,3 +683,75 @@ fn attack_device_node_on_a_nodev_mount() {
     // Control: the same device from /dev.
     assert_eq!(c.accepted(&block_disk(&lo.0)), vec![lo.0.clone()]);
 }
+
+#[test]
+fn attack_block_device_whose_partition_is_mounted() {
+    let c = case();
+    let img = c.dir.join("parts.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(32 << 20).unwrap();
+    drop(f);
+    write_mbr_two_partitions(&img);
+    let lo = Loop::new(&img);
+    let _parts = Partitions::add(&lo.0);
+    let (p1, p2) = (
+        PathBuf::from(format!("{}p1", lo.0.display())),
+        PathBuf::from(format!("{}p2", lo.0.display())),
+    );
+    mkfs(&p1);
+    let m = Mounted::new(&p1, &c.dir.join("mnt"));
+    c.refused(
+        &block_disk(&lo.0),
+        &["holds a mounted file system or swap through"],
+    );
+    c.refused(&block_disk(&p1), &["holds a mounted file system"]);
+    // Control: the other partition is free.
+    assert_eq!(c.accepted(&block_disk(&p2)), vec![p2.clone()]);
+    drop(m);
+    assert_eq!(c.accepted(&block_disk(&lo.0)), vec![lo.0.clone()]);
+}
+
+/// The partitions of a loop device, added with `partx` (this kernel does not scan
+/// partition tables of loop devices) and removed when dropped.
+struct Partitions(PathBuf);
+impl Partitions {
+    fn add(dev: &Path) -> Partitions {
+        let st = Command::new("partx").arg("-a").arg(dev).status().unwrap();
+        assert!(st.success(), "partx -a {}", dev.display());
+        let p2 = PathBuf::from(format!("{}p2", dev.display()));
+        for _ in 0..100 {
+            if p2.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(p2.exists(), "{} did not appear", p2.display());
+        Partitions(dev.to_path_buf())
+    }
+}
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        let _ = Command::new("partx").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// An MBR with two Linux partitions.
+fn write_mbr_two_partitions(img: &Path) {
+    use std::io::Write;
+    let sectors = (std::fs::metadata(img).unwrap().len() / 512) as u32;
+    let half = sectors / 2;
+    let mut mbr = [0u8; 512];
+    for (i, (start, len)) in [(2048, half - 2048), (half, sectors - half)]
+        .into_iter()
+        .enumerate()
+    {
+        let e = &mut mbr[446 + 16 * i..462 + 16 * i];
+        e[4] = 0x83;
+        e[8..12].copy_from_slice(&u32::to_le_bytes(start));
+        e[12..16].copy_from_slice(&u32::to_le_bytes(len));
+    }
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let mut f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all(&mbr).unwrap();
+}

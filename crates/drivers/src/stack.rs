@@ -82,9 +82,10 @@ pub fn claim_plan(
             .filter_map(|a| root.open_object(a).ok())
             .map(|o| store_identity(o.identity()))
             .collect();
-        // A block device shares its blocks with its partitions, holders, its disk and any
+        // A block device shares its blocks with its partitions and holders and with any
         // other node of the same device number: each is claimed too, under a key no file
-        // has (device numbers in their own namespace).
+        // has (device numbers in their own namespace). Of two overlapping devices one is
+        // always among the other's descendants, so their claims meet.
         if obj.meta().mode & libc::S_IFMT == libc::S_IFBLK {
             let rdev = obj.rdev().map_err(|source| DriverError::Object {
                 model,
@@ -92,7 +93,7 @@ pub fn claim_plan(
                 path: pr.resource.path.clone(),
                 source,
             })?;
-            for d in svirt_domain::block_relatives(rdev) {
+            for d in svirt_domain::block_descendants(rdev) {
                 let id = svirt_store::ObjectIdentity {
                     dev: BLOCK_DEVICE_KEYS,
                     ino: d,

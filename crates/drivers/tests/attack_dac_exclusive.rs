@@ -812,11 +812,12 @@ fn attack_exclusive_disk_inside_another_guests_private_share() {
     assert_eq!((tree_snap(&share), snap(&inner)), before);
 }
 
-/// A loop device with one partition (table written here, partition added with `partx`),
+/// A loop device with two partitions (table written here, partitions added with `partx`),
 /// detached when dropped.
 struct LoopWithPartition {
     dev: PathBuf,
     part: PathBuf,
+    part2: PathBuf,
 }
 
 impl LoopWithPartition {
@@ -825,10 +826,15 @@ impl LoopWithPartition {
         let f = std::fs::File::create(img).expect("image");
         f.set_len(16 << 20).expect("size");
         let mut mbr = [0u8; 512];
-        let e = &mut mbr[446..462];
-        e[4] = 0x83;
-        e[8..12].copy_from_slice(&2048u32.to_le_bytes());
-        e[12..16].copy_from_slice(&(32768u32 - 2048).to_le_bytes());
+        for (i, (start, len)) in [(2048u32, 14336u32), (16384, 16384)]
+            .into_iter()
+            .enumerate()
+        {
+            let e = &mut mbr[446 + 16 * i..462 + 16 * i];
+            e[4] = 0x83;
+            e[8..12].copy_from_slice(&start.to_le_bytes());
+            e[12..16].copy_from_slice(&len.to_le_bytes());
+        }
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
         (&f).write_all(&mbr).expect("mbr");
@@ -841,6 +847,7 @@ impl LoopWithPartition {
         let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
         let l = LoopWithPartition {
             part: PathBuf::from(format!("{}p1", dev.display())),
+            part2: PathBuf::from(format!("{}p2", dev.display())),
             dev,
         };
         let st = Command::new("partx")
@@ -850,12 +857,12 @@ impl LoopWithPartition {
             .expect("partx (util-linux)");
         assert!(st.success(), "partx -a {}", l.dev.display());
         for _ in 0..100 {
-            if l.part.exists() {
+            if l.part.exists() && l.part2.exists() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(l.part.exists(), "{} did not appear", l.part.display());
+        assert!(l.part2.exists(), "{} did not appear", l.part2.display());
         l
     }
 }
@@ -868,8 +875,9 @@ impl Drop for LoopWithPartition {
 }
 
 /// Exclusivity follows the blocks, not the node: a partition of a guest's private disk, or
-/// another node with the disk's device number, is the same storage. Control: once the
-/// first guest stopped, the partition may be another guest's.
+/// another node with the disk's device number, is the same storage; so is the disk of a
+/// guest's partition. Controls: once the first guest stopped, the partition may be another
+/// guest's, and two partitions of one disk may be two guests'.
 #[test]
 fn attack_exclusive_block_device_partition_and_second_node() {
     must_run_as_root();
@@ -909,5 +917,14 @@ fn attack_exclusive_block_device_partition_and_second_node() {
     }
     stop(&d, &a);
     let b = start(&d, "b", vec![disk(&l.part)]);
+    let c = start(&d, "c", vec![disk(&l.part2)]);
+    // The whole disk now overlaps both.
+    let (s, r) = try_start(&d, "e", vec![disk(&l.dev)]);
+    assert!(
+        matches!(r, Err(DriverError::InUse { .. })),
+        "the disk of guests' partitions must be refused: {r:?}"
+    );
+    d.release(&s.g).expect("release");
+    stop(&d, &c);
     stop(&d, &b);
 }
