@@ -69,8 +69,57 @@ manager_start() {
     else
         labcheck svirtd.refuses_reserved_level FAIL "refused, but not for the reserved level: $(tail -n1 "$LAB_STATE/manager.log")"
     fi
+    hardening_checks
     sv 1 list >> "$LAB_STATE/manager.log"
     return $rc
+}
+
+# A domain XML for a dynamic guest NAME with DEVICES (for the hardening checks).
+probe_xml() { # NAME DEVICES
+    printf "<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><seclabel type='dynamic' model='selinux'/><devices><emulator>/lab/bin/qemu-system-x86_64</emulator>%s</devices></domain>\n" "$1" "$2"
+}
+
+# refused CHECK N XML WANT: `svirt start XML` against svirtd N must fail, its error naming WANT.
+refused() {
+    local check=$1 n=$2 xml=$3 want=$4 out
+    if out=$(/lab/bin/svirt --connect "unix:$SVIRT_RUN/$n/svirtd.sock" start "$xml" 2>&1); then
+        labcheck "$check" FAIL "svirtd started it: $out"
+        sv "$n" destroy "$(sed -n 's|.*<name>\([^<]*\)</name>.*|\1|p' "$xml")" >> "$LAB_STATE/manager.log"
+    elif printf '%s' "$out" | grep -q "$want"; then
+        labcheck "$check" PASS "$out"
+    else
+        labcheck "$check" FAIL "refused, but not for '$want': $out"
+    fi
+    echo "$out" >> "$LAB_STATE/manager.log"
+}
+
+# Issue 11's classes under SELinux: the object policy, exclusivity and the jail's namespaces
+# run here too (same code as on DAC + Landlock hosts, now with SELinux enforcing).
+hardening_checks() {
+    local na
+    na=$(awk '$1 == "A" { print $2 }' "$LAB_STATE/guest-svirtd")
+    # svirtd's own API socket on a serial port (class 3).
+    probe_xml D "<serial type='unix'><source mode='connect' path='$SVIRT_RUN/$na/svirtd.sock'/><target port='0'/></serial>" > "$LAB_STATE/D.xml"
+    refused svirtd.refuses_own_socket "$na" "$LAB_STATE/D.xml" "svirtd's run directory"
+    # Guest A's private disk named by another guest, read-only (class 4).
+    a_disk=$(awk '$1 == "disk" && $2 == "A" && $4 == "private" { print $3; exit }' /lab/etc/plan)
+    probe_xml E "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='$a_disk'/><target dev='vda' bus='virtio'/><readonly/></disk>" > "$LAB_STATE/E.xml"
+    refused svirtd.refuses_disk_in_use "$na" "$LAB_STATE/E.xml" "private read-write"
+    # Every VMM in a network namespace of its own (class 6): not svirtd's, not another's.
+    local mine seen= bad= pid ns
+    mine=$(readlink "/proc/$(cat "$LAB_STATE/svirtd.1.pid")/ns/net")
+    while read -r g pid; do
+        [ "$g" = manager ] || [ "$g" = END ] && continue
+        ns=$(readlink "/proc/$pid/ns/net") || { bad="$bad $g:gone"; continue; }
+        [ "$ns" != "$mine" ] || bad="$bad $g:host-netns"
+        case " $seen " in *" $ns "*) bad="$bad $g:shared" ;; esac
+        seen="$seen $ns"
+    done < "$LAB_STATE/pids.all"
+    if [ -z "$bad" ] && [ -n "$seen" ]; then
+        labcheck vmm.own_network_namespace PASS "svirtd $mine; guests$seen"
+    else
+        labcheck vmm.own_network_namespace FAIL "${bad:-no guest pid}"
+    fi
 }
 
 manager_stop() {

@@ -156,7 +156,10 @@ scenario_stage() {
 scenario_checks() {
     local d=$1/scenario
     printf '%s\n' setup.policy_load setup.layout setup.enforcing manager.start manager.stop
-    if [ "$MANAGER" = svirtd ]; then printf '%s\n' svirtd.refuses_reserved_level svirtd.denials_by_name; fi
+    if [ "$MANAGER" = svirtd ]; then
+        printf '%s\n' svirtd.refuses_reserved_level svirtd.denials_by_name \
+            svirtd.refuses_own_socket svirtd.refuses_disk_in_use vmm.own_network_namespace
+    fi
     "$d/svirt-probe" list-checks --plan "$d/plan" --attack "$d/attack.plan" --expected "$d/expected.tsv"
 }
 
