@@ -225,7 +225,7 @@ pub(crate) fn guest_host(config: &crate::config::Config) -> svirt_domain::Host {
         .with_protected(&config.state_dir, "svirtd's state directory")
         .with_protected(
             &config.run_dir,
-            "svirtd's run directory (its API socket, every guest's runtime and control files)",
+            "svirtd's run directory, with its API socket and every guest's runtime and control files",
         )
         .with_image_roots(config.image_roots.clone())
 }

@@ -257,9 +257,11 @@ fn main() {
             );
         }
         let ratio = s.median() / q.median();
+        // Issue 11: with the jail on, within 1.15x of a direct QEMU launch.
         verdicts.push(format!(
-            "{disks} disk(s): svirt/direct = {ratio:.2} (target <= 1.5: {})",
-            if ratio <= 1.5 { "met" } else { "MISSED" }
+            "{disks} disk(s): svirt/direct = {ratio:.2} (target <= 1.15, jail on: {}); fastest runs {:.2}",
+            if ratio <= 1.15 { "met" } else { "MISSED" },
+            s.min() / q.min()
         ));
         if !v.samples.is_empty() {
             let r = s.median() / v.median();
