@@ -403,22 +403,33 @@ fn attack_hard_link_of_a_protected_file() {
     assert_eq!(c.accepted(&raw_disk(&one)), vec![one]);
 }
 
-/// A bind mount made for one test, detached when dropped.
-struct Bind(PathBuf);
-impl Bind {
-    fn new(src: &Path, dst: &Path) -> Bind {
-        std::fs::create_dir_all(dst).unwrap();
-        let st = Command::new("mount")
-            .args(["--bind", "-o", "ro"])
-            .arg(src)
-            .arg(dst)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount --bind {}", src.display());
-        Bind(dst.to_path_buf())
+/// A mount made for one test (`mount ARGS… AT`), lazily detached when dropped.
+struct Mounted(PathBuf);
+impl Mounted {
+    fn new(args: &[&std::ffi::OsStr], at: &Path) -> Mounted {
+        std::fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(st.success(), "mount {args:?} {}", at.display());
+        Mounted(at.to_path_buf())
+    }
+    /// A read-only bind mount of `src` at `at`.
+    fn bind(src: &Path, at: &Path) -> Mounted {
+        Mounted::new(
+            &[
+                "--bind".as_ref(),
+                "-o".as_ref(),
+                "ro".as_ref(),
+                src.as_os_str(),
+            ],
+            at,
+        )
+    }
+    /// The file system on block device `dev` at `at`.
+    fn device(dev: &Path, at: &Path) -> Mounted {
+        Mounted::new(&[dev.as_os_str()], at)
     }
 }
-impl Drop for Bind {
+impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
@@ -429,8 +440,8 @@ fn attack_bind_mount_of_a_system_directory() {
     let c = case();
     // The whole of /etc, and a subdirectory of it (whose root is not /etc's inode: only
     // the mount's root within its file system tells).
-    let b1 = Bind::new(Path::new("/etc"), &c.dir.join("u/etc"));
-    let b2 = Bind::new(Path::new("/etc/default"), &c.dir.join("u/default"));
+    let b1 = Mounted::bind(Path::new("/etc"), &c.dir.join("u/etc"));
+    let b2 = Mounted::bind(Path::new("/etc/default"), &c.dir.join("u/default"));
     for p in [
         b1.0.join("hostname"),
         b1.0.join("passwd"),
@@ -455,7 +466,7 @@ fn attack_bind_mount_of_a_system_directory() {
     c.refused(&fs(&b2.0), &["system tree /etc"]);
     // Control: a bind mount of an ordinary directory is fine.
     let plain = c.file("plain/disk.img");
-    let b3 = Bind::new(plain.parent().unwrap(), &c.dir.join("u/plain"));
+    let b3 = Mounted::bind(plain.parent().unwrap(), &c.dir.join("u/plain"));
     assert_eq!(
         c.accepted(&raw_disk(&b3.0.join("disk.img"))),
         vec![b3.0.join("disk.img")]
@@ -528,21 +539,6 @@ fn mkfs(dev: &Path) {
     );
 }
 
-struct Mounted(PathBuf);
-impl Mounted {
-    fn new(dev: &Path, at: &Path) -> Mounted {
-        std::fs::create_dir_all(at).unwrap();
-        let st = Command::new("mount").arg(dev).arg(at).status().unwrap();
-        assert!(st.success());
-        Mounted(at.to_path_buf())
-    }
-}
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn attack_block_device_holding_a_mounted_file_system() {
     let c = case();
@@ -555,7 +551,7 @@ fn attack_block_device_holding_a_mounted_file_system() {
     mkfs(&lo.0);
     // Control: unmounted, it may be a guest's disk.
     assert_eq!(c.accepted(&block_disk(&lo.0)), vec![lo.0.clone()]);
-    let m = Mounted::new(&lo.0, &c.dir.join("mnt"));
+    let m = Mounted::device(&lo.0, &c.dir.join("mnt"));
     c.refused(
         &block_disk(&lo.0),
         &["disk vdb", "holds a mounted file system"],
@@ -599,7 +595,7 @@ fn attack_svirtd_own_objects_named_in_the_xml() {
         &raw_disk(&c.dir.join("db-link")),
         &["svirtd's state directory"],
     );
-    let b = Bind::new(&state, &c.dir.join("u/statebind"));
+    let b = Mounted::bind(&state, &c.dir.join("u/statebind"));
     c.refused(
         &raw_disk(&b.0.join("svirt.redb")),
         &["svirtd's state directory"],
@@ -660,14 +656,16 @@ fn attack_device_node_on_a_nodev_mount() {
     let rdev = std::fs::metadata(&lo.0).unwrap().rdev();
     // A user's own mount (FUSE, removable media) is nodev: a node there gives no device.
     let m = c.dir.join("u/media");
-    std::fs::create_dir_all(&m).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "nodev,size=1m", "usermedia"])
-        .arg(&m)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let _umount = Mounted(m.clone());
+    let _media = Mounted::new(
+        &[
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "-o".as_ref(),
+            "nodev,size=1m".as_ref(),
+            "usermedia".as_ref(),
+        ],
+        &m,
+    );
     let node = m.join("disk.img");
     let st = Command::new("mknod")
         .arg(&node)
@@ -699,7 +697,7 @@ fn attack_block_device_whose_partition_is_mounted() {
         PathBuf::from(format!("{}p2", lo.0.display())),
     );
     mkfs(&p1);
-    let m = Mounted::new(&p1, &c.dir.join("mnt"));
+    let m = Mounted::device(&p1, &c.dir.join("mnt"));
     c.refused(
         &block_disk(&lo.0),
         &["holds a mounted file system or swap through"],
