@@ -157,6 +157,22 @@ fn dev_chardev(path: &Path) -> String {
 
 // ---- class 1: image headers are guest data ------------------------------------------
 
+/// What a compromised VMM does to its own image: the header now names `backing` (a raw
+/// file; relative names are relative to the image's directory).
+fn rewrite_backing(image: &Path, backing: &str) {
+    let out = Command::new(common::qemu_img())
+        .current_dir(image.parent().unwrap())
+        .args(["rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", backing])
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img rebase: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn attack_header_backing_file_outside_the_image_directory() {
     let c = case();
@@ -180,22 +196,7 @@ fn attack_header_backing_file_outside_the_image_directory() {
         victim.to_str().unwrap().to_string(),
         "../other-guest/disk.img".to_string(),
     ] {
-        let out = Command::new(common::qemu_img())
-            .current_dir(c.dir.join("vm"))
-            .args([
-                "rebase",
-                "-u",
-                "-f",
-                "qcow2",
-                "-F",
-                "raw",
-                "-b",
-                &name,
-                "top.qcow2",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        rewrite_backing(&top, &name);
         c.refused(
             &qcow2_disk(&top, ""),
             &[
@@ -209,22 +210,7 @@ fn attack_header_backing_file_outside_the_image_directory() {
     // Through a root-owned symlink next to the image (root may plant links; the object
     // reached still has to lie below the image's directory).
     symlink(&victim, c.dir.join("vm/innocent.img")).unwrap();
-    let out = Command::new(common::qemu_img())
-        .current_dir(c.dir.join("vm"))
-        .args([
-            "rebase",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            "innocent.img",
-            "top.qcow2",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    rewrite_backing(&top, "innocent.img");
     c.refused(
         &qcow2_disk(&top, ""),
         &["other-guest/disk.img", "<backingStore>"],

@@ -35,6 +35,16 @@ const LAST_ID: u32 = 650_050;
 /// A local user no guest is: `nobody`.
 const NOBODY: u32 = 65_534;
 
+/// An administrator's ACL: a named entry for uid 4242 (read) and its mask. Must come back
+/// byte for byte after every guest left.
+const ADMIN_ACL: [(u16, u16, u32); 5] = [
+    (0x01, 6, u32::MAX),
+    (0x02, 4, 4242),
+    (0x04, 0, u32::MAX),
+    (0x10, 4, u32::MAX),
+    (0x20, 0, u32::MAX),
+];
+
 fn file(p: &Path, mode: u32) {
     std::fs::write(p, b"data").expect("write");
     chmod(p, mode);
@@ -436,29 +446,7 @@ fn attack_exclusive_control_readonly_base_two_guests() {
         return;
     };
     // An ACL an administrator set (a named entry and its mask) must come back as it was.
-    let mut acl = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [
-        (0x01u16, 6u16, u32::MAX),
-        (0x02, 4, 4242),
-        (0x04, 0, u32::MAX),
-        (0x10, 4, u32::MAX),
-        (0x20, 0, u32::MAX),
-    ] {
-        acl.extend_from_slice(&tag.to_le_bytes());
-        acl.extend_from_slice(&perm.to_le_bytes());
-        acl.extend_from_slice(&id.to_le_bytes());
-    }
-    // SAFETY: NUL-terminated strings, value of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            cpath(&img).as_ptr(),
-            ACL_XATTR.as_ptr(),
-            acl.as_ptr().cast(),
-            acl.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "set ACL: {}", std::io::Error::last_os_error());
+    set_acl(&img, &ADMIN_ACL);
     let before = snap(&img);
     assert!(
         kernel_allows(4242, 4242, &[], &img, false),
@@ -545,29 +533,7 @@ fn attack_grant_read_tree_two_readers_alone_and_exact() {
         file(&share.join(f), m);
     }
     // An administrator's ACL on one file must come back byte for byte.
-    let mut acl = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [
-        (0x01u16, 6u16, u32::MAX),
-        (0x02, 4, 4242),
-        (0x04, 0, u32::MAX),
-        (0x10, 4, u32::MAX),
-        (0x20, 0, u32::MAX),
-    ] {
-        acl.extend_from_slice(&tag.to_le_bytes());
-        acl.extend_from_slice(&perm.to_le_bytes());
-        acl.extend_from_slice(&id.to_le_bytes());
-    }
-    // SAFETY: NUL-terminated strings, value of the given length.
-    let r = unsafe {
-        libc::lsetxattr(
-            cpath(&share.join("a")).as_ptr(),
-            ACL_XATTR.as_ptr(),
-            acl.as_ptr().cast(),
-            acl.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "set ACL: {}", std::io::Error::last_os_error());
+    set_acl(&share.join("a"), &ADMIN_ACL);
     let before = tree_snap(&share);
     let ro = |p: &Path| {
         let mut r = tree_resource(p, Sharing::ReadOnlyContent, DacAction::GrantRead);

@@ -32,18 +32,6 @@ const OTHER: u16 = 0x20;
 const NO_ID: u32 = u32::MAX;
 
 /// (tag, perm, id) entries, encoded sorted as the kernel wants them.
-fn encode(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-    let mut es = entries.to_vec();
-    es.sort_by_key(|e| (e.0, e.2));
-    let mut out = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in es {
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    out
-}
-
 fn decode(b: &[u8]) -> Vec<(u16, u16, u32)> {
     b[4..]
         .chunks_exact(8)
@@ -59,21 +47,6 @@ fn decode(b: &[u8]) -> Vec<(u16, u16, u32)> {
 
 fn perm_of(acl: &[(u16, u16, u32)], tag: u16, id: u32) -> Option<u16> {
     acl.iter().find(|e| e.0 == tag && e.2 == id).map(|e| e.1)
-}
-
-fn set_acl(p: &Path, entries: &[(u16, u16, u32)]) {
-    let v = encode(entries);
-    // SAFETY: lsetxattr reads v.len() bytes.
-    let r = unsafe {
-        libc::lsetxattr(
-            cpath(p).as_ptr(),
-            ACL.as_ptr(),
-            v.as_ptr().cast(),
-            v.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 fn remove_acl(p: &Path) {

@@ -345,6 +345,36 @@ pub fn get_xattr(p: &Path, name: &CStr) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// An access ACL in the kernel's xattr layout (version 2, entries sorted by tag and id):
+/// `(tag, perm, id)` with `u32::MAX` as the id of the entries that have none.
+pub fn encode_acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut es = entries.to_vec();
+    es.sort_by_key(|e| (e.0, e.2));
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in es {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+/// Sets the access ACL of `p` (not following a final symlink); any error fails the test.
+pub fn set_acl(p: &Path, entries: &[(u16, u16, u32)]) {
+    let v = encode_acl(entries);
+    // SAFETY: lsetxattr reads v.len() bytes and two NUL-terminated strings.
+    let r = unsafe {
+        libc::lsetxattr(
+            cpath(p).as_ptr(),
+            ACL_XATTR.as_ptr(),
+            v.as_ptr().cast(),
+            v.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "set ACL: {}", std::io::Error::last_os_error());
+}
+
 /// The raw access ACL of `p`, None when it has none.
 pub fn get_acl(p: &Path) -> Option<Vec<u8>> {
     get_xattr(p, ACL_XATTR)
