@@ -221,13 +221,11 @@ impl ObjectStat {
     }
 
     fn is(&self, t: u32) -> bool {
-        self.mode & libc_s_ifmt() == t
+        self.mode & S_IFMT == t
     }
 }
 
-const fn libc_s_ifmt() -> u32 {
-    0o170000
-}
+const S_IFMT: u32 = 0o170000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFCHR: u32 = 0o020000;
 const S_IFBLK: u32 = 0o060000;
@@ -260,7 +258,7 @@ impl PolicyState {
             for line in swaps.lines().skip(1) {
                 if let Some(p) = line.split_whitespace().next()
                     && let Ok(st) = rustix::fs::stat(unescape(p).as_path())
-                    && st.st_mode & libc_s_ifmt() == S_IFBLK
+                    && st.st_mode & S_IFMT == S_IFBLK
                 {
                     busy_block.insert(st.st_rdev);
                 }

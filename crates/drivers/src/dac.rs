@@ -736,12 +736,7 @@ impl DacDriver {
     /// alone: nobody but this guest gains anything. The caller holds the object's lock.
     fn grant_read_locked(&self, guest: &str, uid: u32, obj: &Object) -> Result<(), DriverError> {
         let k = object_key(obj.identity());
-        let meta = obj
-            .current_meta()
-            .map_err(|e| obj_err("stat", obj.path(), e))?;
-        let current = obj
-            .get_xattr(ACL_XATTR)
-            .map_err(|e| obj_err("read ACL", obj.path(), e))?;
+        let (meta, current) = meta_and_acl(obj)?;
         let unreadable = || {
             DeviceAclError::Unreadable {
                 device: obj.path().to_path_buf(),
@@ -944,12 +939,7 @@ impl DacDriver {
         // cannot undo it (or drop its record) in between.
         let _key = self.store.lock_object(object_key(obj.identity()));
         // Now, not at open: another guest's restore may have changed it since.
-        let meta = obj
-            .current_meta()
-            .map_err(|e| obj_err("stat", obj.path(), e))?;
-        let current = obj
-            .get_xattr(ACL_XATTR)
-            .map_err(|e| obj_err("read ACL", obj.path(), e))?;
+        let (meta, current) = meta_and_acl(&obj)?;
         let (mut acl, mut f) = match &current {
             None => (Acl::from_mode(meta.mode), flags::ACL_CREATED | flags::MODE),
             Some(bytes) => {
@@ -1904,6 +1894,17 @@ impl SecurityDriver for DacDriver {
 /// The `(dev, ino)` the planner judged for a resource, for [`FsRoot::open_planned`].
 fn planned_identity(pr: &PlannedResource) -> Option<(u64, u64)> {
     pr.resource.identity.map(|i| (i.dev, i.ino))
+}
+
+/// An object's owner and mode and its access ACL (None: it has none), read now.
+fn meta_and_acl(obj: &Object) -> Result<(Meta, Option<Vec<u8>>), DriverError> {
+    let meta = obj
+        .current_meta()
+        .map_err(|e| obj_err("stat", obj.path(), e))?;
+    let acl = obj
+        .get_xattr(ACL_XATTR)
+        .map_err(|e| obj_err("read ACL", obj.path(), e))?;
+    Ok((meta, acl))
 }
 
 #[cfg(test)]

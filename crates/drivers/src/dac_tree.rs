@@ -332,19 +332,28 @@ fn change_at(
     id: Identity,
     want: &dyn Fn(Meta) -> Option<Meta>,
 ) -> io::Result<bool> {
-    let obj = match dir.open_entry(name, PathBuf::new()) {
-        Ok(o) => o,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some(obj) = walked_entry(dir, name, id)? else {
+        return Ok(false);
     };
     let cur = obj.meta();
-    if obj.identity().ino != id.ino || cur.is_symlink() {
-        return Ok(false);
-    }
     match want(cur) {
         Some(after) => set_meta(&obj, cur, after),
         None => Ok(false),
     }
+}
+
+/// Entry `name` of `dir` as an `O_PATH` object, if it is still the entry `id` the walk saw
+/// and not a symlink; `None` when it is gone or replaced.
+fn walked_entry(dir: &Dir, name: &CStr, id: Identity) -> io::Result<Option<Object>> {
+    let obj = match dir.open_entry(name, PathBuf::new()) {
+        Ok(o) => o,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if obj.identity().ino != id.ino || obj.meta().is_symlink() {
+        return Ok(None);
+    }
+    Ok(Some(obj))
 }
 
 /// The set-id bits a chown of a regular file clears (the kernel's
@@ -394,15 +403,10 @@ fn restore_at(
     want: &dyn Fn(Meta) -> Option<Meta>,
     chowned: &dyn Fn(),
 ) -> io::Result<bool> {
-    let obj = match dir.open_entry(name, PathBuf::new()) {
-        Ok(o) => o,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some(obj) = walked_entry(dir, name, id)? else {
+        return Ok(false);
     };
     let cur = obj.meta();
-    if obj.identity().ino != id.ino || cur.is_symlink() {
-        return Ok(false);
-    }
     match want(cur) {
         Some(after) => restore_meta(&obj, cur, after, chowned),
         None => Ok(false),

@@ -156,6 +156,25 @@ fn empty() -> &'static CStr {
     c""
 }
 
+/// Opens `path` (absolute, on the host) as an `O_PATH` fd for path-based confinement (the
+/// Landlock rules, the jail's binds). Magic links (`/proc/*/fd`) are never followed; other
+/// symlinks only with `follow_symlinks` (system and manager paths), never for a guest's
+/// planned resources, which the planner resolved to a path without any.
+pub fn open_host_path(path: &Path, follow_symlinks: bool) -> rustix::io::Result<OwnedFd> {
+    let resolve = if follow_symlinks {
+        rustix::fs::ResolveFlags::NO_MAGICLINKS
+    } else {
+        rustix::fs::ResolveFlags::NO_SYMLINKS | rustix::fs::ResolveFlags::NO_MAGICLINKS
+    };
+    rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+        resolve,
+    )
+}
+
 /// The root every path is resolved under (`/` for the daemon, a temporary directory in tests).
 #[derive(Debug)]
 pub struct FsRoot {

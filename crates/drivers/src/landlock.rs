@@ -21,7 +21,7 @@ use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
     Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
 };
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::FileType;
 use svirt_domain::{Access as PlanAccess, Model, Plan};
 
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
@@ -385,17 +385,7 @@ impl Builder {
             path: path.to_path_buf(),
             source,
         };
-        let resolve = match origin {
-            Origin::Resource => ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-            Origin::Manager | Origin::System => ResolveFlags::NO_MAGICLINKS,
-        };
-        let fd = match rustix::fs::openat2(
-            rustix::fs::CWD,
-            path,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve,
-        ) {
+        let fd = match crate::fsops::open_host_path(path, origin != Origin::Resource) {
             Ok(fd) => fd,
             Err(e) if origin == Origin::System && e == rustix::io::Errno::NOENT => {
                 self.skipped.push(path.to_path_buf());

@@ -30,7 +30,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::FileType;
 use svirt_domain::{Access, Plan};
 
 use crate::error::{ManagerError, Result};
@@ -216,17 +216,8 @@ fn jail_err(path: &Path, what: &str, e: impl std::fmt::Display) -> ManagerError 
 
 /// Opens `path` with `O_PATH` for a bind. `None`: a missing system path.
 fn open_object(path: &Path, origin: Origin) -> Result<Option<(OwnedFd, bool, bool)>> {
-    let resolve = match origin {
-        Origin::Resource(_) => ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        Origin::Manager | Origin::System => ResolveFlags::NO_MAGICLINKS,
-    };
-    let fd = match rustix::fs::openat2(
-        rustix::fs::CWD,
-        path,
-        OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        resolve,
-    ) {
+    let follow = !matches!(origin, Origin::Resource(_));
+    let fd = match svirt_drivers::fsops::open_host_path(path, follow) {
         Ok(fd) => fd,
         Err(e) if origin == Origin::System && e == rustix::io::Errno::NOENT => return Ok(None),
         Err(e) => return Err(jail_err(path, "open", io::Error::from(e))),

@@ -297,16 +297,7 @@ impl Store {
 
     /// Every claim, in key order.
     pub fn list_claims(&self) -> Result<Vec<(ObjectKey, ClaimRecord)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(CLAIMS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let (dev, ino) = k.value();
-            let key = ObjectKey { dev, ino };
-            out.push((key, decode(key, v.value())?));
-        }
-        Ok(out)
+        self.list_by_object(CLAIMS, decode)
     }
 
     /// The claim of one object, if any.

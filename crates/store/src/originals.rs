@@ -423,8 +423,17 @@ impl Store {
 
     /// Every record (for crash recovery: what was changed and must be restored).
     pub fn list_originals(&self) -> Result<Vec<(ObjectKey, OriginalRecord)>> {
+        self.list_by_object(ORIGINALS, decode)
+    }
+
+    /// Every row of a table keyed by object (originals, claims), decoded, in key order.
+    pub(crate) fn list_by_object<T>(
+        &self,
+        def: redb::TableDefinition<'_, (u64, u64), &[u8]>,
+        decode: fn(ObjectKey, &[u8]) -> Result<T>,
+    ) -> Result<Vec<(ObjectKey, T)>> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(ORIGINALS)?;
+        let table = txn.open_table(def)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
