@@ -7,22 +7,26 @@
 //! them) and turned into a detached bind mount of itself (`open_tree(OPEN_TREE_CLONE)`)
 //! carrying the jail's flags (`mount_setattr`: `nosuid`, `nodev` except on granted device
 //! nodes, `noexec` except where the VMM runs from, `ro` for read-only objects). Every
-//! path string and message is built there too. Between fork and exec the child runs one
-//! linear sequence of system calls on that data (`enter`, no allocation):
-//! `unshare(CLONE_NEWNS|CLONE_NEWNET|CLONE_NEWIPC)`, `/` made private recursively so
-//! nothing propagates back to the host, a tmpfs on `/tmp` (of the new namespace only) as
-//! the new root, each detached mount attached (`move_mount`) onto an empty file or
-//! directory at its canonical path, the tmpfs made read-only, `pivot_root`, and the old
-//! root detached. The child resolves no host path: a path swapped after planning cannot
-//! redirect a bind. (A plain bind from `/proc/self/fd/N` cannot be used: after `unshare`
-//! the fd's mount belongs to the parent's namespace and the kernel refuses it.)
+//! path string and message is built there too. Then the mount namespace is built, in the
+//! manager, on a thread of its own ([`PreparedJail::assemble`], beside the labeling):
+//! `unshare(CLONE_NEWNS)`, `/` made private recursively so nothing propagates back to the
+//! host, a tmpfs on `/tmp` (of the new namespace only) as the new root, each detached
+//! mount attached (`move_mount`) onto an empty file or directory at its canonical path,
+//! the tmpfs made read-only, `pivot_root`, and the old root detached. No host path is
+//! resolved again: a path swapped after planning cannot redirect a bind. (A plain bind
+//! from `/proc/self/fd/N` cannot be used: after `unshare` the fd's mount belongs to the
+//! parent's namespace and the kernel refuses it.) Between fork and exec the child only
+//! joins the built namespaces (`setns`: mount, then a fresh network and IPC namespace
+//! from [`crate::namespaces`]) and changes to its runtime directory: four system calls,
+//! no allocation. Nothing of the jail's construction is on the start's critical path.
 //!
 //! Landlock rules are attached to inodes, and every bind shows the host's inode at its
 //! mount root: the ruleset the Landlock driver builds from the same paths in the parent
 //! applies unchanged inside the jail.
 //!
-//! A failing step reports its index through a pipe ([`JailReport`]); the parent turns it
-//! into an error naming the step and the path (std only carries the errno back).
+//! A failing build step is an error naming the step and the object. A failing step of the
+//! child reports its index through a pipe ([`JailReport`]); the parent turns it into an
+//! error naming the step (std only carries the errno back).
 
 use std::ffi::CString;
 use std::io;
@@ -34,6 +38,7 @@ use rustix::fs::FileType;
 use svirt_domain::{Access, Plan};
 
 use crate::error::{ManagerError, Result};
+use crate::namespaces::Namespaces;
 
 /// Where the new root is mounted in the child's own mount namespace before `pivot_root`
 /// (as bubblewrap does): `/tmp` always exists and only root can replace its entry in `/`.
@@ -80,8 +85,6 @@ impl Default for JailConfig {
 pub struct JailInputs<'a> {
     /// The VMM binary (bound read-only where it lies, if not beneath an exec path).
     pub emulator: &'a Path,
-    /// The guest's runtime directory: bound read-write, and QEMU's working directory.
-    pub runtime_dir: &'a Path,
     /// Device nodes this VMM needs (`/dev/kvm`).
     pub devices: &'a [PathBuf],
     /// The paths QEMU is told on its command line, as the XML spells them. One that is
@@ -150,27 +153,36 @@ struct Planned {
     why: String,
 }
 
-/// The jail prepared in the parent for one VMM.
+/// The jail prepared in the parent for one VMM: every object opened and cloned, the mount
+/// sequence decided. [`PreparedJail::assemble`] builds it.
 #[derive(Debug)]
 pub struct PreparedJail {
     ops: Vec<Op>,
     /// A description per op (same index), and then the fixed steps.
     steps: Vec<String>,
-    /// The detached mounts the `Attach` ops name (close-on-exec: gone after exec).
+    /// The detached mounts the `Attach` ops name (close-on-exec).
     trees: Vec<OwnedFd>,
     staging: CString,
     cwd: CString,
-    report: OwnedFd,
-    report_rd: OwnedFd,
     /// The mount namespace and binds (else only the network and IPC namespaces).
     mounts: bool,
+}
+
+/// A built jail: its namespaces exist, and the child only joins them.
+#[derive(Debug)]
+pub struct Jail {
+    /// The jail's mount namespace (`None`: the VMM keeps the manager's, under SELinux).
+    mnt: Option<OwnedFd>,
+    ns: Namespaces,
+    cwd: CString,
+    report: OwnedFd,
+    report_rd: OwnedFd,
 }
 
 /// The read end of the child's failure report.
 #[derive(Debug)]
 pub struct JailReport {
     rd: OwnedFd,
-    steps: Vec<String>,
 }
 
 impl JailReport {
@@ -181,9 +193,9 @@ impl JailReport {
             Ok(4) => {
                 let i = u32::from_ne_bytes(b) as usize;
                 Some(
-                    self.steps
+                    CHILD_STEPS
                         .get(i)
-                        .cloned()
+                        .map(|s| s.to_string())
                         .unwrap_or_else(|| format!("step {i}")),
                 )
             }
@@ -192,17 +204,24 @@ impl JailReport {
     }
 }
 
-/// Fixed steps after the per-object ops (indices `ops.len() + k`).
-const FIXED: [&str; 9] = [
-    "unshare(CLONE_NEWNS|CLONE_NEWNET|CLONE_NEWIPC)",
+/// Fixed steps of the build after the per-object ops (indices `ops.len() + k`).
+const FIXED: [&str; 8] = [
+    "unshare(CLONE_NEWNS)",
+    "open the new mount namespace",
     "make / private (MS_REC|MS_PRIVATE)",
     "mount the jail's tmpfs root on /tmp",
     "remount the jail's root read-only",
     "chdir to the jail root",
     "pivot_root into the jail",
     "detach the host's root",
+];
+
+/// The child's steps, in order.
+const CHILD_STEPS: [&str; 4] = [
+    "enter the jail's mount namespace (setns)",
+    "enter the jail's network namespace (setns)",
+    "enter the jail's IPC namespace (setns)",
     "chdir to the runtime directory in the jail",
-    "chdir to / in the jail",
 ];
 
 fn cstr(p: &Path) -> Result<CString> {
@@ -244,24 +263,26 @@ fn beneath(inner: &Path, outer: &Path) -> bool {
     inner.starts_with(outer)
 }
 
+/// The objects of a jail, opened: everything but the runtime directory, which the start
+/// makes meanwhile ([`OpenedJail::finish`] adds it).
+pub struct OpenedJail {
+    planned: Vec<Planned>,
+    symlinks: Vec<(PathBuf, PathBuf)>,
+    mounts: bool,
+}
+
 /// Prepares the jail of a VMM: every object of `plan`, the system paths of `config` and
 /// what `inputs` names, opened now. Errors name the object.
-pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Result<PreparedJail> {
+pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Result<OpenedJail> {
+    let mut planned: Vec<Planned> = Vec::new();
+    let mut symlinks: Vec<(PathBuf, PathBuf)> = Vec::new();
     if !config.mount_namespace {
-        let (rd, wr) = report_pipe()?;
-        return Ok(PreparedJail {
-            ops: Vec::new(),
-            steps: vec![NAMESPACES_ONLY.to_string()],
-            trees: Vec::new(),
-            staging: cstr(Path::new(STAGING))?,
-            cwd: cstr(inputs.runtime_dir)?,
-            report: wr,
-            report_rd: rd,
+        return Ok(OpenedJail {
+            planned,
+            symlinks,
             mounts: false,
         });
     }
-    let mut planned: Vec<Planned> = Vec::new();
-    let mut symlinks: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut add = |path: &Path, origin: Origin, show: Show, why: &str| {
         add_object(&mut planned, &mut symlinks, path, origin, show, why)
     };
@@ -284,7 +305,37 @@ pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Res
             "emulator",
         )?;
     }
-    build(planned, symlinks, inputs.runtime_dir)
+    Ok(OpenedJail {
+        planned,
+        symlinks,
+        mounts: true,
+    })
+}
+
+impl OpenedJail {
+    /// Adds the guest's runtime directory (read-write, and QEMU's working directory) and
+    /// decides the mount sequence.
+    pub fn finish(mut self, runtime_dir: &Path) -> Result<PreparedJail> {
+        if !self.mounts {
+            return Ok(PreparedJail {
+                ops: Vec::new(),
+                steps: Vec::new(),
+                trees: Vec::new(),
+                staging: cstr(Path::new(STAGING))?,
+                cwd: cstr(runtime_dir)?,
+                mounts: false,
+            });
+        }
+        add_object(
+            &mut self.planned,
+            &mut self.symlinks,
+            runtime_dir,
+            Origin::Manager,
+            Show::ReadWrite,
+            "runtime directory",
+        )?;
+        build(self.planned, self.symlinks, runtime_dir)
+    }
 }
 
 /// For each spelled path that is not shown as it is but resolves to a planned object, the
@@ -375,12 +426,6 @@ fn add_all(
             &pr.resource.device,
         )?;
     }
-    add(
-        inputs.runtime_dir,
-        Origin::Manager,
-        Show::ReadWrite,
-        "runtime directory",
-    )?;
     for d in inputs.devices {
         add(d, Origin::Manager, Show::ReadWrite, "device")?;
     }
@@ -499,15 +544,12 @@ fn build(
         trees.push(tree);
     }
     steps.extend(FIXED.iter().map(|s| s.to_string()));
-    let (rd, wr) = report_pipe()?;
     Ok(PreparedJail {
         ops,
         steps,
         trees,
         staging: cstr(&staging)?,
         cwd: cstr(runtime_dir)?,
-        report: wr,
-        report_rd: rd,
         mounts: true,
     })
 }
@@ -517,9 +559,6 @@ fn report_pipe() -> Result<(OwnedFd, OwnedFd)> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
         .map_err(|e| ManagerError::Qemu(format!("jail: report pipe: {e}")))
 }
-
-/// The only step of a jail without a mount namespace.
-const NAMESPACES_ONLY: &str = "unshare(CLONE_NEWNET|CLONE_NEWIPC)";
 
 /// A detached bind mount of the object behind `p.fd` (`open_tree(OPEN_TREE_CLONE)`, not
 /// recursive: only the object's own mount, never mounts beneath it) with the jail's
@@ -604,39 +643,77 @@ fn cvt(r: libc::c_int) -> io::Result<()> {
 }
 
 impl PreparedJail {
-    /// What the child will do, one line per step (for logs and tests).
+    /// What the build will do, one line per step (for logs and tests).
     pub fn steps(&self) -> &[String] {
         &self.steps
     }
 
+    /// Builds the jail's mount namespace (when it has one) on a thread of its own, and
+    /// pairs it with the network and IPC namespaces `ns`. Runs in the manager, before the
+    /// fork and beside the labeling: the child only joins what is built here. An error
+    /// names the step (and the object, for a per-object step).
+    pub fn assemble(self, ns: Namespaces) -> Result<Jail> {
+        let mnt = if self.mounts {
+            let built = std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("svirt-jail".into())
+                    .spawn_scoped(s, || {
+                        // SAFETY: a thread of our own that exits right after; the data
+                        // was built by `prepare` and outlives the scope.
+                        unsafe { build_mount_namespace(&self.ops, &self.staging) }
+                    })
+                    .map_err(|e| ManagerError::Qemu(format!("jail: start the build thread: {e}")))?
+                    .join()
+                    .map_err(|_| ManagerError::Qemu("jail: the build thread panicked".into()))
+            })?;
+            match built {
+                Ok(fd) => Some(fd),
+                Err((step, e)) => {
+                    let what = self
+                        .steps
+                        .get(step)
+                        .cloned()
+                        .unwrap_or_else(|| format!("step {step}"));
+                    return Err(ManagerError::Qemu(format!("jail: {what}: {e}")));
+                }
+            }
+        } else {
+            None
+        };
+        // The detached mounts are attached now (or unused): their fds can go.
+        drop(self.trees);
+        let (report_rd, report) = report_pipe()?;
+        Ok(Jail {
+            mnt,
+            ns,
+            cwd: self.cwd,
+            report,
+            report_rd,
+        })
+    }
+}
+
+impl Jail {
     /// The step for the child, and the parent's end of its failure report.
     pub fn into_hook(self) -> (svirt_drivers::ChildHook, JailReport) {
-        let PreparedJail {
-            ops,
-            steps,
-            trees,
-            staging,
+        let Jail {
+            mnt,
+            ns,
             cwd,
             report,
             report_rd,
-            mounts,
         } = self;
-        let reader = JailReport {
-            rd: report_rd,
-            steps,
-        };
+        let reader = JailReport { rd: report_rd };
         let hook: svirt_drivers::ChildHook = Box::new(move || {
-            // The detached mounts stay open (close-on-exec) until exec: the ops name them.
-            let _keep = &trees;
-            // SAFETY: runs between fork and exec on data built before the fork; only
-            // system calls, no allocation (see `enter`).
-            let entered = if mounts {
-                // SAFETY: as above.
-                unsafe { enter(&ops, &staging, &cwd) }
-            } else {
-                // SAFETY: one system call in the child, on no pointer.
-                cvt(unsafe { libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC) })
-                    .map_err(|e| (0, e))
+            // SAFETY: runs between fork and exec on fds and a string made before the
+            // fork; only system calls, no allocation.
+            let entered = unsafe {
+                join(
+                    mnt.as_ref().map(|f| f.as_raw_fd()),
+                    ns.net.as_raw_fd(),
+                    ns.ipc.as_raw_fd(),
+                    &cwd,
+                )
             };
             match entered {
                 Ok(()) => Ok(()),
@@ -655,30 +732,69 @@ impl PreparedJail {
     }
 }
 
-/// The child's sequence. On error: the index of the failing step (ops first, then
-/// [`FIXED`]) and the system error.
+/// The child's steps ([`CHILD_STEPS`]): join the built namespaces, then go to the runtime
+/// directory (with a mount namespace; else the working directory is already there).
 ///
 /// # Safety
-/// Only to be called in a freshly forked child before exec: it changes the process's
-/// namespaces, root and working directory.
-unsafe fn enter(
-    ops: &[Op],
-    staging: &CString,
+/// Only to be called in a freshly forked child before exec.
+unsafe fn join(
+    mnt: Option<RawFd>,
+    net: RawFd,
+    ipc: RawFd,
     cwd: &CString,
 ) -> std::result::Result<(), (usize, io::Error)> {
-    let n = ops.len();
-    let fixed = |k: usize| move |e: io::Error| (n + k, e);
-    // SAFETY (all blocks below): plain system calls on NUL-terminated strings built in
-    // the parent; null pointers where the calls take none.
+    // SAFETY (all blocks below): plain system calls on fds and a NUL-terminated string
+    // built in the parent.
     unsafe {
+        if let Some(m) = mnt {
+            // Root and working directory become the jail's root.
+            cvt(libc::setns(m, libc::CLONE_NEWNS)).map_err(|e| (0, e))?;
+        }
+        cvt(libc::setns(net, libc::CLONE_NEWNET)).map_err(|e| (1, e))?;
         // IPC too: System V objects and POSIX message queues of the host are then out of
         // reach as well (they are keyed by number, not by path).
-        cvt(libc::unshare(
-            libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC,
-        ))
-        .map_err(fixed(0))?;
-        // Nothing this process mounts may propagate to the host's mounts (and nothing
-        // mounted later on the host appears here).
+        cvt(libc::setns(ipc, libc::CLONE_NEWIPC)).map_err(|e| (2, e))?;
+        if mnt.is_some() {
+            cvt(libc::chdir(cwd.as_ptr())).map_err(|e| (3, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the jail's mount namespace in the calling thread and returns it. On error: the
+/// index of the failing step (ops first, then [`FIXED`]) and the system error.
+///
+/// `unshare(CLONE_NEWNS)`, the new namespace opened (through `/proc`, before the pivot
+/// hides it), `/` made private recursively so nothing propagates back to the host, a
+/// tmpfs on `/tmp` (of the new namespace only) as the new root, each detached mount
+/// attached onto an empty file or directory at its canonical path, the tmpfs made
+/// read-only, `pivot_root`, and the old root detached.
+///
+/// # Safety
+/// Changes the calling thread's mount namespace, root and working directory: only for a
+/// thread that exits afterwards.
+unsafe fn build_mount_namespace(
+    ops: &[Op],
+    staging: &CString,
+) -> std::result::Result<OwnedFd, (usize, io::Error)> {
+    let n = ops.len();
+    let fixed = |k: usize| move |e: io::Error| (n + k, e);
+    // SAFETY (all blocks below): plain system calls on NUL-terminated strings built by
+    // `prepare`; null pointers where the calls take none.
+    unsafe {
+        // Only this thread's: a namespace unshared with CLONE_NEWNS gives the thread its
+        // own root and working directory (CLONE_FS is unshared with it).
+        cvt(libc::unshare(libc::CLONE_NEWNS)).map_err(fixed(0))?;
+        let ns = libc::open(
+            c"/proc/thread-self/ns/mnt".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if ns < 0 {
+            return Err((n + 1, io::Error::last_os_error()));
+        }
+        let ns = OwnedFd::from_raw_fd(ns);
+        // Nothing mounted here may propagate to the host's mounts (and nothing mounted
+        // later on the host appears here).
         cvt(libc::mount(
             std::ptr::null(),
             c"/".as_ptr(),
@@ -686,7 +802,7 @@ unsafe fn enter(
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         ))
-        .map_err(fixed(1))?;
+        .map_err(fixed(2))?;
         cvt(libc::mount(
             c"svirt-jail".as_ptr(),
             staging.as_ptr(),
@@ -694,13 +810,13 @@ unsafe fn enter(
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             c"mode=0755,size=1m".as_ptr().cast(),
         ))
-        .map_err(fixed(2))?;
+        .map_err(fixed(3))?;
         for (i, op) in ops.iter().enumerate() {
             let r = match op {
                 Op::Mkdir(p) => {
                     let r = libc::mkdir(p.as_ptr(), 0o755);
                     // An ancestor shared by two objects is listed once; EEXIST cannot
-                    // come from anything else in a tmpfs only this process sees.
+                    // come from anything else in a tmpfs only this thread sees.
                     if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
                         0
                     } else {
@@ -743,19 +859,19 @@ unsafe fn enter(
             libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         ))
-        .map_err(fixed(3))?;
-        cvt(libc::chdir(staging.as_ptr())).map_err(fixed(4))?;
+        .map_err(fixed(4))?;
+        cvt(libc::chdir(staging.as_ptr())).map_err(fixed(5))?;
         // pivot_root(".", "."): the old root ends up mounted on top of the new one and is
-        // detached right away; no directory for it is needed in the read-only root.
+        // detached right away; no directory for it is needed in the read-only root. Only
+        // this thread's root and working directory move: every other task has its root
+        // in the host's namespace, not in this copy of it.
         let r = libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr());
         if r != 0 {
-            return Err((n + 5, io::Error::last_os_error()));
+            return Err((n + 6, io::Error::last_os_error()));
         }
-        cvt(libc::umount2(c".".as_ptr(), libc::MNT_DETACH)).map_err(fixed(6))?;
-        cvt(libc::chdir(c"/".as_ptr())).map_err(fixed(8))?;
-        cvt(libc::chdir(cwd.as_ptr())).map_err(fixed(7))?;
+        cvt(libc::umount2(c".".as_ptr(), libc::MNT_DETACH)).map_err(fixed(7))?;
+        Ok(ns)
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -776,7 +892,7 @@ mod tests {
 
     /// A step failing in the child is reported by name (std only carries the errno):
     /// here the runtime directory the jail does not show, so the last step fails, after
-    /// the namespaces and the pivot worked, and the binary never runs.
+    /// the namespaces were built and joined, and the binary never runs.
     #[test]
     fn a_failing_step_is_named() {
         // SAFETY: geteuid has no preconditions.
@@ -786,7 +902,10 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let mark = dir.path().join("ran");
-        let jail = build(Vec::new(), Vec::new(), Path::new("/svirt-no-such-dir")).unwrap();
+        let jail = build(Vec::new(), Vec::new(), Path::new("/svirt-no-such-dir"))
+            .unwrap()
+            .assemble(Namespaces::make().unwrap())
+            .unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let pid_file = std::fs::File::create(dir.path().join("pid")).unwrap();
         let args = vec!["-c".to_string(), format!("touch {}", mark.display())];

@@ -34,6 +34,7 @@ pub mod fault;
 mod glue;
 pub mod jail;
 mod manager;
+pub mod namespaces;
 pub mod process;
 mod progress;
 pub mod qemu;
@@ -43,6 +44,7 @@ mod recover;
 mod stack;
 mod supervise;
 mod types;
+mod vfork;
 
 pub use config::{
     AccelChoice, CategoryRange, Config, DEFAULT_UID_FIRST, DEFAULT_UID_LAST, DEFAULT_UID_RANGE,
@@ -167,6 +169,7 @@ impl Manager {
             cleanups: std::sync::Mutex::new(Vec::new()),
             progress,
             unreadable: Default::default(),
+            namespaces: namespaces::NamespacePool::new(),
         };
         let found = recover::recover(&inner)?;
         // Recovery may have opened a driver's database for its sweep.
@@ -175,6 +178,10 @@ impl Manager {
         inner.report.recovered = found.recovered;
         inner.unreadable = found.unreadable;
         let report = inner.report.clone();
+        if !inner.drivers.is_empty() {
+            // The first start's jail finds its network namespace made.
+            inner.namespaces.refill();
+        }
         let inner = Arc::new(inner);
         let sup = inner.clone();
         let thread = std::thread::Builder::new()

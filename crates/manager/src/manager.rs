@@ -21,6 +21,8 @@ use crate::cgroup::{self, GuestCgroup, Layout};
 use crate::config::Config;
 use crate::error::{ManagerError, Result};
 use crate::fault::Fault;
+use crate::jail::Jail;
+use crate::namespaces::NamespacePool;
 use crate::process::{self, SpawnRequest};
 use crate::qemu::{self, LaunchOptions};
 use crate::qmp::Qmp;
@@ -99,6 +101,8 @@ pub(crate) struct Inner {
     /// no start may take the name (it would overwrite the record and reuse the name's
     /// reservations).
     pub(crate) unreadable: std::collections::HashSet<String>,
+    /// Spare network and IPC namespaces for the jails.
+    pub(crate) namespaces: Arc<NamespacePool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,6 +118,13 @@ impl Inner {
     pub(crate) fn persist(&self, r: &Record) -> Result<()> {
         self.store
             .put_guest(&r.name, r.state.as_str(), &r.to_bytes())
+            .map_err(store_err)
+    }
+
+    /// [`Self::persist`] without an fsync (see [`svirt_store::Store::put_guest_deferred`]).
+    pub(crate) fn persist_deferred(&self, r: &Record) -> Result<()> {
+        self.store
+            .put_guest_deferred(&r.name, r.state.as_str(), &r.to_bytes())
             .map_err(store_err)
     }
 
@@ -339,71 +350,47 @@ impl Inner {
             let pids = self.config.pids_limit;
             std::thread::spawn(move || GuestCgroup::create(&layout, &parent, &name, memory, pids))
         };
-        let prepared = (|| -> Result<(PathBuf, File, UnixListener, File)> {
-            // First durable write. The drivers' reservations were committed without an
-            // fsync of their own (deferred commits, see stack.rs): this commit makes them
-            // durable too, before anything below uses the uid or level (the runtime dir
-            // is chowned to the uid). A crash before it loses reservations nothing used.
+        let devices = if rec.accel == "kvm" {
+            vec![PathBuf::from("/dev/kvm")]
+        } else {
+            Vec::new()
+        };
+        let prepared = (|| -> Result<(PathBuf, File, UnixListener, File, Option<Jail>)> {
             // The spawn floor is taken here: whatever this start forks begins later.
             rec.spawn_floor = Some(
                 process::spawn_floor()
                     .map_err(|e| ManagerError::Qemu(format!("read boot time: {e}")))?,
             );
             rec.phase = Phase::Labeling;
-            self.persist(rec)?;
-            // Runtime directory: private to the guest (its uid when DAC gives one). The
-            // control directory: root's; the manager's files go there, never into the
-            // directory the guest can write.
-            make_runtime_dir(&rec.runtime_dir, rec.ids)?;
-            let ctl = self.control_dir(&rec.name);
-            make_private_dir(&ctl)?;
-            // Under SELinux the VMM (svirt_t) may only use objects labeled for it: the
-            // policy closes an inherited virtd_t socket at exec (silently: dontaudit). So
-            // the QMP listener is created with the VMM's process label and the log with
-            // the guest's image label, as libvirt does with setsockcreatecon and
-            // setfscreatecon. Proven under an enforcing kernel by the lab.
-            let (sock_label, file_label) = self.selinux_create_labels(rec)?;
-            let log_path = ctl.join("qemu.log");
-            let log = crate::glue::with_create_label("fscreate", file_label.as_deref(), || {
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&log_path)
+            let rec: &Record = rec;
+            // The jail shows objects by inode, so it is built beside the record, the
+            // runtime directory and the labels, on a thread of its own: it opens every
+            // object now and binds the runtime directory once it exists.
+            std::thread::scope(|s| {
+                let (made_tx, made_rx) = std::sync::mpsc::channel::<()>();
+                let jail = std::thread::Builder::new()
+                    .name("svirt-jail-prep".into())
+                    .spawn_scoped(s, || self.build_jail(rec, &devices, made_rx))
+                    .map_err(|e| ManagerError::Qemu(format!("jail: start its thread: {e}")))?;
+                let files = (move || {
+                    // Runtime directory: root's until the reservation is durable, and
+                    // made first, so the jail can bind it at once.
+                    make_private_dir(&rec.runtime_dir)?;
+                    let _ = made_tx.send(());
+                    self.persist_deferred(rec)?;
+                    self.label_and_create_files(rec)
+                })();
+                let jail = jail
+                    .join()
+                    .unwrap_or_else(|_| Err(ManagerError::Qemu("jail thread panicked".into())));
+                let (log_path, log, listener, pid_file) = files?;
+                Ok((log_path, log, listener, pid_file, jail?))
             })
-            .map_err(|e| ManagerError::io("create", &log_path, e))?;
-            let listener =
-                crate::glue::with_create_label("sockcreate", sock_label.as_deref(), || {
-                    UnixListener::bind(&rec.qmp_socket)
-                })
-                .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
-            // Bound with the umask's mode; root's alone like everything in the control dir
-            // (QEMU holds the listener itself and never needs the path).
-            fs::set_permissions(&rec.qmp_socket, fs::Permissions::from_mode(0o600))
-                .map_err(|e| ManagerError::io("chmod 0600", &rec.qmp_socket, e))?;
-            // In the control dir (the guest's uid cannot reach it): only root writes it.
-            let pid_path = self.pid_file(&rec.name);
-            let pid_file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&pid_path)
-                .map_err(|e| ManagerError::io("create", &pid_path, e))?;
-            self.set_labels(&rec.plan, &rec.security())?;
-            // A driver may have made its database just now (the tree databases are made
-            // at the first share), with the process umask: root's alone, like the rest.
-            // (The state dir is 0700: nobody else could open it meanwhile.)
-            crate::config::restrict_tree(&self.config.state_dir)?;
-            self.fault.point("after-label")?;
-            Ok((log_path, log, listener, pid_file))
         })();
         let cg = cg_thread
             .join()
             .unwrap_or_else(|_| Err(ManagerError::Qemu("cgroup thread panicked".into())));
-        let (log_path, log, listener, pid_file) = prepared?;
+        let (log_path, log, listener, pid_file, jail) = prepared?;
         let cg = cg?;
         let sec = rec.security();
         rec.phase = Phase::Cgroup;
@@ -412,11 +399,7 @@ impl Inner {
         let exec = ExecContext {
             emulator: self.qemu.clone(),
             runtime_dir: rec.runtime_dir.clone(),
-            devices: if rec.accel == "kvm" {
-                vec![PathBuf::from("/dev/kvm")]
-            } else {
-                Vec::new()
-            },
+            devices,
             tcp_ports: tcp_ports(&rec.spec),
         };
         let (mut pre_jail, mut hooks) = (Vec::new(), Vec::new());
@@ -429,28 +412,6 @@ impl Inner {
                 hooks.extend(h);
             }
         }
-        // No driver (`--drivers none`): QEMU runs as root with every capability, which
-        // could leave any namespace; such a guest is unconfined on purpose, jail included.
-        let jail = if self.drivers.is_empty() {
-            None
-        } else {
-            let selinux = self.drivers.iter().any(|d| d.model() == Model::Selinux);
-            Some(crate::jail::prepare(
-                &crate::jail::JailConfig {
-                    // See `JailConfig::mount_namespace`: the reference policy forbids
-                    // the binds to the manager's domain; SELinux labels confine instead.
-                    mount_namespace: !selinux,
-                    ..crate::jail::JailConfig::default()
-                },
-                &rec.plan,
-                &crate::jail::JailInputs {
-                    emulator: &self.qemu,
-                    runtime_dir: &rec.runtime_dir,
-                    devices: &exec.devices,
-                    spelled: &crate::glue::spec_paths(&rec.spec),
-                },
-            )?)
-        };
         let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some())?;
         let args = qemu::command_line(
             &rec.spec,
@@ -484,6 +445,7 @@ impl Inner {
         })?;
         drop(host_sockets);
         drop(pid_file);
+
         let pidfd = spawned.pidfd;
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
         // hanging on our copy.
@@ -537,8 +499,112 @@ impl Inner {
             }
             return Err(e);
         }
+        // The next start's network namespace is made now that this QEMU is up (made while
+        // it initialised, it would take CPU from it on a small host).
+        if !self.drivers.is_empty() {
+            self.namespaces.refill();
+        }
         tracing::info!(guest = %rec.name, pid = spawned.pid, state = %rec.state, "guest started");
         Ok(pidfd)
+    }
+
+    /// The drivers' labels, then the manager's files for the VMM: the runtime directory
+    /// given to the guest, and in the control directory (root's; the manager's files go
+    /// there, never into the directory the guest can write) log, QMP listener, pid file.
+    ///
+    /// Durability: the record (`Labeling`) and the drivers' reservations were committed
+    /// without an fsync. Every driver records an object's original durably, in the same
+    /// store, before it changes the object: that commit makes them durable too, before
+    /// anything uses the uid or level. A start that labels nothing syncs here instead, so
+    /// from this point on (runtime dir chowned, files created with the guest's labels,
+    /// QEMU forked and found again through its pid file after a crash) the record is on
+    /// disk. A crash before loses reservations and a record nothing used.
+    fn label_and_create_files(&self, rec: &Record) -> Result<(PathBuf, File, UnixListener, File)> {
+        self.set_labels(&rec.plan, &rec.security())?;
+        self.store.sync_if_pending().map_err(store_err)?;
+        own_runtime_dir(&rec.runtime_dir, rec.ids)?;
+        let ctl = self.control_dir(&rec.name);
+        make_private_dir(&ctl)?;
+        // Under SELinux the VMM (svirt_t) may only use objects labeled for it: the
+        // policy closes an inherited virtd_t socket at exec (silently: dontaudit). So
+        // the QMP listener is created with the VMM's process label and the log with
+        // the guest's image label, as libvirt does with setsockcreatecon and
+        // setfscreatecon. Proven under an enforcing kernel by the lab.
+        let (sock_label, file_label) = self.selinux_create_labels(rec)?;
+        let log_path = ctl.join("qemu.log");
+        let log = crate::glue::with_create_label("fscreate", file_label.as_deref(), || {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&log_path)
+        })
+        .map_err(|e| ManagerError::io("create", &log_path, e))?;
+        let listener = crate::glue::with_create_label("sockcreate", sock_label.as_deref(), || {
+            UnixListener::bind(&rec.qmp_socket)
+        })
+        .map_err(|e| ManagerError::io("bind QMP socket", &rec.qmp_socket, e))?;
+        // Bound with the umask's mode; root's alone like everything in the control dir
+        // (QEMU holds the listener itself and never needs the path).
+        fs::set_permissions(&rec.qmp_socket, fs::Permissions::from_mode(0o600))
+            .map_err(|e| ManagerError::io("chmod 0600", &rec.qmp_socket, e))?;
+        // In the control dir (the guest's uid cannot reach it): only root writes it.
+        let pid_path = self.pid_file(&rec.name);
+        let pid_file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&pid_path)
+            .map_err(|e| ManagerError::io("create", &pid_path, e))?;
+        // A driver may have made its database just now (the tree databases are made
+        // at the first share), with the process umask: root's alone, like the rest.
+        // (The state dir is 0700: nobody else could open it meanwhile.)
+        crate::config::restrict_tree(&self.config.state_dir)?;
+        self.fault.point("after-label")?;
+        Ok((log_path, log, listener, pid_file))
+    }
+
+    /// The VMM's jail, built: `None` without drivers (`--drivers none`: QEMU runs as root
+    /// with every capability, which could leave any namespace; such a guest is unconfined
+    /// on purpose, jail included).
+    ///
+    /// Every object is opened at once; the runtime directory is bound once `made` says it
+    /// exists (a start that fails before drops the sender: nothing is built then).
+    fn build_jail(
+        &self,
+        rec: &Record,
+        devices: &[PathBuf],
+        made: std::sync::mpsc::Receiver<()>,
+    ) -> Result<Option<Jail>> {
+        if self.drivers.is_empty() {
+            return Ok(None);
+        }
+        let selinux = self.drivers.iter().any(|d| d.model() == Model::Selinux);
+        let prepared = crate::jail::prepare(
+            &crate::jail::JailConfig {
+                // See `JailConfig::mount_namespace`: the reference policy forbids the
+                // binds to the manager's domain; SELinux labels confine instead.
+                mount_namespace: !selinux,
+                ..crate::jail::JailConfig::default()
+            },
+            &rec.plan,
+            &crate::jail::JailInputs {
+                emulator: &self.qemu,
+                devices,
+                spelled: &crate::glue::spec_paths(&rec.spec),
+            },
+        )?;
+        if made.recv().is_err() {
+            return Ok(None);
+        }
+        let prepared = prepared.finish(&rec.runtime_dir)?;
+        let ns = self.namespaces.take().map_err(|e| {
+            ManagerError::Qemu(format!("jail: make a network and IPC namespace: {e}"))
+        })?;
+        Ok(Some(prepared.assemble(ns)?))
     }
 
     /// The SELinux labels for objects the manager creates for the VMM: its QMP socket
@@ -1333,10 +1399,11 @@ fn make_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| ManagerError::io("create", dir, e))
 }
 
-fn make_runtime_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<()> {
-    make_private_dir(dir)?;
+/// Gives the runtime directory (made by [`make_private_dir`]) to the guest's uid and gid.
+fn own_runtime_dir(dir: &Path, ids: Option<(u32, u32)>) -> Result<()> {
     if let Some((u, g)) = ids {
-        // The directory was just created by us: no other owner can have swapped it.
+        // The directory was just created by us, in a directory only root can write: no
+        // other owner can have swapped it.
         std::os::unix::fs::chown(dir, Some(u), Some(g))
             .map_err(|e| ManagerError::io("chown", dir, e))?;
     }

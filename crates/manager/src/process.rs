@@ -1,11 +1,11 @@
 //! Spawning QEMU (fork/exec with the child steps), pidfds, and process identity.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use svirt_drivers::ChildHook;
 
@@ -38,9 +38,10 @@ pub struct SpawnRequest<'a> {
     /// Driver steps that must run before the jail (SELinux's exec label: it is written
     /// through `/proc`, which the jail does not show), in stack order.
     pub pre_jail_hooks: Vec<ChildHook>,
-    /// The jail (mount and network namespace), entered after `pre_jail_hooks` and before
-    /// `hooks`; `None` runs the VMM in the manager's namespaces.
-    pub jail: Option<crate::jail::PreparedJail>,
+    /// The jail (its mount, network and IPC namespaces, built), joined after
+    /// `pre_jail_hooks` and before `hooks`; `None` runs the VMM in the manager's
+    /// namespaces.
+    pub jail: Option<crate::jail::Jail>,
     /// Driver steps, in stack order (after the jail: DAC's ids, Landlock).
     pub hooks: Vec<ChildHook>,
 }
@@ -64,11 +65,12 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Starts the process. In the child, in this order: parent-death signal (SIGKILL) and die
-/// if the manager is already gone, write the pid to `pid_fd`, clear the parent-death
-/// signal (QEMU must outlive the manager; from here a crash of the manager is recovered
-/// through the pid file), own session, the pre-jail hooks (exec label), the jail (see
-/// [`crate::jail`]: a failure is reported naming its step), the driver hooks (ids,
+/// Starts the process (without copying the manager's memory: see [`crate::vfork`]). In
+/// the child, in this order: stdio and working directory, parent-death signal (SIGKILL)
+/// and die if the manager is already gone, write the pid to `pid_fd`, clear the
+/// parent-death signal (QEMU must outlive the manager; from here a crash of the manager is
+/// recovered through the pid file), own session, the pre-jail hooks (exec label), the jail
+/// (see [`crate::jail`]: a failure is reported naming its step), the driver hooks (ids,
 /// Landlock, no_new_privs), then every fd other than stdio and `keep_fds` marked
 /// close-on-exec.
 ///
@@ -78,102 +80,118 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// the start's critical path.
 pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
     let parent = std::process::id() as libc::pid_t;
-    let log2 = req
-        .log
-        .try_clone()
-        .map_err(|e| ManagerError::Qemu(format!("dup log: {e}")))?;
-    let mut cmd = Command::new(req.binary);
-    cmd.args(req.args)
-        .env_clear()
-        .env("LC_ALL", "C")
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", req.runtime_dir)
-        .current_dir(req.runtime_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(req.log))
-        .stderr(Stdio::from(log2));
-    let pid_fd = req.pid_fd;
-    let keep = req.keep_fds;
-    let mut hooks = req.hooks;
-    let mut pre_jail = req.pre_jail_hooks;
-    let (mut jail_hook, jail_report) = match req.jail {
-        Some(j) => {
-            let (h, r) = j.into_hook();
-            (Some(h), Some(r))
-        }
-        None => (None, None),
+    let cstr = |what: &str, b: &[u8]| {
+        CString::new(b).map_err(|_| ManagerError::Qemu(format!("exec: {what} contains NUL")))
     };
-    // SAFETY: the closure runs between fork and exec; it only makes system calls on data
-    // prepared before the fork (fd numbers, the parent pid) and runs the drivers' hooks,
-    // which obey the same rule (see svirt_drivers::ChildHook).
-    unsafe {
-        cmd.pre_exec(move || {
-            cvt(libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
-            if libc::getppid() != parent {
-                return Err(io::Error::other("manager died during spawn"));
-            }
-            // Until the pid is in the pid file nothing could find this process after a
-            // crash of the manager: the parent-death signal covers that stretch. After it,
-            // recovery finds it through the file (verified by start time, argv and cwd),
-            // so QEMU may outlive its parent.
-            let mut buf = [0u8; 12];
-            let digits = format_pid(libc::getpid(), &mut buf);
-            if libc::pwrite(pid_fd, digits.as_ptr().cast(), digits.len(), 0)
-                != digits.len() as isize
-            {
-                return Err(io::Error::last_os_error());
-            }
-            cvt(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0))?;
-            cvt(libc::setsid())?;
-            for h in pre_jail.iter_mut() {
-                h()?;
-            }
-            if let Some(j) = jail_hook.as_mut() {
-                j()?;
-            }
-            for h in hooks.iter_mut() {
-                h()?;
-            }
-            // Everything not passed on purpose closes at exec. CLOEXEC rather than close:
-            // std's exec-error pipe and the hooks' fds stay usable until exec.
-            if libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            for &fd in &keep {
-                cvt(libc::fcntl(fd, libc::F_SETFD, 0))?;
+    let path = cstr("the binary's path", req.binary.as_os_str().as_bytes())?;
+    let mut argv = vec![path.clone()];
+    for a in req.args {
+        argv.push(cstr("an argument", a.as_bytes())?);
+    }
+    let mut home = b"HOME=".to_vec();
+    home.extend_from_slice(req.runtime_dir.as_os_str().as_bytes());
+    let envp = vec![
+        c"LC_ALL=C".to_owned(),
+        c"PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        cstr("the runtime directory", &home)?,
+    ];
+    let cwd = cstr(
+        "the runtime directory",
+        req.runtime_dir.as_os_str().as_bytes(),
+    )?;
+    let devnull =
+        File::open("/dev/null").map_err(|e| ManagerError::Qemu(format!("open /dev/null: {e}")))?;
+    let pid_fd = req.pid_fd;
+    let mut steps: Vec<(&'static str, ChildHook)> = Vec::new();
+    steps.push((
+        "set-up",
+        Box::new(move || {
+            // SAFETY: system calls with integer arguments and a buffer on this stack.
+            unsafe {
+                cvt(libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ))?;
+                if libc::getppid() != parent {
+                    // The manager died during the spawn.
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                // Until the pid is in the pid file nothing could find this process after
+                // a crash of the manager: the parent-death signal covers that stretch.
+                // After it, recovery finds it through the file (verified by start time,
+                // argv and cwd), so QEMU may outlive its parent.
+                let mut buf = [0u8; 12];
+                let digits = format_pid(libc::getpid(), &mut buf);
+                if libc::pwrite(pid_fd, digits.as_ptr().cast(), digits.len(), 0)
+                    != digits.len() as isize
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                cvt(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0))?;
+                cvt(libc::setsid())?;
             }
             Ok(())
-        });
-    }
-    let child =
-        cmd.spawn().map_err(
-            |e| match jail_report.as_ref().and_then(|r| r.failed_step()) {
-                Some(step) => ManagerError::Qemu(format!("jail: {step}: {e}")),
-                None => ManagerError::Qemu(format!("exec {}: {e}", req.binary.display())),
-            },
-        )?;
-    let pid = child.id() as i32;
-    // The manager reaps through the pidfd (waitid P_PIDFD), not through `Child`.
-    drop(child);
-    let pidfd =
-        pidfd_open(pid).map_err(|e| ManagerError::Qemu(format!("pidfd_open {pid}: {e}")))?;
+        }),
+    ));
+    steps.extend(req.pre_jail_hooks.into_iter().map(|h| ("driver", h)));
+    let jail_report = match req.jail {
+        Some(j) => {
+            let (h, r) = j.into_hook();
+            steps.push(("jail", h));
+            Some(r)
+        }
+        None => None,
+    };
+    steps.extend(req.hooks.into_iter().map(|h| ("driver", h)));
+    let started = crate::vfork::spawn(crate::vfork::Program {
+        path,
+        argv,
+        envp,
+        cwd,
+        stdio: [
+            devnull.as_raw_fd(),
+            req.log.as_raw_fd(),
+            req.log.as_raw_fd(),
+        ],
+        keep_fds: req.keep_fds,
+        steps,
+    });
+    let started = match started {
+        Ok(s) => s,
+        Err(Ok(failed)) => {
+            return Err(match jail_report.as_ref().and_then(|r| r.failed_step()) {
+                Some(step) if failed.step == "jail" => {
+                    ManagerError::Qemu(format!("jail: {step}: {}", failed.error))
+                }
+                _ if failed.step == "set-up"
+                    && failed.error.raw_os_error() == Some(libc::ESRCH) =>
+                {
+                    ManagerError::Qemu("exec: the manager died during the spawn".into())
+                }
+                _ => ManagerError::Qemu(format!(
+                    "exec {}: {} (in the child's {} step)",
+                    req.binary.display(),
+                    failed.error,
+                    failed.step
+                )),
+            });
+        }
+        Err(Err(e)) => {
+            return Err(ManagerError::Qemu(format!(
+                "exec {}: clone: {e}",
+                req.binary.display()
+            )));
+        }
+    };
+    let pid = started.pid;
     let start_time =
         start_time(pid).map_err(|e| ManagerError::Qemu(format!("read /proc/{pid}/stat: {e}")))?;
     Ok(Spawned {
         pid,
-        pidfd,
+        pidfd: started.pidfd,
         start_time,
     })
 }
@@ -435,6 +453,7 @@ pub fn same_process(proc_root: &Path, pid: i32, start: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn start_time_after_tricky_comm() {

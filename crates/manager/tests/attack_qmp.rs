@@ -506,6 +506,39 @@ fn mount_points(pid: i32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Each VMM has namespaces of its own: made ahead of time in a pool, a network or IPC
+/// namespace is handed to one VMM only, never shared by two guests (nor with the host).
+#[test]
+fn jail_namespaces_are_each_guests_own() {
+    require_env!();
+    let l = lab("own-ns", true);
+    let b = l.m.info("b").unwrap().pid.unwrap();
+    let ns = |pid: &str, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+    for kind in ["mnt", "net", "ipc"] {
+        let (a, b, host) = (
+            ns(&l.pid().to_string(), kind),
+            ns(&b.to_string(), kind),
+            ns("self", kind),
+        );
+        assert_ne!(a, b, "guests a and b share a {kind} namespace");
+        assert_ne!(a, host, "guest a shares the host's {kind} namespace");
+        assert_ne!(b, host, "guest b shares the host's {kind} namespace");
+    }
+    // A third guest gets yet another one (a spare is never handed out twice). All three
+    // stay alive while compared: a freed namespace's number may be reused.
+    let c_disk = l.env.qcow2("c.qcow2");
+    let c =
+        l.m.start(
+            &l.env.xml("c", &[(c_disk, "qcow2", false)]),
+            StartOptions { paused: true },
+        )
+        .unwrap();
+    let c_net = ns(&c.pid.unwrap().to_string(), "net");
+    assert_ne!(c_net, ns(&l.pid().to_string(), "net"));
+    assert_ne!(c_net, ns(&b.to_string(), "net"));
+    l.m.destroy("c").unwrap();
+}
+
 #[test]
 fn jail_shows_only_the_plan_and_the_vmm_runtime() {
     require_env!();

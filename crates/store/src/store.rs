@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -125,6 +126,13 @@ pub struct Store {
     path: PathBuf,
     /// Objects whose record a caller is deciding on (see [`Store::lock_object`]).
     pub(crate) object_locks: crate::originals::KeyLocks,
+    /// Commit order: each write transaction takes the next number while it holds redb's
+    /// (exclusive) write lock, so numbers follow the order of the commits.
+    commits: AtomicU64,
+    /// The highest number committed durably: it and every commit before it are on disk.
+    durable_upto: AtomicU64,
+    /// The highest number committed without an fsync.
+    deferred_upto: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,6 +172,9 @@ impl Store {
             db,
             path: path.to_path_buf(),
             object_locks: Default::default(),
+            commits: AtomicU64::new(0),
+            durable_upto: AtomicU64::new(0),
+            deferred_upto: AtomicU64::new(0),
         };
         store.init()?;
         Ok(store)
@@ -207,37 +218,53 @@ impl Store {
 
     /// Runs `f` in a write transaction and commits it durably; on error nothing is written.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write()?;
-        let out = f(&txn)?;
-        txn.commit()?;
-        Ok(out)
+        self.write_maybe_deferred(true, f)
     }
 
     /// Like [`Self::write`], but with `durable == false` the commit is not fsynced
     /// (`Durability::None`): it is visible at once to every reader of this process, and
     /// becomes durable with the next durable commit of ANY kind (redb orders commits), or
-    /// is lost if the process dies before one. Only for reservations whose users promise a
-    /// durable commit before the reservation is put to use (see the allocators'
-    /// `with_deferred_commits`).
+    /// is lost if the process dies before one. Only for writes whose users promise a
+    /// durable commit before what they wrote is put to use (see the allocators'
+    /// `with_deferred_commits`, [`Self::put_guest_deferred`] and
+    /// [`Self::sync_if_pending`]).
     pub(crate) fn write_maybe_deferred<T>(
         &self,
         durable: bool,
         f: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
         let mut txn = self.db.begin_write()?;
+        // Taken under the write lock: numbers follow the commits' order.
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut deferred = false;
         if !durable {
             // Refused only in multi-process modes, which this store does not use; the
             // commit then stays durable, the safe direction.
-            let _ = txn.set_durability(Durability::None);
+            deferred = txn.set_durability(Durability::None).is_ok();
         }
         let out = f(&txn)?;
         txn.commit()?;
+        if deferred {
+            self.deferred_upto.fetch_max(n, Ordering::SeqCst);
+        } else {
+            self.durable_upto.fetch_max(n, Ordering::SeqCst);
+        }
         Ok(out)
     }
 
     /// Makes every earlier commit durable now (one empty durable commit).
     pub fn sync(&self) -> Result<()> {
         self.write(|_| Ok(()))
+    }
+
+    /// Makes every earlier commit durable, with an fsync only if a deferred commit is not
+    /// yet covered by a later durable one. Whether it had to sync.
+    pub fn sync_if_pending(&self) -> Result<bool> {
+        if self.deferred_upto.load(Ordering::SeqCst) <= self.durable_upto.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.sync()?;
+        Ok(true)
     }
 
     // ---- levels (written by the LevelAllocator; read by anyone) ----
@@ -297,8 +324,19 @@ impl Store {
 
     /// Creates or replaces a guest's record.
     pub fn put_guest(&self, name: &str, state: &str, record: &[u8]) -> Result<()> {
+        self.put_guest_with(true, name, state, record)
+    }
+
+    /// Like [`Self::put_guest`], without an fsync: the record becomes durable with the
+    /// next durable commit (a driver recording an object's original before changing it)
+    /// or [`Self::sync_if_pending`]; a crash before loses it.
+    pub fn put_guest_deferred(&self, name: &str, state: &str, record: &[u8]) -> Result<()> {
+        self.put_guest_with(false, name, state, record)
+    }
+
+    fn put_guest_with(&self, durable: bool, name: &str, state: &str, record: &[u8]) -> Result<()> {
         check_owner(name)?;
-        self.write(|txn| {
+        self.write_maybe_deferred(durable, |txn| {
             txn.open_table(GUESTS)?.insert(name, (state, record))?;
             Ok(())
         })

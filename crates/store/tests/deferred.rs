@@ -4,7 +4,8 @@
 //! kept once one does (whatever that commit writes).
 //!
 //! The test re-executes its own binary as the child (`SVIRT_STORE_DEFERRED_CHILD`), which
-//! allocates, optionally writes a guest record durably, says so, and waits to be killed.
+//! allocates, writes a guest record as `DEFERRED_MODE` says (not, durably, deferred, or
+//! deferred and then synced if pending), says so, and waits to be killed.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -51,23 +52,33 @@ fn deferred_child_entry() {
     // Visible at once to this process's readers.
     assert!(store.id_reservations().unwrap().contains(&(id, "g".into())));
     assert_eq!(store.levels_of("g").unwrap(), vec![level]);
-    if std::env::var("DEFERRED_SYNC").is_ok() {
-        store.put_guest("g", "starting", b"{}").unwrap();
+    match std::env::var("DEFERRED_MODE").as_deref() {
+        // A durable commit of something else.
+        Ok("durable") => store.put_guest("g", "starting", b"{}").unwrap(),
+        // The record deferred too, then made durable only if still pending.
+        Ok("deferred+sync") => {
+            store.put_guest_deferred("g", "starting", b"{}").unwrap();
+            assert!(store.sync_if_pending().unwrap(), "nothing was pending");
+            assert!(
+                !store.sync_if_pending().unwrap(),
+                "still pending after a sync"
+            );
+        }
+        Ok("deferred") => store.put_guest_deferred("g", "starting", b"{}").unwrap(),
+        _ => {}
     }
     println!("READY {id} {level}");
     std::thread::sleep(std::time::Duration::from_secs(60));
 }
 
-fn run(sync: bool) -> (Vec<(u32, String)>, usize, bool) {
+fn run(mode: &str) -> (Vec<(u32, String)>, usize, bool) {
     let dir = tempfile::tempdir().unwrap();
     accounts(dir.path());
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", "deferred_child_entry", "--nocapture"])
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::piped());
-    if sync {
-        cmd.env("DEFERRED_SYNC", "1");
-    }
+    cmd.env("DEFERRED_MODE", mode);
     let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -94,10 +105,12 @@ fn deferred_reservation_lost_without_a_durable_commit() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let (ids, levels, guest) = run(false);
-    assert!(ids.is_empty(), "{ids:?}");
-    assert_eq!(levels, 0);
-    assert!(!guest);
+    for mode in ["none", "deferred"] {
+        let (ids, levels, guest) = run(mode);
+        assert!(ids.is_empty(), "{mode}: {ids:?}");
+        assert_eq!(levels, 0, "{mode}");
+        assert!(!guest, "{mode}");
+    }
 }
 
 #[test]
@@ -105,9 +118,29 @@ fn deferred_reservation_kept_by_the_next_durable_commit() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let (ids, levels, guest) = run(true);
-    assert_eq!(ids.len(), 1, "{ids:?}");
-    assert_eq!(ids[0].1, "g");
-    assert_eq!(levels, 1);
-    assert!(guest);
+    for mode in ["durable", "deferred+sync"] {
+        let (ids, levels, guest) = run(mode);
+        assert_eq!(ids.len(), 1, "{mode}: {ids:?}");
+        assert_eq!(ids[0].1, "g");
+        assert_eq!(levels, 1, "{mode}");
+        assert!(guest, "{mode}");
+    }
+}
+
+/// `sync_if_pending` syncs only when a deferred commit is not yet covered by a durable one.
+#[test]
+fn sync_if_pending_syncs_only_what_is_pending() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    assert!(!store.sync_if_pending().unwrap(), "nothing written yet");
+    store.put_guest_deferred("g", "starting", b"{}").unwrap();
+    // A later durable commit of anything covers it.
+    store.put_guest("h", "starting", b"{}").unwrap();
+    assert!(!store.sync_if_pending().unwrap());
+    store.put_guest_deferred("g", "starting", b"{}").unwrap();
+    assert!(store.sync_if_pending().unwrap());
+    assert!(!store.sync_if_pending().unwrap());
 }
