@@ -2,6 +2,7 @@
 //! that step (as `kill -9` would); `SVIRT_FAULT=<step>:error` makes the step fail with an
 //! error instead (rollback tests); `SVIRT_FAULT=<step>:panic` panics there (a bug in a
 //! driver, as the cleanup must survive). Steps: `after-plan`, `after-record`, `after-reserve`,
+//! `after-record-deferred` (runtime dir made, guest record written without an fsync),
 //! `after-label`, `after-cgroup`, `after-fork` (QEMU forked, pid not yet
 //! recorded), `after-spawn`, `after-qmp`, `during-stop`,
 //! `after-restore`, `after-release`; and `stop-signal` (a stop about to SIGKILL QEMU
@@ -16,6 +17,7 @@ pub const START_STEPS: &[&str] = &[
     "after-plan",
     "after-record",
     "after-reserve",
+    "after-record-deferred",
     "after-label",
     "after-cgroup",
     "after-fork",

@@ -316,12 +316,13 @@ impl Inner {
     /// Every start step after planning. On error `rec.phase` says how far it got; the
     /// caller undoes that much.
     fn start_steps(&self, rec: &mut Record, opts: StartOptions) -> Result<OwnedFd> {
-        // Durable writes on the start path are few on purpose (each is an fsync): the
-        // record once the identity is reserved (it also makes the deferred reservations
-        // durable), the drivers' originals (one batch per driver), and pid + start time
-        // while QEMU initialises. A crash before the first leaves at most reservations
-        // without a record, which `open` releases; a crash later is rolled back or
-        // reattached by `open` (a QEMU forked before its pid was recorded is found
+        // Durable writes on the start path are few on purpose (each is a redb commit with
+        // fsyncs): the drivers' originals (one batch per driver; the first also makes the
+        // reservations, the claims and the `Labeling` record durable, all committed
+        // without an fsync before it), and pid + start time while QEMU initialises. A
+        // crash before the first leaves at most reservations, a runtime dir and a cgroup
+        // without a record, which `open` releases and removes; a crash later is rolled
+        // back or reattached by `open` (a QEMU forked before its pid was recorded is found
         // through the pid file its child wrote).
         self.fault.point("after-record")?;
         let mut sec = GuestSecurity {
@@ -378,6 +379,7 @@ impl Inner {
                     make_private_dir(&rec.runtime_dir)?;
                     let _ = made_tx.send(());
                     self.persist_deferred(rec)?;
+                    self.fault.point("after-record-deferred")?;
                     self.label_and_create_files(rec)
                 })();
                 let jail = jail
@@ -512,14 +514,19 @@ impl Inner {
     /// given to the guest, and in the control directory (root's; the manager's files go
     /// there, never into the directory the guest can write) log, QMP listener, pid file.
     ///
-    /// Durability: the record (`Labeling`) and the drivers' reservations were committed
-    /// without an fsync. Every driver records an object's original durably, in the same
-    /// store, before it changes the object: that commit makes them durable too, before
-    /// anything uses the uid or level. A start that labels nothing syncs here instead, so
-    /// from this point on (runtime dir chowned, files created with the guest's labels,
-    /// QEMU forked and found again through its pid file after a crash) the record is on
-    /// disk. A crash before loses reservations and a record nothing used.
+    /// Durability: the record (`Labeling`), the drivers' reservations and their claims
+    /// were committed without an fsync. Every driver records an object's original durably,
+    /// in the same store, before it changes the object: that commit makes them durable too,
+    /// before anything uses the uid or level. Trees are the exception (their entries are
+    /// recorded in the drivers' tree databases), so a plan with a tree syncs the store
+    /// first; a start that labels nothing syncs after. From this point on (runtime dir
+    /// chowned, files created with the guest's labels, QEMU forked and found again through
+    /// its pid file after a crash) the record is on disk. A crash before loses
+    /// reservations and a record nothing used.
     fn label_and_create_files(&self, rec: &Record) -> Result<(PathBuf, File, UnixListener, File)> {
+        if rec.plan.resources.iter().any(|r| r.resource.recursive) {
+            self.store.sync_if_pending().map_err(store_err)?;
+        }
         self.set_labels(&rec.plan, &rec.security())?;
         self.store.sync_if_pending().map_err(store_err)?;
         own_runtime_dir(&rec.runtime_dir, rec.ids)?;

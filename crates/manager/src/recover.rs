@@ -250,13 +250,66 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         .filter(|(n, _)| !active.contains(*n))
         .map(|(n, s)| (n.clone(), s.clone()))
         .collect();
+    let known: HashSet<String> = guests
+        .keys()
+        .cloned()
+        .chain(unreadable.iter().cloned())
+        .collect();
     drop(guests);
     sweep_orphans(inner, &active, shut_off, &mut recovered);
+    sweep_unrecorded(inner, &known, &mut recovered);
     Ok(Recovered {
         reattached,
         recovered,
         unreadable,
     })
+}
+
+/// Runtime and control directories (and the cgroups of their names) of a name with no
+/// record at all: left by a start killed after it made its runtime directory and before
+/// its record was durable (the record is committed without an fsync until a driver's
+/// first durable commit, see `label_and_create_files`). Nothing of such a start can run
+/// (QEMU is forked only after the record is durable) and no label was changed (every
+/// change follows a durable commit), so its files and groups are only removed.
+fn sweep_unrecorded(inner: &Inner, known: &HashSet<String>, recovered: &mut Vec<(String, String)>) {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for dir in [
+        inner.config.run_dir.join(crate::manager::GUESTS_DIR),
+        inner.config.run_dir.join(crate::manager::CONTROL_DIR),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        names.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !known.contains(n) && crate::manager::validate_name(n).is_ok()),
+        );
+    }
+    for name in names {
+        let dirs: Vec<PathBuf> = inner
+            .layout
+            .guest_dirs(&inner.config.cgroup_parent, &name)
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect();
+        if !dirs.is_empty() {
+            if !cgroup::kill_all(&dirs, Duration::from_secs(5)) {
+                recovered.push((
+                    name.clone(),
+                    format!("processes left in {}", dirs[0].display()),
+                ));
+            }
+            note(
+                recovered,
+                &name,
+                "removing the cgroup of a start without a record",
+                cgroup::remove_dirs(&dirs, Duration::from_secs(3)),
+            );
+        }
+        remove_leftovers(inner, &name, None, recovered);
+    }
 }
 
 /// Shown as the guest of what a driver's sweep restored without naming its guest (not a

@@ -505,6 +505,7 @@ fn daemon_killed_inside_start_and_stop_leaks_nothing() {
     let before: Vec<String> = files.iter().map(|f| file_state(f)).collect();
     for step in [
         "after-reserve",
+        "after-record-deferred",
         "after-label",
         "after-spawn",
         "after-qmp",
