@@ -1,11 +1,25 @@
 # Shared helpers for svirt's scripts. Source it; do not run it.
 
+# pkg_installed PKG: whether dpkg has PKG installed.
+pkg_installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# The QEMU packages come from one source and depend on each other at exactly one version.
+# An image can ship a newer qemu-utils than the qemu-system-x86 Debian offers; installing
+# the missing qemu-system-x86 then makes apt REMOVE qemu-utils (and qemu-img with it). So
+# when a QEMU package is missing after an install, all requested QEMU packages are
+# installed again at the version apt offers for qemu-system-x86 (downgrading if need be).
+SVIRT_QEMU_VERSION_OF=qemu-system-x86
+
 # ensure_packages PKG...: installs the Debian packages that are missing, idempotently.
-# `apt-get update` runs only when something is missing (and at most once per call).
+# `apt-get update` runs only when something is missing (and at most once per call). Ends
+# with every PKG installed, or fails naming the ones that are not: an install may remove
+# another package (see above), so each is checked again afterwards.
 ensure_packages() {
   local missing=() p
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    pkg_installed "$p" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "svirt: installing ${missing[*]}" >&2
@@ -13,6 +27,41 @@ ensure_packages() {
   # Another apt may hold the lock (a parallel job): wait for it instead of failing.
   apt-get -o DPkg::Lock::Timeout=600 update -qq
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  local gone=() qemu=() v
+  for p in "$@"; do
+    pkg_installed "$p" || gone+=("$p")
+  done
+  if [ ${#gone[@]} -gt 0 ]; then
+    v=$(apt-cache policy "$SVIRT_QEMU_VERSION_OF" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
+    for p in "$@"; do
+      case "$p" in qemu-*) qemu+=("$p${v:+=$v}") ;; *) pkg_installed "$p" || qemu+=("$p") ;; esac
+    done
+    echo "svirt: ${gone[*]} missing after the install; installing ${qemu[*]} together" >&2
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
+      --allow-downgrades "${qemu[@]}" >/dev/null
+  fi
+  gone=()
+  for p in "$@"; do
+    pkg_installed "$p" || gone+=("$p")
+  done
+  if [ ${#gone[@]} -gt 0 ]; then
+    echo "svirt: still not installed after apt-get install: ${gone[*]}" >&2
+    exit 1
+  fi
+}
+
+# ensure_commands CMD...: every command must be on PATH (after ensure_packages: a package
+# can be installed and still lack a command another install removed); fails naming each
+# missing one.
+ensure_commands() {
+  local missing=() c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "svirt: missing command(s): ${missing[*]}" >&2
+    exit 1
+  fi
 }
 
 # ensure_rust: the stable toolchain must already be there (no toolchain can be fetched here).
@@ -35,3 +84,9 @@ SVIRT_TEST_PACKAGES=(
 # builds libFuzzer from its bundled sources (no cargo tool, no nightly), and qemu-img, which
 # the qcow2_qemu target compares svirt's header reader with.
 SVIRT_FUZZ_PACKAGES=(g++ qemu-utils)
+
+# The commands behind those packages that the tests and scripts run.
+SVIRT_TEST_COMMANDS=(
+  qemu-img qemu-system-x86_64 sesearch checkpolicy setfattr getfattr setfacl getfacl
+  busybox cpio gcc mkfs.ext4 mount setpriv
+)

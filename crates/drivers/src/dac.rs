@@ -36,7 +36,7 @@ use svirt_store::{IdAllocator, ObjectKey, Original, Store};
 
 use crate::dac_tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 use crate::fsops::{FsRoot, Meta, Object};
-use crate::relabel::{FaultHook, ProgressFn};
+use crate::relabel::{FaultHook, ProgressFn, split_owner};
 use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
 
@@ -1859,6 +1859,72 @@ impl SecurityDriver for DacDriver {
         self.release_leftovers(&root, &guest.name, &mut errors, &tried);
         self.release_claims_if_clear(&guest.name);
         errors
+    }
+
+    /// The tree records: every tree whose users are all gone is restored; each dead
+    /// owner's outcome is reported (restored, released while others still use the tree,
+    /// or failed with the record kept).
+    fn recover(&self, running: &dyn Fn(&str) -> bool) -> Vec<crate::RecoveryNote> {
+        let mut notes = Vec::new();
+        let failed = |notes: &mut Vec<crate::RecoveryNote>, what: String| {
+            notes.push(crate::RecoveryNote {
+                guest: None,
+                what: format!("DAC tree recovery failed: {what}"),
+                failed: true,
+            })
+        };
+        let before = self.tree_records().unwrap_or_else(|e| {
+            failed(&mut notes, format!("listing the tree records: {e}"));
+            Vec::new()
+        });
+        let errors = self.recover_trees(running);
+        let left: Option<HashMap<PathBuf, Vec<String>>> = match self.tree_records() {
+            Ok(l) => Some(l.into_iter().collect()),
+            Err(e) => {
+                failed(
+                    &mut notes,
+                    format!("listing the tree records after the sweep: {e}"),
+                );
+                None
+            }
+        };
+        for e in &errors {
+            failed(&mut notes, e.to_string());
+        }
+        for (path, owners) in before {
+            for owner in owners.iter().filter(|o| !running(split_owner(o).1)) {
+                let (outcome, bad) = match left.as_ref().map(|l| l.get(&path)) {
+                    None => (
+                        "outcome unknown (the records could not be listed again)",
+                        true,
+                    ),
+                    Some(None) => ("restored", false),
+                    // Still a user of the record: its release (and the restore, when it was
+                    // the last user) failed; the record stays for the next open.
+                    Some(Some(o)) if o.contains(owner) => (
+                        "restore failed (see the DAC tree recovery errors), record kept for the next open",
+                        true,
+                    ),
+                    Some(Some(_)) => ("released (other guests still use it)", false),
+                };
+                notes.push(crate::RecoveryNote {
+                    guest: Some(split_owner(owner).1.to_string()),
+                    what: format!("DAC tree {} of no running guest: {outcome}", path.display()),
+                    failed: bad,
+                });
+            }
+        }
+        notes
+    }
+
+    fn held_for(&self, owner: &str) -> Option<String> {
+        match self.store.id_reservations() {
+            Ok(ids) => ids
+                .iter()
+                .find(|(_, o)| o == owner)
+                .map(|(id, _)| format!("uid/gid {id}")),
+            Err(_) => Some("its uid/gid".into()),
+        }
     }
 
     fn child_hooks(

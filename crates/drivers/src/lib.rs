@@ -151,4 +151,81 @@ pub trait SecurityDriver: Send + Sync {
 
     /// The label of a running process under this model, if it has one.
     fn process_label(&self, pid: i32) -> Result<Option<String>, DriverError>;
+
+    /// When this driver's child hooks run relative to the jail (the VMM's own mount
+    /// namespace, which shows only its plan).
+    fn hook_phase(&self) -> HookPhase {
+        HookPhase::InJail
+    }
+
+    /// Whether this model lets the manager build the VMM's own mount namespace (its
+    /// policy may forbid the manager the mounts: then the model confines files itself).
+    fn permits_mount_namespace(&self) -> bool {
+        true
+    }
+
+    /// Labels for the objects the manager creates for the VMM itself (its QMP socket, its
+    /// log), which the VMM must be able to use under this model.
+    fn create_labels(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+    ) -> Result<CreateLabels, DriverError> {
+        let _ = (plan, guest);
+        Ok(CreateLabels::default())
+    }
+
+    /// Releases everything this model holds for the guest's name: `release`, plus any
+    /// identity an earlier run of the name kept because its restore failed (the driver's
+    /// restore, which goes by owner, has just put back every object recorded for it).
+    fn release_owner(&self, guest: &GuestSecurity) -> Vec<DriverError> {
+        self.release(guest).err().into_iter().collect()
+    }
+
+    /// Sweeps this model's own records (tree records, the relabel engine's records) of
+    /// owners `running` says are not running: restores what no running guest uses and
+    /// drops the records. Runs at open, after the manager's undo of dead guests; reports
+    /// everything it did and every failure (a record whose restore failed stays for the
+    /// next open).
+    fn recover(&self, running: &dyn Fn(&str) -> bool) -> Vec<RecoveryNote> {
+        let _ = running;
+        Vec::new()
+    }
+
+    /// What the store holds for `owner` under this model, in words (`uid/gid 2000000005`,
+    /// `level s0:c1,c2`), or `None` when it holds nothing (a static label).
+    fn held_for(&self, owner: &str) -> Option<String> {
+        let _ = owner;
+        None
+    }
+}
+
+/// One thing a driver's [`SecurityDriver::recover`] did or failed to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryNote {
+    /// The guest it concerns, when the record names one.
+    pub guest: Option<String>,
+    /// What was done, in words (naming the object).
+    pub what: String,
+    /// Whether it is a failure.
+    pub failed: bool,
+}
+
+/// When a driver's child hooks run, relative to entering the jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPhase {
+    /// Before: the hook needs the host's view (SELinux writes its exec label through
+    /// `/proc`, which the jail does not show).
+    BeforeJail,
+    /// Inside the jail (ids, Landlock, no_new_privs).
+    InJail,
+}
+
+/// Labels the manager creates its own objects for the VMM with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateLabels {
+    /// For the QMP listening socket (SELinux: the VMM's process label).
+    pub socket: Option<String>,
+    /// For the log file (SELinux: the guest's image label).
+    pub file: Option<String>,
 }

@@ -398,6 +398,107 @@ impl SecurityDriver for SelinuxDriver {
         Ok(vec![exec_label_hook(&path, &label)?])
     }
 
+    /// The exec label is written through `/proc`, which the jail does not show.
+    fn hook_phase(&self) -> crate::HookPhase {
+        crate::HookPhase::BeforeJail
+    }
+
+    /// The reference policy (Debian's `policy.33`, checked with `sesearch`) lets the
+    /// manager's domain (`virtd_t`) mount on directories only, never on a file, and
+    /// neither remount nor unmount a file system: the jail's binds cannot be made. SELinux's
+    /// labels confine the VMM's files and sockets instead.
+    fn permits_mount_namespace(&self) -> bool {
+        false
+    }
+
+    /// Under SELinux the VMM (`svirt_t`) may only use objects labeled for it: the policy
+    /// closes an inherited `virtd_t` socket at exec (silently: dontaudit). So the QMP
+    /// listener is created with the VMM's process label and the log with the guest's image
+    /// label, as libvirt does with `setsockcreatecon` and `setfscreatecon`.
+    fn create_labels(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+    ) -> Result<crate::CreateLabels, DriverError> {
+        if !planned(plan) {
+            return Ok(crate::CreateLabels::default());
+        }
+        let socket = Self::exec_label(plan, guest.level.as_ref())?;
+        let file = match (&socket, &guest.level) {
+            (Some(_), Some(l)) => {
+                let ctx = svirt_domain::SelinuxContexts::load(&self.host_root).unwrap_or_default();
+                Some(ctx.image.with_range(*l).to_string())
+            }
+            _ => None,
+        };
+        Ok(crate::CreateLabels { socket, file })
+    }
+
+    /// Also every other level the store still has reserved for the name (one an earlier
+    /// run kept because its restore failed).
+    fn release_owner(&self, guest: &GuestSecurity) -> Vec<DriverError> {
+        let mut errors: Vec<DriverError> = self.release(guest).err().into_iter().collect();
+        let levels = match self.relabeler.store().levels_of(&guest.name) {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(other(format!(
+                    "listing the levels {} still holds: {e}; they stay reserved",
+                    guest.name
+                )));
+                Vec::new()
+            }
+        };
+        for l in levels {
+            let one = GuestSecurity {
+                name: guest.name.clone(),
+                level: Some(MlsRange::single(l)),
+                ids: guest.ids,
+            };
+            errors.extend(self.release(&one).err());
+        }
+        errors
+    }
+
+    /// The relabel engine's records of owners no running guest is.
+    fn recover(&self, running: &dyn Fn(&str) -> bool) -> Vec<crate::RecoveryNote> {
+        let rep = self.relabeler.recover(running);
+        let mut notes = Vec::new();
+        for (paths, what) in [
+            (rep.restored, "restored"),
+            (rep.dropped, "record dropped (object gone or replaced)"),
+        ] {
+            for p in paths {
+                notes.push(crate::RecoveryNote {
+                    guest: None,
+                    what: format!("{}: {what}, no running guest uses it", p.display()),
+                    failed: false,
+                });
+            }
+        }
+        for e in rep.errors {
+            notes.push(crate::RecoveryNote {
+                guest: None,
+                what: format!("relabel recovery failed: {e}"),
+                failed: true,
+            });
+        }
+        notes
+    }
+
+    fn held_for(&self, owner: &str) -> Option<String> {
+        match self.relabeler.store().levels_of(owner) {
+            Ok(l) if l.is_empty() => None,
+            Ok(l) => Some(format!(
+                "level {}",
+                l.iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(_) => Some("its level".into()),
+        }
+    }
+
     fn process_label(&self, pid: i32) -> Result<Option<String>, DriverError> {
         let p = self.at(&format!("/proc/{pid}/attr/current"));
         match std::fs::read(&p) {

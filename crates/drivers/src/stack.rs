@@ -199,6 +199,9 @@ pub fn rank(m: Model) -> u8 {
 #[derive(Clone, Default)]
 pub struct Stack {
     drivers: Vec<Arc<dyn SecurityDriver>>,
+    /// Drivers of models no longer stacked whose records are still in the state dir:
+    /// used only by [`Stack::recover`], so those records are not kept for ever.
+    retired: Vec<Arc<dyn SecurityDriver>>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -225,7 +228,26 @@ impl Stack {
     /// among equals).
     pub fn new(mut drivers: Vec<Arc<dyn SecurityDriver>>) -> Stack {
         drivers.sort_by_key(|d| rank(d.model()));
-        Stack { drivers }
+        Stack {
+            drivers,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Adds drivers that only recover: models no longer stacked whose records remain.
+    pub fn with_retired(mut self, retired: Vec<Arc<dyn SecurityDriver>>) -> Stack {
+        self.retired = retired;
+        self
+    }
+
+    /// Every driver's own sweep ([`SecurityDriver::recover`]), stacked ones in order, then
+    /// the retired ones.
+    pub fn recover(&self, running: &dyn Fn(&str) -> bool) -> Vec<crate::RecoveryNote> {
+        self.drivers
+            .iter()
+            .chain(&self.retired)
+            .flat_map(|d| d.recover(running))
+            .collect()
     }
 
     /// The drivers, in order.
@@ -268,10 +290,26 @@ impl Stack {
             .collect()
     }
 
+    /// Whether the stack has no driver (`--drivers none`: nothing is confined).
+    pub fn is_empty(&self) -> bool {
+        self.drivers.is_empty()
+    }
+
     /// Labels with every driver in order. If one fails, the drivers that already succeeded
     /// are restored (newest first) and the error is returned: nothing stays half-labeled.
     pub fn set_all(&self, plan: &Plan, guest: &GuestSecurity) -> Result<(), StackError> {
+        self.set_all_observed(plan, guest, &|_| {})
+    }
+
+    /// [`Self::set_all`], telling `starting` which driver's turn it is (progress reports).
+    pub fn set_all_observed(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+        starting: &dyn Fn(Model),
+    ) -> Result<(), StackError> {
         for (i, d) in self.drivers.iter().enumerate() {
+            starting(d.model());
             if let Err(cause) = d.set_all(plan, guest) {
                 let mut rollback = Vec::new();
                 for done in self.drivers[..i].iter().rev() {
@@ -305,6 +343,46 @@ impl Stack {
             hooks.extend(d.child_hooks(plan, guest, exec)?);
         }
         Ok(hooks)
+    }
+
+    /// Every driver's child hooks in stack order, split by [`crate::HookPhase`]: those to
+    /// run before the VMM enters its jail, and those to run inside it.
+    pub fn child_hooks_phased(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+        exec: &ExecContext,
+    ) -> Result<(Vec<ChildHook>, Vec<ChildHook>), DriverError> {
+        let (mut before, mut inside) = (Vec::new(), Vec::new());
+        for d in &self.drivers {
+            let hooks = d.child_hooks(plan, guest, exec)?;
+            match d.hook_phase() {
+                crate::HookPhase::BeforeJail => before.extend(hooks),
+                crate::HookPhase::InJail => inside.extend(hooks),
+            }
+        }
+        Ok((before, inside))
+    }
+
+    /// Whether every stacked model lets the manager build the VMM's own mount namespace.
+    pub fn permits_mount_namespace(&self) -> bool {
+        self.drivers.iter().all(|d| d.permits_mount_namespace())
+    }
+
+    /// The labels for the manager's own objects for the VMM: each the first any driver
+    /// gives (one MAC model per stack).
+    pub fn create_labels(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+    ) -> Result<crate::CreateLabels, DriverError> {
+        let mut out = crate::CreateLabels::default();
+        for d in &self.drivers {
+            let l = d.create_labels(plan, guest)?;
+            out.socket = out.socket.or(l.socket);
+            out.file = out.file.or(l.file);
+        }
+        Ok(out)
     }
 
     /// The label of a running process under every model that gives one.

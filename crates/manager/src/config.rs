@@ -257,6 +257,82 @@ pub enum DriverName {
     None,
 }
 
+impl DriverName {
+    /// The name `--drivers` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverName::Selinux => "selinux",
+            DriverName::Dac => "dac",
+            DriverName::Landlock => "landlock",
+            DriverName::None => "none",
+        }
+    }
+
+    /// The driver's place in the stack: one mandatory-access-control model first (SELinux;
+    /// AppArmor, SMACK or BPF-LSM when they exist), then DAC, then Landlock. Labels are set
+    /// in this order and restored in reverse; the child's steps run in it.
+    pub fn stack_rank(self) -> u8 {
+        match self {
+            DriverName::Selinux => 0,
+            DriverName::Dac => 1,
+            DriverName::Landlock => 2,
+            DriverName::None => 3,
+        }
+    }
+
+    /// Whether it is a mandatory-access-control model (at most one per stack).
+    pub fn is_mac(self) -> bool {
+        matches!(self, DriverName::Selinux)
+    }
+}
+
+/// An explicit driver list checked and put in stack order ([`DriverName::stack_rank`]),
+/// whatever order it was given in. Refused, naming the problem: an empty list, a driver
+/// named twice, two mandatory-access-control models, `none` with anything else.
+pub fn stack_order(list: &[DriverName]) -> Result<Vec<DriverName>, ManagerError> {
+    let names = || {
+        list.iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if list.is_empty() {
+        return Err(ManagerError::Config(
+            "empty driver list (give auto, none, or drivers such as selinux,dac)".into(),
+        ));
+    }
+    for (i, d) in list.iter().enumerate() {
+        if list[..i].contains(d) {
+            return Err(ManagerError::Config(format!(
+                "drivers {}: {} is named twice",
+                names(),
+                d.as_str()
+            )));
+        }
+    }
+    if list.contains(&DriverName::None) && list.len() > 1 {
+        return Err(ManagerError::Config(format!(
+            "drivers {}: 'none' cannot be combined with other drivers",
+            names()
+        )));
+    }
+    let macs: Vec<&str> = list
+        .iter()
+        .filter(|d| d.is_mac())
+        .map(|d| d.as_str())
+        .collect();
+    if macs.len() > 1 {
+        return Err(ManagerError::Config(format!(
+            "drivers {}: one mandatory-access-control model per stack, not {}",
+            names(),
+            macs.join(" and ")
+        )));
+    }
+    let mut ordered = list.to_vec();
+    ordered.sort_by_key(|d| d.stack_rank());
+    Ok(ordered)
+}
+
 impl FromStr for DriverName {
     type Err = ManagerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -279,7 +355,8 @@ pub enum DriverSelection {
     /// Probe the host: SELinux (then DAC) when SELinux is enabled, else DAC + Landlock.
     #[default]
     Auto,
-    /// Exactly these drivers, in this order (`none` alone: no confinement).
+    /// Exactly these drivers (`none` alone: no confinement), stacked in the order of
+    /// [`stack_order`] whatever order they are listed in.
     Explicit(Vec<DriverName>),
 }
 
@@ -294,12 +371,7 @@ impl FromStr for DriverSelection {
             .split(',')
             .map(DriverName::from_str)
             .collect::<Result<Vec<_>, _>>()?;
-        if list.contains(&DriverName::None) && list.len() > 1 {
-            return Err(ManagerError::Config(
-                "driver 'none' cannot be combined with other drivers".into(),
-            ));
-        }
-        Ok(DriverSelection::Explicit(list))
+        Ok(DriverSelection::Explicit(stack_order(&list)?))
     }
 }
 
@@ -419,6 +491,42 @@ mod tests {
         );
         assert!("none,dac".parse::<DriverSelection>().is_err());
         assert!("apparmor".parse::<DriverSelection>().is_err());
+    }
+
+    /// The stack's order is imposed whatever order the list gives (MAC, DAC, Landlock);
+    /// invalid lists are refused naming the problem; valid ones are accepted (controls).
+    #[test]
+    fn driver_lists_are_ordered_and_checked() {
+        use DriverName::*;
+        let sel = |s: &str| s.parse::<DriverSelection>();
+        assert_eq!(
+            sel("landlock,dac").unwrap(),
+            DriverSelection::Explicit(vec![Dac, Landlock])
+        );
+        assert_eq!(
+            sel("landlock,dac,selinux").unwrap(),
+            DriverSelection::Explicit(vec![Selinux, Dac, Landlock])
+        );
+        assert_eq!(sel("none").unwrap(), DriverSelection::Explicit(vec![None]));
+        assert_eq!(
+            sel("selinux").unwrap(),
+            DriverSelection::Explicit(vec![Selinux])
+        );
+        let err = |s: &str| sel(s).unwrap_err().to_string();
+        assert!(
+            err("dac,dac").contains("dac is named twice"),
+            "{}",
+            err("dac,dac")
+        );
+        assert!(err("dac,none").contains("'none' cannot be combined"));
+        assert!(err("dac,bogus").contains("unknown driver \"bogus\""));
+        assert!(err("").contains("unknown driver"));
+        assert!(
+            stack_order(&[])
+                .unwrap_err()
+                .to_string()
+                .contains("empty driver list")
+        );
         assert_eq!(
             UidRange::default().to_string(),
             DEFAULT_UID_RANGE,

@@ -109,7 +109,8 @@ impl Manager {
                 .map_err(|e| ManagerError::Store(e.to_string()))?,
         );
         let progress = Arc::new(progress::Board::default());
-        let stack = stack::build(&config, &store, &progress)?;
+        let mut stack = stack::build(&config, &store, &progress)?;
+        let retired_errors = std::mem::take(&mut stack.retired_errors);
         if stack
             .drivers
             .iter()
@@ -156,9 +157,7 @@ impl Manager {
             config,
             report,
             store,
-            drivers: stack.drivers,
-            dac: stack.dac,
-            relabeler: stack.relabeler,
+            stack: svirt_drivers::stack::Stack::new(stack.drivers).with_retired(stack.retired),
             layout,
             qemu,
             fault,
@@ -176,9 +175,14 @@ impl Manager {
         config::restrict_tree(&inner.config.state_dir)?;
         inner.report.reattached = found.reattached;
         inner.report.recovered = found.recovered;
+        inner.report.recovered.extend(
+            retired_errors
+                .into_iter()
+                .map(|e| (recover::UNNAMED.to_string(), e)),
+        );
         inner.unreadable = found.unreadable;
         let report = inner.report.clone();
-        if !inner.drivers.is_empty() {
+        if !inner.stack.is_empty() {
             // The first start's jail finds its network namespace made.
             inner.namespaces.refill();
         }

@@ -79,11 +79,8 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) report: OpenReport,
     pub(crate) store: Arc<Store>,
-    pub(crate) drivers: Vec<Arc<dyn SecurityDriver>>,
-    /// The DAC driver when stacked (recovery sweeps its tree records).
-    pub(crate) dac: Option<Arc<svirt_drivers::dac::DacDriver>>,
-    /// The SELinux driver's relabel engine when stacked (recovery sweeps its records).
-    pub(crate) relabeler: Option<Arc<svirt_drivers::relabel::Relabeler>>,
+    /// The drivers, in stack order: the only way the manager reaches them.
+    pub(crate) stack: svirt_drivers::stack::Stack,
     pub(crate) layout: Layout,
     pub(crate) qemu: PathBuf,
     pub(crate) accel: String,
@@ -114,6 +111,14 @@ fn store_err(e: impl std::fmt::Display) -> ManagerError {
     ManagerError::Store(e.to_string())
 }
 
+/// A failed step of the whole stack: its cause, the rollback's errors logged.
+fn stack_err(e: svirt_drivers::stack::StackError) -> ManagerError {
+    for err in &e.rollback {
+        tracing::error!(error = %err, "rolling back the drivers before the failing one");
+    }
+    ManagerError::Driver(e.cause)
+}
+
 impl Inner {
     pub(crate) fn persist(&self, r: &Record) -> Result<()> {
         self.store
@@ -133,7 +138,7 @@ impl Inner {
     }
 
     pub(crate) fn models(&self) -> Vec<Model> {
-        self.drivers.iter().map(|d| d.model()).collect()
+        self.stack.drivers().iter().map(|d| d.model()).collect()
     }
 
     /// `<run>/guests/<name>`: the guest's own directory (its QEMU's working directory and
@@ -330,12 +335,10 @@ impl Inner {
             level: None,
             ids: None,
         };
-        for d in &self.drivers {
-            d.reserve(&rec.plan, &mut sec)?;
-            // Keep what is reserved so far, so a failure of the next driver releases it.
-            rec.level = sec.level.map(|l| l.to_string());
-            rec.ids = sec.ids;
-        }
+        // On failure the stack has released what the earlier drivers reserved.
+        self.stack.reserve(&rec.plan, &mut sec).map_err(stack_err)?;
+        rec.level = sec.level.map(|l| l.to_string());
+        rec.ids = sec.ids;
         rec.phase = Phase::Reserved;
         self.fault.point("after-reserve")?;
 
@@ -404,16 +407,7 @@ impl Inner {
             devices,
             tcp_ports: tcp_ports(&rec.spec),
         };
-        let (mut pre_jail, mut hooks) = (Vec::new(), Vec::new());
-        for d in &self.drivers {
-            let h = d.child_hooks(&rec.plan, &sec, &exec)?;
-            // SELinux writes its exec label through /proc, which the jail does not show.
-            if d.model() == Model::Selinux {
-                pre_jail.extend(h);
-            } else {
-                hooks.extend(h);
-            }
-        }
+        let (pre_jail, hooks) = self.stack.child_hooks_phased(&rec.plan, &sec, &exec)?;
         let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some())?;
         let args = qemu::command_line(
             &rec.spec,
@@ -503,7 +497,7 @@ impl Inner {
         }
         // The next start's network namespace is made now that this QEMU is up (made while
         // it initialised, it would take CPU from it on a small host).
-        if !self.drivers.is_empty() {
+        if !self.stack.is_empty() {
             self.namespaces.refill();
         }
         tracing::info!(guest = %rec.name, pid = spawned.pid, state = %rec.state, "guest started");
@@ -532,12 +526,11 @@ impl Inner {
         own_runtime_dir(&rec.runtime_dir, rec.ids)?;
         let ctl = self.control_dir(&rec.name);
         make_private_dir(&ctl)?;
-        // Under SELinux the VMM (svirt_t) may only use objects labeled for it: the
-        // policy closes an inherited virtd_t socket at exec (silently: dontaudit). So
-        // the QMP listener is created with the VMM's process label and the log with
-        // the guest's image label, as libvirt does with setsockcreatecon and
-        // setfscreatecon. Proven under an enforcing kernel by the lab.
-        let (sock_label, file_label) = self.selinux_create_labels(rec)?;
+        // Labels the VMM needs on them (SELinux: the QMP listener with the VMM's process
+        // label, the log with the guest's image label, as libvirt does with
+        // setsockcreatecon and setfscreatecon; proven under an enforcing kernel by the lab).
+        let labels = self.stack.create_labels(&rec.plan, &rec.security())?;
+        let (sock_label, file_label) = (labels.socket, labels.file);
         let log_path = ctl.join("qemu.log");
         let log = crate::glue::with_create_label("fscreate", file_label.as_deref(), || {
             OpenOptions::new()
@@ -586,15 +579,14 @@ impl Inner {
         devices: &[PathBuf],
         made: std::sync::mpsc::Receiver<()>,
     ) -> Result<Option<Jail>> {
-        if self.drivers.is_empty() {
+        if self.stack.is_empty() {
             return Ok(None);
         }
-        let selinux = self.drivers.iter().any(|d| d.model() == Model::Selinux);
         let prepared = crate::jail::prepare(
             &crate::jail::JailConfig {
-                // See `JailConfig::mount_namespace`: the reference policy forbids the
-                // binds to the manager's domain; SELinux labels confine instead.
-                mount_namespace: !selinux,
+                // A model whose policy forbids the manager the jail's mounts (SELinux's)
+                // confines the VMM's files with its labels instead.
+                mount_namespace: self.stack.permits_mount_namespace(),
                 ..crate::jail::JailConfig::default()
             },
             &rec.plan,
@@ -614,44 +606,22 @@ impl Inner {
         Ok(Some(prepared.assemble(ns)?))
     }
 
-    /// The SELinux labels for objects the manager creates for the VMM: its QMP socket
-    /// (the process label) and its log (the image label). `(None, None)` when SELinux does
-    /// not confine this guest.
-    fn selinux_create_labels(&self, rec: &Record) -> Result<(Option<String>, Option<String>)> {
-        let confined = rec.plan.is_confined(svirt_domain::Model::Selinux)
-            && self
-                .drivers
-                .iter()
-                .any(|d| d.model() == svirt_domain::Model::Selinux);
-        if !confined {
-            return Ok((None, None));
-        }
-        let level = rec.security().level;
-        let sock = svirt_drivers::selinux::SelinuxDriver::exec_label(&rec.plan, level.as_ref())?;
-        let file = sock
-            .as_ref()
-            .and_then(|_| crate::glue::image_label(&self.config.root_dir, level.as_ref()));
-        Ok((sock, file))
-    }
-
-    /// Sets every driver's labels in stack order; on failure undoes the drivers before the
-    /// failing one (the failing one restored its own changes).
+    /// Sets every driver's labels in stack order; on failure the stack has undone the
+    /// drivers before the failing one (the failing one restored its own changes).
     fn set_labels(&self, plan: &svirt_domain::Plan, sec: &GuestSecurity) -> Result<()> {
         let op = self.progress.begin(plan, crate::progress::Action::Labeling);
-        for (i, d) in self.drivers.iter().enumerate() {
-            if let Some(op) = &op {
-                op.stage(d.model());
-            }
-            if let Err(e) = d.set_all(plan, sec) {
-                for prev in self.drivers[..i].iter().rev() {
-                    for err in prev.restore_all(plan, sec) {
-                        tracing::error!(guest = %sec.name, error = %err, "restore after a failed set_all");
-                    }
+        self.stack
+            .set_all_observed(plan, sec, &|model| {
+                if let Some(op) = &op {
+                    op.stage(model);
                 }
-                return Err(e.into());
-            }
-        }
-        Ok(())
+            })
+            .map_err(|e| {
+                for err in &e.rollback {
+                    tracing::error!(guest = %sec.name, error = %err, "restore after a failed set_all");
+                }
+                ManagerError::Driver(e.cause)
+            })
     }
 
     /// Undoes everything a guest holds (QEMU must be gone, or is killed through its
@@ -690,12 +660,13 @@ impl Inner {
         let sec = self.security_for_undo(rec);
         // Per driver: whether its restore failed (its objects may still carry the guest's
         // identity, so that identity must stay reserved).
-        let mut failed = vec![false; self.drivers.len()];
+        let drivers = self.stack.drivers();
+        let mut failed = vec![false; drivers.len()];
         if rec.phase >= Phase::Labeling {
             let op = self
                 .progress
                 .begin(&rec.plan, crate::progress::Action::Restoring);
-            for (i, d) in self.drivers.iter().enumerate().rev() {
+            for (i, d) in drivers.iter().enumerate().rev() {
                 if let Some(op) = &op {
                     op.stage(d.model());
                 }
@@ -707,7 +678,7 @@ impl Inner {
         if let Some(cp) = checkpoints {
             cp("after-restore");
         }
-        for (i, d) in self.drivers.iter().enumerate().rev() {
+        for (i, d) in drivers.iter().enumerate().rev() {
             if failed[i] {
                 errors.extend(self.kept_reserved(d.as_ref(), &sec));
             } else {
@@ -729,38 +700,13 @@ impl Inner {
         }
     }
 
-    /// Releases what `d` holds for the guest `sec` names: `sec`'s identity, and for SELinux
-    /// every other level the store still has reserved for that name (a level an earlier
-    /// run of the guest kept because its restore failed: the driver's restore, which goes
-    /// by owner, has now put back every object recorded for the name). Returns the errors.
+    /// Releases what `d` holds for the guest `sec` names (see
+    /// [`SecurityDriver::release_owner`]). Returns the errors.
     pub(crate) fn release_owner(&self, d: &dyn SecurityDriver, sec: &GuestSecurity) -> Vec<String> {
-        let mut errors = Vec::new();
-        if let Err(e) = d.release(sec) {
-            errors.push(e.to_string());
-        }
-        if d.model() == Model::Selinux {
-            let levels = match self.store.levels_of(&sec.name) {
-                Ok(l) => l,
-                Err(e) => {
-                    errors.push(format!(
-                        "listing the levels {} still holds: {e}; they stay reserved",
-                        sec.name
-                    ));
-                    Vec::new()
-                }
-            };
-            for l in levels {
-                let one = GuestSecurity {
-                    name: sec.name.clone(),
-                    level: Some(svirt_labels::MlsRange::single(l)),
-                    ids: sec.ids,
-                };
-                if let Err(e) = d.release(&one) {
-                    errors.push(e.to_string());
-                }
-            }
-        }
-        errors
+        d.release_owner(sec)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// The error reported for a driver whose restore failed, whose reservation for the guest
@@ -775,27 +721,7 @@ impl Inner {
         sec: &GuestSecurity,
     ) -> Option<String> {
         // What the store holds for the name (a static label holds nothing: nothing to say).
-        let what = match d.model() {
-            Model::Dac => match self.store.id_reservations() {
-                Ok(ids) => ids
-                    .iter()
-                    .find(|(_, o)| *o == sec.name)
-                    .map(|(id, _)| format!("uid/gid {id}")),
-                Err(_) => Some("its uid/gid".into()),
-            },
-            Model::Selinux => match self.store.levels_of(&sec.name) {
-                Ok(l) if l.is_empty() => None,
-                Ok(l) => Some(format!(
-                    "level {}",
-                    l.iter()
-                        .map(|l| l.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                Err(_) => Some("its level".into()),
-            },
-            _ => None,
-        }?;
+        let what = d.held_for(&sec.name)?;
         Some(format!(
             "{}: {what} kept reserved for {}: its restore failed, so objects may still carry it; the next open retries the restore and releases it when that succeeds",
             d.model(),
@@ -1218,9 +1144,8 @@ impl Inner {
                     process: r
                         .pid
                         .and_then(|p| {
-                            self.drivers
-                                .iter()
-                                .find(|d| d.model() == model)
+                            self.stack
+                                .driver(model)
                                 .and_then(|d| d.process_label(p).ok().flatten())
                         })
                         .or_else(|| Some("confined".into())),

@@ -1,13 +1,12 @@
 //! Recovery at open: reattach to guests still running, clean up after the others.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use svirt_drivers::GuestSecurity;
-use svirt_drivers::fsops::FsRoot;
-use svirt_drivers::relabel::{Relabeler, split_owner};
+use svirt_drivers::relabel::split_owner;
 
 use crate::cgroup;
 use crate::error::{ManagerError, Result};
@@ -314,7 +313,7 @@ fn sweep_unrecorded(inner: &Inner, known: &HashSet<String>, recovered: &mut Vec<
 
 /// Shown as the guest of what a driver's sweep restored without naming its guest (not a
 /// valid guest name, so it cannot be mistaken for one).
-const UNNAMED: &str = "(orphaned records)";
+pub(crate) const UNNAMED: &str = "(orphaned records)";
 
 /// What belongs to no active guest (`active`: the guests the manager knows to be alive,
 /// and those whose record it cannot read):
@@ -330,11 +329,12 @@ const UNNAMED: &str = "(orphaned records)";
 ///    the undo a dead guest gets, from an empty plan (drivers restore by owner: the store
 ///    knows what was changed for it), then the reservations of each driver whose restore
 ///    succeeded are released.
-/// 3. The drivers' own sweeps then run over their tree records, for owners nothing above
-///    names (a tree whose guest's reservation an earlier recovery released): DAC's
-///    `recover_trees`, the relabel engine's `recover` (opened for the sweep alone when
-///    SELinux is not stacked but the engine's database exists: records of an earlier
-///    SELinux configuration).
+/// 3. The drivers' own sweeps then run over their own records, for owners nothing above
+///    names (a tree whose guest's reservation an earlier recovery released):
+///    [`svirt_drivers::stack::Stack::recover`], each driver's `recover` (DAC: its tree
+///    records; SELinux: the relabel engine's records, with a retired SELinux driver opened
+///    for the sweep alone when SELinux is not stacked but the engine's database exists:
+///    records of an earlier SELinux configuration).
 ///
 /// Everything done is pushed to `recovered` (svirtd logs it).
 fn sweep_orphans(
@@ -404,13 +404,13 @@ fn sweep_orphans(
         let mut errs = Vec::new();
         // As in undo: a driver whose restore failed keeps the owner's reservation (its
         // objects may still carry the uid or level); the next open tries again.
-        let mut failed = vec![false; inner.drivers.len()];
-        for (i, d) in inner.drivers.iter().enumerate().rev() {
+        let mut failed = vec![false; inner.stack.drivers().len()];
+        for (i, d) in inner.stack.drivers().iter().enumerate().rev() {
             let e = d.restore_all(&plan, &sec);
             failed[i] = !e.is_empty();
             errs.extend(e.into_iter().map(|e| e.to_string()));
         }
-        for (i, d) in inner.drivers.iter().enumerate().rev() {
+        for (i, d) in inner.stack.drivers().iter().enumerate().rev() {
             if failed[i] {
                 errs.extend(inner.kept_reserved(d.as_ref(), &sec));
             } else {
@@ -434,77 +434,13 @@ fn sweep_orphans(
         recovered.push((owner, what));
     }
     let running = |g: &str| active.contains(g);
-    if let Some(dac) = &inner.dac {
-        let mut failed = |e: &dyn std::fmt::Display| {
-            tracing::error!("DAC tree recovery: {e}");
-            recovered.push((UNNAMED.into(), format!("DAC tree recovery failed: {e}")));
-        };
-        let before = dac.tree_records().unwrap_or_else(|e| {
-            failed(&format!("listing the tree records: {e}"));
-            Vec::new()
-        });
-        let errors = dac.recover_trees(&running);
-        let left: Option<HashMap<PathBuf, Vec<String>>> = match dac.tree_records() {
-            Ok(l) => Some(l.into_iter().collect()),
-            Err(e) => {
-                failed(&format!("listing the tree records after the sweep: {e}"));
-                None
-            }
-        };
-        for e in &errors {
-            failed(e);
+    for note in inner.stack.recover(&running) {
+        if note.failed {
+            tracing::error!(guest = ?note.guest, "{}", note.what);
+        } else {
+            tracing::warn!(guest = ?note.guest, "{}", note.what);
         }
-        for (path, owners) in before {
-            for owner in owners.iter().filter(|o| !running(split_owner(o).1)) {
-                let outcome = match left.as_ref().map(|l| l.get(&path)) {
-                    None => "outcome unknown (the records could not be listed again)",
-                    Some(None) => "restored",
-                    // Still a user of the record: its release (and the restore, when it was
-                    // the last user) failed; the record stays for the next open.
-                    Some(Some(o)) if o.contains(owner) => {
-                        "restore failed (see the DAC tree recovery errors), record kept for the next open"
-                    }
-                    Some(Some(_)) => "released (other guests still use it)",
-                };
-                let what = format!("DAC tree {} of no running guest: {outcome}", path.display());
-                tracing::warn!(guest = %split_owner(owner).1, "{what}");
-                recovered.push((split_owner(owner).1.to_string(), what));
-            }
-        }
-    }
-    let engine = match &inner.relabeler {
-        Some(r) => Some(r.clone()),
-        None if Relabeler::trees_path(&inner.store).exists() => {
-            match FsRoot::open(&inner.config.root_dir)
-                .map_err(|e| e.to_string())
-                .and_then(|root| {
-                    Relabeler::open(inner.store.clone(), root, 1).map_err(|e| e.to_string())
-                }) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    recovered.push((UNNAMED.into(), format!("relabel records not swept: {e}")));
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-    if let Some(engine) = engine {
-        let rep = engine.recover(&running);
-        for (paths, what) in [
-            (rep.restored, "restored"),
-            (rep.dropped, "record dropped (object gone or replaced)"),
-        ] {
-            for p in paths {
-                let what = format!("{}: {what}, no running guest uses it", p.display());
-                tracing::warn!("{what}");
-                recovered.push((UNNAMED.into(), what));
-            }
-        }
-        for e in rep.errors {
-            tracing::error!("relabel recovery: {e}");
-            recovered.push((UNNAMED.into(), format!("relabel recovery failed: {e}")));
-        }
+        recovered.push((note.guest.unwrap_or_else(|| UNNAMED.into()), note.what));
     }
 }
 

@@ -23,10 +23,11 @@ pub struct Stack {
     pub why: String,
     /// Every driver considered.
     pub reports: Vec<DriverReport>,
-    /// The DAC driver, when stacked: recovery sweeps its tree records.
-    pub dac: Option<Arc<DacDriver>>,
-    /// The relabel engine of the SELinux driver, when stacked: recovery sweeps its records.
-    pub relabeler: Option<Arc<Relabeler>>,
+    /// Drivers of models not stacked whose records remain in the state dir (SELinux's
+    /// relabel records of an earlier configuration): they only recover.
+    pub retired: Vec<Arc<dyn SecurityDriver>>,
+    /// Why a retired driver could not be opened (reported by the open's recovery).
+    pub retired_errors: Vec<String>,
 }
 
 fn selinux_enabled(config: &Config) -> (bool, String) {
@@ -60,17 +61,13 @@ pub(crate) fn build(
     let (se_on, se_reason) = selinux_enabled(config);
     let (wanted, why): (Vec<DriverName>, String) = match &config.drivers {
         DriverSelection::Explicit(list) => {
-            let names: Vec<&str> = list
-                .iter()
-                .map(|d| match d {
-                    DriverName::Selinux => "selinux",
-                    DriverName::Dac => "dac",
-                    DriverName::Landlock => "landlock",
-                    DriverName::None => "none",
-                })
-                .collect();
+            // Checked and ordered here too: a configuration may come from a file, not
+            // only from `--drivers`.
+            let ordered = crate::config::stack_order(list)?;
+            let names: Vec<&str> = ordered.iter().map(|d| d.as_str()).collect();
             (
-                list.iter()
+                ordered
+                    .iter()
                     .copied()
                     .filter(|d| *d != DriverName::None)
                     .collect(),
@@ -88,7 +85,6 @@ pub(crate) fn build(
     };
     let mut drivers: Vec<Arc<dyn SecurityDriver>> = Vec::new();
     let mut reports = Vec::new();
-    let (mut dac, mut relabel) = (None, None);
     for name in &wanted {
         let d: Arc<dyn SecurityDriver> = match name {
             DriverName::Dac => {
@@ -115,7 +111,6 @@ pub(crate) fn build(
                     Arc::new(ids),
                 ));
                 d.set_progress(Some(progress.callback(Model::Dac)));
-                dac = Some(d.clone());
                 d
             }
             DriverName::Landlock => Arc::new(LandlockDriver::new(LandlockConfig::default())),
@@ -130,7 +125,6 @@ pub(crate) fn build(
                 let relabeler = Relabeler::open(store.clone(), root, 2)
                     .map_err(|e| ManagerError::Config(format!("relabel engine: {e}")))?;
                 relabeler.set_progress(Some(progress.callback(Model::Selinux)));
-                relabel = Some(relabeler.clone());
                 Arc::new(SelinuxDriver::new(
                     config.root_dir.clone(),
                     relabeler,
@@ -160,12 +154,29 @@ pub(crate) fn build(
             reason: se_reason,
         });
     }
+    // SELinux not stacked, but its relabel engine's records exist (an earlier
+    // configuration): an engine only for the open's sweep, so they are not kept for ever.
+    let (mut retired, mut retired_errors): (Vec<Arc<dyn SecurityDriver>>, _) =
+        (Vec::new(), Vec::new());
+    if !wanted.contains(&DriverName::Selinux) && Relabeler::trees_path(store).exists() {
+        match FsRoot::open(&config.root_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|root| Relabeler::open(store.clone(), root, 1).map_err(|e| e.to_string()))
+        {
+            Ok(r) => retired.push(Arc::new(SelinuxDriver::new(
+                config.root_dir.clone(),
+                r,
+                None,
+            ))),
+            Err(e) => retired_errors.push(format!("relabel records not swept: {e}")),
+        }
+    }
     Ok(Stack {
         drivers,
         why,
         reports,
-        dac,
-        relabeler: relabel,
+        retired,
+        retired_errors,
     })
 }
 
