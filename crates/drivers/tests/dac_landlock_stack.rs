@@ -30,9 +30,9 @@ fn dac_landlock_stack_confines_a_real_process() {
         return;
     }
     if kernel_abi() < 6 {
-        eprintln!(
-            "SKIP: kernel Landlock ABI {} < 6 (signal scoping)",
-            kernel_abi()
+        svirt_testkit::skip(
+            "landlock-abi-6",
+            format!("kernel Landlock ABI {} < 6 (signal scoping)", kernel_abi()),
         );
         return;
     }
@@ -185,10 +185,13 @@ fn mknod_null(path: &Path, mode: u32) -> bool {
         )
     };
     if r != 0 {
-        eprintln!(
-            "SKIP: mknod {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
+        svirt_testkit::skip(
+            "mknod",
+            format!(
+                "mknod {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ),
         );
         return false;
     }

@@ -302,7 +302,7 @@ fn dac_failed_restore_is_reported_once_and_retried() {
             .status()
     };
     if !chattr("+i").is_ok_and(|s| s.success()) {
-        eprintln!("SKIP: chattr +i failed on this filesystem");
+        svirt_testkit::skip("chattr", "chattr +i failed on this filesystem");
         return;
     }
     let errors = d.restore_all(&p, &g);

@@ -213,9 +213,12 @@ fn mount_namespace(t: &Path) -> bool {
     // namespace only, which dies with the child process.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            eprintln!(
-                "SKIP mount cases: unshare(CLONE_NEWNS): {}",
-                std::io::Error::last_os_error()
+            svirt_testkit::skip(
+                "mount-namespace",
+                format!(
+                    "mount cases: unshare(CLONE_NEWNS): {}",
+                    std::io::Error::last_os_error()
+                ),
             );
             return false;
         }

@@ -12,7 +12,10 @@ use svirt_drivers::{DriverError, GuestSecurity, SecurityDriver};
 fn skip_without_landlock(min: u32) -> bool {
     let abi = kernel_abi();
     if abi < min {
-        eprintln!("SKIP: kernel Landlock ABI {abi} < {min} needed by this test");
+        svirt_testkit::skip(
+            &format!("landlock-abi-{min}"),
+            format!("kernel Landlock ABI {abi} < {min} needed by this test"),
+        );
         return true;
     }
     false

@@ -42,14 +42,20 @@ fn qmp(sock: &Path, cmds: &[&str]) -> std::io::Result<Vec<String>> {
 #[test]
 fn landlock_qemu_runs_confined() {
     if !Path::new(QEMU).exists() {
-        eprintln!("SKIP: {QEMU} is not installed (apt-get install qemu-system-x86)");
+        svirt_testkit::skip(
+            "qemu",
+            format!("{QEMU} is not installed (apt-get install qemu-system-x86)"),
+        );
         return;
     }
     if skip_unless_root() {
         return;
     }
     if kernel_abi() < 6 {
-        eprintln!("SKIP: kernel Landlock ABI {} < 6", kernel_abi());
+        svirt_testkit::skip(
+            "landlock-abi-6",
+            format!("kernel Landlock ABI {} < 6", kernel_abi()),
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

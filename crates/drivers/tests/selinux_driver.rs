@@ -100,7 +100,7 @@ fn read_only_filesystem_is_a_soft_error() {
         ])
         .status();
     if !ok.is_ok_and(|s| s.success()) {
-        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        svirt_testkit::skip("root", "cannot mount a tmpfs (needs root)");
         return;
     }
     struct Umount<'a>(&'a Path);

@@ -232,7 +232,7 @@ fn failure_midway_leaves_every_object_as_it_was() {
     let imm = d.join("share/sub/f100");
     let st = Command::new("chattr").arg("+i").arg(&imm).status();
     if !st.is_ok_and(|s| s.success()) {
-        eprintln!("SKIP (part 2): chattr +i failed on this filesystem");
+        svirt_testkit::skip("chattr", "part 2: chattr +i failed on this filesystem");
         return;
     }
     let err = env.relabeler.set_labels("guest-a", &jobs).unwrap_err();
@@ -848,7 +848,10 @@ fn dead_guests_device_acl_grant_is_restored_by_recover() {
         if let Some(a) = &initial {
             let obj = FsRoot::open(&root).unwrap().open_object(device).unwrap();
             if let Err(e) = obj.set_xattr(ACL, a) {
-                eprintln!("SKIP: no POSIX ACLs on {}: {e}", dir.display());
+                svirt_testkit::skip(
+                    "posix-acl",
+                    format!("no POSIX ACLs on {}: {e}", dir.display()),
+                );
                 return;
             }
         }

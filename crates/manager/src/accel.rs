@@ -134,7 +134,7 @@ mod tests {
                 .map(|d| Path::new(d).join("qemu-system-x86_64"))
                 .find(|q| q.is_file())
         }) else {
-            eprintln!("SKIP: qemu-system-x86_64 not installed");
+            svirt_testkit::skip("qemu", "qemu-system-x86_64 not installed");
             return;
         };
         let p = probe_kvm(&qemu, Path::new("/dev/kvm"));

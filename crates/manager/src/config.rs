@@ -424,7 +424,9 @@ pub struct Config {
     /// Extra memory allowed above the guest's `<memory>` for QEMU itself, in bytes.
     pub memory_overhead: u64,
     /// Fault injection (`step` or `step:error`, see [`crate::fault`]); `None`: read the
-    /// `SVIRT_FAULT` environment variable.
+    /// `SVIRT_FAULT` environment variable. Only in builds with the `fault-injection`
+    /// feature (test builds); elsewhere `Some` is refused by `Manager::open` and the
+    /// variable is never read.
     pub fault: Option<String>,
     /// Directories below which a backing file named only by a qcow2 header is accepted,
     /// besides the directory of the image naming it (the header is guest data: anything

@@ -1,4 +1,6 @@
-//! Fault injection for crash tests: `SVIRT_FAULT=<step>` kills the process with SIGKILL at
+//! Fault injection for crash tests, compiled in only with the `fault-injection` feature
+//! (enabled for test builds through the crates' dev-dependencies; `cargo build` of the
+//! daemon leaves it out): `SVIRT_FAULT=<step>` kills the process with SIGKILL at
 //! that step (as `kill -9` would); `SVIRT_FAULT=<step>:error` makes the step fail with an
 //! error instead (rollback tests); `SVIRT_FAULT=<step>:panic` panics there (a bug in a
 //! driver, as the cleanup must survive). Steps: `after-plan`, `after-record`, `after-reserve`,
@@ -72,9 +74,20 @@ impl Fault {
         }
     }
 
-    /// From the environment (`SVIRT_FAULT`).
+    /// From the environment (`SVIRT_FAULT`), in builds with the `fault-injection` feature
+    /// (test builds: the crates' dev-dependencies enable it); none in production builds,
+    /// which never read the variable.
     pub fn from_env() -> Fault {
-        Fault::parse(&std::env::var("SVIRT_FAULT").unwrap_or_default())
+        if cfg!(feature = "fault-injection") {
+            Fault::parse(&std::env::var("SVIRT_FAULT").unwrap_or_default())
+        } else {
+            Fault::default()
+        }
+    }
+
+    /// Whether this build can inject faults (the `fault-injection` feature).
+    pub const fn available() -> bool {
+        cfg!(feature = "fault-injection")
     }
 
     /// Fires if `step` is the configured one.

@@ -895,9 +895,7 @@ mod tests {
     /// the namespaces were built and joined, and the binary never runs.
     #[test]
     fn a_failing_step_is_named() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: not root (namespaces, mounts)");
+        if !svirt_testkit::root("namespaces, mounts") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

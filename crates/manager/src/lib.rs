@@ -149,6 +149,12 @@ impl Manager {
             recovered: Vec::new(),
         };
         let fault = match &config.fault {
+            Some(f) if !fault::Fault::available() => {
+                return Err(ManagerError::Config(format!(
+                    "fault injection ({f:?}) asked for, but this build has no fault injection \
+                     (feature fault-injection, for test builds)"
+                )));
+            }
             Some(f) => fault::Fault::parse(f),
             None => fault::Fault::from_env(),
         };

@@ -291,7 +291,10 @@ mod tests {
         }
         let probe = tree.join("d0/f0");
         if let Err(e) = xattr_set(&probe) {
-            eprintln!("SKIP: cannot write security.selinux here: {e}");
+            svirt_testkit::skip(
+                "selinux-xattrs",
+                format!("cannot write security.selinux here: {e}"),
+            );
             return;
         }
         let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());

@@ -33,7 +33,7 @@ fn big_share(env: &Env) -> Option<(Tmpfs, PathBuf, PathBuf, OwnerMode)> {
     let fs = match Tmpfs::mount(&env.path("fast")) {
         Ok(fs) => fs,
         Err(e) => {
-            eprintln!("SKIP: {e}");
+            svirt_testkit::skip("root", format!("a tmpfs for the share: {e}"));
             return None;
         }
     };

@@ -77,7 +77,7 @@ fn destroy_with_stuck_disk(m: &Manager, env: &Env, name: &str, disk: &Path) -> (
 /// SKIP, where `chattr +i` cannot be used.
 fn guest_a_with_stuck_disk(env: &Env) -> Option<(PathBuf, OwnerMode, Manager, u32, Immutable)> {
     if let Some(r) = chattr_skip(&env.path("images")) {
-        eprintln!("SKIP: {r}");
+        svirt_testkit::skip("chattr", r);
         return None;
     }
     let disk = env.raw("stuck.img");

@@ -195,7 +195,7 @@ fn model_agrees_with_libsepol() {
             .unwrap_or_else(|_| "/etc/selinux/default/policy/policy.33".into()),
     );
     if let Err(why) = ensure_tools(&policy) {
-        eprintln!("\n*** SKIP differential test: {why} ***\n");
+        svirt_testkit::skip("policy-tools", format!("differential test: {why}"));
         return;
     }
     let seed = std::env::var("SVIRT_DIFF_SEED")

@@ -4,37 +4,14 @@
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-/// `qemu-img`, or a loud failure: these tests need real qcow2 images and must not skip.
-pub fn qemu_img() -> &'static str {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "qemu-img is required (Debian package qemu-utils): install it, these tests do not skip"
-    );
-    "qemu-img"
-}
+#[allow(unused_imports)] // not every test binary of this crate calls it
+pub use svirt_testkit::qemu_img;
 
 /// `qemu-img create -f qcow2 [-u -b BACKING -F FMT] NAME 16M`, run in `dir` so a relative
 /// backing name is stored as written.
 pub fn qcow2(dir: &Path, name: &str, backing: Option<(&str, &str)>) {
-    let mut c = Command::new(qemu_img());
-    c.current_dir(dir).args(["create", "-q", "-f", "qcow2"]);
-    if let Some((b, f)) = backing {
-        c.args(["-u", "-b", b, "-F", f]);
-    }
-    c.args([name, "16M"]);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img create {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    svirt_testkit::qcow2(dir, name, backing);
 }
 
 /// A qcow2 image whose header names a backing file but no backing format (old images).

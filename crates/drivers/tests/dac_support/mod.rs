@@ -401,12 +401,7 @@ pub fn chmod(p: &Path, mode: u32) {
 
 /// Whether we run as root (the DAC tests change owners and ids).
 pub fn skip_unless_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: DAC tests need root (chown, setresuid)");
-        return true;
-    }
-    false
+    !svirt_testkit::root("DAC tests change owners and ids: chown, setresuid")
 }
 
 /// The group svirt allocated to shared object `path` (its `shared-object/<dev>:<ino>` id

@@ -6,7 +6,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use svirt_drivers::fsops::FsRoot;
@@ -109,10 +108,13 @@ pub fn xattrs_work(dir: &Path) -> bool {
     };
     let _ = std::fs::remove_file(&p);
     if r != 0 {
-        eprintln!(
-            "SKIP: cannot write security.selinux on {} ({}): these tests need root and a filesystem with security xattrs",
-            dir.display(),
-            std::io::Error::last_os_error()
+        svirt_testkit::skip(
+            "selinux-xattrs",
+            format!(
+                "cannot write security.selinux on {} ({}): these tests need root and a filesystem with security xattrs",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ),
         );
         return false;
     }
@@ -140,33 +142,7 @@ pub fn state(p: &Path) -> State {
     }
 }
 
-pub fn qemu_img() -> &'static str {
-    let ok = Command::new("qemu-img")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "qemu-img is required (Debian package qemu-utils): the conformance corpus needs real qcow2 images"
-    );
-    "qemu-img"
-}
-
-pub fn qcow2(dir: &Path, name: &str, backing: Option<(&str, &str)>) {
-    let mut c = Command::new(qemu_img());
-    c.current_dir(dir).args(["create", "-q", "-f", "qcow2"]);
-    if let Some((b, f)) = backing {
-        c.args(["-u", "-b", b, "-F", f]);
-    }
-    c.args([name, "16M"]);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img create {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use svirt_testkit::qcow2;
 
 pub struct Built {
     pub listeners: Vec<UnixListener>,

@@ -32,7 +32,7 @@ pub fn skip_reason() -> Option<String> {
 macro_rules! require_env {
     () => {
         if let Some(r) = common::skip_reason() {
-            eprintln!("SKIP: {r}");
+            svirt_testkit::skip("qemu-root-cgroups", r);
             return;
         }
     };
@@ -83,15 +83,7 @@ impl Env {
 
     /// A qcow2 image (private disk).
     pub fn qcow2(&self, name: &str) -> PathBuf {
-        let p = self.path("images").join(name);
-        let st = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&p)
-            .arg("16M")
-            .status()
-            .unwrap();
-        assert!(st.success());
-        p
+        svirt_testkit::qcow2(&self.path("images"), name, None)
     }
 
     /// A raw image.

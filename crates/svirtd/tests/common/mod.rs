@@ -42,7 +42,7 @@ pub fn skip_reason() -> Option<String> {
 macro_rules! skip_unless_capable {
     () => {
         if let Some(why) = common::skip_reason() {
-            eprintln!("SKIP {}: {why}", module_path!());
+            svirt_testkit::skip("qemu-root", format!("{}: {why}", module_path!()));
             return;
         }
     };
@@ -424,13 +424,13 @@ pub fn file_state(path: &Path) -> String {
 
 /// A qcow2 image made with qemu-img.
 pub fn qcow2(path: &Path) {
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(path)
-        .arg("16M")
-        .status()
-        .expect("qemu-img");
-    assert!(st.success(), "qemu-img create {}", path.display());
+    let (dir, name) = (
+        path.parent().expect("image in a directory"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .expect("UTF-8 image name"),
+    );
+    svirt_testkit::qcow2(dir, name, None);
     fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
 }
 
