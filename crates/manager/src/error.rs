@@ -42,7 +42,16 @@ pub enum ManagerError {
     },
     /// The store failed.
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] svirt_store::Error),
+    /// The store failed while opening what a model needs from it.
+    #[error("store: {what}: {source}")]
+    StoreFor {
+        /// What was being opened (`uid allocator`, `level allocator`).
+        what: &'static str,
+        /// The store's error.
+        #[source]
+        source: svirt_store::Error,
+    },
     /// A cgroup operation failed.
     #[error("cgroup {path}: {source}")]
     Cgroup {

@@ -32,6 +32,7 @@ mod dumpxml;
 mod error;
 pub mod fault;
 mod glue;
+pub mod host_checks;
 pub mod jail;
 mod manager;
 pub mod namespaces;
@@ -104,10 +105,8 @@ impl Manager {
         config::private_dir(&config.run_dir)?;
         config::private_dir(&config.run_dir.join(manager::GUESTS_DIR))?;
         config::private_dir(&config.run_dir.join(manager::CONTROL_DIR))?;
-        let store = Arc::new(
-            svirt_store::Store::open(&config.state_dir)
-                .map_err(|e| ManagerError::Store(e.to_string()))?,
-        );
+        let store =
+            Arc::new(svirt_store::Store::open(&config.state_dir).map_err(ManagerError::Store)?);
         let progress = Arc::new(progress::Board::default());
         let mut stack = stack::build(&config, &store, &progress)?;
         let retired_errors = std::mem::take(&mut stack.retired_errors);

@@ -107,8 +107,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn store_err(e: impl std::fmt::Display) -> ManagerError {
-    ManagerError::Store(e.to_string())
+fn store_err(e: svirt_store::Error) -> ManagerError {
+    ManagerError::Store(e)
 }
 
 /// A failed step of the whole stack: its cause, the rollback's errors logged.

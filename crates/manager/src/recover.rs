@@ -45,10 +45,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
     let mut reattached = Vec::new();
     let mut recovered = Vec::new();
     let mut unreadable = HashSet::new();
-    let records = inner
-        .store
-        .list_guests()
-        .map_err(|e| ManagerError::Store(e.to_string()))?;
+    let records = inner.store.list_guests().map_err(ManagerError::Store)?;
     let mut guests = inner.guests.lock().unwrap_or_else(|p| p.into_inner());
     for gr in records {
         let mut rec: Record = match serde_json::from_slice(&gr.record) {
@@ -204,7 +201,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     .store
                     .delete_guest(&rec.name)
                     .map(|_| ())
-                    .map_err(|e| ManagerError::Store(e.to_string()));
+                    .map_err(ManagerError::Store);
                 recovered.push((rec.name.clone(), what));
                 note(
                     &mut recovered,

@@ -97,7 +97,10 @@ pub(crate) fn build(
                         root: config.root_dir.clone(),
                     },
                 )
-                .map_err(|e| ManagerError::Store(format!("uid allocator: {e}")))?
+                .map_err(|source| ManagerError::StoreFor {
+                    what: "uid allocator",
+                    source,
+                })?
                 // The start writes the guest record durably before the uid is used (the
                 // runtime dir chown comes after it): one fsync fewer per start.
                 .with_deferred_commits(true);
@@ -116,7 +119,10 @@ pub(crate) fn build(
             DriverName::Landlock => Arc::new(LandlockDriver::new(LandlockConfig::default())),
             DriverName::Selinux => {
                 let alloc = LevelAllocator::open(store.clone(), level_config(config))
-                    .map_err(|e| ManagerError::Store(format!("level allocator: {e}")))?
+                    .map_err(|source| ManagerError::StoreFor {
+                        what: "level allocator",
+                        source,
+                    })?
                     // As for uids: the guest record is durable before the level is used.
                     .with_deferred_commits(true);
                 let root = FsRoot::open(&config.root_dir)
