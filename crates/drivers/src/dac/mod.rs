@@ -23,6 +23,10 @@
 //! The child hook (between fork and exec, system calls only): drop the capability bounding
 //! set, clear ambient capabilities, lock the securebits, `setgroups`, `setresgid`,
 //! `setresuid`, `capset` to zero, `PR_SET_NO_NEW_PRIVS`, then check the ids took.
+//!
+//! Files: this one is the driver (reserve, set, restore, release, recover); `acl.rs` the
+//! POSIX ACL codec; `credentials.rs` the child hook; `accounts.rs` account lookups; the
+//! tree records are `crate::dac_tree`.
 
 use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +43,14 @@ use crate::fsops::{FsRoot, Meta, Object};
 use crate::relabel::{FaultHook, ProgressFn, split_owner};
 use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+
+mod accounts;
+mod acl;
+mod credentials;
+
+use accounts::lookup_id;
+use acl::{ACL_GROUP, ACL_MASK, ACL_UNDEFINED_ID, ACL_USER, Acl};
+pub use credentials::Credentials;
 
 /// The name DAC's flags are stored under in an [`Original`]'s `model_flags`.
 pub const MODEL_KEY: &str = "dac";
@@ -1297,14 +1309,6 @@ fn can_rw(m: &Meta, ids: (u32, u32), groups: &[u32]) -> bool {
     mode & 0o006 == 0o006
 }
 
-/// The id of `name` in a `passwd` or `group` file.
-fn lookup_id(text: &str, name: &str) -> Option<u32> {
-    text.lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&name))
-        .and_then(|f| f.get(2).and_then(|s| s.trim().parse().ok()))
-}
-
 /// Tree entries of a read-only share: adds `user:<uid>:r--` (`r-x` on a directory) and
 /// widens the mask by that, in ONE `setxattr` (atomic: a kill leaves the entry either as it
 /// was or granted). `Ok(false)`: the entry grants it already. An unparsable ACL is an error.
@@ -1364,202 +1368,6 @@ pub(crate) fn tree_drop_read(
         }
     }
     Ok(true)
-}
-
-// POSIX ACL xattr format (`posix_acl_xattr_header` + entries), as the kernel defines it.
-const ACL_VERSION: u32 = 2;
-const ACL_USER_OBJ: u16 = 0x01;
-const ACL_USER: u16 = 0x02;
-const ACL_GROUP_OBJ: u16 = 0x04;
-const ACL_GROUP: u16 = 0x08;
-const ACL_MASK: u16 = 0x10;
-const ACL_OTHER: u16 = 0x20;
-const ACL_UNDEFINED_ID: u32 = u32::MAX;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AclEntry {
-    tag: u16,
-    perm: u16,
-    id: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Acl {
-    entries: Vec<AclEntry>,
-}
-
-impl Acl {
-    fn from_mode(mode: u32) -> Acl {
-        let e = |tag, shift: u32| AclEntry {
-            tag,
-            perm: ((mode >> shift) & 7) as u16,
-            id: ACL_UNDEFINED_ID,
-        };
-        Acl {
-            entries: vec![e(ACL_USER_OBJ, 6), e(ACL_GROUP_OBJ, 3), e(ACL_OTHER, 0)],
-        }
-    }
-
-    fn parse(b: &[u8]) -> Option<Acl> {
-        if b.len() < 4 || !(b.len() - 4).is_multiple_of(8) {
-            return None;
-        }
-        if u32::from_le_bytes(b[..4].try_into().ok()?) != ACL_VERSION {
-            return None;
-        }
-        let entries = b[4..]
-            .chunks_exact(8)
-            .map(|c| AclEntry {
-                tag: u16::from_le_bytes([c[0], c[1]]),
-                perm: u16::from_le_bytes([c[2], c[3]]),
-                id: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-            })
-            .collect();
-        Some(Acl { entries })
-    }
-
-    fn get(&self, tag: u16, id: u32) -> Option<u16> {
-        self.entries
-            .iter()
-            .find(|e| e.tag == tag && (id == u32::MAX || e.id == id))
-            .map(|e| e.perm)
-    }
-
-    fn remove(&mut self, tag: u16, id: u32) {
-        self.entries.retain(|e| !(e.tag == tag && e.id == id));
-    }
-
-    /// Whether there is a named user or group entry (which requires a mask).
-    fn has_named(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|e| matches!(e.tag, ACL_USER | ACL_GROUP))
-    }
-
-    fn set(&mut self, tag: u16, id: u32, perm: u16) {
-        if let Some(e) = self.entries.iter_mut().find(|e| e.tag == tag && e.id == id) {
-            e.perm = perm;
-        } else {
-            self.entries.push(AclEntry { tag, perm, id });
-        }
-    }
-
-    /// Union of the group class (owning group, named users and groups): the least mask that
-    /// lets every entry through.
-    fn group_class_union(&self) -> u16 {
-        self.entries
-            .iter()
-            .filter(|e| matches!(e.tag, ACL_USER | ACL_GROUP_OBJ | ACL_GROUP))
-            .fold(0, |a, e| a | e.perm)
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut es = self.entries.clone();
-        // The kernel requires entries sorted by tag, then id.
-        es.sort_by_key(|e| (e.tag, e.id));
-        let mut out = ACL_VERSION.to_le_bytes().to_vec();
-        for e in es {
-            out.extend_from_slice(&e.tag.to_le_bytes());
-            out.extend_from_slice(&e.perm.to_le_bytes());
-            out.extend_from_slice(&e.id.to_le_bytes());
-        }
-        out
-    }
-}
-
-/// The credentials the VMM takes, prepared in the parent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// Real, effective and saved uid.
-    pub uid: u32,
-    /// Real, effective and saved gid.
-    pub gid: u32,
-    /// Supplementary groups (exactly these; the parent's are dropped).
-    pub groups: Vec<u32>,
-}
-
-impl Credentials {
-    /// The child step: bounding set and ambient capabilities dropped, securebits locked
-    /// (while `CAP_SETPCAP` is still held), `setgroups`, `setresgid`, `setresuid` (which
-    /// empties the permitted and effective sets), `capset` to zero (inheritable too),
-    /// `no_new_privs`; then the ids are read back and a mismatch fails the exec.
-    ///
-    /// Raw system calls only: they act on the calling thread (the only one in a forked
-    /// child), allocate nothing and take no lock.
-    pub fn into_hook(self) -> ChildHook {
-        let groups: Vec<libc::gid_t> = self.groups.clone();
-        let (uid, gid) = (self.uid, self.gid);
-        Box::new(move || {
-            let check = |r: libc::c_long| {
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            };
-            // SAFETY (all blocks below): system calls with integer arguments or pointers
-            // to memory owned by this closure, of the sizes given.
-            for cap in 0..64 {
-                let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-                // EINVAL: beyond the kernel's last capability.
-                if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            check(
-                unsafe {
-                    libc::prctl(
-                        libc::PR_CAP_AMBIENT,
-                        libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                        0,
-                        0,
-                        0,
-                    )
-                }
-                .into(),
-            )?;
-            // Never regain capabilities by becoming uid 0 or by exec of a set-uid-root file,
-            // and keep it that way for every descendant.
-            const SECBITS: libc::c_ulong = 0x01 /* NOROOT */ | 0x02 /* NOROOT_LOCKED */
-                | 0x08 /* NO_SETUID_FIXUP_LOCKED */ | 0x20 /* KEEP_CAPS_LOCKED */
-                | 0x40 /* NO_CAP_AMBIENT_RAISE */ | 0x80 /* ..._LOCKED */;
-            check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0) }.into())?;
-            check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
-            check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
-            check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
-            let mut header = CapHeader {
-                version: 0x2008_0522,
-                pid: 0,
-            };
-            let data = [CapData::default(); 2];
-            check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) })?;
-            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into())?;
-            let (mut r, mut e, mut s) = (0, 0, 0);
-            check(unsafe { libc::syscall(libc::SYS_getresuid, &mut r, &mut e, &mut s) })?;
-            let (mut gr, mut ge, mut gs) = (0, 0, 0);
-            check(unsafe { libc::syscall(libc::SYS_getresgid, &mut gr, &mut ge, &mut gs) })?;
-            if [r, e, s] != [uid; 3] || [gr, ge, gs] != [gid; 3] {
-                return Err(io::Error::from_raw_os_error(libc::EPERM));
-            }
-            Ok(())
-        })
-    }
-}
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct` (two of them for version 3).
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 impl DacDriver {
@@ -1978,28 +1786,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn acl_round_trip_sorted_with_mask() {
-        let mut acl = Acl::from_mode(0o640);
-        acl.set(ACL_GROUP, 993, 6);
-        let mask = acl.group_class_union();
-        acl.set(ACL_MASK, ACL_UNDEFINED_ID, mask);
-        let bytes = acl.encode();
-        let back = Acl::parse(&bytes).expect("parse");
-        let tags: Vec<u16> = back.entries.iter().map(|e| e.tag).collect();
-        assert_eq!(
-            tags,
-            vec![ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER]
-        );
-        assert_eq!(back.get(ACL_USER_OBJ, ACL_UNDEFINED_ID), Some(6));
-        assert_eq!(back.get(ACL_GROUP_OBJ, ACL_UNDEFINED_ID), Some(4));
-        assert_eq!(back.get(ACL_GROUP, 993), Some(6));
-        assert_eq!(back.get(ACL_MASK, ACL_UNDEFINED_ID), Some(6));
-        assert_eq!(back.get(ACL_OTHER, ACL_UNDEFINED_ID), Some(0));
-        assert!(Acl::parse(&bytes[..bytes.len() - 1]).is_none());
-        assert!(Acl::parse(&[1, 0, 0, 0]).is_none());
-    }
-
-    #[test]
     fn can_rw_by_mode() {
         let m = |uid, gid, mode| Meta { uid, gid, mode };
         assert!(can_rw(&m(5, 0, 0o600), (5, 5), &[]));
@@ -2010,13 +1796,5 @@ mod tests {
             "group class decides, not other"
         );
         assert!(can_rw(&m(0, 0, 0o666), (5, 5), &[]));
-    }
-
-    #[test]
-    fn lookup_ids() {
-        let g = "root:x:0:\nkvm:x:993:alice\nbad\n";
-        assert_eq!(lookup_id(g, "kvm"), Some(993));
-        assert_eq!(lookup_id(g, "kv"), None);
-        assert_eq!(lookup_id(g, "bad"), None);
     }
 }
