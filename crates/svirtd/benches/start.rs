@@ -5,7 +5,8 @@
 //! Run through `scripts/bench-start`, which installs and starts libvirt (by hand, no systemd)
 //! and cleans it up. Run alone (`cargo bench -p svirtd --bench start`) it measures svirt and
 //! direct QEMU, and libvirt only when `SVIRT_BENCH_VIRSH` names a libvirt URI.
-//! `SVIRT_BENCH_ITERS` sets the number of timed runs per case (default 10).
+//! `SVIRT_BENCH_ITERS` sets the number of timed runs per case (default 10);
+//! `SVIRT_BENCH_DRIVERS` the daemon's `--drivers` (default: auto).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -181,7 +182,14 @@ fn main() {
             "NOTE: SVIRT_BENCH_VIRSH not set: libvirt not measured (scripts/bench-start sets it up)"
         );
     }
-    let d = Daemon::start(&[]);
+    // `SVIRT_BENCH_DRIVERS` (e.g. `none`, `dac`) measures another stack: an A/B of what
+    // confinement costs on top of svirt's own path.
+    let drivers = std::env::var("SVIRT_BENCH_DRIVERS").unwrap_or_default();
+    let d = if drivers.is_empty() {
+        Daemon::start(&[])
+    } else {
+        Daemon::start(&["--drivers", &drivers])
+    };
     let host = d.json_host();
     println!(
         "svirtd: stack {} ({}); accel {}",
