@@ -132,18 +132,20 @@ impl GuestNames {
     fn lookup(connect: &ConnectArgs) -> GuestNames {
         let mut by_level = HashMap::new();
         let list = Client::new(connect).and_then(|c| c.call("GET", "/v1/domains?all=true", None));
-        if let Ok(serde_json::Value::Array(guests)) = list {
-            for g in guests {
-                let name = g.get("name").and_then(|v| v.as_str());
-                let label = g.pointer("/labels/selinux").and_then(|v| v.as_str());
-                if let (Some(name), Some(level)) = (
-                    name,
-                    label
-                        .and_then(|l| Context::parse(l).ok())
-                        .and_then(|c| c.level()),
-                ) {
-                    by_level.insert(level, name.to_owned());
-                }
+        // Names are a courtesy: without svirtd (or with a reply this svirt cannot read)
+        // levels are shown without them.
+        let guests: Vec<svirt_api::Summary> = list
+            .ok()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        for g in guests {
+            let level = g
+                .labels
+                .get("selinux")
+                .and_then(|l| Context::parse(l).ok())
+                .and_then(|c| c.level());
+            if let Some(level) = level {
+                by_level.insert(level, g.name);
             }
         }
         GuestNames { by_level }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use serde_json::{Value, json};
+use svirt_api as api;
 
 use super::client::{Client, ConnectArgs, io_text};
 use crate::{CliError, CmdResult};
@@ -104,7 +105,7 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
         GuestCommand::Info { name, json } => info(&client, &name, json),
         GuestCommand::Dumpxml { name } => {
             let v = client.call("GET", &format!("/v1/domains/{}/xml", enc(&name)), None)?;
-            let xml = v.get("xml").and_then(Value::as_str).unwrap_or_default();
+            let api::DomainXml { xml } = typed(&v)?;
             print!("{xml}");
             if !xml.ends_with('\n') {
                 println!();
@@ -227,32 +228,31 @@ fn start(client: &Client, path: &PathBuf, paused: bool, json: bool, progress: bo
         print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
-    let mut extra = vec![format!("pid {}", num(&v["pid"]))];
-    if let Some(s) = v.get("state").and_then(Value::as_str) {
-        extra.push(s.to_string());
-    }
-    if let Some(a) = v.get("accel").and_then(Value::as_str) {
-        extra.push(a.to_string());
-    }
+    let info: api::Info = typed(&v)?;
     println!(
-        "Domain '{name}' started from {} ({})",
+        "Domain '{}' started from {} (pid {}, {}, {})",
+        info.name,
         path.display(),
-        extra.join(", ")
+        opt(info.pid),
+        info.state.as_str(),
+        info.accel
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn num(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// svirtd's reply as the API type it is documented to be (`svirt_api`, the types the
+/// daemon serializes).
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CliError> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        CliError::failed(format!(
+            "svirtd sent a reply this svirt does not understand ({e}): are both the same version?"
+        ))
+    })
 }
 
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("-")
+/// A number, or `-` when absent.
+fn opt(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 /// Renders rows as a virsh-style table: a header, a rule, left-aligned columns.
@@ -295,12 +295,11 @@ fn list(client: &Client, all: bool, json: bool) -> CmdResult {
         print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let guests = v.as_array().cloned().unwrap_or_default();
+    let guests: Vec<api::Summary> = typed(&v)?;
     // One label column per driver model present, in a stable order.
     let mut models: Vec<String> = guests
         .iter()
-        .filter_map(|g| g.get("labels").and_then(Value::as_object))
-        .flat_map(|m| m.keys().cloned())
+        .flat_map(|g| g.labels.keys().cloned())
         .collect();
     models.sort();
     models.dedup();
@@ -312,12 +311,12 @@ fn list(client: &Client, all: bool, json: bool) -> CmdResult {
     let rows: Vec<Vec<String>> = guests
         .iter()
         .map(|g| {
-            let mut r = vec![
-                text(&g["name"]).to_string(),
-                text(&g["state"]).to_string(),
-                num(&g["pid"]),
-            ];
-            r.extend(models.iter().map(|m| text(&g["labels"][m]).to_string()));
+            let mut r = vec![g.name.clone(), g.state.as_str().to_string(), opt(g.pid)];
+            r.extend(
+                models
+                    .iter()
+                    .map(|m| g.labels.get(m).map_or("-", String::as_str).to_string()),
+            );
             r
         })
         .collect();
@@ -331,110 +330,76 @@ fn info(client: &Client, name: &str, json: bool) -> CmdResult {
         print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", render_info(&v));
+    print!("{}", render_info(&typed(&v)?));
     Ok(ExitCode::SUCCESS)
 }
 
-/// The human form of `info` (JSON as svirtd sends it).
-pub fn render_info(v: &Value) -> String {
+/// The human form of `info`.
+pub fn render_info(v: &api::Info) -> String {
     let mut o = String::new();
     let kv = |o: &mut String, k: &str, val: String| {
         let _ = writeln!(o, "{:<14}{val}", format!("{k}:"));
     };
-    kv(&mut o, "Name", text(&v["name"]).into());
-    kv(&mut o, "UUID", text(&v["uuid"]).into());
-    kv(&mut o, "State", text(&v["state"]).into());
-    kv(&mut o, "PID", num(&v["pid"]));
-    kv(&mut o, "Accelerator", text(&v["accel"]).into());
-    kv(
-        &mut o,
-        "uid:gid",
-        format!("{}:{}", num(&v["uid"]), num(&v["gid"])),
-    );
-    let cgroups: Vec<String> = v["cgroups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| text(c).to_string())
-        .collect();
+    kv(&mut o, "Name", v.name.clone());
+    kv(&mut o, "UUID", v.uuid.clone());
+    kv(&mut o, "State", v.state.as_str().into());
+    kv(&mut o, "PID", opt(v.pid));
+    kv(&mut o, "Accelerator", v.accel.clone());
+    kv(&mut o, "uid:gid", format!("{}:{}", opt(v.uid), opt(v.gid)));
     kv(
         &mut o,
         "cgroups",
-        if cgroups.is_empty() {
+        if v.cgroups.is_empty() {
             "-".into()
         } else {
-            cgroups.join(", ")
+            v.cgroups.join(", ")
         },
     );
-    kv(&mut o, "Runtime dir", text(&v["runtime_dir"]).into());
-    kv(&mut o, "QMP socket", text(&v["qmp_socket"]).into());
+    kv(&mut o, "Runtime dir", v.runtime_dir.clone());
+    kv(&mut o, "QMP socket", v.qmp_socket.clone());
     let _ = writeln!(o, "Security labels:");
-    for l in v["labels"].as_array().into_iter().flatten() {
+    for l in &v.labels {
         let _ = writeln!(
             o,
             "  {:<9} process: {}   image: {}",
-            text(&l["model"]),
-            l["process"].as_str().unwrap_or("(unconfined)"),
-            l["image"].as_str().unwrap_or("-")
+            l.model,
+            l.process.as_deref().unwrap_or("(unconfined)"),
+            l.image.as_deref().unwrap_or("-")
         );
     }
     let _ = writeln!(o, "Resources:");
-    for r in v["resources"].as_array().into_iter().flatten() {
+    for r in &v.resources {
         let _ = writeln!(
             o,
             "  {}  [{}, {}, {}, {}]",
-            text(&r["path"]),
-            text(&r["device"]),
-            text(&r["kind"]),
-            text(&r["access"]),
-            text(&r["sharing"])
+            r.path, r.device, r.kind, r.access, r.sharing
         );
-        if let Some(labels) = r["labels"].as_object() {
-            for (model, label) in labels {
-                let _ = writeln!(
-                    o,
-                    "      {model:<9} {}",
-                    label.as_str().unwrap_or("(untouched)")
-                );
-            }
+        for (model, label) in &r.labels {
+            let _ = writeln!(
+                o,
+                "      {model:<9} {}",
+                label.as_deref().unwrap_or("(untouched)")
+            );
         }
     }
-    if let Some(exit) = v.get("exit").filter(|e| !e.is_null()) {
-        let _ = writeln!(o, "Exit:         {}", describe_exit(exit));
+    if let Some(exit) = &v.exit {
+        let _ = writeln!(o, "Exit:         {}", exit.reason);
     }
     o
 }
 
-fn describe_exit(exit: &Value) -> String {
-    let mut s = text(&exit["reason"]).to_string();
-    if let Some(c) = exit.get("code").and_then(Value::as_i64) {
-        let _ = write!(s, " (code {c})");
-    }
-    if let Some(sig) = exit.get("signal").and_then(Value::as_i64) {
-        let _ = write!(s, " (signal {sig})");
-    }
-    if let Some(m) = exit.get("message").and_then(Value::as_str) {
-        let _ = write!(s, ": {m}");
-    }
-    s
-}
-
-fn stopped(name: &str, exit: &Value, json: bool, verb: &str) -> CmdResult {
-    let errors: Vec<&str> = exit["restore_errors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+fn stopped(name: &str, v: &Value, json: bool, verb: &str) -> CmdResult {
+    let exit: api::Exit = typed(v)?;
+    let errors = &exit.restore_errors;
     if json {
-        print_json(exit)?;
+        print_json(v)?;
     } else if errors.is_empty() {
         println!(
             "Domain '{name}' {verb} ({}); every label and owner restored",
-            describe_exit(exit)
+            exit.reason
         );
     } else {
-        println!("Domain '{name}' {verb} ({})", describe_exit(exit));
+        println!("Domain '{name}' {verb} ({})", exit.reason);
     }
     if errors.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -472,7 +437,7 @@ fn qemu_monitor_command(client: &Client, name: &str, command: &str, pretty: bool
         None => Ok(ExitCode::SUCCESS),
         Some(e) => Err(CliError::failed(format!(
             "QEMU refused {}: {}",
-            text(&cmd["execute"]),
+            cmd["execute"].as_str().unwrap_or("-"),
             e.get("desc")
                 .and_then(Value::as_str)
                 .unwrap_or("(no description)")
@@ -595,18 +560,17 @@ mod progress {
     }
 
     fn trees(v: &Value) -> Vec<Tree> {
-        v.as_array()
+        // A reply this svirt cannot read shows no bars; the main request reports errors.
+        serde_json::from_value::<Vec<svirt_api::TreeProgress>>(v.clone())
+            .unwrap_or_default()
             .into_iter()
-            .flatten()
-            .filter_map(|t| {
-                Some(Tree {
-                    path: t.get("path")?.as_str()?.to_string(),
-                    model: t.get("model")?.as_str().unwrap_or("?").to_string(),
-                    phase: t.get("phase")?.as_str()?.to_string(),
-                    done: t.get("done").and_then(Value::as_u64),
-                    total: t.get("total").and_then(Value::as_u64),
-                    elapsed_ms: t.get("elapsed_ms").and_then(Value::as_u64).unwrap_or(0),
-                })
+            .map(|t| Tree {
+                path: t.path,
+                model: t.model,
+                phase: t.phase.as_str().to_string(),
+                done: t.done,
+                total: t.total,
+                elapsed_ms: t.elapsed_ms,
             })
             // Small trees with known counts are over before anyone could read a bar.
             .filter(|t| t.total.is_none_or(|n| n >= MIN_ENTRIES))
