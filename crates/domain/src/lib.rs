@@ -31,5 +31,5 @@ pub use parse::{MAX_XML_BYTES, parse};
 pub use planner::{
     PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, labels_of, plan, plan_xml,
 };
-pub use report::{PlanReport, ResourceReport, render_text, report};
+pub use report::{PlanReport, ResourceReport, guest_labels, render_text, report};
 pub use resources::{MAX_CHAIN_DEPTH, Resources, build_resources, kind_name};

@@ -123,6 +123,35 @@ pub fn process_labels(plan: &Plan) -> BTreeMap<Model, Option<String>> {
         .collect()
 }
 
+/// A guest's process label and image label under `model` once its identity is known
+/// (`level` for SELinux, `ids` for DAC): what `svirt info` shows for a guest, stacked now or
+/// not. `None` for a model whose labels the plan does not name (Landlock confines a process
+/// without a label).
+pub fn guest_labels(
+    plan: &Plan,
+    model: Model,
+    level: Option<&svirt_labels::MlsRange>,
+    ids: Option<(u32, u32)>,
+    contexts: &crate::planner::SelinuxContexts,
+) -> Option<(Option<String>, Option<String>)> {
+    match model {
+        Model::Selinux => {
+            let process = match (&plan.selinux_process, level) {
+                (ProcessLabel::Label(t), Some(l)) => Some(t.resolve(l).to_string()),
+                (ProcessLabel::Label(t), None) => Some(t.display(None)),
+                (ProcessLabel::Unconfined, _) => None,
+            };
+            let image = level.map(|l| contexts.image.with_range(*l).to_string());
+            Some((process, image))
+        }
+        Model::Dac => {
+            let l = ids.map(|(u, g)| format!("+{u}:+{g}"));
+            Some((l.clone(), l))
+        }
+        _ => None,
+    }
+}
+
 /// Model → what each model sets on one resource (`None`: untouched).
 pub fn resource_labels(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Option<String>> {
     plan.models

@@ -97,58 +97,18 @@ impl UidRange {
     /// file, the line's entry and the overlap. Missing `subuid`/`subgid` are fine;
     /// `passwd` and `group` must be readable.
     pub fn check_against_host(&self, root: &Path) -> Result<(), ManagerError> {
-        let overlap = |a: u64, b: u64| a <= u64::from(self.last) && b >= u64::from(self.first);
-        for (file, required, fields) in [
-            ("etc/passwd", true, &[2usize, 3][..]),
-            ("etc/group", true, &[2usize][..]),
-        ] {
-            let path = root.join(file);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ManagerError::io("read", path, e)),
-            };
-            for line in text.lines() {
-                let cols: Vec<&str> = line.split(':').collect();
-                for &i in fields {
-                    if let Some(id) = cols.get(i).and_then(|c| c.trim().parse::<u64>().ok())
-                        && overlap(id, id)
-                    {
-                        return Err(ManagerError::Config(format!(
-                            "uid range {self}: /{file} entry {:?} uses id {id} (field {}): choose a range no account uses",
-                            cols[0],
-                            i + 1
-                        )));
-                    }
-                }
-            }
+        svirt_store::IdConfig {
+            first: self.first,
+            last: self.last,
+            root: root.to_path_buf(),
         }
-        for file in ["etc/subuid", "etc/subgid"] {
-            let path = root.join(file);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(ManagerError::io("read", path, e)),
-            };
-            for line in text.lines() {
-                let cols: Vec<&str> = line.trim().split(':').collect();
-                let (Some(first), Some(count)) = (
-                    cols.get(1).and_then(|c| c.parse::<u64>().ok()),
-                    cols.get(2).and_then(|c| c.parse::<u64>().ok()),
-                ) else {
-                    continue;
-                };
-                if count > 0 && overlap(first, first + count - 1) {
-                    return Err(ManagerError::Config(format!(
-                        "uid range {self}: /{file} entry {:?} delegates ids {first}-{} to {:?}: choose a range outside every subordinate id block",
-                        line.trim(),
-                        first + count - 1,
-                        cols[0]
-                    )));
-                }
+        .check_against_host()
+        .map_err(|e| match e {
+            svirt_store::RangeConflict::Read { path, source } => {
+                ManagerError::io("read", path, source)
             }
-        }
-        Ok(())
+            other => ManagerError::Config(other.to_string()),
+        })
     }
 }
 

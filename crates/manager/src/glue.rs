@@ -284,16 +284,6 @@ pub(crate) fn remove_created(files: &[PathBuf]) {
     }
 }
 
-/// The image label (SELinux) of a guest at `level`: the policy's image context with the
-/// guest's level.
-pub(crate) fn image_label(
-    root: &std::path::Path,
-    level: Option<&svirt_labels::MlsRange>,
-) -> Option<String> {
-    let ctx = svirt_domain::SelinuxContexts::load(root).unwrap_or_default();
-    level.map(|l| ctx.image.with_range(*l).to_string())
-}
-
 /// Runs `f` with `/proc/thread-self/attr/<attr>` (`fscreate`, `sockcreate`) set to `label`,
 /// then resets the attribute so later objects of this thread get their default label.
 /// Without a label, just runs `f`.

@@ -110,16 +110,6 @@ impl Manager {
         let progress = Arc::new(progress::Board::default());
         let mut stack = stack::build(&config, &store, &progress)?;
         let retired_errors = std::mem::take(&mut stack.retired_errors);
-        if stack
-            .drivers
-            .iter()
-            .any(|d| d.model() == svirt_domain::Model::Dac)
-        {
-            config
-                .uid_range
-                .unwrap_or_default()
-                .check_against_host(&config.root_dir)?;
-        }
         // The store and the drivers made their databases with the process umask.
         config::restrict_tree(&config.state_dir)?;
         let qemu = glue::qemu_binary(config.qemu_binary.as_ref(), None)?;

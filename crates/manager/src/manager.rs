@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use svirt_domain::{Model, ProcessLabel};
+use svirt_domain::Model;
 use svirt_drivers::{ExecContext, GuestSecurity, SecurityDriver};
 use svirt_store::Store;
 
@@ -1114,43 +1114,38 @@ impl Inner {
 
     pub(crate) fn labels_of(&self, r: &Record) -> Vec<ModelLabels> {
         let sec = r.security();
+        let contexts =
+            svirt_domain::SelinuxContexts::load(&self.config.root_dir).unwrap_or_default();
         r.models
             .iter()
-            .map(|&model| match model {
-                Model::Selinux => {
-                    let level = sec.level;
-                    let process = match (&r.plan.selinux_process, level) {
-                        (ProcessLabel::Label(t), Some(l)) => Some(t.resolve(&l).to_string()),
-                        (ProcessLabel::Label(t), None) => Some(t.display(None)),
-                        (ProcessLabel::Unconfined, _) => None,
-                    };
-                    let image = crate::glue::image_label(&self.config.root_dir, level.as_ref());
-                    ModelLabels {
+            .map(|&model| {
+                let labels = svirt_domain::guest_labels(
+                    &r.plan,
+                    model,
+                    sec.level.as_ref(),
+                    sec.ids,
+                    &contexts,
+                );
+                match labels {
+                    Some((process, image)) => ModelLabels {
                         model,
                         process,
                         image,
-                    }
-                }
-                Model::Dac => {
-                    let l = sec.ids.map(|(u, g)| format!("+{u}:+{g}"));
-                    ModelLabels {
+                    },
+                    // No label in the plan: the driver's view of the live process, if any.
+                    None => ModelLabels {
                         model,
-                        process: l.clone(),
-                        image: l,
-                    }
+                        process: r
+                            .pid
+                            .and_then(|p| {
+                                self.stack
+                                    .driver(model)
+                                    .and_then(|d| d.process_label(p).ok().flatten())
+                            })
+                            .or_else(|| Some("confined".into())),
+                        image: None,
+                    },
                 }
-                _ => ModelLabels {
-                    model,
-                    process: r
-                        .pid
-                        .and_then(|p| {
-                            self.stack
-                                .driver(model)
-                                .and_then(|d| d.process_label(p).ok().flatten())
-                        })
-                        .or_else(|| Some("confined".into())),
-                    image: None,
-                },
             })
             .collect()
     }

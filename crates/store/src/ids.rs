@@ -31,6 +31,123 @@ pub struct IdConfig {
     pub root: PathBuf,
 }
 
+/// Why a uid/gid range cannot be used on a host (see [`IdConfig::check_against_host`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RangeConflict {
+    /// An account (user or group) uses an id of the range.
+    #[error(
+        "uid range {first}-{last}: /{file} entry {name:?} uses id {id} (field {field}): choose a range no account uses"
+    )]
+    Account {
+        /// The range.
+        first: u32,
+        /// The range's last id.
+        last: u32,
+        /// `etc/passwd` or `etc/group`.
+        file: &'static str,
+        /// The entry's name.
+        name: String,
+        /// The id.
+        id: u64,
+        /// Its field (1-based).
+        field: usize,
+    },
+    /// A subordinate id block (`etc/subuid`, `etc/subgid`) overlaps the range.
+    #[error(
+        "uid range {first}-{last}: /{file} entry {line:?} delegates ids {from}-{to} to {name:?}: choose a range outside every subordinate id block"
+    )]
+    Subordinate {
+        /// The range.
+        first: u32,
+        /// The range's last id.
+        last: u32,
+        /// `etc/subuid` or `etc/subgid`.
+        file: &'static str,
+        /// The line.
+        line: String,
+        /// The block's first id.
+        from: u64,
+        /// The block's last id.
+        to: u64,
+        /// Who it is delegated to.
+        name: String,
+    },
+    /// An accounts file could not be read.
+    #[error("read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl IdConfig {
+    /// Checks the range against the host's accounts under `root`: no id of it may be a
+    /// uid or gid in `etc/passwd` or a gid in `etc/group`, nor lie in a subordinate id
+    /// block of `etc/subuid` or `etc/subgid` (rootless containers map those ids), or the
+    /// allocator would give the guest that account's files (or the account the guest's).
+    /// Missing `subuid`/`subgid` are fine; `passwd` and `group` must be readable.
+    pub fn check_against_host(&self) -> std::result::Result<(), RangeConflict> {
+        let (first, last) = (self.first, self.last);
+        let overlap = |a: u64, b: u64| a <= u64::from(last) && b >= u64::from(first);
+        for (file, fields) in [
+            ("etc/passwd", &[2usize, 3][..]),
+            ("etc/group", &[2usize][..]),
+        ] {
+            let path = self.root.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| RangeConflict::Read { path, source })?;
+            for line in text.lines() {
+                let cols: Vec<&str> = line.split(':').collect();
+                for &i in fields {
+                    if let Some(id) = cols.get(i).and_then(|c| c.trim().parse::<u64>().ok())
+                        && overlap(id, id)
+                    {
+                        return Err(RangeConflict::Account {
+                            first,
+                            last,
+                            file,
+                            name: cols[0].to_string(),
+                            id,
+                            field: i + 1,
+                        });
+                    }
+                }
+            }
+        }
+        for file in ["etc/subuid", "etc/subgid"] {
+            let path = self.root.join(file);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(RangeConflict::Read { path, source }),
+            };
+            for line in text.lines() {
+                let cols: Vec<&str> = line.trim().split(':').collect();
+                let (Some(from), Some(count)) = (
+                    cols.get(1).and_then(|c| c.parse::<u64>().ok()),
+                    cols.get(2).and_then(|c| c.parse::<u64>().ok()),
+                ) else {
+                    continue;
+                };
+                if count > 0 && overlap(from, from + count - 1) {
+                    return Err(RangeConflict::Subordinate {
+                        first,
+                        last,
+                        file,
+                        line: line.trim().to_string(),
+                        from,
+                        to: from + count - 1,
+                        name: cols[0].to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// First id of the default guest range: far above login users (1000–60000), systemd's
 /// dynamic users (61184–65519) and the subordinate blocks `useradd` hands out from 100000
 /// in steps of 65536 (300000–365535, the old default, overlapped the fourth block).

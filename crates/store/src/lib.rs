@@ -21,7 +21,9 @@ mod store;
 
 pub use claims::{ClaimItem, ClaimRecord, ClaimUse};
 pub use error::{Error, Result};
-pub use ids::{DEFAULT_ID_FIRST, DEFAULT_ID_LAST, IdAllocator, IdConfig, MAX_ID_RANGE};
+pub use ids::{
+    DEFAULT_ID_FIRST, DEFAULT_ID_LAST, IdAllocator, IdConfig, MAX_ID_RANGE, RangeConflict,
+};
 pub use levels::{AllocatorConfig, AllocatorStats, LevelAllocator};
 pub use originals::{
     ObjectIdentity, ObjectKey, ObjectLock, ObjectLocks, Original, OriginalRecord, RecordOutcome,

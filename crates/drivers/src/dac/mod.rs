@@ -1562,6 +1562,8 @@ impl SecurityDriver for DacDriver {
                 false,
                 format!("running as uid {euid}: changing owners and ids needs root"),
             )
+        } else if let Err(e) = self.ids.config().check_against_host() {
+            (false, e.to_string())
         } else if free == 0 {
             (
                 false,
