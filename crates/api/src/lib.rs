@@ -453,7 +453,10 @@ impl From<m::OpenReport> for Host {
             reattached,
             recovered: recovered
                 .into_iter()
-                .map(|(name, action)| Recovered { name, action })
+                .map(|m::Recovered { guest, what }| Recovered {
+                    name: guest,
+                    action: what,
+                })
                 .collect(),
         }
     }

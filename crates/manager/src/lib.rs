@@ -55,7 +55,7 @@ pub use error::{ManagerError, Result};
 pub use progress::{TreePhase, TreeProgress};
 pub use types::{
     DriverReport, ExitInfo, ExitReason, GuestInfo, GuestState, GuestSummary, ModelLabels,
-    OpenReport, ResourceInfo,
+    OpenReport, Recovered, ResourceInfo,
 };
 
 use std::sync::Arc;
@@ -173,7 +173,7 @@ impl Manager {
         inner.report.recovered.extend(
             retired_errors
                 .into_iter()
-                .map(|e| (recover::UNNAMED.to_string(), e)),
+                .map(|e| Recovered::new(recover::UNNAMED, e)),
         );
         inner.unreadable = found.unreadable;
         let report = inner.report.clone();

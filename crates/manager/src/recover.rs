@@ -14,32 +14,32 @@ use crate::manager::{Inner, Slot};
 use crate::process;
 use crate::qmp::Qmp;
 use crate::record::{Intent, Phase, Record};
-use crate::types::{ExitReason, GuestState};
+use crate::types::{ExitReason, GuestState, Recovered};
 
 fn slot(record: Record, pidfd: Option<std::os::fd::OwnedFd>) -> Arc<Slot> {
     // Reattached or found shut off: never our child.
     Slot::new(record, pidfd, false)
 }
 
-/// What recovery did: the names of reattached guests, (name, what was done) for each
-/// cleaned-up one, and the names whose stored record cannot be read.
-pub(crate) struct Recovered {
+/// What recovery did: the names of reattached guests, what was done for each cleaned-up
+/// one, and the names whose stored record cannot be read.
+pub(crate) struct Outcome {
     pub(crate) reattached: Vec<String>,
-    pub(crate) recovered: Vec<(String, String)>,
+    pub(crate) recovered: Vec<Recovered>,
     pub(crate) unreadable: HashSet<String>,
 }
 
 /// A failed store write of recovery, reported (and logged): the stored record is then
 /// behind what was done, which the next open finds and handles again.
-fn note(recovered: &mut Vec<(String, String)>, name: &str, what: &str, r: Result<()>) {
+fn note(recovered: &mut Vec<Recovered>, name: &str, what: &str, r: Result<()>) {
     if let Err(e) = r {
         let what = format!("{what} failed: {e}");
         tracing::error!(guest = %name, "{what}");
-        recovered.push((name.to_string(), what));
+        recovered.push(Recovered::new(name.to_string(), what));
     }
 }
 
-pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
+pub(crate) fn recover(inner: &Inner) -> Result<Outcome> {
     // The same proc tree undo's checks use.
     let proc_root = inner.proc_root();
     let mut reattached = Vec::new();
@@ -60,7 +60,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     gr.state
                 );
                 tracing::error!(guest = %gr.name, "{what}");
-                recovered.push((gr.name.clone(), what));
+                recovered.push(Recovered::new(gr.name.clone(), what));
                 unreadable.insert(gr.name.clone());
                 continue;
             }
@@ -132,7 +132,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     } else {
                         "stop interrupted: QEMU killed, cleanup follows".into()
                     };
-                    recovered.push((rec.name.clone(), what));
+                    recovered.push(Recovered::new(rec.name.clone(), what));
                     guests.insert(rec.name.clone(), slot(rec, Some(pidfd)));
                     continue;
                 }
@@ -186,7 +186,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
             if let Some(earlier) = rec.take_earlier(message, errors.clone()) {
                 let stored = inner.persist(&earlier);
                 what.push_str("; the earlier shut-off record kept");
-                recovered.push((rec.name.clone(), what));
+                recovered.push(Recovered::new(rec.name.clone(), what));
                 note(
                     &mut recovered,
                     &rec.name,
@@ -202,7 +202,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
                     .delete_guest(&rec.name)
                     .map(|_| ())
                     .map_err(ManagerError::Store);
-                recovered.push((rec.name.clone(), what));
+                recovered.push(Recovered::new(rec.name.clone(), what));
                 note(
                     &mut recovered,
                     &rec.name,
@@ -215,7 +215,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
         let reason = rec
             .intent
             .map_or(ExitReason::DiedWhileDetached, Intent::exit_reason);
-        recovered.push((
+        recovered.push(Recovered::new(
             rec.name.clone(),
             format!("QEMU gone ({reason:?}): cleaned up"),
         ));
@@ -254,7 +254,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
     drop(guests);
     sweep_orphans(inner, &active, shut_off, &mut recovered);
     sweep_unrecorded(inner, &known, &mut recovered);
-    Ok(Recovered {
+    Ok(Outcome {
         reattached,
         recovered,
         unreadable,
@@ -267,7 +267,7 @@ pub(crate) fn recover(inner: &Inner) -> Result<Recovered> {
 /// first durable commit, see `label_and_create_files`). Nothing of such a start can run
 /// (QEMU is forked only after the record is durable) and no label was changed (every
 /// change follows a durable commit), so its files and groups are only removed.
-fn sweep_unrecorded(inner: &Inner, known: &HashSet<String>, recovered: &mut Vec<(String, String)>) {
+fn sweep_unrecorded(inner: &Inner, known: &HashSet<String>, recovered: &mut Vec<Recovered>) {
     let mut names: BTreeSet<String> = BTreeSet::new();
     for dir in [
         inner.config.run_dir.join(crate::manager::GUESTS_DIR),
@@ -292,7 +292,7 @@ fn sweep_unrecorded(inner: &Inner, known: &HashSet<String>, recovered: &mut Vec<
             .collect();
         if !dirs.is_empty() {
             if !cgroup::kill_all(&dirs, Duration::from_secs(5)) {
-                recovered.push((
+                recovered.push(Recovered::new(
                     name.clone(),
                     format!("processes left in {}", dirs[0].display()),
                 ));
@@ -338,7 +338,7 @@ fn sweep_orphans(
     inner: &Inner,
     active: &HashSet<String>,
     shut_off: BTreeMap<String, Arc<Slot>>,
-    recovered: &mut Vec<(String, String)>,
+    recovered: &mut Vec<Recovered>,
 ) {
     let mut orphans: BTreeSet<String> = BTreeSet::new();
     // A listing that fails leaves its owners unswept: said, so that it is not taken for
@@ -346,7 +346,7 @@ fn sweep_orphans(
     let mut unlisted = |what: &str, e: &dyn std::fmt::Display| {
         let what = format!("cannot list the {what}: {e}; their owners are not swept");
         tracing::error!("{what}");
-        recovered.push((UNNAMED.into(), what));
+        recovered.push(Recovered::new(UNNAMED, what));
     };
     match inner.store.level_reservations() {
         Ok(levels) => orphans.extend(levels.into_iter().flat_map(|l| l.owners)),
@@ -428,7 +428,7 @@ fn sweep_orphans(
         } else {
             tracing::error!(guest = %owner, "{what}");
         }
-        recovered.push((owner, what));
+        recovered.push(Recovered::new(owner, what));
     }
     let running = |g: &str| active.contains(g);
     for note in inner.stack.recover(&running) {
@@ -437,7 +437,10 @@ fn sweep_orphans(
         } else {
             tracing::warn!(guest = ?note.guest, "{}", note.what);
         }
-        recovered.push((note.guest.unwrap_or_else(|| UNNAMED.into()), note.what));
+        recovered.push(Recovered::new(
+            note.guest.unwrap_or_else(|| UNNAMED.into()),
+            note.what,
+        ));
     }
 }
 
@@ -455,7 +458,7 @@ fn remove_leftovers(
     inner: &Inner,
     name: &str,
     rec: Option<&Record>,
-    recovered: &mut Vec<(String, String)>,
+    recovered: &mut Vec<Recovered>,
 ) -> bool {
     // Owners come from the store: a name that is no valid guest name names no path.
     if crate::manager::validate_name(name).is_err() {
@@ -519,7 +522,7 @@ fn remove_leftovers(
         )
     };
     tracing::warn!(guest = %name, "{what}");
-    recovered.push((name.to_string(), what));
+    recovered.push(Recovered::new(name.to_string(), what));
     errs.is_empty()
 }
 

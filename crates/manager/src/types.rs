@@ -206,6 +206,25 @@ pub struct OpenReport {
     pub qemu: PathBuf,
     /// Guests found running and reattached.
     pub reattached: Vec<String>,
-    /// Guests found dead or half-started, cleaned up (name and what was done).
-    pub recovered: Vec<(String, String)>,
+    /// What the open's recovery did, guest by guest (failures included).
+    pub recovered: Vec<Recovered>,
+}
+
+/// One thing the open's recovery did, or failed to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recovered {
+    /// The guest it concerns (`(orphaned records)` when the records name none).
+    pub guest: String,
+    /// What was done, or what failed, naming the object.
+    pub what: String,
+}
+
+impl Recovered {
+    /// `what` was done for `guest`.
+    pub fn new(guest: impl Into<String>, what: impl Into<String>) -> Recovered {
+        Recovered {
+            guest: guest.into(),
+            what: what.into(),
+        }
+    }
 }

@@ -118,6 +118,7 @@ fn a_failed_restore_keeps_the_uid_until_the_next_open_restores_it() {
         report
             .recovered
             .iter()
+            .map(|r| (&r.guest, &r.what))
             .any(|(g, w)| g == "a" && w.contains("kept reserved")),
         "{:?}",
         report.recovered
@@ -134,6 +135,7 @@ fn a_failed_restore_keeps_the_uid_until_the_next_open_restores_it() {
         report
             .recovered
             .iter()
+            .map(|r| (&r.guest, &r.what))
             .any(|(g, w)| g == "a" && w.contains("restored") && !w.contains("error")),
         "{:?}",
         report.recovered

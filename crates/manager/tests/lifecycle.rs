@@ -287,7 +287,11 @@ fn a_cleanup_panicking_at_any_step_ends_the_stop_and_the_next_open_restores_the_
         let (m, report) = Manager::open(env.config("dac,landlock")).unwrap();
         eprintln!("{step}: recovered {:?}", report.recovered);
         assert!(
-            report.recovered.iter().any(|(g, _)| g == "p"),
+            report
+                .recovered
+                .iter()
+                .map(|r| (&r.guest, &r.what))
+                .any(|(g, _)| g == "p"),
             "{step}: {:?}",
             report.recovered
         );

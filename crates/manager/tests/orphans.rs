@@ -160,6 +160,7 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
         report
             .recovered
             .iter()
+            .map(|r| (&r.guest, &r.what))
             .any(|(g, what)| g == guest && what.contains(needle))
     };
     assert_eq!(
@@ -248,6 +249,7 @@ fn an_unreadable_record_keeps_everything_of_its_guest() {
         report
             .recovered
             .iter()
+            .map(|r| (&r.guest, &r.what))
             .any(|(g, what)| g == "u" && what.contains("unreadable")),
         "{:?}",
         report.recovered
@@ -325,7 +327,8 @@ fn a_tree_whose_restore_fails_is_reported_as_failed() {
     let on_tree: Vec<&String> = report
         .recovered
         .iter()
-        .filter(|(g, w)| g == "ghost" && w.contains(&tree.display().to_string()))
+        .map(|r| (&r.guest, &r.what))
+        .filter(|(g, w)| *g == "ghost" && w.contains(&tree.display().to_string()))
         .map(|(_, w)| w)
         .collect();
     assert!(
@@ -340,6 +343,7 @@ fn a_tree_whose_restore_fails_is_reported_as_failed() {
         report
             .recovered
             .iter()
+            .map(|r| (&r.guest, &r.what))
             .any(|(_, w)| w.contains("failed") && w.contains("d0/f3")),
         "the error itself is not reported: {:?}",
         report.recovered
@@ -357,6 +361,7 @@ fn a_tree_whose_restore_fails_is_reported_as_failed() {
         report
             .recovered
             .iter()
+            .map(|r| (&r.guest, &r.what))
             .any(|(g, w)| g == "ghost" && w.contains("restored")),
         "{:?}",
         report.recovered

@@ -172,8 +172,8 @@ fn log_report(r: &svirt_manager::OpenReport) {
     for g in &r.reattached {
         info!("reattached to running guest {g}");
     }
-    for (g, what) in &r.recovered {
-        info!("recovered guest {g}: {what}");
+    for rec in &r.recovered {
+        info!("recovered guest {}: {}", rec.guest, rec.what);
     }
 }
 
