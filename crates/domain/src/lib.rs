@@ -28,8 +28,8 @@ pub use host::{FileInfo, FileKind, Host, Resolved, SYSTEM_PATHS, TreeEntry};
 pub use model::*;
 pub use object_policy::{ObjectStat, SYSTEM_TREES, block_descendants};
 pub use parse::{MAX_XML_BYTES, parse};
-pub use planner::{
-    PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, labels_of, plan, plan_xml,
-};
+pub use planner::{PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, plan, plan_xml};
+/// The labels a plan gives one resource, keyed by model (`None`: untouched).
+pub use report::resource_labels as labels_of;
 pub use report::{PlanReport, ResourceReport, guest_labels, render_text, report};
 pub use resources::{MAX_CHAIN_DEPTH, Resources, build_resources, kind_name};

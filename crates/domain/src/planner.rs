@@ -3,7 +3,6 @@
 //! The SELinux part follows the reference table (see `docs/domain-plan.md`), with the
 //! base contexts read from the policy's context files when the host has them.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use svirt_labels::{Context, Identifier, MlsRange};
@@ -599,9 +598,4 @@ pub fn plan_xml(xml: &str, host: &Host, cfg: &PlanConfig) -> Result<Planned> {
         plan,
         warnings,
     })
-}
-
-/// The labels a plan gives, keyed by model, for tests and reports: `None` = untouched.
-pub fn labels_of(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Option<String>> {
-    crate::report::resource_labels(plan, r)
 }
