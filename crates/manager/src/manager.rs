@@ -441,7 +441,6 @@ impl Inner {
         })?;
         drop(host_sockets);
         drop(pid_file);
-
         let pidfd = spawned.pidfd;
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
         // hanging on our copy.

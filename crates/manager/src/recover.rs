@@ -261,12 +261,13 @@ pub(crate) fn recover(inner: &Inner) -> Result<Outcome> {
     })
 }
 
-/// Runtime and control directories (and the cgroups of their names) of a name with no
-/// record at all: left by a start killed after it made its runtime directory and before
+/// Runtime and control directories (and the empty cgroups of their names) of a name with
+/// no record at all: left by a start killed after it made its runtime directory and before
 /// its record was durable (the record is committed without an fsync until a driver's
 /// first durable commit, see `label_and_create_files`). Nothing of such a start can run
 /// (QEMU is forked only after the record is durable) and no label was changed (every
-/// change follows a durable commit), so its files and groups are only removed.
+/// change follows a durable commit), so its files are removed, and its groups only when
+/// empty: nothing is killed.
 fn sweep_unrecorded(inner: &Inner, known: &HashSet<String>, recovered: &mut Vec<Recovered>) {
     let mut names: BTreeSet<String> = BTreeSet::new();
     for dir in [
@@ -291,17 +292,14 @@ fn sweep_unrecorded(inner: &Inner, known: &HashSet<String>, recovered: &mut Vec<
             .filter(|d| d.exists())
             .collect();
         if !dirs.is_empty() {
-            if !cgroup::kill_all(&dirs, Duration::from_secs(5)) {
-                recovered.push(Recovered::new(
-                    name.clone(),
-                    format!("processes left in {}", dirs[0].display()),
-                ));
-            }
+            // Removed only if empty (the kernel refuses a group with processes): nothing
+            // of a start without a record runs, and a group with processes is not ours to
+            // kill (another manager sharing the cgroup parent may run a guest of this name).
             note(
                 recovered,
                 &name,
-                "removing the cgroup of a start without a record",
-                cgroup::remove_dirs(&dirs, Duration::from_secs(3)),
+                "removing the (empty) cgroup of a start without a record",
+                cgroup::remove_dirs(&dirs, Duration::ZERO),
             );
         }
         remove_leftovers(inner, &name, None, recovered);

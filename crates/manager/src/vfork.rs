@@ -18,7 +18,13 @@
 //!   the calling task only);
 //! - a failing step writes `(errno, step)` to a close-on-exec pipe and `_exit`s; the
 //!   parent reads it after the clone returns (an empty read: the exec succeeded);
-//! - the child's pidfd comes from the clone itself (`CLONE_PIDFD`).
+//! - the child's pidfd comes from the clone itself (`CLONE_PIDFD`);
+//! - the credentials a hook takes change the dumpable flag of the memory they run in
+//!   (`commit_creds` sets it to `fs.suid_dumpable`): the manager's flag is saved before the
+//!   clone and put back after; and where `fs.suid_dumpable` is 1 (a process of the guest's
+//!   uid could then attach to the child between `setresuid` and `execve`, and through it to
+//!   the manager's memory) the child gets a copy of the memory instead (no `CLONE_VM`),
+//!   as a fork would.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::io;
@@ -130,8 +136,13 @@ impl Drop for Stack {
 pub(crate) fn spawn(
     mut prog: Program,
 ) -> std::result::Result<Started, std::result::Result<ChildFailed, io::Error>> {
-    let (report_rd, report_wr) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Err(e.into()))?;
+    // Non-blocking: when `clone` returns, the child has exec'd or exited, so its report (if
+    // any) is already in the pipe; a copy of the write end that another thread's child
+    // inherited (it leaves at that child's exec) must not make this read wait.
+    let (report_rd, report_wr) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )
+    .map_err(|e| Err(e.into()))?;
     let argv = prog
         .argv
         .iter()
@@ -152,6 +163,13 @@ pub(crate) fn spawn(
     };
     let stack = Stack::new().map_err(Err)?;
     let mut pidfd: c_int = -1;
+    let share_memory = !suid_dumpable_user();
+    // SAFETY: prctl with integer arguments.
+    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    let mut flags = libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    if share_memory {
+        flags |= libc::CLONE_VM;
+    }
     // SAFETY: sigset operations on a set we own; pthread_sigmask on the calling thread.
     let old = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
@@ -166,15 +184,19 @@ pub(crate) fn spawn(
         libc::clone(
             child_main,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            flags,
             (&mut data as *mut ChildData<'_>).cast(),
             &mut pidfd as *mut c_int,
         )
     };
     let clone_err = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above on the calling thread.
+    // SAFETY: restores the mask saved above on the calling thread, and the process's
+    // dumpable flag the child's credential change may have set on the shared memory.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if dumpable >= 0 {
+            libc::prctl(libc::PR_SET_DUMPABLE, dumpable as libc::c_ulong, 0, 0, 0);
+        }
     }
     drop(stack);
     drop(data);
@@ -185,8 +207,25 @@ pub(crate) fn spawn(
     // SAFETY: the pidfd the kernel stored for CLONE_PIDFD, owned from here.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let mut buf = [0u8; 8];
-    let n = rustix::io::read(&report_rd, &mut buf).unwrap_or(0);
-    if n == 8 {
+    let n = match rustix::io::read(&report_rd, &mut buf) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::AGAIN) => 0,
+        Err(e) => {
+            reap(&pidfd);
+            return Err(Err(io::Error::other(format!(
+                "read the child's report: {e}"
+            ))));
+        }
+    };
+    if n == 0 {
+        // No report: the child exec'd, unless it died first (a signal before exec).
+        if let Some(status) = exited(&pidfd) {
+            reap(&pidfd);
+            return Err(Err(io::Error::other(format!(
+                "the child died before exec ({status})"
+            ))));
+        }
+    } else if n == 8 {
         let errno = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let step = u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
         reap(&pidfd);
@@ -201,6 +240,33 @@ pub(crate) fn spawn(
         }));
     }
     Ok(Started { pid, pidfd })
+}
+
+/// Whether `fs.suid_dumpable` is 1 (`SUID_DUMP_USER`): then a process that changes its
+/// uid stays attachable by that uid.
+fn suid_dumpable_user() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1")
+}
+
+/// How the child behind `pidfd` ended, if it already has (not reaped).
+fn exited(pidfd: &OwnedFd) -> Option<String> {
+    // SAFETY: waitid on our own pidfd with a siginfo we own; WNOWAIT leaves it reapable.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        if r != 0 || info.si_pid() == 0 {
+            return None;
+        }
+        Some(match info.si_code {
+            libc::CLD_EXITED => format!("exit status {}", info.si_status()),
+            _ => format!("signal {}", info.si_status()),
+        })
+    }
 }
 
 /// Reaps the exited child behind `pidfd`.
@@ -271,7 +337,14 @@ unsafe fn run(data: &mut ChildData<'_>) -> (usize, i32) {
         }
         let prog = &mut *data.prog;
         for (to, from) in prog.stdio.iter().enumerate() {
-            if libc::dup2(*from, to as c_int) < 0 {
+            let to = to as c_int;
+            // dup2 onto itself keeps close-on-exec: clear it instead.
+            let r = if *from == to {
+                libc::fcntl(to, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(*from, to)
+            };
+            if r < 0 {
                 return (0, errno());
             }
         }
@@ -392,6 +465,54 @@ mod tests {
         assert!(
             text.contains("kept\n") && !text.contains("leaked"),
             "{text}"
+        );
+    }
+
+    /// A step that takes other ids (as DAC's hook does) leaves the caller's dumpable flag
+    /// as it was (the kernel sets it on the memory the step runs in); a child killed before
+    /// its exec is an error, not a start.
+    #[test]
+    fn credentials_and_death_before_exec() {
+        if !svirt_testkit::root("setresuid in the child") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(dir.path().join("out")).unwrap();
+        // SAFETY: prctl with integer arguments on this process.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        let mut p = program("exit 0", &out, dir.path());
+        p.steps.push((
+            "ids",
+            Box::new(|| {
+                // SAFETY: a raw setresuid acts on the calling task (the child) only.
+                let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }),
+        ));
+        let s = spawn(p).unwrap();
+        assert_eq!(wait(&s), 0);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) },
+            1,
+            "the caller's dumpable flag changed"
+        );
+        let mut p = program("exit 0", &out, dir.path());
+        p.steps.push((
+            "die",
+            Box::new(|| {
+                // SAFETY: SIGKILL to the calling process, the child.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                Ok(())
+            }),
+        ));
+        let e = spawn(p).unwrap_err().unwrap_err().to_string();
+        assert!(
+            e.contains("died before exec") && e.contains("signal 9"),
+            "{e}"
         );
     }
 

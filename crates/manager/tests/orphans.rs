@@ -373,3 +373,64 @@ fn a_tree_whose_restore_fails_is_reported_as_failed() {
     drop(m);
     env.assert_store_clean("after the second open");
 }
+
+/// A start killed after it made its runtime directory and before its record was durable
+/// leaves dirs of a name with no record. The next open removes them, and the name's cgroup
+/// only when empty: a group with a process in it (a guest of the same name of another
+/// manager sharing the cgroup parent) is left, its process alive, and reported. Control:
+/// the empty group of another such name is removed.
+#[test]
+fn open_removes_unrecorded_dirs_and_kills_nothing() {
+    require_env!();
+    let env = Env::new("unrecorded");
+    let cfg = env.config("dac,landlock");
+    drop(Manager::open(cfg.clone()).unwrap());
+    let layout = svirt_manager::cgroup::Layout::detect(Path::new("/sys/fs/cgroup"));
+    let mut made = Vec::new();
+    for name in ["busy", "idle"] {
+        for d in [format!("run/guests/{name}"), format!("run/ctl/{name}")] {
+            std::fs::create_dir_all(env.path(&d)).unwrap();
+            std::fs::write(env.path(&d).join("left"), b"x").unwrap();
+        }
+        let dirs = layout.guest_dirs(&env.cgroup_parent, name);
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        made.push(dirs);
+    }
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    for d in &made[0] {
+        std::fs::write(d.join("cgroup.procs"), other.id().to_string()).unwrap();
+    }
+    let (m, report) = Manager::open(cfg).unwrap();
+    for name in ["busy", "idle"] {
+        assert!(!env.path(&format!("run/guests/{name}")).exists(), "{name}");
+        assert!(!env.path(&format!("run/ctl/{name}")).exists(), "{name}");
+    }
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "a process in a cgroup of a name without a record was killed"
+    );
+    assert!(
+        made[0].iter().all(|d| d.exists()),
+        "a busy group was removed"
+    );
+    assert!(
+        report
+            .recovered
+            .iter()
+            .any(|r| r.guest == "busy" && r.what.contains("cgroup")),
+        "{:?}",
+        report.recovered
+    );
+    assert!(
+        made[1].iter().all(|d| !d.exists()),
+        "the empty group stayed"
+    );
+    drop(m);
+    let _ = other.kill();
+    let _ = other.wait();
+}

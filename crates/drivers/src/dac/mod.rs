@@ -658,6 +658,10 @@ impl DacDriver {
                     self.rule(pr, ids, true, key)?,
                     self.rule(pr, ids, false, key)?,
                 ) {
+                    // A shared tree's group may have just been allocated (committed without
+                    // an fsync), and the tree's records go to their own database: the store
+                    // is made durable before the tree carries the group.
+                    self.store.sync_if_pending().map_err(store_err)?;
                     db.set_tree(&me, obj, Rules { dir, other }, trees, progress.as_ref())
                         .map_err(tree_err)?;
                 }
