@@ -43,8 +43,11 @@ pub mod qmp;
 mod record;
 mod recover;
 mod stack;
+mod start;
+mod stop;
 mod supervise;
 mod types;
+mod undo;
 mod vfork;
 
 pub use config::{
