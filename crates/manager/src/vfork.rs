@@ -24,7 +24,7 @@
 //!   clone and put back after; and where `fs.suid_dumpable` is 1 (a process of the guest's
 //!   uid could then attach to the child between `setresuid` and `execve`, and through it to
 //!   the manager's memory) the child gets a copy of the memory instead (no `CLONE_VM`),
-//!   as a fork would.
+//!   as a fork would. Under SELinux the sysctl is not read (see `may_share_memory`).
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::io;
@@ -163,7 +163,7 @@ pub(crate) fn spawn(
     };
     let stack = Stack::new().map_err(Err)?;
     let mut pidfd: c_int = -1;
-    let share_memory = !suid_dumpable_user();
+    let share_memory = may_share_memory();
     // SAFETY: prctl with integer arguments.
     let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
     let mut flags = libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
@@ -236,10 +236,22 @@ pub(crate) fn spawn(
     Ok(Started { pid, pidfd })
 }
 
-/// Whether `fs.suid_dumpable` is 1 (`SUID_DUMP_USER`): then a process that changes its
-/// uid stays attachable by that uid.
-fn suid_dumpable_user() -> bool {
-    std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1")
+/// Whether the child may share the manager's memory (decided once per process).
+///
+/// Not when `fs.suid_dumpable` is 1 (`SUID_DUMP_USER`): a process that changes its uid then
+/// stays attachable by that uid, and until its exec the child's memory is the manager's.
+/// Where SELinux runs the sysctl is not read: the reference policy does not let the
+/// manager's domain read it (each read is an audited denial, which the lab counts), and it
+/// keeps other domains from attaching to the manager's domain, which the child keeps until
+/// its exec.
+fn may_share_memory() -> bool {
+    static SHARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SHARE.get_or_init(|| {
+        if std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+            return true;
+        }
+        !std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1")
+    })
 }
 
 /// Reaps the exited child behind `pidfd`.
