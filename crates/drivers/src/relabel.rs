@@ -756,6 +756,10 @@ impl Relabeler {
         applied: &mut Applied,
         undo: &mut Vec<Undo>,
     ) -> Result<(), RelabelError> {
+        // A tree's records go to the tree database, not to the store: what the store holds
+        // without an fsync (the guest's level, its record, its claims) is made durable
+        // before the tree carries the guest's label.
+        self.store.sync_if_pending()?;
         let want = label_bytes(&j.label);
         let id = root_obj.identity();
         let tkey = TreeKey {

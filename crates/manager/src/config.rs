@@ -228,21 +228,26 @@ impl DriverName {
         }
     }
 
-    /// The driver's place in the stack: one mandatory-access-control model first (SELinux;
-    /// AppArmor, SMACK or BPF-LSM when they exist), then DAC, then Landlock. Labels are set
-    /// in this order and restored in reverse; the child's steps run in it.
-    pub fn stack_rank(self) -> u8 {
+    /// The model it stacks (`None` for `none`).
+    pub fn model(self) -> Option<svirt_domain::Model> {
         match self {
-            DriverName::Selinux => 0,
-            DriverName::Dac => 1,
-            DriverName::Landlock => 2,
-            DriverName::None => 3,
+            DriverName::Selinux => Some(svirt_domain::Model::Selinux),
+            DriverName::Dac => Some(svirt_domain::Model::Dac),
+            DriverName::Landlock => Some(svirt_domain::Model::Landlock),
+            DriverName::None => None,
         }
+    }
+
+    /// The driver's place in the stack: the stack's own order
+    /// ([`svirt_drivers::stack::rank`]: one mandatory-access-control model, then DAC,
+    /// then Landlock); `none` last.
+    pub fn stack_rank(self) -> u8 {
+        self.model().map_or(u8::MAX, svirt_drivers::stack::rank)
     }
 
     /// Whether it is a mandatory-access-control model (at most one per stack).
     pub fn is_mac(self) -> bool {
-        matches!(self, DriverName::Selinux)
+        self.stack_rank() == 0
     }
 }
 

@@ -946,29 +946,26 @@ mod tests {
         };
         let planned = id(&img);
         let (mut v, mut links) = (Vec::new(), Vec::new());
-        add_object(
-            &mut v,
-            &mut links,
-            &img,
-            Origin::Resource(Some(planned)),
-            Show::ReadWrite,
-            "disk vda",
-        )
-        .unwrap();
-        assert_eq!(v.len(), 1);
+        let mut add = || {
+            add_object(
+                &mut v,
+                &mut links,
+                &img,
+                Origin::Resource(Some(planned)),
+                Show::ReadWrite,
+                "disk vda",
+            )
+        };
+        add().unwrap();
         let other = img.with_file_name("other");
         std::fs::write(&other, b"swapped in").unwrap();
         std::fs::rename(&other, &img).unwrap();
-        let e = add_object(
-            &mut v,
-            &mut links,
-            &img,
-            Origin::Resource(Some(planned)),
-            Show::ReadWrite,
-            "disk vda",
-        )
-        .expect_err("refused")
-        .to_string();
+        let e = add().expect_err("refused").to_string();
+        assert_eq!(
+            v.len(),
+            1,
+            "the planned object is opened, the swapped one is not"
+        );
         assert!(
             e.contains("disk.img") && e.contains("replaced since it was planned"),
             "{e}"

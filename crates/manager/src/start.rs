@@ -371,9 +371,9 @@ impl Inner {
     /// Durability: the record (`Labeling`), the drivers' reservations and their claims
     /// were committed without an fsync. Every driver records an object's original durably,
     /// in the same store, before it changes the object: that commit makes them durable too,
-    /// before anything uses the uid or level. Trees are the exception (their entries are
-    /// recorded in the drivers' tree databases), so a plan with a tree syncs the store
-    /// first; a start that labels nothing syncs after. From this point on (runtime dir
+    /// before anything uses the uid or level; a driver about to change a tree (whose
+    /// entries go to its own tree database) syncs the store first. A start that labels
+    /// nothing syncs here, after. From this point on (runtime dir
     /// chowned, files created with the guest's labels, QEMU forked and found again through
     /// its pid file after a crash) the record is on disk. A crash before loses
     /// reservations and a record nothing used.
@@ -381,9 +381,6 @@ impl Inner {
         &self,
         rec: &Record,
     ) -> Result<(PathBuf, File, UnixListener, File)> {
-        if rec.plan.resources.iter().any(|r| r.resource.recursive) {
-            self.store.sync_if_pending().map_err(store_err)?;
-        }
         self.set_labels(&rec.plan, &rec.security())?;
         self.store.sync_if_pending().map_err(store_err)?;
         own_runtime_dir(&rec.runtime_dir, rec.ids)?;
