@@ -823,23 +823,10 @@ unsafe fn build_mount_namespace(
                         r
                     }
                 }
-                Op::Touch(p) => {
-                    let fd = libc::open(
-                        p.as_ptr(),
-                        libc::O_CREAT
-                            | libc::O_EXCL
-                            | libc::O_WRONLY
-                            | libc::O_CLOEXEC
-                            | libc::O_NOFOLLOW,
-                        0o644,
-                    );
-                    if fd >= 0 {
-                        libc::close(fd);
-                        0
-                    } else {
-                        fd
-                    }
-                }
+                // mknod, not open(O_CREAT): an fd open for writing, even for an
+                // instant, can be copied by another thread's fork (a concurrent start's
+                // spawn) and would then make the read-only remount below fail (EBUSY).
+                Op::Touch(p) => libc::mknod(p.as_ptr(), libc::S_IFREG | 0o644, 0),
                 Op::Symlink { text, at } => libc::symlink(text.as_ptr(), at.as_ptr()),
                 Op::Attach { tree, dst } => libc::syscall(
                     libc::SYS_move_mount,

@@ -65,3 +65,72 @@ fn twenty_concurrent_guests_get_distinct_identities() {
     drop(m);
     env.assert_store_clean("20 guests destroyed");
 }
+
+/// Another thread of svirtd forking (a concurrent start's spawn, a helper) copies the fd
+/// table at that instant: the jail's build must hold no fd that a copy could turn into a
+/// failed start (an fd open for writing on the jail's root made its read-only remount
+/// fail with EBUSY). Control: the same starts, with the forks, succeed and run.
+#[test]
+fn forks_in_other_threads_never_fail_a_start() {
+    require_env!();
+    let env = Env::new("forks");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let disks: Vec<_> = (0..8).map(|i| env.raw(&format!("f{i}.img"))).collect();
+    let spec: Vec<_> = disks.iter().map(|d| (d.clone(), "raw", false)).collect();
+    let xml = env.xml("forky", &spec);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let forks = std::sync::atomic::AtomicU32::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Only our own children are reaped (never `waitpid(-1)`: the VMMs are the
+            // manager's children too).
+            let mut pending: Vec<libc::pid_t> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: the child only sleeps and exits (async-signal-safe calls).
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let ts = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 2_000_000,
+                    };
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::nanosleep(&ts, std::ptr::null_mut());
+                        libc::_exit(0);
+                    }
+                }
+                assert!(pid > 0, "fork failed");
+                forks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pending.push(pid);
+                // Reap without waiting: the children keep overlapping.
+                // SAFETY: waitpid on children forked above.
+                pending.retain(|&p| unsafe {
+                    libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) == 0
+                });
+            }
+            for p in pending {
+                // SAFETY: as above.
+                unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
+            }
+        });
+        let result = (|| {
+            for round in 0..30 {
+                let info = m
+                    .start(&xml, StartOptions { paused: true })
+                    .map_err(|e| format!("start {round}: {e}"))?;
+                assert!(alive(info.pid.unwrap()));
+                m.destroy("forky")
+                    .map_err(|e| format!("destroy {round}: {e}"))?;
+            }
+            Ok::<(), String>(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result.unwrap();
+    });
+    assert!(
+        forks.load(std::sync::atomic::Ordering::Relaxed) > 100,
+        "too few forks to test"
+    );
+    drop(m);
+    env.assert_store_clean("30 starts beside forks");
+}
