@@ -326,6 +326,39 @@ pub struct Plan {
     /// Models in [`Plan::models`] that the domain turns off (`type='none'`): they confine
     /// nothing and change nothing for this guest.
     pub unconfined: Vec<Model>,
+    /// The backing chain of every disk with a source, as planned: the VMM is given these
+    /// layers one by one and never follows an image header on its own.
+    #[serde(default)]
+    pub disk_chains: Vec<DiskChain>,
+}
+
+/// The backing chain of one disk: the layers below its top image, the top's own backing
+/// file first. Built once, by the planner, from the XML's `<backingStore>` layers and the
+/// qcow2 headers below them (each layer also a [`Resource`] of kind `backing-image`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskChain {
+    /// Index of the disk in the domain's `<disk>` elements.
+    pub disk: usize,
+    /// Backing layers, top first (empty: the top image has none).
+    pub layers: Vec<BackingLayer>,
+}
+
+/// One backing layer of a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackingLayer {
+    /// The layer's resolved path (no symlink in it).
+    pub path: PathBuf,
+    /// Its format (declared in the XML or in the header of the layer above).
+    pub format: crate::domain::ImageFormat,
+    /// Whether it is a block device.
+    pub block: bool,
+}
+
+impl Plan {
+    /// The planned backing chain of `domain.disks[disk]`, if that disk has a source.
+    pub fn chain_of(&self, disk: usize) -> Option<&DiskChain> {
+        self.disk_chains.iter().find(|c| c.disk == disk)
+    }
 }
 
 impl Plan {

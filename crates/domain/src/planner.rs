@@ -11,6 +11,7 @@ use crate::domain::{Domain, SecLabelType, VirtType};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::model::*;
+use crate::resources::Resources;
 
 /// Base contexts of the SELinux model, from the policy's context files or the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,8 +186,14 @@ impl PlanConfig {
     }
 }
 
-/// Plans every resource for every model.
-pub fn plan(domain: &Domain, resources: Vec<Resource>, cfg: &PlanConfig) -> Result<Plan> {
+/// Plans every resource for every model (the resources' warnings are the caller's to
+/// report).
+pub fn plan(domain: &Domain, resources: Resources, cfg: &PlanConfig) -> Result<Plan> {
+    let Resources {
+        resources,
+        disk_chains,
+        warnings: _,
+    } = resources;
     let mut models: Vec<Model> = cfg.models.clone();
     for s in &domain.seclabels {
         if !models.contains(&s.model) {
@@ -248,6 +255,7 @@ pub fn plan(domain: &Domain, resources: Vec<Resource>, cfg: &PlanConfig) -> Resu
         resources: planned,
         dac_ids: dac.ids,
         unconfined,
+        disk_chains,
     })
 }
 
@@ -589,10 +597,10 @@ pub struct Planned {
 /// Parses `xml`, builds its resources on `host` and plans them with `cfg`.
 pub fn plan_xml(xml: &str, host: &Host, cfg: &PlanConfig) -> Result<Planned> {
     let parsed = crate::parse(xml)?;
-    let res = crate::build_resources(&parsed.domain, host)?;
-    let plan = plan(&parsed.domain, res.resources, cfg)?;
+    let mut res = crate::build_resources(&parsed.domain, host)?;
     let mut warnings = parsed.warnings;
-    warnings.extend(res.warnings);
+    warnings.append(&mut res.warnings);
+    let plan = plan(&parsed.domain, res, cfg)?;
     Ok(Planned {
         domain: parsed.domain,
         plan,

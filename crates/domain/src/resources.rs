@@ -20,7 +20,8 @@ use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::host::{FileKind, Host, Resolved};
 use crate::model::{
-    Access, DeviceOverride, Model, ObjectIdentity, Resource, ResourceKind, Sharing,
+    Access, BackingLayer, DeviceOverride, DiskChain, Model, ObjectIdentity, Resource,
+    ResourceKind, Sharing,
 };
 use crate::qcow2;
 
@@ -28,10 +29,12 @@ use crate::qcow2;
 pub const MAX_CHAIN_DEPTH: usize = 16;
 
 /// The guest's resources and what the builder noticed on the way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     /// Each host object once, in document order of first use.
     pub resources: Vec<Resource>,
+    /// The backing chain of every disk with a source (its layers are in `resources` too).
+    pub disk_chains: Vec<DiskChain>,
     /// Non-fatal findings (mount points or hard links inside trees, overlaps).
     pub warnings: Vec<String>,
 }
@@ -44,10 +47,11 @@ pub fn build_resources(domain: &Domain, host: &Host) -> Result<Resources> {
         by_id: HashMap::new(),
         trees: Vec::new(),
         warnings: Vec::new(),
+        chains: Vec::new(),
     };
     b.os(&domain.os)?;
-    for d in &domain.disks {
-        b.disk(d)?;
+    for (i, d) in domain.disks.iter().enumerate() {
+        b.disk(i, d)?;
     }
     for f in &domain.filesystems {
         let dev = format!("filesystem {}", f.target_dir);
@@ -90,6 +94,7 @@ pub fn build_resources(domain: &Domain, host: &Host) -> Result<Resources> {
     b.check_trees()?;
     Ok(Resources {
         resources: b.list.into_iter().map(|e| e.res).collect(),
+        disk_chains: b.chains,
         warnings: b.warnings,
     })
 }
@@ -123,6 +128,16 @@ struct Builder<'h> {
     /// Recursive resources (index into `list`) with their resolved root.
     trees: Vec<(usize, Resolved)>,
     warnings: Vec<String>,
+    chains: Vec<DiskChain>,
+}
+
+/// A resolved backing layer as the VMM is to open it.
+fn layer(r: &Resolved, format: ImageFormat) -> BackingLayer {
+    BackingLayer {
+        path: r.path.clone(),
+        format,
+        block: r.info.kind == FileKind::BlockDevice,
+    }
 }
 
 fn privacy(s: Sharing) -> u8 {
@@ -262,7 +277,10 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn disk(&mut self, d: &Disk) -> Result<()> {
+    /// One disk: its image, then its backing chain, the one rule for which layers a disk
+    /// has: the XML's `<backingStore>` layers, then (unless the XML closes the chain with
+    /// an empty `<backingStore/>`) the files named by the qcow2 headers below the last one.
+    fn disk(&mut self, index: usize, d: &Disk) -> Result<()> {
         let dev = format!("disk {}", d.target_dev);
         let Some(src) = &d.source else { return Ok(()) };
         let ov = overrides(&d.seclabels);
@@ -311,9 +329,17 @@ impl Builder<'_> {
             .filter(|(_, o)| *o == DeviceOverride::NoRelabel)
             .collect();
         let format = d.format.unwrap_or(ImageFormat::Raw);
+        let mut layers = Vec::new();
         match (&d.backing, format) {
             (BackingSpec::NotGiven, ImageFormat::Qcow2) => {
-                self.header_chain(&dev, src.clone(), top, 0, &inherited, &top_dir)?;
+                self.header_chain(
+                    &dev,
+                    src.clone(),
+                    top,
+                    &mut layers,
+                    &inherited,
+                    &top_dir,
+                )?;
             }
             (BackingSpec::NotGiven, ImageFormat::Raw) => {}
             (BackingSpec::Chain { layers, .. }, ImageFormat::Raw) if !layers.is_empty() => {
@@ -339,6 +365,7 @@ impl Builder<'_> {
                         false,
                         lov,
                     )?;
+                    layers.push(layer(&r, l.format));
                     last = Some((l, r));
                 }
                 if let (false, Some((l, r))) = (*complete, last)
@@ -348,13 +375,17 @@ impl Builder<'_> {
                         &dev,
                         l.source.clone(),
                         r,
-                        layers.len(),
+                        &mut layers,
                         &inherited,
                         &top_dir,
                     )?;
                 }
             }
         }
+        self.chains.push(DiskChain {
+            disk: index,
+            layers,
+        });
         Ok(())
     }
 
@@ -363,12 +394,13 @@ impl Builder<'_> {
     /// relative to its directory. A header is guest data (the VMM writes its top image):
     /// a file it names is accepted only below `top_dir` or a configured image root, and
     /// only if it passes the object policy; anything else must be declared in the XML.
+    /// Each layer found is appended to `layers` (which holds the XML's layers above).
     fn header_chain(
         &mut self,
         dev: &str,
         mut given: PathBuf,
         mut cur: Resolved,
-        mut depth: usize,
+        layers: &mut Vec<BackingLayer>,
         inherited: &BTreeMap<Model, DeviceOverride>,
         top_dir: &TopDir,
     ) -> Result<()> {
@@ -438,7 +470,7 @@ impl Builder<'_> {
             } else {
                 given.parent().unwrap_or(Path::new("/")).join(rel)
             };
-            depth += 1;
+            let depth = layers.len() + 1;
             if depth > MAX_CHAIN_DEPTH {
                 return Err(qerr(
                     &cur.path,
@@ -481,6 +513,7 @@ impl Builder<'_> {
                 false,
                 inherited.clone(),
             )?;
+            layers.push(layer(&r, format));
             if format == ImageFormat::Raw {
                 return Ok(());
             }

@@ -79,7 +79,8 @@ proptest! {
             overrides: Default::default(),
             identity: None,
         };
-        let p = plan(&d, vec![r], &PlanConfig::default()).unwrap();
+        let res = svirt_domain::Resources { resources: vec![r], ..Default::default() };
+        let p = plan(&d, res, &PlanConfig::default()).unwrap();
         let img = p.resources[0].selinux.as_ref().unwrap().display(None);
         let proc_label = match &p.selinux_process { ProcessLabel::Label(t) => t.display(None), _ => unreachable!() };
         let img_ctx = svirt_labels::Context::parse(&img).unwrap();

@@ -257,6 +257,22 @@ fn qcow2_chain_of_depth_3_from_headers() {
             ),
         ]
     );
+    // The chain the VMM will be given, layer by layer, by resolved path (the headers'
+    // relative names made absolute): the same objects, in the same order.
+    let chain = p.plan.chain_of(0).unwrap();
+    let layers: Vec<_> = chain
+        .layers
+        .iter()
+        .map(|l| (l.path.clone(), l.format, l.block))
+        .collect();
+    assert_eq!(
+        layers,
+        vec![
+            (c.dir.join("top.qcow2"), ImageFormat::Qcow2, false),
+            (c.dir.join("sub/mid.qcow2"), ImageFormat::Qcow2, false),
+            (c.dir.join("base.qcow2"), ImageFormat::Qcow2, false),
+        ]
+    );
     for r in &p.plan.resources[1..] {
         assert_eq!(
             r.selinux.as_ref().unwrap().display(None),
@@ -306,6 +322,7 @@ fn raw_image_carrying_a_qcow2_header_is_not_followed() {
         assert_eq!(p.plan.resources.len(), 1);
         assert_eq!(p.plan.resources[0].resource.path, c.dir.join("evil.img"));
         assert!(!p.plan.resources.iter().any(|r| r.resource.path == target));
+        assert!(p.plan.chain_of(0).unwrap().layers.is_empty());
     }
     // Even when its header points at a system file, a raw image plans fine.
     let c = case();
@@ -377,9 +394,16 @@ fn xml_chain_then_header() {
         <target dev='vda'/></disk>";
     let p = c.plan(d).unwrap();
     assert_eq!(p.plan.resources.len(), 3);
+    let paths = |p: &Planned| -> Vec<PathBuf> {
+        p.plan.chain_of(0).unwrap().layers.iter().map(|l| l.path.clone()).collect()
+    };
+    // One chain for the VMM: the XML's layer, then the header's below it.
+    assert_eq!(paths(&p), vec![c.dir.join("mid.qcow2"), c.dir.join("base.qcow2")]);
     // With an end marker nothing is read.
     let d = d.replace("</backingStore>", "<backingStore/></backingStore>");
-    assert_eq!(c.plan(&d).unwrap().plan.resources.len(), 2);
+    let p = c.plan(&d).unwrap();
+    assert_eq!(p.plan.resources.len(), 2);
+    assert_eq!(paths(&p), vec![c.dir.join("mid.qcow2")]);
 }
 
 #[test]

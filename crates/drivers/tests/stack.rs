@@ -137,6 +137,7 @@ fn plan_for(dir: &std::path::Path) -> Plan {
         dac_enabled: true,
         dac_ids: None,
         unconfined: vec![],
+        disk_chains: vec![],
         resources: vec![
             planned(
                 dir.join("a.raw"),

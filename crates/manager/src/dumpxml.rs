@@ -118,7 +118,7 @@ mod tests {
             name: "x".into(),
             uuid: planned.plan.uuid.clone(),
             xml: xml.clone(),
-            spec: crate::glue::vm_spec(&planned.domain).unwrap(),
+            spec: crate::glue::vm_spec(&planned.domain, &planned.plan).unwrap(),
             plan: planned.plan,
             state: GuestState::Running,
             phase: Phase::Up,

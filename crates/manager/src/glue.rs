@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use svirt_domain::Plan;
 use svirt_domain::domain::{
-    BackingSpec, ChardevRole, ChardevSource, DiskDevice as DDev, DiskType, Domain,
+    ChardevRole, ChardevSource, DiskDevice as DDev, DiskType, Domain,
     ImageFormat as DFmt, LoaderType, SocketMode,
 };
 
@@ -26,10 +27,13 @@ fn port(service: &str, what: &str) -> Result<u16> {
     })
 }
 
-/// The QEMU description of `d`.
-pub fn vm_spec(d: &Domain) -> Result<VmSpec> {
+/// The QEMU description of `d`, planned as `plan`. Each disk's backing layers are the
+/// plan's (svirt-domain's one chain rule: the XML's layers, then the headers below them,
+/// each checked by the object policy); QEMU gets them node by node and never follows a
+/// header itself.
+pub fn vm_spec(d: &Domain, plan: &Plan) -> Result<VmSpec> {
     let mut disks = Vec::new();
-    for disk in &d.disks {
+    for (i, disk) in d.disks.iter().enumerate() {
         let Some(src) = &disk.source else {
             // An empty CD-ROM drive: nothing to open.
             continue;
@@ -41,30 +45,21 @@ pub fn vm_spec(d: &Domain) -> Result<VmSpec> {
             )));
         }
         let format = disk.format.map_or(ImageFormat::Raw, fmt);
-        let (backing, from_header) = match &disk.backing {
-            BackingSpec::Chain { layers, complete } => {
-                let chain: Vec<ImageSpec> = layers
-                    .iter()
-                    .map(|l| ImageSpec {
-                        path: l.source.clone(),
-                        format: fmt(l.format),
-                        block: l.disk_type == DiskType::Block,
-                    })
-                    .collect();
-                let bottom_qcow2 = chain.last().map_or(format, |l| l.format) == ImageFormat::Qcow2;
-                if !complete && bottom_qcow2 && !chain.is_empty() {
-                    return Err(ManagerError::Domain(format!(
-                        "disk {}: the <backingStore> chain is open-ended below a qcow2 layer; end it with <backingStore/>",
-                        disk.target_dev
-                    )));
-                }
-                (
-                    chain,
-                    !complete && chain_is_empty_open(layers.is_empty(), format),
-                )
-            }
-            BackingSpec::NotGiven => (Vec::new(), format == ImageFormat::Qcow2),
-        };
+        let chain = plan.chain_of(i).ok_or_else(|| {
+            ManagerError::Domain(format!(
+                "disk {}: the plan has no backing chain for it",
+                disk.target_dev
+            ))
+        })?;
+        let backing: Vec<ImageSpec> = chain
+            .layers
+            .iter()
+            .map(|l| ImageSpec {
+                path: l.path.clone(),
+                format: fmt(l.format),
+                block: l.block,
+            })
+            .collect();
         disks.push(DiskSpec {
             image: ImageSpec {
                 path: src.clone(),
@@ -72,7 +67,6 @@ pub fn vm_spec(d: &Domain) -> Result<VmSpec> {
                 block: disk.disk_type == DiskType::Block,
             },
             backing,
-            backing_from_header: from_header,
             readonly: disk.readonly,
             device: match disk.device {
                 DDev::Disk => DiskDevice::Disk,
@@ -187,10 +181,6 @@ pub fn vm_spec(d: &Domain) -> Result<VmSpec> {
     })
 }
 
-fn chain_is_empty_open(empty: bool, top: ImageFormat) -> bool {
-    empty && top == ImageFormat::Qcow2
-}
-
 /// The QEMU binary: the configured override, else the domain's `<emulator>`, else
 /// `qemu-system-x86_64` found on `PATH`.
 pub fn qemu_binary(configured: Option<&PathBuf>, d: Option<&Domain>) -> Result<PathBuf> {
@@ -259,11 +249,12 @@ pub(crate) fn parse_and_plan(
         let mut cfg = svirt_domain::PlanConfig::for_host(&host)
             .map_err(|e| ManagerError::Domain(e.to_string()))?;
         cfg.models = inner.models();
-        let res = svirt_domain::build_resources(&parsed.domain, &host)
+        let mut res = svirt_domain::build_resources(&parsed.domain, &host)
             .map_err(|e| ManagerError::Domain(e.to_string()))?;
-        let plan = svirt_domain::plan(&parsed.domain, res.resources, &cfg)
+        let warnings = std::mem::take(&mut res.warnings);
+        let plan = svirt_domain::plan(&parsed.domain, res, &cfg)
             .map_err(|e| ManagerError::Domain(e.to_string()))?;
-        for w in parsed.warnings.iter().chain(&res.warnings) {
+        for w in parsed.warnings.iter().chain(&warnings) {
             tracing::warn!(guest = %plan.name, "{w}");
         }
         Ok(plan)

@@ -220,9 +220,9 @@ impl Manager {
     /// The QEMU command line `xml` would get (binary first), for a dry run or a benchmark
     /// baseline; `qmp_fd` is the fd number the QMP listener would have.
     pub fn command_line(&self, xml: &str, paused: bool, qmp_fd: i32) -> Result<Vec<String>> {
-        let (domain, _, created) = glue::parse_and_plan(&self.inner, xml)?;
+        let (domain, plan, created) = glue::parse_and_plan(&self.inner, xml)?;
         glue::remove_created(&created);
-        let spec = glue::vm_spec(&domain)?;
+        let spec = glue::vm_spec(&domain, &plan)?;
         let args = qemu::command_line(
             &spec,
             &qemu::LaunchOptions {

@@ -57,12 +57,10 @@ pub struct ImageSpec {
 pub struct DiskSpec {
     /// Top image.
     pub image: ImageSpec,
-    /// Backing chain below the top, in order, as declared in the XML.
+    /// Backing chain below the top, in order, as planned (the XML's layers and the ones
+    /// named by the headers below them): every node is given explicitly and QEMU never
+    /// follows a header's backing reference on its own.
     pub backing: Vec<ImageSpec>,
-    /// The XML gives no chain for a qcow2 top: QEMU follows the chain recorded in the
-    /// headers, which the planner has read and validated (every layer names its format,
-    /// so QEMU never probes).
-    pub backing_from_header: bool,
     /// Read-only to the guest.
     pub readonly: bool,
     /// Device kind.
@@ -240,7 +238,6 @@ fn image_nodes(
     id: &str,
     readonly: bool,
     backing: Option<&str>,
-    from_header: bool,
 ) -> [Value; 2] {
     let file = json!({
         "driver": if img.block { "host_device" } else { "file" },
@@ -256,8 +253,9 @@ fn image_nodes(
         "file": format!("{id}-file"),
         "read-only": readonly,
     });
-    if img.format == ImageFormat::Qcow2 && !from_header {
-        // Never let QEMU follow the header's backing reference on its own.
+    if img.format == ImageFormat::Qcow2 {
+        // Never let QEMU follow the header's backing reference on its own: the node below
+        // is the planned one, or none.
         fmt["backing"] = backing.map_or(Value::Null, |b| Value::String(b.to_string()));
     }
     [file, fmt]
@@ -346,13 +344,13 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
         let mut below: Option<String> = None;
         for (j, b) in d.backing.iter().enumerate().rev() {
             let bid = format!("{id}-b{j}");
-            for n in image_nodes(b, &bid, true, below.as_deref(), false) {
+            for n in image_nodes(b, &bid, true, below.as_deref()) {
                 push(&["-blockdev", &n.to_string()]);
             }
             below = Some(bid);
         }
         let ro = d.readonly || d.device == DiskDevice::Cdrom;
-        for n in image_nodes(&d.image, &id, ro, below.as_deref(), d.backing_from_header) {
+        for n in image_nodes(&d.image, &id, ro, below.as_deref()) {
             push(&["-blockdev", &n.to_string()]);
         }
         let dev = match (d.device, d.bus.as_str()) {
@@ -479,7 +477,6 @@ mod tests {
                     format: ImageFormat::Raw,
                     block: false,
                 }],
-                backing_from_header: false,
                 readonly: false,
                 device: DiskDevice::Disk,
                 bus: "virtio".into(),

@@ -538,5 +538,6 @@ fn empty_plan(name: &str, models: Vec<svirt_domain::Model>) -> svirt_domain::Pla
         resources: Vec::new(),
         dac_ids: None,
         unconfined: Vec::new(),
+        disk_chains: Vec::new(),
     }
 }

@@ -306,3 +306,51 @@ fn a_cleanup_panicking_at_any_step_ends_the_stop_and_the_next_open_restores_the_
         env.assert_store_clean(step);
     }
 }
+
+/// A disk's backing chain is the plan's, given to QEMU node by node: the layers named by
+/// headers get svirt's own node names (QEMU did not open them by following a header), and
+/// an XML chain left open below a qcow2 layer is continued from that layer's header (the
+/// same rule as for a chain the XML does not give at all).
+#[test]
+fn backing_chains_are_given_to_qemu_layer_by_layer() {
+    require_env!();
+    let env = Env::new("chain");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let dir = env.path("images");
+    let base = svirt_testkit::qcow2(&dir, "base.qcow2", None);
+    let mid = svirt_testkit::qcow2(&dir, "mid.qcow2", Some(("base.qcow2", "qcow2")));
+    let top = svirt_testkit::qcow2(&dir, "top.qcow2", Some(("mid.qcow2", "qcow2")));
+    let from_headers = env.xml("chain", &[(top.clone(), "qcow2", false)]);
+    let open_xml_chain = from_headers.replace(
+        "<target dev='vda'",
+        &format!(
+            "<backingStore type='file'><format type='qcow2'/><source file='{}'/></backingStore><target dev='vda'",
+            mid.display()
+        ),
+    );
+    assert_ne!(from_headers, open_xml_chain);
+    for (what, xml) in [("headers", &from_headers), ("open XML chain", &open_xml_chain)] {
+        m.start(xml, StartOptions { paused: true })
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let nodes = m
+            .qemu_monitor_command("chain", serde_json::json!({"execute": "query-named-block-nodes"}))
+            .unwrap();
+        let nodes = nodes["return"].as_array().unwrap();
+        let file_of = |node: &str| {
+            nodes
+                .iter()
+                .find(|n| n["node-name"] == node)
+                .and_then(|n| n["file"].as_str())
+                .map(std::path::PathBuf::from)
+        };
+        assert_eq!(file_of("drive0"), Some(top.clone()), "{what}: {nodes:?}");
+        assert_eq!(file_of("drive0-b0"), Some(mid.clone()), "{what}: {nodes:?}");
+        assert_eq!(file_of("drive0-b1"), Some(base.clone()), "{what}: {nodes:?}");
+        // Every format node is one of svirt's: none was opened by QEMU on its own.
+        for n in nodes.iter().filter(|n| n["drv"] == "qcow2") {
+            let name = n["node-name"].as_str().unwrap();
+            assert!(name.starts_with("drive0"), "{what}: node {name} not planned");
+        }
+        m.destroy("chain").unwrap();
+    }
+}

@@ -126,6 +126,7 @@ pub fn plan(name: &str, resources: Vec<PlannedResource>) -> Plan {
         resources,
         dac_ids: None,
         unconfined: Vec::new(),
+        disk_chains: Vec::new(),
     }
 }
 
