@@ -340,12 +340,12 @@ pub struct DiskChain {
     /// Index of the disk in the domain's `<disk>` elements.
     pub disk: usize,
     /// Backing layers, top first (empty: the top image has none).
-    pub layers: Vec<BackingLayer>,
+    pub layers: Vec<ChainLayer>,
 }
 
 /// One backing layer of a disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackingLayer {
+pub struct ChainLayer {
     /// The layer's resolved path (no symlink in it).
     pub path: PathBuf,
     /// Its format (declared in the XML or in the header of the layer above).

@@ -20,8 +20,8 @@ use crate::domain::*;
 use crate::error::{Error, Result};
 use crate::host::{FileKind, Host, Resolved};
 use crate::model::{
-    Access, BackingLayer, DeviceOverride, DiskChain, Model, ObjectIdentity, Resource,
-    ResourceKind, Sharing,
+    Access, ChainLayer, DeviceOverride, DiskChain, Model, ObjectIdentity, Resource, ResourceKind,
+    Sharing,
 };
 use crate::qcow2;
 
@@ -132,8 +132,8 @@ struct Builder<'h> {
 }
 
 /// A resolved backing layer as the VMM is to open it.
-fn layer(r: &Resolved, format: ImageFormat) -> BackingLayer {
-    BackingLayer {
+fn layer(r: &Resolved, format: ImageFormat) -> ChainLayer {
+    ChainLayer {
         path: r.path.clone(),
         format,
         block: r.info.kind == FileKind::BlockDevice,
@@ -329,17 +329,10 @@ impl Builder<'_> {
             .filter(|(_, o)| *o == DeviceOverride::NoRelabel)
             .collect();
         let format = d.format.unwrap_or(ImageFormat::Raw);
-        let mut layers = Vec::new();
+        let mut chain = Vec::new();
         match (&d.backing, format) {
             (BackingSpec::NotGiven, ImageFormat::Qcow2) => {
-                self.header_chain(
-                    &dev,
-                    src.clone(),
-                    top,
-                    &mut layers,
-                    &inherited,
-                    &top_dir,
-                )?;
+                self.header_chain(&dev, src.clone(), top, &mut chain, &inherited, &top_dir)?;
             }
             (BackingSpec::NotGiven, ImageFormat::Raw) => {}
             (BackingSpec::Chain { layers, .. }, ImageFormat::Raw) if !layers.is_empty() => {
@@ -365,26 +358,19 @@ impl Builder<'_> {
                         false,
                         lov,
                     )?;
-                    layers.push(layer(&r, l.format));
+                    chain.push(layer(&r, l.format));
                     last = Some((l, r));
                 }
                 if let (false, Some((l, r))) = (*complete, last)
                     && l.format == ImageFormat::Qcow2
                 {
-                    self.header_chain(
-                        &dev,
-                        l.source.clone(),
-                        r,
-                        &mut layers,
-                        &inherited,
-                        &top_dir,
-                    )?;
+                    self.header_chain(&dev, l.source.clone(), r, &mut chain, &inherited, &top_dir)?;
                 }
             }
         }
         self.chains.push(DiskChain {
             disk: index,
-            layers,
+            layers: chain,
         });
         Ok(())
     }
@@ -400,7 +386,7 @@ impl Builder<'_> {
         dev: &str,
         mut given: PathBuf,
         mut cur: Resolved,
-        layers: &mut Vec<BackingLayer>,
+        layers: &mut Vec<ChainLayer>,
         inherited: &BTreeMap<Model, DeviceOverride>,
         top_dir: &TopDir,
     ) -> Result<()> {

@@ -395,10 +395,19 @@ fn xml_chain_then_header() {
     let p = c.plan(d).unwrap();
     assert_eq!(p.plan.resources.len(), 3);
     let paths = |p: &Planned| -> Vec<PathBuf> {
-        p.plan.chain_of(0).unwrap().layers.iter().map(|l| l.path.clone()).collect()
+        p.plan
+            .chain_of(0)
+            .unwrap()
+            .layers
+            .iter()
+            .map(|l| l.path.clone())
+            .collect()
     };
     // One chain for the VMM: the XML's layer, then the header's below it.
-    assert_eq!(paths(&p), vec![c.dir.join("mid.qcow2"), c.dir.join("base.qcow2")]);
+    assert_eq!(
+        paths(&p),
+        vec![c.dir.join("mid.qcow2"), c.dir.join("base.qcow2")]
+    );
     // With an end marker nothing is read.
     let d = d.replace("</backingStore>", "<backingStore/></backingStore>");
     let p = c.plan(&d).unwrap();

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use svirt_domain::Plan;
 use svirt_domain::domain::{
-    ChardevRole, ChardevSource, DiskDevice as DDev, DiskType, Domain,
-    ImageFormat as DFmt, LoaderType, SocketMode,
+    ChardevRole, ChardevSource, DiskDevice as DDev, DiskType, Domain, ImageFormat as DFmt,
+    LoaderType, SocketMode,
 };
 
 use crate::error::{ManagerError, Result};

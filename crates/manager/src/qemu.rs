@@ -233,12 +233,7 @@ fn esc_str(s: &str) -> String {
     s.replace(',', ",,")
 }
 
-fn image_nodes(
-    img: &ImageSpec,
-    id: &str,
-    readonly: bool,
-    backing: Option<&str>,
-) -> [Value; 2] {
+fn image_nodes(img: &ImageSpec, id: &str, readonly: bool, backing: Option<&str>) -> [Value; 2] {
     let file = json!({
         "driver": if img.block { "host_device" } else { "file" },
         "filename": img.path.to_string_lossy(),
@@ -308,7 +303,7 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 format: ImageFormat::Raw,
                 block: false,
             };
-            for n in image_nodes(&code, "pflash0", true, None, false) {
+            for n in image_nodes(&code, "pflash0", true, None) {
                 push(&["-blockdev", &n.to_string()]);
             }
             if let Some(v) = &spec.nvram {
@@ -317,7 +312,7 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                     format: ImageFormat::Raw,
                     block: false,
                 };
-                for n in image_nodes(&vars, "pflash1", false, None, false) {
+                for n in image_nodes(&vars, "pflash1", false, None) {
                     push(&["-blockdev", &n.to_string()]);
                 }
             }
