@@ -393,7 +393,11 @@ impl Inner {
             .get(name)
             .cloned()
             .ok_or_else(|| ManagerError::NoSuchGuest(name.to_string()))?;
-        let state = lock(&slot.state).record.state;
+        // Under the guest's lock until the record is gone: the supervisor writes a dirty
+        // record under that lock alone, from a list of slots taken earlier, so the flag is
+        // cleared here and a write already under way finishes before the delete.
+        let mut st = lock(&slot.state);
+        let state = st.record.state;
         if state.is_active() {
             return Err(ManagerError::BadState {
                 name: name.into(),
@@ -401,7 +405,9 @@ impl Inner {
                 op: "forget",
             });
         }
+        st.dirty = false;
         self.store.delete_guest(name).map_err(store_err)?;
+        drop(st);
         g.remove(name);
         Ok(())
     }

@@ -114,13 +114,16 @@ impl Inner {
         let mut rec = record;
         match self.start_steps(&mut rec, opts) {
             Ok(pidfd) => {
+                // The answer is made from the record before the supervisor is woken to
+                // write it: the start's caller never waits for that write.
+                let info = self.info_from(&rec);
                 let mut st = lock(&slot.state);
                 st.record = rec;
                 st.pidfd = Some(Arc::new(pidfd));
                 st.dirty = true;
                 drop(st);
                 self.wake();
-                self.info_of(&slot)
+                Ok(info)
             }
             Err(e) => {
                 tracing::warn!(guest = %name, error = %e, phase = ?rec.phase, "start failed: rolling back");

@@ -15,24 +15,31 @@ pub(crate) fn run(inner: Arc<Inner>) {
         if inner.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let watched: Vec<(Arc<Slot>, Arc<std::os::fd::OwnedFd>)> = {
+        // The map's lock only to list the slots: a record's write (an fsync) happens under
+        // that guest's own lock alone (which orders it with the guest's other writes), so
+        // other guests' calls never wait for it.
+        let slots: Vec<Arc<Slot>> = {
             let g = inner.guests.lock().unwrap_or_else(|p| p.into_inner());
-            g.values()
-                .filter_map(|s| {
-                    let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
-                    if st.dirty {
-                        st.dirty = false;
-                        if let Err(e) = inner.persist(&st.record) {
-                            tracing::error!(guest = %st.record.name, error = %e, "writing the guest record");
-                        }
-                    }
-                    match (&st.pidfd, st.finishing) {
-                        (Some(fd), false) => Some((s.clone(), fd.clone())),
-                        _ => None,
-                    }
-                })
-                .collect()
+            g.values().cloned().collect()
         };
+        let watched: Vec<(Arc<Slot>, Arc<std::os::fd::OwnedFd>)> = slots
+            .into_iter()
+            .filter_map(|s| {
+                let mut st = s.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.dirty {
+                    st.dirty = false;
+                    if let Err(e) = inner.persist(&st.record) {
+                        tracing::error!(guest = %st.record.name, error = %e, "writing the guest record");
+                    }
+                }
+                let fd = match (&st.pidfd, st.finishing) {
+                    (Some(fd), false) => Some(fd.clone()),
+                    _ => None,
+                };
+                drop(st);
+                fd.map(|fd| (s, fd))
+            })
+            .collect();
         let mut fds: Vec<libc::pollfd> = std::iter::once(inner.wake_rd.as_raw_fd())
             .chain(watched.iter().map(|(_, fd)| fd.as_raw_fd()))
             .map(|fd| libc::pollfd {

@@ -185,10 +185,20 @@ fn main() {
     // `SVIRT_BENCH_DRIVERS` (e.g. `none`, `dac`) measures another stack: an A/B of what
     // confinement costs on top of svirt's own path.
     let drivers = std::env::var("SVIRT_BENCH_DRIVERS").unwrap_or_default();
-    let d = if drivers.is_empty() {
-        Daemon::start(&[])
+    // `SVIRT_BENCH_BREAKDOWN=1`: svirtd logs its start steps (a few lines per start), and
+    // the report splits svirt's time at QEMU's exec: svirtd's own steps before it, QEMU's
+    // start-up until QMP answers (to compare with the direct launch), and the rest (the
+    // CLI process, HTTP, the reply).
+    let breakdown = std::env::var("SVIRT_BENCH_BREAKDOWN").is_ok_and(|v| v == "1");
+    let env: &[(&str, &str)] = if breakdown {
+        &[("SVIRTD_LOG", "info,svirt_manager::fault=trace")]
     } else {
-        Daemon::start(&["--drivers", &drivers])
+        &[]
+    };
+    let d = if drivers.is_empty() {
+        Daemon::start_with_env(&[], env)
+    } else {
+        Daemon::start_with_env(&["--drivers", &drivers], env)
     };
     let host = d.json_host();
     println!(
@@ -218,6 +228,7 @@ fn main() {
         "disks  method                     median     min     max"
     );
     let mut verdicts = Vec::new();
+    let mut log_seen = 0;
     for disks in [1usize, 8] {
         let name = format!("bench{disks}");
         let xml_path: PathBuf = d.path(&format!("{name}.xml"));
@@ -264,6 +275,11 @@ fn main() {
                 st.max()
             );
         }
+        if breakdown {
+            let log = d.log();
+            print_breakdown(disks, &log[log_seen.min(log.len())..], q.median());
+            log_seen = log.len();
+        }
         let ratio = s.median() / q.median();
         // Issue 11: with the jail on, within 1.15x of a direct QEMU launch.
         verdicts.push(format!(
@@ -281,4 +297,73 @@ fn main() {
         }
     }
     print!("{report}\n{}\n", verdicts.join("\n"));
+}
+
+/// Seconds since midnight of a log line's RFC 3339 UTC timestamp (`…T10:40:31.101520Z`).
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split('T').nth(1)?;
+    let t = t.strip_suffix('Z')?;
+    let mut f = t.split(':');
+    let h: f64 = f.next()?.parse().ok()?;
+    let m: f64 = f.next()?.parse().ok()?;
+    let s: f64 = f.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Medians of svirtd's steps per start, from its fault-step trace: each step from the plan
+/// to the exec, and exec to QMP answering.
+fn print_breakdown(disks: usize, log: &str, direct: f64) {
+    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut fork_to_qmp = Vec::new();
+    let mut prev: Option<(String, f64)> = None;
+    let mut fork = None;
+    for line in log.lines().filter(|l| l.contains("step step=")) {
+        let Some(t) = log_time(line) else { continue };
+        let Some(name) = line
+            .split("step=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        if name == "after-plan" {
+            prev = Some((name.to_string(), t));
+            fork = None;
+            continue;
+        }
+        if name == "after-qmp" {
+            if let Some(f) = fork.take() {
+                fork_to_qmp.push((t - f) * 1000.0);
+            }
+            prev = None;
+            continue;
+        }
+        let Some((p, pt)) = prev.take() else { continue };
+        let key = format!("{p}..{name}");
+        match steps.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push((t - pt) * 1000.0),
+            None => steps.push((key, vec![(t - pt) * 1000.0])),
+        }
+        if name == "after-fork" {
+            fork = Some(t);
+        } else {
+            prev = Some((name.to_string(), t));
+        }
+    }
+    let med = |v: &[f64]| {
+        Stats {
+            samples: v.to_vec(),
+        }
+        .median()
+    };
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|(k, v)| format!("{k} {:.2}", med(v)))
+        .collect();
+    println!(
+        "{disks} disk(s), svirtd (medians of {} starts, ms): {}; exec..QMP answered {:.1} (direct qemu: {direct:.1} from spawn)",
+        fork_to_qmp.len(),
+        parts.join(", "),
+        med(&fork_to_qmp),
+    );
 }

@@ -121,6 +121,11 @@ fn slot() -> u32 {
 impl Daemon {
     /// Starts svirtd with `extra` arguments on new temporary directories.
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment for the daemon.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let n = slot();
         let dir = tempfile::Builder::new()
             .prefix("svirt-e2e-")
@@ -152,7 +157,7 @@ impl Daemon {
             child: None,
             seen_pids: Vec::new(),
         };
-        d.spawn(&[]);
+        d.spawn(env);
         d
     }
 
