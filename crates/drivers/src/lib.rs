@@ -7,9 +7,10 @@
 //! multi-threaded parent must not allocate or take locks).
 
 pub mod dac;
-mod dac_tree;
 pub mod fsops;
 pub mod landlock;
+pub mod owners;
+pub mod progress;
 pub mod relabel;
 pub mod selinux;
 pub mod stack;

@@ -7,8 +7,8 @@
 //!   `"<model>/<guest>"` so that each model restores its own attribute when the last user
 //!   *of that model* leaves, whatever other models still hold.
 //! - Trees (filesystem shares, TPM state) would need one record per file: a million fsync'ed
-//!   JSON records is not an option. A tree gets one record in a companion database next to
-//!   the store (`svirt.trees.redb`): the most common original label of the entries changed
+//!   JSON records is not an option. A tree gets one record in the store's ledger (tables
+//!   `trees`, `tree_exceptions`): the most common original label of the entries changed
 //!   (the "dominant" one) and the entries whose original differs from it ("exceptions"),
 //!   committed once before the first entry is touched.
 //! - No xattr of our own is ever written on a user's file.
@@ -28,11 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use svirt_store::{ObjectIdentity, ObjectKey, Original, Store};
 
 use crate::fsops::{Dir, EntryKind, FsRoot, Identity, Object};
+use crate::owners::{FLAG_DAC_MODE, FLAG_DAC_OWNER, FLAG_SELINUX_LABEL, owner_key, split_owner};
+use crate::progress::{FaultHook, Phase, Progress, ProgressFn};
 use crate::tree_common::{
     Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
     join_rel, object_key, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
@@ -41,13 +43,6 @@ use crate::tree_common::{
 
 /// The SELinux label attribute.
 pub const XATTR_SELINUX: &CStr = c"security.selinux";
-
-/// `model_flags["selinux"]` bit: the label was changed and must be restored.
-pub const FLAG_SELINUX_LABEL: u32 = 1;
-/// `model_flags["dac"]` bit: owner/group were changed.
-pub const FLAG_DAC_OWNER: u32 = 1;
-/// `model_flags["dac"]` bit: the mode was changed.
-pub const FLAG_DAC_MODE: u32 = 2;
 
 /// An engine failure.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +62,12 @@ pub enum RelabelError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] svirt_store::Error),
-    /// The companion tree database failed.
-    #[error("tree originals database: {0}")]
+    /// A tree record in the ledger does not decode.
+    #[error("tree originals: {0}")]
     TreeDb(String),
+    /// The tree walkers' thread pool could not be made.
+    #[error("tree walkers: {0}")]
+    ThreadPool(String),
     /// A path the engine never relabels.
     #[error("{0}: refusing to relabel a system path")]
     SystemPath(PathBuf),
@@ -94,7 +92,10 @@ pub enum RelabelError {
 
 impl From<DbError> for RelabelError {
     fn from(e: DbError) -> Self {
-        RelabelError::TreeDb(e.0)
+        match e {
+            DbError::Ledger(e) => RelabelError::Store(e),
+            DbError::Corrupt(m) => RelabelError::TreeDb(m),
+        }
     }
 }
 
@@ -141,33 +142,6 @@ pub fn is_system_path(path: &Path) -> bool {
         .with_home(std::env::var_os("HOME").map(PathBuf::from))
         .is_system_path(path)
 }
-
-/// A progress report for a tree: `done` of `total` entries in `phase`.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    /// The tree's root.
-    pub path: PathBuf,
-    /// What is being done.
-    pub phase: Phase,
-    /// Entries handled so far.
-    pub done: u64,
-    /// Entries to handle (known once the scan is over; during the scan, entries seen).
-    pub total: u64,
-}
-
-/// Phase of a tree operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Walking and reading the original labels.
-    Scanning,
-    /// Writing the new labels.
-    Labeling,
-    /// Writing the original labels back.
-    Restoring,
-}
-
-/// A progress callback (called from worker threads; keep it cheap).
-pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Entries written or restored between two progress reports of a tree.
 const REPORT_EVERY: u64 = 4096;
@@ -237,10 +211,6 @@ impl Drop for Tally<'_> {
     }
 }
 
-/// A fault hook for tests: called with a point name (`after-record`, `after-label`); it may
-/// kill the process (crash tests) or return an error name to fail the operation there.
-pub type FaultHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
 /// One object to label (SELinux).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelJob {
@@ -289,16 +259,6 @@ pub struct Recovery {
     pub dropped: Vec<PathBuf>,
     /// Failures (the records stay for the next attempt).
     pub errors: Vec<RelabelError>,
-}
-
-/// The owner string of `guest` under `model` in the originals tables.
-pub fn owner_key(model: &str, guest: &str) -> String {
-    format!("{model}/{guest}")
-}
-
-/// Splits an owner string back into (model, guest).
-pub fn split_owner(owner: &str) -> (&str, &str) {
-    owner.split_once('/').unwrap_or(("", owner))
 }
 
 /// The owners whose guest is not running.
@@ -358,7 +318,7 @@ fn write_label_obj(o: &Object, value: &Option<Vec<u8>>) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The companion tree database.
+// The tree tables (in the store's ledger).
 
 /// (model, dev, ino) → JSON [`TreeRecord`].
 const TREES: TableDefinition<'_, (&str, u64, u64), Bytes> = TableDefinition::new("trees");
@@ -434,10 +394,10 @@ struct DirWork {
     same: Vec<Item>,
 }
 
-/// The engine. One per process (it holds the tree database open): share it between drivers.
+/// The engine. One per process (it holds the walkers' thread pool): share it between
+/// drivers.
 pub struct Relabeler {
     store: Arc<Store>,
-    trees: Database,
     root: FsRoot,
     pool: rayon::ThreadPool,
     progress: Mutex<Option<ProgressFn>>,
@@ -458,27 +418,63 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Relabeler {
-    /// The companion tree database of a store: `svirt.trees.redb` next to the store file.
-    pub fn trees_path(store: &Store) -> PathBuf {
+    /// Where an earlier svirt kept the engine's tree records: `svirt.trees.redb` next to
+    /// the store file. Its rows move into the ledger at [`Relabeler::open`].
+    pub fn legacy_trees_path(store: &Store) -> PathBuf {
         store.path().with_extension("trees.redb")
     }
 
+    /// Whether the ledger (or an earlier svirt's tree file, not yet adopted) holds any
+    /// record of the engine's SELinux labeling (a tree, or a single object's original):
+    /// what a stack without SELinux must still restore.
+    pub fn has_records(store: &Store) -> Result<bool, RelabelError> {
+        if Self::legacy_trees_path(store).exists() {
+            return Ok(true);
+        }
+        let trees = {
+            let txn = store.begin_read()?;
+            match txn.open_table(TREES) {
+                Ok(t) => t.iter().map_err(db_err)?.next().is_some(),
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(db_err(e).into()),
+            }
+        };
+        Ok(trees
+            || store.list_originals()?.iter().any(|(_, rec)| {
+                rec.owners
+                    .iter()
+                    .any(|o| split_owner(o).0 == svirt_domain::Model::Selinux.as_str())
+            }))
+    }
+
     /// Opens the engine on `store`, resolving every path under `root`, with `threads` workers
-    /// for tree walks (0: one per CPU).
+    /// for tree walks (0: one per CPU). An earlier svirt's tree file is adopted into the
+    /// ledger first ([`Relabeler::legacy_trees_path`]).
     pub fn open(
         store: Arc<Store>,
         root: FsRoot,
         threads: usize,
     ) -> Result<Arc<Relabeler>, RelabelError> {
-        let path = Self::trees_path(&store);
-        let trees = Database::create(&path).map_err(db_err)?;
-        // Every share's file names and labels: for root alone, whatever the umask.
-        crate::tree_common::owner_only(&path)?;
+        let moved = crate::tree_common::adopt_legacy_file(
+            &store,
+            &Self::legacy_trees_path(&store),
+            |from, to| {
+                Ok(crate::tree_common::copy_table(from, to, TREES)?
+                    + crate::tree_common::copy_table(from, to, TREE_EXC)?)
+            },
+        )?;
+        if moved > 0 {
+            tracing::info!(
+                rows = moved,
+                "tree records of an earlier svirt moved into the ledger"
+            );
+        }
         {
-            let txn = trees.begin_write().map_err(db_err)?;
+            // Made now so that readers never meet a missing table.
+            let txn = store.begin_write()?;
             txn.open_table(TREES).map_err(db_err)?;
             txn.open_table(TREE_EXC).map_err(db_err)?;
-            txn.commit().map_err(db_err)?;
+            txn.commit()?;
         }
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -489,13 +485,12 @@ impl Relabeler {
             .num_threads(threads)
             .thread_name(|i| format!("svirt-relabel-{i}"))
             .build()
-            .map_err(|e| RelabelError::TreeDb(format!("thread pool: {e}")))?;
+            .map_err(|e| RelabelError::ThreadPool(e.to_string()))?;
         // Tree walks keep one fd per directory with pending changes until the labels are
         // written: use the hard limit (a daemon's usual setting).
         raise_nofile();
         Ok(Arc::new(Relabeler {
             store,
-            trees,
             root,
             pool,
             progress: Mutex::new(None),
@@ -756,10 +751,9 @@ impl Relabeler {
         applied: &mut Applied,
         undo: &mut Vec<Undo>,
     ) -> Result<(), RelabelError> {
-        // A tree's records go to the tree database, not to the store: what the store holds
-        // without an fsync (the guest's level, its record, its claims) is made durable
-        // before the tree carries the guest's label.
-        self.store.sync_if_pending()?;
+        // The tree's record is committed durably to the ledger before the tree carries the
+        // guest's label; that commit also makes what the store holds without an fsync (the
+        // guest's level, its record, its claims) durable (one file, one commit order).
         let want = label_bytes(&j.label);
         let id = root_obj.identity();
         let tkey = TreeKey {
@@ -1064,7 +1058,7 @@ impl Relabeler {
     }
 
     fn tree_get(&self, k: &TreeKey) -> Result<Option<TreeRecord>, RelabelError> {
-        let txn = self.trees.begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let t = txn.open_table(TREES).map_err(db_err)?;
         Ok(get_json(&t, k.row())?)
     }
@@ -1076,13 +1070,13 @@ impl Relabeler {
         chunks: u32,
         f: impl FnMut(Exception),
     ) -> Result<(), RelabelError> {
-        let txn = self.trees.begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let t = txn.open_table(TREE_EXC).map_err(db_err)?;
         Ok(read_chunks(&t, |c| k.chunk(c), chunks, f)?)
     }
 
     fn tree_delete(&self, k: &TreeKey) -> Result<(), RelabelError> {
-        let txn = self.trees.begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         {
             let mut t = txn.open_table(TREES).map_err(db_err)?;
             let chunks = match t.remove(k.row()).map_err(db_err)? {
@@ -1092,17 +1086,17 @@ impl Relabeler {
             let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
             remove_chunks(&mut e, |c| k.chunk(c), chunks)?;
         }
-        Ok(txn.commit().map_err(db_err)?)
+        Ok(txn.commit()?)
     }
 
     /// Stores `rec` as the tree's record (its exception rows untouched).
     fn tree_put(&self, k: &TreeKey, rec: &TreeRecord) -> Result<(), RelabelError> {
-        let txn = self.trees.begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         {
             let mut t = txn.open_table(TREES).map_err(db_err)?;
             put_json(&mut t, k.row(), rec)?;
         }
-        Ok(txn.commit().map_err(db_err)?)
+        Ok(txn.commit()?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1139,14 +1133,14 @@ impl Relabeler {
                 orig: (*o).clone(),
             })
             .collect();
-        let txn = self.trees.begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         {
             let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
             insert_chunks(&mut e, |c| k.chunk(c), &mut rec.chunks, &exc)?;
             let mut t = txn.open_table(TREES).map_err(db_err)?;
             put_json(&mut t, k.row(), &rec)?;
         }
-        Ok(txn.commit().map_err(db_err)?)
+        Ok(txn.commit()?)
     }
 
     /// Keeps the most entries any user's labeling changed in the tree's record.
@@ -1178,7 +1172,7 @@ impl Relabeler {
     }
 
     fn trees_all(&self) -> Result<Vec<(TreeKey, TreeRecord)>, RelabelError> {
-        let txn = self.trees.begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let t = txn.open_table(TREES).map_err(db_err)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
@@ -1189,7 +1183,9 @@ impl Relabeler {
                 "dac" => "dac",
                 _ => continue,
             };
-            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(db_err)?;
+            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(|e| {
+                RelabelError::TreeDb(format!("the record of tree ({dev}, {ino}): {e}"))
+            })?;
             out.push((TreeKey { model, dev, ino }, rec));
         }
         Ok(out)

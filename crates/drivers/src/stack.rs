@@ -53,7 +53,7 @@ pub fn claim_plan(
     model: Model,
     plan: &Plan,
 ) -> Result<(), DriverError> {
-    let owner = crate::relabel::owner_key(model.as_str(), &plan.name);
+    let owner = crate::owners::owner_key(model.as_str(), &plan.name);
     let mut items = Vec::new();
     for pr in &plan.resources {
         let Some(usage) = claim_use(pr) else { continue };
@@ -149,7 +149,7 @@ const BLOCK_DEVICE_KEYS: u64 = u64::MAX;
 /// after a refused or failed start).
 pub fn release_claims(store: &Store, model: Model, guest: &str) -> Result<(), DriverError> {
     store
-        .release_claims(&crate::relabel::owner_key(model.as_str(), guest))
+        .release_claims(&crate::owners::owner_key(model.as_str(), guest))
         .map(|_| ())
         .map_err(|e| DriverError::Store {
             model,
@@ -175,7 +175,7 @@ pub fn recover_claims(
     let mut dead = std::collections::BTreeSet::new();
     for (_, rec) in claims {
         for user in rec.users.keys() {
-            let (m, g) = crate::relabel::split_owner(user);
+            let (m, g) = crate::owners::split_owner(user);
             if m == model.as_str() && !running(g) {
                 dead.insert(user.clone());
             }
@@ -253,6 +253,11 @@ impl Stack {
     /// The drivers, in order.
     pub fn drivers(&self) -> &[Arc<dyn SecurityDriver>] {
         &self.drivers
+    }
+
+    /// The drivers that only recover (models no longer stacked whose records remain).
+    pub fn retired(&self) -> &[Arc<dyn SecurityDriver>] {
+        &self.retired
     }
 
     /// The driver of `model`, if stacked.

@@ -1,5 +1,7 @@
-//! What the two keepers of tree originals share: the relabel engine (`svirt.trees.redb`,
-//! SELinux labels) and DAC (`svirt.dac-trees.redb`, owner/group/mode).
+//! What the two keepers of tree originals share: the relabel engine (tables `trees` and
+//! `tree_exceptions`, SELinux labels) and DAC (`dac_trees`, `dac_tree_exceptions`: owner,
+//! group, mode). Both live in the store's ledger file ([`svirt_store::Store::begin_write`]),
+//! beside the single objects' originals: one file, one commit order.
 //!
 //! Both record a tree as ONE JSON record (the dominant original and the users) plus the
 //! entries whose original differs ("exceptions"), stored in chunk rows of at most
@@ -14,11 +16,10 @@
 
 use std::borrow::Borrow;
 use std::ffi::OsStr;
-use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use redb::{Key, ReadableTable, Table};
+use redb::{Key, ReadableTable, Table, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use svirt_store::{ObjectIdentity, ObjectKey, Timestamp};
@@ -29,20 +30,76 @@ use crate::fsops::Identity;
 /// value should hold, and a 1M-file tree is still only ~64 rows.
 pub(crate) const EXC_CHUNK: usize = 16 * 1024;
 
-/// A failure of a tree database (redb, or a record that does not decode), as text: the
-/// callers' error types each have one variant for it (`From<DbError>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DbError(pub(crate) String);
-
-impl fmt::Display for DbError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A failure of a tree table: the ledger's (redb, I/O), or a record that does not decode.
+/// The callers' error types each have a variant for each (`From<DbError>`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DbError {
+    /// The ledger failed.
+    #[error("{0}")]
+    Ledger(#[from] svirt_store::Error),
+    /// A stored tree record or chunk does not decode.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
-/// Any redb or serde error as a [`DbError`] (`.map_err(db_err)?`).
-pub(crate) fn db_err(e: impl fmt::Display) -> DbError {
-    DbError(e.to_string())
+/// Any redb error (or the store's) as a [`DbError`] (`.map_err(db_err)?`).
+pub(crate) fn db_err(e: impl Into<svirt_store::Error>) -> DbError {
+    DbError::Ledger(e.into())
+}
+
+/// Moves the rows of a tree database file of an earlier svirt (the trees had files of
+/// their own, `legacy`) into the ledger: `copy` copies its tables (with [`copy_table`]) in
+/// one durable transaction, then the file is removed. Nothing to do when there is no
+/// such file. A crash between the commit and the removal copies the rows again, unchanged.
+pub(crate) fn adopt_legacy_file(
+    store: &svirt_store::Store,
+    legacy: &Path,
+    copy: impl FnOnce(&redb::ReadTransaction, &redb::WriteTransaction) -> Result<u64, DbError>,
+) -> Result<u64, DbError> {
+    use redb::ReadableDatabase;
+    let bad = |what: String| DbError::Corrupt(format!("{}: {what}", legacy.display()));
+    match std::fs::symlink_metadata(legacy) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(bad(
+                "an earlier tree database that is not a regular file".into()
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    let old = redb::Database::open(legacy).map_err(|e| bad(e.to_string()))?;
+    let read = old.begin_read().map_err(db_err)?;
+    let txn = store.begin_write()?;
+    let moved = copy(&read, &txn)?;
+    txn.commit()?;
+    drop((read, old));
+    std::fs::remove_file(legacy).map_err(|e| bad(format!("remove: {e}")))?;
+    Ok(moved)
+}
+
+/// Copies every row of `def` from `from` to `to` (a row already under the same key in
+/// `to` is kept); returns how many were copied. A table `from` lacks copies nothing.
+pub(crate) fn copy_table<K: Key + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<'_, K, Bytes>,
+) -> Result<u64, DbError> {
+    let src = match from.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(db_err(e)),
+    };
+    let mut dst = to.open_table(def).map_err(db_err)?;
+    let mut moved = 0;
+    for row in src.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        if dst.get(k.value()).map_err(db_err)?.is_none() {
+            dst.insert(k.value(), v.value()).map_err(db_err)?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }
 
 /// `dir/name` of a path relative to a tree root (`name` alone at the root, whose relative
@@ -79,13 +136,6 @@ pub(crate) fn object_key(id: Identity) -> ObjectKey {
         dev: id.dev,
         ino: id.ino,
     }
-}
-
-/// Makes a database file `0600` (created with the process umask, typically `0644`).
-pub(crate) fn owner_only(path: &Path) -> Result<(), DbError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| DbError(format!("chmod 0600 {}: {e}", path.display())))
 }
 
 /// The store's identity of an object (what tells a replaced file from the recorded one).
@@ -271,7 +321,7 @@ pub(crate) fn read_chunks<'k, K: Key + 'static, R: Record>(
     for c in 0..chunks {
         if let Some(v) = t.get(key(c)).map_err(db_err)? {
             decode_records(v.value(), &mut f)
-                .ok_or_else(|| DbError(format!("corrupt exception chunk {c}")))?;
+                .ok_or_else(|| DbError::Corrupt(format!("corrupt exception chunk {c}")))?;
         }
     }
     Ok(())
@@ -295,7 +345,9 @@ pub(crate) fn get_json<'k, K: Key + 'static, T: DeserializeOwned>(
     key: impl Borrow<K::SelfType<'k>>,
 ) -> Result<Option<T>, DbError> {
     match t.get(key).map_err(db_err)? {
-        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(db_err)?)),
+        Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(|e| {
+            DbError::Corrupt(format!("a tree record does not decode: {e}"))
+        })?)),
         None => Ok(None),
     }
 }
@@ -306,7 +358,7 @@ pub(crate) fn put_json<'k, K: Key + 'static, T: Serialize>(
     key: impl Borrow<K::SelfType<'k>>,
     value: &T,
 ) -> Result<(), DbError> {
-    let bytes = serde_json::to_vec(value).map_err(db_err)?;
+    let bytes = serde_json::to_vec(value).map_err(svirt_store::Error::Encode)?;
     t.insert(key, bytes.as_slice()).map_err(db_err)?;
     Ok(())
 }
@@ -383,12 +435,12 @@ mod tests {
         v
     }
 
-    /// DAC's exception records (`dac_tree::Exception`, the type `svirt.dac-trees.redb`
+    /// DAC's exception records (`dac::tree::Exception`, the type `dac_tree_exceptions`
     /// chunks hold) as databases written by earlier versions hold them: `rel`
     /// (length-prefixed), `ino` (u64 LE), uid, gid, mode (u32 LE).
     #[test]
     fn dac_layout_is_the_stored_one() {
-        use crate::dac_tree::Exception;
+        use crate::dac::tree::Exception;
         let recs = vec![
             Exception {
                 rel: b"d/f".to_vec(),
@@ -417,7 +469,7 @@ mod tests {
     }
 
     /// The relabel engine's exception records (`relabel::Exception`, in
-    /// `svirt.trees.redb` chunks): `rel` (length-prefixed), `ino` (u64 LE), then `0` (no
+    /// `tree_exceptions` chunks): `rel` (length-prefixed), `ino` (u64 LE), then `0` (no
     /// label) or `1` and the label (length-prefixed). Its fields are the engine's: records
     /// built here byte by byte are read by its `Record` impl, checked field by field (the
     /// derived `Debug` names them), and written back to the same bytes.
@@ -545,7 +597,10 @@ mod tests {
         let t = txn.open_table(ROWS).expect("table");
         let err =
             read_chunks(&t, |c| ("selinux", 42, c), chunks, |_: Label| {}).expect_err("corrupt");
-        assert_eq!(err, DbError("corrupt exception chunk 1".into()));
+        assert!(
+            matches!(&err, DbError::Corrupt(m) if m == "corrupt exception chunk 1"),
+            "{err:?}"
+        );
         drop((t, txn));
 
         let txn = db.begin_write().expect("write");

@@ -192,8 +192,8 @@ fn restore_child(dir: &Path) {
         KillAt::Report(n) => {
             let c = count.clone();
             dac.set_progress(Some(Arc::new(
-                move |p: &svirt_drivers::relabel::Progress| {
-                    if p.phase == svirt_drivers::relabel::Phase::Restoring
+                move |p: &svirt_drivers::progress::Progress| {
+                    if p.phase == svirt_drivers::progress::Phase::Restoring
                         && c.fetch_add(1, Ordering::SeqCst) + 1 == n
                     {
                         die();

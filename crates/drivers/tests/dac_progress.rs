@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use dac_support::*;
 use svirt_domain::{DacAction, Plan, Sharing};
 use svirt_drivers::SecurityDriver;
-use svirt_drivers::relabel::{Phase, Progress, ProgressFn};
+use svirt_drivers::progress::{Phase, Progress, ProgressFn};
 
 type Snapshot = BTreeMap<PathBuf, (u32, u32, u32)>;
 

@@ -7,15 +7,15 @@
 mod dac_support;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use dac_support::*;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use svirt_domain::{Access, DacAction, Plan, ResourceKind, Sharing};
 use svirt_drivers::dac::{DacConfig, DacDriver};
 use svirt_drivers::fsops::FsRoot;
-use svirt_drivers::relabel::{Phase, Progress};
+use svirt_drivers::progress::{Phase, Progress};
 use svirt_drivers::{GuestSecurity, SecurityDriver};
 use svirt_store::{IdAllocator, IdConfig, Store};
 
@@ -114,9 +114,9 @@ impl Env {
     }
 
     /// Every row of both tables.
-    fn rows(&self, db_path: &Path) -> Rows {
-        let db = redb::Database::open(db_path).expect("tree database");
-        let txn = db.begin_read().expect("read");
+    /// DAC's tree rows in the store's ledger.
+    fn rows(&self, store: &Store) -> Rows {
+        let txn = store.begin_read().expect("read");
         let records = txn
             .open_table(TREES)
             .expect("dac_trees")
@@ -190,6 +190,7 @@ fn dac_tree_rows_keep_their_layout() {
         .map_or("null".to_string(), |(s, n)| format!("[{s},{n}]"));
     let store = Arc::new(Store::open(&e.state).expect("store"));
     let dac = e.driver(&store);
+    // Where an earlier svirt kept DAC's tree rows (part 2 writes a file there).
     let db_path = store.path().with_extension("dac-trees.redb");
     let mut g = GuestSecurity {
         name: GUEST.into(),
@@ -219,7 +220,11 @@ fn dac_tree_rows_keep_their_layout() {
     // 1. What the driver writes.
     dac.set_all(&p, &g).expect("set_all");
     drop(dac);
-    let (records, chunks) = e.rows(&db_path);
+    assert!(
+        !db_path.exists(),
+        "the rows are in the ledger, not in a file of their own"
+    );
+    let (records, chunks) = e.rows(&store);
     assert_eq!(
         records,
         vec![(
@@ -247,6 +252,8 @@ fn dac_tree_rows_keep_their_layout() {
 
     // 2. Rows written in that layout by hand over a changed tree are restored exactly, with
     //    the entry count (the progress total) and without it (a record from before it).
+    //    They are written to the file an earlier svirt kept them in: the driver adopts it
+    //    into the ledger (and removes it) when it opens its tree records.
     for (entries, total) in [(Some(40), 40), (None, TREE.len() as u64)] {
         for (rel, mode) in TREE {
             let path = e.share.join(rel);
@@ -286,7 +293,11 @@ fn dac_tree_rows_keep_their_layout() {
             "{entries:?}"
         );
         drop(dac);
-        let (records, chunks) = e.rows(&db_path);
+        assert!(
+            !db_path.exists(),
+            "{entries:?}: the earlier file is adopted and removed"
+        );
+        let (records, chunks) = e.rows(&store);
         assert!(
             records.is_empty() && chunks.is_empty(),
             "{entries:?}: rows removed"

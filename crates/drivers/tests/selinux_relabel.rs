@@ -527,7 +527,7 @@ fn stop_then_fail_at(
     env: &Env,
     guest: &'static str,
     nth: usize,
-) -> svirt_drivers::relabel::FaultHook {
+) -> svirt_drivers::progress::FaultHook {
     let r = env.relabeler.clone();
     let n = AtomicUsize::new(0);
     Arc::new(move |point: &str| {
@@ -594,7 +594,7 @@ fn tree_restore_reports_progress_while_it_runs() {
     let seen: Arc<std::sync::Mutex<Vec<(u64, u64)>>> = Arc::default();
     let s2 = seen.clone();
     env.relabeler.set_progress(Some(Arc::new(move |p| {
-        if p.phase == svirt_drivers::relabel::Phase::Restoring {
+        if p.phase == svirt_drivers::progress::Phase::Restoring {
             s2.lock().unwrap().push((p.done, p.total));
         }
     })));
@@ -668,7 +668,8 @@ fn tree_database_rows_keep_their_layout() {
 
     let state = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(state.path()).unwrap());
-    let db_path = Relabeler::trees_path(&store);
+    // Where an earlier svirt kept the tree rows (part 2 writes a file there).
+    let db_path = Relabeler::legacy_trees_path(&store);
     let id = FsRoot::host()
         .unwrap()
         .open_object(&share)
@@ -701,9 +702,10 @@ fn tree_database_rows_keep_their_layout() {
         .unwrap();
     drop(r);
     {
-        use redb::{ReadableDatabase, ReadableTable};
-        let db = redb::Database::open(&db_path).unwrap();
-        let txn = db.begin_read().unwrap();
+        use redb::ReadableTable;
+        // In the store's ledger: no file of their own.
+        assert!(!db_path.exists(), "{}", db_path.display());
+        let txn = store.begin_read().unwrap();
         let rows: Vec<_> = txn
             .open_table(TREES)
             .unwrap()
@@ -748,7 +750,9 @@ fn tree_database_rows_keep_their_layout() {
     drop(r);
     assert_eq!(snap(&all), before);
 
-    // 2. Rows written in that layout by hand, over a labeled tree, are restored exactly.
+    // 2. Rows written in that layout by hand, over a labeled tree, are restored exactly;
+    //    written to the file an earlier svirt kept them in, they are adopted into the
+    //    ledger (and the file removed) when the engine opens.
     for p in &all {
         set_label(p, SHARED);
     }
@@ -765,13 +769,23 @@ fn tree_database_rows_keep_their_layout() {
         }
         txn.commit().unwrap();
     }
-    let r = Relabeler::open(store, FsRoot::host().unwrap(), 1).unwrap();
+    assert!(
+        Relabeler::has_records(&store).unwrap(),
+        "the earlier file counts"
+    );
+    let r = Relabeler::open(store.clone(), FsRoot::host().unwrap(), 1).unwrap();
+    assert!(!db_path.exists(), "the earlier file is adopted and removed");
     let errs = r.restore_labels("fmt-guest");
     assert!(errs.is_empty(), "{errs:?}");
     assert_eq!(snap(&all), before, "restored from hand-written rows");
     assert!(
         r.recover(&|_| false).restored.is_empty(),
         "the record was removed"
+    );
+    drop(r);
+    assert!(
+        !Relabeler::has_records(&store).unwrap(),
+        "nothing left to sweep"
     );
 }
 

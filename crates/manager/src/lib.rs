@@ -169,8 +169,6 @@ impl Manager {
             namespaces: namespaces::NamespacePool::new(),
         };
         let found = recover::recover(&inner)?;
-        // Recovery may have opened a driver's database for its sweep.
-        config::restrict_tree(&inner.config.state_dir)?;
         inner.report.reattached = found.reattached;
         inner.report.recovered = found.recovered;
         inner.report.recovered.extend(

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use svirt_domain::{Model, Plan};
-use svirt_drivers::relabel::{Phase, Progress, ProgressFn};
+use svirt_drivers::progress::{Phase, Progress, ProgressFn};
 
 /// What is being done to a tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use svirt_drivers::GuestSecurity;
-use svirt_drivers::relabel::split_owner;
+use svirt_drivers::owners::split_owner;
 
 use crate::cgroup;
 use crate::error::{ManagerError, Result};
@@ -327,9 +327,10 @@ pub(crate) const UNNAMED: &str = "(orphaned records)";
 /// 3. The drivers' own sweeps then run over their own records, for owners nothing above
 ///    names (a tree whose guest's reservation an earlier recovery released):
 ///    [`svirt_drivers::stack::Stack::recover`], each driver's `recover` (DAC: its tree
-///    records; SELinux: the relabel engine's records, with a retired SELinux driver opened
-///    for the sweep alone when SELinux is not stacked but the engine's database exists:
-///    records of an earlier SELinux configuration).
+///    records; SELinux: the relabel engine's records). A model not stacked whose records
+///    remain (an earlier configuration's) has a retired driver opened for steps 2 and 3
+///    alone (`stack::build`): SELinux when the ledger holds the engine's records, DAC
+///    when it holds a uid, an original or a tree DAC recorded.
 ///
 /// Everything done is pushed to `recovered` (svirtd logs it).
 fn sweep_orphans(
@@ -389,8 +390,17 @@ fn sweep_orphans(
             note(recovered, name, "clearing the record's leftovers mark", r);
         }
     }
+    // The stacked drivers and the retired ones (models no longer stacked whose records
+    // remain): an orphan's records are put back by the model that made them.
+    let drivers: Vec<&Arc<dyn svirt_drivers::SecurityDriver>> = inner
+        .stack
+        .drivers()
+        .iter()
+        .chain(inner.stack.retired())
+        .collect();
+    let models: Vec<svirt_domain::Model> = drivers.iter().map(|d| d.model()).collect();
     for owner in orphans {
-        let plan = empty_plan(&owner, inner.models());
+        let plan = empty_plan(&owner, models.clone());
         let sec = GuestSecurity {
             name: owner.clone(),
             level: None,
@@ -399,13 +409,13 @@ fn sweep_orphans(
         let mut errs = Vec::new();
         // As in undo: a driver whose restore failed keeps the owner's reservation (its
         // objects may still carry the uid or level); the next open tries again.
-        let mut failed = vec![false; inner.stack.drivers().len()];
-        for (i, d) in inner.stack.drivers().iter().enumerate().rev() {
+        let mut failed = vec![false; drivers.len()];
+        for (i, d) in drivers.iter().enumerate().rev() {
             let e = d.restore_all(&plan, &sec);
             failed[i] = !e.is_empty();
             errs.extend(e.into_iter().map(|e| e.to_string()));
         }
-        for (i, d) in inner.stack.drivers().iter().enumerate().rev() {
+        for (i, d) in drivers.iter().enumerate().rev() {
             if failed[i] {
                 errs.extend(inner.kept_reserved(d.as_ref(), &sec));
             } else {
@@ -413,7 +423,7 @@ fn sweep_orphans(
             }
         }
         let what = if errs.is_empty() {
-            "no active guest of this name: what the stacked drivers recorded for it restored, its reservations released"
+            "no active guest of this name: what the drivers recorded for it restored, its reservations released"
                 .to_string()
         } else {
             format!(

@@ -52,6 +52,41 @@ fn selinux_enabled(config: &Config) -> (bool, String) {
     }
 }
 
+/// The DAC driver on `store`, with the configured uid range.
+fn dac_driver(
+    config: &Config,
+    store: &Arc<Store>,
+    progress: &Arc<crate::progress::Board>,
+) -> Result<Arc<DacDriver>> {
+    let range = config.uid_range.unwrap_or_default();
+    let ids = IdAllocator::open(
+        store.clone(),
+        IdConfig {
+            first: range.first,
+            last: range.last,
+            root: config.root_dir.clone(),
+        },
+    )
+    .map_err(|source| ManagerError::StoreFor {
+        what: "uid allocator",
+        source,
+    })?
+    // The start writes the guest record durably before the uid is used (the runtime dir
+    // chown comes after it): one fsync fewer per start.
+    .with_deferred_commits(true);
+    let d = Arc::new(DacDriver::new(
+        DacConfig {
+            accounts_root: config.root_dir.clone(),
+            fs_root: config.root_dir.clone(),
+            ..DacConfig::default()
+        },
+        store.clone(),
+        Arc::new(ids),
+    ));
+    d.set_progress(Some(progress.callback(Model::Dac)));
+    Ok(d)
+}
+
 /// Builds the stack `config` asks for, probing each driver.
 pub(crate) fn build(
     config: &Config,
@@ -87,35 +122,7 @@ pub(crate) fn build(
     let mut reports = Vec::new();
     for name in &wanted {
         let d: Arc<dyn SecurityDriver> = match name {
-            DriverName::Dac => {
-                let range = config.uid_range.unwrap_or_default();
-                let ids = IdAllocator::open(
-                    store.clone(),
-                    IdConfig {
-                        first: range.first,
-                        last: range.last,
-                        root: config.root_dir.clone(),
-                    },
-                )
-                .map_err(|source| ManagerError::StoreFor {
-                    what: "uid allocator",
-                    source,
-                })?
-                // The start writes the guest record durably before the uid is used (the
-                // runtime dir chown comes after it): one fsync fewer per start.
-                .with_deferred_commits(true);
-                let d = Arc::new(DacDriver::new(
-                    DacConfig {
-                        accounts_root: config.root_dir.clone(),
-                        fs_root: config.root_dir.clone(),
-                        ..DacConfig::default()
-                    },
-                    store.clone(),
-                    Arc::new(ids),
-                ));
-                d.set_progress(Some(progress.callback(Model::Dac)));
-                d
-            }
+            DriverName::Dac => dac_driver(config, store, progress)?,
             DriverName::Landlock => Arc::new(LandlockDriver::new(LandlockConfig::default())),
             DriverName::Selinux => {
                 let alloc = LevelAllocator::open(store.clone(), level_config(config))
@@ -164,7 +171,15 @@ pub(crate) fn build(
     // configuration): an engine only for the open's sweep, so they are not kept for ever.
     let (mut retired, mut retired_errors): (Vec<Arc<dyn SecurityDriver>>, _) =
         (Vec::new(), Vec::new());
-    if !wanted.contains(&DriverName::Selinux) && Relabeler::trees_path(store).exists() {
+    let selinux_records = if wanted.contains(&DriverName::Selinux) {
+        false
+    } else {
+        Relabeler::has_records(store).unwrap_or_else(|e| {
+            retired_errors.push(format!("relabel records not read: {e}"));
+            false
+        })
+    };
+    if selinux_records {
         match FsRoot::open(&config.root_dir)
             .map_err(|e| e.to_string())
             .and_then(|root| Relabeler::open(store.clone(), root, 1).map_err(|e| e.to_string()))
@@ -175,6 +190,18 @@ pub(crate) fn build(
                 None,
             ))),
             Err(e) => retired_errors.push(format!("relabel records not swept: {e}")),
+        }
+    }
+    // DAC not stacked, but the ledger holds what it recorded (uids, originals, trees of an
+    // earlier configuration): a DAC driver only for the open's recovery.
+    if !wanted.contains(&DriverName::Dac) {
+        match DacDriver::has_records(store) {
+            Ok(false) => {}
+            Ok(true) => match dac_driver(config, store, progress) {
+                Ok(d) => retired.push(d),
+                Err(e) => retired_errors.push(format!("DAC records not swept: {e}")),
+            },
+            Err(e) => retired_errors.push(format!("DAC records not read: {e}")),
         }
     }
     Ok(Stack {

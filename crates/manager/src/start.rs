@@ -374,9 +374,9 @@ impl Inner {
     /// Durability: the record (`Labeling`), the drivers' reservations and their claims
     /// were committed without an fsync. Every driver records an object's original durably,
     /// in the same store, before it changes the object: that commit makes them durable too,
-    /// before anything uses the uid or level; a driver about to change a tree (whose
-    /// entries go to its own tree database) syncs the store first. A start that labels
-    /// nothing syncs here, after. From this point on (runtime dir
+    /// before anything uses the uid or level (a tree's record is such a commit: the trees'
+    /// tables are in the same ledger). A start that labels nothing syncs here, after.
+    /// From this point on (runtime dir
     /// chowned, files created with the guest's labels, QEMU forked and found again through
     /// its pid file after a crash) the record is on disk. A crash before loses
     /// reservations and a record nothing used.
@@ -422,10 +422,6 @@ impl Inner {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&pid_path)
             .map_err(|e| ManagerError::io("create", &pid_path, e))?;
-        // A driver may have made its database just now (the tree databases are made
-        // at the first share), with the process umask: root's alone, like the rest.
-        // (The state dir is 0700: nobody else could open it meanwhile.)
-        crate::config::restrict_tree(&self.config.state_dir)?;
         self.fault.point("after-label")?;
         Ok((log_path, log, listener, pid_file))
     }

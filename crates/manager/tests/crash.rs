@@ -396,3 +396,48 @@ fn restart_killed_after_spawn_keeps_the_earlier_record() {
         );
     }
 }
+
+/// svirtd killed mid-start under `dac,landlock` (the disk already the guest's), then
+/// opened with a stack without DAC (`--drivers landlock`): DAC's records are still put
+/// back. The DAC driver is opened for the open's recovery alone (a retired driver, as for
+/// SELinux's records), restores the disk's owner and mode and releases the uid; nothing
+/// is left in the ledger. Control: the crash did leave the disk owned by the guest.
+#[test]
+fn a_stack_without_dac_still_restores_what_dac_recorded() {
+    require_env!();
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let env = Env::new("retired");
+    let disk = env.qcow2("r.qcow2");
+    let serial = env.path("images").join("r.serial.log");
+    std::fs::write(&serial, b"").unwrap();
+    let files = Files::snapshot(vec![disk.clone(), serial.clone()]);
+    let xml = env.xml("r", &[(disk.clone(), "qcow2", false)]);
+    let sig = run_child(
+        &env,
+        &env.config("dac,landlock"),
+        &xml,
+        Some("after-label"),
+        false,
+    );
+    assert_eq!(sig, libc::SIGKILL);
+    assert_ne!(meta(&disk).0, 0, "the crash left the disk the guest's");
+    let (m, report) = Manager::open(env.config("landlock")).unwrap();
+    files.assert_restored("opened without DAC");
+    assert!(
+        report
+            .recovered
+            .iter()
+            .any(|r| r.guest == "r" && !r.what.contains("error")),
+        "{:?}",
+        report.recovered
+    );
+    assert_eq!(
+        report.stack,
+        vec![svirt_domain::Model::Landlock],
+        "DAC only recovers, it is not stacked"
+    );
+    drop(m);
+    env.assert_store_clean("opened without DAC");
+}

@@ -352,7 +352,7 @@ fn a_tree_whose_restore_fails_is_reported_as_failed() {
     // The record is kept, and the leak check sees it.
     let rows = env.tree_rows();
     assert!(
-        rows.iter().any(|r| r.contains("dac-trees")),
+        rows.iter().any(|r| r.starts_with("dac_trees")),
         "the kept DAC tree record is not seen: {rows:?}"
     );
     drop(immutable);

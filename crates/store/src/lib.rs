@@ -30,5 +30,6 @@ pub use originals::{
     Timestamp,
 };
 pub use store::{
-    DB_FILE, GuestRecord, LevelReservation, MAX_OWNER_LEN, ReservationKind, SCHEMA_VERSION, Store,
+    DB_FILE, GuestRecord, LedgerWrite, LevelReservation, MAX_OWNER_LEN, ReservationKind,
+    SCHEMA_VERSION, Store,
 };

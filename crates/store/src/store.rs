@@ -135,6 +135,35 @@ pub struct Store {
     deferred_upto: AtomicU64,
 }
 
+/// A durable write transaction on the ledger ([`Store::begin_write`]); derefs to redb's
+/// [`WriteTransaction`] for opening tables.
+pub struct LedgerWrite<'s> {
+    store: &'s Store,
+    txn: WriteTransaction,
+    n: u64,
+}
+
+impl LedgerWrite<'_> {
+    /// Commits durably (fsync): this and every earlier commit of the store are on disk.
+    pub fn commit(self) -> Result<()> {
+        self.txn.commit()?;
+        self.store.durable_upto.fetch_max(self.n, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Ends the transaction without writing anything.
+    pub fn abort(self) -> Result<()> {
+        Ok(self.txn.abort()?)
+    }
+}
+
+impl std::ops::Deref for LedgerWrite<'_> {
+    type Target = WriteTransaction;
+    fn deref(&self) -> &WriteTransaction {
+        &self.txn
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
@@ -250,6 +279,31 @@ impl Store {
             self.durable_upto.fetch_max(n, Ordering::SeqCst);
         }
         Ok(out)
+    }
+
+    /// A durable write transaction of the ledger for tables other layers own (the
+    /// drivers' tree records): the caller opens its tables on it and ends it with
+    /// [`LedgerWrite::commit`] (dropped or [`LedgerWrite::abort`]ed, nothing is written).
+    ///
+    /// One file and one commit order for everything svirt records: such a commit also
+    /// makes every earlier deferred commit of the store durable, so a driver recording a
+    /// tree's originals needs no sync of its own before it (there is no second database
+    /// whose commits could overtake the store's). Waits while another write runs (redb has
+    /// one writer); the tree writers hold it for one record at a time.
+    pub fn begin_write(&self) -> Result<LedgerWrite<'_>> {
+        let txn = self.db.begin_write()?;
+        // Taken under the write lock: numbers follow the commits' order.
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(LedgerWrite {
+            store: self,
+            txn,
+            n,
+        })
+    }
+
+    /// A read transaction of the ledger (a snapshot of every table).
+    pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        Ok(self.db.begin_read()?)
     }
 
     /// Makes every earlier commit durable now (one empty durable commit).

@@ -16,6 +16,9 @@ use svirt_store::{AllocatorConfig, IdAllocator, IdConfig, LevelAllocator, Store}
 
 const CHILD_ENV: &str = "SVIRT_STORE_DEFERRED_CHILD";
 
+/// A table of another layer (as the drivers' tree tables are) in the ledger.
+const FOREIGN: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("foreign");
+
 fn accounts(dir: &Path) {
     std::fs::create_dir_all(dir.join("etc")).unwrap();
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
@@ -65,6 +68,25 @@ fn deferred_child_entry() {
             );
         }
         Ok("deferred") => store.put_guest_deferred("g", "starting", b"{}").unwrap(),
+        // The record deferred, then a commit of another layer's table in the ledger (a
+        // driver's tree record), committed or aborted.
+        Ok(m @ ("deferred+ledger" | "deferred+ledger-abort")) => {
+            store.put_guest_deferred("g", "starting", b"{}").unwrap();
+            let txn = store.begin_write().unwrap();
+            txn.open_table(FOREIGN)
+                .unwrap()
+                .insert(1, b"tree".as_slice())
+                .unwrap();
+            if m == "deferred+ledger" {
+                txn.commit().unwrap();
+                assert!(
+                    !store.sync_if_pending().unwrap(),
+                    "the ledger commit covers it"
+                );
+            } else {
+                txn.abort().unwrap();
+            }
+        }
         _ => {}
     }
     println!("READY {id} {level}");
@@ -105,7 +127,7 @@ fn deferred_reservation_lost_without_a_durable_commit() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    for mode in ["none", "deferred"] {
+    for mode in ["none", "deferred", "deferred+ledger-abort"] {
         let (ids, levels, guest) = run(mode);
         assert!(ids.is_empty(), "{mode}: {ids:?}");
         assert_eq!(levels, 0, "{mode}");
@@ -118,7 +140,7 @@ fn deferred_reservation_kept_by_the_next_durable_commit() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    for mode in ["durable", "deferred+sync"] {
+    for mode in ["durable", "deferred+sync", "deferred+ledger"] {
         let (ids, levels, guest) = run(mode);
         assert_eq!(ids.len(), 1, "{mode}: {ids:?}");
         assert_eq!(ids[0].1, "g");

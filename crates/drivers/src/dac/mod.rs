@@ -26,7 +26,7 @@
 //!
 //! Files: this one is the driver (reserve, set, restore, release, recover); `acl.rs` the
 //! POSIX ACL codec; `credentials.rs` the child hook; `accounts.rs` account lookups; the
-//! tree records are `crate::dac_tree`.
+//! tree records are `tree`.
 
 use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
@@ -38,15 +38,17 @@ use std::sync::{Arc, Mutex};
 use svirt_domain::{Access, DacAction, DeviceOverride, Model, Plan, PlannedResource};
 use svirt_store::{IdAllocator, ObjectKey, Original, Store};
 
-use crate::dac_tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 use crate::fsops::{FsRoot, Meta, Object};
-use crate::relabel::{FaultHook, ProgressFn, split_owner};
+use crate::owners::split_owner;
+use crate::progress::{FaultHook, ProgressFn};
 use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+use tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 
 mod accounts;
 mod acl;
 mod credentials;
+pub(crate) mod tree;
 
 use accounts::lookup_id;
 use acl::{ACL_GROUP, ACL_MASK, ACL_UNDEFINED_ID, ACL_USER, Acl};
@@ -58,9 +60,9 @@ pub const MODEL_KEY: &str = "dac";
 /// `model_flags` bits: what DAC changed on an object, so restore undoes exactly that.
 pub mod flags {
     /// Owner or group changed.
-    pub const OWNER: u32 = crate::relabel::FLAG_DAC_OWNER;
+    pub const OWNER: u32 = crate::owners::FLAG_DAC_OWNER;
     /// Permission bits changed.
-    pub const MODE: u32 = crate::relabel::FLAG_DAC_MODE;
+    pub const MODE: u32 = crate::owners::FLAG_DAC_MODE;
     /// The object had no access ACL; DAC created one (restore removes it).
     pub const ACL_CREATED: u32 = 4;
     /// The object had an access ACL; DAC added a group entry (restore removes it and puts
@@ -201,7 +203,7 @@ fn parse_shared_owner(owner: &str) -> Option<ObjectKey> {
 /// convention), so DAC's reference count of an object is separate from other models' records
 /// of the same object, and the engine's crash recovery restores DAC's owner and mode too.
 pub fn owner_key(guest: &str) -> String {
-    crate::relabel::owner_key(MODEL_KEY, guest)
+    crate::owners::owner_key(MODEL_KEY, guest)
 }
 
 const ACL_XATTR: &CStr = c"system.posix_acl_access";
@@ -287,7 +289,11 @@ fn tree_err(e: TreeError) -> DriverError {
             path,
             source,
         },
-        TreeError::Db(m) => DriverError::Store {
+        TreeError::Ledger(e) => DriverError::Store {
+            model: Model::Dac,
+            message: format!("tree records: {e}"),
+        },
+        TreeError::Record(m) => DriverError::Store {
             model: Model::Dac,
             message: format!("tree records: {m}"),
         },
@@ -488,7 +494,7 @@ impl DacDriver {
             .is_some_and(|r| {
                 r.owners
                     .iter()
-                    .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
+                    .any(|o| crate::owners::split_owner(o).0 == MODEL_KEY)
             });
         let tree = self
             .tree_db()?
@@ -524,9 +530,26 @@ impl DacDriver {
         if let Some(db) = &*slot {
             return Ok(db.clone());
         }
-        let db = Arc::new(TreeDb::open(&TreeDb::path_for(self.store.path())).map_err(tree_err)?);
+        let db = Arc::new(TreeDb::open(self.store.clone()).map_err(tree_err)?);
         *slot = Some(db.clone());
         Ok(db)
+    }
+
+    /// Whether `store` holds anything DAC recorded: a uid or gid reservation, an original
+    /// with a DAC user, a tree record (in the ledger, or in an earlier svirt's file not
+    /// yet adopted). What a stack without DAC must still restore and release.
+    pub fn has_records(store: &Store) -> Result<bool, svirt_store::Error> {
+        if tree::TreeDb::legacy_path(store).exists() || !store.id_reservations()?.is_empty() {
+            return Ok(true);
+        }
+        if store
+            .list_originals()?
+            .iter()
+            .any(|(_, rec)| rec.owners.iter().any(|o| split_owner(o).0 == MODEL_KEY))
+        {
+            return Ok(true);
+        }
+        tree::has_rows(store)
     }
 
     /// Paths and users of every DAC tree record (what restore and recovery will put back).
@@ -599,7 +622,7 @@ impl DacDriver {
         };
         for (k, _, owners) in list {
             for o in owners {
-                let (model, guest) = crate::relabel::split_owner(&o);
+                let (model, guest) = crate::owners::split_owner(&o);
                 if model == MODEL_KEY && !running(guest) {
                     self.release_tree(&root, &db, k, &o, &mut errors);
                 }
@@ -616,7 +639,7 @@ impl DacDriver {
 
     /// Applies the plan's DAC changes. Everything is opened first (a missing object changes
     /// nothing). Trees (recursive directories) come first, each with ONE durable record of
-    /// its originals committed before its first change ([`crate::dac_tree`]); their keys go
+    /// its originals committed before its first change ([`tree`]); their keys go
     /// to `trees`. Then single objects, in two passes: their targets are worked out from
     /// their current state (so an object inside a tree gets its change on top of the
     /// tree's), their originals committed in ONE durable transaction, then the changes
@@ -659,9 +682,8 @@ impl DacDriver {
                     self.rule(pr, ids, false, key)?,
                 ) {
                     // A shared tree's group may have just been allocated (committed without
-                    // an fsync), and the tree's records go to their own database: the store
-                    // is made durable before the tree carries the group.
-                    self.store.sync_if_pending().map_err(store_err)?;
+                    // an fsync): the tree's record, committed durably to the same ledger
+                    // before the tree's first change, makes that allocation durable too.
                     db.set_tree(&me, obj, Rules { dir, other }, trees, progress.as_ref())
                         .map_err(tree_err)?;
                 }
@@ -784,7 +806,7 @@ impl DacDriver {
                 && rec
                     .owners
                     .iter()
-                    .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY)
+                    .any(|o| crate::owners::split_owner(o).0 == MODEL_KEY)
                 && is_read_grant(&rec.original)
         });
         let mut f = 0;
@@ -847,7 +869,7 @@ impl DacDriver {
         let other_dac_user = rec
             .owners
             .iter()
-            .any(|o| *o != me && crate::relabel::split_owner(o).0 == MODEL_KEY);
+            .any(|o| *o != me && crate::owners::split_owner(o).0 == MODEL_KEY);
         if !stale && !other_dac_user {
             let orig = &rec.original;
             // The device group is looked up only for records that do not name the gid.
@@ -888,7 +910,7 @@ impl DacDriver {
         me: &str,
         last_dac_user: bool,
     ) -> Result<(), DriverError> {
-        let guest = crate::relabel::split_owner(me).1;
+        let guest = crate::owners::split_owner(me).1;
         let [ru, rp] = read_keys(guest);
         let mut clear: Vec<&str> = vec![&ru, &rp];
         if last_dac_user {
@@ -1022,7 +1044,7 @@ impl DacDriver {
         let dac_user = rec
             .owners
             .iter()
-            .any(|o| crate::relabel::split_owner(o).0 == MODEL_KEY);
+            .any(|o| crate::owners::split_owner(o).0 == MODEL_KEY);
         let same = rec
             .original
             .identity
@@ -1543,7 +1565,7 @@ impl DacDriver {
                 let last = !rec
                     .owners
                     .iter()
-                    .any(|o| o != me && crate::relabel::split_owner(o).0 == MODEL_KEY);
+                    .any(|o| o != me && crate::owners::split_owner(o).0 == MODEL_KEY);
                 self.release_record(k, me, last)
             });
         if let Err(e) = r {

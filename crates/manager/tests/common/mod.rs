@@ -171,8 +171,8 @@ impl Env {
         root
     }
 
-    /// Asserts the store (the manager closed) holds no uid or level reservation and no
-    /// recorded original, and the drivers' tree databases no tree record: nothing leaked.
+    /// Asserts the store (the manager closed) holds no uid or level reservation, no
+    /// recorded original and no tree record: nothing leaked.
     pub fn assert_store_clean(&self, what: &str) {
         let store = svirt_store::Store::open(&self.path("state")).unwrap();
         let ids = store.id_reservations().unwrap();
@@ -189,26 +189,37 @@ impl Env {
         assert!(trees.is_empty(), "{what}: tree records left: {trees:?}");
     }
 
-    /// The non-empty tables of the drivers' tree databases next to the store, read-only
-    /// and whatever their row types (DAC's `svirt.dac-trees.redb`, the relabel engine's
-    /// `svirt.trees.redb`; a database not made yet has none): `file: table (rows)`.
+    /// The drivers' non-empty tree tables in the ledger (the manager closed), read-only
+    /// and whatever their row types (DAC's `dac_trees`, `dac_tree_exceptions`; the relabel
+    /// engine's `trees`, `tree_exceptions`): `table (rows)`. A tree file of an earlier
+    /// svirt left beside the store is listed too (its rows belong in the ledger).
     pub fn tree_rows(&self) -> Vec<String> {
         use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
         let mut out = Vec::new();
-        for file in ["svirt.dac-trees.redb", "svirt.trees.redb"] {
-            let path = self.path("state").join(file);
-            if !path.exists() {
+        for legacy in ["svirt.dac-trees.redb", "svirt.trees.redb"] {
+            if self.path("state").join(legacy).exists() {
+                out.push(format!("{legacy}: a tree file beside the ledger"));
+            }
+        }
+        let path = self.path("state").join(svirt_store::DB_FILE);
+        let db = redb::ReadOnlyDatabase::open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        let txn = db.begin_read().unwrap();
+        for handle in txn.list_tables().unwrap() {
+            let name = handle.name().to_string();
+            if ![
+                "trees",
+                "tree_exceptions",
+                "dac_trees",
+                "dac_tree_exceptions",
+            ]
+            .contains(&name.as_str())
+            {
                 continue;
             }
-            let db = redb::ReadOnlyDatabase::open(&path)
-                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-            let txn = db.begin_read().unwrap();
-            for handle in txn.list_tables().unwrap() {
-                let name = handle.name().to_string();
-                let rows = txn.open_untyped_table(handle).unwrap().len().unwrap();
-                if rows > 0 {
-                    out.push(format!("{file}: {name} ({rows} rows)"));
-                }
+            let rows = txn.open_untyped_table(handle).unwrap().len().unwrap();
+            if rows > 0 {
+                out.push(format!("{name} ({rows} rows)"));
             }
         }
         out

@@ -3,8 +3,8 @@
 //!
 //! One record per object would mean one fd and one store row per file: a 50,000-file share
 //! ran out of fds (EMFILE) and its restore cost one fsync'ed transaction per file. A tree
-//! instead gets ONE record in a companion database next to the store
-//! (`svirt.dac-trees.redb`), committed before the first change: the most common original
+//! instead gets ONE record in the store's ledger (tables `dac_trees`,
+//! `dac_tree_exceptions`), committed durably before the first change: the most common original
 //! (uid, gid, mode) of directories and of other objects (the "dominant" ones) and every
 //! entry whose original differs ("exceptions"), keyed by the tree root's (dev, ino).
 //!
@@ -22,7 +22,7 @@
 //! carries a change of one of the tree's users (owned by the guest's uid, or for mode-only
 //! changes, with the added bits), once the last DAC user of the tree stops.
 //!
-//! Progress goes to the relabel engine's callback type ([`crate::relabel::ProgressFn`]),
+//! Progress goes to the relabel engine's callback type ([`crate::progress::ProgressFn`]),
 //! from the thread doing the walk, every [`REPORT_EVERY`] entries visited and once at the
 //! end of each phase of a tree, with `path` = the tree's root as the plan names it (on
 //! restore: as the record names it, i.e. as the plan of the guest that recorded it did).
@@ -32,12 +32,13 @@ use std::ffi::CStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::fsops::{Dir, EntryKind, Identity, Meta, Object};
-use crate::relabel::{Phase, Progress, ProgressFn};
+use crate::progress::{Phase, Progress, ProgressFn};
 use crate::tree_common::{
     Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
     join_rel, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
@@ -194,12 +195,24 @@ pub(crate) enum TreeError {
         path: PathBuf,
         source: io::Error,
     },
-    Db(String),
+    /// The ledger failed.
+    Ledger(svirt_store::Error),
+    /// A tree record does not decode, or changed under a step that needed it.
+    Record(String),
 }
 
 impl From<DbError> for TreeError {
     fn from(e: DbError) -> Self {
-        TreeError::Db(e.0)
+        match e {
+            DbError::Ledger(e) => TreeError::Ledger(e),
+            DbError::Corrupt(m) => TreeError::Record(m),
+        }
+    }
+}
+
+impl From<svirt_store::Error> for TreeError {
+    fn from(e: svirt_store::Error) -> Self {
+        TreeError::Ledger(e)
     }
 }
 
@@ -478,9 +491,19 @@ fn acl_walk(
 
 type Exceptions = HashMap<Vec<u8>, (u64, Orig)>;
 
-/// The companion database of DAC tree records.
+/// Whether the ledger holds any DAC tree record (without making the tables).
+pub(crate) fn has_rows(store: &svirt_store::Store) -> Result<bool, svirt_store::Error> {
+    let txn = store.begin_read()?;
+    match txn.open_table(TREES) {
+        Ok(t) => Ok(t.iter()?.next().is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// DAC's tree records, in the store's ledger (tables `dac_trees`, `dac_tree_exceptions`).
 pub(crate) struct TreeDb {
-    db: Database,
+    store: Arc<svirt_store::Store>,
 }
 
 /// The recorded original of an entry: its exception, else the dominant one of its kind.
@@ -501,30 +524,44 @@ fn with_orig(m: Meta, o: Orig) -> Meta {
 }
 
 impl TreeDb {
-    /// `svirt.dac-trees.redb` next to the store file.
-    pub(crate) fn path_for(store_path: &Path) -> PathBuf {
-        store_path.with_extension("dac-trees.redb")
+    /// Where an earlier svirt kept DAC's tree records: `svirt.dac-trees.redb` next to the
+    /// store file. Its rows move into the ledger at [`TreeDb::open`].
+    pub(crate) fn legacy_path(store: &svirt_store::Store) -> PathBuf {
+        store.path().with_extension("dac-trees.redb")
     }
 
-    pub(crate) fn open(path: &Path) -> Result<TreeDb, TreeError> {
-        let database = Database::create(path).map_err(db_err)?;
-        // Every share's file names and owners: for root alone, whatever the umask.
-        crate::tree_common::owner_only(path)?;
-        let txn = database.begin_write().map_err(db_err)?;
+    /// DAC's tree tables in `store`'s ledger, made if missing, after adopting an earlier
+    /// svirt's file of them ([`TreeDb::legacy_path`]).
+    pub(crate) fn open(store: Arc<svirt_store::Store>) -> Result<TreeDb, TreeError> {
+        let moved = crate::tree_common::adopt_legacy_file(
+            &store,
+            &Self::legacy_path(&store),
+            |from, to| {
+                Ok(crate::tree_common::copy_table(from, to, TREES)?
+                    + crate::tree_common::copy_table(from, to, TREE_EXC)?)
+            },
+        )?;
+        if moved > 0 {
+            tracing::info!(
+                rows = moved,
+                "DAC tree records of an earlier svirt moved into the ledger"
+            );
+        }
+        let txn = store.begin_write()?;
         txn.open_table(TREES).map_err(db_err)?;
         txn.open_table(TREE_EXC).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
-        Ok(TreeDb { db: database })
+        txn.commit()?;
+        Ok(TreeDb { store })
     }
 
     fn get(&self, k: TreeKey) -> Result<Option<TreeRecord>, TreeError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let t = txn.open_table(TREES).map_err(db_err)?;
         Ok(get_json(&t, k)?)
     }
 
     fn exceptions(&self, k: TreeKey, chunks: u32) -> Result<Exceptions, TreeError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let t = txn.open_table(TREE_EXC).map_err(db_err)?;
         let mut out = HashMap::new();
         read_chunks(&t, chunk_key(k), chunks, |e: Exception| {
@@ -543,13 +580,13 @@ impl TreeDb {
         exc: &[Exception],
         f: impl FnOnce(Option<TreeRecord>) -> Option<TreeRecord>,
     ) -> Result<Option<TreeRecord>, TreeError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         let stored = {
             let mut t = txn.open_table(TREES).map_err(db_err)?;
             let cur = get_json(&t, k)?;
             let Some(mut rec) = f(cur) else {
                 drop(t);
-                txn.abort().map_err(db_err)?;
+                txn.abort()?;
                 return Ok(None);
             };
             let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
@@ -557,12 +594,12 @@ impl TreeDb {
             put_json(&mut t, k, &rec)?;
             rec
         };
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(Some(stored))
     }
 
     fn delete(&self, k: TreeKey) -> Result<(), TreeError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         {
             let mut t = txn.open_table(TREES).map_err(db_err)?;
             let chunks = match t.remove(k).map_err(db_err)? {
@@ -572,17 +609,19 @@ impl TreeDb {
             let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
             remove_chunks(&mut e, chunk_key(k), chunks)?;
         }
-        Ok(txn.commit().map_err(db_err)?)
+        Ok(txn.commit()?)
     }
 
     /// Every tree record: key, root path, users.
     pub(crate) fn list(&self) -> Result<Vec<(TreeKey, PathBuf, Vec<String>)>, TreeError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.store.begin_read()?;
         let t = txn.open_table(TREES).map_err(db_err)?;
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
-            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(db_err)?;
+            let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(|e| {
+                TreeError::Record(format!("the record of tree {:?}: {e}", k.value()))
+            })?;
             out.push((
                 k.value(),
                 path_of_bytes(&rec.path),
@@ -716,7 +755,7 @@ impl TreeDb {
                         Some(r)
                     })?
                     .ok_or_else(|| {
-                        TreeError::Db(format!(
+                        TreeError::Record(format!(
                             "{}: tree record removed while joining it; retry",
                             base.display()
                         ))
@@ -812,7 +851,9 @@ impl TreeDb {
             // Restore before releasing: a crash in between leaves the record for recovery.
             n = self.restore(k, &rec, open_root, progress, fault)?;
             if fault("after-tree-restore") {
-                return Err(TreeError::Db("injected fault at after-tree-restore".into()));
+                return Err(TreeError::Record(
+                    "injected fault at after-tree-restore".into(),
+                ));
             }
         } else if let Some(uid) = rec.owners.get(owner).and_then(|r| r.dir.read_acl)
             // Guests with one static uid share its entries: kept while another has it.
@@ -828,7 +869,7 @@ impl TreeDb {
         }
         // Deleted only if still ours alone (a guest may have joined meanwhile: then only
         // `owner` goes).
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.store.begin_write()?;
         let chunks = {
             let mut t = txn.open_table(TREES).map_err(db_err)?;
             match get_json::<_, TreeRecord>(&t, k)? {
@@ -849,7 +890,7 @@ impl TreeDb {
             let mut e = txn.open_table(TREE_EXC).map_err(db_err)?;
             remove_chunks(&mut e, chunk_key(k), chunks)?;
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(n)
     }
 
