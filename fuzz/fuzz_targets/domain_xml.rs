@@ -38,6 +38,10 @@ fuzz_target!(|data: &[u8]| {
             })
         })
         .collect();
+    let resources = svirt_domain::Resources {
+        resources,
+        ..Default::default()
+    };
     if let Ok(p) = plan(d, resources, &PlanConfig::default()) {
         let _ = svirt_domain::report(&p, &[], &parsed.warnings);
     }

@@ -451,5 +451,5 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(!r.path.as_os_str().as_bytes().contains(&0));
     }
-    let _ = plan(d, res.resources, &PlanConfig::default());
+    let _ = plan(d, res, &PlanConfig::default());
 });
