@@ -455,27 +455,12 @@ impl Relabeler {
         root: FsRoot,
         threads: usize,
     ) -> Result<Arc<Relabeler>, RelabelError> {
-        let moved = crate::tree_common::adopt_legacy_file(
+        crate::tree_common::open_tree_tables(
             &store,
             &Self::legacy_trees_path(&store),
-            |from, to| {
-                Ok(crate::tree_common::copy_table(from, to, TREES)?
-                    + crate::tree_common::copy_table(from, to, TREE_EXC)?)
-            },
+            TREES,
+            TREE_EXC,
         )?;
-        if moved > 0 {
-            tracing::info!(
-                rows = moved,
-                "tree records of an earlier svirt moved into the ledger"
-            );
-        }
-        {
-            // Made now so that readers never meet a missing table.
-            let txn = store.begin_write()?;
-            txn.open_table(TREES).map_err(db_err)?;
-            txn.open_table(TREE_EXC).map_err(db_err)?;
-            txn.commit()?;
-        }
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {

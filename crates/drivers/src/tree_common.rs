@@ -47,40 +47,55 @@ pub(crate) fn db_err(e: impl Into<svirt_store::Error>) -> DbError {
     DbError::Ledger(e.into())
 }
 
-/// Moves the rows of a tree database file of an earlier svirt (the trees had files of
-/// their own, `legacy`) into the ledger: `copy` copies its tables (with [`copy_table`]) in
-/// one durable transaction, then the file is removed. Nothing to do when there is no
-/// such file. A crash between the commit and the removal copies the rows again, unchanged.
-pub(crate) fn adopt_legacy_file(
+/// Makes a keeper's two tree tables (`records`, `chunks`) in the ledger if missing, after
+/// adopting an earlier svirt's file of them (`legacy`: the trees had files of their own).
+/// The file's rows are copied in one durable transaction, then the file is removed; a
+/// crash in between copies the same rows again. Returns how many rows were adopted.
+pub(crate) fn open_tree_tables<R: Key + 'static, C: Key + 'static>(
     store: &svirt_store::Store,
     legacy: &Path,
-    copy: impl FnOnce(&redb::ReadTransaction, &redb::WriteTransaction) -> Result<u64, DbError>,
+    records: TableDefinition<'_, R, Bytes>,
+    chunks: TableDefinition<'_, C, Bytes>,
 ) -> Result<u64, DbError> {
     use redb::ReadableDatabase;
     let bad = |what: String| DbError::Corrupt(format!("{}: {what}", legacy.display()));
-    match std::fs::symlink_metadata(legacy) {
-        Ok(m) if m.is_file() => {}
+    let moved = match std::fs::symlink_metadata(legacy) {
+        Ok(m) if m.is_file() => {
+            let old = redb::Database::open(legacy).map_err(|e| bad(e.to_string()))?;
+            let read = old.begin_read().map_err(db_err)?;
+            let txn = store.begin_write()?;
+            let moved = copy_table(&read, &txn, records)? + copy_table(&read, &txn, chunks)?;
+            txn.commit()?;
+            drop((read, old));
+            std::fs::remove_file(legacy).map_err(|e| bad(format!("remove: {e}")))?;
+            moved
+        }
         Ok(_) => {
             return Err(bad(
                 "an earlier tree database that is not a regular file".into()
             ));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(bad(e.to_string())),
+    };
+    if moved > 0 {
+        tracing::info!(
+            rows = moved,
+            file = %legacy.display(),
+            "tree records of an earlier svirt moved into the ledger"
+        );
     }
-    let old = redb::Database::open(legacy).map_err(|e| bad(e.to_string()))?;
-    let read = old.begin_read().map_err(db_err)?;
+    // Made now so that readers never meet a missing table.
     let txn = store.begin_write()?;
-    let moved = copy(&read, &txn)?;
+    txn.open_table(records).map_err(db_err)?;
+    txn.open_table(chunks).map_err(db_err)?;
     txn.commit()?;
-    drop((read, old));
-    std::fs::remove_file(legacy).map_err(|e| bad(format!("remove: {e}")))?;
     Ok(moved)
 }
 
 /// Copies every row of `def` from `from` to `to` (a row already under the same key in
 /// `to` is kept); returns how many were copied. A table `from` lacks copies nothing.
-pub(crate) fn copy_table<K: Key + 'static>(
+fn copy_table<K: Key + 'static>(
     from: &redb::ReadTransaction,
     to: &redb::WriteTransaction,
     def: TableDefinition<'_, K, Bytes>,

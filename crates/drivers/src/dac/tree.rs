@@ -533,24 +533,7 @@ impl TreeDb {
     /// DAC's tree tables in `store`'s ledger, made if missing, after adopting an earlier
     /// svirt's file of them ([`TreeDb::legacy_path`]).
     pub(crate) fn open(store: Arc<svirt_store::Store>) -> Result<TreeDb, TreeError> {
-        let moved = crate::tree_common::adopt_legacy_file(
-            &store,
-            &Self::legacy_path(&store),
-            |from, to| {
-                Ok(crate::tree_common::copy_table(from, to, TREES)?
-                    + crate::tree_common::copy_table(from, to, TREE_EXC)?)
-            },
-        )?;
-        if moved > 0 {
-            tracing::info!(
-                rows = moved,
-                "DAC tree records of an earlier svirt moved into the ledger"
-            );
-        }
-        let txn = store.begin_write()?;
-        txn.open_table(TREES).map_err(db_err)?;
-        txn.open_table(TREE_EXC).map_err(db_err)?;
-        txn.commit()?;
+        crate::tree_common::open_tree_tables(&store, &Self::legacy_path(&store), TREES, TREE_EXC)?;
         Ok(TreeDb { store })
     }
 
