@@ -10,14 +10,13 @@
 //! tests. Paths written in the domain XML are absolute host paths and are resolved as
 //! they are.
 
-use std::collections::VecDeque;
-use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
@@ -51,8 +50,6 @@ pub const SYSTEM_PATHS: &[&str] = &[
     "/var/log",
 ];
 
-/// Most symlinks followed in one path (the kernel's own limit).
-const MAX_SYMLINKS: u32 = 40;
 /// Deepest directory nesting walked in a tree.
 const MAX_TREE_DEPTH: usize = 128;
 /// Most entries walked in one tree.
@@ -120,7 +117,8 @@ impl FileInfo {
     }
 }
 
-/// An object reached safely: its canonical path and an `O_PATH` fd to it.
+/// An object reached safely ([`svirt_hostfs::resolve`]) and judged by the object policy:
+/// its canonical path and an `O_PATH` fd to it.
 #[derive(Debug)]
 pub struct Resolved {
     /// The path as written.
@@ -134,51 +132,25 @@ pub struct Resolved {
     /// `(dev, ino)` of every directory the object was reached through, from `/` down to
     /// its parent.
     pub ancestors: Vec<(u64, u64)>,
-    fd: OwnedFd,
-    parent: OwnedFd,
-    name: OsString,
+    reached: svirt_hostfs::resolve::Resolved,
 }
 
 impl Resolved {
     /// The `O_PATH` fd of the object.
     pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+        self.reached.fd()
     }
 
     /// Opens the object for reading, by name in its parent directory without following
     /// a symlink, and checks it is still the object resolved. FIFOs are opened
     /// non-blocking so a pipe never hangs the planner.
     pub fn open_read(&self) -> std::io::Result<std::fs::File> {
-        let fd = rustix::fs::openat(
-            &self.parent,
-            self.name.as_os_str(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-            Mode::empty(),
-        )?;
-        let st = rustix::fs::fstat(&fd)?;
-        if st.st_dev != self.info.dev || st.st_ino != self.info.ino {
-            return Err(std::io::Error::other(
-                "the object was replaced while it was being resolved",
-            ));
-        }
-        Ok(std::fs::File::from(fd))
+        self.reached.open_read()
     }
 
     /// Opens the object as a directory (readable), checking it is the object resolved.
     fn open_dir(&self) -> std::io::Result<OwnedFd> {
-        let fd = rustix::fs::openat(
-            &self.parent,
-            self.name.as_os_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let st = rustix::fs::fstat(&fd)?;
-        if st.st_dev != self.info.dev || st.st_ino != self.info.ino {
-            return Err(std::io::Error::other(
-                "the directory was replaced while it was being resolved",
-            ));
-        }
-        Ok(fd)
+        self.reached.open_dir()
     }
 }
 
@@ -423,110 +395,49 @@ impl Host {
             rule,
         };
         let policy = self.policy()?;
-        let rootfd = rustix::fs::openat(
-            CWD,
-            "/",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io("open /", e.into()))?;
-        let root_st = rustix::fs::fstat(&rootfd).map_err(|e| io("stat", e.into()))?;
-        let mut queue: VecDeque<OsString> = components(given);
-        // Directories reached so far, each with its O_PATH fd and stat; the root is
-        // implicit.
-        let mut stack: Vec<(OsString, OwnedFd, rustix::fs::Stat)> = Vec::new();
-        let mut links = 0;
-        // The non-root user whose symlink was followed: the object must be theirs.
+        // The symlink rule: followed only where nobody but root, or the link's owner who
+        // also owns its directory, could have planted it; and all the links a user owns
+        // on one path must be one user's, whose object it then must be.
         let mut link_owner: Option<(u32, PathBuf)> = None;
-        let here = |stack: &[(OsString, OwnedFd, rustix::fs::Stat)]| {
-            let mut p = PathBuf::from("/");
-            for (n, _, _) in stack {
-                p.push(n);
+        let mut judge = |l: &svirt_hostfs::resolve::Link<'_>| -> std::result::Result<(), String> {
+            if l.uid == 0 {
+                return Ok(());
             }
-            p
+            if l.uid != l.dir_uid {
+                return Err(format!(
+                    "it is a symlink owned by uid {} in a directory owned by uid {}: someone other than root or the directory's owner planted it; not followed",
+                    l.uid, l.dir_uid
+                ));
+            }
+            match &link_owner {
+                Some((u, first)) if *u != l.uid => Err(format!(
+                    "it is a symlink owned by uid {}, reached through {} owned by uid {u}: not followed",
+                    l.uid,
+                    first.display()
+                )),
+                Some(_) => Ok(()),
+                None => {
+                    link_owner = Some((l.uid, l.path.to_path_buf()));
+                    Ok(())
+                }
+            }
         };
-        while let Some(comp) = queue.pop_front() {
-            if comp == ".." {
-                stack.pop();
-                continue;
+        let reached = match svirt_hostfs::resolve::resolve(given, &mut judge) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(svirt_hostfs::resolve::Error::Io { op, source }) => return Err(io(op, source)),
+            Err(svirt_hostfs::resolve::Error::Refused { path, rule }) => {
+                return Err(policy_refusal(path, rule));
             }
-            let (dir, dir_st) = stack
-                .last()
-                .map_or((rootfd.as_fd(), &root_st), |(_, fd, st)| (fd.as_fd(), st));
-            let fd = match rustix::fs::openat(
-                dir,
-                comp.as_os_str(),
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(io("open", e.into())),
-            };
-            let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", e.into()))?;
-            let kind = FileKind::from_mode(st.st_mode);
-            if kind == FileKind::Symlink {
-                let link_path = here(&stack).join(&comp);
-                if st.st_uid != 0 {
-                    if st.st_uid != dir_st.st_uid {
-                        return Err(policy_refusal(
-                            link_path,
-                            format!(
-                                "it is a symlink owned by uid {} in a directory owned by uid {}: someone other than root or the directory's owner planted it; not followed",
-                                st.st_uid, dir_st.st_uid
-                            ),
-                        ));
-                    }
-                    match &link_owner {
-                        Some((u, first)) if *u != st.st_uid => {
-                            return Err(policy_refusal(
-                                link_path,
-                                format!(
-                                    "it is a symlink owned by uid {}, reached through {} owned by uid {u}: not followed",
-                                    st.st_uid,
-                                    first.display()
-                                ),
-                            ));
-                        }
-                        Some(_) => {}
-                        None => link_owner = Some((st.st_uid, link_path)),
-                    }
-                }
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(io("resolve", Errno::LOOP.into()));
-                }
-                let target = rustix::fs::readlinkat(&fd, "", Vec::new())
-                    .map_err(|e| io("readlink", e.into()))?;
-                let target = PathBuf::from(OsStr::from_bytes(target.to_bytes()));
-                if target.is_absolute() {
-                    stack.clear();
-                }
-                for c in components(&target).into_iter().rev() {
-                    queue.push_front(c);
-                }
-                continue;
-            }
-            if !queue.is_empty() && kind != FileKind::Dir {
-                return Err(io("resolve", Errno::NOTDIR.into()));
-            }
-            stack.push((comp, fd, st));
-        }
-        let path = here(&stack);
+            Err(svirt_hostfs::resolve::Error::Root) => return Err(refuse(PathBuf::from("/"))),
+        };
+        let path = reached.path.clone();
         if self.is_system_path(&path) {
             return Err(refuse(path));
         }
-        let Some((name, fd, _)) = stack.pop() else {
-            return Err(refuse(path));
-        };
-        let mut ancestors = vec![(root_st.st_dev, root_st.st_ino)];
-        ancestors.extend(stack.iter().map(|(_, _, st)| (st.st_dev, st.st_ino)));
-        let parent = match stack.pop() {
-            Some((_, p, _)) => p,
-            None => rootfd,
-        };
-        let st = rustix::fs::fstat(&fd).map_err(|e| io("stat", e.into()))?;
-        let ost = ObjectStat::of(&fd).map_err(|e| io("stat", e))?;
+        let fd = reached.fd();
+        let st = rustix::fs::fstat(fd).map_err(|e| io("stat", e.into()))?;
+        let ost = ObjectStat::of(fd).map_err(|e| io("stat", e))?;
         if let Some((uid, link)) = &link_owner
             && ost.uid != *uid
         {
@@ -539,6 +450,7 @@ impl Host {
                 ),
             ));
         }
+        let ancestors = reached.ancestors.clone();
         policy
             .check(&ost, &path, &ancestors)
             .map_err(|rule| policy_refusal(path.clone(), rule))?;
@@ -548,9 +460,7 @@ impl Host {
             info: FileInfo::from_stat(&st),
             stat: ost,
             ancestors,
-            fd,
-            parent,
-            name,
+            reached,
         }))
     }
 
@@ -610,9 +520,56 @@ impl Host {
         let fd = root
             .open_dir()
             .map_err(|e| io("open directory", &root.path, e))?;
+        let dir =
+            svirt_hostfs::Dir::from_fd(fd).map_err(|e| io("open directory", &root.path, e))?;
         let mut out = Vec::new();
-        walk(&fd, root.info.dev, Path::new(""), 0, &mut out)
-            .map_err(|(rel, e)| io("walk", &root.path.join(rel), e))?;
+        let opts = svirt_hostfs::walk::Options {
+            sorted: true,
+            max_depth: Some(MAX_TREE_DEPTH),
+            max_entries: Some(MAX_TREE_ENTRIES),
+        };
+        svirt_hostfs::walk::walk(dir, &opts, &mut |e| {
+            let st = ObjectStat {
+                mode: e.stat.meta.mode,
+                dev: e.stat.id.dev,
+                ino: e.stat.id.ino,
+                rdev: e.stat.rdev,
+                nlink: e.stat.nlink,
+                uid: e.stat.meta.uid,
+                mnt_id: None,
+                nodev: false,
+            };
+            out.push(TreeEntry {
+                rel: PathBuf::from(OsStr::from_bytes(e.rel)),
+                info: FileInfo {
+                    kind: FileKind::from_mode(st.mode),
+                    dev: st.dev,
+                    ino: st.ino,
+                    nlink: st.nlink,
+                },
+                mount_point: e.kind == svirt_hostfs::walk::Kind::MountPoint,
+                stat: st,
+            });
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .map_err(|e| {
+            use svirt_hostfs::walk::Error as W;
+            let (op, rel, source) = match e {
+                W::Io { op, rel, source } => (op, rel, source),
+                W::TooDeep { rel, max } => (
+                    "walk",
+                    rel,
+                    std::io::Error::other(format!("deeper than {max} levels")),
+                ),
+                W::TooMany { rel, max } => (
+                    "walk",
+                    rel,
+                    std::io::Error::other(format!("more than {max} entries")),
+                ),
+                W::Visit(never) => match never {},
+            };
+            io(op, &root.path.join(OsStr::from_bytes(&rel)), source)
+        })?;
         Ok(out)
     }
 
@@ -684,82 +641,6 @@ impl Host {
             ))),
         }
     }
-}
-
-type WalkError = (PathBuf, std::io::Error);
-
-fn walk(
-    dirfd: &OwnedFd,
-    dev: u64,
-    rel: &Path,
-    depth: usize,
-    out: &mut Vec<TreeEntry>,
-) -> Result<(), WalkError> {
-    if depth > MAX_TREE_DEPTH {
-        return Err((
-            rel.to_path_buf(),
-            std::io::Error::other(format!("deeper than {MAX_TREE_DEPTH} levels")),
-        ));
-    }
-    let werr = |e: std::io::Error| (rel.to_path_buf(), e);
-    let dup = rustix::io::fcntl_dupfd_cloexec(dirfd, 0).map_err(|e| werr(e.into()))?;
-    let dir = rustix::fs::Dir::new(dup).map_err(|e| werr(e.into()))?;
-    let mut names: Vec<OsString> = Vec::new();
-    for ent in dir {
-        let ent = ent.map_err(|e| werr(e.into()))?;
-        let name = ent.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        names.push(OsStr::from_bytes(name).to_os_string());
-    }
-    names.sort();
-    for name in names {
-        let child_rel = rel.join(&name);
-        let cerr = |e: Errno| (child_rel.clone(), std::io::Error::from(e));
-        let st = match rustix::fs::statat(dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            // Removed while walking: nothing to label.
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(cerr(e)),
-        };
-        let info = FileInfo::from_stat(&st);
-        let mount_point = info.kind == FileKind::Dir && info.dev != dev;
-        out.push(TreeEntry {
-            rel: child_rel.clone(),
-            info,
-            mount_point,
-            stat: ObjectStat::from_stat(&st),
-        });
-        if out.len() > MAX_TREE_ENTRIES {
-            return Err((
-                child_rel,
-                std::io::Error::other(format!("more than {MAX_TREE_ENTRIES} entries")),
-            ));
-        }
-        if info.kind == FileKind::Dir && !mount_point {
-            let sub = rustix::fs::openat(
-                dirfd,
-                name.as_os_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(cerr)?;
-            walk(&sub, dev, &child_rel, depth + 1, out)?;
-        }
-    }
-    Ok(())
-}
-
-/// Path components as a queue of names (`..` kept, `.` and the root dropped).
-fn components(p: &Path) -> VecDeque<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect()
 }
 
 /// `.` and `..` removed lexically, no trailing slash: only for comparing with the list.

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::relabel::{Applied, LabelJob, Relabeler};
+use svirt_hostfs::FsRoot;
 use svirt_store::Store;
 
 const LABEL: &str = "system_u:object_r:svirt_image_t:s0:c1,c2";

@@ -385,7 +385,7 @@ impl Builder {
             path: path.to_path_buf(),
             source,
         };
-        let fd = match crate::fsops::open_host_path(path, origin != Origin::Resource) {
+        let fd = match svirt_hostfs::open_host_path(path, origin != Origin::Resource) {
             Ok(fd) => fd,
             Err(e) if origin == Origin::System && e == rustix::io::Errno::NOENT => {
                 self.skipped.push(path.to_path_buf());

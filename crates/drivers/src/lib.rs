@@ -7,7 +7,6 @@
 //! multi-threaded parent must not allocate or take locks).
 
 pub mod dac;
-pub mod fsops;
 pub mod landlock;
 pub mod owners;
 pub mod progress;

@@ -32,7 +32,6 @@ use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use svirt_store::{ObjectIdentity, ObjectKey, Original, Store};
 
-use crate::fsops::{Dir, EntryKind, FsRoot, Identity, Object};
 use crate::owners::{FLAG_DAC_MODE, FLAG_DAC_OWNER, FLAG_SELINUX_LABEL, owner_key, split_owner};
 use crate::progress::{FaultHook, Phase, Progress, ProgressFn};
 use crate::tree_common::{
@@ -40,6 +39,7 @@ use crate::tree_common::{
     join_rel, object_key, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
     store_identity,
 };
+use svirt_hostfs::{Dir, EntryKind, FsRoot, Identity, Object};
 
 /// The SELinux label attribute.
 pub const XATTR_SELINUX: &CStr = c"security.selinux";

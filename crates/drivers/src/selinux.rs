@@ -16,9 +16,9 @@ use svirt_domain::{LevelSource, LevelSpec, Model, Plan, ProcessLabel};
 use svirt_labels::MlsRange;
 use svirt_store::LevelAllocator;
 
-use crate::fsops::fstype;
 use crate::relabel::{LabelJob, RelabelError, Relabeler, Warning};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+use svirt_hostfs::fstype;
 
 const MODEL: Model = Model::Selinux;
 

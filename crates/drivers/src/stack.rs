@@ -19,9 +19,9 @@ use std::sync::Arc;
 use svirt_domain::{Access, Model, Plan, PlannedResource, ResourceKind, Sharing};
 use svirt_store::{ClaimItem, ClaimUse, Store};
 
-use crate::fsops::FsRoot;
 use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+use svirt_hostfs::FsRoot;
 
 /// How a planned resource is claimed (see [`claim_plan`]); `None`: not claimed (sockets and
 /// pipes are rendezvous points, not content: several guests may connect to one listener).

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use svirt_store::{ObjectIdentity, ObjectKey, Timestamp};
 
-use crate::fsops::Identity;
+use svirt_hostfs::Identity;
 
 /// Exceptions per chunk row: 16 Ki entries of a few dozen bytes stay far below what a redb
 /// value should hold, and a 1M-file tree is still only ~64 rows.
@@ -119,16 +119,7 @@ fn copy_table<K: Key + 'static>(
 
 /// `dir/name` of a path relative to a tree root (`name` alone at the root, whose relative
 /// path is empty).
-pub(crate) fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        return name.to_vec();
-    }
-    let mut v = Vec::with_capacity(dir.len() + 1 + name.len());
-    v.extend_from_slice(dir);
-    v.push(b'/');
-    v.extend_from_slice(name);
-    v
-}
+pub(crate) use svirt_hostfs::walk::join_rel;
 
 /// The path of `rel` (relative to a tree root, empty for the root) under `base`, for
 /// messages and records.

@@ -351,7 +351,7 @@ fn attack_exclusive_refused_under_selinux_too() {
     drop(d);
     let relabeler = svirt_drivers::relabel::Relabeler::open(
         store.clone(),
-        svirt_drivers::fsops::FsRoot::host().expect("root"),
+        svirt_hostfs::FsRoot::host().expect("root"),
         1,
     )
     .expect("relabeler");
@@ -715,7 +715,7 @@ fn attack_grant_read_dead_reader_entry_removed_at_recovery() {
     // be the next guest's), b keeps reading.
     let engine = svirt_drivers::relabel::Relabeler::open(
         store.clone(),
-        svirt_drivers::fsops::FsRoot::host().expect("root"),
+        svirt_hostfs::FsRoot::host().expect("root"),
         1,
     )
     .expect("engine");

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use dac_support::*;
 use svirt_domain::ObjectIdentity;
 use svirt_drivers::SecurityDriver;
-use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::relabel::{LabelJob, Relabeler};
+use svirt_hostfs::FsRoot;
 use svirt_store::Store;
 
 const FIRST_ID: u32 = 640_000;

@@ -200,8 +200,8 @@ fn dac_refuses_a_symlinked_resource() {
 fn dac_changes_are_recovered_by_the_relabel_engine_after_a_crash() {
     use std::sync::Arc;
     use svirt_drivers::dac::DacConfig;
-    use svirt_drivers::fsops::FsRoot;
     use svirt_drivers::relabel::Relabeler;
+    use svirt_hostfs::FsRoot;
     if skip_unless_root() {
         return;
     }

@@ -14,9 +14,9 @@ use dac_support::*;
 use redb::ReadableTable;
 use svirt_domain::{Access, DacAction, Plan, ResourceKind, Sharing};
 use svirt_drivers::dac::{DacConfig, DacDriver};
-use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::progress::{Phase, Progress};
 use svirt_drivers::{GuestSecurity, SecurityDriver};
+use svirt_hostfs::FsRoot;
 use svirt_store::{IdAllocator, IdConfig, Store};
 
 const TREES: redb::TableDefinition<'_, (u64, u64), &[u8]> = redb::TableDefinition::new("dac_trees");

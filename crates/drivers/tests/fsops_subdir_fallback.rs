@@ -15,7 +15,7 @@ use std::path::Path;
 
 use dac_support::cpath;
 
-use svirt_drivers::fsops::{self, Dir, FsRoot};
+use svirt_hostfs::{self as fsops, Dir, FsRoot};
 
 /// The names every case table opens below the test directory.
 const NAMES: &[&CStr] = &[

@@ -9,9 +9,9 @@ use std::process::Command;
 
 use selinux_support::*;
 use svirt_drivers::SecurityDriver;
-use svirt_drivers::fsops::{self, fstype};
 use svirt_drivers::relabel::{LabelJob, Warning};
 use svirt_drivers::selinux::{SelinuxDriver, SelinuxState, boolean_for_fs, soft_message};
+use svirt_hostfs::{self as fsops, fstype};
 
 fn write(root: &Path, rel: &str, content: &[u8]) {
     let p = root.join(rel);

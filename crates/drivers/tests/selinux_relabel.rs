@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use selinux_support::*;
 use svirt_drivers::dac::{DacConfig, DacDriver};
-use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::relabel::{LabelJob, RelabelError, Relabeler};
 use svirt_drivers::{GuestSecurity, SecurityDriver};
+use svirt_hostfs::FsRoot;
 use svirt_store::{IdAllocator, IdConfig, Store};
 
 const IMG_A: &str = "system_u:object_r:svirt_image_t:s0:c1,c2";

@@ -236,7 +236,7 @@ fn jail_err(path: &Path, what: &str, e: impl std::fmt::Display) -> ManagerError 
 /// Opens `path` with `O_PATH` for a bind. `None`: a missing system path.
 fn open_object(path: &Path, origin: Origin) -> Result<Option<(OwnedFd, bool, bool)>> {
     let follow = !matches!(origin, Origin::Resource(_));
-    let fd = match svirt_drivers::fsops::open_host_path(path, follow) {
+    let fd = match svirt_hostfs::open_host_path(path, follow) {
         Ok(fd) => fd,
         Err(e) if origin == Origin::System && e == rustix::io::Errno::NOENT => return Ok(None),
         Err(e) => return Err(jail_err(path, "open", io::Error::from(e))),

@@ -271,8 +271,8 @@ pub(crate) fn all(board: &Board) -> Vec<(String, Vec<TreeProgress>)> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use svirt_drivers::fsops::FsRoot;
     use svirt_drivers::relabel::{LabelJob, Relabeler};
+    use svirt_hostfs::FsRoot;
     use svirt_store::Store;
 
     /// The real engine labels a real 50,000-file tree (writing `security.selinux` works

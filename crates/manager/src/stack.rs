@@ -5,10 +5,10 @@ use std::sync::Arc;
 use svirt_domain::Model;
 use svirt_drivers::SecurityDriver;
 use svirt_drivers::dac::{DacConfig, DacDriver};
-use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::landlock::{LandlockConfig, LandlockDriver};
 use svirt_drivers::relabel::Relabeler;
 use svirt_drivers::selinux::SelinuxDriver;
+use svirt_hostfs::FsRoot;
 use svirt_store::{AllocatorConfig, IdAllocator, IdConfig, LevelAllocator, Store};
 
 use crate::config::{Config, DriverName, DriverSelection};

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use common::{Env, owner_mode, require_env};
 use svirt_drivers::dac::{DacConfig, DacDriver};
-use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::relabel::{LabelJob, Relabeler};
 use svirt_drivers::{GuestSecurity, SecurityDriver};
+use svirt_hostfs::FsRoot;
 use svirt_manager::{Manager, StartOptions};
 use svirt_store::{IdAllocator, IdConfig, Store};
 

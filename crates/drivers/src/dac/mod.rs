@@ -8,7 +8,7 @@
 //! returns.
 //!
 //! Objects are changed through `O_PATH` fds opened without following any symlink
-//! ([`crate::fsops`]); the original owner, group and mode are committed to the store before
+//! ([`svirt_hostfs`]); the original owner, group and mode are committed to the store before
 //! the first change, reference counted per guest, and restored when the last user stops:
 //! restored first, released after (a crash in between keeps the record), under the store's
 //! per-object lock ([`Store::lock_object`], shared with the relabel engine), on which guests
@@ -38,11 +38,11 @@ use std::sync::{Arc, Mutex};
 use svirt_domain::{Access, DacAction, DeviceOverride, Model, Plan, PlannedResource};
 use svirt_store::{IdAllocator, ObjectKey, Original, Store};
 
-use crate::fsops::{FsRoot, Meta, Object};
 use crate::owners::split_owner;
 use crate::progress::{FaultHook, ProgressFn};
 use crate::tree_common::{object_key, store_identity};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
+use svirt_hostfs::{FsRoot, Meta, Object};
 use tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 
 mod accounts;

@@ -37,12 +37,12 @@ use std::sync::Arc;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::fsops::{Dir, EntryKind, Identity, Meta, Object};
 use crate::progress::{Phase, Progress, ProgressFn};
 use crate::tree_common::{
     Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
-    join_rel, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
+    path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
 };
+use svirt_hostfs::{Dir, Identity, Meta, Object};
 
 /// Root (dev, ino) → JSON [`TreeRecord`].
 const TREES: TableDefinition<'_, (u64, u64), Bytes> = TableDefinition::new("dac_trees");
@@ -252,75 +252,28 @@ impl Record for Exception {
 type Visit<'a> = dyn FnMut(&Dir, &[u8], &CStr, Identity, Meta) -> Result<(), TreeError> + 'a;
 
 /// Calls `f(dir, rel, name, identity, meta)` for every entry below `root` that is neither a
-/// symlink nor a mount point nor below one, directories before their contents. Holds one
-/// directory fd per level of depth.
+/// symlink nor a mount point nor below one, directories before their contents: the one
+/// tree walk ([`svirt_hostfs::walk`]), in the directories' own order.
 fn walk(base: &Path, root: Dir, f: &mut Visit<'_>) -> Result<(), TreeError> {
-    struct Frame {
-        dir: Dir,
-        rel: Vec<u8>,
-        entries: std::vec::IntoIter<crate::fsops::Entry>,
-    }
-    let io = |op, rel: &[u8]| {
-        let path = full_path(base, rel);
-        move |source| TreeError::Io { op, path, source }
-    };
-    let entries = root.entries().map_err(io("read directory", b""))?;
-    let mut stack = vec![Frame {
-        dir: root,
-        rel: Vec::new(),
-        entries: entries.into_iter(),
-    }];
-    while let Some(top) = stack.last_mut() {
-        let Some(e) = top.entries.next() else {
-            stack.pop();
-            continue;
-        };
-        if e.kind == EntryKind::Symlink {
-            continue;
-        }
-        let rel = join_rel(&top.rel, e.name.as_bytes());
-        let (id, m) = match top.dir.stat_entry(&e.name) {
-            Ok(v) => v,
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(err) => return Err(io("stat", &rel)(err)),
-        };
-        if m.is_symlink() {
-            continue;
-        }
-        if !m.is_dir() {
-            f(&top.dir, &rel, &e.name, id, m)?;
-            continue;
-        }
-        let sub = match top.dir.open_subdir(&e.name) {
-            Ok(d) => d,
-            // A mount point (another filesystem is not part of the tree), or replaced by
-            // a symlink or removed since it was listed: left alone.
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::EXDEV)
-                        | Some(libc::ELOOP)
-                        | Some(libc::ENOTDIR)
-                        | Some(libc::ENOENT)
-                ) =>
-            {
-                continue;
-            }
-            Err(err) => return Err(io("open directory", &rel)(err)),
-        };
-        if sub.identity().ino != id.ino {
-            // Swapped between the stat and the open: not the directory we looked at.
-            continue;
-        }
-        f(&top.dir, &rel, &e.name, id, m)?;
-        let entries = sub.entries().map_err(io("read directory", &rel))?;
-        stack.push(Frame {
-            dir: sub,
-            rel,
-            entries: entries.into_iter(),
-        });
-    }
-    Ok(())
+    use svirt_hostfs::walk::{Error as W, Kind, Options};
+    svirt_hostfs::walk::walk(root, &Options::default(), &mut |e| match e.kind {
+        Kind::Symlink | Kind::MountPoint => Ok(()),
+        Kind::Dir | Kind::Other => f(e.dir, e.rel, e.name, e.stat.id, e.stat.meta),
+    })
+    .map_err(|e| match e {
+        W::Io { op, rel, source } => TreeError::Io {
+            op,
+            path: full_path(base, &rel),
+            source,
+        },
+        W::Visit(e) => e,
+        // No limits were set.
+        W::TooDeep { rel, .. } | W::TooMany { rel, .. } => TreeError::Io {
+            op: "walk",
+            path: full_path(base, &rel),
+            source: io::Error::other("walk limit"),
+        },
+    })
 }
 
 /// Owner, group and mode of `obj` from `before` to `after` (mode written after chown, which

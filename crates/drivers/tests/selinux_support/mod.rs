@@ -8,8 +8,8 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use svirt_drivers::fsops::FsRoot;
 use svirt_drivers::relabel::Relabeler;
+use svirt_hostfs::FsRoot;
 use svirt_store::Store;
 
 /// A label the tests put on objects before svirt touches them.

@@ -105,7 +105,7 @@ impl Meta {
 }
 
 fn statx_fd(fd: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<(Identity, Meta)> {
-    statx_mnt(fd, name, flags, 0).map(|(id, meta, _)| (id, meta))
+    statx_full(fd, name, flags, 0).map(|st| (st.id, st.meta))
 }
 
 /// [`statx_fd`], plus the mount id (`STATX_MNT_ID`, Linux 5.8+) when `want` has it and the
@@ -116,8 +116,33 @@ fn statx_mnt(
     flags: libc::c_int,
     want: libc::c_uint,
 ) -> io::Result<(Identity, Meta, Option<u64>)> {
-    // SAFETY: statx writes at most size_of::<statx>() bytes into `buf`.
+    statx_full(fd, name, flags, want).map(|st| (st.id, st.meta, st.mnt))
+}
+
+/// Everything a walk or a judge of an object needs from one `statx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryStat {
+    /// Identity.
+    pub id: Identity,
+    /// Owner, group and mode.
+    pub meta: Meta,
+    /// Device number of a device node (`st_rdev`).
+    pub rdev: u64,
+    /// Hard links.
+    pub nlink: u64,
+    /// Mount id, when asked for and reported.
+    pub mnt: Option<u64>,
+}
+
+fn statx_full(
+    fd: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    want: libc::c_uint,
+) -> io::Result<EntryStat> {
+    // SAFETY: `statx` is plain old data: all zeroes is a valid value.
     let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd, a NUL-terminated name and a buffer we own.
     let r = unsafe {
         libc::statx(
             fd.as_raw_fd(),
@@ -137,19 +162,21 @@ fn statx_mnt(
     };
     let dev = libc::makedev(buf.stx_dev_major, buf.stx_dev_minor);
     let mnt = (buf.stx_mask & want & libc::STATX_MNT_ID != 0).then_some(buf.stx_mnt_id);
-    Ok((
-        Identity {
+    Ok(EntryStat {
+        id: Identity {
             dev,
             ino: buf.stx_ino,
             btime,
         },
-        Meta {
+        meta: Meta {
             uid: buf.stx_uid,
             gid: buf.stx_gid,
             mode: u32::from(buf.stx_mode),
         },
+        rdev: libc::makedev(buf.stx_rdev_major, buf.stx_rdev_minor),
+        nlink: u64::from(buf.stx_nlink),
         mnt,
-    ))
+    })
 }
 
 fn empty() -> &'static CStr {
@@ -825,7 +852,9 @@ pub struct Dir {
 }
 
 impl Dir {
-    fn from_fd(fd: OwnedFd) -> io::Result<Dir> {
+    /// A directory handle for `fd`, which must be a directory opened for reading (an
+    /// `O_PATH` fd cannot be listed).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Dir> {
         let (id, meta, mnt) =
             statx_mnt(fd.as_fd(), empty(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID)?;
         if !meta.is_dir() {
@@ -1018,6 +1047,11 @@ impl Dir {
     /// Identity and metadata of entry `name` without following it.
     pub fn stat_entry(&self, name: &CStr) -> io::Result<(Identity, Meta)> {
         statx_fd(self.fd.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// Everything [`EntryStat`] holds of entry `name`, without following it.
+    pub fn stat_entry_full(&self, name: &CStr) -> io::Result<EntryStat> {
+        statx_full(self.fd.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW, 0)
     }
 
     /// The filesystem type of the directory.
