@@ -39,6 +39,7 @@ use crate::tree_common::{
     join_rel, object_key, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
     store_identity,
 };
+use svirt_hostfs::walk::Enter;
 use svirt_hostfs::{Dir, EntryKind, FsRoot, Identity, Object};
 
 /// The SELinux label attribute.
@@ -1810,9 +1811,9 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
         }
         if kind == EntryKind::Dir {
             let child_rel = join_rel(&rel, e.name.as_bytes());
-            match dir.open_subdir(&e.name) {
-                Ok(sub) => s.spawn(move |s| scan_dir(s, ctx, sub, child_rel)),
-                Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            match svirt_hostfs::walk::enter(&dir, &e.name, None) {
+                Ok(Enter::Dir(sub)) => s.spawn(move |s| scan_dir(s, ctx, sub, child_rel)),
+                Ok(Enter::MountPoint) => {
                     // A mount point inside the tree: another filesystem is not part of it.
                     ctx.warn(
                         &child_rel,
@@ -1821,11 +1822,10 @@ fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u
                     );
                     continue;
                 }
-                // Replaced by a symlink or removed since getdents: label what is there now
-                // (as itself) below, or skip it.
-                Err(err)
-                    if matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {}
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                // Replaced by a symlink or a file since getdents: label what is there now
+                // (as itself) below.
+                Ok(Enter::Replaced) => {}
+                Ok(Enter::Gone) => continue,
                 Err(err) => {
                     // Keep what this directory already labeled (eager) for rollback.
                     ctx.fail("open directory", &child_rel, err);

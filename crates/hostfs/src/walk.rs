@@ -106,6 +106,44 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     }
 }
 
+/// What opening a directory entry as a subdirectory to walk came to ([`enter`]).
+#[derive(Debug)]
+pub enum Enter {
+    /// The subdirectory, on the same mount, to walk.
+    Dir(Dir),
+    /// A directory on another mount (a bind mount of the same file system too): not part
+    /// of the tree, not entered.
+    MountPoint,
+    /// No longer the directory looked at: replaced by a symlink or a non-directory, or by
+    /// another directory (when its identity was given). Not entered.
+    Replaced,
+    /// Removed since it was listed.
+    Gone,
+}
+
+/// Opens entry `name` of `dir` as a subdirectory to walk ([`Dir::open_subdir`]: no
+/// symlink, no other mount), checked to be `expected` when given. The one rule of every
+/// tree walk (this module's and the relabel engine's parallel one) for what entering a
+/// directory means; other errors are the caller's to report.
+pub fn enter(dir: &Dir, name: &CStr, expected: Option<crate::Identity>) -> io::Result<Enter> {
+    match dir.open_subdir(name) {
+        Ok(sub) => {
+            if let Some(id) = expected
+                && (sub.identity().dev, sub.identity().ino) != (id.dev, id.ino)
+            {
+                return Ok(Enter::Replaced);
+            }
+            Ok(Enter::Dir(sub))
+        }
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EXDEV) => Ok(Enter::MountPoint),
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => Ok(Enter::Replaced),
+            Some(libc::ENOENT) => Ok(Enter::Gone),
+            _ => Err(e),
+        },
+    }
+}
+
 /// `dir`'s path joined with `name`, both relative to the root.
 pub fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut rel = Vec::with_capacity(dir.len() + 1 + name.len());
@@ -195,23 +233,14 @@ pub fn walk<E>(
             report(&top.dir, Kind::MountPoint)?;
             continue;
         }
-        let sub = match top.dir.open_subdir(&e.name) {
-            Ok(d) => d,
-            // Another mount (a bind mount of this file system too): reported, not entered.
-            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+        let sub = match enter(&top.dir, &e.name, Some(stat.id)) {
+            Ok(Enter::Dir(d)) => d,
+            Ok(Enter::MountPoint) => {
                 report(&top.dir, Kind::MountPoint)?;
                 continue;
             }
-            // Replaced by a symlink or a file, or removed, since its statx: not the
-            // directory looked at, and not walked.
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::ENOENT)
-                ) =>
-            {
-                continue;
-            }
+            // Not the directory looked at, or gone: not walked.
+            Ok(Enter::Replaced | Enter::Gone) => continue,
             Err(source) => {
                 return Err(Error::Io {
                     op: "open directory",
@@ -220,10 +249,6 @@ pub fn walk<E>(
                 });
             }
         };
-        if sub.identity().ino != stat.id.ino || sub.identity().dev != stat.id.dev {
-            // Swapped between the statx and the open: not the directory looked at.
-            continue;
-        }
         report(&top.dir, Kind::Dir)?;
         if let Some(max) = opts.max_depth
             && depth > max
