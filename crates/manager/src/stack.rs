@@ -167,29 +167,45 @@ pub(crate) fn build(
             reason: se_reason,
         });
     }
-    // SELinux not stacked, but its relabel engine's records exist (an earlier
-    // configuration): an engine only for the open's sweep, so they are not kept for ever.
+    // SELinux not stacked, but what it recorded remains (an earlier configuration): the
+    // relabel engine's records, or levels reserved in the ledger. A driver only for the
+    // open's recovery, with the engine and a level allocator, so that both are put back
+    // and released and nothing of them is kept for ever.
     let (mut retired, mut retired_errors): (Vec<Arc<dyn SecurityDriver>>, _) =
         (Vec::new(), Vec::new());
     let selinux_records = if wanted.contains(&DriverName::Selinux) {
         false
     } else {
-        Relabeler::has_records(store).unwrap_or_else(|e| {
+        let relabel = Relabeler::has_records(store).unwrap_or_else(|e| {
             retired_errors.push(format!("relabel records not read: {e}"));
             false
-        })
+        });
+        let levels = store.level_reservations().map_or_else(
+            |e| {
+                retired_errors.push(format!("level reservations not read: {e}"));
+                false
+            },
+            |l| !l.is_empty(),
+        );
+        relabel || levels
     };
     if selinux_records {
-        match FsRoot::open(&config.root_dir)
+        let opened = FsRoot::open(&config.root_dir)
             .map_err(|e| e.to_string())
             .and_then(|root| Relabeler::open(store.clone(), root, 1).map_err(|e| e.to_string()))
-        {
-            Ok(r) => retired.push(Arc::new(SelinuxDriver::new(
+            .and_then(|r| {
+                // Every category: whatever range reserved them, they are released here.
+                LevelAllocator::open(store.clone(), AllocatorConfig::default())
+                    .map(|a| (r, a))
+                    .map_err(|e| format!("level allocator: {e}"))
+            });
+        match opened {
+            Ok((r, levels)) => retired.push(Arc::new(SelinuxDriver::new(
                 config.root_dir.clone(),
                 r,
-                None,
+                Some(Arc::new(levels)),
             ))),
-            Err(e) => retired_errors.push(format!("relabel records not swept: {e}")),
+            Err(e) => retired_errors.push(format!("SELinux records not swept: {e}")),
         }
     }
     // DAC not stacked, but the ledger holds what it recorded (uids, originals, trees of an

@@ -15,7 +15,7 @@ use svirt_drivers::relabel::{LabelJob, Relabeler};
 use svirt_drivers::{GuestSecurity, SecurityDriver};
 use svirt_hostfs::FsRoot;
 use svirt_manager::{Manager, StartOptions};
-use svirt_store::{IdAllocator, IdConfig, Store};
+use svirt_store::{AllocatorConfig, IdAllocator, IdConfig, LevelAllocator, Store};
 
 const LABEL: &str = "system_u:object_r:svirt_image_t:s0:c1,c2";
 
@@ -138,6 +138,12 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
         )
         .map(|_| ());
     drop(engine);
+    // A level reserved for a guest of an earlier SELinux stack whose record was lost:
+    // released by the open although SELinux is not stacked now.
+    let levels = LevelAllocator::open(store.clone(), AllocatorConfig::default()).unwrap();
+    let ghost_level = levels.allocate("ghost-level").unwrap();
+    drop(levels);
+    assert_eq!(store.levels_of("ghost-level").unwrap(), vec![ghost_level]);
     drop(store);
     if let Err(e) = &se_labeled {
         svirt_testkit::skip(
@@ -174,6 +180,11 @@ fn labels_of_guests_without_a_record_are_restored_at_open() {
         "lost guest's disk not restored"
     );
     assert!(said("ghost-disk", "restored"), "{:?}", report.recovered);
+    assert!(
+        said("ghost-level", "reservations released"),
+        "{:?}",
+        report.recovered
+    );
     assert_eq!(
         owner_mode(&tree_file),
         before[2],
