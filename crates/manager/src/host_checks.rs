@@ -93,8 +93,9 @@ pub fn run(root: &Path, emulator: &str, image_dirs: &[PathBuf]) -> Vec<Check> {
     checks
 }
 
-/// An I/O error's text without std's " (os error N)" suffix.
-fn io_text(e: &io::Error) -> String {
+/// An I/O error's text without std's " (os error N)" suffix: what people are shown (the
+/// host checks, the CLI's messages).
+pub fn io_text(e: &io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error ") {
         Some(i) => s[..i].to_string(),

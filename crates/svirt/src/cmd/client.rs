@@ -54,14 +54,7 @@ pub fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-/// The text of an I/O error without Rust's " (os error N)" suffix: the CLI shows it to people.
-pub fn io_text(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
+pub use svirt_manager::host_checks::io_text;
 
 impl Client {
     /// The client for `--connect` / `SVIRT_SOCKET`, or the default socket.
