@@ -134,3 +134,55 @@ fn forks_in_other_threads_never_fail_a_start() {
     drop(m);
     env.assert_store_clean("30 starts beside forks");
 }
+
+/// The supervisor writes a started guest's `Up` record after the start has answered,
+/// beside whatever the caller does next. A guest destroyed and forgotten right away must
+/// stay forgotten: no record of it written after its deletion, in the store or after the
+/// next open. Control: forget is refused while the guest runs, and a guest destroyed but
+/// not forgotten keeps its shut-off record across the open. (The narrowest interleaving,
+/// a forget between the supervisor's listing of the guests and its write, is not forced
+/// here: `forget` clears the pending write under the guest's lock, which the supervisor's
+/// write takes too.)
+#[test]
+fn a_guest_forgotten_right_after_its_start_stays_forgotten() {
+    require_env!();
+    let env = Env::new("forget");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let disk = env.raw("fg.img");
+    let xml = env.xml("fg", &[(disk.clone(), "raw", false)]);
+    for round in 0..15 {
+        m.start(&xml, StartOptions { paused: true })
+            .unwrap_or_else(|e| panic!("start {round}: {e}"));
+        assert!(m.forget("fg").is_err(), "forget of a running guest");
+        m.destroy("fg")
+            .unwrap_or_else(|e| panic!("destroy {round}: {e}"));
+        m.forget("fg")
+            .unwrap_or_else(|e| panic!("forget {round}: {e}"));
+        assert!(
+            m.list(true).unwrap().iter().all(|g| g.name != "fg"),
+            "round {round}: still listed"
+        );
+    }
+    // The control: destroyed, not forgotten.
+    let kept = env.xml("kept", &[(env.raw("kept.img"), "raw", false)]);
+    m.start(&kept, StartOptions { paused: true }).unwrap();
+    m.destroy("kept").unwrap();
+    // Whatever the supervisor still had to write has been written by now.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(m);
+    let store = svirt_store::Store::open(&env.path("state")).unwrap();
+    let names: Vec<String> = store
+        .list_guests()
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names, vec!["kept".to_string()], "stored guest records");
+    drop(store);
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let listed: Vec<String> = m.list(true).unwrap().into_iter().map(|g| g.name).collect();
+    assert_eq!(listed, vec!["kept".to_string()]);
+    m.forget("kept").unwrap();
+    drop(m);
+    env.assert_store_clean("forgotten guests");
+}
