@@ -199,8 +199,9 @@ pub struct LandlockDriver {
 /// How a path is opened for a rule.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// A guest resource: no symlink anywhere, must exist.
-    Resource,
+    /// A guest resource: no symlink anywhere, must exist, and be the object planned
+    /// (its device and inode, when the plan recorded them).
+    Resource(Option<(u64, u64)>),
     /// Given by the manager (emulator, runtime dir, devices): must exist; symlinks are
     /// followed (e.g. an alternatives link to the emulator).
     Manager,
@@ -291,7 +292,7 @@ impl LandlockDriver {
             };
             b.add(
                 &pr.resource.path,
-                Origin::Resource,
+                Origin::Resource(pr.resource.identity.map(|i| (i.dev, i.ino))),
                 grant,
                 &pr.resource.device,
             )?;
@@ -385,13 +386,17 @@ impl Builder {
             path: path.to_path_buf(),
             source,
         };
-        let fd = match svirt_hostfs::open_host_path(path, origin != Origin::Resource) {
+        let opened = match origin {
+            Origin::Resource(expected) => svirt_hostfs::open_planned_path(path, expected),
+            _ => svirt_hostfs::open_host_path(path, true).map_err(io::Error::from),
+        };
+        let fd = match opened {
             Ok(fd) => fd,
-            Err(e) if origin == Origin::System && e == rustix::io::Errno::NOENT => {
+            Err(e) if origin == Origin::System && e.raw_os_error() == Some(libc::ENOENT) => {
                 self.skipped.push(path.to_path_buf());
                 return Ok(());
             }
-            Err(e) => return Err(err("open for a Landlock rule", e.into())),
+            Err(e) => return Err(err("open for a Landlock rule", e)),
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| err("stat for a Landlock rule", e.into()))?;
         let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;

@@ -2,7 +2,8 @@
 //! change. A user who owns the directory swaps the planned name for another object
 //! between planning and labeling (here: renames another file over it, as a hard link or a
 //! rename would); the DAC driver and the SELinux relabel engine refuse it, naming the
-//! object, and change nothing. Control: the unswapped object is labeled.
+//! object, and change nothing; the Landlock driver gives it no rule. Control: the
+//! unswapped object is labeled (granted).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod dac_support;
@@ -96,4 +97,47 @@ fn attack_planned_object_swapped_before_selinux_labels_it() {
     r.set_labels("swap-se", &[job(identity(&img))])
         .expect("labeled");
     assert!(get_xattr(&img, c"security.selinux").is_some());
+}
+
+#[test]
+fn attack_planned_object_swapped_before_landlock_grants_it() {
+    use svirt_drivers::landlock::{LandlockConfig, LandlockDriver, kernel_abi};
+    if kernel_abi() < 1 {
+        svirt_testkit::skip("landlock-abi-1", "no Landlock in this kernel");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().canonicalize().unwrap();
+    let img = base.join("disk.img");
+    std::fs::write(&img, b"guest").unwrap();
+    let run = base.join("run");
+    std::fs::create_dir(&run).unwrap();
+    let planned = identity(&img);
+    let p = |id: ObjectIdentity| {
+        let mut pr = disk(&img);
+        pr.resource.identity = Some(id);
+        plan("swap-ll", vec![pr])
+    };
+    let other = base.join("other");
+    std::fs::write(&other, b"not the guest's").unwrap();
+    std::fs::rename(&other, &img).unwrap();
+    let ll = LandlockDriver::new(LandlockConfig::default());
+    let e = ll
+        .prepare(&p(planned), &exec_ctx(&run))
+        .err()
+        .expect("a swapped object gets no rule");
+    assert!(
+        e.to_string().contains("replaced since it was planned")
+            && e.to_string().contains("disk.img"),
+        "{e}"
+    );
+    // Control: the object now there, planned, is granted.
+    let ruleset = ll
+        .prepare(&p(identity(&img)), &exec_ctx(&run))
+        .expect("granted");
+    assert!(
+        ruleset.rules().iter().any(|r| r.path == img),
+        "{:?}",
+        ruleset.rules()
+    );
 }

@@ -202,6 +202,28 @@ pub fn open_host_path(path: &Path, follow_symlinks: bool) -> rustix::io::Result<
     )
 }
 
+/// Opens a planned object's canonical path (absolute, on the host) as an `O_PATH` fd for
+/// path-based confinement, never following any link, and checks it is the object the
+/// planner judged (`expected` = its device and inode): a name swapped for another object
+/// since planning is refused, naming both identities, and never given a rule or a bind. What [`FsRoot::open_planned`] is for the drivers that change objects.
+pub fn open_planned_path(path: &Path, expected: Option<(u64, u64)>) -> io::Result<OwnedFd> {
+    let fd = open_host_path(path, false)?;
+    if let Some((dev, ino)) = expected {
+        let st = rustix::fs::fstat(&fd)?;
+        if (st.st_dev, st.st_ino) != (dev, ino) {
+            return Err(io::Error::other(format!(
+                "replaced since it was planned (device {}:{} inode {ino}, now {}:{} inode {})",
+                libc::major(dev),
+                libc::minor(dev),
+                libc::major(st.st_dev),
+                libc::minor(st.st_dev),
+                st.st_ino
+            )));
+        }
+    }
+    Ok(fd)
+}
+
 /// The root every path is resolved under (`/` for the daemon, a temporary directory in tests).
 #[derive(Debug)]
 pub struct FsRoot {

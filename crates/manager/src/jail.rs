@@ -235,24 +235,21 @@ fn jail_err(path: &Path, what: &str, e: impl std::fmt::Display) -> ManagerError 
 
 /// Opens `path` with `O_PATH` for a bind. `None`: a missing system path.
 fn open_object(path: &Path, origin: Origin) -> Result<Option<(OwnedFd, bool, bool)>> {
-    let follow = !matches!(origin, Origin::Resource(_));
-    let fd = match svirt_hostfs::open_host_path(path, follow) {
+    // A resource is the object the planner judged, reached without any link: a name
+    // swapped since (for a device node on a mount of the user's, say) is refused, not
+    // bound. Everything else may be reached through root's symlinks.
+    let opened = match origin {
+        Origin::Resource(expected) => svirt_hostfs::open_planned_path(path, expected),
+        _ => svirt_hostfs::open_host_path(path, true).map_err(io::Error::from),
+    };
+    let fd = match opened {
         Ok(fd) => fd,
-        Err(e) if origin == Origin::System && e == rustix::io::Errno::NOENT => return Ok(None),
-        Err(e) => return Err(jail_err(path, "open", io::Error::from(e))),
+        Err(e) if origin == Origin::System && e.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(jail_err(path, "open", e)),
     };
     let st = rustix::fs::fstat(&fd).map_err(|e| jail_err(path, "stat", io::Error::from(e)))?;
-    // The object shown is the object the planner judged: a name swapped since (for a
-    // device node on a mount of the user's, say) is refused, not bound.
-    if let Origin::Resource(Some((dev, ino))) = origin
-        && (st.st_dev, st.st_ino) != (dev, ino)
-    {
-        return Err(jail_err(
-            path,
-            "bind",
-            "replaced since it was planned (another object is at this path now)",
-        ));
-    }
     let ft = FileType::from_raw_mode(st.st_mode);
     let device = matches!(ft, FileType::CharacterDevice | FileType::BlockDevice);
     Ok(Some((fd, ft == FileType::Directory, device)))
