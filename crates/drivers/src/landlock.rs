@@ -517,3 +517,18 @@ impl SecurityDriver for LandlockDriver {
         Ok(None)
     }
 }
+/// Landlock in the registry: path confinement of the VMM where no MAC model runs. It
+/// changes no object and records nothing, so it has nothing to recover.
+pub(crate) const REGISTRATION: crate::registry::Registration = crate::registry::Registration {
+    name: "landlock",
+    model: Model::Landlock,
+    role: crate::registry::Role::WithoutMac,
+    changes_files: false,
+    open: |_| {
+        Ok(std::sync::Arc::new(LandlockDriver::new(
+            LandlockConfig::default(),
+        )))
+    },
+    has_records: |_| Ok(false),
+    open_retired: |_| Err("Landlock records nothing to recover".into()),
+};

@@ -553,3 +553,100 @@ pub fn exec_label_hook(path: &Path, label: &str) -> Result<ChildHook, DriverErro
         Ok(())
     }))
 }
+
+// ---------------------------------------------------------------- registration
+
+/// SELinux in the registry: the MAC model where selinuxfs is mounted.
+pub(crate) const REGISTRATION: crate::registry::Registration = crate::registry::Registration {
+    name: "selinux",
+    model: Model::Selinux,
+    role: crate::registry::Role::Mac { active: enabled },
+    changes_files: true,
+    open: open_stacked,
+    has_records,
+    open_retired,
+};
+
+/// Whether SELinux runs on the host under `root` (selinuxfs mounted), and how.
+fn enabled(root: &Path) -> (bool, String) {
+    let fs = root.join("sys/fs/selinux");
+    match std::fs::read_to_string(fs.join("enforce")) {
+        Ok(v) => (
+            true,
+            format!(
+                "selinuxfs mounted at {}, {}",
+                fs.display(),
+                if v.trim() == "1" {
+                    "enforcing"
+                } else {
+                    "permissive"
+                }
+            ),
+        ),
+        Err(_) => (
+            false,
+            format!("SELinux not enabled (no {})", fs.join("enforce").display()),
+        ),
+    }
+}
+
+/// The category pool: the configured range, else the manager's own context's range
+/// (`s0-s0:c0.c1023`), else c0..c1023.
+fn level_config(root: &Path, settings: &crate::registry::Settings) -> svirt_store::AllocatorConfig {
+    if let Some((first, last)) = settings.category_range {
+        return svirt_store::AllocatorConfig::with_categories(first, last);
+    }
+    let own = std::fs::read(root.join("proc/self/attr/current")).ok();
+    let range = own
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(trim_label(b)).into_owned())
+        .and_then(|s| s.parse::<svirt_labels::Context>().ok())
+        .and_then(|c| c.range);
+    match range {
+        Some(r) => svirt_store::AllocatorConfig::from_range(&r),
+        None => svirt_store::AllocatorConfig::with_categories(0, 1023),
+    }
+}
+
+fn open_stacked(ctx: &crate::registry::OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String> {
+    let levels = LevelAllocator::open(ctx.store.clone(), level_config(ctx.root_dir, ctx.settings))
+        .map_err(|e| format!("level allocator: {e}"))?
+        // As for uids: the guest record is durable before the level is used.
+        .with_deferred_commits(true);
+    let root = svirt_hostfs::FsRoot::open(ctx.root_dir)
+        .map_err(|e| format!("open root {}: {e}", ctx.root_dir.display()))?;
+    // Two workers: tree relabels must not starve the host's other work.
+    let relabeler =
+        Relabeler::open(ctx.store.clone(), root, 2).map_err(|e| format!("relabel engine: {e}"))?;
+    relabeler.set_progress(Some((ctx.progress)(Model::Selinux)));
+    Ok(Arc::new(SelinuxDriver::new(
+        ctx.root_dir,
+        relabeler,
+        Some(Arc::new(levels)),
+    )))
+}
+
+/// What SELinux recorded: the relabel engine's records, or levels reserved in the ledger.
+fn has_records(store: &svirt_store::Store) -> Result<bool, String> {
+    let relabel = Relabeler::has_records(store).map_err(|e| format!("relabel records: {e}"))?;
+    let levels = store
+        .level_reservations()
+        .map_err(|e| format!("level reservations: {e}"))?;
+    Ok(relabel || !levels.is_empty())
+}
+
+/// For the open's recovery: the relabel engine, and a level allocator over every category
+/// (whatever range reserved them, they are released).
+fn open_retired(ctx: &crate::registry::OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String> {
+    let root = svirt_hostfs::FsRoot::open(ctx.root_dir)
+        .map_err(|e| format!("open root {}: {e}", ctx.root_dir.display()))?;
+    let relabeler =
+        Relabeler::open(ctx.store.clone(), root, 1).map_err(|e| format!("relabel engine: {e}"))?;
+    let levels = LevelAllocator::open(ctx.store.clone(), svirt_store::AllocatorConfig::default())
+        .map_err(|e| format!("level allocator: {e}"))?;
+    Ok(Arc::new(SelinuxDriver::new(
+        ctx.root_dir,
+        relabeler,
+        Some(Arc::new(levels)),
+    )))
+}

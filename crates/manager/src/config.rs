@@ -203,140 +203,35 @@ impl FromStr for UidRange {
     }
 }
 
-/// One driver name as accepted in an explicit driver list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriverName {
-    /// SELinux.
-    Selinux,
-    /// Per-guest uid/gid.
-    Dac,
-    /// Landlock confinement of the VMM.
-    Landlock,
-    /// No confinement at all (tests, comparisons). Only valid alone.
-    None,
-}
-
-impl DriverName {
-    /// The name `--drivers` takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriverName::Selinux => "selinux",
-            DriverName::Dac => "dac",
-            DriverName::Landlock => "landlock",
-            DriverName::None => "none",
-        }
-    }
-
-    /// The model it stacks (`None` for `none`).
-    pub fn model(self) -> Option<svirt_domain::Model> {
-        match self {
-            DriverName::Selinux => Some(svirt_domain::Model::Selinux),
-            DriverName::Dac => Some(svirt_domain::Model::Dac),
-            DriverName::Landlock => Some(svirt_domain::Model::Landlock),
-            DriverName::None => None,
-        }
-    }
-
-    /// The driver's place in the stack: the stack's own order
-    /// ([`svirt_drivers::stack::rank`]: one mandatory-access-control model, then DAC,
-    /// then Landlock); `none` last.
-    pub fn stack_rank(self) -> u8 {
-        self.model().map_or(u8::MAX, svirt_drivers::stack::rank)
-    }
-
-    /// Whether it is a mandatory-access-control model (at most one per stack).
-    pub fn is_mac(self) -> bool {
-        self.stack_rank() == 0
-    }
-}
-
-/// An explicit driver list checked and put in stack order ([`DriverName::stack_rank`]),
-/// whatever order it was given in. Refused, naming the problem: an empty list, a driver
-/// named twice, two mandatory-access-control models, `none` with anything else.
-pub fn stack_order(list: &[DriverName]) -> Result<Vec<DriverName>, ManagerError> {
-    let names = || {
-        list.iter()
-            .map(|d| d.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    if list.is_empty() {
-        return Err(ManagerError::Config(
-            "empty driver list (give auto, none, or drivers such as selinux,dac)".into(),
-        ));
-    }
-    for (i, d) in list.iter().enumerate() {
-        if list[..i].contains(d) {
-            return Err(ManagerError::Config(format!(
-                "drivers {}: {} is named twice",
-                names(),
-                d.as_str()
-            )));
-        }
-    }
-    if list.contains(&DriverName::None) && list.len() > 1 {
-        return Err(ManagerError::Config(format!(
-            "drivers {}: 'none' cannot be combined with other drivers",
-            names()
-        )));
-    }
-    let macs: Vec<&str> = list
-        .iter()
-        .filter(|d| d.is_mac())
-        .map(|d| d.as_str())
-        .collect();
-    if macs.len() > 1 {
-        return Err(ManagerError::Config(format!(
-            "drivers {}: one mandatory-access-control model per stack, not {}",
-            names(),
-            macs.join(" and ")
-        )));
-    }
-    let mut ordered = list.to_vec();
-    ordered.sort_by_key(|d| d.stack_rank());
-    Ok(ordered)
-}
-
-impl FromStr for DriverName {
-    type Err = ManagerError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "selinux" => Ok(DriverName::Selinux),
-            "dac" => Ok(DriverName::Dac),
-            "landlock" => Ok(DriverName::Landlock),
-            "none" => Ok(DriverName::None),
-            other => Err(ManagerError::Config(format!(
-                "unknown driver {other:?} (selinux, dac, landlock, none)"
-            ))),
-        }
-    }
-}
-
 /// Which security drivers the manager stacks.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "mode", content = "drivers")]
 pub enum DriverSelection {
-    /// Probe the host: SELinux (then DAC) when SELinux is enabled, else DAC + Landlock.
+    /// Probe the host ([`svirt_drivers::registry::auto`]): the MAC model it enforces
+    /// (SELinux) and DAC, else DAC + Landlock.
     #[default]
     Auto,
-    /// Exactly these drivers (`none` alone: no confinement), stacked in the order of
-    /// [`stack_order`] whatever order they are listed in.
-    Explicit(Vec<DriverName>),
+    /// Exactly these drivers, by their registered names (`none` alone: no confinement),
+    /// stacked in the order of [`svirt_drivers::registry::order`] whatever order they
+    /// are listed in.
+    Explicit(Vec<String>),
 }
 
 impl FromStr for DriverSelection {
     type Err = ManagerError;
-    /// Parses `auto` or a comma-separated list (`selinux,dac`, `dac,landlock`, `none`).
+    /// Parses `auto` or a comma-separated list (`selinux,dac`, `dac,landlock`, `none`),
+    /// checked against the registered drivers and put in stack order.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.trim() == "auto" {
             return Ok(DriverSelection::Auto);
         }
-        let list = s
-            .split(',')
-            .map(DriverName::from_str)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(DriverSelection::Explicit(stack_order(&list)?))
+        let list: Vec<String> = s.split(',').map(|n| n.trim().to_string()).collect();
+        let ordered = svirt_drivers::registry::order(&list).map_err(ManagerError::Config)?;
+        Ok(DriverSelection::Explicit(if ordered.is_empty() {
+            vec![svirt_drivers::registry::NONE.to_string()]
+        } else {
+            ordered.iter().map(|r| r.name.to_string()).collect()
+        }))
     }
 }
 
@@ -452,48 +347,16 @@ mod tests {
             "auto".parse::<DriverSelection>().unwrap(),
             DriverSelection::Auto
         );
+        let names =
+            |v: &[&str]| DriverSelection::Explicit(v.iter().map(|s| s.to_string()).collect());
         assert_eq!(
-            "dac,landlock".parse::<DriverSelection>().unwrap(),
-            DriverSelection::Explicit(vec![DriverName::Dac, DriverName::Landlock])
+            "landlock, dac".parse::<DriverSelection>().unwrap(),
+            names(&["dac", "landlock"]),
+            "put in stack order"
         );
+        assert_eq!("none".parse::<DriverSelection>().unwrap(), names(&["none"]));
         assert!("none,dac".parse::<DriverSelection>().is_err());
         assert!("apparmor".parse::<DriverSelection>().is_err());
-    }
-
-    /// The stack's order is imposed whatever order the list gives (MAC, DAC, Landlock);
-    /// invalid lists are refused naming the problem; valid ones are accepted (controls).
-    #[test]
-    fn driver_lists_are_ordered_and_checked() {
-        use DriverName::*;
-        let sel = |s: &str| s.parse::<DriverSelection>();
-        assert_eq!(
-            sel("landlock,dac").unwrap(),
-            DriverSelection::Explicit(vec![Dac, Landlock])
-        );
-        assert_eq!(
-            sel("landlock,dac,selinux").unwrap(),
-            DriverSelection::Explicit(vec![Selinux, Dac, Landlock])
-        );
-        assert_eq!(sel("none").unwrap(), DriverSelection::Explicit(vec![None]));
-        assert_eq!(
-            sel("selinux").unwrap(),
-            DriverSelection::Explicit(vec![Selinux])
-        );
-        let err = |s: &str| sel(s).unwrap_err().to_string();
-        assert!(
-            err("dac,dac").contains("dac is named twice"),
-            "{}",
-            err("dac,dac")
-        );
-        assert!(err("dac,none").contains("'none' cannot be combined"));
-        assert!(err("dac,bogus").contains("unknown driver \"bogus\""));
-        assert!(err("").contains("unknown driver"));
-        assert!(
-            stack_order(&[])
-                .unwrap_err()
-                .to_string()
-                .contains("empty driver list")
-        );
         assert_eq!(
             UidRange::default().to_string(),
             DEFAULT_UID_RANGE,

@@ -52,7 +52,7 @@ mod vfork;
 
 pub use config::{
     AccelChoice, CategoryRange, Config, DEFAULT_UID_FIRST, DEFAULT_UID_LAST, DEFAULT_UID_RANGE,
-    DriverName, DriverSelection, UidRange,
+    DriverSelection, UidRange,
 };
 pub use error::{ManagerError, Result};
 pub use progress::{TreePhase, TreeProgress};

@@ -234,7 +234,9 @@ impl OpGuard<'_> {
             && op.serial == self.serial
         {
             // Landlock and the like do not touch files: nothing to show while they run.
-            op.model = matches!(model, Model::Selinux | Model::Dac).then_some(model);
+            op.model = svirt_drivers::registry::of_model(model)
+                .is_some_and(|r| r.changes_files)
+                .then_some(model);
             op.counts.iter_mut().for_each(|c| *c = None);
             op.since = Instant::now();
         }

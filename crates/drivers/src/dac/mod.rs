@@ -48,11 +48,13 @@ use tree::{Rule, Rules, TreeDb, TreeError, TreeKey};
 mod accounts;
 mod acl;
 mod credentials;
+mod registration;
 pub(crate) mod tree;
 
 use accounts::lookup_id;
 use acl::{ACL_GROUP, ACL_MASK, ACL_UNDEFINED_ID, ACL_USER, Acl};
 pub use credentials::Credentials;
+pub(crate) use registration::REGISTRATION;
 
 /// The name DAC's flags are stored under in an [`Original`]'s `model_flags`.
 pub const MODEL_KEY: &str = "dac";

@@ -1,0 +1,54 @@
+//! DAC in the registry: a uid/gid of its own per guest, stacked on every host.
+
+use std::sync::Arc;
+
+use svirt_domain::Model;
+use svirt_store::{IdAllocator, IdConfig};
+
+use super::{DacConfig, DacDriver};
+use crate::SecurityDriver;
+use crate::registry::{OpenContext, Registration, Role};
+
+/// The registration.
+pub(crate) const REGISTRATION: Registration = Registration {
+    name: "dac",
+    model: Model::Dac,
+    role: Role::Base,
+    changes_files: true,
+    open,
+    has_records: |store| DacDriver::has_records(store).map_err(|e| e.to_string()),
+    // Opened the same way: its recovery needs the uid allocator and the trees.
+    open_retired: open,
+};
+
+/// The DAC driver on the ledger, with the configured uid range (else the store's
+/// default).
+fn open(ctx: &OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String> {
+    let (first, last) = ctx
+        .settings
+        .uid_range
+        .unwrap_or((svirt_store::DEFAULT_ID_FIRST, svirt_store::DEFAULT_ID_LAST));
+    let ids = IdAllocator::open(
+        ctx.store.clone(),
+        IdConfig {
+            first,
+            last,
+            root: ctx.root_dir.to_path_buf(),
+        },
+    )
+    .map_err(|e| format!("uid allocator: {e}"))?
+    // The start writes the guest record durably before the uid is used (the runtime dir
+    // chown comes after it): one fsync fewer per start.
+    .with_deferred_commits(true);
+    let d = DacDriver::new(
+        DacConfig {
+            accounts_root: ctx.root_dir.to_path_buf(),
+            fs_root: ctx.root_dir.to_path_buf(),
+            ..DacConfig::default()
+        },
+        ctx.store.clone(),
+        Arc::new(ids),
+    );
+    d.set_progress(Some((ctx.progress)(Model::Dac)));
+    Ok(Arc::new(d))
+}

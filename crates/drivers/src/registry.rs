@@ -1,0 +1,257 @@
+//! The drivers svirt knows, one [`Registration`] each, and the choice of a stack from them.
+//!
+//! A driver is one module plus one line in [`all`]: its registration says what it is
+//! called (`--drivers`), which model it stacks, its role when the stack is chosen
+//! automatically, and how it is opened — for a stack, and *retired* (not stacked, but the
+//! ledger still holds what it recorded under an earlier configuration: opened only so that
+//! the open's recovery puts that back and releases it). The manager builds its stack from
+//! these registrations alone and never names a driver.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use svirt_domain::Model;
+use svirt_store::Store;
+
+use crate::SecurityDriver;
+use crate::progress::ProgressFn;
+
+/// What the host gives every driver it opens.
+pub struct OpenContext<'a> {
+    /// Root under which host files are read and objects reached (`/` but in tests).
+    pub root_dir: &'a Path,
+    /// The manager's state directory (the ledger lives there).
+    pub state_dir: &'a Path,
+    /// The manager's runtime directory.
+    pub run_dir: &'a Path,
+    /// The ledger.
+    pub store: &'a Arc<Store>,
+    /// The settings svirtd was given for drivers.
+    pub settings: &'a Settings,
+    /// A progress callback for the driver's tree walks (`svirt start`'s bars).
+    pub progress: &'a (dyn Fn(Model) -> ProgressFn + Sync),
+}
+
+/// Settings of the drivers that take any; `None` everywhere is a working default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// DAC: the guests' uid/gid pool `(first, last)`; `None`: the store's default range.
+    pub uid_range: Option<(u32, u32)>,
+    /// SELinux: the categories dynamic levels are drawn from `(first, last)`; `None`: the
+    /// manager's own context's range, else `c0.c1023`.
+    pub category_range: Option<(u16, u16)>,
+}
+
+/// A driver's part when the stack is chosen automatically.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// A mandatory-access-control model (at most one per stack): stacked when `active`
+    /// says the host enforces it, first. `active(root)` gives the answer and one line on
+    /// why, which is reported either way.
+    Mac {
+        /// Whether the host runs this model (under `root`).
+        active: fn(&Path) -> (bool, String),
+    },
+    /// Stacked always (DAC: a uid per guest).
+    Base,
+    /// Stacked only when no MAC model is (Landlock: path confinement where there are no
+    /// labels).
+    WithoutMac,
+}
+
+/// Opens a driver, or says why it cannot be.
+pub type OpenFn = fn(&OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String>;
+
+/// One driver svirt knows.
+pub struct Registration {
+    /// Its name in `--drivers`.
+    pub name: &'static str,
+    /// The model it stacks.
+    pub model: Model,
+    /// Its part in an automatic choice.
+    pub role: Role,
+    /// Whether it walks and changes files (its stage shows progress bars).
+    pub changes_files: bool,
+    /// Opens it for a stack.
+    pub open: OpenFn,
+    /// Whether the ledger holds records of this model (a retired driver is then needed).
+    pub has_records: fn(&Store) -> Result<bool, String>,
+    /// Opens it for the open's recovery only (not stacked).
+    pub open_retired: OpenFn,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("name", &self.name)
+            .field("model", &self.model)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every driver svirt knows, one line each.
+pub fn all() -> &'static [Registration] {
+    static ALL: [Registration; 3] = [
+        crate::selinux::REGISTRATION,
+        crate::dac::REGISTRATION,
+        crate::landlock::REGISTRATION,
+    ];
+    &ALL
+}
+
+/// The driver called `name`.
+pub fn find(name: &str) -> Option<&'static Registration> {
+    all().iter().find(|r| r.name == name)
+}
+
+/// The driver of `model`.
+pub fn of_model(model: Model) -> Option<&'static Registration> {
+    all().iter().find(|r| r.model == model)
+}
+
+/// The name that asks for no confinement at all (only alone).
+pub const NONE: &str = "none";
+
+/// An explicit driver list checked and put in stack order (one MAC model, then DAC, then
+/// Landlock: [`crate::stack::rank`]), whatever order it was given in. Empty for `none`.
+/// Refused, naming the problem: an unknown name, an empty list, a name given twice, two
+/// MAC models, `none` with anything else.
+pub fn order(names: &[String]) -> Result<Vec<&'static Registration>, String> {
+    let listed = || names.join(",");
+    if names.is_empty() {
+        return Err("empty driver list (give auto, none, or drivers such as selinux,dac)".into());
+    }
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(format!("drivers {}: {n} is named twice", listed()));
+        }
+    }
+    if names.iter().any(|n| n == NONE) {
+        if names.len() > 1 {
+            return Err(format!(
+                "drivers {}: 'none' cannot be combined with other drivers",
+                listed()
+            ));
+        }
+        return Ok(Vec::new());
+    }
+    let mut regs = Vec::new();
+    for n in names {
+        let known = all().iter().map(|r| r.name).collect::<Vec<_>>().join(", ");
+        regs.push(find(n).ok_or_else(|| format!("unknown driver {n:?} ({known}, none)"))?);
+    }
+    let macs: Vec<&str> = regs
+        .iter()
+        .filter(|r| matches!(r.role, Role::Mac { .. }))
+        .map(|r| r.name)
+        .collect();
+    if macs.len() > 1 {
+        return Err(format!(
+            "drivers {}: one mandatory-access-control model per stack, not {}",
+            listed(),
+            macs.join(" and ")
+        ));
+    }
+    regs.sort_by_key(|r| crate::stack::rank(r.model));
+    Ok(regs)
+}
+
+/// The automatic choice on the host under `root`: the first MAC model the host enforces,
+/// then the base drivers; with none enforced, the base drivers and those for hosts
+/// without MAC. Returns the drivers in stack order, one line on why, and every MAC model
+/// with its probe's line (to report those not stacked).
+pub fn auto(root: &Path) -> (Vec<&'static Registration>, String, Vec<(Model, String)>) {
+    let mut probed = Vec::new();
+    let mut mac = None;
+    for r in all() {
+        if let Role::Mac { active } = r.role {
+            let (on, why) = active(root);
+            if on && mac.is_none() {
+                mac = Some((r, why.clone()));
+            }
+            probed.push((r.model, why));
+        }
+    }
+    let base = all().iter().filter(|r| matches!(r.role, Role::Base));
+    let (mut chosen, why): (Vec<&'static Registration>, String) = match mac {
+        Some((m, why)) => (
+            std::iter::once(m).chain(base).collect(),
+            format!("auto: {why}"),
+        ),
+        None => {
+            let off = probed
+                .iter()
+                .map(|(_, w)| w.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                base.chain(all().iter().filter(|r| matches!(r.role, Role::WithoutMac)))
+                    .collect(),
+                format!("auto: {off}"),
+            )
+        }
+    };
+    chosen.sort_by_key(|r| crate::stack::rank(r.model));
+    let names: Vec<&str> = chosen.iter().map(|r| r.name).collect();
+    (chosen, format!("{why}: {}", names.join(" + ")), probed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn names(v: &[&Registration]) -> Vec<&'static str> {
+        v.iter().map(|r| r.name).collect()
+    }
+
+    fn list(s: &str) -> Vec<String> {
+        s.split(',').map(String::from).collect()
+    }
+
+    /// The stack's order is imposed whatever order the list gives (MAC, DAC, Landlock);
+    /// invalid lists are refused naming the problem; valid ones are accepted (controls).
+    #[test]
+    fn lists_are_ordered_and_checked() {
+        let ord = |s: &str| order(&list(s)).map(|v| names(&v));
+        assert_eq!(ord("landlock,dac").unwrap(), ["dac", "landlock"]);
+        assert_eq!(
+            ord("landlock,dac,selinux").unwrap(),
+            ["selinux", "dac", "landlock"]
+        );
+        assert_eq!(ord("none").unwrap(), Vec::<&str>::new());
+        assert_eq!(ord("selinux").unwrap(), ["selinux"]);
+        let err = |s: &str| order(&list(s)).unwrap_err();
+        assert!(err("dac,dac").contains("dac is named twice"));
+        assert!(err("dac,none").contains("'none' cannot be combined"));
+        assert!(err("dac,bogus").contains("unknown driver \"bogus\""));
+        assert!(err("").contains("unknown driver"));
+        assert!(order(&[]).unwrap_err().contains("empty driver list"));
+    }
+
+    /// Without SELinux under the root: DAC + Landlock; with it: SELinux + DAC. Either way
+    /// SELinux's probe line is given for the report.
+    #[test]
+    fn auto_follows_the_hosts_mac() {
+        let root = tempfile::tempdir().unwrap();
+        let (v, why, probed) = auto(root.path());
+        assert_eq!(names(&v), ["dac", "landlock"], "{why}");
+        assert!(why.contains("SELinux not enabled"), "{why}");
+        assert!(probed.iter().any(|(m, _)| *m == Model::Selinux));
+        let fs = root.path().join("sys/fs/selinux");
+        std::fs::create_dir_all(&fs).unwrap();
+        std::fs::write(fs.join("enforce"), "1").unwrap();
+        let (v, why, _) = auto(root.path());
+        assert_eq!(names(&v), ["selinux", "dac"], "{why}");
+        assert!(why.contains("enforcing"), "{why}");
+    }
+
+    /// Every model has one registration, and every registration is found by its name.
+    #[test]
+    fn one_registration_per_model_and_name() {
+        for r in all() {
+            assert!(std::ptr::eq(find(r.name).unwrap(), r));
+            assert!(std::ptr::eq(of_model(r.model).unwrap(), r));
+        }
+    }
+}
