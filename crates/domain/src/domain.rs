@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::ImageFormat;
 use crate::model::Model;
 
 /// A guest as described by a libvirt `<domain>` element.
@@ -136,26 +137,6 @@ pub enum DiskDevice {
     Cdrom,
     /// A floppy.
     Floppy,
-}
-
-/// Image format, from `<driver type=…>` or `<format type=…>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    /// Raw: never inspected.
-    Raw,
-    /// qcow2: its header may name a backing file.
-    Qcow2,
-}
-
-impl ImageFormat {
-    /// The name used in XML and in qcow2 headers.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageFormat::Raw => "raw",
-            ImageFormat::Qcow2 => "qcow2",
-        }
-    }
 }
 
 /// One `<disk>`.

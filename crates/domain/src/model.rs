@@ -349,7 +349,7 @@ pub struct ChainLayer {
     /// The layer's resolved path (no symlink in it).
     pub path: PathBuf,
     /// Its format (declared in the XML or in the header of the layer above).
-    pub format: crate::domain::ImageFormat,
+    pub format: ImageFormat,
     /// Whether it is a block device.
     pub block: bool,
 }
@@ -365,5 +365,25 @@ impl Plan {
     /// Whether `model` is planned and confines this guest.
     pub fn is_confined(&self, model: Model) -> bool {
         self.models.contains(&model) && !self.unconfined.contains(&model)
+    }
+}
+/// Image format, from `<driver type=…>` or `<format type=…>` (the XML's, and each layer
+/// of a planned backing chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// Raw: never inspected.
+    Raw,
+    /// qcow2: its header may name a backing file.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The name used in XML and in qcow2 headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
     }
 }

@@ -519,16 +519,17 @@ impl SecurityDriver for LandlockDriver {
 }
 /// Landlock in the registry: path confinement of the VMM where no MAC model runs. It
 /// changes no object and records nothing, so it has nothing to recover.
-pub(crate) const REGISTRATION: crate::registry::Registration = crate::registry::Registration {
-    name: "landlock",
-    model: Model::Landlock,
-    role: crate::registry::Role::WithoutMac,
-    changes_files: false,
-    open: |_| {
-        Ok(std::sync::Arc::new(LandlockDriver::new(
-            LandlockConfig::default(),
-        )))
-    },
-    has_records: |_| Ok(false),
-    open_retired: |_| Err("Landlock records nothing to recover".into()),
-};
+pub(crate) const REGISTRATION: crate::registration::Registration =
+    crate::registration::Registration {
+        name: "landlock",
+        model: Model::Landlock,
+        role: crate::registration::Role::WithoutMac,
+        changes_files: false,
+        open: |_| {
+            Ok(std::sync::Arc::new(LandlockDriver::new(
+                LandlockConfig::default(),
+            )))
+        },
+        has_records: |_| Ok(false),
+        open_retired: |_| Err("Landlock records nothing to recover".into()),
+    };

@@ -10,6 +10,7 @@ pub mod dac;
 pub mod landlock;
 pub mod owners;
 pub mod progress;
+pub mod registration;
 pub mod registry;
 pub mod relabel;
 pub mod selinux;

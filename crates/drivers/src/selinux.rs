@@ -557,15 +557,16 @@ pub fn exec_label_hook(path: &Path, label: &str) -> Result<ChildHook, DriverErro
 // ---------------------------------------------------------------- registration
 
 /// SELinux in the registry: the MAC model where selinuxfs is mounted.
-pub(crate) const REGISTRATION: crate::registry::Registration = crate::registry::Registration {
-    name: "selinux",
-    model: Model::Selinux,
-    role: crate::registry::Role::Mac { active: enabled },
-    changes_files: true,
-    open: open_stacked,
-    has_records,
-    open_retired,
-};
+pub(crate) const REGISTRATION: crate::registration::Registration =
+    crate::registration::Registration {
+        name: "selinux",
+        model: Model::Selinux,
+        role: crate::registration::Role::Mac { active: enabled },
+        changes_files: true,
+        open: open_stacked,
+        has_records,
+        open_retired,
+    };
 
 /// Whether SELinux runs on the host under `root` (selinuxfs mounted), and how.
 fn enabled(root: &Path) -> (bool, String) {
@@ -592,7 +593,10 @@ fn enabled(root: &Path) -> (bool, String) {
 
 /// The category pool: the configured range, else the manager's own context's range
 /// (`s0-s0:c0.c1023`), else c0..c1023.
-fn level_config(root: &Path, settings: &crate::registry::Settings) -> svirt_store::AllocatorConfig {
+fn level_config(
+    root: &Path,
+    settings: &crate::registration::Settings,
+) -> svirt_store::AllocatorConfig {
     if let Some((first, last)) = settings.category_range {
         return svirt_store::AllocatorConfig::with_categories(first, last);
     }
@@ -608,7 +612,9 @@ fn level_config(root: &Path, settings: &crate::registry::Settings) -> svirt_stor
     }
 }
 
-fn open_stacked(ctx: &crate::registry::OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String> {
+fn open_stacked(
+    ctx: &crate::registration::OpenContext<'_>,
+) -> Result<Arc<dyn SecurityDriver>, String> {
     let levels = LevelAllocator::open(ctx.store.clone(), level_config(ctx.root_dir, ctx.settings))
         .map_err(|e| format!("level allocator: {e}"))?
         // As for uids: the guest record is durable before the level is used.
@@ -637,7 +643,9 @@ fn has_records(store: &svirt_store::Store) -> Result<bool, String> {
 
 /// For the open's recovery: the relabel engine, and a level allocator over every category
 /// (whatever range reserved them, they are released).
-fn open_retired(ctx: &crate::registry::OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String> {
+fn open_retired(
+    ctx: &crate::registration::OpenContext<'_>,
+) -> Result<Arc<dyn SecurityDriver>, String> {
     let root = svirt_hostfs::FsRoot::open(ctx.root_dir)
         .map_err(|e| format!("open root {}: {e}", ctx.root_dir.display()))?;
     let relabeler =

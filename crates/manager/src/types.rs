@@ -90,7 +90,7 @@ impl ExitInfo {
     pub(crate) fn now(reason: ExitReason, restore_errors: Vec<String>) -> ExitInfo {
         ExitInfo {
             reason,
-            at: crate::manager::now_secs(),
+            at: now_secs(),
             restore_errors,
         }
     }
@@ -227,4 +227,11 @@ impl Recovered {
             what: what.into(),
         }
     }
+}
+
+/// Seconds since the epoch (0 if the clock is before it).
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

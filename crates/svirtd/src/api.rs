@@ -33,6 +33,16 @@ pub use svirt_api::*;
 )]
 pub struct ApiDoc;
 
+/// `GET /openapi.json`.
+pub async fn openapi() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_json(),
+    )
+        .into_response()
+}
+
 /// The OpenAPI document as pretty JSON (served at `/openapi.json`, kept in docs/openapi.json).
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();

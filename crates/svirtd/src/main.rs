@@ -123,7 +123,7 @@ fn run(args: Args) -> Result<(), String> {
     runtime.block_on(async move {
         let listener = svirtd::server::bind_socket(&socket).map_err(|e| e.to_string())?;
         info!(socket = %socket.display(), "listening (HTTP/1.1 + JSON, mode 0600)");
-        let app = svirtd::server::router(manager);
+        let app = svirtd::router(manager);
         axum::serve(listener, app)
             .with_graceful_shutdown(stop_signal())
             .await

@@ -1,4 +1,5 @@
-//! The HTTP server: routes, handlers, error mapping, and the API socket.
+//! The HTTP server's handlers, error mapping, and the API socket (the routes are in the
+//! crate root, [`crate::router`]).
 //!
 //! Handlers are thin: they decode the request, run the (blocking) manager call on the
 //! blocking pool, and encode the answer. The manager does all the work and all the logging
@@ -10,17 +11,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+
 use serde_json::Value;
 use svirt_manager::{Manager, ManagerError, StartOptions};
 use tokio::net::UnixListener;
 
-use crate::api::{self, ApiError, CreateRequest, DomainXml, ListQuery, ShutdownRequest};
+use svirt_api::{self as api, ApiError, CreateRequest, DomainXml, ListQuery, ShutdownRequest};
 
 /// An error answer: a status and one line.
 #[derive(Debug)]
@@ -30,7 +30,7 @@ pub struct HttpError {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         HttpError {
             status,
             message: message.into(),
@@ -270,45 +270,11 @@ pub async fn qemu_monitor_command(
     Ok(Json(reply))
 }
 
-async fn openapi() -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        api::openapi_json(),
-    )
-        .into_response()
-}
-
-async fn fallback() -> HttpError {
+pub(crate) async fn fallback() -> HttpError {
     HttpError::new(
         StatusCode::NOT_FOUND,
         "no such endpoint (see GET /openapi.json)",
     )
-}
-
-/// The whole API.
-pub fn router(manager: Manager) -> Router {
-    Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/v1/host", get(host))
-        .route("/v1/domains", get(list).post(create))
-        .route("/v1/domains/{name}", get(info))
-        .route("/v1/domains/{name}/xml", get(dumpxml))
-        .route("/v1/domains/{name}/shutdown", post(shutdown))
-        .route("/v1/domains/{name}/destroy", post(destroy))
-        .route("/v1/domains/{name}/progress", get(progress))
-        .route(
-            "/v1/domains/{name}/qemu-monitor-command",
-            post(qemu_monitor_command),
-        )
-        .fallback(fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .method_not_allowed_fallback(|| async {
-            HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this endpoint",
-            )
-        })
-        .with_state(manager)
 }
 
 /// Why the API socket could not be set up.

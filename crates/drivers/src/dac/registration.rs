@@ -7,7 +7,7 @@ use svirt_store::{IdAllocator, IdConfig};
 
 use super::{DacConfig, DacDriver};
 use crate::SecurityDriver;
-use crate::registry::{OpenContext, Registration, Role};
+use crate::registration::{OpenContext, Registration, Role};
 
 /// The registration.
 pub(crate) const REGISTRATION: Registration = Registration {
