@@ -32,7 +32,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use svirt_store::{ObjectIdentity, ObjectKey, Original, Store};
 
-use crate::owners::{FLAG_DAC_MODE, FLAG_DAC_OWNER, FLAG_SELINUX_LABEL, owner_key, split_owner};
+use crate::owners::{FLAG_SELINUX_LABEL, owner_key, split_owner};
 use crate::progress::{FaultHook, Phase, Progress, ProgressFn};
 use crate::tree_common::{
     Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
@@ -1341,13 +1341,18 @@ impl Relabeler {
             .count();
         let releasing_models: BTreeSet<&str> = owners.iter().map(|o| split_owner(o).0).collect();
         let flags = |m: &str| rec.original.model_flags.get(m).copied().unwrap_or(0);
-        let mut restored = false;
         let restore_label = releasing_models.contains("selinux")
             && remaining_selinux == 0
             && flags("selinux") & FLAG_SELINUX_LABEL != 0;
-        let restore_dac =
-            releasing_models.contains("dac") && remaining_dac == 0 && flags("dac") != 0;
-        if restore_label || restore_dac {
+        // DAC's part is DAC's own (one path: `dac::leave`): undone when its last user
+        // leaves, else only the leaving guests' read entries go.
+        let dac_leaving: Vec<&str> = owners
+            .iter()
+            .filter(|o| split_owner(o).0 == "dac")
+            .map(|o| split_owner(o).1)
+            .collect();
+        let mut restored = false;
+        if restore_label || !dac_leaving.is_empty() {
             // Restore before releasing: a crash in between leaves the record for recovery.
             let path = &rec.original.path;
             match self.root.open_object(path) {
@@ -1362,44 +1367,30 @@ impl Relabeler {
                         if restore_label {
                             write_label_obj(&o, &rec.original.selinux_label)
                                 .map_err(io_err("restore label", path))?;
+                            restored = true;
                         }
-                        if restore_dac {
-                            restore_dac_attrs(&o, &rec.original, flags("dac"))?;
-                        }
-                        restored = true;
-                    }
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(io_err("open", path)(e)),
-            }
-        }
-        // Dead DAC readers of an object other DAC users keep: each one's own ACL entry goes
-        // (its uid is released and will be handed to another guest).
-        let dead_readers: Vec<&str> = owners
-            .iter()
-            .filter(|o| split_owner(o).0 == "dac")
-            .map(|o| split_owner(o).1)
-            .filter(|g| {
-                rec.original
-                    .model_flags
-                    .contains_key(&crate::dac::read_uid_key(g))
-            })
-            .collect();
-        if remaining_dac > 0 && !dead_readers.is_empty() {
-            let path = &rec.original.path;
-            match self.root.open_object(path) {
-                Ok(o)
-                    if rec
-                        .original
-                        .identity
-                        .same_object(&store_identity(o.identity())) =>
-                {
-                    for g in &dead_readers {
-                        crate::dac::drop_read_entry(&o, &rec.original, g, &dead_readers)
+                        if !dac_leaving.is_empty() {
+                            // Without the DAC driver's configuration, a record that does
+                            // not name its device gid cannot be undone here: said, and
+                            // kept for the DAC driver's own restore.
+                            crate::dac::leave(
+                                &o,
+                                &rec.original,
+                                &dac_leaving,
+                                remaining_dac > 0,
+                                &|| {
+                                    Err(crate::DriverError::Other {
+                                        model: svirt_domain::Model::Dac,
+                                        message: "the device group is the DAC driver's to look up"
+                                            .into(),
+                                    })
+                                },
+                            )
                             .map_err(|e| dac_restore_err(path, e))?;
+                            restored |= remaining_dac == 0 && flags("dac") != 0;
+                        }
                     }
                 }
-                Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(io_err("open", path)(e)),
             }
@@ -1408,16 +1399,12 @@ impl Relabeler {
             // DAC's entries go with its last user (as DAC's own release does): left in a
             // record another model keeps, a later grant's flags and gid would be or-ed in.
             // A DAC user's own read-grant keys go with it in any case.
-            let mut clear: Vec<String> = Vec::new();
-            if split_owner(o).0 == "dac" {
-                clear.extend([
-                    crate::dac::read_uid_key(split_owner(o).1),
-                    crate::dac::read_prev_key(split_owner(o).1),
-                ]);
-                if remaining_dac == 0 {
-                    clear.extend(["dac".to_string(), crate::dac::ACL_GID_KEY.to_string()]);
-                }
-            }
+            let (model, guest) = split_owner(o);
+            let clear: Vec<String> = if model == "dac" {
+                crate::dac::leave_keys(guest, remaining_dac == 0)
+            } else {
+                Vec::new()
+            };
             let clear: Vec<&str> = clear.iter().map(String::as_str).collect();
             self.store.release_original_clearing(key, o, &clear)?;
         }
@@ -1502,27 +1489,6 @@ impl Relabeler {
 fn remove_at(dir: &Dir, name: &CStr) -> io::Result<()> {
     dir.remove_xattr_at(name, XATTR_SELINUX)
 }
-
-/// Puts back what DAC's flags `f` say it changed on `o`. A device ACL grant is undone by
-/// DAC's own restore: the granted group's entry and the mask as they were (by the gid it
-/// recorded), then owner and mode.
-fn restore_dac_attrs(o: &Object, orig: &Original, f: u32) -> Result<(), RelabelError> {
-    let path = &orig.path;
-    if f & DAC_ACL_GRANT != 0 {
-        return crate::dac::restore_original(o, orig, None).map_err(|e| dac_restore_err(path, e));
-    }
-    if f & FLAG_DAC_OWNER != 0 {
-        o.chown(orig.uid, orig.gid)
-            .map_err(io_err("restore owner", path))?;
-    }
-    if f & FLAG_DAC_MODE != 0 && !o.meta().is_symlink() {
-        o.chmod(orig.mode).map_err(io_err("restore mode", path))?;
-    }
-    Ok(())
-}
-
-/// DAC's flags of a device ACL grant, which only [`crate::dac::restore_original`] undoes.
-const DAC_ACL_GRANT: u32 = crate::dac::flags::ACL_CREATED | crate::dac::flags::ACL_ENTRY;
 
 /// A DAC restore failure as an engine error: an object error keeps its operation and source
 /// (so [`crate::dac::DeviceAclError::of`] still finds a device ACL error after

@@ -318,3 +318,44 @@ fn dac_failed_restore_is_reported_once_and_retried() {
     assert_eq!(owner_mode(&img), before);
     d.release(&g).expect("release");
 }
+
+/// The ledger's sweep after a crash puts DAC's change back the way the DAC driver does
+/// (one path, `dac::leave`): owner first, then the mode, so set-id bits the owner change
+/// cleared come back too. Control: the object was changed (owner and set-id bits) before.
+/// (A guard: the two paths agreed on this before they became one.)
+#[test]
+fn dac_set_id_bits_come_back_from_the_crash_sweep() {
+    use std::sync::Arc;
+    use svirt_drivers::relabel::Relabeler;
+    use svirt_hostfs::FsRoot;
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acc = root_accounts(dir.path());
+    let state = dir.path().join("state");
+    let img = dir.path().join("setid.img");
+    file(&img, 0o6750);
+    let before = owner_mode(&img);
+    let p = plan("setid", vec![disk(&img)]);
+    {
+        let d = dac_driver(&state, &acc, FIRST_ID, LAST_ID, None);
+        let mut g = guest("setid");
+        d.reserve(&p, &mut g).expect("reserve");
+        d.set_all(&p, &g).expect("set_all");
+        let now = owner_mode(&img);
+        assert_ne!(now.0, before.0, "owned by the guest");
+        assert_eq!(
+            now.2 & 0o6000,
+            0,
+            "the owner change cleared the set-id bits"
+        );
+        // The manager dies here: no restore_all.
+    }
+    let store = Arc::new(svirt_store::Store::open(&state).expect("reopen store"));
+    let engine =
+        Relabeler::open(store, FsRoot::open(Path::new("/")).expect("root"), 1).expect("engine");
+    let rep = engine.recover(&|_guest| false);
+    assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+    assert_eq!(owner_mode(&img), before, "{rep:?}");
+}

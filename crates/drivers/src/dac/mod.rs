@@ -872,27 +872,13 @@ impl DacDriver {
             .owners
             .iter()
             .any(|o| *o != me && crate::owners::split_owner(o).0 == MODEL_KEY);
-        if !stale && !other_dac_user {
-            let orig = &rec.original;
-            // The device group is looked up only for records that do not name the gid.
-            let gid = if needs_device_gid(orig) {
-                Some(self.device_gid().map_err(|e| {
-                    DeviceAclError::NoGroup {
-                        device: obj.path().to_path_buf(),
-                        reason: e.to_string(),
-                    }
-                    .into_driver("restore ACL")
-                })?)
-            } else {
-                None
-            };
-            restore_original(obj, orig, gid)?;
-            if self.fault_at("after-restore") {
+        if !stale {
+            leave(obj, &rec.original, &[guest], other_dac_user, &|| {
+                self.device_gid()
+            })?;
+            if !other_dac_user && self.fault_at("after-restore") {
                 return Err(Self::injected("after-restore"));
             }
-        } else if !stale {
-            // Other DAC users keep the object as it is, but this guest's own read entry goes.
-            drop_read_entry(obj, &rec.original, guest, &[])?;
         }
         self.release_record(k, &me, !other_dac_user)?;
         if !other_dac_user {
@@ -912,12 +898,8 @@ impl DacDriver {
         me: &str,
         last_dac_user: bool,
     ) -> Result<(), DriverError> {
-        let guest = crate::owners::split_owner(me).1;
-        let [ru, rp] = read_keys(guest);
-        let mut clear: Vec<&str> = vec![&ru, &rp];
-        if last_dac_user {
-            clear.extend([MODEL_KEY, ACL_GID_KEY]);
-        }
+        let keys = leave_keys(crate::owners::split_owner(me).1, last_dac_user);
+        let clear: Vec<&str> = keys.iter().map(String::as_str).collect();
         self.store
             .release_original_clearing(k, me, &clear)
             .map_err(store_err)?;
@@ -1064,6 +1046,54 @@ impl DacDriver {
             _ => Ok(true),
         }
     }
+}
+
+/// What DAC puts back when its users `leaving` (guest names) leave the record `orig` of
+/// `obj`: the one path for it, taken by the DAC driver's restore and by the ledger's
+/// release of any model's owners (the relabel engine's restore and crash sweep). The caller
+/// holds the object's lock and checked that `obj` is the recorded object.
+///
+/// With no DAC user staying (`dac_remains` false), DAC's change is undone
+/// ([`restore_original`]; the device group is asked of `device_gid` only for a record that
+/// does not name its gid). Otherwise the object stays as the remaining users have it and
+/// only each leaving guest's own read entry goes ([`drop_read_entry`]).
+pub(crate) fn leave(
+    obj: &Object,
+    orig: &Original,
+    leaving: &[&str],
+    dac_remains: bool,
+    device_gid: &dyn Fn() -> Result<u32, DriverError>,
+) -> Result<(), DriverError> {
+    if !dac_remains {
+        let gid = if needs_device_gid(orig) {
+            Some(device_gid().map_err(|e| {
+                DeviceAclError::NoGroup {
+                    device: obj.path().to_path_buf(),
+                    reason: e.to_string(),
+                }
+                .into_driver("restore ACL")
+            })?)
+        } else {
+            None
+        };
+        return restore_original(obj, orig, gid);
+    }
+    for g in leaving {
+        drop_read_entry(obj, orig, g, leaving)?;
+    }
+    Ok(())
+}
+
+/// The keys of a record's `model_flags` that go with DAC user `guest`: its read grant's,
+/// and, when it is the last DAC user (`last`), DAC's flags and granted gid, which describe
+/// changes undone now (the store merges a later DAC user's flags into them with a bitwise
+/// or: a grant for another gid would record the two gids or-ed).
+pub(crate) fn leave_keys(guest: &str, last: bool) -> Vec<String> {
+    let mut keys: Vec<String> = read_keys(guest).into();
+    if last {
+        keys.extend([MODEL_KEY.to_string(), ACL_GID_KEY.to_string()]);
+    }
+    keys
 }
 
 /// Puts owner, mode and ACL back as `orig` says, for what DAC's flags say it changed. Public
