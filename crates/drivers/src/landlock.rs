@@ -531,5 +531,10 @@ pub(crate) const REGISTRATION: crate::registration::Registration =
             )))
         },
         has_records: |_| Ok(false),
-        open_retired: |_| Err("Landlock records nothing to recover".into()),
+        open_retired: |_| {
+            Err(DriverError::Other {
+                model: Model::Landlock,
+                message: "Landlock records nothing to recover".into(),
+            })
+        },
     };

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use svirt_domain::Model;
 use svirt_store::Store;
 
-use crate::SecurityDriver;
 use crate::progress::ProgressFn;
+use crate::{DriverError, SecurityDriver};
 
 /// What the host gives every driver it opens.
 pub struct OpenContext<'a> {
@@ -55,7 +55,7 @@ pub enum Role {
 }
 
 /// Opens a driver, or says why it cannot be.
-pub type OpenFn = fn(&OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String>;
+pub type OpenFn = fn(&OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, DriverError>;
 
 /// One driver svirt knows.
 pub struct Registration {
@@ -70,7 +70,7 @@ pub struct Registration {
     /// Opens it for a stack.
     pub open: OpenFn,
     /// Whether the ledger holds records of this model (a retired driver is then needed).
-    pub has_records: fn(&Store) -> Result<bool, String>,
+    pub has_records: fn(&Store) -> Result<bool, DriverError>,
     /// Opens it for the open's recovery only (not stacked).
     pub open_retired: OpenFn,
 }

@@ -614,16 +614,20 @@ fn level_config(
 
 fn open_stacked(
     ctx: &crate::registration::OpenContext<'_>,
-) -> Result<Arc<dyn SecurityDriver>, String> {
+) -> Result<Arc<dyn SecurityDriver>, DriverError> {
     let levels = LevelAllocator::open(ctx.store.clone(), level_config(ctx.root_dir, ctx.settings))
-        .map_err(|e| format!("level allocator: {e}"))?
+        .map_err(store_err)?
         // As for uids: the guest record is durable before the level is used.
         .with_deferred_commits(true);
-    let root = svirt_hostfs::FsRoot::open(ctx.root_dir)
-        .map_err(|e| format!("open root {}: {e}", ctx.root_dir.display()))?;
+    let root = svirt_hostfs::FsRoot::open(ctx.root_dir).map_err(|source| DriverError::Object {
+        model: Model::Selinux,
+        op: "open root",
+        path: ctx.root_dir.to_path_buf(),
+        source,
+    })?;
     // Two workers: tree relabels must not starve the host's other work.
-    let relabeler =
-        Relabeler::open(ctx.store.clone(), root, 2).map_err(|e| format!("relabel engine: {e}"))?;
+    let relabeler = Relabeler::open(ctx.store.clone(), root, 2)
+        .map_err(|e| other(format!("relabel engine: {e}")))?;
     relabeler.set_progress(Some((ctx.progress)(Model::Selinux)));
     Ok(Arc::new(SelinuxDriver::new(
         ctx.root_dir,
@@ -633,11 +637,10 @@ fn open_stacked(
 }
 
 /// What SELinux recorded: the relabel engine's records, or levels reserved in the ledger.
-fn has_records(store: &svirt_store::Store) -> Result<bool, String> {
-    let relabel = Relabeler::has_records(store).map_err(|e| format!("relabel records: {e}"))?;
-    let levels = store
-        .level_reservations()
-        .map_err(|e| format!("level reservations: {e}"))?;
+fn has_records(store: &svirt_store::Store) -> Result<bool, DriverError> {
+    let relabel =
+        Relabeler::has_records(store).map_err(|e| other(format!("relabel records: {e}")))?;
+    let levels = store.level_reservations().map_err(store_err)?;
     Ok(relabel || !levels.is_empty())
 }
 
@@ -645,13 +648,17 @@ fn has_records(store: &svirt_store::Store) -> Result<bool, String> {
 /// (whatever range reserved them, they are released).
 fn open_retired(
     ctx: &crate::registration::OpenContext<'_>,
-) -> Result<Arc<dyn SecurityDriver>, String> {
-    let root = svirt_hostfs::FsRoot::open(ctx.root_dir)
-        .map_err(|e| format!("open root {}: {e}", ctx.root_dir.display()))?;
-    let relabeler =
-        Relabeler::open(ctx.store.clone(), root, 1).map_err(|e| format!("relabel engine: {e}"))?;
+) -> Result<Arc<dyn SecurityDriver>, DriverError> {
+    let root = svirt_hostfs::FsRoot::open(ctx.root_dir).map_err(|source| DriverError::Object {
+        model: Model::Selinux,
+        op: "open root",
+        path: ctx.root_dir.to_path_buf(),
+        source,
+    })?;
+    let relabeler = Relabeler::open(ctx.store.clone(), root, 1)
+        .map_err(|e| other(format!("relabel engine: {e}")))?;
     let levels = LevelAllocator::open(ctx.store.clone(), svirt_store::AllocatorConfig::default())
-        .map_err(|e| format!("level allocator: {e}"))?;
+        .map_err(store_err)?;
     Ok(Arc::new(SelinuxDriver::new(
         ctx.root_dir,
         relabeler,

@@ -122,10 +122,9 @@ fn attack_planned_object_swapped_before_landlock_grants_it() {
     std::fs::write(&other, b"not the guest's").unwrap();
     std::fs::rename(&other, &img).unwrap();
     let ll = LandlockDriver::new(LandlockConfig::default());
-    let e = ll
-        .prepare(&p(planned), &exec_ctx(&run))
-        .err()
-        .expect("a swapped object gets no rule");
+    let Err(e) = ll.prepare(&p(planned), &exec_ctx(&run)) else {
+        panic!("a swapped object gets no rule");
+    };
     assert!(
         e.to_string().contains("replaced since it was planned")
             && e.to_string().contains("disk.img"),

@@ -6,8 +6,8 @@ use svirt_domain::Model;
 use svirt_store::{IdAllocator, IdConfig};
 
 use super::{DacConfig, DacDriver};
-use crate::SecurityDriver;
 use crate::registration::{OpenContext, Registration, Role};
+use crate::{DriverError, SecurityDriver};
 
 /// The registration.
 pub(crate) const REGISTRATION: Registration = Registration {
@@ -16,14 +16,14 @@ pub(crate) const REGISTRATION: Registration = Registration {
     role: Role::Base,
     changes_files: true,
     open,
-    has_records: |store| DacDriver::has_records(store).map_err(|e| e.to_string()),
+    has_records: |store| DacDriver::has_records(store).map_err(super::store_err),
     // Opened the same way: its recovery needs the uid allocator and the trees.
     open_retired: open,
 };
 
 /// The DAC driver on the ledger, with the configured uid range (else the store's
 /// default).
-fn open(ctx: &OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String> {
+fn open(ctx: &OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, DriverError> {
     let (first, last) = ctx
         .settings
         .uid_range
@@ -36,7 +36,7 @@ fn open(ctx: &OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, String> {
             root: ctx.root_dir.to_path_buf(),
         },
     )
-    .map_err(|e| format!("uid allocator: {e}"))?
+    .map_err(super::store_err)?
     // The start writes the guest record durably before the uid is used (the runtime dir
     // chown comes after it): one fsync fewer per start.
     .with_deferred_commits(true);
