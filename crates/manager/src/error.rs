@@ -10,7 +10,12 @@ pub enum ManagerError {
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
-    /// The domain XML or its plan was refused.
+    /// The domain XML or its plan was refused by the planner (typed: the element, the
+    /// object and the rule).
+    #[error("domain: {0}")]
+    Plan(#[from] svirt_domain::Error),
+    /// The domain was refused by the manager (a uuid already in use, a name it cannot
+    /// use, a chain QEMU cannot be given).
     #[error("domain: {0}")]
     Domain(String),
     /// No guest of that name.

@@ -228,7 +228,7 @@ pub(crate) fn parse_and_plan(
     inner: &crate::manager::Inner,
     xml: &str,
 ) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>)> {
-    let parsed = svirt_domain::parse(xml).map_err(|e| ManagerError::Domain(e.to_string()))?;
+    let parsed = svirt_domain::parse(xml).map_err(ManagerError::Plan)?;
     let host = guest_host(&inner.config);
     let mut created = Vec::new();
     let r = (|| {
@@ -240,20 +240,18 @@ pub(crate) fn parse_and_plan(
                 let dev = format!("{} {}", c.role.as_str(), c.target.port.unwrap_or(0));
                 if host
                     .create_file(&dev, &on_host)
-                    .map_err(|e| ManagerError::Domain(e.to_string()))?
+                    .map_err(ManagerError::Plan)?
                 {
                     created.push(on_host);
                 }
             }
         }
-        let mut cfg = svirt_domain::PlanConfig::for_host(&host)
-            .map_err(|e| ManagerError::Domain(e.to_string()))?;
+        let mut cfg = svirt_domain::PlanConfig::for_host(&host).map_err(ManagerError::Plan)?;
         cfg.models = inner.models();
-        let mut res = svirt_domain::build_resources(&parsed.domain, &host)
-            .map_err(|e| ManagerError::Domain(e.to_string()))?;
+        let mut res =
+            svirt_domain::build_resources(&parsed.domain, &host).map_err(ManagerError::Plan)?;
         let warnings = std::mem::take(&mut res.warnings);
-        let plan = svirt_domain::plan(&parsed.domain, res, &cfg)
-            .map_err(|e| ManagerError::Domain(e.to_string()))?;
+        let plan = svirt_domain::plan(&parsed.domain, res, &cfg).map_err(ManagerError::Plan)?;
         for w in parsed.warnings.iter().chain(&warnings) {
             tracing::warn!(guest = %plan.name, "{w}");
         }

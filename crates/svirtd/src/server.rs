@@ -53,7 +53,7 @@ impl IntoResponse for HttpError {
 /// The HTTP status of a manager error: the caller's mistakes are 4xx, the host's 5xx.
 pub fn status_of(e: &ManagerError) -> StatusCode {
     match e {
-        ManagerError::Domain(_) => StatusCode::BAD_REQUEST,
+        ManagerError::Domain(_) | ManagerError::Plan(_) => StatusCode::BAD_REQUEST,
         ManagerError::NoSuchGuest(_) => StatusCode::NOT_FOUND,
         ManagerError::GuestExists(_) | ManagerError::BadState { .. } => StatusCode::CONFLICT,
         ManagerError::Qmp(_) => StatusCode::BAD_GATEWAY,
