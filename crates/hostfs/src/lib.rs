@@ -11,10 +11,10 @@
 //!   with `openat2(RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS|RESOLVE_IN_ROOT)` (or the
 //!   equivalent per-component fallback), its identity checked against the one planned,
 //!   and every change (xattrs, owner, mode) made on that fd.
-//! - [`walk`]: the sequential tree walk (no symlink followed, no mount crossed, a
-//!   directory swapped between its stat and its open skipped), used by the planner and the
-//!   DAC driver. The SELinux relabel engine walks in parallel with the same [`Dir`]
-//!   operations and the same rules (`svirt_drivers::relabel`).
+//! - [`walk`]: the tree walk (no symlink followed, no mount crossed, a directory swapped
+//!   between its stat and its open skipped): sequential ([`walk::walk`], the planner's and
+//!   the DAC driver's) and parallel on a thread pool ([`walk::par_walk`], the SELinux
+//!   relabel engine's), both entering directories by one rule ([`walk::enter`]).
 //!
 //! Nothing here judges whether an object may be given to a guest: that is the object
 //! policy's (`svirt_domain::object_policy`), which this crate's callers apply to what it

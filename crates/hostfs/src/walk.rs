@@ -265,6 +265,74 @@ pub fn walk<E>(
     Ok(())
 }
 
+/// What [`ParWalker::enter`] did with a subdirectory (see [`Enter`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entered {
+    /// Entered: it is visited in turn, on the pool.
+    Walking,
+    /// On another mount: not entered.
+    MountPoint,
+    /// No longer a directory (a symlink or a file was put in its place): not entered; the
+    /// caller may treat what is there now as itself.
+    Replaced,
+    /// Removed since it was listed.
+    Gone,
+}
+
+/// The handle a parallel walk's visitor enters subdirectories with.
+pub struct ParWalker<'a, 's, V> {
+    scope: &'a rayon::Scope<'s>,
+    visit: &'s V,
+}
+
+/// A parallel walk's visitor: called once per directory (the root first), on the pool,
+/// with the directory, its path relative to the root (empty for the root) and its entries
+/// in inode order (neighbouring inodes share an inode-table block, which stays cached from
+/// one entry to the next: about 15% faster on ext4), or the error listing them.
+pub trait ParVisit: Sync + Sized {
+    /// Visits one directory.
+    fn visit(
+        &self,
+        w: &ParWalker<'_, '_, Self>,
+        dir: Dir,
+        rel: Vec<u8>,
+        entries: io::Result<Vec<DirEntry>>,
+    );
+}
+
+impl<'s, V: ParVisit> ParWalker<'_, 's, V> {
+    /// Enters subdirectory `name` of `dir` (its path `rel`) by the rule of [`enter`]: an
+    /// entered directory is visited on the pool; other errors are the caller's to report.
+    pub fn enter(&self, dir: &Dir, name: &CStr, rel: Vec<u8>) -> io::Result<Entered> {
+        Ok(match enter(dir, name, None)? {
+            Enter::Dir(sub) => {
+                let visit = self.visit;
+                self.scope.spawn(move |s| visit_dir(s, visit, sub, rel));
+                Entered::Walking
+            }
+            Enter::MountPoint => Entered::MountPoint,
+            Enter::Replaced => Entered::Replaced,
+            Enter::Gone => Entered::Gone,
+        })
+    }
+}
+
+fn visit_dir<'s, V: ParVisit>(s: &rayon::Scope<'s>, visit: &'s V, dir: Dir, rel: Vec<u8>) {
+    let entries = dir.entries().map(|mut e| {
+        e.sort_unstable_by_key(|e| e.ino);
+        e
+    });
+    visit.visit(&ParWalker { scope: s, visit }, dir, rel, entries);
+}
+
+/// The parallel tree walk (the relabel engine's): every directory below `root` visited on
+/// `pool` by `visit`, which enters subdirectories through its [`ParWalker`] (same rule as
+/// [`walk`]: no link followed, no mount crossed, a vanished entry skipped). Returns when
+/// every directory entered has been visited.
+pub fn par_walk<V: ParVisit>(pool: &rayon::ThreadPool, root: Dir, visit: &V) {
+    pool.scope(|s| visit_dir(s, visit, root, Vec::new()));
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -358,5 +426,80 @@ mod tests {
         .unwrap_err();
         assert_eq!(n, 1);
         assert!(matches!(e, Error::Visit(name) if name == b"x" || name == b"y"));
+    }
+
+    /// Every directory is visited once, in parallel, its entries in inode order; a link
+    /// to a directory is not entered (`Replaced`: what is there is not a directory of the
+    /// tree) and a missing name is `Gone`.
+    #[test]
+    fn par_walk_visits_every_directory_once() {
+        use std::sync::Mutex;
+        struct Seen(Mutex<Vec<(String, usize)>>, Mutex<Vec<(String, Entered)>>);
+        impl ParVisit for Seen {
+            fn visit(
+                &self,
+                w: &ParWalker<'_, '_, Self>,
+                dir: Dir,
+                rel: Vec<u8>,
+                entries: io::Result<Vec<DirEntry>>,
+            ) {
+                let entries = entries.unwrap();
+                assert!(
+                    entries.windows(2).all(|p| p[0].ino <= p[1].ino),
+                    "inode order"
+                );
+                let here = String::from_utf8_lossy(&rel).into_owned();
+                self.0.lock().unwrap().push((here, entries.len()));
+                for e in &entries {
+                    let r = join_rel(&rel, e.name.to_bytes());
+                    let name = String::from_utf8_lossy(&r).into_owned();
+                    if e.kind == crate::EntryKind::Dir || name.ends_with("link") {
+                        let got = w.enter(&dir, &e.name, r).unwrap();
+                        self.1.lock().unwrap().push((name, got));
+                    }
+                }
+                if rel.is_empty() {
+                    let gone = w
+                        .enter(&dir, c"no-such-dir", b"no-such-dir".to_vec())
+                        .unwrap();
+                    self.1.lock().unwrap().push(("no-such-dir".into(), gone));
+                }
+            }
+        }
+        let t = tempfile::tempdir().unwrap();
+        for d in ["a/x", "a/y", "b"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        std::fs::write(t.path().join("a/x/f"), b"").unwrap();
+        std::os::unix::fs::symlink("a", t.path().join("link")).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let seen = Seen(Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+        par_walk(&pool, open(t.path()), &seen);
+        let mut dirs = seen.0.into_inner().unwrap();
+        dirs.sort();
+        assert_eq!(
+            dirs,
+            [("", 3), ("a", 2), ("a/x", 1), ("a/y", 0), ("b", 0)]
+                .map(|(d, n)| (d.to_string(), n))
+                .to_vec()
+        );
+        let mut entered = seen.1.into_inner().unwrap();
+        entered.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            entered,
+            [
+                ("a", Entered::Walking),
+                ("a/x", Entered::Walking),
+                ("a/y", Entered::Walking),
+                ("b", Entered::Walking),
+                ("link", Entered::Replaced),
+                ("no-such-dir", Entered::Gone),
+            ]
+            .map(|(d, e)| (d.to_string(), e))
+            .to_vec()
+        );
     }
 }

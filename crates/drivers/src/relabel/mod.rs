@@ -39,14 +39,11 @@ use crate::tree_common::{
     join_rel, object_key, path_of_bytes, put_json, read_chunks, remove_chunks, same_root,
     store_identity,
 };
-use svirt_hostfs::walk::Enter;
 use svirt_hostfs::{Dir, EntryKind, FsRoot, Identity, Object};
 
 mod object;
 mod scan;
 mod tree;
-
-use scan::scan_dir;
 
 /// The SELinux label attribute.
 pub const XATTR_SELINUX: &CStr = c"security.selinux";

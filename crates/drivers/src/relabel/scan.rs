@@ -3,18 +3,35 @@
 //! rule of `svirt_hostfs::walk::enter`.
 
 use super::*;
+use svirt_hostfs::Entry as DirEntry;
+use svirt_hostfs::walk::{Entered, ParVisit, ParWalker};
 
-pub(super) fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir, rel: Vec<u8>) {
+impl ParVisit for ScanCtx<'_> {
+    fn visit(
+        &self,
+        w: &ParWalker<'_, '_, Self>,
+        dir: Dir,
+        rel: Vec<u8>,
+        entries: io::Result<Vec<DirEntry>>,
+    ) {
+        scan_dir(w, self, dir, rel, entries)
+    }
+}
+
+fn scan_dir(
+    w: &ParWalker<'_, '_, ScanCtx<'_>>,
+    ctx: &ScanCtx<'_>,
+    dir: Dir,
+    rel: Vec<u8>,
+    entries: io::Result<Vec<DirEntry>>,
+) {
     if ctx.abort.load(Ordering::Relaxed) {
         return;
     }
-    let mut entries = match dir.entries() {
+    let entries = match entries {
         Ok(e) => e,
         Err(e) => return ctx.fail("read directory", &rel, e),
     };
-    // Inode order, not the directory's hash order: neighbouring inodes share an inode table
-    // block, which stays cached from one entry to the next (about 15% faster on ext4).
-    entries.sort_unstable_by_key(|e| e.ino);
 
     let mut items = Vec::new();
     let mut eager = Vec::new();
@@ -73,9 +90,9 @@ pub(super) fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir,
         }
         if kind == EntryKind::Dir {
             let child_rel = join_rel(&rel, e.name.as_bytes());
-            match svirt_hostfs::walk::enter(&dir, &e.name, None) {
-                Ok(Enter::Dir(sub)) => s.spawn(move |s| scan_dir(s, ctx, sub, child_rel)),
-                Ok(Enter::MountPoint) => {
+            match w.enter(&dir, &e.name, child_rel.clone()) {
+                Ok(Entered::Walking) => {}
+                Ok(Entered::MountPoint) => {
                     // A mount point inside the tree: another filesystem is not part of it.
                     ctx.warn(
                         &child_rel,
@@ -86,8 +103,8 @@ pub(super) fn scan_dir<'s>(s: &rayon::Scope<'s>, ctx: &'s ScanCtx<'s>, dir: Dir,
                 }
                 // Replaced by a symlink or a file since getdents: label what is there now
                 // (as itself) below.
-                Ok(Enter::Replaced) => {}
-                Ok(Enter::Gone) => continue,
+                Ok(Entered::Replaced) => {}
+                Ok(Entered::Gone) => continue,
                 Err(err) => {
                     // Keep what this directory already labeled (eager) for rollback.
                     ctx.fail("open directory", &child_rel, err);

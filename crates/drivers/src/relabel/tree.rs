@@ -230,9 +230,7 @@ impl Relabeler {
             eng: self,
             eager,
         };
-        self.pool.scope(|s| {
-            scan_dir(s, &ctx, root, Vec::new());
-        });
+        svirt_hostfs::walk::par_walk(&self.pool, root, &ctx);
         let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
         (
             out.into_inner().unwrap_or_else(|e| e.into_inner()),
