@@ -51,7 +51,7 @@ pub(crate) fn build(
         settings: &settings,
         progress: &callback,
     };
-    let (_, auto_why, probed) = registry::auto(&config.root_dir);
+    let (auto_chosen, auto_why, probed) = registry::auto(&config.root_dir);
     let (wanted, why): (Vec<&'static Registration>, String) = match &config.drivers {
         DriverSelection::Explicit(list) => {
             // Checked and ordered here too: a configuration may come from a file, not
@@ -67,10 +67,7 @@ pub(crate) fn build(
                 format!("configured explicitly: {}", names.join(",")),
             )
         }
-        DriverSelection::Auto => {
-            let (chosen, _, _) = registry::auto(&config.root_dir);
-            (chosen, auto_why)
-        }
+        DriverSelection::Auto => (auto_chosen, auto_why),
     };
     let mut drivers: Vec<Arc<dyn SecurityDriver>> = Vec::new();
     let mut reports = Vec::new();
