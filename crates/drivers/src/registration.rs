@@ -2,8 +2,12 @@
 //! ([`OpenContext`]); the list of drivers and the choice of a stack are in
 //! [`crate::registry`].
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use svirt_domain::Model;
 use svirt_store::Store;
@@ -27,14 +31,132 @@ pub struct OpenContext<'a> {
     pub progress: &'a (dyn Fn(Model) -> ProgressFn + Sync),
 }
 
-/// Settings of the drivers that take any; `None` everywhere is a working default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Settings of the drivers that take any; `None` everywhere is a working default. A new
+/// driver's setting is a field here (and svirtd's flag for it), not the manager's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
-    /// DAC: the guests' uid/gid pool `(first, last)`; `None`: the store's default range.
-    pub uid_range: Option<(u32, u32)>,
-    /// SELinux: the categories dynamic levels are drawn from `(first, last)`; `None`: the
-    /// manager's own context's range, else `c0.c1023`.
-    pub category_range: Option<(u16, u16)>,
+    /// DAC: the guests' uid/gid pool; `None`: [`UidRange::default`].
+    pub uid_range: Option<UidRange>,
+    /// SELinux: the categories dynamic levels are drawn from; `None`: the manager's own
+    /// context's range, else `c0.c1023`.
+    pub category_range: Option<CategoryRange>,
+}
+
+/// An inclusive range of MCS categories (`c0.c1023`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryRange {
+    /// First category.
+    pub first: u16,
+    /// Last category (inclusive).
+    pub last: u16,
+}
+
+impl Default for CategoryRange {
+    fn default() -> Self {
+        CategoryRange {
+            first: 0,
+            last: 1023,
+        }
+    }
+}
+
+impl fmt::Display for CategoryRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}.c{}", self.first, self.last)
+    }
+}
+
+impl FromStr for CategoryRange {
+    type Err = String;
+    /// Parses `cA.cB` (the form of `--category-range`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("category range {s:?}: expected cA.cB");
+        let (a, b) = s.split_once('.').ok_or_else(bad)?;
+        let num = |t: &str| -> Result<u16, String> {
+            t.strip_prefix('c')
+                .and_then(|n| n.parse::<u16>().ok())
+                .ok_or_else(bad)
+        };
+        let (first, last) = (num(a)?, num(b)?);
+        if first >= last || last > 1023 {
+            return Err(format!(
+                "category range {s:?}: needs first < last <= 1023 (a label is two distinct categories)"
+            ));
+        }
+        Ok(CategoryRange { first, last })
+    }
+}
+
+/// An inclusive range of host uids (and the same gids) handed to guests, one each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UidRange {
+    /// First uid.
+    pub first: u32,
+    /// Last uid (inclusive).
+    pub last: u32,
+}
+
+/// First uid of the default guest range (see [`DEFAULT_UID_RANGE`]; the store's default).
+pub const DEFAULT_UID_FIRST: u32 = svirt_store::DEFAULT_ID_FIRST;
+/// Last uid (inclusive) of the default guest range.
+pub const DEFAULT_UID_LAST: u32 = svirt_store::DEFAULT_ID_LAST;
+/// The default guest uid/gid range as `svirtd --help` shows it (one constant: the help
+/// text and the code cannot disagree).
+pub const DEFAULT_UID_RANGE: &str = "2000000000-2000065535";
+
+// The help text's string and the numbers must agree.
+const _: () = assert!(DEFAULT_UID_FIRST == 2_000_000_000 && DEFAULT_UID_LAST == 2_000_065_535);
+
+impl Default for UidRange {
+    /// 2000000000-2000065535: far above login accounts (1000–60000), systemd's dynamic ids
+    /// (61184–65519) and Debian's subordinate id blocks (`SUB_UID_MIN` 100000 up to
+    /// `SUB_UID_MAX` 600100000 plus one 65536 block), below 2^31 (no sign trouble in tools
+    /// that print ids as `int`). `Manager::open` still refuses it if the host's passwd,
+    /// group, subuid or subgid name an id in it.
+    fn default() -> Self {
+        UidRange {
+            first: DEFAULT_UID_FIRST,
+            last: DEFAULT_UID_LAST,
+        }
+    }
+}
+
+impl UidRange {
+    /// Refuses the range if `<root>/etc/passwd`, `group` (uid and gid fields), `subuid` or
+    /// `subgid` (blocks `name:first:count`) name an id in it: such an id belongs to an
+    /// account, or to the user namespaces of a user, and handing it to a guest would give
+    /// the guest that account's files (or the account the guest's). The error names the
+    /// file, the line's entry and the overlap. Missing `subuid`/`subgid` are fine;
+    /// `passwd` and `group` must be readable.
+    pub fn check_against_host(&self, root: &Path) -> Result<(), svirt_store::RangeConflict> {
+        svirt_store::IdConfig {
+            first: self.first,
+            last: self.last,
+            root: root.to_path_buf(),
+        }
+        .check_against_host()
+    }
+}
+
+impl fmt::Display for UidRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl FromStr for UidRange {
+    type Err = String;
+    /// Parses `FIRST-LAST` (the form of `--uid-range`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("uid range {s:?}: expected FIRST-LAST");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u32 = a.trim().parse().map_err(|_| bad())?;
+        let last: u32 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(format!("uid range {s:?}: needs 0 < FIRST <= LAST"));
+        }
+        Ok(UidRange { first, last })
+    }
 }
 
 /// A driver's part when the stack is chosen automatically.

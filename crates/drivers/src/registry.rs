@@ -11,7 +11,10 @@ use std::path::Path;
 
 use svirt_domain::Model;
 
-pub use crate::registration::{OpenContext, OpenFn, Registration, Role, Settings};
+pub use crate::registration::{
+    CategoryRange, DEFAULT_UID_FIRST, DEFAULT_UID_LAST, DEFAULT_UID_RANGE, OpenContext, OpenFn,
+    Registration, Role, Settings, UidRange,
+};
 
 /// Every driver svirt knows, one line each.
 pub fn all() -> &'static [Registration] {

@@ -597,8 +597,8 @@ fn level_config(
     root: &Path,
     settings: &crate::registration::Settings,
 ) -> svirt_store::AllocatorConfig {
-    if let Some((first, last)) = settings.category_range {
-        return svirt_store::AllocatorConfig::with_categories(first, last);
+    if let Some(r) = settings.category_range {
+        return svirt_store::AllocatorConfig::with_categories(r.first, r.last);
     }
     let own = std::fs::read(root.join("proc/self/attr/current")).ok();
     let range = own

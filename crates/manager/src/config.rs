@@ -1,7 +1,6 @@
 //! Manager configuration: where state and runtime files live, the label and uid pools,
 //! which drivers to stack and how to run QEMU.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,108 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ManagerError;
-
-/// An inclusive range of MCS categories (`c0.c1023`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CategoryRange {
-    /// First category.
-    pub first: u16,
-    /// Last category (inclusive).
-    pub last: u16,
-}
-
-impl Default for CategoryRange {
-    fn default() -> Self {
-        CategoryRange {
-            first: 0,
-            last: 1023,
-        }
-    }
-}
-
-impl fmt::Display for CategoryRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "c{}.c{}", self.first, self.last)
-    }
-}
-
-impl FromStr for CategoryRange {
-    type Err = ManagerError;
-    /// Parses `cA.cB` (the form of `--category-range`).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ManagerError::Config(format!("category range {s:?}: expected cA.cB"));
-        let (a, b) = s.split_once('.').ok_or_else(bad)?;
-        let num = |t: &str| -> Result<u16, ManagerError> {
-            t.strip_prefix('c')
-                .and_then(|n| n.parse::<u16>().ok())
-                .ok_or_else(bad)
-        };
-        let (first, last) = (num(a)?, num(b)?);
-        if first >= last || last > 1023 {
-            return Err(ManagerError::Config(format!(
-                "category range {s:?}: needs first < last <= 1023 (a label is two distinct categories)"
-            )));
-        }
-        Ok(CategoryRange { first, last })
-    }
-}
-
-/// An inclusive range of host uids (and the same gids) handed to guests, one each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UidRange {
-    /// First uid.
-    pub first: u32,
-    /// Last uid (inclusive).
-    pub last: u32,
-}
-
-/// First uid of the default guest range (see [`DEFAULT_UID_RANGE`]; the store's default).
-pub const DEFAULT_UID_FIRST: u32 = svirt_store::DEFAULT_ID_FIRST;
-/// Last uid (inclusive) of the default guest range.
-pub const DEFAULT_UID_LAST: u32 = svirt_store::DEFAULT_ID_LAST;
-/// The default guest uid/gid range as `svirtd --help` shows it (one constant: the help
-/// text and the code cannot disagree).
-pub const DEFAULT_UID_RANGE: &str = "2000000000-2000065535";
-
-// The help text's string and the numbers must agree.
-const _: () = assert!(DEFAULT_UID_FIRST == 2_000_000_000 && DEFAULT_UID_LAST == 2_000_065_535);
-
-impl Default for UidRange {
-    /// 2000000000-2000065535: far above login accounts (1000–60000), systemd's dynamic ids
-    /// (61184–65519) and Debian's subordinate id blocks (`SUB_UID_MIN` 100000 up to
-    /// `SUB_UID_MAX` 600100000 plus one 65536 block), below 2^31 (no sign trouble in tools
-    /// that print ids as `int`). `Manager::open` still refuses it if the host's passwd,
-    /// group, subuid or subgid name an id in it.
-    fn default() -> Self {
-        UidRange {
-            first: DEFAULT_UID_FIRST,
-            last: DEFAULT_UID_LAST,
-        }
-    }
-}
-
-impl UidRange {
-    /// Refuses the range if `<root>/etc/passwd`, `group` (uid and gid fields), `subuid` or
-    /// `subgid` (blocks `name:first:count`) name an id in it: such an id belongs to an
-    /// account, or to the user namespaces of a user, and handing it to a guest would give
-    /// the guest that account's files (or the account the guest's). The error names the
-    /// file, the line's entry and the overlap. Missing `subuid`/`subgid` are fine;
-    /// `passwd` and `group` must be readable.
-    pub fn check_against_host(&self, root: &Path) -> Result<(), ManagerError> {
-        svirt_store::IdConfig {
-            first: self.first,
-            last: self.last,
-            root: root.to_path_buf(),
-        }
-        .check_against_host()
-        .map_err(|e| match e {
-            svirt_store::RangeConflict::Read { path, source } => {
-                ManagerError::io("read", path, source)
-            }
-            other => ManagerError::Config(other.to_string()),
-        })
-    }
-}
+pub use svirt_drivers::registry::{CategoryRange, DEFAULT_UID_RANGE, Settings, UidRange};
 
 /// Makes `dir` a directory only root (the manager) can use: created 0700 if missing
 /// (with its parents), else checked to be a real directory (not a symlink) owned by the
@@ -180,29 +78,6 @@ pub(crate) fn restrict_tree(dir: &Path) -> Result<(), ManagerError> {
     Ok(())
 }
 
-impl fmt::Display for UidRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
-    }
-}
-
-impl FromStr for UidRange {
-    type Err = ManagerError;
-    /// Parses `FIRST-LAST` (the form of `--uid-range`).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ManagerError::Config(format!("uid range {s:?}: expected FIRST-LAST"));
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let first: u32 = a.trim().parse().map_err(|_| bad())?;
-        let last: u32 = b.trim().parse().map_err(|_| bad())?;
-        if first == 0 || first > last {
-            return Err(ManagerError::Config(format!(
-                "uid range {s:?}: needs 0 < FIRST <= LAST"
-            )));
-        }
-        Ok(UidRange { first, last })
-    }
-}
-
 /// Which security drivers the manager stacks.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "mode", content = "drivers")]
@@ -262,10 +137,10 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// The cgroup below which each guest's group is made (`<hierarchy>/<parent>/<guest>`).
     pub cgroup_parent: String,
-    /// Categories dynamic labels are drawn from; `None`: the manager's own range or c0.c1023.
-    pub category_range: Option<CategoryRange>,
-    /// Guest uid/gid pool; `None`: [`UidRange::default`].
-    pub uid_range: Option<UidRange>,
+    /// The drivers' settings (DAC's uid/gid pool, SELinux's category range); the defaults
+    /// work.
+    #[serde(default)]
+    pub driver_settings: Settings,
     /// QEMU binary; `None`: the domain's `<emulator>` or `qemu-system-x86_64` from `PATH`.
     pub qemu_binary: Option<PathBuf>,
     /// Drivers to stack.
@@ -304,8 +179,7 @@ impl Config {
             root_dir: PathBuf::from("/"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             cgroup_parent: "svirt".into(),
-            category_range: None,
-            uid_range: None,
+            driver_settings: Settings::default(),
             qemu_binary: None,
             drivers: DriverSelection::Auto,
             accel: AccelChoice::Auto,

@@ -51,8 +51,7 @@ mod undo;
 mod vfork;
 
 pub use config::{
-    AccelChoice, CategoryRange, Config, DEFAULT_UID_FIRST, DEFAULT_UID_LAST, DEFAULT_UID_RANGE,
-    DriverSelection, UidRange,
+    AccelChoice, CategoryRange, Config, DEFAULT_UID_RANGE, DriverSelection, Settings, UidRange,
 };
 pub use error::{ManagerError, Result};
 pub use progress::{TreePhase, TreeProgress};

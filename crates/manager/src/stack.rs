@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use svirt_drivers::SecurityDriver;
-use svirt_drivers::registry::{self, OpenContext, Registration, Settings};
+use svirt_drivers::registry::{self, OpenContext, Registration};
 use svirt_store::Store;
 
 use crate::config::{Config, DriverSelection};
@@ -26,21 +26,12 @@ pub struct Stack {
     pub retired_errors: Vec<String>,
 }
 
-/// The drivers' settings from the manager's configuration.
-pub(crate) fn settings(config: &Config) -> Settings {
-    Settings {
-        uid_range: config.uid_range.map(|r| (r.first, r.last)),
-        category_range: config.category_range.map(|r| (r.first, r.last)),
-    }
-}
-
 /// Builds the stack `config` asks for, probing each driver.
 pub(crate) fn build(
     config: &Config,
     store: &Arc<Store>,
     progress: &Arc<crate::progress::Board>,
 ) -> Result<Stack> {
-    let settings = settings(config);
     let board = progress.clone();
     let callback = move |model| board.callback(model);
     let ctx = OpenContext {
@@ -48,7 +39,7 @@ pub(crate) fn build(
         state_dir: &config.state_dir,
         run_dir: &config.run_dir,
         store,
-        settings: &settings,
+        settings: &config.driver_settings,
         progress: &callback,
     };
     let (auto_chosen, auto_why, probed) = registry::auto(&config.root_dir);

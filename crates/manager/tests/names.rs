@@ -121,14 +121,14 @@ fn a_uid_range_used_by_the_host_is_refused_at_open() {
     std::fs::write(etc.join("subuid"), "alice:100000:65536\nbob:296608:65536\n").unwrap();
     let mut cfg = env.config("dac,landlock");
     cfg.root_dir = env.path("root");
-    cfg.uid_range = Some("300000-365535".parse().unwrap());
+    cfg.driver_settings.uid_range = Some("300000-365535".parse().unwrap());
     let e = Manager::open(cfg.clone()).unwrap_err().to_string();
     assert!(
         e.contains("etc/subuid") && e.contains("bob:296608:65536"),
         "{e}"
     );
     // Control: the default range is clear of the same files.
-    cfg.uid_range = None;
+    cfg.driver_settings.uid_range = None;
     let (m, _) = Manager::open(cfg).unwrap();
     drop(m);
     env.assert_store_clean("uid range");

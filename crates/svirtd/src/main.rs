@@ -55,11 +55,9 @@ struct Args {
 
 fn parse_category_range(s: &str) -> Result<CategoryRange, String> {
     s.parse()
-        .map_err(|e: svirt_manager::ManagerError| e.to_string())
 }
 fn parse_uid_range(s: &str) -> Result<UidRange, String> {
     s.parse()
-        .map_err(|e: svirt_manager::ManagerError| e.to_string())
 }
 fn parse_drivers(s: &str) -> Result<DriverSelection, String> {
     s.parse()
@@ -102,8 +100,8 @@ fn run(args: Args) -> Result<(), String> {
     svirtd::server::check_socket_free(&socket).map_err(|e| e.to_string())?;
 
     let mut config = Config::new(&args.state_dir, &args.run_dir);
-    config.category_range = args.category_range;
-    config.uid_range = Some(args.uid_range);
+    config.driver_settings.category_range = args.category_range;
+    config.driver_settings.uid_range = Some(args.uid_range);
     config.drivers = args.drivers;
     config.accel = args.accel;
     config.qemu_binary = args.qemu;

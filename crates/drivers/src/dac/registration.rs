@@ -24,15 +24,12 @@ pub(crate) const REGISTRATION: Registration = Registration {
 /// The DAC driver on the ledger, with the configured uid range (else the store's
 /// default).
 fn open(ctx: &OpenContext<'_>) -> Result<Arc<dyn SecurityDriver>, DriverError> {
-    let (first, last) = ctx
-        .settings
-        .uid_range
-        .unwrap_or((svirt_store::DEFAULT_ID_FIRST, svirt_store::DEFAULT_ID_LAST));
+    let range = ctx.settings.uid_range.unwrap_or_default();
     let ids = IdAllocator::open(
         ctx.store.clone(),
         IdConfig {
-            first,
-            last,
+            first: range.first,
+            last: range.last,
             root: ctx.root_dir.to_path_buf(),
         },
     )
