@@ -612,6 +612,21 @@ fn level_config(
     }
 }
 
+/// The relabel engine on the ledger, under the host root, with `threads` walkers.
+fn engine(
+    ctx: &crate::registration::OpenContext<'_>,
+    threads: usize,
+) -> Result<Arc<Relabeler>, DriverError> {
+    let root = svirt_hostfs::FsRoot::open(ctx.root_dir).map_err(|source| DriverError::Object {
+        model: Model::Selinux,
+        op: "open root",
+        path: ctx.root_dir.to_path_buf(),
+        source,
+    })?;
+    Relabeler::open(ctx.store.clone(), root, threads)
+        .map_err(|e| other(format!("relabel engine: {e}")))
+}
+
 fn open_stacked(
     ctx: &crate::registration::OpenContext<'_>,
 ) -> Result<Arc<dyn SecurityDriver>, DriverError> {
@@ -619,15 +634,8 @@ fn open_stacked(
         .map_err(store_err)?
         // As for uids: the guest record is durable before the level is used.
         .with_deferred_commits(true);
-    let root = svirt_hostfs::FsRoot::open(ctx.root_dir).map_err(|source| DriverError::Object {
-        model: Model::Selinux,
-        op: "open root",
-        path: ctx.root_dir.to_path_buf(),
-        source,
-    })?;
     // Two workers: tree relabels must not starve the host's other work.
-    let relabeler = Relabeler::open(ctx.store.clone(), root, 2)
-        .map_err(|e| other(format!("relabel engine: {e}")))?;
+    let relabeler = engine(ctx, 2)?;
     relabeler.set_progress(Some((ctx.progress)(Model::Selinux)));
     Ok(Arc::new(SelinuxDriver::new(
         ctx.root_dir,
@@ -649,14 +657,7 @@ fn has_records(store: &svirt_store::Store) -> Result<bool, DriverError> {
 fn open_retired(
     ctx: &crate::registration::OpenContext<'_>,
 ) -> Result<Arc<dyn SecurityDriver>, DriverError> {
-    let root = svirt_hostfs::FsRoot::open(ctx.root_dir).map_err(|source| DriverError::Object {
-        model: Model::Selinux,
-        op: "open root",
-        path: ctx.root_dir.to_path_buf(),
-        source,
-    })?;
-    let relabeler = Relabeler::open(ctx.store.clone(), root, 1)
-        .map_err(|e| other(format!("relabel engine: {e}")))?;
+    let relabeler = engine(ctx, 1)?;
     let levels = LevelAllocator::open(ctx.store.clone(), svirt_store::AllocatorConfig::default())
         .map_err(store_err)?;
     Ok(Arc::new(SelinuxDriver::new(

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use svirt_domain::Plan;
 use svirt_domain::domain::{
-    ChardevRole, ChardevSource, DiskDevice as DDev, DiskType, Domain, ImageFormat as DFmt,
-    LoaderType, SocketMode,
+    ChardevRole, ChardevSource, DiskDevice as DDev, DiskType, Domain, LoaderType, SocketMode,
 };
 
 use crate::error::{ManagerError, Result};
@@ -13,13 +12,6 @@ use crate::qemu::{
     ChardevBackend, ChardevSpec, ChardevTarget, DiskDevice, DiskSpec, FilesystemSpec, ImageFormat,
     ImageSpec, LoaderSpec, VmSpec,
 };
-
-fn fmt(f: DFmt) -> ImageFormat {
-    match f {
-        DFmt::Raw => ImageFormat::Raw,
-        DFmt::Qcow2 => ImageFormat::Qcow2,
-    }
-}
 
 fn port(service: &str, what: &str) -> Result<u16> {
     service.parse().map_err(|_| {
@@ -44,7 +36,7 @@ pub fn vm_spec(d: &Domain, plan: &Plan) -> Result<VmSpec> {
                 disk.target_dev
             )));
         }
-        let format = disk.format.map_or(ImageFormat::Raw, fmt);
+        let format = disk.format.unwrap_or(ImageFormat::Raw);
         let chain = plan.chain_of(i).ok_or_else(|| {
             ManagerError::Domain(format!(
                 "disk {}: the plan has no backing chain for it",
@@ -56,7 +48,7 @@ pub fn vm_spec(d: &Domain, plan: &Plan) -> Result<VmSpec> {
             .iter()
             .map(|l| ImageSpec {
                 path: l.path.clone(),
-                format: fmt(l.format),
+                format: l.format,
                 block: l.block,
             })
             .collect();

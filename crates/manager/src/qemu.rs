@@ -9,25 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// An image format QEMU is told explicitly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    /// Raw image.
-    Raw,
-    /// qcow2 image.
-    Qcow2,
-}
-
-impl ImageFormat {
-    /// QEMU's block driver name.
-    pub fn driver(self) -> &'static str {
-        match self {
-            ImageFormat::Raw => "raw",
-            ImageFormat::Qcow2 => "qcow2",
-        }
-    }
-}
+/// An image format QEMU is told explicitly (the planner's: QEMU's block driver of the
+/// same name).
+pub use svirt_domain::ImageFormat;
 
 /// What kind of device a disk is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,7 +227,7 @@ fn image_nodes(img: &ImageSpec, id: &str, readonly: bool, backing: Option<&str>)
         "discard": "unmap",
     });
     let mut fmt = json!({
-        "driver": img.format.driver(),
+        "driver": img.format.as_str(),
         "node-name": id,
         "file": format!("{id}-file"),
         "read-only": readonly,

@@ -379,19 +379,6 @@ fn restore_at(
     }
 }
 
-/// The entry `name` of `dir` if it is still the inode the walk saw (not a symlink).
-fn entry_at(dir: &Dir, name: &CStr, id: Identity) -> io::Result<Option<Object>> {
-    let obj = match dir.open_entry(name, PathBuf::new()) {
-        Ok(o) => o,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if obj.identity().ino != id.ino || obj.meta().is_symlink() {
-        return Ok(None);
-    }
-    Ok(Some(obj))
-}
-
 /// Applies `f` to the root of a tree and every entry below it (not symlinks, not other
 /// mounts), reporting `phase` progress; the root first (a failure there leaves the rest).
 /// Returns the number of entries `f` changed.
@@ -421,7 +408,7 @@ fn acl_walk(
         source,
     })?;
     walk(base, dir, &mut |dir, rel, name, eid, _| {
-        let r = match entry_at(dir, name, eid) {
+        let r = match walked_entry(dir, name, eid) {
             Ok(Some(obj)) => f(&obj),
             Ok(None) => Ok(false),
             Err(e) => Err(e),
@@ -933,7 +920,7 @@ impl TreeDb {
             &mut |dir, rel, name, eid, _| {
                 let w = |cur: Meta| want(rel, eid.ino, cur);
                 let r = restore_at(dir, name, eid, &w, &chowned).and_then(|changed| {
-                    let acl = match entry_at(dir, name, eid)? {
+                    let acl = match walked_entry(dir, name, eid)? {
                         Some(obj) => acl_back(&obj, rel, eid.ino)?,
                         None => false,
                     };
