@@ -208,20 +208,28 @@ pub fn open_host_path(path: &Path, follow_symlinks: bool) -> rustix::io::Result<
 /// since planning is refused, naming both identities, and never given a rule or a bind. What [`FsRoot::open_planned`] is for the drivers that change objects.
 pub fn open_planned_path(path: &Path, expected: Option<(u64, u64)>) -> io::Result<OwnedFd> {
     let fd = open_host_path(path, false)?;
-    if let Some((dev, ino)) = expected {
+    if let Some(expected) = expected {
         let st = rustix::fs::fstat(&fd)?;
-        if (st.st_dev, st.st_ino) != (dev, ino) {
-            return Err(io::Error::other(format!(
-                "replaced since it was planned (device {}:{} inode {ino}, now {}:{} inode {})",
-                libc::major(dev),
-                libc::minor(dev),
-                libc::major(st.st_dev),
-                libc::minor(st.st_dev),
-                st.st_ino
-            )));
-        }
+        check_planned(expected, (st.st_dev, st.st_ino)).map_err(io::Error::other)?;
     }
     Ok(fd)
+}
+
+/// `Err(why)` when the object found (`now`, device and inode) is not the one planned: the
+/// one identity check of every planned open ([`open_planned_path`],
+/// [`FsRoot::open_planned`]).
+fn check_planned((dev, ino): (u64, u64), now: (u64, u64)) -> Result<(), String> {
+    if now == (dev, ino) {
+        return Ok(());
+    }
+    Err(format!(
+        "replaced since it was planned (device {}:{} inode {ino}, now {}:{} inode {})",
+        libc::major(dev),
+        libc::minor(dev),
+        libc::major(now.0),
+        libc::minor(now.0),
+        now.1
+    ))
 }
 
 /// The root every path is resolved under (`/` for the daemon, a temporary directory in tests).
@@ -297,19 +305,10 @@ impl FsRoot {
     /// between planning and labeling is refused, not labeled.
     pub fn open_planned(&self, abs: &Path, expected: Option<(u64, u64)>) -> io::Result<Object> {
         let obj = self.open_object(abs)?;
-        if let Some((dev, ino)) = expected {
+        if let Some(expected) = expected {
             let id = obj.identity();
-            if (id.dev, id.ino) != (dev, ino) {
-                return Err(io::Error::other(format!(
-                    "{}: replaced since it was planned (device {}:{} inode {ino}, now {}:{} inode {})",
-                    abs.display(),
-                    libc::major(dev),
-                    libc::minor(dev),
-                    libc::major(id.dev),
-                    libc::minor(id.dev),
-                    id.ino
-                )));
-            }
+            check_planned(expected, (id.dev, id.ino))
+                .map_err(|why| io::Error::other(format!("{}: {why}", abs.display())))?;
         }
         Ok(obj)
     }

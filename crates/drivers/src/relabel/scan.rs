@@ -18,6 +18,8 @@ impl ParVisit for ScanCtx<'_> {
     }
 }
 
+/// One directory of the scan: its entries judged, labeled (eagerly) or listed for the
+/// apply pass, its subdirectories entered through the walker.
 fn scan_dir(
     w: &ParWalker<'_, '_, ScanCtx<'_>>,
     ctx: &ScanCtx<'_>,
