@@ -31,25 +31,29 @@ impl Namespaces {
     pub fn make() -> io::Result<Namespaces> {
         std::thread::Builder::new()
             .name("svirt-netns".into())
-            .spawn(|| -> io::Result<Namespaces> {
-                // SAFETY: no FILES flag, so every fd stays valid on every thread; the
-                // namespaces changed are this short-lived thread's own.
-                unsafe {
-                    rustix::thread::unshare_unsafe(
-                        rustix::thread::UnshareFlags::NEWNET | rustix::thread::UnshareFlags::NEWIPC,
-                    )
-                }?;
-                let open = |p: &str| {
-                    rustix::fs::open(p, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-                        .map_err(io::Error::from)
-                };
-                Ok(Namespaces {
-                    net: open("/proc/thread-self/ns/net")?,
-                    ipc: open("/proc/thread-self/ns/ipc")?,
-                })
-            })?
+            .spawn(Namespaces::make_on_exiting_thread)?
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    }
+
+    /// Moves the calling thread into a new pair and opens it. Only for a thread that
+    /// exits right afterwards: whatever it did next would run in the new namespaces.
+    fn make_on_exiting_thread() -> io::Result<Namespaces> {
+        // SAFETY: no FILES flag, so every fd stays valid on every thread; the namespaces
+        // changed are this thread's own, and the caller's contract is that it exits next.
+        unsafe {
+            rustix::thread::unshare_unsafe(
+                rustix::thread::UnshareFlags::NEWNET | rustix::thread::UnshareFlags::NEWIPC,
+            )
+        }?;
+        let open = |p: &str| {
+            rustix::fs::open(p, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(io::Error::from)
+        };
+        Ok(Namespaces {
+            net: open("/proc/thread-self/ns/net")?,
+            ipc: open("/proc/thread-self/ns/ipc")?,
+        })
     }
 }
 
@@ -89,19 +93,32 @@ impl NamespacePool {
         let pool = self.clone();
         let made = std::thread::Builder::new()
             .name("svirt-ns-refill".into())
-            .spawn(move || match Namespaces::make() {
-                Ok(ns) => {
-                    let mut spare = pool.spare.lock().unwrap_or_else(|p| p.into_inner());
-                    if spare.is_none() {
-                        *spare = Some(ns);
+            .spawn(move || {
+                // The refill runs right after a start, beside the start's answer on its
+                // way to the client: it takes only CPU time nothing else wants.
+                idle_priority();
+                match Namespaces::make_on_exiting_thread() {
+                    Ok(ns) => {
+                        let mut spare = pool.spare.lock().unwrap_or_else(|p| p.into_inner());
+                        if spare.is_none() {
+                            *spare = Some(ns);
+                        }
                     }
+                    Err(e) => tracing::warn!(error = %e, "making a spare network namespace"),
                 }
-                Err(e) => tracing::warn!(error = %e, "making a spare network namespace"),
             });
         if let Err(e) = made {
             tracing::warn!(error = %e, "starting the namespace refill thread");
         }
     }
+}
+
+/// Puts the calling thread in `SCHED_IDLE` (a thread's own policy; no privilege needed to
+/// lower it). Best effort: at worst the work runs at normal priority.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
 #[cfg(test)]

@@ -108,15 +108,36 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Response, CliError> {
-        let mut stream = UnixStream::connect(&self.socket).map_err(|e| {
+        self.request_patiently(method, path, body, None)
+    }
+
+    /// Like [`Client::request`]; if no answer has come after `slow.0`, calls `slow.1`
+    /// once and goes on waiting (with this client's read timeout). A second thread that
+    /// shows progress is then started only by requests that need one.
+    fn request_patiently(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        mut slow: Option<(Duration, &mut dyn FnMut())>,
+    ) -> Result<Response, CliError> {
+        let stream = UnixStream::connect(&self.socket).map_err(|e| {
             CliError::failed(format!(
                 "cannot connect to svirtd at {}: {} (is svirtd running?)",
                 self.socket.display(),
                 io_text(&e)
             ))
         })?;
-        stream.set_read_timeout(self.read_timeout).map_err(|e| {
-            CliError::failed(format!("cannot set the read timeout: {}", io_text(&e)))
+        let set_timeout = |t: Option<Duration>| {
+            stream.set_read_timeout(t).map_err(|e| {
+                CliError::failed(format!("cannot set the read timeout: {}", io_text(&e)))
+            })
+        };
+        let patience = slow.as_ref().map(|(after, _)| *after);
+        set_timeout(match (patience, self.read_timeout) {
+            (Some(p), Some(t)) => Some(p.min(t)),
+            (Some(p), None) => Some(p),
+            (None, t) => t,
         })?;
         let payload = match body {
             Some(v) => serde_json::to_vec(v)
@@ -145,7 +166,19 @@ impl Client {
         // answer is waiting to be read, and it says more than "Broken pipe".
         let sent = send_all(&stream, req.as_bytes()).and_then(|()| send_all(&stream, &payload));
         let mut raw = Vec::new();
-        let read = stream.read_to_end(&mut raw);
+        let mut read = (&stream).read_to_end(&mut raw);
+        if let (Err(e), Some((_, on_slow))) = (&read, slow.as_mut())
+            && matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            )
+            && sent.is_ok()
+        {
+            // Not an error: the answer is only slow. What was read so far stays in `raw`.
+            on_slow();
+            set_timeout(self.read_timeout)?;
+            read = (&stream).read_to_end(&mut raw);
+        }
         if let Err(e) = sent {
             return match parse_response(&raw) {
                 Ok(r) => Ok(r),
@@ -158,7 +191,19 @@ impl Client {
 
     /// Like [`Client::request`], but turns an HTTP error into the daemon's one-line message.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
-        let r = self.request(method, path, body)?;
+        self.call_patiently(method, path, body, None)
+    }
+
+    /// Like [`Client::call`]; `on_slow` runs once if no answer has come after `after`
+    /// (e.g. to start showing progress), then the call goes on waiting.
+    pub fn call_patiently(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        slow: Option<(Duration, &mut dyn FnMut())>,
+    ) -> Result<Value, CliError> {
+        let r = self.request_patiently(method, path, body, slow)?;
         if (200..300).contains(&r.status) {
             return Ok(r.body);
         }
@@ -341,6 +386,52 @@ mod tests {
             .call("POST", "/v1/domains/g/destroy", None)
             .expect("answer after 1.5 s");
         assert_eq!(v["reason"], "x");
+        server.join().expect("server");
+    }
+
+    /// A slow answer: `on_slow` runs once, after the patience, and the answer (sent in two
+    /// parts, one before the patience ran out) is read whole. A quick answer never calls it.
+    #[test]
+    fn a_slow_answer_calls_on_slow_once_and_is_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("slow.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let server = std::thread::spawn(move || {
+            for delay in [700, 0] {
+                let (mut c, _) = listener.accept().expect("accept");
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"rea");
+                std::thread::sleep(Duration::from_millis(delay));
+                let _ = c.write_all(b"son\":\"x\"}");
+            }
+        });
+        let c = Client::new(&ConnectArgs {
+            connect: Some(format!("unix:{}", sock.display())),
+        })
+        .expect("client");
+        for (expected_calls, what) in [(1, "slow"), (0, "quick")] {
+            let mut calls = 0;
+            let t0 = std::time::Instant::now();
+            let mut on_slow = || {
+                calls += 1;
+                assert!(
+                    t0.elapsed() >= Duration::from_millis(200),
+                    "called too early"
+                );
+            };
+            let v = c
+                .waiting()
+                .call_patiently(
+                    "POST",
+                    "/v1/domains",
+                    None,
+                    Some((Duration::from_millis(200), &mut on_slow)),
+                )
+                .expect(what);
+            assert_eq!(v["reason"], "x", "{what}");
+            assert_eq!(calls, expected_calls, "{what}");
+        }
         server.join().expect("server");
     }
 

@@ -119,16 +119,19 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
             no_progress,
         } => {
             let body = json!({ "timeout_secs": timeout });
-            let watch = (!no_progress).then(|| {
-                let n = name.clone();
-                progress::Watch::start(&client, move || Some(n))
-            });
-            let v = client.waiting().call(
-                "POST",
-                &format!("/v1/domains/{}/shutdown", enc(&name)),
-                Some(&body),
+            let v = progress::watching(
+                &client,
+                !no_progress,
+                || Some(name.clone()),
+                |slow| {
+                    client.waiting().call_patiently(
+                        "POST",
+                        &format!("/v1/domains/{}/shutdown", enc(&name)),
+                        Some(&body),
+                        slow,
+                    )
+                },
             );
-            drop(watch);
             stopped(&name, &v?, json, "shut down")
         }
         GuestCommand::Destroy {
@@ -136,15 +139,19 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
             json,
             no_progress,
         } => {
-            let watch = (!no_progress).then(|| {
-                let n = name.clone();
-                progress::Watch::start(&client, move || Some(n))
-            });
-            let v =
-                client
-                    .waiting()
-                    .call("POST", &format!("/v1/domains/{}/destroy", enc(&name)), None);
-            drop(watch);
+            let v = progress::watching(
+                &client,
+                !no_progress,
+                || Some(name.clone()),
+                |slow| {
+                    client.waiting().call_patiently(
+                        "POST",
+                        &format!("/v1/domains/{}/destroy", enc(&name)),
+                        None,
+                        slow,
+                    )
+                },
+            );
             stopped(&name, &v?, json, "destroyed")
         }
         GuestCommand::QemuMonitorCommand {
@@ -210,20 +217,20 @@ fn read_xml(path: &PathBuf) -> Result<String, CliError> {
 fn start(client: &Client, path: &PathBuf, paused: bool, json: bool, progress: bool) -> CmdResult {
     let xml = read_xml(path)?;
     // The guest's name is only needed once polling starts (after a delay most starts never
-    // reach): parse the XML then, on the watcher's thread.
-    let watch = progress.then(|| {
-        let xml = xml.clone();
-        progress::Watch::start(client, move || {
-            svirt_domain::parse(&xml).ok().map(|p| p.domain.name)
-        })
-    });
-    let v = client.waiting().call(
-        "POST",
-        "/v1/domains",
-        Some(&json!({ "xml": xml, "paused": paused })),
-    );
-    drop(watch);
-    let v = v?;
+    // reach): parse the XML then.
+    let v = progress::watching(
+        client,
+        progress,
+        || svirt_domain::parse(&xml).ok().map(|p| p.domain.name),
+        |slow| {
+            client.waiting().call_patiently(
+                "POST",
+                "/v1/domains",
+                Some(&json!({ "xml": xml, "paused": paused })),
+                slow,
+            )
+        },
+    )?;
     if json {
         print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
@@ -486,7 +493,8 @@ mod progress {
     use super::enc;
     use crate::cmd::client::Client;
 
-    /// No polling before this: a small start is over by then and pays nothing.
+    /// No polling before this: a small start is over by then and pays nothing (not even
+    /// the polling thread).
     const DELAY: Duration = Duration::from_millis(300);
     /// Poll period.
     const PERIOD: Duration = Duration::from_millis(150);
@@ -503,18 +511,39 @@ mod progress {
         thread: Option<JoinHandle<()>>,
     }
 
+    /// Runs `call` (one request, given what to do if it is slow); if `enabled` and no
+    /// answer has come after [`DELAY`], shows the progress of the guest `name()` names
+    /// until the answer is in.
+    pub fn watching<T>(
+        client: &Client,
+        enabled: bool,
+        name: impl FnOnce() -> Option<String>,
+        call: impl FnOnce(Option<(Duration, &mut dyn FnMut())>) -> T,
+    ) -> T {
+        if !enabled {
+            return call(None);
+        }
+        let mut name = Some(name);
+        let mut watch = None;
+        let mut start = || {
+            if let Some(n) = name.take().and_then(|f| f()) {
+                watch = Some(Watch::start(client, n));
+            }
+        };
+        let r = call(Some((DELAY, &mut start)));
+        drop(watch);
+        r
+    }
+
     impl Watch {
-        /// Starts watching the guest `name()` names (called once, after the delay).
-        pub fn start(
-            client: &Client,
-            name: impl FnOnce() -> Option<String> + Send + 'static,
-        ) -> Watch {
+        /// Starts watching the guest `name` now.
+        fn start(client: &Client, name: String) -> Watch {
             let stop: Stop = Arc::new((Mutex::new(false), Condvar::new()));
             let client = client.clone();
             let st = stop.clone();
             let thread = std::thread::Builder::new()
                 .name("svirt-progress".into())
-                .spawn(move || run(&client, name, &st))
+                .spawn(move || run(&client, &name, &st))
                 .ok();
             Watch { stop, thread }
         }
@@ -577,14 +606,8 @@ mod progress {
             .collect()
     }
 
-    fn run(client: &Client, name: impl FnOnce() -> Option<String>, stop: &Stop) {
-        if sleep(stop, DELAY) {
-            return;
-        }
-        let Some(name) = name() else {
-            return;
-        };
-        let path = format!("/v1/domains/{}/progress", enc(&name));
+    fn run(client: &Client, name: &str, stop: &Stop) {
+        let path = format!("/v1/domains/{}/progress", enc(name));
         let mut view: Box<dyn View> = if std::io::stderr().is_terminal() {
             Box::new(Bars::default())
         } else {
