@@ -24,6 +24,7 @@ use landlock::{
 use rustix::fs::FileType;
 use svirt_domain::{Access as PlanAccess, Model, Plan};
 
+use crate::host_check::{Check, HostView, Status, check};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
 
 /// `LANDLOCK_CREATE_RULESET_VERSION`: ask the kernel for its ABI version.
@@ -99,17 +100,10 @@ impl Default for LandlockConfig {
 /// The kernel's Landlock ABI version; 0 when Landlock is not available (not built in, not
 /// enabled at boot, or blocked by seccomp).
 pub fn kernel_abi() -> u32 {
-    // SAFETY: the documented version probe: NULL attributes, size 0, the VERSION flag. The
-    // kernel reads no memory from us.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            CREATE_RULESET_VERSION,
-        )
-    };
-    u32::try_from(r).unwrap_or(0)
+    abi_or_error()
+        .ok()
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(0)
 }
 
 /// What one rule grants, for logs and `svirt` output.
@@ -517,6 +511,67 @@ impl SecurityDriver for LandlockDriver {
         Ok(None)
     }
 }
+/// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`: the ABI, or why
+/// there is none.
+fn abi_or_error() -> io::Result<i64> {
+    // SAFETY: the documented version probe: NULL attributes, size 0, the VERSION flag. The
+    // kernel reads no memory from us.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `svirt host-validate`'s line for Landlock: the kernel's ABI and what it restricts.
+fn host_checks(view: &HostView<'_>) -> Vec<Check> {
+    vec![abi_check(view.lsms)]
+}
+
+fn abi_check(lsms: &Result<Vec<String>, String>) -> Check {
+    let what = "ABI";
+    match abi_or_error() {
+        Ok(abi) => {
+            let mut covers = vec!["filesystem"];
+            if abi >= 4 {
+                covers.push("TCP bind/connect");
+            }
+            if abi >= 6 {
+                covers.push("signal and abstract-socket scoping");
+            }
+            let status = if abi >= 1 { Status::Pass } else { Status::Warn };
+            check(
+                "Landlock",
+                what,
+                status,
+                format!("ABI {abi}: restricts {}", covers.join(", ")),
+            )
+        }
+        Err(e) => {
+            let why = match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) => {
+                    "built in but disabled at boot (add landlock to lsm=)".to_string()
+                }
+                Some(libc::ENOSYS) => "not built into this kernel".to_string(),
+                _ => e.to_string(),
+            };
+            let listed = match lsms {
+                Ok(l) if !l.iter().any(|x| x == "landlock") => "; landlock is not an active LSM",
+                _ => "",
+            };
+            check("Landlock", what, Status::Fail, format!("{why}{listed}"))
+        }
+    }
+}
+
 /// Landlock in the registry: path confinement of the VMM where no MAC model runs. It
 /// changes no object and records nothing, so it has nothing to recover.
 pub(crate) const REGISTRATION: crate::registration::Registration =
@@ -537,4 +592,5 @@ pub(crate) const REGISTRATION: crate::registration::Registration =
                 message: "Landlock records nothing to recover".into(),
             })
         },
+        host_checks,
     };

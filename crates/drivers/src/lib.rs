@@ -6,7 +6,9 @@
 //! [`ChildHook`], which may only make system calls on precomputed data (the child of a
 //! multi-threaded parent must not allocate or take locks).
 
+pub mod bpf_lsm;
 pub mod dac;
+pub mod host_check;
 pub mod landlock;
 pub mod owners;
 pub mod progress;

@@ -195,6 +195,9 @@ pub struct Registration {
     pub has_records: fn(&Store) -> Result<bool, DriverError>,
     /// Opens it for the open's recovery only (not stacked).
     pub open_retired: OpenFn,
+    /// `svirt host-validate`'s lines for this driver: what the host offers it, tried for
+    /// real ([`crate::host_check`]).
+    pub host_checks: fn(&crate::host_check::HostView<'_>) -> Vec<crate::host_check::Check>,
 }
 
 impl std::fmt::Debug for Registration {

@@ -26,6 +26,14 @@ pub fn all() -> &'static [Registration] {
     &ALL
 }
 
+/// `svirt host-validate`'s lines for security: every registered driver's checks, in
+/// [`all`]'s order, then the BPF LSM's (a facility no registered driver uses yet).
+pub fn host_checks(view: &crate::host_check::HostView<'_>) -> Vec<crate::host_check::Check> {
+    let mut out: Vec<_> = all().iter().flat_map(|r| (r.host_checks)(view)).collect();
+    out.extend(crate::bpf_lsm::host_checks(view));
+    out
+}
+
 /// The driver called `name`.
 pub fn find(name: &str) -> Option<&'static Registration> {
     all().iter().find(|r| r.name == name)
@@ -134,6 +142,48 @@ mod tests {
 
     fn list(s: &str) -> Vec<String> {
         s.split(',').map(String::from).collect()
+    }
+
+    /// Every registered driver answers `host-validate` for itself, with the xattrs it
+    /// writes tried where images live: SELinux's label and DAC's ACL both work on this
+    /// host's ext4 (a check that always failed, or always passed, would show here).
+    #[test]
+    fn every_driver_has_host_checks_and_its_xattrs_are_tried_in_the_image_dirs() {
+        use crate::host_check::{Host, HostView, Status};
+        let dir = tempfile::tempdir().unwrap();
+        let host = Host::new("/");
+        let lsms = host.active_lsms();
+        let dirs = [dir.path().to_path_buf()];
+        let checks = host_checks(&HostView {
+            host: &host,
+            lsms: &lsms,
+            image_dirs: &dirs,
+        });
+        for component in ["SELinux", "DAC", "Landlock", "BPF-LSM"] {
+            assert!(
+                checks.iter().any(|c| c.component == component),
+                "no {component} line: {checks:?}"
+            );
+        }
+        let in_dir = |what: &str| {
+            checks
+                .iter()
+                .find(|c| c.component == "xattr" && c.check.starts_with(what))
+                .unwrap_or_else(|| panic!("no {what} line: {checks:?}"))
+        };
+        for what in ["security.selinux xattrs in", "POSIX ACLs in"] {
+            let c = in_dir(what);
+            assert_eq!(c.status, Status::Pass, "{c:?}");
+            assert!(
+                c.check.ends_with(&dir.path().display().to_string()),
+                "{c:?}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "left behind"
+        );
     }
 
     /// The stack's order is imposed whatever order the list gives (MAC, DAC, Landlock);

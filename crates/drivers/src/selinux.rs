@@ -16,6 +16,7 @@ use svirt_domain::{LevelSource, LevelSpec, Model, Plan, ProcessLabel};
 use svirt_labels::MlsRange;
 use svirt_store::LevelAllocator;
 
+use crate::host_check::{Check, HostView, Status, check, xattr_checks};
 use crate::relabel::{LabelJob, RelabelError, Relabeler, Warning};
 use crate::{ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, SecurityDriver};
 use svirt_hostfs::fstype;
@@ -566,7 +567,76 @@ pub(crate) const REGISTRATION: crate::registration::Registration =
         open: open_stacked,
         has_records,
         open_retired,
+        host_checks,
     };
+
+/// `svirt host-validate`'s lines for SELinux: its mode, and whether `security.selinux`
+/// can be written where images live.
+fn host_checks(view: &HostView<'_>) -> Vec<Check> {
+    let mut out = vec![mode_check(view)];
+    out.extend(xattr_checks(
+        view,
+        "security.selinux xattrs",
+        "security.selinux",
+        b"system_u:object_r:svirt_image_t:s0",
+    ));
+    out
+}
+
+fn mode_check(view: &HostView<'_>) -> Check {
+    let host = view.host;
+    let what = "mode";
+    let mounted = host
+        .mounts_of("selinuxfs")
+        .iter()
+        .any(|m| m == "/sys/fs/selinux");
+    if mounted {
+        return match host
+            .read("/sys/fs/selinux/enforce")
+            .map(|s| s.trim().to_string())
+        {
+            Ok(v) if v == "1" => check(
+                "SELinux",
+                what,
+                Status::Pass,
+                "enforcing: svirt uses the selinux driver",
+            ),
+            Ok(_) => check(
+                "SELinux",
+                what,
+                Status::Warn,
+                "permissive: labels are set but denials are only logged",
+            ),
+            Err(e) => check(
+                "SELinux",
+                what,
+                Status::Warn,
+                format!("cannot read /sys/fs/selinux/enforce: {e}"),
+            ),
+        };
+    }
+    let listed = view.lsm_active("selinux");
+    match view.lsms {
+        _ if listed => check(
+            "SELinux",
+            what,
+            Status::Warn,
+            "active but selinuxfs is not mounted on /sys/fs/selinux (no policy loaded?)",
+        ),
+        Ok(_) => check(
+            "SELinux",
+            what,
+            Status::Warn,
+            "disabled (not an active LSM): svirt confines guests with DAC + Landlock",
+        ),
+        Err(_) => check(
+            "SELinux",
+            what,
+            Status::Warn,
+            "disabled (no selinuxfs on /sys/fs/selinux): svirt confines guests with DAC + Landlock",
+        ),
+    }
+}
 
 /// Whether SELinux runs on the host under `root` (selinuxfs mounted), and how.
 fn enabled(root: &Path) -> (bool, String) {

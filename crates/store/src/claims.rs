@@ -28,7 +28,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::originals::{ObjectIdentity, ObjectKey};
+use crate::object::{ObjectIdentity, ObjectKey};
 use crate::store::{CLAIM_OWNERS, CLAIMS, Store, check_owner};
 
 /// How a guest uses an object.

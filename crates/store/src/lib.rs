@@ -15,6 +15,7 @@ mod claims;
 mod error;
 mod ids;
 mod levels;
+mod object;
 mod originals;
 pub mod pairs;
 mod store;
@@ -25,10 +26,8 @@ pub use ids::{
     DEFAULT_ID_FIRST, DEFAULT_ID_LAST, IdAllocator, IdConfig, MAX_ID_RANGE, RangeConflict,
 };
 pub use levels::{AllocatorConfig, AllocatorStats, LevelAllocator};
-pub use originals::{
-    ObjectIdentity, ObjectKey, ObjectLock, ObjectLocks, Original, OriginalRecord, RecordOutcome,
-    Timestamp,
-};
+pub use object::{ObjectIdentity, ObjectKey, ObjectLock, ObjectLocks, Timestamp};
+pub use originals::{Original, OriginalRecord, RecordOutcome};
 pub use store::{
     DB_FILE, GuestRecord, LedgerWrite, LevelReservation, MAX_OWNER_LEN, ReservationKind,
     SCHEMA_VERSION, Store,

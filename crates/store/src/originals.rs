@@ -14,61 +14,8 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::object::{ObjectIdentity, ObjectKey};
 use crate::store::{ORIGINAL_OWNERS, ORIGINALS, Store, check_owner};
-
-/// Which object: the (device, inode) pair as `fstat` reports it on the opened fd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ObjectKey {
-    /// `st_dev`.
-    pub dev: u64,
-    /// `st_ino`.
-    pub ino: u64,
-}
-
-/// A timestamp as `statx` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Timestamp {
-    /// Seconds since the epoch.
-    pub sec: i64,
-    /// Nanoseconds.
-    pub nsec: u32,
-}
-
-/// What identifies one object beyond (dev, ino), which the kernel reuses after a delete.
-///
-/// `ctime` is kept for humans only: svirt's own chown/setxattr change it, so it cannot tell a
-/// replaced file from one svirt relabeled. `btime` (statx birth time) and the inode
-/// generation (`FS_IOC_GETVERSION`) do not change, and are compared when both sides have them.
-/// When neither is available (some filesystems) a replacement cannot be detected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ObjectIdentity {
-    /// `st_dev`.
-    pub dev: u64,
-    /// `st_ino`.
-    pub ino: u64,
-    /// Birth time, when the filesystem reports it.
-    pub btime: Option<Timestamp>,
-    /// Inode generation, when the filesystem reports it.
-    pub generation: Option<u64>,
-    /// Change time at recording, informative only.
-    pub ctime: Option<Timestamp>,
-}
-
-impl ObjectIdentity {
-    /// Whether `self` and `other` describe the same object (not a later one at the same inode).
-    pub fn same_object(&self, other: &ObjectIdentity) -> bool {
-        fn agree<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
-            match (a, b) {
-                (Some(x), Some(y)) => x == y,
-                _ => true,
-            }
-        }
-        self.dev == other.dev
-            && self.ino == other.ino
-            && agree(self.btime, other.btime)
-            && agree(self.generation, other.generation)
-    }
-}
 
 /// An object's security state before svirt changed it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,86 +170,7 @@ fn record_one(
     Ok(outcome)
 }
 
-/// The objects locked by [`Store::lock_object`] now, and the condition variable their
-/// waiters sleep on.
-#[derive(Default)]
-pub(crate) struct KeyLocks {
-    held: std::sync::Mutex<std::collections::HashSet<ObjectKey>>,
-    freed: std::sync::Condvar,
-}
-
-/// Exclusive in-process hold on one object's record: released when dropped.
-#[must_use = "the object is unlocked as soon as the guard is dropped"]
-pub struct ObjectLock<'a> {
-    locks: &'a KeyLocks,
-    key: ObjectKey,
-}
-
-impl Drop for ObjectLock<'_> {
-    fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&self.key);
-        drop(held);
-        self.locks.freed.notify_all();
-    }
-}
-
-/// Exclusive in-process hold on several objects' records, taken together by
-/// [`Store::lock_objects`]: released when dropped.
-#[must_use = "the objects are unlocked as soon as the guard is dropped"]
-pub struct ObjectLocks<'a> {
-    locks: &'a KeyLocks,
-    keys: Vec<ObjectKey>,
-}
-
-impl Drop for ObjectLocks<'_> {
-    fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        for k in &self.keys {
-            held.remove(k);
-        }
-        drop(held);
-        self.locks.freed.notify_all();
-    }
-}
-
 impl Store {
-    /// [`Store::lock_object`] for several objects (duplicates allowed), taken all at once:
-    /// waits until none of them is held, then holds them all. A caller never holds some
-    /// while waiting for others, so this cannot deadlock with other callers of either
-    /// function. For a driver that records many objects in one transaction and then changes
-    /// them.
-    pub fn lock_objects(&self, keys: impl IntoIterator<Item = ObjectKey>) -> ObjectLocks<'_> {
-        let mut keys: Vec<ObjectKey> = keys.into_iter().collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let l = &self.object_locks;
-        let mut held = l.held.lock().unwrap_or_else(|p| p.into_inner());
-        while keys.iter().any(|k| held.contains(k)) {
-            held = l.freed.wait(held).unwrap_or_else(|p| p.into_inner());
-        }
-        held.extend(keys.iter().copied());
-        ObjectLocks { locks: l, keys }
-    }
-
-    /// Locks one object against every other holder of this store in the process until the
-    /// guard is dropped. Each transaction on a record is atomic, but "read the record,
-    /// decide (am I its last user? is it recorded yet?), change the object, update the
-    /// record" is not: two guests' stops releasing a shared object at once could each see
-    /// the other as remaining user and leave it changed with no record, or a start could
-    /// record a label a concurrent stop is about to restore. Drivers hold this lock around
-    /// that whole sequence. One object at a time per caller (no nesting; several at once:
-    /// [`Store::lock_objects`]), so it cannot deadlock; other objects are not blocked.
-    pub fn lock_object(&self, key: ObjectKey) -> ObjectLock<'_> {
-        let l = &self.object_locks;
-        let mut held = l.held.lock().unwrap_or_else(|p| p.into_inner());
-        while held.contains(&key) {
-            held = l.freed.wait(held).unwrap_or_else(|p| p.into_inner());
-        }
-        held.insert(key);
-        ObjectLock { locks: l, key }
-    }
-
     /// Records `value` as the original state of `key` unless a record exists, and adds `owner`
     /// to its users. Committed durably before returning, so a crash after the caller's first
     /// change still finds the original.
@@ -552,45 +420,6 @@ mod join_tests {
         let r = store.get_original(k).unwrap().unwrap();
         assert_eq!((r.original.uid, r.original.mode), (1000, 0o600));
     }
-}
-
-#[cfg(test)]
-mod lock_tests {
-    use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Holders of one key never overlap; other keys are not blocked.
-    #[test]
-    fn object_lock_is_exclusive_per_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let k = ObjectKey { dev: 1, ino: 2 };
-        let inside = Arc::new(AtomicUsize::new(0));
-        let max = Arc::new(AtomicUsize::new(0));
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                let (store, inside, max) = (&store, inside.clone(), max.clone());
-                s.spawn(move || {
-                    for _ in 0..200 {
-                        let _g = store.lock_object(k);
-                        let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                        max.fetch_max(n, Ordering::SeqCst);
-                        std::thread::yield_now();
-                        inside.fetch_sub(1, Ordering::SeqCst);
-                    }
-                });
-            }
-        });
-        assert_eq!(
-            max.load(Ordering::SeqCst),
-            1,
-            "two holders of one key at once"
-        );
-        // Another key is free while one is held.
-        let _a = store.lock_object(k);
-        let _b = store.lock_object(ObjectKey { dev: 1, ino: 3 });
-    }
 
     /// A model's flags go with its last user when others remain; other flags and users stay.
     #[test]
@@ -638,50 +467,5 @@ mod lock_tests {
             .unwrap();
         assert_eq!(last.map(|o| o.model_flags.len()), Some(1));
         assert_eq!(store.get_original(key).unwrap(), None);
-    }
-
-    /// A set is taken whole: none of its keys is held while one of them is held elsewhere,
-    /// and overlapping sets taken in opposite orders do not deadlock.
-    #[test]
-    fn object_locks_take_a_set_at_once() {
-        use std::sync::atomic::AtomicBool;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let key = |ino| ObjectKey { dev: 1, ino };
-        let got = AtomicBool::new(false);
-        let first = store.lock_object(key(1));
-        std::thread::scope(|s| {
-            let waiter = s.spawn(|| {
-                let _g = store.lock_objects([key(2), key(1), key(2)]);
-                got.store(true, Ordering::SeqCst);
-            });
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            assert!(!got.load(Ordering::SeqCst), "key 1 is held");
-            // The waiter holds nothing meanwhile: key 2 (and any other) is free.
-            drop(store.lock_objects([key(2), key(3)]));
-            drop(first);
-            waiter.join().unwrap();
-        });
-        assert!(got.load(Ordering::SeqCst));
-        // Opposite orders of overlapping sets, many times.
-        std::thread::scope(|s| {
-            for t in 0..4u64 {
-                let store = &store;
-                s.spawn(move || {
-                    for _ in 0..200 {
-                        let mut ks = vec![key(10), key(11), key(12)];
-                        if t % 2 == 1 {
-                            ks.reverse();
-                        }
-                        let _g = store.lock_objects(ks);
-                        std::thread::yield_now();
-                    }
-                });
-            }
-            for _ in 0..200 {
-                let _g = store.lock_object(key(11));
-            }
-        });
-        assert!(store.object_locks.held.lock().unwrap().is_empty());
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use svirt_labels::Level;
 
 use crate::error::{Error, Result};
+use crate::object::{KeyLocks, ObjectKey, ObjectLock, ObjectLocks};
 
 /// Name of the database file inside the state directory.
 pub const DB_FILE: &str = "svirt.redb";
@@ -125,7 +126,7 @@ pub struct Store {
     pub(crate) db: Database,
     path: PathBuf,
     /// Objects whose record a caller is deciding on (see [`Store::lock_object`]).
-    pub(crate) object_locks: crate::originals::KeyLocks,
+    pub(crate) object_locks: KeyLocks,
     /// Commit order: each write transaction takes the next number while it holds redb's
     /// (exclusive) write lock, so numbers follow the order of the commits.
     commits: AtomicU64,
@@ -520,4 +521,27 @@ pub(crate) fn insert_dynamic(
     }
     owners.insert((owner, key), ())?;
     Ok(())
+}
+
+impl Store {
+    /// [`Store::lock_object`] for several objects (duplicates allowed), taken all at once:
+    /// waits until none of them is held, then holds them all. A caller never holds some
+    /// while waiting for others, so this cannot deadlock with other callers of either
+    /// function. For a driver that records many objects in one transaction and then changes
+    /// them.
+    pub fn lock_objects(&self, keys: impl IntoIterator<Item = ObjectKey>) -> ObjectLocks<'_> {
+        self.object_locks.lock_many(keys)
+    }
+
+    /// Locks one object against every other holder of this store in the process until the
+    /// guard is dropped. Each transaction on a record is atomic, but "read the record,
+    /// decide (am I its last user? is it recorded yet?), change the object, update the
+    /// record" is not: two guests' stops releasing a shared object at once could each see
+    /// the other as remaining user and leave it changed with no record, or a start could
+    /// record a label a concurrent stop is about to restore. Drivers hold this lock around
+    /// that whole sequence. One object at a time per caller (no nesting; several at once:
+    /// [`Store::lock_objects`]), so it cannot deadlock; other objects are not blocked.
+    pub fn lock_object(&self, key: ObjectKey) -> ObjectLock<'_> {
+        self.object_locks.lock(key)
+    }
 }
