@@ -76,7 +76,7 @@ ensure_rust() {
 SVIRT_TEST_PACKAGES=(
   qemu-utils qemu-system-x86 ovmf
   selinux-policy-default policycoreutils setools checkpolicy libsepol-dev python3-selinux
-  busybox-static cpio attr acl
+  busybox-static cpio attr acl apparmor
   gcc libc6-dev e2fsprogs mount util-linux
 )
 
@@ -88,5 +88,5 @@ SVIRT_FUZZ_PACKAGES=(g++ qemu-utils)
 # The commands behind those packages that the tests and scripts run.
 SVIRT_TEST_COMMANDS=(
   qemu-img qemu-system-x86_64 sesearch checkpolicy setfattr getfattr setfacl getfacl
-  busybox cpio gcc mkfs.ext4 mount setpriv
+  busybox cpio gcc mkfs.ext4 mount setpriv apparmor_parser
 )

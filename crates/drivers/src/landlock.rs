@@ -55,44 +55,13 @@ pub struct LandlockConfig {
 
 impl Default for LandlockConfig {
     fn default() -> Self {
-        let p = |s: &[&str]| s.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let needs = crate::vmm_needs::VmmNeeds::default();
         LandlockConfig {
             min_abi: 6,
             best_effort: false,
-            // The library directories only, not all of /usr: the manager's jail shows the
-            // VMM exactly these paths (its bind of a directory keeps the inode a rule here
-            // is attached to), and QEMU needs nothing else beneath /usr but its own binary
-            // (the emulator rule) and the data below. On merged-/usr hosts /lib* are
-            // symlinks to the same directories.
-            exec_paths: p(&[
-                "/usr/lib",
-                "/usr/lib64",
-                "/usr/lib32",
-                "/usr/libx32",
-                "/lib",
-                "/lib64",
-                "/lib32",
-                "/libx32",
-            ]),
-            read_paths: p(&[
-                "/etc/ld.so.cache",
-                "/etc/ld.so.preload",
-                "/etc/localtime",
-                "/usr/share/qemu",
-                "/usr/share/seabios",
-                "/usr/share/ipxe",
-                "/usr/share/OVMF",
-                "/usr/share/ovmf",
-                "/sys/devices/system/cpu",
-                "/sys/devices/system/node",
-            ]),
-            base_devices: p(&[
-                "/dev/null",
-                "/dev/zero",
-                "/dev/full",
-                "/dev/urandom",
-                "/dev/random",
-            ]),
+            exec_paths: needs.exec_paths,
+            read_paths: needs.read_paths,
+            base_devices: needs.base_devices,
         }
     }
 }

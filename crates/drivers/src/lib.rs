@@ -6,6 +6,7 @@
 //! [`ChildHook`], which may only make system calls on precomputed data (the child of a
 //! multi-threaded parent must not allocate or take locks).
 
+pub mod apparmor;
 pub mod bpf_lsm;
 pub mod dac;
 pub mod host_check;
@@ -18,6 +19,7 @@ pub mod relabel;
 pub mod selinux;
 pub mod stack;
 mod tree_common;
+pub mod vmm_needs;
 
 use std::io;
 

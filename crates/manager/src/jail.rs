@@ -66,11 +66,11 @@ pub struct JailConfig {
 }
 
 impl Default for JailConfig {
-    /// The Landlock driver's default system paths: the jail shows what Landlock grants
-    /// and nothing more (and Landlock's rules, attached to those directories' inodes,
-    /// match inside the jail).
+    /// What every VMM needs from the host ([`svirt_drivers::vmm_needs`]), the list the
+    /// path-based models grant: the jail shows that and nothing more (and Landlock's rules,
+    /// attached to those directories' inodes, match inside the jail).
     fn default() -> Self {
-        let l = svirt_drivers::landlock::LandlockConfig::default();
+        let l = svirt_drivers::vmm_needs::VmmNeeds::default();
         JailConfig {
             exec_paths: l.exec_paths,
             read_paths: l.read_paths,

@@ -566,10 +566,10 @@ fn jail_shows_only_the_plan_and_the_vmm_runtime() {
     let mut want: Vec<PathBuf> = vec![PathBuf::from("/")];
     want.extend(l.a.resources.iter().map(|r| r.path.clone()));
     want.push(l.a.runtime_dir.clone());
-    // The system paths of the Landlock driver's configuration (the jail shows what
-    // Landlock grants): the existing ones, except top-level symlinks (`/lib ->
+    // What every VMM needs from the host (the jail shows what the path-based models
+    // grant): the existing ones, except top-level symlinks (`/lib ->
     // usr/lib`), which the jail recreates as symlinks; and the emulator.
-    let ll = svirt_drivers::landlock::LandlockConfig::default();
+    let ll = svirt_drivers::vmm_needs::VmmNeeds::default();
     for p in ll
         .exec_paths
         .iter()
