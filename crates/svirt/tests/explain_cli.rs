@@ -172,3 +172,52 @@ fn avc_records_are_explained_and_grouped_per_guest() {
     let o = svirt(&["explain", "--avc", "not an avc line"], None);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// AppArmor's records go to the guest whose profile (`svirt-<uuid>`) they name, a signal
+/// to another guest's profile names that guest too; an unconfined program's denial is
+/// "(not a guest)", an ALLOWED record is not a denial, and AVCs in the same log still count.
+#[test]
+fn denials_attribute_apparmor_records_to_guests_by_profile() {
+    const A: &str = "svirt-2f3c1d0e-5a8b-4c7d-9e0f-1a2b3c4d5e6f";
+    const B: &str = "svirt-4b5c6d7e-8f90-4a1b-9c2d-3e4f5a6b7c8d";
+    let log = format!(
+        "[ 12.3] audit: type=1400 audit(1.1:1): apparmor=\"DENIED\" operation=\"open\" class=\"file\" profile=\"{A}\" name=\"/var/lib/svirt/b.img\" pid=81 comm=\"qemu-system-x86\" requested_mask=\"wr\" denied_mask=\"wr\" fsuid=0 ouid=0\n\
+         [ 12.4] audit: type=1400 audit(1.1:2): apparmor=\"DENIED\" operation=\"signal\" class=\"signal\" profile=\"{A}\" pid=81 comm=\"qemu-system-x86\" requested_mask=\"send\" denied_mask=\"send\" signal=kill peer=\"{B}\"\n\
+         [ 12.5] audit: type=1400 audit(1.1:3): apparmor=\"ALLOWED\" operation=\"open\" profile=\"{B}\" name=\"/x\" pid=82 comm=\"q\" requested_mask=\"r\" denied_mask=\"r\"\n\
+         [ 12.6] audit: type=1400 audit(1.1:4): apparmor=\"DENIED\" operation=\"open\" profile=\"/usr/sbin/cupsd\" name=2F746D702F6120622E696D67 pid=5 comm=\"cupsd\" requested_mask=\"r\" denied_mask=\"r\"\n\
+         {AVC}\n"
+    );
+    let o = svirt(&["denials", "--from", "-"], Some(&log));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("guest {A}: 2 AppArmor denial(s)")),
+        "{out}"
+    );
+    assert!(
+        out.contains("{ wr } open") && out.contains("name=/var/lib/svirt/b.img"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("peer={B} [guest {B}]")),
+        "the signal's target guest: {out}"
+    );
+    assert!(
+        out.contains("(not a guest): 1 AppArmor denial(s)") && out.contains("name=/tmp/a b.img"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("name=/x"),
+        "an ALLOWED record is no denial: {out}"
+    );
+    assert!(out.contains("guest at s0:c1,c2: 1 denial(s)"), "{out}");
+
+    // Control: a log without denials says so.
+    let o = svirt(&["denials", "--from", "-"], Some("nothing here\n"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no AVC or AppArmor denials found"));
+}

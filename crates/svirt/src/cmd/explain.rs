@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use svirt_drivers::apparmor::audit::{self, AppArmorRecord};
 use svirt_labels::{Context, Level};
 use svirt_policy::{AvcRecord, Booleans, Decision, explain, is_avc_line, parse_avc, run_batch};
 
@@ -33,11 +34,11 @@ pub struct ExplainArgs {
 /// Arguments of `svirt denials`.
 #[derive(Args)]
 pub struct DenialsArgs {
-    /// Read AVC records from this file (an audit.log or a saved kernel log) instead of the
+    /// Read AVC and AppArmor records from this file (an audit.log or a saved kernel log) instead of the
     /// kernel log; `-` reads stdin.
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
-    /// Explain each denial under the policy model.
+    /// Explain each AVC denial under the policy model.
     #[arg(long)]
     explain: bool,
 }
@@ -126,11 +127,14 @@ fn parse_records(lines: &[String]) -> Result<Vec<AvcRecord>, CliError> {
 /// levels themselves identify the guests).
 struct GuestNames {
     by_level: HashMap<Level, String>,
+    /// By uuid, lower case without dashes (AppArmor profiles are named by uuid).
+    by_uuid: HashMap<String, String>,
 }
 
 impl GuestNames {
     fn lookup(connect: &ConnectArgs) -> GuestNames {
         let mut by_level = HashMap::new();
+        let mut by_uuid = HashMap::new();
         let list = Client::new(connect).and_then(|c| c.call("GET", "/v1/domains?all=true", None));
         // Names are a courtesy: without svirtd (or with a reply this svirt cannot read)
         // levels are shown without them.
@@ -139,6 +143,7 @@ impl GuestNames {
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
         for g in guests {
+            by_uuid.insert(uuid_key(&g.uuid), g.name.clone());
             let level = g
                 .labels
                 .get("selinux")
@@ -148,7 +153,19 @@ impl GuestNames {
                 by_level.insert(level, g.name);
             }
         }
-        GuestNames { by_level }
+        GuestNames { by_level, by_uuid }
+    }
+
+    /// The guest a profile `svirt-<uuid>` belongs to: its name when svirtd knows it,
+    /// else the profile itself says which guest (`guest svirt-<uuid>`).
+    fn name_of_profile(&self, profile: &str) -> Option<String> {
+        let uuid = svirt_drivers::apparmor::audit::uuid_of_profile(profile)?;
+        Some(
+            self.by_uuid
+                .get(&uuid_key(uuid))
+                .cloned()
+                .unwrap_or_else(|| format!("guest {profile}")),
+        )
     }
 
     fn name_of(&self, c: &Context) -> Option<String> {
@@ -175,6 +192,14 @@ impl GuestNames {
         };
         format!("== {src} -> {dst}")
     }
+}
+
+/// A uuid as compared: lower case, without dashes (libvirt accepts both spellings).
+fn uuid_key(u: &str) -> String {
+    u.chars()
+        .filter(|c| *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 fn is_guest_type(c: &Context) -> bool {
@@ -216,9 +241,50 @@ pub fn run_denials(args: DenialsArgs, connect: &ConnectArgs) -> CmdResult {
             .unwrap_or_else(|| "(not a guest)".to_owned());
         per_guest.entry(key).or_default().push(r);
     }
-    if per_guest.is_empty() {
-        println!("no AVC denials found");
+    // AppArmor's records (a host runs one major LSM, but a log may hold both).
+    let aa: Vec<AppArmorRecord> = lines
+        .iter()
+        .filter(|l| audit::is_apparmor_line(l))
+        .filter_map(|l| audit::parse(l))
+        .filter(|r| r.outcome == "DENIED")
+        .collect();
+    let mut aa_per_guest: BTreeMap<String, Vec<&AppArmorRecord>> = BTreeMap::new();
+    for r in &aa {
+        let key = guests
+            .name_of_profile(&r.profile)
+            .unwrap_or_else(|| "(not a guest)".to_owned());
+        aa_per_guest.entry(key).or_default().push(r);
+    }
+    if per_guest.is_empty() && aa_per_guest.is_empty() {
+        println!("no AVC or AppArmor denials found");
         return Ok(ExitCode::SUCCESS);
+    }
+    for (guest, recs) in &aa_per_guest {
+        println!("{guest}: {} AppArmor denial(s)", recs.len());
+        for r in recs {
+            let peer = r
+                .peer
+                .as_deref()
+                .map(|p| {
+                    let who = guests
+                        .name_of_profile(p)
+                        .map(|n| format!(" [{n}]"))
+                        .unwrap_or_default();
+                    format!(" peer={p}{who}")
+                })
+                .unwrap_or_default();
+            println!(
+                "  {{ {} }} {} profile={}{}{}",
+                r.denied.as_deref().unwrap_or("?"),
+                r.operation,
+                r.profile,
+                r.name
+                    .as_deref()
+                    .map(|n| format!(" name={n}"))
+                    .unwrap_or_default(),
+                peer
+            );
+        }
     }
     let b = Booleans::defaults();
     for (guest, recs) in &per_guest {
