@@ -63,6 +63,9 @@ pub struct ExecContext {
     pub devices: Vec<std::path::PathBuf>,
     /// Whether the domain asks for TCP (e.g. a tcp chardev): otherwise TCP bind/connect is denied.
     pub tcp_ports: Vec<u16>,
+    /// Files the manager opened for the VMM, which it inherits (its log, opened for
+    /// append): a model that checks inherited files at exec (AppArmor) must allow them.
+    pub inherited: Vec<std::path::PathBuf>,
 }
 
 /// A driver failure, naming the object and the operation.

@@ -18,8 +18,9 @@ pub use crate::registration::{
 
 /// Every driver svirt knows, one line each.
 pub fn all() -> &'static [Registration] {
-    static ALL: [Registration; 3] = [
+    static ALL: [Registration; 4] = [
         crate::selinux::REGISTRATION,
+        crate::apparmor::REGISTRATION,
         crate::dac::REGISTRATION,
         crate::landlock::REGISTRATION,
     ];

@@ -109,9 +109,10 @@ fn run_case(case_dir: &Path) -> Option<usize> {
         runtime_dir: runtime.clone(),
         devices: vec!["/dev/kvm".into()],
         tcp_ports: vec![],
+        inherited: vec![],
     };
     let needs = VmmNeeds::default();
-    let profile = generate(&plan, &exec, &[(log.clone(), Perms::ReadWrite)], &needs)
+    let profile = generate(&plan, &exec, &[(log.clone(), Perms::Append)], &needs)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     assert_eq!(profile.name, profile_name(&plan));
     assert!(

@@ -115,6 +115,7 @@ fn run_qemu(
         runtime_dir: run_dir.to_path_buf(),
         devices: Vec::new(),
         tcp_ports: Vec::new(),
+        inherited: vec![],
     };
     let mut hooks = dac.child_hooks(p, g, &ctx).expect("dac hooks");
     if with_landlock {

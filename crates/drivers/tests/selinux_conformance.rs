@@ -150,6 +150,7 @@ fn run_case(case_dir: &Path) {
             runtime_dir: dir.clone(),
             devices: vec![],
             tcp_ports: vec![],
+            inherited: vec![],
         };
         let mut hooks = drv.child_hooks(&plan, &guest, &exec).unwrap();
         assert_eq!(hooks.len(), 1, "{case}: one exec-label hook");

@@ -279,6 +279,7 @@ fn restore_runs_every_driver_and_reports_every_error() {
         runtime_dir: s.dir.clone(),
         devices: vec![],
         tcp_ports: vec![],
+        inherited: vec![],
     };
     let mut hooks = stack.child_hooks(&plan, &guest, &exec).unwrap();
     assert_eq!(hooks.len(), 3);

@@ -230,7 +230,19 @@ mod tests {
         );
         assert_eq!("none".parse::<DriverSelection>().unwrap(), names(&["none"]));
         assert!("none,dac".parse::<DriverSelection>().is_err());
-        assert!("apparmor".parse::<DriverSelection>().is_err());
+        assert!(
+            "smack".parse::<DriverSelection>().is_err(),
+            "not a driver (yet)"
+        );
+        assert!(
+            "apparmor,selinux".parse::<DriverSelection>().is_err(),
+            "two MAC models"
+        );
+        assert_eq!(
+            "landlock,dac,apparmor".parse::<DriverSelection>().unwrap(),
+            names(&["apparmor", "dac", "landlock"]),
+            "AppArmor first, like SELinux"
+        );
         assert_eq!(
             UidRange::default().to_string(),
             DEFAULT_UID_RANGE,

@@ -270,6 +270,7 @@ impl Inner {
             runtime_dir: rec.runtime_dir.clone(),
             devices,
             tcp_ports: tcp_ports(&rec.spec),
+            inherited: vec![log_path.clone()],
         };
         let (pre_jail, hooks) = self.stack.child_hooks_phased(&rec.plan, &sec, &exec)?;
         let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some())?;

@@ -1,10 +1,11 @@
-//! AppArmor: a profile per guest, generated from its plan ([`profile`]), and its audit
-//! records read back ([`audit`]).
-//!
-//! So far the profile generator, proven against the real `apparmor_parser` for every
-//! conformance case (`tests/apparmor_conformance.rs`); the driver that loads profiles,
-//! enters them at exec and removes them comes with its lab scenario (it is not
-//! registered until an AppArmor kernel has enforced it).
+//! AppArmor: a profile per guest, generated from its plan ([`profile`]), loaded for its
+//! VMM and removed when the guest is gone ([`driver`]); its audit records read back
+//! ([`audit`]).
 
 pub mod audit;
+pub mod driver;
 pub mod profile;
+mod registration;
+
+pub use driver::{ApparmorConfig, ApparmorDriver};
+pub(crate) use registration::REGISTRATION;

@@ -66,6 +66,8 @@ pub enum Perms {
     ReadMap,
     /// `rw`: a device node.
     Device,
+    /// `a`: append only (a log the manager opened with `O_APPEND`).
+    Append,
 }
 
 impl Perms {
@@ -77,12 +79,13 @@ impl Perms {
             Perms::Read => "r",
             Perms::ReadMap => "mr",
             Perms::Device => "rw",
+            Perms::Append => "a",
         }
     }
 
     /// Whether the rule lets the VMM write.
     pub fn writes(self) -> bool {
-        matches!(self, Perms::ReadWrite | Perms::Device)
+        matches!(self, Perms::ReadWrite | Perms::Device | Perms::Append)
     }
 }
 
@@ -210,7 +213,10 @@ pub fn generate(
     let _ = writeln!(w);
     let _ = writeln!(w, "  signal (receive) peer=unconfined,");
     let _ = writeln!(w, "  signal (send, receive) peer={name},");
+    // The VMM's unix sockets (its inherited QMP listener, chardev sockets): in the
+    // fine-grained form where the kernel mediates it, and the socket family otherwise.
     let _ = writeln!(w, "  unix,");
+    let _ = writeln!(w, "  network unix,");
     let tcp = !exec.tcp_ports.is_empty();
     if tcp {
         let _ = writeln!(w, "  network inet stream,");

@@ -137,6 +137,7 @@ pub fn exec_ctx(runtime_dir: &Path) -> ExecContext {
         runtime_dir: runtime_dir.to_path_buf(),
         devices: Vec::new(),
         tcp_ports: Vec::new(),
+        inherited: vec![],
     }
 }
 
