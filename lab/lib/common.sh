@@ -118,3 +118,14 @@ lab_pack_initramfs() {
     local root=$1 out=$2
     (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet) | gzip -1 > "$out"
 }
+
+# Stage a dynamically linked host binary at DEST inside ROOT with its ELF interpreter and
+# the libraries `ldd` resolves, each at its host path (e.g. apparmor_parser: libc only).
+lab_stage_dynamic() { # ROOT BINARY DEST
+    local root=$1 bin=$2 dest=$3 lib
+    [ -x "$bin" ] || lab_die "no $bin to stage"
+    install -D -m 755 "$bin" "$root$dest"
+    for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+        [ -e "$root$lib" ] || install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
+    done
+}

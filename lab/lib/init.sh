@@ -1,6 +1,7 @@
 #!/bin/sh
 # PID 1 of the lab VM. Mounts the basics, runs the scenario's scenario_main (from
-# /scenario/guest.sh), dumps the kernel's AVC lines between markers and powers off.
+# /scenario/guest.sh), dumps the kernel's AVC and AppArmor lines between markers and
+# powers off.
 # Everything the host parses starts with LAB at the beginning of a line.
 export PATH=/bin
 mount -t proc proc /proc
@@ -23,7 +24,7 @@ echo "LABBOOT $(uname -r) cmdline: $(cat /proc/cmdline)"
 scenario_main
 echo "LABSCENARIO-EXIT $?"
 echo "LABDMESG-BEGIN"
-dmesg | grep -a 'avc:'
+dmesg | grep -a -e 'avc:' -e 'apparmor="'
 echo "LABDMESG-END"
 echo "LABDONE"
 sync

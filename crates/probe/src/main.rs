@@ -3,8 +3,11 @@
 //! It is every program of the SELinux scenario: the policy loader and file labeler (run
 //! unconfined), the stand-in manager (a copy labeled `virtd_exec_t`), the compromised VMM
 //! (a copy labeled `qemu_exec_t`, invoked qemu-style), and the checker that compares the
-//! kernel's decisions with the expected table. See docs/lab.md.
+//! kernel's decisions with the expected table. For the AppArmor scenario it also enters
+//! profiles at exec, plays the same compromised VMM and checks AppArmor's audit records
+//! (`aa-*` commands, `apparmor.rs`). See docs/lab.md.
 
+mod apparmor;
 mod check;
 mod error;
 mod hostcheck;
@@ -47,7 +50,16 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
   wait-line --line TEXT --timeout SECS FILE...
   list-checks --plan F --attack F --expected F      every check name (VM and host checks)
   check --plan F --attack F --expected F --before F --running F --after F --dmesg F
+ AppArmor scenario:
+  aa-exec PROFILE PROGRAM [ARGS...]        write `exec PROFILE` to /proc/thread-self/attr/apparmor/exec, execv
+  try read|write|stat PATH                 one file operation; exit 0 ok, 13 EACCES, 1 other errno
+  aa-snapshot [--pids F] --out F           AppArmor labels of the pids file's processes + loaded profiles
+  aa-list-checks --plan F --attack F --expected F
+  aa-check --plan F --attack F --expected F --running F --after F --dmesg F
+  aa-denial-counts --plan F --attack F --expected F
+                                           per guest: `NAME N`, the DENIED records `svirt denials` lists
  host side:
+  aa-expect --plan F --attack F            the expected table from AppArmor's semantics (see apparmor.rs)
   model-queries --plan F --attack F --labels F     `svirt explain --batch` requests, one per
                                                    permission each operation needs
   model-expect --plan F --attack F --labels F --answers F
@@ -253,6 +265,63 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
             Ok(results.iter().all(|r| r.pass))
         }
         "check" => run_check(&a),
+        "aa-exec" => {
+            let profile = rest
+                .first()
+                .ok_or_else(|| Error::msg("aa-exec: missing PROFILE"))?;
+            apparmor::exec_confined(profile, &rest[1..])
+        }
+        "try" => {
+            let action = match a.pos(0, "read|write|stat")? {
+                "read" => plan::Action::Read,
+                "write" => plan::Action::Write,
+                "stat" => plan::Action::Stat,
+                other => return Err(Error::msg(format!("try: unknown operation {other}"))),
+            };
+            let op = plan::Op {
+                guest: String::new(),
+                name: String::new(),
+                action,
+                target: a.pos(1, "PATH")?.to_string(),
+            };
+            // A confined caller may not be allowed to print: the exit code is the answer.
+            std::process::exit(match vmm::perform(&op, None).as_str() {
+                "ok" => 0,
+                "EACCES" => 13,
+                _ => 1,
+            })
+        }
+        "aa-expect" => {
+            let plan = plan::Plan::load(&a.req("plan")?)?;
+            let attack = plan::Attack::load(&a.req("attack")?)?;
+            print!(
+                "{}",
+                plan::render_expected(&apparmor::expectations(&plan, &attack)?)
+            );
+            Ok(true)
+        }
+        "aa-snapshot" => {
+            let pids = a.opts.get("pids").map(PathBuf::from);
+            let o = apparmor::Observation::take(pids.as_deref())?;
+            let out = a.req("out")?;
+            fs::write(&out, o.render()).ctx(|| format!("writing {}", out.display()))?;
+            Ok(true)
+        }
+        "aa-list-checks" => {
+            let (plan, attack, expected) = load_inputs(&a)?;
+            for name in apparmor::list(&plan, &attack, &expected) {
+                println!("{name}");
+            }
+            Ok(true)
+        }
+        "aa-denial-counts" => {
+            let (plan, attack, expected) = load_inputs(&a)?;
+            for (g, n) in apparmor::denial_counts(&plan, &attack, &expected) {
+                println!("{g} {n}");
+            }
+            Ok(true)
+        }
+        "aa-check" => run_aa_check(&a),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(true)
@@ -325,6 +394,38 @@ fn run_check(a: &Args) -> Result<bool> {
         .ok()
         .map(|s| s.trim() == "1");
     let results = check::evaluate(&plan, &attack, &expected, &obs);
+    for r in &results {
+        println!("{}", r.line());
+    }
+    Ok(results.iter().all(|r| r.pass))
+}
+
+fn run_aa_check(a: &Args) -> Result<bool> {
+    let (plan, attack, expected) = load_inputs(a)?;
+    // Missing observations fail the checks they feed; every check is still reported.
+    let snap = |key: &str| {
+        a.req(key)
+            .ok()
+            .and_then(|p| fs::read_to_string(p).ok())
+            .map(|t| apparmor::Observation::parse(&t))
+            .unwrap_or_default()
+    };
+    let mut obs = apparmor::Observed {
+        enabled: apparmor::enabled(),
+        running: snap("running"),
+        after: snap("after"),
+        ..Default::default()
+    };
+    for (guest, path) in &attack.results {
+        if let Ok(text) = fs::read_to_string(path) {
+            obs.results
+                .insert(guest.clone(), check::GuestResults::parse(&text));
+        }
+    }
+    if let Ok(text) = fs::read_to_string(a.req("dmesg")?) {
+        obs.records = text.lines().filter_map(apparmor::parse_record).collect();
+    }
+    let results = apparmor::evaluate(&plan, &attack, &expected, &obs);
     for r in &results {
         println!("{}", r.line());
     }

@@ -87,7 +87,7 @@ fn wait_peers(path: &Path, timeout: Duration) -> Result<Vec<(String, i32)>> {
 }
 
 /// Attempt one operation; `ok` or the errno name.
-fn perform(op: &Op, peers: Option<&[(String, i32)]>) -> String {
+pub fn perform(op: &Op, peers: Option<&[(String, i32)]>) -> String {
     match op.action {
         Action::Read => file_op(&op.target, |p| {
             let mut f = File::open(p)?;

@@ -1,0 +1,809 @@
+//! The AppArmor scenario's side of the probe: entering a profile at exec, reading a
+//! process's AppArmor label, the expected table from AppArmor's semantics, AppArmor's
+//! audit records, and the checks comparing what the kernel did with that table.
+//!
+//! AppArmor is path-based and mediates what a profile's rules name: a file open is allowed
+//! iff the profile has a rule granting the access to that path, `stat()` is not mediated at
+//! all, and signals and ptrace between two confined processes are checked against BOTH
+//! profiles (the sender's `send`/`trace` and the receiver's `receive`/`tracedby`), each side
+//! audited under its own profile. The expected table (`aa-expect`) is that model applied to
+//! what a guest's profile grants: exactly its plan (svirt's profile is generated from the
+//! plan: a private or shared disk `rwk`, a read-only one `rk`), nothing else of the lab's
+//! files, signals only within its own profile and from `unconfined`, no ptrace; plus
+//! what Debian's `abstractions/base` (included by every svirt profile) grants every
+//! profile: `signal (receive, send) set=("exists")` (signal 0 is allowed between guests)
+//! and `ptrace (readby, tracedby)` (only the tracer's side of a ptrace is denied).
+//!
+//! In the scenario's plan the third field of `guest NAME X` is the guest's uuid (its
+//! profile is `svirt-<uuid>`), not an MCS level.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::check::{CheckResult, GuestResults};
+use crate::error::{Context, Error, Result};
+use crate::plan::{
+    Action, Attack, Decision, DiskKind, Expectation, Expected, Op, Plan, parse_pids,
+};
+
+/// The profile svirt gives the guest with this uuid.
+pub fn profile_of(uuid: &str) -> String {
+    format!("svirt-{}", uuid.to_ascii_lowercase())
+}
+
+/// A process's AppArmor label and mode, e.g. (`svirt-…`, `enforce`) or (`unconfined`, ``).
+pub fn process_label(pid: &str) -> Result<(String, String)> {
+    let mut last = None;
+    for p in [
+        format!("/proc/{pid}/attr/apparmor/current"),
+        format!("/proc/{pid}/attr/current"),
+    ] {
+        match fs::read(&p) {
+            Ok(raw) => return Ok(split_label(&String::from_utf8_lossy(&raw))),
+            Err(e) => last = Some(Err::<(), _>(e).ctx(|| format!("reading {p}"))),
+        }
+    }
+    Err(last
+        .and_then(|r| r.err())
+        .unwrap_or_else(|| Error::msg("no attr file")))
+}
+
+/// `svirt-x (enforce)\n` → (`svirt-x`, `enforce`); `unconfined` → (`unconfined`, ``).
+pub fn split_label(raw: &str) -> (String, String) {
+    let raw = raw.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    match raw.rsplit_once(" (") {
+        Some((label, mode)) if mode.ends_with(')') => {
+            (label.to_string(), mode.trim_end_matches(')').to_string())
+        }
+        _ => (raw.to_string(), String::new()),
+    }
+}
+
+/// Ask the kernel to confine this thread's next execve() by `profile`, then exec `args`.
+pub fn exec_confined(profile: &str, args: &[String]) -> Result<bool> {
+    let cmd = format!("exec {profile}");
+    let mut done = Err(Error::msg("no attr file"));
+    for p in [
+        "/proc/thread-self/attr/apparmor/exec",
+        "/proc/thread-self/attr/exec",
+    ] {
+        done = OpenOptions::new()
+            .write(true)
+            .open(p)
+            .and_then(|mut f| f.write_all(cmd.as_bytes()))
+            .ctx(|| format!("writing {cmd:?} to {p}"));
+        if done.is_ok() {
+            break;
+        }
+    }
+    done?;
+    let prog = args
+        .first()
+        .ok_or_else(|| Error::msg("aa-exec: missing PROGRAM"))?;
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| Error::msg("argument contains NUL")))
+        .collect::<Result<_>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let path = CString::new(Path::new(prog).as_os_str().as_bytes())
+        .map_err(|_| Error::msg("path contains NUL"))?;
+    // SAFETY: path and the NULL-terminated argv point into live CStrings.
+    unsafe { libc::execv(path.as_ptr(), ptrs.as_ptr()) };
+    Err(std::io::Error::last_os_error()).ctx(|| format!("execv {prog}"))
+}
+
+/// What a guest's profile grants a path, from the plan (how svirt generates it).
+fn granted(plan: &Plan, guest: &str, path: &Path) -> Option<&'static str> {
+    plan.disks
+        .iter()
+        .filter(|d| d.path == path)
+        .filter_map(|d| match d.kind {
+            DiskKind::Private if d.owner.as_deref() == Some(guest) => Some("rwk"),
+            DiskKind::Private => None,
+            DiskKind::Shared => Some("rwk"),
+            DiskKind::ReadOnly => Some("rk"),
+        })
+        .next()
+}
+
+/// The audit record's `operation` and mask letter/word for an operation.
+pub fn audit_shape(action: Action) -> (&'static str, &'static str) {
+    match action {
+        Action::Read => ("open", "r"),
+        Action::Write => ("open", "w"),
+        Action::Stat => ("getattr", "-"),
+        Action::Signal | Action::Signull => ("signal", "send"),
+        Action::Ptrace => ("ptrace", "trace"),
+    }
+}
+
+/// The other side of a cross-profile signal: the receiver's own check, which fails too
+/// (a guest's profile receives signals from `unconfined` and itself only). Not for ptrace:
+/// abstractions/base grants every profile `ptrace (tracedby)` and `ptrace (readby)`.
+fn receiver_mask(action: Action) -> Option<&'static str> {
+    match action {
+        Action::Signal | Action::Signull => Some("receive"),
+        _ => None,
+    }
+}
+
+/// The expected table from AppArmor's semantics and the INTENDED plan's profiles.
+pub fn expectations(plan: &Plan, attack: &Attack) -> Result<Expected> {
+    let mut e = Expected::new();
+    for op in &attack.ops {
+        let me = plan
+            .guest(&op.guest)
+            .ok_or_else(|| Error::msg(format!("attack plan: unknown guest {}", op.guest)))?;
+        let profile = profile_of(&me.level);
+        let (class, mask) = audit_shape(op.action);
+        let (decision, reason) = match op.action {
+            Action::Read | Action::Write => {
+                let letter = if op.action == Action::Read { 'r' } else { 'w' };
+                let g = granted(plan, &op.guest, Path::new(&op.target));
+                match g {
+                    Some(p) if p.contains(letter) => (Decision::Allow, String::new()),
+                    Some(p) => (
+                        Decision::Deny,
+                        format!("{profile} grants {} only {p}", op.target),
+                    ),
+                    None => (
+                        Decision::Deny,
+                        format!("{profile} has no rule for {}", op.target),
+                    ),
+                }
+            }
+            // AppArmor has no getattr mediation.
+            Action::Stat => (Decision::Allow, String::new()),
+            Action::Signal | Action::Signull | Action::Ptrace => {
+                let t = plan.guest(&op.target).ok_or_else(|| {
+                    Error::msg(format!("attack plan: unknown guest {}", op.target))
+                })?;
+                let peer = profile_of(&t.level);
+                if (peer == profile && op.action != Action::Ptrace) || op.action == Action::Signull
+                {
+                    // abstractions/base: `signal (receive, send) set=("exists")`.
+                    (Decision::Allow, String::new())
+                } else if op.action == Action::Ptrace {
+                    (
+                        Decision::Deny,
+                        format!("{profile} has no ptrace (trace) rule"),
+                    )
+                } else {
+                    (
+                        Decision::Deny,
+                        format!("{profile} sends signals only to peer={profile}, not {peer}"),
+                    )
+                }
+            }
+        };
+        let deny = decision == Decision::Deny;
+        e.insert(
+            (op.guest.clone(), op.name.clone()),
+            Expectation {
+                decision,
+                audited: deny,
+                class: class.to_string(),
+                perm: deny.then(|| mask.to_string()),
+                reason,
+            },
+        );
+    }
+    Ok(e)
+}
+
+/// One AppArmor audit record (`apparmor="…" operation="…" profile="…" …`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Every `key=value` field, quotes removed.
+    pub fields: BTreeMap<String, String>,
+    /// The whole line.
+    pub line: String,
+}
+
+impl Record {
+    /// A field's value.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.fields.get(k).map(String::as_str)
+    }
+
+    /// The record's pid.
+    pub fn pid(&self) -> Option<i32> {
+        self.get("pid").and_then(|p| p.parse().ok())
+    }
+
+    /// `denied_mask`, else `requested_mask`.
+    pub fn mask(&self) -> &str {
+        self.get("denied_mask")
+            .or_else(|| self.get("requested_mask"))
+            .unwrap_or("")
+    }
+}
+
+/// Parse one kernel log line; `None` if it holds no AppArmor record.
+pub fn parse_record(line: &str) -> Option<Record> {
+    let start = line.find("apparmor=")?;
+    let mut fields = BTreeMap::new();
+    let mut rest = &line[start..];
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq]
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let after = &rest[eq + 1..];
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (q[..end].to_string(), &q[end + 1..]),
+                None => (q.to_string(), ""),
+            }
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        if !key.is_empty() {
+            fields.entry(key).or_insert(value);
+        }
+        rest = next;
+    }
+    fields.contains_key("apparmor").then(|| Record {
+        fields,
+        line: line.trim().to_string(),
+    })
+}
+
+/// A running guest as the unconfined side saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// Role (`manager`, a guest name) → (pid, label, mode).
+    pub procs: BTreeMap<String, (i32, String, String)>,
+    /// Loaded profiles (`/sys/kernel/security/apparmor/profiles`): name → mode.
+    pub profiles: BTreeMap<String, String>,
+}
+
+impl Observation {
+    /// Snapshot the processes of a pids file and the loaded profiles.
+    pub fn take(pids: Option<&Path>) -> Result<Self> {
+        let mut o = Observation::default();
+        if let Some(p) = pids {
+            let text = fs::read_to_string(p).ctx(|| format!("reading {}", p.display()))?;
+            for (name, pid) in parse_pids(&text)?.0 {
+                let (label, mode) = process_label(&pid.to_string())
+                    .unwrap_or_else(|_| ("-".to_string(), String::new()));
+                o.procs.insert(name, (pid, label, mode));
+            }
+        }
+        let list = fs::read_to_string("/sys/kernel/security/apparmor/profiles").unwrap_or_default();
+        for l in list.lines() {
+            let (name, mode) = split_label(l);
+            o.profiles.insert(name, mode);
+        }
+        Ok(o)
+    }
+
+    /// `proc NAME PID LABEL MODE` and `profile NAME MODE` lines (`-` for an empty mode).
+    pub fn render(&self) -> String {
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        let mut out = String::new();
+        for (n, (pid, label, mode)) in &self.procs {
+            out.push_str(&format!("proc {n} {pid} {label} {}\n", dash(mode)));
+        }
+        for (n, mode) in &self.profiles {
+            out.push_str(&format!("profile {n} {}\n", dash(mode)));
+        }
+        out
+    }
+
+    /// Parse what [`Observation::render`] wrote.
+    pub fn parse(text: &str) -> Self {
+        let undash = |s: &str| {
+            if s == "-" {
+                String::new()
+            } else {
+                s.to_string()
+            }
+        };
+        let mut o = Observation::default();
+        for l in text.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                ["proc", n, pid, label, mode] => {
+                    if let Ok(pid) = pid.parse() {
+                        o.procs
+                            .insert(n.to_string(), (pid, label.to_string(), undash(mode)));
+                    }
+                }
+                ["profile", n, mode] => {
+                    o.profiles.insert(n.to_string(), undash(mode));
+                }
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
+/// Everything the AppArmor checks look at.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// AppArmor enabled (`/sys/module/apparmor/parameters/enabled` = Y, securityfs has it).
+    pub enabled: Option<String>,
+    /// While the guests run.
+    pub running: Observation,
+    /// After the manager stopped them.
+    pub after: Observation,
+    /// Results per guest.
+    pub results: BTreeMap<String, GuestResults>,
+    /// AppArmor records of the kernel log.
+    pub records: Vec<Record>,
+}
+
+fn check(name: String, pass: bool, detail: String) -> CheckResult {
+    CheckResult { name, pass, detail }
+}
+
+/// The record an expected denial must have produced: the guest's own profile, its pid, the
+/// operation, the mask, and the path or the peer's profile.
+fn find_record<'a>(
+    plan: &Plan,
+    op: &Op,
+    exp: &Expectation,
+    obs: &'a Observed,
+) -> std::result::Result<&'a Record, String> {
+    let me = plan.guest(&op.guest).map(|g| profile_of(&g.level));
+    let pid = obs.running.procs.get(&op.guest).map(|p| p.0);
+    let perm = exp.perm.as_deref().unwrap_or("?");
+    let (Some(profile), Some(pid)) = (me, pid) else {
+        return Err("guest profile or pid unknown".into());
+    };
+    let target_ok = |r: &Record| {
+        if op.action.targets_process() {
+            let peer = plan.guest(&op.target).map(|g| profile_of(&g.level));
+            r.get("peer") == peer.as_deref()
+        } else {
+            r.get("name") == Some(op.target.as_str())
+        }
+    };
+    obs.records
+        .iter()
+        .find(|r| {
+            r.get("apparmor") == Some("DENIED")
+                && r.get("profile") == Some(profile.as_str())
+                && r.pid() == Some(pid)
+                && r.get("operation") == Some(exp.class.as_str())
+                && mask_has(r.mask(), perm)
+                && target_ok(r)
+        })
+        .ok_or_else(|| {
+            format!(
+                "no apparmor=\"DENIED\" operation=\"{}\" profile=\"{profile}\" pid={pid} mask {perm} on {}",
+                exp.class, op.target
+            )
+        })
+}
+
+/// Whether an audit mask includes `perm`: a word (`send`, `trace`) or file letters.
+fn mask_has(mask: &str, perm: &str) -> bool {
+    if perm.len() == 1 {
+        mask.contains(perm)
+    } else {
+        mask.split_whitespace().any(|w| w == perm)
+    }
+}
+
+/// Whether a DENIED record is one the expected table accounts for: the attacker's own
+/// line, or the receiving guest's side of an expected cross-profile signal or ptrace.
+fn accounted(
+    plan: &Plan,
+    attack: &Attack,
+    expected: &Expected,
+    obs: &Observed,
+    r: &Record,
+) -> bool {
+    attack.ops.iter().any(|op| {
+        let Some(exp) = expected.get(&(op.guest.clone(), op.name.clone())) else {
+            return false;
+        };
+        if exp.decision != Decision::Deny {
+            return false;
+        }
+        if find_record(plan, op, exp, obs).is_ok_and(|m| m.line == r.line) {
+            return true;
+        }
+        let (Some(rx), Some(me), Some(victim)) = (
+            receiver_mask(op.action),
+            plan.guest(&op.guest),
+            plan.guest(&op.target),
+        ) else {
+            return false;
+        };
+        r.get("operation") == Some(exp.class.as_str())
+            && r.get("profile") == Some(profile_of(&victim.level).as_str())
+            && r.get("peer") == Some(profile_of(&me.level).as_str())
+            && r.pid() == obs.running.procs.get(&op.guest).map(|p| p.0)
+            && mask_has(r.mask(), rx)
+    })
+}
+
+/// Compare observations with the plan and the expected table.
+pub fn evaluate(
+    plan: &Plan,
+    attack: &Attack,
+    expected: &Expected,
+    obs: &Observed,
+) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    out.push(check(
+        "apparmor.enabled".into(),
+        obs.enabled.as_deref() == Some("Y"),
+        format!(
+            "/sys/module/apparmor/parameters/enabled + securityfs: {:?}",
+            obs.enabled
+        ),
+    ));
+    let mut labels = Vec::new();
+    for g in &plan.guests {
+        let want = profile_of(&g.level);
+        let p = obs.running.procs.get(&g.name);
+        out.push(check(
+            format!("guest.{}.profile", g.name),
+            p.is_some_and(|p| p.1 == want && p.2 == "enforce"),
+            format!(
+                "/proc/{}/attr/apparmor/current = {:?}, want {want} (enforce)",
+                p.map_or(0, |p| p.0),
+                p.map(|p| format!("{} ({})", p.1, p.2))
+            ),
+        ));
+        if let Some(p) = p {
+            labels.push((g.name.clone(), p.1.clone()));
+        }
+        let loaded = obs.running.profiles.get(&want);
+        out.push(check(
+            format!("profile.{}.loaded", g.name),
+            loaded.is_some_and(|m| m == "enforce"),
+            format!("{want} in the kernel's profiles while running: {loaded:?}"),
+        ));
+        let left = obs.after.profiles.get(&want);
+        out.push(check(
+            format!("profile.{}.removed", g.name),
+            left.is_none() && !obs.after.profiles.is_empty(),
+            format!(
+                "{want} after the guest stopped: {left:?} ({} profiles loaded)",
+                obs.after.profiles.len()
+            ),
+        ));
+        let r = obs.results.get(&g.name);
+        out.push(check(
+            format!("guest.{}.results", g.name),
+            r.is_some_and(|r| r.complete),
+            match r {
+                Some(r) => format!("{} outcomes, complete={}", r.ops.len(), r.complete),
+                None => "no results file".into(),
+            },
+        ));
+    }
+    let distinct: BTreeSet<&String> = labels.iter().map(|(_, l)| l).collect();
+    out.push(check(
+        "guests.distinct_profiles".into(),
+        labels.len() == plan.guests.len()
+            && distinct.len() == labels.len()
+            && labels.iter().all(|(_, l)| l.starts_with("svirt-")),
+        format!("observed {labels:?}"),
+    ));
+
+    for op in &attack.ops {
+        let exp = expected.get(&(op.guest.clone(), op.name.clone()));
+        let got = obs.results.get(&op.guest).and_then(|r| r.ops.get(&op.name));
+        let (pass, want) = match exp.map(|e| e.decision) {
+            Some(Decision::Allow) => (got.is_some_and(|g| g == "ok"), "allow (ok)".to_string()),
+            Some(Decision::Deny) => (
+                got.is_some_and(|g| g == "EACCES"),
+                format!("deny (EACCES): {}", exp.map_or("", |e| e.reason.as_str())),
+            ),
+            None => (false, "NO EXPECTATION".to_string()),
+        };
+        out.push(check(
+            format!("decision.{}.{}", op.guest, op.name),
+            pass,
+            format!(
+                "{:?} {} -> got {}, AppArmor: {want}",
+                op.action,
+                op.target,
+                got.map_or("nothing", String::as_str)
+            ),
+        ));
+        if let Some(e) = exp.filter(|e| e.decision == Decision::Deny && e.audited) {
+            let name = format!("audit.{}.{}", op.guest, op.name);
+            out.push(match find_record(plan, op, e, obs) {
+                Ok(r) => check(name, true, r.line.clone()),
+                Err(why) => check(name, false, why),
+            });
+        }
+    }
+
+    let denied: Vec<&Record> = obs
+        .records
+        .iter()
+        .filter(|r| r.get("apparmor") == Some("DENIED"))
+        .collect();
+    let stray: Vec<&str> = denied
+        .iter()
+        .filter(|r| !accounted(plan, attack, expected, obs, r))
+        .map(|r| r.line.as_str())
+        .collect();
+    let want = expected
+        .values()
+        .filter(|e| e.decision == Decision::Deny && e.audited)
+        .count();
+    out.push(check(
+        "audit.all_expected".into(),
+        stray.is_empty() && denied.len() >= want && want > 0,
+        if stray.is_empty() {
+            format!(
+                "{} DENIED records, all from expected denials ({want} expected attacks)",
+                denied.len()
+            )
+        } else {
+            format!("unexpected: {}", stray.join(" | "))
+        },
+    ));
+    out
+}
+
+/// Names of all checks `evaluate` reports for these inputs.
+pub fn list(plan: &Plan, attack: &Attack, expected: &Expected) -> Vec<String> {
+    evaluate(plan, attack, expected, &Observed::default())
+        .into_iter()
+        .map(|c| c.name)
+        .collect()
+}
+
+/// `Y` when AppArmor is enabled and its securityfs directory is there.
+pub fn enabled() -> Option<String> {
+    let p = fs::read_to_string("/sys/module/apparmor/parameters/enabled").ok()?;
+    let p = p.trim().to_string();
+    if Path::new("/sys/kernel/security/apparmor").is_dir() {
+        Some(p)
+    } else {
+        Some(format!("{p} (no /sys/kernel/security/apparmor)"))
+    }
+}
+
+/// Per guest, how many DENIED records `svirt denials` should list under its name: its own
+/// expected denials plus the receiving side of the other guests' signals and ptrace.
+pub fn denial_counts(plan: &Plan, attack: &Attack, expected: &Expected) -> BTreeMap<String, usize> {
+    let mut n: BTreeMap<String, usize> = BTreeMap::new();
+    for op in &attack.ops {
+        let Some(e) = expected.get(&(op.guest.clone(), op.name.clone())) else {
+            continue;
+        };
+        if e.decision != Decision::Deny || !e.audited {
+            continue;
+        }
+        *n.entry(op.guest.clone()).or_default() += 1;
+        if receiver_mask(op.action).is_some() && plan.guest(&op.target).is_some() {
+            *n.entry(op.target.clone()).or_default() += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::plan::{parse_expected, render_expected};
+
+    const UA: &str = "a0000000-0000-4000-8000-00000000000a";
+    const UB: &str = "b0000000-0000-4000-8000-00000000000b";
+
+    fn inputs() -> (Plan, Attack) {
+        let plan = Plan::parse(&format!(
+            "guest A {UA}\nguest B {UB}\ndisk A /img/A private\ndisk B /img/B private\n\
+             disk - /img/s shared\ndisk - /img/c readonly\n"
+        ))
+        .unwrap();
+        let attack = Attack::parse(
+            "results A /img/A\npeers /p\nop A own.write write /img/A\nop A other.read read /img/B\n\
+             op A other.stat stat /img/B\nop A content.write write /img/c\nop A content.read read /img/c\n\
+             op A shared.write write /img/s\nop A peer.signal signal B\nop A peer.ptrace ptrace B\n\
+             op B peer.signal signal A\nop B peer.signull signull A\n",
+        )
+        .unwrap();
+        (plan, attack)
+    }
+
+    #[test]
+    fn expectations_follow_apparmor_semantics() {
+        let (plan, attack) = inputs();
+        let e = expectations(&plan, &attack).unwrap();
+        let k = |g: &str, o: &str| &e[&(g.to_string(), o.to_string())];
+        assert_eq!(k("A", "own.write").decision, Decision::Allow);
+        assert_eq!(k("A", "other.read").decision, Decision::Deny);
+        assert_eq!(k("A", "other.read").perm.as_deref(), Some("r"));
+        assert_eq!(k("A", "other.read").class, "open");
+        assert_eq!(
+            k("A", "other.stat").decision,
+            Decision::Allow,
+            "no getattr mediation"
+        );
+        assert_eq!(k("A", "content.write").decision, Decision::Deny);
+        assert_eq!(k("A", "content.read").decision, Decision::Allow);
+        assert_eq!(k("A", "shared.write").decision, Decision::Allow);
+        assert_eq!(k("A", "peer.signal").perm.as_deref(), Some("send"));
+        assert_eq!(k("A", "peer.ptrace").class, "ptrace");
+        assert!(k("B", "peer.signal").audited);
+        assert_eq!(
+            k("B", "peer.signull").decision,
+            Decision::Allow,
+            "abstractions/base: signal set=(\"exists\")"
+        );
+        assert_eq!(parse_expected(&render_expected(&e)).unwrap(), e);
+        let n = denial_counts(&plan, &attack, &e);
+        // A: other.read, content.write, signal, ptrace + the receiving side of B's signal;
+        // B: signal + the receiving side of A's signal (base lets anyone trace it).
+        assert_eq!(n["A"], 5);
+        assert_eq!(n["B"], 2);
+    }
+
+    const OPEN: &str = "[    5.1] audit: type=1400 audit(1.2:3): apparmor=\"DENIED\" operation=\"open\" \
+        profile=\"svirt-a0000000-0000-4000-8000-00000000000a\" name=\"/img/B\" pid=80 \
+        comm=\"qemu-system-x86\" requested_mask=\"r\" denied_mask=\"r\" fsuid=0 ouid=0";
+    const SIG: &str = "audit: type=1400 audit(1.2:4): apparmor=\"DENIED\" operation=\"signal\" \
+        profile=\"svirt-a0000000-0000-4000-8000-00000000000a\" pid=80 comm=\"qemu-system-x86\" \
+        requested_mask=\"send\" denied_mask=\"send\" signal=winch \
+        peer=\"svirt-b0000000-0000-4000-8000-00000000000b\"";
+    const RECV: &str = "audit: type=1400 audit(1.2:5): apparmor=\"DENIED\" operation=\"signal\" \
+        profile=\"svirt-b0000000-0000-4000-8000-00000000000b\" pid=80 comm=\"qemu-system-x86\" \
+        requested_mask=\"receive\" denied_mask=\"receive\" signal=winch \
+        peer=\"svirt-a0000000-0000-4000-8000-00000000000a\"";
+
+    #[test]
+    fn parses_records() {
+        let r = parse_record(OPEN).unwrap();
+        assert_eq!(r.get("apparmor"), Some("DENIED"));
+        assert_eq!(r.get("name"), Some("/img/B"));
+        assert_eq!(r.pid(), Some(80));
+        assert_eq!(r.mask(), "r");
+        let s = parse_record(SIG).unwrap();
+        assert_eq!(s.get("signal"), Some("winch"));
+        assert!(parse_record("avc:  denied  { read }").is_none());
+        assert_eq!(
+            split_label("svirt-x (enforce)\n"),
+            ("svirt-x".into(), "enforce".into())
+        );
+        assert_eq!(
+            split_label("unconfined\n"),
+            ("unconfined".into(), String::new())
+        );
+    }
+
+    fn observed(plan: &Plan, attack: &Attack, e: &Expected) -> Observed {
+        let mut obs = Observed {
+            enabled: Some("Y".into()),
+            ..Default::default()
+        };
+        obs.running
+            .procs
+            .insert("A".into(), (80, profile_of(UA), "enforce".into()));
+        obs.running
+            .procs
+            .insert("B".into(), (81, profile_of(UB), "enforce".into()));
+        for u in [UA, UB] {
+            obs.running.profiles.insert(profile_of(u), "enforce".into());
+        }
+        obs.after.profiles.insert("other".into(), "enforce".into());
+        let mut text = String::new();
+        for op in attack.ops.iter().filter(|o| o.guest == "A") {
+            let d = e[&(op.guest.clone(), op.name.clone())].decision;
+            text.push_str(&format!(
+                "op {} {}\n",
+                op.name,
+                if d == Decision::Allow { "ok" } else { "EACCES" }
+            ));
+        }
+        obs.results
+            .insert("A".into(), GuestResults::parse(&format!("{text}END\n")));
+        obs.results.insert(
+            "B".into(),
+            GuestResults::parse("op peer.signal EACCES\nop peer.signull ok\nEND\n"),
+        );
+        let line = |op: &str, mask: &str, extra: &str, pid: i32, prof: &str| {
+            parse_record(&format!(
+                "apparmor=\"DENIED\" operation=\"{op}\" profile=\"{prof}\" pid={pid} \
+                 requested_mask=\"{mask}\" denied_mask=\"{mask}\" {extra}"
+            ))
+            .unwrap()
+        };
+        let (a, b) = (profile_of(UA), profile_of(UB));
+        obs.records = vec![
+            parse_record(OPEN).unwrap(),
+            line("open", "w", "name=\"/img/c\"", 80, &a),
+            parse_record(SIG).unwrap(),
+            parse_record(RECV).unwrap(),
+            line("ptrace", "trace", &format!("peer=\"{b}\""), 80, &a),
+            line(
+                "signal",
+                "send",
+                &format!("peer=\"{a}\" signal=winch"),
+                81,
+                &b,
+            ),
+            line(
+                "signal",
+                "receive",
+                &format!("peer=\"{b}\" signal=winch"),
+                81,
+                &a,
+            ),
+        ];
+        let _ = plan;
+        obs
+    }
+
+    #[test]
+    fn matching_observations_pass_and_strays_fail() {
+        let (plan, attack) = inputs();
+        let e = expectations(&plan, &attack).unwrap();
+        let mut obs = observed(&plan, &attack, &e);
+        let r = evaluate(&plan, &attack, &e, &obs);
+        assert!(r.iter().all(|c| c.pass), "{r:#?}");
+        let names: Vec<String> = r.iter().map(|c| c.name.clone()).collect();
+        assert_eq!(names, list(&plan, &attack, &e));
+        assert!(names.contains(&"audit.A.peer.ptrace".to_string()));
+
+        // A denial the table does not account for is a finding.
+        obs.records
+            .push(parse_record(&OPEN.replace("/img/B", "/etc/passwd")).unwrap());
+        let r = evaluate(&plan, &attack, &e, &obs);
+        assert!(r.iter().any(|c| c.name == "audit.all_expected" && !c.pass));
+    }
+
+    #[test]
+    fn unconfined_guest_fails_isolation() {
+        let (plan, attack) = inputs();
+        let e = expectations(&plan, &attack).unwrap();
+        let mut obs = observed(&plan, &attack, &e);
+        obs.running
+            .procs
+            .insert("B".into(), (81, "unconfined".into(), String::new()));
+        obs.results.insert(
+            "B".into(),
+            GuestResults::parse("op peer.signal ok\nop peer.signull ok\nEND\n"),
+        );
+        obs.records.retain(|r| r.pid() != Some(81));
+        let r = evaluate(&plan, &attack, &e, &obs);
+        let failed: Vec<&str> = r
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(failed.contains(&"guest.B.profile"));
+        assert!(failed.contains(&"guests.distinct_profiles"));
+        assert!(failed.contains(&"decision.B.peer.signal"));
+        assert!(failed.contains(&"audit.B.peer.signal"));
+        // A's own decisions still hold.
+        assert!(!failed.contains(&"decision.A.other.read"));
+    }
+
+    #[test]
+    fn a_record_of_another_guest_does_not_count() {
+        let (plan, attack) = inputs();
+        let e = expectations(&plan, &attack).unwrap();
+        let mut obs = observed(&plan, &attack, &e);
+        obs.running.procs.get_mut("A").unwrap().0 = 90;
+        let r = evaluate(&plan, &attack, &e, &obs);
+        assert!(r.iter().any(|c| c.name == "audit.A.other.read" && !c.pass));
+    }
+}
