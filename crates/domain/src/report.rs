@@ -115,7 +115,7 @@ pub fn process_labels(plan: &Plan) -> BTreeMap<Model, Option<String>> {
                     },
                     Model::Dac => plan.dac_enabled.then(|| owner_text(plan)),
                     Model::Landlock => Some("ruleset".to_string()),
-                    Model::Apparmor => Some(format!("svirt-{}", plan.uuid)),
+                    Model::Apparmor => Some(format!("svirt-{}", plan.uuid.to_ascii_lowercase())),
                 }
             };
             (m, v)
