@@ -4,6 +4,17 @@
 # powers off.
 # Everything the host parses starts with LAB at the beginning of a line.
 export PATH=/bin
+# A scenario whose manager builds mount namespaces with pivot_root (svirtd's jail) opts in
+# with /scenario/switch-root: pivot_root refuses a root on the initramfs' rootfs (EINVAL), so
+# the initramfs is copied to a tmpfs that becomes the root (switch_root), and /init runs again.
+if [ -f /scenario/switch-root ] && [ "${LAB_SWITCHED:-0}" != 1 ]; then
+    mkdir -p /newroot && mount -t tmpfs -o mode=0755 root /newroot
+    for d in /*; do
+        case $d in /newroot|/proc|/sys) mkdir -p "/newroot$d" ;; *) cp -a "$d" /newroot/ ;; esac
+    done
+    export LAB_SWITCHED=1
+    exec switch_root /newroot /init
+fi
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null

@@ -53,6 +53,7 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
  AppArmor scenario:
   aa-exec PROFILE PROGRAM [ARGS...]        write `exec PROFILE` to /proc/thread-self/attr/apparmor/exec, execv
   try read|write|stat PATH                 one file operation; exit 0 ok, 13 EACCES, 1 other errno
+  breach-jail --pid PID PATH...           make PATHs visible read-write in PID's mount namespace (jail)
   aa-snapshot [--pids F] --out F           AppArmor labels of the pids file's processes + loaded profiles
   aa-list-checks --plan F --attack F --expected F
   aa-check --plan F --attack F --expected F --running F --after F --dmesg F
@@ -290,6 +291,16 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
                 "EACCES" => 13,
                 _ => 1,
             })
+        }
+        "breach-jail" => {
+            let pid: i32 = a
+                .opts
+                .get("pid")
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| Error::msg("breach-jail: missing --pid PID"))?;
+            let paths: Vec<PathBuf> = a.positional.iter().map(PathBuf::from).collect();
+            println!("{}", apparmor::breach_jail(pid, &paths)?.join(", "));
+            Ok(true)
         }
         "aa-expect" => {
             let plan = plan::Plan::load(&a.req("plan")?)?;

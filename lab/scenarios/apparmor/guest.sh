@@ -68,11 +68,31 @@ lab_setup_layout() {
 
 snap() { $P aa-snapshot "$@"; }
 
+# svirtd's jail (a mount namespace showing only the guest's plan) would answer ENOENT for
+# the other guest's files and EROFS for read-only content before AppArmor is asked. The
+# scenario's question is what AppArmor alone says, so PID 1 breaches each jail on purpose:
+# every file the guest's attacks name is made visible in it, read-write (svirt-probe
+# breach-jail). A guest without a mount namespace of its own needs nothing.
+breach_jails() {
+    mine=$(readlink /proc/1/ns/mnt) out= bad=
+    while read -r g pid; do
+        case $g in manager|END) continue ;; esac
+        ns=$(readlink /proc/$pid/ns/mnt) || { bad="$bad $g:gone"; continue; }
+        if [ "$ns" = "$mine" ]; then out="$out $g: no jail;"; continue; fi
+        targets=$(awk -v g=$g '$1 == "op" && $2 == g && $4 ~ /^(read|write|stat)$/ { print $5 }' $ETC/attack.plan | sort -u)
+        # shellcheck disable=SC2086
+        if r=$($P breach-jail --pid $pid $targets 2>&1); then out="$out $g ($ns): $r;"; else bad="$bad $g: $r"; fi
+    done < $LAB_STATE/pids.all
+    if [ -z "$bad" ]; then labcheck jail.breached PASS "$out"; else labcheck jail.breached FAIL "$bad;$out"; fi
+}
+
 scenario_main() {
     setup_apparmor || return 1
     # The initramfs root cannot be bind-mounted into svirtd's jail the way a tmpfs can.
     mount -t tmpfs -o mode=0755 lab /lab
     setup_profile || return 1
+    # The checks read the kernel log from here on (the setup's own denial is not a guest's).
+    DMESG_SKIP=$(dmesg | wc -l)
     [ "$SETUP_ONLY" = 1 ] && return 0
     # svirtd puts each guest in a cgroup (memory, pids).
     mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
@@ -86,6 +106,7 @@ scenario_main() {
     if manager_start; then
         labcheck manager.start PASS "$(tr '\n' ' ' < $LAB_STATE/pids.all)"
         profile_files_check
+        breach_jails
         if [ "$BREAK" = unload-b ]; then
             # Broken on purpose: B's profile removed before the attacks (its VMM is then
             # unconfined; the checks expect isolated guests and must fail).
@@ -102,6 +123,7 @@ scenario_main() {
     else
         labcheck manager.start FAIL "no pids from the manager"
         labcheck svirtd.profile_files FAIL "no guests"
+        labcheck jail.breached FAIL "no guests"
     fi
     if manager_stop; then
         labcheck manager.stop PASS "$(cat $LAB_STATE/done 2>/dev/null)"
@@ -109,7 +131,7 @@ scenario_main() {
         labcheck manager.stop FAIL "$(cat $LAB_STATE/done 2>/dev/null)"
     fi
     snap --out $LAB_STATE/after
-    dmesg > $LAB_STATE/dmesg
+    dmesg | tail -n +$((DMESG_SKIP + 1)) > $LAB_STATE/dmesg
 
     for f in $LAB_STATE/manager.log $LAB_STATE/running $LAB_STATE/after \
         /lab/img/A.result /lab/img/B.result; do

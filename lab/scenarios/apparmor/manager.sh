@@ -75,7 +75,7 @@ manager_stop() {
     rc=0
     # `svirt denials` next to the running svirtd names the guests by their profiles' uuids:
     # each guest must get exactly the DENIED records the expected table accounts for.
-    dmesg | grep -a 'apparmor="DENIED"' > "$LAB_STATE/denied.log"
+    dmesg | tail -n +$((DMESG_SKIP + 1)) | grep -a 'apparmor="DENIED"' > "$LAB_STATE/denied.log"
     sv denials --from "$LAB_STATE/denied.log" > "$LAB_STATE/denials.txt"
     sed "s|^|LABLOG svirt denials: |" "$LAB_STATE/denials.txt"
     bad=

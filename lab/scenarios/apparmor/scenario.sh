@@ -105,6 +105,8 @@ scenario_stage() {
         echo "DRIVERS=$DRIVERS"
         echo "BREAK=$BREAK"
     } > "$d/scenario.env"
+    # svirtd's jail pivot_roots: the VM's root must not be the initramfs (lab/lib/init.sh).
+    : > "$d/switch-root"
     [ "$SETUP_ONLY" = 1 ] && return 0
     scenario_plan 0 > "$d/intended.plan"
     scenario_plan "$([ "$BREAK" = share-a ] && echo 1 || echo 0)" > "$d/plan"
@@ -128,6 +130,6 @@ scenario_checks() {
     local d=$1/scenario
     printf '%s\n' setup.apparmor setup.parser_load setup.profile_confines setup.parser_remove
     [ "$SETUP_ONLY" = 1 ] && return 0
-    printf '%s\n' setup.layout manager.start svirtd.profile_files manager.stop svirtd.denials_by_name
+    printf '%s\n' setup.layout manager.start svirtd.profile_files jail.breached manager.stop svirtd.denials_by_name
     "$d/svirt-probe" aa-list-checks --plan "$d/plan" --attack "$d/attack.plan" --expected "$d/expected.tsv"
 }
