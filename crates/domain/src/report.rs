@@ -177,9 +177,17 @@ pub fn resource_labels(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Opti
                         DacAction::GrantRead => Some(format!("grant-read user:{}", uid_text(plan))),
                         DacAction::Owner { uid, gid } => Some(format!("chown {uid}:{gid}")),
                     },
-                    Model::Landlock | Model::Apparmor => {
-                        Some(access_str(r.path_access).to_string())
-                    }
+                    Model::Landlock => Some(access_str(r.path_access).to_string()),
+                    // The profile's rule (svirt_drivers::apparmor::profile): `k` because
+                    // QEMU locks its images; a tree is the directory and `/**`.
+                    Model::Apparmor => Some(format!(
+                        "{}{}",
+                        match r.path_access {
+                            Access::Rw => "rwk",
+                            Access::Ro => "rk",
+                        },
+                        if r.resource.recursive { " /**" } else { "" }
+                    )),
                 }
             };
             (m, v)

@@ -657,6 +657,9 @@ fn seclabel_models_and_dac() {
         .plan_with(devs, "<seclabel type='dynamic' model='apparmor'/>", "")
         .unwrap();
     assert!(p.plan.models.contains(&Model::Apparmor));
+    // Its column is the profile's rule for the disk: read-write and lockable.
+    let rep = svirt_domain::report(&p.plan, &[Model::Apparmor], &[]);
+    assert_eq!(rep.resources[0].labels["apparmor"].as_deref(), Some("rwk"));
 }
 
 #[test]
