@@ -323,6 +323,21 @@ impl Parser {
                 "type", "loader", "nvram", "kernel", "initrd", "dtb", "cmdline", "boot",
             ],
         );
+        // Firmware auto-selection picks UEFI code and makes an NVRAM from its template;
+        // ignoring it would boot the guest with BIOS.
+        match o.attribute("firmware") {
+            None | Some("bios") => {}
+            Some(v) => {
+                return Err(invalid_attr(
+                    o,
+                    "firmware",
+                    format!(
+                        "firmware='{v}' (automatic firmware selection) is not supported yet: \
+                         name the firmware with <loader> and <nvram>"
+                    ),
+                ));
+            }
+        }
         let t = child(o, "type").ok_or_else(|| invalid(o, "missing <type>"))?;
         let os_type = text(t);
         if os_type != "hvm" {
@@ -551,6 +566,15 @@ impl Parser {
                 "parallel" => d.chardevs.push(self.chardev(c, ChardevRole::Parallel, dm)?),
                 "hostdev" => d.hostdevs.push(self.hostdev(c)?),
                 "tpm" => d.tpms.push(self.tpm(c)?),
+                // Dropping it would start a guest without the network it asks for.
+                "interface" => {
+                    return Err(invalid(
+                        c,
+                        "network interfaces are not supported yet (svirt guests have no \
+                         network until its virtual network security lands): remove the \
+                         <interface>",
+                    ));
+                }
                 _ => self
                     .warnings
                     .push(format!("{}: element ignored", elpath(c))),
@@ -1096,6 +1120,28 @@ mod tests {
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("/domain/features"));
         assert!(p.warnings[1].contains("/domain/devices/graphics"));
+    }
+
+    /// What svirt cannot run yet is refused, naming it, instead of being dropped from
+    /// the guest: a network interface, automatic (UEFI) firmware. Controls: BIOS named
+    /// explicitly, and a domain without them, are accepted.
+    #[test]
+    fn devices_svirt_cannot_run_are_refused_not_dropped() {
+        let e = err(
+            "<devices><interface type='network'><source network='default'/></interface></devices>",
+        );
+        assert!(
+            e.contains("/domain/devices/interface") && e.contains("not supported yet"),
+            "{e}"
+        );
+        let efi = "<domain type='kvm'><name>t</name><memory unit='MiB'>256</memory><os firmware='efi'><type>hvm</type></os></domain>";
+        let e = parse(efi).unwrap_err().to_string();
+        assert!(
+            e.contains("/domain/os@firmware") && e.contains("<loader>"),
+            "{e}"
+        );
+        assert!(parse(&efi.replace("'efi'", "'bios'")).is_ok());
+        assert!(parse(&doc("<devices><serial type='pty'/></devices>")).is_ok());
     }
 
     #[test]
