@@ -236,14 +236,79 @@ fn receiver_mask(action: Action) -> Option<&'static str> {
     }
 }
 
-/// The expected table from AppArmor's semantics and the INTENDED plan's profiles.
-pub fn expectations(plan: &Plan, attack: &Attack) -> Result<Expected> {
+/// The class of an expectation decided by the DAC driver rather than AppArmor; its `perm`
+/// column is then the errno (`EACCES`, `EPERM`), and no audit record is expected.
+pub const DAC_CLASS: &str = "dac";
+
+/// What svirt's DAC driver decides first, when it is stacked (`None`: DAC lets it through
+/// to AppArmor). Its model, for the lab's layout (every file root-owned, mode 0666): a
+/// guest's private disk is chowned to its own uid with owner-only bits (another guest's uid
+/// gets EACCES); a read-only disk keeps its mode and gains an ACL entry `user:<uid>:r--`
+/// (which, matching the guest's uid, refuses its writes); a shared disk is the guests'
+/// group's, read-write; a file outside the plan keeps root 0666 (DAC allows it). Signals
+/// and ptrace between two guests' distinct uids: EPERM (no capabilities), before any LSM.
+fn dac_first(plan: &Plan, op: &Op) -> Option<(&'static str, String)> {
+    match op.action {
+        Action::Signal | Action::Signull | Action::Ptrace => (op.target != op.guest).then(|| {
+            (
+                "EPERM",
+                format!(
+                    "DAC: guest {} runs as another uid than guest {}",
+                    op.target, op.guest
+                ),
+            )
+        }),
+        Action::Stat => None,
+        Action::Read | Action::Write => {
+            let d = plan
+                .disks
+                .iter()
+                .find(|d| d.path == Path::new(&op.target))?;
+            match d.kind {
+                DiskKind::Private if d.owner.as_deref() != Some(op.guest.as_str()) => Some((
+                    "EACCES",
+                    format!(
+                        "DAC: {} is guest {}'s uid's, owner-only",
+                        op.target,
+                        d.owner.as_deref().unwrap_or("?")
+                    ),
+                )),
+                DiskKind::ReadOnly if op.action == Action::Write => Some((
+                    "EACCES",
+                    format!(
+                        "DAC: {} grants guest {}'s uid r-- (ACL)",
+                        op.target, op.guest
+                    ),
+                )),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The expected table from AppArmor's semantics and the INTENDED plan's profiles; with
+/// `dac`, svirt's DAC driver stacked before it decides first where it refuses
+/// ([`dac_first`]), and AppArmor is asked only about what DAC lets through.
+pub fn expectations(plan: &Plan, attack: &Attack, dac: bool) -> Result<Expected> {
     let mut e = Expected::new();
     for op in &attack.ops {
         let me = plan
             .guest(&op.guest)
             .ok_or_else(|| Error::msg(format!("attack plan: unknown guest {}", op.guest)))?;
         let profile = profile_of(&me.level);
+        if let Some((errno, reason)) = dac.then(|| dac_first(plan, op)).flatten() {
+            e.insert(
+                (op.guest.clone(), op.name.clone()),
+                Expectation {
+                    decision: Decision::Deny,
+                    audited: false,
+                    class: DAC_CLASS.to_string(),
+                    perm: Some(errno.to_string()),
+                    reason,
+                },
+            );
+            continue;
+        }
         let (class, mask) = audit_shape(op.action);
         let (decision, reason) = match op.action {
             Action::Read | Action::Write => {
@@ -618,19 +683,29 @@ pub fn evaluate(
     for op in &attack.ops {
         let exp = expected.get(&(op.guest.clone(), op.name.clone()));
         let got = obs.results.get(&op.guest).and_then(|r| r.ops.get(&op.name));
-        let (pass, want) = match exp.map(|e| e.decision) {
-            Some(Decision::Allow) => (got.is_some_and(|g| g == "ok"), "allow (ok)".to_string()),
-            Some(Decision::Deny) => (
-                got.is_some_and(|g| g == "EACCES"),
-                format!("deny (EACCES): {}", exp.map_or("", |e| e.reason.as_str())),
-            ),
+        let (pass, want) = match exp {
+            Some(e) if e.decision == Decision::Allow => {
+                (got.is_some_and(|g| g == "ok"), "allow (ok)".to_string())
+            }
+            Some(e) => {
+                // AppArmor refuses with EACCES; a DAC expectation names its errno.
+                let (errno, by) = if e.class == DAC_CLASS {
+                    (e.perm.as_deref().unwrap_or("?"), "DAC")
+                } else {
+                    ("EACCES", "AppArmor")
+                };
+                (
+                    got.is_some_and(|g| g == errno),
+                    format!("deny ({errno}) by {by}: {}", e.reason),
+                )
+            }
             None => (false, "NO EXPECTATION".to_string()),
         };
         out.push(check(
             format!("decision.{}.{}", op.guest, op.name),
             pass,
             format!(
-                "{:?} {} -> got {}, AppArmor: {want}",
+                "{:?} {} -> got {}, expected: {want}",
                 op.action,
                 op.target,
                 got.map_or("nothing", String::as_str)
@@ -740,7 +815,7 @@ mod tests {
     #[test]
     fn expectations_follow_apparmor_semantics() {
         let (plan, attack) = inputs();
-        let e = expectations(&plan, &attack).unwrap();
+        let e = expectations(&plan, &attack, false).unwrap();
         let k = |g: &str, o: &str| &e[&(g.to_string(), o.to_string())];
         assert_eq!(k("A", "own.write").decision, Decision::Allow);
         assert_eq!(k("A", "other.read").decision, Decision::Deny);
@@ -768,6 +843,22 @@ mod tests {
         // B: signal + the receiving side of A's signal (base lets anyone trace it).
         assert_eq!(n["A"], 5);
         assert_eq!(n["B"], 2);
+    }
+
+    #[test]
+    fn dac_decides_first_when_stacked() {
+        let (plan, attack) = inputs();
+        let e = expectations(&plan, &attack, true).unwrap();
+        let k = |g: &str, o: &str| &e[&(g.to_string(), o.to_string())];
+        assert_eq!(k("A", "other.read").class, DAC_CLASS);
+        assert_eq!(k("A", "other.read").perm.as_deref(), Some("EACCES"));
+        assert!(!k("A", "other.read").audited);
+        assert_eq!(k("A", "content.write").class, DAC_CLASS);
+        assert_eq!(k("A", "peer.signal").perm.as_deref(), Some("EPERM"));
+        assert_eq!(k("B", "peer.signull").decision, Decision::Deny);
+        assert_eq!(k("A", "own.write").decision, Decision::Allow);
+        assert_eq!(k("A", "shared.write").decision, Decision::Allow);
+        assert_eq!(parse_expected(&render_expected(&e)).unwrap(), e);
     }
 
     const OPEN: &str = "[    5.1] audit: type=1400 audit(1.2:3): apparmor=\"DENIED\" operation=\"open\" \
@@ -868,7 +959,7 @@ mod tests {
     #[test]
     fn matching_observations_pass_and_strays_fail() {
         let (plan, attack) = inputs();
-        let e = expectations(&plan, &attack).unwrap();
+        let e = expectations(&plan, &attack, false).unwrap();
         let mut obs = observed(&plan, &attack, &e);
         let r = evaluate(&plan, &attack, &e, &obs);
         assert!(r.iter().all(|c| c.pass), "{r:#?}");
@@ -886,7 +977,7 @@ mod tests {
     #[test]
     fn unconfined_guest_fails_isolation() {
         let (plan, attack) = inputs();
-        let e = expectations(&plan, &attack).unwrap();
+        let e = expectations(&plan, &attack, false).unwrap();
         let mut obs = observed(&plan, &attack, &e);
         obs.running
             .procs
@@ -913,7 +1004,7 @@ mod tests {
     #[test]
     fn a_record_of_another_guest_does_not_count() {
         let (plan, attack) = inputs();
-        let e = expectations(&plan, &attack).unwrap();
+        let e = expectations(&plan, &attack, false).unwrap();
         let mut obs = observed(&plan, &attack, &e);
         obs.running.procs.get_mut("A").unwrap().0 = 90;
         let r = evaluate(&plan, &attack, &e, &obs);

@@ -60,7 +60,9 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
   aa-denial-counts --plan F --attack F --expected F
                                            per guest: `NAME N`, the DENIED records `svirt denials` lists
  host side:
-  aa-expect --plan F --attack F            the expected table from AppArmor's semantics (see apparmor.rs)
+  aa-expect --plan F --attack F [--dac yes]
+                                           the expected table from AppArmor's semantics (see apparmor.rs);
+                                           --dac yes: svirt's DAC driver stacked first
   model-queries --plan F --attack F --labels F     `svirt explain --batch` requests, one per
                                                    permission each operation needs
   model-expect --plan F --attack F --labels F --answers F
@@ -307,7 +309,11 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
             let attack = plan::Attack::load(&a.req("attack")?)?;
             print!(
                 "{}",
-                plan::render_expected(&apparmor::expectations(&plan, &attack)?)
+                plan::render_expected(&apparmor::expectations(
+                    &plan,
+                    &attack,
+                    a.opts.get("dac").is_some_and(|v| v == "yes"),
+                )?)
             );
             Ok(true)
         }

@@ -2,8 +2,9 @@
 # Debian's kernel with AppArmor as the enforcing major LSM; svirtd confines two guests with
 # per-guest profiles (svirt-<uuid>), each guest's VMM being the probe as a compromised QEMU.
 #
-# Options:  --full-stack     svirtd --drivers apparmor,dac,landlock (default: apparmor alone,
-#                            so nothing else can be the one saying no)
+# Options:  --full-stack     svirtd --drivers apparmor,dac (default: apparmor alone, so
+#                            nothing else can be the one saying no). Not Landlock: svirtd
+#                            refuses it on this kernel (Landlock ABI 2, its minimum is 6)
 #           --share-a-disk   broken: guest A's image is given <shareable/> to BOTH guests, so
 #                            B's profile grants it (the run must FAIL on B's isolation)
 #           --unload-b       broken: guest B's profile is removed (apparmor_parser --remove)
@@ -22,7 +23,7 @@ scenario_args() {
     local suffix=
     while [ $# -gt 0 ]; do
         case $1 in
-            --full-stack) DRIVERS=apparmor,dac,landlock; suffix=$suffix-full; shift ;;
+            --full-stack) DRIVERS=apparmor,dac; suffix=$suffix-full; shift ;;
             --share-a-disk) BREAK=share-a; suffix=$suffix-share-a; shift ;;
             --unload-b) BREAK=unload-b; suffix=$suffix-unload-b; shift ;;
             --setup-only) SETUP_ONLY=1; SCENARIO_BINS=(); suffix=$suffix-setup; shift ;;
@@ -108,6 +109,9 @@ scenario_stage() {
     # svirtd's jail pivot_roots: the VM's root must not be the initramfs (lab/lib/init.sh).
     : > "$d/switch-root"
     [ "$SETUP_ONLY" = 1 ] && return 0
+    # The DAC driver (full stack) reads the user and group databases to pick guest uids.
+    printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
+    printf 'root:x:0:\n' > "$root/etc/group"
     scenario_plan 0 > "$d/intended.plan"
     scenario_plan "$([ "$BREAK" = share-a ] && echo 1 || echo 0)" > "$d/plan"
     # Stripped (-s): debug info would triple the initramfs and the boot time.
@@ -117,8 +121,11 @@ scenario_stage() {
     local g
     for g in A B; do scenario_domain_xml "$d/plan" "$g" > "$d/$g.xml"; done
     # The expectations: AppArmor's semantics applied to the INTENDED plan's profiles (a
-    # broken run is judged against what isolated guests get, and fails).
-    "$PROBE" aa-expect --plan "$d/intended.plan" --attack "$SCEN_DIR/attack.plan" > "$d/expected.tsv" \
+    # broken run is judged against what isolated guests get, and fails); with DAC stacked,
+    # DAC decides first where it refuses (svirt-probe's apparmor.rs, `dac_first`).
+    local dac=no
+    case ,$DRIVERS, in *,dac,*) dac=yes ;; esac
+    "$PROBE" aa-expect --plan "$d/intended.plan" --attack "$SCEN_DIR/attack.plan" --dac $dac > "$d/expected.tsv" \
         || lab_die "aa-expect failed"
     cp "$d/expected.tsv" "$OUT/expected.tsv"
     "$PROBE" aa-denial-counts --plan "$d/intended.plan" --attack "$SCEN_DIR/attack.plan" \
