@@ -275,6 +275,10 @@ pub enum ChardevSource {
         /// bind or connect.
         mode: SocketMode,
     },
+    /// `type='unix'` in bind mode with no path (virt-install's guest-agent channel): a
+    /// socket in the guest's own runtime directory, where libvirt fills in one of its own.
+    /// It names no host object the XML chose: nothing to plan.
+    UnixInRuntimeDir,
     /// `type='pty'`.
     Pty,
     /// `type='tcp'`.

@@ -784,11 +784,25 @@ impl Parser {
                 path: path_attr(need_src()?, "path")?,
             },
             "unix" => {
-                let s = need_src()?;
                 // libvirt's default for a unix chardev source is bind (server).
-                ChardevSource::Unix {
-                    path: path_attr(s, "path")?,
-                    mode: mode(s, SocketMode::Bind)?,
+                let m = match first {
+                    Some(s) => mode(s, SocketMode::Bind)?,
+                    None => SocketMode::Bind,
+                };
+                match first.filter(|s| s.attribute("path").is_some_and(|p| !p.is_empty())) {
+                    Some(s) => ChardevSource::Unix {
+                        path: path_attr(s, "path")?,
+                        mode: m,
+                    },
+                    // No path: a server socket svirt makes in the guest's runtime
+                    // directory (libvirt fills one in the same way).
+                    None if m == SocketMode::Bind => ChardevSource::UnixInRuntimeDir,
+                    None => {
+                        return Err(invalid(
+                            c,
+                            "type='unix' with mode='connect' needs a <source path>",
+                        ));
+                    }
                 }
             }
             "pty" => ChardevSource::Pty,

@@ -614,6 +614,7 @@ impl Builder<'_> {
                 }
             }
             ChardevSource::Pty
+            | ChardevSource::UnixInRuntimeDir
             | ChardevSource::Tcp { .. }
             | ChardevSource::Udp { .. }
             | ChardevSource::Other { .. } => {}

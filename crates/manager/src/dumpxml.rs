@@ -118,7 +118,12 @@ mod tests {
             name: "x".into(),
             uuid: planned.plan.uuid.clone(),
             xml: xml.clone(),
-            spec: crate::glue::vm_spec(&planned.domain, &planned.plan).unwrap(),
+            spec: crate::glue::vm_spec(
+                &planned.domain,
+                &planned.plan,
+                std::path::Path::new("/run/svirt/guests/x"),
+            )
+            .unwrap(),
             plan: planned.plan,
             state: GuestState::Running,
             phase: Phase::Up,

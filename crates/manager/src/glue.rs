@@ -1,6 +1,6 @@
 //! From the parsed domain to what QEMU is built from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use svirt_domain::Plan;
 use svirt_domain::domain::{
@@ -23,7 +23,7 @@ fn port(service: &str, what: &str) -> Result<u16> {
 /// plan's (svirt-domain's one chain rule: the XML's layers, then the headers below them,
 /// each checked by the object policy); QEMU gets them node by node and never follows a
 /// header itself.
-pub fn vm_spec(d: &Domain, plan: &Plan) -> Result<VmSpec> {
+pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
     let mut disks = Vec::new();
     for (i, disk) in d.disks.iter().enumerate() {
         let Some(src) = &disk.source else {
@@ -112,6 +112,12 @@ pub fn vm_spec(d: &Domain, plan: &Plan) -> Result<VmSpec> {
             ChardevSource::Unix { path, mode } => ChardevBackend::Unix {
                 path: path.clone(),
                 server: *mode == SocketMode::Bind,
+                in_runtime_dir: false,
+            },
+            ChardevSource::UnixInRuntimeDir => ChardevBackend::Unix {
+                path: runtime_dir.join(runtime_socket_name(c, &what)?),
+                server: true,
+                in_runtime_dir: true,
             },
             ChardevSource::Pty => ChardevBackend::Pty,
             ChardevSource::Tcp {
@@ -305,6 +311,30 @@ pub(crate) fn with_create_label<T>(
     Ok(v)
 }
 
+/// The file name of a chardev's socket in the guest's runtime directory: a channel's
+/// target name (`org.qemu.guest_agent.0`, as libvirt names it), else `serial0.sock` and
+/// the like. Refused when it could name anything but one new entry of that directory.
+fn runtime_socket_name(c: &svirt_domain::Chardev, what: &str) -> Result<String> {
+    let name = match &c.target.name {
+        Some(n) => n.clone(),
+        None => format!("{}{}.sock", c.role.as_str(), c.target.port.unwrap_or(0)),
+    };
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(ManagerError::Domain(format!(
+            "{what}: target name {name:?} cannot name a socket in the guest's runtime \
+             directory (letters, digits, '.', '_', '-'; not starting with '.')"
+        )))
+    }
+}
+
 /// Opens, in the host's network namespace, the sockets of the chardevs that QEMU would
 /// otherwise open itself over the network (its jail has its own network namespace with
 /// nothing in it): a TCP listener for `mode='bind'`, a connected TCP socket for
@@ -391,6 +421,11 @@ pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
     v.extend(spec.nvram.iter().cloned());
     for c in &spec.chardevs {
         match &c.backend {
+            // Not a spelling of the XML's: made by QEMU in the runtime directory.
+            ChardevBackend::Unix {
+                in_runtime_dir: true,
+                ..
+            } => {}
             ChardevBackend::File { path, .. }
             | ChardevBackend::Unix { path, .. }
             | ChardevBackend::Dev { path } => v.push(path.clone()),
@@ -433,9 +468,13 @@ mod tests {
         let spec = |x: &str| {
             let host = svirt_domain::Host::new("/");
             let p = svirt_domain::plan_xml(x, &host, &svirt_domain::PlanConfig::default()).unwrap();
-            super::vm_spec(&p.domain, &p.plan)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            super::vm_spec(
+                &p.domain,
+                &p.plan,
+                std::path::Path::new("/run/svirt/guests/x"),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
         };
         spec(&xml("", "")).unwrap();
         spec(&xml("<driver type='path'/>", "")).unwrap();

@@ -219,7 +219,7 @@ impl Manager {
     pub fn command_line(&self, xml: &str, paused: bool, qmp_fd: i32) -> Result<Vec<String>> {
         let (domain, plan, created) = glue::parse_and_plan(&self.inner, xml)?;
         glue::remove_created(&created);
-        let spec = glue::vm_spec(&domain, &plan)?;
+        let spec = glue::vm_spec(&domain, &plan, &self.inner.runtime_dir(&plan.name))?;
         let args = qemu::command_line(
             &spec,
             &qemu::LaunchOptions {

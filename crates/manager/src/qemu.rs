@@ -77,6 +77,10 @@ pub enum ChardevBackend {
         path: PathBuf,
         /// Listen (`mode='bind'`) or connect.
         server: bool,
+        /// Made by QEMU in the guest's runtime directory, not named by the XML (the
+        /// guest-agent channel's socket): no host object, no spelling for the jail.
+        #[serde(default)]
+        in_runtime_dir: bool,
     },
     /// Host device (`type='dev'`).
     Dev {
@@ -357,7 +361,7 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 if *append { ",append=on" } else { "" }
             ),
             ChardevBackend::Pipe { path } => format!("pipe,id={id},path={}", esc(path)),
-            ChardevBackend::Unix { path, server } => format!(
+            ChardevBackend::Unix { path, server, .. } => format!(
                 "socket,id={id},path={}{}",
                 esc(path),
                 if *server { ",server=on,wait=off" } else { "" }

@@ -31,9 +31,9 @@ impl Inner {
     pub(crate) fn start(self: &Arc<Self>, xml: &str, opts: StartOptions) -> Result<GuestInfo> {
         let (domain, plan, created) = crate::glue::parse_and_plan(self, xml)?;
         let early = (|| {
-            let spec = crate::glue::vm_spec(&domain, &plan)?;
-            self.fault.point("after-plan")?;
             validate_name(&plan.name)?;
+            let spec = crate::glue::vm_spec(&domain, &plan, &self.runtime_dir(&plan.name))?;
+            self.fault.point("after-plan")?;
             Ok(spec)
         })();
         let spec = match early {

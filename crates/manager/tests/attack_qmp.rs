@@ -815,3 +815,59 @@ fn jail_keeps_a_root_owned_symlink_spelling_working() {
     assert!(info.resources.iter().any(|r| r.path == second));
     m.destroy("sp").unwrap();
 }
+
+/// The guest-agent channel virt-install puts in every guest (`<channel type='unix'>` with
+/// no path): QEMU listens on a socket in the guest's runtime directory, named by the
+/// channel (as libvirt fills it in), inside its jail, and the host connects to it. A
+/// channel name that could be anything but one new entry there is refused (control for
+/// the naming rule); a `mode='connect'` without a path is refused by the parser.
+#[test]
+fn guest_agent_channel_without_a_path_gets_a_socket_in_the_runtime_dir() {
+    require_env!();
+    let env = Env::new("agent");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let channel = |name: &str| {
+        env.xml("ga", &[]).replace(
+            "<serial ",
+            &format!(
+                "<channel type='unix'><target type='virtio' name='{name}'/></channel>\n<serial "
+            ),
+        )
+    };
+    let info = m
+        .start(
+            &channel("org.qemu.guest_agent.0"),
+            StartOptions { paused: true },
+        )
+        .unwrap();
+    let sock = env.path("run/guests/ga/org.qemu.guest_agent.0");
+    assert!(
+        common::poll_until(Duration::from_secs(2), || {
+            std::fs::symlink_metadata(&sock)
+                .is_ok_and(|md| std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()))
+        }),
+        "no socket at {}",
+        sock.display()
+    );
+    std::os::unix::net::UnixStream::connect(&sock).expect("QEMU listens on the agent socket");
+    assert!(info.pid.is_some());
+    m.destroy("ga").unwrap();
+
+    for bad in ["../escape", ".hidden", "a/b"] {
+        let e = m
+            .start(&channel(bad), StartOptions { paused: true })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtime directory"), "{bad}: {e}");
+        env.assert_guest_dirs_gone("ga", "refused channel name");
+    }
+    let connect = env.xml("ga", &[]).replace(
+        "<serial ",
+        "<channel type='unix'><source mode='connect'/><target type='virtio' name='x.0'/></channel>\n<serial ",
+    );
+    let e = m
+        .start(&connect, StartOptions { paused: true })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs a <source path>"), "{e}");
+}
