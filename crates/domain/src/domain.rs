@@ -39,6 +39,9 @@ pub struct Domain {
     pub hostdevs: Vec<Hostdev>,
     /// `<tpm>` elements.
     pub tpms: Vec<Tpm>,
+    /// `<rng>` devices.
+    #[serde(default)]
+    pub rngs: Vec<Rng>,
     /// `<memoryBacking>`.
     pub memory_backing: Option<MemoryBacking>,
     /// Domain-level `<seclabel>` elements, at most one per model, validated.
@@ -361,6 +364,26 @@ pub enum Hostdev {
         /// `managed='yes'`.
         managed: bool,
     },
+}
+
+/// `<rng model='virtio'>`: a random number generator device for the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rng {
+    /// Where QEMU takes the entropy from.
+    pub backend: RngBackend,
+}
+
+/// `<rng><backend>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum RngBackend {
+    /// `model='random'`: a host device QEMU reads (`/dev/urandom` by default).
+    Random {
+        /// The device.
+        device: PathBuf,
+    },
+    /// `model='builtin'`: QEMU's own generator (getrandom), no host object.
+    Builtin,
 }
 
 /// `<tpm>`.

@@ -304,6 +304,7 @@ impl Parser {
             chardevs: Vec::new(),
             hostdevs: Vec::new(),
             tpms: Vec::new(),
+            rngs: Vec::new(),
             memory_backing: None,
             seclabels,
         };
@@ -566,6 +567,7 @@ impl Parser {
                 "parallel" => d.chardevs.push(self.chardev(c, ChardevRole::Parallel, dm)?),
                 "hostdev" => d.hostdevs.push(self.hostdev(c)?),
                 "tpm" => d.tpms.push(self.tpm(c)?),
+                "rng" => d.rngs.push(self.rng(c)?),
                 // Dropping it would start a guest without the network it asks for.
                 "interface" => {
                     return Err(invalid(
@@ -939,6 +941,45 @@ impl Parser {
                 format!("unsupported hostdev type '{v}' (usb or pci)"),
             )),
         }
+    }
+
+    fn rng(&mut self, c: Node<'_, '_>) -> Result<Rng> {
+        self.warn_unknown(c, &["backend", "alias", "address", "rate", "driver"]);
+        match c.attribute("model") {
+            Some("virtio" | "virtio-transitional" | "virtio-non-transitional") => {}
+            v => {
+                return Err(invalid_attr(
+                    c,
+                    "model",
+                    format!("unsupported rng model {v:?} (virtio)"),
+                ));
+            }
+        }
+        let b = child(c, "backend").ok_or_else(|| invalid(c, "missing <backend>"))?;
+        let backend = match req_attr(b, "model")? {
+            "random" => {
+                let t = text(b);
+                RngBackend::Random {
+                    device: if t.is_empty() {
+                        PathBuf::from("/dev/urandom")
+                    } else {
+                        path_text(b)?
+                    },
+                }
+            }
+            "builtin" => RngBackend::Builtin,
+            v => {
+                return Err(invalid_attr(
+                    b,
+                    "model",
+                    format!(
+                        "rng backend '{v}' is not supported yet (random or builtin; an egd \
+                         backend is a chardev svirt does not run for rng)"
+                    ),
+                ));
+            }
+        };
+        Ok(Rng { backend })
     }
 
     fn tpm(&mut self, c: Node<'_, '_>) -> Result<Tpm> {

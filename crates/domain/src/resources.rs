@@ -80,6 +80,24 @@ pub fn build_resources(domain: &Domain, host: &Host) -> Result<Resources> {
     for t in &domain.tpms {
         b.tpm(t, &domain.uuid)?;
     }
+    for (i, r) in domain.rngs.iter().enumerate() {
+        if let RngBackend::Random { device } = &r.backend {
+            // /dev/urandom and /dev/random are what every VMM may read (the host needs
+            // of every driver and jail); they are never relabeled. Any other source is
+            // the guest's own device node, labeled as libvirt labels it.
+            if device != Path::new("/dev/urandom") && device != Path::new("/dev/random") {
+                b.add(
+                    &format!("rng {i}"),
+                    device,
+                    ResourceKind::HostdevNode,
+                    Access::Ro,
+                    Sharing::Private,
+                    false,
+                    BTreeMap::new(),
+                )?;
+            }
+        }
+    }
     if let Some(MemoryBacking { path: Some(p), .. }) = &domain.memory_backing {
         b.add(
             "memoryBacking",

@@ -688,3 +688,49 @@ fn json_report_shape() {
             .contains("image label")
     );
 }
+
+/// `<rng>`: /dev/urandom (the default) and /dev/random are system devices every VMM may
+/// read, never planned; any other source is the guest's own device node, read-only, with
+/// the guest's image label (as libvirt labels it). An egd backend (a chardev) and a
+/// non-virtio model are refused, naming them.
+#[test]
+fn rng_sources_are_planned_like_libvirt() {
+    let c = case();
+    let p = c
+        .plan("<rng model='virtio'><backend model='random'/></rng><rng model='virtio'><backend model='random'>/dev/random</backend></rng><rng model='virtio'><backend model='builtin'/></rng>")
+        .unwrap();
+    assert!(p.plan.resources.is_empty(), "{:?}", p.plan.resources);
+    assert_eq!(p.domain.rngs.len(), 3);
+    assert_eq!(
+        p.domain.rngs[0].backend,
+        svirt_domain::RngBackend::Random {
+            device: "/dev/urandom".into()
+        }
+    );
+    let hw = c.file("hwrng");
+    let p = c
+        .plan("<rng model='virtio'><backend model='random'>@DIR@/hwrng</backend></rng>")
+        .unwrap();
+    let r = &p.plan.resources[0];
+    assert_eq!(r.resource.path, hw);
+    assert_eq!(r.resource.kind, ResourceKind::HostdevNode);
+    assert_eq!(r.path_access, Access::Ro);
+    assert_eq!(r.resource.device, "rng 0");
+    assert_eq!(
+        selinux_of(&p, &hw).as_deref(),
+        Some("system_u:object_r:svirt_image_t:s0:c1,c2")
+    );
+    let e = c
+        .plan("<rng model='virtio'><backend model='egd' type='tcp'><source mode='connect' host='1.2.3.4' service='1234'/></backend></rng>")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/domain/devices/rng/backend@model") && e.contains("egd"),
+        "{e}"
+    );
+    let e = c
+        .plan("<rng model='other'><backend model='random'/></rng>")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rng@model"), "{e}");
+}

@@ -193,6 +193,14 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
         disks,
         chardevs,
         filesystems,
+        rngs: d
+            .rngs
+            .iter()
+            .map(|r| match &r.backend {
+                svirt_domain::RngBackend::Random { device } => Some(device.clone()),
+                svirt_domain::RngBackend::Builtin => None,
+            })
+            .collect(),
     })
 }
 
@@ -419,6 +427,7 @@ pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
     v.extend(spec.dtb.iter().cloned());
     v.extend(spec.loader.iter().map(|l| l.path.clone()));
     v.extend(spec.nvram.iter().cloned());
+    v.extend(spec.rngs.iter().flatten().cloned());
     for c in &spec.chardevs {
         match &c.backend {
             // Not a spelling of the XML's: made by QEMU in the runtime directory.

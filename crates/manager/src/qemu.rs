@@ -186,6 +186,10 @@ pub struct VmSpec {
     pub chardevs: Vec<ChardevSpec>,
     /// Filesystem shares.
     pub filesystems: Vec<FilesystemSpec>,
+    /// Random number generators: the host device each reads, or `None` for QEMU's own
+    /// (`rng-builtin`).
+    #[serde(default)]
+    pub rngs: Vec<Option<PathBuf>>,
 }
 
 /// How to run it, decided by the manager.
@@ -427,6 +431,15 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             esc_str(&f.tag)
         ));
     }
+    for (i, r) in spec.rngs.iter().enumerate() {
+        a.push("-object".into());
+        a.push(match r {
+            Some(dev) => format!("rng-random,id=rng{i},filename={}", esc(dev)),
+            None => format!("rng-builtin,id=rng{i}"),
+        });
+        a.push("-device".into());
+        a.push(format!("virtio-rng-pci,rng=rng{i}"));
+    }
     a.push("-msg".into());
     a.push("timestamp=on".into());
     a
@@ -473,6 +486,7 @@ mod tests {
                 target: ChardevTarget::Serial,
             }],
             filesystems: vec![],
+            rngs: vec![],
         }
     }
 
@@ -540,5 +554,34 @@ mod tests {
         assert_eq!(after("-dtb").as_deref(), Some("/d,3"));
         assert_eq!(after("-bios").as_deref(), Some("/b,4"));
         assert!(argv.contains(&"file,id=charserial0,path=/log,,x,append=on".to_string()));
+    }
+
+    /// Each rng is an entropy object and a virtio-rng device on it: a host device by
+    /// name (its commas doubled, as every option string), or QEMU's own generator.
+    #[test]
+    fn rngs_are_objects_with_a_virtio_device_each() {
+        let mut s = spec();
+        s.rngs = vec![Some("/dev/hw,rng".into()), None];
+        let argv = command_line(
+            &s,
+            &LaunchOptions {
+                accel: "tcg".into(),
+                paused: false,
+                qmp_fd: 3,
+                sandbox: true,
+                chardev_fds: Vec::new(),
+            },
+        );
+        let joined = argv.join(" ");
+        assert!(
+            joined.contains(
+                "-object rng-random,id=rng0,filename=/dev/hw,,rng -device virtio-rng-pci,rng=rng0"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("-object rng-builtin,id=rng1 -device virtio-rng-pci,rng=rng1"),
+            "{joined}"
+        );
     }
 }

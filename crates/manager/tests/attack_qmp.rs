@@ -871,3 +871,35 @@ fn guest_agent_channel_without_a_path_gets_a_socket_in_the_runtime_dir() {
         .to_string();
     assert!(e.contains("needs a <source path>"), "{e}");
 }
+
+/// `<rng>` devices run: the guest has a virtio-rng device per element (as QEMU's PCI bus
+/// reports it), one reading the host's /dev/urandom inside the jail, one QEMU's own
+/// generator. Control: the same guest without them has none.
+#[test]
+fn rng_devices_are_given_to_the_guest() {
+    require_env!();
+    let env = Env::new("rng");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let rngs = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\
+                <rng model='virtio'><backend model='builtin'/></rng>\n<serial ";
+    let count = |xml: &str| {
+        m.start(xml, StartOptions { paused: true }).unwrap();
+        let r = m
+            .qemu_monitor_command("r", json!({"execute": "query-pci"}))
+            .unwrap();
+        m.destroy("r").unwrap();
+        // virtio-rng-pci: vendor 0x1af4, device 0x1005 (transitional) or 0x1044.
+        r["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|bus| bus["devices"].as_array().cloned().unwrap_or_default())
+            .filter(|d| {
+                d["id"]["vendor"] == 0x1af4
+                    && (d["id"]["device"] == 0x1005 || d["id"]["device"] == 0x1044)
+            })
+            .count()
+    };
+    assert_eq!(count(&env.xml("r", &[]).replace("<serial ", rngs)), 2);
+    assert_eq!(count(&env.xml("r", &[])), 0, "control: no rng asked for");
+}
