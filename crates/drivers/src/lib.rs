@@ -12,6 +12,7 @@ pub mod dac;
 pub mod host_check;
 pub mod landlock;
 pub mod owners;
+pub mod proc_attr;
 pub mod progress;
 pub mod registration;
 pub mod registry;

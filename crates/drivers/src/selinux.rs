@@ -6,9 +6,6 @@
 //! initramfs, and every file operation goes through the engine's no-follow fds (libselinux's
 //! `setfilecon` takes a path). See `docs/drivers/selinux.md`.
 
-use std::ffi::CString;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -527,32 +524,12 @@ impl SecurityDriver for SelinuxDriver {
 /// exec attribute file `path` (`/proc/thread-self/attr/exec`). Everything is allocated
 /// here, before the fork; the hook only makes `open`/`write`/`close` calls.
 pub fn exec_label_hook(path: &Path, label: &str) -> Result<ChildHook, DriverError> {
-    let cpath = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| other(format!("{}: path contains NUL", path.display())))?;
     let mut bytes = label.as_bytes().to_vec();
     if bytes.contains(&0) {
         return Err(other(format!("label {label:?} contains NUL")));
     }
     bytes.push(0);
-    Ok(Box::new(move || {
-        // SAFETY: open/write/close on data prepared before the fork; no allocation.
-        unsafe {
-            let fd = libc::open(cpath.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if n < 0 {
-                return Err(err);
-            }
-            if n as usize != bytes.len() {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-        }
-        Ok(())
-    }))
+    crate::proc_attr::write_hook(&[path], bytes).map_err(other)
 }
 
 // ---------------------------------------------------------------- registration

@@ -449,6 +449,16 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn opts() -> LaunchOptions {
+        LaunchOptions {
+            accel: "tcg".into(),
+            paused: false,
+            qmp_fd: 3,
+            sandbox: true,
+            chardev_fds: Vec::new(),
+        }
+    }
+
     fn spec() -> VmSpec {
         VmSpec {
             name: "g,1".into(),
@@ -538,16 +548,7 @@ mod tests {
             path: "/b,4".into(),
             pflash: false,
         });
-        let argv = command_line(
-            &s,
-            &LaunchOptions {
-                accel: "tcg".into(),
-                paused: false,
-                qmp_fd: 3,
-                sandbox: true,
-                chardev_fds: Vec::new(),
-            },
-        );
+        let argv = command_line(&s, &opts());
         let after = |o: &str| argv.iter().skip_while(|a| *a != o).nth(1).cloned();
         assert_eq!(after("-kernel").as_deref(), Some("/k,1"));
         assert_eq!(after("-initrd").as_deref(), Some("/i,2"));
@@ -562,16 +563,7 @@ mod tests {
     fn rngs_are_objects_with_a_virtio_device_each() {
         let mut s = spec();
         s.rngs = vec![Some("/dev/hw,rng".into()), None];
-        let argv = command_line(
-            &s,
-            &LaunchOptions {
-                accel: "tcg".into(),
-                paused: false,
-                qmp_fd: 3,
-                sandbox: true,
-                chardev_fds: Vec::new(),
-            },
-        );
+        let argv = command_line(&s, &opts());
         let joined = argv.join(" ");
         assert!(
             joined.contains(

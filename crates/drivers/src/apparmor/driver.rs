@@ -7,9 +7,7 @@
 //! the guest), so that the open's recovery can remove the profiles of guests that are gone
 //! after a crash, and never one whose VMM still runs.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -347,34 +345,7 @@ impl SecurityDriver for ApparmorDriver {
 /// (`/proc/thread-self/attr/exec`, the shared one) when the first does not exist.
 /// Everything is allocated here, before the fork; the hook only makes system calls.
 fn exec_attr_hook(primary: &Path, fallback: &Path, word: &str) -> Result<ChildHook, DriverError> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| other(format!("{}: path contains NUL", p.display())))
-    };
-    let (primary, fallback) = (c(primary)?, c(fallback)?);
-    let bytes = word.as_bytes().to_vec();
-    Ok(Box::new(move || {
-        // SAFETY: open/write/close on data prepared before the fork; no allocation.
-        unsafe {
-            let mut fd = libc::open(primary.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 && *libc::__errno_location() == libc::ENOENT {
-                fd = libc::open(fallback.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            }
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if n < 0 {
-                return Err(err);
-            }
-            if n as usize != bytes.len() {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
-            }
-        }
-        Ok(())
-    }))
+    crate::proc_attr::write_hook(&[primary, fallback], word.as_bytes().to_vec()).map_err(other)
 }
 
 #[cfg(test)]

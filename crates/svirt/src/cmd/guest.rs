@@ -119,19 +119,7 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
             no_progress,
         } => {
             let body = json!({ "timeout_secs": timeout });
-            let v = progress::watching(
-                &client,
-                !no_progress,
-                || Some(name.clone()),
-                |slow| {
-                    client.waiting().call_patiently(
-                        "POST",
-                        &format!("/v1/domains/{}/shutdown", enc(&name)),
-                        Some(&body),
-                        slow,
-                    )
-                },
-            );
+            let v = stop_request(&client, &name, "shutdown", Some(&body), !no_progress);
             stopped(&name, &v?, json, "shut down")
         }
         GuestCommand::Destroy {
@@ -139,19 +127,7 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
             json,
             no_progress,
         } => {
-            let v = progress::watching(
-                &client,
-                !no_progress,
-                || Some(name.clone()),
-                |slow| {
-                    client.waiting().call_patiently(
-                        "POST",
-                        &format!("/v1/domains/{}/destroy", enc(&name)),
-                        None,
-                        slow,
-                    )
-                },
-            );
+            let v = stop_request(&client, &name, "destroy", None, !no_progress);
             stopped(&name, &v?, json, "destroyed")
         }
         GuestCommand::QemuMonitorCommand {
@@ -160,6 +136,30 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
             pretty,
         } => qemu_monitor_command(&client, &name, &command, pretty),
     }
+}
+
+/// `POST /v1/domains/{name}/{verb}` (shutdown, destroy), waiting as long as svirtd takes
+/// (it answers once every label is restored), showing progress when it is slow.
+fn stop_request(
+    client: &Client,
+    name: &str,
+    verb: &str,
+    body: Option<&serde_json::Value>,
+    progress: bool,
+) -> Result<serde_json::Value, CliError> {
+    progress::watching(
+        client,
+        progress,
+        || Some(name.to_string()),
+        |slow| {
+            client.waiting().call_patiently(
+                "POST",
+                &format!("/v1/domains/{}/{verb}", enc(name)),
+                body,
+                slow,
+            )
+        },
+    )
 }
 
 /// Percent-encodes a guest name for a URL path segment.
