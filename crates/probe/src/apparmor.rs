@@ -525,6 +525,110 @@ pub struct Observed {
     pub results: BTreeMap<String, GuestResults>,
     /// AppArmor records of the kernel log.
     pub records: Vec<Record>,
+    /// `svirt denials` output, asked of the running svirtd (guests named).
+    pub denials: Option<String>,
+}
+
+/// One entry of `svirt denials`' AppArmor output: `  { MASK } OPERATION key=value… [TAG]`
+/// under a `NAME: N AppArmor denial(s)` heading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The heading it is listed under (a guest's name, `(not a guest)`, …).
+    pub guest: String,
+    /// The mask between the braces.
+    pub mask: String,
+    /// The operation.
+    pub operation: String,
+    /// `key=value` fields.
+    pub fields: BTreeMap<String, String>,
+    /// The `[TAG]` naming the peer's guest, if any.
+    pub tag: Option<String>,
+    /// The line as printed.
+    pub line: String,
+}
+
+/// Parse `svirt denials` output (AppArmor entries only; other lines are skipped).
+pub fn parse_denials(text: &str) -> Vec<Listed> {
+    let mut out = Vec::new();
+    let mut section = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            section = line
+                .strip_suffix(" AppArmor denial(s)")
+                .and_then(|h| h.rsplit_once(": "))
+                .map(|(g, _)| g.to_string());
+            continue;
+        }
+        let (Some(guest), Some(rest)) = (&section, line.strip_prefix("  { ")) else {
+            continue;
+        };
+        let Some((mask, rest)) = rest.split_once(" } ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let operation = words.next().unwrap_or("").to_string();
+        let mut fields = BTreeMap::new();
+        let mut tag = None;
+        for w in words {
+            if let Some(t) = w.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                tag = Some(t.to_string());
+            } else if let Some((k, v)) = w.split_once('=') {
+                fields.insert(k.to_string(), v.to_string());
+            }
+        }
+        out.push(Listed {
+            guest: guest.clone(),
+            mask: mask.to_string(),
+            operation,
+            fields,
+            tag,
+            line: line.trim().to_string(),
+        });
+    }
+    out
+}
+
+/// The `svirt denials` entry of an expected, audited denial: under the attacking guest's
+/// name, its profile, the operation and mask, and the path or the other guest's profile
+/// tagged with that guest's name.
+fn find_listed<'a>(
+    plan: &Plan,
+    op: &Op,
+    exp: &Expectation,
+    listed: &'a [Listed],
+) -> std::result::Result<&'a Listed, String> {
+    let profile = plan
+        .guest(&op.guest)
+        .map(|g| profile_of(&g.level))
+        .unwrap_or_default();
+    let perm = exp.perm.as_deref().unwrap_or("?");
+    listed
+        .iter()
+        .find(|l| {
+            l.guest == op.guest
+                && l.fields.get("profile") == Some(&profile)
+                && l.operation == exp.class
+                && mask_has(&l.mask, perm)
+                && if op.action.targets_process() {
+                    let peer = plan.guest(&op.target).map(|g| profile_of(&g.level));
+                    l.fields.get("peer") == peer.as_ref()
+                        && l.tag.as_deref() == Some(op.target.as_str())
+                } else {
+                    l.fields.get("name").map(String::as_str) == Some(op.target.as_str())
+                }
+        })
+        .ok_or_else(|| {
+            format!(
+                "not listed under {}: {{ {perm} }} {} profile={profile} {}",
+                op.guest,
+                exp.class,
+                if op.action.targets_process() {
+                    format!("peer=… [{}]", op.target)
+                } else {
+                    format!("name={}", op.target)
+                }
+            )
+        })
 }
 
 fn check(name: String, pass: bool, detail: String) -> CheckResult {
@@ -716,6 +820,14 @@ pub fn evaluate(
             out.push(match find_record(plan, op, e, obs) {
                 Ok(r) => check(name, true, r.line.clone()),
                 Err(why) => check(name, false, why),
+            });
+            let name = format!("denials.{}.{}", op.guest, op.name);
+            out.push(match &obs.denials {
+                None => check(name, false, "no `svirt denials` output".into()),
+                Some(text) => match find_listed(plan, op, e, &parse_denials(text)) {
+                    Ok(l) => check(name, true, format!("{}: {}", l.guest, l.line)),
+                    Err(why) => check(name, false, why),
+                },
             });
         }
     }
@@ -952,7 +1064,27 @@ mod tests {
                 &a,
             ),
         ];
-        let _ = plan;
+        let mut listed = String::new();
+        for g in &plan.guests {
+            listed.push_str(&format!("{}: 0 AppArmor denial(s)\n", g.name));
+            for op in attack.ops.iter().filter(|o| o.guest == g.name) {
+                let x = &e[&(op.guest.clone(), op.name.clone())];
+                if x.decision != Decision::Deny || !x.audited {
+                    continue;
+                }
+                let target = match plan.guest(&op.target) {
+                    Some(t) => format!("peer={} [{}]", profile_of(&t.level), t.name),
+                    None => format!("name={}", op.target),
+                };
+                listed.push_str(&format!(
+                    "  {{ {} }} {} profile={} {target}\n",
+                    x.perm.as_deref().unwrap_or("?"),
+                    x.class,
+                    profile_of(&g.level)
+                ));
+            }
+        }
+        obs.denials = Some(listed);
         obs
     }
 
@@ -972,6 +1104,31 @@ mod tests {
             .push(parse_record(&OPEN.replace("/img/B", "/etc/passwd")).unwrap());
         let r = evaluate(&plan, &attack, &e, &obs);
         assert!(r.iter().any(|c| c.name == "audit.all_expected" && !c.pass));
+    }
+
+    #[test]
+    fn svirt_denials_entries_are_attributed() {
+        let (plan, attack) = inputs();
+        let e = expectations(&plan, &attack, false).unwrap();
+        let (a, b) = (profile_of(UA), profile_of(UB));
+        let text = format!(
+            "A: 2 AppArmor denial(s)\n  {{ r }} open profile={a} name=/img/B\n  {{ send }} signal profile={a} peer={b} [B]\n(not a guest): 1 AppArmor denial(s)\n  {{ w }} open profile={a} name=/img/c\n"
+        );
+        let listed = parse_denials(&text);
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[1].tag.as_deref(), Some("B"));
+        let op = |n: &str| {
+            attack
+                .ops
+                .iter()
+                .find(|o| o.guest == "A" && o.name == n)
+                .unwrap()
+        };
+        let x = |n: &str| &e[&("A".to_string(), n.to_string())];
+        assert!(find_listed(&plan, op("other.read"), x("other.read"), &listed).is_ok());
+        assert!(find_listed(&plan, op("peer.signal"), x("peer.signal"), &listed).is_ok());
+        // Listed, but not under A's name: not attributed.
+        assert!(find_listed(&plan, op("content.write"), x("content.write"), &listed).is_err());
     }
 
     #[test]

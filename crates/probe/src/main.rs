@@ -56,7 +56,7 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
   breach-jail --pid PID PATH...           make PATHs visible read-write in PID's mount namespace (jail)
   aa-snapshot [--pids F] --out F           AppArmor labels of the pids file's processes + loaded profiles
   aa-list-checks --plan F --attack F --expected F
-  aa-check --plan F --attack F --expected F --running F --after F --dmesg F
+  aa-check --plan F --attack F --expected F --running F --after F --dmesg F --denials F
   aa-denial-counts --plan F --attack F --expected F
                                            per guest: `NAME N`, the DENIED records `svirt denials` lists
  host side:
@@ -442,6 +442,10 @@ fn run_aa_check(a: &Args) -> Result<bool> {
     if let Ok(text) = fs::read_to_string(a.req("dmesg")?) {
         obs.records = text.lines().filter_map(apparmor::parse_record).collect();
     }
+    obs.denials = a
+        .req("denials")
+        .ok()
+        .and_then(|p| fs::read_to_string(p).ok());
     let results = apparmor::evaluate(&plan, &attack, &expected, &obs);
     for r in &results {
         println!("{}", r.line());

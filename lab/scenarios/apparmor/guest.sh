@@ -141,5 +141,6 @@ scenario_main() {
         [ -f "$f" ] && sed "s|^|LABLOG profile $(basename "$f"): |" "$f"
     done
     $P aa-check --plan $ETC/plan --attack $ETC/attack.plan --expected $S/expected.tsv \
-        --running $LAB_STATE/running --after $LAB_STATE/after --dmesg $LAB_STATE/dmesg
+        --running $LAB_STATE/running --after $LAB_STATE/after --dmesg $LAB_STATE/dmesg \
+        --denials $LAB_STATE/denials.txt
 }
