@@ -42,6 +42,14 @@ pub struct Domain {
     /// `<rng>` devices.
     #[serde(default)]
     pub rngs: Vec<Rng>,
+    /// Devices that name no host object (balloon, input, video, USB controller, VNC on
+    /// a runtime-directory socket, watchdog), in document order.
+    #[serde(default)]
+    pub plain_devices: Vec<crate::devices::PlainDevice>,
+    /// `<controller type='usb' model='none'/>`: no USB controller, not even one a USB
+    /// device would need.
+    #[serde(default)]
+    pub usb_disabled: bool,
     /// `<memoryBacking>`.
     pub memory_backing: Option<MemoryBacking>,
     /// Domain-level `<seclabel>` elements, at most one per model, validated.

@@ -11,6 +11,7 @@
 //! [`plan_xml`] does all three; [`report()`] renders a plan as the stable JSON/text of
 //! `svirt plan`. `model` is the contract every driver consumes.
 
+pub mod devices;
 pub mod domain;
 pub mod error;
 pub mod host;
@@ -22,6 +23,7 @@ pub mod qcow2;
 pub mod report;
 pub mod resources;
 
+pub use devices::PlainDevice;
 pub use domain::*;
 pub use error::{Error, Result};
 pub use host::{FileInfo, FileKind, Host, Resolved, SYSTEM_PATHS, TreeEntry};

@@ -305,6 +305,8 @@ impl Parser {
             hostdevs: Vec::new(),
             tpms: Vec::new(),
             rngs: Vec::new(),
+            plain_devices: Vec::new(),
+            usb_disabled: false,
             memory_backing: None,
             seclabels,
         };
@@ -567,7 +569,6 @@ impl Parser {
                 "parallel" => d.chardevs.push(self.chardev(c, ChardevRole::Parallel, dm)?),
                 "hostdev" => d.hostdevs.push(self.hostdev(c)?),
                 "tpm" => d.tpms.push(self.tpm(c)?),
-                "rng" => d.rngs.push(self.rng(c)?),
                 // Dropping it would start a guest without the network it asks for.
                 "interface" => {
                     return Err(invalid(
@@ -577,9 +578,21 @@ impl Parser {
                          <interface>",
                     ));
                 }
-                _ => self
-                    .warnings
-                    .push(format!("{}: element ignored", elpath(c))),
+                "rng" => d.rngs.push(self.rng(c)?),
+                name => match crate::devices::classify(c) {
+                    Some(crate::devices::Outcome::Device(dev)) => d.plain_devices.push(dev),
+                    Some(crate::devices::Outcome::Implicit) => {}
+                    Some(crate::devices::Outcome::UsbOff) => d.usb_disabled = true,
+                    Some(crate::devices::Outcome::Refused(why)) => return Err(invalid(c, why)),
+                    // Dropping a device of the guest without a word is what the rule
+                    // forbids: an element svirt does not know is refused too.
+                    None => {
+                        return Err(invalid(
+                            c,
+                            format!("<{name}> is not a device svirt knows how to run"),
+                        ));
+                    }
+                },
             }
         }
         Ok(())
@@ -1167,14 +1180,120 @@ mod tests {
     }
 
     #[test]
-    fn unknown_elements_warn() {
-        let p = parse(&doc(
-            "<features><acpi/></features><devices><graphics type='vnc'/></devices>",
-        ))
-        .unwrap();
+    fn unknown_elements_warn_but_unknown_devices_are_refused() {
+        let p = parse(&doc("<features><acpi/></features><clock offset='utc'/>")).unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("/domain/features"));
-        assert!(p.warnings[1].contains("/domain/devices/graphics"));
+        assert!(p.warnings[1].contains("/domain/clock"));
+        let e = err("<devices><frobnicator/></devices>");
+        assert!(
+            e.contains("/domain/devices/frobnicator") && e.contains("not a device"),
+            "{e}"
+        );
+    }
+
+    /// What virt-install puts in a guest, device by device: run (a QEMU device), the
+    /// machine's own (nothing to add), or refused naming the element and why.
+    #[test]
+    fn devices_without_host_objects_are_run_implicit_or_refused() {
+        use crate::devices::PlainDevice as P;
+        let p = parse(&doc(
+            "<devices>\
+             <controller type='usb' model='qemu-xhci' ports='15'/>\
+             <controller type='pci' model='pcie-root'/><controller type='pci' model='pcie-root-port'/>\
+             <controller type='virtio-serial' index='0'/><controller type='sata' index='0'/>\
+             <input type='tablet' bus='usb'/><input type='mouse' bus='ps2'/><input type='keyboard' bus='ps2'/>\
+             <input type='keyboard' bus='virtio'/>\
+             <graphics type='vnc'><listen type='socket'/></graphics>\
+             <video><model type='virtio' heads='1'/></video>\
+             <memballoon model='virtio'/>\
+             <watchdog model='i6300esb' action='poweroff'/>\
+             </devices>",
+        ))
+        .unwrap();
+        assert_eq!(
+            p.domain.plain_devices,
+            vec![
+                P::UsbController {
+                    qemu_model: "qemu-xhci".into()
+                },
+                P::Input {
+                    qemu_model: "usb-tablet".into(),
+                    usb: true
+                },
+                P::Input {
+                    qemu_model: "virtio-keyboard-pci".into(),
+                    usb: false
+                },
+                P::VncSocket,
+                P::Video {
+                    qemu_model: "virtio-vga".into()
+                },
+                P::Balloon,
+                P::Watchdog {
+                    qemu_model: "i6300esb".into(),
+                    action: "poweroff".into()
+                },
+            ]
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let none = parse(&doc(
+            "<devices><memballoon model='none'/><video><model type='none'/></video><controller type='usb' model='none'/></devices>",
+        ))
+        .unwrap();
+        assert!(none.domain.plain_devices.is_empty());
+        assert!(none.domain.usb_disabled);
+        for (xml, place, word) in [
+            (
+                "<graphics type='vnc' port='-1' autoport='yes'/>",
+                "graphics",
+                "TCP",
+            ),
+            (
+                "<graphics type='vnc'><listen type='socket' socket='/tmp/v'/></graphics>",
+                "graphics",
+                "runtime directory",
+            ),
+            (
+                "<graphics type='spice' autoport='yes'/>",
+                "graphics",
+                "spice",
+            ),
+            ("<sound model='ich9'/>", "sound", "audio"),
+            ("<audio id='1' type='none'/>", "audio", "audio"),
+            (
+                "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event1'/></input>",
+                "input",
+                "host input",
+            ),
+            (
+                "<redirdev bus='usb' type='spicevmc'/>",
+                "redirdev",
+                "not supported",
+            ),
+            (
+                "<controller type='scsi' model='virtio-scsi'/>",
+                "controller",
+                "scsi",
+            ),
+            (
+                "<controller type='usb' index='1'/>",
+                "controller",
+                "one USB",
+            ),
+            (
+                "<watchdog model='i6300esb' action='dump'/>",
+                "watchdog",
+                "dump",
+            ),
+            ("<memballoon model='xen'/>", "memballoon", "xen"),
+        ] {
+            let e = err(&format!("<devices>{xml}</devices>"));
+            assert!(
+                e.contains(&format!("/domain/devices/{place}")) && e.contains(word),
+                "{xml}: {e}"
+            );
+        }
     }
 
     /// What svirt cannot run yet is refused, naming it, instead of being dropped from

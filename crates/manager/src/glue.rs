@@ -36,6 +36,15 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
                 disk.target_dev
             )));
         }
+        if let Some(b) = disk.target_bus.as_deref()
+            && !matches!(b, "virtio" | "ide" | "sata" | "fdc")
+        {
+            // QEMU would get a virtio-blk disk instead: another device than the one asked.
+            return Err(ManagerError::Domain(format!(
+                "disk {}: bus '{b}' is not supported yet (virtio, ide, sata)",
+                disk.target_dev
+            )));
+        }
         let format = disk.format.unwrap_or(ImageFormat::Raw);
         let chain = plan.chain_of(i).ok_or_else(|| {
             ManagerError::Domain(format!(
@@ -193,6 +202,11 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
         disks,
         chardevs,
         filesystems,
+        plain_devices: plain_devices(d)?,
+        vnc_socket: d
+            .plain_devices
+            .contains(&svirt_domain::PlainDevice::VncSocket)
+            .then(|| runtime_dir.join("vnc.sock")),
         rngs: d
             .rngs
             .iter()
@@ -317,6 +331,35 @@ pub(crate) fn with_create_label<T>(
     let v = r?;
     reset?;
     Ok(v)
+}
+
+/// The devices without host objects, with a USB controller first when a USB device needs
+/// one and the XML gives none (libvirt adds one the same way); refused when the XML turned
+/// USB off (`model='none'`) and still asks for a USB device.
+fn plain_devices(d: &Domain) -> Result<Vec<svirt_domain::PlainDevice>> {
+    use svirt_domain::PlainDevice as P;
+    let mut out = d.plain_devices.clone();
+    let needs_usb = out.iter().any(|p| matches!(p, P::Input { usb: true, .. }));
+    let has_usb = out.iter().any(|p| matches!(p, P::UsbController { .. }));
+    if needs_usb && !has_usb {
+        if d.usb_disabled {
+            return Err(ManagerError::Domain(
+                "a USB input device with <controller type='usb' model='none'/>: the guest \
+                 would have no bus for it"
+                    .into(),
+            ));
+        }
+        out.insert(
+            0,
+            P::UsbController {
+                qemu_model: "qemu-xhci".into(),
+            },
+        );
+    } else if has_usb {
+        // The controller before the devices on its bus.
+        out.sort_by_key(|p| !matches!(p, P::UsbController { .. }));
+    }
+    Ok(out)
 }
 
 /// The file name of a chardev's socket in the guest's runtime directory: a channel's
@@ -498,5 +541,61 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("<memoryBacking>"), "{e}");
+    }
+
+    /// A USB device without a USB controller gets one, first (libvirt adds one the same
+    /// way); with USB turned off it is refused; a disk on a bus svirt cannot give QEMU is
+    /// refused instead of becoming a virtio disk.
+    #[test]
+    fn usb_controller_defaults_and_unsupported_disk_buses() {
+        use svirt_domain::PlainDevice as P;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.img");
+        std::fs::write(&img, b"x").unwrap();
+        let spec = |devices: &str| {
+            let x = format!(
+                "<domain type='qemu'><name>x</name><memory unit='MiB'>16</memory>\
+                 <os><type>hvm</type></os><devices>{devices}</devices></domain>"
+            );
+            let host = svirt_domain::Host::new("/");
+            let p =
+                svirt_domain::plan_xml(&x, &host, &svirt_domain::PlanConfig::default()).unwrap();
+            super::vm_spec(
+                &p.domain,
+                &p.plan,
+                std::path::Path::new("/run/svirt/guests/x"),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let s = spec("<input type='tablet' bus='usb'/>").unwrap();
+        assert_eq!(
+            s.plain_devices[0],
+            P::UsbController {
+                qemu_model: "qemu-xhci".into()
+            }
+        );
+        let s =
+            spec("<input type='tablet' bus='usb'/><controller type='usb' model='ehci'/>").unwrap();
+        assert_eq!(
+            s.plain_devices[0],
+            P::UsbController {
+                qemu_model: "usb-ehci".into()
+            },
+            "the controller goes before the devices on its bus"
+        );
+        let e = spec("<controller type='usb' model='none'/><input type='tablet' bus='usb'/>")
+            .unwrap_err();
+        assert!(e.contains("model='none'"), "{e}");
+        let e = spec(&format!(
+            "<disk type='file'><source file='{}'/><target dev='sda' bus='scsi'/></disk>",
+            img.display()
+        ))
+        .unwrap_err();
+        assert!(e.contains("disk sda") && e.contains("'scsi'"), "{e}");
+        spec(&format!(
+            "<disk type='file'><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
+            img.display()
+        ))
+        .unwrap();
     }
 }

@@ -190,6 +190,14 @@ pub struct VmSpec {
     /// (`rng-builtin`).
     #[serde(default)]
     pub rngs: Vec<Option<PathBuf>>,
+    /// Devices without host objects (balloon, input, video, USB controller, watchdog), in
+    /// the XML's order; a USB controller first when a USB device needs one.
+    #[serde(default)]
+    pub plain_devices: Vec<svirt_domain::PlainDevice>,
+    /// The VNC server's socket (in the guest's runtime directory), when the XML asks for
+    /// VNC.
+    #[serde(default)]
+    pub vnc_socket: Option<PathBuf>,
 }
 
 /// How to run it, decided by the manager.
@@ -431,6 +439,34 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             esc_str(&f.tag)
         ));
     }
+    for d in &spec.plain_devices {
+        use svirt_domain::PlainDevice as P;
+        let mut dev = |x: String| {
+            a.push("-device".into());
+            a.push(x);
+        };
+        match d {
+            P::Balloon => dev("virtio-balloon-pci".into()),
+            P::UsbController { qemu_model } => dev(format!("{},id=usb", esc_str(qemu_model))),
+            P::Input { qemu_model, usb } => dev(if *usb {
+                format!("{},bus=usb.0", esc_str(qemu_model))
+            } else {
+                esc_str(qemu_model)
+            }),
+            P::Video { qemu_model } => dev(esc_str(qemu_model)),
+            P::Watchdog { qemu_model, action } => {
+                dev(esc_str(qemu_model));
+                a.push("-action".into());
+                a.push(format!("watchdog={}", esc_str(action)));
+            }
+            // Its socket is `vnc_socket`.
+            P::VncSocket => {}
+        }
+    }
+    if let Some(v) = &spec.vnc_socket {
+        a.push("-vnc".into());
+        a.push(format!("unix:{}", esc(v)));
+    }
     for (i, r) in spec.rngs.iter().enumerate() {
         a.push("-object".into());
         a.push(match r {
@@ -497,6 +533,8 @@ mod tests {
             }],
             filesystems: vec![],
             rngs: vec![],
+            plain_devices: vec![],
+            vnc_socket: None,
         }
     }
 

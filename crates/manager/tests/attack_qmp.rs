@@ -903,3 +903,81 @@ fn rng_devices_are_given_to_the_guest() {
     assert_eq!(count(&env.xml("r", &[]).replace("<serial ", rngs)), 2);
     assert_eq!(count(&env.xml("r", &[])), 0, "control: no rng asked for");
 }
+
+/// A virt-install-like device set runs: every device the XML asks for is in the guest
+/// (QEMU's PCI bus: USB controller, balloon, display adapter, watchdog; the tablet on the
+/// USB bus), VNC listens on a socket in the guest's runtime directory (and accepts a
+/// connection from the host), and PS/2 input, PCI root ports and the virtio-serial
+/// controller are the machine's own. Control: the same guest without them has none.
+#[test]
+fn a_virt_install_device_set_runs() {
+    require_env!();
+    let env = Env::new("devset");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let devices = "<controller type='usb' model='qemu-xhci' ports='15'/>\
+        <controller type='pci' model='pci-root'/>\
+        <controller type='virtio-serial' index='0'/>\
+        <input type='tablet' bus='usb'/><input type='mouse' bus='ps2'/>\
+        <input type='keyboard' bus='ps2'/>\
+        <graphics type='vnc'><listen type='socket'/></graphics>\
+        <video><model type='virtio'/></video>\
+        <memballoon model='virtio'/>\
+        <watchdog model='i6300esb' action='reset'/>\n<serial ";
+    let pci = |m: &Manager| -> Vec<(u64, u64)> {
+        let r = m
+            .qemu_monitor_command("d", json!({"execute": "query-pci"}))
+            .unwrap();
+        r["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|bus| bus["devices"].as_array().cloned().unwrap_or_default())
+            .map(|d| {
+                (
+                    d["id"]["vendor"].as_u64().unwrap(),
+                    d["id"]["device"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    m.start(
+        &env.xml("d", &[]).replace("<serial ", devices),
+        StartOptions { paused: true },
+    )
+    .unwrap();
+    let ids = pci(&m);
+    for (what, id) in [
+        ("qemu-xhci", (0x1b36, 0x000d)),
+        ("virtio-balloon", (0x1af4, 0x1002)),
+        ("virtio-vga", (0x1af4, 0x1050)),
+        ("i6300esb", (0x8086, 0x25ab)),
+    ] {
+        assert!(ids.contains(&id), "no {what} {id:x?} in {ids:x?}");
+    }
+    let tree = m
+        .qemu_monitor_command(
+            "d",
+            json!({"execute": "human-monitor-command", "arguments": {"command-line": "info usb"}}),
+        )
+        .unwrap();
+    assert!(
+        tree["return"].as_str().unwrap_or("").contains("Tablet"),
+        "{tree}"
+    );
+    let vnc = m
+        .qemu_monitor_command("d", json!({"execute": "query-vnc"}))
+        .unwrap();
+    assert_eq!(vnc["return"]["enabled"], true, "{vnc}");
+    let sock = env.path("run/guests/d/vnc.sock");
+    std::os::unix::net::UnixStream::connect(&sock).expect("VNC listens in the runtime dir");
+    m.destroy("d").unwrap();
+
+    m.start(&env.xml("d", &[]), StartOptions { paused: true })
+        .unwrap();
+    let ids = pci(&m);
+    assert!(
+        !ids.contains(&(0x1b36, 0x000d)) && !ids.contains(&(0x1af4, 0x1002)),
+        "control: {ids:x?}"
+    );
+    m.destroy("d").unwrap();
+}
