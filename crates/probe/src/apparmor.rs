@@ -223,6 +223,8 @@ pub fn audit_shape(action: Action) -> (&'static str, &'static str) {
         Action::Stat => ("getattr", "-"),
         Action::Signal | Action::Signull => ("signal", "send"),
         Action::Ptrace => ("ptrace", "trace"),
+        // The record: operation="capable" capname="chown".
+        Action::Chown => ("capable", "chown"),
     }
 }
 
@@ -235,6 +237,9 @@ fn receiver_mask(action: Action) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// The `operation` of AppArmor's capability records (`capname="…"`); refused with EPERM.
+pub const CAPABLE: &str = "capable";
 
 /// The class of an expectation decided by the DAC driver rather than AppArmor; its `perm`
 /// column is then the errno (`EACCES`, `EPERM`), and no audit record is expected.
@@ -259,6 +264,10 @@ fn dac_first(plan: &Plan, op: &Op) -> Option<(&'static str, String)> {
             )
         }),
         Action::Stat => None,
+        Action::Chown => Some((
+            "EPERM",
+            "DAC: the VMM runs with no capabilities (no CAP_CHOWN)".to_string(),
+        )),
         Action::Read | Action::Write => {
             let d = plan
                 .disks
@@ -328,6 +337,11 @@ pub fn expectations(plan: &Plan, attack: &Attack, dac: bool) -> Result<Expected>
             }
             // AppArmor has no getattr mediation.
             Action::Stat => (Decision::Allow, String::new()),
+            // The profile has no capability rule: a root VMM's CAP_CHOWN is refused.
+            Action::Chown => (
+                Decision::Deny,
+                format!("{profile} grants no capability (chown)"),
+            ),
             Action::Signal | Action::Signull | Action::Ptrace => {
                 let t = plan.guest(&op.target).ok_or_else(|| {
                     Error::msg(format!("attack plan: unknown guest {}", op.target))
@@ -608,8 +622,11 @@ fn find_listed<'a>(
             l.guest == op.guest
                 && l.fields.get("profile") == Some(&profile)
                 && l.operation == exp.class
-                && mask_has(&l.mask, perm)
-                && if op.action.targets_process() {
+                // svirt denials lists a capability record as `{ ? } capable` (no mask, no name).
+                && (mask_has(&l.mask, perm) || (exp.class == CAPABLE && l.mask == "?"))
+                && if exp.class == CAPABLE {
+                    true
+                } else if op.action.targets_process() {
                     let peer = plan.guest(&op.target).map(|g| profile_of(&g.level));
                     l.fields.get("peer") == peer.as_ref()
                         && l.tag.as_deref() == Some(op.target.as_str())
@@ -650,7 +667,9 @@ fn find_record<'a>(
         return Err("guest profile or pid unknown".into());
     };
     let target_ok = |r: &Record| {
-        if op.action.targets_process() {
+        if exp.class == CAPABLE {
+            r.get("capname") == Some(perm)
+        } else if op.action.targets_process() {
             let peer = plan.guest(&op.target).map(|g| profile_of(&g.level));
             r.get("peer") == peer.as_deref()
         } else {
@@ -664,7 +683,7 @@ fn find_record<'a>(
                 && r.get("profile") == Some(profile.as_str())
                 && r.pid() == Some(pid)
                 && r.get("operation") == Some(exp.class.as_str())
-                && mask_has(r.mask(), perm)
+                && (exp.class == CAPABLE || mask_has(r.mask(), perm))
                 && target_ok(r)
         })
         .ok_or_else(|| {
@@ -795,6 +814,8 @@ pub fn evaluate(
                 // AppArmor refuses with EACCES; a DAC expectation names its errno.
                 let (errno, by) = if e.class == DAC_CLASS {
                     (e.perm.as_deref().unwrap_or("?"), "DAC")
+                } else if e.class == CAPABLE {
+                    ("EPERM", "AppArmor")
                 } else {
                     ("EACCES", "AppArmor")
                 };
@@ -917,7 +938,7 @@ mod tests {
         let attack = Attack::parse(
             "results A /img/A\npeers /p\nop A own.write write /img/A\nop A other.read read /img/B\n\
              op A other.stat stat /img/B\nop A content.write write /img/c\nop A content.read read /img/c\n\
-             op A shared.write write /img/s\nop A peer.signal signal B\nop A peer.ptrace ptrace B\n\
+             op A shared.write write /img/s\nop A peer.signal signal B\nop A peer.ptrace ptrace B\nop A own.chown chown /img/A\n\
              op B peer.signal signal A\nop B peer.signull signull A\n",
         )
         .unwrap();
@@ -943,6 +964,8 @@ mod tests {
         assert_eq!(k("A", "shared.write").decision, Decision::Allow);
         assert_eq!(k("A", "peer.signal").perm.as_deref(), Some("send"));
         assert_eq!(k("A", "peer.ptrace").class, "ptrace");
+        assert_eq!(k("A", "own.chown").class, CAPABLE);
+        assert_eq!(k("A", "own.chown").perm.as_deref(), Some("chown"));
         assert!(k("B", "peer.signal").audited);
         assert_eq!(
             k("B", "peer.signull").decision,
@@ -953,7 +976,7 @@ mod tests {
         let n = denial_counts(&plan, &attack, &e);
         // A: other.read, content.write, signal, ptrace + the receiving side of B's signal;
         // B: signal + the receiving side of A's signal (base lets anyone trace it).
-        assert_eq!(n["A"], 5);
+        assert_eq!(n["A"], 6);
         assert_eq!(n["B"], 2);
     }
 
@@ -1022,11 +1045,15 @@ mod tests {
         obs.after.taken = true;
         let mut text = String::new();
         for op in attack.ops.iter().filter(|o| o.guest == "A") {
-            let d = e[&(op.guest.clone(), op.name.clone())].decision;
+            let x = &e[&(op.guest.clone(), op.name.clone())];
             text.push_str(&format!(
                 "op {} {}\n",
                 op.name,
-                if d == Decision::Allow { "ok" } else { "EACCES" }
+                match (x.decision, x.class.as_str()) {
+                    (Decision::Allow, _) => "ok",
+                    (_, CAPABLE) => "EPERM",
+                    _ => "EACCES",
+                }
             ));
         }
         obs.results
@@ -1049,6 +1076,10 @@ mod tests {
             parse_record(SIG).unwrap(),
             parse_record(RECV).unwrap(),
             line("ptrace", "trace", &format!("peer=\"{b}\""), 80, &a),
+            parse_record(&format!(
+                "apparmor=\"DENIED\" operation=\"capable\" class=\"cap\" profile=\"{a}\" pid=80 comm=\"qemu-system-x86\" capability=0  capname=\"chown\""
+            ))
+            .unwrap(),
             line(
                 "signal",
                 "send",

@@ -165,6 +165,8 @@ pub enum Action {
     Signull,
     /// ptrace(PTRACE_SEIZE).
     Ptrace,
+    /// chown(path, 4242, -1): giving a file to another uid needs `CAP_CHOWN`.
+    Chown,
 }
 
 impl Action {
@@ -176,6 +178,7 @@ impl Action {
             "signal" => Self::Signal,
             "signull" => Self::Signull,
             "ptrace" => Self::Ptrace,
+            "chown" => Self::Chown,
             _ => return None,
         })
     }
@@ -195,7 +198,8 @@ impl Action {
     ///   `file_open` (the `read()` that follows is not rechecked: same label and policy);
     /// - write: `open(O_WRONLY)` checks `write`, then `write open`;
     /// - stat: `lstat` checks `getattr`;
-    /// - signal, signal 0, `PTRACE_SEIZE`: `process` `signal`, `signull`, `ptrace`.
+    /// - signal, signal 0, `PTRACE_SEIZE`: `process` `signal`, `signull`, `ptrace`;
+    /// - chown to another uid: `capability` `chown` (`CAP_CHOWN`, before the file's `setattr`).
     ///
     /// Path traversal (`search` on the directories above the target) is not listed: the
     /// lab's directories are labeled so every guest may search them.
@@ -207,6 +211,7 @@ impl Action {
             Self::Signal => ("process", &["signal"]),
             Self::Signull => ("process", &["signull"]),
             Self::Ptrace => ("process", &["ptrace"]),
+            Self::Chown => ("capability", &["chown"]),
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::error::{Context, Error, Result, errno_name, io_errno_name};
 use crate::plan::{Action, Attack, Op, parse_pids};
 use crate::selinux;
 
+/// The uid a `chown` attack gives its target (any uid but the file's owner needs CAP_CHOWN).
+pub const CHOWN_UID: u32 = 4242;
+
 /// Default attack plan location inside the lab.
 pub const DEFAULT_ATTACK: &str = "/lab/etc/attack.plan";
 
@@ -99,6 +102,9 @@ pub fn perform(op: &Op, peers: Option<&[(String, i32)]>) -> String {
             f.write_all(b"probe").map(|_| ())
         }),
         Action::Stat => file_op(&op.target, |p| fs::symlink_metadata(p).map(|_| ())),
+        Action::Chown => file_op(&op.target, |p| {
+            std::os::unix::fs::chown(p, Some(CHOWN_UID), None)
+        }),
         Action::Signal | Action::Signull | Action::Ptrace => {
             let Some(pid) = peers
                 .and_then(|p| p.iter().find(|(n, _)| *n == op.target))

@@ -114,6 +114,11 @@ scenario_main() {
             apparmor_parser --remove "$(svirtd_profile_file B)" >> $LAB_STATE/manager.log 2>&1
         fi
         snap --pids $LAB_STATE/pids.all --out $LAB_STATE/running
+        # What else confines each VMM (uid, capabilities, no_new_privs, seccomp), for the log.
+        while read -r g pid; do
+            case $g in manager|END) continue ;; esac
+            echo "$g: $(grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/$pid/status | tr '\t\n' '  ')"
+        done < $LAB_STATE/pids.all > $LAB_STATE/vmm-status
         # Guests learn each other's pids from a file both may read, as an attacker would;
         # written in place (Landlock's rules, in the full stack, hold the inode).
         grep -v -e '^manager ' $LAB_STATE/pids.all > /lab/img/peers
@@ -133,7 +138,7 @@ scenario_main() {
     snap --out $LAB_STATE/after
     dmesg | tail -n +$((DMESG_SKIP + 1)) > $LAB_STATE/dmesg
 
-    for f in $LAB_STATE/manager.log $LAB_STATE/running $LAB_STATE/after \
+    for f in $LAB_STATE/manager.log $LAB_STATE/running $LAB_STATE/vmm-status $LAB_STATE/after \
         /lab/img/A.result /lab/img/B.result; do
         [ -f "$f" ] && sed "s|^|LABLOG $f: |" "$f"
     done
