@@ -94,6 +94,10 @@ pub struct Os {
     pub dtb: Option<PathBuf>,
     /// `<cmdline>`: kernel command line.
     pub cmdline: Option<String>,
+    /// `<os firmware='efi'>`: the manager picks UEFI code and a variable store from the
+    /// host's firmware descriptors where `<loader>`/`<nvram>` do not name them.
+    #[serde(default)]
+    pub firmware_efi: bool,
 }
 
 /// `<loader>`.

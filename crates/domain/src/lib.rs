@@ -34,4 +34,7 @@ pub use planner::{PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, pla
 /// The labels a plan gives one resource, keyed by model (`None`: untouched).
 pub use report::resource_labels as labels_of;
 pub use report::{PlanReport, ResourceReport, guest_labels, render_text, report};
-pub use resources::{MAX_CHAIN_DEPTH, Resources, build_resources, kind_name};
+pub use resources::{
+    MAX_CHAIN_DEPTH, Resources, SYSTEM_FIRMWARE_DIRS, build_resources, in_system_firmware_dir,
+    kind_name,
+};

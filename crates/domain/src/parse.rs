@@ -326,21 +326,17 @@ impl Parser {
                 "type", "loader", "nvram", "kernel", "initrd", "dtb", "cmdline", "boot",
             ],
         );
-        // Firmware auto-selection picks UEFI code and makes an NVRAM from its template;
-        // ignoring it would boot the guest with BIOS.
-        match o.attribute("firmware") {
-            None | Some("bios") => {}
+        let firmware_efi = match o.attribute("firmware") {
+            None | Some("bios") => false,
+            Some("efi") => true,
             Some(v) => {
                 return Err(invalid_attr(
                     o,
                     "firmware",
-                    format!(
-                        "firmware='{v}' (automatic firmware selection) is not supported yet: \
-                         name the firmware with <loader> and <nvram>"
-                    ),
+                    format!("unknown firmware '{v}' (efi or bios)"),
                 ));
             }
-        }
+        };
         let t = child(o, "type").ok_or_else(|| invalid(o, "missing <type>"))?;
         let os_type = text(t);
         if os_type != "hvm" {
@@ -383,6 +379,7 @@ impl Parser {
             initrd: opt_path("initrd")?,
             dtb: opt_path("dtb")?,
             cmdline: child(o, "cmdline").map(text),
+            firmware_efi,
         })
     }
 
@@ -1297,8 +1294,8 @@ mod tests {
     }
 
     /// What svirt cannot run yet is refused, naming it, instead of being dropped from
-    /// the guest: a network interface, automatic (UEFI) firmware. Controls: BIOS named
-    /// explicitly, and a domain without them, are accepted.
+    /// the guest: a network interface, an unknown firmware. UEFI is parsed for the manager
+    /// to fill in; BIOS named explicitly, and a domain without them, are accepted.
     #[test]
     fn devices_svirt_cannot_run_are_refused_not_dropped() {
         let e = err(
@@ -1309,12 +1306,21 @@ mod tests {
             "{e}"
         );
         let efi = "<domain type='kvm'><name>t</name><memory unit='MiB'>256</memory><os firmware='efi'><type>hvm</type></os></domain>";
-        let e = parse(efi).unwrap_err().to_string();
+        assert!(parse(efi).unwrap().domain.os.firmware_efi);
         assert!(
-            e.contains("/domain/os@firmware") && e.contains("<loader>"),
+            !parse(&efi.replace("'efi'", "'bios'"))
+                .unwrap()
+                .domain
+                .os
+                .firmware_efi
+        );
+        let e = parse(&efi.replace("'efi'", "'coreboot'"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/domain/os@firmware") && e.contains("coreboot"),
             "{e}"
         );
-        assert!(parse(&efi.replace("'efi'", "'bios'")).is_ok());
         assert!(parse(&doc("<devices><serial type='pty'/></devices>")).is_ok());
     }
 

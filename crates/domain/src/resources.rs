@@ -254,6 +254,12 @@ impl Builder<'_> {
             } else {
                 Access::Ro
             };
+            if access == Access::Ro && in_system_firmware_dir(&l.path) {
+                // The host's own firmware (OVMF, SeaBIOS): every VMM may read it (its
+                // host needs, what the jail shows), nothing changes it; it is not the
+                // guest's object to plan.
+                return self.os_files_after_loader(os);
+            }
             self.add(
                 "os loader",
                 &l.path,
@@ -264,6 +270,12 @@ impl Builder<'_> {
                 none(),
             )?;
         }
+        self.os_files_after_loader(os)
+    }
+
+    /// The variable store and the direct-boot files.
+    fn os_files_after_loader(&mut self, os: &Os) -> Result<()> {
+        let none = BTreeMap::new;
         if let Some(n) = &os.nvram {
             self.add(
                 "os nvram",
@@ -805,6 +817,29 @@ fn check_type(device: &str, r: &Resolved, kind: ResourceKind) -> Result<()> {
             message: format!("a {:?} cannot be used as {}", r.info.kind, kind_name(kind)),
         })
     }
+}
+
+/// Where the host keeps the firmware every VMM may read (Debian's `ovmf`, `seabios`,
+/// `ipxe` and QEMU's own images).
+pub const SYSTEM_FIRMWARE_DIRS: &[&str] = &[
+    "/usr/share/qemu",
+    "/usr/share/seabios",
+    "/usr/share/ipxe",
+    "/usr/share/OVMF",
+    "/usr/share/ovmf",
+];
+
+/// Whether `p`, as written (absolute, no `.` or `..`), lies below a system firmware
+/// directory. A link in there leads nowhere for the VMM: its jail and path rules show and
+/// grant those directories, not what a link would reach.
+pub fn in_system_firmware_dir(p: &Path) -> bool {
+    use std::path::Component;
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && SYSTEM_FIRMWARE_DIRS
+            .iter()
+            .any(|d| p.starts_with(d) && p != Path::new(d))
 }
 
 /// The kebab-case name of a kind, as in JSON.

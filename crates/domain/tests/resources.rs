@@ -734,3 +734,42 @@ fn rng_sources_are_planned_like_libvirt() {
         .to_string();
     assert!(e.contains("rng@model"), "{e}");
 }
+
+/// The host's own firmware (OVMF, SeaBIOS) named as a read-only loader is not the guest's
+/// object: not planned (every VMM may read it, nothing changes it). A path that only
+/// spells its way there (`..`), or a loader QEMU would write, is planned and judged like
+/// any other object, and refused under /usr.
+#[test]
+fn system_firmware_loaders_are_the_hosts_not_planned() {
+    let c = case();
+    let fw = c.root.path().join("usr/share/OVMF");
+    std::fs::create_dir_all(&fw).unwrap();
+    std::fs::write(fw.join("OVMF_CODE_4M.fd"), b"code").unwrap();
+    let os = |loader: &str| {
+        format!(
+            "<loader readonly='{loader}' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+        )
+    };
+    let p = c.plan_with("", "", &os("yes")).unwrap();
+    assert!(p.plan.resources.is_empty(), "{:?}", p.plan.resources);
+    let e = c.plan_with("", "", &os("no")).unwrap_err().to_string();
+    assert!(
+        e.contains("system tree /usr"),
+        "a written loader under /usr: {e}"
+    );
+    let e = c
+        .plan_with(
+            "",
+            "",
+            "<loader readonly='yes' type='pflash'>/usr/share/OVMF/../../../etc/passwd</loader>",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/etc/passwd") || e.contains("/etc"), "{e}");
+    assert!(svirt_domain::in_system_firmware_dir(std::path::Path::new(
+        "/usr/share/seabios/bios.bin"
+    )));
+    assert!(!svirt_domain::in_system_firmware_dir(std::path::Path::new(
+        "/usr/share/OVMF"
+    )));
+}

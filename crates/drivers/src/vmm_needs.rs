@@ -33,18 +33,13 @@ impl Default for VmmNeeds {
                 "/lib32",
                 "/libx32",
             ]),
-            read_paths: p(&[
-                "/etc/ld.so.cache",
-                "/etc/ld.so.preload",
-                "/etc/localtime",
-                "/usr/share/qemu",
-                "/usr/share/seabios",
-                "/usr/share/ipxe",
-                "/usr/share/OVMF",
-                "/usr/share/ovmf",
-                "/sys/devices/system/cpu",
-                "/sys/devices/system/node",
-            ]),
+            // The firmware directories are the planner's (a loader there is the host's,
+            // not planned): one list.
+            read_paths: p(&["/etc/ld.so.cache", "/etc/ld.so.preload", "/etc/localtime"])
+                .into_iter()
+                .chain(svirt_domain::SYSTEM_FIRMWARE_DIRS.iter().map(PathBuf::from))
+                .chain(p(&["/sys/devices/system/cpu", "/sys/devices/system/node"]))
+                .collect(),
             base_devices: p(&[
                 "/dev/null",
                 "/dev/zero",

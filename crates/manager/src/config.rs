@@ -168,7 +168,15 @@ pub struct Config {
     /// else must be declared with `<backingStore>`).
     #[serde(default)]
     pub image_roots: Vec<PathBuf>,
+    /// Where each guest's UEFI variable store is made from its template (`<os
+    /// firmware='efi'>`, `<nvram template=…>`), kept across starts. Default
+    /// `/var/lib/svirt-nvram` (not below the state directory: the planner refuses the
+    /// guest anything of svirtd's own).
+    pub nvram_dir: PathBuf,
 }
+
+/// The default [`Config::nvram_dir`].
+pub const DEFAULT_NVRAM_DIR: &str = "/var/lib/svirt-nvram";
 
 impl Config {
     /// Defaults for a given state and runtime directory.
@@ -189,6 +197,7 @@ impl Config {
             memory_overhead: 256 << 20,
             fault: None,
             image_roots: Vec::new(),
+            nvram_dir: PathBuf::from(DEFAULT_NVRAM_DIR),
         }
     }
 }

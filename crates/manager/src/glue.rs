@@ -265,10 +265,16 @@ pub(crate) fn parse_and_plan(
     inner: &crate::manager::Inner,
     xml: &str,
 ) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>)> {
-    let parsed = svirt_domain::parse(xml).map_err(ManagerError::Plan)?;
+    let mut parsed = svirt_domain::parse(xml).map_err(ManagerError::Plan)?;
     let host = guest_host(&inner.config);
     let mut created = Vec::new();
     let r = (|| {
+        // UEFI code and the guest's own variable store, as libvirt fills them in.
+        created.extend(crate::firmware::fill_in(
+            &mut parsed.domain,
+            &inner.config.root_dir,
+            &inner.config.nvram_dir,
+        )?);
         for c in &parsed.domain.chardevs {
             if let ChardevSource::File { path, .. } = &c.source {
                 let on_host = host.host_path(&path.to_string_lossy());

@@ -31,6 +31,7 @@ mod config;
 mod dumpxml;
 mod error;
 pub mod fault;
+pub mod firmware;
 mod glue;
 pub mod host_checks;
 pub mod jail;
@@ -51,7 +52,8 @@ mod undo;
 mod vfork;
 
 pub use config::{
-    AccelChoice, CategoryRange, Config, DEFAULT_UID_RANGE, DriverSelection, Settings, UidRange,
+    AccelChoice, CategoryRange, Config, DEFAULT_NVRAM_DIR, DEFAULT_UID_RANGE, DriverSelection,
+    Settings, UidRange,
 };
 pub use error::{ManagerError, Result};
 pub use progress::{TreePhase, TreeProgress};

@@ -981,3 +981,77 @@ fn a_virt_install_device_set_runs() {
     );
     m.destroy("d").unwrap();
 }
+
+/// `<os firmware='efi'>` boots UEFI as libvirt fills it in: OVMF's code from the host's
+/// firmware descriptor as read-only flash, and the guest's own variable store made from
+/// the template in svirt's NVRAM directory, given to the guest's uid while it runs and
+/// restored (root's 0600) after; kept across starts (a change in it survives). Control: a
+/// BIOS guest has no flash.
+#[test]
+fn uefi_firmware_gets_code_and_its_own_variable_store() {
+    require_env!();
+    let env = Env::new("efi");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let xml = env.xml("u", &[]).replace("<os>", "<os firmware='efi'>");
+    let fw = svirt_manager::firmware::find_uefi(Path::new("/")).unwrap();
+    let store = env.path("nvram/u_VARS.fd");
+    let flash = |m: &Manager| -> Vec<String> {
+        let r = m
+            .qemu_monitor_command("u", json!({"execute": "query-named-block-nodes"}))
+            .unwrap();
+        r["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["node-name"].as_str().unwrap_or("").starts_with("pflash"))
+            .map(|n| {
+                format!(
+                    "{} {}",
+                    n["node-name"].as_str().unwrap(),
+                    n["file"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let info = m.start(&xml, StartOptions { paused: true }).unwrap();
+    let nodes = flash(&m);
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n == &format!("pflash0-file {}", fw.code.display())),
+        "{nodes:?}"
+    );
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n == &format!("pflash1-file {}", store.display())),
+        "{nodes:?}"
+    );
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        std::fs::read(&fw.vars_template).unwrap(),
+        "the store is a copy of the template"
+    );
+    let uid = info.uid.unwrap();
+    assert_eq!(common::owner_mode(&store).0, uid, "the guest's own store");
+    m.destroy("u").unwrap();
+    let (o_uid, _, o_mode) = common::owner_mode(&store);
+    assert_eq!((o_uid, o_mode & 0o7777), (0, 0o600), "restored");
+    // Kept: a change made while the guest is off survives the next start.
+    let mut bytes = std::fs::read(&store).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&store, &bytes).unwrap();
+    m.start(&xml, StartOptions { paused: true }).unwrap();
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        bytes,
+        "the store was replaced"
+    );
+    m.destroy("u").unwrap();
+
+    m.start(&env.xml("u", &[]), StartOptions { paused: true })
+        .unwrap();
+    assert!(flash(&m).is_empty(), "control: BIOS has no flash");
+    m.destroy("u").unwrap();
+}

@@ -39,6 +39,10 @@ struct Args {
     /// declared with <backingStore> in the domain XML.
     #[arg(long = "image-root", value_name = "DIR")]
     image_roots: Vec<PathBuf>,
+    /// Where each guest's UEFI variable store is made from its template
+    /// (`<os firmware='efi'>`) and kept across starts.
+    #[arg(long, value_name = "DIR", default_value = svirt_manager::DEFAULT_NVRAM_DIR)]
+    nvram_dir: PathBuf,
     /// Accelerator: `auto` probes KVM once and falls back to TCG.
     #[arg(long, value_name = "auto|kvm|tcg", default_value = "auto", value_parser = parse_accel)]
     accel: AccelChoice,
@@ -108,6 +112,7 @@ fn run(args: Args) -> Result<(), String> {
     config.cgroup_parent = args.cgroup_parent;
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     config.image_roots = args.image_roots;
+    config.nvram_dir = args.nvram_dir;
     info!(state_dir = %args.state_dir.display(), run_dir = %args.run_dir.display(), "opening manager");
     raise_nofile();
     let (manager, report) = Manager::open(config).map_err(|e| e.to_string())?;

@@ -78,6 +78,7 @@ impl Env {
         c.drivers = drivers.parse::<DriverSelection>().unwrap();
         c.shutdown_timeout = std::time::Duration::from_millis(500);
         c.memory_overhead = 192 << 20;
+        c.nvram_dir = self.path("nvram");
         c
     }
 
