@@ -345,6 +345,18 @@ pub struct Chardev {
     pub target: ChardevTarget,
     /// Per-model overrides from `<source><seclabel>`.
     pub seclabels: Vec<DeviceSecLabel>,
+    /// `<log file=… append=…>`: where QEMU also writes what the guest sends.
+    #[serde(default)]
+    pub log: Option<ChardevLog>,
+}
+
+/// A chardev's `<log>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChardevLog {
+    /// The log file.
+    pub file: PathBuf,
+    /// `append='on'`.
+    pub append: bool,
 }
 
 /// `<hostdev mode='subsystem'>`.

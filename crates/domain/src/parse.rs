@@ -867,11 +867,19 @@ impl Parser {
                 name: t.attribute("name").map(str::to_string),
             },
         };
+        let log = match child(c, "log") {
+            None => None,
+            Some(l) => Some(ChardevLog {
+                file: path_attr(l, "file")?,
+                append: yes_no(l, "append")?.unwrap_or(false),
+            }),
+        };
         Ok(Chardev {
             role,
             source,
             target,
             seclabels,
+            log,
         })
     }
 

@@ -547,6 +547,18 @@ impl Builder<'_> {
         let ov = overrides(&c.seclabels);
         let rw = Access::Rw;
         let private = Sharing::Private;
+        if let Some(log) = &c.log {
+            // Written by QEMU like a file chardev's output (libvirt labels it the same).
+            self.add(
+                &format!("{dev} log"),
+                &log.file,
+                ResourceKind::ChardevFile,
+                rw,
+                private,
+                false,
+                BTreeMap::new(),
+            )?;
+        }
         match &c.source {
             ChardevSource::File { path, .. } => {
                 self.add(

@@ -149,7 +149,11 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
                 )));
             }
         };
-        chardevs.push(ChardevSpec { backend, target });
+        chardevs.push(ChardevSpec {
+            backend,
+            target,
+            log: c.log.as_ref().map(|l| (l.file.clone(), l.append)),
+        });
     }
     let mut filesystems = Vec::new();
     for f in &d.filesystems {
@@ -275,18 +279,27 @@ pub(crate) fn parse_and_plan(
             &inner.config.root_dir,
             &inner.config.nvram_dir,
         )?);
-        for c in &parsed.domain.chardevs {
-            if let ChardevSource::File { path, .. } = &c.source {
-                let on_host = host.host_path(&path.to_string_lossy());
-                // Created through its resolved, policy-checked directory: nothing is
-                // ever created in a protected directory or through a planted link.
-                let dev = format!("{} {}", c.role.as_str(), c.target.port.unwrap_or(0));
-                if host
-                    .create_file(&dev, &on_host)
-                    .map_err(ManagerError::Plan)?
-                {
-                    created.push(on_host);
-                }
+        // The files QEMU writes a chardev's output and log to: made empty if missing.
+        let outputs = parsed.domain.chardevs.iter().flat_map(|c| {
+            let output = match &c.source {
+                ChardevSource::File { path, .. } => Some(path),
+                _ => None,
+            };
+            let dev = format!("{} {}", c.role.as_str(), c.target.port.unwrap_or(0));
+            output
+                .into_iter()
+                .chain(c.log.as_ref().map(|l| &l.file))
+                .map(move |p| (dev.clone(), p))
+        });
+        for (dev, path) in outputs {
+            let on_host = host.host_path(&path.to_string_lossy());
+            // Created through its resolved, policy-checked directory: nothing is ever
+            // created in a protected directory or through a planted link.
+            if host
+                .create_file(&dev, &on_host)
+                .map_err(ManagerError::Plan)?
+            {
+                created.push(on_host);
             }
         }
         let mut cfg = svirt_domain::PlanConfig::for_host(&host).map_err(ManagerError::Plan)?;
@@ -478,6 +491,7 @@ pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
     v.extend(spec.nvram.iter().cloned());
     v.extend(spec.rngs.iter().flatten().cloned());
     for c in &spec.chardevs {
+        v.extend(c.log.iter().map(|(f, _)| f.clone()));
         match &c.backend {
             // Not a spelling of the XML's: made by QEMU in the runtime directory.
             ChardevBackend::Unix {

@@ -133,6 +133,9 @@ pub struct ChardevSpec {
     pub backend: ChardevBackend,
     /// Guest side.
     pub target: ChardevTarget,
+    /// A log of what the guest sends, and whether it is appended to.
+    #[serde(default)]
+    pub log: Option<(PathBuf, bool)>,
 }
 
 /// A `<filesystem>` share over virtio-9p.
@@ -400,6 +403,14 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             }
             ChardevBackend::Null => format!("null,id={id}"),
         };
+        let backend = match &c.log {
+            Some((file, append)) => format!(
+                "{backend},logfile={}{}",
+                esc(file),
+                if *append { ",logappend=on" } else { "" }
+            ),
+            None => backend,
+        };
         push(&["-chardev", &backend]);
         let dev = match &c.target {
             ChardevTarget::Serial => format!("isa-serial,chardev={id}"),
@@ -530,6 +541,7 @@ mod tests {
                     append: true,
                 },
                 target: ChardevTarget::Serial,
+                log: None,
             }],
             filesystems: vec![],
             rngs: vec![],

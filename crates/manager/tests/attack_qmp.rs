@@ -1055,3 +1055,54 @@ fn uefi_firmware_gets_code_and_its_own_variable_store() {
     assert!(flash(&m).is_empty(), "control: BIOS has no flash");
     m.destroy("u").unwrap();
 }
+
+/// A chardev's `<log>` is kept: the file is made if missing, given to the guest's uid
+/// like the chardev's own output, opened by QEMU (its log), and restored after; a failed
+/// start removes the file it made. Control: the same serial without a log opens no such
+/// file.
+#[test]
+fn chardev_log_files_are_planned_and_opened() {
+    require_env!();
+    let env = Env::new("chlog");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let log = env.path("images/serial0.log");
+    let with_log = env.xml("l", &[]).replace(
+        "<target port='0'/></serial>",
+        &format!(
+            "<target port='0'/><log file='{}' append='on'/></serial>",
+            log.display()
+        ),
+    );
+    let info = m.start(&with_log, StartOptions { paused: true }).unwrap();
+    let pid = info.pid.unwrap();
+    let opened = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .any(|t| t == log)
+    };
+    assert!(opened(pid), "QEMU has no fd on {}", log.display());
+    assert_eq!(common::owner_mode(&log).0, info.uid.unwrap());
+    m.destroy("l").unwrap();
+    let (uid, _, mode) = common::owner_mode(&log);
+    assert_eq!((uid, mode & 0o7777), (0, 0o600), "restored");
+    std::fs::remove_file(&log).unwrap();
+    // A start that fails after planning (a disk on a bus svirt refuses at start) leaves
+    // no log behind.
+    let disk = env.raw("d.raw");
+    let bad = with_log.replace(
+        "<serial ",
+        &format!(
+            "<disk type='file'><driver type='raw'/><source file='{}'/><target dev='sda' bus='scsi'/></disk>\n<serial ",
+            disk.display()
+        ),
+    );
+    let e = m.start(&bad, StartOptions { paused: true }).unwrap_err();
+    assert!(e.to_string().contains("'scsi'"), "{e}");
+    assert!(!log.exists(), "the refused start left its log file");
+    let info = m
+        .start(&env.xml("l", &[]), StartOptions { paused: true })
+        .unwrap();
+    assert!(!opened(info.pid.unwrap()), "control");
+    m.destroy("l").unwrap();
+}
