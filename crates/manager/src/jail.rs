@@ -901,6 +901,7 @@ mod tests {
             pre_jail_hooks: Vec::new(),
             jail: Some(jail),
             hooks: Vec::new(),
+            drop_capabilities: true,
         })
         .unwrap_err()
         .to_string();

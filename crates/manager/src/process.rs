@@ -44,6 +44,62 @@ pub struct SpawnRequest<'a> {
     pub jail: Option<crate::jail::Jail>,
     /// Driver steps, in stack order (after the jail: DAC's ids, Landlock).
     pub hooks: Vec<ChildHook>,
+    /// Whether the VMM may hold no capability whatever uid it runs as: the bounding set,
+    /// the inheritable and the ambient set are emptied first thing in the child (the
+    /// effective set stays for the jail's and the drivers' steps), so the exec gives
+    /// QEMU none, even as root (a stack without DAC). Off only for an unconfined guest.
+    pub drop_capabilities: bool,
+}
+
+/// `/proc/sys/kernel/cap_last_cap`: the highest capability this kernel knows.
+fn cap_last_cap() -> io::Result<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cap_last_cap: {e}")))
+}
+
+/// Empties the bounding, inheritable and ambient capability sets of the calling process
+/// (between fork and exec: system calls on the stack only). With those empty an exec
+/// grants nothing, to root either: permitted' = (inheritable & file inheritable) |
+/// (file permitted & bounding).
+///
+/// # Safety
+/// Only system calls; callable between fork and exec.
+unsafe fn drop_capability_sets(last_cap: u32) -> io::Result<()> {
+    // SAFETY: prctl and capget/capset with integer arguments and buffers on this stack.
+    unsafe {
+        for cap in 0..=last_cap {
+            cvt(libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                cap as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+        }
+        cvt(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ))?;
+        // struct __user_cap_header_struct { u32 version; int pid; } and, for version 3,
+        // two struct __user_cap_data_struct { u32 effective, permitted, inheritable; }.
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let mut header: [u32; 2] = [LINUX_CAPABILITY_VERSION_3, 0];
+        let mut data = [0u32; 6];
+        if libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        data[2] = 0;
+        data[5] = 0;
+        if libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// A started process.
@@ -102,6 +158,11 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
     let devnull =
         File::open("/dev/null").map_err(|e| ManagerError::Qemu(format!("open /dev/null: {e}")))?;
     let pid_fd = req.pid_fd;
+    let drop_caps = if req.drop_capabilities {
+        Some(cap_last_cap().map_err(|e| ManagerError::Qemu(format!("exec: {e}")))?)
+    } else {
+        None
+    };
     let mut steps: Vec<(&'static str, ChildHook)> = Vec::new();
     steps.push((
         "set-up",
@@ -132,6 +193,9 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
                 }
                 cvt(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0))?;
                 cvt(libc::setsid())?;
+                if let Some(last) = drop_caps {
+                    drop_capability_sets(last)?;
+                }
             }
             Ok(())
         }),

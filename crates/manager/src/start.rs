@@ -303,6 +303,8 @@ impl Inner {
             pre_jail_hooks: pre_jail,
             jail,
             hooks,
+            // An unconfined guest (`--drivers none`) is unconfined on purpose.
+            drop_capabilities: !self.stack.is_empty(),
         })?;
         drop(host_sockets);
         drop(pid_file);

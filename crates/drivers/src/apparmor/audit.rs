@@ -21,7 +21,8 @@ pub struct AppArmorRecord {
     pub name: Option<String>,
     /// The other party of a signal or ptrace (its profile).
     pub peer: Option<String>,
-    /// `denied_mask` (else `requested_mask`): what was refused.
+    /// `denied_mask` (else `requested_mask`, else a capability's `capname`): what was
+    /// refused.
     pub denied: Option<String>,
     /// Every field as read (decoded).
     pub fields: BTreeMap<String, String>,
@@ -64,9 +65,11 @@ pub fn parse(line: &str) -> Option<AppArmorRecord> {
         operation: fields.get("operation").cloned().unwrap_or_default(),
         name: fields.get("name").cloned(),
         peer: fields.get("peer").cloned(),
+        // A capability record has no mask: its `capname` is what was refused.
         denied: fields
             .get("denied_mask")
             .or_else(|| fields.get("requested_mask"))
+            .or_else(|| fields.get("capname"))
             .cloned(),
         fields,
     })
@@ -162,6 +165,14 @@ mod tests {
         let r = parse(sig).unwrap();
         assert_eq!((r.guest_uuid(), r.peer_uuid()), (Some("aa"), Some("bb")));
         assert_eq!(r.fields["signal"], "kill");
+    }
+
+    #[test]
+    fn a_capability_denial_names_the_capability() {
+        let line = r#"audit: type=1400 audit(1.2:9): apparmor="DENIED" operation="capable" class="cap" profile="svirt-aa" pid=77 comm="qemu" capability=0  capname="chown""#;
+        let r = parse(line).unwrap();
+        assert_eq!(r.operation, "capable");
+        assert_eq!(r.denied.as_deref(), Some("chown"));
     }
 
     #[test]
