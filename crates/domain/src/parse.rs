@@ -554,11 +554,7 @@ impl Parser {
         for c in devs.children().filter(|c| c.is_element()) {
             match c.tag_name().name() {
                 "emulator" => d.emulator = Some(path_text(c)?),
-                "disk" => {
-                    if let Some(disk) = self.disk(c, dm)? {
-                        d.disks.push(disk);
-                    }
-                }
+                "disk" => d.disks.push(self.disk(c, dm)?),
                 "filesystem" => d.filesystems.push(self.filesystem(c, dm)?),
                 "serial" => d.chardevs.push(self.chardev(c, ChardevRole::Serial, dm)?),
                 "console" => d.chardevs.push(self.chardev(c, ChardevRole::Console, dm)?),
@@ -595,17 +591,19 @@ impl Parser {
         Ok(())
     }
 
-    fn disk(&mut self, c: Node<'_, '_>, dm: Model) -> Result<Option<Disk>> {
+    fn disk(&mut self, c: Node<'_, '_>, dm: Model) -> Result<Disk> {
         let disk_type = match c.attribute("type").unwrap_or("file") {
             "file" => DiskType::File,
             "block" => DiskType::Block,
             "dir" => DiskType::Dir,
+            // Dropping it would start the guest without the disk it asks for.
             "network" => {
-                self.warnings.push(format!(
-                    "{}: network disk has no host object to label",
-                    elpath(c)
+                return Err(invalid_attr(
+                    c,
+                    "type",
+                    "network disks are not supported yet (the VMM runs in a network \
+                     namespace of its own and svirt opens no remote storage for it)",
                 ));
-                return Ok(None);
             }
             v => {
                 return Err(invalid_attr(
@@ -662,7 +660,7 @@ impl Parser {
             None => BackingSpec::NotGiven,
             Some(b) => self.backing_chain(b, dm)?,
         };
-        Ok(Some(Disk {
+        Ok(Disk {
             disk_type,
             device,
             format,
@@ -674,7 +672,7 @@ impl Parser {
             shareable: child(c, "shareable").is_some(),
             seclabels,
             backing,
-        }))
+        })
     }
 
     fn backing_chain(&mut self, first: Node<'_, '_>, dm: Model) -> Result<BackingSpec> {
@@ -1306,6 +1304,13 @@ mod tests {
     /// to fill in; BIOS named explicitly, and a domain without them, are accepted.
     #[test]
     fn devices_svirt_cannot_run_are_refused_not_dropped() {
+        let e = err(
+            "<devices><disk type='network' device='disk'><source protocol='nbd' name='x'><host name='h' port='10809'/></source><target dev='vdb'/></disk></devices>",
+        );
+        assert!(
+            e.contains("/domain/devices/disk@type") && e.contains("network disks"),
+            "{e}"
+        );
         let e = err(
             "<devices><interface type='network'><source network='default'/></interface></devices>",
         );
