@@ -165,7 +165,8 @@ impl Client {
         // 413) and close the connection: the write then fails (EPIPE, ECONNRESET), but its
         // answer is waiting to be read, and it says more than "Broken pipe".
         let sent = send_all(&stream, req.as_bytes()).and_then(|()| send_all(&stream, &payload));
-        let mut raw = Vec::new();
+        // Room for a typical answer in one read (read_to_end grows from 32 bytes).
+        let mut raw = Vec::with_capacity(16 * 1024);
         let mut read = (&stream).read_to_end(&mut raw);
         if let (Err(e), Some((_, on_slow))) = (&read, slow.as_mut())
             && matches!(
