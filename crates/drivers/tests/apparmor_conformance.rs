@@ -235,3 +235,43 @@ fn every_conformance_case_has_a_profile_apparmor_parser_compiles() {
     );
     assert!(profiles >= 5, "only {profiles} profiles generated");
 }
+
+/// The profile's header names the guest exactly as the manager names guests (recovery
+/// reads it back to decide whose profile a file is): a name with `+` is written whole; a
+/// name that could not be read back exactly is refused, never written altered.
+#[test]
+fn the_header_names_the_guest_exactly_or_not_at_all() {
+    let case = corpus().join("dynamic");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let _built = build_files(
+        &dir,
+        &std::fs::read_to_string(case.join("files.txt")).unwrap(),
+    );
+    let xml = std::fs::read_to_string(case.join("domain.xml"))
+        .unwrap()
+        .replace("@DIR@", dir.to_str().unwrap());
+    let host = Host::new("/");
+    let mut plan = plan_xml(&xml, &host, &PlanConfig::for_host(&host).unwrap())
+        .unwrap()
+        .plan;
+    let exec = ExecContext {
+        emulator: "/usr/bin/qemu-system-x86_64".into(),
+        runtime_dir: dir.join("run"),
+        devices: vec![],
+        tcp_ports: vec![],
+        inherited: vec![],
+    };
+    plan.name = "web-1.example+blue".into();
+    let p = generate(&plan, &exec, &[], &VmmNeeds::default()).unwrap();
+    assert!(
+        p.text.lines().nth(1) == Some("# svirt-guest: web-1.example+blue"),
+        "{}",
+        p.text
+    );
+    for bad in ["a b", "x#include <y>", "tab\there", ""] {
+        plan.name = bad.into();
+        let e = generate(&plan, &exec, &[], &VmmNeeds::default()).unwrap_err();
+        assert!(e.to_string().contains("guest name"), "{bad:?}: {e}");
+    }
+}

@@ -51,6 +51,10 @@ pub enum ProfileError {
     /// The uuid is not one (it names the profile).
     #[error("uuid {0:?} cannot name an AppArmor profile")]
     Uuid(String),
+    /// The guest's name cannot be written whole in the profile's header (recovery reads
+    /// it back to know whose profile it is).
+    #[error("guest name {0:?} cannot be written in an AppArmor profile's header")]
+    Name(String),
 }
 
 /// What a profile grants one path.
@@ -132,6 +136,15 @@ pub fn generate(
     if plan.uuid.is_empty() || !plan.uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(ProfileError::Uuid(plan.uuid.clone()));
     }
+    // The manager's names are [A-Za-z0-9._+-]: written as they are, read back exactly.
+    if plan.name.is_empty()
+        || !plan
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+    {
+        return Err(ProfileError::Name(plan.name.clone()));
+    }
     let name = profile_name(plan);
     let mut rules = Vec::new();
     let mut add = |path: &Path, tree: bool, perms: Perms, why: &str| {
@@ -180,7 +193,7 @@ pub fn generate(
     let w = &mut text;
     // Writing to a String cannot fail.
     let _ = writeln!(w, "{HEADER}");
-    let _ = writeln!(w, "# svirt-guest: {}", comment_safe(&plan.name));
+    let _ = writeln!(w, "# svirt-guest: {}", plan.name);
     let _ = writeln!(w, "abi <abi/3.0>,");
     let _ = writeln!(w, "#include <tunables/global>");
     let _ = writeln!(w);
@@ -236,10 +249,20 @@ fn is_dir_like(p: &Path) -> bool {
     p.starts_with("/usr/share") || p.starts_with("/sys")
 }
 
-/// A comment's text on one line.
+/// A comment's text: one line of plain characters. The texts come from the XML (device
+/// and guest names), and the parser acts on `#include` even after a rule on the same
+/// line: no `#`, `<`, quote or control character is ever written.
 fn comment_safe(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c.is_ascii_alphanumeric()
+                || matches!(c, ' ' | '.' | '_' | '-' | '+' | ':' | '/' | ',')
+            {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 
@@ -305,7 +328,11 @@ mod tests {
     }
 
     #[test]
-    fn comments_stay_on_one_line() {
-        assert_eq!(comment_safe("vda\nprofile x {"), "vda?profile x {");
+    fn comments_stay_plain_text_on_one_line() {
+        assert_eq!(comment_safe("vda\nprofile x {"), "vda?profile x ?");
+        assert_eq!(
+            comment_safe("x #include <abstractions/y>"),
+            "x ?include ?abstractions/y?"
+        );
     }
 }
