@@ -241,6 +241,12 @@ fn receiver_mask(action: Action) -> Option<&'static str> {
 /// The `operation` of AppArmor's capability records (`capname="…"`); refused with EPERM.
 pub const CAPABLE: &str = "capable";
 
+/// The class of an expectation decided before any LSM because the manager empties a
+/// confined VMM's capability sets (even a root VMM's, under `--drivers apparmor` alone): its
+/// `perm` column is the errno (`EPERM`), and no audit record is expected (the capability
+/// check fails before AppArmor's hook is asked).
+pub const NOCAPS_CLASS: &str = "nocaps";
+
 /// The class of an expectation decided by the DAC driver rather than AppArmor; its `perm`
 /// column is then the errno (`EACCES`, `EPERM`), and no audit record is expected.
 pub const DAC_CLASS: &str = "dac";
@@ -264,10 +270,8 @@ fn dac_first(plan: &Plan, op: &Op) -> Option<(&'static str, String)> {
             )
         }),
         Action::Stat => None,
-        Action::Chown => Some((
-            "EPERM",
-            "DAC: the VMM runs with no capabilities (no CAP_CHOWN)".to_string(),
-        )),
+        // Refused before DAC is asked: the VMM holds no capability (NOCAPS_CLASS).
+        Action::Chown => None,
         Action::Read | Action::Write => {
             let d = plan
                 .disks
@@ -305,6 +309,22 @@ pub fn expectations(plan: &Plan, attack: &Attack, dac: bool) -> Result<Expected>
             .guest(&op.guest)
             .ok_or_else(|| Error::msg(format!("attack plan: unknown guest {}", op.guest)))?;
         let profile = profile_of(&me.level);
+        if op.action == Action::Chown {
+            // The VMM holds no capability, with or without DAC: commoncap refuses CAP_CHOWN
+            // before AppArmor is asked (its profile grants none either).
+            e.insert(
+                (op.guest.clone(), op.name.clone()),
+                Expectation {
+                    decision: Decision::Deny,
+                    audited: false,
+                    class: NOCAPS_CLASS.to_string(),
+                    perm: Some("EPERM".to_string()),
+                    reason: "the manager empties the VMM's capability sets (no CAP_CHOWN)"
+                        .to_string(),
+                },
+            );
+            continue;
+        }
         if let Some((errno, reason)) = dac.then(|| dac_first(plan, op)).flatten() {
             e.insert(
                 (op.guest.clone(), op.name.clone()),
@@ -337,11 +357,7 @@ pub fn expectations(plan: &Plan, attack: &Attack, dac: bool) -> Result<Expected>
             }
             // AppArmor has no getattr mediation.
             Action::Stat => (Decision::Allow, String::new()),
-            // The profile has no capability rule: a root VMM's CAP_CHOWN is refused.
-            Action::Chown => (
-                Decision::Deny,
-                format!("{profile} grants no capability (chown)"),
-            ),
+            Action::Chown => unreachable!("a chown is expected refused before any LSM (above)"),
             Action::Signal | Action::Signull | Action::Ptrace => {
                 let t = plan.guest(&op.target).ok_or_else(|| {
                     Error::msg(format!("attack plan: unknown guest {}", op.target))
@@ -814,6 +830,8 @@ pub fn evaluate(
                 // AppArmor refuses with EACCES; a DAC expectation names its errno.
                 let (errno, by) = if e.class == DAC_CLASS {
                     (e.perm.as_deref().unwrap_or("?"), "DAC")
+                } else if e.class == NOCAPS_CLASS {
+                    (e.perm.as_deref().unwrap_or("?"), "no capability")
                 } else if e.class == CAPABLE {
                     ("EPERM", "AppArmor")
                 } else {
@@ -964,8 +982,9 @@ mod tests {
         assert_eq!(k("A", "shared.write").decision, Decision::Allow);
         assert_eq!(k("A", "peer.signal").perm.as_deref(), Some("send"));
         assert_eq!(k("A", "peer.ptrace").class, "ptrace");
-        assert_eq!(k("A", "own.chown").class, CAPABLE);
-        assert_eq!(k("A", "own.chown").perm.as_deref(), Some("chown"));
+        assert_eq!(k("A", "own.chown").class, NOCAPS_CLASS);
+        assert_eq!(k("A", "own.chown").perm.as_deref(), Some("EPERM"));
+        assert!(!k("A", "own.chown").audited, "refused before AppArmor");
         assert!(k("B", "peer.signal").audited);
         assert_eq!(
             k("B", "peer.signull").decision,
@@ -974,9 +993,10 @@ mod tests {
         );
         assert_eq!(parse_expected(&render_expected(&e)).unwrap(), e);
         let n = denial_counts(&plan, &attack, &e);
-        // A: other.read, content.write, signal, ptrace + the receiving side of B's signal;
+        // A: other.read, content.write, signal, ptrace + the receiving side of B's signal
+        // (not the chown: no capability, refused before AppArmor);
         // B: signal + the receiving side of A's signal (base lets anyone trace it).
-        assert_eq!(n["A"], 6);
+        assert_eq!(n["A"], 5);
         assert_eq!(n["B"], 2);
     }
 
@@ -1051,7 +1071,7 @@ mod tests {
                 op.name,
                 match (x.decision, x.class.as_str()) {
                     (Decision::Allow, _) => "ok",
-                    (_, CAPABLE) => "EPERM",
+                    (_, CAPABLE | NOCAPS_CLASS) => "EPERM",
                     _ => "EACCES",
                 }
             ));
@@ -1076,10 +1096,6 @@ mod tests {
             parse_record(SIG).unwrap(),
             parse_record(RECV).unwrap(),
             line("ptrace", "trace", &format!("peer=\"{b}\""), 80, &a),
-            parse_record(&format!(
-                "apparmor=\"DENIED\" operation=\"capable\" class=\"cap\" profile=\"{a}\" pid=80 comm=\"qemu-system-x86\" capability=0  capname=\"chown\""
-            ))
-            .unwrap(),
             line(
                 "signal",
                 "send",
