@@ -125,10 +125,14 @@ scenario_main() {
         results=$(awk '$1 == "results" { print $3 }' $ETC/attack.plan)
         # shellcheck disable=SC2086
         $P wait-line --line END --timeout 90 $results
+        # Crash safety, once the attacks' results are in: svirtd and A's VMM killed, svirtd
+        # restarted; A is then shut off for manager_stop and the after-snapshot.
+        manager_crash_recover
     else
         labcheck manager.start FAIL "no pids from the manager"
         labcheck svirtd.profile_files FAIL "no guests"
         labcheck jail.breached FAIL "no guests"
+        labcheck svirtd.recovery_profiles FAIL "no guests"
     fi
     if manager_stop; then
         labcheck manager.stop PASS "$(cat $LAB_STATE/done 2>/dev/null)"
@@ -138,7 +142,7 @@ scenario_main() {
     snap --out $LAB_STATE/after
     dmesg | tail -n +$((DMESG_SKIP + 1)) > $LAB_STATE/dmesg
 
-    for f in $LAB_STATE/manager.log $LAB_STATE/running $LAB_STATE/vmm-status $LAB_STATE/after \
+    for f in $LAB_STATE/manager.log $LAB_STATE/running $LAB_STATE/vmm-status $LAB_STATE/recovery $LAB_STATE/after \
         /lab/img/A.result /lab/img/B.result; do
         [ -f "$f" ] && sed "s|^|LABLOG $f: |" "$f"
     done

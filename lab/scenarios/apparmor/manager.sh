@@ -4,7 +4,9 @@
 #   manager_start  start svirtd (--drivers $DRIVERS) and `svirt start` A and B
 #                  (/scenario/NAME.xml: fixed uuid, the probe as <emulator>);
 #                  $LAB_STATE/pids.all = `manager PID`, `NAME PID` per guest, `END`.
-#   manager_stop   `svirt denials` (per-guest counts), `svirt shutdown` each guest, stop svirtd.
+#   manager_crash_recover  SIGKILL svirtd, then A's VMM, restart svirtd: svirtd.recovery_profiles.
+#   manager_stop   `svirt denials` (per-guest counts), `svirt shutdown` each guest (A, killed
+#                  before, is accepted shut-off), stop svirtd.
 SVIRT_RUN=/lab/run/1
 SVIRTD_STATE=$LAB_STATE/svirtd
 
@@ -18,20 +20,28 @@ uuid_of() { awk -v g="$1" '$1 == "guest" && $2 == g { print $3 }' /lab/etc/plan;
 # Where svirtd writes guest NAME's profile (docs/drivers/apparmor.md).
 svirtd_profile_file() { echo "$SVIRTD_STATE/apparmor/svirt-$(uuid_of "$1")"; }
 
-manager_start() {
-    : > "$LAB_STATE/manager.log"
+# Starts svirtd in the background (a child of this shell: manager_stop waits for it), its
+# pid in svirtd.pid, its log appended to svirtd.log; returns once the API answers (a crashed
+# svirtd's stale socket is still there: svirtd removes it, recovers, then binds).
+svirtd_launch() {
     /lab/bin/svirtd --state-dir "$SVIRTD_STATE" --run-dir "$SVIRT_RUN" --drivers "$DRIVERS" \
         --accel tcg --qemu /lab/bin/qemu-system-x86_64 --shutdown-timeout 5 \
-        </dev/null > "$LAB_STATE/svirtd.log" 2>&1 &
+        </dev/null >> "$LAB_STATE/svirtd.log" 2>&1 &
     echo $! > "$LAB_STATE/svirtd.pid"
     i=0
-    while [ ! -S "$SVIRT_RUN/svirtd.sock" ]; do
+    until /lab/bin/svirt --connect "unix:$SVIRT_RUN/svirtd.sock" list >/dev/null 2>&1; do
         i=$((i + 1))
-        [ $i -lt 300 ] || { echo "svirtd: no socket after 30s" >> "$LAB_STATE/manager.log"; return 1; }
+        [ $i -lt 300 ] || { echo "svirtd: no answer after 30s" >> "$LAB_STATE/manager.log"; return 1; }
         kill -0 "$(cat "$LAB_STATE/svirtd.pid")" 2>/dev/null \
             || { echo "svirtd exited" >> "$LAB_STATE/manager.log"; return 1; }
         sleep 0.1
     done
+}
+
+manager_start() {
+    : > "$LAB_STATE/manager.log"
+    : > "$LAB_STATE/svirtd.log"
+    svirtd_launch || return 1
     echo "manager $(cat "$LAB_STATE/svirtd.pid")" > "$LAB_STATE/pids.all"
     rc=0
     for g in A B; do
@@ -68,6 +78,73 @@ profile_files_check() {
         labcheck svirtd.profile_files PASS "$SVIRTD_STATE/apparmor:$seen"
     else
         labcheck svirtd.profile_files FAIL "$bad"
+    fi
+}
+
+# Crash safety of the AppArmor driver's recovery: svirtd SIGKILLed while both guests run,
+# guest A's VMM SIGKILLed while svirtd is down, svirtd started again on the same state and
+# run directories with the same flags. Its recovery at open must remove A's profile (kernel
+# and file) and keep B's: B's VMM still in it, B still listed running. Logged in
+# $LAB_STATE/recovery. BREAK=recover-wrong (the control): after the restart the scenario
+# puts A's profile back (file and kernel) and unloads B's, as a wrong recovery would; the
+# check must fail.
+manager_crash_recover() {
+    r=$LAB_STATE/recovery
+    : > "$r"
+    old=$(cat "$LAB_STATE/svirtd.pid")
+    apid=$(awk '$1 == "A" { print $2 }' "$LAB_STATE/pids.all")
+    bpid=$(awk '$1 == "B" { print $2 }' "$LAB_STATE/pids.all")
+    kill -KILL "$old"
+    wait "$old"
+    echo "svirtd $old SIGKILLed (wait: $?)" >> "$r"
+    echo "==== svirtd $old SIGKILLed; A's VMM $apid SIGKILLed; svirtd restarted ====" >> "$LAB_STATE/svirtd.log"
+    kill -KILL "$apid"
+    # A's VMM was reparented to PID 1 (this shell), which reaps it while it waits for sleep.
+    i=0
+    while [ -e "/proc/$apid/stat" ] && [ $i -lt 50 ]; do i=$((i + 1)); sleep 0.1; done
+    echo "A's VMM $apid SIGKILLed: $([ -e "/proc/$apid" ] && echo "still there: $(cut -d' ' -f3 "/proc/$apid/stat")" || echo gone)" >> "$r"
+    echo "B's VMM $bpid: $(cat "/proc/$bpid/attr/apparmor/current" 2>&1)" >> "$r"
+    echo "while svirtd is down: profiles: $(grep '^svirt-' /sys/kernel/security/apparmor/profiles | tr '\n' ' ')files: $(ls "$SVIRTD_STATE/apparmor" | tr '\n' ' ')" >> "$r"
+    echo "+ svirtd (restart, same flags)" >> "$LAB_STATE/manager.log"
+    if ! svirtd_launch; then
+        echo "svirtd did not come back" >> "$r"
+        labcheck svirtd.recovery_profiles FAIL "svirtd did not come back after the crash: $(tail -n 5 "$LAB_STATE/svirtd.log" | tr '\n' ' ')"
+        return 1
+    fi
+    echo "svirtd restarted: pid $(cat "$LAB_STATE/svirtd.pid")" >> "$r"
+    if [ "$BREAK" = recover-wrong ]; then
+        # The control: what a recovery that kept A's profile and removed B's would leave.
+        fa=$(svirtd_profile_file A)
+        cp "$LAB_STATE/profiles/$(basename "$fa")" "$fa"
+        echo "+ (control) A's profile put back, B's unloaded" >> "$r"
+        apparmor_parser --replace --skip-cache "$fa" >> "$r" 2>&1
+        apparmor_parser --remove "$(svirtd_profile_file B)" >> "$r" 2>&1
+    fi
+    sv list > "$LAB_STATE/list.after-crash"
+    cat "$LAB_STATE/list.after-crash" >> "$LAB_STATE/manager.log"
+    profiles=/sys/kernel/security/apparmor/profiles
+    pa=svirt-$(uuid_of A) pb=svirt-$(uuid_of B)
+    fa=$(svirtd_profile_file A) fb=$(svirtd_profile_file B)
+    bad= ok=
+    if grep -q "^$pa " $profiles; then bad="$bad A's profile still loaded ($(grep "^$pa " $profiles));"; else ok="$ok $pa unloaded;"; fi
+    if [ -e "$fa" ]; then bad="$bad A's file $fa still there;"; else ok="$ok A's file deleted;"; fi
+    if grep -qx "$pb (enforce)" $profiles; then ok="$ok $pb (enforce) loaded;"; else bad="$bad B's profile not loaded ($(grep '^svirt-' $profiles | tr '\n' ' '));"; fi
+    if [ -f "$fb" ] && grep -q "^# svirt-guest: B\$" "$fb"; then ok="$ok B's file kept;"; else bad="$bad B's file $fb gone or not B's;"; fi
+    cur=$(cat "/proc/$bpid/attr/apparmor/current" 2>&1)
+    if [ "$cur" = "$pb (enforce)" ]; then ok="$ok B's VMM $bpid in $cur;"; else bad="$bad B's VMM $bpid in '$cur';"; fi
+    la=$(awk '$1 == "A" { print $2 }' "$LAB_STATE/list.after-crash")
+    lb=$(awk '$1 == "B" { print $2 " " $3 }' "$LAB_STATE/list.after-crash")
+    if [ "$lb" = "running $bpid" ]; then ok="$ok svirt list: B running $bpid"; else bad="$bad svirt list: B '${lb:-absent}', want 'running $bpid';"; fi
+    if [ "$la" = running ]; then bad="$bad svirt list: A still running;"; else ok="$ok, A ${la:-not listed}"; fi
+    {
+        echo "after the restart: profiles: $(grep '^svirt-' $profiles | tr '\n' ' ')"
+        echo "files: $(ls "$SVIRTD_STATE/apparmor" | tr '\n' ' ')"
+        cat "$LAB_STATE/list.after-crash"
+    } >> "$r"
+    if [ -z "$bad" ]; then
+        labcheck svirtd.recovery_profiles PASS "svirtd and A's VMM SIGKILLed, svirtd restarted:$ok"
+    else
+        labcheck svirtd.recovery_profiles FAIL "after the crash and restart:$bad (kept right:$ok)"
     fi
 }
 

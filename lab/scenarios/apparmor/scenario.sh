@@ -9,6 +9,9 @@
 #                            B's profile grants it (the run must FAIL on B's isolation)
 #           --unload-b       broken: guest B's profile is removed (apparmor_parser --remove)
 #                            after the start, before the attacks (the run must FAIL)
+#           --recover-wrong  control of svirtd.recovery_profiles: after svirtd's restart
+#                            (killed with A's VMM), A's profile is put back and B's unloaded,
+#                            as a wrong recovery would leave them (the run must FAIL)
 #           --setup-only     only the setup checks (AppArmor enforcing a hand-written profile)
 SCENARIO_PACKAGES=(apparmor)
 # svirt: the CLI in the VM (start, shutdown, denials) and on the host.
@@ -26,6 +29,7 @@ scenario_args() {
             --full-stack) DRIVERS=apparmor,dac; suffix=$suffix-full; shift ;;
             --share-a-disk) BREAK=share-a; suffix=$suffix-share-a; shift ;;
             --unload-b) BREAK=unload-b; suffix=$suffix-unload-b; shift ;;
+            --recover-wrong) BREAK=recover-wrong; suffix=$suffix-recover-wrong; shift ;;
             --setup-only) SETUP_ONLY=1; SCENARIO_BINS=(); suffix=$suffix-setup; shift ;;
             *) lab_die "apparmor scenario: unknown option $1" ;;
         esac
@@ -137,6 +141,6 @@ scenario_checks() {
     local d=$1/scenario
     printf '%s\n' setup.apparmor setup.parser_load setup.profile_confines setup.parser_remove
     [ "$SETUP_ONLY" = 1 ] && return 0
-    printf '%s\n' setup.layout manager.start svirtd.profile_files jail.breached manager.stop svirtd.denials_by_name
+    printf '%s\n' setup.layout manager.start svirtd.profile_files jail.breached svirtd.recovery_profiles manager.stop svirtd.denials_by_name
     "$d/svirt-probe" aa-list-checks --plan "$d/plan" --attack "$d/attack.plan" --expected "$d/expected.tsv"
 }
