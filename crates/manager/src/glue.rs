@@ -270,7 +270,7 @@ pub(crate) fn parse_and_plan(
     xml: &str,
 ) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>)> {
     let mut parsed = svirt_domain::parse(xml).map_err(ManagerError::Plan)?;
-    let host = guest_host(&inner.config);
+    let host = inner.host_cache.host(&inner.config);
     let mut created = Vec::new();
     let r = (|| {
         // UEFI code and the guest's own variable store, as libvirt fills them in.

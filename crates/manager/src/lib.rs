@@ -33,6 +33,7 @@ mod error;
 pub mod fault;
 pub mod firmware;
 mod glue;
+mod host_cache;
 pub mod host_checks;
 pub mod jail;
 mod manager;
@@ -168,6 +169,7 @@ impl Manager {
             progress,
             unreadable: Default::default(),
             namespaces: namespaces::NamespacePool::new(),
+            host_cache: Default::default(),
         };
         let found = recover::recover(&inner)?;
         inner.report.reattached = found.reattached;

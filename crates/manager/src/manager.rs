@@ -87,6 +87,9 @@ pub(crate) struct Inner {
     pub(crate) unreadable: std::collections::HashSet<String>,
     /// Spare network and IPC namespaces for the jails.
     pub(crate) namespaces: Arc<NamespacePool>,
+    /// The planner's view of the host, kept while the mount table and swap stay as they
+    /// were.
+    pub(crate) host_cache: crate::host_cache::HostCache,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

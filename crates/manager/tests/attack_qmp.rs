@@ -869,3 +869,46 @@ fn a_confined_vmm_holds_no_capability_even_as_root() {
     );
     m.destroy("c").unwrap();
 }
+
+/// The planner's view of the host is kept between starts, so it must see what changed:
+/// a bind mount of /etc made after a first start (the view was built then) puts
+/// /etc/passwd at a path in the images directory, and a guest naming it is refused as a
+/// system object. Control: the same path before the mount (an ordinary file) starts.
+#[test]
+fn a_bind_mount_made_after_a_start_is_judged_at_the_next() {
+    require_env!();
+    let env = Env::new("mntcache");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let dir = env.path("images/later");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("passwd");
+    std::fs::write(&file, b"not the host's").unwrap();
+    let xml = env.xml("b", &[(file.clone(), "raw", true)]);
+    m.start(&xml, StartOptions { paused: true }).unwrap();
+    m.destroy("b").unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["--bind", "-o", "ro", "/etc"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount --bind /etc");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _u = Unmount(dir.clone());
+    let e = m
+        .start(&xml, StartOptions { paused: true })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/etc"),
+        "the bind mount of /etc was not seen: {e}"
+    );
+    env.assert_guest_dirs_gone("b", "refused bind-mounted system file");
+}
