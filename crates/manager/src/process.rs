@@ -125,7 +125,8 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 /// the child, in this order: stdio and working directory, parent-death signal (SIGKILL)
 /// and die if the manager is already gone, write the pid to `pid_fd`, clear the
 /// parent-death signal (QEMU must outlive the manager; from here a crash of the manager is
-/// recovered through the pid file), own session, the pre-jail hooks (exec label), the jail
+/// recovered through the pid file), own session, the bounding, inheritable and ambient
+/// capability sets emptied (`drop_capabilities`), the pre-jail hooks (exec label), the jail
 /// (see [`crate::jail`]: a failure is reported naming its step), the driver hooks (ids,
 /// Landlock, no_new_privs), then every fd other than stdio and `keep_fds` marked
 /// close-on-exec.
