@@ -129,3 +129,20 @@ lab_stage_dynamic() { # ROOT BINARY DEST
         [ -e "$root$lib" ] || install -D -m 755 "$(readlink -f "$lib")" "$root$lib"
     done
 }
+
+# The <disk> elements of guest NAME from a scenario plan (`disk OWNER PATH KIND` lines):
+# its private disks, the shared ones (<shareable/>) and the read-only ones (<readonly/>),
+# raw, virtio, vda onwards, in the plan's order.
+lab_domain_disks() { # PLAN NAME
+    local plan=$1 name=$2 dev=0 owner path kind extra
+    while read -r _ owner path kind; do
+        case $kind in
+            private) [ "$owner" = "$name" ] || continue; extra= ;;
+            shared) extra='<shareable/>' ;;
+            readonly) extra='<readonly/>' ;;
+        esac
+        printf "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/><target dev='vd%s' bus='virtio'/>%s</disk>\n" \
+            "$path" "$(printf "\\$(printf %o $((97 + dev)))")" "$extra"
+        dev=$((dev + 1))
+    done < <(awk '$1 == "disk"' "$plan")
+}
