@@ -81,20 +81,7 @@ pub fn exec_confined(profile: &str, args: &[String]) -> Result<bool> {
         }
     }
     done?;
-    let prog = args
-        .first()
-        .ok_or_else(|| Error::msg("aa-exec: missing PROGRAM"))?;
-    let cargs: Vec<CString> = args
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| Error::msg("argument contains NUL")))
-        .collect::<Result<_>>()?;
-    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    let path = CString::new(Path::new(prog).as_os_str().as_bytes())
-        .map_err(|_| Error::msg("path contains NUL"))?;
-    // SAFETY: path and the NULL-terminated argv point into live CStrings.
-    unsafe { libc::execv(path.as_ptr(), ptrs.as_ptr()) };
-    Err(std::io::Error::last_os_error()).ctx(|| format!("execv {prog}"))
+    crate::execv_args(args, "aa-exec")
 }
 
 fn cstr(p: &Path) -> Result<CString> {

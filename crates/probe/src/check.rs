@@ -53,6 +53,18 @@ pub struct GuestResults {
     pub complete: bool,
 }
 
+/// Each guest's results file as it is now (a file that cannot be read gives no entry: the
+/// checks it feeds fail).
+pub fn read_results(attack: &crate::plan::Attack) -> BTreeMap<String, GuestResults> {
+    let mut out = BTreeMap::new();
+    for (guest, path) in &attack.results {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            out.insert(guest.clone(), GuestResults::parse(&text));
+        }
+    }
+    out
+}
+
 impl GuestResults {
     /// Parse a results file.
     pub fn parse(text: &str) -> Self {

@@ -398,12 +398,7 @@ fn run_check(a: &Args) -> Result<bool> {
         after: snap("after"),
         ..Default::default()
     };
-    for (guest, path) in &attack.results {
-        if let Ok(text) = fs::read_to_string(path) {
-            obs.results
-                .insert(guest.clone(), check::GuestResults::parse(&text));
-        }
-    }
+    obs.results = check::read_results(&attack);
     if let Ok(text) = fs::read_to_string(a.req("dmesg")?) {
         obs.avcs = text.lines().filter_map(check::parse_avc).collect();
     }
@@ -433,12 +428,7 @@ fn run_aa_check(a: &Args) -> Result<bool> {
         after: snap("after"),
         ..Default::default()
     };
-    for (guest, path) in &attack.results {
-        if let Ok(text) = fs::read_to_string(path) {
-            obs.results
-                .insert(guest.clone(), check::GuestResults::parse(&text));
-        }
-    }
+    obs.results = check::read_results(&attack);
     if let Ok(text) = fs::read_to_string(a.req("dmesg")?) {
         obs.records = text.lines().filter_map(apparmor::parse_record).collect();
     }
@@ -498,9 +488,15 @@ fn exec(args: &[String]) -> Result<bool> {
             }
         }
     }
+    execv_args(args, "exec")
+}
+
+/// Replaces this process with `args` (`PROGRAM ARG…`, PROGRAM a path); returns only the
+/// error. `what` names the command for a missing program.
+fn execv_args(args: &[String], what: &str) -> Result<bool> {
     let prog = args
         .first()
-        .ok_or_else(|| Error::msg("exec: missing PROGRAM"))?;
+        .ok_or_else(|| Error::msg(format!("{what}: missing PROGRAM")))?;
     let cargs: Vec<CString> = args
         .iter()
         .map(|a| CString::new(a.as_bytes()).map_err(|_| Error::msg("argument contains NUL")))
