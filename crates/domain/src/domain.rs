@@ -446,6 +446,13 @@ pub struct MemoryBacking {
     pub source_type: Option<String>,
     /// `<source path=…>`: file or directory holding guest memory.
     pub path: Option<PathBuf>,
+    /// `<access mode='shared'/>`: the memory may be mapped by another process (vhost-user,
+    /// virtiofsd).
+    #[serde(default)]
+    pub shared: bool,
+    /// `<allocation mode='immediate'/>`: every page allocated at start.
+    #[serde(default)]
+    pub prealloc: bool,
 }
 
 /// `<seclabel type=…>`.

@@ -397,6 +397,39 @@ impl Parser {
             ],
         );
         let src = child(mb, "source");
+        // What QEMU cannot be given as asked is refused, not dropped.
+        for (el, why) in [
+            (
+                "locked",
+                "needs the VMM to lock its memory (CAP_IPC_LOCK or a raised limit)",
+            ),
+            ("nosharepages", "is not supported yet"),
+            ("discard", "is not supported yet"),
+        ] {
+            if let Some(n) = child(mb, el) {
+                return Err(invalid(n, format!("<{el}> {why}")));
+            }
+        }
+        let shared = match child(mb, "access").and_then(|a| a.attribute("mode")) {
+            None | Some("private") => false,
+            Some("shared") => true,
+            Some(v) => {
+                return Err(invalid(
+                    mb,
+                    format!("access mode '{v}' (shared or private)"),
+                ));
+            }
+        };
+        let prealloc = match child(mb, "allocation").and_then(|a| a.attribute("mode")) {
+            None | Some("ondemand") => false,
+            Some("immediate") => true,
+            Some(v) => {
+                return Err(invalid(
+                    mb,
+                    format!("allocation mode '{v}' (immediate or ondemand)"),
+                ));
+            }
+        };
         Ok(MemoryBacking {
             hugepages: child(mb, "hugepages").is_some(),
             source_type: src.and_then(|s| s.attribute("type")).map(str::to_string),
@@ -404,6 +437,8 @@ impl Parser {
                 .and_then(|s| s.attribute("path"))
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
+            shared,
+            prealloc,
         })
     }
 
@@ -1335,6 +1370,26 @@ mod tests {
             "{e}"
         );
         assert!(parse(&doc("<devices><serial type='pty'/></devices>")).is_ok());
+        // <memoryBacking>: what QEMU could not be given as asked is refused.
+        let mb = |inner: &str| format!("<memoryBacking>{inner}</memoryBacking>");
+        for (inner, word) in [
+            ("<locked/>", "locked"),
+            ("<nosharepages/>", "nosharepages"),
+            ("<discard/>", "discard"),
+            ("<access mode='weird'/>", "access mode"),
+        ] {
+            let e = err(&mb(inner));
+            assert!(
+                e.contains("memoryBacking") && e.contains(word),
+                "{inner}: {e}"
+            );
+        }
+        let p = parse(&doc(&mb(
+            "<source type='memfd'/><access mode='shared'/><allocation mode='immediate'/>",
+        )))
+        .unwrap();
+        let b = p.domain.memory_backing.unwrap();
+        assert!(b.shared && b.prealloc && b.source_type.as_deref() == Some("memfd"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use svirt_domain::domain::{
 use crate::error::{ManagerError, Result};
 use crate::qemu::{
     ChardevBackend, ChardevSpec, ChardevTarget, DiskDevice, DiskSpec, FilesystemSpec, ImageFormat,
-    ImageSpec, LoaderSpec, VmSpec,
+    ImageSpec, LoaderSpec, MemoryBackend, VmSpec,
 };
 
 fn port(service: &str, what: &str) -> Result<u16> {
@@ -174,13 +174,49 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
             readonly: f.readonly,
         });
     }
-    if d.memory_backing.is_some() {
-        return Err(ManagerError::Domain(
-            "<memoryBacking> is planned and labeled but not yet passed to QEMU by svirt (the \
-             guest's memory would silently be anonymous memory instead)"
-                .into(),
-        ));
-    }
+    let memory_backend = match &d.memory_backing {
+        None => None,
+        Some(mb) if mb.hugepages => {
+            return Err(ManagerError::Domain(
+                "<memoryBacking><hugepages/> is not supported yet (the guest's memory would \
+                 silently be ordinary pages)"
+                    .into(),
+            ));
+        }
+        Some(mb) => Some(match (mb.source_type.as_deref(), &mb.path) {
+            (Some("file"), Some(p)) => MemoryBackend {
+                path: Some(p.clone()),
+                memfd: false,
+                shared: mb.shared,
+                prealloc: mb.prealloc,
+            },
+            (Some("file"), None) => {
+                return Err(ManagerError::Domain(
+                    "<memoryBacking><source type='file'/> needs a path (svirt has no default \
+                     memory directory)"
+                        .into(),
+                ));
+            }
+            (Some("memfd"), _) => MemoryBackend {
+                path: None,
+                memfd: true,
+                shared: mb.shared,
+                prealloc: mb.prealloc,
+            },
+            (None | Some("anonymous"), _) => MemoryBackend {
+                path: None,
+                memfd: false,
+                shared: mb.shared,
+                prealloc: mb.prealloc,
+            },
+            (Some(t), _) => {
+                return Err(ManagerError::Domain(format!(
+                    "<memoryBacking><source type='{t}'/> is not supported (file, memfd, \
+                     anonymous)"
+                )));
+            }
+        }),
+    };
     let loader = d.os.loader.as_ref().map(|l| LoaderSpec {
         path: l.path.clone(),
         pflash: l.loader_type == Some(LoaderType::Pflash),
@@ -207,6 +243,7 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
         chardevs,
         filesystems,
         plain_devices: plain_devices(d)?,
+        memory_backend,
         vnc_socket: d
             .plain_devices
             .contains(&svirt_domain::PlainDevice::VncSocket)
@@ -490,6 +527,7 @@ pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
     v.extend(spec.loader.iter().map(|l| l.path.clone()));
     v.extend(spec.nvram.iter().cloned());
     v.extend(spec.rngs.iter().flatten().cloned());
+    v.extend(spec.memory_backend.iter().filter_map(|b| b.path.clone()));
     for c in &spec.chardevs {
         v.extend(c.log.iter().map(|(f, _)| f.clone()));
         match &c.backend {
@@ -522,8 +560,9 @@ pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    /// A domain whose share, memory backing or virtiofs svirt would not give QEMU as asked
-    /// is refused at start, naming it; the same domain without it starts (control).
+    /// A domain whose share or memory backing svirt would not give QEMU as asked (virtiofs,
+    /// huge pages) is refused at start, naming it; the same domain without it, or with a
+    /// memory backing svirt runs, starts (control).
     #[test]
     fn what_qemu_would_not_get_as_asked_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -555,12 +594,13 @@ mod tests {
             e.contains("filesystem tag0") && e.contains("virtiofs"),
             "{e}"
         );
-        let e = spec(&xml(
+        spec(&xml(
             "",
             "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>",
         ))
-        .unwrap_err();
-        assert!(e.contains("<memoryBacking>"), "{e}");
+        .unwrap();
+        let e = spec(&xml("", "<memoryBacking><hugepages/></memoryBacking>")).unwrap_err();
+        assert!(e.contains("<hugepages/>"), "{e}");
     }
 
     /// A USB device without a USB controller gets one, first (libvirt adds one the same

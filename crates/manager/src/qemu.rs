@@ -201,6 +201,23 @@ pub struct VmSpec {
     /// VNC.
     #[serde(default)]
     pub vnc_socket: Option<PathBuf>,
+    /// Where the guest's RAM comes from, when the XML's `<memoryBacking>` says.
+    #[serde(default)]
+    pub memory_backend: Option<MemoryBackend>,
+}
+
+/// The guest's RAM as a memory backend object (`-machine memory-backend=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryBackend {
+    /// A file, or a directory QEMU makes its file in (`memory-backend-file`); `None`:
+    /// `memfd` when `memfd`, else anonymous memory (`memory-backend-ram`).
+    pub path: Option<PathBuf>,
+    /// `memory-backend-memfd`.
+    pub memfd: bool,
+    /// `share=on`: another process may map it (vhost-user, virtiofsd).
+    pub shared: bool,
+    /// `prealloc=on`.
+    pub prealloc: bool,
 }
 
 /// How to run it, decided by the manager.
@@ -277,7 +294,25 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             machine.push_str(",pflash1=pflash1");
         }
     }
+    if spec.memory_backend.is_some() {
+        machine.push_str(",memory-backend=pc.ram");
+    }
     push(&["-machine", &machine]);
+    if let Some(b) = &spec.memory_backend {
+        let kind = match (&b.path, b.memfd) {
+            (Some(p), _) => format!("memory-backend-file,mem-path={}", esc(p)),
+            (None, true) => "memory-backend-memfd".to_string(),
+            (None, false) => "memory-backend-ram".to_string(),
+        };
+        push(&[
+            "-object",
+            &format!(
+                "{kind},id=pc.ram,size={mem_mib}M,share={}{}",
+                if b.shared { "on" } else { "off" },
+                if b.prealloc { ",prealloc=on" } else { "" }
+            ),
+        ]);
+    }
     push(&["-accel", &opts.accel]);
     push(&["-m", &mem_mib.to_string()]);
     push(&["-smp", &spec.vcpus.max(1).to_string()]);
@@ -547,6 +582,7 @@ mod tests {
             rngs: vec![],
             plain_devices: vec![],
             vnc_socket: None,
+            memory_backend: None,
         }
     }
 

@@ -303,3 +303,62 @@ fn chardev_log_files_are_planned_and_opened() {
     assert!(!opened(info.pid.unwrap()), "control");
     m.destroy("l").unwrap();
 }
+
+/// `<memoryBacking>` is what QEMU's RAM is made of: shared memfd memory (what virtiofsd
+/// and vhost-user need) and a file in a planned directory QEMU creates its RAM file in,
+/// given to the guest's uid. Control: a guest without it has private RAM (QEMU's own).
+#[test]
+fn memory_backing_is_the_guests_ram() {
+    require_env!();
+    let env = Env::new("membk");
+    let (m, _) = Manager::open(env.config("dac,landlock")).unwrap();
+    let memdev = |m: &Manager| {
+        let r = m
+            .qemu_monitor_command("r", json!({"execute": "query-memdev"}))
+            .unwrap();
+        r["return"].as_array().cloned().unwrap_or_default()
+    };
+    let with = |backing: &str| {
+        env.xml("r", &[])
+            .replace("<vcpu>", &format!("{backing}\n  <vcpu>"))
+    };
+    m.start(
+        &with("<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>"),
+        StartOptions { paused: true },
+    )
+    .unwrap();
+    let d = memdev(&m);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["share"], true, "{d:?}");
+    assert_eq!(d[0]["size"], 16u64 << 20, "{d:?}");
+    m.destroy("r").unwrap();
+
+    let ram = env.path("images/ram");
+    std::fs::create_dir(&ram).unwrap();
+    let info = m
+        .start(
+            &with(&format!(
+                "<memoryBacking><source type='file' path='{}'/></memoryBacking>",
+                ram.display()
+            )),
+            StartOptions { paused: true },
+        )
+        .unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", info.pid.unwrap())).unwrap();
+    assert!(
+        maps.lines().any(|l| l.contains(ram.to_str().unwrap())),
+        "QEMU's RAM is not mapped from {}",
+        ram.display()
+    );
+    assert_eq!(memdev(&m)[0]["share"], false);
+    m.destroy("r").unwrap();
+
+    m.start(&env.xml("r", &[]), StartOptions { paused: true })
+        .unwrap();
+    let d = memdev(&m);
+    assert!(
+        d.iter().all(|x| x["share"] == false),
+        "control: QEMU's own RAM is private: {d:?}"
+    );
+    m.destroy("r").unwrap();
+}
