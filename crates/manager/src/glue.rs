@@ -174,49 +174,7 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
             readonly: f.readonly,
         });
     }
-    let memory_backend = match &d.memory_backing {
-        None => None,
-        Some(mb) if mb.hugepages => {
-            return Err(ManagerError::Domain(
-                "<memoryBacking><hugepages/> is not supported yet (the guest's memory would \
-                 silently be ordinary pages)"
-                    .into(),
-            ));
-        }
-        Some(mb) => Some(match (mb.source_type.as_deref(), &mb.path) {
-            (Some("file"), Some(p)) => MemoryBackend {
-                path: Some(p.clone()),
-                memfd: false,
-                shared: mb.shared,
-                prealloc: mb.prealloc,
-            },
-            (Some("file"), None) => {
-                return Err(ManagerError::Domain(
-                    "<memoryBacking><source type='file'/> needs a path (svirt has no default \
-                     memory directory)"
-                        .into(),
-                ));
-            }
-            (Some("memfd"), _) => MemoryBackend {
-                path: None,
-                memfd: true,
-                shared: mb.shared,
-                prealloc: mb.prealloc,
-            },
-            (None | Some("anonymous"), _) => MemoryBackend {
-                path: None,
-                memfd: false,
-                shared: mb.shared,
-                prealloc: mb.prealloc,
-            },
-            (Some(t), _) => {
-                return Err(ManagerError::Domain(format!(
-                    "<memoryBacking><source type='{t}'/> is not supported (file, memfd, \
-                     anonymous)"
-                )));
-            }
-        }),
-    };
+    let memory_backend = memory_backend(d)?;
     let loader = d.os.loader.as_ref().map(|l| LoaderSpec {
         path: l.path.clone(),
         pflash: l.loader_type == Some(LoaderType::Pflash),
@@ -387,6 +345,43 @@ pub(crate) fn with_create_label<T>(
     let v = r?;
     reset?;
     Ok(v)
+}
+
+/// The guest's RAM as `<memoryBacking>` asks, or `None` (QEMU's own).
+fn memory_backend(d: &Domain) -> Result<Option<MemoryBackend>> {
+    let Some(mb) = &d.memory_backing else {
+        return Ok(None);
+    };
+    if mb.hugepages {
+        return Err(ManagerError::Domain(
+            "<memoryBacking><hugepages/> is not supported yet (the guest's memory would \
+             silently be ordinary pages)"
+                .into(),
+        ));
+    }
+    let (path, memfd) = match (mb.source_type.as_deref(), &mb.path) {
+        (Some("file"), Some(p)) => (Some(p.clone()), false),
+        (Some("file"), None) => {
+            return Err(ManagerError::Domain(
+                "<memoryBacking><source type='file'/> needs a path (svirt has no default \
+                 memory directory)"
+                    .into(),
+            ));
+        }
+        (Some("memfd"), _) => (None, true),
+        (None | Some("anonymous"), _) => (None, false),
+        (Some(t), _) => {
+            return Err(ManagerError::Domain(format!(
+                "<memoryBacking><source type='{t}'/> is not supported (file, memfd, anonymous)"
+            )));
+        }
+    };
+    Ok(Some(MemoryBackend {
+        path,
+        memfd,
+        shared: mb.shared,
+        prealloc: mb.prealloc,
+    }))
 }
 
 /// The devices without host objects, with a USB controller first when a USB device needs
