@@ -58,10 +58,6 @@ pub(crate) enum Outcome {
     Refused(String),
 }
 
-fn model_of<'a>(c: Node<'a, '_>, attr: &str) -> Option<&'a str> {
-    c.attribute(attr)
-}
-
 /// The outcome of one element, by its name; `None` for elements this module does not
 /// handle (disks, chardevs, … parsed elsewhere).
 pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
@@ -71,7 +67,7 @@ pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
         .find(|n| n.has_tag_name("model"))
         .and_then(|m| m.attribute("type"));
     Some(match c.tag_name().name() {
-        "memballoon" => match model_of(c, "model") {
+        "memballoon" => match c.attribute("model") {
             Some("virtio" | "virtio-transitional" | "virtio-non-transitional") => {
                 Device(PlainDevice::Balloon)
             }
@@ -87,7 +83,7 @@ pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
                         "only one USB controller (index 0) is supported".into(),
                     ));
                 }
-                let qemu = match model_of(c, "model") {
+                let qemu = match c.attribute("model") {
                     None | Some("qemu-xhci") => "qemu-xhci",
                     Some("nec-xhci") => "nec-usb-xhci",
                     Some("piix3-uhci") => "piix3-usb-uhci",
@@ -179,7 +175,7 @@ pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
             )),
         },
         "watchdog" => {
-            let qemu = match model_of(c, "model") {
+            let qemu = match c.attribute("model") {
                 Some(m @ ("i6300esb" | "ib700")) => m,
                 m => {
                     return Some(Refused(format!(
