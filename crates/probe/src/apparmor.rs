@@ -831,15 +831,8 @@ pub fn evaluate(
             }
             None => (false, "NO EXPECTATION".to_string()),
         };
-        out.push(check(
-            format!("decision.{}.{}", op.guest, op.name),
-            pass,
-            format!(
-                "{:?} {} -> got {}, expected: {want}",
-                op.action,
-                op.target,
-                got.map_or("nothing", String::as_str)
-            ),
+        out.push(crate::check::decision_check(
+            op, pass, got, "expected", &want,
         ));
         if let Some(e) = exp.filter(|e| e.decision == Decision::Deny && e.audited) {
             let name = format!("audit.{}.{}", op.guest, op.name);

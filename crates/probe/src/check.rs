@@ -151,6 +151,27 @@ fn check(name: String, pass: bool, detail: String) -> CheckResult {
     CheckResult { name, pass, detail }
 }
 
+/// `decision.GUEST.OP`: what the guest's operation got against what `source` (the policy
+/// model, an expectation table) says it must get.
+pub fn decision_check(
+    op: &crate::plan::Op,
+    pass: bool,
+    got: Option<&String>,
+    source: &str,
+    want: &str,
+) -> CheckResult {
+    check(
+        format!("decision.{}.{}", op.guest, op.name),
+        pass,
+        format!(
+            "{:?} {} -> got {}, {source}: {want}",
+            op.action,
+            op.target,
+            got.map_or("nothing", String::as_str)
+        ),
+    )
+}
+
 fn proc_type(p: Option<&ProcInfo>, prev: bool) -> Option<String> {
     let p = p?;
     ContextParts::parse(if prev { &p.prev } else { &p.current })
@@ -265,16 +286,7 @@ pub fn evaluate(
             ),
             None => (false, "NO EXPECTATION from the model".to_string()),
         };
-        out.push(check(
-            format!("decision.{}.{}", op.guest, op.name),
-            pass,
-            format!(
-                "{:?} {} -> got {}, model: {want}",
-                op.action,
-                op.target,
-                got.map_or("nothing", String::as_str)
-            ),
-        ));
+        out.push(decision_check(op, pass, got, "model", &want));
         if let Some(e) = exp.filter(|e| e.decision == Decision::Deny && e.audited) {
             out.push(avc_check(op, e, obs));
         }
