@@ -72,6 +72,12 @@ ensure_rust() {
   command -v cargo >/dev/null 2>&1 || { echo "svirt: cargo (stable Rust >= 1.95) is required" >&2; exit 1; }
 }
 
+# host_triple: the triple cargo builds for (.cargo/config.toml: `host-tuple`), which names
+# the directory under target/ that holds the binaries.
+host_triple() {
+  rustc -vV | sed -n 's/^host: //p'
+}
+
 # The packages the test suite uses (one place, so CI and developers agree).
 SVIRT_TEST_PACKAGES=(
   qemu-utils qemu-system-x86 ovmf
