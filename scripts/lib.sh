@@ -78,6 +78,12 @@ host_triple() {
   rustc -vV | sed -n 's/^host: //p'
 }
 
+# What building svirt needs besides stable Rust: clang compiles the BPF-LSM programs
+# (crates/bpf), libbpf is built from its vendored sources (make, a C compiler) and linked
+# statically with libelf and zlib.
+SVIRT_BUILD_PACKAGES=(clang gcc libc6-dev make pkg-config libelf-dev zlib1g-dev)
+SVIRT_BUILD_COMMANDS=(clang cc make pkg-config)
+
 # The packages the test suite uses (one place, so CI and developers agree).
 SVIRT_TEST_PACKAGES=(
   qemu-utils qemu-system-x86 ovmf
