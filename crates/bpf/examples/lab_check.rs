@@ -1,0 +1,776 @@
+//! The enforcement lab's proof of the BPF-LSM programs, without svirtd (`lab/run bpf`).
+//!
+//! Runs as root inside the lab VM (Debian's 6.1 kernel, BPF LSM active): loads, attaches
+//! and pins the programs ([`Enforcer::open`] with [`Programs::Enforce`]), labels files on a
+//! fresh tmpfs and the static busybox, then spawns children labeled by
+//! [`SubjectHook::apply`] (between fork and exec, as svirtd's prepared child does) that try
+//! to use them. Every operation runs twice: unlabeled (the control: the operation itself
+//! works, so a refusal is the label's doing) and labeled. Prints one
+//! `LABCHECK <name> PASS|FAIL <detail>` line per check (see lab/scenarios/bpf); libbpf's
+//! messages, the verifier's log among them when a program is refused, go to stderr.
+//!
+//! Usage: `lab_check [--busybox PATH] [--pin-dir DIR]` (defaults: /bin/busybox,
+//! /sys/fs/bpf/svirt-lab).
+
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::rc::Rc;
+use std::time::Duration;
+
+use svirt_bpf::enforcer::{Enforcer, Programs, SubjectHook};
+use svirt_bpf::label::{Allow, Cats, InodeKey, ObjectLabel, SubjectLabel};
+use svirt_labels::Level;
+
+/// `BPF_FS_MAGIC` (statfs f_type of a bpffs).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where the test objects live (a tmpfs of their own).
+const WORK: &str = "/tmp/svirt-bpf-lab";
+/// The guest the labeled children stand for, and its neighbour.
+const OWN: &str = "s0:c1,c2";
+const OTHER: &str = "s0:c3,c4";
+
+/// Event hooks of `bpf/svirt_mcs.bpf.c` (SVIRT_HOOK_*).
+const HOOK_NAMES: [&str; 9] = [
+    "?", "open", "mmap", "receive", "exec", "signal", "ptrace", "connect", "bpf",
+];
+
+fn labcheck(name: &str, ok: bool, detail: impl fmt::Display) {
+    let detail = detail.to_string().replace('\n', " | ");
+    println!(
+        "LABCHECK {name} {} {detail}",
+        if ok { "PASS" } else { "FAIL" }
+    );
+}
+
+fn cats(level: &str) -> Cats {
+    Cats::of(&Level::parse(level).unwrap_or_else(|e| panic!("level {level}: {e}")))
+}
+
+/// How a child ended (or why it never ran).
+enum Outcome {
+    /// It ran and exited (code, stderr).
+    Exit(i32, String),
+    /// Killed by a signal.
+    Signal(i32),
+    /// `spawn` failed: the exec (or the pre-exec hook) was refused.
+    Spawn(io::Error),
+}
+
+impl Outcome {
+    fn of(status: ExitStatus, stderr: &[u8]) -> Outcome {
+        match (status.code(), status.signal()) {
+            (Some(c), _) => Outcome::Exit(c, String::from_utf8_lossy(stderr).trim().to_string()),
+            (None, Some(s)) => Outcome::Signal(s),
+            (None, None) => Outcome::Exit(-1, "unknown status".into()),
+        }
+    }
+
+    fn allowed(&self) -> bool {
+        matches!(self, Outcome::Exit(0, _))
+    }
+
+    /// Refused by the enforcer: EACCES (files, signals) or EPERM (bpf), as the failing
+    /// call reported it (for a program's refusal: on a line naming `object`).
+    fn denied(&self, object: &str) -> bool {
+        match self {
+            Outcome::Exit(c, err) => {
+                *c != 0
+                    && err
+                        .lines()
+                        .any(|l| l.contains("Permission denied") && l.contains(object))
+            }
+            Outcome::Spawn(e) => matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)),
+            Outcome::Signal(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Exit(c, err) if err.is_empty() => write!(f, "exit {c}"),
+            Outcome::Exit(c, err) => write!(f, "exit {c} ({err})"),
+            Outcome::Signal(s) => write!(f, "killed by signal {s}"),
+            Outcome::Spawn(e) => write!(f, "spawn refused: {e}"),
+        }
+    }
+}
+
+struct Lab {
+    enforcer: Enforcer,
+    busybox: PathBuf,
+    failed: usize,
+}
+
+impl Lab {
+    fn check(&mut self, name: &str, ok: bool, detail: impl fmt::Display) {
+        if !ok {
+            self.failed += 1;
+        }
+        labcheck(name, ok, detail);
+    }
+
+    /// A command whose process labels itself at `level` before exec (none: unlabeled).
+    fn command(&self, level: Option<&str>, program: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args).stdin(Stdio::null()).stdout(Stdio::null());
+        if let Some(level) = level {
+            self.label_child(&mut c, level, || Ok(()));
+        }
+        c
+    }
+
+    /// Adds the label update (then `then`, in the labeled child) before exec.
+    fn label_child(
+        &self,
+        c: &mut Command,
+        level: &str,
+        mut then: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+    ) {
+        let mut hook = SubjectHook::new(&self.enforcer, SubjectLabel { cats: cats(level) })
+            .unwrap_or_else(|e| panic!("SubjectHook::new: {e}"));
+        // SAFETY: the hook is allocation-free (pidfd_open, bpf, close) and `then` makes
+        // only system calls: both are safe between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                hook.apply()?;
+                then()
+            });
+        }
+    }
+
+    fn run(&self, mut c: Command) -> Outcome {
+        c.stderr(Stdio::piped());
+        match c.output() {
+            Ok(out) => Outcome::of(out.status, &out.stderr),
+            Err(e) => Outcome::Spawn(e),
+        }
+    }
+
+    fn busybox(&self, level: Option<&str>, args: &[&str]) -> Outcome {
+        self.run(self.command(level, &self.busybox, args))
+    }
+
+    /// One operation, unlabeled (the control: must succeed) then labeled at `OWN`.
+    /// A denial counts only when its message names `object`.
+    fn op(&mut self, name: &str, what: &str, allow: bool, object: &str, args: &[&str]) {
+        let control = self.busybox(None, args);
+        let labeled = self.busybox(Some(OWN), args);
+        let ok = control.allowed()
+            && if allow {
+                labeled.allowed()
+            } else {
+                labeled.denied(object)
+            };
+        let want = if allow { "allowed" } else { "denied" };
+        self.check(
+            name,
+            ok,
+            format!("{what} at {OWN}: {labeled} (want {want}); unlabeled control: {control}"),
+        );
+    }
+
+    /// A probe run in the child before exec (after labeling when `level`): exec of
+    /// `busybox true` follows only when the probe returns Ok.
+    fn probe(
+        &self,
+        level: Option<&str>,
+        probe: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+    ) -> Outcome {
+        let mut c = Command::new(&self.busybox);
+        c.arg("true").stdin(Stdio::null()).stdout(Stdio::null());
+        match level {
+            Some(level) => self.label_child(&mut c, level, probe),
+            None => {
+                // SAFETY: the probe makes only system calls.
+                unsafe {
+                    c.pre_exec(probe);
+                }
+            }
+        }
+        self.run(c)
+    }
+
+    fn spawn_sleeper(&self, level: &str) -> Child {
+        self.command(Some(level), &self.busybox, &["sleep", "600"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn a sleeper at {level}: {e}"))
+    }
+}
+
+fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The processes whose parent is `ppid` (from /proc/*/stat).
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn statfs_type(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs into a zeroed struct; c is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+fn mount(fstype: &str, target: &Path) -> io::Result<()> {
+    let src = CString::new(fstype).map_err(io::Error::other)?;
+    let tgt = CString::new(target.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: NUL-terminated strings, no data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A bpffs to pin on: /sys/fs/bpf when it is one or can be made one, else a fresh one.
+fn bpffs() -> io::Result<PathBuf> {
+    let sys = Path::new("/sys/fs/bpf");
+    if statfs_type(sys).ok() == Some(BPF_FS_MAGIC) {
+        return Ok(sys.into());
+    }
+    if sys.is_dir() && mount("bpf", sys).is_ok() {
+        return Ok(sys.into());
+    }
+    let own = Path::new("/run/svirt-lab-bpffs");
+    fs::create_dir_all(own)?;
+    mount("bpf", own)?;
+    Ok(own.into())
+}
+
+fn print_libbpf(_level: libbpf_rs::PrintLevel, msg: String) {
+    eprint!("{msg}");
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut busybox = PathBuf::from("/bin/busybox");
+    let mut pin_dir: Option<PathBuf> = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--busybox" => busybox = args.next().expect("--busybox PATH").into(),
+            "--pin-dir" => pin_dir = Some(args.next().expect("--pin-dir DIR").into()),
+            _ => {
+                eprintln!("usage: lab_check [--busybox PATH] [--pin-dir DIR]");
+                std::process::exit(2);
+            }
+        }
+    }
+    // libbpf's messages (the verifier's log of a refused program is a warning) on stderr,
+    // which is the console in the lab. LAB_BPF_DEBUG=1: libbpf's debug messages too.
+    let level = if std::env::var_os("LAB_BPF_DEBUG").is_some() {
+        libbpf_rs::PrintLevel::Debug
+    } else {
+        libbpf_rs::PrintLevel::Info
+    };
+    libbpf_rs::set_print(Some((level, print_libbpf)));
+
+    let dir = match pin_dir {
+        Some(d) => d,
+        None => match bpffs() {
+            Ok(fs) => fs.join("svirt-lab"),
+            Err(e) => {
+                labcheck("load", false, format!("no bpffs to pin on: {e}"));
+                std::process::exit(1);
+            }
+        },
+    };
+    let t0 = std::time::Instant::now();
+    let enforcer = match Enforcer::open(&dir, Programs::Enforce) {
+        Ok(e) => e,
+        Err(e) => {
+            labcheck(
+                "load",
+                false,
+                format!("Enforcer::open({}): {e}", dir.display()),
+            );
+            std::process::exit(1);
+        }
+    };
+    labcheck(
+        "load",
+        enforcer.loaded() && enforcer.enforcing(),
+        format!(
+            "Enforcer::open({}, Enforce) in {:.1}s: loaded={} enforcing={}",
+            dir.display(),
+            t0.elapsed().as_secs_f64(),
+            enforcer.loaded(),
+            enforcer.enforcing()
+        ),
+    );
+    let mut lab = Lab {
+        enforcer,
+        busybox,
+        failed: 0,
+    };
+    let pins: Vec<String> = svirt_bpf::enforcer::LSM_PROGRAMS
+        .iter()
+        .filter(|p| !dir.join("links").join(p).exists())
+        .map(|p| p.to_string())
+        .collect();
+    lab.check(
+        "pinned",
+        pins.is_empty(),
+        if pins.is_empty() {
+            format!(
+                "all {} LSM links pinned under {}/links",
+                svirt_bpf::enforcer::LSM_PROGRAMS.len(),
+                dir.display()
+            )
+        } else {
+            format!("links missing: {}", pins.join(","))
+        },
+    );
+
+    if let Err(e) = scenario(&mut lab) {
+        lab.check("setup", false, e);
+    }
+
+    let failed = lab.failed;
+    let Lab { enforcer, .. } = lab;
+    match enforcer.unpin() {
+        Ok(()) => labcheck("unpin", !dir.exists(), format!("{} removed", dir.display())),
+        Err(e) => labcheck("unpin", false, e),
+    }
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+fn scenario(lab: &mut Lab) -> Result<(), String> {
+    // ---- objects ---------------------------------------------------------------------
+    let work = Path::new(WORK);
+    fs::create_dir_all(work).map_err(|e| format!("mkdir {WORK}: {e}"))?;
+    mount("tmpfs", work).map_err(|e| format!("mount a tmpfs on {WORK}: {e}"))?;
+    let own = cats(OWN);
+    let other = cats(OTHER);
+    let shared = Cats::default();
+    let bb_copy = work.join("busybox-unlabeled");
+    fs::copy(&lab.busybox, &bb_copy).map_err(|e| format!("copy busybox: {e}"))?;
+    fs::set_permissions(&bb_copy, fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", bb_copy.display()))?;
+    let mut labeled = Vec::new();
+    for (name, label) in [
+        ("A", Some(ObjectLabel::new(own, Allow::READ_WRITE, false))),
+        ("B", Some(ObjectLabel::new(other, Allow::READ_WRITE, false))),
+        (
+            "S",
+            Some(ObjectLabel::new(shared, Allow::READ_WRITE, false)),
+        ),
+        ("C", Some(ObjectLabel::new(shared, Allow::READ_ONLY, false))),
+        ("U", None),
+    ] {
+        let path = work.join(name);
+        fs::write(&path, format!("file {name}\n")).map_err(|e| format!("write {name}: {e}"))?;
+        if let Some(label) = label {
+            let f = fs::File::open(&path).map_err(|e| format!("open {name}: {e}"))?;
+            let key = InodeKey::of(f.as_fd()).map_err(|e| e.to_string())?;
+            lab.enforcer
+                .label(&key, &label)
+                .map_err(|e| e.to_string())?;
+            labeled.push((name, key, label));
+        }
+    }
+    let bb = fs::File::open(&lab.busybox).map_err(|e| format!("open busybox: {e}"))?;
+    let bb_key = InodeKey::of(bb.as_fd()).map_err(|e| e.to_string())?;
+    let bb_label = ObjectLabel::new(shared, Allow::READ_EXEC, false);
+    lab.enforcer
+        .label(&bb_key, &bb_label)
+        .map_err(|e| e.to_string())?;
+    labeled.push(("busybox", bb_key, bb_label));
+    // The labels read back as written.
+    let mut mismatch = Vec::new();
+    for (name, key, label) in &labeled {
+        match lab.enforcer.object(key) {
+            Ok(Some(l)) if l == *label => {}
+            other => mismatch.push(format!("{name}: {other:?}")),
+        }
+    }
+    lab.check(
+        "label.objects",
+        mismatch.is_empty(),
+        if mismatch.is_empty() {
+            format!(
+                "A {OWN} rw, B {OTHER} rw, S s0 rw, C s0 ro, {} s0 rx labeled; U and {} unlabeled",
+                lab.busybox.display(),
+                bb_copy.display()
+            )
+        } else {
+            format!("read back wrong: {}", mismatch.join("; "))
+        },
+    );
+    let p = |n: &str| work.join(n).display().to_string();
+    let (a, b, s, c, u) = (p("A"), p("B"), p("S"), p("C"), p("U"));
+    let wr = |path: &str| format!("echo x >> {path}");
+
+    // ---- files -----------------------------------------------------------------------
+    for (name, what, allow, object, args) in [
+        (
+            "file.read_own",
+            "cat A (own level)",
+            true,
+            &a,
+            vec!["cat", &a],
+        ),
+        (
+            "file.write_own",
+            "write A (own level)",
+            true,
+            &a,
+            vec!["sh", "-c", &wr(&a)],
+        ),
+        (
+            "file.read_other",
+            "cat B (other guest's level)",
+            false,
+            &b,
+            vec!["cat", &b],
+        ),
+        (
+            "file.write_other",
+            "write B (other guest's level)",
+            false,
+            &b,
+            vec!["sh", "-c", &wr(&b)],
+        ),
+        (
+            "file.read_shared",
+            "cat S (s0, read-write)",
+            true,
+            &s,
+            vec!["cat", &s],
+        ),
+        (
+            "file.write_shared",
+            "write S (s0, read-write)",
+            true,
+            &s,
+            vec!["sh", "-c", &wr(&s)],
+        ),
+        (
+            "file.read_readonly",
+            "cat C (s0, read-only)",
+            true,
+            &c,
+            vec!["cat", &c],
+        ),
+        (
+            "file.write_readonly",
+            "write C (s0, read-only)",
+            false,
+            &c,
+            vec!["sh", "-c", &wr(&c)],
+        ),
+        (
+            "file.read_unlabeled",
+            "cat U (no label)",
+            false,
+            &u,
+            vec!["cat", &u],
+        ),
+    ] {
+        lab.op(name, what, allow, object, &args);
+    }
+
+    // ---- exec and mmap ---------------------------------------------------------------
+    // The labeled busybox ran in every check above: exec of a READ_EXEC object works.
+    let control = lab.run(lab.command(None, &bb_copy, &["true"]));
+    let labeled_exec = lab.run(lab.command(Some(OWN), &bb_copy, &["true"]));
+    lab.check(
+        "exec.unlabeled",
+        control.allowed() && labeled_exec.denied(""),
+        format!(
+            "exec {} at {OWN}: {labeled_exec} (want denied); unlabeled control: {control}",
+            bb_copy.display()
+        ),
+    );
+    // mmap PROT_EXEC of the guest's own read-write image: type enforcement says no.
+    let a_c = CString::new(a.clone()).map_err(|e| e.to_string())?;
+    let mmap_exec = move || -> io::Result<()> {
+        // SAFETY: open/mmap/munmap/close with valid arguments; nothing is dereferenced.
+        unsafe {
+            let fd = libc::open(a_c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                fd,
+                0,
+            );
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if m == libc::MAP_FAILED {
+                return Err(err);
+            }
+            libc::munmap(m, 4096);
+        }
+        Ok(())
+    };
+    let control = lab.probe(None, mmap_exec.clone());
+    let labeled_mmap = lab.probe(Some(OWN), mmap_exec);
+    lab.check(
+        "mmap.exec_image",
+        control.allowed() && labeled_mmap.denied(""),
+        format!("mmap(PROT_EXEC) of A at {OWN}: {labeled_mmap} (want denied); unlabeled control: {control}"),
+    );
+
+    // ---- inheritance -----------------------------------------------------------------
+    // Tasks the labeled process creates carry its label: a subshell of its shell (a fork;
+    // not the script's last command, so ash cannot exec in place of forking), running
+    // busybox's applet in the forked task or exec'ing /bin/busybox from it.
+    let bb_path = lab.busybox.display().to_string();
+    for (name, what, allow, object, script) in [
+        (
+            "fork.read_other",
+            "forked subshell: cat B",
+            false,
+            &b,
+            format!("(cat {b}); exit $?"),
+        ),
+        (
+            "fork_exec.read_other",
+            "forked subshell exec'ing busybox: cat B",
+            false,
+            &b,
+            format!("({bb_path} cat {b}); exit $?"),
+        ),
+        (
+            "fork.read_own",
+            "forked subshell: cat A",
+            true,
+            &a,
+            format!("(cat {a}); exit $?"),
+        ),
+    ] {
+        lab.op(name, what, allow, object, &["sh", "-c", &script]);
+    }
+    // The label of the forked task itself, read back by pidfd.
+    let mut sh = lab
+        .command(
+            Some(OWN),
+            &lab.busybox,
+            &["sh", "-c", "(sleep 600; true); exit $?"],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn a labeled sh: {e}"))?;
+    let forked = (0..50).find_map(|_| {
+        let kids = children_of(sh.id());
+        if kids.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        kids.first().copied()
+    });
+    let forked_label = match forked {
+        Some(pid) => match pidfd(pid) {
+            Ok(fd) => match lab.enforcer.subject(fd.as_fd()) {
+                Ok(Some(l)) => l.cats.to_level().to_string(),
+                Ok(None) => "none".into(),
+                Err(e) => format!("error: {e}"),
+            },
+            Err(e) => format!("pidfd_open: {e}"),
+        },
+        None => "no child found".into(),
+    };
+    lab.check(
+        "fork.readback",
+        forked.is_some() && forked_label == OWN,
+        format!(
+            "label of the subshell task {forked:?} forked by a labeled sh (pid {}): {forked_label} (want {OWN})",
+            sh.id()
+        ),
+    );
+    let mut doomed: Vec<u32> = forked.map(children_of).unwrap_or_default();
+    doomed.extend(forked);
+    for pid in doomed {
+        // SAFETY: kill(2) of a process of ours.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let _ = sh.kill();
+    let _ = sh.wait();
+
+    // ---- the host is not affected ---------------------------------------------------
+    let host = fs::read_to_string(&b);
+    lab.check(
+        "host.read_other",
+        host.as_deref().is_ok_and(|t| t.starts_with("file B")),
+        format!(
+            "this unlabeled process reads B: {:?}",
+            host.map(|t| t.len())
+        ),
+    );
+
+    // ---- signals and the label of a running task --------------------------------------
+    let mut victim_other = lab.spawn_sleeper(OTHER);
+    let mut victim_own = lab.spawn_sleeper(OWN);
+    let readback = |child: &Child| -> String {
+        match pidfd(child.id()) {
+            Ok(fd) => match lab.enforcer.subject(fd.as_fd()) {
+                Ok(Some(l)) => l.cats.to_level().to_string(),
+                Ok(None) => "none".into(),
+                Err(e) => format!("error: {e}"),
+            },
+            Err(e) => format!("pidfd_open: {e}"),
+        }
+    };
+    let (lo, lw) = (readback(&victim_other), readback(&victim_own));
+    lab.check(
+        "subject.readback",
+        lo == OTHER && lw == OWN,
+        format!("task labels read back by pidfd: {lo} and {lw} (want {OTHER} and {OWN})"),
+    );
+    let pid_other = victim_other.id().to_string();
+    let pid_own = victim_own.id().to_string();
+    let kill_other = lab.busybox(Some(OWN), &["kill", "-TERM", &pid_other]);
+    std::thread::sleep(Duration::from_millis(200));
+    let still_alive = matches!(victim_other.try_wait(), Ok(None));
+    // Control: the host may signal it.
+    let _ = lab.busybox(None, &["kill", "-TERM", &pid_other]);
+    let control = victim_other.wait().map(|s| s.signal());
+    lab.check(
+        "signal.other",
+        kill_other.denied(&pid_other) && still_alive && matches!(control, Ok(Some(libc::SIGTERM))),
+        format!(
+            "kill -TERM of a task at {OTHER} from {OWN}: {kill_other} (want denied), target alive after: {still_alive}; host's kill (control): {control:?}"
+        ),
+    );
+    let kill_own = lab.busybox(Some(OWN), &["kill", "-TERM", &pid_own]);
+    let own_end = victim_own.wait().map(|s| s.signal());
+    lab.check(
+        "signal.own",
+        kill_own.allowed() && matches!(own_end, Ok(Some(libc::SIGTERM))),
+        format!("kill -TERM of a task at {OWN} from {OWN}: {kill_own}, target ended by signal {own_end:?}"),
+    );
+
+    // ---- bpf(2) ------------------------------------------------------------------------
+    let map_fd = lab.enforcer.subjects_fd().as_raw_fd();
+    let bpf_info = move || -> io::Result<()> {
+        // BPF_OBJ_GET_INFO_BY_FD on the task-label map: bpf_fd u32, info_len u32, info u64.
+        let mut info = [0u64; 16];
+        let attr: [u64; 2] = [
+            u64::from(map_fd as u32) | ((std::mem::size_of_val(&info) as u64) << 32),
+            info.as_mut_ptr() as u64,
+        ];
+        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+        // SAFETY: attr is a valid bpf_attr prefix pointing at `info`, alive for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr) as u32,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let control = lab.probe(None, bpf_info);
+    let labeled_bpf = lab.probe(Some(OWN), bpf_info);
+    lab.check(
+        "bpf.syscall",
+        control.allowed() && matches!(&labeled_bpf, Outcome::Spawn(e) if e.raw_os_error() == Some(libc::EPERM)),
+        format!("bpf(BPF_OBJ_GET_INFO_BY_FD) at {OWN}: {labeled_bpf} (want EPERM); unlabeled control: {control}"),
+    );
+
+    // ---- denial events ----------------------------------------------------------------
+    let seen: Rc<RefCell<Vec<(u32, bool)>>> = Rc::default();
+    let events = (|| -> Result<i32, libbpf_rs::Error> {
+        let seen = seen.clone();
+        let mut rb = libbpf_rs::RingBufferBuilder::new();
+        rb.add(lab.enforcer.events_map(), move |data: &[u8]| {
+            // struct svirt_event: hook u32, want u32, pid u32, target_pid u32, dev u64,
+            // ino u64, labeled u32, pad u32, subject level (128 bytes), object level, comm.
+            let word =
+                |at: usize| u64::from_ne_bytes(data[at..at + 8].try_into().unwrap_or_default());
+            if data.len() < 168 {
+                seen.borrow_mut().push((0, false));
+                return 0;
+            }
+            let hook = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default());
+            let mut words = [0u64; 16];
+            for (i, w) in words.iter_mut().enumerate() {
+                *w = word(40 + i * 8);
+            }
+            seen.borrow_mut().push((hook, Cats(words) == own));
+            0
+        })?;
+        let rb = rb.build()?;
+        Ok(rb.consume_raw())
+    })();
+    let seen = seen.borrow();
+    let mut hooks: Vec<&str> = seen
+        .iter()
+        .map(|(h, _)| HOOK_NAMES.get(*h as usize).copied().unwrap_or("?"))
+        .collect();
+    hooks.sort();
+    hooks.dedup();
+    let all_own = seen.iter().all(|(_, o)| *o);
+    let want_hooks = ["bpf", "mmap", "open", "signal"];
+    lab.check(
+        "events.denials",
+        matches!(events, Ok(n) if n > 0) && all_own && want_hooks.iter().all(|h| hooks.contains(h)),
+        format!(
+            "{} denial events ({events:?}), hooks {} (want at least {}), all by {OWN}: {all_own}",
+            seen.len(),
+            hooks.join(","),
+            want_hooks.join(",")
+        ),
+    );
+
+    // Leave the tmpfs (the labels go with the unpin).
+    drop(bb);
+    let _ = Command::new("umount").arg(work).status();
+    Ok(())
+}
