@@ -28,13 +28,25 @@ pub enum Model {
     Dac,
     /// Landlock path-based confinement applied to the VMM process.
     Landlock,
-    /// AppArmor (planned).
+    /// AppArmor: a profile per guest.
     Apparmor,
+    /// The BPF LSM enforcing SELinux's MCS rule for `svirt_t` (crates/bpf): the guest's
+    /// level and the objects' levels are those SELinux would give them.
+    BpfLsm,
 }
 
 impl Model {
     /// Every model svirt knows.
-    pub const ALL: [Model; 4] = [Model::Selinux, Model::Dac, Model::Landlock, Model::Apparmor];
+    pub const ALL: [Model; 5] = [
+        Model::Selinux,
+        Model::Dac,
+        Model::Landlock,
+        Model::Apparmor,
+        Model::BpfLsm,
+    ];
+
+    /// The models whose labels are MCS levels, planned once for all of them.
+    pub const MCS: [Model; 2] = [Model::Selinux, Model::BpfLsm];
 
     /// The name used in XML and JSON.
     pub fn as_str(self) -> &'static str {
@@ -43,6 +55,7 @@ impl Model {
             Model::Dac => "dac",
             Model::Landlock => "landlock",
             Model::Apparmor => "apparmor",
+            Model::BpfLsm => "bpf-lsm",
         }
     }
 
@@ -365,6 +378,12 @@ impl Plan {
     /// Whether `model` is planned and confines this guest.
     pub fn is_confined(&self, model: Model) -> bool {
         self.models.contains(&model) && !self.unconfined.contains(&model)
+    }
+
+    /// Whether a model that labels by MCS level (SELinux, BPF-LSM) confines this guest:
+    /// the plan then carries the MCS labels (its level, each object's label).
+    pub fn uses_mcs(&self) -> bool {
+        Model::MCS.iter().any(|m| self.models.contains(m))
     }
 }
 /// Image format, from `<driver type=…>` or `<format type=…>` (the XML's, and each layer

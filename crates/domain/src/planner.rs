@@ -221,7 +221,9 @@ pub fn plan(domain: &Domain, resources: Resources, cfg: &PlanConfig) -> Result<P
         .map(|s| s.model)
         .collect();
 
-    let se = selinux_part(domain, cfg, models.contains(&Model::Selinux))?;
+    // SELinux's labels are planned for every model that labels by MCS level: the BPF-LSM
+    // enforcer decides with the same levels SELinux would set.
+    let se = selinux_part(domain, cfg, Model::MCS.iter().any(|m| models.contains(m)))?;
     if models.contains(&Model::Selinux)
         && se.process == ProcessLabel::Unconfined
         && !unconfined.contains(&Model::Selinux)

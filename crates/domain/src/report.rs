@@ -100,6 +100,12 @@ fn known_level(plan: &Plan) -> Option<svirt_labels::MlsRange> {
     }
 }
 
+/// The guest's MCS level as the plan knows it: the static one, or the placeholder until
+/// one is allocated.
+fn mcs_level_text(plan: &Plan) -> String {
+    known_level(plan).map_or_else(|| LEVEL_PLACEHOLDER.to_string(), |l| l.to_string())
+}
+
 /// Model → the process label text (null when unconfined).
 pub fn process_labels(plan: &Plan) -> BTreeMap<Model, Option<String>> {
     plan.models
@@ -116,6 +122,8 @@ pub fn process_labels(plan: &Plan) -> BTreeMap<Model, Option<String>> {
                     Model::Dac => plan.dac_enabled.then(|| owner_text(plan)),
                     Model::Landlock => Some("ruleset".to_string()),
                     Model::Apparmor => Some(format!("svirt-{}", plan.uuid.to_ascii_lowercase())),
+                    // The guest's categories, carried by its tasks.
+                    Model::BpfLsm => Some(mcs_level_text(plan)),
                 }
             };
             (m, v)
@@ -146,6 +154,10 @@ pub fn guest_labels(
         }
         Model::Dac => {
             let l = ids.map(|(u, g)| format!("+{u}:+{g}"));
+            Some((l.clone(), l))
+        }
+        Model::BpfLsm => {
+            let l = level.map(|l| l.to_string());
             Some((l.clone(), l))
         }
         _ => None,
@@ -188,6 +200,17 @@ pub fn resource_labels(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Opti
                         },
                         if r.resource.recursive { " /**" } else { "" }
                     )),
+                    // The object's level (SELinux's, without the type) and what its kind
+                    // permits (svirt_bpf::label::Allow).
+                    Model::BpfLsm => r.selinux.as_ref().map(|t| {
+                        let text = t.display(known_level(plan).as_ref());
+                        let level = text.splitn(4, ':').nth(3).unwrap_or("s0").to_string();
+                        format!(
+                            "{level} {}{}",
+                            access_str(r.path_access),
+                            if r.resource.recursive { " tree" } else { "" }
+                        )
+                    }),
                 }
             };
             (m, v)
@@ -203,7 +226,7 @@ fn resource_reasons(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, String>
                 "domain seclabel type='none': unconfined".to_string()
             } else {
                 match m {
-                    Model::Selinux => r.selinux_reason.clone(),
+                    Model::Selinux | Model::BpfLsm => r.selinux_reason.clone(),
                     Model::Dac => dac_reason(plan, r).to_string(),
                     Model::Landlock | Model::Apparmor => {
                         let beneath = if r.resource.recursive {

@@ -18,9 +18,10 @@ pub use crate::registration::{
 
 /// Every driver svirt knows, one line each.
 pub fn all() -> &'static [Registration] {
-    static ALL: [Registration; 4] = [
+    static ALL: [Registration; 5] = [
         crate::selinux::REGISTRATION,
         crate::apparmor::REGISTRATION,
+        crate::bpf_lsm::REGISTRATION,
         crate::dac::REGISTRATION,
         crate::landlock::REGISTRATION,
     ];
@@ -28,11 +29,9 @@ pub fn all() -> &'static [Registration] {
 }
 
 /// `svirt host-validate`'s lines for security: every registered driver's checks, in
-/// [`all`]'s order, then the BPF LSM's (a facility no registered driver uses yet).
+/// [`all`]'s order.
 pub fn host_checks(view: &crate::host_check::HostView<'_>) -> Vec<crate::host_check::Check> {
-    let mut out: Vec<_> = all().iter().flat_map(|r| (r.host_checks)(view)).collect();
-    out.extend(crate::bpf_lsm::host_checks(view));
-    out
+    all().iter().flat_map(|r| (r.host_checks)(view)).collect()
 }
 
 /// The driver called `name`.

@@ -640,7 +640,7 @@ fn enabled(root: &Path) -> (bool, String) {
 
 /// The category pool: the configured range, else the manager's own context's range
 /// (`s0-s0:c0.c1023`), else c0..c1023.
-fn level_config(
+pub(crate) fn level_config(
     root: &Path,
     settings: &crate::registration::Settings,
 ) -> svirt_store::AllocatorConfig {

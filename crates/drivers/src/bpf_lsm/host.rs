@@ -1,10 +1,11 @@
-//! The BPF LSM as the host offers it: the facility a BPF-LSM driver needs (kernel BTF,
-//! `bpf` among the active LSMs, LSM programs that load). Not a driver yet: this is its host
-//! check, run by [`crate::registry::host_checks`] beside the registered drivers' checks.
+//! The BPF LSM as the host offers it: kernel BTF, `bpf` among the active LSMs, and LSM
+//! programs that load (tried with a trivial one). The driver's probe and `svirt
+//! host-validate` both ask it.
 
 use std::fs;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
 
 use crate::host_check::{Check, HostView, Status, check, io_text};
 
@@ -111,40 +112,61 @@ fn bpf_lsm_try_load(btf_id: u32) -> Result<(), (io::Error, String)> {
 /// Whether an LSM program loads on this host (never attached), and whether the BPF LSM
 /// is active to call it.
 pub fn host_checks(view: &HostView<'_>) -> Vec<Check> {
-    vec![bpf_lsm_check(view)]
+    let lsms = view.lsms.as_ref().ok().map(|l| l.as_slice());
+    let (usable, why) = assess(&view.host.path("/sys/kernel/btf/vmlinux"), lsms);
+    vec![check(
+        "BPF-LSM",
+        "programs can load",
+        if usable { Status::Pass } else { Status::Warn },
+        why,
+    )]
 }
 
-fn bpf_lsm_check(view: &HostView<'_>) -> Check {
-    let what = "programs can load";
-    let listed = match view.lsms {
-        Ok(l) if l.iter().any(|x| x == "bpf") => "bpf is an active LSM",
-        Ok(_) => "bpf is NOT an active LSM (programs would not be called)",
-        Err(_) => "active LSMs unknown",
+/// Whether the BPF-LSM driver can enforce on the host under `root`, and why (not): kernel
+/// BTF naming the LSM hooks, `bpf` among the active LSMs (when securityfs says), and a
+/// trivial `lsm/file_open` program that the kernel loads (then unloads, never attached).
+pub fn usable(root: &Path) -> (bool, String) {
+    let lsms = fs::read_to_string(root.join("sys/kernel/security/lsm"))
+        .ok()
+        .map(|s| s.trim().split(',').map(str::to_string).collect::<Vec<_>>());
+    assess(&root.join("sys/kernel/btf/vmlinux"), lsms.as_deref())
+}
+
+fn assess(btf_path: &Path, lsms: Option<&[String]>) -> (bool, String) {
+    let (listed, active) = match lsms {
+        Some(l) if l.iter().any(|x| x == "bpf") => ("bpf is an active LSM", true),
+        Some(_) => (
+            "bpf is NOT an active LSM (programs would not be called)",
+            false,
+        ),
+        // Loaded but never called would be enforcement in name only: unknown is no.
+        None => (
+            "active LSMs unknown (mount securityfs on /sys/kernel/security to tell whether bpf is one)",
+            false,
+        ),
     };
-    let btf = match fs::read(view.host.path("/sys/kernel/btf/vmlinux")) {
+    let btf = match fs::read(btf_path) {
         Ok(b) => b,
         Err(e) => {
-            return check(
-                "BPF-LSM",
-                what,
-                Status::Warn,
-                format!("no kernel BTF (/sys/kernel/btf/vmlinux: {e}); {listed}"),
+            return (
+                false,
+                format!(
+                    "no kernel BTF ({}: {}); {listed}",
+                    btf_path.display(),
+                    io_text(&e)
+                ),
             );
         }
     };
     let Some(id) = btf_find_func(&btf, "bpf_lsm_file_open") else {
-        return check(
-            "BPF-LSM",
-            what,
-            Status::Warn,
+        return (
+            false,
             format!("bpf_lsm_file_open not in kernel BTF (CONFIG_BPF_LSM off?); {listed}"),
         );
     };
     match bpf_lsm_try_load(id) {
-        Ok(()) => check(
-            "BPF-LSM",
-            what,
-            Status::Pass,
+        Ok(()) => (
+            active,
             format!("loaded and unloaded lsm/file_open; {listed}"),
         ),
         Err((e, log)) => {
@@ -160,10 +182,8 @@ fn bpf_lsm_check(view: &HostView<'_>) -> Check {
             } else {
                 format!("; verifier: {log}")
             };
-            check(
-                "BPF-LSM",
-                what,
-                Status::Warn,
+            (
+                false,
                 format!(
                     "BPF_PROG_LOAD lsm/file_open: {}{hint}{log}; {listed}",
                     io_text(&e)

@@ -96,5 +96,9 @@ fn usable_models(root: &Path) -> Vec<Model> {
     if lsm("apparmor") {
         out.push(Model::Apparmor);
     }
+    // Listed is not enough: this kernel may refuse LSM programs (no BPF trampolines).
+    if svirt_drivers::bpf_lsm::usable(root).0 {
+        out.push(Model::BpfLsm);
+    }
     out
 }

@@ -1,0 +1,544 @@
+//! The BPF-LSM driver (module docs in `mod.rs`).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use svirt_bpf::enforcer::{Enforcer, Programs, SubjectHook};
+use svirt_bpf::label::{Allow, Cats};
+use svirt_bpf::{InodeKey, ObjectLabel, SubjectLabel};
+use svirt_domain::{Access, LevelSource, Model, Plan, PlannedResource};
+use svirt_hostfs::FsRoot;
+use svirt_labels::MlsRange;
+use svirt_store::{LevelAllocator, Store};
+
+use super::records::Records;
+use crate::vmm_needs::VmmNeeds;
+use crate::{
+    ChildHook, DriverError, ExecContext, GuestSecurity, ProbeReport, RecoveryNote, SecurityDriver,
+};
+
+const MODEL: Model = Model::BpfLsm;
+
+/// `statfs` magic of a bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where the driver keeps things.
+#[derive(Debug, Clone)]
+pub struct BpfLsmConfig {
+    /// Host root (`/` but in tests).
+    pub root: PathBuf,
+    /// The bpffs directory the programs and maps are pinned in (`/sys/fs/bpf/svirt`).
+    pub pin_dir: PathBuf,
+    /// The per-guest records of what was labeled (`<state>/bpf-lsm`).
+    pub records: PathBuf,
+    /// What every VMM needs from the host.
+    pub needs: VmmNeeds,
+    /// `Enforce` when stacked; `MapsOnly` when opened retired (only to clean up).
+    pub programs: Programs,
+}
+
+/// The driver.
+pub struct BpfLsmDriver {
+    cfg: BpfLsmConfig,
+    fsroot: FsRoot,
+    store: Arc<Store>,
+    levels: Option<Arc<LevelAllocator>>,
+    records: Records,
+    enforcer: Mutex<Option<Enforcer>>,
+}
+
+fn other(message: impl Into<String>) -> DriverError {
+    DriverError::Other {
+        model: MODEL,
+        message: message.into(),
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Store {
+        model: MODEL,
+        message: e.to_string(),
+    }
+}
+
+fn bpf_err(e: svirt_bpf::BpfError) -> DriverError {
+    other(e.to_string())
+}
+
+fn object_err(op: &'static str, path: &Path, source: io::Error) -> DriverError {
+    DriverError::Object {
+        model: MODEL,
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One object to label: where it was reached, its identity, its label.
+struct Item {
+    path: PathBuf,
+    key: InodeKey,
+    label: ObjectLabel,
+}
+
+/// The label SELinux's plan gives a resource, in the programs' form: the object's level
+/// (its categories), what its access permits, a tree when the whole directory is shared.
+/// `None` when SELinux's plan leaves the object untouched (`relabel='no'`): it then has no
+/// label here and no guest may use it.
+pub fn object_label(pr: &PlannedResource, guest: &MlsRange, is_dir: bool) -> Option<ObjectLabel> {
+    let ctx = pr.selinux.as_ref()?.resolve(guest);
+    let range = ctx.range?;
+    let allow = match pr.path_access {
+        Access::Rw => Allow::READ_WRITE,
+        Access::Ro => Allow::READ_ONLY,
+    };
+    Some(ObjectLabel::new(
+        Cats::of(&range.high),
+        allow,
+        pr.resource.recursive && is_dir,
+    ))
+}
+
+impl BpfLsmDriver {
+    /// A driver on `store` (claims), with `levels` for dynamic levels.
+    pub fn new(
+        cfg: BpfLsmConfig,
+        store: Arc<Store>,
+        levels: Option<Arc<LevelAllocator>>,
+    ) -> Result<BpfLsmDriver, DriverError> {
+        let fsroot = FsRoot::open(&cfg.root).map_err(|e| object_err("open", &cfg.root, e))?;
+        Ok(BpfLsmDriver {
+            records: Records::new(cfg.records.clone()),
+            cfg,
+            fsroot,
+            store,
+            levels,
+            enforcer: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Enforcer>> {
+        // A panic while holding it leaves the Option as it was: still usable.
+        self.enforcer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The enforcer, loaded (or taken over from the pins) on first use.
+    fn enforcer(&self) -> Result<MutexGuard<'_, Option<Enforcer>>, DriverError> {
+        let mut g = self.lock();
+        if g.is_none() {
+            if let Some(parent) = self.cfg.pin_dir.parent() {
+                ensure_bpffs(parent)?;
+            }
+            *g = Some(Enforcer::open(&self.cfg.pin_dir, self.cfg.programs).map_err(bpf_err)?);
+        }
+        Ok(g)
+    }
+
+    /// The enforcer if one is open or pinned (a restore never loads the programs).
+    fn existing_enforcer(&self) -> Result<MutexGuard<'_, Option<Enforcer>>, DriverError> {
+        if self.lock().is_none() && !self.cfg.pin_dir.join("objects").exists() {
+            return Ok(self.lock());
+        }
+        self.enforcer()
+    }
+
+    /// Labels `items` for `guest`: recorded durably first, then written to the map. On an
+    /// error the labels this call added are removed again (nothing half-labeled).
+    fn apply(&self, guest: &str, items: &[Item]) -> Result<(), DriverError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<InodeKey> = items.iter().map(|i| i.key).collect();
+        self.records
+            .add(guest, &keys)
+            .map_err(|e| object_err("record the labels of", &self.cfg.records, e))?;
+        let g = self.enforcer()?;
+        let Some(e) = g.as_ref() else {
+            return Err(other("the enforcer is not open"));
+        };
+        let mut added: Vec<InodeKey> = Vec::new();
+        let result = (|| {
+            for it in items {
+                let label = match e.object(&it.key).map_err(bpf_err)? {
+                    None => {
+                        added.push(it.key);
+                        it.label
+                    }
+                    Some(have) if have.cats == it.label.cats => ObjectLabel {
+                        // Two guests' uses of one object (shared, read-only content): the
+                        // object permits what either needs, as SELinux's last relabel would.
+                        allow: have.allow | it.label.allow,
+                        flags: have.flags | it.label.flags,
+                        cats: have.cats,
+                    },
+                    Some(have) => {
+                        return Err(other(format!(
+                            "{}: labeled {} for another guest, {} asked",
+                            it.path.display(),
+                            have.cats.to_level(),
+                            it.label.cats.to_level()
+                        )));
+                    }
+                };
+                e.label(&it.key, &label).map_err(bpf_err)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for k in &added {
+                let _ = e.unlabel(k);
+            }
+        }
+        result
+    }
+
+    /// Removes `guest`'s labels (those no other guest's record holds) and its record;
+    /// unpins everything once no guest has a record. Runs to the end; returns every error.
+    fn remove_guest(&self, guest: &str) -> Vec<DriverError> {
+        let mut errs = Vec::new();
+        let keys = match self.records.keys(guest) {
+            Ok(k) => k,
+            Err(e) => return vec![object_err("read the record of", &self.cfg.records, e)],
+        };
+        if !keys.is_empty() {
+            let others: BTreeSet<InodeKey> = match self.records.held_by_others(guest) {
+                Ok(o) => o,
+                Err(e) => return vec![object_err("read the records in", &self.cfg.records, e)],
+            };
+            match self.existing_enforcer() {
+                Ok(g) => {
+                    if let Some(e) = g.as_ref() {
+                        for k in keys.iter().filter(|k| !others.contains(k)) {
+                            if let Err(err) = e.unlabel(k) {
+                                errs.push(bpf_err(err));
+                            }
+                        }
+                    }
+                }
+                Err(e) => errs.push(e),
+            }
+        }
+        if errs.is_empty()
+            && let Err(e) = self.records.remove(guest)
+        {
+            errs.push(object_err("remove the record of", &self.cfg.records, e));
+        }
+        if let Err(e) = crate::stack::release_claims(&self.store, MODEL, guest) {
+            errs.push(e);
+        }
+        errs.extend(self.unpin_if_unused());
+        errs
+    }
+
+    /// Once no guest has a record: the programs and maps go.
+    fn unpin_if_unused(&self) -> Option<DriverError> {
+        match self.records.guests() {
+            Ok(g) if g.is_empty() => {}
+            Ok(_) => return None,
+            Err(e) => return Some(object_err("list", &self.cfg.records, e)),
+        }
+        let mut g = self.lock();
+        let e = match g.take() {
+            Some(e) => e,
+            None if self.cfg.pin_dir.join("objects").exists() => {
+                match Enforcer::open(&self.cfg.pin_dir, Programs::MapsOnly) {
+                    Ok(e) => e,
+                    Err(err) => return Some(bpf_err(err)),
+                }
+            }
+            None => return None,
+        };
+        e.unpin().err().map(bpf_err)
+    }
+
+    /// Opens a host path the VMM needs: system paths may be reached through root-owned
+    /// links (merged /usr), so the path is resolved first.
+    fn open_need(&self, path: &Path) -> Result<Option<(PathBuf, InodeKey, bool)>, DriverError> {
+        let host = self.cfg.root.join(path.strip_prefix("/").unwrap_or(path));
+        let real = match std::fs::canonicalize(&host) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(object_err("resolve", path, e)),
+        };
+        let abs = Path::new("/").join(real.strip_prefix(&self.cfg.root).unwrap_or(&real));
+        let obj = match self.fsroot.open_object(&abs) {
+            Ok(o) => o,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(object_err("open", path, e)),
+        };
+        let id = obj.identity();
+        Ok(Some((
+            abs,
+            InodeKey::from_stat(id.dev, id.ino),
+            obj.meta().is_dir(),
+        )))
+    }
+
+    fn need(
+        &self,
+        out: &mut Vec<Item>,
+        path: &Path,
+        cats: Cats,
+        allow: Allow,
+    ) -> Result<(), DriverError> {
+        if let Some((path, key, dir)) = self.open_need(path)? {
+            out.push(Item {
+                path,
+                key,
+                label: ObjectLabel::new(cats, allow, dir),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Mounts a bpffs on `dir` unless one is there (the programs are pinned beneath it).
+fn ensure_bpffs(dir: &Path) -> Result<(), DriverError> {
+    std::fs::create_dir_all(dir).map_err(|e| object_err("create", dir, e))?;
+    let st = rustix::fs::statfs(dir).map_err(|e| object_err("statfs", dir, e.into()))?;
+    if st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|e| object_err("mount a bpffs on", dir, io::Error::other(e)))?;
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(object_err(
+            "mount a bpffs on",
+            dir,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn guest_level(guest: &GuestSecurity) -> Result<MlsRange, DriverError> {
+    guest
+        .level
+        .ok_or_else(|| other(format!("guest {} has no level", guest.name)))
+}
+
+impl SecurityDriver for BpfLsmDriver {
+    fn model(&self) -> Model {
+        MODEL
+    }
+
+    fn probe(&self) -> ProbeReport {
+        let (usable, reason) = super::host::usable(&self.cfg.root);
+        ProbeReport {
+            model: MODEL,
+            usable,
+            reason,
+        }
+    }
+
+    fn reserve(&self, plan: &Plan, guest: &mut GuestSecurity) -> Result<(), DriverError> {
+        if !plan.is_confined(MODEL) {
+            return Ok(());
+        }
+        match plan.level {
+            LevelSource::None => Err(other("BPF-LSM needs a level, and the plan has none")),
+            LevelSource::Dynamic => {
+                if guest.level.is_some() {
+                    return Ok(());
+                }
+                let alloc = self
+                    .levels
+                    .as_ref()
+                    .ok_or_else(|| other("no level allocator is configured"))?;
+                let level = alloc.allocate(&guest.name).map_err(store_err)?;
+                guest.level = Some(MlsRange::single(level));
+                Ok(())
+            }
+            LevelSource::Static(r) => {
+                if let Some(alloc) = &self.levels {
+                    let held = alloc
+                        .reservation(&r.low)
+                        .is_some_and(|res| res.owners.contains(&guest.name));
+                    if !held {
+                        alloc
+                            .reserve(&r.low, &guest.name, false)
+                            .map_err(store_err)?;
+                    }
+                }
+                guest.level = Some(r);
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, guest: &GuestSecurity) -> Result<(), DriverError> {
+        let (Some(alloc), Some(level)) = (&self.levels, &guest.level) else {
+            return Ok(());
+        };
+        match alloc.reservation(&level.low) {
+            Some(res) if res.owners.contains(&guest.name) => {
+                alloc.release(&level.low, &guest.name).map_err(store_err)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn set_all(&self, plan: &Plan, guest: &GuestSecurity) -> Result<(), DriverError> {
+        if !plan.is_confined(MODEL) {
+            return Ok(());
+        }
+        let level = guest_level(guest)?;
+        // Before any label: one guest per private read-write object (the claim table all
+        // object-changing models share).
+        crate::stack::claim_plan(&self.store, &self.fsroot, MODEL, plan)?;
+        let mut items = Vec::new();
+        for pr in &plan.resources {
+            let obj = match self.fsroot.open_planned(
+                &pr.resource.path,
+                pr.resource.identity.map(|i| (i.dev, i.ino)),
+            ) {
+                Ok(o) => o,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(object_err("open", &pr.resource.path, e)),
+            };
+            let Some(label) = object_label(pr, &level, obj.meta().is_dir()) else {
+                continue;
+            };
+            let id = obj.identity();
+            items.push(Item {
+                path: pr.resource.path.clone(),
+                key: InodeKey::from_stat(id.dev, id.ino),
+                label,
+            });
+        }
+        let r = self.apply(&plan.name, &items);
+        if r.is_err() {
+            let _ = self.remove_guest(&plan.name);
+        }
+        r
+    }
+
+    fn restore_all(&self, plan: &Plan, guest: &GuestSecurity) -> Vec<DriverError> {
+        let _ = plan;
+        self.remove_guest(&guest.name)
+    }
+
+    fn child_hooks(
+        &self,
+        plan: &Plan,
+        guest: &GuestSecurity,
+        exec: &ExecContext,
+    ) -> Result<Vec<ChildHook>, DriverError> {
+        if !plan.is_confined(MODEL) {
+            return Ok(Vec::new());
+        }
+        let level = guest_level(guest)?;
+        let mine = Cats::of(&level.high);
+        let s0 = Cats::default();
+        let mut items = Vec::new();
+        let needs = &self.cfg.needs;
+        for p in &needs.exec_paths {
+            self.need(&mut items, p, s0, Allow::READ_EXEC)?;
+        }
+        for p in &needs.read_paths {
+            self.need(&mut items, p, s0, Allow::READ_ONLY)?;
+        }
+        for p in needs.base_devices.iter().chain(&exec.devices) {
+            self.need(&mut items, p, s0, Allow::READ_WRITE)?;
+        }
+        self.need(&mut items, &exec.emulator, s0, Allow::READ_EXEC)?;
+        self.need(&mut items, &exec.runtime_dir, mine, Allow::READ_WRITE)?;
+        self.apply(&plan.name, &items)?;
+        let g = self.enforcer()?;
+        let e = g
+            .as_ref()
+            .ok_or_else(|| other("the enforcer is not open"))?;
+        let mut hook = SubjectHook::new(e, SubjectLabel { cats: mine }).map_err(bpf_err)?;
+        Ok(vec![Box::new(move || hook.apply())])
+    }
+
+    fn process_label(&self, pid: i32) -> Result<Option<String>, DriverError> {
+        let g = self.lock();
+        let Some(e) = g.as_ref() else {
+            return Ok(None);
+        };
+        // SAFETY: pidfd_open returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Ok(None);
+        }
+        // SAFETY: a fresh fd we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(e.subject(pidfd.as_fd())
+            .map_err(bpf_err)?
+            .map(|s| s.cats.to_level().to_string()))
+    }
+
+    fn recover(&self, running: &dyn Fn(&str) -> bool) -> Vec<RecoveryNote> {
+        let mut notes = Vec::new();
+        let guests = match self.records.guests() {
+            Ok(g) => g,
+            Err(e) => {
+                return vec![RecoveryNote {
+                    guest: None,
+                    what: format!("BPF-LSM records: {e}"),
+                    failed: true,
+                }];
+            }
+        };
+        for g in guests.into_iter().filter(|g| !running(g)) {
+            let errs = self.remove_guest(&g);
+            notes.push(RecoveryNote {
+                guest: Some(g.clone()),
+                what: if errs.is_empty() {
+                    "BPF-LSM labels of a guest that is not running removed".into()
+                } else {
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+                failed: !errs.is_empty(),
+            });
+        }
+        for e in crate::stack::recover_claims(&self.store, MODEL, running) {
+            notes.push(RecoveryNote {
+                guest: None,
+                what: e.to_string(),
+                failed: true,
+            });
+        }
+        if let Some(e) = self.unpin_if_unused() {
+            notes.push(RecoveryNote {
+                guest: None,
+                what: e.to_string(),
+                failed: true,
+            });
+        }
+        notes
+    }
+
+    fn held_for(&self, owner: &str) -> Option<String> {
+        match self.store.levels_of(owner) {
+            Ok(l) if l.is_empty() => None,
+            Ok(l) => Some(format!(
+                "level {}",
+                l.iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(_) => Some("its level".into()),
+        }
+    }
+}
