@@ -176,6 +176,49 @@ pub fn drain(
     Ok(seen)
 }
 
+/// The denial ring buffer as pinned under `pin_dir` ([`crate::enforcer::Enforcer`]).
+pub fn open_pinned(pin_dir: &std::path::Path) -> Result<libbpf_rs::MapHandle, BpfError> {
+    let at = pin_dir.join("events");
+    libbpf_rs::MapHandle::from_pinned_path(&at).map_err(BpfError::libbpf(format!(
+        "open pinned map {}",
+        at.display()
+    )))
+}
+
+/// Hands every denial to `each` as it comes, until `stop` is set (checked at least every
+/// `tick`). For a thread of svirtd's that logs them.
+pub fn follow(
+    events: &libbpf_rs::MapHandle,
+    stop: &std::sync::atomic::AtomicBool,
+    tick: Duration,
+    mut each: impl FnMut(Denial),
+) -> Result<(), BpfError> {
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    builder
+        .add(events, |b: &[u8]| {
+            if let Some(d) = Denial::from_record(b) {
+                each(d);
+            }
+            0
+        })
+        .map_err(BpfError::libbpf("read the denial ring buffer"))?;
+    let ring = builder
+        .build()
+        .map_err(BpfError::libbpf("read the denial ring buffer"))?;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // EINTR is not an error here: the loop polls again.
+        if let Err(e) = ring.poll(tick)
+            && e.kind() != libbpf_rs::ErrorKind::Interrupted
+        {
+            return Err(BpfError::Libbpf {
+                what: "poll the denial ring buffer".into(),
+                source: e,
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

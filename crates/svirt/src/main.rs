@@ -35,7 +35,7 @@ enum Command {
     HostValidate(cmd::host_validate::HostValidateArgs),
     /// Why is (or would be) an access allowed or denied? The virt policy, in plain words.
     Explain(cmd::explain::ExplainArgs),
-    /// SELinux AVC and AppArmor denials from the kernel or audit log, per guest.
+    /// SELinux AVC, AppArmor and BPF-LSM denials from the kernel or audit log, per guest.
     Denials(cmd::explain::DenialsArgs),
     /// Dry run: every host object a domain uses and the label each model gives it.
     Plan(cmd::plan::PlanArgs),

@@ -219,5 +219,40 @@ fn denials_attribute_apparmor_records_to_guests_by_profile() {
 
     // Control: a log without denials says so.
     let o = svirt(&["denials", "--from", "-"], Some("nothing here\n"));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("no AVC or AppArmor denials found"));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no AVC, AppArmor or BPF-LSM denials found")
+    );
+}
+
+/// BPF-LSM's lines (svirtd logs the programs' ring buffer to the kernel log) go to the
+/// guest at the denied task's level; the object is named by its level (another guest's,
+/// `s0`, or unlabeled).
+#[test]
+fn denials_attribute_bpf_lsm_records_to_guests_by_level() {
+    let log = "[ 30.1] svirt-bpf: denied { read } hook=open pid=90 comm=\"qemu-system-x86\" scontext=s0:c1,c2 tcontext=s0:c3,c4 dev=0:45 ino=17\n\
+               [ 30.2] svirt-bpf: denied { signal } hook=signal pid=90 comm=\"qemu-system-x86\" scontext=s0:c1,c2 tcontext=s0:c3,c4 tpid=120\n\
+               [ 30.3] svirt-bpf: denied { write } hook=open pid=121 comm=\"qemu-system-x86\" scontext=s0:c3,c4 tcontext=unlabeled dev=8:1 ino=2\n\
+               [ 30.4] svirt-bpf: something else\n";
+    let o = svirt(&["denials", "--from", "-"], Some(log));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("guest at s0:c1,c2: 2 BPF-LSM denial(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("guest at s0:c3,c4: 1 BPF-LSM denial(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("{ read } open pid=90 comm=qemu-system-x86 s0:c1,c2 -> s0:c3,c4 [guest at s0:c3,c4] dev=0:45 ino=17"),
+        "{out}"
+    );
+    assert!(out.contains("tpid=120"), "{out}");
+    assert!(out.contains("(unlabeled: no plan names it)"), "{out}");
 }

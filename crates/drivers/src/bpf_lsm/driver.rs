@@ -48,6 +48,58 @@ pub struct BpfLsmDriver {
     levels: Option<Arc<LevelAllocator>>,
     records: Records,
     enforcer: Mutex<Option<Enforcer>>,
+    denials: Mutex<Option<DenialLog>>,
+}
+
+/// The thread that moves denials from the programs' ring buffer to the kernel log, where
+/// `svirt denials` reads them beside SELinux's AVCs and AppArmor's records.
+struct DenialLog {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DenialLog {
+    fn start(pin_dir: &Path, kmsg: PathBuf) -> Result<DenialLog, DriverError> {
+        let events = svirt_bpf::events::open_pinned(pin_dir).map_err(bpf_err)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("svirt-bpf-denials".into())
+            .spawn(move || {
+                use std::io::Write;
+                // One write per line: the kernel takes each write as one record.
+                let mut log = std::fs::OpenOptions::new().write(true).open(&kmsg).ok();
+                let r = svirt_bpf::events::follow(
+                    &events,
+                    &flag,
+                    std::time::Duration::from_millis(200),
+                    |d| {
+                        let line = d.line();
+                        tracing::warn!(target: "svirt::bpf_lsm", "{line}");
+                        if let Some(f) = log.as_mut() {
+                            let _ = f.write_all(format!("<4>{line}\n").as_bytes());
+                        }
+                    },
+                );
+                if let Err(e) = r {
+                    tracing::error!("BPF-LSM denials are no longer logged: {e}");
+                }
+            })
+            .map_err(|e| other(format!("start the denial log thread: {e}")))?;
+        Ok(DenialLog {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DenialLog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn other(message: impl Into<String>) -> DriverError {
@@ -117,6 +169,7 @@ impl BpfLsmDriver {
             store,
             levels,
             enforcer: Mutex::new(None),
+            denials: Mutex::new(None),
         })
     }
 
@@ -135,6 +188,18 @@ impl BpfLsmDriver {
                 ensure_bpffs(parent)?;
             }
             *g = Some(Enforcer::open(&self.cfg.pin_dir, self.cfg.programs).map_err(bpf_err)?);
+            if self.cfg.programs == Programs::Enforce {
+                let mut d = self
+                    .denials
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if d.is_none() {
+                    *d = Some(DenialLog::start(
+                        &self.cfg.pin_dir,
+                        self.cfg.root.join("dev/kmsg"),
+                    )?);
+                }
+            }
         }
         Ok(g)
     }
@@ -242,6 +307,13 @@ impl BpfLsmDriver {
             Ok(_) => return None,
             Err(e) => return Some(object_err("list", &self.cfg.records, e)),
         }
+        // The log thread first: it holds the ring buffer.
+        drop(
+            self.denials
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         let mut g = self.lock();
         let e = match g.take() {
             Some(e) => e,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use svirt_bpf::events::Denial as BpfDenial;
 use svirt_drivers::apparmor::audit::{self, AppArmorRecord};
 use svirt_labels::{Context, Level};
 use svirt_policy::{AvcRecord, Booleans, Decision, explain, is_avc_line, parse_avc, run_batch};
@@ -34,7 +35,7 @@ pub struct ExplainArgs {
 /// Arguments of `svirt denials`.
 #[derive(Args)]
 pub struct DenialsArgs {
-    /// Read AVC and AppArmor records from this file (an audit.log or a saved kernel log) instead of the
+    /// Read AVC, AppArmor and BPF-LSM records from this file (an audit.log or a saved kernel log) instead of the
     /// kernel log; `-` reads stdin.
     #[arg(long, value_name = "FILE")]
     from: Option<PathBuf>,
@@ -144,11 +145,13 @@ impl GuestNames {
             .unwrap_or_default();
         for g in guests {
             by_uuid.insert(uuid_key(&g.uuid), g.name.clone());
+            // SELinux's process label, or BPF-LSM's level (the same MCS level).
             let level = g
                 .labels
                 .get("selinux")
                 .and_then(|l| Context::parse(l).ok())
-                .and_then(|c| c.level());
+                .and_then(|c| c.level())
+                .or_else(|| g.labels.get("bpf-lsm").and_then(|l| Level::parse(l).ok()));
             if let Some(level) = level {
                 by_level.insert(level, g.name);
             }
@@ -179,6 +182,19 @@ impl GuestNames {
                 .cloned()
                 .unwrap_or_else(|| format!("guest at {level}")),
         )
+    }
+
+    /// The guest at a level given as text (`s0:c1,c2`); `s0` is everyone's (shared).
+    fn name_of_level(&self, text: &str) -> String {
+        match Level::parse(text) {
+            Ok(l) if l.categories.is_empty() => "shared (s0)".into(),
+            Ok(l) => self
+                .by_level
+                .get(&l)
+                .cloned()
+                .unwrap_or_else(|| format!("guest at {l}")),
+            Err(_) => text.to_string(),
+        }
     }
 
     /// `guest A (svirt_t:s0:c1,c2) -> guest B's object` style heading.
@@ -255,9 +271,47 @@ pub fn run_denials(args: DenialsArgs, connect: &ConnectArgs) -> CmdResult {
             .unwrap_or_else(|| "(not a guest)".to_owned());
         aa_per_guest.entry(key).or_default().push(r);
     }
-    if per_guest.is_empty() && aa_per_guest.is_empty() {
-        println!("no AVC or AppArmor denials found");
+    // BPF-LSM's (svirtd logs the programs' denials to the kernel log).
+    let bpf: Vec<BpfDenial> = lines
+        .iter()
+        .filter_map(|l| BpfDenial::parse_line(l))
+        .collect();
+    let mut bpf_per_guest: BTreeMap<String, Vec<&BpfDenial>> = BTreeMap::new();
+    for d in &bpf {
+        bpf_per_guest
+            .entry(guests.name_of_level(&d.subject))
+            .or_default()
+            .push(d);
+    }
+    if per_guest.is_empty() && aa_per_guest.is_empty() && bpf_per_guest.is_empty() {
+        println!("no AVC, AppArmor or BPF-LSM denials found");
         return Ok(ExitCode::SUCCESS);
+    }
+    for (guest, recs) in &bpf_per_guest {
+        println!("{guest}: {} BPF-LSM denial(s)", recs.len());
+        for d in recs {
+            let target = if d.object == "unlabeled" {
+                " (unlabeled: no plan names it)".to_string()
+            } else {
+                format!(" [{}]", guests.name_of_level(&d.object))
+            };
+            println!(
+                "  {{ {} }} {} pid={} comm={} {} -> {}{target}{}{}",
+                d.want,
+                d.hook,
+                d.pid,
+                d.comm,
+                d.subject,
+                d.object,
+                d.inode
+                    .as_ref()
+                    .map(|(dev, ino)| format!(" dev={dev} ino={ino}"))
+                    .unwrap_or_default(),
+                d.target_pid
+                    .map(|t| format!(" tpid={t}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     for (guest, recs) in &aa_per_guest {
         println!("{guest}: {} AppArmor denial(s)", recs.len());
