@@ -84,7 +84,14 @@ struct {
 
 static __always_inline struct svirt_subject *current_subject(void)
 {
-	return bpf_task_storage_get(&subjects, bpf_get_current_task_btf(), 0, 0);
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	/* A task no program ever gave storage (every host task, as long as no other
+	 * program keeps task storage) has none of ours either: the helper would return
+	 * NULL too, after its locking. */
+	if (!task->bpf_storage)
+		return 0;
+	return bpf_task_storage_get(&subjects, task, 0, 0);
 }
 
 static __always_inline void report(__u32 hook, __u32 want, const struct svirt_subject *s,
@@ -112,11 +119,25 @@ static __always_inline void report(__u32 hook, __u32 want, const struct svirt_su
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* The label of an inode reached through bpf_probe_read_kernel (a pointer the verifier
+ * does not type: a unix socket's path). */
 static __always_inline struct svirt_object *lookup_inode(struct inode *inode,
 							 struct svirt_inode_key *key)
 {
 	key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	key->ino = BPF_CORE_READ(inode, i_ino);
+	return bpf_map_lookup_elem(&objects, key);
+}
+
+/* The same through a pointer the verifier types from BTF (a hook's argument and what it
+ * points to): plain loads, CO-RE relocated like BPF_CORE_READ and, like it, reading 0
+ * where a pointer is bad (the JIT's exception table), without a helper call per field.
+ * This is the path of every open by a guest. */
+static __always_inline struct svirt_object *lookup_inode_btf(struct inode *inode,
+							     struct svirt_inode_key *key)
+{
+	key->dev = inode->i_sb->s_dev;
+	key->ino = inode->i_ino;
 	return bpf_map_lookup_elem(&objects, key);
 }
 
@@ -128,16 +149,16 @@ static __always_inline struct svirt_object *lookup_file(struct file *file,
 	struct svirt_object *o;
 	struct dentry *d, *parent;
 
-	o = lookup_inode(BPF_CORE_READ(file, f_inode), key);
+	o = lookup_inode_btf(file->f_inode, key);
 	if (o)
 		return o;
-	d = BPF_CORE_READ(file, f_path.dentry);
+	d = file->f_path.dentry;
 	for (int i = 0; i < SVIRT_TREE_DEPTH; i++) {
-		parent = BPF_CORE_READ(d, d_parent);
+		parent = d->d_parent;
 		if (!parent || parent == d)
 			break;
 		d = parent;
-		o = lookup_inode(BPF_CORE_READ(d, d_inode), &up);
+		o = lookup_inode_btf(d->d_inode, &up);
 		if (o)
 			return (o->flags & SVIRT_OBJ_TREE) ? o : 0;
 	}
@@ -176,7 +197,7 @@ int BPF_PROG(svirt_file_open, struct file *file)
 
 	if (!s)
 		return 0;
-	return check_file(SVIRT_HOOK_OPEN, s, file, want_of_mode(BPF_CORE_READ(file, f_mode)));
+	return check_file(SVIRT_HOOK_OPEN, s, file, want_of_mode(file->f_mode));
 }
 
 SEC("lsm/mmap_file")
@@ -223,8 +244,7 @@ int BPF_PROG(svirt_file_receive, struct file *file)
 	/* Pipes, eventfds and other anonymous objects have no host identity to protect. */
 	if ((mode & 0170000) == 0010000 || (mode & 0170000) == 0)
 		return 0;
-	return check_file(SVIRT_HOOK_RECEIVE, s, file,
-			  want_of_mode(BPF_CORE_READ(file, f_mode)) & ~SVIRT_MAY_EXEC);
+	return check_file(SVIRT_HOOK_RECEIVE, s, file, want_of_mode(file->f_mode) & ~SVIRT_MAY_EXEC);
 }
 
 SEC("lsm/bprm_check_security")
@@ -234,7 +254,7 @@ int BPF_PROG(svirt_bprm_check, struct linux_binprm *bprm)
 
 	if (!s)
 		return 0;
-	return check_file(SVIRT_HOOK_EXEC, s, BPF_CORE_READ(bprm, file), SVIRT_MAY_EXEC);
+	return check_file(SVIRT_HOOK_EXEC, s, bprm->file, SVIRT_MAY_EXEC);
 }
 
 /* Signals: a guest may signal only tasks whose level it dominates (its own); never a
