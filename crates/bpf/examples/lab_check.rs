@@ -9,8 +9,15 @@
 //! `LABCHECK <name> PASS|FAIL <detail>` line per check (see lab/scenarios/bpf); libbpf's
 //! messages, the verifier's log among them when a program is refused, go to stderr.
 //!
-//! Usage: `lab_check [--busybox PATH] [--pin-dir DIR]` (defaults: /bin/busybox,
-//! /sys/fs/bpf/svirt-lab).
+//! With `--bench`, last, the cost of the programs: open()+close() of a labeled file timed
+//! by an unlabeled (host) process and by a labeled (guest) one, in rounds with the
+//! programs detached and attached in turn (see [`bench`]). A benchmark reports numbers
+//! (`LABINFO bench.*` lines, each with its goal met or MISSED); its one check,
+//! `bench.detach`, is that the rounds really ran with and without the programs.
+//!
+//! Usage: `lab_check [--busybox PATH] [--pin-dir DIR] [--bench]` (defaults: /bin/busybox,
+//! /sys/fs/bpf/svirt-lab); `lab_check --bench-child FILE N PROBE` is the benchmark's
+//! timing loop, run by lab_check in its children.
 
 use std::cell::RefCell;
 use std::ffi::CString;
@@ -108,6 +115,8 @@ struct Lab {
     enforcer: Enforcer,
     busybox: PathBuf,
     failed: usize,
+    /// Whether to run the benchmark (`--bench`).
+    with_bench: bool,
 }
 
 impl Lab {
@@ -291,15 +300,22 @@ fn print_libbpf(_level: libbpf_rs::PrintLevel, msg: String) {
 }
 
 fn main() {
+    // The benchmark's timing loop, in a child of this binary (labeled or not).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(BENCH_CHILD) {
+        std::process::exit(bench_child(&argv[2..]));
+    }
     let mut args = std::env::args().skip(1);
     let mut busybox = PathBuf::from("/bin/busybox");
     let mut pin_dir: Option<PathBuf> = None;
+    let mut with_bench = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--busybox" => busybox = args.next().expect("--busybox PATH").into(),
             "--pin-dir" => pin_dir = Some(args.next().expect("--pin-dir DIR").into()),
+            "--bench" => with_bench = true,
             _ => {
-                eprintln!("usage: lab_check [--busybox PATH] [--pin-dir DIR]");
+                eprintln!("usage: lab_check [--busybox PATH] [--pin-dir DIR] [--bench]");
                 std::process::exit(2);
             }
         }
@@ -350,6 +366,7 @@ fn main() {
         enforcer,
         busybox,
         failed: 0,
+        with_bench,
     };
     let pins: Vec<String> = svirt_bpf::enforcer::LSM_PROGRAMS
         .iter()
@@ -769,8 +786,481 @@ fn scenario(lab: &mut Lab) -> Result<(), String> {
         ),
     );
 
+    // ---- cost -------------------------------------------------------------------------
+    if lab.with_bench {
+        let t0 = std::time::Instant::now();
+        if let Err(e) = bench(lab, work) {
+            lab.check("bench.detach", false, format!("benchmark not run: {e}"));
+        }
+        println!("LABINFO benchmark took {:.1}s", t0.elapsed().as_secs_f64());
+    }
+
     // Leave the tmpfs (the labels go with the unpin).
     drop(bb);
     let _ = Command::new("umount").arg(work).status();
+    Ok(())
+}
+
+// ---- the benchmark -------------------------------------------------------------------
+//
+// The benchmark: the cost of open()+close() of a labeled file inside a guest and
+// on the host, with and without the programs, in one run (goal: at most 5% inside a
+// guest, unmeasurable on the host). The programs are detached and re-attached between
+// rounds (the links go and come back; the maps, labels included, stay), in the order
+// without, with, with, without, without, ... so that neither state always runs first.
+// Every measurement is a child of this binary timing its own loop (`--bench-child`):
+// unlabeled (the host), or labeled at OWN by SubjectHook before exec (the guest).
+
+/// The first argument of a timing child.
+const BENCH_CHILD: &str = "--bench-child";
+/// open()+close() pairs timed per measurement (after a tenth as many to warm up), in
+/// batches of BENCH_BATCH.
+const BENCH_OPENS: u32 = 20_000;
+const BENCH_BATCH: u32 = 200;
+/// Rounds per state (medians over these); even, so that each state runs first as often.
+const BENCH_ROUNDS: usize = 6;
+/// The host's overhead counts as unmeasurable within this (or within the spread of the
+/// rounds without the programs, when that is larger).
+const HOST_NOISE: f64 = 0.03;
+/// The goal inside a guest.
+const GUEST_GOAL: f64 = 0.05;
+/// The timing child: `FILE N PROBE`. Tries to open PROBE once (reported: whether the
+/// programs enforce, for a labeled child), then times N open(FILE)+close() pairs in
+/// batches of BENCH_BATCH and prints the ns per pair of the fastest batch and over all:
+/// `min=<ns> mean=<ns> probe=<ok|errno>`. The fastest batch is the estimate the checks
+/// use: TCG runs on the host's time, so a vCPU thread the host preempts (other work on
+/// the machine) inflates a batch by the time it waited, in either state; a batch of a
+/// few ms the host left alone measures what the code costs.
+fn bench_child(args: &[String]) -> i32 {
+    let [file, n, probe] = args else {
+        eprintln!("usage: lab_check {BENCH_CHILD} FILE N PROBE");
+        return 2;
+    };
+    let Ok(n) = n.parse::<u32>() else {
+        eprintln!("{BENCH_CHILD}: N {n:?} is not a count");
+        return 2;
+    };
+    let (Ok(file), Ok(probe)) = (CString::new(file.as_str()), CString::new(probe.as_str())) else {
+        eprintln!("{BENCH_CHILD}: a path holds a NUL");
+        return 2;
+    };
+    let open_close = |path: &CString| -> io::Result<()> {
+        // SAFETY: open of a NUL-terminated path, close of the fd it returned.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::close(fd);
+        }
+        Ok(())
+    };
+    let probe = match open_close(&probe) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.raw_os_error().unwrap_or(-1).to_string(),
+    };
+    let timed = || -> io::Result<(f64, f64)> {
+        for _ in 0..n / 10 {
+            open_close(&file)?;
+        }
+        let (mut min, mut total) = (f64::MAX, 0.0);
+        let mut done = 0;
+        while done < n {
+            let batch = BENCH_BATCH.min(n - done);
+            let t = std::time::Instant::now();
+            for _ in 0..batch {
+                open_close(&file)?;
+            }
+            let ns = t.elapsed().as_nanos() as f64;
+            min = min.min(ns / f64::from(batch));
+            total += ns;
+            done += batch;
+        }
+        Ok((min, total / f64::from(n.max(1))))
+    };
+    match timed() {
+        Ok((min, mean)) => {
+            println!("min={min:.1} mean={mean:.1} probe={probe}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{BENCH_CHILD}: open {}: {e}", file.to_string_lossy());
+            1
+        }
+    }
+}
+
+/// One bpf(2) command on a zero-padded attribute.
+fn sys_bpf(cmd: libc::c_long, attr: &[u64]) -> io::Result<i32> {
+    // SAFETY: attr is a bpf_attr prefix for `cmd`, its pointers alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_ptr(),
+            std::mem::size_of_val(attr) as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as i32)
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// enum bpf_attach_type: BPF_LSM_MAC.
+const BPF_LSM_MAC: u64 = 27;
+
+fn owned(fd: i32) -> OwnedFd {
+    // SAFETY: a fresh fd the kernel just returned to us.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// The LSM programs of the pinned links, held by fd so that their links may go (the
+/// programs detach: no hook calls them) and come back (a new link each, pinned where
+/// the old one was, so the enforcer sees itself enforcing again).
+struct Attachment {
+    links: PathBuf,
+    progs: Vec<(&'static str, OwnedFd)>,
+    attached: bool,
+}
+
+impl Attachment {
+    fn take(dir: &Path) -> Result<Attachment, String> {
+        let links = dir.join("links");
+        let mut progs = Vec::new();
+        for name in svirt_bpf::enforcer::LSM_PROGRAMS {
+            let at = links.join(name);
+            let path =
+                CString::new(at.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+            // BPF_OBJ_GET: pathname u64, bpf_fd u32, file_flags u32.
+            let link = sys_bpf(BPF_OBJ_GET, &[path.as_ptr() as u64, 0])
+                .map(owned)
+                .map_err(|e| format!("open the pinned link {}: {e}", at.display()))?;
+            // struct bpf_link_info: type u32, id u32, prog_id u32, ...
+            let mut info = [0u64; 8];
+            let attr = [
+                u64::from(link.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32),
+                info.as_mut_ptr() as u64,
+            ];
+            sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)
+                .map_err(|e| format!("link info of {name}: {e}"))?;
+            let prog_id = info[1] & 0xffff_ffff;
+            // BPF_PROG_GET_FD_BY_ID: prog_id u32, next_id u32, open_flags u32.
+            let prog = sys_bpf(BPF_PROG_GET_FD_BY_ID, &[prog_id, 0])
+                .map(owned)
+                .map_err(|e| format!("program {prog_id} of link {name}: {e}"))?;
+            progs.push((name, prog));
+        }
+        Ok(Attachment {
+            links,
+            progs,
+            attached: true,
+        })
+    }
+
+    /// Removes every link: the programs stay loaded (our fds) but no hook calls them.
+    fn detach(&mut self) -> Result<(), String> {
+        for (name, _) in &self.progs {
+            let at = self.links.join(name);
+            fs::remove_file(&at).map_err(|e| format!("unpin {}: {e}", at.display()))?;
+        }
+        self.attached = false;
+        Ok(())
+    }
+
+    /// A new link per program (BPF_LINK_CREATE, BPF_LSM_MAC), pinned as before.
+    fn attach(&mut self) -> Result<(), String> {
+        for (name, prog) in &self.progs {
+            let at = self.links.join(name);
+            if at.exists() {
+                continue;
+            }
+            // BPF_LINK_CREATE: prog_fd u32, target_fd u32, attach_type u32, flags u32, ...
+            let attr = [u64::from(prog.as_raw_fd() as u32), BPF_LSM_MAC, 0, 0];
+            let link = sys_bpf(BPF_LINK_CREATE, &attr)
+                .map(owned)
+                .map_err(|e| format!("attach {name}: {e}"))?;
+            let path =
+                CString::new(at.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+            sys_bpf(
+                BPF_OBJ_PIN,
+                &[path.as_ptr() as u64, u64::from(link.as_raw_fd() as u32)],
+            )
+            .map_err(|e| format!("pin link {name} at {}: {e}", at.display()))?;
+        }
+        self.attached = true;
+        Ok(())
+    }
+}
+
+impl Drop for Attachment {
+    /// The lab's later checks (unpin) expect the programs attached and pinned.
+    fn drop(&mut self) {
+        if !self.attached
+            && let Err(e) = self.attach()
+        {
+            eprintln!("lab_check: re-attaching after the benchmark: {e}");
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One kind of measurement: its per-open ns in each round, without and with.
+#[derive(Default)]
+struct Series {
+    /// The fastest batch's, per round.
+    off: Vec<f64>,
+    on: Vec<f64>,
+    /// Over all of a round's pairs, per round.
+    off_mean: Vec<f64>,
+    on_mean: Vec<f64>,
+}
+
+impl Series {
+    fn overhead(&self) -> f64 {
+        median(&self.on) / median(&self.off) - 1.0
+    }
+
+    /// The round-to-round spread of the rounds without the programs, robust to one
+    /// round the host disturbed throughout: their median absolute deviation over their
+    /// median.
+    fn spread(&self) -> f64 {
+        let m = median(&self.off);
+        let dev: Vec<f64> = self.off.iter().map(|v| (v - m).abs()).collect();
+        median(&dev) / m
+    }
+
+    /// The overheads of the rounds' pairs (each round measures both states back to back).
+    fn paired(&self) -> (f64, f64) {
+        let p: Vec<f64> = self
+            .off
+            .iter()
+            .zip(&self.on)
+            .map(|(off, on)| on / off - 1.0)
+            .collect();
+        (
+            p.iter().copied().fold(f64::MAX, f64::min),
+            p.iter().copied().fold(f64::MIN, f64::max),
+        )
+    }
+
+    fn describe(&self, what: &str) -> String {
+        let (lo, hi) = self.paired();
+        let mean = median(&self.on_mean) / median(&self.off_mean) - 1.0;
+        format!(
+            "{what}: without {:.0} ns, with {:.0} ns per open+close (medians over {} rounds of the fastest batch of {BENCH_BATCH} among {BENCH_OPENS}): overhead {:+.1}% (rounds' pairs {:+.1}%..{:+.1}%; spread of the rounds without (MAD) {:.1}%); over all pairs, preemptions included: without {:.0} ns, with {:.0} ns, {:+.1}%",
+            median(&self.off),
+            median(&self.on),
+            self.off.len(),
+            self.overhead() * 100.0,
+            lo * 100.0,
+            hi * 100.0,
+            self.spread() * 100.0,
+            median(&self.off_mean),
+            median(&self.on_mean),
+            mean * 100.0
+        )
+    }
+}
+
+/// One timing child: per-open ns (fastest batch, over all), and whether its probe opened.
+fn bench_once(
+    lab: &Lab,
+    exe: &Path,
+    level: Option<&str>,
+    file: &Path,
+    probe: &Path,
+) -> Result<(f64, f64, String), String> {
+    let mut c = Command::new(exe);
+    c.arg(BENCH_CHILD)
+        .arg(file)
+        .arg(BENCH_OPENS.to_string())
+        .arg(probe)
+        .stdin(Stdio::null());
+    if let Some(level) = level {
+        lab.label_child(&mut c, level, || Ok(()));
+    }
+    let out = c
+        .output()
+        .map_err(|e| format!("spawn {} at {level:?}: {e}", exe.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
+    let num = |k: &str| field(k).and_then(|v| v.parse::<f64>().ok());
+    match (out.status.success(), num("min"), num("mean")) {
+        (true, Some(min), Some(mean)) => Ok((min, mean, field("probe").unwrap_or("?").to_string())),
+        _ => Err(format!(
+            "timing child at {level:?} on {}: {} ({} {})",
+            file.display(),
+            Outcome::of(out.status, &out.stderr),
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+fn bench(lab: &mut Lab, work: &Path) -> Result<(), String> {
+    // This binary, run by its timing children: a guest's may exec it as it may the
+    // emulator (s0, read and execute).
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let exe_file = fs::File::open(&exe).map_err(|e| format!("open {}: {e}", exe.display()))?;
+    let exe_key = InodeKey::of(exe_file.as_fd()).map_err(|e| e.to_string())?;
+    lab.enforcer
+        .label(
+            &exe_key,
+            &ObjectLabel::new(Cats::default(), Allow::READ_EXEC, false),
+        )
+        .map_err(|e| e.to_string())?;
+    // The guest's own file (A, labeled itself: the direct hit), a file of a directory
+    // labeled as its tree (found one dentry up), and the other guest's file (B: the
+    // probe that tells whether the programs enforce).
+    let own = work.join("A");
+    let probe = work.join("B");
+    let tree = work.join("T");
+    fs::create_dir_all(&tree).map_err(|e| format!("mkdir {}: {e}", tree.display()))?;
+    let in_tree = tree.join("f");
+    fs::write(&in_tree, "file T/f\n").map_err(|e| format!("write {}: {e}", in_tree.display()))?;
+    let tree_dir = fs::File::open(&tree).map_err(|e| format!("open {}: {e}", tree.display()))?;
+    let tree_key = InodeKey::of(tree_dir.as_fd()).map_err(|e| e.to_string())?;
+    lab.enforcer
+        .label(
+            &tree_key,
+            &ObjectLabel::new(cats(OWN), Allow::READ_WRITE, true),
+        )
+        .map_err(|e| e.to_string())?;
+
+    let mut attachment = Attachment::take(lab.enforcer.dir())?;
+    let (mut host, mut guest, mut guest_tree) =
+        (Series::default(), Series::default(), Series::default());
+    // Whether each state was what it claims, by the guest's probe of B and the pins.
+    let mut toggle_wrong = Vec::new();
+    let mut toggles = 0;
+    for round in 0..BENCH_ROUNDS {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for on in order {
+            if on != attachment.attached {
+                toggles += 1;
+                if on {
+                    attachment.attach()?;
+                } else {
+                    attachment.detach()?;
+                }
+            }
+            let state = if on { "with" } else { "without" };
+            if lab.enforcer.enforcing() != on {
+                toggle_wrong.push(format!(
+                    "round {round} {state}: links pinned = {}",
+                    lab.enforcer.enforcing()
+                ));
+            }
+            let (h, hm, _) = bench_once(lab, &exe, None, &own, &probe)?;
+            let (g, gm, g_probe) = bench_once(lab, &exe, Some(OWN), &own, &probe)?;
+            let (t, tm, t_probe) = bench_once(lab, &exe, Some(OWN), &in_tree, &probe)?;
+            let want_probe = if on { "13" } else { "ok" };
+            for p in [&g_probe, &t_probe] {
+                if p != want_probe {
+                    toggle_wrong.push(format!(
+                        "round {round} {state}: the guest's open of B gave {p} (want {want_probe})"
+                    ));
+                }
+            }
+            println!(
+                "LABINFO bench round {round} {state}: host {h:.0} ns, guest {g:.0} ns, guest via tree {t:.0} ns per open+close (fastest batch); over all: {hm:.0}, {gm:.0}, {tm:.0} ns"
+            );
+            for (s, v, m) in [
+                (&mut host, h, hm),
+                (&mut guest, g, gm),
+                (&mut guest_tree, t, tm),
+            ] {
+                if on {
+                    s.on.push(v);
+                    s.on_mean.push(m);
+                } else {
+                    s.off.push(v);
+                    s.off_mean.push(m);
+                }
+            }
+        }
+    }
+    attachment.attach()?;
+    drop(attachment);
+    let toggled = toggle_wrong.is_empty();
+    lab.check(
+        "bench.detach",
+        toggled,
+        if toggled {
+            format!(
+                "{toggles} detach/attach toggles of the {} LSM programs: every round without let the guest open B, every round with denied it",
+                svirt_bpf::enforcer::LSM_PROGRAMS.len()
+            )
+        } else {
+            format!("the states were not what they claim: {}", toggle_wrong.join("; "))
+        },
+    );
+    let unmeasurable = HOST_NOISE.max(host.spread());
+    let why = if toggled {
+        ""
+    } else {
+        " (not a measurement of the programs: see bench.detach)"
+    };
+    let host_ok = host.overhead().abs() <= unmeasurable;
+    // Numbers, not checks: a goal is met or missed, and says so.
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "LABINFO bench.host goal {} {}",
+        verdict(toggled && host_ok),
+        format_args!(
+            "{}; unmeasurable when |overhead| <= {:.1}% (the larger of {:.0}% and the spread){}",
+            host.describe("unlabeled process, open of A (labeled)"),
+            unmeasurable * 100.0,
+            HOST_NOISE * 100.0,
+            why
+        )
+    );
+    for (name, series, what) in [
+        (
+            "bench.guest",
+            &guest,
+            format!("process at {OWN}, open of A (its own label)"),
+        ),
+        (
+            "bench.guest_tree",
+            &guest_tree,
+            format!("process at {OWN}, open of T/f (label of the tree T, one level up)"),
+        ),
+    ] {
+        let ok = series.overhead() <= GUEST_GOAL;
+        println!(
+            "LABINFO {name} goal {} {}",
+            verdict(toggled && ok),
+            format_args!(
+                "{}; goal <= {:.0}%{}",
+                series.describe(&what),
+                GUEST_GOAL * 100.0,
+                why
+            ),
+        );
+    }
     Ok(())
 }

@@ -13,7 +13,7 @@ scenario_main() {
         *) labcheck lsm.bpf FAIL "bpf is not an active LSM: '$lsm'" ;;
     esac
     echo "LABINFO bpffs: $(grep -c ' bpf ' /proc/mounts) mounted; jit_enable=$(cat /proc/sys/net/core/bpf_jit_enable 2>/dev/null)"
-    $S/lab_check
+    if [ "$BENCH" = 1 ]; then $S/lab_check --bench; else $S/lab_check; fi
     rc=$?
     echo "LABINFO lab_check exit $rc"
     if [ $rc != 0 ]; then
