@@ -212,6 +212,9 @@ pub fn audit_shape(action: Action) -> (&'static str, &'static str) {
         Action::Ptrace => ("ptrace", "trace"),
         // The record: operation="capable" capname="chown".
         Action::Chown => ("capable", "chown"),
+        // Not in the AppArmor scenario's matrix (its expectations refuse them).
+        Action::Connect => ("connect", "w"),
+        Action::Bpf => ("capable", "bpf"),
     }
 }
 
@@ -256,7 +259,7 @@ fn dac_first(plan: &Plan, op: &Op) -> Option<(&'static str, String)> {
                 ),
             )
         }),
-        Action::Stat => None,
+        Action::Stat | Action::Connect | Action::Bpf => None,
         // Refused before DAC is asked: the VMM holds no capability (NOCAPS_CLASS).
         Action::Chown => None,
         Action::Read | Action::Write => {
@@ -296,6 +299,12 @@ pub fn expectations(plan: &Plan, attack: &Attack, dac: bool) -> Result<Expected>
             .guest(&op.guest)
             .ok_or_else(|| Error::msg(format!("attack plan: unknown guest {}", op.guest)))?;
         let profile = profile_of(&me.level);
+        if matches!(op.action, Action::Connect | Action::Bpf) {
+            return Err(Error::msg(format!(
+                "attack plan: {}: AppArmor's expectations do not model connect or bpf",
+                op.name
+            )));
+        }
         if op.action == Action::Chown {
             // The VMM holds no capability, with or without DAC: commoncap refuses CAP_CHOWN
             // before AppArmor is asked (its profile grants none either).
@@ -344,7 +353,9 @@ pub fn expectations(plan: &Plan, attack: &Attack, dac: bool) -> Result<Expected>
             }
             // AppArmor has no getattr mediation.
             Action::Stat => (Decision::Allow, String::new()),
-            Action::Chown => unreachable!("a chown is expected refused before any LSM (above)"),
+            Action::Chown | Action::Connect | Action::Bpf => {
+                unreachable!("decided or refused above")
+            }
             Action::Signal | Action::Signull | Action::Ptrace => {
                 let t = plan.guest(&op.target).ok_or_else(|| {
                     Error::msg(format!("attack plan: unknown guest {}", op.target))

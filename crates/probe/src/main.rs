@@ -52,7 +52,7 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
   check --plan F --attack F --expected F --before F --running F --after F --dmesg F
  AppArmor scenario:
   aa-exec PROFILE PROGRAM [ARGS...]        write `exec PROFILE` to /proc/thread-self/attr/apparmor/exec, execv
-  try read|write|stat PATH                 one file operation; exit 0 ok, 13 EACCES, 1 other errno
+  try read|write|stat|connect|bpf PATH    one operation; exit 0 ok, 13 EACCES, 1 other errno
   breach-jail --pid PID PATH...           make PATHs visible read-write in PID's mount namespace (jail)
   aa-snapshot [--pids F] --out F           AppArmor labels of the pids file's processes + loaded profiles
   aa-list-checks --plan F --attack F --expected F
@@ -275,10 +275,12 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
             apparmor::exec_confined(profile, &rest[1..])
         }
         "try" => {
-            let action = match a.pos(0, "read|write|stat")? {
+            let action = match a.pos(0, "read|write|stat|connect|bpf")? {
                 "read" => plan::Action::Read,
                 "write" => plan::Action::Write,
                 "stat" => plan::Action::Stat,
+                "connect" => plan::Action::Connect,
+                "bpf" => plan::Action::Bpf,
                 other => return Err(Error::msg(format!("try: unknown operation {other}"))),
             };
             let op = plan::Op {

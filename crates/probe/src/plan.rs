@@ -167,6 +167,11 @@ pub enum Action {
     Ptrace,
     /// chown(path, 4242, -1): giving a file to another uid needs `CAP_CHOWN`.
     Chown,
+    /// connect(2) to the unix stream socket bound at the target path.
+    Connect,
+    /// bpf(BPF_MAP_CREATE) of a one-entry array map (the target is a free-form note);
+    /// unprivileged where `kernel.unprivileged_bpf_disabled` is 0.
+    Bpf,
 }
 
 impl Action {
@@ -179,6 +184,8 @@ impl Action {
             "signull" => Self::Signull,
             "ptrace" => Self::Ptrace,
             "chown" => Self::Chown,
+            "connect" => Self::Connect,
+            "bpf" => Self::Bpf,
             _ => return None,
         })
     }
@@ -199,7 +206,9 @@ impl Action {
     /// - write: `open(O_WRONLY)` checks `write`, then `write open`;
     /// - stat: `lstat` checks `getattr`;
     /// - signal, signal 0, `PTRACE_SEIZE`: `process` `signal`, `signull`, `ptrace`;
-    /// - chown to another uid: `capability` `chown` (`CAP_CHOWN`, before the file's `setattr`).
+    /// - chown to another uid: `capability` `chown` (`CAP_CHOWN`, before the file's `setattr`);
+    /// - connect to a unix stream socket: `unix_stream_socket` `connectto`;
+    /// - bpf(2) map creation: `bpf` `map_create`.
     ///
     /// Path traversal (`search` on the directories above the target) is not listed: the
     /// lab's directories are labeled so every guest may search them.
@@ -212,6 +221,8 @@ impl Action {
             Self::Signull => ("process", &["signull"]),
             Self::Ptrace => ("process", &["ptrace"]),
             Self::Chown => ("capability", &["chown"]),
+            Self::Connect => ("unix_stream_socket", &["connectto"]),
+            Self::Bpf => ("bpf", &["map_create"]),
         }
     }
 }

@@ -105,6 +105,10 @@ pub fn perform(op: &Op, peers: Option<&[(String, i32)]>) -> String {
         Action::Chown => file_op(&op.target, |p| {
             std::os::unix::fs::chown(p, Some(CHOWN_UID), None)
         }),
+        Action::Connect => file_op(&op.target, |p| {
+            std::os::unix::net::UnixStream::connect(p).map(|_| ())
+        }),
+        Action::Bpf => bpf_map_create(),
         Action::Signal | Action::Signull | Action::Ptrace => {
             let Some(pid) = peers
                 .and_then(|p| p.iter().find(|(n, _)| *n == op.target))
@@ -122,6 +126,33 @@ fn file_op(target: &str, f: impl FnOnce(&Path) -> std::io::Result<()>) -> String
         Ok(()) => "ok".to_string(),
         Err(e) => io_errno_name(&e),
     }
+}
+
+/// bpf(BPF_MAP_CREATE) of a one-entry array map, closed at once: `ok` or the errno.
+fn bpf_map_create() -> String {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    // union bpf_attr's map-create part: map_type, key_size, value_size, max_entries.
+    let mut attr = [0u32; 32];
+    attr[0] = BPF_MAP_TYPE_ARRAY;
+    attr[1] = 4;
+    attr[2] = 4;
+    attr[3] = 1;
+    // SAFETY: bpf(2) reads `size` bytes of attr, which lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return errno_name(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: a fresh fd this call returned.
+    unsafe { libc::close(fd as libc::c_int) };
+    "ok".to_string()
 }
 
 fn process_op(action: Action, pid: i32) -> String {

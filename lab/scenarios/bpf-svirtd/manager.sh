@@ -1,0 +1,98 @@
+# The manager step of the BPF-LSM svirtd scenario: the real svirtd and svirt CLI. Sourced by
+# guest.sh (busybox sh, PID 1, which carries no BPF label: a host task).
+#   manager_start  start svirtd (--drivers bpf-lsm alone) and `svirt start` A and B
+#                  (/scenario/NAME.xml: static level, the probe as <emulator>);
+#                  $LAB_STATE/pids.all = `manager PID`, `NAME PID` per guest, `END`;
+#                  $LAB_STATE/guest-svirtd = `NAME N` (which svirtd started it).
+#   manager_stop   `svirt denials` (while svirtd still names the guests), `svirt shutdown`
+#                  each guest, stop every svirtd.
+# SVIRTD_PER_GUEST=1 (scenario.env, the broken --same-level run): each guest gets its own
+# svirtd (state and run directories), as the SELinux scenario's --same-level does: one
+# svirtd refuses a second guest at a reserved static level. Both share the kernel's one set
+# of programs, maps and pins (/sys/fs/bpf/svirt).
+SVIRT_RUN=/lab/run
+
+sv() { # N ARGS...: svirt against svirtd number N, logged
+    n=$1; shift
+    echo "+ svirt [$n] $*" >> "$LAB_STATE/manager.log"
+    /lab/bin/svirt --connect "unix:$SVIRT_RUN/$n/svirtd.sock" "$@" 2>> "$LAB_STATE/manager.log"
+}
+
+# svirtd_launch N: svirtd number N in the background (a child of this shell: manager_stop
+# waits for it), its pid in svirtd.N.pid, its log in svirtd.N.log; returns once the API
+# answers.
+svirtd_launch() {
+    /lab/bin/svirtd --state-dir "$LAB_STATE/svirtd.$1" --run-dir "$SVIRT_RUN/$1" --drivers bpf-lsm \
+        --accel tcg --qemu /lab/bin/qemu-system-x86_64 --shutdown-timeout 5 \
+        </dev/null >> "$LAB_STATE/svirtd.$1.log" 2>&1 &
+    echo $! > "$LAB_STATE/svirtd.$1.pid"
+    i=0
+    until /lab/bin/svirt --connect "unix:$SVIRT_RUN/$1/svirtd.sock" list >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ $i -lt 300 ] || { echo "svirtd $1: no answer after 30s" >> "$LAB_STATE/manager.log"; return 1; }
+        kill -0 "$(cat "$LAB_STATE/svirtd.$1.pid")" 2>/dev/null \
+            || { echo "svirtd $1 exited" >> "$LAB_STATE/manager.log"; return 1; }
+        sleep 0.1
+    done
+}
+
+manager_start() {
+    : > "$LAB_STATE/manager.log"
+    : > "$LAB_STATE/guest-svirtd"
+    svirtd_launch 1 || return 1
+    echo "manager $(cat "$LAB_STATE/svirtd.1.pid")" > "$LAB_STATE/pids.all"
+    # Both svirtds open before either starts a guest: a svirtd's recovery at open unpins
+    # the programs when ITS state has no guest, which would take guest A's labels away
+    # (pins are the host's, records each svirtd's). Opened first, the second finds nothing
+    # pinned, and takes over the first one's pins when it starts B.
+    if [ "$SVIRTD_PER_GUEST" = 1 ]; then svirtd_launch 2 || return 1; fi
+    n=1 rc=0
+    for g in A B; do
+        [ "$SVIRTD_PER_GUEST" = 1 ] && [ $g = B ] && n=2
+        echo "$g $n" >> "$LAB_STATE/guest-svirtd"
+        if sv $n start --json "/scenario/$g.xml" > "$LAB_STATE/start.$g.json"; then
+            pid=$(sed -n 's/^ *"pid": *\([0-9]*\).*/\1/p' "$LAB_STATE/start.$g.json" | head -n1)
+            echo "$g $pid" >> "$LAB_STATE/pids.all"
+        else
+            rc=1
+        fi
+        cat "$LAB_STATE/start.$g.json" >> "$LAB_STATE/manager.log"
+    done
+    echo END >> "$LAB_STATE/pids.all"
+    sv 1 list >> "$LAB_STATE/manager.log"
+    return $rc
+}
+
+svirtd_of() { awk -v g="$1" '$1 == g { print $2 }' "$LAB_STATE/guest-svirtd"; }
+
+manager_stop() {
+    rc=0
+    # `svirt denials` next to the running svirtd, which names the guests by their levels
+    # (the kernel log holds svirtd's `svirt-bpf: denied …` lines). With a svirtd per guest,
+    # each one names its own guest: one report per svirtd.
+    : > "$LAB_STATE/denials.txt"
+    for n in $(awk '{ print $2 }' "$LAB_STATE/guest-svirtd" | sort -u); do
+        sv "$n" denials >> "$LAB_STATE/denials.txt"
+    done
+    while read -r g n; do
+        echo "+ svirt [$n] shutdown --timeout 5 $g" >> "$LAB_STATE/manager.log"
+        out=$(/lab/bin/svirt --connect "unix:$SVIRT_RUN/$n/svirtd.sock" shutdown --timeout 5 "$g" 2>&1)
+        st=$?
+        echo "$out" >> "$LAB_STATE/manager.log"
+        if [ $st = 0 ]; then
+            :
+        elif [ $st = 2 ] && [ "$out" = "svirt: guest \"$g\" is shut-off: cannot shut down" ]; then
+            echo "$g had shut off before the shutdown (accepted)" >> "$LAB_STATE/manager.log"
+        else
+            rc=1
+        fi
+    done < "$LAB_STATE/guest-svirtd"
+    for f in "$LAB_STATE"/svirtd.*.pid; do
+        pid=$(cat "$f")
+        kill -TERM "$pid" 2>/dev/null
+        wait "$pid" || { echo "svirtd pid $pid exited $?" >> "$LAB_STATE/manager.log"; rc=1; }
+    done
+    for f in "$LAB_STATE"/svirtd.*.log; do sed "s|^|$(basename "$f"): |" "$f" >> "$LAB_STATE/manager.log"; done
+    [ $rc = 0 ] && echo ok > "$LAB_STATE/done" || echo "failed (see manager.log)" > "$LAB_STATE/done"
+    return $rc
+}
