@@ -597,6 +597,18 @@ impl SecurityDriver for BpfLsmDriver {
                 failed: true,
             });
         }
+        // Guests still run under the pinned programs: take them over now, so their
+        // denials are logged and their labels shown from the start.
+        if self.cfg.programs == Programs::Enforce
+            && self.cfg.pin_dir.join("objects").exists()
+            && let Err(e) = self.enforcer()
+        {
+            notes.push(RecoveryNote {
+                guest: None,
+                what: format!("taking over the pinned BPF-LSM programs: {e}"),
+                failed: true,
+            });
+        }
         notes
     }
 
