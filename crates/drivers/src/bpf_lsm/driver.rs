@@ -109,13 +109,6 @@ fn other(message: impl Into<String>) -> DriverError {
     }
 }
 
-fn store_err(e: impl std::fmt::Display) -> DriverError {
-    DriverError::Store {
-        model: MODEL,
-        message: e.to_string(),
-    }
-}
-
 fn bpf_err(e: svirt_bpf::BpfError) -> DriverError {
     other(e.to_string())
 }
@@ -422,47 +415,14 @@ impl SecurityDriver for BpfLsmDriver {
         if !plan.is_confined(MODEL) {
             return Ok(());
         }
-        match plan.level {
-            LevelSource::None => Err(other("BPF-LSM needs a level, and the plan has none")),
-            LevelSource::Dynamic => {
-                if guest.level.is_some() {
-                    return Ok(());
-                }
-                let alloc = self
-                    .levels
-                    .as_ref()
-                    .ok_or_else(|| other("no level allocator is configured"))?;
-                let level = alloc.allocate(&guest.name).map_err(store_err)?;
-                guest.level = Some(MlsRange::single(level));
-                Ok(())
-            }
-            LevelSource::Static(r) => {
-                if let Some(alloc) = &self.levels {
-                    let held = alloc
-                        .reservation(&r.low)
-                        .is_some_and(|res| res.owners.contains(&guest.name));
-                    if !held {
-                        alloc
-                            .reserve(&r.low, &guest.name, false)
-                            .map_err(store_err)?;
-                    }
-                }
-                guest.level = Some(r);
-                Ok(())
-            }
+        if plan.level == LevelSource::None {
+            return Err(other("BPF-LSM needs a level, and the plan has none"));
         }
+        crate::mcs_level::reserve(MODEL, self.levels.as_deref(), plan.level, guest)
     }
 
     fn release(&self, guest: &GuestSecurity) -> Result<(), DriverError> {
-        let (Some(alloc), Some(level)) = (&self.levels, &guest.level) else {
-            return Ok(());
-        };
-        match alloc.reservation(&level.low) {
-            Some(res) if res.owners.contains(&guest.name) => {
-                alloc.release(&level.low, &guest.name).map_err(store_err)
-            }
-            _ => Ok(()),
-        }
+        crate::mcs_level::release(MODEL, self.levels.as_deref(), guest)
     }
 
     fn set_all(&self, plan: &Plan, guest: &GuestSecurity) -> Result<(), DriverError> {
@@ -613,16 +573,6 @@ impl SecurityDriver for BpfLsmDriver {
     }
 
     fn held_for(&self, owner: &str) -> Option<String> {
-        match self.store.levels_of(owner) {
-            Ok(l) if l.is_empty() => None,
-            Ok(l) => Some(format!(
-                "level {}",
-                l.iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Err(_) => Some("its level".into()),
-        }
+        crate::mcs_level::held_for(&self.store, owner)
     }
 }
