@@ -69,16 +69,27 @@ impl DenialLog {
                 use std::io::Write;
                 // One write per line: the kernel takes each write as one record.
                 let mut log = std::fs::OpenOptions::new().write(true).open(&kmsg).ok();
+                let mut limit = RateLimit::new(DENIALS_PER_SECOND);
+                let mut write = |line: &str| {
+                    tracing::warn!(target: "svirt::bpf_lsm", "{line}");
+                    if let Some(f) = log.as_mut() {
+                        let _ = f.write_all(format!("<4>{line}\n").as_bytes());
+                    }
+                };
                 let r = svirt_bpf::events::follow(
                     &events,
                     &flag,
                     std::time::Duration::from_millis(200),
-                    |d| {
-                        let line = d.line();
-                        tracing::warn!(target: "svirt::bpf_lsm", "{line}");
-                        if let Some(f) = log.as_mut() {
-                            let _ = f.write_all(format!("<4>{line}\n").as_bytes());
+                    |d| match limit.admit(std::time::Instant::now()) {
+                        Admit::Yes { suppressed } => {
+                            if suppressed > 0 {
+                                write(&format!(
+                                    "svirt-bpf: {suppressed} denial(s) not logged (over {DENIALS_PER_SECOND}/s)"
+                                ));
+                            }
+                            write(&d.line());
                         }
+                        Admit::No => {}
                     },
                 );
                 if let Err(e) = r {
@@ -90,6 +101,57 @@ impl DenialLog {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// At most this many denial lines a second reach the logs: a guest looping on a denied
+/// open must not fill the host's disk or drown its kernel log. The rest are counted and
+/// the count logged with the next line let through.
+const DENIALS_PER_SECOND: u32 = 50;
+
+enum Admit {
+    /// Log it; `suppressed` lines were dropped since the last one logged.
+    Yes {
+        suppressed: u64,
+    },
+    No,
+}
+
+/// A fixed window of one second.
+struct RateLimit {
+    per_second: u32,
+    window: Option<std::time::Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second,
+            window: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn admit(&mut self, now: std::time::Instant) -> Admit {
+        let fresh = self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1));
+        if fresh {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            Admit::Yes {
+                suppressed: std::mem::take(&mut self.suppressed),
+            }
+        } else {
+            self.suppressed += 1;
+            Admit::No
+        }
     }
 }
 
@@ -574,5 +636,30 @@ impl SecurityDriver for BpfLsmDriver {
 
     fn held_for(&self, owner: &str) -> Option<String> {
         crate::mcs_level::held_for(&self.store, owner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn denial_lines_are_rate_limited_and_the_drop_is_counted() {
+        let mut r = RateLimit::new(3);
+        let t = Instant::now();
+        let admitted = (0..10)
+            .filter(|_| matches!(r.admit(t), Admit::Yes { .. }))
+            .count();
+        assert_eq!(admitted, 3);
+        // The next second lets lines through again, the first saying how many went.
+        match r.admit(t + Duration::from_millis(1000)) {
+            Admit::Yes { suppressed } => assert_eq!(suppressed, 7),
+            Admit::No => panic!("a new second must admit"),
+        }
+        assert!(matches!(
+            r.admit(t + Duration::from_millis(1001)),
+            Admit::Yes { suppressed: 0 }
+        ));
     }
 }
