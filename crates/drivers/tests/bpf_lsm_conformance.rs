@@ -78,6 +78,7 @@ fn run_case(case_dir: &Path, pins: &Path) -> Option<(usize, usize)> {
     let driver = BpfLsmDriver::new(
         BpfLsmConfig {
             root: PathBuf::from("/"),
+            bpffs: pins.to_path_buf(),
             pin_dir: pin_dir.clone(),
             records: dir.join("state/bpf-lsm"),
             needs: VmmNeeds::default(),

@@ -30,7 +30,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct BpfLsmConfig {
     /// Host root (`/` but in tests).
     pub root: PathBuf,
-    /// The bpffs directory the programs and maps are pinned in (`/sys/fs/bpf/svirt`).
+    /// Where a bpffs is mounted (or is mounted by the driver): `/sys/fs/bpf`.
+    pub bpffs: PathBuf,
+    /// The directory beneath it the programs and maps of this svirtd are pinned in
+    /// (`/sys/fs/bpf/svirt/<instance>`: several svirtds, each with its own state
+    /// directory, each enforce their own guests without touching another's pins).
     pub pin_dir: PathBuf,
     /// The per-guest records of what was labeled (`<state>/bpf-lsm`).
     pub records: PathBuf,
@@ -67,12 +71,14 @@ impl DenialLog {
             .name("svirt-bpf-denials".into())
             .spawn(move || {
                 use std::io::Write;
-                // One write per line: the kernel takes each write as one record.
-                let mut log = std::fs::OpenOptions::new().write(true).open(&kmsg).ok();
                 let mut limit = RateLimit::new(DENIALS_PER_SECOND);
-                let mut write = |line: &str| {
+                let write = |line: &str| {
                     tracing::warn!(target: "svirt::bpf_lsm", "{line}");
-                    if let Some(f) = log.as_mut() {
+                    // One write per line (the kernel takes each write as one record), on
+                    // a file opened for it: the kernel limits each open file of
+                    // /dev/kmsg to 10 lines per 5 s by default and drops the rest
+                    // silently; this thread's own limit (DENIALS_PER_SECOND) stands in.
+                    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&kmsg) {
                         let _ = f.write_all(format!("<4>{line}\n").as_bytes());
                     }
                 };
@@ -239,9 +245,7 @@ impl BpfLsmDriver {
     fn enforcer(&self) -> Result<MutexGuard<'_, Option<Enforcer>>, DriverError> {
         let mut g = self.lock();
         if g.is_none() {
-            if let Some(parent) = self.cfg.pin_dir.parent() {
-                ensure_bpffs(parent)?;
-            }
+            ensure_bpffs(&self.cfg.bpffs)?;
             *g = Some(Enforcer::open(&self.cfg.pin_dir, self.cfg.programs).map_err(bpf_err)?);
             if self.cfg.programs == Programs::Enforce {
                 let mut d = self
@@ -380,7 +384,15 @@ impl BpfLsmDriver {
             }
             None => return None,
         };
-        e.unpin().err().map(bpf_err)
+        let r = e.unpin().err().map(bpf_err);
+        // The instances' common directory goes with the last instance (it fails while
+        // another svirtd's pins are there, as it should).
+        if let Some(parent) = self.cfg.pin_dir.parent()
+            && parent != self.cfg.bpffs
+        {
+            let _ = std::fs::remove_dir(parent);
+        }
+        r
     }
 
     /// Opens a host path the VMM needs: system paths may be reached through root-owned
