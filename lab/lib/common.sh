@@ -33,22 +33,26 @@ lab_ensure_packages() {
         || lab_die "apt-get install ${missing[*]} failed"
 }
 
-lab_resolve_kernel() { # prints "PACKAGE VERSION" of the kernel linux-image-amd64 points at
+# The Debian meta package whose kernel the lab boots: linux-image-amd64 (6.1), or
+# linux-image-6.12-amd64 (bookworm-security's 6.12) with `lab/run --kernel 6.12`.
+LAB_KERNEL_META=${LAB_KERNEL_META:-linux-image-amd64}
+
+lab_resolve_kernel() { # prints "PACKAGE VERSION" of the kernel $LAB_KERNEL_META points at
     local pkg ver
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}') || true
+    pkg=$(apt-cache depends "$LAB_KERNEL_META" 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}') || true
     [ -n "$pkg" ] || return 1
     ver=$(apt-cache show --no-all-versions "$pkg" 2>/dev/null | awk '/^Version:/ {print $2; exit}') || true
     [ -n "$ver" ] || return 1
     printf '%s %s\n' "$pkg" "$ver"
 }
 
-# Debian's distro kernel (the one linux-image-amd64 points at), unpacked into the cache,
+# Debian's distro kernel (the one $LAB_KERNEL_META points at), unpacked into the cache,
 # keyed by package name and version. Prints the path of vmlinuz.
 lab_fetch_kernel() {
     local cache=$1 pv pkg ver dir deb img attempt
     for attempt in 1 2; do
         if ! pv=$(lab_resolve_kernel); then
-            [ "$attempt" = 1 ] || lab_die "cannot resolve the kernel package behind linux-image-amd64"
+            [ "$attempt" = 1 ] || lab_die "cannot resolve the kernel package behind $LAB_KERNEL_META"
             lab_apt_update_once; continue
         fi
         read -r pkg ver <<<"$pv"

@@ -379,12 +379,6 @@ impl Plan {
     pub fn is_confined(&self, model: Model) -> bool {
         self.models.contains(&model) && !self.unconfined.contains(&model)
     }
-
-    /// Whether a model that labels by MCS level (SELinux, BPF-LSM) confines this guest:
-    /// the plan then carries the MCS labels (its level, each object's label).
-    pub fn uses_mcs(&self) -> bool {
-        Model::MCS.iter().any(|m| self.models.contains(m))
-    }
 }
 /// Image format, from `<driver type=…>` or `<format type=…>` (the XML's, and each layer
 /// of a planned backing chain).

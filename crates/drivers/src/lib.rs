@@ -11,6 +11,7 @@ pub mod bpf_lsm;
 pub mod dac;
 pub mod host_check;
 pub mod landlock;
+mod mcs_level;
 pub mod owners;
 pub mod proc_attr;
 pub mod progress;

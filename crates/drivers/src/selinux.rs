@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use svirt_domain::{LevelSource, LevelSpec, Model, Plan, ProcessLabel};
+use svirt_domain::{LevelSpec, Model, Plan, ProcessLabel};
 use svirt_labels::MlsRange;
 use svirt_store::LevelAllocator;
 
@@ -279,52 +279,11 @@ impl SecurityDriver for SelinuxDriver {
         if !planned(plan) {
             return Ok(());
         }
-        match plan.level {
-            LevelSource::None => Ok(()),
-            LevelSource::Dynamic => {
-                if guest.level.is_some() {
-                    // Allocated (and owned) by the manager.
-                    return Ok(());
-                }
-                let alloc = self
-                    .levels
-                    .as_ref()
-                    .ok_or_else(|| DriverError::Unavailable {
-                        model: MODEL,
-                        reason: "dynamic level asked for but no level allocator is configured"
-                            .into(),
-                    })?;
-                let level = alloc.allocate(&guest.name).map_err(store_err)?;
-                guest.level = Some(MlsRange::single(level));
-                Ok(())
-            }
-            LevelSource::Static(r) => {
-                if let Some(alloc) = &self.levels {
-                    let held = alloc
-                        .reservation(&r.low)
-                        .is_some_and(|res| res.owners.contains(&guest.name));
-                    if !held {
-                        alloc
-                            .reserve(&r.low, &guest.name, false)
-                            .map_err(store_err)?;
-                    }
-                }
-                guest.level = Some(r);
-                Ok(())
-            }
-        }
+        crate::mcs_level::reserve(MODEL, self.levels.as_deref(), plan.level, guest)
     }
 
     fn release(&self, guest: &GuestSecurity) -> Result<(), DriverError> {
-        let (Some(alloc), Some(level)) = (&self.levels, &guest.level) else {
-            return Ok(());
-        };
-        match alloc.reservation(&level.low) {
-            Some(res) if res.owners.contains(&guest.name) => {
-                alloc.release(&level.low, &guest.name).map_err(store_err)
-            }
-            _ => Ok(()),
-        }
+        crate::mcs_level::release(MODEL, self.levels.as_deref(), guest)
     }
 
     fn set_all(&self, plan: &Plan, guest: &GuestSecurity) -> Result<(), DriverError> {
@@ -484,17 +443,7 @@ impl SecurityDriver for SelinuxDriver {
     }
 
     fn held_for(&self, owner: &str) -> Option<String> {
-        match self.relabeler.store().levels_of(owner) {
-            Ok(l) if l.is_empty() => None,
-            Ok(l) => Some(format!(
-                "level {}",
-                l.iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Err(_) => Some("its level".into()),
-        }
+        crate::mcs_level::held_for(self.relabeler.store(), owner)
     }
 
     fn process_label(&self, pid: i32) -> Result<Option<String>, DriverError> {

@@ -72,6 +72,10 @@ impl World {
     }
 
     fn driver(&self) -> BpfLsmDriver {
+        self.driver_at(self.pin_dir(), "state/bpf-lsm")
+    }
+
+    fn driver_at(&self, pin_dir: PathBuf, records: &str) -> BpfLsmDriver {
         let levels = LevelAllocator::open(
             self.store.clone(),
             AllocatorConfig::with_categories(100, 115),
@@ -80,8 +84,9 @@ impl World {
         BpfLsmDriver::new(
             BpfLsmConfig {
                 root: PathBuf::from("/"),
-                pin_dir: self.pin_dir(),
-                records: self.path("state/bpf-lsm"),
+                bpffs: self.fs.root.clone(),
+                pin_dir,
+                records: self.path(records),
                 needs: VmmNeeds::default(),
                 programs: Programs::MapsOnly,
             },
@@ -308,4 +313,32 @@ fn a_crash_leaves_labels_that_the_next_open_removes() {
     let notes = d.recover(&|_| false);
     assert!(notes.iter().all(|n| !n.failed), "{notes:?}");
     assert!(!w.pin_dir().exists());
+}
+
+/// Two svirtds (two state directories) pin apart: one's open, finding no guest of its own,
+/// leaves the other's guests enforced.
+#[test]
+fn two_daemons_never_touch_each_others_pins() {
+    let Some(w) = World::new() else { return };
+    std::fs::write(w.path("a.img"), b"a").expect("write");
+    let root = w.fs.root.join("svirt");
+    let (pa, pb) = (
+        root.join(svirt_drivers::bpf_lsm::instance(&w.path("state-a"))),
+        root.join(svirt_drivers::bpf_lsm::instance(&w.path("state-b"))),
+    );
+    assert_ne!(pa, pb);
+    let a = w.driver_at(pa.clone(), "state-a/bpf-lsm");
+    let plan = w.plan("a", &disk(&w.path("a.img"), "vda", ""));
+    let mut g = guest("a");
+    a.reserve(&plan, &mut g).expect("reserve");
+    a.set_all(&plan, &g).expect("set_all");
+    let b = w.driver_at(pb.clone(), "state-b/bpf-lsm");
+    let notes = b.recover(&|_| false);
+    assert!(notes.iter().all(|n| !n.failed), "{notes:?}");
+    assert!(pa.join("objects").exists(), "the other daemon's pins stay");
+    assert!(a.restore_all(&plan, &g).is_empty());
+    assert!(
+        !pa.exists() && !root.exists(),
+        "the last one out removes the directory"
+    );
 }

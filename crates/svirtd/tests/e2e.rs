@@ -671,3 +671,59 @@ fn a_shutdown_timeout_of_any_size_waits_without_limit() {
     assert_eq!(exit["reason"], "destroyed", "{exit}");
     assert_eq!(exit["restore_errors"], serde_json::json!([]), "{exit}");
 }
+
+/// A driver the host cannot run is refused when svirtd opens, naming the driver and the
+/// host's reason, never replaced by another: BPF-LSM where LSM programs do not load (this
+/// development host refuses them), with a control that starts where they do.
+#[test]
+fn a_required_driver_the_host_cannot_run_stops_svirtd() {
+    let (usable, why) = svirt_drivers::bpf_lsm::usable(Path::new("/"));
+    let dir = tempfile::Builder::new()
+        .prefix("svirt-e2e-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_svirtd"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .args([
+            "--cgroup-parent",
+            "svirt-e2e-unusable",
+            "--drivers",
+            "bpf-lsm,dac",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn svirtd");
+    if usable {
+        // Control on a host that runs LSM programs: svirtd comes up with the driver.
+        let sock = dir.path().join("run/svirtd.sock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "svirtd did not listen"
+            );
+            assert!(child.try_wait().expect("wait").is_none(), "svirtd exited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success(), "svirtd must refuse: {why}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("svirtd: configuration: driver bpf-lsm is not usable on this host: ")
+            && last.contains("lsm/file_open"),
+        "one line naming the driver and the reason: {err}"
+    );
+    assert!(
+        !dir.path().join("run/svirtd.sock").exists(),
+        "nothing listens for guests"
+    );
+}

@@ -30,7 +30,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct BpfLsmConfig {
     /// Host root (`/` but in tests).
     pub root: PathBuf,
-    /// The bpffs directory the programs and maps are pinned in (`/sys/fs/bpf/svirt`).
+    /// Where a bpffs is mounted (or is mounted by the driver): `/sys/fs/bpf`.
+    pub bpffs: PathBuf,
+    /// The directory beneath it the programs and maps of this svirtd are pinned in
+    /// (`/sys/fs/bpf/svirt/<instance>`: several svirtds, each with its own state
+    /// directory, each enforce their own guests without touching another's pins).
     pub pin_dir: PathBuf,
     /// The per-guest records of what was labeled (`<state>/bpf-lsm`).
     pub records: PathBuf,
@@ -67,18 +71,31 @@ impl DenialLog {
             .name("svirt-bpf-denials".into())
             .spawn(move || {
                 use std::io::Write;
-                // One write per line: the kernel takes each write as one record.
-                let mut log = std::fs::OpenOptions::new().write(true).open(&kmsg).ok();
+                let mut limit = RateLimit::new(DENIALS_PER_SECOND);
+                let write = |line: &str| {
+                    tracing::warn!(target: "svirt::bpf_lsm", "{line}");
+                    // One write per line (the kernel takes each write as one record), on
+                    // a file opened for it: the kernel limits each open file of
+                    // /dev/kmsg to 10 lines per 5 s by default and drops the rest
+                    // silently; this thread's own limit (DENIALS_PER_SECOND) stands in.
+                    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&kmsg) {
+                        let _ = f.write_all(format!("<4>{line}\n").as_bytes());
+                    }
+                };
                 let r = svirt_bpf::events::follow(
                     &events,
                     &flag,
                     std::time::Duration::from_millis(200),
-                    |d| {
-                        let line = d.line();
-                        tracing::warn!(target: "svirt::bpf_lsm", "{line}");
-                        if let Some(f) = log.as_mut() {
-                            let _ = f.write_all(format!("<4>{line}\n").as_bytes());
+                    |d| match limit.admit(std::time::Instant::now()) {
+                        Admit::Yes { suppressed } => {
+                            if suppressed > 0 {
+                                write(&format!(
+                                    "svirt-bpf: {suppressed} denial(s) not logged (over {DENIALS_PER_SECOND}/s)"
+                                ));
+                            }
+                            write(&d.line());
                         }
+                        Admit::No => {}
                     },
                 );
                 if let Err(e) = r {
@@ -90,6 +107,57 @@ impl DenialLog {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// At most this many denial lines a second reach the logs: a guest looping on a denied
+/// open must not fill the host's disk or drown its kernel log. The rest are counted and
+/// the count logged with the next line let through.
+const DENIALS_PER_SECOND: u32 = 50;
+
+enum Admit {
+    /// Log it; `suppressed` lines were dropped since the last one logged.
+    Yes {
+        suppressed: u64,
+    },
+    No,
+}
+
+/// A fixed window of one second.
+struct RateLimit {
+    per_second: u32,
+    window: Option<std::time::Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        RateLimit {
+            per_second,
+            window: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn admit(&mut self, now: std::time::Instant) -> Admit {
+        let fresh = self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1));
+        if fresh {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            Admit::Yes {
+                suppressed: std::mem::take(&mut self.suppressed),
+            }
+        } else {
+            self.suppressed += 1;
+            Admit::No
+        }
     }
 }
 
@@ -106,13 +174,6 @@ fn other(message: impl Into<String>) -> DriverError {
     DriverError::Other {
         model: MODEL,
         message: message.into(),
-    }
-}
-
-fn store_err(e: impl std::fmt::Display) -> DriverError {
-    DriverError::Store {
-        model: MODEL,
-        message: e.to_string(),
     }
 }
 
@@ -184,9 +245,7 @@ impl BpfLsmDriver {
     fn enforcer(&self) -> Result<MutexGuard<'_, Option<Enforcer>>, DriverError> {
         let mut g = self.lock();
         if g.is_none() {
-            if let Some(parent) = self.cfg.pin_dir.parent() {
-                ensure_bpffs(parent)?;
-            }
+            ensure_bpffs(&self.cfg.bpffs)?;
             *g = Some(Enforcer::open(&self.cfg.pin_dir, self.cfg.programs).map_err(bpf_err)?);
             if self.cfg.programs == Programs::Enforce {
                 let mut d = self
@@ -325,7 +384,15 @@ impl BpfLsmDriver {
             }
             None => return None,
         };
-        e.unpin().err().map(bpf_err)
+        let r = e.unpin().err().map(bpf_err);
+        // The instances' common directory goes with the last instance (it fails while
+        // another svirtd's pins are there, as it should).
+        if let Some(parent) = self.cfg.pin_dir.parent()
+            && parent != self.cfg.bpffs
+        {
+            let _ = std::fs::remove_dir(parent);
+        }
+        r
     }
 
     /// Opens a host path the VMM needs: system paths may be reached through root-owned
@@ -422,47 +489,14 @@ impl SecurityDriver for BpfLsmDriver {
         if !plan.is_confined(MODEL) {
             return Ok(());
         }
-        match plan.level {
-            LevelSource::None => Err(other("BPF-LSM needs a level, and the plan has none")),
-            LevelSource::Dynamic => {
-                if guest.level.is_some() {
-                    return Ok(());
-                }
-                let alloc = self
-                    .levels
-                    .as_ref()
-                    .ok_or_else(|| other("no level allocator is configured"))?;
-                let level = alloc.allocate(&guest.name).map_err(store_err)?;
-                guest.level = Some(MlsRange::single(level));
-                Ok(())
-            }
-            LevelSource::Static(r) => {
-                if let Some(alloc) = &self.levels {
-                    let held = alloc
-                        .reservation(&r.low)
-                        .is_some_and(|res| res.owners.contains(&guest.name));
-                    if !held {
-                        alloc
-                            .reserve(&r.low, &guest.name, false)
-                            .map_err(store_err)?;
-                    }
-                }
-                guest.level = Some(r);
-                Ok(())
-            }
+        if plan.level == LevelSource::None {
+            return Err(other("BPF-LSM needs a level, and the plan has none"));
         }
+        crate::mcs_level::reserve(MODEL, self.levels.as_deref(), plan.level, guest)
     }
 
     fn release(&self, guest: &GuestSecurity) -> Result<(), DriverError> {
-        let (Some(alloc), Some(level)) = (&self.levels, &guest.level) else {
-            return Ok(());
-        };
-        match alloc.reservation(&level.low) {
-            Some(res) if res.owners.contains(&guest.name) => {
-                alloc.release(&level.low, &guest.name).map_err(store_err)
-            }
-            _ => Ok(()),
-        }
+        crate::mcs_level::release(MODEL, self.levels.as_deref(), guest)
     }
 
     fn set_all(&self, plan: &Plan, guest: &GuestSecurity) -> Result<(), DriverError> {
@@ -597,20 +631,47 @@ impl SecurityDriver for BpfLsmDriver {
                 failed: true,
             });
         }
+        // Guests still run under the pinned programs: take them over now, so their
+        // denials are logged and their labels shown from the start.
+        if self.cfg.programs == Programs::Enforce
+            && self.cfg.pin_dir.join("objects").exists()
+            && let Err(e) = self.enforcer()
+        {
+            notes.push(RecoveryNote {
+                guest: None,
+                what: format!("taking over the pinned BPF-LSM programs: {e}"),
+                failed: true,
+            });
+        }
         notes
     }
 
     fn held_for(&self, owner: &str) -> Option<String> {
-        match self.store.levels_of(owner) {
-            Ok(l) if l.is_empty() => None,
-            Ok(l) => Some(format!(
-                "level {}",
-                l.iter()
-                    .map(|l| l.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Err(_) => Some("its level".into()),
+        crate::mcs_level::held_for(&self.store, owner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn denial_lines_are_rate_limited_and_the_drop_is_counted() {
+        let mut r = RateLimit::new(3);
+        let t = Instant::now();
+        let admitted = (0..10)
+            .filter(|_| matches!(r.admit(t), Admit::Yes { .. }))
+            .count();
+        assert_eq!(admitted, 3);
+        // The next second lets lines through again, the first saying how many went.
+        match r.admit(t + Duration::from_millis(1000)) {
+            Admit::Yes { suppressed } => assert_eq!(suppressed, 7),
+            Admit::No => panic!("a new second must admit"),
         }
+        assert!(matches!(
+            r.admit(t + Duration::from_millis(1001)),
+            Admit::Yes { suppressed: 0 }
+        ));
     }
 }

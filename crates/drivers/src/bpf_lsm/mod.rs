@@ -19,3 +19,4 @@ mod registration;
 pub use driver::{BpfLsmConfig, BpfLsmDriver};
 pub use host::{btf_find_func, host_checks, usable};
 pub(crate) use registration::REGISTRATION;
+pub use registration::{BPFFS, PIN_ROOT, instance};

@@ -13,8 +13,23 @@ use crate::registration::{OpenContext, Registration, Role};
 use crate::vmm_needs::VmmNeeds;
 use crate::{DriverError, SecurityDriver};
 
-/// Where the programs and maps are pinned.
-pub const PIN_DIR: &str = "/sys/fs/bpf/svirt";
+/// Where the bpffs is.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// The directory of svirt's pins beneath it; each svirtd pins in a subdirectory named
+/// after its state directory ([`instance`]).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/svirt";
+
+/// The name of one svirtd's pin directory: a hash (FNV-1a, 64 bits) of its state
+/// directory's path, so two svirtds never share maps and a restarted one finds its own.
+pub fn instance(state_dir: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in state_dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
 
 /// The registration.
 pub(crate) const REGISTRATION: Registration = Registration {
@@ -43,9 +58,13 @@ fn store_err(e: impl std::fmt::Display) -> DriverError {
 fn config(ctx: &OpenContext<'_>, programs: Programs) -> BpfLsmConfig {
     BpfLsmConfig {
         root: ctx.root_dir.to_path_buf(),
+        bpffs: ctx.root_dir.join(BPFFS.trim_start_matches('/')),
         pin_dir: ctx
             .root_dir
-            .join(PIN_DIR.strip_prefix('/').unwrap_or(PIN_DIR)),
+            .join(PIN_ROOT.trim_start_matches('/'))
+            .join(instance(
+                &std::fs::canonicalize(ctx.state_dir).unwrap_or(ctx.state_dir.to_path_buf()),
+            )),
         records: ctx.state_dir.join("bpf-lsm"),
         needs: VmmNeeds::default(),
         programs,
