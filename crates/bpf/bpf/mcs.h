@@ -30,9 +30,26 @@ struct svirt_level {
 	__u64 cats[SVIRT_CAT_WORDS];
 };
 
+/*
+ * A label's id: a summary of its categories that lets the common decisions skip the
+ * 16-word dominance loop. It is a function of the category set alone, the same for a
+ * subject and an object (crates/bpf/src/label.rs, Cats::id), so no table of ids has to
+ * outlive svirtd beside the pinned maps:
+ *   0                        no category (s0), dominated by every level;
+ *   1 + a                    the one category ca;
+ *   1025 + a * 1024 + b      the two categories ca, cb (a < b), a guest's usual level;
+ *   SVIRT_ID_BITMAP          more categories: only the bitmaps can tell.
+ * Distinct sets of at most two categories have distinct ids, so equal ids (other than
+ * SVIRT_ID_BITMAP) mean equal category sets, and equal sets dominate each other.
+ */
+#define SVIRT_ID_S0 0u
+#define SVIRT_ID_BITMAP 0xffffffu
+
 /* The label of a guest's tasks (task storage) and of the sockets they create. */
 struct svirt_subject {
 	struct svirt_level level;
+	__u32 id; /* of level */
+	__u32 pad;
 };
 
 /* The label of one host object, keyed by its identity (struct svirt_inode_key). */
@@ -40,6 +57,8 @@ struct svirt_object {
 	struct svirt_level level;
 	__u32 allow; /* SVIRT_MAY_* the object's kind permits */
 	__u32 flags; /* SVIRT_OBJ_* */
+	__u32 id;    /* of level */
+	__u32 pad;
 };
 
 /* An inode's identity: the kernel's dev_t of its superblock (MKDEV: major << 20 | minor)
@@ -60,13 +79,37 @@ static __always_inline int svirt_dominates(const struct svirt_level *s,
 	return extra == 0;
 }
 
-/* 1 when a subject at s may have `want` (SVIRT_MAY_*) on object o. */
-static __always_inline int svirt_may(const struct svirt_level *s,
+/* The decision from the ids alone: 1 allowed, 0 denied, -1 when only the bitmaps can
+ * tell (the object has categories the subject's id does not name as its own). */
+static __always_inline int svirt_may_id(__u32 sid, __u32 oid, __u32 allow, __u32 want)
+{
+	if (want & ~allow)
+		return 0;
+	if (oid == SVIRT_ID_S0 || (oid == sid && oid != SVIRT_ID_BITMAP))
+		return 1;
+	return -1;
+}
+
+/* 1 when subject s dominates subject t (signals, sockets). */
+static __always_inline int svirt_subject_dominates(const struct svirt_subject *s,
+						   const struct svirt_subject *t)
+{
+	int r = svirt_may_id(s->id, t->id, 0, 0);
+
+	if (r >= 0)
+		return r;
+	return svirt_dominates(&s->level, &t->level);
+}
+
+/* 1 when a subject s may have `want` (SVIRT_MAY_*) on object o. */
+static __always_inline int svirt_may(const struct svirt_subject *s,
 				     const struct svirt_object *o, __u32 want)
 {
-	if (want & ~o->allow)
-		return 0;
-	return svirt_dominates(s, &o->level);
+	int r = svirt_may_id(s->id, o->id, o->allow, want);
+
+	if (r >= 0)
+		return r;
+	return svirt_dominates(&s->level, &o->level);
 }
 
 #endif

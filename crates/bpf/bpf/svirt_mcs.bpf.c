@@ -8,7 +8,9 @@
  * Objects carry labels in `objects`, keyed by inode identity and kept in step with the
  * ledger by svirtd; a directory labeled as a tree covers what lies beneath it. An object
  * no plan names has no label and is denied to every guest, as svirt_t would be denied an
- * object whose type the policy does not give it.
+ * object whose type the policy does not give it. A guest's task keeps the labels it last
+ * found in a small cache beside its own label (struct svirt_task, below), looked at before
+ * `objects`.
  *
  * Each denial is reported on `events` (rate-limited by the ring's size) for
  * `svirt denials`.
@@ -41,11 +43,28 @@ char LICENSE[] SEC("license") = "GPL";
 #define SVIRT_HOOK_CONNECT 7
 #define SVIRT_HOOK_BPF 8
 
+/* How many inodes' labels a guest's task keeps at hand (a power of two). */
+#define SVIRT_CACHE_SLOTS 32
+#define SVIRT_CACHE_SHIFT (64 - 5)
+
+/* One inode's own label as a task last found it: see SVIRT_C_* below. */
+struct svirt_cache_slot {
+	__u64 dev;
+	__u64 ino;
+	__u64 word;
+};
+
+/* A guest's task: its label, then its cache of labels (user space writes zeros there). */
+struct svirt_task {
+	struct svirt_subject subject; /* first: a task's value is its subject */
+	struct svirt_cache_slot cache[SVIRT_CACHE_SLOTS];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct svirt_subject);
+	__type(value, struct svirt_task);
 } subjects SEC(".maps");
 
 struct {
@@ -61,6 +80,59 @@ struct {
 	__type(key, struct svirt_inode_key);
 	__type(value, struct svirt_object);
 } objects SEC(".maps");
+
+/*
+ * Each guest task's cache of `objects` (struct svirt_task, in the task storage the hooks
+ * look up anyway: no second lookup), direct-mapped by inode number: whether an inode has a
+ * label of its own and, if so, what the decision needs of it, in one 64-bit word:
+ *   bits 32..63  the epoch it was filled at (its low 32 bits)
+ *   bit  31      filled (a fresh slot is 0: never valid)
+ *   bit  28      the inode has a label of its own; then:
+ *   bit  27      its SVIRT_OBJ_TREE
+ *   bits 24..26  its allow (SVIRT_MAY_*)
+ *   bits 0..23   its id (SVIRT_ID_*)
+ * A slot is keyed by the inode's identity (dev, ino), the key of `objects` itself: what it
+ * holds is what `objects` held for that key, so it decides as `objects` would. Looked up
+ * before `objects`, filled from it on a miss; a negative slot (no label of its own) saves
+ * the hash lookup of a file beneath a tree and of each directory the walk up to it passes.
+ * Only an inode's own label is cached, never what a tree gives a file beneath it: that
+ * depends on the path the file was opened by (hard links, renames), which the walk reads
+ * afresh each time. Only the task itself reads and writes its cache (its hooks run in its
+ * own context, one at a time): no slot is ever seen half written. A new task (task_alloc)
+ * starts with an empty cache, as does a task svirtd labels.
+ *
+ * Invalidation: svirtd bumps `epoch` (atomically, through its mmap) after every change to
+ * `objects`; a slot filled at another epoch is stale and refilled. A program reads the
+ * epoch before it reads `objects` and stamps what it stores with the epoch it read, so a
+ * slot stamped E holds what `objects` held at some moment after the epoch became E. When
+ * svirtd changes a label and then bumps the epoch to E+1, every interleaving ends with the
+ * new label: a fill that read E and then the old label stores it stamped E, stale once the
+ * bump lands; a fill that read E and then the new label is only refilled once more; any
+ * slot stamped E+1 was filled after the bump, so after the change. Accesses that start
+ * after the bump see only the new label, as they would without the cache; an access
+ * racing with the change may see the old label, as it could without the cache (it might
+ * have looked `objects` up just before the change). Slots carry the epoch's low 32 bits: a
+ * slot left untouched through exactly 2^32 label changes would pass for fresh.
+ *
+ * A decision the cached word cannot make from the ids alone (a denial, or an object whose
+ * categories are a strict subset of the subject's) is made again from `objects`, by the
+ * uncached lookup, which also gives the denial report the object's categories.
+ */
+#define SVIRT_C_ID 0xffffffull
+#define SVIRT_C_ALLOW_SHIFT 24
+#define SVIRT_C_TREE (1ull << 27)
+#define SVIRT_C_LABELED (1ull << 28)
+#define SVIRT_C_FILLED (1ull << 31)
+#define SVIRT_C_STAMP 0xffffffff80000000ull
+
+/* The labels' epoch (above): one __u64, svirtd's to bump. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} epoch SEC(".maps");
 
 /* One denial, as `svirt denials` reads it. */
 struct svirt_event {
@@ -81,6 +153,12 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
+
+/* The task whose subject s is (the value of `subjects` starts with it). */
+static __always_inline struct svirt_task *task_of(struct svirt_subject *s)
+{
+	return (struct svirt_task *)s;
+}
 
 static __always_inline struct svirt_subject *current_subject(void)
 {
@@ -132,7 +210,7 @@ static __always_inline struct svirt_object *lookup_inode(struct inode *inode,
 /* The same through a pointer the verifier types from BTF (a hook's argument and what it
  * points to): plain loads, CO-RE relocated like BPF_CORE_READ and, like it, reading 0
  * where a pointer is bad (the JIT's exception table), without a helper call per field.
- * This is the path of every open by a guest. */
+ * The path of an open the cache does not allow (cached_decision()). */
 static __always_inline struct svirt_object *lookup_inode_btf(struct inode *inode,
 							     struct svirt_inode_key *key)
 {
@@ -165,13 +243,82 @@ static __always_inline struct svirt_object *lookup_file(struct file *file,
 	return 0;
 }
 
+/* The stamp of a cache entry filled now (SVIRT_C_STAMP bits). */
+static __always_inline __u64 cache_stamp(void)
+{
+	__u32 zero = 0;
+	__u64 *e = bpf_map_lookup_elem(&epoch, &zero);
+
+	return ((e ? *(volatile __u64 *)e : 0) << 32) | SVIRT_C_FILLED;
+}
+
+/* The cached word of an inode's own label, filled from `objects` when stale. */
+static __always_inline __u64 cached_own(struct svirt_task *t, struct inode *inode,
+					__u64 stamp)
+{
+	struct svirt_inode_key key;
+	struct svirt_cache_slot *c;
+	struct svirt_object *o;
+	__u64 w, id;
+
+	key.dev = inode->i_sb->s_dev;
+	key.ino = inode->i_ino;
+	c = &t->cache[(key.ino * 0x9e3779b97f4a7c15ull) >> SVIRT_CACHE_SHIFT];
+	w = c->word;
+	if (c->ino == key.ino && c->dev == key.dev && (w & SVIRT_C_STAMP) == stamp)
+		return w;
+	o = bpf_map_lookup_elem(&objects, &key);
+	w = stamp;
+	if (o) {
+		/* An id the word cannot hold stands for "ask the bitmaps". */
+		id = o->id > SVIRT_ID_BITMAP ? SVIRT_ID_BITMAP : o->id;
+		w |= SVIRT_C_LABELED | id | ((__u64)(o->allow & 7) << SVIRT_C_ALLOW_SHIFT) |
+		     ((o->flags & SVIRT_OBJ_TREE) ? SVIRT_C_TREE : 0);
+	}
+	c->dev = key.dev;
+	c->ino = key.ino;
+	c->word = w;
+	return w;
+}
+
+/* The decision through the cache, as lookup_file() and svirt_may() would make it: 1
+ * allowed, 0 denied, -1 when the ids cannot tell. s is the current task's subject. */
+static __always_inline int cached_decision(struct svirt_subject *s, struct file *file,
+					   __u32 want)
+{
+	struct svirt_task *t = task_of(s);
+	__u64 stamp = cache_stamp();
+	__u64 w = cached_own(t, file->f_inode, stamp);
+	struct dentry *d, *parent;
+
+	if (!(w & SVIRT_C_LABELED)) {
+		d = file->f_path.dentry;
+		for (int i = 0; i < SVIRT_TREE_DEPTH; i++) {
+			parent = d->d_parent;
+			if (!parent || parent == d)
+				return 0;
+			d = parent;
+			w = cached_own(t, d->d_inode, stamp);
+			if (w & SVIRT_C_LABELED)
+				break;
+		}
+		if (!(w & SVIRT_C_LABELED) || !(w & SVIRT_C_TREE))
+			return 0;
+	}
+	return svirt_may_id(s->id, w & SVIRT_C_ID, (w >> SVIRT_C_ALLOW_SHIFT) & 7, want);
+}
+
 static __always_inline int check_file(__u32 hook, struct svirt_subject *s, struct file *file,
 				      __u32 want)
 {
 	struct svirt_inode_key key = {};
-	struct svirt_object *o = lookup_file(file, &key);
+	struct svirt_object *o;
 
-	if (o && svirt_may(&s->level, o, want))
+	if (cached_decision(s, file, want) > 0)
+		return 0;
+	/* Denied, or undecided: from `objects` itself, with what a report needs. */
+	o = lookup_file(file, &key);
+	if (o && svirt_may(s, o, want))
 		return 0;
 	report(hook, want, s, o ? &o->level : 0, key.dev, key.ino, 0);
 	return -EACCES;
@@ -241,7 +388,7 @@ int BPF_PROG(svirt_file_receive, struct file *file)
 		if (!sk)
 			return -EACCES;
 		peer = bpf_sk_storage_get(&sockets, sk, 0, 0);
-		if (!peer || svirt_dominates(&s->level, &peer->level))
+		if (!peer || svirt_subject_dominates(s, peer))
 			return 0;
 		report(SVIRT_HOOK_RECEIVE, SVIRT_MAY_READ | SVIRT_MAY_WRITE, s, &peer->level, 0, 0,
 		       0);
@@ -275,7 +422,7 @@ int BPF_PROG(svirt_task_kill, struct task_struct *p, struct kernel_siginfo *info
 	if (!s)
 		return 0;
 	t = bpf_task_storage_get(&subjects, p, 0, 0);
-	if (t && svirt_dominates(&s->level, &t->level))
+	if (t && svirt_subject_dominates(s, t))
 		return 0;
 	report(SVIRT_HOOK_SIGNAL, 0, s, t ? &t->level : 0, 0, 0, BPF_CORE_READ(p, tgid));
 	return -EACCES;
@@ -312,7 +459,7 @@ int BPF_PROG(svirt_socket_post_create, struct socket *sock, int family, int type
 		return -EACCES;
 	l = bpf_sk_storage_get(&sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (l)
-		__builtin_memcpy(&l->level, &s->level, sizeof(l->level));
+		__builtin_memcpy(l, s, sizeof(*l));
 	return 0;
 }
 
@@ -334,7 +481,7 @@ static __always_inline int check_peer(struct svirt_subject *s, struct sock *othe
 	d = BPF_CORE_READ((struct unix_sock *)other, path.dentry);
 	if (d) {
 		o = lookup_inode(BPF_CORE_READ(d, d_inode), &key);
-		if (o && svirt_may(&s->level, o, SVIRT_MAY_WRITE))
+		if (o && svirt_may(s, o, SVIRT_MAY_WRITE))
 			return 0;
 	}
 	report(SVIRT_HOOK_CONNECT, SVIRT_MAY_WRITE, s, o ? &o->level : 0, key.dev, key.ino, 0);
@@ -390,14 +537,14 @@ int BPF_PROG(svirt_task_alloc, struct task_struct *task, unsigned long clone_fla
 	n = bpf_task_storage_get(&subjects, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!n)
 		return -EPERM; /* fail closed: an unlabeled task of a guest would be free */
-	__builtin_memcpy(&n->level, &s->level, sizeof(n->level));
+	__builtin_memcpy(n, s, sizeof(*n));
 	return 0;
 }
 
 /* The decision alone, for the tests (BPF_PROG_TEST_RUN, no LSM needed): the same
  * svirt_may() the hooks call, compiled and verified as they are. */
 struct svirt_decide_args {
-	struct svirt_level subject;
+	struct svirt_subject subject;
 	struct svirt_object object;
 	__u32 want;
 	__u32 allowed;

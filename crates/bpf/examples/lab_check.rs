@@ -144,7 +144,7 @@ impl Lab {
         level: &str,
         mut then: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
     ) {
-        let mut hook = SubjectHook::new(&self.enforcer, SubjectLabel { cats: cats(level) })
+        let mut hook = SubjectHook::new(&self.enforcer, SubjectLabel::new(cats(level)))
             .unwrap_or_else(|e| panic!("SubjectHook::new: {e}"));
         // SAFETY: the hook is allocation-free (pidfd_open, bpf, close) and `then` makes
         // only system calls: both are safe between fork and exec.
@@ -304,6 +304,9 @@ fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(BENCH_CHILD) {
         std::process::exit(bench_child(&argv[2..]));
+    }
+    if argv.get(1).map(String::as_str) == Some(OPEN_CHILD) {
+        std::process::exit(open_child());
     }
     let mut args = std::env::args().skip(1);
     let mut busybox = PathBuf::from("/bin/busybox");
@@ -534,6 +537,121 @@ fn scenario(lab: &mut Lab) -> Result<(), String> {
     ] {
         lab.op(name, what, allow, object, &args);
     }
+
+    // ---- label changes -----------------------------------------------------------------
+    // A guest's task caches the labels it found (own labels and their absence), valid for
+    // one epoch that every label change moves: a change is seen by the task's next open,
+    // whatever it cached, for a file's own label, its absence, and a tree's label. One
+    // labeled process (this binary, `--open-child`) opens each file after each change, so
+    // that its cache holds what it found before.
+    let key_of = |path: &Path| -> Result<InodeKey, String> {
+        let f = fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        InodeKey::of(f.as_fd()).map_err(|e| e.to_string())
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    lab.enforcer
+        .label(
+            &key_of(&exe)?,
+            &ObjectLabel::new(shared, Allow::READ_EXEC, false),
+        )
+        .map_err(|e| e.to_string())?;
+    let dir = work.join("D");
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let in_dir = dir.join("f");
+    fs::write(&in_dir, "file D/f\n").map_err(|e| format!("write D/f: {e}"))?;
+    let (a_key, u_key, d_key) = (
+        key_of(&work.join("A"))?,
+        key_of(&work.join("U"))?,
+        key_of(&dir)?,
+    );
+    let df = in_dir.display().to_string();
+    let mut child = Command::new(&exe);
+    child
+        .arg(OPEN_CHILD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    lab.label_child(&mut child, OWN, || Ok(()));
+    let mut child = child
+        .spawn()
+        .map_err(|e| format!("spawn {OPEN_CHILD}: {e}"))?;
+    let (Some(mut to), Some(from)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(format!("{OPEN_CHILD}: no pipes"));
+    };
+    let mut from = io::BufReader::new(from);
+    let mut open_in_child = |path: &str| -> Result<String, String> {
+        use io::{BufRead, Write};
+        writeln!(to, "{path}").map_err(|e| format!("{OPEN_CHILD}: write: {e}"))?;
+        let mut line = String::new();
+        from.read_line(&mut line)
+            .map_err(|e| format!("{OPEN_CHILD}: read: {e}"))?;
+        Ok(line.trim().to_string())
+    };
+    let mine_rw = ObjectLabel::new(own, Allow::READ_WRITE, false);
+    let mine_tree = ObjectLabel::new(own, Allow::READ_WRITE, true);
+    let theirs = ObjectLabel::new(other, Allow::READ_WRITE, false);
+    type Change<'a> = &'a dyn Fn(&Enforcer) -> Result<(), svirt_bpf::BpfError>;
+    let steps: [(&str, Change<'_>, &str, bool); 10] = [
+        ("A (own)", &|_| Ok(()), &a, true),
+        (
+            "A relabeled the other guest's",
+            &|e| e.label(&a_key, &theirs),
+            &a,
+            false,
+        ),
+        ("A relabeled back", &|e| e.label(&a_key, &mine_rw), &a, true),
+        ("U (unlabeled)", &|_| Ok(()), &u, false),
+        ("U labeled own", &|e| e.label(&u_key, &mine_rw), &u, true),
+        (
+            "U unlabeled again",
+            &|e| e.unlabel(&u_key).map(|_| ()),
+            &u,
+            false,
+        ),
+        (
+            "D labeled own, a tree",
+            &|e| e.label(&d_key, &mine_tree),
+            &df,
+            true,
+        ),
+        (
+            "D labeled own, not a tree",
+            &|e| e.label(&d_key, &mine_rw),
+            &df,
+            false,
+        ),
+        (
+            "D a tree again",
+            &|e| e.label(&d_key, &mine_tree),
+            &df,
+            true,
+        ),
+        (
+            "D unlabeled",
+            &|e| e.unlabel(&d_key).map(|_| ()),
+            &df,
+            false,
+        ),
+    ];
+    let mut results = Vec::new();
+    for (what, change, path, allow) in steps {
+        change(&lab.enforcer).map_err(|e| format!("{what}: {e}"))?;
+        let got = open_in_child(path)?;
+        let want = if allow { "ok" } else { "13" };
+        results.push((what, want, got));
+    }
+    // End of input: the child exits.
+    drop(to);
+    let _ = child.wait();
+    let changed_ok = results.iter().all(|(_, want, got)| want == got);
+    lab.check(
+        "label.change",
+        changed_ok,
+        results
+            .iter()
+            .map(|(what, want, got)| format!("{what}: {got} (want {want})"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
 
     // ---- exec and mmap ---------------------------------------------------------------
     // The labeled busybox ran in every check above: exec of a READ_EXEC object works.
@@ -813,6 +931,28 @@ fn scenario(lab: &mut Lab) -> Result<(), String> {
 
 /// The first argument of a timing child.
 const BENCH_CHILD: &str = "--bench-child";
+/// The first argument of the child that opens, one after another, the paths it reads on
+/// its standard input (one a line) and answers each with `ok` or the open's errno.
+const OPEN_CHILD: &str = "--open-child";
+
+fn open_child() -> i32 {
+    use io::{BufRead, Write};
+    let mut out = io::stdout().lock();
+    for line in io::stdin().lock().lines() {
+        let Ok(path) = line else { return 1 };
+        let answer = match fs::File::open(&path) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.raw_os_error().unwrap_or(-1).to_string(),
+        };
+        if writeln!(out, "{answer}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return 1;
+        }
+    }
+    0
+}
 /// open()+close() pairs timed per measurement (after a tenth as many to warm up), in
 /// batches of BENCH_BATCH.
 const BENCH_OPENS: u32 = 20_000;

@@ -10,20 +10,20 @@ use std::mem::MaybeUninit;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use crate::BpfError;
-use crate::label::{Allow, Cats, ObjectLabel};
+use crate::label::{Allow, Cats, ObjectLabel, SubjectLabel};
 use crate::skel::{SvirtMcsSkel, SvirtMcsSkelBuilder};
 
 /// `struct svirt_decide_args` of the program.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 struct DecideArgs {
-    subject: Cats,
+    subject: SubjectLabel,
     object: ObjectLabel,
     want: u32,
     allowed: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<DecideArgs>() == 128 + 136 + 8);
+const _: () = assert!(std::mem::size_of::<DecideArgs>() == 136 + 144 + 8);
 
 /// The loaded decision program (the LSM programs are not loaded, nor attached).
 pub struct Decider {
@@ -49,7 +49,7 @@ impl Decider {
     /// Whether a subject at `subject` may have `want` on `object`, as the kernel decides.
     pub fn may(&self, subject: &Cats, object: &ObjectLabel, want: Allow) -> Result<bool, BpfError> {
         let mut args = DecideArgs {
-            subject: *subject,
+            subject: SubjectLabel::new(*subject),
             object: *object,
             want: want.0,
             allowed: u32::MAX,

@@ -16,7 +16,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::BpfError;
-use crate::label::{InodeKey, ObjectLabel, SubjectLabel, bytes_of, from_bytes};
+use crate::label::{InodeKey, ObjectLabel, SubjectLabel, bytes_of, from_bytes, task_value};
 use crate::skel::{OpenSvirtMcsSkel, SvirtMcsSkelBuilder};
 
 /// The LSM programs of `bpf/svirt_mcs.bpf.c`, by the name each link is pinned under.
@@ -35,7 +35,7 @@ pub const LSM_PROGRAMS: [&str; 11] = [
 ];
 
 /// The maps, by the name each is pinned under.
-pub const MAPS: [&str; 4] = ["subjects", "sockets", "objects", "events"];
+pub const MAPS: [&str; 5] = ["subjects", "sockets", "objects", "events", "epoch"];
 
 /// Turns every LSM program's load off: only `svirt_decide` (and the maps) load.
 pub(crate) fn only_decide(open: &mut OpenSvirtMcsSkel<'_>) {
@@ -73,6 +73,9 @@ pub struct Enforcer {
     subjects: MapHandle,
     objects: MapHandle,
     events: MapHandle,
+    /// The labels' epoch, bumped after every change to `objects` (what the guest tasks
+    /// cached of it is stale at any other epoch: `bpf/svirt_mcs.bpf.c`).
+    epoch: Epoch,
     /// Whether this open loaded (rather than found) them.
     loaded: bool,
 }
@@ -125,6 +128,7 @@ impl Enforcer {
             ("sockets", &mut skel.maps.sockets),
             ("objects", &mut skel.maps.objects),
             ("events", &mut skel.maps.events),
+            ("epoch", &mut skel.maps.epoch),
         ] {
             let at = dir.join(name);
             map.pin(&at).map_err(BpfError::libbpf(format!(
@@ -168,11 +172,13 @@ impl Enforcer {
                 at.display()
             )))
         };
+        let epoch = Epoch::map(&map("epoch")?)?;
         Ok(Enforcer {
             dir: dir.to_path_buf(),
             subjects: map("subjects")?,
             objects: map("objects")?,
             events: map("events")?,
+            epoch,
             loaded,
         })
     }
@@ -192,26 +198,39 @@ impl Enforcer {
         &self.dir
     }
 
-    /// Labels an object (replacing its label).
+    /// Labels an object (replacing its label); the programs see the new label from the
+    /// return on (the epoch is bumped after the map's update: the cache's order).
     pub fn label(&self, key: &InodeKey, label: &ObjectLabel) -> Result<(), BpfError> {
-        self.objects
+        let r = self
+            .objects
             .update(bytes_of(key), bytes_of(label), MapFlags::ANY)
             .map_err(BpfError::libbpf(format!(
                 "label inode {}:{}",
                 key.dev, key.ino
-            )))
+            )));
+        // Even after an error: a bump too many only costs refills.
+        self.epoch.bump();
+        r
     }
 
-    /// Removes an object's label; `false` when it had none.
+    /// Removes an object's label; `false` when it had none. As [`Enforcer::label`], the
+    /// programs see it gone from the return on.
     pub fn unlabel(&self, key: &InodeKey) -> Result<bool, BpfError> {
-        match self.objects.delete(bytes_of(key)) {
+        let r = match self.objects.delete(bytes_of(key)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(BpfError::Libbpf {
                 what: format!("unlabel inode {}:{}", key.dev, key.ino),
                 source: e,
             }),
-        }
+        };
+        self.epoch.bump();
+        r
+    }
+
+    /// The labels' epoch (for tests: every label change moves it).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
     }
 
     /// An object's label, if it has one.
@@ -254,14 +273,18 @@ impl Enforcer {
             .subjects
             .lookup(bytes_of(&key), MapFlags::ANY)
             .map_err(BpfError::libbpf("look up a task's label"))?;
-        Ok(v.and_then(|b| from_bytes::<SubjectLabel>(&b)))
+        // The value is the label, then the programs' cache (struct svirt_task).
+        Ok(v.and_then(|b| {
+            b.get(..std::mem::size_of::<SubjectLabel>())
+                .and_then(from_bytes::<SubjectLabel>)
+        }))
     }
 
     /// Labels a process (by pidfd): what the prepared child does for itself before exec.
     pub fn set_subject(&self, pidfd: BorrowedFd<'_>, label: &SubjectLabel) -> Result<(), BpfError> {
         let key = pidfd.as_raw_fd();
         self.subjects
-            .update(bytes_of(&key), bytes_of(label), MapFlags::ANY)
+            .update(bytes_of(&key), &task_value(label), MapFlags::ANY)
             .map_err(BpfError::libbpf("label a task"))
     }
 
@@ -291,6 +314,69 @@ impl Enforcer {
     }
 }
 
+/// The `epoch` map's one value, mapped into this process (the map is `BPF_F_MMAPABLE`):
+/// bumped with an atomic add, so that svirtds or tools sharing the pins never lose a bump
+/// to a read-modify-write race (a lost bump could bring back an epoch stale entries carry).
+struct Epoch {
+    ptr: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory owned by this value alone; it is only accessed
+// through an AtomicU64, which is Sync.
+unsafe impl Send for Epoch {}
+// SAFETY: as above.
+unsafe impl Sync for Epoch {}
+
+impl Epoch {
+    fn map(map: &MapHandle) -> Result<Epoch, BpfError> {
+        let len = rustix::param::page_size();
+        // SAFETY: mmap of a BPF array map's fd (its values, one page here), shared and
+        // read-write; the result is checked before use and unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(BpfError::Io {
+                what: "map the epoch".into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        let ptr = std::ptr::NonNull::new(ptr)
+            .ok_or_else(|| BpfError::Invalid("mmap of the epoch returned NULL".into()))?;
+        Ok(Epoch { ptr, len })
+    }
+
+    fn value(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: the mapping is page-aligned, at least 8 bytes long and alive as long as
+        // self; the programs read it with plain 64-bit loads, user space only atomically.
+        unsafe { &*self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
+    }
+
+    fn bump(&self) {
+        self.value()
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn get(&self) -> u64 {
+        self.value().load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in Epoch::map, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr(), self.len) };
+    }
+}
+
 fn remove_pins(dir: &Path) {
     for name in LSM_PROGRAMS {
         let _ = std::fs::remove_file(dir.join("links").join(name));
@@ -307,7 +393,8 @@ fn remove_pins(dir: &Path) {
 /// duplicate the child inherits (close-on-exec: QEMU never holds it).
 pub struct SubjectHook {
     map: OwnedFd,
-    label: SubjectLabel,
+    /// The task-storage value: the label, then the programs' empty cache.
+    value: Vec<u8>,
 }
 
 impl SubjectHook {
@@ -317,7 +404,10 @@ impl SubjectHook {
             .subjects_fd()
             .try_clone_to_owned()
             .map_err(BpfError::io("duplicate the task-label map fd"))?;
-        Ok(SubjectHook { map, label })
+        Ok(SubjectHook {
+            map,
+            value: task_value(&label),
+        })
     }
 
     /// Runs in the child: labels the calling process. After it, the process (and every
@@ -333,11 +423,11 @@ impl SubjectHook {
         let mut attr = [0u64; 4];
         attr[0] = u64::from(self.map.as_raw_fd() as u32);
         attr[1] = &key as *const i32 as u64;
-        attr[2] = &self.label as *const SubjectLabel as u64;
+        attr[2] = self.value.as_ptr() as u64;
         attr[3] = 0; // BPF_ANY
         const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
         // SAFETY: attr is a valid bpf_attr prefix of 32 bytes whose pointers reference
-        // `key` and `self.label`, both alive for the call.
+        // `key` and `self.value` (the map's value size), both alive for the call.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_bpf,

@@ -53,6 +53,33 @@ impl Cats {
         self.0.iter().zip(other.0.iter()).all(|(s, o)| o & !s == 0)
     }
 
+    /// The id of this category set (`mcs.h`): [`ID_S0`] for none, an injective code for
+    /// one or two categories, [`ID_BITMAP`] for more. A function of the set alone, so a
+    /// subject's and an object's agree without any table (the pinned maps outlive svirtd:
+    /// a counter would have to outlive it too); equal ids other than [`ID_BITMAP`] mean
+    /// equal sets, which lets the programs skip the bitmaps' dominance loop.
+    pub fn id(&self) -> u32 {
+        let mut found = [0u32; 2];
+        let mut n = 0;
+        for (w, word) in self.0.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                if n == 2 {
+                    return ID_BITMAP;
+                }
+                // w < 16, trailing_zeros < 64: the category is below 1024.
+                found[n] = (w * 64) as u32 + bits.trailing_zeros();
+                n += 1;
+                bits &= bits - 1;
+            }
+        }
+        match n {
+            0 => ID_S0,
+            1 => 1 + found[0],
+            _ => 1025 + found[0] * 1024 + found[1],
+        }
+    }
+
     /// The level `s0[:cats]` these categories stand for.
     pub fn to_level(&self) -> Level {
         Level {
@@ -61,6 +88,11 @@ impl Cats {
         }
     }
 }
+
+/// The id of no category (`s0`): dominated by every level.
+pub const ID_S0: u32 = 0;
+/// The id of a set of more than two categories: the programs compare the bitmaps.
+pub const ID_BITMAP: u32 = 0x00ff_ffff;
 
 /// What an object's kind permits (`SVIRT_MAY_*`): the type-enforcement half of the
 /// decision, as a mask.
@@ -108,6 +140,36 @@ impl Allow {
 pub struct SubjectLabel {
     /// The guest's categories.
     pub cats: Cats,
+    /// Their id ([`Cats::id`]); [`SubjectLabel::new`] sets it.
+    pub id: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+impl SubjectLabel {
+    /// A subject at `cats`.
+    pub fn new(cats: Cats) -> SubjectLabel {
+        SubjectLabel {
+            cats,
+            id: cats.id(),
+            pad: 0,
+        }
+    }
+}
+
+/// Inodes whose labels a guest's task caches (`SVIRT_CACHE_SLOTS`).
+pub const TASK_CACHE_SLOTS: usize = 32;
+
+/// The size of a task's value in the task-label map (`struct svirt_task`): its label,
+/// then the programs' cache of labels (three u64 per slot), which user space writes as
+/// zeros (empty).
+pub const TASK_VALUE_SIZE: usize = std::mem::size_of::<SubjectLabel>() + TASK_CACHE_SLOTS * 24;
+
+/// The task-label map's value for `label`: the label, then an empty cache.
+pub(crate) fn task_value(label: &SubjectLabel) -> Vec<u8> {
+    let mut v = vec![0u8; TASK_VALUE_SIZE];
+    v[..std::mem::size_of::<SubjectLabel>()].copy_from_slice(bytes_of(label));
+    v
 }
 
 /// `svirt_object.flags`: the label covers everything beneath this directory.
@@ -123,6 +185,10 @@ pub struct ObjectLabel {
     pub allow: u32,
     /// `OBJ_TREE` or 0.
     pub flags: u32,
+    /// The id of `cats` ([`Cats::id`]); [`ObjectLabel::new`] sets it.
+    pub id: u32,
+    /// Zero.
+    pub pad: u32,
 }
 
 impl ObjectLabel {
@@ -132,6 +198,8 @@ impl ObjectLabel {
             cats,
             allow: allow.0,
             flags: if tree { OBJ_TREE } else { 0 },
+            id: cats.id(),
+            pad: 0,
         }
     }
 
@@ -200,8 +268,9 @@ pub(crate) fn from_bytes<T: Copy + Default>(b: &[u8]) -> Option<T> {
 
 // The layouts `bpf/mcs.h` declares; a mismatch would make every lookup miss.
 const _: () = assert!(std::mem::size_of::<Cats>() == 128);
-const _: () = assert!(std::mem::size_of::<SubjectLabel>() == 128);
-const _: () = assert!(std::mem::size_of::<ObjectLabel>() == 136);
+const _: () = assert!(std::mem::size_of::<SubjectLabel>() == 136);
+const _: () = assert!(TASK_VALUE_SIZE == 904);
+const _: () = assert!(std::mem::size_of::<ObjectLabel>() == 144);
 const _: () = assert!(std::mem::size_of::<InodeKey>() == 16);
 
 #[cfg(test)]
@@ -219,6 +288,39 @@ mod tests {
         assert!(ca.dominates(&cb) && !cb.dominates(&ca));
         assert!(!ca.dominates(&cc) && !cc.dominates(&ca));
         assert!(ca.dominates(&Cats::default()));
+    }
+
+    #[test]
+    fn ids_are_injective_on_small_sets_and_agree_with_the_bitmap() {
+        let id = |l: &str| Cats::of(&Level::parse(l).expect("level")).id();
+        assert_eq!(id("s0"), ID_S0);
+        assert_eq!(id("s0:c0"), 1);
+        assert_eq!(id("s0:c1023"), 1024);
+        assert_eq!(id("s0:c0,c1"), 1025 + 1);
+        assert_eq!(id("s0:c1022,c1023"), 1025 + 1022 * 1024 + 1023);
+        assert!(id("s0:c1022,c1023") < ID_BITMAP);
+        assert_eq!(id("s0:c1,c2,c3"), ID_BITMAP);
+        // Every set of at most two categories among a few dozen has its own id.
+        let mut seen = std::collections::HashMap::new();
+        let cs: Vec<u16> = (0..20)
+            .chain(1000..1024)
+            .chain([63, 64, 127, 128])
+            .collect();
+        let mut sets = vec![CategorySet::new()];
+        for &a in &cs {
+            for &b in &cs {
+                let mut s = CategorySet::new();
+                s.insert(a);
+                s.insert(b);
+                sets.push(s);
+            }
+        }
+        for s in sets {
+            let c = Cats::of_set(&s);
+            if let Some(other) = seen.insert(c.id(), c) {
+                assert_eq!(other, c, "two sets share id {}", c.id());
+            }
+        }
     }
 
     #[test]

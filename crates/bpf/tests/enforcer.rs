@@ -90,7 +90,13 @@ fn labels_live_in_pinned_maps_and_survive_a_reopen() {
     {
         let e = Enforcer::open(&dir, Programs::MapsOnly).expect("maps load");
         assert!(e.loaded());
+        let before = e.epoch();
         e.label(&key, &label).expect("label");
+        assert_eq!(
+            e.epoch(),
+            before + 1,
+            "a label change moves the epoch (the programs' cache of labels)"
+        );
         assert_eq!(e.object(&key).expect("lookup"), Some(label));
         assert_eq!(
             e.object(&other_key).expect("lookup"),
@@ -102,7 +108,13 @@ fn labels_live_in_pinned_maps_and_survive_a_reopen() {
     let e = Enforcer::open(&dir, Programs::MapsOnly).expect("reopen");
     assert!(!e.loaded(), "the reopen must not load a second copy");
     assert_eq!(e.objects().expect("list"), vec![(key, label)]);
+    let before = e.epoch();
+    assert!(
+        before > 0,
+        "the epoch lives in the pinned map, past a reopen"
+    );
     assert!(e.unlabel(&key).expect("unlabel"));
+    assert!(e.epoch() > before, "an unlabel moves the epoch");
     assert!(!e.unlabel(&key).expect("unlabel again"), "idempotent");
     assert!(e.objects().expect("list").is_empty());
     e.unpin().expect("unpin");
@@ -114,9 +126,7 @@ fn the_child_labels_itself_before_exec() {
     let Some(fs) = BpfFs::mount() else { return };
     let dir = fs.root.join("svirt");
     let e = Enforcer::open(&dir, Programs::MapsOnly).expect("maps load");
-    let me = SubjectLabel {
-        cats: Cats::of(&"s0:c7,c9".parse().expect("level")),
-    };
+    let me = SubjectLabel::new(Cats::of(&"s0:c7,c9".parse().expect("level")));
     let mut hook = SubjectHook::new(&e, me).expect("hook");
     let mut cmd = Command::new("sleep");
     cmd.arg("30").stdin(Stdio::null());

@@ -63,7 +63,7 @@ scenario_stage() {
 scenario_checks() {
     printf '%s\n' lsm.bpf load pinned label.objects \
         file.read_own file.write_own file.read_other file.write_other file.read_shared \
-        file.write_shared file.read_readonly file.write_readonly file.read_unlabeled \
+        file.write_shared file.read_readonly file.write_readonly file.read_unlabeled label.change \
         exec.unlabeled mmap.exec_image fork.read_other fork_exec.read_other fork.read_own fork.readback \
         host.read_other subject.readback signal.other signal.own bpf.syscall events.denials \
         $([ "$BENCH" = 1 ] && echo bench.detach) \

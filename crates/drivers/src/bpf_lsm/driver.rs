@@ -298,7 +298,7 @@ impl BpfLsmDriver {
                         // object permits what either needs, as SELinux's last relabel would.
                         allow: have.allow | it.label.allow,
                         flags: have.flags | it.label.flags,
-                        cats: have.cats,
+                        ..have
                     },
                     Some(have) => {
                         return Err(other(format!(
@@ -569,7 +569,7 @@ impl SecurityDriver for BpfLsmDriver {
         let e = g
             .as_ref()
             .ok_or_else(|| other("the enforcer is not open"))?;
-        let mut hook = SubjectHook::new(e, SubjectLabel { cats: mine }).map_err(bpf_err)?;
+        let mut hook = SubjectHook::new(e, SubjectLabel::new(mine)).map_err(bpf_err)?;
         Ok(vec![Box::new(move || hook.apply())])
     }
 
