@@ -221,6 +221,7 @@ int BPF_PROG(svirt_file_receive, struct file *file)
 	struct svirt_subject *s = current_subject();
 	struct svirt_subject *peer;
 	struct socket *sock;
+	struct sock *sk;
 	umode_t mode;
 
 	if (!s)
@@ -234,7 +235,12 @@ int BPF_PROG(svirt_file_receive, struct file *file)
 		sock = bpf_sock_from_file(file);
 		if (!sock)
 			return -EACCES;
-		peer = bpf_sk_storage_get(&sockets, sock->sk, 0, 0);
+		/* Newer verifiers (6.12) type sock->sk as maybe NULL: read once, checked,
+		 * fail closed. */
+		sk = sock->sk;
+		if (!sk)
+			return -EACCES;
+		peer = bpf_sk_storage_get(&sockets, sk, 0, 0);
 		if (!peer || svirt_dominates(&s->level, &peer->level))
 			return 0;
 		report(SVIRT_HOOK_RECEIVE, SVIRT_MAY_READ | SVIRT_MAY_WRITE, s, &peer->level, 0, 0,
@@ -258,7 +264,9 @@ int BPF_PROG(svirt_bprm_check, struct linux_binprm *bprm)
 }
 
 /* Signals: a guest may signal only tasks whose level it dominates (its own); never a
- * host task. The host's signals to guests are not this policy's to judge. */
+ * host task. Signal 0 only asks whether a task exists: MCS does not constrain signull and
+ * svirt_t may signull svirt_t (svirt explain), so another guest's task answers it; a
+ * host task does not. The host's signals to guests are not this policy's to judge. */
 SEC("lsm/task_kill")
 int BPF_PROG(svirt_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig,
 	     const struct cred *cred)
@@ -269,7 +277,7 @@ int BPF_PROG(svirt_task_kill, struct task_struct *p, struct kernel_siginfo *info
 	if (!s)
 		return 0;
 	t = bpf_task_storage_get(&subjects, p, 0, 0);
-	if (t && svirt_dominates(&s->level, &t->level))
+	if (t && (sig == 0 || svirt_dominates(&s->level, &t->level)))
 		return 0;
 	report(SVIRT_HOOK_SIGNAL, 0, s, t ? &t->level : 0, 0, 0, BPF_CORE_READ(p, tgid));
 	return -EACCES;
@@ -296,10 +304,15 @@ int BPF_PROG(svirt_socket_post_create, struct socket *sock, int family, int type
 {
 	struct svirt_subject *s = current_subject();
 	struct svirt_subject *l;
+	struct sock *sk;
 
 	if (!s || kern)
 		return 0;
-	l = bpf_sk_storage_get(&sockets, sock->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	/* A guest's socket without a sock could not carry its label: refused. */
+	sk = sock->sk;
+	if (!sk)
+		return -EACCES;
+	l = bpf_sk_storage_get(&sockets, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (l)
 		__builtin_memcpy(&l->level, &s->level, sizeof(l->level));
 	return 0;
@@ -345,10 +358,14 @@ SEC("lsm/unix_may_send")
 int BPF_PROG(svirt_unix_may_send, struct socket *sock, struct socket *other)
 {
 	struct svirt_subject *s = current_subject();
+	struct sock *sk;
 
 	if (!s)
 		return 0;
-	return check_peer(s, other->sk);
+	sk = other->sk;
+	if (!sk)
+		return -EACCES;
+	return check_peer(s, sk);
 }
 
 /* A guest never uses bpf(2): it could read or rewrite the labels. */
