@@ -411,7 +411,9 @@ int BPF_PROG(svirt_bprm_check, struct linux_binprm *bprm)
 }
 
 /* Signals: a guest may signal only tasks whose level it dominates (its own); never a
- * host task. The host's signals to guests are not this policy's to judge. */
+ * host task. Signal 0 only asks whether a task exists: MCS does not constrain signull and
+ * svirt_t may signull svirt_t (svirt explain), so another guest's task answers it; a
+ * host task does not. The host's signals to guests are not this policy's to judge. */
 SEC("lsm/task_kill")
 int BPF_PROG(svirt_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig,
 	     const struct cred *cred)
@@ -422,7 +424,7 @@ int BPF_PROG(svirt_task_kill, struct task_struct *p, struct kernel_siginfo *info
 	if (!s)
 		return 0;
 	t = bpf_task_storage_get(&subjects, p, 0, 0);
-	if (t && svirt_subject_dominates(s, t))
+	if (t && (sig == 0 || svirt_subject_dominates(s, t)))
 		return 0;
 	report(SVIRT_HOOK_SIGNAL, 0, s, t ? &t->level : 0, 0, 0, BPF_CORE_READ(p, tgid));
 	return -EACCES;

@@ -54,6 +54,9 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
   aa-exec PROFILE PROGRAM [ARGS...]        write `exec PROFILE` to /proc/thread-self/attr/apparmor/exec, execv
   try read|write|stat|connect|bpf PATH    one operation; exit 0 ok, 13 EACCES, 1 other errno
   breach-jail --pid PID PATH...           make PATHs visible read-write in PID's mount namespace (jail)
+ BPF-LSM svirtd scenario:
+  pidfd-exec PID FD PROGRAM [ARGS...]      pidfd_open(PID) as fd FD (inherited), execv PROGRAM: a
+                                           pidfd for bpftool's task-storage key (`key hex FD 00 00 00`)
   aa-snapshot [--pids F] --out F           AppArmor labels of the pids file's processes + loaded profiles
   aa-list-checks --plan F --attack F --expected F
   aa-check --plan F --attack F --expected F --running F --after F --dmesg F --denials F
@@ -306,6 +309,19 @@ fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {
             println!("{}", apparmor::breach_jail(pid, &paths)?.join(", "));
             Ok(true)
         }
+        "pidfd-exec" => {
+            let pid: i32 = a
+                .pos(0, "PID")?
+                .parse()
+                .map_err(|_| Error::msg("pidfd-exec: PID is not a number"))?;
+            let fd: i32 = a
+                .pos(1, "FD")?
+                .parse()
+                .ok()
+                .filter(|fd| *fd > 2)
+                .ok_or_else(|| Error::msg("pidfd-exec: FD must be a number above 2"))?;
+            pidfd_exec(pid, fd, &rest[2..])
+        }
         "aa-expect" => {
             let plan = plan::Plan::load(&a.req("plan")?)?;
             let attack = plan::Attack::load(&a.req("attack")?)?;
@@ -491,6 +507,30 @@ fn exec(args: &[String]) -> Result<bool> {
         }
     }
     execv_args(args, "exec")
+}
+
+/// `pidfd_open(pid)` on fd `fd` without close-on-exec, then execv `args`: the program
+/// inherits a pidfd at a number known in advance (bpftool takes a task-storage map's key,
+/// a pidfd in the caller, as bytes on its command line).
+fn pidfd_exec(pid: i32, fd: i32, args: &[String]) -> Result<bool> {
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| format!("pidfd_open({pid})"));
+    }
+    // SAFETY: dup2 of the fd just opened onto `fd` (the copy has no close-on-exec), or,
+    // when it already is `fd`, close-on-exec cleared on it.
+    let r = unsafe {
+        if pidfd as i32 == fd {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(pidfd as i32, fd)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| format!("dup2 onto fd {fd}"));
+    }
+    execv_args(args, "pidfd-exec")
 }
 
 /// Replaces this process with `args` (`PROGRAM ARG…`, PROGRAM a path); returns only the

@@ -6,7 +6,10 @@ S=/scenario
 P=$S/svirt-probe
 LAB_STATE=/lab/state
 ETC=/lab/etc
-PIN=/sys/fs/bpf/svirt
+# svirt's pins: one directory per svirtd beneath PIN_ROOT, named after its state directory
+# (PIN_INSTANCE, scenario.env); PIN is set once svirtd has pinned (pinned_check).
+PIN_ROOT=/sys/fs/bpf/svirt
+PIN=
 export PATH=/bin:/sbin
 . $S/scenario.env
 
@@ -21,10 +24,9 @@ setup_bpf_lsm() {
     lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)
     echo 0 > /proc/sys/kernel/unprivileged_bpf_disabled 2>/dev/null
     echo 0 > /proc/sys/kernel/yama/ptrace_scope 2>/dev/null
-    # svirtd writes the programs' denials to /dev/kmsg, which by default keeps 10 lines per
-    # 5 s of each open file and drops the rest silently: off, as init.sh turns off printk's
-    # rate limit for AVC lines (svirtd's own log keeps every line either way).
-    echo on > /proc/sys/kernel/printk_devkmsg 2>/dev/null
+    # printk_devkmsg stays at the kernel's default (ratelimit: 10 lines per 5 s of each open
+    # file of /dev/kmsg): svirtd opens /dev/kmsg for each denial line and limits itself
+    # (50 lines a second), so every expected denial must reach the kernel log without help.
     ub=$(cat /proc/sys/kernel/unprivileged_bpf_disabled 2>/dev/null)
     ps=$(cat /proc/sys/kernel/yama/ptrace_scope 2>/dev/null)
     dk=$(cat /proc/sys/kernel/printk_devkmsg 2>/dev/null)
@@ -33,8 +35,8 @@ setup_bpf_lsm() {
     case ,$lsm, in *,selinux,*|*,apparmor,*) bad="$bad another MAC LSM is active;" ;; esac
     [ -e /sys/kernel/btf/vmlinux ] || bad="$bad no /sys/kernel/btf/vmlinux;"
     [ "$ub" = 0 ] || bad="$bad unprivileged_bpf_disabled=$ub;"
-    [ "$dk" = on ] || bad="$bad printk_devkmsg=$dk;"
-    [ ! -e $PIN ] || bad="$bad $PIN exists before svirtd;"
+    [ "$dk" = ratelimit ] || bad="$bad printk_devkmsg=$dk, want the default ratelimit;"
+    [ ! -e $PIN_ROOT ] || bad="$bad $PIN_ROOT exists before svirtd;"
     if [ -z "$bad" ]; then
         labcheck setup.bpf_lsm PASS "lsm=$lsm btf=yes unprivileged_bpf_disabled=$ub ptrace_scope=${ps:-none} printk_devkmsg=$dk"
     else
@@ -82,16 +84,25 @@ driver_check() {
     esac
 }
 
-# The pins: programs attached (bpftool) and the maps pinned under /sys/fs/bpf/svirt.
-pinned_check() {
-    pins=$(ls $PIN 2>&1 | tr '\n' ' ')
-    progs=$(bpftool prog show 2>/dev/null | grep -c ' lsm ')
+# The objects map, dumped with bpftool (label_word reads it).
+dump_objects() {
     bpftool map dump pinned $PIN/objects -j > $LAB_STATE/objects.json 2>$LAB_STATE/objects.err
+}
+
+# The pins: one svirtd, so exactly one instance directory under /sys/fs/bpf/svirt, named
+# after svirtd's state directory; its maps pinned, the programs attached (bpftool).
+pinned_check() {
+    insts=$(ls $PIN_ROOT 2>&1 | tr '\n' ' ')
+    set -- $insts
+    if [ $# = 1 ]; then PIN=$PIN_ROOT/$1; else PIN=$PIN_ROOT/$PIN_INSTANCE; fi
+    pins=$(ls $PIN $PIN/links 2>&1 | tr '\n' ' ')
+    progs=$(bpftool prog show 2>/dev/null | grep -c ' lsm ')
+    dump_objects
     n=$(grep -o '"ino":' $LAB_STATE/objects.json | wc -l)
-    if [ -e $PIN/objects ] && [ "$progs" -gt 0 ] && [ "$n" -gt 0 ]; then
-        labcheck svirtd.pinned PASS "$PIN: $pins; $progs LSM programs loaded; $n labeled objects"
+    if [ "$insts" = "$PIN_INSTANCE " ] && [ -e $PIN_ROOT/$PIN_INSTANCE/objects ] && [ "$progs" -gt 0 ] && [ "$n" -gt 0 ]; then
+        labcheck svirtd.pinned PASS "$PIN_ROOT: $insts(instance of /lab/state/svirtd.1); $PIN: $pins; $progs LSM programs loaded; $n labeled objects"
     else
-        labcheck svirtd.pinned FAIL "$PIN: $pins; $progs LSM programs; objects map: $n entries $(cat $LAB_STATE/objects.err)"
+        labcheck svirtd.pinned FAIL "$PIN_ROOT: ${insts:-empty}, want exactly $PIN_INSTANCE; $PIN: $pins; $progs LSM programs; objects map: $n entries $(cat $LAB_STATE/objects.err)"
     fi
 }
 
@@ -111,6 +122,15 @@ label_word() { # PATH
         } END { if (!found) print -1 }'
 }
 
+# The first category word of the kernel's label of task PID (the subjects map: task storage,
+# keyed by a pidfd of the caller, which svirt-probe pidfd-exec opens as fd 9 for bpftool);
+# -1 when it has none.
+task_word() { # PID
+    w=$($P pidfd-exec "$1" 9 /sbin/bpftool -j map lookup pinned $PIN/subjects key hex 09 00 00 00 2>/dev/null \
+        | sed -n 's/.*"cats":\[\([0-9]*\).*/\1/p')
+    echo "${w:--1}"
+}
+
 level_word() { # s0:cA,cB (categories below 64)
     case $1 in *:*) ;; *) echo 0; return ;; esac
     w=0
@@ -118,21 +138,99 @@ level_word() { # s0:cA,cB (categories below 64)
     echo $w
 }
 
-# Each guest's VMM carries its intended level (svirt info / list: the task storage svirtd
-# reads through a pidfd), and its private image is labeled at that level in the kernel's map.
+le_bytes() { # COUNT N: N as COUNT bytes, little-endian, in bpftool's `hex` form
+    i=0 v=$2 out=
+    while [ $i -lt $1 ]; do out="$out $(printf %02x $((v & 255)))"; v=$((v >> 8)); i=$((i + 1)); done
+    echo $out
+}
+
+# A struct svirt_level (mcs.h: 16 u64 category words) whose first word is W, the rest 0.
+level_bytes() { # W
+    echo "$(le_bytes 8 $1) $(le_bytes 120 0)"
+}
+
+# The broken --same-level run: what a driver that gave guest B guest A's categories would
+# have left in the kernel, made by hand once both guests run (and before their attacks).
+# svirtd labeled B's objects and B's VMM at B's intended level; PID 1 (unlabeled: a host
+# task) rewrites in svirtd's maps, with bpftool,
+#   - every object label at B's categories (B's image and results file, its runtime dir)
+#     to A's categories, allow and flags kept (objects map: key struct svirt_inode_key,
+#     value struct svirt_object);
+#   - B's VMM's task label (subjects: task storage, keyed by a pidfd of the caller, which
+#     svirt-probe pidfd-exec opens as fd 9 for bpftool) to A's level. Only the thread-group
+#     leader's: the probe's QMP thread keeps B's level; the attacks run on the leader, and
+#     signals and ptrace to B's pid are judged against the leader's label. (`svirt info`
+#     still shows B's planned level: svirtd reports the level of the plan it labeled with.)
+# Then A and B are one MCS level to the programs: their reads, writes and signals between
+# them are allowed, and the isolation checks must fail.
+same_level_relabel() {
+    wa=$(level_word "$(intended_level A)") wb=$(level_word "$(intended_level B)")
+    dump_objects
+    sed 's/"formatted":/\
+/g' $LAB_STATE/objects.json | awk '
+        index($0, "{\"key\":{\"dev\":") == 1 {
+            n = split($0, f, /[][{}:,"]+/)
+            # f: "" key dev D ino I value [level] cats C0..C15 allow A flags F
+            dev = ino = allow = flags = cats = ""
+            for (i = 1; i <= n; i++) {
+                if (f[i] == "dev") dev = f[i + 1]
+                else if (f[i] == "ino") ino = f[i + 1]
+                else if (f[i] == "allow") allow = f[i + 1]
+                else if (f[i] == "flags") flags = f[i + 1]
+                else if (f[i] == "cats") { cats = f[i + 1]; for (j = 2; j <= 16; j++) cats = cats "," f[i + j] }
+            }
+            print dev, ino, cats, allow, flags
+        }' > $LAB_STATE/objects.list
+    zeros=,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0
+    n=0 bad= objs=
+    while read -r dev ino cats allow flags; do
+        [ "$cats" = "$wb$zeros" ] || continue
+        if out=$(bpftool map update pinned $PIN/objects key hex $(le_bytes 8 $dev) $(le_bytes 8 $ino) \
+            value hex $(level_bytes $wa) $(le_bytes 4 $allow) $(le_bytes 4 $flags) 2>&1); then
+            n=$((n + 1)) objs="$objs $dev:$ino"
+        else
+            bad="$bad object $dev:$ino: $out;"
+        fi
+    done < $LAB_STATE/objects.list
+    pid=$(awk '$1 == "B" { print $2 }' $LAB_STATE/pids.all)
+    was=$(task_word "$pid")
+    out=$($P pidfd-exec "$pid" 9 /sbin/bpftool map update pinned $PIN/subjects key hex 09 00 00 00 \
+        value hex $(level_bytes $wa) 2>&1) || bad="$bad B's VMM (pid $pid): $out;"
+    # What the kernel now holds: B's VMM at A's level, no object left at B's categories.
+    dump_objects
+    got=$(task_word "$pid")
+    img=$(label_word /lab/img/B.img)
+    left=$(grep -o "\"cats\":\[$wb$zeros\]" $LAB_STATE/objects.json | wc -l)
+    [ "$n" -ge 2 ] || bad="$bad only $n object(s) at B's categories ($wb);"
+    [ "$was" = "$wb" ] && [ "$got" = "$wa" ] || bad="$bad B's VMM (pid $pid): task label cats word $was, then $got;"
+    [ "$img" = "$wa" ] && [ "$left" = 0 ] || bad="$bad B.img cats word $img, $left label(s) left at $wb;"
+    if [ -z "$bad" ]; then
+        labcheck broken.same_level PASS "relabeled to A's categories ($wa): $n object(s) at B's ($wb):$objs; B's VMM (pid $pid): task label cats word $was, now $got"
+    else
+        labcheck broken.same_level FAIL "$bad"
+    fi
+}
+
+# Each guest's VMM carries its intended level (svirt info and list: the level svirtd labeled
+# it with; the kernel's task storage, read with bpftool through a pidfd), and its private
+# image is labeled at that level in the kernel's map.
 label_checks() {
+    dump_objects
     for g in A B; do
         n=$(svirtd_of $g)
         want=$(intended_level $g)
         sv "$n" info $g > $LAB_STATE/info.$g
         got=$(awk '$1 == "bpf-lsm" && $2 == "process:" { print $3 }' $LAB_STATE/info.$g)
         listed=$(sv "$n" list | awk -v g=$g '$1 == g { print $NF }')
-        if [ "$got" = "$want" ] && [ "$listed" = "$want" ]; then
-            labcheck vmm.label.$g PASS "svirt info: bpf-lsm process: $got; svirt list: $listed"
+        w=$(level_word "$want")
+        pid=$(awk -v g=$g '$1 == g { print $2 }' $LAB_STATE/pids.all)
+        task=$(task_word "$pid")
+        if [ "$got" = "$want" ] && [ "$listed" = "$want" ] && [ "$task" = "$w" ]; then
+            labcheck vmm.label.$g PASS "svirt info: bpf-lsm process: $got; svirt list: $listed; kernel: pid $pid's task label cats word $task"
         else
-            labcheck vmm.label.$g FAIL "want $want; svirt info: '${got:-none}', svirt list: '${listed:-none}'"
+            labcheck vmm.label.$g FAIL "want $want (cats word $w); svirt info: '${got:-none}', svirt list: '${listed:-none}', kernel: pid $pid's task label cats word $task (-1: none)"
         fi
-        img=$(label_word /lab/img/$g.img) res=$(label_word /lab/img/$g.result) w=$(level_word "$want")
+        img=$(label_word /lab/img/$g.img) res=$(label_word /lab/img/$g.result)
         if [ "$img" = "$w" ] && [ "$res" = "$w" ]; then
             labcheck vmm.objects.$g PASS "objects map: /lab/img/$g.img and $g.result at $want (cats word $w)"
         else
@@ -193,8 +291,9 @@ denial_checks() {
     done
 }
 
-# After both guests stopped and svirtd exited: the pins are gone, no LSM program or svirt
-# map is left in the kernel, and no guest's record of labels remains.
+# After both guests stopped and svirtd exited: the pins are gone (the instance's directory,
+# and /sys/fs/bpf/svirt with it: the last instance removes it), no LSM program or svirt map
+# is left in the kernel, and no guest's record of labels remains.
 after_checks() {
     i=0
     while [ $i -lt 50 ]; do
@@ -203,10 +302,10 @@ after_checks() {
         [ "$progs" = 0 ] && [ "$maps" = 0 ] && break
         i=$((i + 1)); sleep 0.1
     done
-    if [ ! -e $PIN ] && grep -q ' /sys/fs/bpf bpf ' /proc/mounts; then
-        labcheck after.unpinned PASS "$PIN gone (bpffs on /sys/fs/bpf: $(ls /sys/fs/bpf | tr '\n' ' '))"
+    if [ ! -e $PIN_ROOT ] && grep -q ' /sys/fs/bpf bpf ' /proc/mounts; then
+        labcheck after.unpinned PASS "$PIN_ROOT gone (bpffs on /sys/fs/bpf: $(ls /sys/fs/bpf | tr '\n' ' '))"
     else
-        labcheck after.unpinned FAIL "$PIN: $(ls $PIN 2>&1 | tr '\n' ' ')"
+        labcheck after.unpinned FAIL "$PIN_ROOT: $(ls -R $PIN_ROOT 2>&1 | tr '\n' ' ')"
     fi
     recs=$(ls $LAB_STATE/svirtd.*/bpf-lsm 2>/dev/null | grep -v -e ':$' -e '^$' | tr '\n' ' ')
     if [ "$progs" = 0 ] && [ "$maps" = 0 ] && [ -z "$recs" ]; then
@@ -236,6 +335,7 @@ scenario_main() {
             | while read -r t; do echo "$t $(stat -c %i "$t")"; done > $LAB_STATE/inodes
         driver_check
         pinned_check
+        [ "$BREAK" = same-level ] && same_level_relabel
         breach_jails
         label_checks
         # Guests learn each other's pids from a file both may read, as an attacker would;
@@ -248,7 +348,8 @@ scenario_main() {
         sleep 1
     else
         labcheck manager.start FAIL "no pids from the manager: $(tail -n 5 $LAB_STATE/manager.log | tr '\n' ' ')"
-        for c in svirtd.driver svirtd.pinned jail.breached vmm.label.A vmm.label.B vmm.objects.A vmm.objects.B; do
+        for c in svirtd.driver svirtd.pinned jail.breached vmm.label.A vmm.label.B vmm.objects.A vmm.objects.B \
+            $([ "$BREAK" = same-level ] && echo broken.same_level); do
             labcheck $c FAIL "no guests"
         done
     fi

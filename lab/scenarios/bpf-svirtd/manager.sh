@@ -3,13 +3,12 @@
 #   manager_start  start svirtd (--drivers bpf-lsm alone) and `svirt start` A and B
 #                  (/scenario/NAME.xml: static level, the probe as <emulator>);
 #                  $LAB_STATE/pids.all = `manager PID`, `NAME PID` per guest, `END`;
-#                  $LAB_STATE/guest-svirtd = `NAME N` (which svirtd started it).
+#                  $LAB_STATE/guest-svirtd = `NAME N` (which svirtd started it: always 1).
 #   manager_stop   `svirt denials` (while svirtd still names the guests), `svirt shutdown`
-#                  each guest, stop every svirtd.
-# SVIRTD_PER_GUEST=1 (scenario.env, the broken --same-level run): each guest gets its own
-# svirtd (state and run directories), as the SELinux scenario's --same-level does: one
-# svirtd refuses a second guest at a reserved static level. Both share the kernel's one set
-# of programs, maps and pins (/sys/fs/bpf/svirt).
+#                  each guest, stop svirtd.
+# One svirtd (state $LAB_STATE/svirtd.1, run dir /lab/run/1) in every run: it pins under
+# /sys/fs/bpf/svirt/<instance of its state dir>. The broken --same-level run changes the
+# labels in the kernel's maps after the start (guest.sh), not what svirtd is given.
 SVIRT_RUN=/lab/run
 
 sv() { # N ARGS...: svirt against svirtd number N, logged
@@ -41,14 +40,8 @@ manager_start() {
     : > "$LAB_STATE/guest-svirtd"
     svirtd_launch 1 || return 1
     echo "manager $(cat "$LAB_STATE/svirtd.1.pid")" > "$LAB_STATE/pids.all"
-    # Both svirtds open before either starts a guest: a svirtd's recovery at open unpins
-    # the programs when ITS state has no guest, which would take guest A's labels away
-    # (pins are the host's, records each svirtd's). Opened first, the second finds nothing
-    # pinned, and takes over the first one's pins when it starts B.
-    if [ "$SVIRTD_PER_GUEST" = 1 ]; then svirtd_launch 2 || return 1; fi
     n=1 rc=0
     for g in A B; do
-        [ "$SVIRTD_PER_GUEST" = 1 ] && [ $g = B ] && n=2
         echo "$g $n" >> "$LAB_STATE/guest-svirtd"
         if sv $n start --json "/scenario/$g.xml" > "$LAB_STATE/start.$g.json"; then
             pid=$(sed -n 's/^ *"pid": *\([0-9]*\).*/\1/p' "$LAB_STATE/start.$g.json" | head -n1)
@@ -68,8 +61,7 @@ svirtd_of() { awk -v g="$1" '$1 == g { print $2 }' "$LAB_STATE/guest-svirtd"; }
 manager_stop() {
     rc=0
     # `svirt denials` next to the running svirtd, which names the guests by their levels
-    # (the kernel log holds svirtd's `svirt-bpf: denied …` lines). With a svirtd per guest,
-    # each one names its own guest: one report per svirtd.
+    # (the kernel log holds svirtd's `svirt-bpf: denied …` lines).
     : > "$LAB_STATE/denials.txt"
     for n in $(awk '{ print $2 }' "$LAB_STATE/guest-svirtd" | sort -u); do
         sv "$n" denials >> "$LAB_STATE/denials.txt"

@@ -7,10 +7,20 @@
 # (A s0:c1,c2, B s0:c3,c4): expected.tsv, written by hand (the rule is small; every line
 # says why).
 #
-# Options:  --same-level    broken: guest B's XML asks for guest A's static level. One svirtd
-#                           refuses a second guest at a reserved level, so (as the SELinux
-#                           scenario's --same-level) each guest gets its own svirtd; both share
-#                           the kernel's one set of programs and maps (/sys/fs/bpf/svirt).
+# One svirtd pins its programs and maps under /sys/fs/bpf/svirt/<instance> (a hash of its
+# state directory, svirt_drivers::bpf_lsm::instance): the scenario expects exactly that one
+# directory, and /sys/fs/bpf/svirt gone once both guests stopped.
+#
+# Options:  --same-level    broken: a driver that gave both guests the same categories,
+#                           simulated. Both guests start normally (A s0:c1,c2, B s0:c3,c4,
+#                           one svirtd); before the attacks, PID 1 rewrites with bpftool, in
+#                           the instance's maps, every object label at B's categories to A's,
+#                           and B's VMM's own label (task storage, keyed by a pidfd that
+#                           svirt-probe pidfd-exec hands bpftool) to A's level: what the
+#                           kernel holds is then what a driver handing out A's categories
+#                           twice would have written. (Two svirtds no longer show it: each
+#                           instance's programs deny its guests everything its own maps do
+#                           not label, so guests of two svirtds never reach each other.)
 #                           The run must FAIL on the isolation checks, the controls passing
 #           --unlabeled-b   broken: guest B's XML carries <seclabel model='bpf-lsm'
 #                           type='none'/>: svirtd starts B's VMM without a label (and labels
@@ -79,8 +89,18 @@ XML
     printf '  </devices>\n</domain>\n'
 }
 
+# svirt_drivers::bpf_lsm::instance: FNV-1a (64 bits) of the state directory's path, in hex.
+bpf_instance() { # PATH (ASCII)
+    local s=$1 h=$((0xcbf29ce484222325)) i c
+    for ((i = 0; i < ${#s}; i++)); do
+        printf -v c %d "'${s:i:1}"
+        h=$(( (h ^ c) * 0x100000001b3 ))
+    done
+    printf '%016x\n' "$h"
+}
+
 scenario_stage() {
-    local root=$1 d=$1/scenario g level_b=$BPF_SVIRTD_LEVEL_B
+    local root=$1 d=$1/scenario g
     install -m 755 "$PROBE" "$d/svirt-probe"
     install -m 644 "$SCEN_DIR/guest.sh" "$SCEN_DIR/attack.plan" "$SCEN_DIR/expected.tsv" "$d/"
     install -m 755 "$SCEN_DIR/manager.sh" "$d/manager.sh"
@@ -93,16 +113,17 @@ scenario_stage() {
     mkdir -p "$root/etc"
     printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
     printf 'root:x:0:\n' > "$root/etc/group"
-    [ "$BREAK" = same-level ] && level_b=$BPF_SVIRTD_LEVEL_A
+    # --same-level changes nothing here: both guests start at their intended levels, and
+    # guest.sh rewrites B's labels in the kernel's maps once they run.
     scenario_plan "$BPF_SVIRTD_LEVEL_A" "$BPF_SVIRTD_LEVEL_B" > "$d/intended.plan"
-    scenario_plan "$BPF_SVIRTD_LEVEL_A" "$level_b" > "$d/plan"
+    cp "$d/intended.plan" "$d/plan"
     for g in A B; do
         scenario_domain_xml "$d/plan" "$g" "$([ "$BREAK$g" = unlabeled-bB ] && echo 1 || echo 0)" > "$d/$g.xml"
     done
     {
         echo "BREAK=$BREAK"
-        # One svirtd refuses a second guest at a reserved static level.
-        echo "SVIRTD_PER_GUEST=$([ "$BREAK" = same-level ] && echo 1 || echo 0)"
+        # svirtd's pin directory beneath /sys/fs/bpf/svirt (its state dir: manager.sh).
+        echo "PIN_INSTANCE=$(bpf_instance /lab/state/svirtd.1)"
     } > "$d/scenario.env"
     cp "$SCEN_DIR/expected.tsv" "$OUT/expected.tsv"
     # svirtd's jail pivot_roots: the VM's root must not be the initramfs (lab/lib/init.sh).
@@ -114,6 +135,8 @@ scenario_stage() {
 scenario_checks() {
     local d=$1/scenario g n
     printf '%s\n' setup.bpf_lsm setup.layout manager.start svirtd.driver svirtd.pinned jail.breached
+    # The broken run's own check: the relabeling it simulates took effect.
+    [ "$BREAK" = same-level ] && echo broken.same_level
     for g in A B; do printf '%s\n' "vmm.label.$g" "vmm.objects.$g"; done
     for g in A B; do
         for n in $(awk -v g=$g '$1 == "op" && $2 == g { print $3 }' "$d/attack.plan"); do

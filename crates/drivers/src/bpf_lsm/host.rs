@@ -113,7 +113,8 @@ fn bpf_lsm_try_load(btf_id: u32) -> Result<(), (io::Error, String)> {
 /// is active to call it.
 pub fn host_checks(view: &HostView<'_>) -> Vec<Check> {
     let lsms = view.lsms.as_ref().ok().map(|l| l.as_slice());
-    let (usable, why) = assess(&view.host.path("/sys/kernel/btf/vmlinux"), lsms);
+    // Asked for it: whether programs load is worth saying even where bpf is not active.
+    let (usable, why) = assess(&view.host.path("/sys/kernel/btf/vmlinux"), lsms, true);
     vec![check(
         "BPF-LSM",
         "programs can load",
@@ -126,13 +127,31 @@ pub fn host_checks(view: &HostView<'_>) -> Vec<Check> {
 /// BTF naming the LSM hooks, `bpf` among the active LSMs (when securityfs says), and a
 /// trivial `lsm/file_open` program that the kernel loads (then unloads, never attached).
 pub fn usable(root: &Path) -> (bool, String) {
+    usable_with(root, true)
+}
+
+/// [`usable`] without the trial load unless `bpf` is known to be an active LSM (the answer
+/// is "not usable" anyway): the registry's probe of every MAC model, which each svirtd runs
+/// at open whatever its drivers; under another MAC (SELinux's virtd_t) the load would only
+/// be refused and audited.
+pub(crate) fn usable_if_active(root: &Path) -> (bool, String) {
+    usable_with(root, false)
+}
+
+fn usable_with(root: &Path, try_inactive: bool) -> (bool, String) {
     let lsms = fs::read_to_string(root.join("sys/kernel/security/lsm"))
         .ok()
         .map(|s| s.trim().split(',').map(str::to_string).collect::<Vec<_>>());
-    assess(&root.join("sys/kernel/btf/vmlinux"), lsms.as_deref())
+    assess(
+        &root.join("sys/kernel/btf/vmlinux"),
+        lsms.as_deref(),
+        try_inactive,
+    )
 }
 
-fn assess(btf_path: &Path, lsms: Option<&[String]>) -> (bool, String) {
+/// `try_inactive`: try the load even when `bpf` is not known to be an active LSM (the
+/// answer is "not usable" either way; the load only tells why).
+fn assess(btf_path: &Path, lsms: Option<&[String]>, try_inactive: bool) -> (bool, String) {
     let (listed, active) = match lsms {
         Some(l) if l.iter().any(|x| x == "bpf") => ("bpf is an active LSM", true),
         Some(_) => (
@@ -164,6 +183,9 @@ fn assess(btf_path: &Path, lsms: Option<&[String]>) -> (bool, String) {
             format!("bpf_lsm_file_open not in kernel BTF (CONFIG_BPF_LSM off?); {listed}"),
         );
     };
+    if !active && !try_inactive {
+        return (false, format!("{listed}; no program load tried"));
+    }
     match bpf_lsm_try_load(id) {
         Ok(()) => (
             active,

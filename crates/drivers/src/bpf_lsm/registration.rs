@@ -43,9 +43,10 @@ pub(crate) const REGISTRATION: Registration = Registration {
     host_checks: super::host::host_checks,
 };
 
-/// Active where LSM programs load and the BPF LSM calls them.
+/// Active where LSM programs load and the BPF LSM calls them (no load tried unless the
+/// BPF LSM is known to be active: see `host::usable_if_active`).
 fn active(root: &Path) -> (bool, String) {
-    super::host::usable(root)
+    super::host::usable_if_active(root)
 }
 
 fn store_err(e: impl std::fmt::Display) -> DriverError {
