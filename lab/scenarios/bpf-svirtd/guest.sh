@@ -149,14 +149,26 @@ level_bytes() { # W
     echo "$(le_bytes 8 $1) $(le_bytes 120 0)"
 }
 
+# A level's id (mcs.h, SVIRT_ID_*; crates/bpf/src/label.rs Cats::id): s0 0, one category
+# ca 1 + a, two ca,cb (a < b) 1025 + a * 1024 + b.
+label_id() { # s0[:cA[,cB]]
+    case $1 in *:*) ;; *) echo 0; return ;; esac
+    set -- $(echo "${1#*:}" | tr ',' ' ' | tr -d c)
+    case $# in
+        1) echo $((1 + $1)) ;;
+        *) echo $((1025 + $1 * 1024 + $2)) ;;
+    esac
+}
+
 # The broken --same-level run: what a driver that gave guest B guest A's categories would
 # have left in the kernel, made by hand once both guests run (and before their attacks).
 # svirtd labeled B's objects and B's VMM at B's intended level; PID 1 (unlabeled: a host
 # task) rewrites in svirtd's maps, with bpftool,
 #   - every object label at B's categories (B's image and results file, its runtime dir)
-#     to A's categories, allow and flags kept (objects map: key struct svirt_inode_key,
-#     value struct svirt_object);
-#   - B's VMM's task label (subjects: task storage, keyed by a pidfd of the caller, which
+#     to A's categories and A's id, allow and flags kept (objects map: key struct
+#     svirt_inode_key, value struct svirt_object);
+#   - B's VMM's task label, with an empty label cache (subjects: task storage, value struct
+#     svirt_task, keyed by a pidfd of the caller, which
 #     svirt-probe pidfd-exec opens as fd 9 for bpftool) to A's level. Only the thread-group
 #     leader's: the probe's QMP thread keeps B's level; the attacks run on the leader, and
 #     signals and ptrace to B's pid are judged against the leader's label. (`svirt info`
@@ -165,6 +177,7 @@ level_bytes() { # W
 # them are allowed, and the isolation checks must fail.
 same_level_relabel() {
     wa=$(level_word "$(intended_level A)") wb=$(level_word "$(intended_level B)")
+    ida=$(label_id "$(intended_level A)")
     dump_objects
     sed 's/"formatted":/\
 /g' $LAB_STATE/objects.json | awk '
@@ -186,16 +199,24 @@ same_level_relabel() {
     while read -r dev ino cats allow flags; do
         [ "$cats" = "$wb$zeros" ] || continue
         if out=$(bpftool map update pinned $PIN/objects key hex $(le_bytes 8 $dev) $(le_bytes 8 $ino) \
-            value hex $(level_bytes $wa) $(le_bytes 4 $allow) $(le_bytes 4 $flags) 2>&1); then
+            value hex $(level_bytes $wa) $(le_bytes 4 $allow) $(le_bytes 4 $flags) \
+            $(le_bytes 4 $ida) $(le_bytes 4 0) 2>&1); then
             n=$((n + 1)) objs="$objs $dev:$ino"
         else
             bad="$bad object $dev:$ino: $out;"
         fi
     done < $LAB_STATE/objects.list
+    # As svirtd does after every change to the objects map: bump the epoch, so no task's
+    # label cache keeps what was there before.
+    e=$(bpftool -j map lookup pinned $PIN/epoch key hex 00 00 00 00 2>/dev/null \
+        | sed -n 's/.*"value":\([0-9]*\).*/\1/p')
+    bpftool map update pinned $PIN/epoch key hex 00 00 00 00 value hex $(le_bytes 8 $((${e:-0} + 1))) \
+        > /dev/null 2>&1 || bad="$bad epoch bump failed (was '${e}');"
     pid=$(awk '$1 == "B" { print $2 }' $LAB_STATE/pids.all)
     was=$(task_word "$pid")
     out=$($P pidfd-exec "$pid" 9 /sbin/bpftool map update pinned $PIN/subjects key hex 09 00 00 00 \
-        value hex $(level_bytes $wa) 2>&1) || bad="$bad B's VMM (pid $pid): $out;"
+        value hex $(level_bytes $wa) $(le_bytes 4 $ida) $(le_bytes 4 0) $(le_bytes 768 0) 2>&1) \
+        || bad="$bad B's VMM (pid $pid): $out;"
     # What the kernel now holds: B's VMM at A's level, no object left at B's categories.
     dump_objects
     got=$(task_word "$pid")
