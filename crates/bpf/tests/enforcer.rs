@@ -13,33 +13,23 @@ use std::process::{Command, Stdio};
 use svirt_bpf::enforcer::{Enforcer, Programs, SubjectHook};
 use svirt_bpf::label::{Allow, Cats, InodeKey, ObjectLabel, SubjectLabel};
 
-/// A bpffs mounted on a temporary directory; unmounted on drop.
+/// A bpffs on a temporary directory of the test's own.
 struct BpfFs {
-    _tmp: tempfile::TempDir,
+    // Dropped first (fields drop in order): unmounted before the directory goes.
+    _fs: svirt_testkit::BpfFs,
     root: PathBuf,
+    _tmp: tempfile::TempDir,
 }
 
 impl BpfFs {
     fn mount() -> Option<BpfFs> {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let root = tmp.path().join("bpf");
-        std::fs::create_dir(&root).expect("mkdir");
-        let ok = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&root)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            svirt_testkit::skip("bpf", "cannot mount a bpffs (not root?)");
-            return None;
-        }
-        Some(BpfFs { _tmp: tmp, root })
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.root).status();
+        let fs = svirt_testkit::BpfFs::mount(&tmp.path().join("bpf"))?;
+        Some(BpfFs {
+            root: fs.root.clone(),
+            _fs: fs,
+            _tmp: tmp,
+        })
     }
 }
 

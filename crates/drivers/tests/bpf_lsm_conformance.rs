@@ -10,7 +10,6 @@ mod selinux_support;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use selinux_support::{build_files, corpus};
@@ -23,29 +22,6 @@ use svirt_drivers::vmm_needs::VmmNeeds;
 use svirt_drivers::{GuestSecurity, SecurityDriver};
 use svirt_labels::Context;
 use svirt_store::{AllocatorConfig, LevelAllocator, Store};
-
-/// A bpffs on a temporary directory; unmounted on drop.
-struct BpfFs(PathBuf);
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn mount_bpffs(at: &Path) -> Option<BpfFs> {
-    std::fs::create_dir_all(at).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(at)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        svirt_testkit::skip("bpf", "cannot mount a bpffs (not root?)");
-        return None;
-    }
-    Some(BpfFs(at.to_path_buf()))
-}
 
 /// What one case checked: (objects with a label, objects without).
 fn run_case(case_dir: &Path, pins: &Path) -> Option<(usize, usize)> {
@@ -185,7 +161,7 @@ fn every_conformance_case_labels_as_selinux_would() {
         .prefix("svirt-bpf-conf-fs-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let Some(fs) = mount_bpffs(&tmp.path().join("bpffs")) else {
+    let Some(fs) = svirt_testkit::BpfFs::mount(&tmp.path().join("bpffs")) else {
         return;
     };
     let mut entries: Vec<PathBuf> = std::fs::read_dir(corpus())
@@ -197,7 +173,7 @@ fn every_conformance_case_labels_as_selinux_would() {
     let (mut cases, mut labeled, mut unlabeled) = (0, 0, 0);
     for case in &entries {
         cases += 1;
-        if let Some((l, u)) = run_case(case, &fs.0) {
+        if let Some((l, u)) = run_case(case, &fs.root) {
             eprintln!("{}: {l} labeled, {u} left unlabeled", case.display());
             labeled += l;
             unlabeled += u;

@@ -17,39 +17,13 @@ use svirt_drivers::vmm_needs::VmmNeeds;
 use svirt_drivers::{DriverError, ExecContext, GuestSecurity, SecurityDriver};
 use svirt_store::{AllocatorConfig, LevelAllocator, Store};
 
-/// A bpffs mounted on a temporary directory; unmounted on drop.
-struct BpfFs {
-    root: PathBuf,
-}
-
-impl BpfFs {
-    fn mount(at: &Path) -> Option<BpfFs> {
-        std::fs::create_dir_all(at).expect("mkdir");
-        let ok = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            svirt_testkit::skip("bpf", "cannot mount a bpffs (not root?)");
-            return None;
-        }
-        Some(BpfFs {
-            root: at.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for BpfFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.root).status();
-    }
-}
+use svirt_testkit::BpfFs;
 
 struct World {
-    dir: tempfile::TempDir,
+    // Fields drop in order: the bpffs is unmounted before its directory is removed.
     fs: BpfFs,
     store: Arc<Store>,
+    dir: tempfile::TempDir,
 }
 
 impl World {

@@ -84,6 +84,47 @@ pub fn qcow2(dir: &Path, name: &str, backing: Option<(&str, &str)>) -> PathBuf {
     dir.join(name)
 }
 
+/// A bpffs mounted on a directory for one test (its own programs and maps, never the
+/// host's `/sys/fs/bpf`); unmounted on drop, even when the test fails.
+pub struct BpfFs {
+    /// The mount point.
+    pub root: std::path::PathBuf,
+}
+
+impl BpfFs {
+    /// Mounts a bpffs on `at` (created if missing); `None`, after [`skip`], when the
+    /// machine cannot (not root): a failure where the test command requires `bpf`.
+    pub fn mount(at: &std::path::Path) -> Option<BpfFs> {
+        if let Err(e) = std::fs::create_dir_all(at) {
+            skip("bpf", format!("cannot create {}: {e}", at.display()));
+            return None;
+        }
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            skip(
+                "bpf",
+                format!("cannot mount a bpffs on {} (not root?)", at.display()),
+            );
+            return None;
+        }
+        Some(BpfFs {
+            root: at.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.root)
+            .status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
