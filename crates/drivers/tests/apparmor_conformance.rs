@@ -9,7 +9,7 @@ mod selinux_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use selinux_support::{build_files, corpus};
+use selinux_support::{build_files, corpus, plan_case};
 use svirt_domain::{Access, Host, PlanConfig, plan_xml};
 use svirt_drivers::ExecContext;
 use svirt_drivers::apparmor::profile::{Perms, generate, profile_name};
@@ -87,21 +87,8 @@ fn run_case(case_dir: &Path) -> Option<usize> {
     let case = case_dir.file_name().unwrap().to_str().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().canonicalize().unwrap();
-    let files = std::fs::read_to_string(case_dir.join("files.txt")).unwrap();
-    let _built = build_files(&dir, &files);
-    let xml = std::fs::read_to_string(case_dir.join("domain.xml"))
-        .unwrap()
-        .replace("@DIR@", dir.to_str().unwrap());
-    let host = Host::new("/");
-    let cfg = PlanConfig::for_host(&host).unwrap();
-    let planned = plan_xml(&xml, &host, &cfg);
-    if case_dir.join("expected-error.txt").is_file() {
-        assert!(planned.is_err(), "{case}: a refused domain got a plan");
-        return None;
-    }
-    let plan = planned
-        .unwrap_or_else(|e| panic!("{case}: plan failed: {e}"))
-        .plan;
+    let (_built, plan) = plan_case(case_dir, &dir, None);
+    let plan = plan?;
     let runtime = dir.join("run");
     let log = dir.join("ctl/qemu.log");
     let exec = ExecContext {

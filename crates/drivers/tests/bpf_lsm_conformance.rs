@@ -12,11 +12,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use selinux_support::{build_files, corpus};
+use selinux_support::{corpus, plan_case};
 use svirt_bpf::enforcer::{Enforcer, Programs};
 use svirt_bpf::label::{Allow, Cats};
 use svirt_bpf::{InodeKey, ObjectLabel};
-use svirt_domain::{Host, Model, PlanConfig, plan_xml};
+use svirt_domain::Model;
 use svirt_drivers::bpf_lsm::{BpfLsmConfig, BpfLsmDriver};
 use svirt_drivers::vmm_needs::VmmNeeds;
 use svirt_drivers::{GuestSecurity, SecurityDriver};
@@ -31,22 +31,8 @@ fn run_case(case_dir: &Path, pins: &Path) -> Option<(usize, usize)> {
         .tempdir_in("/var/tmp")
         .unwrap();
     let dir = tmp.path().canonicalize().unwrap();
-    let files = std::fs::read_to_string(case_dir.join("files.txt")).unwrap();
-    let _built = build_files(&dir, &files);
-    let xml = std::fs::read_to_string(case_dir.join("domain.xml"))
-        .unwrap()
-        .replace("@DIR@", dir.to_str().unwrap());
-    let host = Host::new("/");
-    let mut cfg = PlanConfig::for_host(&host).unwrap();
-    cfg.models = vec![Model::BpfLsm];
-    let planned = plan_xml(&xml, &host, &cfg);
-    if case_dir.join("expected-error.txt").is_file() {
-        assert!(planned.is_err(), "{case}: a refused domain got a plan");
-        return None;
-    }
-    let plan = planned
-        .unwrap_or_else(|e| panic!("{case}: plan failed: {e}"))
-        .plan;
+    let (_built, plan) = plan_case(case_dir, &dir, Some(vec![Model::BpfLsm]));
+    let plan = plan?;
 
     let store = Arc::new(Store::open(&dir.join("state")).unwrap());
     let levels = LevelAllocator::open(store.clone(), AllocatorConfig::default()).unwrap();

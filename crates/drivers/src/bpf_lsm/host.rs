@@ -164,6 +164,11 @@ fn assess(btf_path: &Path, lsms: Option<&[String]>, try_inactive: bool) -> (bool
             false,
         ),
     };
+    // Every svirtd's open asks this of every MAC model: where the answer is "no" anyway,
+    // neither the kernel's BTF (megabytes) is read nor a program loaded.
+    if !active && !try_inactive {
+        return (false, format!("{listed}; no program load tried"));
+    }
     let btf = match fs::read(btf_path) {
         Ok(b) => b,
         Err(e) => {
@@ -183,9 +188,6 @@ fn assess(btf_path: &Path, lsms: Option<&[String]>, try_inactive: bool) -> (bool
             format!("bpf_lsm_file_open not in kernel BTF (CONFIG_BPF_LSM off?); {listed}"),
         );
     };
-    if !active && !try_inactive {
-        return (false, format!("{listed}; no program load tried"));
-    }
     match bpf_lsm_try_load(id) {
         Ok(()) => (
             active,

@@ -229,3 +229,33 @@ pub fn corpus() -> PathBuf {
     );
     p
 }
+
+/// A conformance case's objects built in `dir` and its domain planned for `models` (the
+/// host's default models when `None`). The plan is `None` for a case the corpus says must
+/// be refused, after checking that it is. Keep the `Built`: it holds the case's sockets.
+pub fn plan_case(
+    case_dir: &Path,
+    dir: &Path,
+    models: Option<Vec<svirt_domain::Model>>,
+) -> (Built, Option<svirt_domain::Plan>) {
+    let case = case_dir.file_name().unwrap().to_string_lossy().into_owned();
+    let files = std::fs::read_to_string(case_dir.join("files.txt")).unwrap();
+    let built = build_files(dir, &files);
+    let xml = std::fs::read_to_string(case_dir.join("domain.xml"))
+        .unwrap()
+        .replace("@DIR@", dir.to_str().unwrap());
+    let host = svirt_domain::Host::new("/");
+    let mut cfg = svirt_domain::PlanConfig::for_host(&host).unwrap();
+    if let Some(m) = models {
+        cfg.models = m;
+    }
+    let planned = svirt_domain::plan_xml(&xml, &host, &cfg);
+    if case_dir.join("expected-error.txt").is_file() {
+        assert!(planned.is_err(), "{case}: a refused domain got a plan");
+        return (built, None);
+    }
+    let plan = planned
+        .unwrap_or_else(|e| panic!("{case}: plan failed: {e}"))
+        .plan;
+    (built, Some(plan))
+}
