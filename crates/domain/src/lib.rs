@@ -22,6 +22,7 @@ pub mod planner;
 pub mod qcow2;
 pub mod report;
 pub mod resources;
+pub mod smack;
 
 pub use devices::PlainDevice;
 pub use domain::*;

@@ -33,20 +33,25 @@ pub enum Model {
     /// The BPF LSM enforcing SELinux's MCS rule for `svirt_t` (crates/bpf): the guest's
     /// level and the objects' levels are those SELinux would give them.
     BpfLsm,
+    /// SMACK: a label per guest, derived from its MCS level (`svirt-c41-c264`), on its
+    /// VMM and its private objects; shared and read-only objects get labels every guest is
+    /// given a rule for ([`crate::smack`]).
+    Smack,
 }
 
 impl Model {
     /// Every model svirt knows.
-    pub const ALL: [Model; 5] = [
+    pub const ALL: [Model; 6] = [
         Model::Selinux,
         Model::Dac,
         Model::Landlock,
         Model::Apparmor,
         Model::BpfLsm,
+        Model::Smack,
     ];
 
     /// The models whose labels are MCS levels, planned once for all of them.
-    pub const MCS: [Model; 2] = [Model::Selinux, Model::BpfLsm];
+    pub const MCS: [Model; 3] = [Model::Selinux, Model::BpfLsm, Model::Smack];
 
     /// The name used in XML and JSON.
     pub fn as_str(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Model {
             Model::Landlock => "landlock",
             Model::Apparmor => "apparmor",
             Model::BpfLsm => "bpf-lsm",
+            Model::Smack => "smack",
         }
     }
 

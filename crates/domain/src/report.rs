@@ -106,6 +106,39 @@ fn mcs_level_text(plan: &Plan) -> String {
     known_level(plan).map_or_else(|| LEVEL_PLACEHOLDER.to_string(), |l| l.to_string())
 }
 
+/// The guest's SMACK label as the plan knows it (from a static level), or the
+/// placeholder until one is allocated.
+fn smack_guest_text(plan: &Plan) -> String {
+    match known_level(plan) {
+        Some(l) => svirt_labels::SmackLabel::for_guest(&l)
+            .map_or_else(|e| format!("({e})"), |s| s.to_string()),
+        None => format!("svirt-{LEVEL_PLACEHOLDER}"),
+    }
+}
+
+/// Why SMACK gives a resource its label ([`crate::smack`]).
+fn smack_reason(r: &PlannedResource) -> String {
+    match r.resource.overrides.get(&Model::Smack) {
+        Some(DeviceOverride::NoRelabel) => return "device seclabel relabel='no'".into(),
+        Some(DeviceOverride::Label(_)) => return "device seclabel <label>".into(),
+        None => {}
+    }
+    if r.selinux.is_none() {
+        return format!("left as it is ({})", r.selinux_reason);
+    }
+    match r.resource.sharing {
+        Sharing::Private => "private: the guest's own label".into(),
+        Sharing::Shared => format!(
+            "shared: every guest's rule grants {}",
+            crate::smack::SHARED_ACCESS
+        ),
+        Sharing::ReadOnlyContent => format!(
+            "read-only content: every guest's rule grants {}",
+            crate::smack::CONTENT_ACCESS
+        ),
+    }
+}
+
 /// Model → the process label text (null when unconfined).
 pub fn process_labels(plan: &Plan) -> BTreeMap<Model, Option<String>> {
     plan.models
@@ -124,6 +157,7 @@ pub fn process_labels(plan: &Plan) -> BTreeMap<Model, Option<String>> {
                     Model::Apparmor => Some(format!("svirt-{}", plan.uuid.to_ascii_lowercase())),
                     // The guest's categories, carried by its tasks.
                     Model::BpfLsm => Some(mcs_level_text(plan)),
+                    Model::Smack => Some(smack_guest_text(plan)),
                 }
             };
             (m, v)
@@ -158,6 +192,13 @@ pub fn guest_labels(
         }
         Model::BpfLsm => {
             let l = level.map(|l| l.to_string());
+            Some((l.clone(), l))
+        }
+        Model::Smack => {
+            let l = level.map(|l| {
+                svirt_labels::SmackLabel::for_guest(l)
+                    .map_or_else(|e| format!("({e})"), |s| s.to_string())
+            });
             Some((l.clone(), l))
         }
         _ => None,
@@ -202,6 +243,14 @@ pub fn resource_labels(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Opti
                     )),
                     // The object's level (SELinux's, without the type) and what its kind
                     // permits (svirt_bpf::label::Allow).
+                    Model::Smack => {
+                        let guest = known_level(plan)
+                            .and_then(|l| svirt_labels::SmackLabel::for_guest(&l).ok());
+                        match crate::smack::object_label(r, guest.as_ref()) {
+                            Ok(l) => l,
+                            Err(e) => Some(format!("({e})")),
+                        }
+                    }
                     Model::BpfLsm => r.selinux.as_ref().map(|t| {
                         let text = t.display(known_level(plan).as_ref());
                         let level = text.splitn(4, ':').nth(3).unwrap_or("s0").to_string();
@@ -227,6 +276,7 @@ fn resource_reasons(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, String>
             } else {
                 match m {
                     Model::Selinux | Model::BpfLsm => r.selinux_reason.clone(),
+                    Model::Smack => smack_reason(r),
                     Model::Dac => dac_reason(plan, r).to_string(),
                     Model::Landlock | Model::Apparmor => {
                         let beneath = if r.resource.recursive {

@@ -7,8 +7,10 @@
 //! multi-threaded parent must not allocate or take locks).
 
 pub mod apparmor;
+mod audit_fields;
 pub mod bpf_lsm;
 pub mod dac;
+mod guest_records;
 pub mod host_check;
 pub mod landlock;
 mod mcs_level;
@@ -19,6 +21,7 @@ pub mod registration;
 pub mod registry;
 pub mod relabel;
 pub mod selinux;
+pub mod smack;
 pub mod stack;
 mod tree_common;
 pub mod vmm_needs;
@@ -125,7 +128,7 @@ pub enum DriverError {
     },
 }
 
-/// One security driver. Implementations: SELinux, DAC, Landlock (AppArmor and BPF-LSM later).
+/// One security driver. Implementations: SELinux, SMACK, AppArmor, BPF-LSM, DAC, Landlock.
 ///
 /// Life of a guest as the manager drives it:
 /// `probe` (once per host) → `reserve` → `set_all` → `child_hooks` (prepared in the parent,

@@ -85,3 +85,36 @@ pub(crate) fn held_for(store: &Store, owner: &str) -> Option<String> {
         Err(_) => Some("its level".into()),
     }
 }
+
+/// Releases the guest's level and every other level the ledger still has reserved for its
+/// name (one an earlier run kept because its restore failed); every failure reported.
+pub(crate) fn release_owner(
+    model: Model,
+    levels: Option<&LevelAllocator>,
+    store: &Store,
+    guest: &GuestSecurity,
+) -> Vec<DriverError> {
+    let mut errors: Vec<DriverError> = release(model, levels, guest).err().into_iter().collect();
+    let held = match store.levels_of(&guest.name) {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(DriverError::Other {
+                model,
+                message: format!(
+                    "listing the levels {} still holds: {e}; they stay reserved",
+                    guest.name
+                ),
+            });
+            Vec::new()
+        }
+    };
+    for l in held {
+        let one = GuestSecurity {
+            name: guest.name.clone(),
+            level: Some(MlsRange::single(l)),
+            ids: guest.ids,
+        };
+        errors.extend(release(model, levels, &one).err());
+    }
+    errors
+}

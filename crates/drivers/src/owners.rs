@@ -2,8 +2,9 @@
 //! `"<model>/<guest>"`) and which attributes a model changed (its bits in the record's
 //! `model_flags[<model>]`). The store keeps records opaque; the drivers agree on these.
 
-/// `model_flags["selinux"]` bit: the label was changed and must be restored.
-pub const FLAG_SELINUX_LABEL: u32 = 1;
+/// `model_flags["selinux"]` (or `["smack"]`) bit: the label was changed and must be
+/// restored.
+pub const FLAG_LABEL: u32 = 1;
 /// `model_flags["dac"]` bit: owner/group were changed.
 pub const FLAG_DAC_OWNER: u32 = 1;
 /// `model_flags["dac"]` bit: the mode was changed.

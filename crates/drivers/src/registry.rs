@@ -18,8 +18,9 @@ pub use crate::registration::{
 
 /// Every driver svirt knows, one line each.
 pub fn all() -> &'static [Registration] {
-    static ALL: [Registration; 5] = [
+    static ALL: [Registration; 6] = [
         crate::selinux::REGISTRATION,
+        crate::smack::REGISTRATION,
         crate::apparmor::REGISTRATION,
         crate::bpf_lsm::REGISTRATION,
         crate::dac::REGISTRATION,

@@ -394,26 +394,12 @@ impl SecurityDriver for SelinuxDriver {
     /// Also every other level the store still has reserved for the name (one an earlier
     /// run kept because its restore failed).
     fn release_owner(&self, guest: &GuestSecurity) -> Vec<DriverError> {
-        let mut errors: Vec<DriverError> = self.release(guest).err().into_iter().collect();
-        let levels = match self.relabeler.store().levels_of(&guest.name) {
-            Ok(l) => l,
-            Err(e) => {
-                errors.push(other(format!(
-                    "listing the levels {} still holds: {e}; they stay reserved",
-                    guest.name
-                )));
-                Vec::new()
-            }
-        };
-        for l in levels {
-            let one = GuestSecurity {
-                name: guest.name.clone(),
-                level: Some(MlsRange::single(l)),
-                ids: guest.ids,
-            };
-            errors.extend(self.release(&one).err());
-        }
-        errors
+        crate::mcs_level::release_owner(
+            MODEL,
+            self.levels.as_deref(),
+            self.relabeler.store(),
+            guest,
+        )
     }
 
     /// The relabel engine's records of owners no running guest is.

@@ -189,7 +189,7 @@ pub fn recover_claims(
 /// Position of a model in the stack.
 pub fn rank(m: Model) -> u8 {
     match m {
-        Model::Selinux | Model::Apparmor | Model::BpfLsm => 0,
+        Model::Selinux | Model::Apparmor | Model::BpfLsm | Model::Smack => 0,
         Model::Dac => 1,
         Model::Landlock => 2,
     }

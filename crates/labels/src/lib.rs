@@ -11,8 +11,10 @@ mod context;
 mod error;
 mod level;
 pub mod setrans;
+pub mod smack;
 
 pub use category::{CategorySet, MAX_CATEGORIES};
 pub use context::{Context, Identifier};
 pub use error::{ErrorKind, ParseError};
 pub use level::{Level, LevelOrdering, MAX_SENSITIVITIES, MlsLimits, MlsRange};
+pub use smack::{SmackLabel, SmackLabelError};

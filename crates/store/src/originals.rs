@@ -25,6 +25,11 @@ pub struct Original {
     pub path: PathBuf,
     /// The `security.selinux` xattr bytes as read (None: the object had none).
     pub selinux_label: Option<Vec<u8>>,
+    /// The `security.SMACK64` xattr bytes as read (None: the object had none, or nobody
+    /// read it: a record made before SMACK joined, or by a model that does not read it).
+    /// Absent from records written before svirt had SMACK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smack_label: Option<Vec<u8>>,
     /// Owner uid.
     pub uid: u32,
     /// Owner gid.
@@ -129,6 +134,7 @@ fn record_one(
                 // flags start from this user's, not or-ed into a departed user's.
                 match model {
                     "selinux" => rec.original.selinux_label = value.selinux_label.clone(),
+                    "smack" => rec.original.smack_label = value.smack_label.clone(),
                     "dac" => {
                         rec.original.uid = value.uid;
                         rec.original.gid = value.gid;
@@ -364,6 +370,7 @@ mod join_tests {
         Original {
             path: PathBuf::from("/srv/disk.img"),
             selinux_label: Some(label.as_bytes().to_vec()),
+            smack_label: None,
             uid,
             gid: uid,
             mode,
@@ -437,6 +444,7 @@ mod join_tests {
         let orig = |flags: &[(&str, u32)]| Original {
             path: PathBuf::from("/dev/kvm"),
             selinux_label: None,
+            smack_label: None,
             uid: 0,
             gid: 0,
             mode: 0o600,

@@ -22,6 +22,7 @@ fn original(path: &str, label: &[u8], uid: u32, btime: i64) -> (ObjectKey, Origi
         Original {
             path: PathBuf::from(path),
             selinux_label: Some(label.to_vec()),
+            smack_label: None,
             uid,
             gid: uid,
             mode: 0o640,

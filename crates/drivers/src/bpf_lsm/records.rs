@@ -4,13 +4,13 @@
 //! by what the maps happen to hold.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use svirt_bpf::InodeKey;
+
+use crate::guest_records::GuestRecords;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {
@@ -23,66 +23,35 @@ struct Record {
 /// The record directory.
 #[derive(Debug, Clone)]
 pub(crate) struct Records {
-    dir: PathBuf,
-}
-
-fn hex(name: &str) -> String {
-    name.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    files: GuestRecords,
 }
 
 impl Records {
     pub(crate) fn new(dir: PathBuf) -> Records {
-        Records { dir }
-    }
-
-    fn path(&self, guest: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", hex(guest)))
-    }
-
-    fn read(&self, path: &Path) -> io::Result<Record> {
-        let text = fs::read(path)?;
-        serde_json::from_slice(&text).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        })
+        Records {
+            files: GuestRecords::new(dir),
+        }
     }
 
     /// The objects recorded for `guest` (none when it has no record).
     pub(crate) fn keys(&self, guest: &str) -> io::Result<Vec<InodeKey>> {
-        match self.read(&self.path(guest)) {
-            Ok(r) => Ok(r
-                .objects
-                .iter()
-                .map(|[dev, ino]| InodeKey {
-                    dev: *dev,
-                    ino: *ino,
-                })
-                .collect()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .files
+            .read::<Record>(guest)?
+            .map(|r| {
+                r.objects
+                    .iter()
+                    .map(|[dev, ino]| InodeKey {
+                        dev: *dev,
+                        ino: *ino,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
-    /// Adds `keys` to `guest`'s record, durably (a new file, synced, renamed over the old,
-    /// the directory synced), before the caller labels them.
+    /// Adds `keys` to `guest`'s record, durably, before the caller labels them.
     pub(crate) fn add(&self, guest: &str, keys: &[InodeKey]) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)?;
         let mut all: BTreeSet<[u64; 2]> = self
             .keys(guest)?
             .into_iter()
@@ -93,48 +62,17 @@ impl Records {
             guest: guest.to_string(),
             objects: all.into_iter().collect(),
         };
-        let path = self.path(guest);
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(&rec).map_err(io::Error::other)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&self.dir)?.sync_all()
+        self.files.write(guest, &rec)
     }
 
     /// Removes `guest`'s record.
     pub(crate) fn remove(&self, guest: &str) -> io::Result<()> {
-        match fs::remove_file(self.path(guest)) {
-            Ok(()) => fs::File::open(&self.dir)?.sync_all(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.files.remove(guest)
     }
 
     /// Every guest with a record.
     pub(crate) fn guests(&self) -> io::Result<Vec<String>> {
-        let rd = match fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for ent in rd {
-            let name = ent?.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if let Some(g) = unhex(stem) {
-                out.push(g);
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.files.guests()
     }
 
     /// The objects every guest but `guest` recorded.

@@ -821,6 +821,9 @@ fn original_of(obj: &Object, m: Meta, f: u32) -> Result<Original, DriverError> {
     Ok(Original {
         path: obj.path().to_path_buf(),
         selinux_label,
+        // SMACK's part is SMACK's to read when it joins (the store refreshes a model's
+        // part when its first user records).
+        smack_label: None,
         uid: m.uid,
         gid: m.gid,
         mode: m.mode & 0o7777,

@@ -32,7 +32,7 @@ use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use svirt_store::{ObjectIdentity, ObjectKey, Original, Store};
 
-use crate::owners::{FLAG_SELINUX_LABEL, owner_key, split_owner};
+use crate::owners::{FLAG_LABEL, owner_key, split_owner};
 use crate::progress::{FaultHook, Phase, Progress, ProgressFn};
 use crate::tree_common::{
     Bytes, DbError, Record, RecordReader, RecordWriter, db_err, full_path, get_json, insert_chunks,
@@ -47,6 +47,65 @@ mod tree;
 
 /// The SELinux label attribute.
 pub const XATTR_SELINUX: &CStr = c"security.selinux";
+/// The SMACK label attribute of a file (its access label).
+pub const XATTR_SMACK: &CStr = c"security.SMACK64";
+
+/// A label model the engine writes: which attribute, how its value is written, and whose
+/// records (`"<model>/<guest>"` owners, the ledger's tree rows of that model) it keeps. One
+/// engine per model; SELinux and SMACK share the code, the ledger and its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelAttr {
+    /// The model whose label this is.
+    pub model: svirt_domain::Model,
+    /// The extended attribute holding it.
+    pub xattr: &'static CStr,
+    /// Whether the value is written with a trailing NUL (libselinux's convention; SMACK's
+    /// tools write the text alone).
+    pub nul: bool,
+}
+
+/// SELinux's file label.
+pub const SELINUX: LabelAttr = LabelAttr {
+    model: svirt_domain::Model::Selinux,
+    xattr: XATTR_SELINUX,
+    nul: true,
+};
+
+/// SMACK's file (access) label.
+pub const SMACK: LabelAttr = LabelAttr {
+    model: svirt_domain::Model::Smack,
+    xattr: XATTR_SMACK,
+    nul: false,
+};
+
+impl LabelAttr {
+    /// The label model named `name` (`selinux`, `smack`), if the engine writes one.
+    pub fn of_name(name: &str) -> Option<LabelAttr> {
+        [SELINUX, SMACK].into_iter().find(|a| a.name() == name)
+    }
+
+    /// The model's name: its owner prefix and tree-row key in the ledger.
+    pub fn name(&self) -> &'static str {
+        self.model.as_str()
+    }
+
+    /// The bytes written for `label`.
+    pub fn bytes(&self, label: &str) -> Vec<u8> {
+        if self.nul {
+            label_bytes(label)
+        } else {
+            label.as_bytes().to_vec()
+        }
+    }
+
+    /// This model's original label in a ledger record.
+    pub fn original<'a>(&self, o: &'a Original) -> &'a Option<Vec<u8>> {
+        match self.model {
+            svirt_domain::Model::Smack => &o.smack_label,
+            _ => &o.selinux_label,
+        }
+    }
+}
 
 /// An engine failure.
 #[derive(Debug, thiserror::Error)]
@@ -313,11 +372,11 @@ fn in_use(j: &LabelJob, others: &[&String], current: String) -> RelabelError {
     }
 }
 
-/// Writes `value` as the label, or removes the attribute for `None`.
-fn write_label_obj(o: &Object, value: &Option<Vec<u8>>) -> io::Result<()> {
+/// Writes `value` as the label `xattr`, or removes the attribute for `None`.
+fn write_label_obj(o: &Object, xattr: &CStr, value: &Option<Vec<u8>>) -> io::Result<()> {
     match value {
-        Some(v) => o.set_xattr(XATTR_SELINUX, v),
-        None => o.remove_xattr(XATTR_SELINUX),
+        Some(v) => o.set_xattr(xattr, v),
+        None => o.remove_xattr(xattr),
     }
 }
 
@@ -401,6 +460,7 @@ struct DirWork {
 /// The engine. One per process (it holds the walkers' thread pool): share it between
 /// drivers.
 pub struct Relabeler {
+    attr: LabelAttr,
     store: Arc<Store>,
     root: FsRoot,
     pool: rayon::ThreadPool,
@@ -428,33 +488,58 @@ impl Relabeler {
         store.path().with_extension("trees.redb")
     }
 
-    /// Whether the ledger (or an earlier svirt's tree file, not yet adopted) holds any
-    /// record of the engine's SELinux labeling (a tree, or a single object's original):
-    /// what a stack without SELinux must still restore.
+    /// Whether the ledger holds any record of the engine's SELinux labeling (a tree, or a
+    /// single object's original; or an earlier svirt's tree file, not yet adopted): what a
+    /// stack without SELinux must still restore.
     pub fn has_records(store: &Store) -> Result<bool, RelabelError> {
         if Self::legacy_trees_path(store).exists() {
             return Ok(true);
         }
+        Self::has_records_of(store, SELINUX)
+    }
+
+    /// Whether the ledger holds any record of `attr`'s labeling (a tree, or a single
+    /// object's original).
+    pub fn has_records_of(store: &Store, attr: LabelAttr) -> Result<bool, RelabelError> {
         let trees = {
             let txn = store.begin_read()?;
             match txn.open_table(TREES) {
-                Ok(t) => t.iter().map_err(db_err)?.next().is_some(),
+                Ok(t) => {
+                    let mut any = false;
+                    for row in t.iter().map_err(db_err)? {
+                        let (k, _) = row.map_err(db_err)?;
+                        if k.value().0 == attr.name() {
+                            any = true;
+                            break;
+                        }
+                    }
+                    any
+                }
                 Err(redb::TableError::TableDoesNotExist(_)) => false,
                 Err(e) => return Err(db_err(e).into()),
             }
         };
         Ok(trees
-            || store.list_originals()?.iter().any(|(_, rec)| {
-                rec.owners
-                    .iter()
-                    .any(|o| split_owner(o).0 == svirt_domain::Model::Selinux.as_str())
-            }))
+            || store
+                .list_originals()?
+                .iter()
+                .any(|(_, rec)| rec.owners.iter().any(|o| split_owner(o).0 == attr.name())))
     }
 
-    /// Opens the engine on `store`, resolving every path under `root`, with `threads` workers
-    /// for tree walks (0: one per CPU). An earlier svirt's tree file is adopted into the
-    /// ledger first ([`Relabeler::legacy_trees_path`]).
+    /// Opens the SELinux engine on `store` (see [`Relabeler::open_for`]).
     pub fn open(
+        store: Arc<Store>,
+        root: FsRoot,
+        threads: usize,
+    ) -> Result<Arc<Relabeler>, RelabelError> {
+        Self::open_for(SELINUX, store, root, threads)
+    }
+
+    /// Opens the engine for `attr` on `store`, resolving every path under `root`, with
+    /// `threads` workers for tree walks (0: one per CPU). An earlier svirt's tree file is
+    /// adopted into the ledger first ([`Relabeler::legacy_trees_path`]).
+    pub fn open_for(
+        attr: LabelAttr,
         store: Arc<Store>,
         root: FsRoot,
         threads: usize,
@@ -479,12 +564,18 @@ impl Relabeler {
         // written: use the hard limit (a daemon's usual setting).
         raise_nofile();
         Ok(Arc::new(Relabeler {
+            attr,
             store,
             root,
             pool,
             progress: Mutex::new(None),
             fault: Mutex::new(None),
         }))
+    }
+
+    /// The label model this engine writes.
+    pub fn attr(&self) -> LabelAttr {
+        self.attr
     }
 
     /// The store.
@@ -525,11 +616,11 @@ impl Relabeler {
         }
     }
 
-    /// Labels every job for `guest` (SELinux). Originals are recorded durably before the
+    /// Labels every job for `guest` (under the engine's model). Originals are recorded durably before the
     /// first change of each object. On error, every change this call made is undone and
     /// every record it added is released before it returns.
     pub fn set_labels(&self, guest: &str, jobs: &[LabelJob]) -> Result<Applied, RelabelError> {
-        let owner = owner_key("selinux", guest);
+        let owner = owner_key(self.attr.name(), guest);
         // Refuse and open everything before touching anything: a missing file or a system
         // path must leave every object as it was.
         let mut objs = Vec::with_capacity(jobs.len());
@@ -559,11 +650,12 @@ impl Relabeler {
         Ok(applied)
     }
 
-    /// Restores every object `guest` holds under SELinux whose last SELinux user `guest` is,
+    /// Restores every object `guest` holds under the engine's model whose last user of
+    /// that model `guest` is,
     /// and releases its records. Runs to the end and returns every error (records whose
     /// restore failed are kept for [`Relabeler::recover`]).
     pub fn restore_labels(&self, guest: &str) -> Vec<RelabelError> {
-        let owner = owner_key("selinux", guest);
+        let owner = owner_key(self.attr.name(), guest);
         let mut errors = Vec::new();
         match self.store.originals_for_owner(&owner) {
             Ok(recs) => {
@@ -578,7 +670,7 @@ impl Relabeler {
         match self.trees_all() {
             Ok(trees) => {
                 for (k, rec) in trees {
-                    if k.model == "selinux"
+                    if k.model == self.attr.name()
                         && rec.owners.contains(&owner)
                         && let Err(e) = self.release_tree(&k, std::slice::from_ref(&owner))
                     {
@@ -602,7 +694,15 @@ impl Relabeler {
         match self.store.list_originals() {
             Ok(recs) => {
                 for (key, rec) in recs {
-                    let dead = dead_owners(&rec.owners, running);
+                    // Another label model's users are that model's engine's to release
+                    // (it restores its own attribute).
+                    let dead: Vec<String> = dead_owners(&rec.owners, running)
+                        .into_iter()
+                        .filter(|o| {
+                            let m = split_owner(o).0;
+                            m == self.attr.name() || LabelAttr::of_name(m).is_none()
+                        })
+                        .collect();
                     if dead.is_empty() {
                         continue;
                     }
@@ -615,8 +715,8 @@ impl Relabeler {
             }
             Err(e) => rep.errors.push(e.into()),
         }
-        for e in crate::stack::recover_claims(&self.store, svirt_domain::Model::Selinux, running) {
-            tracing::error!("releasing dead guests' SELinux claims: {e}");
+        for e in crate::stack::recover_claims(&self.store, self.attr.model, running) {
+            tracing::error!("releasing dead guests' {} claims: {e}", self.attr.model);
         }
         match self.trees_all() {
             Ok(trees) => {
@@ -640,8 +740,8 @@ impl Relabeler {
     }
 }
 
-fn remove_at(dir: &Dir, name: &CStr) -> io::Result<()> {
-    dir.remove_xattr_at(name, XATTR_SELINUX)
+fn remove_at(dir: &Dir, name: &CStr, xattr: &CStr) -> io::Result<()> {
+    dir.remove_xattr_at(name, xattr)
 }
 
 /// A DAC restore failure as an engine error: an object error keeps its operation and source
@@ -668,16 +768,23 @@ pub fn label_bytes(label: &str) -> Vec<u8> {
     v
 }
 
-fn snapshot(o: &Object, label: &Option<Vec<u8>>, identity: ObjectIdentity) -> Original {
+fn snapshot(
+    attr: LabelAttr,
+    o: &Object,
+    label: &Option<Vec<u8>>,
+    identity: ObjectIdentity,
+) -> Original {
     let m = o.meta();
+    let smack = attr.model == svirt_domain::Model::Smack;
     Original {
         path: o.path().to_path_buf(),
-        selinux_label: label.clone(),
+        selinux_label: if smack { None } else { label.clone() },
+        smack_label: if smack { label.clone() } else { None },
         uid: m.uid,
         gid: m.gid,
         mode: m.mode & 0o7777,
         identity,
-        model_flags: [("selinux".to_string(), FLAG_SELINUX_LABEL)]
+        model_flags: [(attr.name().to_string(), FLAG_LABEL)]
             .into_iter()
             .collect(),
     }

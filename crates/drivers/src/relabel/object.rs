@@ -1,6 +1,6 @@
 //! Single objects: label one (its original recorded first), roll it back, and release it
 //! when its last user of a model leaves (each model's part through its own restore:
-//! SELinux's label here, DAC's through `dac::leave`).
+//! the engine's label here (SELinux's or SMACK's), DAC's through `dac::leave`).
 
 use super::*;
 
@@ -13,13 +13,14 @@ impl Relabeler {
         applied: &mut Applied,
         undo: &mut Vec<Undo>,
     ) -> Result<(), RelabelError> {
-        let want = label_bytes(&j.label);
+        let attr = self.attr;
+        let want = attr.bytes(&j.label);
         let key = object_key(o.identity());
         let ident = store_identity(o.identity());
         // Read, record and write as one step against other guests' stops releasing the same
         // object (which would otherwise restore it between our read and our record).
         let _lock = self.store.lock_object(key);
-        let cur = match o.get_xattr(XATTR_SELINUX) {
+        let cur = match o.get_xattr(attr.xattr) {
             Ok(v) => v,
             Err(e) if is_soft_errno(e.raw_os_error()) => {
                 applied.warnings.push(soft_warning(o, &e));
@@ -36,8 +37,11 @@ impl Relabeler {
                 && rec.original.identity.same_object(&ident)
                 && !rec.owners.contains(owner)
             {
-                self.store
-                    .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
+                self.store.record_original_if_absent(
+                    key,
+                    &snapshot(attr, o, &cur, ident),
+                    owner,
+                )?;
                 undo.push(Undo::Release { key });
             }
             return Ok(());
@@ -47,26 +51,28 @@ impl Relabeler {
                 let others: Vec<&String> = rec
                     .owners
                     .iter()
-                    .filter(|w| w.as_str() != owner && split_owner(w).0 == "selinux")
+                    .filter(|w| w.as_str() != owner && split_owner(w).0 == attr.name())
                     .collect();
                 if rec.original.identity.same_object(&ident)
                     && !others.is_empty()
-                    && rec.original.selinux_label != cur
+                    && *attr.original(&rec.original) != cur
                 {
                     return Err(in_use(j, &others, show(&cur)));
                 }
             }
-            let outcome =
-                self.store
-                    .record_original_if_absent(key, &snapshot(o, &cur, ident), owner)?;
+            let outcome = self.store.record_original_if_absent(
+                key,
+                &snapshot(attr, o, &cur, ident),
+                owner,
+            )?;
             if !matches!(outcome, svirt_store::RecordOutcome::AlreadyOwner { .. }) {
                 undo.push(Undo::Release { key });
             }
             self.fault("after-record")?;
         }
         // Who else uses it now: a rollback leaves the label only for users who came later.
-        let others = self.other_selinux_users(key, owner)?;
-        match o.set_xattr(XATTR_SELINUX, &want) {
+        let others = self.other_label_users(key, owner)?;
+        match o.set_xattr(attr.xattr, &want) {
             Ok(()) => {
                 applied.changed += 1;
                 undo.push(Undo::Single {
@@ -109,9 +115,9 @@ impl Relabeler {
                             let _lock = self.store.lock_object(key);
                             // A guest that joined the record since (the label was right for
                             // it) keeps the label.
-                            match self.other_selinux_users(key, owner) {
+                            match self.other_label_users(key, owner) {
                                 Ok(now) if now.is_subset(&others) => {
-                                    if let Err(e) = write_label_obj(&o, &old) {
+                                    if let Err(e) = write_label_obj(&o, self.attr.xattr, &old) {
                                         tracing::error!("rollback of {}: {e}", path.display());
                                     }
                                 }
@@ -135,8 +141,8 @@ impl Relabeler {
         }
     }
 
-    /// The SELinux users other than `owner` the object's record has now.
-    pub(super) fn other_selinux_users(
+    /// The users of the engine's model other than `owner` the object's record has now.
+    pub(super) fn other_label_users(
         &self,
         key: ObjectKey,
         owner: &str,
@@ -147,7 +153,7 @@ impl Relabeler {
             .map(|r| {
                 r.owners
                     .into_iter()
-                    .filter(|o| o.as_str() != owner && split_owner(o).0 == "selinux")
+                    .filter(|o| o.as_str() != owner && split_owner(o).0 == self.attr.name())
                     .collect()
             })
             .unwrap_or_default())
@@ -169,16 +175,23 @@ impl Relabeler {
         let Some(rec) = self.store.get_original(key)? else {
             return Ok(false);
         };
+        // Another label model's users are released by that model's engine, which restores
+        // its own attribute: never here.
+        let me = self.attr.name();
         let owners: Vec<String> = owners
             .iter()
             .filter(|o| rec.owners.contains(*o))
+            .filter(|o| {
+                let m = split_owner(o).0;
+                m == me || LabelAttr::of_name(m).is_none()
+            })
             .cloned()
             .collect();
         let owners = owners.as_slice();
-        let remaining_selinux = rec
+        let remaining_label = rec
             .owners
             .iter()
-            .filter(|o| !owners.contains(o) && split_owner(o).0 == "selinux")
+            .filter(|o| !owners.contains(o) && split_owner(o).0 == me)
             .count();
         let remaining_dac = rec
             .owners
@@ -187,9 +200,8 @@ impl Relabeler {
             .count();
         let releasing_models: BTreeSet<&str> = owners.iter().map(|o| split_owner(o).0).collect();
         let flags = |m: &str| rec.original.model_flags.get(m).copied().unwrap_or(0);
-        let restore_label = releasing_models.contains("selinux")
-            && remaining_selinux == 0
-            && flags("selinux") & FLAG_SELINUX_LABEL != 0;
+        let restore_label =
+            releasing_models.contains(me) && remaining_label == 0 && flags(me) & FLAG_LABEL != 0;
         // DAC's part is DAC's own (one path: `dac::leave`): undone when its last user
         // leaves, else only the leaving guests' read entries go.
         let dac_leaving: Vec<&str> = owners
@@ -211,7 +223,7 @@ impl Relabeler {
                         );
                     } else {
                         if restore_label {
-                            write_label_obj(&o, &rec.original.selinux_label)
+                            write_label_obj(&o, self.attr.xattr, self.attr.original(&rec.original))
                                 .map_err(io_err("restore label", path))?;
                             restored = true;
                         }

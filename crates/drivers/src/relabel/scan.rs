@@ -60,10 +60,10 @@ fn scan_dir(
             };
         }
         // Read into the stack (no allocation per entry); a label too long for it, rarely.
-        let read = match dir.get_xattr_at_into(&e.name, XATTR_SELINUX, &mut lbuf) {
+        let read = match dir.get_xattr_at_into(&e.name, ctx.eng.attr.xattr, &mut lbuf) {
             Ok(n) => Ok(n.map(|n| Cow::Borrowed(&lbuf[..n]))),
             Err(err) if err.raw_os_error() == Some(libc::ERANGE) => dir
-                .get_xattr_at(&e.name, XATTR_SELINUX)
+                .get_xattr_at(&e.name, ctx.eng.attr.xattr)
                 .map(|v| v.map(Cow::Owned)),
             Err(err) => Err(err),
         };
@@ -156,7 +156,7 @@ fn scan_dir(
                 orig: if keep { cur.map(<[u8]>::to_vec) } else { None },
             };
             if now {
-                match dir.set_xattr_at(&item.name, XATTR_SELINUX, ctx.want) {
+                match dir.set_xattr_at(&item.name, ctx.eng.attr.xattr, ctx.want) {
                     Ok(()) => eager.push(item),
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(err) => {
@@ -196,8 +196,8 @@ pub(super) fn restore_entry(
         return false;
     }
     let res = match &orig {
-        Some(v) => dir.set_xattr_at(name, XATTR_SELINUX, v),
-        None => remove_at(dir, name),
+        Some(v) => dir.set_xattr_at(name, ctx.eng.attr.xattr, v),
+        None => remove_at(dir, name, ctx.eng.attr.xattr),
     };
     match res {
         Ok(()) => true,

@@ -63,10 +63,10 @@ impl Relabeler {
         // The tree's record is committed durably to the ledger before the tree carries the
         // guest's label; that commit also makes what the store holds without an fsync (the
         // guest's level, its record, its claims) durable (one file, one commit order).
-        let want = label_bytes(&j.label);
+        let want = self.attr.bytes(&j.label);
         let id = root_obj.identity();
         let tkey = TreeKey {
-            model: "selinux",
+            model: self.attr.name(),
             dev: id.dev,
             ino: id.ino,
         };
@@ -91,7 +91,7 @@ impl Relabeler {
         let root_dir = root_obj
             .open_as_dir()
             .map_err(io_err("open directory", &j.path))?;
-        let root_cur = match root_dir.get_xattr(XATTR_SELINUX) {
+        let root_cur = match root_dir.get_xattr(self.attr.xattr) {
             Ok(v) => v,
             Err(e) if is_soft_errno(e.raw_os_error()) => {
                 applied.warnings.push(soft_warning(root_obj, &e));
@@ -170,7 +170,7 @@ impl Relabeler {
             }
             if root_needs {
                 root_obj
-                    .set_xattr(XATTR_SELINUX, &want)
+                    .set_xattr(self.attr.xattr, &want)
                     .map_err(io_err("set label", &j.path))?;
                 tree_undo.root = Some((j.path.clone(), id, root_cur.clone()));
                 applied.changed += 1;
@@ -278,7 +278,7 @@ impl Relabeler {
                             if abort.load(Ordering::Relaxed) {
                                 break;
                             }
-                            if let Err(err) = w.dir.set_xattr_at(&it.name, XATTR_SELINUX, want) {
+                            if let Err(err) = w.dir.set_xattr_at(&it.name, self.attr.xattr, want) {
                                 if err.raw_os_error() == Some(libc::ENOENT) {
                                     // Removed since the scan: nothing to label or restore.
                                     n += 1;
@@ -341,8 +341,8 @@ impl Relabeler {
                     .chain(eager);
                 for (it, orig) in written {
                     let r = match orig {
-                        Some(v) => w.dir.set_xattr_at(&it.name, XATTR_SELINUX, v),
-                        None => remove_at(&w.dir, &it.name),
+                        Some(v) => w.dir.set_xattr_at(&it.name, self.attr.xattr, v),
+                        None => remove_at(&w.dir, &it.name, self.attr.xattr),
                     };
                     if let Err(e) = r
                         && e.raw_os_error() != Some(libc::ENOENT)
@@ -355,7 +355,7 @@ impl Relabeler {
         if let Some((path, id, old)) = &u.root {
             match self.root.open_object(path) {
                 Ok(o) if o.identity() == *id => {
-                    if let Err(e) = write_label_obj(&o, old) {
+                    if let Err(e) = write_label_obj(&o, self.attr.xattr, old) {
                         tracing::error!("rollback of {}: {e}", path.display());
                     }
                 }
@@ -485,11 +485,11 @@ impl Relabeler {
         for row in t.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let (model, dev, ino) = k.value();
-            let model: &'static str = match model {
-                "selinux" => "selinux",
-                "dac" => "dac",
-                _ => continue,
-            };
+            // Another label model's trees are its own engine's.
+            if model != self.attr.name() {
+                continue;
+            }
+            let model = self.attr.name();
             let rec: TreeRecord = serde_json::from_slice(v.value()).map_err(|e| {
                 RelabelError::TreeDb(format!("the record of tree ({dev}, {ino}): {e}"))
             })?;
@@ -546,12 +546,13 @@ impl Relabeler {
             lock(&errors).insert(0, e);
         }
         let cur = root_obj
-            .get_xattr(XATTR_SELINUX)
+            .get_xattr(self.attr.xattr)
             .map_err(io_err("read label", &path))?;
         if label_eq(&cur, &target) {
             let orig = original_for(b"", id.ino);
             if orig.as_deref().map(trim) != Some(trim(&target)) {
-                write_label_obj(&root_obj, &orig).map_err(io_err("restore label", &path))?;
+                write_label_obj(&root_obj, self.attr.xattr, &orig)
+                    .map_err(io_err("restore label", &path))?;
                 restored.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -259,3 +259,43 @@ pub fn plan_case(
         .plan;
     (built, Some(plan))
 }
+
+/// `lgetxattr(path, name)`; None when absent.
+pub fn xattr_raw(p: &Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a valid path, name and buffer of buf.len() bytes.
+    let n = unsafe {
+        libc::lgetxattr(
+            c(p).as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+/// `lsetxattr(path, name, value)`.
+pub fn set_xattr(p: &Path, name: &std::ffi::CStr, value: &[u8]) {
+    // SAFETY: reads value.len() bytes.
+    let r = unsafe {
+        libc::lsetxattr(
+            c(p).as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "lsetxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}

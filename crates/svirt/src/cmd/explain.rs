@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 use svirt_bpf::events::Denial as BpfDenial;
 use svirt_drivers::apparmor::audit::{self, AppArmorRecord};
+use svirt_drivers::smack::audit::{self as smack_audit, SmackRecord};
 use svirt_labels::{Context, Level};
 use svirt_policy::{AvcRecord, Booleans, Decision, explain, is_avc_line, parse_avc, run_batch};
 
@@ -130,12 +131,15 @@ struct GuestNames {
     by_level: HashMap<Level, String>,
     /// By uuid, lower case without dashes (AppArmor profiles are named by uuid).
     by_uuid: HashMap<String, String>,
+    /// By SMACK label.
+    by_smack: HashMap<String, String>,
 }
 
 impl GuestNames {
     fn lookup(connect: &ConnectArgs) -> GuestNames {
         let mut by_level = HashMap::new();
         let mut by_uuid = HashMap::new();
+        let mut by_smack = HashMap::new();
         let list = Client::new(connect).and_then(|c| c.call("GET", "/v1/domains?all=true", None));
         // Names are a courtesy: without svirtd (or with a reply this svirt cannot read)
         // levels are shown without them.
@@ -145,6 +149,9 @@ impl GuestNames {
             .unwrap_or_default();
         for g in guests {
             by_uuid.insert(uuid_key(&g.uuid), g.name.clone());
+            if let Some(l) = g.labels.get("smack") {
+                by_smack.insert(l.clone(), g.name.clone());
+            }
             // SELinux's process label, or BPF-LSM's level (the same MCS level).
             let level = g
                 .labels
@@ -156,7 +163,11 @@ impl GuestNames {
                 by_level.insert(level, g.name);
             }
         }
-        GuestNames { by_level, by_uuid }
+        GuestNames {
+            by_level,
+            by_uuid,
+            by_smack,
+        }
     }
 
     /// The guest a profile `svirt-<uuid>` belongs to: its name when svirtd knows it,
@@ -194,6 +205,20 @@ impl GuestNames {
                 .cloned()
                 .unwrap_or_else(|| format!("guest at {l}")),
             Err(_) => text.to_string(),
+        }
+    }
+
+    /// Whose a SMACK label is: a guest's (by name when svirtd knows it), the labels every
+    /// guest shares, or `None` for the host's.
+    fn name_of_smack(&self, label: &str) -> Option<String> {
+        if let Some(n) = self.by_smack.get(label) {
+            return Some(n.clone());
+        }
+        match label {
+            svirt_domain::smack::SHARED => Some("shared".into()),
+            svirt_domain::smack::CONTENT => Some("read-only content".into()),
+            l if l.starts_with(svirt_labels::smack::GUEST_PREFIX) => Some(format!("guest {l}")),
+            _ => None,
         }
     }
 
@@ -283,9 +308,53 @@ pub fn run_denials(args: DenialsArgs, connect: &ConnectArgs) -> CmdResult {
             .or_default()
             .push(d);
     }
-    if per_guest.is_empty() && aa_per_guest.is_empty() && bpf_per_guest.is_empty() {
-        println!("no AVC, AppArmor or BPF-LSM denials found");
+    // SMACK's.
+    let smack: Vec<SmackRecord> = lines
+        .iter()
+        .filter(|l| smack_audit::is_smack_line(l))
+        .filter_map(|l| smack_audit::parse(l))
+        .filter(|r| r.action == "denied")
+        .collect();
+    let mut smack_per_guest: BTreeMap<String, Vec<&SmackRecord>> = BTreeMap::new();
+    for r in &smack {
+        let key = guests
+            .name_of_smack(&r.subject)
+            .unwrap_or_else(|| "(not a guest)".to_owned());
+        smack_per_guest.entry(key).or_default().push(r);
+    }
+    if per_guest.is_empty()
+        && aa_per_guest.is_empty()
+        && bpf_per_guest.is_empty()
+        && smack_per_guest.is_empty()
+    {
+        println!("no AVC, AppArmor, BPF-LSM or SMACK denials found");
         return Ok(ExitCode::SUCCESS);
+    }
+    for (guest, recs) in &smack_per_guest {
+        println!("{guest}: {} SMACK denial(s)", recs.len());
+        for r in recs {
+            let target = guests
+                .name_of_smack(&r.object)
+                .map(|n| format!(" [{n}]"))
+                .unwrap_or_default();
+            let field = |k: &str| {
+                r.fields
+                    .get(k)
+                    .map(|v| format!(" {k}={v}"))
+                    .unwrap_or_default()
+            };
+            println!(
+                "  {{ {} }} {} {} -> {}{target}{}{}{}{}",
+                r.requested,
+                r.function,
+                r.subject,
+                r.object,
+                field("pid"),
+                field("comm"),
+                field("name"),
+                field("opid")
+            );
+        }
     }
     for (guest, recs) in &bpf_per_guest {
         println!("{guest}: {} BPF-LSM denial(s)", recs.len());

@@ -100,5 +100,8 @@ fn usable_models(root: &Path) -> Vec<Model> {
     if svirt_drivers::bpf_lsm::usable(root).0 {
         out.push(Model::BpfLsm);
     }
+    if svirt_drivers::smack::host::active(root).0 {
+        out.push(Model::Smack);
+    }
     out
 }
