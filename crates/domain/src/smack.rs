@@ -29,7 +29,7 @@ pub const SHARED_ACCESS: &str = "rwxal";
 pub const CONTENT_ACCESS: &str = "rx";
 
 /// The SMACK label a resource gets, given the guest's label (`None` while it is not
-/// allocated: the object is then shown as `guest`), or `None` when it is left as it is.
+/// allocated: shown as `svirt-@LEVEL@`), or `None` when it is left as it is.
 /// Errors on a per-device `<label>` that is not a SMACK label.
 pub fn object_label(
     r: &PlannedResource,
@@ -44,7 +44,16 @@ pub fn object_label(
         return Ok(None);
     }
     Ok(Some(match r.resource.sharing {
-        Sharing::Private => guest.map_or_else(|| "guest".to_string(), SmackLabel::to_string),
+        Sharing::Private => guest.map_or_else(
+            || {
+                format!(
+                    "{}{}",
+                    svirt_labels::smack::GUEST_PREFIX,
+                    crate::LEVEL_PLACEHOLDER
+                )
+            },
+            SmackLabel::to_string,
+        ),
         Sharing::Shared => SHARED.to_string(),
         Sharing::ReadOnlyContent => CONTENT.to_string(),
     }))

@@ -678,6 +678,33 @@ fn a_shutdown_timeout_of_any_size_waits_without_limit() {
 #[test]
 fn a_required_driver_the_host_cannot_run_stops_svirtd() {
     let (usable, why) = svirt_drivers::bpf_lsm::usable(Path::new("/"));
+    required_driver(
+        "bpf-lsm,dac",
+        usable,
+        &why,
+        "svirtd: configuration: driver bpf-lsm is not usable on this host: ",
+        "lsm/file_open",
+    );
+}
+
+#[test]
+fn a_required_smack_driver_stops_svirtd_where_smack_is_not_active() {
+    let (usable, why) = svirt_drivers::smack::host::active(Path::new("/"));
+    required_driver(
+        "smack",
+        usable,
+        &why,
+        "svirtd: configuration: driver smack is not usable on this host: ",
+        // Not listed in the LSM list, or (securityfs unmounted) no smackfs: both name the
+        // file they read.
+        "/sys/",
+    );
+}
+
+/// svirtd with `--drivers DRIVERS`: where the host cannot run them (`usable` false, `why`),
+/// it must exit with one line starting with `head` and containing `reason`, listening for
+/// nothing; where it can (the control), it comes up.
+fn required_driver(drivers: &str, usable: bool, why: &str, head: &str, reason: &str) {
     let dir = tempfile::Builder::new()
         .prefix("svirt-e2e-")
         .tempdir_in("/var/tmp")
@@ -691,14 +718,14 @@ fn a_required_driver_the_host_cannot_run_stops_svirtd() {
             "--cgroup-parent",
             "svirt-e2e-unusable",
             "--drivers",
-            "bpf-lsm,dac",
+            drivers,
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn svirtd");
     if usable {
-        // Control on a host that runs LSM programs: svirtd comes up with the driver.
+        // Control on a host that runs the driver: svirtd comes up with it.
         let sock = dir.path().join("run/svirtd.sock");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
@@ -718,8 +745,7 @@ fn a_required_driver_the_host_cannot_run_stops_svirtd() {
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("svirtd: configuration: driver bpf-lsm is not usable on this host: ")
-            && last.contains("lsm/file_open"),
+        last.starts_with(head) && last.contains(reason),
         "one line naming the driver and the reason: {err}"
     );
     assert!(
