@@ -28,11 +28,11 @@ struct Args {
     #[arg(long, value_name = "FIRST-LAST", value_parser = parse_uid_range,
           default_value = svirt_manager::DEFAULT_UID_RANGE)]
     uid_range: UidRange,
-    /// Security drivers: `auto` (SELinux, AppArmor or BPF-LSM with DAC where the kernel
-    /// enforces one, else DAC + Landlock), `none`, or a list such as `selinux,dac`,
-    /// `apparmor,dac`, `bpf-lsm,dac` or `dac,landlock`. Stacked in the order MAC model
-    /// (SELinux, AppArmor or BPF-LSM), DAC, Landlock whatever the order given; a driver
-    /// named twice, two MAC models or `none` with others are refused.
+    /// Security drivers: `auto` (SELinux, SMACK, AppArmor or BPF-LSM with DAC where the
+    /// kernel enforces one, else DAC + Landlock), `none`, or a list such as `selinux,dac`,
+    /// `smack,dac`, `apparmor,dac`, `bpf-lsm,dac` or `dac,landlock`. Stacked in the order
+    /// MAC model, DAC, Landlock whatever the order given; a driver named twice, two MAC
+    /// models or `none` with others are refused.
     #[arg(long, value_name = "auto|none|LIST", default_value = "auto", value_parser = parse_drivers)]
     drivers: DriverSelection,
     /// A directory below which a backing file named only by a qcow2 header is accepted
