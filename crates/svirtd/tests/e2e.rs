@@ -753,3 +753,77 @@ fn required_driver(drivers: &str, usable: bool, why: &str, head: &str, reason: &
         "nothing listens for guests"
     );
 }
+
+/// A real operating system under svirtd: the test guest (Debian's kernel, a busybox
+/// userland) boots confined, writes its own disk, says so on its serial console, and
+/// answers `svirt shutdown` (ACPI power button) by powering off on its own — no kill.
+#[test]
+fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
+    skip_unless_capable!();
+    let (kernel, initrd) = common::guest_os();
+    let mut d = Daemon::start(&[]);
+    // The guest's own copies, beside its disk (read-only content of its plan).
+    let (k, i) = (d.path("vmlinuz"), d.path("initrd.gz"));
+    std::fs::copy(&kernel, &k).expect("copy kernel");
+    std::fs::copy(&initrd, &i).expect("copy initrd");
+    for p in [&k, &i] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+    }
+    let disk = d.path("linux.raw");
+    raw(&disk);
+    let serial = d.path("linux.serial.log");
+    std::fs::write(&serial, b"").expect("serial");
+    let xml = d.path("linux.xml");
+    std::fs::write(
+        &xml,
+        common::linux_guest_xml("linux", &k, &i, &disk, &serial),
+    )
+    .expect("xml");
+    let before = states(&[disk.as_path(), k.as_path(), i.as_path()]);
+
+    let started = Instant::now();
+    d.ok(&["start", xml.to_str().expect("utf8")]);
+    let pid = d.json(&["list", "--json"])[0]["pid"].as_i64().expect("pid") as i32;
+    let console =
+        || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    assert!(
+        common::wait_for_line(&serial, "svirt-guest: ready", Duration::from_secs(120)),
+        "the guest did not come up; its console:\n{}",
+        console()
+    );
+    eprintln!("booted to ready in {:?}", started.elapsed());
+    let text = console();
+    assert!(
+        text.contains("svirt-guest: linux booted, kernel "),
+        "{text}"
+    );
+    assert!(text.contains("svirt-guest: wrote its disk"), "{text}");
+
+    // The guest answers the power button itself: the stop is its own, well within the
+    // timeout (no kill).
+    let t = Instant::now();
+    let exit = d.json(&["shutdown", "linux", "--timeout", "60", "--json"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(50),
+        "the guest did not power off on its own: {exit}"
+    );
+    assert!(!process_alive(pid));
+    assert_eq!(exit["restore_errors"], serde_json::json!([]), "{exit}");
+    let reason = exit["reason"].as_str().unwrap_or_default();
+    assert!(!reason.contains("kill"), "the guest was killed: {exit}");
+    let all = d.json(&["list", "--all", "--json"]);
+    assert_eq!(all[0]["state"], "shut-off", "{all}");
+    // Its disk holds what it wrote; every label and owner is back.
+    let head = std::fs::read(&disk).expect("disk");
+    assert!(
+        head.starts_with(b"svirt-guest linux wrote this\n"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..64])
+    );
+    assert_eq!(
+        states(&[disk.as_path(), k.as_path(), i.as_path()]),
+        before,
+        "not restored after the guest's own shutdown"
+    );
+}

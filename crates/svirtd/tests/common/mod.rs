@@ -500,3 +500,65 @@ pub fn blockdev_add(node: &str, path: &Path, read_only: bool) -> String {
     })
     .to_string()
 }
+
+/// svirt's test guest (a real Linux: Debian's kernel and a busybox initramfs,
+/// `scripts/guest-os`), built or taken from its cache: (vmlinuz, initrd.gz). The script
+/// installs what it needs; a machine that cannot build it fails the test.
+pub fn guest_os() -> (PathBuf, PathBuf) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest-os");
+    let out = std::process::Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let (k, i) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
+    assert!(
+        k.is_file() && i.is_file(),
+        "{}: no vmlinuz or initrd.gz",
+        dir.display()
+    );
+    (k, i)
+}
+
+/// Domain XML of a real Linux guest: the test guest's kernel and initrd (direct boot), one
+/// raw disk, its serial console into `serial`.
+pub fn linux_guest_xml(
+    name: &str,
+    kernel: &Path,
+    initrd: &Path,
+    disk: &Path,
+    serial: &Path,
+) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+         <cmdline>console=ttyS0 quiet svirt.name={name}</cmdline></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
+         <target dev='vda' bus='virtio'/></disk>\
+         <serial type='file'><source path='{}'/><target port='0'/></serial>\
+         </devices></domain>\n",
+        kernel.display(),
+        initrd.display(),
+        disk.display(),
+        serial.display()
+    )
+}
+
+/// Waits until `file` holds `line` (a whole line), up to `timeout`; false if it never does.
+pub fn wait_for_line(file: &Path, line: &str, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(b) = fs::read(file)
+            && String::from_utf8_lossy(&b)
+                .lines()
+                .any(|l| l.trim_end_matches('\r') == line)
+        {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
