@@ -500,6 +500,77 @@ impl Host {
         }
     }
 
+    /// Binds the listening socket of a chardev QEMU serves (`<source mode='bind'>`) at
+    /// `path`, as libvirt does: QEMU gets the listening fd, so it needs no write access to
+    /// the socket's directory (its jail shows that read-only). Reached like
+    /// [`Host::create_file`] (the directory through [`Host::resolve`], the socket relative
+    /// to its fd). A socket an earlier run left (nothing listens: `ECONNREFUSED`) is
+    /// replaced; one something listens on is refused. `None` when something else is
+    /// there: planning judges it (a non-socket is refused as a socket chardev).
+    pub fn bind_socket(
+        &self,
+        device: &str,
+        path: &Path,
+    ) -> Result<Option<std::os::unix::net::UnixListener>> {
+        use std::os::fd::AsRawFd;
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Error::RelativePath {
+                device: device.to_string(),
+                path: path.to_path_buf(),
+            });
+        };
+        let io = |op: &'static str, e: std::io::Error| Error::Io {
+            device: device.to_string(),
+            op,
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let dir = self.resolve(device, parent)?;
+        let dirfd = dir.open_dir().map_err(|e| Error::Io {
+            device: device.to_string(),
+            op: "open directory",
+            path: dir.path.clone(),
+            source: e,
+        })?;
+        // The socket's address, through the directory's fd: bind and connect never
+        // resolve the directory's path again.
+        let via = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
+        match rustix::fs::statat(&dirfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Socket => {
+                match std::os::unix::net::UnixStream::connect(&via) {
+                    Ok(_) => {
+                        return Err(io(
+                            "bind socket",
+                            std::io::Error::new(
+                                std::io::ErrorKind::AddrInUse,
+                                "something listens on it already",
+                            ),
+                        ));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        rustix::fs::unlinkat(&dirfd, name, rustix::fs::AtFlags::empty())
+                            .map_err(|e| io("remove the stale socket", e.into()))?;
+                    }
+                    Err(e) => return Err(io("connect to the existing socket", e)),
+                }
+            }
+            Ok(_) => return Ok(None),
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(io("stat", e.into())),
+        }
+        let l = std::os::unix::net::UnixListener::bind(&via).map_err(|e| io("bind socket", e))?;
+        // Root's alone until a driver gives it to the guest (it is planned, labeled and
+        // restored like any socket of the guest's).
+        rustix::fs::chmodat(
+            &dirfd,
+            name,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(|e| io("chmod 0600", e.into()))?;
+        Ok(Some(l))
+    }
+
     /// Walks a directory tree without following symlinks and without crossing into other
     /// file systems. Entries are listed in a stable (sorted) order; the root itself is
     /// not listed.

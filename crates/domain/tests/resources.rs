@@ -773,3 +773,52 @@ fn system_firmware_loaders_are_the_hosts_not_planned() {
         "/usr/share/OVMF"
     )));
 }
+
+/// The listening socket of a chardev QEMU serves is bound by svirt (QEMU in its jail gets
+/// the fd): a fresh one is made root's alone; one an earlier run left (nothing listens)
+/// is replaced; one something listens on is refused, naming it; a non-socket (a symlink
+/// included, never followed) is left for planning to judge.
+#[test]
+fn chardev_sockets_are_bound_for_qemu_replacing_only_stale_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = case();
+    let host = Host::new("/");
+    let p = c.dir.join("console.sock");
+    let l = host.bind_socket("serial 0", &p).unwrap().expect("bound");
+    let m = std::fs::symlink_metadata(&p).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    // It listens: a client gets through.
+    std::os::unix::net::UnixStream::connect(&p).unwrap();
+    // While it listens, a second bind is refused.
+    let e = host.bind_socket("serial 0", &p).unwrap_err().to_string();
+    assert!(e.contains("console.sock") && e.contains("listens"), "{e}");
+    // Stale (the listener gone): replaced by a new socket that listens.
+    drop(l);
+    assert!(
+        std::os::unix::net::UnixStream::connect(&p).is_err(),
+        "stale"
+    );
+    let l2 = host.bind_socket("serial 0", &p).unwrap().expect("rebound");
+    std::os::unix::net::UnixStream::connect(&p).unwrap();
+    drop(l2);
+    // A regular file there: not touched (planning refuses it as a socket chardev).
+    let f = c.dir.join("file.sock");
+    std::fs::write(&f, b"data").unwrap();
+    assert!(host.bind_socket("serial 1", &f).unwrap().is_none());
+    assert_eq!(std::fs::read(&f).unwrap(), b"data");
+    // A symlink as the socket's own name is never followed: nothing is made where it
+    // points, and the link is left for planning to judge.
+    let other = c.dir.join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let link = c.dir.join("link.sock");
+    symlink(other.join("target.sock"), &link).unwrap();
+    assert!(host.bind_socket("serial 2", &link).unwrap().is_none());
+    assert!(!other.join("target.sock").exists());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

@@ -256,17 +256,25 @@ pub(crate) fn guest_host(config: &crate::config::Config) -> svirt_domain::Host {
         .with_image_roots(config.image_roots.clone())
 }
 
+/// Listening sockets the manager bound for chardevs QEMU serves, by the path the XML
+/// gives: passed to QEMU as `fd=N`.
+pub(crate) type ChardevListeners = Vec<(PathBuf, std::os::fd::OwnedFd)>;
+
 /// Parses and plans `xml` for the manager's stack. Chardev output files that do not exist
 /// yet are created empty (mode 0600, never through a symlink) so they can be planned and
-/// labeled, as libvirt creates them; their paths are returned so a failed start removes
-/// them again.
+/// labeled, as libvirt creates them, and, where QEMU runs in its own mount namespace, the
+/// sockets of chardevs QEMU serves are bound (QEMU gets their fds: its jail shows their
+/// directories read-only; without the jail — SELinux's stacks — QEMU binds them itself,
+/// under its own label, as before); their paths are returned so a failed start removes
+/// them again, and the listeners.
 pub(crate) fn parse_and_plan(
     inner: &crate::manager::Inner,
     xml: &str,
-) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>)> {
+) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>, ChardevListeners)> {
     let mut parsed = svirt_domain::parse(xml).map_err(ManagerError::Plan)?;
     let host = inner.host_cache.host(&inner.config);
     let mut created = Vec::new();
+    let mut listeners: ChardevListeners = Vec::new();
     let r = (|| {
         // UEFI code and the guest's own variable store, as libvirt fills them in.
         created.extend(crate::firmware::fill_in(
@@ -297,6 +305,24 @@ pub(crate) fn parse_and_plan(
                 created.push(on_host);
             }
         }
+        let jailed = !inner.stack.is_empty() && inner.stack.permits_mount_namespace();
+        for c in parsed.domain.chardevs.iter().filter(|_| jailed) {
+            if let ChardevSource::Unix {
+                path,
+                mode: SocketMode::Bind,
+            } = &c.source
+            {
+                let dev = format!("{} {}", c.role.as_str(), c.target.port.unwrap_or(0));
+                let on_host = host.host_path(&path.to_string_lossy());
+                if let Some(l) = host
+                    .bind_socket(&dev, &on_host)
+                    .map_err(ManagerError::Plan)?
+                {
+                    created.push(on_host);
+                    listeners.push((path.clone(), l.into()));
+                }
+            }
+        }
         let mut cfg = svirt_domain::PlanConfig::for_host(&host).map_err(ManagerError::Plan)?;
         cfg.models = inner.models();
         let mut res =
@@ -309,7 +335,7 @@ pub(crate) fn parse_and_plan(
         Ok(plan)
     })();
     match r {
-        Ok(plan) => Ok((parsed.domain, plan, created)),
+        Ok(plan) => Ok((parsed.domain, plan, created, listeners)),
         Err(e) => {
             remove_created(&created);
             Err(e)
@@ -450,11 +476,21 @@ fn runtime_socket_name(c: &svirt_domain::Chardev, what: &str) -> Result<String> 
 pub(crate) fn host_sockets(
     spec: &VmSpec,
     jailed: bool,
+    mut listeners: ChardevListeners,
 ) -> Result<Vec<(usize, std::os::fd::OwnedFd)>> {
     use std::net::{TcpListener, TcpStream, ToSocketAddrs};
     let mut out = Vec::new();
     for (i, c) in spec.chardevs.iter().enumerate() {
         match &c.backend {
+            ChardevBackend::Unix {
+                path,
+                server: true,
+                in_runtime_dir: false,
+            } => {
+                if let Some(k) = listeners.iter().position(|(p, _)| p == path) {
+                    out.push((i, listeners.swap_remove(k).1));
+                }
+            }
             ChardevBackend::Tcp { host, port, server } => {
                 let what = format!("chardev {i} (tcp {host}:{port})");
                 let addrs: Vec<_> = (host.as_str(), *port)

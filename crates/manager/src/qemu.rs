@@ -411,6 +411,12 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 if *append { ",append=on" } else { "" }
             ),
             ChardevBackend::Pipe { path } => format!("pipe,id={id},path={}", esc(path)),
+            ChardevBackend::Unix { server: true, .. }
+                if let Some((_, fd)) = opts.chardev_fds.iter().find(|(j, _)| *j == i) =>
+            {
+                // The listening socket the manager bound at the XML's path.
+                format!("socket,id={id},fd={fd},server=on,wait=off")
+            }
             ChardevBackend::Unix { path, server, .. } => format!(
                 "socket,id={id},path={}{}",
                 esc(path),

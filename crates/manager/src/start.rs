@@ -29,7 +29,7 @@ const QMP_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Inner {
     pub(crate) fn start(self: &Arc<Self>, xml: &str, opts: StartOptions) -> Result<GuestInfo> {
-        let (domain, plan, created) = crate::glue::parse_and_plan(self, xml)?;
+        let (domain, plan, created, listeners) = crate::glue::parse_and_plan(self, xml)?;
         let early = (|| {
             validate_name(&plan.name)?;
             let spec = crate::glue::vm_spec(&domain, &plan, &self.runtime_dir(&plan.name))?;
@@ -112,7 +112,7 @@ impl Inner {
             slot
         };
         let mut rec = record;
-        match self.start_steps(&mut rec, opts) {
+        match self.start_steps(&mut rec, opts, listeners) {
             Ok(pidfd) => {
                 // The answer is made from the record before the supervisor is woken to
                 // write it: the start's caller never waits for that write.
@@ -184,7 +184,12 @@ impl Inner {
 
     /// Every start step after planning. On error `rec.phase` says how far it got; the
     /// caller undoes that much.
-    pub(crate) fn start_steps(&self, rec: &mut Record, opts: StartOptions) -> Result<OwnedFd> {
+    pub(crate) fn start_steps(
+        &self,
+        rec: &mut Record,
+        opts: StartOptions,
+        listeners: crate::glue::ChardevListeners,
+    ) -> Result<OwnedFd> {
         // Durable writes on the start path are few on purpose (each is a redb commit with
         // fsyncs): the drivers' originals (one batch per driver; the first also makes the
         // reservations, the claims and the `Labeling` record durable, all committed
@@ -273,7 +278,7 @@ impl Inner {
             inherited: vec![log_path.clone()],
         };
         let (pre_jail, hooks) = self.stack.child_hooks_phased(&rec.plan, &sec, &exec)?;
-        let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some())?;
+        let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some(), listeners)?;
         let args = qemu::command_line(
             &rec.spec,
             &LaunchOptions {

@@ -28,14 +28,16 @@ enum Command {
     /// Security labels: canonical form, dominance, translation, allocation.
     #[command(subcommand)]
     Label(cmd::label::LabelCommand),
-    /// Guests through svirtd: start, list, info, dumpxml, shutdown, destroy, qemu-monitor-command.
+    /// Guests through svirtd: start, list, info, dumpxml, shutdown, destroy, console,
+    /// qemu-monitor-command.
     #[command(flatten)]
     Guest(cmd::guest::GuestCommand),
     /// Check what this host offers svirt (KVM, LSMs, Landlock, BPF-LSM, cgroups, xattrs).
     HostValidate(cmd::host_validate::HostValidateArgs),
     /// Why is (or would be) an access allowed or denied? The virt policy, in plain words.
     Explain(cmd::explain::ExplainArgs),
-    /// SELinux AVC, AppArmor and BPF-LSM denials from the kernel or audit log, per guest.
+    /// SELinux AVC, AppArmor, SMACK and BPF-LSM denials from the kernel or audit log, per
+    /// guest.
     Denials(cmd::explain::DenialsArgs),
     /// Dry run: every host object a domain uses and the label each model gives it.
     Plan(cmd::plan::PlanArgs),

@@ -755,8 +755,9 @@ fn required_driver(drivers: &str, usable: bool, why: &str, head: &str, reason: &
 }
 
 /// A real operating system under svirtd: the test guest (Debian's kernel, a busybox
-/// userland) boots confined, writes its own disk, says so on its serial console, and
-/// answers `svirt shutdown` (ACPI power button) by powering off on its own — no kill.
+/// userland) boots confined, writes its own disk, says so on its serial console, runs what
+/// is typed at `svirt console`, and answers `svirt shutdown` (ACPI power button) by
+/// powering off on its own — no kill.
 #[test]
 fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     skip_unless_capable!();
@@ -774,10 +775,11 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     raw(&disk);
     let serial = d.path("linux.serial.log");
     std::fs::write(&serial, b"").expect("serial");
+    let sock = d.path("linux.console.sock");
     let xml = d.path("linux.xml");
     std::fs::write(
         &xml,
-        common::linux_guest_xml("linux", &k, &i, &disk, &serial),
+        common::linux_guest_xml("linux", &k, &i, &disk, &sock, &serial),
     )
     .expect("xml");
     let before = states(&[disk.as_path(), k.as_path(), i.as_path()]);
@@ -799,6 +801,42 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         "{text}"
     );
     assert!(text.contains("svirt-guest: wrote its disk"), "{text}");
+
+    // The console: a line typed at it runs in the guest's shell (the guest computes the
+    // answer: the echoed input alone would not contain it).
+    let mut child = std::process::Command::new(common::svirt_bin())
+        .args([
+            "--connect",
+            &d.socket_arg(),
+            "console",
+            "linux",
+            "--until",
+            "console-42",
+            "--timeout",
+            "60",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("svirt console");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        // The shell may still be starting: say it twice, a second apart.
+        stdin.write_all(b"\necho console-$((6*7))\n").expect("type");
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = stdin.write_all(b"echo console-$((6*7))\n");
+    }
+    let out = child.wait_with_output().expect("svirt console");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains("console-42"),
+        "{out:?}\n{shown}"
+    );
+    // A guest without such a console: said, naming what its console is.
+    let fail = d.svirt(&["console", "nosuch"]);
+    assert!(!fail.status.success());
 
     // The guest answers the power button itself: the stop is its own, well within the
     // timeout (no kill).

@@ -1,5 +1,5 @@
 //! Guest commands, shaped like virsh: `start`, `list`, `info`, `dumpxml`, `shutdown`,
-//! `destroy`, `qemu-monitor-command`. Each is one or two calls to svirtd's API (see
+//! `destroy`, `console`, `qemu-monitor-command`. Each is one or two calls to svirtd's API (see
 //! docs/api.md); `--json` prints the API's JSON as is (shapes in docs/cli.md).
 
 use std::fmt::Write as _;
@@ -77,6 +77,18 @@ pub enum GuestCommand {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Attach to the guest's serial console (its first <serial>/<console> on a unix socket
+    /// QEMU listens on). On a terminal, Ctrl+] detaches.
+    Console {
+        /// Guest name.
+        name: String,
+        /// Exit (0) once the console printed this text.
+        #[arg(long, value_name = "TEXT")]
+        until: Option<String>,
+        /// Give up (exit 1) after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
     /// Pass one QMP command to the guest's QEMU and print its reply (exit 1 if QEMU refuses).
     #[command(name = "qemu-monitor-command")]
     QemuMonitorCommand {
@@ -103,6 +115,11 @@ pub fn run(cmd: GuestCommand, connect: &ConnectArgs) -> CmdResult {
         } => start(&client, &xml, paused, json, !no_progress),
         GuestCommand::List { all, json } => list(&client, all, json),
         GuestCommand::Info { name, json } => info(&client, &name, json),
+        GuestCommand::Console {
+            name,
+            until,
+            timeout,
+        } => super::console::run(&client, &name, until.as_deref(), timeout),
         GuestCommand::Dumpxml { name } => {
             let v = client.call("GET", &format!("/v1/domains/{}/xml", enc(&name)), None)?;
             let api::DomainXml { xml } = typed(&v)?;
@@ -163,7 +180,7 @@ fn stop_request(
 }
 
 /// Percent-encodes a guest name for a URL path segment.
-fn enc(name: &str) -> String {
+pub(crate) fn enc(name: &str) -> String {
     let mut out = String::new();
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod client;
+pub mod console;
 pub mod explain;
 pub mod guest;
 pub mod host_validate;

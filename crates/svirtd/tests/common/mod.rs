@@ -236,6 +236,11 @@ impl Daemon {
     }
 
     /// Runs the CLI against this daemon.
+    /// The `--connect` argument that reaches this svirtd.
+    pub fn socket_arg(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
     pub fn svirt(&self, args: &[&str]) -> Output {
         Command::new(svirt_bin())
             .arg("--connect")
@@ -522,13 +527,15 @@ pub fn guest_os() -> (PathBuf, PathBuf) {
 }
 
 /// Domain XML of a real Linux guest: the test guest's kernel and initrd (direct boot), one
-/// raw disk, its serial console into `serial`.
+/// raw disk, its serial console on the unix socket `console` (QEMU listens: `svirt
+/// console`), everything the guest prints also logged to `log`.
 pub fn linux_guest_xml(
     name: &str,
     kernel: &Path,
     initrd: &Path,
     disk: &Path,
-    serial: &Path,
+    console: &Path,
+    log: &Path,
 ) -> String {
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
@@ -536,12 +543,13 @@ pub fn linux_guest_xml(
          <cmdline>console=ttyS0 quiet svirt.name={name}</cmdline></os><devices>\
          <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
          <target dev='vda' bus='virtio'/></disk>\
-         <serial type='file'><source path='{}'/><target port='0'/></serial>\
+         <serial type='unix'><source mode='bind' path='{}'/><log file='{}'/><target port='0'/></serial>\
          </devices></domain>\n",
         kernel.display(),
         initrd.display(),
         disk.display(),
-        serial.display()
+        console.display(),
+        log.display()
     )
 }
 
