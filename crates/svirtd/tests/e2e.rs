@@ -776,13 +776,24 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     let serial = d.path("linux.serial.log");
     std::fs::write(&serial, b"").expect("serial");
     let sock = d.path("linux.console.sock");
+    let share = d.path("share");
+    std::fs::create_dir(&share).expect("share");
+    let hello = share.join("hello.txt");
+    std::fs::write(&hello, b"hello through 9p\n").expect("hello");
     let xml = d.path("linux.xml");
     std::fs::write(
         &xml,
-        common::linux_guest_xml("linux", &k, &i, &disk, &sock, &serial),
+        common::linux_guest_xml("linux", (&k, &i), &disk, &share, &sock, &serial),
     )
     .expect("xml");
-    let before = states(&[disk.as_path(), k.as_path(), i.as_path()]);
+    let objects = [
+        disk.as_path(),
+        k.as_path(),
+        i.as_path(),
+        share.as_path(),
+        hello.as_path(),
+    ];
+    let before = states(&objects);
 
     let started = Instant::now();
     d.ok(&["start", xml.to_str().expect("utf8")]);
@@ -801,6 +812,10 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         "{text}"
     );
     assert!(text.contains("svirt-guest: wrote its disk"), "{text}");
+    assert!(
+        text.contains("svirt-guest: share: hello through 9p"),
+        "{text}"
+    );
 
     // The console: a line typed at it runs in the guest's shell (the guest computes the
     // answer: the echoed input alone would not contain it).
@@ -860,7 +875,7 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         String::from_utf8_lossy(&head[..64])
     );
     assert_eq!(
-        states(&[disk.as_path(), k.as_path(), i.as_path()]),
+        states(&objects),
         before,
         "not restored after the guest's own shutdown"
     );

@@ -527,27 +527,30 @@ pub fn guest_os() -> (PathBuf, PathBuf) {
 }
 
 /// Domain XML of a real Linux guest: the test guest's kernel and initrd (direct boot), one
-/// raw disk, its serial console on the unix socket `console` (QEMU listens: `svirt
-/// console`), everything the guest prints also logged to `log`.
+/// raw disk, a 9p share of `share` (tag `share0`, which the guest mounts and reads
+/// `hello.txt` from), its serial console on the unix socket `console` (QEMU listens:
+/// `svirt console`), everything the guest prints also logged to `log`.
 pub fn linux_guest_xml(
     name: &str,
-    kernel: &Path,
-    initrd: &Path,
+    (kernel, initrd): (&Path, &Path),
     disk: &Path,
+    share: &Path,
     console: &Path,
     log: &Path,
 ) -> String {
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
-         <cmdline>console=ttyS0 quiet svirt.name={name}</cmdline></os><devices>\
+         <cmdline>console=ttyS0 quiet svirt.name={name} svirt.share=share0</cmdline></os><devices>\
          <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
          <target dev='vda' bus='virtio'/></disk>\
+         <filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share0'/></filesystem>\
          <serial type='unix'><source mode='bind' path='{}'/><log file='{}'/><target port='0'/></serial>\
          </devices></domain>\n",
         kernel.display(),
         initrd.display(),
         disk.display(),
+        share.display(),
         console.display(),
         log.display()
     )
