@@ -240,8 +240,17 @@ mod tests {
         assert_eq!("none".parse::<DriverSelection>().unwrap(), names(&["none"]));
         assert!("none,dac".parse::<DriverSelection>().is_err());
         assert!(
-            "smack".parse::<DriverSelection>().is_err(),
-            "not a driver (yet)"
+            "tomoyo".parse::<DriverSelection>().is_err(),
+            "not a driver"
+        );
+        assert_eq!(
+            "dac,smack".parse::<DriverSelection>().unwrap(),
+            names(&["smack", "dac"]),
+            "SMACK is a MAC model, stacked first"
+        );
+        assert!(
+            "smack,selinux".parse::<DriverSelection>().is_err(),
+            "two MAC models"
         );
         assert!(
             "apparmor,selinux".parse::<DriverSelection>().is_err(),

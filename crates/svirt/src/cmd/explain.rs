@@ -343,8 +343,16 @@ pub fn run_denials(args: DenialsArgs, connect: &ConnectArgs) -> CmdResult {
                     .map(|v| format!(" {k}={v}"))
                     .unwrap_or_default()
             };
+            // A getattr's or a connect's record names the object by `path`, an open's by
+            // `name`. A ptrace record's `opid` is the tracer itself (the kernel's task
+            // field): the object label already says whose task it was.
+            let other = if r.function.contains("ptrace") {
+                String::new()
+            } else {
+                field("opid")
+            };
             println!(
-                "  {{ {} }} {} {} -> {}{target}{}{}{}{}",
+                "  {{ {} }} {} {} -> {}{target}{}{}{}{}{other}",
                 r.requested,
                 r.function,
                 r.subject,
@@ -352,7 +360,7 @@ pub fn run_denials(args: DenialsArgs, connect: &ConnectArgs) -> CmdResult {
                 field("pid"),
                 field("comm"),
                 field("name"),
-                field("opid")
+                field("path"),
             );
         }
     }
