@@ -261,6 +261,12 @@ pub enum DacAction {
     },
     /// Chown the group to the shared guest group and grant it read-write.
     SharedGroup,
+    /// A private tree (a filesystem share) shown to the guest through an idmapped mount
+    /// in the VMM's jail: the tree root's owner and group appear as the guest's uid and
+    /// gid, entries owned by anyone else as `nobody`. Nothing on disk changes, so nothing
+    /// is restored; the mount dies with the VMM's mount namespace. The manager falls back
+    /// to [`DacAction::OwnGuest`] (naming why) where the file system cannot be idmapped.
+    IdmapGuest,
     /// Grant the guest alone read access (search on directories) through a POSIX ACL entry
     /// for its uid; owner, mode and every other ACL entry unchanged. Never `o+r`: other
     /// local users (and other guests) get nothing.

@@ -162,6 +162,10 @@ pub struct PlanConfig {
     pub manager_context: Option<Context>,
     /// Where `etc/passwd` and `etc/group` are, to resolve DAC labels given by name.
     pub root: PathBuf,
+    /// DAC: show a private filesystem share to the guest's uid through an idmapped mount
+    /// in the VMM's jail ([`DacAction::IdmapGuest`]) instead of a chown of every entry.
+    /// The manager sets it where the VMM gets its own mount namespace.
+    pub idmap_trees: bool,
 }
 
 impl Default for PlanConfig {
@@ -171,6 +175,7 @@ impl Default for PlanConfig {
             contexts: SelinuxContexts::default(),
             manager_context: None,
             root: PathBuf::from("/"),
+            idmap_trees: false,
         }
     }
 }
@@ -440,6 +445,7 @@ struct DacPart {
     enabled: bool,
     relabel: bool,
     ids: Option<(u32, u32)>,
+    idmap_trees: bool,
 }
 
 fn dac_part(domain: &Domain, cfg: &PlanConfig, planned: bool) -> Result<DacPart> {
@@ -449,6 +455,7 @@ fn dac_part(domain: &Domain, cfg: &PlanConfig, planned: bool) -> Result<DacPart>
             enabled: false,
             relabel: false,
             ids: None,
+            idmap_trees: false,
         });
     }
     let at = "/domain/seclabel[@model='dac']";
@@ -458,6 +465,7 @@ fn dac_part(domain: &Domain, cfg: &PlanConfig, planned: bool) -> Result<DacPart>
             enabled: true,
             relabel: true,
             ids: None,
+            idmap_trees: cfg.idmap_trees,
         },
         Some(s) => match s.sec_type {
             SecLabelType::None => DacPart {
@@ -465,12 +473,14 @@ fn dac_part(domain: &Domain, cfg: &PlanConfig, planned: bool) -> Result<DacPart>
                 enabled: false,
                 relabel: false,
                 ids: None,
+                idmap_trees: false,
             },
             SecLabelType::Dynamic => DacPart {
                 planned,
                 enabled: true,
                 relabel: true,
                 ids: None,
+                idmap_trees: cfg.idmap_trees,
             },
             SecLabelType::Static => {
                 let text = s.label.as_deref().unwrap_or_default();
@@ -483,6 +493,7 @@ fn dac_part(domain: &Domain, cfg: &PlanConfig, planned: bool) -> Result<DacPart>
                     enabled: true,
                     relabel: s.relabel,
                     ids: Some(ids),
+                    idmap_trees: cfg.idmap_trees,
                 }
             }
         },
@@ -514,6 +525,10 @@ impl DacPart {
                 DacAction::GrantRead
             }
             (_, Sharing::Shared) => DacAction::SharedGroup,
+            // A private share: shown to the guest through an idmapped mount, in O(1).
+            (ResourceKind::FilesystemTree, Sharing::Private) if self.idmap_trees => {
+                DacAction::IdmapGuest
+            }
             // Sockets and device nodes keep their mode: others (the listener, udev rules)
             // rely on it; only the owner changes.
             (
@@ -550,6 +565,9 @@ pub fn dac_reason(plan: &Plan, r: &PlannedResource) -> &'static str {
         }
         (DacAction::OwnGuest { private: false }, _) => {
             "socket or device node: owned by the guest's uid, mode kept"
+        }
+        (DacAction::IdmapGuest, _) => {
+            "private share: shown to the guest's uid through an idmapped mount in its jail; nothing on disk changes"
         }
     }
 }

@@ -227,6 +227,9 @@ pub fn resource_labels(plan: &Plan, r: &PlannedResource) -> BTreeMap<Model, Opti
                             Some(format!("chown {}", owner_text(plan)))
                         }
                         DacAction::SharedGroup => Some("shared-group rw".to_string()),
+                        DacAction::IdmapGuest => {
+                            Some(format!("idmap owner -> {}", owner_text(plan)))
+                        }
                         DacAction::GrantRead => Some(format!("grant-read user:{}", uid_text(plan))),
                         DacAction::Owner { uid, gid } => Some(format!("chown {uid}:{gid}")),
                     },

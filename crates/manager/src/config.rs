@@ -173,6 +173,16 @@ pub struct Config {
     /// `/var/lib/svirt-nvram` (not below the state directory: the planner refuses the
     /// guest anything of svirtd's own).
     pub nvram_dir: PathBuf,
+    /// Whether a private filesystem share reaches its guest's uid through an idmapped
+    /// mount in the VMM's jail (O(1), nothing on disk changes) rather than a chown of
+    /// every entry (DAC with the jail's mount namespace; a file system that cannot be
+    /// idmapped falls back to the chown, said in the log). Default on.
+    #[serde(default = "yes")]
+    pub idmap_shares: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The default [`Config::nvram_dir`].
@@ -198,6 +208,7 @@ impl Config {
             fault: None,
             image_roots: Vec::new(),
             nvram_dir: PathBuf::from(DEFAULT_NVRAM_DIR),
+            idmap_shares: true,
         }
     }
 }
@@ -239,10 +250,7 @@ mod tests {
         );
         assert_eq!("none".parse::<DriverSelection>().unwrap(), names(&["none"]));
         assert!("none,dac".parse::<DriverSelection>().is_err());
-        assert!(
-            "tomoyo".parse::<DriverSelection>().is_err(),
-            "not a driver"
-        );
+        assert!("tomoyo".parse::<DriverSelection>().is_err(), "not a driver");
         assert_eq!(
             "dac,smack".parse::<DriverSelection>().unwrap(),
             names(&["smack", "dac"]),

@@ -325,6 +325,9 @@ pub(crate) fn parse_and_plan(
         }
         let mut cfg = svirt_domain::PlanConfig::for_host(&host).map_err(ManagerError::Plan)?;
         cfg.models = inner.models();
+        // Shares reach the guest through an idmapped mount where its VMM has a jail of its
+        // own to mount it in (a file system that cannot be idmapped falls back at start).
+        cfg.idmap_trees = jailed && inner.config.idmap_shares;
         let mut res =
             svirt_domain::build_resources(&parsed.domain, &host).map_err(ManagerError::Plan)?;
         let warnings = std::mem::take(&mut res.warnings);
@@ -339,6 +342,72 @@ pub(crate) fn parse_and_plan(
         Err(e) => {
             remove_created(&created);
             Err(e)
+        }
+    }
+}
+
+/// Keeps each share the plan gives the guest through an idmapped mount
+/// ([`svirt_domain::DacAction::IdmapGuest`]) only where the mount can be made: tried once
+/// here (a user namespace and a detached idmapped clone of the share, dropped at once:
+/// about a millisecond), before the drivers label. Where it cannot or must not — a share
+/// owned by root (user or group 0: through the mapping the guest writes as the share's
+/// owner, so a file it made set-uid would be a set-uid-root program on the host), a file
+/// system that cannot be idmapped, another object of the plan beneath the share (it would
+/// show through the mapping as `nobody`'s) — the share falls back to a chown of every
+/// entry (`OwnGuest`), logged naming why.
+pub(crate) fn settle_idmaps(plan: &mut svirt_domain::Plan, ids: Option<(u32, u32)>) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let paths: Vec<PathBuf> = plan
+        .resources
+        .iter()
+        .map(|r| r.resource.path.clone())
+        .collect();
+    let name = plan.name.clone();
+    for r in plan
+        .resources
+        .iter_mut()
+        .filter(|r| r.dac == svirt_domain::DacAction::IdmapGuest)
+    {
+        let share = r.resource.path.clone();
+        let tried = (|| -> std::result::Result<(), String> {
+            let (uid, gid) = ids.ok_or("the guest has no uid/gid")?;
+            if let Some(inner) = paths.iter().find(|p| **p != share && p.starts_with(&share)) {
+                return Err(format!(
+                    "{} lies beneath it (it would show as nobody's through the mapping)",
+                    inner.display()
+                ));
+            }
+            let dir: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(&share)
+                .map_err(|e| format!("open: {e}"))?
+                .into();
+            let st = rustix::fs::fstat(&dir).map_err(|e| format!("stat: {e}"))?;
+            if st.st_uid == 0 || st.st_gid == 0 {
+                return Err(format!(
+                    "it is owned by {}:{}; through the mapping the guest would write as root",
+                    st.st_uid, st.st_gid
+                ));
+            }
+            let ns = crate::idmap::userns_for(crate::idmap::IdMap {
+                on_disk_uid: st.st_uid,
+                on_disk_gid: st.st_gid,
+                shown_uid: uid,
+                shown_gid: gid,
+            })
+            .map_err(|e| format!("user namespace: {e}"))?;
+            let tree = crate::idmap::detached(&dir).map_err(|e| format!("clone: {e}"))?;
+            crate::idmap::set_idmap(&tree, &ns)
+                .map_err(|e| format!("the file system cannot be idmapped here: {e}"))
+        })();
+        if let Err(why) = tried {
+            tracing::warn!(
+                guest = %name,
+                "{}: no idmapped mount ({why}); its entries are chowned to the guest instead, and restored at stop",
+                share.display()
+            );
+            r.dac = svirt_domain::DacAction::OwnGuest { private: true };
         }
     }
 }
@@ -688,5 +757,75 @@ mod tests {
             img.display()
         ))
         .unwrap();
+    }
+
+    /// A private share is planned idmapped where the VMM has a jail, and kept so only
+    /// where the mount can and may be made: a share of its own account stays idmapped
+    /// (control); a root-owned one, and one with another object of the plan beneath it,
+    /// fall back to the chown (`OwnGuest`).
+    #[test]
+    fn idmapped_shares_fall_back_where_they_must() {
+        use svirt_domain::DacAction;
+        let tmp = tempfile::Builder::new()
+            .prefix("svirt-idmap-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let mk = |name: &str, owner: u32| {
+            let p = dir.join(name);
+            std::fs::create_dir(&p).unwrap();
+            std::os::unix::fs::chown(&p, Some(owner), Some(owner)).unwrap();
+            p
+        };
+        let (own, rooted, outer) = (mk("own", 4321), mk("rooted", 0), mk("outer", 4322));
+        let disk = outer.join("disk.img");
+        std::fs::write(&disk, b"").unwrap();
+        let fs = |p: &std::path::Path, tag: &str| {
+            format!(
+                "<filesystem type='mount'><source dir='{}'/><target dir='{tag}'/></filesystem>",
+                p.display()
+            )
+        };
+        let xml = format!(
+            "<domain type='qemu'><name>x</name><memory unit='MiB'>16</memory>\
+             <os><type>hvm</type></os><devices>{}{}{}\
+             <disk type='file' device='disk'><source file='{}'/><target dev='vda'/></disk>\
+             </devices></domain>",
+            fs(&own, "a"),
+            fs(&rooted, "b"),
+            fs(&outer, "c"),
+            disk.display()
+        );
+        let host = svirt_domain::Host::new("/");
+        let cfg = svirt_domain::PlanConfig {
+            models: vec![svirt_domain::Model::Dac],
+            idmap_trees: true,
+            ..svirt_domain::PlanConfig::default()
+        };
+        let mut plan = svirt_domain::plan_xml(&xml, &host, &cfg).unwrap().plan;
+        let action = |plan: &svirt_domain::Plan, p: &std::path::Path| {
+            plan.resources
+                .iter()
+                .find(|r| r.resource.path == p)
+                .unwrap()
+                .dac
+        };
+        for p in [&own, &rooted, &outer] {
+            assert_eq!(action(&plan, p), DacAction::IdmapGuest, "planned");
+        }
+        super::settle_idmaps(&mut plan, Some((2_000_000_100, 2_000_000_100)));
+        assert_eq!(action(&plan, &own), DacAction::IdmapGuest);
+        assert_eq!(
+            action(&plan, &rooted),
+            DacAction::OwnGuest { private: true }
+        );
+        assert_eq!(action(&plan, &outer), DacAction::OwnGuest { private: true });
+        // Without the jail (SELinux stacks), nothing is planned idmapped.
+        let cfg = svirt_domain::PlanConfig {
+            idmap_trees: false,
+            ..cfg
+        };
+        let plan = svirt_domain::plan_xml(&xml, &host, &cfg).unwrap().plan;
+        assert_eq!(action(&plan, &own), DacAction::OwnGuest { private: true });
     }
 }

@@ -92,6 +92,9 @@ pub struct JailInputs<'a> {
     /// directory, which the planner accepted and resolved) is shown at that spelling too,
     /// as the same object: the jail has no symlinks of the host.
     pub spelled: &'a [PathBuf],
+    /// The guest's uid and gid: what an idmapped share ([`svirt_domain::DacAction::IdmapGuest`])
+    /// shows its root's owner and group as.
+    pub ids: Option<(u32, u32)>,
 }
 
 /// How an object is shown in the jail.
@@ -151,6 +154,8 @@ struct Planned {
     device: bool,
     show: Show,
     why: String,
+    /// Shown through an idmapped mount (a private share under DAC).
+    idmap: Option<crate::idmap::IdMap>,
 }
 
 /// The jail prepared in the parent for one VMM: every object opened and cloned, the mount
@@ -284,6 +289,7 @@ pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Res
         add_object(&mut planned, &mut symlinks, path, origin, show, why)
     };
     add_all(&mut add, config, plan, inputs)?;
+    set_idmaps(&mut planned, plan, inputs.ids)?;
     add_spellings(&mut planned, inputs.spelled)?;
     // The emulator, unless an exec path already shows it (a configured wrapper outside
     // /usr in tests). Checked on the canonical path: /usr/bin/qemu may be a link.
@@ -360,9 +366,41 @@ fn add_spellings(planned: &mut Vec<Planned>, spelled: &[PathBuf]) -> Result<()> 
             dir: orig.dir,
             device: orig.device,
             show: orig.show,
+            idmap: orig.idmap,
             why: format!("{}, as the XML spells it", orig.why),
         };
         planned.push(alias);
+    }
+    Ok(())
+}
+
+/// Marks the private shares DAC shows through an idmapped mount: the share root's owner
+/// and group (as the opened root says, not as planning saw them) become the guest's.
+fn set_idmaps(planned: &mut [Planned], plan: &Plan, ids: Option<(u32, u32)>) -> Result<()> {
+    for pr in plan
+        .resources
+        .iter()
+        .filter(|r| r.dac == svirt_domain::DacAction::IdmapGuest)
+    {
+        let path = &pr.resource.path;
+        let (uid, gid) = ids.ok_or_else(|| {
+            jail_err(
+                path,
+                "idmap",
+                "the guest has no uid/gid to show the share as",
+            )
+        })?;
+        let Some(p) = planned.iter_mut().find(|p| &p.target == path) else {
+            continue;
+        };
+        let st =
+            rustix::fs::fstat(&p.fd).map_err(|e| jail_err(path, "stat", io::Error::from(e)))?;
+        p.idmap = Some(crate::idmap::IdMap {
+            on_disk_uid: st.st_uid,
+            on_disk_gid: st.st_gid,
+            shown_uid: uid,
+            shown_gid: gid,
+        });
     }
     Ok(())
 }
@@ -401,6 +439,7 @@ fn add_object(
         device,
         show,
         why: why.to_string(),
+        idmap: None,
     });
     Ok(())
 }
@@ -604,11 +643,23 @@ fn detached_clone(p: &Planned) -> Result<OwnedFd> {
             clr |= libc::MOUNT_ATTR_NOEXEC;
         }
     }
+    // An idmapped share: its mapping is set with the flags, on the still detached
+    // mount (the only time the kernel allows it). The namespace fd is needed only here.
+    let userns = match p.idmap {
+        Some(m) => Some(
+            crate::idmap::userns_for(m)
+                .map_err(|e| jail_err(&p.target, "make the user namespace of the idmap of", e))?,
+        ),
+        None => None,
+    };
+    if userns.is_some() {
+        set |= libc::MOUNT_ATTR_IDMAP;
+    }
     let attr = libc::mount_attr {
         attr_set: set,
         attr_clr: clr,
         propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
+        userns_fd: userns.as_ref().map_or(0, |u| u.as_raw_fd() as u64),
     };
     // SAFETY: mount_setattr on the detached tree we own, reading one mount_attr.
     let r = unsafe {

@@ -35,6 +35,7 @@ pub mod firmware;
 mod glue;
 mod host_cache;
 pub mod host_checks;
+pub mod idmap;
 pub mod jail;
 mod manager;
 pub mod namespaces;

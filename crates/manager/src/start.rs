@@ -210,6 +210,7 @@ impl Inner {
         rec.ids = sec.ids;
         rec.phase = Phase::Reserved;
         self.fault.point("after-reserve")?;
+        crate::glue::settle_idmaps(&mut rec.plan, rec.ids);
 
         // The cgroup depends on nothing that follows: make it while the record is
         // written and the drivers label (undo removes it whatever happens here).
@@ -461,6 +462,7 @@ impl Inner {
                 emulator: &self.qemu,
                 devices,
                 spelled: &crate::glue::spec_paths(&rec.spec),
+                ids: rec.ids,
             },
         )?;
         if made.recv().is_err() {

@@ -40,6 +40,10 @@ struct Args {
     /// declared with <backingStore> in the domain XML.
     #[arg(long = "image-root", value_name = "DIR")]
     image_roots: Vec<PathBuf>,
+    /// Give private filesystem shares to the guest's uid by a chown of every entry (and
+    /// its restore) instead of an idmapped mount in the VMM's jail (the default, O(1)).
+    #[arg(long)]
+    no_idmap_shares: bool,
     /// Where each guest's UEFI variable store is made from its template
     /// (`<os firmware='efi'>`) and kept across starts.
     #[arg(long, value_name = "DIR", default_value = svirt_manager::DEFAULT_NVRAM_DIR)]
@@ -113,6 +117,7 @@ fn run(args: Args) -> Result<(), String> {
     config.cgroup_parent = args.cgroup_parent;
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     config.image_roots = args.image_roots;
+    config.idmap_shares = !args.no_idmap_shares;
     config.nvram_dir = args.nvram_dir;
     info!(state_dir = %args.state_dir.display(), run_dir = %args.run_dir.display(), "opening manager");
     raise_nofile();

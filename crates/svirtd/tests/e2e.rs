@@ -780,6 +780,11 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     std::fs::create_dir(&share).expect("share");
     let hello = share.join("hello.txt");
     std::fs::write(&hello, b"hello through 9p\n").expect("hello");
+    // A share of its own account (a root-owned one is chowned instead: through an
+    // idmapped mount the guest would write as root).
+    for p in [&share, &hello] {
+        std::os::unix::fs::chown(p, Some(4321), Some(4321)).expect("chown share");
+    }
     let xml = d.path("linux.xml");
     std::fs::write(
         &xml,
@@ -816,6 +821,27 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         text.contains("svirt-guest: share: hello through 9p"),
         "{text}"
     );
+    // The share reached the guest's uid through an idmapped mount in its jail: nothing of
+    // it changed on disk while the guest reads it.
+    assert_eq!(
+        states(&[share.as_path(), hello.as_path()]),
+        before[3..].to_vec(),
+        "the share was changed on disk"
+    );
+    let info = d.json(&["info", "linux", "--json"]);
+    let share_res = info["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["path"].as_str() == share.to_str())
+        .cloned()
+        .unwrap_or_default();
+    if models(&info).iter().any(|m| m == "dac") {
+        assert!(
+            share_res["labels"].to_string().contains("idmap"),
+            "the share's DAC action: {share_res}"
+        );
+    }
 
     // The console: a line typed at it runs in the guest's shell (the guest computes the
     // answer: the echoed input alone would not contain it).

@@ -436,7 +436,7 @@ impl DacDriver {
             read_acl: None,
         };
         Ok(match pr.dac {
-            DacAction::Untouched => None,
+            DacAction::Untouched | DacAction::IdmapGuest => None,
             // Private: owner only; set-id bits go too (nobody else may run it as us).
             DacAction::OwnGuest { private } => Some(rule(
                 Some(ids.0),
@@ -598,7 +598,8 @@ impl DacDriver {
         let me = owner_key(&plan.name);
         let mut opened = Vec::new();
         for pr in &plan.resources {
-            if pr.dac == DacAction::Untouched {
+            // An idmapped share changes nothing on disk: the jail shows it to the guest.
+            if matches!(pr.dac, DacAction::Untouched | DacAction::IdmapGuest) {
                 continue;
             }
             let obj = root
@@ -907,7 +908,8 @@ impl DacDriver {
         tried: &mut HashSet<ObjectKey>,
     ) {
         for pr in &plan.resources {
-            if pr.dac == DacAction::Untouched {
+            // An idmapped share changes nothing on disk: the jail shows it to the guest.
+            if matches!(pr.dac, DacAction::Untouched | DacAction::IdmapGuest) {
                 continue;
             }
             let obj = match root.open_object(&pr.resource.path) {
