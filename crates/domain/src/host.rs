@@ -149,7 +149,7 @@ impl Resolved {
     }
 
     /// Opens the object as a directory (readable), checking it is the object resolved.
-    fn open_dir(&self) -> std::io::Result<OwnedFd> {
+    pub fn open_dir(&self) -> std::io::Result<OwnedFd> {
         self.reached.open_dir()
     }
 }

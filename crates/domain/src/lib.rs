@@ -36,6 +36,6 @@ pub use planner::{PlanConfig, Planned, SelinuxContexts, dac_ids, dac_reason, pla
 pub use report::resource_labels as labels_of;
 pub use report::{PlanReport, ResourceReport, guest_labels, render_text, report};
 pub use resources::{
-    MAX_CHAIN_DEPTH, Resources, SYSTEM_FIRMWARE_DIRS, build_resources, in_system_firmware_dir,
-    kind_name,
+    MAX_CHAIN_DEPTH, Resources, SYSTEM_FIRMWARE_DIRS, build_resources, check_trees,
+    in_system_firmware_dir, kind_name, tree_entries_change,
 };

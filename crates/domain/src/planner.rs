@@ -621,6 +621,7 @@ pub fn plan_xml(xml: &str, host: &Host, cfg: &PlanConfig) -> Result<Planned> {
     let mut warnings = parsed.warnings;
     warnings.append(&mut res.warnings);
     let plan = plan(&parsed.domain, res, cfg)?;
+    warnings.extend(crate::check_trees(&plan, host)?);
     Ok(Planned {
         domain: parsed.domain,
         plan,

@@ -752,54 +752,90 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// Walks every recursive resource (never following symlinks) and reports what a
-    /// recursive relabel would also reach: other file systems (not descended), hard-linked
-    /// files (whose other names may be outside the tree) and objects that are resources
-    /// of their own.
+    /// Checks the root of every recursive resource (O(1)). Its entries are judged by
+    /// [`check_trees`] once the plan says which models change them.
     fn check_trees(&mut self) -> Result<()> {
-        let trees = std::mem::take(&mut self.trees);
-        for (i, root) in &trees {
-            let (device, path) = (
-                self.list[*i].res.device.clone(),
-                self.list[*i].res.path.clone(),
-            );
-            let writable = self.list[*i].res.access == Access::Rw;
-            self.host.check_tree_root(&device, root)?;
-            let entries = self.host.walk_tree(&device, root)?;
-            for e in entries {
-                let p = path.join(&e.rel);
-                if e.mount_point {
-                    self.warnings.push(format!(
-                        "{device}: {} is another file system: not labeled",
-                        p.display()
-                    ));
-                } else {
-                    // Every entry passes the object policy: a device node of the wrong
-                    // class, or a hard link that may be a protected file's other name,
-                    // refuses the whole tree before anything is labeled.
-                    self.host.check_tree_entry(&device, &p, &e.stat, writable)?;
-                    if e.info.kind != FileKind::Dir && e.info.nlink > 1 {
-                        self.warnings.push(format!(
-                            "{device}: {} has {} hard links: labeling it labels every name it has",
-                            p.display(),
-                            e.info.nlink
-                        ));
-                    }
-                }
-                if let Some(&j) = self.by_id.get(&(e.info.dev, e.info.ino))
-                    && j != *i
-                {
-                    self.warnings.push(format!(
-                        "{} ({}) is inside the tree of {device}: the tree's label applies to it first",
+        for (i, root) in &self.trees {
+            self.host.check_tree_root(&self.list[*i].res.device, root)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a planned model changes the entries beneath a tree resource (a recursive
+/// relabel or chown), so that every entry must pass the object policy first. A share DAC
+/// shows through an idmapped mount, with no label model relabeling it, changes nothing
+/// beneath it: its entries are not walked (the guest's start does not grow with them).
+pub fn tree_entries_change(plan: &crate::Plan, r: &crate::PlannedResource) -> bool {
+    use crate::{DacAction, Model};
+    if !r.resource.recursive {
+        return false;
+    }
+    let selinux = plan.is_confined(Model::Selinux) && plan.selinux_relabel && r.selinux.is_some();
+    let smack = plan.is_confined(Model::Smack)
+        && matches!(crate::smack::object_label(r, None), Ok(Some(_)) | Err(_));
+    let dac = plan.is_confined(Model::Dac)
+        && plan.dac_enabled
+        && !matches!(r.dac, DacAction::Untouched | DacAction::IdmapGuest);
+    selinux || smack || dac
+}
+
+/// Walks every tree of `plan` whose entries a planned model changes
+/// ([`tree_entries_change`]), never following symlinks, and judges each entry with the
+/// object policy: a device node of the wrong class, or a hard link that may be a protected
+/// file's other name, refuses the whole tree before anything is labeled. Returns what a
+/// recursive relabel would also reach, as warnings: other file systems (not descended),
+/// hard-linked files (whose other names may be outside the tree) and objects that are
+/// resources of their own.
+pub fn check_trees(plan: &crate::Plan, host: &Host) -> Result<Vec<String>> {
+    let by_id: HashMap<(u64, u64), usize> = plan
+        .resources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.resource.identity.map(|id| ((id.dev, id.ino), i)))
+        .collect();
+    let mut warnings = Vec::new();
+    for (i, pr) in plan.resources.iter().enumerate() {
+        if !tree_entries_change(plan, pr) {
+            continue;
+        }
+        let (device, path) = (&pr.resource.device, &pr.resource.path);
+        let root = host.resolve(device, path)?;
+        let writable = pr.resource.access == Access::Rw;
+        host.check_tree_root(device, &root)?;
+        let entries = host.walk_tree(device, &root)?;
+        for e in entries {
+            let p = path.join(&e.rel);
+            if e.mount_point {
+                warnings.push(format!(
+                    "{device}: {} is another file system: not labeled",
+                    p.display()
+                ));
+            } else {
+                // Every entry passes the object policy: a device node of the wrong
+                // class, or a hard link that may be a protected file's other name,
+                // refuses the whole tree before anything is labeled.
+                host.check_tree_entry(device, &p, &e.stat, writable)?;
+                if e.info.kind != FileKind::Dir && e.info.nlink > 1 {
+                    warnings.push(format!(
+                        "{device}: {} has {} hard links: labeling it labels every name it has",
                         p.display(),
-                        self.list[j].res.device
+                        e.info.nlink
                     ));
                 }
             }
+            if let Some(&j) = by_id.get(&(e.info.dev, e.info.ino))
+                && j != i
+            {
+                warnings.push(format!(
+                    "{} ({}) is inside the tree of {device}: the tree's label applies to it first",
+                    p.display(),
+                    plan.resources[j].resource.device
+                ));
+            }
         }
-        self.trees = trees;
-        Ok(())
     }
+    Ok(warnings)
 }
 
 /// Refuses an object whose type does not fit its use.

@@ -332,7 +332,13 @@ pub(crate) fn parse_and_plan(
             svirt_domain::build_resources(&parsed.domain, &host).map_err(ManagerError::Plan)?;
         let warnings = std::mem::take(&mut res.warnings);
         let plan = svirt_domain::plan(&parsed.domain, res, &cfg).map_err(ManagerError::Plan)?;
-        for w in parsed.warnings.iter().chain(&warnings) {
+        // Idmapped shares kept where the mount can and may be made; then the entries of
+        // every tree a model changes, judged (an idmapped share's are not walked: nothing
+        // beneath it changes).
+        let mut plan = plan;
+        settle_idmaps(&mut plan, &host)?;
+        let trees = svirt_domain::check_trees(&plan, &host).map_err(ManagerError::Plan)?;
+        for w in parsed.warnings.iter().chain(&warnings).chain(&trees) {
             tracing::warn!(guest = %plan.name, "{w}");
         }
         Ok(plan)
@@ -349,14 +355,18 @@ pub(crate) fn parse_and_plan(
 /// Keeps each share the plan gives the guest through an idmapped mount
 /// ([`svirt_domain::DacAction::IdmapGuest`]) only where the mount can be made: tried once
 /// here (a user namespace and a detached idmapped clone of the share, dropped at once:
-/// about a millisecond), before the drivers label. Where it cannot or must not — a share
+/// about a millisecond), at planning. Where it cannot or must not — a share
 /// owned by root (user or group 0: through the mapping the guest writes as the share's
 /// owner, so a file it made set-uid would be a set-uid-root program on the host), a file
 /// system that cannot be idmapped, another object of the plan beneath the share (it would
 /// show through the mapping as `nobody`'s) — the share falls back to a chown of every
 /// entry (`OwnGuest`), logged naming why.
-pub(crate) fn settle_idmaps(plan: &mut svirt_domain::Plan, ids: Option<(u32, u32)>) {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Runs before [`svirt_domain::check_trees`], so a share that falls back has its entries
+/// judged like any tree a model changes.
+pub(crate) fn settle_idmaps(
+    plan: &mut svirt_domain::Plan,
+    host: &svirt_domain::Host,
+) -> Result<()> {
     let paths: Vec<PathBuf> = plan
         .resources
         .iter()
@@ -369,20 +379,20 @@ pub(crate) fn settle_idmaps(plan: &mut svirt_domain::Plan, ids: Option<(u32, u32
         .filter(|r| r.dac == svirt_domain::DacAction::IdmapGuest)
     {
         let share = r.resource.path.clone();
+        let device = r.resource.device.clone();
         let tried = (|| -> std::result::Result<(), String> {
-            let (uid, gid) = ids.ok_or("the guest has no uid/gid")?;
             if let Some(inner) = paths.iter().find(|p| **p != share && p.starts_with(&share)) {
                 return Err(format!(
                     "{} lies beneath it (it would show as nobody's through the mapping)",
                     inner.display()
                 ));
             }
-            let dir: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
-                .open(&share)
-                .map_err(|e| format!("open: {e}"))?
-                .into();
+            // Reached like every planned object: through the resolver, identity checked.
+            let dir = host
+                .resolve(&device, &share)
+                .map_err(|e| e.to_string())?
+                .open_dir()
+                .map_err(|e| format!("open: {e}"))?;
             let st = rustix::fs::fstat(&dir).map_err(|e| format!("stat: {e}"))?;
             if st.st_uid == 0 || st.st_gid == 0 {
                 return Err(format!(
@@ -390,11 +400,13 @@ pub(crate) fn settle_idmaps(plan: &mut svirt_domain::Plan, ids: Option<(u32, u32
                     st.st_uid, st.st_gid
                 ));
             }
+            // The trial maps to the overflow ids: whether the file system takes a mapping
+            // does not depend on the ids (the guest's may not be allocated yet: dry runs).
             let ns = crate::idmap::userns_for(crate::idmap::IdMap {
                 on_disk_uid: st.st_uid,
                 on_disk_gid: st.st_gid,
-                shown_uid: uid,
-                shown_gid: gid,
+                shown_uid: 65534,
+                shown_gid: 65534,
             })
             .map_err(|e| format!("user namespace: {e}"))?;
             let tree = crate::idmap::detached(&dir).map_err(|e| format!("clone: {e}"))?;
@@ -410,6 +422,7 @@ pub(crate) fn settle_idmaps(plan: &mut svirt_domain::Plan, ids: Option<(u32, u32
             r.dac = svirt_domain::DacAction::OwnGuest { private: true };
         }
     }
+    Ok(())
 }
 
 /// Removes chardev files a failed start created.
@@ -813,7 +826,7 @@ mod tests {
         for p in [&own, &rooted, &outer] {
             assert_eq!(action(&plan, p), DacAction::IdmapGuest, "planned");
         }
-        super::settle_idmaps(&mut plan, Some((2_000_000_100, 2_000_000_100)));
+        super::settle_idmaps(&mut plan, &host).unwrap();
         assert_eq!(action(&plan, &own), DacAction::IdmapGuest);
         assert_eq!(
             action(&plan, &rooted),

@@ -210,7 +210,6 @@ impl Inner {
         rec.ids = sec.ids;
         rec.phase = Phase::Reserved;
         self.fault.point("after-reserve")?;
-        crate::glue::settle_idmaps(&mut rec.plan, rec.ids);
 
         // The cgroup depends on nothing that follows: make it while the record is
         // written and the drivers label (undo removes it whatever happens here).
