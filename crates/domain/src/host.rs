@@ -504,8 +504,9 @@ impl Host {
     /// `path`, as libvirt does: QEMU gets the listening fd, so it needs no write access to
     /// the socket's directory (its jail shows that read-only). Reached like
     /// [`Host::create_file`] (the directory through [`Host::resolve`], the socket relative
-    /// to its fd). A socket an earlier run left (nothing listens: `ECONNREFUSED`) is
-    /// replaced; one something listens on is refused. `None` when something else is
+    /// to its fd). A socket an earlier run left (root's, and nothing listens:
+    /// `ECONNREFUSED`, asked without blocking) is replaced; one something listens on, or
+    /// another user's, is refused. `None` when something else is
     /// there: planning judges it (a non-socket is refused as a socket chardev).
     pub fn bind_socket(
         &self,
@@ -537,8 +538,19 @@ impl Host {
         let via = PathBuf::from(format!("/proc/self/fd/{}", dirfd.as_raw_fd())).join(name);
         match rustix::fs::statat(&dirfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Socket => {
-                match std::os::unix::net::UnixStream::connect(&via) {
-                    Ok(_) => {
+                // Only svirtd's own leftover (root's) is replaced: another user's socket
+                // (a sticky /var/tmp does not stop root) is not svirt's to remove.
+                if st.st_uid != 0 {
+                    return Err(io(
+                        "bind socket",
+                        std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            format!("a socket of uid {} is there, not svirt's", st.st_uid),
+                        ),
+                    ));
+                }
+                match stale_socket(&via) {
+                    Ok(false) => {
                         return Err(io(
                             "bind socket",
                             std::io::Error::new(
@@ -547,7 +559,7 @@ impl Host {
                             ),
                         ));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    Ok(true) => {
                         rustix::fs::unlinkat(&dirfd, name, rustix::fs::AtFlags::empty())
                             .map_err(|e| io("remove the stale socket", e.into()))?;
                     }
@@ -560,14 +572,28 @@ impl Host {
         }
         let l = std::os::unix::net::UnixListener::bind(&via).map_err(|e| io("bind socket", e))?;
         // Root's alone until a driver gives it to the guest (it is planned, labeled and
-        // restored like any socket of the guest's).
-        rustix::fs::chmodat(
+        // restored like any socket of the guest's). Changed through an O_PATH fd of the
+        // name, opened without following a link and checked to be a socket: a name swapped
+        // for a symlink since the bind never leads the chmod elsewhere.
+        let node = rustix::fs::openat(
             &dirfd,
             name,
-            Mode::from_raw_mode(0o600),
-            rustix::fs::AtFlags::empty(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
         )
-        .map_err(|e| io("chmod 0600", e.into()))?;
+        .map_err(|e| io("open the bound socket", e.into()))?;
+        let st = rustix::fs::fstat(&node).map_err(|e| io("stat the bound socket", e.into()))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+            return Err(io(
+                "bind socket",
+                std::io::Error::other("the bound socket was replaced"),
+            ));
+        }
+        std::fs::set_permissions(
+            format!("/proc/self/fd/{}", node.as_raw_fd()),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| io("chmod 0600", e))?;
         Ok(Some(l))
     }
 
@@ -727,6 +753,47 @@ fn lexical(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Whether the unix socket at `path` is stale (nothing listens: `ECONNREFUSED`). The
+/// connect does not block (a listener whose backlog is full answers `EAGAIN`: in use).
+fn stale_socket(path: &Path) -> std::io::Result<bool> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: a zeroed sockaddr_un is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket/connect/close with a valid sockaddr_un of the given length.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let r = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        );
+        let e = std::io::Error::last_os_error();
+        libc::close(fd);
+        if r == 0 {
+            return Ok(false);
+        }
+        match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => Ok(true),
+            Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => Ok(false),
+            _ => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

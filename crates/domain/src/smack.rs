@@ -37,7 +37,24 @@ pub fn object_label(
 ) -> Result<Option<String>, svirt_labels::SmackLabelError> {
     match r.resource.overrides.get(&Model::Smack) {
         Some(DeviceOverride::NoRelabel) => return Ok(None),
-        Some(DeviceOverride::Label(l)) => return SmackLabel::new(l).map(|l| Some(l.to_string())),
+        Some(DeviceOverride::Label(l)) => {
+            // The guest is given a rule for the label it names: never another guest's,
+            // nor one SMACK opens to every subject.
+            use svirt_labels::SmackLabelError::Reserved;
+            let label = SmackLabel::new(l)?;
+            return match label.as_str() {
+                "*" | "^" | "@" => Err(Reserved(
+                    l.clone(),
+                    "SMACK's built-in labels open an object to every subject",
+                )),
+                SHARED | CONTENT => Ok(Some(label.to_string())),
+                t if t.starts_with(svirt_labels::smack::GUEST_PREFIX) => Err(Reserved(
+                    l.clone(),
+                    "svirt- labels are guests' own (a rule for it would open that guest to this one)",
+                )),
+                _ => Ok(Some(label.to_string())),
+            };
+        }
         None => {}
     }
     if r.selinux.is_none() {

@@ -802,6 +802,11 @@ fn chardev_sockets_are_bound_for_qemu_replacing_only_stale_ones() {
     let l2 = host.bind_socket("serial 0", &p).unwrap().expect("rebound");
     std::os::unix::net::UnixStream::connect(&p).unwrap();
     drop(l2);
+    // Another user's socket there (stale or not) is not svirt's to remove.
+    std::os::unix::fs::chown(&p, Some(4000), None).unwrap();
+    let e = host.bind_socket("serial 0", &p).unwrap_err().to_string();
+    assert!(e.contains("not svirt's"), "{e}");
+    assert!(std::fs::symlink_metadata(&p).is_ok(), "left in place");
     // A regular file there: not touched (planning refuses it as a socket chardev).
     let f = c.dir.join("file.sock");
     std::fs::write(&f, b"data").unwrap();

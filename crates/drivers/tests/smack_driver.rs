@@ -356,3 +356,55 @@ fn each_label_models_engine_keeps_to_its_own_records() {
     assert_eq!(smack(&p).as_deref(), Some("host-data"));
     assert!(!Relabeler::has_records_of(&e.store, SMACK).unwrap());
 }
+
+/// A device's own `<seclabel model='smack'><label>` may name a label of the host's, never
+/// another guest's (the guest would get a rule opening that guest to it) nor a SMACK
+/// built-in that opens the object to every subject; refused before anything changed.
+#[test]
+fn a_device_label_naming_another_guest_or_a_builtin_is_refused() {
+    let e = env();
+    let d = e.driver();
+    let img = e.file("a.img", Some("host-data"));
+    let xml = |label: &str| {
+        format!(
+            "<domain type='qemu'><name>a</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os>\
+             <seclabel type='static' model='selinux' relabel='yes'><label>system_u:system_r:svirt_t:s0:c1,c2</label></seclabel>\
+             <devices><disk type='file' device='disk'><source file='{}'>\
+             <seclabel model='smack' relabel='yes'><label>{label}</label></seclabel></source>\
+             <target dev='vda'/></disk></devices></domain>",
+            img.display()
+        )
+    };
+    let host = svirt_domain::Host::new("/");
+    let mut cfg = svirt_domain::PlanConfig::for_host(&host).unwrap();
+    cfg.models = vec![Model::Smack];
+    for bad in ["svirt-c3-c4", "*", "@"] {
+        let plan = svirt_domain::plan_xml(&xml(bad), &host, &cfg).unwrap().plan;
+        let mut g = guest("a");
+        d.reserve(&plan, &mut g).unwrap();
+        let err = d.set_all(&plan, &g).expect_err(bad).to_string();
+        assert!(
+            err.contains("a.img") && err.contains("cannot be given"),
+            "{err}"
+        );
+        assert_eq!(smack(&img).as_deref(), Some("host-data"));
+        assert_eq!(e.load2(), "", "no rule for {bad}");
+        d.release(&g).unwrap();
+    }
+    // Control: a host label of the admin's choosing is set, with its rule.
+    let plan = svirt_domain::plan_xml(&xml("Media"), &host, &cfg)
+        .unwrap()
+        .plan;
+    let mut g = guest("a");
+    d.reserve(&plan, &mut g).unwrap();
+    d.set_all(&plan, &g).unwrap();
+    assert_eq!(smack(&img).as_deref(), Some("Media"));
+    assert!(
+        e.load2().contains("svirt-c1-c2 Media rwxal"),
+        "{}",
+        e.load2()
+    );
+    assert!(d.restore_all(&plan, &g).is_empty());
+    assert_eq!(smack(&img).as_deref(), Some("host-data"));
+}

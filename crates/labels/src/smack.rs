@@ -30,6 +30,10 @@ pub enum SmackLabelError {
     /// Starts with `-` (the kernel's rule parser would take it for an option).
     #[error("SMACK label {0:?} starts with '-'")]
     LeadingDash(String),
+    /// Not one a domain may name for an object: another guest's label (`svirt-…`), or one
+    /// of SMACK's built-in labels that open an object to every subject (`*`, `^`, `@`).
+    #[error("SMACK label {0:?} cannot be given to an object by a domain: {1}")]
+    Reserved(String, &'static str),
     /// Holds a byte the kernel refuses (space, control, `/`, `"`, `'`, `\`, non-ASCII).
     #[error("SMACK label {label:?} holds {byte:?}, which SMACK labels cannot")]
     BadByte {

@@ -270,6 +270,7 @@ pub(crate) type ChardevListeners = Vec<(PathBuf, std::os::fd::OwnedFd)>;
 pub(crate) fn parse_and_plan(
     inner: &crate::manager::Inner,
     xml: &str,
+    bind_sockets: bool,
 ) -> Result<(Domain, svirt_domain::Plan, Vec<PathBuf>, ChardevListeners)> {
     let mut parsed = svirt_domain::parse(xml).map_err(ManagerError::Plan)?;
     let host = inner.host_cache.host(&inner.config);
@@ -306,7 +307,13 @@ pub(crate) fn parse_and_plan(
             }
         }
         let jailed = !inner.stack.is_empty() && inner.stack.permits_mount_namespace();
-        for c in parsed.domain.chardevs.iter().filter(|_| jailed) {
+        // A dry run binds nothing (nor removes a stale socket a start would replace).
+        for c in parsed
+            .domain
+            .chardevs
+            .iter()
+            .filter(|_| jailed && bind_sockets)
+        {
             if let ChardevSource::Unix {
                 path,
                 mode: SocketMode::Bind,
@@ -336,7 +343,7 @@ pub(crate) fn parse_and_plan(
         // every tree a model changes, judged (an idmapped share's are not walked: nothing
         // beneath it changes).
         let mut plan = plan;
-        settle_idmaps(&mut plan, &host)?;
+        settle_idmaps(&mut plan, &host, inner.idmap_policy())?;
         let trees = svirt_domain::check_trees(&plan, &host).map_err(ManagerError::Plan)?;
         for w in parsed.warnings.iter().chain(&warnings).chain(&trees) {
             tracing::warn!(guest = %plan.name, "{w}");
@@ -353,19 +360,19 @@ pub(crate) fn parse_and_plan(
 }
 
 /// Keeps each share the plan gives the guest through an idmapped mount
-/// ([`svirt_domain::DacAction::IdmapGuest`]) only where the mount can be made: tried once
-/// here (a user namespace and a detached idmapped clone of the share, dropped at once:
-/// about a millisecond), at planning. Where it cannot or must not — a share
-/// owned by root (user or group 0: through the mapping the guest writes as the share's
-/// owner, so a file it made set-uid would be a set-uid-root program on the host), a file
-/// system that cannot be idmapped, another object of the plan beneath the share (it would
-/// show through the mapping as `nobody`'s) — the share falls back to a chown of every
-/// entry (`OwnGuest`), logged naming why.
-/// Runs before [`svirt_domain::check_trees`], so a share that falls back has its entries
-/// judged like any tree a model changes.
+/// ([`svirt_domain::DacAction::IdmapGuest`]) only where the mount can and may be made:
+/// tried once here (a user namespace and a detached idmapped clone of the share, dropped
+/// at once: about a millisecond), at planning. Where it cannot or must not — a share not
+/// owned by a user's account ([`crate::idmap::may_map`]: through the mapping the guest
+/// writes as the share's owner and group, set-id bits included), a file system that cannot
+/// be idmapped, another object of the plan beneath the share (it would show through the
+/// mapping as `nobody`'s) — the share falls back to a chown of every entry (`OwnGuest`),
+/// logged naming why. Runs before [`svirt_domain::check_trees`], so a share that falls
+/// back has its entries judged like any tree a model changes.
 pub(crate) fn settle_idmaps(
     plan: &mut svirt_domain::Plan,
     host: &svirt_domain::Host,
+    policy: crate::idmap::MapPolicy,
 ) -> Result<()> {
     let paths: Vec<PathBuf> = plan
         .resources
@@ -394,12 +401,7 @@ pub(crate) fn settle_idmaps(
                 .open_dir()
                 .map_err(|e| format!("open: {e}"))?;
             let st = rustix::fs::fstat(&dir).map_err(|e| format!("stat: {e}"))?;
-            if st.st_uid == 0 || st.st_gid == 0 {
-                return Err(format!(
-                    "it is owned by {}:{}; through the mapping the guest would write as root",
-                    st.st_uid, st.st_gid
-                ));
-            }
+            policy.check(st.st_uid, st.st_gid)?;
             // The trial maps to the overflow ids: whether the file system takes a mapping
             // does not depend on the ids (the guest's may not be allocated yet: dry runs).
             let ns = crate::idmap::userns_for(crate::idmap::IdMap {
@@ -826,7 +828,11 @@ mod tests {
         for p in [&own, &rooted, &outer] {
             assert_eq!(action(&plan, p), DacAction::IdmapGuest, "planned");
         }
-        super::settle_idmaps(&mut plan, &host).unwrap();
+        let policy = crate::idmap::MapPolicy {
+            min_id: (1000, 1000),
+            guest_ids: (2_000_000_000, 2_000_065_535),
+        };
+        super::settle_idmaps(&mut plan, &host, policy).unwrap();
         assert_eq!(action(&plan, &own), DacAction::IdmapGuest);
         assert_eq!(
             action(&plan, &rooted),

@@ -28,12 +28,13 @@ pub struct IdMap {
 }
 
 /// A user namespace whose mapping makes an idmapped mount show `m`: `/proc/PID/ns/user`
-/// of a child made for it (reaped before this returns).
+/// of a child made for it, killed and reaped before this returns.
 pub fn userns_for(m: IdMap) -> io::Result<OwnedFd> {
-    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // SAFETY: clone(CLONE_NEWUSER) without a new stack behaves like fork. The child only
-    // makes async-signal-safe system calls (read, _exit) on data of this stack frame:
-    // this process has other threads, so it must neither allocate nor take locks.
+    // SAFETY: clone(CLONE_NEWUSER) without a new stack behaves like fork. This process has
+    // other threads, so the child must neither allocate nor take locks: it only closes
+    // every fd it inherited (another thread's pipes, the ledger, sockets: it must hold
+    // none of them) and sleeps until the parent kills it. Only async-signal-safe system
+    // calls on no data at all.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -48,17 +49,14 @@ pub fn userns_for(m: IdMap) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        // The child: drop its copy of the write end, wait until the parent closes its
-        // own (end of file), then go.
-        let mut b = [0u8; 1];
-        // SAFETY: close, read into a stack buffer, _exit: all async-signal-safe.
+        // SAFETY: close_range and pause: async-signal-safe, no memory touched.
         unsafe {
-            libc::close(wr.as_raw_fd());
-            libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1);
-            libc::_exit(0);
+            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+            loop {
+                libc::pause();
+            }
         }
     }
-    drop(rd);
     let pid = pid as libc::pid_t;
     let result = (|| {
         // The direction of an idmapped mount: an id stored on disk is read as an id inside
@@ -75,13 +73,79 @@ pub fn userns_for(m: IdMap) -> io::Result<OwnedFd> {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
         Ok(OwnedFd::from(f))
     })();
-    drop(wr);
-    let mut status = 0;
-    // SAFETY: reaping our own child.
+    // Our own unreaped child: its pid cannot have been reused.
+    // SAFETY: kill and waitpid of that child.
     unsafe {
-        libc::waitpid(pid, &mut status, 0);
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        while libc::waitpid(pid, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
     }
     result
+}
+
+/// Whether a share owned by `uid:gid` may be shown to a guest through an idmapped mount.
+/// Through the mapping the guest writes as that owner and group, set-id bits included
+/// (QEMU's 9p passes a guest's `chmod` on), so a program it leaves in the share runs on
+/// the host as them. Only accounts of users may be mapped: both ids at least `min_id`
+/// (`UID_MIN`/`GID_MIN` of `/etc/login.defs`, 1000 by default: not root, not a system
+/// account or group such as `disk`, `shadow`, `sudo`, `adm`, `kvm`), not the overflow id
+/// (`nobody`), not one of the guests' own ids (`guest_ids`, inclusive).
+pub fn may_map(
+    uid: u32,
+    gid: u32,
+    min_id: (u32, u32),
+    guest_ids: (u32, u32),
+) -> Result<(), String> {
+    let (umin, gmin) = min_id;
+    if uid < umin || gid < gmin {
+        return Err(format!(
+            "it is owned by {uid}:{gid}, a system account or group (below {umin}:{gmin}, \
+             login.defs' UID_MIN/GID_MIN): through the mapping the guest would write as it"
+        ));
+    }
+    if uid == 65534 || gid == 65534 {
+        return Err(format!("it is owned by {uid}:{gid} (nobody/nogroup)"));
+    }
+    let guest = |id: u32| id >= guest_ids.0 && id <= guest_ids.1;
+    if guest(uid) || guest(gid) {
+        return Err(format!(
+            "it is owned by {uid}:{gid}, in the guests' own id range: another guest's"
+        ));
+    }
+    Ok(())
+}
+
+/// Which share owners may be mapped ([`may_map`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapPolicy {
+    /// `UID_MIN`, `GID_MIN` ([`login_min_ids`]).
+    pub min_id: (u32, u32),
+    /// The guests' uid/gid range (inclusive).
+    pub guest_ids: (u32, u32),
+}
+
+impl MapPolicy {
+    /// [`may_map`] under this policy.
+    pub fn check(&self, uid: u32, gid: u32) -> Result<(), String> {
+        may_map(uid, gid, self.min_id, self.guest_ids)
+    }
+}
+
+/// `UID_MIN` and `GID_MIN` from `<root>/etc/login.defs` (1000 each when it does not say).
+pub fn login_min_ids(root: &std::path::Path) -> (u32, u32) {
+    let text = std::fs::read_to_string(root.join("etc/login.defs")).unwrap_or_default();
+    let get = |key: &str| {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(key)).then(|| w.next()?.parse::<u32>().ok())?
+            })
+            .unwrap_or(1000)
+            .max(1)
+    };
+    (get("UID_MIN"), get("GID_MIN"))
 }
 
 /// Sets the idmapping of `userns` on the detached mount `tree` (made by
@@ -137,6 +201,46 @@ mod tests {
     /// The direction, checked on a real mount: a file the share's owner owns on disk is
     /// the guest's through the mount; one owned by someone else is `nobody`'s; a file the
     /// guest creates through it is the share owner's on disk.
+    #[test]
+    fn only_user_accounts_may_be_mapped() {
+        let g = (2_000_000_000, 2_000_065_535);
+        assert!(may_map(4100, 4200, (1000, 1000), g).is_ok());
+        for (u, gid) in [(0, 4200), (4100, 0), (4100, 6), (999, 4200), (65534, 4200)] {
+            assert!(may_map(u, gid, (1000, 1000), g).is_err(), "{u}:{gid}");
+        }
+        assert!(may_map(2_000_000_005, 4200, (1000, 1000), g).is_err());
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("etc")).unwrap();
+        std::fs::write(
+            tmp.path().join("etc/login.defs"),
+            "# UID_MIN 5\nUID_MIN   500\nGID_MIN\t600\n",
+        )
+        .unwrap();
+        assert_eq!(login_min_ids(tmp.path()), (500, 600));
+        assert_eq!(
+            login_min_ids(std::path::Path::new("/nonexistent")),
+            (1000, 1000)
+        );
+    }
+
+    /// Two threads making namespaces at once (two starts): neither child holds the
+    /// other's fds, nothing hangs.
+    #[test]
+    fn concurrent_namespaces_do_not_hang() {
+        let m = IdMap {
+            on_disk_uid: 4100,
+            on_disk_gid: 4200,
+            shown_uid: 5100,
+            shown_gid: 5200,
+        };
+        let ts: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(move || (0..20).all(|_| userns_for(m).is_ok())))
+            .collect();
+        for t in ts {
+            assert!(t.join().unwrap());
+        }
+    }
+
     #[test]
     fn an_idmapped_mount_shows_the_share_owner_as_the_guest() {
         let tmp = tempfile::Builder::new()

@@ -95,6 +95,8 @@ pub struct JailInputs<'a> {
     /// The guest's uid and gid: what an idmapped share ([`svirt_domain::DacAction::IdmapGuest`])
     /// shows its root's owner and group as.
     pub ids: Option<(u32, u32)>,
+    /// Which share owners may be mapped (checked again on the object the jail shows).
+    pub map_policy: crate::idmap::MapPolicy,
 }
 
 /// How an object is shown in the jail.
@@ -289,7 +291,7 @@ pub fn prepare(config: &JailConfig, plan: &Plan, inputs: &JailInputs<'_>) -> Res
         add_object(&mut planned, &mut symlinks, path, origin, show, why)
     };
     add_all(&mut add, config, plan, inputs)?;
-    set_idmaps(&mut planned, plan, inputs.ids)?;
+    set_idmaps(&mut planned, plan, inputs.ids, inputs.map_policy)?;
     add_spellings(&mut planned, inputs.spelled)?;
     // The emulator, unless an exec path already shows it (a configured wrapper outside
     // /usr in tests). Checked on the canonical path: /usr/bin/qemu may be a link.
@@ -376,7 +378,12 @@ fn add_spellings(planned: &mut Vec<Planned>, spelled: &[PathBuf]) -> Result<()> 
 
 /// Marks the private shares DAC shows through an idmapped mount: the share root's owner
 /// and group (as the opened root says, not as planning saw them) become the guest's.
-fn set_idmaps(planned: &mut [Planned], plan: &Plan, ids: Option<(u32, u32)>) -> Result<()> {
+fn set_idmaps(
+    planned: &mut [Planned],
+    plan: &Plan,
+    ids: Option<(u32, u32)>,
+    policy: crate::idmap::MapPolicy,
+) -> Result<()> {
     for pr in plan
         .resources
         .iter()
@@ -395,6 +402,12 @@ fn set_idmaps(planned: &mut [Planned], plan: &Plan, ids: Option<(u32, u32)>) -> 
         };
         let st =
             rustix::fs::fstat(&p.fd).map_err(|e| jail_err(path, "stat", io::Error::from(e)))?;
+        // Checked again on the object the jail shows (glue::settle_idmaps checked it when
+        // it tried the mount): never a mapping that lets the guest write as a system
+        // account or group.
+        policy
+            .check(st.st_uid, st.st_gid)
+            .map_err(|why| jail_err(path, "idmap", why))?;
         p.idmap = Some(crate::idmap::IdMap {
             on_disk_uid: st.st_uid,
             on_disk_gid: st.st_gid,

@@ -213,7 +213,7 @@ impl Manager {
     /// Parses and plans `xml` for this manager's stack without touching anything (a dry
     /// run, `svirt plan`).
     pub fn plan(&self, xml: &str) -> Result<svirt_domain::Plan> {
-        glue::parse_and_plan(&self.inner, xml).map(|(_, p, created, _)| {
+        glue::parse_and_plan(&self.inner, xml, false).map(|(_, p, created, _)| {
             glue::remove_created(&created);
             p
         })
@@ -222,7 +222,7 @@ impl Manager {
     /// The QEMU command line `xml` would get (binary first), for a dry run or a benchmark
     /// baseline; `qmp_fd` is the fd number the QMP listener would have.
     pub fn command_line(&self, xml: &str, paused: bool, qmp_fd: i32) -> Result<Vec<String>> {
-        let (domain, plan, created, _) = glue::parse_and_plan(&self.inner, xml)?;
+        let (domain, plan, created, _) = glue::parse_and_plan(&self.inner, xml, false)?;
         glue::remove_created(&created);
         let spec = glue::vm_spec(&domain, &plan, &self.inner.runtime_dir(&plan.name))?;
         let args = qemu::command_line(

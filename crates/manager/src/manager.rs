@@ -127,6 +127,16 @@ impl Inner {
         let _ = rustix::io::write(&self.wake_wr, b"w");
     }
 
+    /// Which share owners an idmapped mount may map to a guest: users' accounts, not the
+    /// guests' own ids.
+    pub(crate) fn idmap_policy(&self) -> crate::idmap::MapPolicy {
+        let r = self.config.driver_settings.uid_range.unwrap_or_default();
+        crate::idmap::MapPolicy {
+            min_id: crate::idmap::login_min_ids(&self.config.root_dir),
+            guest_ids: (r.first, r.last),
+        }
+    }
+
     pub(crate) fn models(&self) -> Vec<Model> {
         self.stack.drivers().iter().map(|d| d.model()).collect()
     }

@@ -29,7 +29,7 @@ const QMP_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Inner {
     pub(crate) fn start(self: &Arc<Self>, xml: &str, opts: StartOptions) -> Result<GuestInfo> {
-        let (domain, plan, created, listeners) = crate::glue::parse_and_plan(self, xml)?;
+        let (domain, plan, created, listeners) = crate::glue::parse_and_plan(self, xml, true)?;
         let early = (|| {
             validate_name(&plan.name)?;
             let spec = crate::glue::vm_spec(&domain, &plan, &self.runtime_dir(&plan.name))?;
@@ -462,6 +462,7 @@ impl Inner {
                 devices,
                 spelled: &crate::glue::spec_paths(&rec.spec),
                 ids: rec.ids,
+                map_policy: self.idmap_policy(),
             },
         )?;
         if made.recv().is_err() {

@@ -154,14 +154,23 @@ impl Rules {
         self.records.guests()
     }
 
-    /// The rules every guest but `guest` holds.
-    fn held_by_others(&self, guest: &str) -> io::Result<BTreeSet<Rule>> {
-        let mut held = BTreeSet::new();
+    /// The access every guest but `guest` holds, per (subject, object) pair: SMACK keeps
+    /// one access per pair, so a pair another guest holds is reloaded with what that guest
+    /// needs, never revoked under it.
+    fn held_by_others(
+        &self,
+        guest: &str,
+    ) -> io::Result<BTreeMap<(String, String), BTreeSet<char>>> {
+        let mut held: BTreeMap<(String, String), BTreeSet<char>> = BTreeMap::new();
         for g in self.records.guests()? {
             if g != guest
                 && let Some(r) = self.records.read::<RuleRecord>(&g)?
             {
-                held.extend(r.rules);
+                for rule in r.rules {
+                    held.entry((rule.subject, rule.object))
+                        .or_default()
+                        .extend(rule.access.chars());
+                }
             }
         }
         Ok(held)
@@ -170,10 +179,29 @@ impl Rules {
     /// Records `rules` for `guest`, durably, then loads them. On a failure, undoes what it
     /// did (as [`Rules::release`]) and returns the first error.
     pub(crate) fn grant(&self, guest: &str, label: &str, rules: &[Rule]) -> Result<(), String> {
+        // A record an earlier start left (its revoke failed) is kept in the new one: its
+        // rules are still loaded until a release revokes them.
+        let earlier: Vec<Rule> = self
+            .records
+            .read::<RuleRecord>(guest)
+            .map_err(|e| {
+                format!(
+                    "read the rules of {guest} in {}: {e}",
+                    self.records.dir().display()
+                )
+            })?
+            .map(|r| r.rules)
+            .unwrap_or_default();
+        let mut all = earlier.clone();
+        for r in rules {
+            if !all.contains(r) {
+                all.push(r.clone());
+            }
+        }
         let rec = RuleRecord {
             guest: guest.to_string(),
             label: label.to_string(),
-            rules: rules.to_vec(),
+            rules: all,
         };
         self.records.write(guest, &rec).map_err(|e| {
             format!(
@@ -183,11 +211,15 @@ impl Rules {
         })?;
         for (i, r) in rules.iter().enumerate() {
             if let Err(e) = self.loader.load(r) {
-                // Only what was loaded is revoked: the record first says so.
-                let loaded = RuleRecord {
-                    rules: rules[..i].to_vec(),
-                    ..rec
-                };
+                // Only what was loaded is revoked (with what an earlier start left): the
+                // record first says so.
+                let mut was = earlier;
+                for r in &rules[..i] {
+                    if !was.contains(r) {
+                        was.push(r.clone());
+                    }
+                }
+                let loaded = RuleRecord { rules: was, ..rec };
                 let undo = self
                     .records
                     .write(guest, &loaded)
@@ -218,8 +250,27 @@ impl Rules {
             .held_by_others(guest)
             .map_err(|e| format!("read the rule records in {dir}: {e}"))?;
         let mut first = None;
-        for r in rec.rules.iter().filter(|r| !others.contains(r)) {
-            if let Err(e) = self.loader.revoke(r) {
+        for r in &rec.rules {
+            let step = match others.get(&(r.subject.clone(), r.object.clone())) {
+                None => self.loader.revoke(r),
+                Some(access) => {
+                    let wanted: String = access.iter().collect();
+                    if wanted
+                        == r.access
+                            .chars()
+                            .collect::<BTreeSet<char>>()
+                            .iter()
+                            .collect::<String>()
+                    {
+                        continue;
+                    }
+                    self.loader.load(&Rule {
+                        access: wanted,
+                        ..r.clone()
+                    })
+                }
+            };
+            if let Err(e) = step {
                 first.get_or_insert(e);
             }
         }
@@ -289,6 +340,31 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&load2).expect("read"),
             "svirt-c1 svirt-shared rwxal\nsvirt-c1 svirt-shared rwxal\nsvirt-c1 svirt-shared -\n"
+        );
+    }
+
+    #[test]
+    fn a_pair_another_guest_holds_is_reloaded_with_its_access_not_revoked() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let load2 = tmp.path().join("load2");
+        std::fs::write(&load2, b"").expect("load2");
+        let rules = Rules::new(tmp.path().join("smack"), RuleLoader::new(tmp.path()));
+        let r = |a: &str| Rule {
+            subject: "svirt-c1".into(),
+            object: "svirt-x".into(),
+            access: a.into(),
+        };
+        rules.grant("a", "svirt-c1", &[r("rx")]).expect("grant a");
+        rules
+            .grant("b", "svirt-c1", &[r("rwxal")])
+            .expect("grant b");
+        // B stops: the pair goes back to what A needs.
+        rules.release("b").expect("release b");
+        // A stops: revoked.
+        rules.release("a").expect("release a");
+        assert_eq!(
+            std::fs::read_to_string(&load2).expect("read"),
+            "svirt-c1 svirt-x rx\nsvirt-c1 svirt-x rwxal\nsvirt-c1 svirt-x rx\nsvirt-c1 svirt-x -\n"
         );
     }
 

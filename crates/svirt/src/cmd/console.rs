@@ -119,6 +119,9 @@ enum Event {
 
 /// Runs `svirt console`.
 pub fn run(client: &Client, name: &str, until: Option<&str>, timeout: Option<u64>) -> CmdResult {
+    if until == Some("") {
+        return Err(CliError::input("--until: empty text"));
+    }
     let path = console_socket(client, name)?;
     let sock = UnixStream::connect(&path).map_err(|e| {
         CliError::failed(format!(
@@ -133,7 +136,9 @@ pub fn run(client: &Client, name: &str, until: Option<&str>, timeout: Option<u64
     } else {
         None
     };
-    let (tx, rx) = mpsc::channel::<Event>();
+    // Bounded: a guest flooding its console while stdout is slow (a pager) blocks the
+    // reader thread (and then QEMU's side) instead of growing this process's memory.
+    let (tx, rx) = mpsc::sync_channel::<Event>(64);
     let mut reader = sock
         .try_clone()
         .map_err(|e| CliError::failed(format!("console socket: {e}")))?;
