@@ -220,7 +220,53 @@ fn denials_attribute_apparmor_records_to_guests_by_profile() {
     // Control: a log without denials says so.
     let o = svirt(&["denials", "--from", "-"], Some("nothing here\n"));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("no AVC, AppArmor or BPF-LSM denials found")
+        String::from_utf8_lossy(&o.stdout)
+            .contains("no AVC, AppArmor, BPF-LSM or SMACK denials found")
+    );
+}
+
+/// SMACK's audit records (as the lab's SMACK kernel writes them) are listed under the
+/// subject's guest, with the object's guest, its name or path, and no ptrace `opid` (the
+/// tracer's own); a granted record is no denial.
+#[test]
+fn denials_attribute_smack_records_to_guests_by_label() {
+    let log = concat!(
+        r#"[ 12.3] audit: type=1400 audit(1.1:4): lsm=SMACK fn=smack_inode_permission action=denied subject="svirt-c1-c2" object="svirt-c3-c4" requested=r pid=190 comm="qemu-system-x86" name="B.img" dev="tmpfs" ino=13"#,
+        "\n",
+        r#"audit: type=1400 audit(1.1:5): lsm=SMACK fn=smack_inode_getattr action=denied subject="svirt-c1-c2" object="svirt-c3-c4" requested=r pid=190 comm="qemu-system-x86" path="/lab/img/B.img" dev="tmpfs" ino=13"#,
+        "\n",
+        r#"audit: type=1400 audit(1.1:6): lsm=SMACK fn=smack_ptrace_access_check action=denied subject="svirt-c1-c2" object="svirt-c3-c4" requested=rw pid=190 comm="qemu-system-x86" opid=190 ocomm="qemu-system-x86""#,
+        "\n",
+        r#"audit: type=1400 audit(1.1:7): lsm=SMACK fn=smack_inode_permission action=denied subject="svirt-c3-c4" object="svirt-content" requested=w pid=202 comm="qemu-system-x86" name="content.iso" dev="tmpfs" ino=9"#,
+        "\n",
+        r#"audit: type=1400 audit(1.1:8): lsm=SMACK fn=smack_inode_permission action=granted subject="svirt-c3-c4" object="svirt-shared" requested=w pid=202 comm="qemu-system-x86" name="shared.img""#,
+        "\n",
+    );
+    let o = svirt(&["denials", "--from", "-"], Some(log));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("guest svirt-c1-c2: 3 SMACK denial(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("{ r } smack_inode_permission svirt-c1-c2 -> svirt-c3-c4 [guest svirt-c3-c4]")
+            && out.contains("name=B.img"),
+        "{out}"
+    );
+    assert!(out.contains("path=/lab/img/B.img"), "{out}");
+    assert!(
+        !out.contains("opid=190"),
+        "a ptrace record's opid is the tracer: {out}"
+    );
+    assert!(
+        out.contains("guest svirt-c3-c4: 1 SMACK denial(s)")
+            && out.contains("-> svirt-content [read-only content]"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("shared.img"),
+        "a granted record is no denial: {out}"
     );
 }
 
