@@ -404,28 +404,7 @@ impl SecurityDriver for SelinuxDriver {
 
     /// The relabel engine's records of owners no running guest is.
     fn recover(&self, running: &dyn Fn(&str) -> bool) -> Vec<crate::RecoveryNote> {
-        let rep = self.relabeler.recover(running);
-        let mut notes = Vec::new();
-        for (paths, what) in [
-            (rep.restored, "restored"),
-            (rep.dropped, "record dropped (object gone or replaced)"),
-        ] {
-            for p in paths {
-                notes.push(crate::RecoveryNote {
-                    guest: None,
-                    what: format!("{}: {what}, no running guest uses it", p.display()),
-                    failed: false,
-                });
-            }
-        }
-        for e in rep.errors {
-            notes.push(crate::RecoveryNote {
-                guest: None,
-                what: format!("relabel recovery failed: {e}"),
-                failed: true,
-            });
-        }
-        notes
+        self.relabeler.recover(running).notes(MODEL)
     }
 
     fn held_for(&self, owner: &str) -> Option<String> {

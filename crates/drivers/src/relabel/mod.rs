@@ -324,6 +324,36 @@ pub struct Recovery {
     pub errors: Vec<RelabelError>,
 }
 
+impl Recovery {
+    /// What the recovery did, as the open's report lists it (`model`: whose labels).
+    pub fn notes(self, model: svirt_domain::Model) -> Vec<crate::RecoveryNote> {
+        let mut notes = Vec::new();
+        for (paths, what) in [
+            (self.restored, "restored"),
+            (self.dropped, "record dropped (object gone or replaced)"),
+        ] {
+            for p in paths {
+                notes.push(crate::RecoveryNote {
+                    guest: None,
+                    what: format!(
+                        "{}: {what}, no running guest uses it ({model} label)",
+                        p.display()
+                    ),
+                    failed: false,
+                });
+            }
+        }
+        for e in self.errors {
+            notes.push(crate::RecoveryNote {
+                guest: None,
+                what: format!("{model} relabel recovery failed: {e}"),
+                failed: true,
+            });
+        }
+        notes
+    }
+}
+
 /// The owners whose guest is not running.
 fn dead_owners(owners: &BTreeSet<String>, running: &dyn Fn(&str) -> bool) -> Vec<String> {
     owners

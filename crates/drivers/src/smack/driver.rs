@@ -242,30 +242,7 @@ impl SecurityDriver for SmackDriver {
     /// The relabel engine's SMACK records and the rule records of guests no longer
     /// running.
     fn recover(&self, running: &dyn Fn(&str) -> bool) -> Vec<crate::RecoveryNote> {
-        let rep = self.relabeler.recover(running);
-        let mut notes = Vec::new();
-        for (paths, what) in [
-            (rep.restored, "restored"),
-            (rep.dropped, "record dropped (object gone or replaced)"),
-        ] {
-            for p in paths {
-                notes.push(crate::RecoveryNote {
-                    guest: None,
-                    what: format!(
-                        "{}: SMACK label {what}, no running guest uses it",
-                        p.display()
-                    ),
-                    failed: false,
-                });
-            }
-        }
-        for e in rep.errors {
-            notes.push(crate::RecoveryNote {
-                guest: None,
-                what: format!("SMACK relabel recovery failed: {e}"),
-                failed: true,
-            });
-        }
+        let mut notes = self.relabeler.recover(running).notes(MODEL);
         match self.rules.guests() {
             Ok(guests) => {
                 for g in guests.into_iter().filter(|g| !running(g)) {
