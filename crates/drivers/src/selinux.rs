@@ -321,21 +321,7 @@ impl SecurityDriver for SelinuxDriver {
 
     fn restore_all(&self, plan: &Plan, guest: &GuestSecurity) -> Vec<DriverError> {
         let _ = plan;
-        // The store knows what was changed for this guest, whatever the plan says now.
-        let mut errors: Vec<DriverError> = self
-            .relabeler
-            .restore_labels(&guest.name)
-            .into_iter()
-            .map(|e| map_relabel(MODEL, e))
-            .collect();
-        // Claims go once everything is back (a failed restore keeps them, and its records).
-        if errors.is_empty()
-            && let Err(e) =
-                crate::stack::release_claims(self.relabeler.store(), Model::Selinux, &guest.name)
-        {
-            errors.push(e);
-        }
-        errors
+        self.relabeler.restore_guest(&guest.name, Vec::new)
     }
 
     fn child_hooks(

@@ -324,6 +324,32 @@ pub struct Recovery {
     pub errors: Vec<RelabelError>,
 }
 
+impl Relabeler {
+    /// A label driver's whole restore of `guest`: every object it holds under the engine's
+    /// model put back (the ledger knows what was changed, whatever the plan says now), then
+    /// `more` (the model's other state, e.g. SMACK's rules), and the guest's claims released
+    /// only once all of it came back (a failed restore keeps them, and its records).
+    pub fn restore_guest(
+        &self,
+        guest: &str,
+        more: impl FnOnce() -> Vec<crate::DriverError>,
+    ) -> Vec<crate::DriverError> {
+        let model = self.attr.model;
+        let mut errors: Vec<crate::DriverError> = self
+            .restore_labels(guest)
+            .into_iter()
+            .map(|e| crate::selinux::map_relabel(model, e))
+            .collect();
+        errors.extend(more());
+        if errors.is_empty()
+            && let Err(e) = crate::stack::release_claims(&self.store, model, guest)
+        {
+            errors.push(e);
+        }
+        errors
+    }
+}
+
 impl Recovery {
     /// What the recovery did, as the open's report lists it (`model`: whose labels).
     pub fn notes(self, model: svirt_domain::Model) -> Vec<crate::RecoveryNote> {

@@ -183,22 +183,14 @@ impl SecurityDriver for SmackDriver {
 
     fn restore_all(&self, plan: &Plan, guest: &GuestSecurity) -> Vec<DriverError> {
         let _ = plan;
-        // The ledger knows what was changed for this guest, whatever the plan says now.
-        let mut errors: Vec<DriverError> = self
-            .relabeler
-            .restore_labels(&guest.name)
-            .into_iter()
-            .map(|e| crate::selinux::map_relabel(MODEL, e))
-            .collect();
-        if let Err(e) = self.rules.release(&guest.name) {
-            errors.push(other(e));
-        }
-        if errors.is_empty()
-            && let Err(e) = crate::stack::release_claims(self.relabeler.store(), MODEL, &guest.name)
-        {
-            errors.push(e);
-        }
-        errors
+        self.relabeler.restore_guest(&guest.name, || {
+            self.rules
+                .release(&guest.name)
+                .err()
+                .map(other)
+                .into_iter()
+                .collect()
+        })
     }
 
     fn child_hooks(
