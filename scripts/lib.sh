@@ -102,3 +102,26 @@ SVIRT_TEST_COMMANDS=(
   qemu-img qemu-system-x86_64 sesearch checkpolicy setfattr getfattr setfacl getfacl
   busybox cpio gcc mkfs.ext4 mount setpriv apparmor_parser
 )
+
+# virtiofsd, which serves virtiofs shares: Debian 12 does not package it, so it is built
+# from crates.io (its `seccomp` feature links Debian's libseccomp, capabilities go through
+# libcap-ng) at a pinned version and installed as /usr/local/bin/virtiofsd. Idempotent: a
+# virtiofsd of that version already there is kept. The build (~1.5 min on 2 cores) uses a
+# target directory outside the checkout, kept for the next time.
+SVIRT_VIRTIOFSD_VERSION=1.14.0
+SVIRT_VIRTIOFSD_PACKAGES=(libseccomp-dev libcap-ng-dev pkg-config)
+ensure_virtiofsd() {
+  local have
+  have=$(/usr/local/bin/virtiofsd --version 2>/dev/null | awk '{print $2}') || true
+  if [ "$have" != "$SVIRT_VIRTIOFSD_VERSION" ]; then
+    ensure_packages "${SVIRT_VIRTIOFSD_PACKAGES[@]}"
+    echo "svirt: building virtiofsd $SVIRT_VIRTIOFSD_VERSION from crates.io" >&2
+    cargo install --quiet --locked --force virtiofsd --version "=$SVIRT_VIRTIOFSD_VERSION" \
+      --root /usr/local --target-dir /var/cache/svirt/virtiofsd-build >&2
+  fi
+  have=$(/usr/local/bin/virtiofsd --version 2>/dev/null | awk '{print $2}') || true
+  if [ "$have" != "$SVIRT_VIRTIOFSD_VERSION" ]; then
+    echo "svirt: /usr/local/bin/virtiofsd is not $SVIRT_VIRTIOFSD_VERSION after the build" >&2
+    exit 1
+  fi
+}

@@ -285,6 +285,9 @@ impl LandlockDriver {
         for p in &self.config.base_devices {
             b.add(p, Origin::System, Grant::Device, "system device")?;
         }
+        if let Some(fd) = exec.procfs {
+            b.add_procfs(fd)?;
+        }
 
         let ll = |e: landlock::RulesetError| DriverError::Other {
             model: Model::Landlock,
@@ -370,6 +373,30 @@ impl Builder {
             why: why.to_string(),
         });
         self.opened.push((fd, rights));
+        Ok(())
+    }
+}
+
+impl Builder {
+    /// Read-only beneath the procfs instance whose root `fd` is (it has no host path: the
+    /// manager mounted it for one process's jail).
+    fn add_procfs(&mut self, fd: std::os::fd::RawFd) -> Result<(), DriverError> {
+        let err = |source: io::Error| DriverError::Object {
+            model: Model::Landlock,
+            op: "duplicate for a Landlock rule the procfs of",
+            path: PathBuf::from("/proc"),
+            source,
+        };
+        // SAFETY: the caller keeps `fd` open while the hooks are prepared (ExecContext).
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let owned = rustix::io::fcntl_dupfd_cloexec(borrowed, 0).map_err(|e| err(e.into()))?;
+        let rights = rights(self.abi, Grant::ReadOnly, true);
+        self.rules.push(GrantedRule {
+            path: PathBuf::from("/proc"),
+            rights: rights.iter().map(right_name).collect(),
+            why: "the process's own procfs (hidepid=invisible)".into(),
+        });
+        self.opened.push((owned, rights));
         Ok(())
     }
 }

@@ -71,6 +71,11 @@ pub struct ExecContext {
     /// Files the manager opened for the VMM, which it inherits (its log, opened for
     /// append): a model that checks inherited files at exec (AppArmor) must allow them.
     pub inherited: Vec<std::path::PathBuf>,
+    /// A procfs instance the process sees at `/proc` (an fd of its root, open while the
+    /// hooks are prepared): path-based models let the process read beneath it (virtiofsd
+    /// reopens its own files through `/proc/self/fd`). `None`: the process is given no
+    /// `/proc` (the VMM).
+    pub procfs: Option<std::os::fd::RawFd>,
 }
 
 /// A driver failure, naming the object and the operation.

@@ -97,6 +97,7 @@ fn run_case(case_dir: &Path) -> Option<usize> {
         devices: vec!["/dev/kvm".into()],
         tcp_ports: vec![],
         inherited: vec![],
+        procfs: None,
     };
     let needs = VmmNeeds::default();
     let profile = generate(&plan, &exec, &[(log.clone(), Perms::Append)], &needs)
@@ -248,6 +249,7 @@ fn the_header_names_the_guest_exactly_or_not_at_all() {
         devices: vec![],
         tcp_ports: vec![],
         inherited: vec![],
+        procfs: None,
     };
     plan.name = "web-1.example+blue".into();
     let p = generate(&plan, &exec, &[], &VmmNeeds::default()).unwrap();

@@ -198,6 +198,7 @@ fn labels_follow_the_plan_exclusivity_holds_and_restore_removes_them_all() {
         devices: Vec::new(),
         tcp_ports: Vec::new(),
         inherited: Vec::new(),
+        procfs: None,
     };
     let mut hooks = d.child_hooks(&plan1, &g1, &exec).expect("hooks");
     let labels = w.labels();

@@ -116,6 +116,7 @@ fn run_qemu(
         devices: Vec::new(),
         tcp_ports: Vec::new(),
         inherited: vec![],
+        procfs: None,
     };
     let mut hooks = dac.child_hooks(p, g, &ctx).expect("dac hooks");
     if with_landlock {

@@ -151,6 +151,7 @@ fn run_case(case_dir: &Path) {
             devices: vec![],
             tcp_ports: vec![],
             inherited: vec![],
+            procfs: None,
         };
         let mut hooks = drv.child_hooks(&plan, &guest, &exec).unwrap();
         assert_eq!(hooks.len(), 1, "{case}: one exec-label hook");

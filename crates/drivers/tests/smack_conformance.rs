@@ -162,6 +162,7 @@ fn run_case(case_dir: &Path) -> Option<(usize, usize)> {
         devices: Vec::new(),
         tcp_ports: Vec::new(),
         inherited: Vec::new(),
+        procfs: None,
     };
     let mut hooks = driver.child_hooks(&plan, &guest, &exec).unwrap();
     assert_eq!(hooks.len(), 1, "{case}: one hook");

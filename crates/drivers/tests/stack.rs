@@ -280,6 +280,7 @@ fn restore_runs_every_driver_and_reports_every_error() {
         devices: vec![],
         tcp_ports: vec![],
         inherited: vec![],
+        procfs: None,
     };
     let mut hooks = stack.child_hooks(&plan, &guest, &exec).unwrap();
     assert_eq!(hooks.len(), 3);

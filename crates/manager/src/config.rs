@@ -179,6 +179,11 @@ pub struct Config {
     /// idmapped falls back to the chown, said in the log). Default on.
     #[serde(default = "yes")]
     pub idmap_shares: bool,
+    /// The `virtiofsd` that serves virtiofs shares (`<driver type='virtiofs'/>`); `None`:
+    /// `virtiofsd` on `PATH`, else `/usr/libexec/virtiofsd` or `/usr/lib/qemu/virtiofsd`
+    /// (where distributions put it), looked up when a guest first needs it.
+    #[serde(default)]
+    pub virtiofsd_binary: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -209,6 +214,7 @@ impl Config {
             image_roots: Vec::new(),
             nvram_dir: PathBuf::from(DEFAULT_NVRAM_DIR),
             idmap_shares: true,
+            virtiofsd_binary: None,
         }
     }
 }

@@ -9,8 +9,8 @@ use svirt_domain::domain::{
 
 use crate::error::{ManagerError, Result};
 use crate::qemu::{
-    ChardevBackend, ChardevSpec, ChardevTarget, DiskDevice, DiskSpec, FilesystemSpec, ImageFormat,
-    ImageSpec, LoaderSpec, MemoryBackend, VmSpec,
+    ChardevBackend, ChardevSpec, ChardevTarget, DiskDevice, DiskSpec, FilesystemSpec, FsDriver,
+    ImageFormat, ImageSpec, LoaderSpec, MemoryBackend, VmSpec,
 };
 
 fn port(service: &str, what: &str) -> Result<u16> {
@@ -155,26 +155,40 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
             log: c.log.as_ref().map(|l| (l.file.clone(), l.append)),
         });
     }
+    let memory_backend = memory_backend(d)?;
     let mut filesystems = Vec::new();
     for f in &d.filesystems {
-        match f.driver.as_deref() {
-            None | Some("path") => {}
+        let driver = match f.driver.as_deref() {
+            None | Some("path") => FsDriver::Virtio9p,
+            Some("virtiofs") => {
+                // vhost-user: virtiofsd maps the guest's RAM, which must be shared memory
+                // (libvirt refuses the same).
+                if !memory_backend.as_ref().is_some_and(|b| b.shared) {
+                    return Err(ManagerError::Domain(format!(
+                        "filesystem {}: virtiofs needs the guest's memory shared with \
+                         virtiofsd: add <memoryBacking><source type='memfd'/><access \
+                         mode='shared'/></memoryBacking>",
+                        f.target_dir
+                    )));
+                }
+                FsDriver::Virtiofs
+            }
             Some(other) => {
-                // A 9p share instead would be another device than the one asked for.
+                // Another device than the one asked for would run otherwise.
                 return Err(ManagerError::Domain(format!(
-                    "filesystem {}: driver type='{other}' is not supported yet (svirt runs \
-                     9p shares, driver type='path'; virtiofs needs virtiofsd)",
+                    "filesystem {}: driver type='{other}' is not supported (path: QEMU's \
+                     9p; virtiofs: virtiofsd)",
                     f.target_dir
                 )));
             }
-        }
+        };
         filesystems.push(FilesystemSpec {
             source: f.source_dir.clone(),
             tag: f.target_dir.clone(),
             readonly: f.readonly,
+            driver,
         });
     }
-    let memory_backend = memory_backend(d)?;
     let loader = d.os.loader.as_ref().map(|l| LoaderSpec {
         path: l.path.clone(),
         pflash: l.loader_type == Some(LoaderType::Pflash),
@@ -667,7 +681,13 @@ pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
             _ => {}
         }
     }
-    v.extend(spec.filesystems.iter().map(|f| f.source.clone()));
+    // A virtiofs share is virtiofsd's, never QEMU's.
+    v.extend(
+        spec.filesystems
+            .iter()
+            .filter(|f| f.driver == FsDriver::Virtio9p)
+            .map(|f| f.source.clone()),
+    );
     v
 }
 
@@ -675,9 +695,10 @@ pub(crate) fn spec_paths(spec: &VmSpec) -> Vec<PathBuf> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    /// A domain whose share or memory backing svirt would not give QEMU as asked (virtiofs,
-    /// huge pages) is refused at start, naming it; the same domain without it, or with a
-    /// memory backing svirt runs, starts (control).
+    /// A domain whose share or memory backing svirt would not give QEMU as asked (virtiofs
+    /// without shared memory, huge pages, an unknown share driver) is refused at start,
+    /// naming it; the same domain without it, or with a memory backing svirt runs, starts
+    /// (control).
     #[test]
     fn what_qemu_would_not_get_as_asked_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -706,7 +727,14 @@ mod tests {
         spec(&xml("<driver type='path'/>", "")).unwrap();
         let e = spec(&xml("<driver type='virtiofs'/>", "")).unwrap_err();
         assert!(
-            e.contains("filesystem tag0") && e.contains("virtiofs"),
+            e.contains("filesystem tag0") && e.contains("virtiofs") && e.contains("shared"),
+            "{e}"
+        );
+        let shared = "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>";
+        spec(&xml("<driver type='virtiofs'/>", shared)).unwrap();
+        let e = spec(&xml("<driver type='handle'/>", shared)).unwrap_err();
+        assert!(
+            e.contains("filesystem tag0") && e.contains("'handle'"),
             "{e}"
         );
         spec(&xml(

@@ -709,6 +709,66 @@ impl PreparedJail {
         &self.steps
     }
 
+    /// Shows the process a procfs of its own at `/proc`: a new instance mounted
+    /// `hidepid=invisible` (it lists only the processes of the process's own uid) and
+    /// read-only, `nosuid`, `nodev`, `noexec`. Without a mount namespace (SELinux), the
+    /// host's `/proc`. Returns an fd of its root for the hooks' preparation
+    /// ([`svirt_drivers::ExecContext::procfs`]), valid until [`PreparedJail::assemble`].
+    /// For helper processes that need `/proc/self/fd` (virtiofsd); a VMM gets none.
+    pub fn add_procfs(&mut self) -> Result<RawFd> {
+        use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+        let proc = Path::new("/proc");
+        if !self.mounts {
+            let fd = rustix::fs::open(
+                proc,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| jail_err(proc, "open", io::Error::from(e)))?;
+            let raw = fd.as_raw_fd();
+            self.trees.push(fd);
+            return Ok(raw);
+        }
+        let e = |what: &str, err: rustix::io::Errno| jail_err(proc, what, io::Error::from(err));
+        let fs = rustix::mount::fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC)
+            .map_err(|err| e("open a new procfs for", err))?;
+        rustix::mount::fsconfig_set_string(&fs, "hidepid", "invisible")
+            .map_err(|err| e("set hidepid=invisible on the procfs for", err))?;
+        rustix::mount::fsconfig_create(&fs).map_err(|err| e("create the procfs for", err))?;
+        let mnt = rustix::mount::fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV
+                | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        )
+        .map_err(|err| e("mount the procfs for", err))?;
+        let dst = self
+            .staging
+            .to_str()
+            .map(|s| PathBuf::from(s).join("proc"))
+            .map_err(|_| jail_err(proc, "mount", "staging path is not UTF-8"))?;
+        // Before the fixed steps, whose indices follow the ops'.
+        let at = self.ops.len();
+        self.ops.push(Op::Mkdir(cstr(&dst)?));
+        self.steps
+            .insert(at, "create the mount point /proc in the jail".into());
+        self.ops.push(Op::Attach {
+            tree: mnt.as_raw_fd(),
+            dst: cstr(&dst)?,
+        });
+        self.steps.insert(
+            at + 1,
+            "attach the process's own procfs at /proc in the jail".into(),
+        );
+        let raw = mnt.as_raw_fd();
+        self.trees.push(mnt);
+        Ok(raw)
+    }
+
     /// Builds the jail's mount namespace (when it has one) on a thread of its own, and
     /// pairs it with the network and IPC namespaces `ns`. Runs in the manager, before the
     /// fork and beside the labeling: the child only joins what is built here. An error
@@ -961,7 +1021,8 @@ mod tests {
             runtime_dir: dir.path(),
             log,
             keep_fds: Vec::new(),
-            pid_fd: pid_file.as_raw_fd(),
+            pid_fd: Some(pid_file.as_raw_fd()),
+            cgroup_procs: Vec::new(),
             pre_jail_hooks: Vec::new(),
             jail: Some(jail),
             hooks: Vec::new(),

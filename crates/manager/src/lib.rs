@@ -52,6 +52,7 @@ mod supervise;
 mod types;
 mod undo;
 mod vfork;
+mod virtiofs;
 
 pub use config::{
     AccelChoice, CategoryRange, Config, DEFAULT_NVRAM_DIR, DEFAULT_UID_RANGE, DriverSelection,
@@ -233,6 +234,7 @@ impl Manager {
                 qmp_fd,
                 sandbox: true,
                 chardev_fds: Vec::new(),
+                vhost_user_fds: Vec::new(),
             },
         );
         Ok(

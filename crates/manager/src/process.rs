@@ -34,7 +34,11 @@ pub struct SpawnRequest<'a> {
     pub keep_fds: Vec<RawFd>,
     /// A file (the guest's pid file, opened by the parent) the child writes its pid into,
     /// at offset 0, before it gives up its parent-death signal.
-    pub pid_fd: RawFd,
+    pub pid_fd: Option<RawFd>,
+    /// The guest's `cgroup.procs` files (open for writing) the child moves itself into
+    /// before it gives up its parent-death signal: a helper process (virtiofsd, swtpm) has
+    /// no pid file, and is found and ended through its guest's cgroup from then on.
+    pub cgroup_procs: Vec<RawFd>,
     /// Driver steps that must run before the jail (SELinux's exec label: it is written
     /// through `/proc`, which the jail does not show), in stack order.
     pub pre_jail_hooks: Vec<ChildHook>,
@@ -159,6 +163,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
     let devnull =
         File::open("/dev/null").map_err(|e| ManagerError::Qemu(format!("open /dev/null: {e}")))?;
     let pid_fd = req.pid_fd;
+    let cgroup_procs = req.cgroup_procs;
     let drop_caps = if req.drop_capabilities {
         Some(cap_last_cap().map_err(|e| ManagerError::Qemu(format!("exec: {e}")))?)
     } else {
@@ -185,12 +190,20 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<Spawned> {
                 // a crash of the manager: the parent-death signal covers that stretch.
                 // After it, recovery finds it through the file (verified by start time,
                 // argv and cwd), so QEMU may outlive its parent.
-                let mut buf = [0u8; 12];
-                let digits = format_pid(libc::getpid(), &mut buf);
-                if libc::pwrite(pid_fd, digits.as_ptr().cast(), digits.len(), 0)
-                    != digits.len() as isize
-                {
-                    return Err(io::Error::last_os_error());
+                if let Some(pid_fd) = pid_fd {
+                    let mut buf = [0u8; 12];
+                    let digits = format_pid(libc::getpid(), &mut buf);
+                    if libc::pwrite(pid_fd, digits.as_ptr().cast(), digits.len(), 0)
+                        != digits.len() as isize
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                // "0" moves the writer (cgroup v1 and v2).
+                for &fd in &cgroup_procs {
+                    if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 cvt(libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0))?;
                 cvt(libc::setsid())?;
@@ -481,6 +494,41 @@ pub fn reap(pidfd: &OwnedFd) -> io::Result<Option<ExitStatus>> {
             signal: Some(status),
         }
     }))
+}
+
+/// Reaps a helper process (virtiofsd, swtpm) of the guest `guest` when it exits, on a
+/// thread of its own, and logs how it ended: the manager is its parent and must not leave
+/// a zombie behind. (After a restart of the manager it is init's child and init reaps it.)
+pub fn reap_in_background(pidfd: OwnedFd, guest: String, what: String) {
+    let name = what.clone();
+    let spawned = std::thread::Builder::new()
+        .name("svirt-reap".into())
+        .spawn(move || {
+            // SAFETY: zeroed siginfo is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a blocking waitid with P_PIDFD on an fd we own, writing into `info`.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                )
+            };
+            if r == 0 {
+                // SAFETY: waitid filled info.
+                let (code, status) = unsafe { (info.si_code, info.si_status()) };
+                let how = if code == libc::CLD_EXITED {
+                    format!("exit code {status}")
+                } else {
+                    format!("signal {status}")
+                };
+                tracing::info!(guest = %guest, "{what} ended ({how})");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("{name}: no thread to reap it when it ends: {e}");
+    }
 }
 
 /// Start time of `pid` in clock ticks after boot (`/proc/PID/stat` field 22).

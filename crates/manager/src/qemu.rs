@@ -138,7 +138,7 @@ pub struct ChardevSpec {
     pub log: Option<(PathBuf, bool)>,
 }
 
-/// A `<filesystem>` share over virtio-9p.
+/// A `<filesystem>` share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesystemSpec {
     /// Host directory.
@@ -147,6 +147,21 @@ pub struct FilesystemSpec {
     pub tag: String,
     /// Read-only share.
     pub readonly: bool,
+    /// Who serves it.
+    #[serde(default)]
+    pub driver: FsDriver,
+}
+
+/// Who serves a share to the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsDriver {
+    /// QEMU itself, over virtio-9p (`<driver type='path'/>`, libvirt's default).
+    #[default]
+    Virtio9p,
+    /// A `virtiofsd` of the guest's own over vhost-user (`<driver type='virtiofs'/>`):
+    /// QEMU never opens the share ([`crate::virtiofs`]).
+    Virtiofs,
 }
 
 /// Firmware.
@@ -235,6 +250,10 @@ pub struct LaunchOptions {
     /// chardev's index in [`VmSpec::chardevs`]: QEMU gets `fd=N` instead of host and port
     /// (in its jail it has no network of its own). A chardev not listed keeps host/port.
     pub chardev_fds: Vec<(usize, i32)>,
+    /// The connected vhost-user socket of each virtiofs share's `virtiofsd`, by the
+    /// share's index in [`VmSpec::filesystems`] (the manager connects it before QEMU
+    /// starts: QEMU is given no path). A dry run has none: `fd=` then names no fd.
+    pub vhost_user_fds: Vec<(usize, i32)>,
 }
 
 /// Doubles commas: QEMU's option syntax escape for values.
@@ -479,6 +498,21 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
         }
     }
     for (i, f) in spec.filesystems.iter().enumerate() {
+        if f.driver == FsDriver::Virtiofs {
+            let fd = opts
+                .vhost_user_fds
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map_or_else(|| "none".to_string(), |(_, fd)| fd.to_string());
+            a.push("-chardev".into());
+            a.push(format!("socket,id=chr-vfs{i},fd={fd}"));
+            a.push("-device".into());
+            a.push(format!(
+                "vhost-user-fs-pci,chardev=chr-vfs{i},tag={}",
+                esc_str(&f.tag)
+            ));
+            continue;
+        }
         a.push("-fsdev".into());
         a.push(format!(
             "local,id=fsdev{i},path={},security_model=none{}",
@@ -544,6 +578,7 @@ mod tests {
             qmp_fd: 3,
             sandbox: true,
             chardev_fds: Vec::new(),
+            vhost_user_fds: Vec::new(),
         }
     }
 
@@ -602,6 +637,7 @@ mod tests {
                 qmp_fd: 5,
                 sandbox: false,
                 chardev_fds: Vec::new(),
+                vhost_user_fds: Vec::new(),
             },
         );
         let blockdevs: Vec<Value> = argv

@@ -33,6 +33,7 @@ impl Inner {
         let early = (|| {
             validate_name(&plan.name)?;
             let spec = crate::glue::vm_spec(&domain, &plan, &self.runtime_dir(&plan.name))?;
+            crate::virtiofs::check_identity(&spec, &plan, !self.stack.is_empty())?;
             self.fault.point("after-plan")?;
             Ok(spec)
         })();
@@ -276,9 +277,13 @@ impl Inner {
             devices,
             tcp_ports: tcp_ports(&rec.spec),
             inherited: vec![log_path.clone()],
+            procfs: None,
         };
-        let (pre_jail, hooks) = self.stack.child_hooks_phased(&rec.plan, &sec, &exec)?;
+        // QEMU reaches its plan but the virtiofs shares (virtiofsd's).
+        let vmm_plan = crate::virtiofs::plan_for_vmm(&rec.plan, &rec.spec);
+        let (pre_jail, hooks) = self.stack.child_hooks_phased(&vmm_plan, &sec, &exec)?;
         let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some(), listeners)?;
+        let vhost_user = self.start_virtiofsd(rec, &cg)?;
         let args = qemu::command_line(
             &rec.spec,
             &LaunchOptions {
@@ -287,6 +292,10 @@ impl Inner {
                 qmp_fd: listener.as_raw_fd(),
                 sandbox: true,
                 chardev_fds: host_sockets
+                    .iter()
+                    .map(|(i, fd)| (*i, fd.as_raw_fd()))
+                    .collect(),
+                vhost_user_fds: vhost_user
                     .iter()
                     .map(|(i, fd)| (*i, fd.as_raw_fd()))
                     .collect(),
@@ -303,8 +312,10 @@ impl Inner {
             log,
             keep_fds: std::iter::once(listener.as_raw_fd())
                 .chain(host_sockets.iter().map(|(_, fd)| fd.as_raw_fd()))
+                .chain(vhost_user.iter().map(|(_, fd)| fd.as_raw_fd()))
                 .collect(),
-            pid_fd: pid_file.as_raw_fd(),
+            pid_fd: Some(pid_file.as_raw_fd()),
+            cgroup_procs: Vec::new(),
             pre_jail_hooks: pre_jail,
             jail,
             hooks,
@@ -312,6 +323,7 @@ impl Inner {
             drop_capabilities: !self.stack.is_empty(),
         })?;
         drop(host_sockets);
+        drop(vhost_user);
         drop(pid_file);
         let pidfd = spawned.pidfd;
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
@@ -456,7 +468,7 @@ impl Inner {
                 mount_namespace: self.stack.permits_mount_namespace(),
                 ..crate::jail::JailConfig::default()
             },
-            &rec.plan,
+            &crate::virtiofs::plan_for_vmm(&rec.plan, &rec.spec),
             &crate::jail::JailInputs {
                 emulator: &self.qemu,
                 devices,

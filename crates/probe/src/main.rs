@@ -42,6 +42,8 @@ const USAGE: &str = "usage: svirt-probe COMMAND ...
                                            stand-in manager (see docs/lab.md)
   vmm --name NAME [--attack F] [--linger SECS]
                                            compromised VMM
+  (invoked as virtiofsd)                   a compromised virtiofsd: the operations listed in
+                                           SHARED_DIR/.svirt-probe-targets, results beside it
   (invoked as qemu-system-*)               the same, qemu-style: `-name guest=NAME`, serves QMP on
                                            `-chardev socket,id=X,fd=N,server=on` + `-mon chardev=X,mode=control`;
                                            env SVIRT_PROBE_ATTACK (default /lab/etc/attack.plan),
@@ -132,6 +134,8 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let result = if argv0.starts_with("qemu-system") {
         run_as_qemu(&argv[1..])
+    } else if argv0 == "virtiofsd" {
+        run_as_virtiofsd(&argv[1..])
     } else {
         match argv.get(1) {
             Some(cmd) => dispatch(cmd, &argv[2..]),
@@ -146,6 +150,45 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A compromised virtiofsd, invoked as svirtd invokes virtiofsd (`--shared-dir=DIR`,
+/// the rest ignored): performs each operation `DIR/.svirt-probe-targets` lists (`read
+/// PATH`, `write PATH`, `stat PATH`, one per line) from inside svirt's confinement of
+/// virtiofsd, writes `OP PATH RESULT` lines to `DIR/.svirt-probe-results`, and exits 1
+/// (QEMU then fails its vhost-user start: the test needs only the results).
+fn run_as_virtiofsd(args: &[String]) -> Result<bool> {
+    let dir = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--shared-dir="))
+        .ok_or_else(|| Error::msg("as virtiofsd: no --shared-dir="))?;
+    let dir = Path::new(dir);
+    let targets = fs::read_to_string(dir.join(".svirt-probe-targets"))
+        .ctx(|| ".svirt-probe-targets".into())?;
+    let mut out = String::new();
+    for line in targets.lines().filter(|l| !l.trim().is_empty()) {
+        let (op, path) = line
+            .split_once(' ')
+            .ok_or_else(|| Error::msg(format!("bad target line {line:?}")))?;
+        let action = match op {
+            "read" => plan::Action::Read,
+            "write" => plan::Action::Write,
+            "stat" => plan::Action::Stat,
+            other => return Err(Error::msg(format!("unknown operation {other}"))),
+        };
+        let result = vmm::perform(
+            &plan::Op {
+                guest: String::new(),
+                name: String::new(),
+                action,
+                target: path.to_string(),
+            },
+            None,
+        );
+        out.push_str(&format!("{op} {path} {result}\n"));
+    }
+    fs::write(dir.join(".svirt-probe-results"), out).ctx(|| ".svirt-probe-results".into())?;
+    Ok(false)
 }
 
 fn dispatch(cmd: &str, rest: &[String]) -> Result<bool> {

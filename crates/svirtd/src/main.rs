@@ -54,6 +54,10 @@ struct Args {
     /// QEMU binary (default: the domain's <emulator>, or qemu-system-x86_64 from PATH).
     #[arg(long, value_name = "PATH")]
     qemu: Option<PathBuf>,
+    /// virtiofsd binary for virtiofs shares (default: virtiofsd from PATH, else
+    /// /usr/libexec/virtiofsd or /usr/lib/qemu/virtiofsd).
+    #[arg(long, value_name = "PATH")]
+    virtiofsd: Option<PathBuf>,
     /// cgroup (below each hierarchy) holding the guests' groups.
     #[arg(long, value_name = "NAME", default_value = "svirt")]
     cgroup_parent: String,
@@ -114,6 +118,7 @@ fn run(args: Args) -> Result<(), String> {
     config.drivers = args.drivers;
     config.accel = args.accel;
     config.qemu_binary = args.qemu;
+    config.virtiofsd_binary = args.virtiofsd;
     config.cgroup_parent = args.cgroup_parent;
     config.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
     config.image_roots = args.image_roots;

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, blockdev_add, file_state, make_guest, process_alive, process_ids, raw};
@@ -780,15 +780,19 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     std::fs::create_dir(&share).expect("share");
     let hello = share.join("hello.txt");
     std::fs::write(&hello, b"hello through 9p\n").expect("hello");
-    // A share of its own account (a root-owned one is chowned instead: through an
+    let vfs = d.path("vfs");
+    std::fs::create_dir(&vfs).expect("vfs");
+    let vfs_hello = vfs.join("hello.txt");
+    std::fs::write(&vfs_hello, b"hello through virtiofs\n").expect("vfs hello");
+    // Shares of their own account (a root-owned one is chowned instead: through an
     // idmapped mount the guest would write as root).
-    for p in [&share, &hello] {
+    for p in [&share, &hello, &vfs, &vfs_hello] {
         std::os::unix::fs::chown(p, Some(4321), Some(4321)).expect("chown share");
     }
     let xml = d.path("linux.xml");
     std::fs::write(
         &xml,
-        common::linux_guest_xml("linux", (&k, &i), &disk, &share, &sock, &serial),
+        common::linux_guest_xml("linux", (&k, &i), &disk, (&share, &vfs), &sock, &serial),
     )
     .expect("xml");
     let objects = [
@@ -821,6 +825,82 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         text.contains("svirt-guest: share: hello through 9p"),
         "{text}"
     );
+    assert!(
+        text.contains("svirt-guest: virtiofs: hello through virtiofs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("svirt-guest: virtiofs: wrote from-linux.txt"),
+        "{text}"
+    );
+    // What the guest wrote through virtiofsd belongs to the share's owner on disk (the
+    // idmapped mount in virtiofsd's jail), not to the guest's uid.
+    let written = vfs.join("from-linux.txt");
+    let meta = std::fs::metadata(&written).expect("the guest's file in the virtiofs share");
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta)
+        ),
+        (4321, 4321),
+        "owner of {}",
+        written.display()
+    );
+    assert_eq!(
+        std::fs::read(&written).expect("read"),
+        b"svirt-guest linux wrote this\n"
+    );
+    // virtiofsd runs confined as the VMM does: the guest's uid, no capability, a jail
+    // showing its share and not the guest's other objects; QEMU's jail shows no virtiofs
+    // share (it never opens it).
+    let vfsd = d.children_named("virtiofsd");
+    assert_eq!(vfsd.len(), 1, "one virtiofsd: {vfsd:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vfsd[0])).expect("status");
+    let qemu_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid_line = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        uid_line(&status),
+        uid_line(&qemu_status),
+        "virtiofsd's uid is the VMM's"
+    );
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let mounts = |p: i32| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{p}/mountinfo"))
+            .expect("mountinfo")
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .collect()
+    };
+    let vfsd_mounts = mounts(vfsd[0]);
+    let qemu_mounts = mounts(pid);
+    let shown = |m: &[String], p: &Path| m.iter().any(|x| Path::new(x) == p);
+    assert!(shown(&vfsd_mounts, &vfs), "{vfsd_mounts:?}");
+    assert!(!shown(&vfsd_mounts, &disk), "{vfsd_mounts:?}");
+    assert!(!shown(&vfsd_mounts, &share), "{vfsd_mounts:?}");
+    assert!(shown(&qemu_mounts, &disk), "{qemu_mounts:?}");
+    assert!(!shown(&qemu_mounts, &vfs), "{qemu_mounts:?}");
+    // The running guest's VMM, compromised (QMP): its own disk opens (control), a file of
+    // its virtiofs share does not.
+    for (node, path, want) in [("own", &disk, true), ("vfs", &vfs_hello, false)] {
+        let out = d.svirt(&[
+            "qemu-monitor-command",
+            "linux",
+            &blockdev_add(node, path, true),
+        ]);
+        assert_eq!(
+            out.status.success(),
+            want,
+            "blockdev-add {}: {}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The share reached the guest's uid through an idmapped mount in its jail: nothing of
     // it changed on disk while the guest reads it.
     assert_eq!(
@@ -888,6 +968,7 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         "the guest did not power off on its own: {exit}"
     );
     assert!(!process_alive(pid));
+    assert!(!process_alive(vfsd[0]), "virtiofsd outlived its guest");
     assert_eq!(exit["restore_errors"], serde_json::json!([]), "{exit}");
     let reason = exit["reason"].as_str().unwrap_or_default();
     assert!(!reason.contains("kill"), "the guest was killed: {exit}");
@@ -905,4 +986,97 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         before,
         "not restored after the guest's own shutdown"
     );
+}
+
+/// A compromised virtiofsd (the guest took it over through its share) reaches its share
+/// and nothing else: svirt-probe stands in for virtiofsd (svirtd --virtiofsd) and tries
+/// what the share's `.svirt-probe-targets` lists from inside virtiofsd's confinement. Its
+/// share's file opens for reading and writing (the controls); its guest's disk, another
+/// running guest's disk and runtime directory, host files and other processes in `/proc`
+/// do not. (It then exits, so the start fails and is rolled back.)
+#[test]
+fn a_compromised_virtiofsd_reaches_its_share_and_nothing_else() {
+    skip_unless_capable!();
+    let fake = tempfile::tempdir().expect("tempdir");
+    let vfsd = fake.path().join("virtiofsd");
+    std::fs::copy(common::probe_bin(), &vfsd).expect("copy svirt-probe");
+    let mut d = Daemon::start(&["--virtiofsd", vfsd.to_str().expect("utf8")]);
+    // Another guest, running.
+    let b = make_guest(&d, "vb", false, None);
+    d.ok(&["start", "--paused", b.to_str().expect("utf8")]);
+    let b_disk = d.path("vb.raw");
+    let b_runtime = d.run.join("guests/vb");
+    // The attacked guest: a disk and a virtiofs share.
+    let disk = d.path("va.raw");
+    raw(&disk);
+    let share = d.path("va-share");
+    std::fs::create_dir(&share).expect("share");
+    let hello = share.join("hello.txt");
+    std::fs::write(&hello, b"hello\n").expect("hello");
+    let targets = [
+        ("read", hello.clone(), true),
+        ("write", hello.clone(), true),
+        ("read", PathBuf::from("/proc/self/status"), true),
+        ("read", disk.clone(), false),
+        ("read", b_disk.clone(), false),
+        ("write", b_disk.clone(), false),
+        ("stat", b_runtime.clone(), false),
+        ("read", PathBuf::from("/etc/shadow"), false),
+        ("read", PathBuf::from("/etc/passwd"), false),
+        ("stat", PathBuf::from("/proc/1"), false),
+    ];
+    let list: String = targets
+        .iter()
+        .map(|(op, p, _)| format!("{op} {}\n", p.display()))
+        .collect();
+    std::fs::write(share.join(".svirt-probe-targets"), list).expect("targets");
+    for e in std::fs::read_dir(&share).expect("share").flatten() {
+        std::os::unix::fs::chown(e.path(), Some(4321), Some(4321)).expect("chown");
+    }
+    std::os::unix::fs::chown(&share, Some(4321), Some(4321)).expect("chown share");
+    let xml = d.path("va.xml");
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='qemu'><name>va</name><memory unit='MiB'>64</memory>\
+             <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>\
+             <os><type>hvm</type></os><devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
+             <target dev='vda' bus='virtio'/></disk>\
+             <filesystem type='mount'><driver type='virtiofs'/><source dir='{}'/><target dir='vfs0'/></filesystem>\
+             </devices></domain>",
+            disk.display(),
+            share.display()
+        ),
+    )
+    .expect("xml");
+    let before = states(&[disk.as_path(), share.as_path()]);
+    let out = d.svirt(&["start", xml.to_str().expect("utf8")]);
+    assert!(
+        !out.status.success(),
+        "the stand-in virtiofsd serves nothing"
+    );
+    let results = std::fs::read_to_string(share.join(".svirt-probe-results"))
+        .expect("the stand-in virtiofsd wrote no results");
+    for (op, path, allowed) in &targets {
+        let line = results
+            .lines()
+            .find(|l| l.starts_with(&format!("{op} {} ", path.display())))
+            .unwrap_or_else(|| panic!("no result for {op} {}: {results}", path.display()));
+        let ok = line.ends_with(" ok");
+        assert_eq!(ok, *allowed, "{line} (all: {results})");
+    }
+    // The failed start left nothing behind: the guest's objects as they were, no
+    // process of it, the other guest untouched.
+    assert_eq!(states(&[disk.as_path(), share.as_path()]), before);
+    assert!(d.children_named("virtiofsd").is_empty());
+    let all = d.json(&["list", "--all", "--json"]);
+    assert!(
+        all.as_array()
+            .into_iter()
+            .flatten()
+            .all(|g| g["name"] != "va" || g["state"] == "shut-off"),
+        "{all}"
+    );
+    d.ok(&["destroy", "vb"]);
 }

@@ -138,6 +138,7 @@ pub fn exec_ctx(runtime_dir: &Path) -> ExecContext {
         devices: Vec::new(),
         tcp_ports: Vec::new(),
         inherited: vec![],
+        procfs: None,
     }
 }
 

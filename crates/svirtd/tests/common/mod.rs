@@ -51,32 +51,45 @@ macro_rules! skip_unless_capable {
 /// The `svirt` binary, built (or found up to date) next to `svirtd`.
 pub fn svirt_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let svirtd = PathBuf::from(env!("CARGO_BIN_EXE_svirtd"));
-        let svirt = svirtd.with_file_name("svirt");
-        let release = svirtd.parent().is_some_and(|d| d.ends_with("release"));
-        // `cargo test -p svirtd` does not build the CLI; make sure the one we run is current.
-        // (`cargo test --workspace` has just built it: skip cargo when it is newer than its
-        // sources, so a differently-unified feature set does not rebuild it.)
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../svirt/src");
-        if newest_mtime(&src).is_some_and(|s| {
-            fs::metadata(&svirt)
-                .and_then(|m| m.modified())
-                .is_ok_and(|b| b >= s)
-        }) {
-            return svirt;
-        }
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "svirt"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build -p svirt");
-        assert!(status.success(), "cargo build -p svirt failed");
-        svirt
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_bin("svirt", "svirt")).clone()
+}
+
+/// The `svirt-probe` binary (the lab's compromised processes), built (or found up to
+/// date) next to `svirtd`.
+pub fn probe_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("svirt-probe", "probe"))
+        .clone()
+}
+
+/// The binary `name` of the workspace crate in `crates/<dir>`, next to `svirtd`.
+fn workspace_bin(name: &str, dir: &str) -> PathBuf {
+    let svirtd = PathBuf::from(env!("CARGO_BIN_EXE_svirtd"));
+    let bin = svirtd.with_file_name(name);
+    let release = svirtd.parent().is_some_and(|d| d.ends_with("release"));
+    // `cargo test -p svirtd` does not build the others; make sure the one we run is
+    // current. (`cargo test --workspace` has just built it: skip cargo when it is newer
+    // than its sources, so a differently-unified feature set does not rebuild it.)
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(dir)
+        .join("src");
+    if newest_mtime(&src).is_some_and(|s| {
+        fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .is_ok_and(|b| b >= s)
+    }) {
+        return bin;
+    }
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", name]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    bin
 }
 
 fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
@@ -119,6 +132,35 @@ fn slot() -> u32 {
 }
 
 impl Daemon {
+    /// The live processes this daemon started whose command name is `comm` (its
+    /// children: virtiofsd, for one).
+    pub fn children_named(&self, comm: &str) -> Vec<i32> {
+        let Some(me) = self.child.as_ref().map(|c| c.id() as i32) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = &stat[open + 1..close];
+            let mut rest = stat[close + 1..].split_whitespace();
+            let state = rest.next().unwrap_or("");
+            let ppid: i32 = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            if name == comm && ppid == me && state != "Z" && state != "X" {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
     /// Starts svirtd with `extra` arguments on new temporary directories.
     pub fn start(extra: &[&str]) -> Daemon {
         Daemon::start_with_env(extra, &[])
@@ -528,29 +570,34 @@ pub fn guest_os() -> (PathBuf, PathBuf) {
 
 /// Domain XML of a real Linux guest: the test guest's kernel and initrd (direct boot), one
 /// raw disk, a 9p share of `share` (tag `share0`, which the guest mounts and reads
-/// `hello.txt` from), its serial console on the unix socket `console` (QEMU listens:
+/// `hello.txt` from), a virtiofs share of `vfs` (tag `vfs0`, served by a virtiofsd of the
+/// guest's; the guest reads its `hello.txt` and writes `from-NAME.txt`; its memory is
+/// shared memfd memory, as vhost-user needs), its serial console on the unix socket `console` (QEMU listens:
 /// `svirt console`), everything the guest prints also logged to `log`.
 pub fn linux_guest_xml(
     name: &str,
     (kernel, initrd): (&Path, &Path),
     disk: &Path,
-    share: &Path,
+    (share, vfs): (&Path, &Path),
     console: &Path,
     log: &Path,
 ) -> String {
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>\
          <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
-         <cmdline>console=ttyS0 quiet svirt.name={name} svirt.share=share0</cmdline></os><devices>\
+         <cmdline>console=ttyS0 quiet svirt.name={name} svirt.share=share0 svirt.vfs=vfs0</cmdline></os><devices>\
          <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
          <target dev='vda' bus='virtio'/></disk>\
          <filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share0'/></filesystem>\
+         <filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/><source dir='{}'/><target dir='vfs0'/></filesystem>\
          <serial type='unix'><source mode='bind' path='{}'/><log file='{}'/><target port='0'/></serial>\
          </devices></domain>\n",
         kernel.display(),
         initrd.display(),
         disk.display(),
         share.display(),
+        vfs.display(),
         console.display(),
         log.display()
     )

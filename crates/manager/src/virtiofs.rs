@@ -1,0 +1,271 @@
+//! virtiofs shares (`<filesystem><driver type='virtiofs'/>`): one `virtiofsd` per share,
+//! started by the manager before QEMU and confined with the guest's identity on every
+//! stack, as the VMM is: the guest's uid (DAC), its label (the MAC model's exec hook), a
+//! jail of its own that shows the share and nothing of the guest's other objects, and a
+//! Landlock ruleset beneath the share. QEMU never opens the share: it gets one end of a
+//! connected vhost-user socket (`-chardev socket,fd=N`), virtiofsd the listener
+//! (`--fd=N`), both made in the guest's control directory (root's) and unlinked at once,
+//! so no other process can reach either.
+//!
+//! virtiofsd runs with `--sandbox=none`: its own namespace sandbox needs mount operations
+//! that Landlock refuses, and svirt's jail takes its place. It needs `/proc/self/fd` (it
+//! reopens its files through it) and `/proc/sys/fs/nr_open`: its jail shows a procfs of
+//! its own, mounted `hidepid=invisible`, read-only. It is never given the share as
+//! `/proc/self/fd/N` (it would resolve that to `/` and export the jail's root): the jail
+//! shows the share at its own path, idmapped to the guest's uid where DAC maps it.
+//!
+//! A virtiofsd joins the guest's cgroup before it gives up its parent-death signal, so it
+//! is ended with the guest (and after a crash of the manager) like every process of it. It
+//! exits by itself when QEMU goes (the vhost-user connection closes).
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use svirt_domain::{Plan, ResourceKind};
+use svirt_drivers::ExecContext;
+
+use crate::cgroup::GuestCgroup;
+use crate::error::{ManagerError, Result};
+use crate::manager::Inner;
+use crate::process::{self, SpawnRequest};
+use crate::qemu::{FilesystemSpec, FsDriver, VmSpec};
+use crate::record::Record;
+
+/// Where distributions install virtiofsd outside `PATH` (Fedora, Debian's QEMU of old).
+const FALLBACK_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
+
+/// The virtiofsd to run: the configured one, else `virtiofsd` on `PATH`, else a
+/// distribution's place for it.
+pub(crate) fn virtiofsd_binary(configured: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = configured {
+        return Ok(p.clone());
+    }
+    if let Ok(p) = crate::glue::find_in_path("virtiofsd") {
+        return Ok(p);
+    }
+    FALLBACK_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            ManagerError::Qemu(
+                "virtiofs: no virtiofsd found (on PATH, /usr/libexec, /usr/lib/qemu); \
+                 scripts/test and scripts/demo build it (scripts/lib.sh: ensure_virtiofsd), or give svirtd --virtiofsd PATH"
+                    .into(),
+            )
+        })
+}
+
+/// The virtiofs shares of `spec`, with their index in [`VmSpec::filesystems`].
+pub(crate) fn shares(spec: &VmSpec) -> impl Iterator<Item = (usize, &FilesystemSpec)> {
+    spec.filesystems
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.driver == FsDriver::Virtiofs)
+}
+
+/// Refuses virtiofs shares for a confined guest that has no uid of its own (a stack
+/// without DAC, or DAC turned off by the domain): virtiofsd would run as root without a
+/// capability, which it cannot (it manages its own capabilities and stops), and it must
+/// never run confined by less than the VMM.
+pub(crate) fn check_identity(spec: &VmSpec, plan: &Plan, confined: bool) -> Result<()> {
+    match shares(spec).next() {
+        Some((_, fs)) if confined && !plan.is_confined(svirt_domain::Model::Dac) => {
+            Err(ManagerError::Domain(format!(
+                "filesystem {}: a virtiofs share needs the DAC driver (virtiofsd runs as \
+                 the guest's own uid; this guest's VMM would run as root): add dac to \
+                 svirtd's --drivers, or use a 9p share",
+                fs.tag
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The planned resource of the share with mount tag `tag` (the planner names it
+/// `filesystem TAG`).
+fn is_share(r: &svirt_domain::PlannedResource, tag: &str) -> bool {
+    r.resource.kind == ResourceKind::FilesystemTree
+        && r.resource
+            .device
+            .strip_prefix("filesystem ")
+            .is_some_and(|t| t == tag)
+}
+
+/// What the VMM reaches of `plan`: everything but the virtiofs shares (virtiofsd's).
+pub(crate) fn plan_for_vmm(plan: &Plan, spec: &VmSpec) -> Plan {
+    let tags: Vec<&str> = shares(spec).map(|(_, f)| f.tag.as_str()).collect();
+    if tags.is_empty() {
+        return plan.clone();
+    }
+    let mut p = plan.clone();
+    p.resources.retain(|r| !tags.iter().any(|t| is_share(r, t)));
+    p
+}
+
+/// What the virtiofsd of the share tagged `tag` reaches of `plan`: that share alone.
+/// Errors when the planner did not list the share under its own tag (its directory is
+/// also another device's object): one object cannot be QEMU's and virtiofsd's at once.
+pub(crate) fn plan_for_share(plan: &Plan, tag: &str) -> Result<Plan> {
+    let mut p = plan.clone();
+    p.resources.retain(|r| is_share(r, tag));
+    if p.resources.len() != 1 {
+        return Err(ManagerError::Domain(format!(
+            "filesystem {tag}: its directory is another device's object too; a virtiofs \
+             share must be a directory of its own"
+        )));
+    }
+    p.disk_chains.clear();
+    Ok(p)
+}
+
+/// virtiofsd's arguments for a share served over the listening socket `fd`.
+pub(crate) fn args(share: &Path, fd: i32, readonly: bool) -> Vec<String> {
+    let mut a = vec![
+        format!("--fd={fd}"),
+        format!("--shared-dir={}", share.display()),
+        // svirt's jail stands in for virtiofsd's own sandbox (see the module's text).
+        "--sandbox=none".into(),
+        // Opening by file handle needs CAP_DAC_READ_SEARCH, which it never has.
+        "--inode-file-handles=never".into(),
+        // Leave RLIMIT_NOFILE as the manager set it (raising it needs a capability).
+        "--rlimit-nofile=0".into(),
+        "--log-level=warn".into(),
+    ];
+    if readonly {
+        a.push("--readonly".into());
+    }
+    a
+}
+
+/// The two ends of one share's vhost-user connection.
+pub(crate) struct VhostUser {
+    /// virtiofsd's (`--fd`): it accepts the connection already queued on it.
+    pub listener: OwnedFd,
+    /// QEMU's (`-chardev socket,fd=`), connected.
+    pub qemu_end: OwnedFd,
+}
+
+/// Binds a listener in `dir` (the guest's control directory: root's, mode 0700), connects
+/// to it and unlinks the name: the connection QEMU and virtiofsd share exists before
+/// either runs, and nothing else can join it.
+pub(crate) fn connect(dir: &Path, index: usize) -> Result<VhostUser> {
+    let path = dir.join(format!("virtiofs-{index}.sock"));
+    let err = |what: &str, e: std::io::Error| {
+        ManagerError::Qemu(format!("virtiofs: {what} {}: {e}", path.display()))
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("remove the stale socket", e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| err("bind", e))?;
+    let connected = UnixStream::connect(&path);
+    let _ = std::fs::remove_file(&path);
+    let qemu_end = connected.map_err(|e| err("connect to", e))?;
+    Ok(VhostUser {
+        listener: listener.into(),
+        qemu_end: qemu_end.into(),
+    })
+}
+
+impl Inner {
+    /// Starts the virtiofsd of every virtiofs share of the guest, each confined as the
+    /// module's text says, in the guest's cgroup. Returns QEMU's end of each one's
+    /// connection, by the share's index. On error, the ones started are ended with the
+    /// cgroup by the start's undo.
+    pub(crate) fn start_virtiofsd(
+        &self,
+        rec: &Record,
+        cg: &GuestCgroup,
+    ) -> Result<Vec<(usize, OwnedFd)>> {
+        let mut ends = Vec::new();
+        if shares(&rec.spec).next().is_none() {
+            return Ok(ends);
+        }
+        let binary = virtiofsd_binary(self.config.virtiofsd_binary.as_ref())?;
+        let ctl = self.control_dir(&rec.name);
+        let sec = rec.security();
+        for (i, fs) in shares(&rec.spec) {
+            let plan = plan_for_share(&rec.plan, &fs.tag)?;
+            let share = plan.resources[0].resource.path.clone();
+            let conn = connect(&ctl, i)?;
+            let log_path = ctl.join(format!("virtiofsd-{i}.log"));
+            let log = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&log_path)
+                .map_err(|e| ManagerError::io("open the virtiofsd log", &log_path, e))?;
+            let (prepared, procfs) = if self.stack.is_empty() {
+                (None, None)
+            } else {
+                let opened = crate::jail::prepare(
+                    &crate::jail::JailConfig {
+                        mount_namespace: self.stack.permits_mount_namespace(),
+                        ..crate::jail::JailConfig::default()
+                    },
+                    &plan,
+                    &crate::jail::JailInputs {
+                        emulator: &binary,
+                        devices: &[],
+                        spelled: &[],
+                        ids: rec.ids,
+                        map_policy: self.idmap_policy(),
+                    },
+                )?;
+                let mut prepared = opened.finish(&rec.runtime_dir)?;
+                let procfs = prepared.add_procfs()?;
+                (Some(prepared), Some(procfs))
+            };
+            let exec = ExecContext {
+                emulator: binary.clone(),
+                runtime_dir: rec.runtime_dir.clone(),
+                devices: Vec::new(),
+                tcp_ports: Vec::new(),
+                inherited: vec![log_path.clone()],
+                procfs,
+            };
+            let (pre_jail, hooks) = self.stack.child_hooks_phased(&plan, &sec, &exec)?;
+            let jail = match prepared {
+                Some(p) => {
+                    let ns = crate::namespaces::Namespaces::make().map_err(|e| {
+                        ManagerError::Qemu(format!(
+                            "virtiofs {}: make a network and IPC namespace: {e}",
+                            fs.tag
+                        ))
+                    })?;
+                    Some(p.assemble(ns)?)
+                }
+                None => None,
+            };
+            let args = args(&share, conn.listener.as_raw_fd(), fs.readonly);
+            let spawned = process::spawn(SpawnRequest {
+                binary: &binary,
+                args: &args,
+                runtime_dir: &rec.runtime_dir,
+                log,
+                keep_fds: vec![conn.listener.as_raw_fd()],
+                pid_fd: None,
+                cgroup_procs: cg.procs_fds(),
+                pre_jail_hooks: pre_jail,
+                jail,
+                hooks,
+                drop_capabilities: !self.stack.is_empty(),
+            })
+            .map_err(|e| ManagerError::Qemu(format!("virtiofs {}: {e}", fs.tag)))?;
+            tracing::info!(guest = %rec.name, tag = %fs.tag, pid = spawned.pid, share = %share.display(), "virtiofsd started");
+            process::reap_in_background(
+                spawned.pidfd,
+                rec.name.clone(),
+                format!("virtiofsd of share {}", fs.tag),
+            );
+            ends.push((i, conn.qemu_end));
+        }
+        Ok(ends)
+    }
+}
