@@ -260,3 +260,50 @@ fn dac_shared_tree_is_restored_when_its_last_user_stops() {
         d.release(g).expect("release");
     }
 }
+
+/// A tree recorded empty (a TPM's state directory at the first start) and filled by the
+/// guest: at the stop every entry the guest made goes back to the root's owner and group,
+/// set-id and sticky bits dropped (before, with no file original recorded, they stayed
+/// the guest's uid's, for the next guest given it). The root is restored exactly.
+#[test]
+fn dac_entries_made_in_a_tree_recorded_empty_are_not_left_to_the_guest() {
+    let Some((dir, _acc, d)) = dac_setup(FIRST_ID + 40, LAST_ID, None) else {
+        return;
+    };
+    let tree = dir.path().join("tpm2");
+    std::fs::create_dir(&tree).expect("mkdir");
+    chmod(&tree, 0o700);
+    let root_before = owner_mode(&tree);
+    let p = share_plan("empty-tree", &tree);
+    let mut g = guest("empty-tree");
+    d.reserve(&p, &mut g).expect("reserve");
+    let (uid, gid) = g.ids.expect("ids");
+    d.set_all(&p, &g).expect("set_all");
+    // What the guest's process makes there (as its uid).
+    let file = tree.join("tpm2-00.permall");
+    std::fs::write(&file, b"state").expect("write");
+    std::os::unix::fs::chown(&file, Some(uid), Some(gid)).expect("chown");
+    chmod(&file, 0o4640);
+    let sub = tree.join("sub");
+    std::fs::create_dir(&sub).expect("mkdir");
+    std::os::unix::fs::chown(&sub, Some(uid), Some(gid)).expect("chown");
+    // Control: an entry of someone else's stays as it is.
+    let other = tree.join("other");
+    std::fs::write(&other, b"x").expect("write");
+    std::os::unix::fs::chown(&other, Some(4242), Some(4242)).expect("chown");
+    let errors = d.restore_all(&p, &g);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(owner_mode(&tree), root_before);
+    let (ru, rg, _) = root_before;
+    let (fu, fg, fmode) = owner_mode(&file);
+    assert_eq!(
+        (fu, fg, fmode & 0o7777),
+        (ru, rg, 0o640),
+        "file made by the guest"
+    );
+    let (su, sg, _) = owner_mode(&sub);
+    assert_eq!((su, sg), (ru, rg), "directory made by the guest");
+    let (ou, og, _) = owner_mode(&other);
+    assert_eq!((ou, og), (4242, 4242), "someone else's entry");
+    d.release(&g).expect("release");
+}

@@ -184,7 +184,20 @@ pub struct Config {
     /// (where distributions put it), looked up when a guest first needs it.
     #[serde(default)]
     pub virtiofsd_binary: Option<PathBuf>,
+    /// Where each guest's emulated TPM keeps its state when the XML names no place
+    /// (`<uuid>/tpm2`, as libvirt's `/var/lib/libvirt/swtpm`), kept across starts.
+    /// Default `/var/lib/svirt-swtpm` (not below the state directory: the planner refuses
+    /// the guest anything of svirtd's own).
+    #[serde(default = "default_tpm_state_dir")]
+    pub tpm_state_dir: PathBuf,
 }
+
+fn default_tpm_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_TPM_STATE_DIR)
+}
+
+/// The default [`Config::tpm_state_dir`].
+pub const DEFAULT_TPM_STATE_DIR: &str = "/var/lib/svirt-swtpm";
 
 fn yes() -> bool {
     true
@@ -215,6 +228,7 @@ impl Config {
             nvram_dir: PathBuf::from(DEFAULT_NVRAM_DIR),
             idmap_shares: true,
             virtiofsd_binary: None,
+            tpm_state_dir: default_tpm_state_dir(),
         }
     }
 }

@@ -193,12 +193,15 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
         path: l.path.clone(),
         pflash: l.loader_type == Some(LoaderType::Pflash),
     });
-    if !d.hostdevs.is_empty() || !d.tpms.is_empty() {
-        return Err(ManagerError::Domain(
-            "hostdev and tpm devices are planned and labeled but not yet passed to QEMU by svirt"
-                .into(),
-        ));
+    if let Some(h) = d.hostdevs.first() {
+        // Planned and labeled as libvirt would; QEMU is not given them yet.
+        return Err(ManagerError::Domain(format!(
+            "hostdev {}: device passthrough is not supported yet (svirt opens no VFIO group \
+             or host USB device for the VMM)",
+            describe_hostdev(h)
+        )));
     }
+    let tpm = crate::swtpm::spec(d)?;
     Ok(VmSpec {
         name: d.name.clone(),
         uuid: d.uuid.to_string(),
@@ -228,7 +231,32 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
                 svirt_domain::RngBackend::Builtin => None,
             })
             .collect(),
+        tpm,
     })
+}
+
+/// A hostdev as an error names it (`usb 1234:5678`, `usb bus 1 device 3`, `pci 0000:03:00.1`).
+fn describe_hostdev(h: &svirt_domain::domain::Hostdev) -> String {
+    use svirt_domain::domain::Hostdev;
+    match h {
+        Hostdev::Usb {
+            vendor: Some(v),
+            product: Some(p),
+            ..
+        } => format!("usb {v:04x}:{p:04x}"),
+        Hostdev::Usb { bus, device, .. } => format!(
+            "usb bus {} device {}",
+            bus.unwrap_or_default(),
+            device.unwrap_or_default()
+        ),
+        Hostdev::Pci {
+            domain,
+            bus,
+            slot,
+            function,
+            ..
+        } => format!("pci {domain:04x}:{bus:02x}:{slot:02x}.{function:x}"),
+    }
 }
 
 /// The QEMU binary: the configured override, else the domain's `<emulator>`, else
@@ -296,6 +324,11 @@ pub(crate) fn parse_and_plan(
             &mut parsed.domain,
             &inner.config.root_dir,
             &inner.config.nvram_dir,
+        )?);
+        // An emulated TPM's state directory, likewise.
+        created.extend(crate::swtpm::fill_in(
+            &mut parsed.domain,
+            &inner.config.tpm_state_dir,
         )?);
         // The files QEMU writes a chardev's output and log to: made empty if missing.
         let outputs = parsed.domain.chardevs.iter().flat_map(|c| {
@@ -443,8 +476,13 @@ pub(crate) fn settle_idmaps(
 
 /// Removes chardev files a failed start created.
 pub(crate) fn remove_created(files: &[PathBuf]) {
-    for f in files {
-        let _ = std::fs::remove_file(f);
+    // Innermost first: a directory made here is removed once empty.
+    for f in files.iter().rev() {
+        if std::fs::symlink_metadata(f).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir(f);
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 

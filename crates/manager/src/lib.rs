@@ -33,6 +33,7 @@ mod error;
 pub mod fault;
 pub mod firmware;
 mod glue;
+mod helper;
 mod host_cache;
 pub mod host_checks;
 pub mod idmap;
@@ -49,14 +50,15 @@ mod stack;
 mod start;
 mod stop;
 mod supervise;
+mod swtpm;
 mod types;
 mod undo;
 mod vfork;
 mod virtiofs;
 
 pub use config::{
-    AccelChoice, CategoryRange, Config, DEFAULT_NVRAM_DIR, DEFAULT_UID_RANGE, DriverSelection,
-    Settings, UidRange,
+    AccelChoice, CategoryRange, Config, DEFAULT_NVRAM_DIR, DEFAULT_TPM_STATE_DIR,
+    DEFAULT_UID_RANGE, DriverSelection, Settings, UidRange,
 };
 pub use error::{ManagerError, Result};
 pub use progress::{TreePhase, TreeProgress};
@@ -235,6 +237,7 @@ impl Manager {
                 sandbox: true,
                 chardev_fds: Vec::new(),
                 vhost_user_fds: Vec::new(),
+                tpm_fd: None,
             },
         );
         Ok(

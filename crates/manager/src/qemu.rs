@@ -219,6 +219,9 @@ pub struct VmSpec {
     /// Where the guest's RAM comes from, when the XML's `<memoryBacking>` says.
     #[serde(default)]
     pub memory_backend: Option<MemoryBackend>,
+    /// The emulated TPM (served by the guest's swtpm).
+    #[serde(default)]
+    pub tpm: Option<crate::swtpm::TpmSpec>,
 }
 
 /// The guest's RAM as a memory backend object (`-machine memory-backend=`).
@@ -254,6 +257,9 @@ pub struct LaunchOptions {
     /// share's index in [`VmSpec::filesystems`] (the manager connects it before QEMU
     /// starts: QEMU is given no path). A dry run has none: `fd=` then names no fd.
     pub vhost_user_fds: Vec<(usize, i32)>,
+    /// QEMU's end of the swtpm control channel (made by the manager before QEMU starts);
+    /// a dry run has none.
+    pub tpm_fd: Option<i32>,
 }
 
 /// Doubles commas: QEMU's option syntax escape for values.
@@ -497,6 +503,17 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             a.insert(pos - 1, "-device".into());
         }
     }
+    if let Some(t) = &spec.tpm {
+        let fd = opts
+            .tpm_fd
+            .map_or_else(|| "none".to_string(), |fd| fd.to_string());
+        a.push("-chardev".into());
+        a.push(format!("socket,id=chrtpm,fd={fd}"));
+        a.push("-tpmdev".into());
+        a.push("emulator,id=tpm0,chardev=chrtpm".into());
+        a.push("-device".into());
+        a.push(format!("{},tpmdev=tpm0", t.model));
+    }
     for (i, f) in spec.filesystems.iter().enumerate() {
         if f.driver == FsDriver::Virtiofs {
             let fd = opts
@@ -579,6 +596,7 @@ mod tests {
             sandbox: true,
             chardev_fds: Vec::new(),
             vhost_user_fds: Vec::new(),
+            tpm_fd: None,
         }
     }
 

@@ -279,11 +279,12 @@ impl Inner {
             inherited: vec![log_path.clone()],
             procfs: None,
         };
-        // QEMU reaches its plan but the virtiofs shares (virtiofsd's).
-        let vmm_plan = crate::virtiofs::plan_for_vmm(&rec.plan, &rec.spec);
+        // QEMU reaches its plan but what its helpers serve (virtiofs shares, TPM state).
+        let vmm_plan = crate::helper::plan_for_vmm(&rec.plan, &rec.spec);
         let (pre_jail, hooks) = self.stack.child_hooks_phased(&vmm_plan, &sec, &exec)?;
         let host_sockets = crate::glue::host_sockets(&rec.spec, jail.is_some(), listeners)?;
         let vhost_user = self.start_virtiofsd(rec, &cg)?;
+        let tpm = self.start_swtpm(rec, &cg)?;
         let args = qemu::command_line(
             &rec.spec,
             &LaunchOptions {
@@ -299,6 +300,7 @@ impl Inner {
                     .iter()
                     .map(|(i, fd)| (*i, fd.as_raw_fd()))
                     .collect(),
+                tpm_fd: tpm.as_ref().map(|fd| fd.as_raw_fd()),
             },
         );
         rec.argv = std::iter::once(self.qemu.to_string_lossy().into_owned())
@@ -313,6 +315,7 @@ impl Inner {
             keep_fds: std::iter::once(listener.as_raw_fd())
                 .chain(host_sockets.iter().map(|(_, fd)| fd.as_raw_fd()))
                 .chain(vhost_user.iter().map(|(_, fd)| fd.as_raw_fd()))
+                .chain(tpm.iter().map(|fd| fd.as_raw_fd()))
                 .collect(),
             pid_fd: Some(pid_file.as_raw_fd()),
             cgroup_procs: Vec::new(),
@@ -324,6 +327,7 @@ impl Inner {
         })?;
         drop(host_sockets);
         drop(vhost_user);
+        drop(tpm);
         drop(pid_file);
         let pidfd = spawned.pidfd;
         // QEMU holds the listener now; ours must go, or a dead QEMU would leave connects
@@ -468,7 +472,7 @@ impl Inner {
                 mount_namespace: self.stack.permits_mount_namespace(),
                 ..crate::jail::JailConfig::default()
             },
-            &crate::virtiofs::plan_for_vmm(&rec.plan, &rec.spec),
+            &crate::helper::plan_for_vmm(&rec.plan, &rec.spec),
             &crate::jail::JailInputs {
                 emulator: &self.qemu,
                 devices,

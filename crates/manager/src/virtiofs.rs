@@ -1,8 +1,8 @@
 //! virtiofs shares (`<filesystem><driver type='virtiofs'/>`): one `virtiofsd` per share,
 //! started by the manager before QEMU and confined with the guest's identity on every
-//! stack, as the VMM is: the guest's uid (DAC), its label (the MAC model's exec hook), a
-//! jail of its own that shows the share and nothing of the guest's other objects, and a
-//! Landlock ruleset beneath the share. QEMU never opens the share: it gets one end of a
+//! stack, as the VMM is ([`crate::helper`]): the guest's uid (DAC), its label (the MAC
+//! model's exec hook), a jail of its own that shows the share and nothing of the guest's
+//! other objects, and a Landlock ruleset beneath the share. QEMU never opens the share: it gets one end of a
 //! connected vhost-user socket (`-chardev socket,fd=N`), virtiofsd the listener
 //! (`--fd=N`), both made in the guest's control directory (root's) and unlinked at once,
 //! so no other process can reach either.
@@ -14,23 +14,18 @@
 //! `/proc/self/fd/N` (it would resolve that to `/` and export the jail's root): the jail
 //! shows the share at its own path, idmapped to the guest's uid where DAC maps it.
 //!
-//! A virtiofsd joins the guest's cgroup before it gives up its parent-death signal, so it
-//! is ended with the guest (and after a crash of the manager) like every process of it. It
-//! exits by itself when QEMU goes (the vhost-user connection closes).
+//! It exits by itself when QEMU goes (the vhost-user connection closes).
 
-use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use svirt_domain::{Plan, ResourceKind};
-use svirt_drivers::ExecContext;
 
 use crate::cgroup::GuestCgroup;
 use crate::error::{ManagerError, Result};
+use crate::helper::HelperLaunch;
 use crate::manager::Inner;
-use crate::process::{self, SpawnRequest};
 use crate::qemu::{FilesystemSpec, FsDriver, VmSpec};
 use crate::record::Record;
 
@@ -87,23 +82,12 @@ pub(crate) fn check_identity(spec: &VmSpec, plan: &Plan, confined: bool) -> Resu
 
 /// The planned resource of the share with mount tag `tag` (the planner names it
 /// `filesystem TAG`).
-fn is_share(r: &svirt_domain::PlannedResource, tag: &str) -> bool {
+pub(crate) fn is_share(r: &svirt_domain::PlannedResource, tag: &str) -> bool {
     r.resource.kind == ResourceKind::FilesystemTree
         && r.resource
             .device
             .strip_prefix("filesystem ")
             .is_some_and(|t| t == tag)
-}
-
-/// What the VMM reaches of `plan`: everything but the virtiofs shares (virtiofsd's).
-pub(crate) fn plan_for_vmm(plan: &Plan, spec: &VmSpec) -> Plan {
-    let tags: Vec<&str> = shares(spec).map(|(_, f)| f.tag.as_str()).collect();
-    if tags.is_empty() {
-        return plan.clone();
-    }
-    let mut p = plan.clone();
-    p.resources.retain(|r| !tags.iter().any(|t| is_share(r, t)));
-    p
 }
 
 /// What the virtiofsd of the share tagged `tag` reaches of `plan`: that share alone.
@@ -173,10 +157,9 @@ pub(crate) fn connect(dir: &Path, index: usize) -> Result<VhostUser> {
 }
 
 impl Inner {
-    /// Starts the virtiofsd of every virtiofs share of the guest, each confined as the
-    /// module's text says, in the guest's cgroup. Returns QEMU's end of each one's
-    /// connection, by the share's index. On error, the ones started are ended with the
-    /// cgroup by the start's undo.
+    /// Starts the virtiofsd of every virtiofs share of the guest ([`crate::helper`]).
+    /// Returns QEMU's end of each one's connection, by the share's index. On error, the
+    /// ones started are ended with the cgroup by the start's undo.
     pub(crate) fn start_virtiofsd(
         &self,
         rec: &Record,
@@ -188,82 +171,23 @@ impl Inner {
         }
         let binary = virtiofsd_binary(self.config.virtiofsd_binary.as_ref())?;
         let ctl = self.control_dir(&rec.name);
-        let sec = rec.security();
         for (i, fs) in shares(&rec.spec) {
             let plan = plan_for_share(&rec.plan, &fs.tag)?;
             let share = plan.resources[0].resource.path.clone();
             let conn = connect(&ctl, i)?;
-            let log_path = ctl.join(format!("virtiofsd-{i}.log"));
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&log_path)
-                .map_err(|e| ManagerError::io("open the virtiofsd log", &log_path, e))?;
-            let (prepared, procfs) = if self.stack.is_empty() {
-                (None, None)
-            } else {
-                let opened = crate::jail::prepare(
-                    &crate::jail::JailConfig {
-                        mount_namespace: self.stack.permits_mount_namespace(),
-                        ..crate::jail::JailConfig::default()
-                    },
-                    &plan,
-                    &crate::jail::JailInputs {
-                        emulator: &binary,
-                        devices: &[],
-                        spelled: &[],
-                        ids: rec.ids,
-                        map_policy: self.idmap_policy(),
-                    },
-                )?;
-                let mut prepared = opened.finish(&rec.runtime_dir)?;
-                let procfs = prepared.add_procfs()?;
-                (Some(prepared), Some(procfs))
-            };
-            let exec = ExecContext {
-                emulator: binary.clone(),
-                runtime_dir: rec.runtime_dir.clone(),
-                devices: Vec::new(),
-                tcp_ports: Vec::new(),
-                inherited: vec![log_path.clone()],
-                procfs,
-            };
-            let (pre_jail, hooks) = self.stack.child_hooks_phased(&plan, &sec, &exec)?;
-            let jail = match prepared {
-                Some(p) => {
-                    let ns = crate::namespaces::Namespaces::make().map_err(|e| {
-                        ManagerError::Qemu(format!(
-                            "virtiofs {}: make a network and IPC namespace: {e}",
-                            fs.tag
-                        ))
-                    })?;
-                    Some(p.assemble(ns)?)
-                }
-                None => None,
-            };
-            let args = args(&share, conn.listener.as_raw_fd(), fs.readonly);
-            let spawned = process::spawn(SpawnRequest {
-                binary: &binary,
-                args: &args,
-                runtime_dir: &rec.runtime_dir,
-                log,
-                keep_fds: vec![conn.listener.as_raw_fd()],
-                pid_fd: None,
-                cgroup_procs: cg.procs_fds(),
-                pre_jail_hooks: pre_jail,
-                jail,
-                hooks,
-                drop_capabilities: !self.stack.is_empty(),
-            })
-            .map_err(|e| ManagerError::Qemu(format!("virtiofs {}: {e}", fs.tag)))?;
-            tracing::info!(guest = %rec.name, tag = %fs.tag, pid = spawned.pid, share = %share.display(), "virtiofsd started");
-            process::reap_in_background(
-                spawned.pidfd,
-                rec.name.clone(),
-                format!("virtiofsd of share {}", fs.tag),
-            );
+            self.spawn_helper(
+                rec,
+                cg,
+                HelperLaunch {
+                    what: format!("virtiofsd of share {}", fs.tag),
+                    log_name: format!("virtiofsd-{i}.log"),
+                    binary: binary.clone(),
+                    args: args(&share, conn.listener.as_raw_fd(), fs.readonly),
+                    plan: &plan,
+                    keep_fds: vec![conn.listener.as_raw_fd()],
+                    procfs: true,
+                },
+            )?;
             ends.push((i, conn.qemu_end));
         }
         Ok(ends)

@@ -48,6 +48,10 @@ struct Args {
     /// (`<os firmware='efi'>`) and kept across starts.
     #[arg(long, value_name = "DIR", default_value = svirt_manager::DEFAULT_NVRAM_DIR)]
     nvram_dir: PathBuf,
+    /// Where each guest's emulated TPM (swtpm) keeps its state when the XML names no
+    /// place, kept across starts.
+    #[arg(long, value_name = "DIR", default_value = svirt_manager::DEFAULT_TPM_STATE_DIR)]
+    tpm_state_dir: PathBuf,
     /// Accelerator: `auto` probes KVM once and falls back to TCG.
     #[arg(long, value_name = "auto|kvm|tcg", default_value = "auto", value_parser = parse_accel)]
     accel: AccelChoice,
@@ -124,6 +128,7 @@ fn run(args: Args) -> Result<(), String> {
     config.image_roots = args.image_roots;
     config.idmap_shares = !args.no_idmap_shares;
     config.nvram_dir = args.nvram_dir;
+    config.tpm_state_dir = args.tpm_state_dir;
     info!(state_dir = %args.state_dir.display(), run_dir = %args.run_dir.display(), "opening manager");
     raise_nofile();
     let (manager, report) = Manager::open(config).map_err(|e| e.to_string())?;

@@ -833,6 +833,7 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
         text.contains("svirt-guest: virtiofs: wrote from-linux.txt"),
         "{text}"
     );
+    assert!(text.contains("svirt-guest: tpm: TPM 2.0 present"), "{text}");
     // What the guest wrote through virtiofsd belongs to the share's owner on disk (the
     // idmapped mount in virtiofsd's jail), not to the guest's uid.
     let written = vfs.join("from-linux.txt");
@@ -876,14 +877,46 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
             .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
             .collect()
     };
+    let shown = |m: &[String], p: &Path| m.iter().any(|x| Path::new(x) == p);
+    // swtpm likewise: the guest's uid, no capability, its jail shows the TPM's state and
+    // neither the disk nor a share; QEMU's shows no TPM state.
+    let swtpm = d.children_named("swtpm");
+    assert_eq!(swtpm.len(), 1, "one swtpm: {swtpm:?}");
+    let sw_status = std::fs::read_to_string(format!("/proc/{}/status", swtpm[0])).expect("status");
+    assert_eq!(
+        uid_line(&sw_status),
+        uid_line(&qemu_status),
+        "swtpm's uid is the VMM's"
+    );
+    assert!(
+        sw_status.contains("CapEff:\t0000000000000000"),
+        "{sw_status}"
+    );
+    let sw_mounts = mounts(swtpm[0]);
+    let tpm_state = d.dir.path().join("swtpm");
+    assert!(
+        sw_mounts
+            .iter()
+            .any(|m| Path::new(m).starts_with(&tpm_state)),
+        "{sw_mounts:?}"
+    );
+    assert!(
+        !shown(&sw_mounts, &disk) && !shown(&sw_mounts, &vfs),
+        "{sw_mounts:?}"
+    );
     let vfsd_mounts = mounts(vfsd[0]);
     let qemu_mounts = mounts(pid);
-    let shown = |m: &[String], p: &Path| m.iter().any(|x| Path::new(x) == p);
     assert!(shown(&vfsd_mounts, &vfs), "{vfsd_mounts:?}");
     assert!(!shown(&vfsd_mounts, &disk), "{vfsd_mounts:?}");
     assert!(!shown(&vfsd_mounts, &share), "{vfsd_mounts:?}");
     assert!(shown(&qemu_mounts, &disk), "{qemu_mounts:?}");
     assert!(!shown(&qemu_mounts, &vfs), "{qemu_mounts:?}");
+    assert!(
+        !qemu_mounts
+            .iter()
+            .any(|m| Path::new(m).starts_with(&tpm_state)),
+        "{qemu_mounts:?}"
+    );
     // The running guest's VMM, compromised (QMP): its own disk opens (control), a file of
     // its virtiofs share does not.
     for (node, path, want) in [("own", &disk, true), ("vfs", &vfs_hello, false)] {
@@ -969,6 +1002,19 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     );
     assert!(!process_alive(pid));
     assert!(!process_alive(vfsd[0]), "virtiofsd outlived its guest");
+    assert!(!process_alive(swtpm[0]), "swtpm outlived its guest");
+    // The TPM's state stays (its secrets persist across starts), root's again.
+    let state_files: Vec<_> = walk_files(&tpm_state);
+    assert!(!state_files.is_empty(), "swtpm wrote no state");
+    for f in &state_files {
+        let m = std::fs::symlink_metadata(f).expect("stat");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&m),
+            0,
+            "{} left to the guest's uid",
+            f.display()
+        );
+    }
     assert_eq!(exit["restore_errors"], serde_json::json!([]), "{exit}");
     let reason = exit["reason"].as_str().unwrap_or_default();
     assert!(!reason.contains("kill"), "the guest was killed: {exit}");
@@ -1079,4 +1125,17 @@ fn a_compromised_virtiofsd_reaches_its_share_and_nothing_else() {
         "{all}"
     );
     d.ok(&["destroy", "vb"]);
+}
+
+/// Every path below `dir` (not following links).
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk_files(&p));
+        }
+        out.push(p);
+    }
+    out
 }

@@ -447,11 +447,17 @@ pub(crate) struct TreeDb {
 }
 
 /// The recorded original of an entry: its exception, else the dominant one of its kind.
+/// A tree recorded with no entry of that kind (a TPM's state directory, empty at the first
+/// start) has none: an entry made since gets the root's owner and group, and its own
+/// permission bits without set-id or sticky bits, so nothing the guest made stays its
+/// uid's after the stop (for the next guest given that uid).
 fn original(rec: &TreeRecord, exc: &Exceptions, rel: &[u8], ino: u64, m: Meta) -> Option<Orig> {
     match exc.get(rel) {
         Some((i, o)) if *i == ino => Some(*o),
         _ if m.is_dir() => rec.dir,
-        _ => rec.other,
+        _ => rec
+            .other
+            .or_else(|| rec.dir.map(|(uid, gid, _)| (uid, gid, m.mode & 0o777))),
     }
 }
 

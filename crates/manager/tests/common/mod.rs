@@ -79,6 +79,7 @@ impl Env {
         c.shutdown_timeout = std::time::Duration::from_millis(500);
         c.memory_overhead = 192 << 20;
         c.nvram_dir = self.path("nvram");
+        c.tpm_state_dir = self.path("swtpm");
         c
     }
 

@@ -187,6 +187,11 @@ impl Daemon {
             format!("c{first_cat}.c{}", first_cat + 15),
             "--shutdown-timeout".into(),
             "5".into(),
+            // Per daemon, under its temporary root: nothing of a test lands in /var/lib.
+            "--nvram-dir".into(),
+            dir.path().join("nvram").to_string_lossy().into_owned(),
+            "--tpm-state-dir".into(),
+            dir.path().join("swtpm").to_string_lossy().into_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon {
@@ -572,7 +577,8 @@ pub fn guest_os() -> (PathBuf, PathBuf) {
 /// raw disk, a 9p share of `share` (tag `share0`, which the guest mounts and reads
 /// `hello.txt` from), a virtiofs share of `vfs` (tag `vfs0`, served by a virtiofsd of the
 /// guest's; the guest reads its `hello.txt` and writes `from-NAME.txt`; its memory is
-/// shared memfd memory, as vhost-user needs), its serial console on the unix socket `console` (QEMU listens:
+/// shared memfd memory, as vhost-user needs), an emulated TPM 2.0 (the guest's swtpm; the
+/// guest says which TPM it sees), its serial console on the unix socket `console` (QEMU listens:
 /// `svirt console`), everything the guest prints also logged to `log`.
 pub fn linux_guest_xml(
     name: &str,
@@ -592,6 +598,7 @@ pub fn linux_guest_xml(
          <filesystem type='mount' accessmode='passthrough'><source dir='{}'/><target dir='share0'/></filesystem>\
          <filesystem type='mount' accessmode='passthrough'><driver type='virtiofs'/><source dir='{}'/><target dir='vfs0'/></filesystem>\
          <serial type='unix'><source mode='bind' path='{}'/><log file='{}'/><target port='0'/></serial>\
+         <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>\
          </devices></domain>\n",
         kernel.display(),
         initrd.display(),
