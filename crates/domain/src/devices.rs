@@ -50,7 +50,7 @@ pub(crate) enum Outcome {
     Device(PlainDevice),
     /// Nothing to add: the machine has it (PS/2 input, a PCI root or bridge, the IDE or
     /// SATA controller, the virtio-serial bus svirt adds with its first port), or the
-    /// element asks for nothing (`model='none'`).
+    /// element asks for nothing (`model='none'`, `<audio type='none'/>`).
     Implicit,
     /// `<controller type='usb' model='none'>`: the guest has no USB at all.
     UsbOff,
@@ -197,6 +197,9 @@ pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
                 action: action.into(),
             })
         }
+        // libvirt writes `<audio type='none'/>` into every domain it formats: no backend,
+        // which is what QEMU has without one (`-nodefaults`, no sound device).
+        "audio" if c.attribute("type") == Some("none") => Implicit,
         "sound" | "audio" => Refused(
             "sound devices are not supported (svirt runs no audio backend for the VMM)".into(),
         ),

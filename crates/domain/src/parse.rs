@@ -47,6 +47,7 @@ pub fn parse(xml: &str) -> Result<Parsed> {
     }
     let mut p = Parser {
         warnings: Vec::new(),
+        no_relabel: Vec::new(),
     };
     let domain = p.domain(root)?;
     Ok(Parsed {
@@ -57,6 +58,9 @@ pub fn parse(xml: &str) -> Result<Parsed> {
 
 struct Parser {
     warnings: Vec<String>,
+    /// Models whose domain `<seclabel>` relabels nothing (`relabel='no'`, `type='none'`):
+    /// a device `<seclabel>` of these is refused, as libvirt refuses it.
+    no_relabel: Vec<Model>,
 }
 
 /// `/domain/devices/disk[2]`: the element's place in the document, 1-based index among
@@ -281,6 +285,11 @@ impl Parser {
         };
         // Domain seclabels first: device seclabels without a model inherit the only one.
         let seclabels = self.domain_seclabels(root)?;
+        self.no_relabel = seclabels
+            .iter()
+            .filter(|s| !s.relabel)
+            .map(|s| s.model)
+            .collect();
         let os = match child(root, "os") {
             Some(o) => self.os(o)?,
             None => return Err(invalid(root, "missing <os>")),
@@ -430,13 +439,26 @@ impl Parser {
                 ));
             }
         };
+        let source_type = src.and_then(|s| s.attribute("type")).map(str::to_string);
+        let path = src
+            .and_then(|s| s.attribute("path"))
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        // A path is where a file's memory lives: with memfd or anonymous memory QEMU would
+        // never open it, and the plan would hold an object the VMM is not given.
+        if let (Some(s), Some(_)) = (src, &path)
+            && source_type.as_deref() != Some("file")
+        {
+            return Err(invalid_attr(
+                s,
+                "path",
+                "a memory path is only for <source type='file'>",
+            ));
+        }
         Ok(MemoryBacking {
             hugepages: child(mb, "hugepages").is_some(),
-            source_type: src.and_then(|s| s.attribute("type")).map(str::to_string),
-            path: src
-                .and_then(|s| s.attribute("path"))
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
+            source_type,
+            path,
             shared,
             prealloc,
         })
@@ -582,6 +604,18 @@ impl Parser {
                 at,
             });
         }
+        // libvirt's rule: a device's seclabel overrides the domain's relabeling, so it
+        // needs relabeling on; with it off the override would be dropped unnoticed.
+        if let Some(s) = out.iter().find(|s| self.no_relabel.contains(&s.model)) {
+            return Err(Error::Seclabel {
+                at: s.at.clone(),
+                message: format!(
+                    "label overrides require relabeling to be enabled at the domain level \
+                     (the domain's <seclabel model='{}'> relabels nothing)",
+                    s.model
+                ),
+            });
+        }
         Ok(out)
     }
 
@@ -675,19 +709,45 @@ impl Parser {
                 "alias",
                 "iotune",
                 "blockio",
-                "transient",
             ],
         );
+        // What QEMU would not get as asked is refused, never dropped.
+        refuse_children(
+            c,
+            &[
+                (
+                    "transient",
+                    "transient disks are not supported yet (svirt has no overlay to discard \
+                     the guest's writes: they would reach the image)",
+                ),
+                (
+                    "encryption",
+                    "encrypted images are not supported yet (QEMU would read the ciphertext \
+                     as the disk)",
+                ),
+                (
+                    "mirror",
+                    "a block job's <mirror> is not supported (its target would be neither \
+                     planned nor given to QEMU)",
+                ),
+            ],
+        )?;
         let format = match child(c, "driver") {
             Some(drv) => format_attr(drv, "type")?,
             None => None,
         };
         let (source, seclabels) = match child(c, "source") {
-            Some(s) => (
-                Some(source_path(s, disk_type)?),
-                self.device_seclabels(s, dm)?,
-            ),
-            None => (None, Vec::new()),
+            Some(s) => {
+                refuse_source_children(s)?;
+                (
+                    Some(source_path(s, disk_type)?),
+                    self.device_seclabels(s, dm)?,
+                )
+            }
+            // An empty CD-ROM or floppy drive (virt-install leaves one after an install):
+            // QEMU gets the drive with no medium. A disk has no such state.
+            None if device != DiskDevice::Disk => (None, Vec::new()),
+            None => return Err(invalid(c, "a disk needs a <source>")),
         };
         let target = child(c, "target").ok_or_else(|| invalid(c, "missing <target>"))?;
         let target_dev = req_attr(target, "dev")?.to_string();
@@ -748,6 +808,7 @@ impl Parser {
             let format = format_attr(fmt_el, "type")?
                 .ok_or_else(|| invalid(fmt_el, "missing attribute 'type'"))?;
             let src = child(b, "source").ok_or_else(|| invalid(b, "missing <source>"))?;
+            refuse_source_children(src)?;
             layers.push(BackingLayer {
                 disk_type,
                 format,
@@ -853,6 +914,26 @@ impl Parser {
             "pty" => ChardevSource::Pty,
             "tcp" => {
                 let s = need_src()?;
+                // QEMU would get a plain raw socket: refused rather than run otherwise.
+                if yes_no(s, "tls")? == Some(true) {
+                    return Err(invalid_attr(
+                        s,
+                        "tls",
+                        "TLS chardevs are not supported yet (QEMU would get a plain TCP socket)",
+                    ));
+                }
+                if let Some(p) = child(c, "protocol")
+                    && let Some(t) = p.attribute("type").filter(|t| *t != "raw")
+                {
+                    return Err(invalid_attr(
+                        p,
+                        "type",
+                        format!(
+                            "chardev protocol '{t}' is not supported yet (raw only: QEMU would \
+                             get a raw socket)"
+                        ),
+                    ));
+                }
                 ChardevSource::Tcp {
                     host: s.attribute("host").unwrap_or("").to_string(),
                     service: req_attr(s, "service")?.to_string(),
@@ -1088,6 +1169,41 @@ fn source_path(s: Node<'_, '_>, t: DiskType) -> Result<PathBuf> {
     )
 }
 
+/// Refuses the first child of `node` named in `refused`, with its reason: an element whose
+/// meaning svirt would otherwise drop unnoticed.
+fn refuse_children(node: Node<'_, '_>, refused: &[(&str, &str)]) -> Result<()> {
+    for (name, why) in refused {
+        if let Some(n) = child(node, name) {
+            return Err(invalid(n, *why));
+        }
+    }
+    Ok(())
+}
+
+/// What a disk's or a backing layer's `<source>` may hold that svirt does not run: another
+/// host object (an external data file) or a window onto the image.
+fn refuse_source_children(s: Node<'_, '_>) -> Result<()> {
+    refuse_children(
+        s,
+        &[
+            (
+                "dataStore",
+                "external data files (<dataStore>) are not supported: the data file would be \
+                 neither planned nor given to QEMU",
+            ),
+            (
+                "slices",
+                "<slices> are not supported yet: QEMU would get the whole file, not the slice",
+            ),
+            (
+                "encryption",
+                "encrypted images are not supported yet (QEMU would read the ciphertext as the \
+                 disk)",
+            ),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1215,6 +1331,39 @@ mod tests {
             "<seclabel model='selinux' relabel='no'><label>u:r:t:s0</label></seclabel>",
         ));
         assert!(e.contains("relabel='no'"), "{e}");
+        // A device seclabel of a model the domain relabels nothing for (libvirt's rule):
+        // refused, whether it asks for a label or for none.
+        for (domain_sl, device_sl) in [
+            (
+                "<seclabel type='static' model='selinux' relabel='no'><label>u:r:t:s0:c1,c2</label></seclabel>",
+                "<seclabel model='selinux' relabel='yes'><label>u:r:t:s0</label></seclabel>",
+            ),
+            (
+                "<seclabel type='static' model='selinux'><label>u:r:t:s0:c1,c2</label></seclabel>",
+                "<seclabel model='selinux' relabel='no'/>",
+            ),
+            (
+                "<seclabel type='none' model='selinux'/>",
+                "<seclabel model='selinux' relabel='no'/>",
+            ),
+        ] {
+            let e = err(&format!("{domain_sl}{}", disk(device_sl)));
+            assert!(
+                e.contains("relabeling to be enabled") && e.contains("source/seclabel"),
+                "{domain_sl} {device_sl}: {e}"
+            );
+        }
+        // Control: another model's device seclabel, and the same with relabeling on.
+        parse(&doc(&format!(
+            "<seclabel type='static' model='selinux' relabel='no'><label>u:r:t:s0:c1,c2</label></seclabel>{}",
+            disk("<seclabel model='dac' relabel='no'/>")
+        )))
+        .unwrap();
+        parse(&doc(&format!(
+            "<seclabel type='static' model='selinux' relabel='yes'><label>u:r:t:s0:c1,c2</label></seclabel>{}",
+            disk("<seclabel model='selinux' relabel='no'/>")
+        )))
+        .unwrap();
     }
 
     #[test]
@@ -1246,6 +1395,7 @@ mod tests {
              <video><model type='virtio' heads='1'/></video>\
              <memballoon model='virtio'/>\
              <watchdog model='i6300esb' action='poweroff'/>\
+             <audio id='1' type='none'/>\
              </devices>",
         ))
         .unwrap();
@@ -1298,7 +1448,7 @@ mod tests {
                 "spice",
             ),
             ("<sound model='ich9'/>", "sound", "audio"),
-            ("<audio id='1' type='none'/>", "audio", "audio"),
+            ("<audio id='1' type='pulseaudio'/>", "audio", "audio"),
             (
                 "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event1'/></input>",
                 "input",
@@ -1370,6 +1520,77 @@ mod tests {
             "{e}"
         );
         assert!(parse(&doc("<devices><serial type='pty'/></devices>")).is_ok());
+        // What a disk or a chardev asks for that QEMU would not get: refused, naming it.
+        let disk = |inner: &str| {
+            format!(
+                "<devices><disk type='file' device='disk'>{inner}<target dev='vda'/></disk></devices>"
+            )
+        };
+        for (xml, place, word) in [
+            (
+                "<devices><disk type='file' device='cdrom'><target dev='hdc'/><readonly/></disk></devices>"
+                    .to_string(),
+                "/domain/devices/disk",
+                "without a medium",
+            ),
+            (
+                disk("<source file='/x/a'/><transient/>"),
+                "/domain/devices/disk/transient",
+                "transient",
+            ),
+            (
+                disk("<source file='/x/a'/><encryption format='luks'/>"),
+                "/domain/devices/disk/encryption",
+                "encrypted",
+            ),
+            (
+                disk("<source file='/x/a'><encryption format='luks'/></source>"),
+                "/domain/devices/disk/source/encryption",
+                "encrypted",
+            ),
+            (
+                disk("<driver type='qcow2'/><source file='/x/a'><dataStore type='file'><format type='raw'/><source file='/x/d'/></dataStore></source>"),
+                "/domain/devices/disk/source/dataStore",
+                "data file",
+            ),
+            (
+                disk("<source file='/x/a'><slices><slice type='storage' offset='0' size='1'/></slices></source>"),
+                "/domain/devices/disk/source/slices",
+                "slice",
+            ),
+            (
+                disk("<source file='/x/a'/><mirror type='file' file='/x/m'/>"),
+                "/domain/devices/disk/mirror",
+                "mirror",
+            ),
+            (
+                disk("<driver type='qcow2'/><source file='/x/a'/><backingStore type='file'><format type='qcow2'/><source file='/x/b'><dataStore type='file'><format type='raw'/><source file='/x/d'/></dataStore></source></backingStore>"),
+                "/domain/devices/disk/backingStore/source/dataStore",
+                "data file",
+            ),
+            (
+                "<devices><serial type='tcp'><source mode='connect' host='h' service='1' tls='yes'/></serial></devices>"
+                    .to_string(),
+                "/domain/devices/serial/source@tls",
+                "TLS",
+            ),
+            (
+                "<devices><serial type='tcp'><source mode='connect' host='h' service='1'/><protocol type='telnet'/></serial></devices>"
+                    .to_string(),
+                "/domain/devices/serial/protocol@type",
+                "telnet",
+            ),
+        ] {
+            let e = err(&xml);
+            assert!(e.contains(place) && e.contains(word), "{xml}: {e}");
+        }
+        assert!(
+            parse(&doc(
+                "<devices><serial type='tcp'><source mode='connect' host='h' service='1' tls='no'/><protocol type='raw'/></serial></devices>"
+            ))
+            .is_ok(),
+            "raw, without TLS: runs"
+        );
         // <memoryBacking>: what QEMU could not be given as asked is refused.
         let mb = |inner: &str| format!("<memoryBacking>{inner}</memoryBacking>");
         for (inner, word) in [
@@ -1377,6 +1598,7 @@ mod tests {
             ("<nosharepages/>", "nosharepages"),
             ("<discard/>", "discard"),
             ("<access mode='weird'/>", "access mode"),
+            ("<source type='memfd' path='/m'/>", "type='file'"),
         ] {
             let e = err(&mb(inner));
             assert!(
@@ -1415,7 +1637,7 @@ mod tests {
             "<currentMemory unit='KiB'>1024</currentMemory><vcpu>2</vcpu>
             <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
              <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/sdz'/><target dev='vda' bus='virtio'/></disk>
-             <disk type='file' device='cdrom'><target dev='sda' bus='sata'/></disk>
+             <disk type='file' device='cdrom'><source file='/i/boot.iso'/><target dev='sda' bus='sata'/></disk>
              <disk type='file'><driver type='qcow2'/><source file='/i/top.qcow2'/>
                <backingStore type='file'><format type='qcow2'/><source file='/i/mid.qcow2'/>
                  <backingStore type='file'><format type='raw'/><source file='/i/base.raw'/></backingStore>
@@ -1433,7 +1655,7 @@ mod tests {
         assert_eq!(d.vcpus, 2);
         assert_eq!(d.disks.len(), 3);
         assert_eq!(d.disks[0].disk_type, DiskType::Block);
-        assert!(d.disks[1].readonly && d.disks[1].source.is_none());
+        assert!(d.disks[1].readonly && d.disks[1].source.is_some());
         match &d.disks[2].backing {
             BackingSpec::Chain { layers, complete } => {
                 assert_eq!(layers.len(), 2);

@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use svirt_domain::*;
 use svirt_labels::{Level, MlsRange};
+use svirt_testkit::corpus;
 
 fn corpus() -> PathBuf {
     // SVIRT_CONFORMANCE_DIR: run a modified copy (to check that the harness can fail).
@@ -60,8 +60,7 @@ fn run_case(case_dir: &Path) -> Outcome {
         ));
     }
 
-    if let Ok(word) = std::fs::read_to_string(case_dir.join("expected-error.txt")) {
-        let word = word.lines().next().unwrap_or("").trim().to_lowercase();
+    if let Some(word) = corpus::expected_error_word(case_dir) {
         match result {
             Ok(p) => failures.push(format!(
                 "expected an error containing '{word}', got a plan of {} resources",
@@ -98,113 +97,66 @@ fn run_case(case_dir: &Path) -> Outcome {
     }
 
     // Everything a recursive tree reaches, without following symlinks.
-    let mut tree_ids: HashSet<(u64, u64)> = HashSet::new();
-    for r in plan.resources.iter().filter(|r| r.resource.recursive) {
-        let res = host.resolve("test", &r.resource.path).unwrap();
-        tree_ids.insert((res.info.dev, res.info.ino));
-        for e in host.walk_tree("test", &res).unwrap() {
-            tree_ids.insert((e.info.dev, e.info.ino));
-        }
-    }
+    let roots: Vec<&Path> = plan
+        .resources
+        .iter()
+        .filter(|r| r.resource.recursive)
+        .map(|r| r.resource.path.as_path())
+        .collect();
+    let trees = corpus::tree_ids(&roots);
 
-    let expected = std::fs::read_to_string(case_dir.join("expected.tsv")).unwrap();
     let level = allocated();
-    for line in expected.lines().filter(|l| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split('\t').collect();
-        if f.len() != 3 {
-            failures.push(format!("bad expected.tsv line {line:?}"));
-            continue;
+    let shown = match plan.level {
+        LevelSource::Static(ref r) => Some(r),
+        _ => None,
+    };
+    let planned: Vec<corpus::PlannedObject> = plan
+        .resources
+        .iter()
+        .map(|r| corpus::PlannedObject {
+            path: r.resource.path.clone(),
+            recursive: r.resource.recursive,
+            access: match r.resource.access {
+                Access::Rw => "rw",
+                Access::Ro => "ro",
+            }
+            .into(),
+            label: r.selinux.as_ref().map(|t| t.display(shown)),
+            label_resolved: r.selinux.as_ref().map(|t| t.resolve(&level).to_string()),
+            restore: r.selinux_restore,
+        })
+        .collect();
+    let text = std::fs::read_to_string(case_dir.join("expected.tsv")).unwrap();
+    let expected = match corpus::parse_expected(&text) {
+        Ok(e) => e,
+        Err(e) => {
+            failures.push(e);
+            return Outcome { case, failures };
         }
-        let (name, want_label, want_access) = (f[0], f[1], f[2]);
-        let abs = dir.join(name);
-        // The resource itself, or the recursive tree that holds it.
-        let own = plan.resources.iter().find(|r| r.resource.path == abs);
-        let holder = own.or_else(|| {
-            plan.resources
-                .iter()
-                .find(|r| r.resource.recursive && abs.starts_with(&r.resource.path))
-        });
-        let id = std::fs::symlink_metadata(&abs)
-            .map(|m| (m.dev(), m.ino()))
-            .ok();
-
-        if want_access == "-" {
-            if let Some(r) = holder {
-                failures.push(format!(
-                    "{name}: must get no access, but is planned via {}",
-                    r.resource.path.display()
-                ));
-            }
-            if id.is_some_and(|i| tree_ids.contains(&i)) {
-                failures.push(format!("{name}: reached by a tree walk"));
-            }
-            if plan.resources.iter().any(|r| {
-                std::fs::symlink_metadata(&r.resource.path)
-                    .is_ok_and(|m| Some((m.dev(), m.ino())) == id)
-            }) {
-                failures.push(format!("{name}: planned under another path"));
-            }
-        } else if want_access != "*" {
-            match holder {
-                None => failures.push(format!(
-                    "{name}: expected {want_access} access, not planned"
-                )),
-                Some(r) => {
-                    let got = match r.resource.access {
-                        Access::Rw => "rw",
-                        Access::Ro => "ro",
-                    };
-                    if got != want_access {
-                        failures.push(format!("{name}: access {got}, expected {want_access}"));
-                    }
-                }
-            }
-        }
-
-        if want_label == "*" {
-            continue;
-        }
-        let got_template = holder.and_then(|r| r.selinux.as_ref());
-        let got_text = got_template.map(|t| {
-            t.display(match plan.level {
-                LevelSource::Static(ref r) => Some(r),
-                _ => None,
-            })
-        });
-        if want_label == "-" {
-            if let Some(t) = got_text {
-                failures.push(format!("{name}: expected untouched, planned {t}"));
-            }
-            continue;
-        }
-        match (got_text, got_template) {
-            (Some(t), Some(tpl)) => {
-                if t != want_label {
-                    failures.push(format!("{name}: label {t}, expected {want_label}"));
-                }
-                // Once a level is allocated, every @LEVEL@ is that one level.
-                let resolved = tpl.resolve(&level).to_string();
-                let want_resolved = want_label.replace(LEVEL_PLACEHOLDER, &level.to_string());
-                if resolved != want_resolved {
-                    failures.push(format!(
-                        "{name}: resolved {resolved}, expected {want_resolved}"
-                    ));
-                }
-            }
-            _ => failures.push(format!("{name}: untouched, expected {want_label}")),
-        }
-        // The JSON report says the same.
-        let rep = report(plan, &Model::ALL, &[]);
-        let holder_path = holder.map(|h| h.resource.path.clone()).unwrap_or_default();
+    };
+    let (mut found, checked) =
+        corpus::check_expected(&dir, &expected, &planned, &trees, &level.to_string());
+    failures.append(&mut found);
+    // The JSON report says the same.
+    let rep = report(plan, &Model::ALL, &[]);
+    for c in checked
+        .iter()
+        .filter(|c| !["*", "-"].contains(&c.expected.label.as_str()))
+    {
+        let holder_path = c
+            .holder
+            .map(|h| planned[h].path.clone())
+            .unwrap_or_default();
+        let want = c.expected.label.as_str();
         match rep
             .resources
             .iter()
             .find(|x| Path::new(&x.path) == holder_path)
         {
-            Some(rr)
-                if rr.labels.get("selinux").cloned().flatten().as_deref() == Some(want_label) => {}
+            Some(rr) if rr.labels.get("selinux").cloned().flatten().as_deref() == Some(want) => {}
             rr => failures.push(format!(
-                "{name}: JSON label {:?}, expected {want_label}",
+                "{}: JSON label {:?}, expected {want}",
+                c.expected.name,
                 rr.map(|r| r.labels.get("selinux"))
             )),
         }

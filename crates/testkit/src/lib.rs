@@ -9,8 +9,14 @@
 //!
 //! **Images.** [`qcow2`] makes real qcow2 images with `qemu-img` (required: the tests do not
 //! fake image headers they can make).
+//!
+//! **Corpora.** [`corpus`] builds the objects of a label corpus case (`files.txt`) and
+//! checks a plan against its `expected.tsv`: the planner's conformance test and the
+//! manager's libvirt corpus test share it.
 
 #![allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
+
+pub mod corpus;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
