@@ -25,9 +25,17 @@ fn port(service: &str, what: &str) -> Result<u16> {
 /// header itself.
 pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
     let mut disks = Vec::new();
+    let mut empty_drives = Vec::new();
     for (i, disk) in d.disks.iter().enumerate() {
         let Some(src) = &disk.source else {
-            // An empty CD-ROM drive: nothing to open.
+            // An empty CD-ROM or floppy drive: the device, nothing to open.
+            empty_drives.push(crate::qemu::EmptyDrive {
+                device: match disk.device {
+                    DDev::Floppy => DiskDevice::Floppy,
+                    _ => DiskDevice::Cdrom,
+                },
+                target: disk.target_dev.clone(),
+            });
             continue;
         };
         if disk.disk_type == DiskType::Dir {
@@ -82,6 +90,7 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
                 }
             }),
             target: disk.target_dev.clone(),
+            shareable: disk.shareable,
         });
     }
     let mut chardevs = Vec::new();
@@ -232,6 +241,7 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
             })
             .collect(),
         tpm,
+        empty_drives,
     })
 }
 

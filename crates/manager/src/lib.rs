@@ -214,12 +214,15 @@ impl Manager {
     }
 
     /// Parses and plans `xml` for this manager's stack without touching anything (a dry
-    /// run, `svirt plan`).
+    /// run, `svirt plan`). A domain the start would refuse for what QEMU cannot be given
+    /// (a hostdev, a TPM passthrough, virtiofs without shared memory…) is refused here
+    /// too, with the same error.
     pub fn plan(&self, xml: &str) -> Result<svirt_domain::Plan> {
-        glue::parse_and_plan(&self.inner, xml, false).map(|(_, p, created, _)| {
-            glue::remove_created(&created);
-            p
-        })
+        let (domain, plan, created, _) = glue::parse_and_plan(&self.inner, xml, false)?;
+        glue::remove_created(&created);
+        let spec = glue::vm_spec(&domain, &plan, &self.inner.runtime_dir(&plan.name))?;
+        virtiofs::check_identity(&spec, &plan, !self.inner.stack.is_empty())?;
+        Ok(plan)
     }
 
     /// The QEMU command line `xml` would get (binary first), for a dry run or a benchmark

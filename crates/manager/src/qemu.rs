@@ -53,6 +53,10 @@ pub struct DiskSpec {
     pub bus: String,
     /// Guest target name (`vda`).
     pub target: String,
+    /// `<shareable/>`: other guests use the image at the same time (`share-rw=on`, or
+    /// QEMU's image lock refuses the second guest).
+    #[serde(default)]
+    pub shareable: bool,
 }
 
 /// What a chardev is connected to on the host.
@@ -222,6 +226,19 @@ pub struct VmSpec {
     /// The emulated TPM (served by the guest's swtpm).
     #[serde(default)]
     pub tpm: Option<crate::swtpm::TpmSpec>,
+    /// CD-ROM and floppy drives without a medium (`<disk device='cdrom'>` with no
+    /// `<source>`): the device, with no drive behind it.
+    #[serde(default)]
+    pub empty_drives: Vec<EmptyDrive>,
+}
+
+/// A removable-media drive with nothing in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyDrive {
+    /// `Cdrom` or `Floppy`.
+    pub device: DiskDevice,
+    /// Guest target name (`hdc`).
+    pub target: String,
 }
 
 /// The guest's RAM as a memory backend object (`-machine memory-backend=`).
@@ -411,7 +428,7 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
         for n in image_nodes(&d.image, &id, ro, below.as_deref()) {
             push(&["-blockdev", &n.to_string()]);
         }
-        let dev = match (d.device, d.bus.as_str()) {
+        let mut dev = match (d.device, d.bus.as_str()) {
             (DiskDevice::Cdrom, _) => format!("ide-cd,drive={id},id={}", esc_str(&d.target)),
             (DiskDevice::Floppy, _) => {
                 format!("floppy,drive={id},id={}", esc_str(&d.target))
@@ -425,7 +442,17 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 format!("virtio-blk-pci,drive={id},id={}", esc_str(&d.target))
             }
         };
+        if d.shareable {
+            dev.push_str(",share-rw=on");
+        }
         push(&["-device", &dev]);
+    }
+    for e in &spec.empty_drives {
+        let dev = match e.device {
+            DiskDevice::Floppy => "floppy",
+            _ => "ide-cd",
+        };
+        push(&["-device", &format!("{dev},id={}", esc_str(&e.target))]);
     }
     for (i, c) in spec.chardevs.iter().enumerate() {
         let id = format!("charserial{i}");
@@ -628,6 +655,7 @@ mod tests {
                 device: DiskDevice::Disk,
                 bus: "virtio".into(),
                 target: "vda".into(),
+                shareable: false,
             }],
             chardevs: vec![ChardevSpec {
                 backend: ChardevBackend::File {
@@ -642,7 +670,42 @@ mod tests {
             plain_devices: vec![],
             vnc_socket: None,
             memory_backend: None,
+            tpm: None,
+            empty_drives: vec![],
         }
+    }
+
+    /// A virtiofs share and an emulated TPM reach QEMU only as the sockets the manager
+    /// connected (`fd=`): no share path, no TPM state; a 9p share stays QEMU's.
+    #[test]
+    fn helpers_are_sockets_and_never_paths() {
+        let mut s = spec();
+        s.filesystems = vec![
+            FilesystemSpec {
+                source: "/srv/vfs".into(),
+                tag: "vfs0".into(),
+                readonly: false,
+                driver: FsDriver::Virtiofs,
+            },
+            FilesystemSpec {
+                source: "/srv/9p".into(),
+                tag: "p9".into(),
+                readonly: true,
+                driver: FsDriver::Virtio9p,
+            },
+        ];
+        s.tpm = Some(crate::swtpm::TpmSpec {
+            model: "tpm-crb".into(),
+            tpm2: true,
+        });
+        let mut o = opts();
+        o.vhost_user_fds = vec![(0, 7)];
+        o.tpm_fd = Some(8);
+        let argv = command_line(&s, &o).join(" ");
+        assert!(argv.contains("-chardev socket,id=chr-vfs0,fd=7 -device vhost-user-fs-pci,chardev=chr-vfs0,tag=vfs0"), "{argv}");
+        assert!(argv.contains("-chardev socket,id=chrtpm,fd=8 -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-crb,tpmdev=tpm0"), "{argv}");
+        assert!(!argv.contains("/srv/vfs"), "{argv}");
+        assert!(argv.contains("path=/srv/9p"), "{argv}");
     }
 
     #[test]
@@ -656,6 +719,7 @@ mod tests {
                 sandbox: false,
                 chardev_fds: Vec::new(),
                 vhost_user_fds: Vec::new(),
+                tpm_fd: None,
             },
         );
         let blockdevs: Vec<Value> = argv
