@@ -35,6 +35,8 @@ pub enum PlainDevice {
     },
     /// `<graphics type='vnc'>` listening on a socket in the guest's runtime directory.
     VncSocket,
+    /// `<graphics type='spice'>` listening on a socket in the guest's runtime directory.
+    SpiceSocket,
     /// `<watchdog>`.
     Watchdog {
         /// `i6300esb`, `ib700`.
@@ -170,8 +172,39 @@ pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
                     Device(PlainDevice::VncSocket)
                 }
             }
+            "spice" => {
+                let listen = c.children().find(|n| n.has_tag_name("listen"));
+                let socket = listen.is_some_and(|l| l.attribute("type") == Some("socket"));
+                let gl = c
+                    .children()
+                    .find(|n| n.has_tag_name("gl"))
+                    .is_some_and(|g| g.attribute("enable") == Some("yes"));
+                if !socket {
+                    Refused(
+                        "SPICE over TCP is not supported: the VMM runs in a network namespace \
+                         of its own; ask for <listen type='socket'/> (a socket in the \
+                         guest's runtime directory)"
+                            .into(),
+                    )
+                } else if listen.and_then(|l| l.attribute("socket")).is_some() {
+                    Refused(
+                        "a SPICE socket path of the XML's is not supported: svirt makes it in \
+                         the guest's runtime directory (omit socket=)"
+                            .into(),
+                    )
+                } else if gl {
+                    Refused(
+                        "SPICE with <gl enable='yes'/> is not supported (it needs a host GPU \
+                         render node in the VMM's jail)"
+                            .into(),
+                    )
+                } else {
+                    Device(PlainDevice::SpiceSocket)
+                }
+            }
             t => Refused(format!(
-                "graphics type '{t}' is not supported yet (vnc with <listen type='socket'/>)"
+                "graphics type '{t}' is not supported yet (vnc or spice with <listen \
+                 type='socket'/>)"
             )),
         },
         "watchdog" => {

@@ -152,6 +152,19 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
                 port: port(service, &what)?,
             },
             ChardevSource::Other { name } if name == "null" => ChardevBackend::Null,
+            // The SPICE agent's channel: only with SPICE graphics to carry it.
+            ChardevSource::Other { name } if name == "spicevmc" => {
+                if !d
+                    .plain_devices
+                    .contains(&svirt_domain::PlainDevice::SpiceSocket)
+                {
+                    return Err(ManagerError::Domain(format!(
+                        "{what}: a spicevmc channel needs SPICE graphics (<graphics \
+                         type='spice'><listen type='socket'/></graphics>)"
+                    )));
+                }
+                ChardevBackend::SpiceVmc
+            }
             ChardevSource::Other { name } => {
                 return Err(ManagerError::Domain(format!(
                     "{what}: chardev type {name:?} is not supported (no display/stdio in svirt)"
@@ -232,6 +245,10 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
             .plain_devices
             .contains(&svirt_domain::PlainDevice::VncSocket)
             .then(|| runtime_dir.join("vnc.sock")),
+        spice_socket: d
+            .plain_devices
+            .contains(&svirt_domain::PlainDevice::SpiceSocket)
+            .then(|| runtime_dir.join("spice.sock")),
         rngs: d
             .rngs
             .iter()

@@ -111,6 +111,8 @@ pub enum ChardevBackend {
     },
     /// Discard output.
     Null,
+    /// The SPICE agent's channel (`spicevmc`, name `vdagent`), carried by SPICE.
+    SpiceVmc,
 }
 
 /// Which guest device a chardev feeds.
@@ -220,6 +222,10 @@ pub struct VmSpec {
     /// VNC.
     #[serde(default)]
     pub vnc_socket: Option<PathBuf>,
+    /// The SPICE server's socket (in the guest's runtime directory), when the XML asks for
+    /// SPICE.
+    #[serde(default)]
+    pub spice_socket: Option<PathBuf>,
     /// Where the guest's RAM comes from, when the XML's `<memoryBacking>` says.
     #[serde(default)]
     pub memory_backend: Option<MemoryBackend>,
@@ -495,6 +501,7 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 format!("udp,id={id},host={},port={port}", esc_str(host))
             }
             ChardevBackend::Null => format!("null,id={id}"),
+            ChardevBackend::SpiceVmc => format!("spicevmc,id={id},name=vdagent"),
         };
         let backend = match &c.log {
             Some((file, append)) => format!(
@@ -589,13 +596,19 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 a.push("-action".into());
                 a.push(format!("watchdog={}", esc_str(action)));
             }
-            // Its socket is `vnc_socket`.
-            P::VncSocket => {}
+            // Their sockets are `vnc_socket` and `spice_socket`.
+            P::VncSocket | P::SpiceSocket => {}
         }
     }
     if let Some(v) = &spec.vnc_socket {
         a.push("-vnc".into());
         a.push(format!("unix:{}", esc(v)));
+    }
+    if let Some(s) = &spec.spice_socket {
+        // No password: the socket is in the guest's runtime directory (0700, the guest's
+        // uid), which only root and the guest's own uid can reach.
+        a.push("-spice".into());
+        a.push(format!("unix=on,addr={},disable-ticketing=on", esc(s)));
     }
     for (i, r) in spec.rngs.iter().enumerate() {
         a.push("-object".into());
@@ -669,6 +682,7 @@ mod tests {
             rngs: vec![],
             plain_devices: vec![],
             vnc_socket: None,
+            spice_socket: None,
             memory_backend: None,
             tpm: None,
             empty_drives: vec![],

@@ -450,6 +450,11 @@ fn argv_paths(argv: &[String]) -> Vec<ArgPath> {
                     push(p, None, true);
                 }
             }
+            "-spice" => {
+                if let Some(p) = val.split(',').find_map(|kv| kv.strip_prefix("addr=")) {
+                    push(p, None, true);
+                }
+            }
             _ if val.starts_with('{') => {
                 let v: serde_json::Value = serde_json::from_str(val).unwrap();
                 let mut found = Vec::new();
@@ -830,10 +835,13 @@ fn check_devices(elements: &[roxmltree::Node<'_, '_>], argv: &[String], f: &mut 
             "{got_logs} chardev logs on QEMU's command line, the XML has {want_logs}"
         ));
     }
-    let got_vnc = argv.iter().filter(|a| *a == "-vnc").count();
+    let got_vnc = argv
+        .iter()
+        .filter(|a| *a == "-vnc" || *a == "-spice")
+        .count();
     if got_vnc != vnc {
         f.push(format!(
-            "{got_vnc} -vnc on QEMU's command line, the XML has {vnc} <graphics>"
+            "{got_vnc} -vnc/-spice on QEMU's command line, the XML has {vnc} <graphics>"
         ));
     }
 }
