@@ -98,6 +98,9 @@ pub struct Os {
     /// host's firmware descriptors where `<loader>`/`<nvram>` do not name them.
     #[serde(default)]
     pub firmware_efi: bool,
+    /// `<boot dev=…>` in order (`hd`, `cdrom`, `fd`, `network`).
+    #[serde(default)]
+    pub boot_devs: Vec<String>,
 }
 
 /// `<loader>`.
@@ -177,6 +180,9 @@ pub struct Disk {
     pub seclabels: Vec<DeviceSecLabel>,
     /// The backing chain as the XML gives it.
     pub backing: BackingSpec,
+    /// `<boot order='N'/>`: the device's place in the boot order.
+    #[serde(default)]
+    pub boot_order: Option<u32>,
 }
 
 /// What the XML says about a disk's backing chain.
@@ -395,6 +401,10 @@ pub enum Hostdev {
 pub struct Rng {
     /// Where QEMU takes the entropy from.
     pub backend: RngBackend,
+    /// `<rate bytes='B' period='MS'/>`: at most B bytes per MS milliseconds (1000 when
+    /// the period is not given) go to the guest.
+    #[serde(default)]
+    pub rate: Option<(u64, u64)>,
 }
 
 /// `<rng><backend>`.

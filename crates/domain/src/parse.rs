@@ -325,6 +325,13 @@ impl Parser {
         if let Some(devs) = child(root, "devices") {
             self.devices(devs, &mut d, default_model)?;
         }
+        // libvirt's rule: one way of stating the boot order.
+        if !d.os.boot_devs.is_empty() && d.disks.iter().any(|k| k.boot_order.is_some()) {
+            return Err(invalid(
+                root,
+                "per-device <boot order> cannot be used together with <os><boot dev>",
+            ));
+        }
         Ok(d)
     }
 
@@ -378,6 +385,13 @@ impl Parser {
             }),
         };
         let opt_path = |name: &str| child(o, name).map(path_text).transpose();
+        let mut boot_devs = Vec::new();
+        for b in children(o, "boot") {
+            match req_attr(b, "dev")? {
+                d @ ("hd" | "cdrom" | "fd" | "network") => boot_devs.push(d.to_string()),
+                d => return Err(invalid_attr(b, "dev", format!("unknown boot device '{d}'"))),
+            }
+        }
         Ok(Os {
             os_type,
             arch: t.attribute("arch").map(str::to_string),
@@ -389,6 +403,7 @@ impl Parser {
             dtb: opt_path("dtb")?,
             cmdline: child(o, "cmdline").map(text),
             firmware_efi,
+            boot_devs,
         })
     }
 
@@ -767,6 +782,16 @@ impl Parser {
             shareable: child(c, "shareable").is_some(),
             seclabels,
             backing,
+            boot_order: match child(c, "boot") {
+                Some(b) => Some(
+                    bounded::<u32>(b, "order", number(b, "order")?)?
+                        .filter(|o| *o > 0)
+                        .ok_or_else(|| {
+                            invalid_attr(b, "order", "a boot order above 0 is required")
+                        })?,
+                ),
+                None => None,
+            },
         })
     }
 
@@ -1111,7 +1136,20 @@ impl Parser {
                 ));
             }
         };
-        Ok(Rng { backend })
+        let rate = match child(c, "rate") {
+            None => None,
+            Some(r) => {
+                let bytes = number(r, "bytes")?
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| invalid_attr(r, "bytes", "a byte count above 0 is required"))?;
+                let period = number(r, "period")?.unwrap_or(1000);
+                if period == 0 {
+                    return Err(invalid_attr(r, "period", "a period above 0 ms is required"));
+                }
+                Some((bytes, period))
+            }
+        };
+        Ok(Rng { backend, rate })
     }
 
     fn tpm(&mut self, c: Node<'_, '_>) -> Result<Tpm> {
@@ -1612,6 +1650,48 @@ mod tests {
         .unwrap();
         let b = p.domain.memory_backing.unwrap();
         assert!(b.shared && b.prealloc && b.source_type.as_deref() == Some("memfd"));
+    }
+
+    /// libvirt's boot rule: `<os><boot dev>` or per-device `<boot order>`, not both; an
+    /// unknown boot device is refused; a `<rate>` needs bytes and a period above 0.
+    #[test]
+    fn boot_order_and_rng_rate_rules() {
+        let disk = "<disk type='file' device='disk'><source file='/i/a.img'/><target dev='vda'/><boot order='1'/></disk>";
+        let mixed = doc(&format!(
+            "<os><type>hvm</type><boot dev='hd'/></os><devices>{disk}</devices>"
+        ))
+        .replace("<os><type>hvm</type></os>", "");
+        let e = parse(&mixed).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("<boot order>"), "{e}");
+        let ok = doc(&format!("<devices>{disk}</devices>"));
+        assert_eq!(parse(&ok).unwrap().domain.disks[0].boot_order, Some(1));
+        let floppy_net = doc("").replace(
+            "<os><type>hvm</type></os>",
+            "<os><type>hvm</type><boot dev='network'/><boot dev='fd'/></os>",
+        );
+        assert_eq!(
+            parse(&floppy_net).unwrap().domain.os.boot_devs,
+            vec!["network".to_string(), "fd".to_string()]
+        );
+        let bad = floppy_net.replace("'fd'", "'usb'");
+        assert!(
+            parse(&bad)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+                .contains("usb")
+        );
+        let rng = |rate: &str| {
+            doc(&format!(
+                "<devices><rng model='virtio'><backend model='builtin'/>{rate}</rng></devices>"
+            ))
+        };
+        assert_eq!(
+            parse(&rng("<rate bytes='10'/>")).unwrap().domain.rngs[0].rate,
+            Some((10, 1000))
+        );
+        assert!(parse(&rng("<rate bytes='0'/>")).is_err());
+        assert!(parse(&rng("<rate bytes='5' period='0'/>")).is_err());
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
             }),
             target: disk.target_dev.clone(),
             shareable: disk.shareable,
+            boot_index: disk.boot_order,
         });
     }
     let mut chardevs = Vec::new();
@@ -204,11 +205,23 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
                 )));
             }
         };
+        let mapped = match f.accessmode.as_deref() {
+            None | Some("passthrough") | Some("squash") => false,
+            Some("mapped") if driver == FsDriver::Virtio9p => true,
+            Some(m) => {
+                return Err(ManagerError::Domain(format!(
+                    "filesystem {}: accessmode '{m}' is not supported here (passthrough, \
+                     squash; mapped for 9p)",
+                    f.target_dir
+                )));
+            }
+        };
         filesystems.push(FilesystemSpec {
             source: f.source_dir.clone(),
             tag: f.target_dir.clone(),
             readonly: f.readonly,
             driver,
+            mapped,
         });
     }
     let loader = d.os.loader.as_ref().map(|l| LoaderSpec {
@@ -258,8 +271,25 @@ pub fn vm_spec(d: &Domain, plan: &Plan, runtime_dir: &Path) -> Result<VmSpec> {
             })
             .collect(),
         tpm,
+        boot_order: boot_order(&d.os.boot_devs),
+        rng_rates: d.rngs.iter().map(|r| r.rate).collect(),
         empty_drives,
     })
+}
+
+/// `<os><boot dev=…>` as QEMU's `-boot order=` letters; `None` when the XML gives none.
+fn boot_order(devs: &[String]) -> Option<String> {
+    let letters: String = devs
+        .iter()
+        .filter_map(|d| match d.as_str() {
+            "hd" => Some('c'),
+            "cdrom" => Some('d'),
+            "fd" => Some('a'),
+            "network" => Some('n'),
+            _ => None,
+        })
+        .collect();
+    (!letters.is_empty()).then_some(letters)
 }
 
 /// A hostdev as an error names it (`usb 1234:5678`, `usb bus 1 device 3`, `pci 0000:03:00.1`).
@@ -809,6 +839,93 @@ mod tests {
         .unwrap();
         let e = spec(&xml("", "<memoryBacking><hugepages/></memoryBacking>")).unwrap_err();
         assert!(e.contains("<hugepages/>"), "{e}");
+    }
+
+    /// What the XML says of boot order, entropy rate, 9p access mode and a parallel
+    /// port's host device reaches QEMU instead of being dropped: `<os><boot dev>` as
+    /// `-boot order=`, a disk's `<boot order>` as `bootindex`, `<rate>` as the rng
+    /// device's `max-bytes`/`period`, `accessmode='mapped'` as `mapped-xattr`, a parallel
+    /// `type='dev'` as a `parport` backend. Controls: without them, none of these.
+    #[test]
+    fn boot_order_rng_rate_accessmode_and_parport_reach_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.img");
+        std::fs::write(&img, b"x").unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        let argv = |os_boot: &str, devices: &str| -> String {
+            let x = format!(
+                "<domain type='qemu'><name>x</name><memory unit='MiB'>16</memory>\
+                 <os><type>hvm</type>{os_boot}</os><devices>{devices}</devices></domain>"
+            );
+            let host = svirt_domain::Host::new("/");
+            let p =
+                svirt_domain::plan_xml(&x, &host, &svirt_domain::PlanConfig::default()).unwrap();
+            let spec = super::vm_spec(
+                &p.domain,
+                &p.plan,
+                std::path::Path::new("/run/svirt/guests/x"),
+            )
+            .unwrap();
+            crate::qemu::command_line(
+                &spec,
+                &crate::qemu::LaunchOptions {
+                    accel: "tcg".into(),
+                    paused: true,
+                    qmp_fd: 3,
+                    sandbox: true,
+                    chardev_fds: Vec::new(),
+                    vhost_user_fds: Vec::new(),
+                    tpm_fd: None,
+                },
+            )
+            .join(" ")
+        };
+        let disk = |boot: &str| {
+            format!(
+                "<disk type='file' device='disk'><source file='{}'/><target dev='vda' \
+                 bus='virtio'/>{boot}</disk>",
+                img.display()
+            )
+        };
+        let a = argv("<boot dev='cdrom'/><boot dev='hd'/>", &disk(""));
+        assert!(a.contains("-boot order=dc"), "{a}");
+        assert!(!a.contains("bootindex"), "{a}");
+        let a = argv("", &disk("<boot order='2'/>"));
+        assert!(a.contains("bootindex=2") && !a.contains("-boot "), "{a}");
+        let a = argv(
+            "",
+            "<rng model='virtio'><backend model='random'>/dev/urandom</backend>\
+             <rate bytes='1234' period='2000'/></rng>",
+        );
+        assert!(
+            a.contains("virtio-rng-pci,rng=rng0,max-bytes=1234,period=2000"),
+            "{a}"
+        );
+        let a = argv(
+            "",
+            &format!(
+                "<filesystem type='mount' accessmode='mapped'><source dir='{}'/>\
+                 <target dir='t'/></filesystem>",
+                share.display()
+            ),
+        );
+        assert!(a.contains("security_model=mapped-xattr"), "{a}");
+        // Controls.
+        let a = argv(
+            "",
+            &format!(
+                "{}<rng model='virtio'><backend model='builtin'/></rng>\
+                 <filesystem type='mount'><source dir='{}'/><target dir='t'/></filesystem>",
+                disk(""),
+                share.display()
+            ),
+        );
+        assert!(!a.contains("-boot ") && !a.contains("bootindex"), "{a}");
+        assert!(
+            !a.contains("max-bytes") && a.contains("security_model=none"),
+            "{a}"
+        );
     }
 
     /// A USB device without a USB controller gets one, first (libvirt adds one the same

@@ -57,6 +57,9 @@ pub struct DiskSpec {
     /// QEMU's image lock refuses the second guest).
     #[serde(default)]
     pub shareable: bool,
+    /// `<boot order='N'/>` (`bootindex=N`).
+    #[serde(default)]
+    pub boot_index: Option<u32>,
 }
 
 /// What a chardev is connected to on the host.
@@ -156,6 +159,11 @@ pub struct FilesystemSpec {
     /// Who serves it.
     #[serde(default)]
     pub driver: FsDriver,
+    /// 9p's `security_model` (`accessmode`): `mapped-xattr` for `mapped`, else `none`
+    /// (the VMM has no capability to give files the guest's owners: `passthrough`, the
+    /// default, and `squash` both leave them as the share's).
+    #[serde(default)]
+    pub mapped: bool,
 }
 
 /// Who serves a share to the guest.
@@ -232,6 +240,13 @@ pub struct VmSpec {
     /// The emulated TPM (served by the guest's swtpm).
     #[serde(default)]
     pub tpm: Option<crate::swtpm::TpmSpec>,
+    /// `<os><boot dev=…>` as QEMU's `-boot order=` letters (`c` disk, `d` CD-ROM, `a`
+    /// floppy, `n` network), when the XML gives it.
+    #[serde(default)]
+    pub boot_order: Option<String>,
+    /// The `<rate>` of each rng, by its index in [`VmSpec::rngs`]: bytes per period (ms).
+    #[serde(default)]
+    pub rng_rates: Vec<Option<(u64, u64)>>,
     /// CD-ROM and floppy drives without a medium (`<disk device='cdrom'>` with no
     /// `<source>`): the device, with no drive behind it.
     #[serde(default)]
@@ -362,6 +377,9 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
         ]);
     }
     push(&["-accel", &opts.accel]);
+    if let Some(order) = &spec.boot_order {
+        push(&["-boot", &format!("order={order}")]);
+    }
     push(&["-m", &mem_mib.to_string()]);
     push(&["-smp", &spec.vcpus.max(1).to_string()]);
     if opts.sandbox {
@@ -451,6 +469,9 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
         if d.shareable {
             dev.push_str(",share-rw=on");
         }
+        if let Some(n) = d.boot_index {
+            dev.push_str(&format!(",bootindex={n}"));
+        }
         push(&["-device", &dev]);
     }
     for e in &spec.empty_drives {
@@ -480,6 +501,10 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
                 esc(path),
                 if *server { ",server=on,wait=off" } else { "" }
             ),
+            // A parallel port's host device is a parport (`/dev/parportN`), not a tty.
+            ChardevBackend::Dev { path } if c.target == ChardevTarget::Parallel => {
+                format!("parport,id={id},path={}", esc(path))
+            }
             ChardevBackend::Dev { path } => format!("tty,id={id},path={}", esc(path)),
             ChardevBackend::Pty => format!("pty,id={id}"),
             ChardevBackend::Tcp { server, .. }
@@ -566,8 +591,9 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
         }
         a.push("-fsdev".into());
         a.push(format!(
-            "local,id=fsdev{i},path={},security_model=none{}",
+            "local,id=fsdev{i},path={},security_model={}{}",
             esc(&f.source),
+            if f.mapped { "mapped-xattr" } else { "none" },
             if f.readonly { ",readonly=on" } else { "" }
         ));
         a.push("-device".into());
@@ -617,7 +643,11 @@ pub fn command_line(spec: &VmSpec, opts: &LaunchOptions) -> Vec<String> {
             None => format!("rng-builtin,id=rng{i}"),
         });
         a.push("-device".into());
-        a.push(format!("virtio-rng-pci,rng=rng{i}"));
+        let rate = match spec.rng_rates.get(i).copied().flatten() {
+            Some((bytes, period)) => format!(",max-bytes={bytes},period={period}"),
+            None => String::new(),
+        };
+        a.push(format!("virtio-rng-pci,rng=rng{i}{rate}"));
     }
     a.push("-msg".into());
     a.push("timestamp=on".into());
@@ -669,6 +699,7 @@ mod tests {
                 bus: "virtio".into(),
                 target: "vda".into(),
                 shareable: false,
+                boot_index: None,
             }],
             chardevs: vec![ChardevSpec {
                 backend: ChardevBackend::File {
@@ -685,6 +716,8 @@ mod tests {
             spice_socket: None,
             memory_backend: None,
             tpm: None,
+            boot_order: None,
+            rng_rates: vec![],
             empty_drives: vec![],
         }
     }
@@ -700,12 +733,14 @@ mod tests {
                 tag: "vfs0".into(),
                 readonly: false,
                 driver: FsDriver::Virtiofs,
+                mapped: false,
             },
             FilesystemSpec {
                 source: "/srv/9p".into(),
                 tag: "p9".into(),
                 readonly: true,
                 driver: FsDriver::Virtio9p,
+                mapped: false,
             },
         ];
         s.tpm = Some(crate::swtpm::TpmSpec {
