@@ -1155,16 +1155,24 @@ impl Parser {
     fn tpm(&mut self, c: Node<'_, '_>) -> Result<Tpm> {
         self.warn_unknown(c, &["backend", "alias", "address"]);
         let b = child(c, "backend").ok_or_else(|| invalid(c, "missing <backend>"))?;
-        self.warn_unknown(
+        self.warn_unknown(b, &["source", "device"]);
+        // What swtpm would not be given as asked is refused, never dropped.
+        refuse_children(
             b,
             &[
-                "source",
-                "device",
-                "encryption",
-                "active_pcr_banks",
-                "profile",
+                (
+                    "encryption",
+                    "an encrypted TPM state is not supported yet (swtpm would keep the \
+                     TPM's secrets in plain text)",
+                ),
+                (
+                    "active_pcr_banks",
+                    "<active_pcr_banks> is not supported yet (the TPM would keep its \
+                     default banks)",
+                ),
+                ("profile", "a TPM <profile> is not supported by this swtpm"),
             ],
-        );
+        )?;
         let backend = match req_attr(b, "type")? {
             "emulator" => TpmBackend::Emulator {
                 version: b.attribute("version").map(str::to_string),
@@ -1430,6 +1438,7 @@ mod tests {
              <input type='tablet' bus='usb'/><input type='mouse' bus='ps2'/><input type='keyboard' bus='ps2'/>\
              <input type='keyboard' bus='virtio'/>\
              <graphics type='vnc'><listen type='socket'/></graphics>\
+             <graphics type='spice'><listen type='socket'/></graphics>\
              <video><model type='virtio' heads='1'/></video>\
              <memballoon model='virtio'/>\
              <watchdog model='i6300esb' action='poweroff'/>\
@@ -1452,6 +1461,7 @@ mod tests {
                     usb: false
                 },
                 P::VncSocket,
+                P::SpiceSocket,
                 P::Video {
                     qemu_model: "virtio-vga".into()
                 },
@@ -1483,8 +1493,14 @@ mod tests {
             (
                 "<graphics type='spice' autoport='yes'/>",
                 "graphics",
-                "spice",
+                "SPICE over TCP",
             ),
+            (
+                "<graphics type='spice'><listen type='socket'/><gl enable='yes'/></graphics>",
+                "graphics",
+                "render node",
+            ),
+            ("<graphics type='sdl'/>", "graphics", "'sdl'"),
             ("<sound model='ich9'/>", "sound", "audio"),
             ("<audio id='1' type='pulseaudio'/>", "audio", "audio"),
             (
@@ -1566,15 +1582,27 @@ mod tests {
         };
         for (xml, place, word) in [
             (
-                "<devices><disk type='file' device='cdrom'><target dev='hdc'/><readonly/></disk></devices>"
+                "<devices><disk type='file' device='disk'><target dev='vda'/></disk></devices>"
                     .to_string(),
                 "/domain/devices/disk",
-                "without a medium",
+                "needs a <source>",
             ),
             (
                 disk("<source file='/x/a'/><transient/>"),
                 "/domain/devices/disk/transient",
                 "transient",
+            ),
+            (
+                "<devices><tpm><backend type='emulator'><encryption secret='s'/></backend></tpm></devices>"
+                    .to_string(),
+                "/domain/devices/tpm/backend/encryption",
+                "plain text",
+            ),
+            (
+                "<devices><tpm><backend type='emulator'><active_pcr_banks><sha256/></active_pcr_banks></backend></tpm></devices>"
+                    .to_string(),
+                "/domain/devices/tpm/backend/active_pcr_banks",
+                "banks",
             ),
             (
                 disk("<source file='/x/a'/><encryption format='luks'/>"),

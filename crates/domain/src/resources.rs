@@ -722,10 +722,20 @@ impl Builder<'_> {
 
     fn tpm(&mut self, t: &Tpm, uuid: &uuid::Uuid) -> Result<()> {
         match &t.backend {
-            TpmBackend::Emulator { state_path, .. } => {
+            TpmBackend::Emulator {
+                state_path,
+                version,
+            } => {
+                // libvirt's layout: `<root>/<uuid>/tpm2` (or `tpm1.2`).
                 let p = match state_path {
                     Some(p) => p.clone(),
-                    None => self.host.tpm_state_root().join(uuid.to_string()),
+                    None => self.host.tpm_state_root().join(uuid.to_string()).join(
+                        if version.as_deref() == Some("1.2") {
+                            "tpm1.2"
+                        } else {
+                            "tpm2"
+                        },
+                    ),
                 };
                 self.add(
                     "tpm emulator",

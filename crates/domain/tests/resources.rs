@@ -524,7 +524,8 @@ fn tpm_state_and_memory_backing() {
         .plan("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>")
         .unwrap();
     let r = &p.plan.resources[0];
-    assert_eq!(r.resource.path, state.canonicalize().unwrap());
+    // libvirt's layout: the version's directory below the guest's uuid.
+    assert_eq!(r.resource.path, state.join("tpm2").canonicalize().unwrap());
     assert!(r.resource.recursive && r.resource.kind == ResourceKind::TpmState);
     assert_eq!(
         r.selinux.as_ref().unwrap().display(None),

@@ -40,6 +40,49 @@ pub(crate) struct HelperLaunch<'a> {
     pub procfs: bool,
 }
 
+/// Refuses what the guest's helpers cannot run confined (checked before anything
+/// changes, at start and in a dry run):
+/// - any helper under SELinux or AppArmor: their policies give the guest's label nothing
+///   a helper needs besides the guest's objects (the reference policy lets `svirt_t` read
+///   no `sysctl_fs_t` file, and virtiofsd reads `/proc/sys/fs/nr_open`; the sockets the
+///   manager makes for a helper carry no label `svirt_t` may use, so they would be closed
+///   at exec; svirt's AppArmor profile of a guest is one per guest and each process's
+///   hook replaces it, so a helper would lose its objects when QEMU's profile loads);
+/// - a virtiofs share for a confined guest without a uid of its own (no DAC): virtiofsd
+///   would run as root without a capability, which it cannot (it manages its own).
+pub(crate) fn check(spec: &crate::qemu::VmSpec, plan: &Plan, confined: bool) -> Result<()> {
+    use svirt_domain::Model;
+    let share = crate::virtiofs::shares(spec)
+        .next()
+        .map(|(_, f)| f.tag.clone());
+    let what = match (&share, &spec.tpm) {
+        (Some(tag), _) => format!("filesystem {tag}: a virtiofs share (virtiofsd)"),
+        (None, Some(_)) => "tpm: an emulated TPM (swtpm)".to_string(),
+        (None, None) => return Ok(()),
+    };
+    if let Some(m) = [Model::Selinux, Model::Apparmor]
+        .into_iter()
+        .find(|m| plan.is_confined(*m))
+    {
+        return Err(ManagerError::Domain(format!(
+            "{what} is not supported under {m} yet: its policy gives the guest's label \
+             nothing the helper process needs besides the guest's objects (see \
+             docs/manager.md, \"Helper processes\")"
+        )));
+    }
+    if let Some(tag) = share
+        && confined
+        && !plan.is_confined(Model::Dac)
+    {
+        return Err(ManagerError::Domain(format!(
+            "filesystem {tag}: a virtiofs share needs the DAC driver (virtiofsd runs as the \
+             guest's own uid; this guest's VMM would run as root): add dac to svirtd's \
+             --drivers, or use a 9p share"
+        )));
+    }
+    Ok(())
+}
+
 /// What the VMM reaches of `plan`: everything but what its helpers serve (the virtiofs
 /// shares, the TPM's state), which QEMU never opens.
 pub(crate) fn plan_for_vmm(plan: &Plan, spec: &crate::qemu::VmSpec) -> Plan {
@@ -55,6 +98,32 @@ pub(crate) fn plan_for_vmm(plan: &Plan, spec: &crate::qemu::VmSpec) -> Plan {
 }
 
 impl Inner {
+    /// A helper's own working directory (its HOME), `<run>/helpers/<guest>/<name>`: empty,
+    /// the guest's uid's, 0700. Not the guest's runtime directory, whose sockets (VNC,
+    /// SPICE, the guest agent) are QEMU's alone. Made fresh (a stale one is removed:
+    /// root's directories above it, so no one else can have planted it).
+    fn helper_cwd(&self, rec: &Record, log_name: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let guest = self.helpers_dir(&rec.name);
+        let top = guest.parent().unwrap_or(&guest).to_path_buf();
+        for d in [&top, &guest] {
+            match std::fs::DirBuilder::new().mode(0o711).create(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(ManagerError::io("create", d.as_path(), e)),
+            }
+        }
+        let stem = log_name.strip_suffix(".log").unwrap_or(log_name);
+        let cwd = guest.join(stem);
+        crate::manager::remove_tree(&cwd).map_err(|e| ManagerError::io("remove", &cwd, e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&cwd)
+            .map_err(|e| ManagerError::io("create", &cwd, e))?;
+        crate::start::own_runtime_dir(&cwd, rec.ids)?;
+        Ok(cwd)
+    }
+
     /// Starts `h` for the guest of `rec`, confined as the module's text says, in the
     /// guest's cgroup `cg`. Returns its pid. An error names the helper and the step.
     pub(crate) fn spawn_helper(
@@ -65,6 +134,7 @@ impl Inner {
     ) -> Result<i32> {
         let what = &h.what;
         let log_path = self.control_dir(&rec.name).join(&h.log_name);
+        let cwd = self.helper_cwd(rec, &h.log_name)?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -90,7 +160,7 @@ impl Inner {
                 },
             )
             .map_err(in_context)?;
-            let mut prepared = opened.finish(&rec.runtime_dir).map_err(in_context)?;
+            let mut prepared = opened.finish(&cwd).map_err(in_context)?;
             let procfs = if h.procfs {
                 Some(prepared.add_procfs().map_err(in_context)?)
             } else {
@@ -102,7 +172,7 @@ impl Inner {
         };
         let exec = ExecContext {
             emulator: h.binary.clone(),
-            runtime_dir: rec.runtime_dir.clone(),
+            runtime_dir: cwd.clone(),
             devices: Vec::new(),
             tcp_ports: Vec::new(),
             inherited: vec![log_path.clone()],
@@ -124,7 +194,7 @@ impl Inner {
         let spawned = process::spawn(SpawnRequest {
             binary: &h.binary,
             args: &h.args,
-            runtime_dir: &rec.runtime_dir,
+            runtime_dir: &cwd,
             log,
             keep_fds: h.keep_fds,
             pid_fd: None,

@@ -221,7 +221,7 @@ impl Manager {
         let (domain, plan, created, _) = glue::parse_and_plan(&self.inner, xml, false)?;
         glue::remove_created(&created);
         let spec = glue::vm_spec(&domain, &plan, &self.inner.runtime_dir(&plan.name))?;
-        virtiofs::check_identity(&spec, &plan, !self.inner.stack.is_empty())?;
+        helper::check(&spec, &plan, !self.inner.stack.is_empty())?;
         Ok(plan)
     }
 

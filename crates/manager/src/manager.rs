@@ -141,6 +141,13 @@ impl Inner {
         self.stack.drivers().iter().map(|d| d.model()).collect()
     }
 
+    /// `<run>/helpers/<name>`: the working directories of the guest's helper processes
+    /// (one each, the guest's uid's; root's 0711 above them). Not the runtime directory,
+    /// which holds QEMU's sockets (VNC and SPICE without a password).
+    pub(crate) fn helpers_dir(&self, name: &str) -> PathBuf {
+        self.config.run_dir.join("helpers").join(name)
+    }
+
     /// `<run>/guests/<name>`: the guest's own directory (its QEMU's working directory and
     /// HOME, owned by its uid). The manager never follows a path inside it: the guest can
     /// create, rename and replace entries there at will.

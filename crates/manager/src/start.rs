@@ -33,7 +33,7 @@ impl Inner {
         let early = (|| {
             validate_name(&plan.name)?;
             let spec = crate::glue::vm_spec(&domain, &plan, &self.runtime_dir(&plan.name))?;
-            crate::virtiofs::check_identity(&spec, &plan, !self.stack.is_empty())?;
+            crate::helper::check(&spec, &plan, !self.stack.is_empty())?;
             self.fault.point("after-plan")?;
             Ok(spec)
         })();

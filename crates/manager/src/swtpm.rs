@@ -99,7 +99,8 @@ pub(crate) fn fill_in(domain: &mut Domain, tpm_state_dir: &Path) -> Result<Vec<P
         else {
             continue;
         };
-        if state_path.is_some() {
+        if let Some(p) = state_path.as_ref() {
+            check_state_path(p)?;
             continue;
         }
         let leaf = if version.as_deref() == Some("1.2") {
@@ -111,6 +112,7 @@ pub(crate) fn fill_in(domain: &mut Domain, tpm_state_dir: &Path) -> Result<Vec<P
         let dir = guest_dir.join(leaf);
         // Root's and searchable (the guest's uid reaches its own state by name, lists
         // nothing); the state itself 0700 until a driver hands it to the guest.
+        check_state_path(&dir)?;
         for (d, mode) in [
             (tpm_state_dir, 0o711),
             (guest_dir.as_path(), 0o711),
@@ -118,22 +120,50 @@ pub(crate) fn fill_in(domain: &mut Domain, tpm_state_dir: &Path) -> Result<Vec<P
         ] {
             match std::fs::DirBuilder::new().mode(mode).create(d) {
                 Ok(()) => made.push(d.to_path_buf()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let m =
-                        std::fs::symlink_metadata(d).map_err(|e| ManagerError::io("stat", d, e))?;
-                    if !m.is_dir() {
-                        return Err(ManagerError::Domain(format!(
-                            "tpm: {} is not a directory",
-                            d.display()
-                        )));
-                    }
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => root_only(d)?,
                 Err(e) => return Err(ManagerError::io("create", d, e)),
             }
         }
         *state_path = Some(dir);
     }
     Ok(made)
+}
+
+/// An existing directory of svirt's TPM state tree must be root's and writable by root
+/// alone (a real directory, no link): one a local user made or may change could hand the
+/// guest's TPM secrets to that user (its restore gives new entries the directory's owner).
+/// The leaf is root's between starts (the guest's only while it runs, and a running guest
+/// of the same uuid is refused before this).
+fn root_only(d: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(d).map_err(|e| ManagerError::io("stat", d, e))?;
+    if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(ManagerError::Domain(format!(
+            "tpm: {} must be a directory of root's that no one else may write (it is {}, \
+             owner {}, mode {:o})",
+            d.display(),
+            if m.is_dir() {
+                "a directory"
+            } else {
+                "not a directory"
+            },
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// swtpm's option syntax has no escape for a comma.
+fn check_state_path(p: &Path) -> Result<()> {
+    if p.to_string_lossy().contains(',') {
+        return Err(ManagerError::Domain(format!(
+            "tpm: state directory {}: a comma in its path is not supported (swtpm's options \
+             cannot carry it)",
+            p.display()
+        )));
+    }
+    Ok(())
 }
 
 /// What swtpm reaches of `plan`: the TPM's state directory alone.
@@ -198,5 +228,107 @@ impl Inner {
             },
         )?;
         Ok(Some(qemus.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn domain(tpm: &str) -> Domain {
+        let xml = format!(
+            "<domain type='qemu'><name>t</name><uuid>11111111-2222-4333-8444-555555555555</uuid>\
+             <memory unit='MiB'>16</memory><os><type>hvm</type></os><devices>{tpm}</devices>\
+             </domain>"
+        );
+        svirt_domain::parse(&xml).unwrap().domain
+    }
+
+    fn state_of(d: &Domain) -> Option<PathBuf> {
+        match &d.tpms[0].backend {
+            TpmBackend::Emulator { state_path, .. } => state_path.clone(),
+            TpmBackend::Passthrough { .. } => None,
+        }
+    }
+
+    /// The state directory is filled in and made (root's, 0711 above, 0700 itself), kept
+    /// across starts; a directory of the tree someone else owns or may write is refused
+    /// (its restore would hand the TPM's secrets to that owner), as is a comma in the path.
+    #[test]
+    fn state_directory_is_made_root_only_and_refused_otherwise() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("swtpm");
+        let emulator = "<tpm><backend type='emulator' version='2.0'/></tpm>";
+        let mut d = domain(emulator);
+        let made = fill_in(&mut d, &root).unwrap();
+        let leaf = root.join("11111111-2222-4333-8444-555555555555/tpm2");
+        assert_eq!(state_of(&d), Some(leaf.clone()));
+        assert_eq!(made.len(), 3);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&leaf), 0o700);
+        assert_eq!(mode(&root), 0o711);
+        // Kept: a second start makes nothing.
+        let mut again = domain(emulator);
+        assert!(fill_in(&mut again, &root).unwrap().is_empty());
+        // Someone else's, or writable by others: refused.
+        let guest_dir = leaf.parent().unwrap();
+        std::os::unix::fs::chown(guest_dir, Some(4321), None).unwrap();
+        let e = fill_in(&mut domain(emulator), &root)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("root's") && e.contains("owner 4321"), "{e}");
+        std::os::unix::fs::chown(guest_dir, Some(0), None).unwrap();
+        std::fs::set_permissions(&leaf, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = fill_in(&mut domain(emulator), &root)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no one else may write"), "{e}");
+        std::fs::set_permissions(&leaf, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(fill_in(&mut domain(emulator), &root).unwrap().is_empty());
+        // A comma swtpm cannot be given.
+        let mut c = domain(
+            "<tpm><backend type='emulator'><source type='dir' path='/x/tpm,mode=0644'/></backend></tpm>",
+        );
+        let e = fill_in(&mut c, &root).unwrap_err().to_string();
+        assert!(e.contains("comma"), "{e}");
+    }
+
+    /// One emulated TPM runs; passthrough, a second TPM, unknown models and versions, and
+    /// tpm-crb 1.2 are refused, naming why.
+    #[test]
+    fn which_tpms_run() {
+        let ok = spec(&domain(
+            "<tpm model='tpm-crb'><backend type='emulator'/></tpm>",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!((ok.model.as_str(), ok.tpm2), ("tpm-crb", true));
+        let v12 = spec(&domain(
+            "<tpm><backend type='emulator' version='1.2'/></tpm>",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!((v12.model.as_str(), v12.tpm2), ("tpm-tis", false));
+        for (tpm, word) in [
+            ("<tpm><backend type='passthrough'/></tpm>", "passthrough"),
+            (
+                "<tpm><backend type='emulator'/></tpm><tpm><backend type='emulator'/></tpm>",
+                "more than one",
+            ),
+            (
+                "<tpm model='spapr-tpm-proxy'><backend type='emulator'/></tpm>",
+                "spapr",
+            ),
+            ("<tpm><backend type='emulator' version='3.0'/></tpm>", "3.0"),
+            (
+                "<tpm model='tpm-crb'><backend type='emulator' version='1.2'/></tpm>",
+                "tpm-crb",
+            ),
+        ] {
+            let e = spec(&domain(tpm)).unwrap_err().to_string();
+            assert!(e.contains(word), "{tpm}: {e}");
+        }
     }
 }

@@ -81,6 +81,10 @@ impl Inner {
         if let Err(e) = cgroup::remove_dirs(&dirs, Duration::from_secs(3)) {
             errors.push(e.to_string());
         }
+        let helpers = self.helpers_dir(&rec.name);
+        if let Err(e) = remove_tree(&helpers) {
+            errors.push(format!("remove {}: {e}", helpers.display()));
+        }
         if let Err(e) = remove_tree(&rec.runtime_dir) {
             errors.push(format!("remove {}: {e}", rec.runtime_dir.display()));
         }

@@ -62,43 +62,6 @@ pub(crate) fn shares(spec: &VmSpec) -> impl Iterator<Item = (usize, &FilesystemS
         .filter(|(_, f)| f.driver == FsDriver::Virtiofs)
 }
 
-/// Refuses virtiofs shares for a confined guest that has no uid of its own (a stack
-/// without DAC, or DAC turned off by the domain): virtiofsd would run as root without a
-/// capability, which it cannot (it manages its own capabilities and stops), and it must
-/// never run confined by less than the VMM.
-///
-/// Refused too under SELinux and AppArmor: their policies give the guest's label nothing
-/// virtiofsd needs at start (the reference policy lets `svirt_t` read no `sysctl_fs_t`
-/// file, and virtiofsd reads `/proc/sys/fs/nr_open`; svirt's AppArmor profiles grant no
-/// `/proc` path), so it would die at start under its guest's label. Better refused naming
-/// why than started and failed.
-pub(crate) fn check_identity(spec: &VmSpec, plan: &Plan, confined: bool) -> Result<()> {
-    use svirt_domain::Model;
-    let Some((_, fs)) = shares(spec).next() else {
-        return Ok(());
-    };
-    if let Some(m) = [Model::Selinux, Model::Apparmor]
-        .into_iter()
-        .find(|m| plan.is_confined(*m))
-    {
-        return Err(ManagerError::Domain(format!(
-            "filesystem {}: virtiofs shares are not supported under {m} yet (its policy \
-             gives the guest's label nothing virtiofsd reads at start, such as \
-             /proc/sys/fs/nr_open); use a 9p share",
-            fs.tag
-        )));
-    }
-    if confined && !plan.is_confined(Model::Dac) {
-        return Err(ManagerError::Domain(format!(
-            "filesystem {}: a virtiofs share needs the DAC driver (virtiofsd runs as the \
-             guest's own uid; this guest's VMM would run as root): add dac to svirtd's \
-             --drivers, or use a 9p share",
-            fs.tag
-        )));
-    }
-    Ok(())
-}
-
 /// The planned resource of the share with mount tag `tag` (the planner names it
 /// `filesystem TAG`).
 pub(crate) fn is_share(r: &svirt_domain::PlannedResource, tag: &str) -> bool {

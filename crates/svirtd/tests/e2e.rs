@@ -907,6 +907,10 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     let vfsd_mounts = mounts(vfsd[0]);
     let qemu_mounts = mounts(pid);
     assert!(shown(&vfsd_mounts, &vfs), "{vfsd_mounts:?}");
+    // Nor the guest's runtime directory (QEMU's sockets: VNC and SPICE have no password).
+    let runtime = d.run.join("guests/linux");
+    assert!(!shown(&vfsd_mounts, &runtime), "{vfsd_mounts:?}");
+    assert!(!shown(&sw_mounts, &runtime), "{sw_mounts:?}");
     assert!(!shown(&vfsd_mounts, &disk), "{vfsd_mounts:?}");
     assert!(!shown(&vfsd_mounts, &share), "{vfsd_mounts:?}");
     assert!(shown(&qemu_mounts, &disk), "{qemu_mounts:?}");
@@ -1067,6 +1071,8 @@ fn a_compromised_virtiofsd_reaches_its_share_and_nothing_else() {
         ("read", b_disk.clone(), false),
         ("write", b_disk.clone(), false),
         ("stat", b_runtime.clone(), false),
+        // Its own guest's runtime directory (QEMU's sockets) is not the helper's either.
+        ("stat", d.run.join("guests/va"), false),
         ("read", PathBuf::from("/etc/shadow"), false),
         ("read", PathBuf::from("/etc/passwd"), false),
         ("stat", PathBuf::from("/proc/1"), false),
