@@ -482,7 +482,9 @@ fn remove_leftovers(
     let runtime_there = std::fs::symlink_metadata(&runtime).is_ok();
     let pid_file_there = std::fs::symlink_metadata(&pid_file).is_ok();
     let ctl_there = std::fs::symlink_metadata(&ctl).is_ok();
-    if dirs.is_empty() && !runtime_there && !pid_file_there && !ctl_there {
+    let helpers = inner.helpers_dir(name);
+    let helpers_there = std::fs::symlink_metadata(&helpers).is_ok();
+    if dirs.is_empty() && !runtime_there && !pid_file_there && !ctl_there && !helpers_there {
         return true;
     }
     let mut errs = Vec::new();
@@ -520,6 +522,10 @@ fn remove_leftovers(
     }
     if let Err(e) = crate::manager::remove_tree(&ctl) {
         errs.push(format!("remove {}: {e}", ctl.display()));
+    }
+    // The helpers' working directories (their processes died with the cgroup).
+    if let Err(e) = crate::manager::remove_tree(&helpers) {
+        errs.push(format!("remove {}: {e}", helpers.display()));
     }
     let what = if errs.is_empty() {
         "not active: its leftover runtime directory, pid file and cgroups removed".to_string()
