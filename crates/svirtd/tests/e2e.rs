@@ -1038,6 +1038,128 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     );
 }
 
+/// Two real Linux guests side by side, each confined with its own disk, 9p share,
+/// virtiofs share (a virtiofsd of its own) and TPM (a swtpm of its own): both boot and
+/// write what is theirs; guest A's VMM, compromised (QMP), opens its own disk (the
+/// control) but neither B's disk nor a file of B's virtiofs share; both answer the ACPI
+/// shutdown, and every object is as it was.
+#[test]
+fn two_real_guests_boot_side_by_side_and_cannot_reach_each_other() {
+    skip_unless_capable!();
+    let (kernel, initrd) = common::guest_os();
+    let mut d = Daemon::start(&[]);
+    let (k, i) = (d.path("vmlinuz"), d.path("initrd.gz"));
+    std::fs::copy(&kernel, &k).expect("copy kernel");
+    std::fs::copy(&initrd, &i).expect("copy initrd");
+    for p in [&k, &i] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+    }
+    struct Guest {
+        name: &'static str,
+        disk: PathBuf,
+        vfs: PathBuf,
+        serial: PathBuf,
+        xml: PathBuf,
+    }
+    let guests: Vec<Guest> = [("ga", 4401), ("gb", 4402)]
+        .into_iter()
+        .map(|(name, owner)| {
+            let disk = d.path(&format!("{name}.raw"));
+            raw(&disk);
+            let serial = d.path(&format!("{name}.serial.log"));
+            std::fs::write(&serial, b"").expect("serial");
+            let share = d.path(&format!("{name}-share"));
+            let vfs = d.path(&format!("{name}-vfs"));
+            for (dir, text) in [(&share, "9p"), (&vfs, "virtiofs")] {
+                std::fs::create_dir(dir).expect("share");
+                let f = dir.join("hello.txt");
+                std::fs::write(&f, format!("hello {name} through {text}\n")).expect("hello");
+                for p in [dir, &f] {
+                    std::os::unix::fs::chown(p, Some(owner), Some(owner)).expect("chown");
+                }
+            }
+            let xml = d.path(&format!("{name}.xml"));
+            let sock = d.path(&format!("{name}.console.sock"));
+            std::fs::write(
+                &xml,
+                common::linux_guest_xml(name, (&k, &i), &disk, (&share, &vfs), &sock, &serial),
+            )
+            .expect("xml");
+            Guest {
+                name,
+                disk,
+                vfs,
+                serial,
+                xml,
+            }
+        })
+        .collect();
+    let objects: Vec<&Path> = guests
+        .iter()
+        .flat_map(|g| [g.disk.as_path(), g.vfs.as_path()])
+        .chain([k.as_path(), i.as_path()])
+        .collect();
+    let before = states(&objects);
+    for g in &guests {
+        d.ok(&["start", g.xml.to_str().expect("utf8")]);
+    }
+    for g in &guests {
+        let text =
+            || String::from_utf8_lossy(&std::fs::read(&g.serial).unwrap_or_default()).into_owned();
+        assert!(
+            common::wait_for_line(&g.serial, "svirt-guest: ready", Duration::from_secs(180)),
+            "{} did not come up:\n{}",
+            g.name,
+            text()
+        );
+        let t = text();
+        for want in [
+            format!("svirt-guest: virtiofs: hello {} through virtiofs", g.name),
+            format!("svirt-guest: virtiofs: wrote from-{}.txt", g.name),
+            "svirt-guest: tpm: TPM 2.0 present".to_string(),
+            "svirt-guest: wrote its disk".to_string(),
+        ] {
+            assert!(t.contains(&want), "{}: no {want:?} in\n{t}", g.name);
+        }
+    }
+    assert_eq!(d.children_named("virtiofsd").len(), 2);
+    assert_eq!(d.children_named("swtpm").len(), 2);
+    let (a, b) = (&guests[0], &guests[1]);
+    for (node, path, want) in [
+        ("own", &a.disk, true),
+        ("bdisk", &b.disk, false),
+        ("bvfs", &b.vfs.join("hello.txt"), false),
+    ] {
+        let out = d.svirt(&[
+            "qemu-monitor-command",
+            a.name,
+            &blockdev_add(node, path, true),
+        ]);
+        assert_eq!(
+            out.status.success(),
+            want,
+            "guest A's QMP blockdev-add {}: {}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for g in &guests {
+        let exit = d.json(&["shutdown", g.name, "--timeout", "60", "--json"]);
+        assert_eq!(exit["restore_errors"], serde_json::json!([]), "{exit}");
+        assert!(
+            !exit["reason"].as_str().unwrap_or_default().contains("kill"),
+            "{} was killed: {exit}",
+            g.name
+        );
+    }
+    assert!(d.children_named("virtiofsd").is_empty() && d.children_named("swtpm").is_empty());
+    // The shares gained what each guest wrote; their roots, the disks' and the kernel's
+    // owners and modes are as before.
+    assert_eq!(states(&objects), before, "not restored");
+}
+
 /// A compromised virtiofsd (the guest took it over through its share) reaches its share
 /// and nothing else: svirt-probe stands in for virtiofsd (svirtd --virtiofsd) and tries
 /// what the share's `.svirt-probe-targets` lists from inside virtiofsd's confinement. Its
