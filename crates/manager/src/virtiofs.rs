@@ -1,11 +1,11 @@
 //! virtiofs shares (`<filesystem><driver type='virtiofs'/>`): one `virtiofsd` per share,
-//! started by the manager before QEMU and confined with the guest's identity on every
-//! stack, as the VMM is ([`crate::helper`]): the guest's uid (DAC), its label (the MAC
-//! model's exec hook), a jail of its own that shows the share and nothing of the guest's
-//! other objects, and a Landlock ruleset beneath the share. QEMU never opens the share: it gets one end of a
-//! connected vhost-user socket (`-chardev socket,fd=N`), virtiofsd the listener
-//! (`--fd=N`), both made in the guest's control directory (root's) and unlinked at once,
-//! so no other process can reach either.
+//! started by the manager before QEMU and confined with the guest's identity as the VMM
+//! is ([`crate::helper`], which also says the stacks that refuse it): the guest's uid
+//! (DAC), its label (the MAC model's exec hook), a jail of its own that shows the share
+//! and nothing of the guest's other objects, and a Landlock ruleset beneath the share.
+//! QEMU never opens the share: it gets one end of a connected vhost-user socket
+//! (`-chardev socket,fd=N`), virtiofsd the listener (`--fd=N`), both made in the guest's
+//! control directory (root's) and unlinked at once, so no other process can reach either.
 //!
 //! virtiofsd runs with `--sandbox=none`: its own namespace sandbox needs mount operations
 //! that Landlock refuses, and svirt's jail takes its place. It needs `/proc/self/fd` (it
@@ -48,7 +48,8 @@ pub(crate) fn virtiofsd_binary(configured: Option<&PathBuf>) -> Result<PathBuf> 
         .ok_or_else(|| {
             ManagerError::Qemu(
                 "virtiofs: no virtiofsd found (on PATH, /usr/libexec, /usr/lib/qemu); \
-                 scripts/test and scripts/demo build it (scripts/lib.sh: ensure_virtiofsd), or give svirtd --virtiofsd PATH"
+                 scripts/test and scripts/demo build it (scripts/lib.sh: \
+                 ensure_virtiofsd), or give svirtd --virtiofsd PATH"
                     .into(),
             )
         })
