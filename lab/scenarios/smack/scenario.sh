@@ -89,9 +89,13 @@ XML
     lab_domain_disks "$labeled" "$name"
     dev=$(awk -v g="$name" '$1 == "disk" && ($2 == g || $4 != "private")' "$labeled" | wc -l)
     rm -f "$labeled"
+    # relabel='no' on a guest SMACK confines; an unlabeled guest relabels nothing at all,
+    # and a device seclabel of a model the domain turns off is refused (libvirt's rule).
+    local keep="<seclabel model='smack' relabel='no'/>"
+    [ "$3" = 1 ] && keep=
     for path in $(awk '$1 == "disk" && $4 == "keep" { print $3 }' "$plan"); do
-        printf "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'><seclabel model='smack' relabel='no'/></source><target dev='vd%s' bus='virtio'/><readonly/></disk>\n" \
-            "$path" "$(printf "\\$(printf %o $((97 + dev)))")"
+        printf "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'>%s</source><target dev='vd%s' bus='virtio'/><readonly/></disk>\n" \
+            "$path" "$keep" "$(printf "\\$(printf %o $((97 + dev)))")"
         dev=$((dev + 1))
     done
     printf '  </devices>\n</domain>\n'
