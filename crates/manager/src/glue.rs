@@ -580,10 +580,12 @@ fn memory_backend(d: &Domain) -> Result<Option<MemoryBackend>> {
     }
     let (path, memfd) = match (mb.source_type.as_deref(), &mb.path) {
         (Some("file"), Some(p)) => (Some(p.clone()), false),
+        // libvirt's memory_backing_dir has no counterpart: the runtime directory is on
+        // /run, a tmpfs far smaller than a guest's RAM may be.
         (Some("file"), None) => {
             return Err(ManagerError::Domain(
                 "<memoryBacking><source type='file'/> needs a path (svirt has no default \
-                 memory directory)"
+                 memory directory; memfd needs none)"
                     .into(),
             ));
         }
@@ -628,6 +630,28 @@ fn plain_devices(d: &Domain) -> Result<Vec<svirt_domain::PlainDevice>> {
     } else if has_usb {
         // The controller before the devices on its bus.
         out.sort_by_key(|p| !matches!(p, P::UsbController { .. }));
+    }
+    // One VGA-compatible display (the first `<video>`, as libvirt makes it the primary);
+    // the others as their secondary devices, where QEMU has one.
+    let mut primary_seen = false;
+    for p in &mut out {
+        let P::Video { qemu_model } = p else {
+            continue;
+        };
+        if !primary_seen {
+            primary_seen = true;
+            continue;
+        }
+        *qemu_model = match qemu_model.as_str() {
+            "qxl-vga" => "qxl".into(),
+            "virtio-vga" => "virtio-gpu-pci".into(),
+            m => {
+                return Err(ManagerError::Domain(format!(
+                    "a second <video> of model {m}: only qxl and virtio have a secondary \
+                     (non-VGA) device; a guest has one VGA display"
+                )));
+            }
+        };
     }
     Ok(out)
 }
@@ -925,6 +949,47 @@ mod tests {
         assert!(
             !a.contains("max-bytes") && a.contains("security_model=none"),
             "{a}"
+        );
+    }
+
+    /// The first `<video>` is the guest's VGA display; a second qxl or virtio one becomes
+    /// its secondary device (`qxl`, `virtio-gpu-pci`); a second of a model with no
+    /// secondary device is refused, naming it.
+    #[test]
+    fn one_vga_display_and_secondary_video_devices() {
+        use svirt_domain::PlainDevice as P;
+        let devices = |videos: &str| {
+            let x = format!(
+                "<domain type='qemu'><name>x</name><memory unit='MiB'>16</memory>\
+                 <os><type>hvm</type></os><devices>{videos}</devices></domain>"
+            );
+            let host = svirt_domain::Host::new("/");
+            let p =
+                svirt_domain::plan_xml(&x, &host, &svirt_domain::PlanConfig::default()).unwrap();
+            super::vm_spec(&p.domain, &p.plan, std::path::Path::new("/run/x"))
+                .map(|s| s.plain_devices)
+                .map_err(|e| e.to_string())
+        };
+        let video = |m: &str| P::Video {
+            qemu_model: m.into(),
+        };
+        assert_eq!(
+            devices(
+                "<video><model type='qxl'/></video><video><model type='qxl'/></video>\
+                 <video><model type='virtio'/></video>"
+            )
+            .unwrap(),
+            vec![video("qxl-vga"), video("qxl"), video("virtio-gpu-pci")]
+        );
+        assert_eq!(
+            devices("<video><model type='vga'/></video>").unwrap(),
+            vec![video("VGA")]
+        );
+        let e = devices("<video><model type='qxl'/></video><video><model type='cirrus'/></video>")
+            .unwrap_err();
+        assert!(
+            e.contains("cirrus-vga") && e.contains("second <video>"),
+            "{e}"
         );
     }
 
