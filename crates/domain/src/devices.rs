@@ -152,54 +152,23 @@ pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
             Some(m) => Refused(format!("video model '{m}' is not supported yet")),
         },
         "graphics" => match c.attribute("type").unwrap_or("") {
-            "vnc" => {
-                let listen = c.children().find(|n| n.has_tag_name("listen"));
-                let socket = listen.is_some_and(|l| l.attribute("type") == Some("socket"));
-                if !socket {
-                    Refused(
-                        "VNC over TCP is not supported: the VMM runs in a network namespace \
-                         of its own; ask for <listen type='socket'/> (a socket in the \
-                         guest's runtime directory)"
-                            .into(),
-                    )
-                } else if listen.and_then(|l| l.attribute("socket")).is_some() {
-                    Refused(
-                        "a VNC socket path of the XML's is not supported: svirt makes it in \
-                         the guest's runtime directory (omit socket=)"
-                            .into(),
-                    )
-                } else {
-                    Device(PlainDevice::VncSocket)
-                }
-            }
+            "vnc" => match socket_listen(c, "VNC") {
+                Some(why) => Refused(why),
+                None => Device(PlainDevice::VncSocket),
+            },
             "spice" => {
-                let listen = c.children().find(|n| n.has_tag_name("listen"));
-                let socket = listen.is_some_and(|l| l.attribute("type") == Some("socket"));
                 let gl = c
                     .children()
                     .find(|n| n.has_tag_name("gl"))
                     .is_some_and(|g| g.attribute("enable") == Some("yes"));
-                if !socket {
-                    Refused(
-                        "SPICE over TCP is not supported: the VMM runs in a network namespace \
-                         of its own; ask for <listen type='socket'/> (a socket in the \
-                         guest's runtime directory)"
-                            .into(),
-                    )
-                } else if listen.and_then(|l| l.attribute("socket")).is_some() {
-                    Refused(
-                        "a SPICE socket path of the XML's is not supported: svirt makes it in \
-                         the guest's runtime directory (omit socket=)"
-                            .into(),
-                    )
-                } else if gl {
-                    Refused(
+                match socket_listen(c, "SPICE") {
+                    Some(why) => Refused(why),
+                    None if gl => Refused(
                         "SPICE with <gl enable='yes'/> is not supported (it needs a host GPU \
                          render node in the VMM's jail)"
                             .into(),
-                    )
-                } else {
-                    Device(PlainDevice::SpiceSocket)
+                    ),
+                    None => Device(PlainDevice::SpiceSocket),
                 }
             }
             t => Refused(format!(
@@ -242,4 +211,24 @@ pub(crate) fn classify(c: Node<'_, '_>) -> Option<Outcome> {
         }
         _ => return None,
     })
+}
+
+/// Why a `<graphics>` server of `what` (VNC, SPICE) cannot listen as asked, or `None`
+/// for `<listen type='socket'/>` without a path: svirt makes the socket in the guest's
+/// runtime directory (the VMM has a network namespace of its own, so no TCP).
+fn socket_listen(c: Node<'_, '_>, what: &str) -> Option<String> {
+    let listen = c.children().find(|n| n.has_tag_name("listen"));
+    if listen.is_none_or(|l| l.attribute("type") != Some("socket")) {
+        return Some(format!(
+            "{what} over TCP is not supported: the VMM runs in a network namespace of its \
+             own; ask for <listen type='socket'/> (a socket in the guest's runtime directory)"
+        ));
+    }
+    if listen.and_then(|l| l.attribute("socket")).is_some() {
+        return Some(format!(
+            "a {what} socket path of the XML's is not supported: svirt makes it in the \
+             guest's runtime directory (omit socket=)"
+        ));
+    }
+    None
 }

@@ -460,6 +460,12 @@ pub struct ExitStatus {
 /// Reaps our child through its pidfd, if it has exited. `Ok(None)`: still running, or not
 /// our child (a guest reattached after a restart is init's child: its status is lost).
 pub fn reap(pidfd: &OwnedFd) -> io::Result<Option<ExitStatus>> {
+    wait_pidfd(pidfd, libc::WNOHANG)
+}
+
+/// `waitid(P_PIDFD, WEXITED | extra)`: how our child ended, `None` when it has not (with
+/// `WNOHANG`) or is not our child.
+fn wait_pidfd(pidfd: &OwnedFd, extra: libc::c_int) -> io::Result<Option<ExitStatus>> {
     // SAFETY: zeroed siginfo is a valid out-parameter.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid with P_PIDFD on an fd we own, writing into `info`.
@@ -468,7 +474,7 @@ pub fn reap(pidfd: &OwnedFd) -> io::Result<Option<ExitStatus>> {
             libc::P_PIDFD,
             pidfd.as_raw_fd() as libc::id_t,
             &mut info,
-            libc::WEXITED | libc::WNOHANG,
+            libc::WEXITED | extra,
         )
     };
     if r < 0 {
@@ -504,24 +510,11 @@ pub fn reap_in_background(pidfd: OwnedFd, guest: String, what: String) {
     let spawned = std::thread::Builder::new()
         .name("svirt-reap".into())
         .spawn(move || {
-            // SAFETY: zeroed siginfo is a valid out-parameter.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: a blocking waitid with P_PIDFD on an fd we own, writing into `info`.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PIDFD,
-                    pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED,
-                )
-            };
-            if r == 0 {
-                // SAFETY: waitid filled info.
-                let (code, status) = unsafe { (info.si_code, info.si_status()) };
-                let how = if code == libc::CLD_EXITED {
-                    format!("exit code {status}")
-                } else {
-                    format!("signal {status}")
+            if let Ok(Some(st)) = wait_pidfd(&pidfd, 0) {
+                let how = match (st.code, st.signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    (None, None) => "unknown".into(),
                 };
                 tracing::info!(guest = %guest, "{what} ended ({how})");
             }

@@ -761,16 +761,9 @@ fn required_driver(drivers: &str, usable: bool, why: &str, head: &str, reason: &
 #[test]
 fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
     skip_unless_capable!();
-    let (kernel, initrd) = common::guest_os();
     let mut d = Daemon::start(&[]);
     // The guest's own copies, beside its disk (read-only content of its plan).
-    let (k, i) = (d.path("vmlinuz"), d.path("initrd.gz"));
-    std::fs::copy(&kernel, &k).expect("copy kernel");
-    std::fs::copy(&initrd, &i).expect("copy initrd");
-    for p in [&k, &i] {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .expect("chmod");
-    }
+    let (k, i) = guest_os_copies(&d);
     let disk = d.path("linux.raw");
     raw(&disk);
     let serial = d.path("linux.serial.log");
@@ -1046,15 +1039,8 @@ fn a_real_linux_guest_boots_writes_its_disk_and_answers_acpi_shutdown() {
 #[test]
 fn two_real_guests_boot_side_by_side_and_cannot_reach_each_other() {
     skip_unless_capable!();
-    let (kernel, initrd) = common::guest_os();
     let mut d = Daemon::start(&[]);
-    let (k, i) = (d.path("vmlinuz"), d.path("initrd.gz"));
-    std::fs::copy(&kernel, &k).expect("copy kernel");
-    std::fs::copy(&initrd, &i).expect("copy initrd");
-    for p in [&k, &i] {
-        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .expect("chmod");
-    }
+    let (k, i) = guest_os_copies(&d);
     struct Guest {
         name: &'static str,
         disk: PathBuf,
@@ -1266,4 +1252,18 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
         out.push(p);
     }
     out
+}
+
+/// The test guest's kernel and initrd (`common::guest_os`), copied beside the daemon's
+/// other files (0644: read-only content of the guests' plans).
+fn guest_os_copies(d: &Daemon) -> (PathBuf, PathBuf) {
+    let (kernel, initrd) = common::guest_os();
+    let (k, i) = (d.path("vmlinuz"), d.path("initrd.gz"));
+    std::fs::copy(&kernel, &k).expect("copy kernel");
+    std::fs::copy(&initrd, &i).expect("copy initrd");
+    for p in [&k, &i] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+    }
+    (k, i)
 }
