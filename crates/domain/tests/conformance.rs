@@ -13,17 +13,11 @@ use svirt_labels::{Level, MlsRange};
 use svirt_testkit::corpus;
 
 fn corpus() -> PathBuf {
-    // SVIRT_CONFORMANCE_DIR: run a modified copy (to check that the harness can fail).
-    let p = match std::env::var_os("SVIRT_CONFORMANCE_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance"),
-    };
-    assert!(
-        p.join("README.md").is_file(),
-        "conformance corpus missing at {} (it must not be skipped)",
-        p.display()
-    );
-    p
+    corpus::locate(
+        "SVIRT_CONFORMANCE_DIR",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance"),
+        "conformance corpus",
+    )
 }
 
 /// The level a fake allocator hands the guest, to check that every `@LEVEL@` of a case

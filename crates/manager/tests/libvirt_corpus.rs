@@ -33,17 +33,11 @@ use svirt_manager::Manager;
 use svirt_testkit::corpus;
 
 fn corpus_dir() -> PathBuf {
-    // SVIRT_LIBVIRT_CORPUS_DIR: run a modified copy (to check that the harness can fail).
-    let p = match std::env::var_os("SVIRT_LIBVIRT_CORPUS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt-corpus"),
-    };
-    assert!(
-        p.join("README.md").is_file(),
-        "libvirt corpus missing at {} (it must not be skipped)",
-        p.display()
-    );
-    p
+    corpus::locate(
+        "SVIRT_LIBVIRT_CORPUS_DIR",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt-corpus"),
+        "libvirt corpus",
+    )
 }
 
 /// The level `@LEVEL@` resolves to (a dynamic level is not allocated by a dry run).

@@ -46,6 +46,18 @@ pub fn mknod_char(p: &Path, major: u32, minor: u32) {
     );
 }
 
+/// A corpus directory: `$env_var` when set (to run a modified copy, so a test can show the
+/// harness fails), else `default`. A missing corpus fails the test: it is never skipped.
+pub fn locate(env_var: &str, default: PathBuf, what: &str) -> PathBuf {
+    let p = std::env::var_os(env_var).map_or(default, PathBuf::from);
+    assert!(
+        p.join("README.md").is_file(),
+        "{what} missing at {} (it must not be skipped)",
+        p.display()
+    );
+    p
+}
+
 /// The objects of one case, built from its `files.txt`.
 pub struct Built {
     /// Listening sockets, kept open for the test's duration.
